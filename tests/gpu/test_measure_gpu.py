@@ -1,0 +1,88 @@
+"""GPU tests of workbench.measure (run on the device: `pytest -m gpu tests/gpu`).
+
+They check the measurements against what must be true: eager PyTorch launches a kernel per op,
+a CUDA graph replays the same kernels with one launch call, and FlashAttention moves far fewer
+DRAM bytes than attention that materializes the N x N scores.
+"""
+import importlib.util
+
+import pytest
+import torch
+
+from workbench import measure
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+OPS = 20   # iterations of the loop below: 2 element-wise kernels each
+
+
+def small_loop(x):
+    for _ in range(OPS):
+        x = x * 1.0001 + 0.5
+    return x
+
+
+def test_eager_loop_launches_kernels():
+    x = torch.randn(4096, device="cuda")
+    r = measure.count_launches(lambda: small_loop(x), warmup=2, steps=3, label="eager")
+    print(r, r.launch_calls_by_api, r.top_kernels[:3])
+    assert r.available, r.reason
+    assert r.kernels_per_step >= 2 * OPS
+    assert r.launch_calls_per_step >= 2 * OPS and r.graph_launches == 0
+
+
+def test_graph_replay_collapses_launch_calls():
+    x = torch.randn(4096, device="cuda")
+    eager = measure.count_launches(lambda: small_loop(x), warmup=2, steps=3, label="eager")
+    side = torch.cuda.Stream()                  # warm up on a side stream before capture
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        small_loop(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        small_loop(x)
+    graphed = measure.count_launches(graph.replay, warmup=2, steps=3, label="graph replay")
+    print(eager, "\n", graphed, graphed.launch_calls_by_api)
+    assert graphed.available, graphed.reason
+    assert graphed.launch_calls_per_step + graphed.graph_launches_per_step <= 2
+    assert graphed.graph_launches_per_step >= 1
+    assert graphed.kernels_per_step >= eager.kernels_per_step   # the GPU still runs them all
+
+
+def test_copy_bandwidth_is_measured():
+    r = measure.measure_copy_bandwidth("cuda")
+    print(r)
+    assert r.available, r.reason
+    assert 1e11 < r.bandwidth < 2e13             # between 0.1 and 20 TB/s: a real HBM number
+
+
+def _ncu_or_skip():
+    path, reason = measure.ncu_status()
+    if path is None:
+        pytest.skip(reason)
+
+
+def _profile(impl: str, n: int):
+    r = measure.measure_hbm_python("workbench.measure.workloads.attention_workload",
+                                   {"impl": impl, "n": n}, nvtx_include="attention/")
+    if not r.available and "ERR_NVGPUCTRPERM" in r.reason:
+        pytest.skip(r.reason)
+    assert r.available, r.reason
+    return r
+
+
+def test_flash_moves_fewer_dram_bytes_than_naive():
+    _ncu_or_skip()
+    if importlib.util.find_spec("flash_attn") is None:
+        pytest.skip("flash-attn-4 not installed (bash .wheels/install.sh)")
+    n = 4096
+    naive, flash = _profile("naive", n), _profile("flash", n)
+    model = measure.attention_traffic_model(n, 16, 128, kv_heads=8)
+    print(measure.format_table(naive.kernels, columns=["name", "family", "metrics"]))
+    print(f"naive measured {naive.dram_bytes / 1e6:,.1f} MB, {model}")
+    print(f"flash measured {flash.dram_bytes / 1e6:,.1f} MB")
+    assert flash.dram_bytes < naive.dram_bytes
+    # the naive run materializes the scores: at least one N x N bf16 matrix per head written
+    assert naive.dram_write_bytes > 16 * n * n * 2

@@ -1,0 +1,145 @@
+"""The Triton kernels vs their plain-torch references, on the CPU, under Triton's interpreter.
+
+TRITON_INTERPRET=1 makes @triton.jit kernels run as numpy code on CPU tensors -- slow, but enough
+to check the indexing and the math of small shapes without a GPU. The variable must be set before
+triton creates the kernels, so the checks run in one child process (this file, run as a script)
+and each pytest test reads its verdict. The same kernels run on CUDA in tests/gpu/.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKS = ["store_kvcache", "fused_add_rms_norm", "rms_norm_per_head", "silu_and_mul", "apply_rope_"]
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason="triton is not installed")
+
+
+@pytest.fixture(scope="module")
+def verdicts() -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_kernel_matches_torch(verdicts, name):
+    assert verdicts[name] == "ok", verdicts[name]
+
+
+# --- the checks, run in the child process ----------------------------------------------------
+# References mirror the unfused forms in workbench/model/layers.py and attention/kv_cache.py.
+DTYPES = ("float32", "bfloat16")
+
+
+def _close(torch, got, want, dtype):
+    tol = 0 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.float(), want.float(), atol=tol + 1e-5, rtol=tol + 1e-5)
+
+
+def check_store_kvcache(torch, ops):
+    for dtype in (torch.float32, torch.bfloat16):
+        T, H, D, blocks, bs = 6, 2, 8, 4, 4
+        kv = torch.randn(T, 3 * H * D, dtype=dtype)        # k and v as strided views, like a QKV split
+        k, v = kv[:, :H * D].view(T, H, D), kv[:, H * D:2 * H * D].view(T, H, D)
+        slots = torch.tensor([5, 0, -1, 15, 9, -1], dtype=torch.int64)   # -1: padding, skipped
+        k_cache = torch.full((blocks, bs, H, D), float("nan"), dtype=dtype)
+        v_cache = torch.full_like(k_cache, float("nan"))
+        ops.store_kvcache(k, v, k_cache, v_cache, slots)
+        keep = slots >= 0
+        assert torch.equal(k_cache.view(-1, H, D)[slots[keep]], k[keep])
+        assert torch.equal(v_cache.view(-1, H, D)[slots[keep]], v[keep])
+        untouched = torch.ones(blocks * bs, dtype=torch.bool)
+        untouched[slots[keep]] = False
+        assert k_cache.view(-1, H, D)[untouched].isnan().all(), "wrote outside its slots"
+
+
+def _ref_norm(torch, x, weight, eps):
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def check_fused_add_rms_norm(torch, ops):
+    for dtype in (torch.float32, torch.bfloat16):
+        x, res = torch.randn(5, 48, dtype=dtype), torch.randn(5, 48, dtype=dtype)   # 48: not a power of 2
+        w = (1 + 0.1 * torch.randn(48)).to(dtype)
+        out, new_res = ops.fused_add_rms_norm(x, res, w, 1e-6)
+        # On a GPU the sum rounds exactly like torch's (tests/gpu checks bit-equality); the
+        # interpreter truncates float32 -> bfloat16 instead of rounding, so allow 1 bf16 ulp here.
+        _close(torch, new_res, x + res, dtype)
+        _close(torch, out, _ref_norm(torch, x + res, w, 1e-6), dtype)
+        out, new_res = ops.fused_add_rms_norm(x, None, w, 1e-6)
+        assert new_res is x
+        _close(torch, out, _ref_norm(torch, x, w, 1e-6), dtype)
+
+
+def check_rms_norm_per_head(torch, ops):
+    for dtype in (torch.float32, torch.bfloat16):
+        qkv = torch.randn(4, 6 * 16, dtype=dtype)
+        q = qkv[:, :4 * 16].view(4, 4, 16)                  # strided [T, heads, D] view
+        w = torch.randn(16).to(dtype)
+        _close(torch, ops.rms_norm(q, w, 1e-6), _ref_norm(torch, q, w, 1e-6), dtype)
+
+
+def check_silu_and_mul(torch, ops):
+    for dtype in (torch.float32, torch.bfloat16):
+        gate_up = 3 * torch.randn(5, 2 * 40, dtype=dtype)
+        gate, up = gate_up.float().chunk(2, dim=-1)
+        want = (torch.nn.functional.silu(gate) * up).to(dtype)
+        _close(torch, ops.silu_and_mul(gate_up), want, dtype)
+
+
+def check_apply_rope_(torch, ops):
+    for dtype in (torch.float32, torch.bfloat16):
+        T, Hq, Hk, D, max_pos = 5, 4, 2, 16, 64
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D)
+        freqs = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv_freq)
+        table = torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+        qkv = torch.randn(T, (Hq + 2 * Hk) * D, dtype=dtype)
+        q, k = qkv[:, :Hq * D].view(T, Hq, D), qkv[:, Hq * D:(Hq + Hk) * D].view(T, Hk, D)
+        pos = torch.tensor([0, 7, 3, 63, 1], dtype=torch.int64)
+        cos, sin = table[pos].unsqueeze(1).chunk(2, dim=-1)
+
+        def rotate(x):
+            x1, x2 = x.float().chunk(2, dim=-1)
+            return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(dtype)
+
+        want_q, want_k, v_before = rotate(q), rotate(k), qkv[:, (Hq + Hk) * D:].clone()
+        got_q, got_k = ops.apply_rope_(q, k, pos, table)
+        assert got_q.data_ptr() == q.data_ptr(), "apply_rope_ must work in place"
+        _close(torch, q, want_q, dtype)
+        _close(torch, k, want_k, dtype)
+        assert torch.equal(qkv[:, (Hq + Hk) * D:], v_before), "touched v"
+
+
+def _main() -> None:
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run through pytest (sets TRITON_INTERPRET=1)"
+    import torch
+
+    from workbench.kernels import triton_ops as ops
+    torch.manual_seed(0)
+    verdicts = {}
+    for name in CHECKS:
+        try:
+            globals()[f"check_{name}"](torch, ops)
+            verdicts[name] = "ok"
+        except Exception:   # report every failure, not just the first
+            verdicts[name] = traceback.format_exc()
+    print(json.dumps(verdicts))
+
+
+if __name__ == "__main__":
+    _main()

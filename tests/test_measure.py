@@ -1,0 +1,270 @@
+"""CPU tests of workbench.measure: roofline arithmetic by hand, the ncu CSV parser, and the
+"unavailable, never a number" paths.
+
+tests/data/ncu_sample.csv is a hand-written sample in ncu's `--csv` format (with mixed units,
+thousands separators, "n/a" and junk lines around the header). The lead will replace it with
+one produced by ncu on the device; the expected numbers below then need updating with it.
+"""
+import json
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench import measure
+from workbench.measure import hbm, roofline
+
+SAMPLE = Path(__file__).parent / "data" / "ncu_sample.csv"
+
+# A tiny model whose numbers are easy to check by hand.
+TINY = roofline.ModelShape(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                           intermediate_size=128, vocab_size=100, tie_word_embeddings=True)
+
+
+# --- roofline (modelled) ------------------------------------------------------------------------
+
+def test_param_count_by_hand():
+    p = roofline.count_params(TINY)
+    # q: 64x(4*16)=4096, k and v: 64x(2*16)=2048 each, o: 64x64=4096 -> 12288 per layer
+    assert p.attention_per_layer == 12288
+    # gate, up, down: 3 x 64 x 128 = 24576 per layer
+    assert p.mlp_per_layer == 24576
+    # 2 RMSNorms of 64 per layer (2 layers) + final norm 64 = 320
+    assert p.norms == 320
+    # embedding 100 x 64 = 6400; tied, so no separate LM head
+    assert (p.embedding, p.lm_head) == (6400, 0)
+    # 2 x (12288 + 24576) + 320 + 6400 = 80448
+    assert p.total == 80448
+    # matmul weights per token: layers 73728 + LM head (the tied table) 6400
+    assert p.layer_matmul == 73728 and p.matmul_per_token == 80128
+    assert p.modelled
+
+
+def test_qwen3_0_6b_param_count():
+    p = roofline.count_params(roofline.ModelShape.qwen3_0_6b())
+    # Per layer: attn 1024*(2048+2*1024) + 2048*1024 = 6,291,456; mlp 3*1024*3072 = 9,437,184;
+    # norms 2*1024 + q/k norm 2*128 = 2,304 -> 15,730,944; x28 + final norm 1024 + embedding
+    # 151936*1024 = 155,582,464 -> 596,049,920 ("0.6B", 0.44B without embeddings).
+    assert p.total == 596_049_920
+    assert p.total - p.embedding == 440_467_456
+
+
+def test_decode_step_by_hand():
+    step = roofline.decode_step(TINY, context_lens=[10, 30], dtype_bytes=2)
+    # weights: 80448 params x 2 bytes (tied table read whole as LM head)
+    assert step.weight_bytes == 160_896
+    # KV per token: 2 (K,V) x 2 layers x 2 kv heads x 16 x 2 bytes = 256 bytes
+    assert roofline.kv_bytes_per_token(TINY, 2) == 256
+    assert step.kv_read_bytes == 256 * 40        # sum of context lengths = 40
+    assert step.kv_write_bytes == 256 * 2        # one new token per sequence
+    assert step.bytes == 160_896 + 10_240 + 512
+    # FLOPs: 2 x 80128 x 2 tokens = 320,512; attention 4 x 2 layers x 4 heads x 16 x 40 = 20,480
+    assert step.flops == 320_512 + 20_480
+    assert step.modelled and str(step).startswith("[modelled]")
+    assert step.roofline_time_s is None          # no ceiling given: no time invented
+
+
+def test_roofline_time_and_bound():
+    step = roofline.decode_step(TINY, [10, 30], 2, bandwidth=1e6, peak_flops=1e7, source="test")
+    # memory: 171,648 B / 1e6 B/s = 0.171648 s; compute: 340,992 / 1e7 = 0.0340992 s
+    assert step.memory_time_s == pytest.approx(0.171648)
+    assert step.compute_time_s == pytest.approx(0.0340992)
+    assert step.roofline_time_s == pytest.approx(0.171648) and step.bound == "memory"
+    assert step.tokens_per_s_ceiling == pytest.approx(2 / 0.171648)
+    flipped = step.with_roofline(1e9, 1e6)
+    assert flipped.bound == "compute" and flipped.roofline_time_s == pytest.approx(0.340992)
+
+
+def test_prefill_step_by_hand():
+    step = roofline.prefill_step(TINY, prompt_lens=[8], dtype_bytes=2)
+    # 8 tokens through 73,728 layer weights: 2*73728*8 = 1,179,648; LM head for the last token
+    # only: 2*100*64 = 12,800; causal attention: 8*9/2 = 36 (query, key) pairs ->
+    # 4 x 2 x 4 x 16 x 36 = 18,432
+    assert step.flops == 1_179_648 + 12_800 + 18_432
+    # weights 160,896 + K/V written once (8 x 256) + read once by attention (8 x 256)
+    assert step.bytes == 160_896 + 2_048 + 2_048
+
+
+def test_untied_embedding_reads_only_gathered_rows():
+    untied = roofline.ModelShape(**{**TINY.__dict__, "tie_word_embeddings": False})
+    p = roofline.count_params(untied)
+    assert p.total == 80448 + 6400               # a separate LM head
+    # everything but the embedding table, plus 3 gathered rows of 64
+    assert roofline.weight_bytes_read(untied, 2, tokens=3) == (80448 + 3 * 64) * 2
+
+
+def test_shape_from_any_object():
+    class Cfg:   # e.g. a workbench ModelConfig
+        hidden_size, num_layers, num_heads, num_kv_heads, head_dim = 64, 2, 4, 2, 16
+        intermediate_size, vocab_size, tie_word_embeddings, rms_norm_eps = 128, 100, True, 1e-6
+    assert roofline.count_params(Cfg()).total == 80448
+
+
+def test_attention_traffic_by_hand():
+    t = roofline.attention_traffic_model(4, heads=2, head_dim=8, dtype_bytes=2, kv_heads=1)
+    # Q, O: 4x2x8x2 = 128 B; K, V: 4x1x8x2 = 64 B; one N x N matrix per head: 2x4x4x2 = 64 B
+    assert t.flash_bytes == 128 + 64 + 64 + 128
+    # naive: q 128 + o 128 + scores w,r + probs w,r (4 x 64) + mask pass (2 x 64 + 16 bool)
+    # + GQA repeat (read K,V 64 each, write 128 each = 384) + matmuls read repeated K,V (2 x 128)
+    assert t.naive_bytes == 128 + 128 + 256 + 144 + 384 + 256
+    assert t.modelled and "[modelled]" in str(t)
+
+
+def test_copy_bandwidth_needs_cuda():
+    r = roofline.measure_copy_bandwidth("cpu")
+    assert not r.available and "no CUDA" in r.reason and r.bandwidth is None
+    with pytest.raises(ValueError):
+        roofline.measure_copy_bandwidth("cpu", nbytes=2**20)
+
+
+# --- ncu CSV parser --------------------------------------------------------------------------------
+
+def test_parse_sample():
+    kernels = hbm.parse_ncu_csv(SAMPLE.read_text())
+    assert [k.id for k in kernels] == [0, 1, 2, 3, 4, 5]       # junk lines skipped
+    k = {k.id: k for k in kernels}
+    assert k[0].metrics["dram__bytes_read.sum"] == pytest.approx(16.78e6)     # Mbyte
+    assert k[1].metrics["gpu__time_duration.sum"] == pytest.approx(1.23e-3)   # msecond -> s
+    assert k[2].metrics["dram__bytes_read.sum"] == 536_870_912                # "536,870,912" byte
+    assert k[2].metrics["gpu__time_duration.sum"] == pytest.approx(812_345e-9)  # nsecond
+    assert k[3].metrics["dram__bytes_write.sum"] == pytest.approx(256e3)      # Kbyte
+    assert "gpu__time_duration.sum" not in k[5].metrics                       # "n/a": no number
+    assert k[0].units["dram__bytes_read.sum"] == "byte"
+    assert k[0].name == "at::native::vectorized_elementwise_kernel"
+    assert k[2].name == "cunn_SoftMaxForward"
+    assert {i: k[i].family for i in k} == {0: "elementwise", 1: "matmul", 2: "attention",
+                                           3: "norm", 4: "attention", 5: "other"}
+
+
+def test_sample_totals_and_families():
+    r = hbm.HbmRecord.from_kernels(hbm.parse_ncu_csv(SAMPLE.read_text()))
+    # read: 16.78e6 + 35.13e6 + 536,870,912 + 512e3 + 33.55e6 + 1.02e3
+    assert r.dram_read_bytes == pytest.approx(622_843_932)
+    # write: 16.78e6 + 536.87e6 + 536.87e6 + 256e3 + 16.78e6 + 0
+    assert r.dram_write_bytes == pytest.approx(1_107_556_000)
+    assert r.dram_bytes == pytest.approx(622_843_932 + 1_107_556_000)
+    # time: 25.31 us + 1.23 ms + 812,345 ns + 4.10 us + 160.5 us (kernel 5 was n/a)
+    assert r.gpu_time_s == pytest.approx(2.232255e-3)
+    att = r.by_family["attention"]
+    assert att["kernels"] == 2
+    assert att["dram__bytes_read.sum"] == pytest.approx(536_870_912 + 33.55e6)
+    assert r.by_family["matmul"]["dram__bytes_write.sum"] == pytest.approx(536.87e6)
+
+
+def test_parse_without_header_is_empty():
+    assert hbm.parse_ncu_csv("==PROF== Connected\n==WARNING== No kernels were profiled.\n") == []
+
+
+def test_classify_kernel_names():
+    assert hbm.classify_kernel("void cutlass::Kernel2<cutlass_80_tensorop_bf16_gemm>(T1)") == "matmul"
+    assert hbm.classify_kernel("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert hbm.classify_kernel("void pytorch_flash::flash_fwd_kernel<Traits>(Params)") == "attention"
+    assert hbm.classify_kernel("_rms_norm_kernel") == "norm"
+    assert hbm.classify_kernel("triton_poi_fused_add_0") == "elementwise"
+
+
+# --- unavailable paths ----------------------------------------------------------------------------
+
+@pytest.fixture
+def no_ncu(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))              # an empty folder: no ncu on PATH
+    monkeypatch.delenv("WORKBENCH_NCU", raising=False)
+    monkeypatch.setattr(hbm, "NCU_FALLBACK_DIRS", [])
+
+
+def test_ncu_missing(no_ncu):
+    path, reason = hbm.ncu_status()
+    assert path is None and "command not found" in reason
+    r = hbm.run_ncu(["true"])
+    assert not r.available and "command not found" in r.reason
+    assert r.dram_read_bytes is None and r.kernels == [] and r.totals == {}
+    r = hbm.measure_hbm_python("workbench.measure.workloads.attention_workload", {"n": 128})
+    assert not r.available and r.workload["result"] is None
+
+
+def _fake_ncu(tmp_path, body: str) -> Path:
+    script = tmp_path / "ncu"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
+def test_fake_ncu_output_is_parsed(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_NCU", str(_fake_ncu(
+        tmp_path, f'[ "$1" = "--version" ] && echo "Version 0.0 (fake)" && exit 0\ncat "{SAMPLE}"\n')))
+    r = hbm.run_ncu(["python", "-c", "pass"], nvtx_include="attention/")
+    assert r.available and len(r.kernels) == 6
+    assert "--nvtx-include" in r.command and "attention/" in r.command
+    assert r.dram_read_bytes == pytest.approx(622_843_932)
+
+
+def test_fake_ncu_permission_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_NCU", str(_fake_ncu(tmp_path, (
+        '[ "$1" = "--version" ] && exit 0\n'
+        'echo "==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access NVIDIA '
+        'GPU Performance Counters on the target device 0."\nexit 1\n'))))
+    r = hbm.run_ncu(["python", "-c", "pass"])
+    assert not r.available and "ERR_NVGPUCTRPERM" in r.reason and "root" in r.reason
+    assert r.dram_read_bytes is None
+
+
+def test_fake_ncu_no_kernels(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_NCU", str(_fake_ncu(
+        tmp_path, 'echo "==WARNING== No kernels were profiled."\nexit 0\n')))
+    r = hbm.run_ncu(["python", "-c", "pass"], nvtx_include="attention/")
+    assert not r.available and "no kernels" in r.reason
+
+
+def test_launches_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = measure.count_launches(lambda: torch.ones(4) + 1, label="eager")
+    assert not r.available and r.reason == "no CUDA: kernel launches need a GPU"
+    assert r.kernels == 0 and "unavailable" in str(r)
+
+
+# --- workloads and the worker on CPU -------------------------------------------------------------
+
+def test_naive_attention_matches_sdpa_on_cpu():
+    from workbench.measure import workloads
+    torch.manual_seed(0)
+    q, k, v = torch.randn(12, 4, 8), torch.randn(12, 2, 8), torch.randn(12, 2, 8)
+    naive = workloads.make_attention("naive", 12, "cpu")(q, k, v)
+    sdpa = workloads.make_attention("sdpa", 12, "cpu")(q, k, v)
+    torch.testing.assert_close(naive, sdpa, atol=1e-5, rtol=1e-5)
+
+
+def test_worker_runs_a_workload(tmp_path):
+    from workbench.measure import hbm_worker
+    out = tmp_path / "r.json"
+    spec = {"fn": "workbench.measure.workloads.attention_workload",
+            "kwargs": {"impl": "naive", "n": 16, "heads": 4, "kv_heads": 2, "head_dim": 8,
+                       "device": "cpu", "dtype": "float32"}, "out": str(out)}
+    assert hbm_worker.main([json.dumps(spec)]) == 0
+    result = json.loads(out.read_text())
+    assert result["out_shape"] == [16, 4, 8] and "time_s" not in result
+
+
+# --- records ----------------------------------------------------------------------------------------
+
+def test_records_round_trip_json(no_ncu):
+    records = [
+        roofline.count_params(TINY),
+        roofline.decode_step(TINY, [10, 30], bandwidth=3e12, peak_flops=989e12, source="test"),
+        roofline.attention_traffic_model(1024, 16, 128, kv_heads=8),
+        roofline.measure_copy_bandwidth("cpu"),
+        hbm.HbmRecord.from_kernels(hbm.parse_ncu_csv(SAMPLE.read_text()), command=["x"]),
+        hbm.run_ncu(["true"]),
+        measure.LaunchRecord("eager", False, "no CUDA: kernel launches need a GPU"),
+    ]
+    for r in records:
+        d = r.to_dict()
+        assert json.loads(json.dumps(d)) == d
+    table = measure.format_table(records[:3])
+    assert "modelled" in table and len(table.splitlines()) == 5
+
+
+def test_format_table_marks_measured_and_unavailable():
+    rows = [measure.LaunchRecord("eager", False, "no CUDA: kernel launches need a GPU")]
+    table = measure.format_table(rows, columns=["label", "available", "reason"])
+    assert "no CUDA" in table and "measured" in table

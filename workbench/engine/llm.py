@@ -1,0 +1,287 @@
+"""LLM: the user-facing engine. Requests in, tokens out, one scheduler step at a time.
+
+    llm = LLM("path/to/checkpoint", opts=Optimizations(attention="sdpa"))
+    outs = llm.generate(["sort: 3 1 2 ->"], SamplingParams(temperature=0, max_tokens=8))
+
+Every step: the scheduler picks sequences and token counts, the runner computes and samples,
+and the engine appends tokens, checks stop conditions and frees finished sequences' blocks.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from workbench.config import EngineConfig, Optimizations
+from workbench.model import ModelConfig
+from workbench.runner import ModelRunner
+
+from .block_manager import BlockManager
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import RequestStats, Sequence
+
+Prompt = str | list[int]
+
+
+@dataclass
+class RequestOutput:
+    request_id: int
+    prompt: str | None
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str            # 'stop' (EOS / stop token), 'length' (max_tokens / max_model_len)
+    stats: RequestStats
+    logits: torch.Tensor | None = None   # [num_output_tokens, vocab] float32, if asked for
+
+    @property
+    def ttft(self) -> float | None:
+        return self.stats.ttft
+
+    @property
+    def tpot(self) -> float | None:
+        return self.stats.tpot(len(self.token_ids))
+
+
+@dataclass
+class StreamEvent:
+    request_id: int
+    token_id: int
+    text: str                     # the text this token adds
+    finished: bool
+    finish_reason: str | None = None
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    prefill_tokens: int = 0       # prompt tokens run through the model (cache hits excluded)
+    decode_tokens: int = 0
+    preemptions: int = 0
+    prefix_hit_tokens: int = 0
+    step_seconds: list[float] = field(default_factory=list)
+
+
+def _pick_device_dtype(cfg: EngineConfig, model_cfg: ModelConfig) -> tuple[str, torch.dtype]:
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but torch sees no CUDA GPU; use device='cpu'")
+    name = cfg.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype={name!r}: choose float32, bfloat16 or float16")
+    return device, getattr(torch, name)
+
+
+class LLM:
+    def __init__(self, model: str | Path, opts: Optimizations | str | None = None, **engine_kwargs):
+        opts = opts if opts is not None else Optimizations()
+        self.config = EngineConfig(model=str(model), opts=opts, **engine_kwargs)
+        self.model_config = ModelConfig.from_hf(model)
+        self.device, self.dtype = _pick_device_dtype(self.config, self.model_config)
+        self.opts, self.skipped = self.config.opts.resolve(self.device, from_preset=self.config.from_preset)
+        self.max_model_len = self.config.max_model_len or min(self.model_config.max_position_embeddings, 4096)
+        if self.max_model_len > self.model_config.max_position_embeddings:
+            raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "
+                             f"max_position_embeddings={self.model_config.max_position_embeddings}")
+        self.tokenizer = self._load_tokenizer(Path(model))
+        self.runner = ModelRunner(self.config, self.model_config, self.opts, device=self.device,
+                                  dtype=self.dtype, max_model_len=self.max_model_len)
+        self.block_manager = BlockManager(self.runner.num_kv_blocks, self.config.block_size,
+                                          self.config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, max_num_seqs=self.config.max_num_seqs,
+                                   max_num_batched_tokens=self.config.max_num_batched_tokens,
+                                   chunked_prefill=self.config.chunked_prefill)
+        self.stats = EngineStats()
+        self._next_id = 0
+        self._eos = set(self.model_config.eos_token_ids)
+
+    @staticmethod
+    def _load_tokenizer(path: Path):
+        if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+            return None   # token-id prompts still work
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(str(path))
+
+    # Requests --------------------------------------------------------------------------------
+    def _make_sequence(self, prompt: Prompt, params: SamplingParams) -> Sequence:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this checkpoint has no tokenizer.json: pass prompts as lists of token ids")
+            token_ids, text = self.tokenizer.encode(prompt, add_special_tokens=False), prompt
+        else:
+            token_ids, text = [int(t) for t in prompt], None
+        if not token_ids:
+            raise ValueError("empty prompt: give at least one token (a non-empty string or id list)")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {vocab}): "
+                             "was the prompt tokenized for another model?")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(token_ids)} tokens but max_model_len={self.max_model_len} "
+                             "leaves no room to generate: shorten the prompt or raise max_model_len")
+        if not self.config.chunked_prefill and len(token_ids) > self.config.max_num_batched_tokens:
+            raise ValueError(f"prompt has {len(token_ids)} tokens, more than max_num_batched_tokens="
+                             f"{self.config.max_num_batched_tokens} with chunked_prefill=False: "
+                             "enable chunked_prefill or raise max_num_batched_tokens")
+        longest = min(len(token_ids) + params.max_tokens, self.max_model_len)
+        needed = self.block_manager.blocks_for(longest)
+        if needed > self.block_manager.num_blocks:
+            raise ValueError(f"a request of up to {longest} tokens needs {needed} KV blocks but the cache "
+                             f"has only {self.block_manager.num_blocks}: lower max_tokens or give the cache "
+                             "more memory (num_kv_blocks, kv_cache_gib or gpu_memory_utilization)")
+        seq = Sequence(self._next_id, token_ids, params, prompt=text)
+        self._next_id += 1
+        return seq
+
+    def _make_sequences(self, prompts, params) -> list[Sequence]:
+        """Validate every request before any is queued: one bad request costs nothing else."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params = params if params is not None else SamplingParams()
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} SamplingParams: give one, or one each")
+        seqs, errors = [], []
+        for index, (prompt, p) in enumerate(zip(prompts, params)):
+            try:
+                seqs.append(self._make_sequence(prompt, p))
+            except ValueError as err:
+                errors.append(f"request {index}: {err}")
+        if errors:
+            raise ValueError("; ".join(errors) + " (no request was queued)")
+        return seqs
+
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None) -> int:
+        seq = self._make_sequences([prompt], params)[0]
+        self.scheduler.add(seq)
+        return seq.request_id
+
+    # The step loop -----------------------------------------------------------------------------
+    def step(self) -> list[tuple[Sequence, int]]:
+        """Run one engine step; return (sequence, new token) for every token produced."""
+        start = time.perf_counter()
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            raise RuntimeError("scheduler made no progress with requests pending; please report this")
+        tokens, logits = self.runner.execute(scheduled)
+        now = time.perf_counter()
+        produced = []
+        for index, ((seq, n), token) in enumerate(zip(scheduled, tokens)):
+            is_prompt = seq.num_computed_tokens < seq.num_prompt_tokens
+            seq.num_computed_tokens += n
+            self.block_manager.commit_computed(seq)
+            if is_prompt:
+                self.stats.prefill_tokens += n
+            else:
+                self.stats.decode_tokens += n
+            if token is None:
+                continue
+            seq.token_ids.append(token)
+            if index in logits:
+                seq.logits.append(logits[index])
+            if seq.stats.first_token_time is None:
+                seq.stats.first_token_time = now
+            produced.append((seq, token))
+            reason = self._stop_reason(seq, token)
+            if reason:
+                seq.stats.finish_time = now
+                self.scheduler.finish(seq, reason)
+        self.stats.steps += 1
+        self.stats.preemptions = self.scheduler.num_preemptions
+        self.stats.prefix_hit_tokens = self.block_manager.prefix_hit_tokens
+        self.stats.step_seconds.append(time.perf_counter() - start)
+        return produced
+
+    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        if (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids:
+            return "stop"
+        if seq.num_output_tokens >= p.max_tokens or len(seq) >= self.max_model_len:
+            return "length"
+        return None
+
+    def _decode(self, token_ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        return RequestOutput(seq.request_id, seq.prompt, seq.token_ids[:seq.num_prompt_tokens],
+                             seq.output_token_ids, self._decode(seq.output_token_ids),
+                             seq.finish_reason, seq.stats,
+                             torch.stack(seq.logits) if seq.logits else None)
+
+    # Front doors -------------------------------------------------------------------------------
+    def generate(self, prompts: Prompt | list[Prompt], params: SamplingParams | list[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Run the requests to completion; outputs come back in prompt order."""
+        seqs = self._make_sequences(prompts, params)
+        for seq in seqs:
+            self.scheduler.add(seq)
+        with tqdm(total=len(seqs), desc="generate", unit="req", disable=not use_tqdm or len(seqs) < 2) as bar:
+            while any(not s.is_finished for s in seqs):
+                finished = sum(1 for seq, _ in self.step() if seq.is_finished)
+                bar.update(finished)
+        return [self._output(seq) for seq in seqs]
+
+    def stream(self, prompts: Prompt | list[Prompt],
+               params: SamplingParams | list[SamplingParams] | None = None) -> Iterator[StreamEvent]:
+        """Yield each token as soon as it is sampled (interleaved across requests)."""
+        seqs = self._make_sequences(prompts, params)
+        for seq in seqs:
+            self.scheduler.add(seq)
+        texts = {seq.request_id: "" for seq in seqs}
+        while any(not s.is_finished for s in seqs):
+            for seq, token in self.step():
+                text = self._decode(seq.output_token_ids)
+                delta, texts[seq.request_id] = text[len(texts[seq.request_id]):], text
+                yield StreamEvent(seq.request_id, token, delta, seq.is_finished, seq.finish_reason)
+
+    # Introspection and lifecycle ---------------------------------------------------------------
+    def describe(self) -> str:
+        """What actually runs: device, dtype, each switch, the KV cache, warm-up costs."""
+        o, r = self.opts, self.runner
+        attention = o.attention
+        if attention == "flash":
+            from workbench.attention.flash import flash_status
+            attention = f"flash ({flash_status()[0]})"
+        lines = [
+            f"model      {self.config.model} ({self.model_config.model_type}, "
+            f"{self.model_config.num_layers} layers, hidden {self.model_config.hidden_size})",
+            f"device     {self.device} {torch.cuda.get_device_name() if self.device.startswith('cuda') else ''}".rstrip()
+            + f", {str(self.dtype).removeprefix('torch.')}",
+            f"attention  {attention}",
+            f"fused      {'on (Triton kernels)' if o.fused_kernels else 'off (plain torch ops)'}",
+            f"graphs     {'on, buckets ' + str(r.graphs.buckets) if r.graphs else 'off (eager decode)'}",
+            f"compile    {'on (torch.compile)' if o.compile else 'off'}",
+            f"kv cache   {r.num_kv_blocks} blocks x {self.config.block_size} tokens "
+            f"({r.num_kv_blocks * r.kv_bytes_per_block / 2**30:.2f} GiB), prefix caching "
+            f"{'on' if self.config.enable_prefix_caching else 'off'}, chunked prefill "
+            f"{'on' if self.config.chunked_prefill else 'off'}",
+        ]
+        lines += [f"warm-up    {k} = {v:.2f}" for k, v in r.timings.items()]
+        lines += [f"skipped    {note}" for note in self.skipped]
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        """Free the weights, KV cache and graphs so another engine fits in the same process."""
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,58 @@
+"""Logits -> next token, per request: greedy, temperature, top-k, top-p, seeded.
+
+Sampling uses the 'exponential race': argmax(p_i / E_i) with E_i ~ Exp(1) picks token i with
+probability p_i. It needs no cumulative sum and no sort, and each request can draw its noise
+from its own seeded generator, so a seeded request gives the same tokens in any batch.
+"""
+from __future__ import annotations
+
+import torch
+
+from .sequence import Sequence
+
+
+def _filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Set to -inf every logit outside each row's top-k and nucleus (top-p) set."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    rank = torch.arange(logits.shape[-1], device=logits.device)
+    outside = rank[None, :] >= top_k[:, None]
+    probs = sorted_logits.softmax(dim=-1)
+    # A token is outside the nucleus when the tokens ranked above it already reach top_p.
+    outside |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
+    sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+class Sampler:
+    def __init__(self, device: str, seed: int):
+        self.device = device
+        self.generator = torch.Generator(device=device).manual_seed(seed)  # for unseeded requests
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        logits = logits.float()
+        greedy = logits.argmax(dim=-1)
+        if all(seq.params.greedy for seq in seqs):
+            return greedy.tolist()
+        vocab = logits.shape[-1]
+        temps = torch.tensor([seq.params.temperature or 1.0 for seq in seqs], device=logits.device)
+        top_k = torch.tensor([seq.params.top_k if seq.params.top_k > 0 else vocab for seq in seqs],
+                             device=logits.device)
+        top_p = torch.tensor([seq.params.top_p for seq in seqs], device=logits.device)
+        logits = logits / temps[:, None]
+        if (top_k < vocab).any() or (top_p < 1).any():
+            logits = _filter_top_k_top_p(logits, top_k, top_p)
+        probs = logits.softmax(dim=-1)
+        noise = torch.ones_like(probs)
+        for row, seq in enumerate(seqs):
+            if not seq.params.greedy:   # greedy rows draw nothing, so they never shift others' noise
+                noise[row].exponential_(generator=self._generator_for(seq))
+        sampled = (probs / noise).argmax(dim=-1)
+        is_greedy = torch.tensor([seq.params.greedy for seq in seqs], device=logits.device)
+        return torch.where(is_greedy, greedy, sampled).tolist()
+
+    def _generator_for(self, seq: Sequence) -> torch.Generator:
+        if seq.params.seed is None:
+            return self.generator
+        if seq.generator is None:
+            seq.generator = torch.Generator(device=self.device).manual_seed(seq.params.seed)
+        return seq.generator

@@ -1,0 +1,101 @@
+"""Continuous batching: which sequences run in the next step, and how many tokens each.
+
+Each step has a token budget (max_num_batched_tokens) and a sequence cap (max_num_seqs).
+Sequences join and leave the batch at every step -- no waiting for the slowest member.
+
+Two policies, one switch (chunked_prefill):
+- off: a step is either all prefill (whole prompts, new requests first) or all decode.
+- on:  running sequences go first (decodes take 1 token each), and the rest of the budget goes
+       to prompt chunks, so a long prompt is split across steps and never stalls the decodes.
+
+When the KV cache runs out of blocks, the newest running sequence is preempted: its blocks are
+freed and it goes back to the front of the queue to be recomputed later (its tokens are kept,
+so its output does not change).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from .block_manager import BlockManager
+from .sequence import Sequence, Status
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, *, max_num_seqs: int, max_num_batched_tokens: int,
+                 chunked_prefill: bool):
+        self.blocks = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.chunked_prefill = chunked_prefill
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> list[tuple[Sequence, int]]:
+        """Pick (sequence, number of new tokens) pairs for the next step."""
+        budget = self.max_num_batched_tokens
+        if self.chunked_prefill:
+            scheduled, budget, preempted = self._schedule_running(budget)
+            if not preempted:
+                scheduled += self._schedule_waiting(budget, chunk=True)
+            return scheduled
+        scheduled = self._schedule_waiting(budget, chunk=False)   # prefill step if any prompt fits
+        return scheduled or self._schedule_running(budget)[0]
+
+    def _schedule_running(self, budget: int):
+        scheduled, preempted = [], False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_uncomputed_tokens, budget)
+            while not self.blocks.allocate(seq, n):
+                victim = self.running[-1]   # the newest: it has the least work to lose
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            if seq.status != Status.RUNNING:
+                break
+            scheduled.append((seq, n))
+            budget -= n
+            i += 1
+        return scheduled, budget, preempted
+
+    def _schedule_waiting(self, budget: int, *, chunk: bool):
+        scheduled = []
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            hits = self.blocks.lookup_prefix(seq)
+            n = len(seq) - len(hits) * self.blocks.block_size
+            if chunk:
+                n = min(n, budget)
+            elif n > budget and scheduled:   # whole prompts only; an oversized one runs alone
+                break
+            if not self.blocks.allocate(seq, n, hits):
+                break
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            scheduled.append((seq, n))
+            budget -= n
+        return scheduled
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq)
+        seq.status = Status.WAITING
+        seq.stats.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        seq.status = Status.FINISHED
+        seq.finish_reason = reason
+        self.running.remove(seq)
+        self.blocks.free(seq)

@@ -1,0 +1,192 @@
+"""Hand-written Triton kernels: the lesson is kernel fusion.
+
+In plain PyTorch, `rmsnorm(x + residual)` is several kernels (add, cast, square, mean, rsqrt,
+multiply, cast, multiply), and each one reads its input from HBM and writes its output back.
+These small element-wise ops are memory-bound: their cost is the bytes moved, not the math.
+A fused kernel loads each input once, keeps every intermediate in registers, and writes only
+the final results -- same numbers, a fraction of the traffic and one launch instead of many.
+
+Kernels here (each: one short @triton.jit function and a Python wrapper):
+  store_kvcache       scatter the step's new K/V rows into the paged KV cache
+  fused_add_rms_norm  residual add + RMSNorm (also rms_norm, without the residual)
+  silu_and_mul        SwiGLU's silu(gate) * up
+  apply_rope_         rotary embedding of q and k, in place
+
+All math runs in float32; results are stored in the input dtype. The wrappers accept strided
+views (e.g. q/k/v sliced out of one fused QKV projection) without copying them.
+Only long-stable Triton APIs are used, so the same code runs on old and new Triton versions and
+under the interpreter (TRITON_INTERPRET=1, CPU tensors) in the CPU test suite.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+# --- KV-cache store ----------------------------------------------------------------------------
+@triton.jit
+def _store_kvcache_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+                          k_stride, v_stride, ROW: tl.constexpr, BLOCK: tl.constexpr):
+    token = tl.program_id(0)
+    slot = tl.load(slot_ptr + token)
+    if slot < 0:          # padding token (CUDA-graph bucket): it owns no cache slot
+        return
+    offs = tl.arange(0, BLOCK)
+    mask = offs < ROW     # one row = all KV heads of this token, Hkv * D contiguous values
+    k = tl.load(k_ptr + token * k_stride + offs, mask=mask)
+    v = tl.load(v_ptr + token * v_stride + offs, mask=mask)
+    tl.store(k_cache_ptr + slot * ROW + offs, k, mask=mask)   # slot is int64: no overflow
+    tl.store(v_cache_ptr + slot * ROW + offs, v, mask=mask)
+
+
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """[T, H, D] with each token's H*D values contiguous (a token stride of its own is fine)."""
+    if t.stride(-1) == 1 and t.stride(-2) == t.shape[-1]:
+        return t
+    return t.contiguous()
+
+
+def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  slot_mapping: torch.Tensor) -> None:
+    """k, v [T, Hkv, D] -> k_cache, v_cache [num_blocks, block_size, Hkv, D] at slot_mapping [T]."""
+    k, v = _rows_contiguous(k), _rows_contiguous(v)
+    assert k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.dtype == k.dtype
+    assert slot_mapping.dtype == torch.int64, "slot_mapping must be int64 (slot * row overflows int32)"
+    row = k.shape[1] * k.shape[2]
+    assert k_cache.shape[2] * k_cache.shape[3] == row, "cache heads/head_dim differ from k"
+    T = k.shape[0]
+    if T == 0:
+        return
+    _store_kvcache_kernel[(T,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0),
+                                ROW=row, BLOCK=triton.next_power_of_2(row))
+
+
+# --- residual add + RMSNorm --------------------------------------------------------------------
+@triton.jit
+def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
+                         heads, x_s0, x_s1, r_s0, r_s1, eps,
+                         N: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+    # One program normalizes one row. Inputs are [tokens, heads, N] views (heads = 1 for a
+    # plain [tokens, N] matrix); outputs are contiguous, row-major.
+    row = tl.program_id(0)
+    tok, head = row // heads, row % heads
+    offs = tl.arange(0, BLOCK)
+    mask = offs < N
+    x = tl.load(x_ptr + tok * x_s0 + head * x_s1 + offs, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(res_ptr + tok * r_s0 + head * r_s1 + offs, mask=mask, other=0.0)
+        # Round the sum to the input dtype, exactly as torch's `x + residual` does.
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        tl.store(res_out_ptr + row * N + offs, x, mask=mask)
+    s = x.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=0) / N + eps)
+    # Same two roundings as the unfused form: (normalized -> input dtype) * weight.
+    normed = (s * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * N + offs, (normed * w).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _as_3d(t: torch.Tensor) -> torch.Tensor:
+    """View [tokens, N] or [tokens, heads, N] as [tokens, heads, N] (no copy when possible)."""
+    t = t.unsqueeze(1) if t.dim() == 2 else t
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _rms_norm(x, residual, weight, eps):
+    assert x.dim() in (2, 3) and weight.shape == (x.shape[-1],)
+    x3 = _as_3d(x)
+    r3 = _as_3d(residual) if residual is not None else x3
+    assert r3.shape == x3.shape, "residual must have the shape of x"
+    tokens, heads, n = x3.shape
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    new_res = torch.empty_like(out) if residual is not None else x
+    if out.numel():
+        _add_rms_norm_kernel[(tokens * heads,)](
+            x3, r3, weight, out, new_res, heads, x3.stride(0), x3.stride(1),
+            r3.stride(0), r3.stride(1), eps, N=n, HAS_RESIDUAL=residual is not None,
+            BLOCK=triton.next_power_of_2(n))
+    return out, new_res
+
+
+def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (rmsnorm(x + residual) * weight, x + residual); with residual=None, (rmsnorm(x), x)."""
+    return _rms_norm(x, residual, weight, eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim of [N, H] or [N, heads, D] (per-head q/k norm)."""
+    return _rms_norm(x, None, weight, eps)[0]
+
+
+# --- SwiGLU activation -------------------------------------------------------------------------
+@triton.jit
+def _silu_and_mul_kernel(gu_ptr, out_ptr, gu_stride, I, BLOCK: tl.constexpr):
+    token = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < I
+    gate = tl.load(gu_ptr + token * gu_stride + offs, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(gu_ptr + token * gu_stride + I + offs, mask=mask, other=0.0).to(tl.float32)
+    silu = gate / (1.0 + tl.exp(-gate))
+    tl.store(out_ptr + token * I + offs, (silu * up).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2I] = concat(gate, up) -> silu(gate) * up, [T, I]."""
+    if gate_up.stride(-1) != 1:
+        gate_up = gate_up.contiguous()
+    lead, inter = gate_up.shape[:-1], gate_up.shape[-1] // 2
+    gu = gate_up.reshape(-1, 2 * inter)
+    out = torch.empty(gu.shape[0], inter, dtype=gate_up.dtype, device=gate_up.device)
+    if out.numel():
+        block = min(1024, triton.next_power_of_2(inter))
+        _silu_and_mul_kernel[(gu.shape[0], triton.cdiv(inter, block))](
+            gu, out, gu.stride(0), inter, BLOCK=block)
+    return out.view(*lead, inter)
+
+
+# --- rotary embedding --------------------------------------------------------------------------
+@triton.jit
+def _rotate_heads(ptr, tok_stride, head_stride, token, n_heads, cos, sin,
+                  HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    # All heads of one token as a [BLOCK_H, BLOCK_D] tile; x1 = first half, x2 = second half.
+    h = tl.arange(0, BLOCK_H)[:, None]
+    d = tl.arange(0, BLOCK_D)[None, :]
+    mask = (h < n_heads) & (d < HALF)
+    p1 = ptr + token * tok_stride + h * head_stride + d
+    x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
+    # rotate_half: [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]
+    tl.store(p1, (x1 * cos - x2 * sin).to(ptr.dtype.element_ty), mask=mask)
+    tl.store(p1 + HALF, (x2 * cos + x1 * sin).to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope_kernel(q_ptr, k_ptr, pos_ptr, cos_sin_ptr, q_s0, q_s1, k_s0, k_s1, n_q, n_k,
+                 HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+    token = tl.program_id(0)
+    pos = tl.load(pos_ptr + token)
+    d = tl.arange(0, BLOCK_D)[None, :]
+    # Row `pos` of the table: [cos(pos * f_0..), sin(pos * f_0..)], loaded once for all heads.
+    cos = tl.load(cos_sin_ptr + pos * (2 * HALF) + d, mask=d < HALF, other=0.0)
+    sin = tl.load(cos_sin_ptr + pos * (2 * HALF) + HALF + d, mask=d < HALF, other=0.0)
+    _rotate_heads(q_ptr, q_s0, q_s1, token, n_q, cos, sin, HALF, BLOCK_HQ, BLOCK_D)
+    _rotate_heads(k_ptr, k_s0, k_s1, token, n_k, cos, sin, HALF, BLOCK_HK, BLOCK_D)
+
+
+def apply_rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+                cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q [T, Hq, D] and k [T, Hkv, D] in place by their tokens' positions [T]."""
+    assert q.stride(-1) == 1 and k.stride(-1) == 1, "head_dim must be contiguous (in-place op)"
+    assert cos_sin_cache.dtype == torch.float32 and cos_sin_cache.is_contiguous()
+    T, n_q, dim = q.shape
+    assert dim % 2 == 0 and cos_sin_cache.shape[1] == dim
+    if T:
+        _rope_kernel[(T,)](q, k, positions, cos_sin_cache, q.stride(0), q.stride(1),
+                           k.stride(0), k.stride(1), n_q, k.shape[1], HALF=dim // 2,
+                           BLOCK_HQ=triton.next_power_of_2(n_q),
+                           BLOCK_HK=triton.next_power_of_2(k.shape[1]),
+                           BLOCK_D=triton.next_power_of_2(dim // 2))
+    return q, k

@@ -1,0 +1,109 @@
+"""The decoder's small building blocks, each in an unfused and a fused form.
+
+Unfused forms are plain torch: every op is its own kernel, and every intermediate makes a round
+trip through HBM. Fused forms call one hand-written Triton kernel (workbench.kernels) that keeps
+the intermediates on-chip. The switch `Optimizations.fused_kernels` picks the form; both must
+produce the same numbers (within bf16 rounding).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * weight, optionally after adding the residual stream.
+
+    With a residual, returns (normed, new_residual) where new_residual = x + residual: the
+    decoder adds the residual and normalizes in one place, which is what makes fusing them easy.
+    """
+
+    def __init__(self, size: int, eps: float, fused: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+        self.fused = fused
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if self.fused:
+            from workbench.kernels import fused_add_rms_norm, rms_norm
+            if residual is None:
+                return rms_norm(x, self.weight, self.eps)
+            return fused_add_rms_norm(x, residual, self.weight, self.eps)
+        if residual is None:
+            return self._norm(x)
+        x = x + residual
+        return self._norm(x), x
+
+
+class SiluAndMul(nn.Module):
+    """SwiGLU's activation: silu(gate) * up, with gate and up packed side by side."""
+
+    def __init__(self, fused: bool = False):
+        super().__init__()
+        self.fused = fused
+
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            from workbench.kernels import silu_and_mul
+            return silu_and_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return nn.functional.silu(gate) * up
+
+
+def _llama3_scaled_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """Llama 3.x stretches low frequencies so the model reaches longer contexts."""
+    factor = scaling["factor"]
+    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old_len / wavelen - low) / (high - low)
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    mid = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    is_mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
+    return torch.where(is_mid, mid, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE, 'rotate half' layout (as in HF Qwen/Llama), over the full head dimension.
+
+    cos and sin for every position are computed once at start-up (cos_sin_cache); each step only
+    indexes that table with the tokens' positions.
+    """
+
+    def __init__(self, head_dim: int, max_position: int, base: float, scaling: dict | None = None,
+                 fused: bool = False):
+        super().__init__()
+        self.head_dim, self.max_position, self.base, self.scaling = head_dim, max_position, base, scaling
+        self.fused = fused
+        self.register_buffer("cos_sin_cache", torch.empty(0), persistent=False)
+        self.build_cache()
+
+    def build_cache(self, device=None) -> None:
+        """(Re)compute the float32 table; the loader calls this after building the model on 'meta'."""
+        d = self.head_dim
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+        if self.scaling is not None:
+            inv_freq = _llama3_scaled_inv_freq(inv_freq, self.scaling)
+        positions = torch.arange(self.max_position, dtype=torch.float32, device=device)
+        freqs = torch.outer(positions, inv_freq)
+        self.cos_sin_cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        if self.fused:
+            from workbench.kernels import apply_rope_
+            return apply_rope_(q, k, positions, self.cos_sin_cache)
+        cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)

@@ -1,0 +1,109 @@
+"""The decoder: Qwen3 (and Llama, which is Qwen3 without q/k norm).
+
+Reads top-down: CausalLM -> DecoderLayer -> (Attention, MLP). Everything works on packed tokens
+[T, hidden]: no batch dimension, no padding. q/k/v and gate/up projections are stored merged
+(one matmul instead of three or two), the standard layout of inference engines; the loader
+concatenates the checkpoint's separate tensors.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workbench.attention import AttentionMetadata, store_kv
+
+from .config import ModelConfig
+from .layers import RMSNorm, RotaryEmbedding, SiluAndMul
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend, fused: bool):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, fused)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, fused)
+        self.rotary = rotary   # one table shared by all layers
+        self.backend = backend
+        self.scale = cfg.head_dim ** -0.5
+        self.k_cache = self.v_cache = torch.empty(0)   # views into the engine's KV cache, set by the runner
+
+    def forward(self, positions, hidden, meta: AttentionMetadata):
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.unflatten(-1, (self.num_heads, self.head_dim))
+        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q, k)
+        store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        out = self.backend(q, self.k_cache, self.v_cache, meta, self.scale)
+        return self.o_proj(out.flatten(-2))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, fused: bool):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.act = SiluAndMul(fused)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend, fused: bool):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fused)
+        self.self_attn = Attention(cfg, rotary, backend, fused)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fused)
+        self.mlp = MLP(cfg, fused)
+
+    def forward(self, positions, hidden, residual, meta):
+        # The residual stream travels beside the hidden state so that "add residual, then
+        # normalize" is one call -- one kernel when fused.
+        if residual is None:   # first layer: the residual stream starts as the embeddings
+            hidden, residual = self.input_layernorm(hidden), hidden
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, meta)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class CausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend, fused: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
+                                      cfg.rope_scaling, fused)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, self.rotary, backend, fused)
+                                    for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fused)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Small models reuse the embedding matrix as the output head (saves vocab x hidden)."""
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
+        """Packed token ids [T] -> final hidden states [T, hidden]."""
+        hidden, residual = self.embed_tokens(input_ids), None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, meta)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)

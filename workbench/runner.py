@@ -1,0 +1,183 @@
+"""ModelRunner: owns the model and the KV cache, turns a scheduled batch into tokens.
+
+One step: pack the scheduled sequences' new tokens (prepare), run the model -- eager, compiled,
+or by replaying a CUDA graph when the step is a pure decode -- compute logits only for the rows
+that will sample, and sample.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from workbench.attention import AttentionMetadata, make_backend
+from workbench.config import EngineConfig, Optimizations
+from workbench.cuda_graphs import DecodeGraphs
+from workbench.engine.sampler import Sampler
+from workbench.engine.sequence import Sequence
+from workbench.model import ModelConfig, load_model
+
+CPU_DEFAULT_KV_GIB = 1.0
+
+
+class ModelRunner:
+    def __init__(self, cfg: EngineConfig, model_cfg: ModelConfig, opts: Optimizations, *,
+                 device: str, dtype: torch.dtype, max_model_len: int):
+        self.cfg, self.model_cfg, self.opts = cfg, model_cfg, opts
+        self.device, self.dtype = torch.device(device), dtype
+        self.block_size = cfg.block_size
+        self.max_model_len = max_model_len
+        self.max_blocks_per_seq = -(-max_model_len // cfg.block_size)
+        self.timings: dict[str, float] = {}
+
+        start = time.perf_counter()
+        self.model = load_model(cfg.model, model_cfg, make_backend(opts.attention),
+                                fused=opts.fused_kernels, dtype=dtype, device=device)
+        self.timings["load_s"] = time.perf_counter() - start
+        self.num_kv_blocks = self._plan_kv_blocks()
+        self.kv_cache = torch.zeros(2, model_cfg.num_layers, self.num_kv_blocks, cfg.block_size,
+                                    model_cfg.num_kv_heads, model_cfg.head_dim, dtype=dtype, device=device)
+        for i, layer in enumerate(self.model.layers):
+            layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+        self.sampler = Sampler(device, cfg.seed)
+
+        self.forward = self.model.forward
+        if opts.compile:
+            self.forward = torch.compile(self.model.forward, dynamic=True)
+        self.graphs = None
+        if opts.cuda_graphs:
+            self.graphs = DecodeGraphs(self.forward, max_num_seqs=cfg.max_num_seqs,
+                                       max_blocks_per_seq=self.max_blocks_per_seq,
+                                       max_model_len=max_model_len, device=self.device)
+        self.warm_up()
+
+    # KV cache sizing ---------------------------------------------------------------------------
+    @property
+    def kv_bytes_per_block(self) -> int:
+        m = self.model_cfg
+        return 2 * m.num_layers * self.block_size * m.num_kv_heads * m.head_dim * self.dtype.itemsize
+
+    def _plan_kv_blocks(self) -> int:
+        cfg = self.cfg
+        if cfg.num_kv_blocks is not None:
+            return cfg.num_kv_blocks
+        if cfg.kv_cache_gib is not None:
+            budget = cfg.kv_cache_gib * 2**30
+        elif self.device.type == "cuda":
+            budget = self._free_gpu_bytes_for_kv()
+        else:   # enough for every sequence at full length, capped
+            wanted = cfg.max_num_seqs * self.max_blocks_per_seq * self.kv_bytes_per_block
+            budget = min(wanted, CPU_DEFAULT_KV_GIB * 2**30)
+        blocks = int(budget // self.kv_bytes_per_block)
+        if blocks < 1:
+            raise ValueError(f"the KV-cache budget ({budget / 2**30:.2f} GiB) holds no block of "
+                             f"{self.kv_bytes_per_block / 2**20:.1f} MiB: raise gpu_memory_utilization or "
+                             "kv_cache_gib, or lower block_size/max_num_batched_tokens")
+        return blocks
+
+    def _free_gpu_bytes_for_kv(self) -> int:
+        """gpu_memory_utilization x total, minus what is in use, minus the peak activations of
+        the largest step (measured by running one on a throw-away cache)."""
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        self._profile_run()
+        peak_extra = torch.cuda.max_memory_allocated() - base
+        free, total = torch.cuda.mem_get_info()
+        used = total - free
+        return int(total * self.cfg.gpu_memory_utilization - used - peak_extra)
+
+    @torch.inference_mode()
+    def _profile_run(self) -> None:
+        tokens = min(self.cfg.max_num_batched_tokens, self.max_model_len * self.cfg.max_num_seqs)
+        seq_len = min(tokens, self.max_model_len)
+        num_seqs = max(1, tokens // seq_len)
+        blocks_per_seq = -(-seq_len // self.block_size)
+        m = self.model_cfg
+        scratch = torch.zeros(2, num_seqs * blocks_per_seq, self.block_size, m.num_kv_heads, m.head_dim,
+                              dtype=self.dtype, device=self.device)
+        for layer in self.model.layers:
+            layer.self_attn.k_cache, layer.self_attn.v_cache = scratch[0], scratch[1]
+        seqs = [(list(range(seq_len)), list(range(b * blocks_per_seq, (b + 1) * blocks_per_seq)))
+                for b in range(num_seqs)]
+        ids, pos, meta = self._pack([(tokens_, table, 0, seq_len) for tokens_, table in seqs])
+        hidden = self.model(ids, pos, meta)
+        self.model.compute_logits(hidden[meta.cu_seqlens_q[1:].long() - 1])
+        del scratch, hidden
+        torch.cuda.synchronize()
+
+    # Warm-up -----------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Compile and capture outside any timed region; record how long each took."""
+        if self.opts.compile:
+            start = time.perf_counter()
+            dummy = Sequence(-1, [0] * min(16, self.max_model_len - 1), None)
+            dummy.block_table = [0] * -(-len(dummy) // self.block_size)
+            with torch.inference_mode():
+                ids, pos, meta = self.prepare([(dummy, len(dummy))])
+                self.forward(ids, pos, meta)
+            self.timings["compile_s"] = time.perf_counter() - start
+        if self.graphs is not None:
+            self.graphs.capture()
+            self.timings["graph_capture_s"] = self.graphs.capture_seconds
+
+    # One step ----------------------------------------------------------------------------------
+    def _pack(self, items) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """items: (token_ids, block_table, start, end) per sequence -> packed model inputs."""
+        bs = self.block_size
+        ids, positions, slots, cu, seq_lens = [], [], [], [0], []
+        width = max(len(table) for _, table, _, _ in items)
+        tables = np.zeros((len(items), width), dtype=np.int32)
+        for row, (token_ids, table, start, end) in enumerate(items):
+            pos = np.arange(start, end)
+            table_np = np.asarray(table, dtype=np.int64)
+            ids.append(token_ids[start:end])
+            positions.append(pos)
+            slots.append(table_np[pos // bs] * bs + pos % bs)
+            cu.append(cu[-1] + end - start)
+            seq_lens.append(end)
+            tables[row, :len(table)] = table
+        to = dict(device=self.device, non_blocking=True)
+        q_lens = np.diff(cu)
+        meta = AttentionMetadata(
+            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32).to(**to),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(**to),
+            block_tables=torch.from_numpy(tables).to(**to),
+            slot_mapping=torch.from_numpy(np.concatenate(slots)).to(**to),
+            max_seqlen_q=int(q_lens.max()), max_seqlen_k=max(seq_lens), is_decode=bool((q_lens == 1).all()))
+        input_ids = torch.tensor(np.concatenate([np.asarray(i, dtype=np.int64) for i in ids])).to(**to)
+        return input_ids, torch.from_numpy(np.concatenate(positions)).to(**to), meta
+
+    def prepare(self, scheduled: list[tuple[Sequence, int]]):
+        return self._pack([(seq.token_ids, seq.block_table, seq.num_computed_tokens,
+                            seq.num_computed_tokens + n) for seq, n in scheduled])
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[int | None], dict[int, torch.Tensor]]:
+        """Run one step; return the sampled token per scheduled sequence (None: prompt chunk
+        that does not reach the end of its tokens yet, so nothing to sample) and the logits of
+        the sequences that asked for them (by index into `scheduled`)."""
+        input_ids, positions, meta = self.prepare(scheduled)
+        if self.graphs is not None and self.graphs.can_run(meta):
+            hidden = self.graphs.run(input_ids, positions, meta)
+        else:
+            hidden = self.forward(input_ids, positions, meta)
+        samples = [i for i, (seq, n) in enumerate(scheduled) if seq.num_computed_tokens + n == len(seq)]
+        if not samples:
+            return [None] * len(scheduled), {}
+        last_rows = meta.cu_seqlens_q[1:].long() - 1
+        logits = self.model.compute_logits(hidden[last_rows[samples]])
+        tokens = self.sampler(logits, [scheduled[i][0] for i in samples])
+        out: list[int | None] = [None] * len(scheduled)
+        for i, token in zip(samples, tokens):
+            out[i] = token
+        kept = {i: logits[row].float().cpu() for row, i in enumerate(samples)
+                if scheduled[i][0].params.return_logits}
+        return out, kept
+
+    def close(self) -> None:
+        self.graphs = None
+        self.forward = None
+        self.model = None
+        self.kv_cache = None
