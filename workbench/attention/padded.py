@@ -27,8 +27,9 @@ def pad_queries(q: torch.Tensor, meta: AttentionMetadata) -> tuple[torch.Tensor,
 
 def gather_kv(cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
     """Paged cache [blocks, block_size, H, D] -> keys per sequence [B, max_blocks*block_size, H, D]."""
-    blocks = cache[meta.block_tables.long()]          # [B, max_blocks, block_size, H, D]
-    return blocks.flatten(1, 2)
+    table = meta.block_tables
+    blocks = cache.index_select(0, table.flatten())    # [B * max_blocks, block_size, H, D]
+    return blocks.view(table.shape[0], -1, *cache.shape[2:])
 
 
 def causal_mask(meta: AttentionMetadata, lk: int, device) -> torch.Tensor:

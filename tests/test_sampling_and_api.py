@@ -1,0 +1,136 @@
+"""Sampler behaviour, the stream API, describe/close, and bad input."""
+import random
+
+import pytest
+import torch
+
+from workbench import LLM, Optimizations, SamplingParams
+from workbench.engine.sampler import Sampler
+from workbench.engine.sequence import Sequence
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_ckpt):
+    with LLM(tiny_ckpt, block_size=16, max_model_len=256, num_kv_blocks=64) as engine:
+        yield engine
+
+
+def _seq(params):
+    return Sequence(0, [1], params)
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy():
+    logits = torch.randn(4, 50)
+    sampler = Sampler("cpu", seed=0)
+    greedy = logits.argmax(-1).tolist()
+    assert sampler(logits, [_seq(SamplingParams(temperature=1.0, top_k=1)) for _ in range(4)]) == greedy
+    assert sampler(logits, [_seq(SamplingParams(temperature=1.0, top_p=1e-6)) for _ in range(4)]) == greedy
+
+
+def test_sampling_follows_the_distribution():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1, 1e-9]])).repeat(4000, 1)
+    sampler = Sampler("cpu", seed=0)
+    picks = torch.tensor(sampler(logits, [_seq(SamplingParams()) for _ in range(4000)]))
+    freq = torch.bincount(picks, minlength=4).float() / 4000
+    assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1, 0.0]), atol=0.03), freq
+    top2 = torch.tensor(sampler(logits, [_seq(SamplingParams(top_k=2)) for _ in range(4000)]))
+    assert set(top2.tolist()) == {0, 1}
+
+
+def test_seeded_requests_reproduce_in_any_batch(llm):
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1, 512) for _ in range(n)] for n in (5, 30, 12)]
+    seeded = SamplingParams(temperature=0.9, top_p=0.9, top_k=50, max_tokens=12, seed=123, ignore_eos=True)
+    alone = llm.generate([prompts[1]], seeded, use_tqdm=False)[0].token_ids
+    unseeded = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True)
+    batch = llm.generate(prompts, [unseeded, seeded, unseeded], use_tqdm=False)
+    assert batch[1].token_ids == alone
+
+
+def test_stop_conditions(llm):
+    out = llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True), use_tqdm=False)[0]
+    assert len(out.token_ids) == 5 and out.finish_reason == "length"
+    stop = out.token_ids[2]
+    out2 = llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True,
+                                                    stop_token_ids=[stop]), use_tqdm=False)[0]
+    assert out2.token_ids == out.token_ids[:out.token_ids.index(stop) + 1] and out2.finish_reason == "stop"
+
+
+def test_stream_yields_the_generate_tokens(llm):
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    expected = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    got = {}
+    for event in llm.stream(prompts, params):
+        got.setdefault(event.request_id, []).append(event.token_id)
+    assert list(got.values()) == expected
+
+
+def test_text_prompts_and_describe(llm):
+    out = llm.generate("hello", SamplingParams(temperature=0, max_tokens=3, ignore_eos=True), use_tqdm=False)[0]
+    assert out.prompt == "hello" and len(out.token_ids) == 3 and isinstance(out.text, str)
+    text = llm.describe()
+    assert "attention  sdpa" in text and "kv cache   64 blocks" in text
+
+
+@pytest.mark.parametrize("make_params", [
+    lambda: SamplingParams(temperature=-0.1), lambda: SamplingParams(top_p=0.0), lambda: SamplingParams(top_p=1.5),
+    lambda: SamplingParams(top_k=0), lambda: SamplingParams(top_k=-2), lambda: SamplingParams(max_tokens=0)])
+def test_bad_sampling_params(make_params):
+    with pytest.raises(ValueError, match="must be"):
+        make_params()
+
+
+@pytest.mark.parametrize("prompt,match", [
+    ([], "empty prompt"), ("", "empty prompt"), ([1, 10**6], "outside the vocabulary"),
+    ([1] * 300, "max_model_len")])
+def test_bad_requests_raise_and_lose_nothing(llm, prompt, match):
+    good = [[3, 4, 5]]
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    expected = llm.generate(good, params, use_tqdm=False)
+    pending = llm.add_request([7, 8, 9], params)      # queued before the bad call
+    with pytest.raises(ValueError, match=match):
+        llm.generate(good + [prompt], params, use_tqdm=False)
+    again = llm.generate(good, params, use_tqdm=False)   # the engine still serves ...
+    assert again[0].token_ids == expected[0].token_ids
+    assert not llm.scheduler.has_unfinished()         # ... and the earlier request also finished
+    assert pending >= 0
+
+
+def test_request_too_big_for_the_kv_cache(tiny_ckpt):
+    with LLM(tiny_ckpt, block_size=16, max_model_len=256, num_kv_blocks=8) as small:
+        with pytest.raises(ValueError, match="needs 13 KV blocks but the cache has only 8"):
+            small.generate([[1] * 200], SamplingParams(max_tokens=4), use_tqdm=False)
+        assert small.generate([[1] * 20], SamplingParams(max_tokens=4), use_tqdm=False)[0].token_ids
+
+
+def test_bad_model_dirs(tmp_path, tiny_ckpt):
+    with pytest.raises(FileNotFoundError, match="does not exist|config.json"):
+        LLM(tmp_path / "nope")
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ValueError, match="supported model types: qwen3, llama"):
+        LLM(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "qwen3", "hidden_size": 8}')
+    with pytest.raises(ValueError, match="missing num_hidden_layers"):
+        LLM(tmp_path)
+    (tmp_path / "config.json").write_text((tiny_ckpt / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        LLM(tmp_path)
+
+
+def test_cuda_only_switches_on_cpu(tiny_ckpt):
+    with pytest.raises(ValueError, match="need a CUDA GPU"):
+        LLM(tiny_ckpt, opts=Optimizations(attention="flash"), device="cpu")
+    with LLM(tiny_ckpt, opts=Optimizations.all_on(), from_preset=True, device="cpu", max_model_len=128) as llm:
+        assert llm.opts.attention == "sdpa" and not llm.opts.cuda_graphs
+        assert any("cuda_graphs=True: skipped" in note for note in llm.skipped)
+        assert "skipped" in llm.describe()
+
+
+def test_engines_can_be_recreated(tiny_ckpt):
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    runs = []
+    for _ in range(2):
+        with LLM(tiny_ckpt, max_model_len=128) as llm:
+            runs.append(llm.generate([[1, 2]], params, use_tqdm=False)[0].token_ids)
+    assert runs[0] == runs[1]
