@@ -65,6 +65,9 @@ class Optimizations:
                                   ("compile", self.compile)) if on]
         return "+".join(parts)
 
+    def needs_cuda(self) -> bool:
+        return self.attention == "flash" or self.fused_kernels or self.cuda_graphs
+
     def resolve(self, device: str, *, from_preset: bool = False) -> tuple["Optimizations", list[str]]:
         """Return (what will run on `device`, notes on what was skipped and why).
 

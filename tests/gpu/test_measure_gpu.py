@@ -86,3 +86,14 @@ def test_flash_moves_fewer_dram_bytes_than_naive():
     assert flash.dram_bytes < naive.dram_bytes
     # the naive run materializes the scores: at least one N x N bf16 matrix per head written
     assert naive.dram_write_bytes > 16 * n * n * 2
+
+
+def test_fused_sdpa_moves_fewer_dram_bytes_than_naive():
+    """The same lesson without flash-attn-4: torch SDPA's fused kernel (cuDNN or FA2 inside
+    torch) keeps the scores on-chip too."""
+    _ncu_or_skip()
+    n = 4096
+    naive, sdpa = _profile("naive", n), _profile("sdpa", n)
+    print(f"naive {naive.dram_bytes / 1e6:,.1f} MB, sdpa {sdpa.dram_bytes / 1e6:,.1f} MB")
+    print(measure.format_table(sdpa.kernels, columns=["name", "family"]))
+    assert sdpa.dram_bytes < naive.dram_bytes / 10

@@ -24,7 +24,7 @@ from workbench.runner import ModelRunner
 from .block_manager import BlockManager
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
-from .sequence import RequestStats, Sequence
+from .sequence import RequestStats, Sequence, Status
 
 Prompt = str | list[int]
 
@@ -163,6 +163,17 @@ class LLM:
         seq = self._make_sequences([prompt], params)[0]
         self.scheduler.add(seq)
         return seq.request_id
+
+    def abort_all(self) -> int:
+        """Drop every unfinished request (frees their blocks); returns how many were dropped."""
+        pending = list(self.scheduler.running) + list(self.scheduler.waiting)
+        for seq in pending:
+            if seq in self.scheduler.running:
+                self.scheduler.finish(seq, "abort")
+            else:
+                seq.status, seq.finish_reason = Status.FINISHED, "abort"
+        self.scheduler.waiting.clear()
+        return len(pending)
 
     # The step loop -----------------------------------------------------------------------------
     def step(self) -> list[tuple[Sequence, int]]:

@@ -1,5 +1,165 @@
-"""`bench` and `measure` subcommands (filled in with the benchmark module)."""
+"""`python -m workbench {check,bench,measure}`: tables on stdout, JSON for the notebooks.
+
+Every command that needs a model takes --model DIR (your checkpoint) or makes a random-weight
+one of --preset's shape (default qwen3-0.6b on a GPU, tiny on a CPU) under --workdir.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+
+def model_dir(args) -> Path:
+    import torch
+
+    from workbench.model import make_checkpoint
+    if args.model:
+        return Path(args.model)
+    preset = args.preset or ("qwen3-0.6b" if torch.cuda.is_available() else "tiny")
+    path = Path(args.workdir or tempfile.gettempdir()) / f"workbench-{preset}"
+    if not (path / "config.json").is_file():
+        print(f"writing a random-weight {preset} checkpoint to {path} ...")
+        make_checkpoint(path, preset, seed=0, dtype="bfloat16" if preset != "tiny" else "float32")
+    return path
+
+
+def _save(rows, path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(rows, indent=1, default=str))
+        print(f"wrote {path}")
+
+
+def runnable(items, opts_of):
+    """Drop switch settings this machine cannot run, saying which (never silently)."""
+    import torch
+    if torch.cuda.is_available():
+        return items
+    skipped = [opts_of(i).label() for i in items if opts_of(i).needs_cuda()]
+    if skipped:
+        print(f"no CUDA GPU: skipping {len(skipped)} settings that need one ({', '.join(skipped)})")
+    return [i for i in items if not opts_of(i).needs_cuda()]
+
+
+def cmd_check(args) -> int:
+    import torch
+
+    from workbench.check import parity_table, random_prompts, switch_settings
+    from workbench.config import Optimizations
+    from workbench.measure import format_table
+    from workbench.measure.bench import gpu_name
+    from workbench.model import ModelConfig
+
+    path = model_dir(args)
+    vocab = ModelConfig.from_hf(path).vocab_size
+    settings = switch_settings()
+    if args.quick:
+        settings = [Optimizations(attention="sdpa"), Optimizations(attention="flash"),
+                    Optimizations(attention="flash", fused_kernels=True),
+                    Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True),
+                    Optimizations.all_on(), Optimizations(attention="naive", cuda_graphs=True),
+                    Optimizations(attention="naive", compile=True)]
+    settings = runnable(settings, lambda s: s)
+    rows = parity_table(path, settings, random_prompts(args.prompts, vocab), args.max_tokens,
+                        with_hf=not args.no_hf, max_num_seqs=args.prompts)
+    print(f"\nparity on {gpu_name()}, {args.prompts} prompts x {args.max_tokens} greedy tokens (measured)")
+    print(format_table(rows))
+    _save(rows, args.json)
+    bad = [r for r in rows if r["vs_all_off_token_match_rate"] < 0.99 or r["vs_all_off_first_step_logit_rel_err"] > 2e-2]
+    return 1 if bad else 0
+
+
+def cmd_bench(args) -> int:
+    from workbench.config import Optimizations
+    from workbench.measure import bench, format_table
+    from workbench.model import ModelConfig
+
+    path = model_dir(args)
+    vocab = ModelConfig.from_hf(path).vocab_size
+    workloads = {"single": ["single"], "batch": ["batch"], "throughput": ["throughput"],
+                 "stack": args.workloads.split(",")}[args.what]
+    rows = []
+    for name in workloads:
+        load = bench.make_workload(name, vocab, num_seqs=args.num_seqs, new_tokens=args.new_tokens)
+        engine_kwargs = dict(max_num_seqs=max(len(load.prompts), 1), max_num_batched_tokens=args.max_batched_tokens)
+        if args.what == "stack":
+            settings = bench.stack_settings()
+        else:
+            settings = [("all off", Optimizations.all_off()), ("all on", Optimizations.all_on())]
+        results = []
+        for title, opts in runnable(settings, lambda item: item[1]):
+            r = bench.bench_engine(path, opts, load, repeats=args.repeats, **engine_kwargs)
+            r.note = title
+            results.append(r)
+            print(f"  {name:<10} {title:<18} {r.tok_s:10,.0f} tok/s", flush=True)
+        if args.peers:
+            if name == "single":
+                results.append(bench.bench_hf_generate(path, load))
+                results.append(bench.bench_hf_generate(path, load, static_compile=True))
+            else:
+                results.append(bench.bench_hf_generate_batch(path, load))
+        rows += bench.with_ratios(results, results[0])
+    print(f"\nbenchmarks on {bench.gpu_name()} (measured; ratio = tok/s over the first row of its workload)")
+    print(format_table(rows, ["workload", "engine", "setting", "note", "output_tokens", "seconds", "tok_s",
+                              "decode_tok_s", "ttft_ms", "tpot_ms", "ratio"]))
+    _save([r.to_dict() for r in rows], args.json)
+    return 0
 
 
 def add_measure_commands(sub) -> None:
-    pass
+    def common(p):
+        p.add_argument("--model", help="checkpoint directory (default: a random-weight --preset one)")
+        p.add_argument("--preset", help="tiny | qwen3-0.6b (default: qwen3-0.6b on GPU, tiny on CPU)")
+        p.add_argument("--workdir", help="where to write the random checkpoint (default: temp dir)")
+        p.add_argument("--json", help="also write the rows as JSON here")
+
+    check = sub.add_parser("check", help="greedy-token parity of every switch setting vs all-off and HF")
+    common(check)
+    check.add_argument("--prompts", type=int, default=32)
+    check.add_argument("--max-tokens", type=int, default=64)
+    check.add_argument("--quick", action="store_true", help="7 representative settings instead of 17")
+    check.add_argument("--no-hf", action="store_true", help="skip the HF transformers reference")
+    check.set_defaults(func=cmd_check)
+
+    b = sub.add_parser("bench", help="throughput/latency: single | batch | throughput | stack")
+    b.add_argument("what", choices=["single", "batch", "throughput", "stack"])
+    common(b)
+    b.add_argument("--workloads", default="single,batch", help="for stack: comma-separated workloads")
+    b.add_argument("--num-seqs", type=int, default=None)
+    b.add_argument("--new-tokens", type=int, default=512)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--max-batched-tokens", type=int, default=8192)
+    b.add_argument("--peers", action="store_true", help="also HF transformers generate / generate_batch")
+    b.set_defaults(func=cmd_bench)
+
+    add_measure_subcommands(sub, common)
+
+
+def cmd_measure_launches(args) -> int:
+    from workbench.config import Optimizations
+    from workbench.engine import LLM
+    from workbench.measure import format_table
+    from workbench.measure.steps import engine_launches
+
+    path = model_dir(args)
+    rows = []
+    for opts in runnable([Optimizations.all_off(), Optimizations(attention="flash", fused_kernels=True),
+                          Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True),
+                          Optimizations.all_on()], lambda s: s):
+        with LLM(path, opts=opts, max_num_seqs=max(args.batch, 1), enable_prefix_caching=False) as llm:
+            for phase, rec in engine_launches(llm, batch=args.batch, decode_steps=args.steps).items():
+                rows.append(rec.to_dict() if rec.available else {"label": rec.label, "reason": rec.reason})
+    print(format_table(rows, ["label", "launch_calls_per_step", "graph_launches_per_step", "kernels_per_step",
+                              "launch_api_us_per_step", "kernel_us_per_step", "wall_ms_per_step", "reason"]))
+    _save(rows, args.json)
+    return 0
+
+
+def add_measure_subcommands(sub, common) -> None:
+    m = sub.add_parser("measure", help="launches | hbm | attention-traffic | roofline")
+    msub = m.add_subparsers(dest="what", required=True)
+    launches = msub.add_parser("launches", help="CPU launch calls vs GPU kernels per prefill/decode step")
+    common(launches)
+    launches.add_argument("--batch", type=int, default=1)
+    launches.add_argument("--steps", type=int, default=8)
+    launches.set_defaults(func=cmd_measure_launches)

@@ -9,6 +9,8 @@ Things ncu does that a student should know when reading its numbers:
 - it flushes caches before each kernel (`--cache-control all`): bytes are cold-cache bytes;
 - it locks clocks to base (`--clock-control base`): gpu__time_duration is slower than in a real
   run, good for comparing kernels with each other, not for tok/s;
+- DRAM counters see only traffic that reaches HBM: the part of an output still in L2 (50 MB
+  on H100) when the kernel ends is written back later, outside the kernel's count;
 - profiling is slow (each kernel is replayed several times): filter with an NVTX range
   (`nvtx_include="attention/"`, trailing slash = push/pop range) or a kernel-name regex.
 
@@ -31,14 +33,18 @@ from pathlib import Path
 
 DEFAULT_METRICS = ("dram__bytes_read.sum", "dram__bytes_write.sum", "gpu__time_duration.sum")
 NCU_FALLBACK_DIRS = ["/usr/local/cuda/bin"]   # where CUDA puts ncu when it is not on PATH
-NCU_NOTES = "ncu flushes caches and locks clocks to base: cold-cache bytes, base-clock times"
+NCU_NOTES = ("ncu flushes caches and locks clocks to base: cold-cache bytes, base-clock times; "
+             "output still in L2 when a kernel ends is not in its DRAM writes")
 
-# Units ncu prints (decimal prefixes; binary ones just in case) -> factor to bytes or seconds.
+# Units ncu prints -> factor to bytes or seconds. ncu 2025.3's CSV uses "byte" and "ns";
+# other versions and --print-units auto scale them (Kbyte = 1000 bytes, usecond, ...).
 _UNITS = {"byte": (1, "byte"), "kbyte": (1e3, "byte"), "mbyte": (1e6, "byte"),
           "gbyte": (1e9, "byte"), "tbyte": (1e12, "byte"), "kibyte": (2**10, "byte"),
           "mibyte": (2**20, "byte"), "gibyte": (2**30, "byte"),
           "nsecond": (1e-9, "second"), "usecond": (1e-6, "second"),
-          "msecond": (1e-3, "second"), "second": (1, "second")}
+          "msecond": (1e-3, "second"), "second": (1, "second"),
+          "ns": (1e-9, "second"), "us": (1e-6, "second"), "ms": (1e-3, "second"),
+          "s": (1, "second")}
 
 # Kernel families, first match wins. Attention comes first: flash-attn-4's CuTe kernels have
 # "cutlass" in their names too. Softmax counts as attention (in an LLM that is where it runs).
@@ -51,9 +57,18 @@ FAMILIES = [
 
 
 def short_kernel_name(name: str) -> str:
-    """'void at::native::foo<4, ...>(int, T)' -> 'at::native::foo' (readable in a table)."""
-    name = re.sub(r"^void\s+", "", name.strip()).replace("(anonymous namespace)::", "")
-    return re.split(r"[<(]", name, maxsplit=1)[0] or name
+    """A name that fits a table: 'void at::native::foo<4, ...>(int, T)' -> 'at::native::foo'.
+    torch's generic element-wise launchers get the op inside them appended:
+    'at::elementwise_kernel[masked_fill_kernel]'."""
+    name = re.sub(r"^void\s+", "", name.strip())
+    name = name.replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
+    outer = re.split(r"[<(]", name, maxsplit=1)[0] or name
+    if outer.endswith("elementwise_kernel"):
+        inner = [w for w in re.findall(r"\w*(?:Functor|_kernel)\w*", name[len(outer):])
+                 if not w.startswith("gpu_kernel")]
+        if inner:
+            outer += f"[{inner[-1]}]"
+    return outer
 
 
 def classify_kernel(name: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 LAUNCH_API = re.compile(r"^cu(da)?Launch(Cooperative)?Kernel(Ex|ExC)?(_v\d+)?$")
@@ -81,11 +82,13 @@ def count_launches(fn, *, warmup: int = 1, steps: int = 1, label: str = "") -> L
     torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) / steps
     try:
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):
-                fn()
-            torch.cuda.synchronize()
-        events = list(prof.events())
+        with warnings.catch_warnings():   # torch's note about profiler cycles does not apply
+            warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    fn()
+                torch.cuda.synchronize()
+            events = list(prof.events())
     except Exception as e:  # CUPTI missing or busy (another profiler, ncu): say so
         return LaunchRecord(label, False, f"torch.profiler failed ({type(e).__name__}: {e}); "
                             "close other profilers and check that CUPTI is installed")

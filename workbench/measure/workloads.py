@@ -44,9 +44,11 @@ def naive_attention(q, k, v, mask):
 
 
 def sdpa_attention(q, k, v):
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                         is_causal=True, enable_gqa=True)
-    return out.transpose(0, 1)
+    # SDPA's fused backends want [batch, heads, N, D]; with 3-D inputs torch falls back to the
+    # math path (which materializes the scores, in fp32).
+    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return out[0].transpose(0, 1)
 
 
 def flash_attention(q, k, v, cu_seqlens, n):

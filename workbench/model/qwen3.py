@@ -41,9 +41,15 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
-        store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        out = self.backend(q, self.k_cache, self.v_cache, meta, self.scale)
+        out = self.attend(q, k, v, meta)
         return self.o_proj(out.flatten(-2))
+
+    # Kept out of torch.compile: the attention switch alone decides how attention runs, and the
+    # step's lengths (host ints that change every step) never reach the compiler's guards.
+    @torch.compiler.disable
+    def attend(self, q, k, v, meta: AttentionMetadata) -> torch.Tensor:
+        store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        return self.backend(q, self.k_cache, self.v_cache, meta, self.scale)
 
 
 class MLP(nn.Module):

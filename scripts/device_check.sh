@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# On the GPU machine (no internet), from the repo root:
+#   bash scripts/device_check.sh [tests|check|bench|launches|traffic|all] ...
+# Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
+# .jupyter-wheels: the notebook stack, if carried) offline, then runs the named steps.
+# Results go to $OUT (the device tool's output folder) or ./runs/device.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/device}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PATH=$PATH:/usr/local/cuda/bin
+export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4-cache
+PY=${PY:-python3}
+
+if [ -f .wheels/install.sh ] && ! $PY -c "import flash_attn.cute" 2>/dev/null; then
+  bash .wheels/install.sh || echo "flash-attn-4 install failed: flash runs will be refused"
+fi
+if [ -d .jupyter-wheels ] && ! $PY -c "import nbclient, ipywidgets" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps .jupyter-wheels/*.whl || echo "jupyter wheels failed"
+fi
+$PY -m workbench doctor
+
+run() {  # run one step, keep going on failure, log to $OUT
+  echo "=== $*"; local name=$1; shift
+  "$@" 2>&1 | tee "$OUT/$name.log" | grep -v -E "UserWarning|aux_data|warnings.warn" | tail -60
+}
+steps=${*:-all}
+for step in $steps; do
+  case $step in
+    tests)    run gpu-tests $PY -m pytest -q -x tests/gpu -p no:cacheprovider ;;
+    check)    run check $PY -m workbench check --preset qwen3-0.6b --workdir /tmp --json "$OUT/parity.json" ;;
+    check-quick) run check $PY -m workbench check --quick --prompts 16 --max-tokens 32 --preset qwen3-0.6b --workdir /tmp --json "$OUT/parity.json" ;;
+    bench)    run bench $PY -m workbench bench stack --preset qwen3-0.6b --workdir /tmp --json "$OUT/stack.json" ;;
+    launches) run launches $PY -m workbench measure launches --preset qwen3-0.6b --workdir /tmp --json "$OUT/launches.json" ;;
+    *)        echo "unknown step $step" ;;
+  esac
+done

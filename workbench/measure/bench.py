@@ -1,0 +1,186 @@
+"""Benchmarks: the same workload under different switch settings, and peers, in one run.
+
+Every number here is measured in this process, after warm-up (JIT, graph capture, compile),
+with the GPU synchronized; ratios are against a baseline measured in the same run.
+
+Workloads (Qwen3-0.6B shape, random weights: speed does not depend on weight values):
+    single      one sequence, 128-token prompt, 512 new tokens: decode tok/s, TTFT, TPOT
+    batch       64 sequences, 128-token prompts, 512 new tokens each
+    throughput  nano-vLLM's workload: 256 sequences, prompt and output lengths uniform in
+                [100, 1024], random token ids, EOS ignored: output tok/s
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from workbench.config import Optimizations
+
+
+@dataclass
+class BenchResult:
+    workload: str
+    engine: str                 # "workbench" or a peer's name
+    setting: str                # switch label, or the peer's mode
+    output_tokens: int
+    seconds: float              # timed region only, median over repeats
+    tok_s: float                # output tokens / seconds
+    decode_tok_s: float | None = None   # per sequence, from first to last token (single stream)
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    warmup: dict = field(default_factory=dict)   # load / compile / graph-capture seconds
+    ratio: float | None = None  # tok_s / baseline tok_s (same run)
+    gpu: str = ""
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no GPU)"
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Workload:
+    name: str
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(self.output_lens)
+
+
+def make_workload(name: str, vocab: int, *, seed: int = 0, num_seqs: int | None = None,
+                  prompt_len: int = 128, new_tokens: int = 512, min_len: int = 100, max_len: int = 1024) -> Workload:
+    rng = random.Random(seed)
+    if name == "single":
+        num_seqs = 1
+    elif name == "batch":
+        num_seqs = num_seqs or 64
+    elif name == "throughput":
+        num_seqs = num_seqs or 256
+        prompts = [[rng.randrange(vocab) for _ in range(rng.randint(min_len, max_len))] for _ in range(num_seqs)]
+        return Workload(name, prompts, [rng.randint(min_len, max_len) for _ in range(num_seqs)])
+    else:
+        raise ValueError(f"unknown workload {name!r}; choose single, batch or throughput")
+    prompts = [[rng.randrange(vocab) for _ in range(prompt_len)] for _ in range(num_seqs)]
+    return Workload(name, prompts, [new_tokens] * num_seqs)
+
+
+def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats: int = 3,
+                 **engine_kwargs) -> BenchResult:
+    """Build the engine (warm-up included), run a short warm-up generate, then time `repeats` runs."""
+    from workbench.engine import LLM, SamplingParams
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in workload.output_lens]
+    max_len = max(len(p) for p in workload.prompts) + max(workload.output_lens) + 1
+    engine_kwargs = {"max_model_len": max(max_len, 256), "enable_prefix_caching": False, **engine_kwargs}
+    with LLM(model_dir, opts=opts, **engine_kwargs) as llm:
+        llm.generate(workload.prompts[:2], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
+        times, outs = [], None
+        for _ in range(repeats):
+            _sync()
+            start = time.perf_counter()
+            outs = llm.generate(workload.prompts, params, use_tqdm=False)
+            _sync()
+            times.append(time.perf_counter() - start)
+        warmup = {k: round(v, 2) for k, v in llm.runner.timings.items()}
+    seconds = statistics.median(times)
+    tokens = sum(len(o.token_ids) for o in outs)
+    first = outs[0]
+    decode = None
+    if first.tpot:
+        decode = 1.0 / first.tpot
+    return BenchResult(workload.name, "workbench", opts.label(), tokens, seconds, tokens / seconds,
+                       decode_tok_s=decode if workload.name == "single" else None,
+                       ttft_ms=statistics.median(o.ttft for o in outs) * 1e3,
+                       tpot_ms=statistics.median(o.tpot for o in outs if o.tpot) * 1e3,
+                       warmup=warmup, gpu=gpu_name())
+
+
+# Peers ----------------------------------------------------------------------------------------
+def bench_hf_generate(model_dir, workload: Workload, *, static_compile: bool = False, repeats: int = 2) -> BenchResult:
+    """HF transformers `generate`, one sequence at a time (eager DynamicCache, or static cache + compile)."""
+    from workbench.reference import load_hf_model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_hf_model(str(model_dir), dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device)
+    model.config._attn_implementation = "sdpa"
+    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    if static_compile:
+        model.generation_config.cache_implementation = "static"
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+
+    def run():
+        tokens = 0
+        for prompt, n in zip(workload.prompts, workload.output_lens):
+            ids = torch.tensor([prompt], device=device)
+            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kwargs)
+            tokens += out.shape[1] - ids.shape[1]
+        return tokens
+
+    start = time.perf_counter()
+    run()   # warm-up (compiles, captures)
+    warm = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        _sync()
+        start = time.perf_counter()
+        tokens = run()
+        _sync()
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    del model
+    return BenchResult(workload.name, "hf-transformers", "generate static+compile" if static_compile else "generate eager",
+                       tokens, seconds, tokens / seconds, warmup={"first_run_s": round(warm, 2)}, gpu=gpu_name())
+
+
+def bench_hf_generate_batch(model_dir, workload: Workload) -> BenchResult:
+    """HF transformers' continuous batching (`generate_batch`, paged attention)."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16,
+                                                 attn_implementation="paged|sdpa").to(device).eval()
+    max_new = max(workload.output_lens)
+    config = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    model.generate_batch(inputs=workload.prompts[:2], generation_config=GenerationConfig(
+        max_new_tokens=8, do_sample=False, eos_token_id=-1, pad_token_id=0), progress_bar=False)   # warm-up
+    _sync()
+    start = time.perf_counter()
+    outs = model.generate_batch(inputs=workload.prompts, generation_config=config, progress_bar=False)
+    _sync()
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.generated_tokens) for o in outs.values())
+    del model
+    return BenchResult(workload.name, "hf-transformers", "generate_batch", tokens, seconds, tokens / seconds,
+                       gpu=gpu_name(), note=f"max_new_tokens={max_new} for every request (no per-request length)")
+
+
+# Ladders --------------------------------------------------------------------------------------
+def stack_settings() -> list[tuple[str, Optimizations]]:
+    """The cumulative ladder, then each switch alone on top of the naive baseline."""
+    ladder = [("all off", Optimizations.all_off()),
+              ("+flash", Optimizations(attention="flash")),
+              ("+fused", Optimizations(attention="flash", fused_kernels=True)),
+              ("+graphs", Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True)),
+              ("+compile (all on)", Optimizations.all_on())]
+    alone = [("flash alone", Optimizations(attention="flash")),
+             ("fused alone", Optimizations(attention="naive", fused_kernels=True)),
+             ("graphs alone", Optimizations(attention="naive", cuda_graphs=True)),
+             ("compile alone", Optimizations(attention="naive", compile=True))]
+    return ladder + [a for a in alone if a[1] not in [s for _, s in ladder]]
+
+
+def with_ratios(results: list[BenchResult], baseline: BenchResult) -> list[BenchResult]:
+    for r in results:
+        r.ratio = r.tok_s / baseline.tok_s if baseline.tok_s else None
+    return results

@@ -1,0 +1,33 @@
+"""Launch counts of a real engine: one prefill step and N decode steps, any switch setting.
+
+Wraps count_launches around LLM.step(): the prefill call queues a fresh batch and runs the one
+step that prefills it; the decode call runs one step of that batch. With CUDA graphs on, a
+decode step should cost the CPU a handful of launches while the GPU still runs every kernel.
+"""
+from __future__ import annotations
+
+import random
+
+from .launches import LaunchRecord, count_launches
+
+
+def engine_launches(llm, *, batch: int = 1, prompt_len: int = 128, decode_steps: int = 8,
+                    seed: int = 0) -> dict[str, LaunchRecord]:
+    from workbench.engine import SamplingParams
+    rng = random.Random(seed)
+    vocab = llm.model_config.vocab_size
+    # enough tokens that every decode call (warm-up, timed pass, profiled pass) has work
+    params = SamplingParams(temperature=0, max_tokens=3 * decode_steps + 8, ignore_eos=True)
+
+    def prefill():
+        llm.abort_all()
+        for _ in range(batch):
+            llm.add_request([rng.randrange(vocab) for _ in range(prompt_len)], params)
+        llm.step()
+
+    label = llm.opts.label()
+    records = {"prefill": count_launches(prefill, warmup=1, steps=1, label=f"{label} prefill")}
+    prefill()
+    records["decode"] = count_launches(llm.step, warmup=1, steps=decode_steps, label=f"{label} decode")
+    llm.abort_all()
+    return records
