@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast, Qwen3Config,
                           Qwen3ForCausalLM)
 
@@ -54,11 +54,15 @@ def build_tokenizer(out: Path) -> PreTrainedTokenizerFast:
     vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()   # split on spaces, nothing else
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # join words with single spaces
+    # No decoder needed: with none, decode() joins the words with single spaces.
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
         model_max_length=64, clean_up_tokenization_spaces=False)
     hf_tok.save_pretrained(out)                 # writes tokenizer.json + tokenizer_config.json
+    # transformers 5 records its new class name; the classic name loads in 4.x and 5.x alike.
+    cfg_path = out / "tokenizer_config.json"
+    cfg_path.write_text(cfg_path.read_text().replace('"TokenizersBackend"',
+                                                     '"PreTrainedTokenizerFast"'))
     return AutoTokenizer.from_pretrained(out)   # reload: prove the saved files are enough
 
 
@@ -94,10 +98,10 @@ def evaluate(model, tok, pairs, show: int = 3) -> float:
         ids = torch.tensor([tok(p, add_special_tokens=False)["input_ids"] for p, _ in group])
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                              max_new_tokens=12)
-        for (prompt, answer), row in zip(group, out[:, ids.shape[1]:]):
-            got = tok.decode(row, skip_special_tokens=True)
-            ended = EOS in row.tolist()     # must also stop: the answer then <eos>
-            correct += got == answer and ended
+        for (prompt, answer), row in zip(group, out[:, ids.shape[1]:].tolist()):
+            # Correct = exactly the sorted digits, then <eos> (the model must also stop).
+            got = tok.decode(row[:row.index(EOS)] if EOS in row else row)
+            correct += EOS in row and got == answer
             if shown < show:
                 print(f"  {prompt!r} -> {got!r}  (expected {answer!r})")
                 shown += 1
@@ -108,7 +112,7 @@ def evaluate(model, tok, pairs, show: int = 3) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("workbench/assets/sorter"))
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)

@@ -10,8 +10,10 @@ def cmd_demo(args) -> int:
     from workbench import LLM, Optimizations, SamplingParams
     from workbench.assets import DEFAULT_MODEL_DIR, make_sort_prompts
 
+    import torch
     model = args.model or DEFAULT_MODEL_DIR
-    opts = Optimizations.preset(args.preset)
+    preset = args.preset or ("all_on" if torch.cuda.is_available() else "default")
+    opts = Optimizations.preset(preset)
     with LLM(model, opts=opts, from_preset=True) as llm:
         print(llm.describe(), end="\n\n")
         if args.model:   # the user's own checkpoint: their prompts, no answer key
@@ -26,7 +28,7 @@ def cmd_demo(args) -> int:
         for (prompt, expected), out in zip(cases, outs):
             mark = "" if expected is None else ("  ok" if out.text.strip() == expected else f"  WRONG (want {expected})")
             right += expected is not None and out.text.strip() == expected
-            print(f"{prompt!s:<34} -> {out.text.strip()}{mark}")
+            print(f"{prompt!s:<30} {out.text.strip()}{mark}")
         tokens = sum(len(o.token_ids) for o in outs)
         print(f"\n{len(outs)} requests, {tokens} tokens in {seconds:.2f} s = {tokens / seconds:,.0f} tok/s "
               f"(measured, {llm.device}, includes prefill)")
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="generate with the embedded sorting model (or --model yours)")
     demo.add_argument("--model", help="a Hugging Face checkpoint directory (default: the embedded sorter)")
     demo.add_argument("--prompt", action="append", help="prompt text (with --model); repeatable")
-    demo.add_argument("--preset", default="all_on", help="all_on | all_off | default | enforce_eager")
+    demo.add_argument("--preset", help="all_on | all_off | default | enforce_eager "
+                      "(default: all_on on a GPU, default (sdpa, eager) on a CPU)")
     demo.add_argument("--num-prompts", type=int, default=8)
     demo.add_argument("--max-tokens", type=int, default=16)
     demo.add_argument("--seed", type=int, default=0)

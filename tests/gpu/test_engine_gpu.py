@@ -1,0 +1,66 @@
+"""The engine on a GPU (run on the device): graphs, flash, prefix caching, preemption, the sorter."""
+import random
+
+import pytest
+import torch
+
+from workbench import LLM, Optimizations, SamplingParams
+from workbench.assets import DEFAULT_MODEL_DIR, make_sort_prompts
+from workbench.model import make_checkpoint
+
+pytestmark = pytest.mark.gpu
+FAST = Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True)
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    # tiny vocab and width, real head shape (flash-attn-4 wants head_dim 64/128)
+    path = make_checkpoint(tmp_path_factory.mktemp("gpu_tiny"), "tiny", seed=3, dtype="bfloat16")
+    return path
+
+
+@pytest.mark.parametrize("opts", [FAST, Optimizations(attention="naive", cuda_graphs=True),
+                                  Optimizations.all_on()], ids=lambda o: o.label())
+def test_graph_replay_equals_eager_decode_for_every_bucket(opts):
+    with LLM(DEFAULT_MODEL_DIR, opts=opts, max_num_seqs=40) as llm:
+        runner, graphs = llm.runner, llm.runner.graphs
+        rng = random.Random(0)
+        for bucket in graphs.buckets:
+            for batch in sorted({bucket, max(1, bucket - 1)}):
+                seqs = [[rng.randrange(3, 15) for _ in range(rng.randint(2, 40))] for _ in range(batch)]
+                for s in seqs:
+                    llm.add_request(s, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+                llm.step()   # prefill (eager)
+                scheduled = llm.scheduler.schedule()
+                ids, pos, meta = runner.prepare(scheduled)
+                replayed = graphs.run(ids, pos, meta).clone()
+                eager = runner.forward(ids, pos, meta)
+                torch.testing.assert_close(replayed, eager, rtol=0, atol=0)
+                llm.abort_all()
+
+
+def test_embedded_model_exact_on_gpu():
+    cases = make_sort_prompts(200, seed=99)
+    for opts in (Optimizations.all_off(), Optimizations.all_on()):
+        with LLM(DEFAULT_MODEL_DIR, opts=opts) as llm:
+            outs = llm.generate([p for p, _ in cases], SamplingParams(temperature=0, max_tokens=12), use_tqdm=False)
+        right = sum(o.text.strip() == want for (_, want), o in zip(cases, outs))
+        assert right == len(cases), f"{opts.label()}: {right}/{len(cases)}"
+
+
+def test_prefix_caching_and_preemption_with_flash_and_graphs():
+    cases = make_sort_prompts(48, seed=5)
+    prompts = [p for p, _ in cases]
+    params = SamplingParams(temperature=0, max_tokens=12)
+    with LLM(DEFAULT_MODEL_DIR, opts=FAST, block_size=16) as llm:
+        expected = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    # 6 blocks of 16 tokens for 48 sequences of ~20-30 tokens: preemption is certain
+    with LLM(DEFAULT_MODEL_DIR, opts=FAST, block_size=16, num_kv_blocks=6, enable_prefix_caching=True) as llm:
+        got = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+        assert llm.stats.preemptions > 0
+    assert got == expected
+    shared = "sort: " + " ".join("123456789012345678") + " ->"   # 20 tokens: one full block to share
+    with LLM(DEFAULT_MODEL_DIR, opts=FAST, block_size=16) as llm:
+        a = llm.generate([shared], params, use_tqdm=False)[0]
+        b = llm.generate([shared], params, use_tqdm=False)[0]
+        assert b.token_ids == a.token_ids and b.stats.num_cached_prompt_tokens == 16
