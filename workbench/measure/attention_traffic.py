@@ -30,6 +30,8 @@ def attention_traffic(ns=(1024, 4096, 8192), impls=("naive", "flash"), *, heads:
             if torch.cuda.is_available():
                 row["time_ms"] = attention_workload(**shape, repeats=time_repeats)["time_s"] * 1e3
             rows.append(row)
+            print(f"  N={n:>5} {impl:<6} measured {row['measured_bytes'] or 0:>16,.0f} B  "
+                  f"modelled {row['modelled_bytes']:>16,} B  {row['time_ms'] or 0:8.3f} ms", flush=True)
     for row in rows:   # naive / flash at the same N, measured
         pair = {r["impl"]: r for r in rows if r["n"] == row["n"]}
         if row["impl"] == "naive" and "flash" in pair and row["measured_bytes"] and pair["flash"]["measured_bytes"]:
