@@ -99,7 +99,8 @@ class ModelRunner:
                               dtype=self.dtype, device=self.device)
         for layer in self.model.layers:
             layer.self_attn.k_cache, layer.self_attn.v_cache = scratch[0], scratch[1]
-        seqs = [(list(range(seq_len)), list(range(b * blocks_per_seq, (b + 1) * blocks_per_seq)))
+        # token 0 exists in every vocabulary (the sorter's has 15 ids)
+        seqs = [([0] * seq_len, list(range(b * blocks_per_seq, (b + 1) * blocks_per_seq)))
                 for b in range(num_seqs)]
         ids, pos, meta = self._pack([(tokens_, table, 0, seq_len) for tokens_, table in seqs])
         hidden = self.model(ids, pos, meta)

@@ -35,7 +35,10 @@ def test_graph_replay_equals_eager_decode_for_every_bucket(opts):
                 ids, pos, meta = runner.prepare(scheduled)
                 replayed = graphs.run(ids, pos, meta).clone()
                 eager = runner.forward(ids, pos, meta)
-                torch.testing.assert_close(replayed, eager, rtol=0, atol=0)
+                if batch == bucket:   # same kernels, same shapes: bit-identical
+                    torch.testing.assert_close(replayed, eager, rtol=0, atol=0)
+                else:                 # padded: matmuls of another M may pick other tiles
+                    torch.testing.assert_close(replayed, eager)
                 llm.abort_all()
 
 
