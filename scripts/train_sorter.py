@@ -30,23 +30,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast, Qwen3Config,
                           Qwen3ForCausalLM)
 
+from workbench.assets import make_sort_prompts   # one prompt format for training, tests and demo
+
 SPECIALS = ["<pad>", "<eos>", "<unk>"]   # ids 0, 1, 2
 WORDS = ["sort:", "->"] + [str(d) for d in range(10)]
 PAD, EOS = 0, 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Data: the exact same format (and the same sampler) as workbench.assets.make_sort_prompts.
-# ---------------------------------------------------------------------------------------------
-def make_sort_prompts(n: int, seed: int, min_len: int = 2, max_len: int = 8):
-    """n random (prompt, expected_completion) pairs: digits may repeat."""
-    rng = random.Random(seed)
-    pairs = []
-    for _ in range(n):
-        digits = [rng.randrange(10) for _ in range(rng.randint(min_len, max_len))]
-        prompt = "sort: " + " ".join(map(str, digits)) + " ->"
-        pairs.append((prompt, " ".join(map(str, sorted(digits)))))
-    return pairs
 
 
 def build_tokenizer(out: Path) -> PreTrainedTokenizerFast:
