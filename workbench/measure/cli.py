@@ -186,6 +186,30 @@ def cmd_measure_roofline(args) -> int:
     return 0
 
 
+def cmd_measure_hbm(args) -> int:
+    """DRAM bytes of one whole-model decode step (measured) next to the modelled minimum."""
+    from workbench.measure import ModelShape, decode_step, format_table, measure_hbm_python
+    from workbench.model import ModelConfig
+    path = model_dir(args)
+    rows = []
+    for setting in args.settings.split(","):
+        kwargs = {"all_off": {"attention": "naive", "fused_kernels": False, "cuda_graphs": False},
+                  "fast": {}}[setting]   # fast: flash + fused + graphs (no compile: faster to build)
+        record = measure_hbm_python("workbench.measure.workloads.decode_step_workload",
+                                    {"model_dir": str(path), "batch": args.batch, "context": args.context, **kwargs},
+                                    nvtx_include="decode/")
+        rows.append({"setting": setting, "measured_bytes": record.dram_bytes, "kernels": len(record.kernels),
+                     "by_family": {k: v.get("dram__bytes_read.sum", 0) + v.get("dram__bytes_write.sum", 0)
+                                   for k, v in record.by_family.items()},
+                     "unavailable": None if record.available else record.reason})
+    minimum = decode_step(ModelShape.of(ModelConfig.from_hf(path)), [args.context] * args.batch)
+    rows.append({"setting": "minimum (modelled: weights + KV read once)", "measured_bytes": None,
+                 "modelled_bytes": minimum.bytes})
+    print(format_table(rows, ["setting", "measured_bytes", "modelled_bytes", "kernels", "unavailable"]))
+    _save(rows, args.json)
+    return 0
+
+
 def add_measure_subcommands(sub, common) -> None:
     m = sub.add_parser("measure", help="launches | hbm | attention-traffic | roofline")
     msub = m.add_subparsers(dest="what", required=True)
@@ -194,6 +218,12 @@ def add_measure_subcommands(sub, common) -> None:
     launches.add_argument("--batch", type=int, default=1)
     launches.add_argument("--steps", type=int, default=8)
     launches.set_defaults(func=cmd_measure_launches)
+    hbm = msub.add_parser("hbm", help="ncu DRAM bytes of one decode step vs the modelled minimum")
+    common(hbm)
+    hbm.add_argument("--settings", default="all_off,fast", help="all_off and/or fast (flash+fused+graphs)")
+    hbm.add_argument("--batch", type=int, default=1)
+    hbm.add_argument("--context", type=int, default=1024)
+    hbm.set_defaults(func=cmd_measure_hbm)
     attention = msub.add_parser("attention-traffic", help="naive vs flash attention: ncu DRAM bytes and time vs N")
     attention.add_argument("--n", default="1024,4096,8192")
     attention.add_argument("--impls", default="naive,flash")

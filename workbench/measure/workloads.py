@@ -105,3 +105,30 @@ def attention_workload(impl: str = "flash", n: int = 4096, heads: int = 16, kv_h
             times.append(start.elapsed_time(end) / 1e3)
         result.update(time_s=statistics.median(times), repeats=repeats)
     return result
+
+
+def decode_step_workload(model_dir: str, attention: str = "flash", fused_kernels: bool = True,
+                         cuda_graphs: bool = True, compile: bool = False, batch: int = 1,
+                         context: int = 1024) -> dict:
+    """One decode step of the whole engine inside NVTX range "decode": `batch` sequences, each
+    with `context` cached tokens. Engine build, prefill and one warm-up decode run first."""
+    import random
+
+    from workbench.config import Optimizations
+    from workbench.engine import LLM, SamplingParams
+    opts = Optimizations(attention=attention, fused_kernels=fused_kernels, cuda_graphs=cuda_graphs,
+                         compile=compile)
+    with LLM(model_dir, opts=opts, max_num_seqs=batch, enable_prefix_caching=False,
+             max_model_len=context + 64) as llm:
+        rng = random.Random(0)
+        vocab = llm.model_config.vocab_size
+        params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+        for _ in range(batch):
+            llm.add_request([rng.randrange(vocab) for _ in range(context)], params)
+        while llm.stats.decode_tokens == 0:   # prefill (maybe several chunks), then one decode
+            llm.step()
+        torch.cuda.synchronize()
+        with nvtx_range("decode"):
+            llm.step()
+        torch.cuda.synchronize()
+        return {"setting": opts.label(), "batch": batch, "context": context}
