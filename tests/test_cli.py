@@ -1,0 +1,48 @@
+"""The command line on a CPU: every command runs, and says 'unavailable' where it cannot measure."""
+import json
+
+import pytest
+
+from workbench.__main__ import main
+
+
+@pytest.fixture
+def no_ncu(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))          # no ncu on PATH ...
+    monkeypatch.setenv("WORKBENCH_NCU", str(tmp_path / "missing-ncu"))
+    import workbench.measure.hbm as hbm
+    monkeypatch.setattr(hbm, "NCU_FALLBACK_DIRS", [], raising=False)   # ... nor in CUDA's folder
+
+
+def test_doctor(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "flash-attn" in out and "ncu" in out
+
+
+def test_check_on_cpu(capsys, tmp_path, tiny_ckpt):
+    out_json = tmp_path / "parity.json"
+    assert main(["check", "--model", str(tiny_ckpt), "--quick", "--prompts", "3", "--max-tokens", "6",
+                 "--json", str(out_json)]) == 0
+    rows = json.loads(out_json.read_text())
+    assert {r["setting"] for r in rows} == {"sdpa", "naive+compile"}   # CUDA-only settings skipped, said so
+    assert all(r["vs_hf_token_match_rate"] == 1.0 for r in rows)
+    assert "skipping" in capsys.readouterr().out
+
+
+def test_bench_single_on_cpu(tmp_path, tiny_ckpt):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "single", "--model", str(tiny_ckpt), "--new-tokens", "8", "--repeats", "1",
+                 "--settings", "all_off", "--json", str(out_json)]) == 0
+    row = json.loads(out_json.read_text())[0]
+    assert row["output_tokens"] == 8 and row["tok_s"] > 0 and row["gpu"].startswith("cpu")
+
+
+def test_measure_commands_say_unavailable(capsys, tiny_ckpt, no_ncu):
+    assert main(["measure", "launches", "--model", str(tiny_ckpt), "--steps", "2"]) == 0
+    assert "no CUDA" in capsys.readouterr().out
+    assert main(["measure", "hbm", "--model", str(tiny_ckpt), "--settings", "fast"]) == 0
+    out = capsys.readouterr().out
+    assert "ncu" in out and "modelled" in out
+    assert main(["measure", "roofline", "--model", str(tiny_ckpt)]) == 0
+    assert "unavailable" in capsys.readouterr().out
