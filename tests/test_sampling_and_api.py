@@ -134,3 +134,12 @@ def test_engines_can_be_recreated(tiny_ckpt):
         with LLM(tiny_ckpt, max_model_len=128) as llm:
             runs.append(llm.generate([[1, 2]], params, use_tqdm=False)[0].token_ids)
     assert runs[0] == runs[1]
+
+
+def test_stream_stopped_early_leaves_a_clean_engine(llm):
+    params = SamplingParams(temperature=0, max_tokens=50, ignore_eos=True)
+    for n, _ in enumerate(llm.stream([[1, 2, 3], [4, 5]], params)):
+        if n == 3:
+            break
+    assert not llm.scheduler.has_unfinished()
+    assert llm.block_manager.num_free_blocks == llm.block_manager.num_blocks

@@ -164,15 +164,21 @@ class LLM:
         self.scheduler.add(seq)
         return seq.request_id
 
-    def abort_all(self) -> int:
-        """Drop every unfinished request (frees their blocks); returns how many were dropped."""
-        pending = list(self.scheduler.running) + list(self.scheduler.waiting)
-        for seq in pending:
+    def abort(self, seqs: list[Sequence]) -> None:
+        """Drop these requests if unfinished (frees their blocks)."""
+        for seq in seqs:
+            if seq.is_finished:
+                continue
             if seq in self.scheduler.running:
                 self.scheduler.finish(seq, "abort")
             else:
+                self.scheduler.waiting.remove(seq)
                 seq.status, seq.finish_reason = Status.FINISHED, "abort"
-        self.scheduler.waiting.clear()
+
+    def abort_all(self) -> int:
+        """Drop every unfinished request; returns how many were dropped."""
+        pending = list(self.scheduler.running) + list(self.scheduler.waiting)
+        self.abort(pending)
         return len(pending)
 
     # The step loop -----------------------------------------------------------------------------
@@ -238,9 +244,13 @@ class LLM:
         for seq in seqs:
             self.scheduler.add(seq)
         with tqdm(total=len(seqs), desc="generate", unit="req", disable=not use_tqdm or len(seqs) < 2) as bar:
-            while any(not s.is_finished for s in seqs):
-                finished = sum(1 for seq, _ in self.step() if seq.is_finished)
-                bar.update(finished)
+            try:
+                while any(not s.is_finished for s in seqs):
+                    finished = sum(1 for seq, _ in self.step() if seq.is_finished)
+                    bar.update(finished)
+            except BaseException:   # an error or Ctrl-C mid-run: free the blocks, leave a clean engine
+                self.abort(seqs)
+                raise
         return [self._output(seq) for seq in seqs]
 
     def stream(self, prompts: Prompt | list[Prompt],
@@ -250,11 +260,14 @@ class LLM:
         for seq in seqs:
             self.scheduler.add(seq)
         texts = {seq.request_id: "" for seq in seqs}
-        while any(not s.is_finished for s in seqs):
-            for seq, token in self.step():
-                text = self._decode(seq.output_token_ids)
-                delta, texts[seq.request_id] = text[len(texts[seq.request_id]):], text
-                yield StreamEvent(seq.request_id, token, delta, seq.is_finished, seq.finish_reason)
+        try:
+            while any(not s.is_finished for s in seqs):
+                for seq, token in self.step():
+                    text = self._decode(seq.output_token_ids)
+                    delta, texts[seq.request_id] = text[len(texts[seq.request_id]):], text
+                    yield StreamEvent(seq.request_id, token, delta, seq.is_finished, seq.finish_reason)
+        finally:   # the consumer stopped early (break) or an error: drop what is left
+            self.abort(seqs)
 
     # Introspection and lifecycle ---------------------------------------------------------------
     def describe(self) -> str:
