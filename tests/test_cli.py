@@ -46,3 +46,10 @@ def test_measure_commands_say_unavailable(capsys, tiny_ckpt, no_ncu):
     assert "ncu" in out and "modelled" in out
     assert main(["measure", "roofline", "--model", str(tiny_ckpt)]) == 0
     assert "unavailable" in capsys.readouterr().out
+
+
+def test_hf_peer_on_cpu(tiny_ckpt):
+    from workbench.measure import bench
+    load = bench.make_workload("batch", 512, num_seqs=2, prompt_len=16, new_tokens=6)
+    result = bench.bench_hf_generate(tiny_ckpt, load, repeats=1)
+    assert result.engine == "hf-transformers" and result.output_tokens == 12 and result.tok_s > 0
