@@ -44,6 +44,10 @@ class ModelRunner:
 
         self.forward = self.model.forward
         if opts.compile:
+            # Attention stays eager (graph breaks), so each decoder layer is compiled as its own
+            # frames; first-layer/other-layer and size-1 specializations add variants. The
+            # default limit (8) was hit on the H100, silently falling back to eager: raise it.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             self.forward = torch.compile(self.model.forward, dynamic=True)
         self.graphs = None
         if opts.cuda_graphs:
