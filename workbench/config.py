@@ -96,7 +96,11 @@ class EngineConfig:
     """Everything the engine needs besides the switchboard.
 
     KV-cache size: on a GPU from `gpu_memory_utilization` (fraction of total memory the whole
-    process may use); otherwise from `num_kv_blocks` or `kv_cache_gib`.
+    process may use); otherwise from `num_kv_blocks` or `kv_cache_gib`. With tensor parallelism
+    these are per rank (per GPU), and a block holds only that rank's share of the KV heads.
+
+    tensor_parallel_size: split every layer across this many ranks (GPUs with NCCL; processes
+    with gloo on a CPU); it must divide the model's head counts (see workbench.parallel).
     """
 
     model: str
@@ -113,6 +117,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     chunked_prefill: bool = True
     seed: int = 0
+    tensor_parallel_size: int = 1
     from_preset: bool = False            # opts came from a preset: drop CUDA-only switches on CPU
 
     def __post_init__(self):
@@ -128,6 +133,9 @@ class EngineConfig:
              f"num_kv_blocks={self.num_kv_blocks} must be >= 1 (or None to size from memory)"),
             (self.kv_cache_gib is None or self.kv_cache_gib > 0,
              f"kv_cache_gib={self.kv_cache_gib} must be > 0 (or None)"),
+            (type(self.tensor_parallel_size) is int and self.tensor_parallel_size >= 1,
+             f"tensor_parallel_size={self.tensor_parallel_size!r} must be an integer >= 1 (1: no tensor "
+             "parallelism; N: split every layer across N GPUs or processes)"),
         ]
         for ok, message in checks:
             if not ok:

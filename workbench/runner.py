@@ -17,27 +17,47 @@ from workbench.cuda_graphs import DecodeGraphs
 from workbench.engine.sampler import Sampler
 from workbench.engine.sequence import Sequence
 from workbench.model import ModelConfig, load_model
+from workbench.parallel import WorkerGroup, rank_device
+from workbench.parallel.tensor_parallel import agree_on_min
+from workbench.parallel.workers import tp_guard
 
 CPU_DEFAULT_KV_GIB = 1.0
 
 
 class ModelRunner:
+    """rank: with tensor parallelism (cfg.tensor_parallel_size > 1) the engine's runner is rank 0
+    and starts the others (workbench.parallel.workers), each a ModelRunner on its own shard."""
+
     def __init__(self, cfg: EngineConfig, model_cfg: ModelConfig, opts: Optimizations, *,
-                 device: str, dtype: torch.dtype, max_model_len: int):
+                 device: str, dtype: torch.dtype, max_model_len: int, rank: int = 0):
         self.cfg, self.model_cfg, self.opts = cfg, model_cfg, opts
+        self.tp_size, self.rank = cfg.tensor_parallel_size, rank
+        device = rank_device(device, rank, self.tp_size)   # TP on GPUs: rank r uses cuda:r
         self.device, self.dtype = torch.device(device), dtype
         self.block_size = cfg.block_size
         self.max_model_len = max_model_len
         self.max_blocks_per_seq = -(-max_model_len // cfg.block_size)
+        self.num_kv_heads = model_cfg.num_kv_heads // self.tp_size   # this rank's share of the KV heads
         self.timings: dict[str, float] = {}
+        self.workers = None
+        if self.tp_size > 1 and rank == 0:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            self.workers = WorkerGroup(cfg, model_cfg, opts, device=device, dtype=dtype, max_model_len=max_model_len)
+        with tp_guard(self.workers, "start-up"):   # TP: loading, sizing and warm-up involve every rank
+            self._build(device)
 
+    def _build(self, device: str) -> None:
+        cfg, model_cfg, opts, dtype = self.cfg, self.model_cfg, self.opts, self.dtype
         start = time.perf_counter()
-        self.model = load_model(cfg.model, model_cfg, make_backend(opts.attention),
-                                fused=opts.fused_kernels, dtype=dtype, device=device)
+        self.model = load_model(cfg.model, model_cfg, make_backend(opts.attention), fused=opts.fused_kernels,
+                                dtype=dtype, device=device, tp_rank=self.rank, tp_size=self.tp_size)
         self.timings["load_s"] = time.perf_counter() - start
         self.num_kv_blocks = self._plan_kv_blocks()
+        if self.tp_size > 1:   # one block manager (rank 0) hands out block ids valid on every rank
+            self.num_kv_blocks = agree_on_min(self.num_kv_blocks, device)
         self.kv_cache = torch.zeros(2, model_cfg.num_layers, self.num_kv_blocks, cfg.block_size,
-                                    model_cfg.num_kv_heads, model_cfg.head_dim, dtype=dtype, device=device)
+                                    self.num_kv_heads, model_cfg.head_dim, dtype=dtype, device=device)
         for i, layer in enumerate(self.model.layers):
             layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
         self.sampler = Sampler(device, cfg.seed)
@@ -53,14 +73,14 @@ class ModelRunner:
         if opts.cuda_graphs:
             self.graphs = DecodeGraphs(self.forward, max_num_seqs=cfg.max_num_seqs,
                                        max_blocks_per_seq=self.max_blocks_per_seq,
-                                       max_model_len=max_model_len, device=self.device)
+                                       max_model_len=self.max_model_len, device=self.device)
         self.warm_up()
 
     # KV cache sizing ---------------------------------------------------------------------------
     @property
     def kv_bytes_per_block(self) -> int:
         m = self.model_cfg
-        return 2 * m.num_layers * self.block_size * m.num_kv_heads * m.head_dim * self.dtype.itemsize
+        return 2 * m.num_layers * self.block_size * self.num_kv_heads * m.head_dim * self.dtype.itemsize
 
     def _plan_kv_blocks(self) -> int:
         cfg = self.cfg
@@ -99,7 +119,7 @@ class ModelRunner:
         num_seqs = max(1, tokens // seq_len)
         blocks_per_seq = -(-seq_len // self.block_size)
         m = self.model_cfg
-        scratch = torch.zeros(2, num_seqs * blocks_per_seq, self.block_size, m.num_kv_heads, m.head_dim,
+        scratch = torch.zeros(2, num_seqs * blocks_per_seq, self.block_size, self.num_kv_heads, m.head_dim,
                               dtype=self.dtype, device=self.device)
         for layer in self.model.layers:
             layer.self_attn.k_cache, layer.self_attn.v_cache = scratch[0], scratch[1]
@@ -154,6 +174,13 @@ class ModelRunner:
         input_ids = torch.tensor(np.concatenate([np.asarray(i, dtype=np.int64) for i in ids])).to(**to)
         return input_ids, torch.from_numpy(np.concatenate(positions)).to(**to), meta
 
+    def run_model(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
+        """Final hidden states [T, hidden]: graph replay for a decode step that fits a bucket, else
+        the (eager or compiled) forward. TP workers call this too, so every rank takes the same path."""
+        if self.graphs is not None and self.graphs.can_run(meta):
+            return self.graphs.run(input_ids, positions, meta)
+        return self.forward(input_ids, positions, meta)
+
     def prepare(self, scheduled: list[tuple[Sequence, int]]):
         return self._pack([(seq.token_ids, seq.block_table, seq.num_computed_tokens,
                             seq.num_computed_tokens + n) for seq, n in scheduled])
@@ -164,10 +191,10 @@ class ModelRunner:
         that does not reach the end of its tokens yet, so nothing to sample) and the logits of
         the sequences that asked for them (by index into `scheduled`)."""
         input_ids, positions, meta = self.prepare(scheduled)
-        if self.graphs is not None and self.graphs.can_run(meta):
-            hidden = self.graphs.run(input_ids, positions, meta)
-        else:
-            hidden = self.forward(input_ids, positions, meta)
+        with tp_guard(self.workers, "step"):
+            if self.workers is not None:   # TP: ranks 1.. run this same forward on their shards
+                self.workers.send_step(input_ids, positions, meta)
+            hidden = self.run_model(input_ids, positions, meta)
         samples = [i for i, (seq, n) in enumerate(scheduled) if seq.num_computed_tokens + n == len(seq)]
         if not samples:
             return [None] * len(scheduled), {}
@@ -182,6 +209,9 @@ class ModelRunner:
         return out, kept
 
     def close(self) -> None:
+        if self.workers is not None:   # TP: stop ranks 1.. and leave the process group
+            self.workers.shutdown()
+            self.workers = None
         self.graphs = None
         self.forward = None
         self.model = None

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from workbench.config import EngineConfig, Optimizations
 from workbench.model import ModelConfig
+from workbench.parallel.tensor_parallel import backend_for, check_tensor_parallel, tensor_parallel_opts
 from workbench.runner import ModelRunner
 
 from .block_manager import BlockManager
@@ -85,6 +86,10 @@ class LLM:
         self.model_config = ModelConfig.from_hf(model)
         self.device, self.dtype = _pick_device_dtype(self.config, self.model_config)
         self.opts, self.skipped = self.config.opts.resolve(self.device, from_preset=self.config.from_preset)
+        tp, m = self.config.tensor_parallel_size, self.model_config   # tensor parallelism: can it split?
+        check_tensor_parallel(tp, m.num_heads, m.num_kv_heads, m.intermediate_size, self.device)
+        self.opts, tp_notes = tensor_parallel_opts(self.opts, tp, from_preset=self.config.from_preset)
+        self.skipped += tp_notes
         self.max_model_len = self.config.max_model_len or min(self.model_config.max_position_embeddings, 4096)
         if self.max_model_len > self.model_config.max_position_embeddings:
             raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "
@@ -277,6 +282,9 @@ class LLM:
         if attention == "flash":
             from workbench.attention.flash import flash_status
             attention = f"flash ({flash_status()[0]})"
+        tp_text = "off (1 rank)"
+        if r.tp_size > 1:
+            tp_text = f"{r.tp_size} ranks ({backend_for(self.device)}), each with 1/{r.tp_size} of the heads"
         lines = [
             f"model      {self.config.model} ({self.model_config.model_type}, "
             f"{self.model_config.num_layers} layers, hidden {self.model_config.hidden_size})",
@@ -286,8 +294,10 @@ class LLM:
             f"fused      {'on (Triton kernels)' if o.fused_kernels else 'off (plain torch ops)'}",
             f"graphs     {'on, buckets ' + str(r.graphs.buckets) if r.graphs else 'off (eager decode)'}",
             f"compile    {'on (torch.compile)' if o.compile else 'off'}",
+            f"tensor parallel  {tp_text}",
             f"kv cache   {r.num_kv_blocks} blocks x {self.config.block_size} tokens "
-            f"({r.num_kv_blocks * r.kv_bytes_per_block / 2**30:.2f} GiB), prefix caching "
+            f"({r.num_kv_blocks * r.kv_bytes_per_block / 2**30:.2f} GiB{' per rank' if r.tp_size > 1 else ''}), "
+            "prefix caching "
             f"{'on' if self.config.enable_prefix_caching else 'off'}, chunked prefill "
             f"{'on' if self.config.chunked_prefill else 'off'}",
         ]

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from workbench.parallel.tensor_parallel import shard_tensor
+
 from .config import ModelConfig
 from .qwen3 import CausalLM
 
@@ -35,9 +37,10 @@ def safetensor_files(path: str | Path) -> list[Path]:
 
 
 def load_model(path: str | Path, cfg: ModelConfig, backend, *, fused: bool, dtype: torch.dtype,
-               device: str) -> CausalLM:
+               device: str, tp_rank: int = 0, tp_size: int = 1) -> CausalLM:
+    """tp_size > 1: build and fill rank `tp_rank`'s shard only (workbench.parallel)."""
     with torch.device("meta"):   # no memory, no random init: every weight comes from disk
-        model = CausalLM(cfg, backend, fused)
+        model = CausalLM(cfg, backend, fused, tp_size)
     model.to_empty(device=device)
     model.to(dtype)
     model.tie_weights()   # moving modules one by one unties shared parameters: tie again
@@ -51,7 +54,8 @@ def load_model(path: str | Path, cfg: ModelConfig, backend, *, fused: bool, dtyp
                 name = hf_name.removeprefix("model.")
                 if cfg.tie_word_embeddings and name == "lm_head.weight":
                     continue   # tied: the embedding is the head
-                tensor = f.get_tensor(hf_name)
+                # tensor parallelism: keep this rank's slice, cut before q/k/v (gate/up) are merged
+                tensor = shard_tensor(name, f.get_tensor(hf_name), tp_rank, tp_size)
                 for piece, (merged, index) in _MERGED.items():
                     if piece in name:
                         name = name.replace(piece, merged)

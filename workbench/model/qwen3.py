@@ -11,19 +11,25 @@ import torch
 from torch import nn
 
 from workbench.attention import AttentionMetadata, store_kv
+from workbench.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 from .config import ModelConfig
 from .layers import RMSNorm, RotaryEmbedding, SiluAndMul
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend, fused: bool):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend, fused: bool, tp_size: int = 1):
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.q_size = cfg.num_heads * cfg.head_dim
-        self.kv_size = cfg.num_kv_heads * cfg.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        # Tensor parallelism (workbench.parallel): this rank computes num_heads/tp query heads and
+        # num_kv_heads/tp kv heads; qkv_proj is column-parallel (holds [q|k|v] rows of those heads),
+        # o_proj row-parallel (all-reduces the ranks' partial sums). tp_size=1: plain Linears.
+        self.num_heads, self.num_kv_heads = cfg.num_heads // tp_size, cfg.num_kv_heads // tp_size
+        self.head_dim = cfg.head_dim
+        self.q_size = self.num_heads * cfg.head_dim
+        self.kv_size = self.num_kv_heads * cfg.head_dim
+        self.qkv_proj = ColumnParallelLinear(cfg.hidden_size, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim,
+                                             bias=cfg.attention_bias, tp_size=tp_size)
+        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False, tp_size=tp_size)
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, fused)
@@ -55,23 +61,25 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: ModelConfig, fused: bool):
+    def __init__(self, cfg: ModelConfig, fused: bool, tp_size: int = 1):
         super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        # Tensor parallelism: each rank holds intermediate_size/tp of gate and of up (column-
+        # parallel, rows [gate_r | up_r]) and the matching columns of down (row-parallel + all-reduce).
+        self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, 2 * cfg.intermediate_size, tp_size=tp_size)
         self.act = SiluAndMul(fused)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, tp_size=tp_size)
 
     def forward(self, x):
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend, fused: bool):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend, fused: bool, tp_size: int = 1):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fused)
-        self.self_attn = Attention(cfg, rotary, backend, fused)
+        self.self_attn = Attention(cfg, rotary, backend, fused, tp_size)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fused)
-        self.mlp = MLP(cfg, fused)
+        self.mlp = MLP(cfg, fused, tp_size)
 
     def forward(self, positions, hidden, residual, meta):
         # The residual stream travels beside the hidden state so that "add residual, then
@@ -86,13 +94,16 @@ class DecoderLayer(nn.Module):
 
 
 class CausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend, fused: bool = False):
+    """tp_size > 1: this is one rank's shard (see workbench.parallel); the embedding, norms and
+    lm_head are replicated on every rank."""
+
+    def __init__(self, cfg: ModelConfig, backend, fused: bool = False, tp_size: int = 1):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
                                       cfg.rope_scaling, fused)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, self.rotary, backend, fused)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, self.rotary, backend, fused, tp_size)
                                     for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fused)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)

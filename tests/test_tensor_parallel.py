@@ -1,0 +1,132 @@
+"""Tensor parallelism on the CPU: 2 ranks (this process + one spawned worker) talking over gloo.
+
+The tiny model has 4 query heads and 2 kv heads, so tp=2 gives each rank 2 query heads and
+1 kv head. In float32 the only difference from tp=1 is the order of additions inside o_proj and
+down_proj (two partial sums, then the all-reduce), so greedy tokens must be identical.
+"""
+import multiprocessing
+import os
+import random
+import signal
+import time
+
+import pytest
+import torch
+
+from workbench import LLM, EngineConfig, Optimizations, SamplingParams
+from workbench.parallel.tensor_parallel import check_tensor_parallel, shard_tensor, tensor_parallel_opts
+
+ENGINE = dict(block_size=16, max_num_batched_tokens=128, max_model_len=512)   # 300-token prompt: chunked
+PARAMS = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, return_logits=True)
+
+
+def _prompts(seed=0):
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(1, 512) for _ in range(n)] for n in (1, 5, 17, 64, 129, 300)]
+    return prompts + [prompts[-1][:40] + [7, 8, 9]]   # shares 2 full blocks with the 300-token prompt
+
+
+def _run(llm, prompts):
+    return llm.generate(prompts, PARAMS, use_tqdm=False)
+
+
+def _assert_same(outs, refs, rel=1e-5):
+    assert [o.token_ids for o in outs] == [r.token_ids for r in refs]
+    worst = max(float((o.logits - r.logits).abs().max() / r.logits.abs().max()) for o, r in zip(outs, refs))
+    assert worst < rel, worst
+
+
+@pytest.fixture(scope="module")
+def tp1_outputs(tiny_ckpt):
+    with LLM(tiny_ckpt, **ENGINE) as llm:
+        return _run(llm, _prompts()), _run(llm, _prompts())
+
+
+def test_tp2_gives_the_tokens_of_tp1(tiny_ckpt, tp1_outputs):
+    first_ref, second_ref = tp1_outputs
+    with LLM(tiny_ckpt, tensor_parallel_size=2, **ENGINE) as llm:
+        assert "tensor parallel  2 ranks (gloo)" in llm.describe()
+        assert llm.runner.kv_cache.shape[-2] == 1   # 2 kv heads / 2 ranks
+        assert len(multiprocessing.active_children()) == 1
+        first = _run(llm, _prompts())
+        second = _run(llm, _prompts())   # same prompts again: served from the prefix cache
+        assert llm.stats.prefix_hit_tokens > 0
+    _assert_same(first, first_ref)
+    _assert_same(second, second_ref)
+    assert multiprocessing.active_children() == []   # close() stopped and joined the worker
+
+
+def test_two_tp_engines_one_after_another(tiny_ckpt, tp1_outputs):
+    for _ in range(2):   # each finds a fresh port and process group
+        with LLM(tiny_ckpt, tensor_parallel_size=2, **ENGINE) as llm:
+            with pytest.raises(RuntimeError, match="close\\(\\) it before"):
+                LLM(tiny_ckpt, tensor_parallel_size=2, **ENGINE)   # one process group per process
+            _assert_same(_run(llm, _prompts()), tp1_outputs[0])
+        assert multiprocessing.active_children() == []
+
+
+def test_compile_with_tp(tiny_ckpt, tp1_outputs):
+    prompts = _prompts()[2:4]
+    with LLM(tiny_ckpt, opts=Optimizations(compile=True), tensor_parallel_size=2, **ENGINE) as llm:
+        _assert_same(_run(llm, prompts), tp1_outputs[0][2:4])
+    assert multiprocessing.active_children() == []
+
+
+def test_dead_worker_raises_instead_of_hanging(tiny_ckpt):
+    llm = LLM(tiny_ckpt, tensor_parallel_size=2, **ENGINE)
+    worker = llm.runner.workers.procs[0]
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join(10)
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="rank 1 exited with code -9"):
+        _run(llm, _prompts())
+    assert time.perf_counter() - start < 10
+    with pytest.raises(RuntimeError, match="stopped after an earlier error"):
+        _run(llm, _prompts())
+    llm.close()
+    assert multiprocessing.active_children() == []
+
+
+def test_ctrl_c_mid_step_is_held_until_the_step_ends(tiny_ckpt, tp1_outputs):
+    """Interrupting rank 0 between two all-reduces would strand the worker in the next one."""
+    with LLM(tiny_ckpt, tensor_parallel_size=2, **ENGINE) as llm:
+        forward = llm.runner.forward
+
+        def interrupted_forward(*args):
+            os.kill(os.getpid(), signal.SIGINT)   # arrives while this rank is mid-forward
+            return forward(*args)
+
+        llm.runner.forward = interrupted_forward
+        with pytest.raises(KeyboardInterrupt):
+            _run(llm, _prompts())
+        llm.runner.forward = forward
+        assert llm.runner.workers.procs[0].is_alive()
+        _assert_same(_run(llm, _prompts()), tp1_outputs[0])   # the engine still works
+
+
+@pytest.mark.parametrize("tp", [3, 4])
+def test_bad_tp_size_names_the_heads(tiny_ckpt, tp):
+    with pytest.raises(ValueError, match=f"tensor_parallel_size={tp} must divide num_heads=4, num_kv_heads=2 "
+                                         r".*choose one of \[1, 2\]"):
+        LLM(tiny_ckpt, tensor_parallel_size=tp, **ENGINE)
+    with pytest.raises(ValueError, match="must be an integer >= 1"):
+        EngineConfig(model=str(tiny_ckpt), tensor_parallel_size=0)
+    assert multiprocessing.active_children() == []
+
+
+def test_gpu_count_and_graphs_are_checked():
+    if torch.cuda.device_count() < 8:
+        with pytest.raises(ValueError, match="needs 8 visible GPUs"):
+            check_tensor_parallel(8, 16, 8, 3072, "cuda")
+    with pytest.raises(ValueError, match="untested"):
+        tensor_parallel_opts(Optimizations(cuda_graphs=True), 2, from_preset=False)
+    opts, notes = tensor_parallel_opts(Optimizations.all_on(), 2, from_preset=True)
+    assert not opts.cuda_graphs and "untested" in notes[0]
+
+
+def test_shards_rebuild_the_merged_weights():
+    """Column-parallel pieces stack back along the rows, row-parallel ones along the columns."""
+    w = torch.arange(24.0).view(4, 6)
+    assert torch.equal(torch.cat([shard_tensor("layers.0.self_attn.k_proj.weight", w, r, 2) for r in (0, 1)]), w)
+    assert torch.equal(torch.cat([shard_tensor("layers.0.mlp.down_proj.weight", w, r, 2) for r in (0, 1)], 1), w)
+    assert shard_tensor("embed_tokens.weight", w, 1, 2) is w

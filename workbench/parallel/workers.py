@@ -1,0 +1,268 @@
+"""The processes of a tensor-parallel engine: rank 0 (the engine) and ranks 1..N-1 (workers).
+
+    engine process = rank 0                     worker process = rank r (r >= 1)
+    ------------------------------              ----------------------------------
+    scheduler, block manager, sampler           (none of these)
+    ModelRunner(rank=0): shard 0, KV heads 0    ModelRunner(rank=r): shard r, KV heads r
+    each step: prepare() -> send_step() ------> receive_step() (same ids, positions, metadata)
+               forward   <== all-reduces ==>    forward        (2 per layer, pair up in order)
+               logits, sample                   (hidden states dropped)
+
+Rank 0 starts the workers with torch.multiprocessing (spawn: a fresh interpreter, safe with CUDA)
+and all ranks join one torch.distributed process group: gloo on CPU, NCCL on GPUs. The group's
+rendezvous is a TCPStore that rank 0 opens on a port the OS picks (port 0), so no fixed port
+collides when engines are created one after another.
+
+Two channels, on purpose:
+- control: one multiprocessing Pipe per worker carries a small header per step ("step" + shapes)
+  or "stop". A worker idles in `recv()` with no timeout, so an engine may sit unused for hours;
+  if rank 0 dies the pipe closes and the worker exits (EOFError).
+- data: the step's integer tensors go in ONE `dist.broadcast` of a packed int64 tensor (on the
+  GPU with NCCL, no pickling). Collectives have a timeout, so a stuck rank fails, never hangs.
+
+Scripts that create a tensor-parallel LLM at top level need the usual spawn guard
+`if __name__ == "__main__":` (the worker re-imports the main module). Notebooks need nothing.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import traceback
+from contextlib import contextmanager, nullcontext
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from workbench.attention import AttentionMetadata
+
+from .tensor_parallel import backend_for, rank_device
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 120        # a spawned worker must report in (interpreter + imports) within this
+COLLECTIVE_TIMEOUT_S = 300   # ranks run the same work, so a collective waits only for skew; a wait
+                             # this long means a rank is stuck or gone: fail instead of hanging
+JOIN_TIMEOUT_S = 30          # a stopped worker frees its model and exits within this
+
+
+def _set_nccl_env() -> None:
+    # NVLink SHARP multicast (NVLS) is off on the machines this is tested on; it must stay off in
+    # every rank, set before NCCL creates its communicator.
+    os.environ["NCCL_NVLS_ENABLE"] = "0"
+
+
+# The step message: header (host ints, through the pipe) + payload (one int64 tensor, broadcast) --
+def pack_step(input_ids, positions, meta: AttentionMetadata) -> tuple[tuple, torch.Tensor]:
+    header = ("step", input_ids.numel(), meta.num_seqs, meta.block_tables.shape[1],
+              meta.max_seqlen_q, meta.max_seqlen_k, meta.is_decode)
+    payload = torch.cat([input_ids.long(), positions.long(), meta.slot_mapping.long(),
+                         meta.cu_seqlens_q.long(), meta.seq_lens.long(), meta.block_tables.long().flatten()])
+    return header, payload
+
+
+def unpack_step(header: tuple, payload: torch.Tensor):
+    _, tokens, seqs, width, max_q, max_k, is_decode = header
+    ids, positions, slots, cu, lens, tables = payload.split([tokens, tokens, tokens, seqs + 1, seqs, seqs * width])
+    meta = AttentionMetadata(cu_seqlens_q=cu.int(), seq_lens=lens.int(), block_tables=tables.int().view(seqs, width),
+                             slot_mapping=slots, max_seqlen_q=max_q, max_seqlen_k=max_k, is_decode=is_decode)
+    return ids, positions, meta
+
+
+def payload_size(header: tuple) -> int:
+    _, tokens, seqs, width, *_ = header
+    return 3 * tokens + 2 * seqs + 1 + seqs * width
+
+
+# Rank 0's side ----------------------------------------------------------------------------------
+class WorkerGroup:
+    """Rank 0's handle on ranks 1..N-1: start them, send each step, stop them."""
+
+    def __init__(self, cfg, model_cfg, opts, *, device: str, dtype: torch.dtype, max_model_len: int):
+        self.size = cfg.tensor_parallel_size
+        self.backend = backend_for(device)
+        if dist.is_initialized():
+            raise RuntimeError("another tensor-parallel engine is still open in this process (torch.distributed "
+                               "has one process group per process): close() it before creating this one")
+        if self.backend == "nccl":
+            _set_nccl_env()
+        self.procs, self.conns, self.broken = [], [], False
+        timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+        self.store = dist.TCPStore(HOST, 0, self.size, is_master=True, wait_for_workers=False, timeout=timeout)
+        ctx = mp.get_context("spawn")
+        try:
+            for rank in range(1, self.size):
+                ours, theirs = ctx.Pipe()
+                proc = ctx.Process(target=worker_main, name=f"workbench-tp-rank{rank}", daemon=True,
+                                   args=(rank, self.store.port, theirs, cfg, model_cfg, opts, device, dtype,
+                                         max_model_len))
+                proc.start()
+                theirs.close()   # only the worker holds its end now: its death reads as EOF here
+                self.procs.append(proc)
+                self.conns.append(ours)
+            for rank in range(1, self.size):
+                self._expect(rank, "started", START_TIMEOUT_S)
+            dist.init_process_group(self.backend, store=self.store, rank=0, world_size=self.size, timeout=timeout)
+        except BaseException:
+            self.shutdown(clean=False)
+            raise
+
+    def _expect(self, rank: int, what: str, timeout_s: float) -> None:
+        conn, proc = self.conns[rank - 1], self.procs[rank - 1]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if conn.poll(0.05):
+                try:
+                    message = conn.recv()
+                except EOFError:   # it died before saying anything
+                    proc.join(5)
+                    message = ("error", f"exited with code {proc.exitcode}")
+                if message[0] == what:
+                    return
+                raise RuntimeError(f"tensor-parallel rank {rank} failed to start:\n{message[1]}")
+            if not proc.is_alive():
+                raise RuntimeError(f"tensor-parallel rank {rank} exited with code {proc.exitcode} during start-up")
+        raise RuntimeError(f"tensor-parallel rank {rank} did not start within {timeout_s} s")
+
+    def failures(self) -> list[str]:
+        """What went wrong in the workers, if anything: their tracebacks and exit codes."""
+        found = []
+        for rank, (conn, proc) in enumerate(zip(self.conns, self.procs), 1):
+            try:
+                while conn.poll(0):
+                    message = conn.recv()
+                    if message[0] == "error":
+                        found.append(f"rank {rank}:\n{message[1]}")
+            except (EOFError, OSError):
+                pass
+            if not proc.is_alive() and proc.exitcode != 0:
+                found.append(f"rank {rank} exited with code {proc.exitcode}")
+        return found
+
+    def send_step(self, input_ids, positions, meta: AttentionMetadata) -> None:
+        """Give every worker this step's inputs (call on rank 0 right before its own forward)."""
+        for rank, proc in enumerate(self.procs, 1):   # cheap (waitpid), and it turns a hang into an error
+            if not proc.is_alive():
+                raise RuntimeError(f"tensor-parallel rank {rank} is gone (exit code {proc.exitcode})")
+        header, payload = pack_step(input_ids, positions, meta)
+        for conn in self.conns:
+            conn.send(header)
+        dist.broadcast(payload, src=0)
+
+    @contextmanager
+    def guard(self, what: str):
+        """Any error inside (here or in a worker) leaves the ranks out of step -- some are waiting
+        in a collective the others will never reach -- so stop the workers and report why.
+        A step also holds Ctrl-C until it is over, so that an interrupt leaves a usable engine."""
+        if self.broken:
+            raise RuntimeError("the tensor-parallel workers were stopped after an earlier error: close() this "
+                               "LLM and create a new one")
+        with _hold_ctrl_c() if what == "step" else nullcontext():
+            try:
+                yield
+            except BaseException as exc:
+                self.broken = True
+                found = self.failures()
+                self.shutdown(clean=False)
+                if found:
+                    raise RuntimeError(f"tensor-parallel {what} failed in a worker process:\n"
+                                       + "\n".join(found)) from exc
+                raise
+
+    def shutdown(self, clean: bool = True) -> None:
+        """Stop every worker and leave the process group. clean: ask them to stop and wait for it;
+        otherwise (after an error, when they may be blocked in a collective) terminate them."""
+        for conn in self.conns:
+            if clean:
+                try:
+                    conn.send(("stop",))
+                except OSError:   # that worker is already gone
+                    pass
+        for proc in self.procs:
+            if clean:
+                proc.join(JOIN_TIMEOUT_S)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self.conns:
+            conn.close()
+        self.procs, self.conns = [], []
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.store = None
+
+
+@contextmanager
+def _hold_ctrl_c():
+    """Defer SIGINT to the end of the block. Ctrl-C in the middle of a step would stop rank 0
+    between two all-reduces while the workers wait in the next one; held for the few ms (or s)
+    the step takes, it arrives between steps, where generate() aborts its requests cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield   # only the main thread receives signals (and may set handlers)
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(*caught[0])   # usually raises KeyboardInterrupt (Python's and Jupyter's handlers)
+    elif caught and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def tp_guard(workers: WorkerGroup | None, what: str):
+    """workers.guard(what), or nothing without tensor parallelism."""
+    if workers is None:
+        yield
+    else:
+        with workers.guard(what):
+            yield
+
+
+# A worker's side -------------------------------------------------------------------------------
+def worker_main(rank, port, conn, cfg, model_cfg, opts, device, dtype, max_model_len) -> None:
+    """Entry point of rank `rank`: join the group, build this rank's ModelRunner (its shard of the
+    weights, its KV heads), then run a forward for every step rank 0 sends, until "stop"."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is rank 0's to handle (it stops us)
+    try:
+        conn.send(("started",))
+        size = cfg.tensor_parallel_size
+        device = rank_device(device, rank, size)
+        if backend_for(device) == "nccl":
+            _set_nccl_env()
+            torch.cuda.set_device(device)
+        else:   # ranks share the CPU's cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
+        timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+        store = dist.TCPStore(HOST, port, size, is_master=False, timeout=timeout)
+        dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=size, timeout=timeout)
+        from workbench.runner import ModelRunner   # here, not at the top: runner imports this module
+        runner = ModelRunner(cfg, model_cfg, opts, device=device, dtype=dtype, max_model_len=max_model_len,
+                             rank=rank)
+        with torch.inference_mode():
+            while True:
+                try:
+                    header = conn.recv()
+                except EOFError:   # rank 0 is gone
+                    break
+                if header[0] == "stop":
+                    break
+                payload = torch.empty(payload_size(header), dtype=torch.int64, device=device)
+                dist.broadcast(payload, src=0)
+                runner.run_model(*unpack_step(header, payload))
+        runner.close()
+        dist.destroy_process_group()
+    except BaseException:
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except OSError:
+            pass
+        raise
