@@ -26,7 +26,7 @@ run() {  # run one step, keep going on failure, log to $OUT
 steps=${*:-all}
 for step in $steps; do
   case $step in
-    tests)    run gpu-tests $PY -m pytest -q -x tests/gpu -p no:cacheprovider ;;
+    tests)    run gpu-tests $PY -m pytest -q tests/gpu -p no:cacheprovider ;;   # TP tests skip below 2 GPUs
     check)    run check $PY -m workbench check --preset qwen3-0.6b --workdir /tmp --json "$OUT/parity.json" ;;
     check-quick) run check $PY -m workbench check --quick --prompts 16 --max-tokens 32 --preset qwen3-0.6b --workdir /tmp --json "$OUT/parity.json" ;;
     bench)    run bench $PY -m workbench bench stack --preset qwen3-0.6b --workdir /tmp --json "$OUT/stack.json" ;;
