@@ -1,0 +1,86 @@
+"""The switchboard, driven from code on the embedded sorter model (no browser, no threads)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("matplotlib")
+
+from workbench import Optimizations  # noqa: E402
+from workbench.assets import DEFAULT_MODEL_DIR  # noqa: E402
+from workbench.ui import Switchboard  # noqa: E402
+
+@pytest.fixture(scope="module")
+def board():
+    # device="cpu" even on a GPU box: the CUDA-only switches must then be disabled too.
+    return Switchboard(DEFAULT_MODEL_DIR, device="cpu", batch=2, prompt_len=8, new_tokens=6)
+
+
+def test_run_appends_history_and_plots(board):
+    assert board.history == [] and board.plotted_runs() == 0
+    board.attention.value = "naive"
+    board.run_button.click()                       # synchronous: the run is done when click() returns
+    assert len(board.history) == 1, board.status.value
+    assert board.plotted_runs() == 1
+    row = board.history[-1]
+    assert row["setting"] == "naive" and row["device"] == "cpu"
+    assert row["tok_s"] > 0 and row["tpot_ms"] > 0 and row["output_tokens"] == 2 * 6
+    assert row["load_s"] is not None and row["compile_s"] is None
+    # No GPU here: launches and HBM are reported as unavailable, with a reason, never a number.
+    assert row["launch_calls_per_step"] is None and "CUDA" in row["launches_note"]
+    assert row["hbm_bytes_per_step"] is None and row["hbm_note"]
+    assert board.progress.value == 4 and "tok/s" in board.status.value
+    assert bytes(board.plot.value).startswith(b"\x89PNG")
+    assert "<td>naive</td>" in board.table.value
+
+    board.attention.value = "sdpa"
+    board.batch.value = 3
+    board.run_button.click()
+    assert [r["setting"] for r in board.history] == ["naive", "sdpa"]
+    assert board.history[-1]["batch"] == 3 and board.history[-1]["output_tokens"] == 3 * 6
+    assert board.plotted_runs() == 2
+    assert not board.run_button.disabled
+
+
+def test_cuda_only_switches_are_disabled_with_a_reason(board):
+    for toggle in (board.fused, board.graphs, board.hbm):
+        assert toggle.disabled
+        assert toggle.tooltip.startswith("UNAVAILABLE here:"), toggle.tooltip
+    assert "CUDA" in board.fused.tooltip and "CUDA" in board.graphs.tooltip
+    assert not board.compile.disabled                 # torch.compile works on a CPU
+    assert "flash" not in board.attention.options     # flash-attn needs a GPU
+    assert "flash" in board.attention.tooltip and "UNAVAILABLE" in board.attention.tooltip
+    assert board.blocked(Optimizations(attention="flash", cuda_graphs=True))
+    with pytest.raises(ValueError, match="cannot run here"):
+        board.select(Optimizations(attention="naive", fused_kernels=True))
+
+
+def test_a_failed_run_is_reported_not_recorded(board):
+    before = len(board.history)
+    board.new_tokens.value = board.new_tokens.max
+    board.prompt_len.value = board.prompt_len.max
+    board.batch.value = 1
+    board.attention.value = "naive"
+    board.graphs.value = True                          # a disabled switch, set from code anyway
+    assert board.run() is None
+    assert board.status.value.startswith("error:") and len(board.history) == before
+    board.graphs.value = False
+    assert board.run() is not None and len(board.history) == before + 1
+
+
+def test_export_csv_and_json(board, tmp_path):
+    if not board.history:
+        board.run_button.click()
+    path = board.export_csv(tmp_path / "history.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == len(board.history)
+    assert rows[0]["setting"] == board.history[0]["setting"]
+    assert float(rows[0]["tok_s"]) == pytest.approx(board.history[0]["tok_s"])
+    data = json.loads(board.export_json(tmp_path / "history.json").read_text())
+    assert data == json.loads(json.dumps(board.history))
+    board.export_path.value = str(tmp_path / "from-button")
+    board.widget.children[-1].children[1].click()       # the "Export CSV" button
+    assert (tmp_path / "from-button.csv").is_file() and "wrote" in board.status.value
