@@ -6,6 +6,7 @@ run_ncu builds: naive attention, N=4096, 16/8 heads, head_dim 128, bf16, `--nvtx
 attention/`. The lead may regenerate it on the device; the expected numbers below then change
 with it. Other unit spellings and junk lines are tested on a small inline sample (SYNTHETIC).
 """
+import dataclasses
 import json
 import stat
 from pathlib import Path
@@ -15,12 +16,13 @@ import torch
 
 from workbench import measure
 from workbench.measure import hbm, roofline
+from workbench.model import ModelConfig
 
 SAMPLE = Path(__file__).parent / "data" / "ncu_sample.csv"
 
 # A tiny model whose numbers are easy to check by hand.
-TINY = roofline.ModelShape(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                           intermediate_size=128, vocab_size=100, tie_word_embeddings=True)
+TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                  intermediate_size=128, vocab_size=100, tie_word_embeddings=True)
 
 
 # --- roofline (modelled) ------------------------------------------------------------------------
@@ -43,7 +45,7 @@ def test_param_count_by_hand():
 
 
 def test_qwen3_0_6b_param_count():
-    p = roofline.count_params(roofline.ModelShape.qwen3_0_6b())
+    p = roofline.count_params(ModelConfig.from_preset("qwen3-0.6b"))
     # Per layer: attn 1024*(2048+2*1024) + 2048*1024 = 6,291,456; mlp 3*1024*3072 = 9,437,184;
     # norms 2*1024 + q/k norm 2*128 = 2,304 -> 15,730,944; x28 + final norm 1024 + embedding
     # 151936*1024 = 155,582,464 -> 596,049,920 ("0.6B", 0.44B without embeddings).
@@ -88,7 +90,7 @@ def test_prefill_step_by_hand():
 
 
 def test_untied_embedding_reads_only_gathered_rows():
-    untied = roofline.ModelShape(**{**TINY.__dict__, "tie_word_embeddings": False})
+    untied = dataclasses.replace(TINY, tie_word_embeddings=False)
     p = roofline.count_params(untied)
     assert p.total == 80448 + 6400               # a separate LM head
     # everything but the embedding table, plus 3 gathered rows of 64
@@ -99,6 +101,7 @@ def test_shape_from_any_object():
     class Cfg:   # e.g. a workbench ModelConfig
         hidden_size, num_layers, num_heads, num_kv_heads, head_dim = 64, 2, 4, 2, 16
         intermediate_size, vocab_size, tie_word_embeddings, rms_norm_eps = 128, 100, True, 1e-6
+        qk_norm, attention_bias = False, False
     assert roofline.count_params(Cfg()).total == 80448
 
 

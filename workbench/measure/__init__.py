@@ -13,7 +13,7 @@ from __future__ import annotations
 from .hbm import (DEFAULT_METRICS, HbmRecord, KernelMetrics, classify_kernel, measure_hbm_python,
                   ncu_status, parse_ncu_csv, run_ncu)
 from .launches import LaunchRecord, count_launches
-from .roofline import (AttentionTraffic, BandwidthRecord, ModelShape, ParamCount, StepModel,
+from .roofline import (AttentionTraffic, BandwidthRecord, ParamCount, StepModel,
                        attention_traffic_model, count_params, decode_step, kv_bytes_per_token,
                        measure_copy_bandwidth, prefill_step, weight_bytes_read)
 
@@ -54,7 +54,7 @@ def format_table(records, columns: list[str] | None = None) -> str:
 
 __all__ = [
     "AttentionTraffic", "BandwidthRecord", "DEFAULT_METRICS", "HbmRecord", "KernelMetrics",
-    "LaunchRecord", "ModelShape", "ParamCount", "StepModel", "attention_traffic_model",
+    "LaunchRecord", "ParamCount", "StepModel", "attention_traffic_model",
     "classify_kernel", "count_launches", "count_params", "decode_step", "format_table",
     "kv_bytes_per_token", "measure_copy_bandwidth", "measure_hbm_python", "ncu_status",
     "parse_ncu_csv", "prefill_step", "run_ncu", "weight_bytes_read",

@@ -173,9 +173,9 @@ def cmd_measure_attention(args) -> int:
 
 
 def cmd_measure_roofline(args) -> int:
-    from workbench.measure import ModelShape, decode_step, format_table, measure_copy_bandwidth
+    from workbench.measure import decode_step, format_table, measure_copy_bandwidth
     from workbench.model import ModelConfig
-    shape = ModelShape.of(ModelConfig.from_hf(model_dir(args)))
+    shape = ModelConfig.from_hf(model_dir(args))
     bw = measure_copy_bandwidth()
     bandwidth = bw.bandwidth if bw.available else None
     print(f"copy bandwidth: {bw}")
@@ -188,7 +188,7 @@ def cmd_measure_roofline(args) -> int:
 
 def cmd_measure_hbm(args) -> int:
     """DRAM bytes of one whole-model decode step (measured) next to the modelled minimum."""
-    from workbench.measure import ModelShape, decode_step, format_table, measure_hbm_python
+    from workbench.measure import decode_step, format_table, measure_hbm_python
     from workbench.model import ModelConfig
     path = model_dir(args)
     rows = []
@@ -202,7 +202,7 @@ def cmd_measure_hbm(args) -> int:
                      "by_family": {k: v.get("dram__bytes_read.sum", 0) + v.get("dram__bytes_write.sum", 0)
                                    for k, v in record.by_family.items()},
                      "unavailable": None if record.available else record.reason})
-    minimum = decode_step(ModelShape.of(ModelConfig.from_hf(path)), [args.context] * args.batch)
+    minimum = decode_step(ModelConfig.from_hf(path), [args.context] * args.batch)
     rows.append({"setting": "minimum (modelled: weights + KV read once)", "measured_bytes": None,
                  "modelled_bytes": minimum.bytes})
     print(format_table(rows, ["setting", "measured_bytes", "modelled_bytes", "kernels", "unavailable"]))

@@ -10,7 +10,8 @@ the step's time; the larger one is the roofline, and it names the bottleneck:
     prefill (many tokens):          FLOPs dominate -> compute-bound
 
 The bandwidth should be *measured* on the same GPU in the same run (`measure_copy_bandwidth`),
-so "measured vs ceiling" compares like with like. Activations, logits and kernel launch gaps
+so "measured vs ceiling" compares like with like. `shape` is a workbench ModelConfig (from a
+checkpoint, or ModelConfig.from_preset("qwen3-0.6b")). Activations, logits and kernel launch gaps
 are left out on purpose: the roofline is a floor, and the gap above it is what we optimize.
 """
 from __future__ import annotations
@@ -20,35 +21,6 @@ from dataclasses import asdict, dataclass, field, replace
 
 # Vendor datasheet peaks (dense, no sparsity). Not measured: use them only as labelled ceilings.
 DATASHEET_PEAK_FLOPS = {"H100 SXM bf16": 989.4e12, "H200 bf16": 989.4e12}
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The numbers the roofline needs (a workbench ModelConfig or HF config works too)."""
-
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    tie_word_embeddings: bool = True
-    qk_norm: bool = False          # Qwen3 normalizes q and k per head (2 x head_dim weights)
-    attention_bias: bool = False   # Qwen2-style q/k/v biases
-
-    @classmethod
-    def of(cls, obj) -> "ModelShape":
-        """Read the shape from any object with the same attribute names."""
-        if isinstance(obj, cls):
-            return obj
-        names = [f for f in cls.__dataclass_fields__]
-        return cls(**{n: getattr(obj, n) for n in names if hasattr(obj, n)})
-
-    @classmethod
-    def qwen3_0_6b(cls) -> "ModelShape":
-        return cls(hidden_size=1024, num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
-                   intermediate_size=3072, vocab_size=151936, tie_word_embeddings=True, qk_norm=True)
 
 
 @dataclass
@@ -70,7 +42,7 @@ class ParamCount:
 
 
 def count_params(shape) -> ParamCount:
-    s = ModelShape.of(shape)
+    s = shape
     q, kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
     attn_matmul = s.hidden_size * (q + 2 * kv) + q * s.hidden_size     # q, k, v, o projections
     attention = attn_matmul + (q + 2 * kv if s.attention_bias else 0)
@@ -88,14 +60,14 @@ def count_params(shape) -> ParamCount:
 
 def kv_bytes_per_token(shape, dtype_bytes: int = 2) -> int:
     """K and V, every layer, every KV head: what one cached token costs."""
-    s = ModelShape.of(shape)
+    s = shape
     return 2 * s.num_layers * s.num_kv_heads * s.head_dim * dtype_bytes
 
 
 def weight_bytes_read(shape, dtype_bytes: int = 2, tokens: int = 1) -> int:
     """Weights a forward pass must read once. An untied embedding table is only gathered
     (one row per token); a tied one is read whole anyway, as the LM head."""
-    s, p = ModelShape.of(shape), count_params(shape)
+    s, p = shape, count_params(shape)
     if s.tie_word_embeddings:
         return p.total * dtype_bytes
     return (p.total - p.embedding + tokens * s.hidden_size) * dtype_bytes
@@ -149,7 +121,7 @@ class StepModel:
 
 def _step(phase, shape, num_seqs, new_tokens, attended, kv_read_tokens, lm_head_rows,
           dtype_bytes, bandwidth, peak_flops, source) -> StepModel:
-    s, p = ModelShape.of(shape), count_params(shape)
+    s, p = shape, count_params(shape)
     per_tok = kv_bytes_per_token(s, dtype_bytes)
     weights = weight_bytes_read(s, dtype_bytes, tokens=new_tokens)
     kv_read, kv_write = per_tok * kv_read_tokens, per_tok * new_tokens

@@ -14,7 +14,6 @@ SUPPORTED_MODEL_TYPES = ("qwen3", "llama")
 
 @dataclass
 class ModelConfig:
-    model_type: str
     hidden_size: int
     num_layers: int
     num_heads: int
@@ -22,15 +21,29 @@ class ModelConfig:
     head_dim: int
     intermediate_size: int
     vocab_size: int
-    rms_norm_eps: float
-    rope_theta: float
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    qk_norm: bool
-    attention_bias: bool = False
+    tie_word_embeddings: bool = True
+    qk_norm: bool = False          # Qwen3 normalizes q and k per head
+    attention_bias: bool = False   # Qwen2-style q/k/v biases
+    model_type: str = "qwen3"
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 4096
     rope_scaling: dict | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     torch_dtype: str | None = None
+
+    @classmethod
+    def from_preset(cls, name: str) -> "ModelConfig":
+        """The shape of a make_checkpoint preset ('tiny', 'qwen3-0.6b') without writing weights."""
+        from .checkpoint import PRESETS
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        p = PRESETS[name]
+        return cls(hidden_size=p["hidden_size"], num_layers=p["num_hidden_layers"],
+                   num_heads=p["num_attention_heads"], num_kv_heads=p["num_key_value_heads"],
+                   head_dim=p["head_dim"], intermediate_size=p["intermediate_size"],
+                   vocab_size=p["vocab_size"], qk_norm=True,
+                   max_position_embeddings=p["max_position_embeddings"])
 
     @classmethod
     def from_hf(cls, path: str | Path) -> "ModelConfig":
