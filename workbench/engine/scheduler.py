@@ -37,6 +37,10 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def prefill_pending(self) -> bool:
+        """Some prompt still has tokens to prefill (so the next step is not a pure decode)."""
+        return bool(self.waiting) or any(s.num_computed_tokens < s.num_prompt_tokens for s in self.running)
+
     def schedule(self) -> list[tuple[Sequence, int]]:
         """Pick (sequence, number of new tokens) pairs for the next step."""
         budget = self.max_num_batched_tokens

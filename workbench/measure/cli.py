@@ -96,6 +96,9 @@ def cmd_bench(args) -> int:
             r.note = title
             results.append(r)
             print(f"  {name:<10} {title:<18} {r.tok_s:10,.0f} tok/s", flush=True)
+        if not results:
+            print(f"  {name}: nothing runnable on this machine")
+            continue
         if args.peers:
             if name == "single":
                 results.append(bench.bench_hf_generate(path, load))

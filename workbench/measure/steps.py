@@ -28,6 +28,8 @@ def engine_launches(llm, *, batch: int = 1, prompt_len: int = 128, decode_steps:
     label = llm.opts.label()
     records = {"prefill": count_launches(prefill, warmup=1, steps=1, label=f"{label} prefill")}
     prefill()
+    while llm.scheduler.prefill_pending():   # big batches prefill over several steps
+        llm.step()
     records["decode"] = count_launches(llm.step, warmup=1, steps=decode_steps, label=f"{label} decode")
     llm.abort_all()
     return records

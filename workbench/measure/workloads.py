@@ -125,8 +125,8 @@ def decode_step_workload(model_dir: str, attention: str = "flash", fused_kernels
         params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
         for _ in range(batch):
             llm.add_request([rng.randrange(vocab) for _ in range(context)], params)
-        while llm.stats.decode_tokens == 0:   # prefill (maybe several chunks), then one decode
-            llm.step()
+        while llm.scheduler.prefill_pending() or llm.stats.decode_tokens == 0:
+            llm.step()   # prefill (maybe several steps), then one warm-up decode
         torch.cuda.synchronize()
         with nvtx_range("decode"):
             llm.step()
