@@ -143,3 +143,44 @@ def test_stream_stopped_early_leaves_a_clean_engine(llm):
             break
     assert not llm.scheduler.has_unfinished()
     assert llm.block_manager.num_free_blocks == llm.block_manager.num_blocks
+
+
+def test_top_k_renormalizes_before_top_p():
+    # after top-k=2 the probabilities are 0.625 / 0.375, so top_p=0.55 keeps token 0 alone
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(500, 1)
+    picks = Sampler("cpu", seed=0)(logits, [_seq(SamplingParams(top_k=2, top_p=0.55)) for _ in range(500)])
+    assert set(picks) == {0}
+
+
+def test_stream_text_never_splits_a_character(tiny_ckpt):
+    with LLM(tiny_ckpt, max_model_len=128) as llm:
+        wanted = llm.tokenizer.encode("aé€b", add_special_tokens=False)   # 1 + 2 + 3 + 1 byte tokens
+        forced = iter(wanted)
+        real_execute = llm.runner.execute
+
+        def execute(scheduled):   # the model "samples" the bytes of aé€b, one per step
+            tokens, logits = real_execute(scheduled)
+            return [None if t is None else next(forced) for t in tokens], logits
+
+        llm.runner.execute = execute
+        deltas = [e.text for e in llm.stream([[5]], SamplingParams(max_tokens=len(wanted), ignore_eos=True))]
+    assert "".join(deltas) == "aé€b" and not any("\ufffd" in d for d in deltas)
+
+
+def test_preset_objects_drop_cuda_switches_on_cpu(tiny_ckpt):
+    with LLM(tiny_ckpt, opts=Optimizations.all_on(), device="cpu", max_model_len=128) as llm:
+        assert llm.opts.attention == "sdpa" and llm.skipped
+
+
+def test_closed_engine_says_so(tiny_ckpt):
+    llm = LLM(tiny_ckpt, max_model_len=128)
+    llm.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        llm.generate([[1, 2]], SamplingParams(max_tokens=2), use_tqdm=False)
+
+
+def test_request_that_exactly_fits_the_cache_is_accepted(tiny_ckpt):
+    # 100 + 29 tokens: the last sampled token gets no K/V, so 128 slots = 8 blocks of 16 suffice
+    with LLM(tiny_ckpt, block_size=16, max_model_len=256, num_kv_blocks=8) as llm:
+        out = llm.generate([[1] * 100], SamplingParams(max_tokens=29, ignore_eos=True), use_tqdm=False)[0]
+        assert len(out.token_ids) == 29

@@ -28,6 +28,8 @@ class Optimizations:
     fused_kernels: bool = False
     cuda_graphs: bool = False
     compile: bool = False
+    # Made by a preset: switches this machine cannot run are dropped (with a note), not refused.
+    from_preset: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self):
         if self.attention not in ATTENTION_BACKENDS:
@@ -38,22 +40,22 @@ class Optimizations:
     @classmethod
     def all_off(cls) -> "Optimizations":
         """The naive baseline: N x N attention, unfused ops, eager launches, no compiler."""
-        return cls(attention="naive")
+        return cls(attention="naive", from_preset=True)
 
     @classmethod
     def enforce_eager(cls) -> "Optimizations":
         """Debugging preset: plain eager PyTorch everywhere (readable stack traces)."""
-        return cls(attention="naive")
+        return cls(attention="naive", from_preset=True)
 
     @classmethod
     def all_on(cls) -> "Optimizations":
         """Everything on. On a CPU the CUDA-only switches are dropped and reported as skipped."""
-        return cls(attention="flash", fused_kernels=True, cuda_graphs=True, compile=True)
+        return cls(attention="flash", fused_kernels=True, cuda_graphs=True, compile=True, from_preset=True)
 
     @classmethod
     def preset(cls, name: str) -> "Optimizations":
         presets = {"all_off": cls.all_off, "enforce_eager": cls.enforce_eager, "all_on": cls.all_on,
-                   "default": cls}
+                   "default": lambda: cls(from_preset=True)}
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()
@@ -65,26 +67,35 @@ class Optimizations:
                                   ("compile", self.compile)) if on]
         return "+".join(parts)
 
+    def cuda_only(self) -> list[str]:
+        """The switches set here that need a CUDA GPU."""
+        return [name for name, on in (("attention='flash'", self.attention == "flash"),
+                                      ("fused_kernels=True", self.fused_kernels),
+                                      ("cuda_graphs=True", self.cuda_graphs)) if on]
+
     def needs_cuda(self) -> bool:
-        return self.attention == "flash" or self.fused_kernels or self.cuda_graphs
+        return bool(self.cuda_only())
 
     def resolve(self, device: str, *, from_preset: bool = False) -> tuple["Optimizations", list[str]]:
         """Return (what will run on `device`, notes on what was skipped and why).
 
-        Asked for directly, a CUDA-only switch on a CPU is an error; asked for through a preset,
-        it is dropped and the drop is reported -- never silently ignored.
+        Asked for directly, a switch this machine cannot run is an error; asked for through a
+        preset, it is dropped and the drop is reported -- never silently ignored.
         """
+        from_preset = from_preset or self.from_preset
         if device.startswith("cuda"):
+            if self.attention == "flash" and from_preset:
+                from workbench.attention.flash import flash_status
+                name, reason = flash_status()
+                if name is None:
+                    return dataclasses.replace(self, attention="sdpa"), [f"attention='flash': skipped, {reason}"]
             return self, []
-        needs_cuda = {"attention='flash'": self.attention == "flash",
-                      "fused_kernels=True": self.fused_kernels,
-                      "cuda_graphs=True": self.cuda_graphs}
-        wanted = [name for name, on in needs_cuda.items() if on]
+        wanted = self.cuda_only()
         if wanted and not from_preset:
             raise ValueError(
                 f"{', '.join(wanted)} need a CUDA GPU but the engine runs on {device!r}; "
                 "use attention='sdpa' or 'naive' with fused_kernels=False, cuda_graphs=False on a CPU "
-                "(or pass a preset such as Optimizations.all_on(), which drops them with a note)")
+                "(or a preset such as Optimizations.all_on(), which drops them with a note)")
         notes = [f"{name}: skipped, needs CUDA (running on {device})" for name in wanted]
         cpu = dataclasses.replace(self, attention="sdpa" if self.attention == "flash" else self.attention,
                                   fused_kernels=False, cuda_graphs=False)

@@ -34,6 +34,8 @@ class ModelRunner:
         self.tp_size, self.rank = cfg.tensor_parallel_size, rank
         device = rank_device(device, rank, self.tp_size)   # TP on GPUs: rank r uses cuda:r
         self.device, self.dtype = torch.device(device), dtype
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)   # memory queries, syncs and graph capture use the current device
         self.block_size = cfg.block_size
         self.max_model_len = max_model_len
         self.max_blocks_per_seq = -(-max_model_len // cfg.block_size)
@@ -41,8 +43,6 @@ class ModelRunner:
         self.timings: dict[str, float] = {}
         self.workers = None
         if self.tp_size > 1 and rank == 0:
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
             self.workers = WorkerGroup(cfg, model_cfg, opts, device=device, dtype=dtype, max_model_len=max_model_len)
         with tp_guard(self.workers, "start-up"):   # TP: loading, sizing and warm-up involve every rank
             self._build(device)
@@ -108,6 +108,7 @@ class ModelRunner:
         base = torch.cuda.memory_allocated()
         self._profile_run()
         peak_extra = torch.cuda.max_memory_allocated() - base
+        torch.cuda.empty_cache()   # else the freed activations count twice: in `used` and in peak_extra
         free, total = torch.cuda.mem_get_info()
         used = total - free
         return int(total * self.cfg.gpu_memory_utilization - used - peak_extra)

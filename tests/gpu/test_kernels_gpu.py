@@ -200,14 +200,3 @@ def test_flash_decode_cuda_graph_replay():
         graph.replay()
         torch.testing.assert_close(out.float(), _reference(q, k_cache, v_cache, meta, scale),
                                    atol=2e-2, rtol=2e-2)
-
-
-def test_flash_under_torch_compile():
-    """The custom op lets a compiled function call flash-attn as one opaque op."""
-    attn = _flash()
-    block_size = 128 if attn.kind == "fa4" else 256
-    q, k_cache, v_cache, meta = _paged_problem([300, 129, 40], [20, 129, 1], block_size)
-    scale = q.shape[-1] ** -0.5
-    compiled = torch.compile(lambda q: attn(q * 1.0, k_cache, v_cache, meta, scale),
-                             backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(q), attn(q, k_cache, v_cache, meta, scale))

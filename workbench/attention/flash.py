@@ -20,9 +20,8 @@ Backend, picked at run time (the import takes ~6-9 s, so it happens on first use
 Causal masking in both is aligned bottom-right (query i of Lq sees keys 0 .. Lk - Lq + i), which
 is what a query chunk at the end of a longer cached sequence needs.
 
-flash-attn-4 is plain Python calling JIT kernels, not a torch op, so torch.compile cannot trace
-it. The call is registered as the custom op `workbench::flash_attn_paged`: a compiled model
-sees one opaque op (shape from register_fake) and eager code calls the function directly.
+flash-attn-4 is plain Python calling JIT kernels, not a torch op, so torch.compile cannot
+trace it: the decoder keeps attention outside the compiled region (Attention.attend).
 """
 from __future__ import annotations
 
@@ -103,21 +102,6 @@ def _fa2(q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_tables, max_seqlen_q
 _IMPLS = {"fa4": _fa4, "fa2": _fa2}
 
 
-@torch.library.custom_op("workbench::flash_attn_paged", mutates_args=())
-def flash_attn_paged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
-                     max_seqlen_q: int, max_seqlen_k: int, scale: float, is_decode: bool,
-                     kind: str) -> torch.Tensor:
-    return _IMPLS[kind](q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_tables, max_seqlen_q,
-                        max_seqlen_k, scale, is_decode).contiguous()
-
-
-@flash_attn_paged.register_fake
-def _(q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_tables, max_seqlen_q, max_seqlen_k,
-      scale, is_decode, kind):
-    return torch.empty_like(q)
-
-
 class FlashAttention:
     """Backend callable: (q [T, Hq, D], k_cache, v_cache, meta, scale) -> out [T, Hq, D]."""
 
@@ -134,11 +118,7 @@ class FlashAttention:
             raise ValueError(
                 f"flash-attn 2's paged KV cache needs block_size to be a multiple of 256, got "
                 f"{block_size}: set EngineConfig(block_size=256), or {_FA4_HINT}")
-        # Decode reads neither bound; constants keep a compiled graph from re-specializing on
-        # a max_seqlen_k that grows every step.
+        # Decode reads neither bound (a graph replay must not depend on a host int of capture time).
         max_q, max_k = (1, 0) if meta.is_decode else (meta.max_seqlen_q, meta.max_seqlen_k)
-        args = (q, k_cache, v_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
-                max_q, max_k, float(scale), meta.is_decode)
-        if torch.compiler.is_compiling():   # traced: one opaque op in the graph
-            return torch.ops.workbench.flash_attn_paged(*args, self.kind)
-        return _IMPLS[self.kind](*args)      # eager: skip the dispatcher's overhead
+        return _IMPLS[self.kind](q, k_cache, v_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
+                                 max_q, max_k, float(scale), meta.is_decode)

@@ -135,10 +135,11 @@ class LLM:
             raise ValueError(f"prompt has {len(token_ids)} tokens, more than max_num_batched_tokens="
                              f"{self.config.max_num_batched_tokens} with chunked_prefill=False: "
                              "enable chunked_prefill or raise max_num_batched_tokens")
-        longest = min(len(token_ids) + params.max_tokens, self.max_model_len)
+        # KV slots: every token but the last sampled one, whose K/V is never computed
+        longest = min(len(token_ids) + params.max_tokens, self.max_model_len) - 1
         needed = self.block_manager.blocks_for(longest)
         if needed > self.block_manager.num_blocks:
-            raise ValueError(f"a request of up to {longest} tokens needs {needed} KV blocks but the cache "
+            raise ValueError(f"a request of up to {longest + 1} tokens needs {needed} KV blocks but the cache "
                              f"has only {self.block_manager.num_blocks}: lower max_tokens or give the cache "
                              "more memory (num_kv_blocks, kv_cache_gib or gpu_memory_utilization)")
         seq = Sequence(self._next_id, token_ids, params, prompt=text)
@@ -189,6 +190,8 @@ class LLM:
     # The step loop -----------------------------------------------------------------------------
     def step(self) -> list[tuple[Sequence, int]]:
         """Run one engine step; return (sequence, new token) for every token produced."""
+        if self.runner is None:
+            raise RuntimeError("this LLM was closed (close() or the end of a `with` block): create a new one")
         start = time.perf_counter()
         scheduled = self.scheduler.schedule()
         if not scheduled:
@@ -269,6 +272,8 @@ class LLM:
             while any(not s.is_finished for s in seqs):
                 for seq, token in self.step():
                     text = self._decode(seq.output_token_ids)
+                    if text.endswith("\ufffd") and not seq.is_finished:
+                        text = texts[seq.request_id]   # half a multi-byte character: wait for the rest
                     delta, texts[seq.request_id] = text[len(texts[seq.request_id]):], text
                     yield StreamEvent(seq.request_id, token, delta, seq.is_finished, seq.finish_reason)
         finally:   # the consumer stopped early (break) or an error: drop what is left

@@ -15,10 +15,10 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.
     """Set to -inf every logit outside each row's top-k and nucleus (top-p) set."""
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     rank = torch.arange(logits.shape[-1], device=logits.device)
-    outside = rank[None, :] >= top_k[:, None]
-    probs = sorted_logits.softmax(dim=-1)
+    sorted_logits = sorted_logits.masked_fill(rank[None, :] >= top_k[:, None], float("-inf"))
+    probs = sorted_logits.softmax(dim=-1)   # renormalized over the top-k, as HF and vLLM do
     # A token is outside the nucleus when the tokens ranked above it already reach top_p.
-    outside |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
+    outside = (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
     sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 

@@ -41,8 +41,8 @@ def load_model(path: str | Path, cfg: ModelConfig, backend, *, fused: bool, dtyp
     """tp_size > 1: build and fill rank `tp_rank`'s shard only (workbench.parallel)."""
     with torch.device("meta"):   # no memory, no random init: every weight comes from disk
         model = CausalLM(cfg, backend, fused, tp_size)
-    model.to_empty(device=device)
-    model.to(dtype)
+    model.to(dtype)                    # still on 'meta': costs nothing
+    model.to_empty(device=device)      # one allocation, already in the target dtype
     model.tie_weights()   # moving modules one by one unties shared parameters: tie again
     params = dict(model.named_parameters())
     pending = {name: [None] * (3 if "qkv" in name else 2) for name in params
