@@ -2,7 +2,6 @@
 import random
 
 import pytest
-import torch
 
 from workbench import LLM, Optimizations, SamplingParams
 from workbench.reference import compare, hf_greedy, load_hf_model

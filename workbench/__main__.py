@@ -26,9 +26,10 @@ def cmd_demo(args) -> int:
         seconds = time.perf_counter() - start
         right = 0
         for (prompt, expected), out in zip(cases, outs):
-            mark = "" if expected is None else ("  ok" if out.text.strip() == expected else f"  WRONG (want {expected})")
-            right += expected is not None and out.text.strip() == expected
-            print(f"{prompt!s:<30} {out.text.strip()}{mark}")
+            answer = out.text.strip()
+            mark = "" if expected is None else ("  ok" if answer == expected else f"  WRONG (want {expected})")
+            right += expected is not None and answer == expected
+            print(f"{prompt!s:<30} {answer}{mark}")
         tokens = sum(len(o.token_ids) for o in outs)
         print(f"\n{len(outs)} requests, {tokens} tokens in {seconds:.2f} s = {tokens / seconds:,.0f} tok/s "
               f"(measured, {llm.device}, includes prefill)")

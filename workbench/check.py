@@ -57,8 +57,8 @@ def parity_table(model_dir, settings: list[Optimizations], prompts, max_tokens: 
     for opts in settings:
         run = base if opts == Optimizations.all_off() else run_engine(model_dir, opts, prompts, max_tokens,
                                                                        **engine_kwargs)
-        row = {"setting": opts.label(), **{f"vs_all_off_{k}": v for k, v in
-                                           compare(run["tokens"], run["logits"], base["tokens"], base["logits"]).items()}}
+        vs_all_off = compare(run["tokens"], run["logits"], base["tokens"], base["logits"])
+        row = {"setting": opts.label(), **{f"vs_all_off_{k}": v for k, v in vs_all_off.items()}}
         if with_hf:
             row.update({f"vs_hf_{k}": v for k, v in
                         compare(run["tokens"], run["logits"], hf_tokens, hf_logits).items()})

@@ -283,6 +283,7 @@ class LLM:
     def describe(self) -> str:
         """What actually runs: device, dtype, each switch, the KV cache, warm-up costs."""
         o, r = self.opts, self.runner
+        gpu = f" ({torch.cuda.get_device_name(r.device)})" if self.device.startswith("cuda") else ""
         attention = o.attention
         if attention == "flash":
             from workbench.attention.flash import flash_status
@@ -293,8 +294,7 @@ class LLM:
         lines = [
             f"model      {self.config.model} ({self.model_config.model_type}, "
             f"{self.model_config.num_layers} layers, hidden {self.model_config.hidden_size})",
-            f"device     {self.device} {torch.cuda.get_device_name() if self.device.startswith('cuda') else ''}".rstrip()
-            + f", {str(self.dtype).removeprefix('torch.')}",
+            f"device     {self.device}{gpu}, {str(self.dtype).removeprefix('torch.')}",
             f"attention  {attention}",
             f"fused      {'on (Triton kernels)' if o.fused_kernels else 'off (plain torch ops)'}",
             f"graphs     {'on, buckets ' + str(r.graphs.buckets) if r.graphs else 'off (eager decode)'}",

@@ -139,9 +139,9 @@ def bench_hf_generate(model_dir, workload: Workload, *, static_compile: bool = F
         _sync()
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    del model
-    return BenchResult(workload.name, "hf-transformers", "generate static+compile" if static_compile else "generate eager",
-                       tokens, seconds, tokens / seconds, warmup={"first_run_s": round(warm, 2)}, gpu=gpu_name())
+    mode = "generate static+compile" if static_compile else "generate eager"
+    return BenchResult(workload.name, "hf-transformers", mode, tokens, seconds, tokens / seconds,
+                       warmup={"first_run_s": round(warm, 2)}, gpu=gpu_name())
 
 
 def bench_hf_generate_batch(model_dir, workload: Workload) -> BenchResult:

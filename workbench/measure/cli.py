@@ -6,22 +6,16 @@ one of --preset's shape (default qwen3-0.6b on a GPU, tiny on a CPU) under --wor
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 
 def model_dir(args) -> Path:
     import torch
 
-    from workbench.model import make_checkpoint
+    from workbench.model import random_checkpoint
     if args.model:
         return Path(args.model)
-    preset = args.preset or ("qwen3-0.6b" if torch.cuda.is_available() else "tiny")
-    path = Path(args.workdir or tempfile.gettempdir()) / f"workbench-{preset}"
-    if not (path / "config.json").is_file():
-        print(f"writing a random-weight {preset} checkpoint to {path} ...")
-        make_checkpoint(path, preset, seed=0, dtype="bfloat16" if preset != "tiny" else "float32")
-    return path
+    return random_checkpoint(args.preset or ("qwen3-0.6b" if torch.cuda.is_available() else "tiny"), args.workdir)
 
 
 def _save(rows, path: str | None) -> None:
@@ -42,8 +36,6 @@ def runnable(items, opts_of):
 
 
 def cmd_check(args) -> int:
-    import torch
-
     from workbench.check import parity_table, random_prompts, switch_settings
     from workbench.config import Optimizations
     from workbench.measure import format_table

@@ -112,8 +112,19 @@ def make_checkpoint(path: str | Path, preset: str = "tiny", seed: int = 0, *, mo
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     cfg = _hf_config(preset, model_type, dtype)
-    (out / "config.json").write_text(json.dumps(cfg, indent=1))
     (out / "generation_config.json").write_text(json.dumps({"eos_token_id": EOS_ID}))
     _save_sharded(_random_weights(cfg, seed, getattr(torch, dtype)), out, max_shard_bytes)
     write_byte_tokenizer(out)
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))   # last: its presence means complete
     return out
+
+
+def random_checkpoint(preset: str, root: str | Path | None = None) -> Path:
+    """A random-weight checkpoint of `preset` under `root` (default: the temp folder), written
+    once and reused (bf16 for the real shapes, fp32 for 'tiny')."""
+    import tempfile
+    path = Path(root or tempfile.gettempdir()) / f"workbench-{preset}"
+    if not (path / "config.json").is_file():
+        print(f"writing a random-weight {preset} checkpoint to {path} ...")
+        make_checkpoint(path, preset, seed=0, dtype="float32" if preset == "tiny" else "bfloat16")
+    return path

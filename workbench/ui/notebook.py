@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,15 +83,12 @@ def pick_model(cpu_choice: str = "tiny") -> Path:
     Otherwise: the Qwen3-0.6B shape in bf16 on a GPU, `cpu_choice` on a CPU.
     """
     from workbench.assets import DEFAULT_MODEL_DIR
-    from workbench.model.checkpoint import PRESETS, make_checkpoint
+    from workbench.model.checkpoint import PRESETS, random_checkpoint
     choice = os.environ.get("WORKBENCH_MODEL") or ("qwen3-0.6b" if on_gpu() else cpu_choice)
     if choice == "sorter":
         return DEFAULT_MODEL_DIR
     if choice in PRESETS:
-        path = Path(tempfile.gettempdir()) / "workbench-notebooks" / choice
-        if not (path / "tokenizer_config.json").is_file():   # written last by make_checkpoint
-            make_checkpoint(path, choice, dtype="bfloat16" if choice == "qwen3-0.6b" else "float32")
-        return path
+        return random_checkpoint(choice)
     path = Path(choice).expanduser()
     if not (path / "config.json").is_file():
         raise ValueError(f"WORKBENCH_MODEL={choice!r} is neither a checkpoint directory (no config.json) "
