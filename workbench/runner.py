@@ -150,30 +150,36 @@ class ModelRunner:
 
     # One step ----------------------------------------------------------------------------------
     def _pack(self, items) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        """items: (token_ids, block_table, start, end) per sequence -> packed model inputs."""
-        bs = self.block_size
-        ids, positions, slots, cu, seq_lens = [], [], [], [0], []
-        width = max(len(table) for _, table, _, _ in items)
-        tables = np.zeros((len(items), width), dtype=np.int32)
-        for row, (token_ids, table, start, end) in enumerate(items):
-            pos = np.arange(start, end)
-            table_np = np.asarray(table, dtype=np.int64)
-            ids.append(token_ids[start:end])
-            positions.append(pos)
-            slots.append(table_np[pos // bs] * bs + pos % bs)
-            cu.append(cu[-1] + end - start)
-            seq_lens.append(end)
+        """items: (token_ids, block_table, start, end) per sequence -> packed model inputs.
+
+        This runs on the host every step, so it works on whole arrays, not token by token:
+        a decode step (one new token per sequence) needs no per-sequence ranges at all."""
+        bs, n = self.block_size, len(items)
+        starts = np.fromiter((start for _, _, start, _ in items), np.int64, n)
+        ends = np.fromiter((end for _, _, _, end in items), np.int64, n)
+        q_lens = ends - starts
+        tables = np.zeros((n, max(len(table) for _, table, _, _ in items)), dtype=np.int32)
+        for row, (_, table, _, _) in enumerate(items):
             tables[row, :len(table)] = table
-        to = dict(device=self.device, non_blocking=True)
-        q_lens = np.diff(cu)
+        is_decode = bool((q_lens == 1).all())
+        if is_decode:
+            positions, owner = starts, np.arange(n)
+            ids = np.fromiter((token_ids[start] for token_ids, _, start, _ in items), np.int64, n)
+        else:
+            positions = np.concatenate([np.arange(start, end) for start, end in zip(starts, ends)])
+            owner = np.repeat(np.arange(n), q_lens)   # which sequence each packed token belongs to
+            ids = np.concatenate([np.asarray(t[start:end], dtype=np.int64) for t, _, start, end in items])
+        slots = tables[owner, positions // bs].astype(np.int64) * bs + positions % bs
+        cu = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+
+        def to_device(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array).to(self.device, non_blocking=True)
+
         meta = AttentionMetadata(
-            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32).to(**to),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(**to),
-            block_tables=torch.from_numpy(tables).to(**to),
-            slot_mapping=torch.from_numpy(np.concatenate(slots)).to(**to),
-            max_seqlen_q=int(q_lens.max()), max_seqlen_k=max(seq_lens), is_decode=bool((q_lens == 1).all()))
-        input_ids = torch.tensor(np.concatenate([np.asarray(i, dtype=np.int64) for i in ids])).to(**to)
-        return input_ids, torch.from_numpy(np.concatenate(positions)).to(**to), meta
+            cu_seqlens_q=to_device(cu), seq_lens=to_device(ends.astype(np.int32)),
+            block_tables=to_device(tables), slot_mapping=to_device(slots),
+            max_seqlen_q=int(q_lens.max()), max_seqlen_k=int(ends.max()), is_decode=is_decode)
+        return to_device(ids), to_device(positions), meta
 
     def run_model(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
         """Final hidden states [T, hidden]: graph replay for a decode step that fits a bucket, else
