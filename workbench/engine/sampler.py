@@ -39,20 +39,22 @@ class Sampler:
                              device=logits.device)
         top_p = torch.tensor([seq.params.top_p for seq in seqs], device=logits.device)
         logits = logits / temps[:, None]
-        if (top_k < vocab).any() or (top_p < 1).any():
+        if any(seq.params.top_k > 0 or seq.params.top_p < 1 for seq in seqs):   # decided on the host: no sync
             logits = _filter_top_k_top_p(logits, top_k, top_p)
         probs = logits.softmax(dim=-1)
         noise = torch.ones_like(probs)
-        for row, seq in enumerate(seqs):
-            if not seq.params.greedy:   # greedy rows draw nothing, so they never shift others' noise
+        shared = [row for row, seq in enumerate(seqs) if not seq.params.greedy and seq.params.seed is None]
+        if shared:   # unseeded rows: one draw from the engine's generator
+            noise[shared] = torch.empty(len(shared), probs.shape[-1], device=probs.device).exponential_(
+                generator=self.generator)
+        for row, seq in enumerate(seqs):   # seeded rows: each from its own generator
+            if not seq.params.greedy and seq.params.seed is not None:
                 noise[row].exponential_(generator=self._generator_for(seq))
         sampled = (probs / noise).argmax(dim=-1)
         is_greedy = torch.tensor([seq.params.greedy for seq in seqs], device=logits.device)
         return torch.where(is_greedy, greedy, sampled).tolist()
 
     def _generator_for(self, seq: Sequence) -> torch.Generator:
-        if seq.params.seed is None:
-            return self.generator
         if seq.generator is None:
             seq.generator = torch.Generator(device=self.device).manual_seed(seq.params.seed)
         return seq.generator
