@@ -78,34 +78,44 @@ def make_workload(name: str, vocab: int, *, seed: int = 0, num_seqs: int | None 
     return Workload(name, prompts, [new_tokens] * num_seqs)
 
 
+def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: bool = False) -> dict:
+    """Warm up outside the timed region (a short generate, or the whole workload once), then
+    time `repeats` generates of the workload with the GPU synchronized; medians."""
+    from workbench.engine import SamplingParams
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in workload.output_lens]
+    if full_warmup:   # also covers compile's re-specializations on this workload's shapes
+        llm.generate(workload.prompts, params, use_tqdm=False)
+    else:
+        llm.generate(workload.prompts[:2], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
+                     use_tqdm=False)
+    times, outs = [], []
+    for _ in range(repeats):
+        _sync()
+        start = time.perf_counter()
+        outs = llm.generate(workload.prompts, params, use_tqdm=False)
+        _sync()
+        times.append(time.perf_counter() - start)
+    tokens, seconds = sum(len(o.token_ids) for o in outs), statistics.median(times)
+    tpots = [o.tpot for o in outs if o.tpot]
+    return {"output_tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds,
+            "ttft_ms": statistics.median(o.ttft for o in outs) * 1e3,
+            "tpot_ms": statistics.median(tpots) * 1e3 if tpots else None,
+            "first_tpot": outs[0].tpot}
+
+
 def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats: int = 3,
                  **engine_kwargs) -> BenchResult:
-    """Build the engine (warm-up included), run a short warm-up generate, then time `repeats` runs."""
-    from workbench.engine import LLM, SamplingParams
-    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in workload.output_lens]
+    """Build the engine (its warm-up included), then time the workload (time_generate)."""
+    from workbench.engine import LLM
     max_len = max(len(p) for p in workload.prompts) + max(workload.output_lens) + 1
     engine_kwargs = {"max_model_len": max(max_len, 256), "enable_prefix_caching": False, **engine_kwargs}
     with LLM(model_dir, opts=opts, **engine_kwargs) as llm:
-        llm.generate(workload.prompts[:2], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
-        times, outs = [], None
-        for _ in range(repeats):
-            _sync()
-            start = time.perf_counter()
-            outs = llm.generate(workload.prompts, params, use_tqdm=False)
-            _sync()
-            times.append(time.perf_counter() - start)
+        timed = time_generate(llm, workload, repeats=repeats)
         warmup = {k: round(v, 2) for k, v in llm.runner.timings.items()}
-    seconds = statistics.median(times)
-    tokens = sum(len(o.token_ids) for o in outs)
-    first = outs[0]
-    decode = None
-    if first.tpot:
-        decode = 1.0 / first.tpot
-    return BenchResult(workload.name, "workbench", opts.label(), tokens, seconds, tokens / seconds,
-                       decode_tok_s=decode if workload.name == "single" else None,
-                       ttft_ms=statistics.median(o.ttft for o in outs) * 1e3,
-                       tpot_ms=statistics.median(o.tpot for o in outs if o.tpot) * 1e3,
-                       warmup=warmup, gpu=gpu_name())
+    single = workload.name == "single" and timed["first_tpot"]
+    return BenchResult(workload.name, "workbench", opts.label(), timed["output_tokens"], timed["seconds"],
+                       timed["tok_s"], decode_tok_s=1.0 / timed["first_tpot"] if single else None,
+                       ttft_ms=timed["ttft_ms"], tpot_ms=timed["tpot_ms"], warmup=warmup, gpu=gpu_name())
 
 
 # Peers ----------------------------------------------------------------------------------------

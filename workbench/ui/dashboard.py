@@ -20,8 +20,6 @@ import html
 import importlib.util
 import io
 import json
-import statistics
-import time
 from pathlib import Path
 
 import ipywidgets as widgets
@@ -30,9 +28,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from workbench.config import ATTENTION_BACKENDS, Optimizations
-from workbench.engine import LLM, SamplingParams
+from workbench.engine import LLM
 from workbench.measure import LaunchRecord, measure_hbm_python, ncu_status
-from workbench.measure.bench import make_workload
+from workbench.measure.bench import make_workload, time_generate
 from workbench.measure.steps import engine_launches
 from workbench.model import ModelConfig
 
@@ -186,26 +184,14 @@ class Switchboard:
                "hbm_note": hbm_note}
         self.history.append(row)
         self._redraw()
+        tpot = "-" if row["tpot_ms"] is None else f"{row['tpot_ms']:.2f}"
         self._phase(4, f"run {row['run']} {row['setting']}: {row['tok_s']:,.0f} tok/s, "
-                       f"{row['tpot_ms']:.2f} ms/token (measured, {row['device']})")
+                       f"{tpot} ms/token (measured, {row['device']})")
         return row
 
     def _timed_generate(self, llm, workload) -> dict:
-        """Warm-up outside the timed region, synchronize, median of `repeats`."""
-        sync = torch.cuda.synchronize if self.device.startswith("cuda") else (lambda: None)
-        params = [SamplingParams(temperature=0, max_tokens=k, ignore_eos=True) for k in workload.output_lens]
-        llm.generate(workload.prompts, params, use_tqdm=False)
-        times, outs = [], []
-        for _ in range(self.repeats):
-            sync()
-            start = time.perf_counter()
-            outs = llm.generate(workload.prompts, params, use_tqdm=False)
-            sync()
-            times.append(time.perf_counter() - start)
-        tokens, seconds = sum(len(o.token_ids) for o in outs), statistics.median(times)
-        return {"output_tokens": tokens, "tok_s": tokens / seconds,
-                "tpot_ms": statistics.median(o.tpot for o in outs if o.tpot) * 1e3,
-                "ttft_ms": statistics.median(o.ttft for o in outs) * 1e3}
+        timed = time_generate(llm, workload, repeats=self.repeats, full_warmup=True)
+        return {k: timed[k] for k in ("output_tokens", "tok_s", "tpot_ms", "ttft_ms")}
 
     def _hbm(self, opts: Optimizations, batch: int, context: int) -> tuple[float | None, str]:
         if "hbm" in self.unavailable:
@@ -238,8 +224,8 @@ class Switchboard:
         panels = [(axes[0], "tok_s", "throughput, output tok/s", "tab:green"),
                   (axes[1], "tpot_ms", "time per output token, ms", "tab:blue")]
         for ax, key, title, color in panels:
-            bars = ax.bar(x, [r[key] for r in runs], color=color)
-            ax.bar_label(bars, labels=[_fmt(float(r[key])) for r in runs], fontsize=7)
+            bars = ax.bar(x, [r[key] or 0 for r in runs], color=color)   # None (not measured): no bar
+            ax.bar_label(bars, labels=[_fmt(r[key]) for r in runs], fontsize=7)
             ax.set_title(f"{title} (measured, {device})", fontsize=10)
         ax = axes[2]
         have = [i for i, r in enumerate(runs) if r["launch_calls_per_step"] is not None]
