@@ -36,6 +36,8 @@ def test_bench_single_on_cpu(tmp_path, tiny_ckpt):
                  "--settings", "all_off", "--json", str(out_json)]) == 0
     row = json.loads(out_json.read_text())[0]
     assert row["output_tokens"] == 8 and row["tok_s"] > 0 and row["gpu"].startswith("cpu")
+    assert set(row["host_ms_per_step"]) == {"schedule", "prepare", "launch", "sample", "postprocess"}
+    assert row["host_ms_per_step"]["launch"] > 0
 
 
 def test_measure_commands_say_unavailable(capsys, tiny_ckpt, no_ncu):

@@ -158,8 +158,8 @@ def test_stream_text_never_splits_a_character(tiny_ckpt):
         forced = iter(wanted)
         real_execute = llm.runner.execute
 
-        def execute(scheduled):   # the model "samples" the bytes of aé€b, one per step
-            tokens, logits = real_execute(scheduled)
+        def execute(scheduled, *args):   # the model "samples" the bytes of aé€b, one per step
+            tokens, logits = real_execute(scheduled, *args)
             return [None if t is None else next(forced) for t in tokens], logits
 
         llm.runner.execute = execute

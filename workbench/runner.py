@@ -193,21 +193,31 @@ class ModelRunner:
                             seq.num_computed_tokens + n) for seq, n in scheduled])
 
     @torch.inference_mode()
-    def execute(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[int | None], dict[int, torch.Tensor]]:
+    def execute(self, scheduled: list[tuple[Sequence, int]], host_seconds: dict | None = None
+                ) -> tuple[list[int | None], dict[int, torch.Tensor]]:
         """Run one step; return the sampled token per scheduled sequence (None: prompt chunk
         that does not reach the end of its tokens yet, so nothing to sample) and the logits of
-        the sequences that asked for them (by index into `scheduled`)."""
+        the sequences that asked for them (by index into `scheduled`). `host_seconds` (optional)
+        accumulates the host time of prepare / launch / sample."""
+        t0 = time.perf_counter()
         input_ids, positions, meta = self.prepare(scheduled)
+        t1 = time.perf_counter()
         with tp_guard(self.workers, "step"):
             if self.workers is not None:   # TP: ranks 1.. run this same forward on their shards
                 self.workers.send_step(input_ids, positions, meta)
             hidden = self.run_model(input_ids, positions, meta)
+        t2 = time.perf_counter()
+        if host_seconds is not None:
+            host_seconds["prepare"] += t1 - t0
+            host_seconds["launch"] += t2 - t1
         samples = [i for i, (seq, n) in enumerate(scheduled) if seq.num_computed_tokens + n == len(seq)]
         if not samples:
             return [None] * len(scheduled), {}
         last_rows = meta.cu_seqlens_q[1:].long() - 1
         logits = self.model.compute_logits(hidden[last_rows[samples]])
-        tokens = self.sampler(logits, [scheduled[i][0] for i in samples])
+        tokens = self.sampler(logits, [scheduled[i][0] for i in samples])   # .tolist(): waits for the GPU
+        if host_seconds is not None:
+            host_seconds["sample"] += time.perf_counter() - t2
         out: list[int | None] = [None] * len(scheduled)
         for i, token in zip(samples, tokens):
             out[i] = token

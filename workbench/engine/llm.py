@@ -67,6 +67,13 @@ class EngineStats:
     preemptions: int = 0
     prefix_hit_tokens: int = 0
     step_seconds: list[float] = field(default_factory=list)
+    # Host seconds per phase, summed over steps. The GPU runs asynchronously, so "launch" is the
+    # time to *enqueue* the forward, and "sample" includes waiting for the GPU to finish it.
+    host_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("schedule", "prepare", "launch", "sample", "postprocess"), 0.0))
+
+    def host_ms_per_step(self) -> dict[str, float]:
+        return {phase: 1e3 * total / max(self.steps, 1) for phase, total in self.host_seconds.items()}
 
 
 def _pick_device_dtype(cfg: EngineConfig, model_cfg: ModelConfig) -> tuple[str, torch.dtype]:
@@ -196,8 +203,10 @@ class LLM:
         scheduled = self.scheduler.schedule()
         if not scheduled:
             raise RuntimeError("scheduler made no progress with requests pending; please report this")
-        tokens, logits = self.runner.execute(scheduled)
+        scheduled_at = time.perf_counter()
+        tokens, logits = self.runner.execute(scheduled, self.stats.host_seconds)
         now = time.perf_counter()
+        self.stats.host_seconds["schedule"] += scheduled_at - start
         produced = []
         for index, ((seq, n), token) in enumerate(zip(scheduled, tokens)):
             is_prompt = seq.num_computed_tokens < seq.num_prompt_tokens
@@ -222,7 +231,9 @@ class LLM:
         self.stats.steps += 1
         self.stats.preemptions = self.scheduler.num_preemptions
         self.stats.prefix_hit_tokens = self.block_manager.prefix_hit_tokens
-        self.stats.step_seconds.append(time.perf_counter() - start)
+        end = time.perf_counter()
+        self.stats.host_seconds["postprocess"] += end - now
+        self.stats.step_seconds.append(end - start)
         return produced
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:

@@ -33,6 +33,7 @@ class BenchResult:
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     warmup: dict = field(default_factory=dict)   # load / compile / graph-capture seconds
+    host_ms_per_step: dict = field(default_factory=dict)   # engine host time by phase (LLM.stats)
     ratio: float | None = None  # tok_s / baseline tok_s (same run)
     gpu: str = ""
     note: str = ""
@@ -88,6 +89,7 @@ def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: boo
     else:
         llm.generate(workload.prompts[:2], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
                      use_tqdm=False)
+    host_before, steps_before = dict(llm.stats.host_seconds), llm.stats.steps
     times, outs = [], []
     for _ in range(repeats):
         _sync()
@@ -100,7 +102,10 @@ def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: boo
     return {"output_tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds,
             "ttft_ms": statistics.median(o.ttft for o in outs) * 1e3,
             "tpot_ms": statistics.median(tpots) * 1e3 if tpots else None,
-            "first_tpot": outs[0].tpot}
+            "first_tpot": outs[0].tpot,
+            "host_ms_per_step": {phase: round(1e3 * (total - host_before[phase]) /
+                                              max(llm.stats.steps - steps_before, 1), 4)
+                                 for phase, total in llm.stats.host_seconds.items()}}
 
 
 def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats: int = 3,
@@ -115,7 +120,8 @@ def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats:
     single = workload.name == "single" and timed["first_tpot"]
     return BenchResult(workload.name, "workbench", opts.label(), timed["output_tokens"], timed["seconds"],
                        timed["tok_s"], decode_tok_s=1.0 / timed["first_tpot"] if single else None,
-                       ttft_ms=timed["ttft_ms"], tpot_ms=timed["tpot_ms"], warmup=warmup, gpu=gpu_name())
+                       ttft_ms=timed["ttft_ms"], tpot_ms=timed["tpot_ms"], warmup=warmup,
+                       host_ms_per_step=timed["host_ms_per_step"], gpu=gpu_name())
 
 
 # Peers ----------------------------------------------------------------------------------------

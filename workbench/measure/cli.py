@@ -87,7 +87,8 @@ def cmd_bench(args) -> int:
             r = bench.bench_engine(path, opts, load, repeats=args.repeats, **engine_kwargs)
             r.note = title
             results.append(r)
-            print(f"  {name:<10} {title:<18} {r.tok_s:10,.0f} tok/s", flush=True)
+            host = ", ".join(f"{k} {v:.3f}" for k, v in r.host_ms_per_step.items())
+            print(f"  {name:<10} {title:<18} {r.tok_s:10,.0f} tok/s   host ms/step: {host}", flush=True)
         if not results:
             print(f"  {name}: nothing runnable on this machine")
             continue
