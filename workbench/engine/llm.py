@@ -72,6 +72,12 @@ class EngineStats:
     host_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("schedule", "prepare", "launch", "sample", "postprocess"), 0.0))
 
+    # Wall seconds and tokens of steps that were pure prefill, pure decode, or mixed (chunked
+    # prefill beside decodes): prefill and decode tok/s measured separately.
+    step_kind_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("prefill", "decode", "mixed"), 0.0))
+    step_kind_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("prefill", "decode", "mixed"), 0))
+
     def host_ms_per_step(self) -> dict[str, float]:
         return {phase: 1e3 * total / max(self.steps, 1) for phase, total in self.host_seconds.items()}
 
@@ -207,9 +213,10 @@ class LLM:
         tokens, logits = self.runner.execute(scheduled, self.stats.host_seconds)
         now = time.perf_counter()
         self.stats.host_seconds["schedule"] += scheduled_at - start
-        produced = []
+        produced, kinds = [], set()
         for index, ((seq, n), token) in enumerate(zip(scheduled, tokens)):
             is_prompt = seq.num_computed_tokens < seq.num_prompt_tokens
+            kinds.add("prefill" if is_prompt else "decode")
             seq.num_computed_tokens += n
             self.block_manager.commit_computed(seq)
             if is_prompt:
@@ -234,6 +241,9 @@ class LLM:
         end = time.perf_counter()
         self.stats.host_seconds["postprocess"] += end - now
         self.stats.step_seconds.append(end - start)
+        kind = kinds.pop() if len(kinds) == 1 else "mixed"
+        self.stats.step_kind_seconds[kind] += end - start
+        self.stats.step_kind_tokens[kind] += sum(n for _, n in scheduled)
         return produced
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:

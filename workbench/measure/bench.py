@@ -29,7 +29,8 @@ class BenchResult:
     output_tokens: int
     seconds: float              # timed region only, median over repeats
     tok_s: float                # output tokens / seconds
-    decode_tok_s: float | None = None   # per sequence, from first to last token (single stream)
+    prefill_tok_s: float | None = None  # prompt tokens / seconds of pure-prefill steps
+    decode_tok_s: float | None = None   # tokens / seconds of pure-decode steps (all sequences)
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     warmup: dict = field(default_factory=dict)   # load / compile / graph-capture seconds
@@ -79,6 +80,10 @@ def make_workload(name: str, vocab: int, *, seed: int = 0, num_seqs: int | None 
     return Workload(name, prompts, [new_tokens] * num_seqs)
 
 
+def _rate(tokens: int, seconds: float) -> float | None:
+    return tokens / seconds if tokens and seconds > 0 else None
+
+
 def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: bool = False) -> dict:
     """Warm up outside the timed region (a short generate, or the whole workload once), then
     time `repeats` generates of the workload with the GPU synchronized; medians."""
@@ -89,7 +94,9 @@ def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: boo
     else:
         llm.generate(workload.prompts[:2], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
                      use_tqdm=False)
-    host_before, steps_before = dict(llm.stats.host_seconds), llm.stats.steps
+    st = llm.stats
+    host_before, steps_before = dict(st.host_seconds), st.steps
+    kind_s_before, kind_tok_before = dict(st.step_kind_seconds), dict(st.step_kind_tokens)
     times, outs = [], []
     for _ in range(repeats):
         _sync()
@@ -102,7 +109,9 @@ def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: boo
     return {"output_tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds,
             "ttft_ms": statistics.median(o.ttft for o in outs) * 1e3,
             "tpot_ms": statistics.median(tpots) * 1e3 if tpots else None,
-            "first_tpot": outs[0].tpot,
+            **{f"{kind}_tok_s": _rate(st.step_kind_tokens[kind] - kind_tok_before[kind],
+                                      st.step_kind_seconds[kind] - kind_s_before[kind])
+               for kind in ("prefill", "decode")},
             "host_ms_per_step": {phase: round(1e3 * (total - host_before[phase]) /
                                               max(llm.stats.steps - steps_before, 1), 4)
                                  for phase, total in llm.stats.host_seconds.items()}}
@@ -117,9 +126,8 @@ def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats:
     with LLM(model_dir, opts=opts, **engine_kwargs) as llm:
         timed = time_generate(llm, workload, repeats=repeats)
         warmup = {k: round(v, 2) for k, v in llm.runner.timings.items()}
-    single = workload.name == "single" and timed["first_tpot"]
     return BenchResult(workload.name, "workbench", opts.label(), timed["output_tokens"], timed["seconds"],
-                       timed["tok_s"], decode_tok_s=1.0 / timed["first_tpot"] if single else None,
+                       timed["tok_s"], prefill_tok_s=timed["prefill_tok_s"], decode_tok_s=timed["decode_tok_s"],
                        ttft_ms=timed["ttft_ms"], tpot_ms=timed["tpot_ms"], warmup=warmup,
                        host_ms_per_step=timed["host_ms_per_step"], gpu=gpu_name())
 

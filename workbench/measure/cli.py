@@ -101,7 +101,7 @@ def cmd_bench(args) -> int:
         rows += bench.with_ratios(results, results[0])
     print(f"\nbenchmarks on {bench.gpu_name()} (measured; ratio = tok/s over the first row of its workload)")
     print(format_table(rows, ["workload", "engine", "setting", "note", "output_tokens", "seconds", "tok_s",
-                              "decode_tok_s", "ttft_ms", "tpot_ms", "ratio"]))
+                              "prefill_tok_s", "decode_tok_s", "ttft_ms", "tpot_ms", "ratio"]))
     _save([r.to_dict() for r in rows], args.json)
     return 0
 
