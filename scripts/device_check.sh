@@ -23,14 +23,20 @@ run() {  # run one step, keep going on failure, log to $OUT
   echo "=== $*"; local name=$1; shift
   "$@" 2>&1 | tee "$OUT/$name.log" | grep -v -E "UserWarning|aux_data|warnings.warn" | tail -60
 }
-steps=${*:-all}
+W="$PY -m workbench"; P="--preset qwen3-0.6b --workdir /tmp"
+steps=${*:-tests check stack throughput attention hbm launches}
 for step in $steps; do
   case $step in
-    tests)    run gpu-tests $PY -m pytest -q tests/gpu -p no:cacheprovider ;;   # TP tests skip below 2 GPUs
-    check)    run check $PY -m workbench check --preset qwen3-0.6b --workdir /tmp --json "$OUT/parity.json" ;;
-    check-quick) run check $PY -m workbench check --quick --prompts 16 --max-tokens 32 --preset qwen3-0.6b --workdir /tmp --json "$OUT/parity.json" ;;
-    bench)    run bench $PY -m workbench bench stack --preset qwen3-0.6b --workdir /tmp --json "$OUT/stack.json" ;;
-    launches) run launches $PY -m workbench measure launches --preset qwen3-0.6b --workdir /tmp --json "$OUT/launches.json" ;;
-    *)        echo "unknown step $step" ;;
+    tests)      run gpu-tests $PY -m pytest -q tests/gpu -p no:cacheprovider ;;   # TP tests skip below 2 GPUs
+    check)      run check $W check $P --json "$OUT/parity.json" ;;
+    check-quick) run check $W check --quick --prompts 16 --max-tokens 32 $P --json "$OUT/parity.json" ;;
+    stack)      run stack $W bench stack --workloads single,batch $P --repeats 1 --json "$OUT/stack.json" ;;
+    throughput) run throughput $W bench throughput $P --settings all_on --repeats 1 --peers --json "$OUT/throughput.json" ;;
+    peers)      run peers $W bench single $P --new-tokens 256 --repeats 1 --peers --json "$OUT/peers-single.json" ;;
+    attention)  run attention $W measure attention-traffic --n 512,1024,2048,4096,8192 --json "$OUT/attention.json" ;;
+    hbm)        run hbm $W measure hbm $P --json "$OUT/hbm.json" ;;
+    launches)   run launches $W measure launches $P --json "$OUT/launches.json" ;;
+    notebooks)  WORKBENCH_SAVE_FIGURES="$OUT" run notebooks $PY -m pytest -q tests/test_notebooks.py ;;   # needs .jupyter-wheels
+    *)          echo "unknown step $step" ;;
   esac
 done
