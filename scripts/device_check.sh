@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests|check|bench|launches|traffic|all] ...
+#   bash scripts/device_check.sh [tests check check-quick stack throughput peers attention hbm launches notebooks]
+# (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
+#  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
 # .jupyter-wheels: the notebook stack, if carried) offline, then runs the named steps.
 # Results go to $OUT (the device tool's output folder) or ./runs/device.
