@@ -26,7 +26,7 @@ run() {  # run one step, keep going on failure, log to $OUT
   "$@" 2>&1 | tee "$OUT/$name.log" | grep -v -E "UserWarning|aux_data|warnings.warn" | tail -60
 }
 W="$PY -m workbench"; P="--preset qwen3-0.6b --workdir /tmp"
-steps=${*:-tests check stack throughput attention hbm launches}
+steps=${*-tests check stack throughput attention hbm launches}   # an empty "" argument: install only
 for step in $steps; do
   case $step in
     tests)      run gpu-tests $PY -m pytest -q tests/gpu -p no:cacheprovider ;;   # TP tests skip below 2 GPUs
