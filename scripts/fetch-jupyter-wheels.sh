@@ -2,7 +2,7 @@
 # On a networked machine: fill .jupyter-wheels/ (git-ignored, ~19 MB) with the notebook stack for
 # the GPU machine (Python 3.12, x86_64, no internet), so the notebooks can run there.
 # It does not fit beside the flash-attn-4 wheels (~59 of the 64 MiB a device call carries), so:
-#   call 1 (carry .jupyter-wheels): bash scripts/device_check.sh          # installs them, runs doctor
+#   call 1 (carry .jupyter-wheels): bash scripts/device_check.sh ""     # installs them, runs doctor
 #   call 2, within ~30 s while the machine is warm (carry .wheels):
 #           bash scripts/device_check.sh notebooks
 set -euo pipefail
