@@ -119,7 +119,9 @@ class EngineConfig:
     device: str | None = None            # None: cuda if available, else cpu
     dtype: str | None = None             # None: bfloat16 on cuda, float32 on cpu
     max_num_seqs: int = 256              # most sequences in one step
-    max_num_batched_tokens: int = 8192   # most tokens (prefill + decode) in one step
+    max_num_batched_tokens: int = 8192   # most tokens (prefill + decode) in one step; with
+                                         # chunked_prefill=False a recomputed (preempted) sequence
+                                         # longer than this still runs, alone in its step
     max_model_len: int | None = None     # None: min(model's max_position_embeddings, 4096)
     block_size: int = 128                # tokens per KV block (flash-attn-4's TMA path likes 128)
     num_kv_blocks: int | None = None
