@@ -5,6 +5,8 @@ close. The loop is deliberately plain (full recompute each step, no cache): slow
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -21,17 +23,19 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int, *, use_cache: b
 
     EOS is ignored, like SamplingParams(ignore_eos=True), so every prompt yields the same count."""
     device = next(model.parameters()).device
+    # transformers renamed `past_key_values` to `cache` (5.2x); use whichever this version takes
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     ids = torch.tensor([prompt_ids], device=device)
     tokens, logits, past = [], [], None
     step_input = ids
     for _ in range(max_new_tokens):
-        out = model(input_ids=step_input if use_cache else ids, past_key_values=past, use_cache=use_cache)
+        out = model(input_ids=step_input if use_cache else ids, use_cache=use_cache, **{cache_arg: past})
         last = out.logits[0, -1].float()
         token = int(last.argmax())
         tokens.append(token)
         logits.append(last.cpu())
         ids = torch.cat([ids, torch.tensor([[token]], device=device)], dim=1)
-        past = out.past_key_values if use_cache else None
+        past = getattr(out, cache_arg) if use_cache else None
         step_input = ids[:, -1:]
     return tokens, torch.stack(logits)
 
