@@ -119,8 +119,8 @@ def test_gpu_count_and_graphs_are_checked():
         with pytest.raises(ValueError, match="needs 8 visible GPUs"):
             check_tensor_parallel(8, 16, 8, 3072, "cuda")
     with pytest.raises(ValueError, match="untested"):
-        tensor_parallel_opts(Optimizations(cuda_graphs=True), 2, from_preset=False)
-    opts, notes = tensor_parallel_opts(Optimizations.all_on(), 2, from_preset=True)
+        tensor_parallel_opts(Optimizations(cuda_graphs=True), 2)
+    opts, notes = tensor_parallel_opts(Optimizations.all_on(), 2)
     assert not opts.cuda_graphs and "untested" in notes[0]
 
 

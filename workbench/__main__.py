@@ -14,7 +14,7 @@ def cmd_demo(args) -> int:
     model = args.model or DEFAULT_MODEL_DIR
     preset = args.preset or ("all_on" if torch.cuda.is_available() else "default")
     opts = Optimizations.preset(preset)
-    with LLM(model, opts=opts, from_preset=True) as llm:
+    with LLM(model, opts=opts) as llm:
         print(llm.describe(), end="\n\n")
         if args.model:   # the user's own checkpoint: their prompts, no answer key
             cases = [(p, None) for p in (args.prompt or ["Hello, my name is"])]

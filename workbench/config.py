@@ -76,22 +76,21 @@ class Optimizations:
     def needs_cuda(self) -> bool:
         return bool(self.cuda_only())
 
-    def resolve(self, device: str, *, from_preset: bool = False) -> tuple["Optimizations", list[str]]:
+    def resolve(self, device: str) -> tuple["Optimizations", list[str]]:
         """Return (what will run on `device`, notes on what was skipped and why).
 
         Asked for directly, a switch this machine cannot run is an error; asked for through a
         preset, it is dropped and the drop is reported -- never silently ignored.
         """
-        from_preset = from_preset or self.from_preset
         if device.startswith("cuda"):
-            if self.attention == "flash" and from_preset:
+            if self.attention == "flash" and self.from_preset:
                 from workbench.attention.flash import flash_status
                 name, reason = flash_status()
                 if name is None:
                     return dataclasses.replace(self, attention="sdpa"), [f"attention='flash': skipped, {reason}"]
             return self, []
         wanted = self.cuda_only()
-        if wanted and not from_preset:
+        if wanted and not self.from_preset:
             raise ValueError(
                 f"{', '.join(wanted)} need a CUDA GPU but the engine runs on {device!r}; "
                 "use attention='sdpa' or 'naive' with fused_kernels=False, cuda_graphs=False on a CPU "
@@ -131,7 +130,6 @@ class EngineConfig:
     chunked_prefill: bool = True
     seed: int = 0
     tensor_parallel_size: int = 1
-    from_preset: bool = False            # opts came from a preset: drop CUDA-only switches on CPU
 
     def __post_init__(self):
         checks = [
@@ -154,4 +152,4 @@ class EngineConfig:
             if not ok:
                 raise ValueError(message)
         if isinstance(self.opts, str):
-            self.opts, self.from_preset = Optimizations.preset(self.opts), True
+            self.opts = Optimizations.preset(self.opts)   # presets drop what cannot run here

@@ -98,10 +98,10 @@ class LLM:
         self.config = EngineConfig(model=str(model), opts=opts, **engine_kwargs)
         self.model_config = ModelConfig.from_hf(model)
         self.device, self.dtype = _pick_device_dtype(self.config, self.model_config)
-        self.opts, self.skipped = self.config.opts.resolve(self.device, from_preset=self.config.from_preset)
+        self.opts, self.skipped = self.config.opts.resolve(self.device)
         tp, m = self.config.tensor_parallel_size, self.model_config   # tensor parallelism: can it split?
         check_tensor_parallel(tp, m.num_heads, m.num_kv_heads, m.intermediate_size, self.device)
-        self.opts, tp_notes = tensor_parallel_opts(self.opts, tp, from_preset=self.config.from_preset)
+        self.opts, tp_notes = tensor_parallel_opts(self.opts, tp)
         self.skipped += tp_notes
         self.max_model_len = self.config.max_model_len or min(self.model_config.max_position_embeddings, 4096)
         if self.max_model_len > self.model_config.max_position_embeddings:

@@ -132,14 +132,14 @@ def agree_on_min(value: int, device: str) -> int:
     return int(t.item())
 
 
-def tensor_parallel_opts(opts, tp_size: int, *, from_preset: bool):
+def tensor_parallel_opts(opts, tp_size: int):
     """(opts that run with tensor parallelism, notes). CUDA graphs with TP are refused: capturing
     NCCL all-reduces inside each rank's decode graph works in principle, but it has not been
     tested on a multi-GPU machine -- an error now beats a silently wrong or hanging engine. Asked
     for through a preset, the switch is dropped with a note instead (as CUDA-only switches on a CPU)."""
     if tp_size == 1 or not opts.cuda_graphs:
         return opts, []
-    if not from_preset:
+    if not opts.from_preset:
         raise ValueError(f"cuda_graphs=True with tensor_parallel_size={tp_size} is untested (graph capture "
                          "of the all-reduces was never verified on a multi-GPU machine): use cuda_graphs=False "
                          "with tensor parallelism, or tensor_parallel_size=1 with graphs")
