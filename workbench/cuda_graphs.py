@@ -5,11 +5,13 @@ sequence, the CPU time to launch them exceeds the GPU time to run them. A CUDA g
 whole launch sequence once and replays it with a single call.
 
 Graphs replay fixed shapes and fixed addresses, so:
-- inputs live in static buffers that each step copies into before replay;
+- inputs live in static device buffers; each step writes its host arrays into a pinned staging
+  copy of them and moves it in two copies (one int64, one int32) before the replay;
 - batch sizes are rounded up to a bucket (1, 2, 4, 8, 16, 32, 48, ...), one graph per bucket,
   the padding rows pointed at no cache slot (slot -1) and given a 1-token context;
 - the attention metadata uses the full block-table width and max_model_len as its bounds.
-Prefill stays eager: its shapes change every step.
+The graph records the LM head too: a decode step samples from every row, so the whole step up to
+the logits is one replay. Prefill stays eager: its shapes change every step.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import time
 import torch
 
 from workbench.attention import AttentionMetadata
+from workbench.step_inputs import HostStep
 
 
 def decode_buckets(max_num_seqs: int) -> list[int]:
@@ -27,19 +30,27 @@ def decode_buckets(max_num_seqs: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, forward, *, max_num_seqs: int, max_blocks_per_seq: int, max_model_len: int,
+    """forward_logits(input_ids, positions, meta) -> logits [B, vocab]: what each graph records."""
+
+    def __init__(self, forward_logits, *, max_num_seqs: int, max_blocks_per_seq: int, max_model_len: int,
                  device: torch.device):
-        self.forward = forward
+        self.forward_logits = forward_logits
         self.max_model_len = max_model_len
         self.buckets = decode_buckets(max_num_seqs)
         n = self.buckets[-1]
-        i32 = dict(dtype=torch.int32, device=device)
-        self.input_ids = torch.zeros(n, dtype=torch.long, device=device)
-        self.positions = torch.zeros(n, dtype=torch.long, device=device)
-        self.slot_mapping = torch.full((n,), -1, dtype=torch.long, device=device)
-        self.seq_lens = torch.ones(n, **i32)
-        self.block_tables = torch.zeros(n, max_blocks_per_seq, **i32)
-        self.cu_seqlens_q = torch.arange(n + 1, **i32)
+        self.n, self.width = n, max_blocks_per_seq
+        # Two flat buffers, so a step's inputs move in two copies; every field is a contiguous slice.
+        self.i64 = torch.zeros(3 * n, dtype=torch.long, device=device)
+        self.i32 = torch.zeros(n + n * max_blocks_per_seq, dtype=torch.int32, device=device)
+        self.host_i64 = torch.zeros_like(self.i64, device="cpu").pin_memory()
+        self.host_i32 = torch.zeros_like(self.i32, device="cpu").pin_memory()
+        self.copied = torch.cuda.Event()   # the staging buffers may be rewritten once this fires
+        self.input_ids, self.positions, self.slot_mapping = self.i64.view(3, n)
+        self.seq_lens = self.i32[:n]
+        self.block_tables = self.i32[n:].view(n, max_blocks_per_seq)
+        self.seq_lens.fill_(1)
+        self.slot_mapping.fill_(-1)
+        self.cu_seqlens_q = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.capture_seconds = 0.0
@@ -56,28 +67,34 @@ class DecodeGraphs:
         pool = None
         for batch in reversed(self.buckets):
             args = (self.input_ids[:batch], self.positions[:batch], self._meta(batch))
-            self.forward(*args)   # warm-up: JIT kernels (Triton, flash-attn) compile outside capture
+            self.forward_logits(*args)   # warm-up: JIT kernels (Triton, flash-attn) compile outside capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.outputs[batch] = self.forward(*args)
+                self.outputs[batch] = self.forward_logits(*args)
             pool = graph.pool()
             self.graphs[batch] = graph
         torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - start
 
-    def can_run(self, meta: AttentionMetadata) -> bool:
-        return meta.is_decode and meta.num_seqs <= self.buckets[-1]
+    def can_run(self, step: HostStep) -> bool:
+        return step.is_decode and step.num_seqs <= self.buckets[-1]
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        batch = meta.num_seqs
+    def run(self, step: HostStep) -> torch.Tensor:
+        """Replay the graph of the smallest bucket that holds this decode step; logits [B, vocab]."""
+        batch, n = step.num_seqs, self.n
         bucket = next(b for b in self.buckets if b >= batch)
-        self.input_ids[:batch] = input_ids
-        self.positions[:batch] = positions
-        self.slot_mapping[:batch] = meta.slot_mapping
-        self.slot_mapping[batch:bucket] = -1          # padding rows write nowhere ...
-        self.seq_lens[:batch] = meta.seq_lens
-        self.seq_lens[batch:bucket] = 1               # ... and attend to one (ignored) key
-        self.block_tables[:batch, :meta.block_tables.shape[1]] = meta.block_tables
+        self.copied.synchronize()   # the previous step's copies have left the staging buffers
+        i64, i32 = self.host_i64.numpy(), self.host_i32.numpy()
+        i64[:batch], i64[n:n + batch] = step.input_ids, step.positions
+        i64[2 * n:2 * n + batch] = step.slot_mapping
+        i64[2 * n + batch:2 * n + bucket] = -1   # padding rows write nowhere ...
+        i32[:batch] = step.seq_lens
+        i32[batch:bucket] = 1                      # ... and attend to one (ignored) key
+        tables = i32[n:].reshape(n, self.width)
+        tables[:batch, :step.block_tables.shape[1]] = step.block_tables
+        self.i64.copy_(self.host_i64, non_blocking=True)
+        self.i32.copy_(self.host_i32, non_blocking=True)
+        self.copied.record()
         self.graphs[bucket].replay()
         return self.outputs[bucket][:batch]

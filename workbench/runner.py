@@ -1,14 +1,14 @@
 """ModelRunner: owns the model and the KV cache, turns a scheduled batch into tokens.
 
-One step: pack the scheduled sequences' new tokens (prepare), run the model -- eager, compiled,
-or by replaying a CUDA graph when the step is a pure decode -- compute logits only for the rows
-that will sample, and sample.
+One step: pack the scheduled sequences' new tokens on the host (step_inputs.py), run the model --
+eager or compiled, computing logits only for the rows that will sample; or, when the step is a
+pure decode, replay a CUDA graph that records the whole step up to the logits -- and sample.
 """
 from __future__ import annotations
 
+import gc
 import time
 
-import numpy as np
 import torch
 
 from workbench.attention import AttentionMetadata, make_backend
@@ -20,6 +20,7 @@ from workbench.model import ModelConfig, load_model
 from workbench.parallel import WorkerGroup, rank_device
 from workbench.parallel.tensor_parallel import agree_on_min
 from workbench.parallel.workers import tp_guard
+from workbench.step_inputs import HostStep, pack_step
 
 CPU_DEFAULT_KV_GIB = 1.0
 
@@ -71,7 +72,7 @@ class ModelRunner:
             self.forward = torch.compile(self.model.forward, dynamic=True)
         self.graphs = None
         if opts.cuda_graphs:
-            self.graphs = DecodeGraphs(self.forward, max_num_seqs=cfg.max_num_seqs,
+            self.graphs = DecodeGraphs(self.forward_logits, max_num_seqs=cfg.max_num_seqs,
                                        max_blocks_per_seq=self.max_blocks_per_seq,
                                        max_model_len=self.max_model_len, device=self.device)
         self.warm_up()
@@ -103,6 +104,8 @@ class ModelRunner:
     def _free_gpu_bytes_for_kv(self) -> int:
         """gpu_memory_utilization x total, minus what is in use, minus the peak activations of
         the largest step (measured by running one on a throw-away cache)."""
+        gc.collect()   # an engine closed or dropped just before may still hold memory until collected
+        torch.cuda.empty_cache()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -127,7 +130,8 @@ class ModelRunner:
         # token 0 exists in every vocabulary (the sorter's has 15 ids)
         seqs = [([0] * seq_len, list(range(b * blocks_per_seq, (b + 1) * blocks_per_seq)))
                 for b in range(num_seqs)]
-        ids, pos, meta = self._pack([(tokens_, table, 0, seq_len) for tokens_, table in seqs])
+        ids, pos, meta = pack_step([(tokens_, table, 0, seq_len) for tokens_, table in seqs],
+                                   self.block_size).to_device(self.device)
         hidden = self.model(ids, pos, meta)
         self.model.compute_logits(hidden[meta.cu_seqlens_q[1:].long() - 1])
         del scratch, hidden
@@ -141,7 +145,7 @@ class ModelRunner:
             dummy = Sequence(-1, [0] * min(16, self.max_model_len - 1), None)
             dummy.block_table = [0] * -(-len(dummy) // self.block_size)
             with torch.inference_mode():
-                ids, pos, meta = self.prepare([(dummy, len(dummy))])
+                ids, pos, meta = self.prepare([(dummy, len(dummy))]).to_device(self.device)
                 self.forward(ids, pos, meta)
             self.timings["compile_s"] = time.perf_counter() - start
         if self.graphs is not None:
@@ -149,48 +153,13 @@ class ModelRunner:
             self.timings["graph_capture_s"] = self.graphs.capture_seconds
 
     # One step ----------------------------------------------------------------------------------
-    def _pack(self, items) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        """items: (token_ids, block_table, start, end) per sequence -> packed model inputs.
+    def prepare(self, scheduled: list[tuple[Sequence, int]]) -> HostStep:
+        return pack_step([(seq.token_ids, seq.block_table, seq.num_computed_tokens,
+                           seq.num_computed_tokens + n) for seq, n in scheduled], self.block_size)
 
-        This runs on the host every step, so it works on whole arrays, not token by token:
-        a decode step (one new token per sequence) needs no per-sequence ranges at all."""
-        bs, n = self.block_size, len(items)
-        starts = np.fromiter((start for _, _, start, _ in items), np.int64, n)
-        ends = np.fromiter((end for _, _, _, end in items), np.int64, n)
-        q_lens = ends - starts
-        tables = np.zeros((n, max(len(table) for _, table, _, _ in items)), dtype=np.int32)
-        for row, (_, table, _, _) in enumerate(items):
-            tables[row, :len(table)] = table
-        is_decode = bool((q_lens == 1).all())
-        if is_decode:
-            positions, owner = starts, np.arange(n)
-            ids = np.fromiter((token_ids[start] for token_ids, _, start, _ in items), np.int64, n)
-        else:
-            positions = np.concatenate([np.arange(start, end) for start, end in zip(starts, ends)])
-            owner = np.repeat(np.arange(n), q_lens)   # which sequence each packed token belongs to
-            ids = np.concatenate([np.asarray(t[start:end], dtype=np.int64) for t, _, start, end in items])
-        slots = tables[owner, positions // bs].astype(np.int64) * bs + positions % bs
-        cu = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
-
-        def to_device(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(array).to(self.device, non_blocking=True)
-
-        meta = AttentionMetadata(
-            cu_seqlens_q=to_device(cu), seq_lens=to_device(ends.astype(np.int32)),
-            block_tables=to_device(tables), slot_mapping=to_device(slots),
-            max_seqlen_q=int(q_lens.max()), max_seqlen_k=int(ends.max()), is_decode=is_decode)
-        return to_device(ids), to_device(positions), meta
-
-    def run_model(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
-        """Final hidden states [T, hidden]: graph replay for a decode step that fits a bucket, else
-        the (eager or compiled) forward. TP workers call this too, so every rank takes the same path."""
-        if self.graphs is not None and self.graphs.can_run(meta):
-            return self.graphs.run(input_ids, positions, meta)
-        return self.forward(input_ids, positions, meta)
-
-    def prepare(self, scheduled: list[tuple[Sequence, int]]):
-        return self._pack([(seq.token_ids, seq.block_table, seq.num_computed_tokens,
-                            seq.num_computed_tokens + n) for seq, n in scheduled])
+    def forward_logits(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
+        """Logits of every packed row: what a decode graph records (each decode row samples)."""
+        return self.model.compute_logits(self.forward(input_ids, positions, meta))
 
     @torch.inference_mode()
     def execute(self, scheduled: list[tuple[Sequence, int]], host_seconds: dict | None = None
@@ -200,21 +169,30 @@ class ModelRunner:
         the sequences that asked for them (by index into `scheduled`). `host_seconds` (optional)
         accumulates the host time of prepare / launch / sample."""
         t0 = time.perf_counter()
-        input_ids, positions, meta = self.prepare(scheduled)
+        step = self.prepare(scheduled)
+        samples = [i for i, (seq, n) in enumerate(scheduled) if seq.num_computed_tokens + n == len(seq)]
         t1 = time.perf_counter()
-        with tp_guard(self.workers, "step"):
-            if self.workers is not None:   # TP: ranks 1.. run this same forward on their shards
-                self.workers.send_step(input_ids, positions, meta)
-            hidden = self.run_model(input_ids, positions, meta)
+        if self.graphs is not None and self.graphs.can_run(step):
+            logits = self.graphs.run(step)
+            if len(samples) < len(scheduled):   # a 1-token prompt chunk that does not sample
+                logits = logits[samples]
+        else:
+            with tp_guard(self.workers, "step"):
+                if self.workers is not None:   # TP: ranks 1.. get the same inputs, run this forward on their shards
+                    input_ids, positions, meta = self.workers.send_step(step)
+                else:
+                    input_ids, positions, meta = step.to_device(self.device)
+                hidden = self.forward(input_ids, positions, meta)
+            logits = None
+            if samples:
+                last_rows = meta.cu_seqlens_q[1:].long() - 1
+                logits = self.model.compute_logits(hidden[last_rows[samples]])
         t2 = time.perf_counter()
         if host_seconds is not None:
             host_seconds["prepare"] += t1 - t0
             host_seconds["launch"] += t2 - t1
-        samples = [i for i, (seq, n) in enumerate(scheduled) if seq.num_computed_tokens + n == len(seq)]
         if not samples:
             return [None] * len(scheduled), {}
-        last_rows = meta.cu_seqlens_q[1:].long() - 1
-        logits = self.model.compute_logits(hidden[last_rows[samples]])
         tokens = self.sampler(logits, [scheduled[i][0] for i in samples])   # .tolist(): waits for the GPU
         if host_seconds is not None:
             host_seconds["sample"] += time.perf_counter() - t2

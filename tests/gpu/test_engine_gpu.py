@@ -32,9 +32,9 @@ def test_graph_replay_equals_eager_decode_for_every_bucket(opts):
                     llm.add_request(s, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
                 llm.step()   # prefill (eager)
                 scheduled = llm.scheduler.schedule()
-                ids, pos, meta = runner.prepare(scheduled)
-                replayed = graphs.run(ids, pos, meta).clone()
-                eager = runner.forward(ids, pos, meta)
+                step = runner.prepare(scheduled)
+                replayed = graphs.run(step).clone()   # logits: the graph records the LM head too
+                eager = runner.forward_logits(*step.to_device(runner.device))
                 if batch == bucket:   # same kernels, same shapes: bit-identical
                     torch.testing.assert_close(replayed, eager, rtol=0, atol=0)
                 else:                 # padded: matmuls of another M may pick other tiles

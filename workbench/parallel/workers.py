@@ -33,11 +33,13 @@ import traceback
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from workbench.attention import AttentionMetadata
+from workbench.step_inputs import HostStep
 
 from .tensor_parallel import backend_for, rank_device
 
@@ -55,12 +57,13 @@ def _set_nccl_env() -> None:
 
 
 # The step message: header (host ints, through the pipe) + payload (one int64 tensor, broadcast) --
-def pack_step(input_ids, positions, meta: AttentionMetadata) -> tuple[tuple, torch.Tensor]:
-    header = ("step", input_ids.numel(), meta.num_seqs, meta.block_tables.shape[1],
-              meta.max_seqlen_q, meta.max_seqlen_k, meta.is_decode)
-    payload = torch.cat([input_ids.long(), positions.long(), meta.slot_mapping.long(),
-                         meta.cu_seqlens_q.long(), meta.seq_lens.long(), meta.block_tables.long().flatten()])
-    return header, payload
+def pack_step(step: HostStep, device) -> tuple[tuple, torch.Tensor]:
+    """One int64 payload built on the host and moved once: rank 0 unpacks the same tensor."""
+    header = ("step", len(step.input_ids), step.num_seqs, step.block_tables.shape[1],
+              step.max_seqlen_q, step.max_seqlen_k, step.is_decode)
+    payload = np.concatenate([step.input_ids, step.positions, step.slot_mapping, step.cu_seqlens_q,
+                              step.seq_lens, step.block_tables.ravel()]).astype(np.int64)
+    return header, torch.from_numpy(payload).to(device)
 
 
 def unpack_step(header: tuple, payload: torch.Tensor):
@@ -81,7 +84,7 @@ class WorkerGroup:
     """Rank 0's handle on ranks 1..N-1: start them, send each step, stop them."""
 
     def __init__(self, cfg, model_cfg, opts, *, device: str, dtype: torch.dtype, max_model_len: int):
-        self.size = cfg.tensor_parallel_size
+        self.size, self.device = cfg.tensor_parallel_size, device   # device: rank 0's
         self.backend = backend_for(device)
         if dist.is_initialized():
             raise RuntimeError("another tensor-parallel engine is still open in this process (torch.distributed "
@@ -141,15 +144,17 @@ class WorkerGroup:
                 found.append(f"rank {rank} exited with code {proc.exitcode}")
         return found
 
-    def send_step(self, input_ids, positions, meta: AttentionMetadata) -> None:
-        """Give every worker this step's inputs (call on rank 0 right before its own forward)."""
+    def send_step(self, step: HostStep):
+        """Give every worker this step's inputs (call on rank 0 right before its own forward);
+        returns rank 0's own (input_ids, positions, meta), views of the same broadcast payload."""
         for rank, proc in enumerate(self.procs, 1):   # cheap (waitpid), and it turns a hang into an error
             if not proc.is_alive():
                 raise RuntimeError(f"tensor-parallel rank {rank} is gone (exit code {proc.exitcode})")
-        header, payload = pack_step(input_ids, positions, meta)
+        header, payload = pack_step(step, self.device)
         for conn in self.conns:
             conn.send(header)
         dist.broadcast(payload, src=0)
+        return unpack_step(header, payload)
 
     @contextmanager
     def guard(self, what: str):
@@ -257,7 +262,7 @@ def worker_main(rank, port, conn, cfg, model_cfg, opts, device, dtype, max_model
                     break
                 payload = torch.empty(payload_size(header), dtype=torch.int64, device=device)
                 dist.broadcast(payload, src=0)
-                runner.run_model(*unpack_step(header, payload))
+                runner.forward(*unpack_step(header, payload))
         runner.close()
         dist.destroy_process_group()
     except BaseException:
