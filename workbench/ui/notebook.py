@@ -26,8 +26,8 @@ _COMMANDS = {
     "launches-h100.json": "python -m workbench measure launches",
     "parity-quick-h100.json": "python -m workbench check --quick",
     "throughput-h100.json": "python -m workbench bench throughput --settings all_on --repeats 1",
-    "attention-h100.json": "python -m workbench measure attention-traffic --n 4096 "
-                           "(+ measure_hbm_python(attention_workload) for the SDPA row)",
+    "attention-h100.json": "python -m workbench measure attention-traffic --n 512,1024,2048,4096,8192 "
+                           "(session 2; the SDPA row: session 1, measure_hbm_python(attention_workload))",
 }
 
 
