@@ -13,12 +13,14 @@ import os
 import subprocess
 import sys
 import traceback
+from itertools import product
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKS = ["store_kvcache", "fused_add_rms_norm", "rms_norm_per_head", "silu_and_mul", "apply_rope_"]
+CHECKS = ["store_kvcache", "fused_add_rms_norm", "rms_norm_per_head", "silu_and_mul", "apply_rope_",
+          "qk_norm_rope_"]
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                 reason="triton is not installed")
@@ -123,6 +125,43 @@ def check_apply_rope_(torch, ops):
         _close(torch, q, want_q, dtype)
         _close(torch, k, want_k, dtype)
         assert torch.equal(qkv[:, (Hq + Hk) * D:], v_before), "touched v"
+
+
+def check_qk_norm_rope_(torch, ops):
+    for heads, dtype, T in product([(4, 2, 16), (16, 8, 128)], (torch.float32, torch.bfloat16),
+                                   (1, 7, 33)):   # tiny and Qwen3-0.6B heads
+        _check_qk_norm_rope_case(torch, *heads, dtype, T)
+
+
+def _check_qk_norm_rope_case(torch, Hq, Hk, D, dtype, T):
+    """Fused q/k norm + RoPE (one kernel) vs the unfused modules, on strided q/k of one QKV."""
+    from workbench.model.layers import RMSNorm, RotaryEmbedding
+    max_pos = 4096
+    rotary = RotaryEmbedding(D, max_pos, 1e6)
+    norms = [RMSNorm(D, 1e-6) for _ in range(2)]    # q_norm, k_norm: weights near 1
+    for norm in norms:
+        norm.weight.data = (1 + 0.1 * torch.randn(D)).to(dtype)
+    qkv = torch.randn(T, (Hq + 2 * Hk) * D, dtype=dtype)
+    pos = torch.randint(0, max_pos, (T,))
+    pos[0] = max_pos - 1
+
+    def run(fused):
+        rotary.fused, buf = fused, qkv.clone()
+        q, k = buf[:, :Hq * D].view(T, Hq, D), buf[:, Hq * D:(Hq + Hk) * D].view(T, Hk, D)
+        return (buf, *rotary.norm_and_rotate(pos, q, k, *norms))
+
+    _, want_q, want_k = run(False)
+    buf, got_q, got_k = run(True)
+    assert got_q.data_ptr() == buf.data_ptr(), "the fused form must work in place"
+    assert torch.equal(buf[:, (Hq + Hk) * D:], qkv[:, (Hq + Hk) * D:]), "touched v"
+    # float32: the same math up to summation order. bfloat16: the interpreter truncates (not
+    # rounds) at each of the three casts, up to ~2 bf16 ulps of |x| ~ 4; tests/gpu checks
+    # that on a GPU the rounding is torch's own.
+    atol, rtol = (2e-6, 1e-6) if dtype == torch.float32 else (8e-2, 2e-2)
+    for got, want in ((got_q, want_q), (got_k, want_k)):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, atol=atol, rtol=rtol,
+                                   msg=lambda m: f"{Hq, Hk, D, dtype, T}: {m}")
 
 
 def _main() -> None:

@@ -11,6 +11,7 @@ Kernels here (each: one short @triton.jit function and a Python wrapper):
   fused_add_rms_norm  residual add + RMSNorm (also rms_norm, without the residual)
   silu_and_mul        SwiGLU's silu(gate) * up
   apply_rope_         rotary embedding of q and k, in place
+  qk_norm_rope_       Qwen3's per-head q/k RMSNorm, then the rotary embedding, in place
 
 All math runs in float32; results are stored in the input dtype. The wrappers accept strided
 views (e.g. q/k/v sliced out of one fused QKV projection) without copying them.
@@ -146,10 +147,11 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return out.view(*lead, inter)
 
 
-# --- rotary embedding --------------------------------------------------------------------------
+# --- rotary embedding (optionally after Qwen3's q/k norm) ------------------------------------
 @triton.jit
-def _rotate_heads(ptr, tok_stride, head_stride, token, n_heads, cos, sin,
-                  HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+def _rotate_heads(ptr, tok_stride, head_stride, token, n_heads, cos, sin, w_ptr, eps,
+                  HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+                  NORM: tl.constexpr):
     # All heads of one token as a [BLOCK_H, BLOCK_D] tile; x1 = first half, x2 = second half.
     h = tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
@@ -157,9 +159,28 @@ def _rotate_heads(ptr, tok_stride, head_stride, token, n_heads, cos, sin,
     p1 = ptr + token * tok_stride + h * head_stride + d
     x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
+    if NORM:   # RMSNorm of each head (a row of the tile: both halves) before rotating it
+        ms = (tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * HALF)
+        rstd = (1.0 / tl.sqrt(ms + eps))[:, None]
+        w1 = tl.load(w_ptr + d, mask=d < HALF, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + HALF + d, mask=d < HALF, other=0.0).to(tl.float32)
+        # Round where the unfused torch ops do: normalized -> input dtype, * weight -> input dtype.
+        dt = ptr.dtype.element_ty
+        x1 = ((x1 * rstd).to(dt).to(tl.float32) * w1).to(dt).to(tl.float32)
+        x2 = ((x2 * rstd).to(dt).to(tl.float32) * w2).to(dt).to(tl.float32)
     # rotate_half: [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]
     tl.store(p1, (x1 * cos - x2 * sin).to(ptr.dtype.element_ty), mask=mask)
     tl.store(p1 + HALF, (x2 * cos + x1 * sin).to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF: tl.constexpr, BLOCK_D: tl.constexpr):
+    # Row `pos` of the table: [cos(pos * f_0..), sin(pos * f_0..)], loaded once for all heads.
+    pos = tl.load(pos_ptr + token)
+    d = tl.arange(0, BLOCK_D)[None, :]
+    cos = tl.load(cos_sin_ptr + pos * (2 * HALF) + d, mask=d < HALF, other=0.0)
+    sin = tl.load(cos_sin_ptr + pos * (2 * HALF) + HALF + d, mask=d < HALF, other=0.0)
+    return cos, sin
 
 
 @triton.jit
@@ -167,26 +188,53 @@ def _rope_kernel(q_ptr, k_ptr, pos_ptr, cos_sin_ptr, q_s0, q_s1, k_s0, k_s1, n_q
                  HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
                  BLOCK_D: tl.constexpr):
     token = tl.program_id(0)
-    pos = tl.load(pos_ptr + token)
-    d = tl.arange(0, BLOCK_D)[None, :]
-    # Row `pos` of the table: [cos(pos * f_0..), sin(pos * f_0..)], loaded once for all heads.
-    cos = tl.load(cos_sin_ptr + pos * (2 * HALF) + d, mask=d < HALF, other=0.0)
-    sin = tl.load(cos_sin_ptr + pos * (2 * HALF) + HALF + d, mask=d < HALF, other=0.0)
-    _rotate_heads(q_ptr, q_s0, q_s1, token, n_q, cos, sin, HALF, BLOCK_HQ, BLOCK_D)
-    _rotate_heads(k_ptr, k_s0, k_s1, token, n_k, cos, sin, HALF, BLOCK_HK, BLOCK_D)
+    cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
+    _rotate_heads(q_ptr, q_s0, q_s1, token, n_q, cos, sin, q_ptr, 0.0,   # no norm: w, eps unused
+                  HALF, BLOCK_HQ, BLOCK_D, NORM=False)
+    _rotate_heads(k_ptr, k_s0, k_s1, token, n_k, cos, sin, k_ptr, 0.0,
+                  HALF, BLOCK_HK, BLOCK_D, NORM=False)
 
 
-def apply_rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
-                cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q [T, Hq, D] and k [T, Hkv, D] in place by their tokens' positions [T]."""
+@triton.jit
+def _qk_norm_rope_kernel(q_ptr, k_ptr, pos_ptr, cos_sin_ptr, q_s0, q_s1, k_s0, k_s1, n_q, n_k,
+                         q_w_ptr, k_w_ptr, q_eps, k_eps, HALF: tl.constexpr,
+                         BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+    # One program per token: its q and k heads are read once, normalized and rotated in
+    # registers and written back -- one launch instead of q_norm + k_norm + rope.
+    token = tl.program_id(0)
+    cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
+    _rotate_heads(q_ptr, q_s0, q_s1, token, n_q, cos, sin, q_w_ptr, q_eps,
+                  HALF, BLOCK_HQ, BLOCK_D, NORM=True)
+    _rotate_heads(k_ptr, k_s0, k_s1, token, n_k, cos, sin, k_w_ptr, k_eps,
+                  HALF, BLOCK_HK, BLOCK_D, NORM=True)
+
+
+def _launch_rope(kernel, q, k, positions, cos_sin_cache, *norm_args):
+    """One program per token over q [T, Hq, D] and k [T, Hkv, D], both rotated in place."""
     assert q.stride(-1) == 1 and k.stride(-1) == 1, "head_dim must be contiguous (in-place op)"
     assert cos_sin_cache.dtype == torch.float32 and cos_sin_cache.is_contiguous()
     T, n_q, dim = q.shape
     assert dim % 2 == 0 and cos_sin_cache.shape[1] == dim
     if T:
-        _rope_kernel[(T,)](q, k, positions, cos_sin_cache, q.stride(0), q.stride(1),
-                           k.stride(0), k.stride(1), n_q, k.shape[1], HALF=dim // 2,
-                           BLOCK_HQ=triton.next_power_of_2(n_q),
-                           BLOCK_HK=triton.next_power_of_2(k.shape[1]),
-                           BLOCK_D=triton.next_power_of_2(dim // 2))
+        kernel[(T,)](q, k, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0),
+                     k.stride(1), n_q, k.shape[1], *norm_args, HALF=dim // 2,
+                     BLOCK_HQ=triton.next_power_of_2(n_q), BLOCK_HK=triton.next_power_of_2(k.shape[1]),
+                     BLOCK_D=triton.next_power_of_2(dim // 2))
     return q, k
+
+
+def apply_rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+                cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q [T, Hq, D] and k [T, Hkv, D] in place by their tokens' positions [T]."""
+    return _launch_rope(_rope_kernel, q, k, positions, cos_sin_cache)
+
+
+def qk_norm_rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+                  cos_sin_cache: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                  q_eps: float, k_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """In place: RMSNorm each head of q [T, Hq, D] (weight q_weight [D]) and of k [T, Hkv, D]
+    (k_weight), then rotate both by their tokens' positions [T]. = rms_norm + apply_rope_."""
+    assert q_weight.shape == k_weight.shape == (q.shape[-1],)
+    assert q_weight.is_contiguous() and k_weight.is_contiguous()
+    return _launch_rope(_qk_norm_rope_kernel, q, k, positions, cos_sin_cache,
+                        q_weight, k_weight, q_eps, k_eps)
