@@ -69,6 +69,10 @@ class ModelRunner:
             # frames; first-layer/other-layer and size-1 specializations add variants. The
             # default limit (8) was hit on the H100, silently falling back to eager: raise it.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            # Round to bf16 wherever the eager code does (inductor otherwise keeps fused
+            # intermediates in fp32): compiled logits then differ from eager's by rounding noise only.
+            import torch._inductor.config as inductor_config
+            inductor_config.emulate_precision_casts = True
             self.forward = torch.compile(self.model.forward, dynamic=True)
         self.graphs = None
         if opts.cuda_graphs:
