@@ -38,7 +38,7 @@ for step in $steps; do
     attention)  run attention $W measure attention-traffic --n 512,1024,2048,4096,8192 --json "$OUT/attention.json" ;;
     hbm)        run hbm $W measure hbm $P --json "$OUT/hbm.json" ;;
     launches)   run launches $W measure launches $P --json "$OUT/launches.json" ;;
-    notebooks)  WORKBENCH_SAVE_FIGURES="$OUT" run notebooks $PY -m pytest -q tests/test_notebooks.py ;;   # needs .jupyter-wheels
+    notebooks)  run notebooks $PY scripts/run_notebooks.py "$OUT/notebooks" ;;   # needs .jupyter-wheels
     *)          echo "unknown step $step" ;;
   esac
 done
