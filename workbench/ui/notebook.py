@@ -18,16 +18,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "docs" / "results"
 DOCS_DIR = REPO_ROOT / "docs"
 
-# How each committed file was produced (docs/perf-notes.md, session 1).
+# How each committed file was produced (docs/perf-notes.md has the runs, session by session).
 _H100 = "NVIDIA H100 80GB HBM3"
 _DATE = "2026-11-25"
 _COMMANDS = {
-    "stack-single-h100.json": "python -m workbench bench stack --workloads single --new-tokens 256 --repeats 1",
+    "stack-single-h100.json": "python -m workbench bench stack --workloads single --new-tokens 512 --repeats 1",
     "launches-h100.json": "python -m workbench measure launches",
-    "parity-quick-h100.json": "python -m workbench check --quick",
-    "throughput-h100.json": "python -m workbench bench throughput --settings all_on --repeats 1",
+    "parity-h100.json": "python -m workbench check",
+    "hbm-h100.json": "python -m workbench measure hbm",
+    "throughput-h100.json": "python -m workbench bench throughput --settings all_on --repeats 1 (session 1)",
     "attention-h100.json": "python -m workbench measure attention-traffic --n 512,1024,2048,4096,8192 "
-                           "(session 2; the SDPA row: session 1, measure_hbm_python(attention_workload))",
+                           "(the SDPA row: session 1, measure_hbm_python(attention_workload))",
 }
 
 
