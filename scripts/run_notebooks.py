@@ -9,6 +9,7 @@ short by a time limit still leaves the notebooks that finished. Used on the GPU 
 `scripts/device_check.sh notebooks`.
 """
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,9 @@ def main() -> int:
     out = Path(sys.argv[1]).resolve()
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in sys.argv[2:]] or sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    # A time limit's SIGTERM becomes SystemExit, so nbclient's cleanup shuts the kernel down:
+    # an orphaned kernel would keep this process's stdout open and hang a pipe reading it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ["WORKBENCH_SAVE_FIGURES"] = str(out)   # the kernel inherits this environment
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     failed = 0

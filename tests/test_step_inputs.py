@@ -1,0 +1,40 @@
+"""Packing a step on the host: every sequence's new tokens end to end, with their cache slots."""
+import numpy as np
+import torch
+
+from workbench.step_inputs import pack_step
+
+BLOCK = 4
+
+
+def test_prefill_chunks_are_packed_end_to_end_with_their_slots():
+    # seq A: 6 tokens, 2 cached, 4 new; seq B: 3 tokens, none cached (a fresh prompt)
+    items = [([10, 11, 12, 13, 14, 15], [7, 2], 2, 6), ([20, 21, 22], [5], 0, 3)]
+    step = pack_step(items, BLOCK)
+    assert not step.is_decode
+    assert step.input_ids.tolist() == [12, 13, 14, 15, 20, 21, 22]
+    assert step.positions.tolist() == [2, 3, 4, 5, 0, 1, 2]
+    # position p of a sequence lives in block table[p // 4], offset p % 4
+    assert step.slot_mapping.tolist() == [7 * 4 + 2, 7 * 4 + 3, 2 * 4 + 0, 2 * 4 + 1, 5 * 4 + 0, 5 * 4 + 1, 5 * 4 + 2]
+    assert step.cu_seqlens_q.tolist() == [0, 4, 7]
+    assert step.seq_lens.tolist() == [6, 3]
+    assert step.block_tables.tolist() == [[7, 2], [5, 0]]   # padded with block 0 to one width
+    assert (step.max_seqlen_q, step.max_seqlen_k) == (4, 6)
+
+
+def test_decode_step_takes_one_token_per_sequence():
+    items = [([1, 2, 3, 4, 5], [3, 9], 4, 5), ([6, 7], [1], 1, 2)]
+    step = pack_step(items, BLOCK)
+    assert step.is_decode and step.num_seqs == 2
+    assert step.input_ids.tolist() == [5, 7]
+    assert step.positions.tolist() == [4, 1]
+    assert step.slot_mapping.tolist() == [9 * 4 + 0, 1 * 4 + 1]
+    assert step.input_ids.dtype == np.int64 and step.seq_lens.dtype == np.int32
+
+
+def test_to_device_keeps_values_and_dtypes():
+    step = pack_step([([1, 2, 3], [0], 0, 3)], BLOCK)
+    ids, positions, meta = step.to_device(torch.device("cpu"))
+    assert ids.tolist() == [1, 2, 3] and positions.tolist() == [0, 1, 2]
+    assert meta.cu_seqlens_q.dtype == torch.int32 and meta.slot_mapping.dtype == torch.int64
+    assert meta.num_seqs == 1 and meta.max_seqlen_k == 3 and not meta.is_decode
