@@ -135,25 +135,8 @@ def check_qk_norm_rope_(torch, ops):
 
 def _check_qk_norm_rope_case(torch, Hq, Hk, D, dtype, T):
     """Fused q/k norm + RoPE (one kernel) vs the unfused modules, on strided q/k of one QKV."""
-    from workbench.model.layers import RMSNorm, RotaryEmbedding
-    max_pos = 4096
-    rotary = RotaryEmbedding(D, max_pos, 1e6)
-    norms = [RMSNorm(D, 1e-6) for _ in range(2)]    # q_norm, k_norm: weights near 1
-    for norm in norms:
-        norm.weight.data = (1 + 0.1 * torch.randn(D)).to(dtype)
-    qkv = torch.randn(T, (Hq + 2 * Hk) * D, dtype=dtype)
-    pos = torch.randint(0, max_pos, (T,))
-    pos[0] = max_pos - 1
-
-    def run(fused):
-        rotary.fused, buf = fused, qkv.clone()
-        q, k = buf[:, :Hq * D].view(T, Hq, D), buf[:, Hq * D:(Hq + Hk) * D].view(T, Hk, D)
-        return (buf, *rotary.norm_and_rotate(pos, q, k, *norms))
-
-    _, want_q, want_k = run(False)
-    buf, got_q, got_k = run(True)
-    assert got_q.data_ptr() == buf.data_ptr(), "the fused form must work in place"
-    assert torch.equal(buf[:, (Hq + Hk) * D:], qkv[:, (Hq + Hk) * D:]), "touched v"
+    from kernel_cases import qk_norm_rope_outputs   # tests/ is this script's folder
+    _, _, (want_q, want_k), (got_q, got_k) = qk_norm_rope_outputs(torch, Hq, Hk, D, dtype, T)
     # float32: the same math up to summation order. bfloat16: the interpreter truncates (not
     # rounds) at each of the three casts, up to ~2 bf16 ulps of |x| ~ 4; tests/gpu checks
     # that on a GPU the rounding is torch's own.

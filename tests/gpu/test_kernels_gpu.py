@@ -110,24 +110,9 @@ def test_apply_rope_():
 def test_qk_norm_rope_(heads, dtype, T):
     """Fused q/k RMSNorm + RoPE (one kernel) vs the unfused modules, on q/k views of one QKV."""
     _ops()
-    from workbench.model.layers import RMSNorm, RotaryEmbedding
-    (Hq, Hk, D), max_pos = heads, 40960
-    rotary = RotaryEmbedding(D, max_pos, 1e6).to(DEV)
-    norms = [RMSNorm(D, 1e-6).to(DEV, dtype) for _ in range(2)]   # q_norm, k_norm
-    for norm in norms:
-        norm.weight.data = (1 + 0.1 * torch.randn(D, device=DEV)).to(dtype)
-    qkv = torch.randn(T, (Hq + 2 * Hk) * D, device=DEV, dtype=dtype)
-    pos = torch.randint(0, max_pos, (T,), device=DEV)
-
-    def run(fused):
-        rotary.fused, buf = fused, qkv.clone()
-        q, k = buf[:, :Hq * D].view(T, Hq, D), buf[:, Hq * D:(Hq + Hk) * D].view(T, Hk, D)
-        return (buf, *rotary.norm_and_rotate(pos, q, k, *norms))
-
-    _, want_q, want_k = run(False)
-    buf, got_q, got_k = run(True)
-    assert got_q.data_ptr() == buf.data_ptr()                  # in place
-    assert torch.equal(buf[:, (Hq + Hk) * D:], qkv[:, (Hq + Hk) * D:])   # v untouched
+    from kernel_cases import qk_norm_rope_outputs   # tests/ is on sys.path (its conftest.py)
+    _, _, (want_q, want_k), (got_q, got_k) = qk_norm_rope_outputs(torch, *heads, dtype, T, device=DEV,
+                                                                  max_pos=40960)
     for got, want in ((got_q, want_q), (got_k, want_k)):
         if dtype == torch.float32:
             torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-6)
