@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -29,7 +30,9 @@ from jupyter_client.manager import KernelManager  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CELL_TIMEOUT_S = 120
+# On a GPU the chapters run the 0.6B shape: compile and graph capture per engine take minutes.
+ON_GPU = torch.cuda.is_available()
+CELL_TIMEOUT_S = 600 if ON_GPU else 120
 
 
 class ThisPython(KernelSpecManager):
@@ -65,7 +68,7 @@ def test_notebook_runs(path):
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start
-    assert seconds < 300, f"{path.name} took {seconds:.0f} s; keep notebooks light on CPU"
+    assert ON_GPU or seconds < 300, f"{path.name} took {seconds:.0f} s; keep notebooks light on CPU"
     # Every notebook ends by printing what this run measured.
     last = next(c for c in reversed(nb.cells) if c.cell_type == "code")
     text = "".join(o.get("text", "") for o in last.get("outputs", []) if o.get("output_type") == "stream")
