@@ -5,7 +5,8 @@
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
 # .jupyter-wheels: the notebook stack, if carried) offline, then runs the named steps.
-# Results go to $OUT (the device tool's output folder) or ./runs/device.
+# Results go to $OUT (the device tool's output folder) or ./runs/device. Each step stops after
+# STEP_TIMEOUT seconds (default 540); its log so far stays in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device}; mkdir -p "$OUT"
@@ -21,9 +22,10 @@ if [ -d .jupyter-wheels ] && ! $PY -c "import nbclient, ipywidgets" 2>/dev/null;
 fi
 $PY -m workbench doctor
 
+STEP_TIMEOUT=${STEP_TIMEOUT:-540}   # seconds per step: one slow step must not eat a whole device call
 run() {  # run one step, keep going on failure, log to $OUT
   echo "=== $*"; local name=$1; shift
-  "$@" 2>&1 | tee "$OUT/$name.log" | grep -v -E "UserWarning|aux_data|warnings.warn" | tail -60
+  timeout -k 15 "$STEP_TIMEOUT" "$@" 2>&1 | tee "$OUT/$name.log" | grep -v -E "UserWarning|aux_data|warnings.warn" | tail -60
 }
 W="$PY -m workbench"; P="--preset qwen3-0.6b --workdir /tmp"
 steps=${*-tests check stack throughput attention hbm launches}   # an empty "" argument: install only
