@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick stack throughput peers attention hbm launches notebooks]
+#   bash scripts/device_check.sh [tests check check-quick stack throughput multistep peers attention hbm launches notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -36,6 +36,8 @@ for step in $steps; do
     check-quick) run check $W check --quick --prompts 16 --max-tokens 32 $P --json "$OUT/parity.json" ;;
     stack)      run stack $W bench stack --workloads single,batch $P --repeats 1 --json "$OUT/stack.json" ;;
     throughput) run throughput $W bench throughput $P --settings all_on --repeats 1 --peers --json "$OUT/throughput.json" ;;
+    multistep)  run multistep $W bench single $P --settings all_on --new-tokens 512 --repeats 1 --decode-steps 1,4,8 --json "$OUT/multistep-single.json"
+                run multistep-throughput $W bench throughput $P --settings all_on --repeats 1 --decode-steps 1,8 --json "$OUT/multistep-throughput.json" ;;
     peers)      run peers $W bench single $P --new-tokens 256 --repeats 1 --peers --json "$OUT/peers-single.json" ;;
     attention)  run attention $W measure attention-traffic --n 512,1024,2048,4096,8192 --json "$OUT/attention.json" ;;
     hbm)        run hbm $W measure hbm $P --json "$OUT/hbm.json" ;;

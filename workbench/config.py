@@ -130,6 +130,8 @@ class EngineConfig:
     chunked_prefill: bool = True
     seed: int = 0
     tensor_parallel_size: int = 1
+    decode_steps: int = 1                # decode steps per scheduling round; > 1: multi-step
+                                         # decoding (engine/multi_step.py)
 
     def __post_init__(self):
         checks = [
@@ -144,6 +146,8 @@ class EngineConfig:
              f"num_kv_blocks={self.num_kv_blocks} must be >= 1 (or None to size from memory)"),
             (self.kv_cache_gib is None or self.kv_cache_gib > 0,
              f"kv_cache_gib={self.kv_cache_gib} must be > 0 (or None)"),
+            (type(self.decode_steps) is int and self.decode_steps >= 1,
+             f"decode_steps={self.decode_steps!r} must be an integer >= 1 (1: schedule every step)"),
             (type(self.tensor_parallel_size) is int and self.tensor_parallel_size >= 1,
              f"tensor_parallel_size={self.tensor_parallel_size!r} must be an integer >= 1 (1: no tensor "
              "parallelism; N: split every layer across N GPUs or processes)"),

@@ -80,8 +80,10 @@ class DecodeGraphs:
     def can_run(self, step: HostStep) -> bool:
         return step.is_decode and step.num_seqs <= self.buckets[-1]
 
-    def run(self, step: HostStep) -> torch.Tensor:
-        """Replay the graph of the smallest bucket that holds this decode step; logits [B, vocab]."""
+    def run(self, step: HostStep, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Replay the graph of the smallest bucket that holds this decode step; logits [B, vocab].
+        input_ids (multi-step decoding): the step's tokens as a device tensor, used instead of
+        step.input_ids -- the previous step's samples, which the host has not seen yet."""
         batch, n = step.num_seqs, self.n
         bucket = next(b for b in self.buckets if b >= batch)
         self.copied.synchronize()   # the previous step's copies have left the staging buffers
@@ -95,6 +97,8 @@ class DecodeGraphs:
         tables[:batch, :step.block_tables.shape[1]] = step.block_tables
         self.i64.copy_(self.host_i64, non_blocking=True)
         self.i32.copy_(self.host_i32, non_blocking=True)
+        if input_ids is not None:
+            self.input_ids[:batch].copy_(input_ids)   # after the staging copy: stream order
         self.copied.record()
         self.graphs[bucket].replay()
         return self.outputs[bucket][:batch]

@@ -20,7 +20,7 @@ from workbench.model import ModelConfig, load_model
 from workbench.parallel import WorkerGroup, rank_device
 from workbench.parallel.tensor_parallel import agree_on_min
 from workbench.parallel.workers import tp_guard
-from workbench.step_inputs import HostStep, pack_step
+from workbench.step_inputs import HostStep, next_decode_step, pack_step
 
 CPU_DEFAULT_KV_GIB = 1.0
 
@@ -206,6 +206,36 @@ class ModelRunner:
         kept = {i: logits[row].float().cpu() for row, i in enumerate(samples)
                 if scheduled[i][0].params.return_logits}
         return out, kept
+
+    @torch.inference_mode()
+    def execute_decode_steps(self, scheduled: list[tuple[Sequence, int]], num_steps: int,
+                             host_seconds: dict | None = None) -> list[list[int]]:
+        """Multi-step decoding: `num_steps` decode steps of the same sequences, back to back;
+        returns each sequence's new tokens. Each step's input tokens are the previous step's
+        samples, handed over on the GPU, so the host never waits between steps: it prepares step
+        i+1 while the GPU runs step i, and waits once, at the end. (The block tables must
+        already hold room for every step: Scheduler.plan_decode_steps.)"""
+        seqs = [seq for seq, _ in scheduled]
+        t0 = time.perf_counter()
+        step, sampled, samples = self.prepare(scheduled), None, []
+        t_prepared = time.perf_counter()
+        for i in range(num_steps):
+            if i:
+                step = next_decode_step(step, self.block_size)
+            if self.graphs is not None and self.graphs.can_run(step):
+                logits = self.graphs.run(step, input_ids=sampled)
+            else:
+                input_ids, positions, meta = step.to_device(self.device)
+                logits = self.forward_logits(input_ids if sampled is None else sampled, positions, meta)
+            sampled = self.sampler.sample(logits, seqs)
+            samples.append(sampled)
+        t1 = time.perf_counter()
+        tokens = torch.stack(samples, dim=1).tolist()   # the one wait for the GPU
+        if host_seconds is not None:   # launch: the later steps' packing too (it overlaps the GPU)
+            host_seconds["prepare"] += t_prepared - t0
+            host_seconds["launch"] += t1 - t_prepared
+            host_seconds["sample"] += time.perf_counter() - t1
+        return tokens
 
     def close(self) -> None:
         if self.workers is not None:   # TP: stop ranks 1.. and leave the process group

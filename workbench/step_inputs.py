@@ -67,3 +67,16 @@ def pack_step(items, block_size: int) -> HostStep:
                     cu_seqlens_q=np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32),
                     seq_lens=ends.astype(np.int32), block_tables=tables,
                     max_seqlen_q=int(q_lens.max()), max_seqlen_k=int(ends.max()), is_decode=is_decode)
+
+
+def next_decode_step(step: HostStep, block_size: int) -> HostStep:
+    """The decode step after `step`, for the same sequences, each one token further (multi-step
+    decoding). Its input tokens are `step`'s samples, still on the GPU: the ids here are -1
+    placeholders the runner replaces. The block tables must already hold room for the new slots."""
+    assert step.is_decode, "only a decode step has a next step known in advance"
+    positions = step.positions + 1
+    rows = np.arange(step.num_seqs)
+    slots = step.block_tables[rows, positions // block_size].astype(np.int64) * block_size + positions % block_size
+    return HostStep(input_ids=np.full_like(step.input_ids, -1), positions=positions, slot_mapping=slots,
+                    cu_seqlens_q=step.cu_seqlens_q, seq_lens=step.seq_lens + 1, block_tables=step.block_tables,
+                    max_seqlen_q=1, max_seqlen_k=step.max_seqlen_k + 1, is_decode=True)

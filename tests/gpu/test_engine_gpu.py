@@ -67,3 +67,20 @@ def test_prefix_caching_and_preemption_with_flash_and_graphs():
         a = llm.generate([shared], params, use_tqdm=False)[0]
         b = llm.generate([shared], params, use_tqdm=False)[0]
         assert b.token_ids == a.token_ids and b.stats.num_cached_prompt_tokens == 16
+
+
+@pytest.mark.parametrize("opts", [FAST, Optimizations.all_on()], ids=lambda o: o.label())
+def test_multi_step_decoding_same_tokens(opts):
+    """decode_steps > 1 on the graph path: each replay's input ids come from the previous
+    replay's samples on the GPU (cuda_graphs.DecodeGraphs.run(input_ids=...))."""
+    cases = make_sort_prompts(64, seed=11)
+    prompts = [p for p, _ in cases]
+    # greedy: other batch sizes per step (a finished sequence rides along to the round's end)
+    # may pick other GEMM tiles in bf16, and only the sorter's sharp logits make that harmless
+    params = [SamplingParams(temperature=0, max_tokens=12),                   # EOS mid-round
+              SamplingParams(temperature=0, max_tokens=9, ignore_eos=True)] * 32
+    outs = {}
+    for steps in (1, 8):
+        with LLM(DEFAULT_MODEL_DIR, opts=opts, decode_steps=steps) as llm:
+            outs[steps] = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert outs[8] == outs[1]

@@ -202,40 +202,52 @@ class LLM:
 
     # The step loop -----------------------------------------------------------------------------
     def step(self) -> list[tuple[Sequence, int]]:
-        """Run one engine step; return (sequence, new token) for every token produced."""
+        """Run one engine step (with decode_steps > 1, up to that many decode steps); return
+        (sequence, new token) for every token produced, in order."""
         if self.runner is None:
             raise RuntimeError("this LLM was closed (close() or the end of a `with` block): create a new one")
         start = time.perf_counter()
         scheduled = self.scheduler.schedule()
         if not scheduled:
             raise RuntimeError("scheduler made no progress with requests pending; please report this")
+        num_steps = 1
+        if self.config.decode_steps > 1 and self.runner.workers is None:   # (not with tensor parallelism)
+            num_steps = self.scheduler.plan_decode_steps(scheduled, self.config.decode_steps, self.max_model_len)
         scheduled_at = time.perf_counter()
-        tokens, logits = self.runner.execute(scheduled, self.stats.host_seconds)
+        if num_steps > 1:
+            new_tokens, logits = self.runner.execute_decode_steps(scheduled, num_steps, self.stats.host_seconds), {}
+        else:
+            tokens, logits = self.runner.execute(scheduled, self.stats.host_seconds)
+            new_tokens = [[] if token is None else [token] for token in tokens]
         now = time.perf_counter()
         self.stats.host_seconds["schedule"] += scheduled_at - start
         produced, kinds = [], set()
-        for index, ((seq, n), token) in enumerate(zip(scheduled, tokens)):
+        for index, ((seq, n), seq_tokens) in enumerate(zip(scheduled, new_tokens)):
             is_prompt = seq.num_computed_tokens < seq.num_prompt_tokens
             kinds.add("prefill" if is_prompt else "decode")
-            seq.num_computed_tokens += n
-            self.block_manager.commit_computed(seq)
             if is_prompt:
                 self.stats.prefill_tokens += n
             else:
                 self.stats.decode_tokens += n
-            if token is None:
-                continue
-            seq.token_ids.append(token)
-            if index in logits:
-                seq.logits.append(logits[index])
-            if seq.stats.first_token_time is None:
-                seq.stats.first_token_time = now
-            produced.append((seq, token))
-            reason = self._stop_reason(seq, token)
-            if reason:
-                seq.stats.finish_time = now
-                self.scheduler.finish(seq, reason)
-        self.stats.steps += 1
+            seq.num_computed_tokens += n
+            self.block_manager.commit_computed(seq)
+            for i, token in enumerate(seq_tokens):   # none for a prompt chunk that samples nothing
+                if i:   # multi-step: the previous token went through the model in this step
+                    seq.num_computed_tokens += 1
+                    self.stats.decode_tokens += 1
+                    self.block_manager.commit_computed(seq)
+                seq.token_ids.append(token)
+                if index in logits:
+                    seq.logits.append(logits[index])
+                if seq.stats.first_token_time is None:
+                    seq.stats.first_token_time = now
+                produced.append((seq, token))
+                reason = self._stop_reason(seq, token)
+                if reason:   # multi-step: the sequence's later tokens are dropped
+                    seq.stats.finish_time = now
+                    self.scheduler.finish(seq, reason)
+                    break
+        self.stats.steps += num_steps
         self.stats.preemptions = self.scheduler.num_preemptions
         self.stats.prefix_hit_tokens = self.block_manager.prefix_hit_tokens
         end = time.perf_counter()
@@ -243,7 +255,7 @@ class LLM:
         self.stats.step_seconds.append(end - start)
         kind = kinds.pop() if len(kinds) == 1 else "mixed"
         self.stats.step_kind_seconds[kind] += end - start
-        self.stats.step_kind_tokens[kind] += sum(n for _, n in scheduled)
+        self.stats.step_kind_tokens[kind] += sum(n for _, n in scheduled) + (num_steps - 1) * len(scheduled)
         return produced
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
@@ -289,14 +301,18 @@ class LLM:
         for seq in seqs:
             self.scheduler.add(seq)
         texts = {seq.request_id: "" for seq in seqs}
+        seen = {seq.request_id: 0 for seq in seqs}   # output tokens streamed so far
         try:
             while any(not s.is_finished for s in seqs):
-                for seq, token in self.step():
-                    text = self._decode(seq.output_token_ids)
-                    if text.endswith("\ufffd") and not seq.is_finished:
+                for seq, token in self.step():   # (multi-step: several tokens of one sequence)
+                    seen[seq.request_id] += 1
+                    last = seen[seq.request_id] == seq.num_output_tokens
+                    finished = seq.is_finished and last
+                    text = self._decode(seq.output_token_ids[:seen[seq.request_id]])
+                    if text.endswith("\ufffd") and not finished:
                         text = texts[seq.request_id]   # half a multi-byte character: wait for the rest
                     delta, texts[seq.request_id] = text[len(texts[seq.request_id]):], text
-                    yield StreamEvent(seq.request_id, token, delta, seq.is_finished, seq.finish_reason)
+                    yield StreamEvent(seq.request_id, token, delta, finished, seq.finish_reason if finished else None)
         finally:   # the consumer stopped early (break) or an error: drop what is left
             self.abort(seqs)
 

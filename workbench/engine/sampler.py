@@ -29,10 +29,14 @@ class Sampler:
         self.generator = torch.Generator(device=device).manual_seed(seed)  # for unseeded requests
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        return self.sample(logits, seqs).tolist()   # .tolist(): waits for the GPU
+
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """The next token of every row, as a device tensor: nothing here waits for the GPU."""
         logits = logits.float()
         greedy = logits.argmax(dim=-1)
         if all(seq.params.greedy for seq in seqs):
-            return greedy.tolist()
+            return greedy
         vocab = logits.shape[-1]
         temps = torch.tensor([seq.params.temperature or 1.0 for seq in seqs], device=logits.device)
         top_k = torch.tensor([seq.params.top_k if seq.params.top_k > 0 else vocab for seq in seqs],
@@ -52,7 +56,7 @@ class Sampler:
                 noise[row].exponential_(generator=self._generator_for(seq))
         sampled = (probs / noise).argmax(dim=-1)
         is_greedy = torch.tensor([seq.params.greedy for seq in seqs], device=logits.device)
-        return torch.where(is_greedy, greedy, sampled).tolist()
+        return torch.where(is_greedy, greedy, sampled)
 
     def _generator_for(self, seq: Sequence) -> torch.Generator:
         if seq.generator is None:

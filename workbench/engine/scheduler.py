@@ -90,6 +90,23 @@ class Scheduler:
             budget -= n
         return scheduled
 
+    def plan_decode_steps(self, scheduled: list[tuple[Sequence, int]], max_steps: int, max_model_len: int) -> int:
+        """Multi-step decoding: how many decode steps `scheduled` may run before the next
+        schedule(), with KV room allocated here for all of them. 1 unless the step is a pure
+        decode, nobody waits to join (they would wait max_steps steps), and no sequence asked for
+        logits. Capped so that no sequence passes max_tokens or max_model_len; a stop token may
+        still end one early (its extra tokens are dropped)."""
+        if max_steps == 1 or self.waiting or not scheduled:
+            return 1
+        for seq, n in scheduled:
+            if n != 1 or seq.num_computed_tokens + 1 != len(seq) or seq.params.return_logits:
+                return 1
+        steps = min([max_steps] + [min(seq.params.max_tokens - seq.num_output_tokens, max_model_len - len(seq))
+                                   for seq, _ in scheduled])
+        if steps > 1 and all(self.blocks.allocate(seq, steps) for seq, _ in scheduled):
+            return steps   # (a failed allocate leaves extra blocks on the others: they use them later)
+        return 1
+
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.blocks.free(seq)

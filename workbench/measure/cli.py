@@ -83,12 +83,15 @@ def cmd_bench(args) -> int:
             presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", Optimizations.all_on())}
             settings = [presets[name] for name in args.settings.split(",")]
         results = []
+        decode_steps = [int(k) for k in args.decode_steps.split(",")]
         for title, opts in runnable(settings, lambda item: item[1]):
-            r = bench.bench_engine(path, opts, load, repeats=args.repeats, **engine_kwargs)
-            r.note = title
-            results.append(r)
-            host = ", ".join(f"{k} {v:.3f}" for k, v in r.host_ms_per_step.items())
-            print(f"  {name:<10} {title:<18} {r.tok_s:10,.0f} tok/s   host ms/step: {host}", flush=True)
+            for k in decode_steps:   # multi-step decoding: one row per value
+                note = title if k == 1 else f"{title}, {k} decode steps"
+                r = bench.bench_engine(path, opts, load, repeats=args.repeats, decode_steps=k, **engine_kwargs)
+                r.note = note
+                results.append(r)
+                host = ", ".join(f"{k} {v:.3f}" for k, v in r.host_ms_per_step.items())
+                print(f"  {name:<10} {note:<18} {r.tok_s:10,.0f} tok/s   host ms/step: {host}", flush=True)
         if not results:
             print(f"  {name}: nothing runnable on this machine")
             continue
@@ -129,6 +132,9 @@ def add_measure_commands(sub) -> None:
     b.add_argument("--new-tokens", type=int, default=512)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--max-batched-tokens", type=int, default=8192)
+    b.add_argument("--decode-steps", default="1",
+                   help="EngineConfig.decode_steps values, comma-separated (e.g. 1,8: multi-step decoding "
+                        "against one step per schedule, one row each)")
     b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off,all_on")
     b.add_argument("--peers", action="store_true", help="also HF transformers generate / generate_batch")
     b.set_defaults(func=cmd_bench)

@@ -1,0 +1,70 @@
+"""Multi-step decoding (EngineConfig.decode_steps > 1) changes how often the host looks, never
+the tokens: greedy and seeded sampling, stop tokens, max_tokens, preemption and streaming."""
+import random
+
+import pytest
+
+from workbench import LLM, Optimizations, SamplingParams
+
+ENGINE = {"block_size": 16, "max_model_len": 512}
+
+
+def _run(ckpt, prompts, params, **kwargs):
+    with LLM(ckpt, opts=Optimizations(attention="sdpa"), **{**ENGINE, **kwargs}) as llm:
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        return [(o.token_ids, o.finish_reason) for o in outs], llm.stats
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = random.Random(2)
+    return [[rng.randrange(1, 512) for _ in range(n)] for n in (3, 40, 150, 7, 90, 33)]
+
+
+def _mixed_params(reference_tokens):
+    """Greedy with different lengths, a stop token met mid-way, and seeded sampling."""
+    rng = random.Random(3)
+    params = []
+    for i, tokens in enumerate(reference_tokens):
+        if i % 3 == 0:
+            params.append(SamplingParams(temperature=0, max_tokens=rng.randint(1, 30), ignore_eos=True))
+        elif i % 3 == 1:   # stop at a token the greedy run produces at step 5: mid-way through a round
+            params.append(SamplingParams(temperature=0, max_tokens=30, ignore_eos=True, stop_token_ids=[tokens[5]]))
+        else:
+            params.append(SamplingParams(temperature=0.8, top_p=0.9, seed=100 + i, max_tokens=25, ignore_eos=True))
+    return params
+
+
+@pytest.mark.parametrize("decode_steps", [2, 4, 7])
+def test_multi_step_same_tokens(tiny_ckpt, prompts, decode_steps):
+    greedy, _ = _run(tiny_ckpt, prompts, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
+    params = _mixed_params([tokens for tokens, _ in greedy])
+    want, one_stats = _run(tiny_ckpt, prompts, params)
+    got, stats = _run(tiny_ckpt, prompts, params, decode_steps=decode_steps)
+    assert got == want
+    assert len(stats.step_seconds) < len(one_stats.step_seconds)   # fewer rounds of the host loop
+    assert stats.decode_tokens == one_stats.decode_tokens           # no dropped token counted as work done
+
+
+def test_multi_step_with_preemption(tiny_ckpt, prompts):
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    want, _ = _run(tiny_ckpt, prompts, params, num_kv_blocks=200)
+    got, stats = _run(tiny_ckpt, prompts, params, num_kv_blocks=24, decode_steps=4)   # too few blocks
+    assert stats.preemptions > 0
+    assert got == want
+
+
+def test_multi_step_streams_every_token_once(tiny_ckpt, prompts):
+    params = SamplingParams(temperature=0, max_tokens=13, ignore_eos=True)
+    with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=4, **ENGINE) as llm:
+        events = list(llm.stream(prompts[:3], params))
+        want = [o.token_ids for o in llm.generate(prompts[:3], params, use_tqdm=False)]
+    for rid, tokens in zip(sorted({e.request_id for e in events}), want):
+        mine = [e for e in events if e.request_id == rid]
+        assert [e.token_id for e in mine] == tokens
+        assert [e.finished for e in mine] == [False] * (len(tokens) - 1) + [True]
+
+
+def test_decode_steps_must_be_positive(tiny_ckpt):
+    with pytest.raises(ValueError, match="decode_steps"):
+        LLM(tiny_ckpt, decode_steps=0)
