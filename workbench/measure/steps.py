@@ -26,10 +26,15 @@ def engine_launches(llm, *, batch: int = 1, prompt_len: int = 128, decode_steps:
         llm.step()
 
     label = llm.opts.label()
-    records = {"prefill": count_launches(prefill, warmup=1, steps=1, label=f"{label} prefill")}
-    prefill()
-    while llm.scheduler.prefill_pending():   # big batches prefill over several steps
-        llm.step()
-    records["decode"] = count_launches(llm.step, warmup=1, steps=decode_steps, label=f"{label} decode")
-    llm.abort_all()
+    # Counts are per model step: with multi-step decoding one llm.step() would run several.
+    rounds, llm.config.decode_steps = llm.config.decode_steps, 1
+    try:
+        records = {"prefill": count_launches(prefill, warmup=1, steps=1, label=f"{label} prefill")}
+        prefill()
+        while llm.scheduler.prefill_pending():   # big batches prefill over several steps
+            llm.step()
+        records["decode"] = count_launches(llm.step, warmup=1, steps=decode_steps, label=f"{label} decode")
+    finally:
+        llm.config.decode_steps = rounds
+        llm.abort_all()
     return records
