@@ -33,10 +33,11 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """The next token of every row, as a device tensor: nothing here waits for the GPU."""
-        logits = logits.float()
+        # argmax needs no float copy: bf16 -> fp32 is exact and keeps the order (and the first max)
         greedy = logits.argmax(dim=-1)
         if all(seq.params.greedy for seq in seqs):
             return greedy
+        logits = logits.float()
         vocab = logits.shape[-1]
         temps = torch.tensor([seq.params.temperature or 1.0 for seq in seqs], device=logits.device)
         top_k = torch.tensor([seq.params.top_k if seq.params.top_k > 0 else vocab for seq in seqs],
