@@ -44,6 +44,13 @@ def test_run_appends_history_and_plots(board):
     assert board.plotted_runs() == 2
     assert not board.run_button.disabled
 
+    board.decode_steps.value = 4                   # multi-step decoding: a workload knob, labelled
+    board.run_button.click()
+    row = board.history[-1]
+    assert row["decode_steps"] == 4 and row["setting"] == "sdpa, 4 steps/round"
+    assert row["output_tokens"] == 3 * 6 and board.plotted_runs() == 3
+    board.decode_steps.value = 1
+
 
 def test_cuda_only_switches_are_disabled_with_a_reason(board):
     for toggle in (board.fused, board.graphs, board.hbm):

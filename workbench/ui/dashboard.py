@@ -34,12 +34,12 @@ from workbench.measure.bench import make_workload, time_generate
 from workbench.measure.steps import engine_launches
 from workbench.model import ModelConfig
 
-COLUMNS = ["run", "setting", "device", "batch", "prompt_len", "new_tokens", "output_tokens", "tok_s",
+COLUMNS = ["run", "setting", "device", "batch", "prompt_len", "new_tokens", "decode_steps", "output_tokens", "tok_s",
            "tpot_ms", "ttft_ms", "load_s", "compile_s", "graph_capture_s", "launch_calls_per_step",
            "kernels_per_step", "hbm_bytes_per_step", "launches_note", "hbm_note"]
 # The table on screen (the two notes are in the plot panels; exports keep every column).
 SHOWN = {"run": "run", "setting": "setting", "device": "device", "batch": "batch", "prompt_len": "prompt",
-         "new_tokens": "new", "output_tokens": "out tokens", "tok_s": "tok/s", "tpot_ms": "TPOT ms",
+         "new_tokens": "new", "decode_steps": "steps/round", "output_tokens": "out tokens", "tok_s": "tok/s", "tpot_ms": "TPOT ms",
          "ttft_ms": "TTFT ms", "load_s": "load s", "compile_s": "compile s", "graph_capture_s": "capture s",
          "launch_calls_per_step": "launches/step", "kernels_per_step": "kernels/step",
          "hbm_bytes_per_step": "HBM bytes/step"}
@@ -83,6 +83,10 @@ class Switchboard:
         self.batch = widgets.BoundedIntText(min(batch, 256), min=1, max=256, description="batch")
         self.prompt_len = widgets.BoundedIntText(min(prompt_len, half), min=1, max=half, description="prompt len")
         self.new_tokens = widgets.BoundedIntText(min(new_tokens, half), min=2, max=half, description="new tokens")
+        self.decode_steps = widgets.BoundedIntText(1, min=1, max=32, description="decode steps/round",
+                                                   style={"description_width": "initial"},
+                                                   tooltip="multi-step decoding: decode steps per scheduling "
+                                                           "round (the host waits for the GPU once per round)")
         self.run_button = widgets.Button(description="Run", button_style="success", icon="play")
         self.run_button.on_click(lambda _: self.run())
         self.progress = widgets.IntProgress(value=0, min=0, max=4, description="idle")
@@ -99,7 +103,7 @@ class Switchboard:
                                   f"Unavailable here: {html.escape(notes)}</small>")
         self.widget = widgets.VBox([
             widgets.HBox([self.attention, self.fused, self.graphs, self.compile, self.hbm]),
-            widgets.HBox([self.batch, self.prompt_len, self.new_tokens]), self.notes,
+            widgets.HBox([self.batch, self.prompt_len, self.new_tokens, self.decode_steps]), self.notes,
             widgets.HBox([self.run_button, self.progress, self.status]), self.plot, self.table,
             widgets.HBox([self.export_path, csv_button, json_button])])
         self._redraw()
@@ -150,15 +154,18 @@ class Switchboard:
     def run(self) -> dict | None:
         """Build, warm up, time, count launches, close. Returns the new history row (None on error)."""
         opts, b, p, n = self.options(), self.batch.value, self.prompt_len.value, self.new_tokens.value
+        k = self.decode_steps.value
+        setting = opts.label() + (f", {k} steps/round" if k > 1 else "")
         launch_len = min(p, self.max_len - 3 * LAUNCH_STEPS - 9)   # engine_launches' requests must fit too
         max_len = min(self.max_len, max(p + n, launch_len + 3 * LAUNCH_STEPS + 8) + 1)
         self.run_button.disabled = True
         try:
-            self._phase(1, f"building engine {opts.label()} (load / compile / graph capture)...")
+            self._phase(1, f"building engine {setting} (load / compile / graph capture)...")
             with LLM(self.model_dir, opts=opts, device=self.device, dtype=self.dtype, max_num_seqs=b,
-                     max_model_len=max_len, enable_prefix_caching=False, **self.engine_kwargs) as llm:
+                     max_model_len=max_len, enable_prefix_caching=False,
+                     **{**self.engine_kwargs, "decode_steps": k}) as llm:
                 warm = {k: round(v, 3) for k, v in llm.runner.timings.items()}
-                self._phase(2, f"running {opts.label()}: {b} x ({p} prompt + {n} new tokens)...")
+                self._phase(2, f"running {setting}: {b} x ({p} prompt + {n} new tokens)...")
                 timed = self._timed_generate(llm, make_workload("batch", self.model_config.vocab_size,
                                                                 num_seqs=b, prompt_len=p, new_tokens=n))
                 self._phase(3, "measuring launches (torch.profiler)...")
@@ -173,8 +180,8 @@ class Switchboard:
             return None
         finally:
             self.run_button.disabled = False
-        row = {"run": len(self.history) + 1, "setting": opts.label(), "device": self._device_name(),
-               "batch": b, "prompt_len": p, "new_tokens": n, **timed,
+        row = {"run": len(self.history) + 1, "setting": setting, "device": self._device_name(),
+               "batch": b, "prompt_len": p, "new_tokens": n, "decode_steps": k, **timed,
                "load_s": warm.get("load_s"), "compile_s": warm.get("compile_s"),
                "graph_capture_s": warm.get("graph_capture_s"),
                "launch_calls_per_step": (launches.launch_calls_per_step + launches.graph_launches_per_step
