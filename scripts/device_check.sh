@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick stack throughput multistep peers attention hbm launches notebooks]
+#   bash scripts/device_check.sh [tests check check-quick stack throughput multistep peers attention hbm hbm-batch launches notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -41,6 +41,7 @@ for step in $steps; do
     peers)      run peers $W bench single $P --new-tokens 256 --repeats 1 --peers --json "$OUT/peers-single.json" ;;
     attention)  run attention $W measure attention-traffic --n 512,1024,2048,4096,8192 --json "$OUT/attention.json" ;;
     hbm)        run hbm $W measure hbm $P --json "$OUT/hbm.json" ;;
+    hbm-batch)  run hbm-batch $W measure hbm $P --settings fast --batch 256 --context 600 --json "$OUT/hbm-batch.json" ;;
     launches)   run launches $W measure launches $P --json "$OUT/launches.json" ;;
     notebooks)  run notebooks $PY scripts/run_notebooks.py "$OUT/notebooks" ;;   # needs .jupyter-wheels
     *)          echo "unknown step $step" ;;
