@@ -38,3 +38,14 @@ def test_to_device_keeps_values_and_dtypes():
     assert ids.tolist() == [1, 2, 3] and positions.tolist() == [0, 1, 2]
     assert meta.cu_seqlens_q.dtype == torch.int32 and meta.slot_mapping.dtype == torch.int64
     assert meta.num_seqs == 1 and meta.max_seqlen_k == 3 and not meta.is_decode
+
+
+def test_next_decode_step_moves_every_sequence_one_token_on():
+    from workbench.step_inputs import next_decode_step
+    # seq A: 4 tokens, its next position 4 opens its second block (9); seq B at position 1
+    step = pack_step([([1, 2, 3, 4], [3, 9], 3, 4), ([6, 7], [1], 1, 2)], BLOCK)
+    after = next_decode_step(step, BLOCK)
+    assert after.is_decode and after.positions.tolist() == [4, 2]
+    assert after.slot_mapping.tolist() == [9 * 4 + 0, 1 * 4 + 2]
+    assert after.seq_lens.tolist() == [5, 3] and after.max_seqlen_k == 5
+    assert (after.input_ids == -1).all()   # the previous step's samples: only the GPU has them
