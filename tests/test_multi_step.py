@@ -44,6 +44,7 @@ def test_multi_step_same_tokens(tiny_ckpt, prompts, decode_steps):
     assert got == want
     assert len(stats.step_seconds) < len(one_stats.step_seconds)   # fewer rounds of the host loop
     assert stats.decode_tokens == one_stats.decode_tokens           # no dropped token counted as work done
+    assert sum(stats.step_kind_tokens.values()) == sum(one_stats.step_kind_tokens.values())
 
 
 def test_multi_step_with_preemption(tiny_ckpt, prompts):

@@ -131,7 +131,8 @@ class EngineConfig:
     seed: int = 0
     tensor_parallel_size: int = 1
     decode_steps: int = 1                # decode steps per scheduling round; > 1: multi-step
-                                         # decoding (engine/multi_step.py)
+                                         # decoding (Scheduler.plan_decode_steps,
+                                         # ModelRunner.execute_decode_steps)
 
     def __post_init__(self):
         checks = [

@@ -221,7 +221,7 @@ class LLM:
             new_tokens = [[] if token is None else [token] for token in tokens]
         now = time.perf_counter()
         self.stats.host_seconds["schedule"] += scheduled_at - start
-        produced, kinds = [], set()
+        produced, kinds, processed = [], set(), 0   # processed: tokens through the model, kept ones
         for index, ((seq, n), seq_tokens) in enumerate(zip(scheduled, new_tokens)):
             is_prompt = seq.num_computed_tokens < seq.num_prompt_tokens
             kinds.add("prefill" if is_prompt else "decode")
@@ -230,10 +230,12 @@ class LLM:
             else:
                 self.stats.decode_tokens += n
             seq.num_computed_tokens += n
+            processed += n
             self.block_manager.commit_computed(seq)
             for i, token in enumerate(seq_tokens):   # none for a prompt chunk that samples nothing
                 if i:   # multi-step: the previous token went through the model in this step
                     seq.num_computed_tokens += 1
+                    processed += 1
                     self.stats.decode_tokens += 1
                     self.block_manager.commit_computed(seq)
                 seq.token_ids.append(token)
@@ -255,7 +257,7 @@ class LLM:
         self.stats.step_seconds.append(end - start)
         kind = kinds.pop() if len(kinds) == 1 else "mixed"
         self.stats.step_kind_seconds[kind] += end - start
-        self.stats.step_kind_tokens[kind] += sum(n for _, n in scheduled) + (num_steps - 1) * len(scheduled)
+        self.stats.step_kind_tokens[kind] += processed
         return produced
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:

@@ -85,9 +85,9 @@ def cmd_bench(args) -> int:
         results = []
         decode_steps = [int(k) for k in args.decode_steps.split(",")]
         for title, opts in runnable(settings, lambda item: item[1]):
-            for k in decode_steps:   # multi-step decoding: one row per value
-                note = title if k == 1 else f"{title}, {k} decode steps"
-                r = bench.bench_engine(path, opts, load, repeats=args.repeats, decode_steps=k, **engine_kwargs)
+            for steps in decode_steps:   # multi-step decoding: one row per value
+                note = title if steps == 1 else f"{title}, {steps} decode steps"
+                r = bench.bench_engine(path, opts, load, repeats=args.repeats, decode_steps=steps, **engine_kwargs)
                 r.note = note
                 results.append(r)
                 host = ", ".join(f"{k} {v:.3f}" for k, v in r.host_ms_per_step.items())
