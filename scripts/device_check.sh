@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick stack throughput multistep peers attention hbm hbm-batch launches notebooks]
+#   bash scripts/device_check.sh [tests check check-quick stack throughput multistep(-single|-throughput) peers attention hbm hbm-batch launches notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -29,21 +29,23 @@ run() {  # run one step, keep going on failure, log to $OUT
 }
 W="$PY -m workbench"; P="--preset qwen3-0.6b --workdir /tmp"
 steps=${*-tests check stack throughput attention hbm launches}   # an empty "" argument: install only
-for step in $steps; do
-  case $step in
+do_step() {
+  case $1 in
     tests)      run gpu-tests $PY -m pytest -q tests/gpu -p no:cacheprovider ;;   # TP tests skip below 2 GPUs
     check)      run check $W check $P --json "$OUT/parity.json" ;;
     check-quick) run check $W check --quick --prompts 16 --max-tokens 32 $P --json "$OUT/parity.json" ;;
     stack)      run stack $W bench stack --workloads single,batch $P --repeats 1 --json "$OUT/stack.json" ;;
     throughput) run throughput $W bench throughput $P --settings all_on --repeats 1 --peers --json "$OUT/throughput.json" ;;
-    multistep)  run multistep $W bench single $P --settings all_on --new-tokens 512 --repeats 1 --decode-steps 1,4,8 --json "$OUT/multistep-single.json"
-                run multistep-throughput $W bench throughput $P --settings all_on --repeats 1 --decode-steps 1,8 --json "$OUT/multistep-throughput.json" ;;
+    multistep)  do_step multistep-single; do_step multistep-throughput ;;
+    multistep-single) run multistep $W bench single $P --settings all_on --new-tokens 512 --repeats 1 --decode-steps 1,4,8 --json "$OUT/multistep-single.json" ;;
+    multistep-throughput) run multistep-throughput $W bench throughput $P --settings all_on --repeats 1 --decode-steps 1,8 --json "$OUT/multistep-throughput.json" ;;
     peers)      run peers $W bench single $P --new-tokens 256 --repeats 1 --peers --json "$OUT/peers-single.json" ;;
     attention)  run attention $W measure attention-traffic --n 512,1024,2048,4096,8192 --json "$OUT/attention.json" ;;
     hbm)        run hbm $W measure hbm $P --json "$OUT/hbm.json" ;;
     hbm-batch)  run hbm-batch $W measure hbm $P --settings fast --batch 256 --context 600 --json "$OUT/hbm-batch.json" ;;
     launches)   run launches $W measure launches $P --json "$OUT/launches.json" ;;
     notebooks)  run notebooks $PY scripts/run_notebooks.py "$OUT/notebooks" ;;   # needs .jupyter-wheels
-    *)          echo "unknown step $step" ;;
+    *)          echo "unknown step $1" ;;
   esac
-done
+}
+for step in $steps; do do_step "$step"; done
