@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick stack throughput multistep(-single|-throughput) peers attention hbm hbm-batch launches notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention hbm hbm-batch launches notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -34,6 +34,7 @@ do_step() {
     tests)      run gpu-tests $PY -m pytest -q tests/gpu -p no:cacheprovider ;;   # TP tests skip below 2 GPUs
     check)      run check $W check $P --json "$OUT/parity.json" ;;
     check-quick) run check $W check --quick --prompts 16 --max-tokens 32 $P --json "$OUT/parity.json" ;;
+    check-compile) run check-compile $W check $P --settings naive+compile,naive+graphs+compile,flash+compile,flash+graphs+compile,flash+fused+graphs+compile --json "$OUT/parity-compile.json" ;;
     stack)      run stack $W bench stack --workloads single,batch $P --repeats 1 --json "$OUT/stack.json" ;;
     throughput) run throughput $W bench throughput $P --settings all_on --repeats 1 --peers --json "$OUT/throughput.json" ;;
     multistep)  do_step multistep-single; do_step multistep-throughput ;;

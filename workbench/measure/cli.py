@@ -51,6 +51,12 @@ def cmd_check(args) -> int:
                     Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True),
                     Optimizations.all_on(), Optimizations(attention="naive", cuda_graphs=True),
                     Optimizations(attention="naive", compile=True)]
+    if args.settings:
+        by_label = {s.label(): s for s in switch_settings()}
+        unknown = [name for name in args.settings.split(",") if name not in by_label]
+        if unknown:
+            raise SystemExit(f"unknown setting(s) {', '.join(unknown)}; choose from: {', '.join(by_label)}")
+        settings = [by_label[name] for name in args.settings.split(",")]
     settings = runnable(settings, lambda s: s)
     rows = parity_table(path, settings, random_prompts(args.prompts, vocab), args.max_tokens,
                         with_hf=not args.no_hf, max_num_seqs=args.prompts)
@@ -121,6 +127,7 @@ def add_measure_commands(sub) -> None:
     check.add_argument("--prompts", type=int, default=32)
     check.add_argument("--max-tokens", type=int, default=64)
     check.add_argument("--quick", action="store_true", help="7 representative settings instead of 17")
+    check.add_argument("--settings", help="comma-separated labels, e.g. naive+compile,flash+graphs+compile")
     check.add_argument("--no-hf", action="store_true", help="skip the HF transformers reference")
     check.set_defaults(func=cmd_check)
 
