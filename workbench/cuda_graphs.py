@@ -89,6 +89,9 @@ class DecodeGraphs:
         self.copied.synchronize()   # the previous step's copies have left the staging buffers
         i64, i32 = self.host_i64.numpy(), self.host_i32.numpy()
         i64[:batch], i64[n:n + batch] = step.input_ids, step.positions
+        # padding rows read token 0 at position 0: never a stale id, such as a multi-step
+        # placeholder (-1) that a larger batch left here, which the embedding would index with
+        i64[batch:bucket], i64[n + batch:n + bucket] = 0, 0
         i64[2 * n:2 * n + batch] = step.slot_mapping
         i64[2 * n + batch:2 * n + bucket] = -1   # padding rows write nowhere ...
         i32[:batch] = step.seq_lens

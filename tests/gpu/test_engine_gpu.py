@@ -77,8 +77,10 @@ def test_multi_step_decoding_same_tokens(opts):
     prompts = [p for p, _ in cases]
     # greedy: other batch sizes per step (a finished sequence rides along to the round's end)
     # may pick other GEMM tiles in bf16, and only the sorter's sharp logits make that harmless
+    # batch 64 shrinks to sizes between buckets (padded rows), as in the throughput workload
     params = [SamplingParams(temperature=0, max_tokens=12),                   # EOS mid-round
-              SamplingParams(temperature=0, max_tokens=9, ignore_eos=True)] * 32
+              SamplingParams(temperature=0, max_tokens=9, ignore_eos=True)] * 20 + \
+             [SamplingParams(temperature=0, max_tokens=5 + i % 7, ignore_eos=True) for i in range(24)]
     outs = {}
     for steps in (1, 8):
         with LLM(DEFAULT_MODEL_DIR, opts=opts, decode_steps=steps) as llm:
