@@ -53,5 +53,21 @@ def test_measure_commands_say_unavailable(capsys, tiny_ckpt, no_ncu):
 def test_hf_peer_on_cpu(tiny_ckpt):
     from workbench.measure import bench
     load = bench.make_workload("batch", 512, num_seqs=2, prompt_len=16, new_tokens=6)
-    result = bench.bench_hf_generate(tiny_ckpt, load, repeats=1)
-    assert result.engine == "hf-transformers" and result.output_tokens == 12 and result.tok_s > 0
+    for static in (False, True):
+        result = bench.bench_hf_generate(tiny_ckpt, load, static_compile=static, repeats=1)
+        assert result.engine == "hf-transformers" and result.output_tokens == 12 and result.tok_s > 0
+
+
+def test_failing_peer_becomes_an_unavailable_row(capsys):
+    from workbench.measure import bench, format_table
+    load = bench.make_workload("batch", 512, num_seqs=2, prompt_len=16, new_tokens=6)
+
+    def broken():
+        raise RuntimeError("accessing tensor output of CUDAGraphs that has been overwritten\nmore")
+    row = bench.peer_or_unavailable(broken, load, "generate static cache")
+    assert row.tok_s is None and row.note.startswith("unavailable: RuntimeError: accessing")
+    assert "unavailable" in capsys.readouterr().out
+    base = bench.BenchResult("batch", "workbench", "naive", 12, 1.0, 12.0)
+    rows = bench.with_ratios([base, row], base)
+    assert rows[1].ratio is None
+    assert "nan" not in format_table([r.to_dict() for r in rows])

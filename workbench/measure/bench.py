@@ -27,8 +27,8 @@ class BenchResult:
     engine: str                 # "workbench" or a peer's name
     setting: str                # switch label, or the peer's mode
     output_tokens: int
-    seconds: float              # timed region only, median over repeats
-    tok_s: float                # output tokens / seconds
+    seconds: float | None       # timed region only, median over repeats (None: unavailable)
+    tok_s: float | None         # output tokens / seconds
     prefill_tok_s: float | None = None  # prompt tokens / seconds of pure-prefill steps
     decode_tok_s: float | None = None   # tokens / seconds of pure-decode steps (all sequences)
     ttft_ms: float | None = None
@@ -134,7 +134,10 @@ def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats:
 
 # Peers ----------------------------------------------------------------------------------------
 def bench_hf_generate(model_dir, workload: Workload, *, static_compile: bool = False, repeats: int = 2) -> BenchResult:
-    """HF transformers `generate`, one sequence at a time (eager DynamicCache, or static cache + compile)."""
+    """HF transformers `generate`, one sequence at a time: eager with a DynamicCache, or with a
+    static cache, for which `generate` compiles the forward itself on a GPU (its compile_config).
+    Wrapping model.forward in torch.compile by hand instead fails on the H100 (torch 2.11):
+    the cache update reads a CUDA-graph output a later replay has overwritten."""
     from workbench.reference import load_hf_model
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_hf_model(str(model_dir), dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device)
@@ -142,7 +145,6 @@ def bench_hf_generate(model_dir, workload: Workload, *, static_compile: bool = F
     kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
     if static_compile:
         model.generation_config.cache_implementation = "static"
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
 
     def run():
         tokens = 0
@@ -163,7 +165,8 @@ def bench_hf_generate(model_dir, workload: Workload, *, static_compile: bool = F
         _sync()
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    mode = "generate static+compile" if static_compile else "generate eager"
+    mode = ("generate static cache" + (" (+ HF's auto-compile)" if device == "cuda" else "")
+            if static_compile else "generate eager")
     return BenchResult(workload.name, "hf-transformers", mode, tokens, seconds, tokens / seconds,
                        warmup={"first_run_s": round(warm, 2)}, gpu=gpu_name())
 
@@ -189,6 +192,18 @@ def bench_hf_generate_batch(model_dir, workload: Workload) -> BenchResult:
                        gpu=gpu_name(), note=f"max_new_tokens={max_new} for every request (no per-request length)")
 
 
+def peer_or_unavailable(run, workload: Workload, mode: str) -> BenchResult:
+    """run() -> BenchResult, or, when the peer fails, a row that says why and holds no numbers:
+    one peer's failure must not lose the measurements made before it."""
+    try:
+        return run()
+    except Exception as err:   # noqa: BLE001 -- any failure of a third-party peer is reported
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+        print(f"  peer {mode} unavailable: {reason}", flush=True)
+        return BenchResult(workload.name, "hf-transformers", mode, 0, None, None,
+                           gpu=gpu_name(), note=f"unavailable: {reason}")
+
+
 # Ladders --------------------------------------------------------------------------------------
 def stack_settings() -> list[tuple[str, Optimizations]]:
     """The cumulative ladder, then each switch alone on top of the naive baseline."""
@@ -206,5 +221,5 @@ def stack_settings() -> list[tuple[str, Optimizations]]:
 
 def with_ratios(results: list[BenchResult], baseline: BenchResult) -> list[BenchResult]:
     for r in results:
-        r.ratio = r.tok_s / baseline.tok_s if baseline.tok_s else None
+        r.ratio = r.tok_s / baseline.tok_s if baseline.tok_s and r.tok_s is not None else None
     return results

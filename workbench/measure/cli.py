@@ -102,11 +102,12 @@ def cmd_bench(args) -> int:
             print(f"  {name}: nothing runnable on this machine")
             continue
         if args.peers:
-            if name == "single":
-                results.append(bench.bench_hf_generate(path, load))
-                results.append(bench.bench_hf_generate(path, load, static_compile=True))
-            else:
-                results.append(bench.bench_hf_generate_batch(path, load))
+            peers = ([("generate eager", lambda: bench.bench_hf_generate(path, load)),
+                      ("generate static cache", lambda: bench.bench_hf_generate(path, load, static_compile=True))]
+                     if name == "single" else
+                     [("generate_batch", lambda: bench.bench_hf_generate_batch(path, load))])
+            for mode, run in peers:
+                results.append(bench.peer_or_unavailable(run, load, mode))
         rows += bench.with_ratios(results, results[0])
     print(f"\nbenchmarks on {bench.gpu_name()} (measured; ratio = tok/s over the first row of its workload)")
     print(format_table(rows, ["workload", "engine", "setting", "note", "output_tokens", "seconds", "tok_s",

@@ -24,9 +24,13 @@ _DATE = "2026-11-25"
 _COMMANDS = {
     "stack-single-h100.json": "python -m workbench bench stack --workloads single --new-tokens 512 --repeats 1",
     "launches-h100.json": "python -m workbench measure launches",
-    "parity-h100.json": "python -m workbench check",
+    "parity-h100.json": "python -m workbench check (the 5 compile rows without fused kernels, and all on: "
+                        "re-run in session 3 with `check --settings ...`)",
     "hbm-h100.json": "python -m workbench measure hbm",
-    "throughput-h100.json": "python -m workbench bench throughput --settings all_on --repeats 1 (session 1)",
+    "throughput-h100.json": "python -m workbench bench throughput --settings all_on --repeats 1 --decode-steps 1,8",
+    "multistep-single-h100.json": "python -m workbench bench single --settings all_on --new-tokens 512 "
+                                  "--repeats 1 --decode-steps 1,4,8",
+    "peers-batch-h100.json": "python -m workbench bench batch --num-seqs 64 --new-tokens 128 --repeats 1 --peers",
     "attention-h100.json": "python -m workbench measure attention-traffic --n 512,1024,2048,4096,8192 "
                            "(the SDPA row: session 1, measure_hbm_python(attention_workload))",
 }
