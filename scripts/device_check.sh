@@ -45,7 +45,9 @@ do_step() {
     hbm)        run hbm $W measure hbm $P --json "$OUT/hbm.json" ;;
     hbm-batch)  run hbm-batch $W measure hbm $P --settings fast --batch 256 --context 600 --json "$OUT/hbm-batch.json" ;;
     launches)   run launches $W measure launches $P --json "$OUT/launches.json" ;;
-    notebooks)  run notebooks $PY scripts/run_notebooks.py "$OUT/notebooks" ;;   # needs .jupyter-wheels
+    notebooks)  run notebooks $PY scripts/run_notebooks.py "$OUT/notebooks"   # needs .jupyter-wheels
+                # one tar of the figures: the device tool brings back only so many files
+                (cd "$OUT/notebooks" && ls *.png >/dev/null 2>&1 && tar -cf ../notebook-figures.tar *.png && rm *.png) ;;
     *)          echo "unknown step $1" ;;
   esac
 }
