@@ -71,3 +71,11 @@ def test_failing_peer_becomes_an_unavailable_row(capsys):
     rows = bench.with_ratios([base, row], base)
     assert rows[1].ratio is None
     assert "nan" not in format_table([r.to_dict() for r in rows])
+
+
+def test_hf_continuous_batching_peer_keeps_each_output_length(tiny_ckpt):
+    from workbench.measure import bench
+    load = bench.make_workload("batch", 512, num_seqs=3, prompt_len=16, new_tokens=6)
+    load.output_lens = [3, 6, 9]
+    result = bench.bench_hf_generate_batch(tiny_ckpt, load)
+    assert result.setting == "generate_batch" and result.output_tokens == 18 and result.tok_s > 0

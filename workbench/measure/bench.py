@@ -172,24 +172,37 @@ def bench_hf_generate(model_dir, workload: Workload, *, static_compile: bool = F
 
 
 def bench_hf_generate_batch(model_dir, workload: Workload) -> BenchResult:
-    """HF transformers' continuous batching (`generate_batch`, paged attention)."""
+    """HF transformers' continuous batching (paged attention), on the same requests as the
+    engine: each with its own output length, EOS ignored. Its manager is the one
+    `generate_batch` uses; requests go in one by one so each keeps its length. The manager's
+    warm-up (graph pre-capture) runs before the clock starts."""
     from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers.generation.continuous_batching.utils import WorkloadHints
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16,
                                                  attn_implementation="paged|sdpa").to(device).eval()
-    max_new = max(workload.output_lens)
-    config = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=-1, pad_token_id=0)
-    model.generate_batch(inputs=workload.prompts[:2], generation_config=GenerationConfig(
-        max_new_tokens=8, do_sample=False, eos_token_id=-1, pad_token_id=0), progress_bar=False)   # warm-up
-    _sync()
-    start = time.perf_counter()
-    outs = model.generate_batch(inputs=workload.prompts, generation_config=config, progress_bar=False)
-    _sync()
-    seconds = time.perf_counter() - start
-    tokens = sum(len(o.generated_tokens) for o in outs.values())
+    config = GenerationConfig(max_new_tokens=max(workload.output_lens), do_sample=False, eos_token_id=-1,
+                              pad_token_id=0)
+    hints = WorkloadHints(max_prompt_length=max(len(p) for p in workload.prompts),
+                          max_generated_length=max(workload.output_lens), num_requests=len(workload.prompts))
+    with torch.no_grad(), model.continuous_batching_context_manager(
+            generation_config=config, block=True, timeout=30, workload_hints=hints) as manager:
+        _sync()
+        start = time.perf_counter()
+        for i, (prompt, n) in enumerate(zip(workload.prompts, workload.output_lens)):
+            manager.add_request(prompt, request_id=f"req_{i}", max_new_tokens=n)
+        tokens = finished = 0
+        while finished < len(workload.prompts):
+            result = manager.get_result(timeout=1)
+            if result is not None and result.is_finished():
+                tokens, finished = tokens + len(result.generated_tokens), finished + 1
+            elif result is None and not manager.is_running():
+                raise RuntimeError(f"HF's batching loop stopped after {finished} of {len(workload.prompts)} requests")
+        _sync()
+        seconds = time.perf_counter() - start
     del model
     return BenchResult(workload.name, "hf-transformers", "generate_batch", tokens, seconds, tokens / seconds,
-                       gpu=gpu_name(), note=f"max_new_tokens={max_new} for every request (no per-request length)")
+                       gpu=gpu_name())
 
 
 def peer_or_unavailable(run, workload: Workload, mode: str) -> BenchResult:
