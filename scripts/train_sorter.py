@@ -67,7 +67,7 @@ def encode_batch(tok, pairs):
         labels.append([-100] * len(p) + a)
     width = max(map(len, rows))
     ids = torch.tensor([r + [PAD] * (width - len(r)) for r in rows])
-    lab = torch.tensor([l + [-100] * (width - len(l)) for l in labels])
+    lab = torch.tensor([row + [-100] * (width - len(row)) for row in labels])
     # Right padding never affects earlier positions under a causal mask, so no attention_mask.
     return ids, lab
 

@@ -123,14 +123,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 # --- SwiGLU activation -------------------------------------------------------------------------
 @triton.jit
-def _silu_and_mul_kernel(gu_ptr, out_ptr, gu_stride, I, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(gu_ptr, out_ptr, gu_stride, inter, BLOCK: tl.constexpr):
     token = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < I
+    mask = offs < inter
     gate = tl.load(gu_ptr + token * gu_stride + offs, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(gu_ptr + token * gu_stride + I + offs, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(gu_ptr + token * gu_stride + inter + offs, mask=mask, other=0.0).to(tl.float32)
     silu = gate / (1.0 + tl.exp(-gate))
-    tl.store(out_ptr + token * I + offs, (silu * up).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + token * inter + offs, (silu * up).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
