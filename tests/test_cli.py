@@ -79,3 +79,12 @@ def test_hf_continuous_batching_peer_keeps_each_output_length(tiny_ckpt):
     load.output_lens = [3, 6, 9]
     result = bench.bench_hf_generate_batch(tiny_ckpt, load)
     assert result.setting == "generate_batch" and result.output_tokens == 18 and result.tok_s > 0
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(capsys, tmp_path):
+    assert main(["demo", "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "config.json not found" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):   # argparse: usage error
+        main(["bench", "single", "--decode-steps", "0,x"])
+    assert "want comma-separated integers >= 1" in capsys.readouterr().err

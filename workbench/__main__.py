@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -91,7 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     add_measure_commands(sub)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (OSError, ValueError, RuntimeError) as err:
+        # Bad input (a missing checkpoint, an unknown setting, a switch this machine cannot run):
+        # the message says what to do; a traceback would bury it. WORKBENCH_TRACEBACK=1 shows it.
+        if os.environ.get("WORKBENCH_TRACEBACK"):
+            raise
+        print(f"error: {err}\n(WORKBENCH_TRACEBACK=1 shows where it came from)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ one of --preset's shape (default qwen3-0.6b on a GPU, tiny on a CPU) under --wor
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -33,6 +34,17 @@ def runnable(items, opts_of):
     if skipped:
         print(f"no CUDA GPU: skipping {len(skipped)} settings that need one ({', '.join(skipped)})")
     return [i for i in items if not opts_of(i).needs_cuda()]
+
+
+def _positive_ints(text: str) -> list[int]:
+    """'1,8' -> [1, 8], for argparse: a bad value is a usage error, not a traceback."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: want comma-separated integers >= 1, e.g. 1,8")
+    return values
 
 
 def cmd_check(args) -> int:
@@ -89,7 +101,7 @@ def cmd_bench(args) -> int:
             presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", Optimizations.all_on())}
             settings = [presets[name] for name in args.settings.split(",")]
         results = []
-        decode_steps = [int(k) for k in args.decode_steps.split(",")]
+        decode_steps = args.decode_steps
         for title, opts in runnable(settings, lambda item: item[1]):
             for steps in decode_steps:   # multi-step decoding: one row per value
                 note = title if steps == 1 else f"{title}, {steps} decode steps"
@@ -140,7 +152,7 @@ def add_measure_commands(sub) -> None:
     b.add_argument("--new-tokens", type=int, default=512)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--max-batched-tokens", type=int, default=8192)
-    b.add_argument("--decode-steps", default="1",
+    b.add_argument("--decode-steps", default=[1], type=_positive_ints,
                    help="EngineConfig.decode_steps values, comma-separated (e.g. 1,8: multi-step decoding "
                         "against one step per schedule, one row each)")
     b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off,all_on")
