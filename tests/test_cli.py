@@ -85,6 +85,8 @@ def test_bad_input_is_one_clear_line_not_a_traceback(capsys, tmp_path):
     assert main(["demo", "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "config.json not found" in err and "Traceback" not in err
+    assert main(["bench", "single", "--preset", "tiny", "--workdir", str(tmp_path), "--settings", "fastest"]) == 2
+    assert "unknown setting(s) fastest; choose from: all_off, all_on" in capsys.readouterr().err
     with pytest.raises(SystemExit):   # argparse: usage error
         main(["bench", "single", "--decode-steps", "0,x"])
     assert "want comma-separated integers >= 1" in capsys.readouterr().err

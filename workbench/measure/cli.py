@@ -67,7 +67,7 @@ def cmd_check(args) -> int:
         by_label = {s.label(): s for s in switch_settings()}
         unknown = [name for name in args.settings.split(",") if name not in by_label]
         if unknown:
-            raise SystemExit(f"unknown setting(s) {', '.join(unknown)}; choose from: {', '.join(by_label)}")
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; choose from: {', '.join(by_label)}")
         settings = [by_label[name] for name in args.settings.split(",")]
     settings = runnable(settings, lambda s: s)
     rows = parity_table(path, settings, random_prompts(args.prompts, vocab), args.max_tokens,
@@ -99,6 +99,9 @@ def cmd_bench(args) -> int:
             settings = bench.stack_settings()
         else:
             presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", Optimizations.all_on())}
+            unknown = [name for name in args.settings.split(",") if name not in presets]
+            if unknown:
+                raise ValueError(f"unknown setting(s) {', '.join(unknown)}; choose from: {', '.join(presets)}")
             settings = [presets[name] for name in args.settings.split(",")]
         results = []
         decode_steps = args.decode_steps
