@@ -45,6 +45,11 @@ class HostStep:
         return move(self.input_ids), move(self.positions), meta
 
 
+def _slots(tables: np.ndarray, rows: np.ndarray, positions: np.ndarray, block_size: int) -> np.ndarray:
+    """Cache slot of each token: its block (from its row of the block table) x block_size + offset."""
+    return tables[rows, positions // block_size].astype(np.int64) * block_size + positions % block_size
+
+
 def pack_step(items, block_size: int) -> HostStep:
     """items: (token_ids, block_table, start, end) per sequence: tokens start..end-1 are new."""
     n = len(items)
@@ -62,8 +67,7 @@ def pack_step(items, block_size: int) -> HostStep:
         positions = np.concatenate([np.arange(start, end) for start, end in zip(starts, ends)])
         owner = np.repeat(np.arange(n), q_lens)   # which sequence each packed token belongs to
         ids = np.concatenate([np.asarray(t[start:end], dtype=np.int64) for t, _, start, end in items])
-    slots = tables[owner, positions // block_size].astype(np.int64) * block_size + positions % block_size
-    return HostStep(input_ids=ids, positions=positions, slot_mapping=slots,
+    return HostStep(input_ids=ids, positions=positions, slot_mapping=_slots(tables, owner, positions, block_size),
                     cu_seqlens_q=np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32),
                     seq_lens=ends.astype(np.int32), block_tables=tables,
                     max_seqlen_q=int(q_lens.max()), max_seqlen_k=int(ends.max()), is_decode=is_decode)
@@ -75,8 +79,7 @@ def next_decode_step(step: HostStep, block_size: int) -> HostStep:
     placeholders the runner replaces. The block tables must already hold room for the new slots."""
     assert step.is_decode, "only a decode step has a next step known in advance"
     positions = step.positions + 1
-    rows = np.arange(step.num_seqs)
-    slots = step.block_tables[rows, positions // block_size].astype(np.int64) * block_size + positions % block_size
+    slots = _slots(step.block_tables, np.arange(step.num_seqs), positions, block_size)
     return HostStep(input_ids=np.full_like(step.input_ids, -1), positions=positions, slot_mapping=slots,
                     cu_seqlens_q=step.cu_seqlens_q, seq_lens=step.seq_lens + 1, block_tables=step.block_tables,
                     max_seqlen_q=1, max_seqlen_k=step.max_seqlen_k + 1, is_decode=True)
