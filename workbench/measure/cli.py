@@ -47,6 +47,15 @@ def _positive_ints(text: str) -> list[int]:
     return values
 
 
+def _chosen(names: str, by_name: dict) -> list:
+    """The values of comma-separated `names` in `by_name`; an unknown name is a ValueError that
+    lists the known ones."""
+    unknown = [name for name in names.split(",") if name not in by_name]
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; choose from: {', '.join(by_name)}")
+    return [by_name[name] for name in names.split(",")]
+
+
 def cmd_check(args) -> int:
     from workbench.check import parity_table, random_prompts, switch_settings
     from workbench.config import Optimizations
@@ -64,11 +73,7 @@ def cmd_check(args) -> int:
                     Optimizations.all_on(), Optimizations(attention="naive", cuda_graphs=True),
                     Optimizations(attention="naive", compile=True)]
     if args.settings:
-        by_label = {s.label(): s for s in switch_settings()}
-        unknown = [name for name in args.settings.split(",") if name not in by_label]
-        if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; choose from: {', '.join(by_label)}")
-        settings = [by_label[name] for name in args.settings.split(",")]
+        settings = _chosen(args.settings, {s.label(): s for s in switch_settings()})
     settings = runnable(settings, lambda s: s)
     rows = parity_table(path, settings, random_prompts(args.prompts, vocab), args.max_tokens,
                         with_hf=not args.no_hf, max_num_seqs=args.prompts)
@@ -99,14 +104,10 @@ def cmd_bench(args) -> int:
             settings = bench.stack_settings()
         else:
             presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", Optimizations.all_on())}
-            unknown = [name for name in args.settings.split(",") if name not in presets]
-            if unknown:
-                raise ValueError(f"unknown setting(s) {', '.join(unknown)}; choose from: {', '.join(presets)}")
-            settings = [presets[name] for name in args.settings.split(",")]
+            settings = _chosen(args.settings, presets)
         results = []
-        decode_steps = args.decode_steps
         for title, opts in runnable(settings, lambda item: item[1]):
-            for steps in decode_steps:   # multi-step decoding: one row per value
+            for steps in args.decode_steps:   # multi-step decoding: one row per value
                 note = title if steps == 1 else f"{title}, {steps} decode steps"
                 r = bench.bench_engine(path, opts, load, repeats=args.repeats, decode_steps=steps, **engine_kwargs)
                 r.note = note
