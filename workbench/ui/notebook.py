@@ -31,6 +31,8 @@ _COMMANDS = {
     "multistep-single-h100.json": "python -m workbench bench single --settings all_on --new-tokens 512 "
                                   "--repeats 1 --decode-steps 1,4,8",
     "peers-batch-h100.json": "python -m workbench bench batch --num-seqs 64 --new-tokens 128 --repeats 1 --peers",
+    "peers-single-h100.json": "python -m workbench bench single --new-tokens 256 --repeats 1 --peers",
+    "throughput-peers-h100.json": "python -m workbench bench throughput --settings all_on --repeats 1 --peers",
     "attention-h100.json": "python -m workbench measure attention-traffic --n 512,1024,2048,4096,8192 "
                            "(the SDPA row: session 1, measure_hbm_python(attention_workload))",
 }
