@@ -21,7 +21,7 @@ import json
 
 import torch
 
-from workbench.check import random_prompts
+from workbench.check import random_prompts, switch_settings
 from workbench.config import Optimizations
 from workbench.engine import LLM, SamplingParams
 from workbench.measure import format_table
@@ -30,7 +30,7 @@ from workbench.measure.steps import engine_launches
 from workbench.model import random_checkpoint
 from workbench.reference import compare
 
-SETTINGS = [Optimizations.all_on(), Optimizations(attention="flash", cuda_graphs=True, compile=True)]
+DEFAULT_SETTINGS = "flash+fused+graphs+compile,flash+graphs+compile"
 
 
 def one_by_one(llm, prompts, max_tokens: int) -> tuple[list, list]:
@@ -50,21 +50,24 @@ def max_logit_rel_err(logits, ref_logits, tokens, ref_tokens) -> float:
     return worst
 
 
-def run(opts: Optimizations, tuned: bool, model_dir, prompts) -> dict:
+def run(opts: Optimizations, tuned: bool, model_dir, prompts, speed: bool = True) -> dict:
+    import sys
+
     import torch._inductor.config as inductor_config
+    print(f"=== {opts.label()}, coordinate_descent_tuning={tuned}", file=sys.stderr)   # marks TORCH_LOGS output
     torch._dynamo.reset()   # compiled code is cached per function: without this the knob is ignored
     inductor_config.coordinate_descent_tuning = tuned
     workload = make_workload("single", 151_936, new_tokens=256)
     with LLM(model_dir, opts=opts, max_model_len=512, enable_prefix_caching=False) as llm:
-        timed = time_generate(llm, workload, repeats=3)
-        decode = engine_launches(llm, batch=1, decode_steps=16)["decode"]
         tokens, logits = one_by_one(llm, prompts, max_tokens=32)
-        row = {"setting": opts.label(), "coordinate_descent_tuning": tuned, "tok_s": timed["tok_s"],
-               "tpot_ms": timed["tpot_ms"], "kernels_per_step": decode.kernels_per_step,
-               "kernel_us_per_step": decode.kernel_us_per_step, "wall_ms_per_step": decode.wall_ms_per_step,
-               **{k: round(v, 1) for k, v in llm.runner.timings.items()},
-               "top_kernels": [dict(k, us_per_step=k["total_us"] / decode.steps) for k in decode.top_kernels],
-               "tokens": tokens, "logits": logits}
+        row = {"setting": opts.label(), "coordinate_descent_tuning": tuned, "tokens": tokens, "logits": logits,
+               **{k: round(v, 1) for k, v in llm.runner.timings.items()}, "top_kernels": []}
+        if speed:
+            timed = time_generate(llm, workload, repeats=3)
+            decode = engine_launches(llm, batch=1, decode_steps=16)["decode"]
+            row.update(tok_s=timed["tok_s"], tpot_ms=timed["tpot_ms"], kernels_per_step=decode.kernels_per_step,
+                       kernel_us_per_step=decode.kernel_us_per_step, wall_ms_per_step=decode.wall_ms_per_step,
+                       top_kernels=[dict(k, us_per_step=k["total_us"] / decode.steps) for k in decode.top_kernels])
     return row
 
 
@@ -72,6 +75,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--settings", default=DEFAULT_SETTINGS, help="comma-separated compile settings")
+    ap.add_argument("--agreement-only", action="store_true", help="skip the speed and kernel measurements")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("unavailable: this experiment needs a CUDA GPU (inductor keeps cuBLAS-free GEMVs for GPUs)")
@@ -79,16 +84,17 @@ def main() -> int:
     model_dir = random_checkpoint("qwen3-0.6b", args.workdir)
     prompts = random_prompts(8, 151_936, min_len=16, max_len=200)
     rows = []
-    for opts in SETTINGS:
-        base = run(opts, False, model_dir, prompts)
-        tuned = run(opts, True, model_dir, prompts)
+    by_label = {o.label(): o for o in switch_settings()}
+    for name in args.settings.split(","):
+        base = run(by_label[name], False, model_dir, prompts, speed=not args.agreement_only)
+        tuned = run(by_label[name], True, model_dir, prompts, speed=not args.agreement_only)
         agree = compare(tuned["tokens"], tuned["logits"], base["tokens"], base["logits"])
-        tuned["speedup"] = tuned["tok_s"] / base["tok_s"]
+        if "tok_s" in base:
+            tuned["speedup"], base["speedup"] = tuned["tok_s"] / base["tok_s"], 1.0
         tuned["token_match_rate"] = agree["token_match_rate"]
         tuned["match_rate_excl_ties"] = agree["match_rate_excl_ties"]
         tuned["max_logit_rel_err"] = max_logit_rel_err(tuned["logits"], base["logits"], tuned["tokens"],
                                                        base["tokens"])
-        base["speedup"] = 1.0
         rows += [base, tuned]
     print(f"\nbatch-1 GEMVs: cuBLAS vs inductor (coordinate_descent_tuning), measured on {gpu_name()}; "
           "speedup and agreement are against the same setting with the knob off, same run")

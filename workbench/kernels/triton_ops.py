@@ -10,8 +10,8 @@ Kernels here (each: one short @triton.jit function and a Python wrapper):
   store_kvcache       scatter the step's new K/V rows into the paged KV cache
   fused_add_rms_norm  residual add + RMSNorm (also rms_norm, without the residual)
   silu_and_mul        SwiGLU's silu(gate) * up
-  apply_rope_         rotary embedding of q and k, in place
-  qk_norm_rope_       Qwen3's per-head q/k RMSNorm, then the rotary embedding, in place
+  apply_rope          rotary embedding of q and k, into new tensors
+  qk_norm_rope        Qwen3's per-head q/k RMSNorm, then the rotary embedding, into new tensors
 
 All math runs in float32; results are stored in the input dtype. The wrappers accept strided
 views (e.g. q/k/v sliced out of one fused QKV projection) without copying them.
@@ -149,14 +149,16 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 # --- rotary embedding (optionally after Qwen3's q/k norm) ------------------------------------
 @triton.jit
-def _rotate_heads(ptr, tok_stride, head_stride, token, n_heads, cos, sin, w_ptr, eps,
+def _rotate_heads(ptr, out_ptr, tok_stride, head_stride, token, n_heads, cos, sin, w_ptr, eps,
                   HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
                   NORM: tl.constexpr):
     # All heads of one token as a [BLOCK_H, BLOCK_D] tile; x1 = first half, x2 = second half.
+    # Reads a strided view (q or k inside the QKV output), writes a contiguous [T, H, 2*HALF].
     h = tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
     mask = (h < n_heads) & (d < HALF)
     p1 = ptr + token * tok_stride + h * head_stride + d
+    o1 = out_ptr + (token * n_heads + h) * (2 * HALF) + d
     x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
     if NORM:   # RMSNorm of each head (a row of the tile: both halves) before rotating it
@@ -169,8 +171,8 @@ def _rotate_heads(ptr, tok_stride, head_stride, token, n_heads, cos, sin, w_ptr,
         x1 = ((x1 * rstd).to(dt).to(tl.float32) * w1).to(dt).to(tl.float32)
         x2 = ((x2 * rstd).to(dt).to(tl.float32) * w2).to(dt).to(tl.float32)
     # rotate_half: [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]
-    tl.store(p1, (x1 * cos - x2 * sin).to(ptr.dtype.element_ty), mask=mask)
-    tl.store(p1 + HALF, (x2 * cos + x1 * sin).to(ptr.dtype.element_ty), mask=mask)
+    tl.store(o1, (x1 * cos - x2 * sin).to(ptr.dtype.element_ty), mask=mask)
+    tl.store(o1 + HALF, (x2 * cos + x1 * sin).to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -184,56 +186,61 @@ def _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF: tl.constexpr, BLOCK_D: tl.c
 
 
 @triton.jit
-def _rope_kernel(q_ptr, k_ptr, pos_ptr, cos_sin_ptr, q_s0, q_s1, k_s0, k_s1, n_q, n_k,
-                 HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
+def _rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, pos_ptr, cos_sin_ptr, q_s0, q_s1, k_s0, k_s1,
+                 n_q, n_k, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
                  BLOCK_D: tl.constexpr):
     token = tl.program_id(0)
     cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
-    _rotate_heads(q_ptr, q_s0, q_s1, token, n_q, cos, sin, q_ptr, 0.0,   # no norm: w, eps unused
+    _rotate_heads(q_ptr, q_out_ptr, q_s0, q_s1, token, n_q, cos, sin, q_ptr, 0.0,   # no norm: w, eps unused
                   HALF, BLOCK_HQ, BLOCK_D, NORM=False)
-    _rotate_heads(k_ptr, k_s0, k_s1, token, n_k, cos, sin, k_ptr, 0.0,
+    _rotate_heads(k_ptr, k_out_ptr, k_s0, k_s1, token, n_k, cos, sin, k_ptr, 0.0,
                   HALF, BLOCK_HK, BLOCK_D, NORM=False)
 
 
 @triton.jit
-def _qk_norm_rope_kernel(q_ptr, k_ptr, pos_ptr, cos_sin_ptr, q_s0, q_s1, k_s0, k_s1, n_q, n_k,
-                         q_w_ptr, k_w_ptr, q_eps, k_eps, HALF: tl.constexpr,
+def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, pos_ptr, cos_sin_ptr, q_s0, q_s1, k_s0,
+                         k_s1, n_q, n_k, q_w_ptr, k_w_ptr, q_eps, k_eps, HALF: tl.constexpr,
                          BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
     # One program per token: its q and k heads are read once, normalized and rotated in
-    # registers and written back -- one launch instead of q_norm + k_norm + rope.
+    # registers and written once -- one launch instead of q_norm + k_norm + rope.
     token = tl.program_id(0)
     cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
-    _rotate_heads(q_ptr, q_s0, q_s1, token, n_q, cos, sin, q_w_ptr, q_eps,
+    _rotate_heads(q_ptr, q_out_ptr, q_s0, q_s1, token, n_q, cos, sin, q_w_ptr, q_eps,
                   HALF, BLOCK_HQ, BLOCK_D, NORM=True)
-    _rotate_heads(k_ptr, k_s0, k_s1, token, n_k, cos, sin, k_w_ptr, k_eps,
+    _rotate_heads(k_ptr, k_out_ptr, k_s0, k_s1, token, n_k, cos, sin, k_w_ptr, k_eps,
                   HALF, BLOCK_HK, BLOCK_D, NORM=True)
 
 
 def _launch_rope(kernel, q, k, positions, cos_sin_cache, *norm_args):
-    """One program per token over q [T, Hq, D] and k [T, Hkv, D], both rotated in place."""
-    assert q.stride(-1) == 1 and k.stride(-1) == 1, "head_dim must be contiguous (in-place op)"
+    """One program per token over q [T, Hq, D] and k [T, Hkv, D] (views into the QKV output);
+    returns rotated copies. Out of place on purpose: under torch.compile, a kernel that writes
+    into views makes the compiler copy them out and back (two extra kernels per layer), and with
+    inductor's own batch-1 matmuls that copy-back went wrong on an H100 (docs/perf-notes.md)."""
+    assert q.stride(-1) == 1 and k.stride(-1) == 1, "head_dim must be contiguous"
     assert cos_sin_cache.dtype == torch.float32 and cos_sin_cache.is_contiguous()
     T, n_q, dim = q.shape
     assert dim % 2 == 0 and cos_sin_cache.shape[1] == dim
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)   # contiguous, as the kernel writes
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if T:
-        kernel[(T,)](q, k, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0),
+        kernel[(T,)](q, k, q_out, k_out, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0),
                      k.stride(1), n_q, k.shape[1], *norm_args, HALF=dim // 2,
                      BLOCK_HQ=triton.next_power_of_2(n_q), BLOCK_HK=triton.next_power_of_2(k.shape[1]),
                      BLOCK_D=triton.next_power_of_2(dim // 2))
-    return q, k
+    return q_out, k_out
 
 
-def apply_rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
-                cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q [T, Hq, D] and k [T, Hkv, D] in place by their tokens' positions [T]."""
+def apply_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+               cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [T, Hq, D] and k [T, Hkv, D] rotated by their tokens' positions [T] (new tensors)."""
     return _launch_rope(_rope_kernel, q, k, positions, cos_sin_cache)
 
 
-def qk_norm_rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
-                  cos_sin_cache: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
-                  q_eps: float, k_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """In place: RMSNorm each head of q [T, Hq, D] (weight q_weight [D]) and of k [T, Hkv, D]
-    (k_weight), then rotate both by their tokens' positions [T]. = rms_norm + apply_rope_."""
+def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+                 cos_sin_cache: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                 q_eps: float, k_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm each head of q [T, Hq, D] (weight q_weight [D]) and of k [T, Hkv, D] (k_weight),
+    then rotate both by their tokens' positions [T]; new tensors. = rms_norm + apply_rope."""
     assert q_weight.shape == k_weight.shape == (q.shape[-1],)
     assert q_weight.is_contiguous() and k_weight.is_contiguous()
     return _launch_rope(_qk_norm_rope_kernel, q, k, positions, cos_sin_cache,

@@ -98,19 +98,19 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         if self.fused:
-            from workbench.kernels import apply_rope_
-            return apply_rope_(q, k, positions, self.cos_sin_cache)
+            from workbench.kernels import apply_rope
+            return apply_rope(q, k, positions, self.cos_sin_cache)
         cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
     def norm_and_rotate(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                         q_norm: RMSNorm, k_norm: RMSNorm):
-        """Qwen3: RMSNorm each q and k head, then rotate. Fused: one kernel (in place) for what
+        """Qwen3: RMSNorm each q and k head, then rotate. Fused: one kernel for what
         is otherwise three (q_norm, k_norm, rope), since all three work head by head."""
         if self.fused:
-            from workbench.kernels import qk_norm_rope_
-            return qk_norm_rope_(q, k, positions, self.cos_sin_cache, q_norm.weight, k_norm.weight,
-                                 q_norm.eps, k_norm.eps)
+            from workbench.kernels import qk_norm_rope
+            return qk_norm_rope(q, k, positions, self.cos_sin_cache, q_norm.weight, k_norm.weight,
+                                q_norm.eps, k_norm.eps)
         return self(positions, q_norm(q), k_norm(k))
 
 
