@@ -24,8 +24,11 @@ _DATE = "2026-11-25"
 _COMMANDS = {
     "stack-single-h100.json": "python -m workbench bench stack --workloads single --new-tokens 512 --repeats 1",
     "launches-h100.json": "python -m workbench measure launches",
-    "parity-h100.json": "python -m workbench check (the 5 compile rows without fused kernels, and all on: "
-                        "re-run in session 3 with `check --settings ...`)",
+    "launches-inplace-h100.json": "python -m workbench measure launches (session 2, before the fused RoPE "
+                                  "kernels wrote new tensors instead of views)",
+    "inductor-gemv-h100.json": "python scripts/experiment_inductor_gemv.py",
+    "parity-h100.json": "python -m workbench check (the 5 compile rows without fused kernels re-run in session 3, "
+                        "and 3 fused rows in session 4, with `check --settings ...`)",
     "hbm-h100.json": "python -m workbench measure hbm",
     "throughput-h100.json": "python -m workbench bench throughput --settings all_on --repeats 1 --decode-steps 1,8",
     "multistep-single-h100.json": "python -m workbench bench single --settings all_on --new-tokens 512 "
