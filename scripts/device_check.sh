@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention hbm hbm-batch launches notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention hbm hbm-batch launches gemv notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -46,6 +46,7 @@ do_step() {
     hbm)        run hbm $W measure hbm $P --json "$OUT/hbm.json" ;;
     hbm-batch)  run hbm-batch $W measure hbm $P --settings fast --batch 256 --context 600 --json "$OUT/hbm-batch.json" ;;
     launches)   run launches $W measure launches $P --json "$OUT/launches.json" ;;
+    gemv)       run gemv $W measure gemv $P --json "$OUT/gemv.json" ;;
     notebooks)  run notebooks $PY scripts/run_notebooks.py "$OUT/notebooks"   # needs .jupyter-wheels
                 # one tar of the figures: the device tool brings back only so many files
                 (cd "$OUT/notebooks" && ls *.png >/dev/null 2>&1 && tar -cf ../notebook-figures.tar *.png && rm *.png) ;;

@@ -122,6 +122,28 @@ def test_copy_bandwidth_needs_cuda():
         roofline.measure_copy_bandwidth("cpu", nbytes=2**20)
 
 
+# --- batch-1 GEMVs -------------------------------------------------------------------------------
+
+def test_gemv_shapes_by_hand():
+    from workbench.measure.gemv import gemv_shapes
+    # TINY: q = 4 x 16 = 64, kv = 2 x 16 = 32 -> qkv 64 + 2 x 32 = 128; gate_up 2 x 128
+    assert gemv_shapes(TINY) == {"qkv_proj": (64, 128), "o_proj": (64, 64), "gate_up_proj": (64, 256),
+                                 "down_proj": (128, 64), "lm_head": (64, 100)}
+    qwen = gemv_shapes(ModelConfig.from_preset("qwen3-0.6b"))
+    assert qwen["qkv_proj"] == (1024, 4096) and qwen["gate_up_proj"] == (1024, 6144)
+    assert qwen["lm_head"] == (1024, 151_936)
+
+
+def test_gemv_without_cuda_says_why(monkeypatch):
+    from workbench.measure.gemv import measure_gemvs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    records = measure_gemvs(TINY)
+    assert len(records) == 10 and not any(r.available for r in records)
+    assert all("no CUDA" in r.reason and r.us_per_call is None for r in records)
+    with pytest.raises(ValueError, match="cublas"):
+        measure_gemvs(TINY, ["cutlass"])
+
+
 # --- ncu CSV parser --------------------------------------------------------------------------------
 
 def test_parse_device_sample():

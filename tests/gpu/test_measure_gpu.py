@@ -97,3 +97,16 @@ def test_fused_sdpa_moves_fewer_dram_bytes_than_naive():
     print(f"naive {naive.dram_bytes / 1e6:,.1f} MB, sdpa {sdpa.dram_bytes / 1e6:,.1f} MB")
     print(measure.format_table(sdpa.kernels, columns=["name", "family"]))
     assert sdpa.dram_bytes < naive.dram_bytes / 10
+
+
+def test_gemv_bandwidth_is_measured_and_below_twice_the_copy():
+    """Each GEMV is timed; its bandwidth is real (positive) and not above 2x the copy bandwidth
+    (the weights do not fit in L2, so a much higher figure would mean a timing bug)."""
+    from workbench.measure.gemv import measure_gemvs
+    from workbench.model import ModelConfig
+    copy = measure.measure_copy_bandwidth()
+    records = measure_gemvs(ModelConfig.from_preset("qwen3-0.6b"), ["cublas"], copy_bandwidth=copy.bandwidth)
+    for r in records:
+        print(r.name, r.us_per_call, r.of_copy_bandwidth)
+        assert r.available, r.reason
+        assert 0 < r.of_copy_bandwidth < 2

@@ -212,6 +212,26 @@ def cmd_measure_roofline(args) -> int:
     return 0
 
 
+def cmd_measure_gemv(args) -> int:
+    """Each linear layer's batch-1 matmul alone: measured time and bandwidth, cuBLAS vs inductor."""
+    from workbench.measure import format_table, measure_copy_bandwidth
+    from workbench.measure.gemv import measure_gemvs
+    from workbench.model import ModelConfig
+    cfg = ModelConfig.from_hf(model_dir(args))
+    copy = measure_copy_bandwidth()
+    print(copy)
+    records = measure_gemvs(cfg, args.impls.split(","), copy_bandwidth=copy.bandwidth if copy.available else None)
+    rows = [r.to_dict() for r in records]
+    for row in rows:   # TB/s reads better than bytes/s in a table
+        row["tb_per_s"] = row["bandwidth"] / 1e12 if row["bandwidth"] else None
+    print("batch-1 GEMVs, bf16, one graph of `calls` back-to-back calls on different weights "
+          "(time: measured; weight_bytes: modelled from the shape)")
+    print(format_table(rows, ["name", "impl", "k", "n", "calls", "us_per_call", "weight_bytes", "tb_per_s",
+                              "of_copy_bandwidth", "reason"]))
+    _save(rows, args.json)
+    return 0
+
+
 def cmd_measure_hbm(args) -> int:
     """DRAM bytes of one whole-model decode step (measured) next to the modelled minimum."""
     from workbench.measure import decode_step, format_table, measure_hbm_python
@@ -237,7 +257,7 @@ def cmd_measure_hbm(args) -> int:
 
 
 def add_measure_subcommands(sub, common) -> None:
-    m = sub.add_parser("measure", help="launches | hbm | attention-traffic | roofline")
+    m = sub.add_parser("measure", help="launches | hbm | attention-traffic | gemv | roofline")
     msub = m.add_subparsers(dest="what", required=True)
     launches = msub.add_parser("launches", help="CPU launch calls vs GPU kernels per prefill/decode step")
     common(launches)
@@ -255,6 +275,10 @@ def add_measure_subcommands(sub, common) -> None:
     attention.add_argument("--impls", default="naive,flash")
     attention.add_argument("--json")
     attention.set_defaults(func=cmd_measure_attention)
+    gemv = msub.add_parser("gemv", help="batch-1 matmul of each linear layer: time and bandwidth, cuBLAS vs inductor")
+    common(gemv)
+    gemv.add_argument("--impls", default="cublas,inductor", help="cublas and/or inductor")
+    gemv.set_defaults(func=cmd_measure_gemv)
     roof = msub.add_parser("roofline", help="modelled bytes/FLOPs per decode step over measured bandwidth")
     common(roof)
     roof.add_argument("--context", type=int, default=1024)

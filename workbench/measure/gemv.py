@@ -1,0 +1,124 @@
+"""The batch-1 matmuls of a decode step, one weight shape at a time: how close to the bandwidth?
+
+At batch 1 every linear layer is a GEMV, y[1, N] = x[1, K] @ W[N, K]^T: it reads K x N weights
+to do 2 K N FLOPs, so its time is at best (weight bytes) / (HBM bandwidth). The roofline module
+models that floor; this module measures how far each shape of the model stays above it, for two
+library kernels:
+
+    cublas     torch's F.linear (what the engine runs)
+    inductor   torch.compile's own Triton reduction for M = 1 (`coordinate_descent_tuning`,
+               gpt-fast's recipe); it rewrites x @ W^T as a multiply-and-sum and tunes its blocks
+
+Each shape runs as it does in a decode step: one call per layer, each on its own weight (so no
+weight is still in the 50 MB L2 from the call before), all captured in one CUDA graph (no launch
+overhead). Time per call = replay time / layers. Bandwidth = weight bytes (modelled from the
+shape) / measured time, next to the copy bandwidth measured in the same run.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+
+IMPLS = ("cublas", "inductor")
+
+
+@dataclass
+class GemvRecord:
+    name: str                   # which linear layer, e.g. "gate_up_proj"
+    impl: str
+    available: bool
+    reason: str = ""
+    k: int = 0                  # input features
+    n: int = 0                  # output features
+    calls: int = 0              # back-to-back calls per graph replay (one per layer)
+    us_per_call: float | None = None       # measured
+    weight_bytes: int = 0                  # modelled: K x N x dtype size
+    bandwidth: float | None = None         # weight_bytes / measured time, bytes/s
+    of_copy_bandwidth: float | None = None  # bandwidth / copy bandwidth measured in the same run
+    device: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gemv_shapes(cfg) -> dict[str, tuple[int, int]]:
+    """(K, N) of each linear layer of a workbench ModelConfig, as the engine stores it (q/k/v in
+    one qkv_proj, gate and up in one gate_up_proj)."""
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    return {"qkv_proj": (cfg.hidden_size, q + 2 * kv), "o_proj": (q, cfg.hidden_size),
+            "gate_up_proj": (cfg.hidden_size, 2 * cfg.intermediate_size),
+            "down_proj": (cfg.intermediate_size, cfg.hidden_size),
+            "lm_head": (cfg.hidden_size, cfg.vocab_size)}
+
+
+def _linear(impl: str):
+    import torch
+    import torch.nn.functional as F
+    if impl == "cublas":
+        return F.linear
+    import torch._inductor.config as inductor_config
+    torch._dynamo.reset()   # compiled code is cached per function; start from a clean slate
+    compiled = torch.compile(lambda x, w: F.linear(x, w), dynamic=False)   # M = 1 stays static
+
+    def linear(x, w):
+        # the knob is read while compiling, which happens at the first call of each shape
+        with inductor_config.patch(coordinate_descent_tuning=True):
+            return compiled(x, w)
+    return linear
+
+
+def time_gemv(k: int, n: int, calls: int, impl: str, *, replays: int = 20) -> float:
+    """Seconds per call of bf16 [1, k] x [k, n], `calls` different weights back to back in one graph."""
+    import torch
+    linear = _linear(impl)
+    weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(calls)]
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        return [linear(x, w) for w in weights]
+
+    for _ in range(3):   # compile, tune, pick cuBLAS algorithms: all outside the capture
+        step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()   # noqa: F841 -- kept alive: the graph writes into them
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times) / calls
+
+
+def measure_gemvs(cfg, impls=IMPLS, *, copy_bandwidth: float | None = None) -> list[GemvRecord]:
+    """One record per (linear layer, impl); the LM head runs once per graph, the others once per layer."""
+    import torch
+    shapes = gemv_shapes(cfg)
+    unknown = [i for i in impls if i not in IMPLS]
+    if unknown:
+        raise ValueError(f"unknown GEMV implementation(s) {unknown}; choose from {list(IMPLS)}")
+    if not torch.cuda.is_available():
+        reason = "no CUDA: the GEMVs are timed as CUDA-graph replays on a GPU; run this on the GPU machine"
+        return [GemvRecord(name, impl, False, reason, k=k, n=n) for name, (k, n) in shapes.items() for impl in impls]
+    records = []
+    for name, (k, n) in shapes.items():
+        calls = 1 if name == "lm_head" else cfg.num_layers
+        for impl in impls:
+            weight_bytes = k * n * 2   # bf16
+            try:
+                seconds = time_gemv(k, n, calls, impl)
+            except Exception as e:   # e.g. inductor cannot compile here: say so, keep the others
+                records.append(GemvRecord(name, impl, False, f"{type(e).__name__}: {str(e)[:200]}", k=k, n=n,
+                                          calls=calls, weight_bytes=weight_bytes))
+                continue
+            bandwidth = weight_bytes / seconds
+            records.append(GemvRecord(name, impl, True, k=k, n=n, calls=calls, us_per_call=seconds * 1e6,
+                                      weight_bytes=weight_bytes, bandwidth=bandwidth,
+                                      of_copy_bandwidth=bandwidth / copy_bandwidth if copy_bandwidth else None,
+                                      device=torch.cuda.get_device_name()))
+    return records
