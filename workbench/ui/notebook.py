@@ -26,7 +26,8 @@ _COMMANDS = {
     "launches-h100.json": "python -m workbench measure launches",
     "launches-inplace-h100.json": "python -m workbench measure launches (session 2, before the fused RoPE "
                                   "kernels wrote new tensors instead of views)",
-    "inductor-gemv-h100.json": "python scripts/experiment_inductor_gemv.py",
+    "inductor-gemv-h100.json": "python scripts/experiment_inductor_gemv.py (twice: both settings, then all on again)",
+    "gemv-h100.json": "python -m workbench measure gemv",
     "parity-h100.json": "python -m workbench check (the 5 compile rows without fused kernels re-run in session 3, "
                         "and 3 fused rows in session 4, with `check --settings ...`)",
     "hbm-h100.json": "python -m workbench measure hbm",
