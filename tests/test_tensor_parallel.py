@@ -72,6 +72,25 @@ def test_compile_with_tp(tiny_ckpt, tp1_outputs):
     assert multiprocessing.active_children() == []
 
 
+def test_tp2_in_bf16_is_as_close_to_fp32_as_tp1(tiny_ckpt):
+    """In bf16, tp=2 rounds two partial sums in o_proj and down_proj where tp=1 rounds one, so
+    tp=2 and tp=1 differ by about two bf16 noises. What must hold is that the split adds no
+    error of its own: tp=2 is about as far from the exact (fp32) result as tp=1 is."""
+    from workbench.reference import compare
+    prompts = _prompts()[:5]
+
+    def first_logits(**kwargs):
+        with LLM(tiny_ckpt, **ENGINE, **kwargs) as llm:
+            outs = _run(llm, prompts)
+        return [o.token_ids for o in outs], [o.logits for o in outs]
+
+    exact = first_logits(dtype="float32")
+    one, two = first_logits(dtype="bfloat16"), first_logits(dtype="bfloat16", tensor_parallel_size=2)
+    err_one = compare(*one, *exact)["first_step_logit_rel_err"]
+    err_two = compare(*two, *exact)["first_step_logit_rel_err"]
+    assert 0 < err_one < 2e-2 and err_two < 1.5 * err_one, (err_one, err_two)
+
+
 def test_dead_worker_raises_instead_of_hanging(tiny_ckpt):
     llm = LLM(tiny_ckpt, tensor_parallel_size=2, **ENGINE)
     worker = llm.runner.workers.procs[0]
