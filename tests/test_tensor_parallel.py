@@ -91,6 +91,20 @@ def test_tp2_in_bf16_is_as_close_to_fp32_as_tp1(tiny_ckpt):
     assert 0 < err_one < 2e-2 and err_two < 1.5 * err_one, (err_one, err_two)
 
 
+def test_all_reduce_time_is_measured_per_decode_step(tiny_ckpt):
+    from workbench.measure.comm import decode_comm
+    with LLM(tiny_ckpt, **ENGINE) as llm:
+        one = decode_comm(llm, batch=2, steps=3)
+    with LLM(tiny_ckpt, tensor_parallel_size=2, **ENGINE) as llm:
+        two = decode_comm(llm, batch=2, steps=3)
+        assert not llm.scheduler.has_unfinished()   # its requests are aborted afterwards
+    assert one.all_reduces_per_step == 0 and one.all_reduce_ms_per_step == 0
+    assert two.all_reduces_per_step == 2 * 2   # 2 layers x (o_proj + down_proj)
+    assert two.backend == "gloo" and 0 < two.all_reduce_ms_per_step < two.step_ms
+    assert 0 < two.all_reduce_share < 1 and two.broadcast_ms_per_step > 0
+    assert two.all_reduce_bytes == 2 * 64 * 4   # [batch, hidden] in float32
+
+
 def test_dead_worker_raises_instead_of_hanging(tiny_ckpt):
     llm = LLM(tiny_ckpt, tensor_parallel_size=2, **ENGINE)
     worker = llm.runner.workers.procs[0]

@@ -232,6 +232,29 @@ def cmd_measure_gemv(args) -> int:
     return 0
 
 
+def cmd_measure_tp(args) -> int:
+    """Decode step time and the all-reduce time inside it, tp=1 against each --tp size."""
+    from workbench.config import Optimizations
+    from workbench.engine import LLM
+    from workbench.measure import format_table
+    from workbench.measure.comm import decode_comm
+    path = model_dir(args)
+    rows = []
+    for tp in [1] + [t for t in args.tp if t > 1]:
+        # graphs are refused with tp > 1 (unverified with NCCL): off for every size. The preset
+        # flag drops what this machine cannot run (on a CPU: flash and the Triton kernels).
+        opts = Optimizations(attention="flash", fused_kernels=True, from_preset=True)
+        with LLM(path, opts=opts, tensor_parallel_size=tp,
+                 max_num_seqs=max(args.batch, 1), enable_prefix_caching=False) as llm:
+            rows.append(decode_comm(llm, batch=args.batch, steps=args.steps).to_dict())
+    print("decode steps (step_ms: measured wall time; all-reduce: measured on rank 0 by torch.profiler; "
+          "all_reduce_bytes: modelled)")
+    print(format_table(rows, ["label", "backend", "batch", "step_ms", "all_reduces_per_step", "all_reduce_ms_per_step",
+                              "all_reduce_share", "broadcast_ms_per_step", "all_reduce_bytes", "device"]))
+    _save(rows, args.json)
+    return 0
+
+
 def cmd_measure_hbm(args) -> int:
     """DRAM bytes of one whole-model decode step (measured) next to the modelled minimum."""
     from workbench.measure import decode_step, format_table, measure_hbm_python
@@ -257,7 +280,7 @@ def cmd_measure_hbm(args) -> int:
 
 
 def add_measure_subcommands(sub, common) -> None:
-    m = sub.add_parser("measure", help="launches | hbm | attention-traffic | gemv | roofline")
+    m = sub.add_parser("measure", help="launches | hbm | attention-traffic | gemv | tp | roofline")
     msub = m.add_subparsers(dest="what", required=True)
     launches = msub.add_parser("launches", help="CPU launch calls vs GPU kernels per prefill/decode step")
     common(launches)
@@ -279,6 +302,12 @@ def add_measure_subcommands(sub, common) -> None:
     common(gemv)
     gemv.add_argument("--impls", default="cublas,inductor", help="cublas and/or inductor")
     gemv.set_defaults(func=cmd_measure_gemv)
+    tp = msub.add_parser("tp", help="tensor parallelism: decode step time and its all-reduce time, tp=1 vs --tp")
+    common(tp)
+    tp.add_argument("--tp", type=_positive_ints, default=[2], help="comma-separated tensor-parallel sizes to compare with 1")
+    tp.add_argument("--batch", type=int, default=1)
+    tp.add_argument("--steps", type=int, default=8)
+    tp.set_defaults(func=cmd_measure_tp)
     roof = msub.add_parser("roofline", help="modelled bytes/FLOPs per decode step over measured bandwidth")
     common(roof)
     roof.add_argument("--context", type=int, default=1024)

@@ -1,0 +1,98 @@
+"""What tensor parallelism costs: time in all-reduce per decode step, next to the step's time.
+
+With tensor_parallel_size = N, every decoder layer ends its attention and its MLP with one
+all-reduce each (row-parallel o_proj and down_proj), and rank 0 broadcasts each step's inputs
+to the other ranks. torch.profiler on rank 0 sees both as torch.distributed ops:
+
+    c10d::allreduce_ / c10d::broadcast_   CPU ops; with gloo (CPU) their time is the exchange
+                                          itself, waiting for the slower rank included
+    nccl...AllReduce... kernels           GPU kernels; with NCCL the CPU op only enqueues, so the
+                                          GPU kernel time is what the step pays
+
+The step's wall time is measured separately, without the profiler. Bytes per all-reduce are
+modelled: [tokens, hidden] activations in the engine's dtype.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class CommRecord:
+    label: str
+    available: bool
+    reason: str = ""
+    tp_size: int = 1
+    backend: str = ""                     # gloo | nccl | "" (tp_size 1)
+    batch: int = 0
+    steps: int = 0
+    step_ms: float = 0.0                  # wall time per decode step, without the profiler
+    all_reduces_per_step: float = 0.0
+    all_reduce_ms_per_step: float = 0.0   # CPU time (gloo) or GPU kernel time (nccl), rank 0
+    broadcast_ms_per_step: float = 0.0
+    all_reduce_share: float = 0.0         # all_reduce_ms_per_step / step_ms
+    all_reduce_bytes: int = 0             # modelled: one [batch, hidden] activation
+    device: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _is_nccl_all_reduce(name: str) -> bool:
+    return "nccl" in name.lower() and "allreduce" in name.lower().replace("_", "")
+
+
+def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, seed: int = 0) -> CommRecord:
+    """Queue `batch` prompts, prefill them, then time and profile `steps` decode steps."""
+    import random
+
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from workbench.engine import SamplingParams
+
+    tp = llm.config.tensor_parallel_size
+    label = f"{llm.opts.label()} tp={tp}"
+    rng = random.Random(seed)
+    vocab = llm.model_config.vocab_size
+    params = SamplingParams(temperature=0, max_tokens=3 * steps + 4, ignore_eos=True)
+    llm.abort_all()
+    for _ in range(batch):
+        llm.add_request([rng.randrange(1, vocab) for _ in range(prompt_len)], params)
+    while llm.scheduler.prefill_pending():
+        llm.step()
+    on_gpu = llm.runner.device.type == "cuda"
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    try:
+        llm.step()   # warm-up decode step
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            llm.step()
+        sync()
+        step_s = (time.perf_counter() - start) / steps
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                llm.step()
+            sync()
+        events = list(prof.events())
+    finally:
+        llm.abort_all()
+    calls = sum(e.name == "c10d::allreduce_" for e in events)
+    if on_gpu:   # the CPU op only enqueues: count the GPU kernels' time
+        reduce_us = sum(e.time_range.elapsed_us() for e in events
+                        if e.device_type == DeviceType.CUDA and _is_nccl_all_reduce(e.name))
+    else:
+        reduce_us = sum(e.time_range.elapsed_us() for e in events if e.name == "c10d::allreduce_")
+    broadcast_us = sum(e.time_range.elapsed_us() for e in events
+                       if e.name == "c10d::broadcast_" and e.device_type == DeviceType.CPU)
+    reduce_ms = reduce_us / 1e3 / steps
+    return CommRecord(label, True, tp_size=tp, backend=getattr(llm.runner.workers, "backend", "") if tp > 1 else "",
+                      batch=batch, steps=steps, step_ms=step_s * 1e3, all_reduces_per_step=calls / steps,
+                      all_reduce_ms_per_step=reduce_ms, broadcast_ms_per_step=broadcast_us / 1e3 / steps,
+                      all_reduce_share=reduce_ms / (step_s * 1e3),
+                      all_reduce_bytes=batch * llm.model_config.hidden_size * llm.runner.dtype.itemsize,
+                      device=torch.cuda.get_device_name(llm.runner.device) if on_gpu else "CPU")
