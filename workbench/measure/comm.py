@@ -2,14 +2,17 @@
 
 With tensor_parallel_size = N, every decoder layer ends its attention and its MLP with one
 all-reduce each (row-parallel o_proj and down_proj), and rank 0 broadcasts each step's inputs
-to the other ranks. torch.profiler on rank 0 sees both as torch.distributed ops:
+to the other ranks. On rank 0, torch.profiler sees each collective twice:
 
-    c10d::allreduce_ / c10d::broadcast_   CPU ops; with gloo (CPU) their time is the exchange
-                                          itself, waiting for the slower rank included
-    nccl...AllReduce... kernels           GPU kernels; with NCCL the CPU op only enqueues, so the
-                                          GPU kernel time is what the step pays
+    c10d::allreduce_, c10d::broadcast_    the call, on the calling thread: it only hands the work
+                                          over, so it gives the count, not the time
+    gloo:all_reduce, gloo:broadcast       gloo's work, on gloo's own threads (CPU): the exchange,
+                                          waiting for the slower rank included
+    nccl...AllReduce/Broadcast kernels    NCCL's work, on the GPU: the kernel time the step pays
 
-The step's wall time is measured separately, without the profiler. Bytes per all-reduce are
+The calling thread waits at least as long as the work takes: it also pays for handing the work
+to gloo's thread and waking up again. The step's wall time is measured separately, without the
+profiler. Bytes per all-reduce are
 modelled: [tokens, hidden] activations in the engine's dtype.
 """
 from __future__ import annotations
@@ -29,7 +32,7 @@ class CommRecord:
     steps: int = 0
     step_ms: float = 0.0                  # wall time per decode step, without the profiler
     all_reduces_per_step: float = 0.0
-    all_reduce_ms_per_step: float = 0.0   # CPU time (gloo) or GPU kernel time (nccl), rank 0
+    all_reduce_ms_per_step: float = 0.0   # gloo's work time (CPU) or NCCL kernel time (GPU), rank 0
     broadcast_ms_per_step: float = 0.0
     all_reduce_share: float = 0.0         # all_reduce_ms_per_step / step_ms
     all_reduce_bytes: int = 0             # modelled: one [batch, hidden] activation
@@ -39,8 +42,13 @@ class CommRecord:
         return asdict(self)
 
 
-def _is_nccl_all_reduce(name: str) -> bool:
-    return "nccl" in name.lower() and "allreduce" in name.lower().replace("_", "")
+def _collective(event, kind: str) -> bool:
+    """Is this profiler event the work (not the call) of an all_reduce / broadcast?"""
+    from torch.autograd import DeviceType
+    name = event.name.lower().replace("_", "")
+    if event.device_type == DeviceType.CUDA:
+        return "nccl" in name and kind in name
+    return name == f"gloo:{kind}"
 
 
 def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, seed: int = 0) -> CommRecord:
@@ -48,7 +56,6 @@ def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, se
     import random
 
     import torch
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     from workbench.engine import SamplingParams
@@ -82,17 +89,11 @@ def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, se
     finally:
         llm.abort_all()
     calls = sum(e.name == "c10d::allreduce_" for e in events)
-    if on_gpu:   # the CPU op only enqueues: count the GPU kernels' time
-        reduce_us = sum(e.time_range.elapsed_us() for e in events
-                        if e.device_type == DeviceType.CUDA and _is_nccl_all_reduce(e.name))
-    else:
-        reduce_us = sum(e.time_range.elapsed_us() for e in events if e.name == "c10d::allreduce_")
-    broadcast_us = sum(e.time_range.elapsed_us() for e in events
-                       if e.name == "c10d::broadcast_" and e.device_type == DeviceType.CPU)
-    reduce_ms = reduce_us / 1e3 / steps
+    reduce_ms = sum(e.time_range.elapsed_us() for e in events if _collective(e, "allreduce")) / 1e3 / steps
+    broadcast_ms = sum(e.time_range.elapsed_us() for e in events if _collective(e, "broadcast")) / 1e3 / steps
     return CommRecord(label, True, tp_size=tp, backend=getattr(llm.runner.workers, "backend", "") if tp > 1 else "",
                       batch=batch, steps=steps, step_ms=step_s * 1e3, all_reduces_per_step=calls / steps,
-                      all_reduce_ms_per_step=reduce_ms, broadcast_ms_per_step=broadcast_us / 1e3 / steps,
+                      all_reduce_ms_per_step=reduce_ms, broadcast_ms_per_step=broadcast_ms,
                       all_reduce_share=reduce_ms / (step_s * 1e3),
                       all_reduce_bytes=batch * llm.model_config.hidden_size * llm.runner.dtype.itemsize,
                       device=torch.cuda.get_device_name(llm.runner.device) if on_gpu else "CPU")
