@@ -81,11 +81,15 @@ def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, se
         sync()
         step_s = (time.perf_counter() - start) / steps
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-        with profile(activities=activities) as prof:
-            for _ in range(steps):
-                llm.step()
-            sync()
-        events = list(prof.events())
+        try:
+            with profile(activities=activities) as prof:
+                for _ in range(steps):
+                    llm.step()
+                sync()
+            events = list(prof.events())
+        except RuntimeError as e:   # CUPTI missing or busy (another profiler, ncu): say so
+            return CommRecord(label, False, f"torch.profiler failed ({e}); close other profilers and check "
+                              "that CUPTI is installed", tp_size=tp, batch=batch, steps=steps, step_ms=step_s * 1e3)
     finally:
         llm.abort_all()
     calls = sum(e.name == "c10d::allreduce_" for e in events)
