@@ -249,7 +249,8 @@ def cmd_measure_tp(args) -> int:
             rows.append(decode_comm(llm, batch=args.batch, steps=args.steps).to_dict())
     print("decode steps (step_ms: measured wall time; all-reduce: measured on rank 0 by torch.profiler; "
           "all_reduce_bytes: modelled)")
-    print(format_table(rows, ["label", "backend", "batch", "step_ms", "all_reduces_per_step", "all_reduce_ms_per_step",
+    print(format_table(rows, ["label", "backend", "batch", "step_ms", "profiled_step_ms", "all_reduces_per_step",
+                              "all_reduce_ms_per_step",
                               "all_reduce_share", "broadcast_ms_per_step", "all_reduce_bytes", "device", "reason"]))
     _save(rows, args.json)
     return 0

@@ -11,8 +11,9 @@ to the other ranks. On rank 0, torch.profiler sees each collective twice:
     nccl...AllReduce/Broadcast kernels    NCCL's work, on the GPU: the kernel time the step pays
 
 The calling thread waits at least as long as the work takes: it also pays for handing the work
-to gloo's thread and waking up again. The step's wall time is measured separately, without the
-profiler. Bytes per all-reduce are
+to gloo's thread and waking up again. The step's wall time is measured twice: without the
+profiler (the headline), and for the profiled steps, which the all-reduce share is taken of
+(profiled steps run slower, so the two must not be mixed). Bytes per all-reduce are
 modelled: [tokens, hidden] activations in the engine's dtype.
 """
 from __future__ import annotations
@@ -31,10 +32,11 @@ class CommRecord:
     batch: int = 0
     steps: int = 0
     step_ms: float = 0.0                  # wall time per decode step, without the profiler
+    profiled_step_ms: float = 0.0         # the same, for the profiled steps the times below come from
     all_reduces_per_step: float = 0.0
     all_reduce_ms_per_step: float = 0.0   # gloo's work time (CPU) or NCCL kernel time (GPU), rank 0
     broadcast_ms_per_step: float = 0.0
-    all_reduce_share: float = 0.0         # all_reduce_ms_per_step / step_ms
+    all_reduce_share: float = 0.0         # all_reduce_ms_per_step / profiled_step_ms
     all_reduce_bytes: int = 0             # modelled: one [batch, hidden] activation
     device: str = ""
 
@@ -83,9 +85,11 @@ def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, se
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
         try:
             with profile(activities=activities) as prof:
+                start = time.perf_counter()
                 for _ in range(steps):
                     llm.step()
                 sync()
+                profiled_s = (time.perf_counter() - start) / steps
             events = list(prof.events())
         except RuntimeError as e:   # CUPTI missing or busy (another profiler, ncu): say so
             return CommRecord(label, False, f"torch.profiler failed ({e}); close other profilers and check "
@@ -97,7 +101,8 @@ def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, se
     broadcast_ms = sum(e.time_range.elapsed_us() for e in events if _collective(e, "broadcast")) / 1e3 / steps
     return CommRecord(label, True, tp_size=tp, backend=getattr(llm.runner.workers, "backend", "") if tp > 1 else "",
                       batch=batch, steps=steps, step_ms=step_s * 1e3, all_reduces_per_step=calls / steps,
+                      profiled_step_ms=profiled_s * 1e3,
                       all_reduce_ms_per_step=reduce_ms, broadcast_ms_per_step=broadcast_ms,
-                      all_reduce_share=reduce_ms / (step_s * 1e3),
+                      all_reduce_share=reduce_ms / (profiled_s * 1e3),
                       all_reduce_bytes=batch * llm.model_config.hidden_size * llm.runner.dtype.itemsize,
                       device=torch.cuda.get_device_name(llm.runner.device) if on_gpu else "CPU")
