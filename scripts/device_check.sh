@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention hbm hbm-batch launches gemv notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention hbm hbm-batch launches gemv tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -47,6 +47,9 @@ do_step() {
     hbm-batch)  run hbm-batch $W measure hbm $P --settings fast --batch 256 --context 600 --json "$OUT/hbm-batch.json" ;;
     launches)   run launches $W measure launches $P --json "$OUT/launches.json" ;;
     gemv)       run gemv $W measure gemv $P --json "$OUT/gemv.json" ;;
+    tp)         # needs a kind with >= 2 GPUs (nvidia-h100-x2): correctness, then the cost of the split
+                run tp-tests $PY -m pytest -q -s tests/gpu/test_tensor_parallel_gpu.py -p no:cacheprovider
+                run tp $W measure tp $P --tp 2 --batch 1 --steps 16 --json "$OUT/tp.json" ;;
     notebooks)  run notebooks $PY scripts/run_notebooks.py "$OUT/notebooks"   # needs .jupyter-wheels
                 # one tar of the figures: the device tool brings back only so many files
                 (cd "$OUT/notebooks" && ls *.png >/dev/null 2>&1 && tar -cf ../notebook-figures.tar *.png && rm *.png) ;;
