@@ -285,6 +285,14 @@ def test_fake_ncu_no_kernels(monkeypatch, tmp_path):
     assert not r.available and "no kernels" in r.reason
 
 
+def test_short_gaps_between_kernels_by_hand():
+    from workbench.measure.launches import short_gaps_us
+    # kernels at 0-10, 11-20 (gap 1), then the host's turn (30 us), 50-60, 62-70 (gap 2)
+    assert short_gaps_us([(50, 60), (0, 10), (62, 70), (11, 20)]) == 3
+    assert short_gaps_us([(0, 10), (5, 12), (13, 14)]) == 1   # overlap: no negative gap
+    assert short_gaps_us([]) == 0
+
+
 def test_launches_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     r = measure.count_launches(lambda: torch.ones(4) + 1, label="eager")

@@ -181,7 +181,8 @@ def cmd_measure_launches(args) -> int:
             for phase, rec in engine_launches(llm, batch=args.batch, decode_steps=args.steps).items():
                 rows.append(rec.to_dict() if rec.available else {"label": rec.label, "reason": rec.reason})
     print(format_table(rows, ["label", "launch_calls_per_step", "graph_launches_per_step", "kernels_per_step",
-                              "launch_api_us_per_step", "kernel_us_per_step", "wall_ms_per_step", "reason"]))
+                              "launch_api_us_per_step", "kernel_us_per_step", "short_gap_us_per_step",
+                              "wall_ms_per_step", "reason"]))
     _save(rows, args.json)
     return 0
 

@@ -43,6 +43,7 @@ class LaunchRecord:
     kernels_per_step: float = 0.0
     launch_api_us_per_step: float = 0.0  # CPU time inside launch calls (under the profiler)
     kernel_us_per_step: float = 0.0      # GPU time summed over kernels
+    short_gap_us_per_step: float = 0.0   # GPU idle between back-to-back kernels (gaps < SHORT_GAP_US)
     wall_ms_per_step: float = 0.0        # timed separately, without the profiler
     top_kernels: list = field(default_factory=list)   # [{name, calls, total_us}], by GPU time
     modelled: bool = False
@@ -56,6 +57,21 @@ class LaunchRecord:
         return (f"{self.label or 'launches'}: per step {self.launch_calls_per_step:g} launch calls, "
                 f"{self.graph_launches_per_step:g} graph launches, {self.kernels_per_step:g} GPU "
                 f"kernels, {self.wall_ms_per_step:.3f} ms wall (measured, {self.device})")
+
+
+SHORT_GAP_US = 20.0   # longer idle stretches are the host's turn between steps, not launch gaps
+
+
+def short_gaps_us(intervals: list[tuple[float, float]], limit_us: float = SHORT_GAP_US) -> float:
+    """Idle time between consecutive kernels (start, end in us, one stream) that is shorter than
+    `limit_us`: the GPU waiting for the next kernel of the same step (launch latency, a graph's
+    dependency resolution), not for the host to prepare the next step."""
+    total, last_end = 0.0, None
+    for start, end in sorted(intervals):
+        if last_end is not None and 0 < start - last_end < limit_us:
+            total += start - last_end
+        last_end = end if last_end is None else max(last_end, end)
+    return total
 
 
 def _is_kernel(event, device_cuda) -> bool:
@@ -96,6 +112,7 @@ def count_launches(fn, *, warmup: int = 1, steps: int = 1, label: str = "") -> L
     launch_us = 0.0
     graphs = kernels = memops = 0
     per_kernel: dict[str, list] = {}
+    intervals = []
     for e in events:
         if e.device_type == DeviceType.CPU:
             if LAUNCH_API.match(e.name):
@@ -108,6 +125,7 @@ def count_launches(fn, *, warmup: int = 1, steps: int = 1, label: str = "") -> L
             stat = per_kernel.setdefault(e.name, [0, 0.0])
             stat[0] += 1
             stat[1] += e.time_range.elapsed_us()
+            intervals.append((e.time_range.start, e.time_range.end))
         elif e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False):
             memops += 1
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:10]
@@ -118,5 +136,5 @@ def count_launches(fn, *, warmup: int = 1, steps: int = 1, label: str = "") -> L
         memory_ops=memops, launch_calls_per_step=calls / steps, graph_launches_per_step=graphs / steps,
         kernels_per_step=kernels / steps, launch_api_us_per_step=launch_us / steps,
         kernel_us_per_step=sum(s[1] for s in per_kernel.values()) / steps,
-        wall_ms_per_step=wall * 1e3,
+        short_gap_us_per_step=short_gaps_us(intervals) / steps, wall_ms_per_step=wall * 1e3,
         top_kernels=[{"name": n, "calls": c, "total_us": t} for n, (c, t) in top])
