@@ -19,6 +19,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 
+from .roofline import cuda_event_times
+
 IMPLS = ("cublas", "inductor")
 
 
@@ -84,15 +86,7 @@ def time_gemv(k: int, n: int, calls: int, impl: str, *, replays: int = 20) -> fl
     with torch.cuda.graph(graph):
         outputs = step()   # noqa: F841 -- kept alive: the graph writes into them
     graph.replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times) / calls
+    return statistics.median(cuda_event_times(graph.replay, replays)) / calls
 
 
 def measure_gemvs(cfg, impls=IMPLS, *, copy_bandwidth: float | None = None) -> list[GemvRecord]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 
 # Vendor datasheet peaks (dense, no sparsity). Not measured: use them only as labelled ceilings.
 DATASHEET_PEAK_FLOPS = {"H100 SXM bf16": 989.4e12, "H200 bf16": 989.4e12}
@@ -235,6 +236,21 @@ class BandwidthRecord:
                 f"(median of {self.repeats}, {self.buffer_bytes / 2**30:.1f} GiB buffer)")
 
 
+def cuda_event_times(fn, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls of fn(), timed on the GPU with CUDA events (no host
+    overhead in the figure); call it after a warm-up."""
+    import torch
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return times
+
+
 def measure_copy_bandwidth(device="cuda", *, nbytes: int = 2**30, repeats: int = 10) -> BandwidthRecord:
     """Copy a buffer much larger than L2 (50 MB on H100) so every byte goes to HBM and back."""
     import torch
@@ -254,14 +270,7 @@ def measure_copy_bandwidth(device="cuda", *, nbytes: int = 2**30, repeats: int =
                                f"({str(e).splitlines()[0]}); free memory or pass a smaller nbytes")
     for _ in range(2):                      # warm-up: first touches, clocks ramping up
         dst.copy_(src)
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+    times = cuda_event_times(partial(dst.copy_, src), repeats)
     del src, dst
     return BandwidthRecord(True, device=torch.cuda.get_device_name(dev), buffer_bytes=nbytes,
                            repeats=repeats, bandwidth=2 * nbytes / statistics.median(times),

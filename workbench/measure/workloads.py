@@ -95,15 +95,8 @@ def attention_workload(impl: str = "flash", n: int = 4096, heads: int = 16, kv_h
     result = {"impl": impl, "n": n, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
               "dtype": dtype, "out_shape": list(out.shape)}
     if repeats > 0 and device.startswith("cuda"):
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            attend(q, k, v)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        result.update(time_s=statistics.median(times), repeats=repeats)
+        from .roofline import cuda_event_times
+        result.update(time_s=statistics.median(cuda_event_times(lambda: attend(q, k, v), repeats)), repeats=repeats)
     return result
 
 
