@@ -62,16 +62,12 @@ def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, se
 
     from workbench.engine import SamplingParams
 
+    from .steps import start_decoding
+
     tp = llm.config.tensor_parallel_size
     label = f"{llm.opts.label()} tp={tp}"
-    rng = random.Random(seed)
-    vocab = llm.model_config.vocab_size
     params = SamplingParams(temperature=0, max_tokens=3 * steps + 4, ignore_eos=True)
-    llm.abort_all()
-    for _ in range(batch):
-        llm.add_request([rng.randrange(1, vocab) for _ in range(prompt_len)], params)
-    while llm.scheduler.prefill_pending():
-        llm.step()
+    start_decoding(llm, batch, prompt_len, params, random.Random(seed))
     on_gpu = llm.runner.device.type == "cuda"
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     try:

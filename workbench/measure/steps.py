@@ -11,18 +11,30 @@ import random
 from .launches import LaunchRecord, count_launches
 
 
+def queue_random_prompts(llm, batch: int, prompt_len: int, params, rng: random.Random) -> None:
+    """Drop whatever the engine holds, then queue `batch` random prompts of `prompt_len` tokens."""
+    llm.abort_all()
+    for _ in range(batch):
+        llm.add_request([rng.randrange(llm.model_config.vocab_size) for _ in range(prompt_len)], params)
+
+
+def start_decoding(llm, batch: int, prompt_len: int, params, rng: random.Random) -> None:
+    """Queue random prompts and prefill them all (big batches take several steps): the engine's
+    next step is a pure decode step."""
+    queue_random_prompts(llm, batch, prompt_len, params, rng)
+    while llm.scheduler.prefill_pending():
+        llm.step()
+
+
 def engine_launches(llm, *, batch: int = 1, prompt_len: int = 128, decode_steps: int = 8,
                     seed: int = 0) -> dict[str, LaunchRecord]:
     from workbench.engine import SamplingParams
     rng = random.Random(seed)
-    vocab = llm.model_config.vocab_size
     # enough tokens that every decode call (warm-up, timed pass, profiled pass) has work
     params = SamplingParams(temperature=0, max_tokens=3 * decode_steps + 8, ignore_eos=True)
 
     def prefill():
-        llm.abort_all()
-        for _ in range(batch):
-            llm.add_request([rng.randrange(vocab) for _ in range(prompt_len)], params)
+        queue_random_prompts(llm, batch, prompt_len, params, rng)
         llm.step()
 
     label = llm.opts.label()
@@ -30,9 +42,7 @@ def engine_launches(llm, *, batch: int = 1, prompt_len: int = 128, decode_steps:
     rounds, llm.config.decode_steps = llm.config.decode_steps, 1
     try:
         records = {"prefill": count_launches(prefill, warmup=1, steps=1, label=f"{label} prefill")}
-        prefill()
-        while llm.scheduler.prefill_pending():   # big batches prefill over several steps
-            llm.step()
+        start_decoding(llm, batch, prompt_len, params, rng)
         records["decode"] = count_launches(llm.step, warmup=1, steps=decode_steps, label=f"{label} decode")
     finally:
         llm.config.decode_steps = rounds
