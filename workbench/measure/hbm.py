@@ -7,8 +7,10 @@ family (attention, matmul, norm, elementwise, other).
 
 Things ncu does that a student should know when reading its numbers:
 - it flushes caches before each kernel (`--cache-control all`): bytes are cold-cache bytes;
-- it locks clocks to base (`--clock-control base`): gpu__time_duration is slower than in a real
-  run, good for comparing kernels with each other, not for tok/s;
+- it serializes kernels and replays each one several times: gpu__time_duration is a kernel's
+  time alone, good for comparing kernels with each other, not for tok/s. We pass
+  `--clock-control none` (ncu's default locks clocks to base): a shared GPU's clocks are not
+  ours to change;
 - DRAM counters see only traffic that reaches HBM: the part of an output still in L2 (50 MB
   on H100) when the kernel ends is written back later, outside the kernel's count;
 - profiling is slow (each kernel is replayed several times): filter with an NVTX range
@@ -33,7 +35,7 @@ from pathlib import Path
 
 DEFAULT_METRICS = ("dram__bytes_read.sum", "dram__bytes_write.sum", "gpu__time_duration.sum")
 NCU_FALLBACK_DIRS = ["/usr/local/cuda/bin"]   # where CUDA puts ncu when it is not on PATH
-NCU_NOTES = ("ncu flushes caches and locks clocks to base: cold-cache bytes, base-clock times; "
+NCU_NOTES = ("ncu flushes caches and serializes kernels: cold-cache bytes, kernel times alone; "
              "output still in L2 when a kernel ends is not in its DRAM writes")
 
 # Units ncu prints -> factor to bytes or seconds. ncu 2025.3's CSV uses "byte" and "ns";
@@ -249,7 +251,7 @@ def run_ncu(cmd: list[str], *, kernel_regex: str | None = None, nvtx_include: st
     if path is None:
         return _unavailable(status, command=list(cmd), **where)
     args = [path, "--csv", "--print-units", "base", "--metrics", ",".join(metrics),
-            "--target-processes", "all"]
+            "--target-processes", "all", "--clock-control", "none"]
     if nvtx_include:
         args += ["--nvtx", "--nvtx-include", nvtx_include]
     if kernel_regex:

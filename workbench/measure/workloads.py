@@ -78,7 +78,7 @@ def attention_workload(impl: str = "flash", n: int = 4096, heads: int = 16, kv_h
 
     repeats > 0 also times that many further calls with CUDA events (outside the range) and
     returns their median as time_s -- meaningful when run directly, not under ncu (which
-    serializes kernels and locks clocks)."""
+    serializes kernels)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("attention_workload needs a CUDA GPU (or device='cpu' for naive/sdpa)")
     torch.manual_seed(seed)
