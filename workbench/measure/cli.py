@@ -94,11 +94,14 @@ def cmd_bench(args) -> int:
 
     path = model_dir(args)
     vocab = ModelConfig.from_hf(path).vocab_size
-    workloads = {"single": ["single"], "batch": ["batch"], "throughput": ["throughput"],
+    workloads = {"single": ["single"], "batch": ["batch"], "throughput": [args.workload],
                  "stack": args.workloads.split(",")}[args.what]
     rows = []
     for name in workloads:
-        load = bench.make_workload(name, vocab, num_seqs=args.num_seqs, new_tokens=args.new_tokens)
+        load = bench.make_workload(name, vocab, num_seqs=args.num_seqs, new_tokens=args.new_tokens,
+                                   temperature=args.temperature)
+        if load.note:
+            print(f"  {name}: {load.note}")
         engine_kwargs = dict(max_num_seqs=max(len(load.prompts), 1), max_num_batched_tokens=args.max_batched_tokens)
         if args.what == "stack":
             settings = bench.stack_settings()
@@ -113,7 +116,7 @@ def cmd_bench(args) -> int:
                 r.note = note
                 results.append(r)
                 host = ", ".join(f"{k} {v:.3f}" for k, v in r.host_ms_per_step.items())
-                print(f"  {name:<10} {note:<18} {r.tok_s:10,.0f} tok/s   host ms/step: {host}", flush=True)
+                print(f"  {name:<10} {note:<18} T={load.temperature:<4} {r.tok_s:10,.0f} tok/s   host ms/step: {host}", flush=True)
         if not results:
             print(f"  {name}: nothing runnable on this machine")
             continue
@@ -126,7 +129,7 @@ def cmd_bench(args) -> int:
                 results.append(bench.peer_or_unavailable(run, load, mode))
         rows += bench.with_ratios(results, results[0])
     print(f"\nbenchmarks on {bench.gpu_name()} (measured; ratio = tok/s over the first row of its workload)")
-    print(format_table(rows, ["workload", "engine", "setting", "note", "output_tokens", "seconds", "tok_s",
+    print(format_table(rows, ["workload", "engine", "setting", "note", "temperature", "output_tokens", "seconds", "tok_s",
                               "prefill_tok_s", "decode_tok_s", "ttft_ms", "tpot_ms", "ratio"]))
     _save([r.to_dict() for r in rows], args.json)
     return 0
@@ -152,6 +155,11 @@ def add_measure_commands(sub) -> None:
     b.add_argument("what", choices=["single", "batch", "throughput", "stack"])
     common(b)
     b.add_argument("--workloads", default="single,batch", help="for stack: comma-separated workloads")
+    b.add_argument("--workload", default="throughput", choices=["throughput", "nanovllm"],
+                   help="for throughput: the project's greedy workload, or nano-vLLM's bench.py exactly "
+                        "(seed 0, temperature 0.6, 133,966 output tokens)")
+    b.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature for every request (default: the workload's own; 0 = greedy)")
     b.add_argument("--num-seqs", type=int, default=None)
     b.add_argument("--new-tokens", type=int, default=512)
     b.add_argument("--repeats", type=int, default=3)
