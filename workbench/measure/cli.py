@@ -70,6 +70,7 @@ def cmd_check(args) -> int:
         settings = [Optimizations(attention="sdpa"), Optimizations(attention="flash"),
                     Optimizations(attention="flash", fused_kernels=True),
                     Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True),
+                    Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True),
                     Optimizations.all_on(), Optimizations(attention="naive", cuda_graphs=True),
                     Optimizations(attention="naive", compile=True)]
     if args.settings:
@@ -106,7 +107,9 @@ def cmd_bench(args) -> int:
         if args.what == "stack":
             settings = bench.stack_settings()
         else:
-            presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", Optimizations.all_on())}
+            presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", Optimizations.all_on()),
+                       "all_on_cublas": ("all on, cuBLAS", Optimizations(attention="flash", fused_kernels=True,
+                                                                        cuda_graphs=True, compile=True))}
             settings = _chosen(args.settings, presets)
         results = []
         for title, opts in runnable(settings, lambda item: item[1]):
@@ -146,7 +149,7 @@ def add_measure_commands(sub) -> None:
     common(check)
     check.add_argument("--prompts", type=int, default=32)
     check.add_argument("--max-tokens", type=int, default=64)
-    check.add_argument("--quick", action="store_true", help="7 representative settings instead of 17")
+    check.add_argument("--quick", action="store_true", help="8 representative settings instead of all 20")
     check.add_argument("--settings", help="comma-separated labels, e.g. naive+compile,flash+graphs+compile")
     check.add_argument("--no-hf", action="store_true", help="skip the HF transformers reference")
     check.set_defaults(func=cmd_check)
@@ -167,7 +170,8 @@ def add_measure_commands(sub) -> None:
     b.add_argument("--decode-steps", default=[1], type=_positive_ints,
                    help="EngineConfig.decode_steps values, comma-separated (e.g. 1,8: multi-step decoding "
                         "against one step per schedule, one row each)")
-    b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off,all_on")
+    b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off,all_on,all_on_cublas "
+                   "(all on without decode_gemv)")
     b.add_argument("--peers", action="store_true", help="also HF transformers generate / generate_batch")
     b.set_defaults(func=cmd_bench)
 
@@ -184,6 +188,7 @@ def cmd_measure_launches(args) -> int:
     rows = []
     for opts in runnable([Optimizations.all_off(), Optimizations(attention="flash", fused_kernels=True),
                           Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True),
+                          Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True, compile=True),
                           Optimizations.all_on()], lambda s: s):
         with LLM(path, opts=opts, max_num_seqs=max(args.batch, 1), enable_prefix_caching=False) as llm:
             for phase, rec in engine_launches(llm, batch=args.batch, decode_steps=args.steps).items():
