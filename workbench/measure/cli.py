@@ -227,7 +227,7 @@ def cmd_measure_roofline(args) -> int:
 
 
 def cmd_measure_gemv(args) -> int:
-    """Each linear layer's batch-1 matmul alone: measured time and bandwidth, cuBLAS vs inductor."""
+    """Each linear layer's batch-1 matmul alone: measured time and bandwidth, cuBLAS vs inductor vs ours."""
     from workbench.measure import format_table, measure_copy_bandwidth
     from workbench.measure.gemv import measure_gemvs
     from workbench.model import ModelConfig
@@ -313,9 +313,11 @@ def add_measure_subcommands(sub, common) -> None:
     attention.add_argument("--impls", default="naive,flash")
     attention.add_argument("--json")
     attention.set_defaults(func=cmd_measure_attention)
-    gemv = msub.add_parser("gemv", help="batch-1 matmul of each linear layer: time and bandwidth, cuBLAS vs inductor")
+    gemv = msub.add_parser("gemv", help="batch-1 matmul of each linear layer: time and bandwidth, cuBLAS vs inductor vs "
+                          "the decode GEMV")
     common(gemv)
-    gemv.add_argument("--impls", default="cublas,inductor", help="cublas and/or inductor")
+    gemv.add_argument("--impls", default="cublas,inductor,triton",
+                      help="cublas, inductor and/or triton (the decode_gemv switch's kernel)")
     gemv.set_defaults(func=cmd_measure_gemv)
     tp = msub.add_parser("tp", help="tensor parallelism: decode step time and its all-reduce time, tp=1 vs --tp")
     common(tp)
