@@ -18,7 +18,7 @@ from workbench.engine.sampler import Sampler
 from workbench.engine.sequence import Sequence
 from workbench.model import ModelConfig, load_model
 from workbench.parallel import WorkerGroup, rank_device
-from workbench.parallel.tensor_parallel import agree_on_min
+from workbench.parallel.tensor_parallel import agree_on_min, use_decode_gemv
 from workbench.parallel.workers import tp_guard
 from workbench.step_inputs import HostStep, next_decode_step, pack_step
 
