@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention hbm hbm-batch launches gemv tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity gemv-bench tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -47,6 +47,12 @@ do_step() {
     hbm-batch)  run hbm-batch $W measure hbm $P --settings fast --batch 256 --context 600 --json "$OUT/hbm-batch.json" ;;
     launches)   run launches $W measure launches $P --json "$OUT/launches.json" ;;
     gemv)       run gemv $W measure gemv $P --json "$OUT/gemv.json" ;;
+    # the decode GEMV (decode_gemv switch), session 5: one call of ~8 min for the first three
+    decode-gemv) do_step gemv-tests; do_step gemv-sweep; do_step gemv ;;
+    gemv-tests) run gemv-tests $PY -m pytest -q tests/gpu/test_gemv_gpu.py -p no:cacheprovider -k "not engine_parity" ;;
+    gemv-sweep) run gemv-sweep $PY scripts/sweep_gemv.py "$OUT/gemv-sweep.json" --budget-s 200 ;;
+    gemv-parity) run gemv-parity $PY -m pytest -q -s tests/gpu/test_gemv_gpu.py -p no:cacheprovider -k engine_parity ;;
+    gemv-bench) run gemv-bench $W bench single $P --settings all_on_cublas,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/gemv-single.json" ;;
     tp)         # needs a kind with >= 2 GPUs (nvidia-h100-x2): correctness, then the cost of the split
                 run tp-tests $PY -m pytest -q -s tests/gpu/test_tensor_parallel_gpu.py -p no:cacheprovider
                 run tp $W measure tp $P --tp 2 --batch 1 --steps 16 --json "$OUT/tp.json" ;;

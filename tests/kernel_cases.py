@@ -23,3 +23,32 @@ def qk_norm_rope_outputs(torch, Hq, Hk, D, dtype, T, device="cpu", max_pos=4096)
     assert torch.equal(buf, qkv), "the fused form must leave its input (the QKV buffer) alone"
     assert all(t.is_contiguous() for t in got)
     return qkv, buf, want, got
+
+
+def gemv_rel_err(torch, m, n, k, dtype, bias, config=None, device="cpu", x_stride=None):
+    """The decode GEMV against float64 F.linear on fresh random inputs: ||got - ref|| / ||ref||.
+    x_stride: read x as a strided view (rows x_stride apart), as a slice of a wider buffer is."""
+    from torch.nn.functional import linear as f_linear
+
+    from workbench.kernels.gemv import gemv
+    buf = torch.randn(m, x_stride or k, device=device, dtype=dtype)
+    x, w = buf[:, :k], torch.randn(n, k, device=device, dtype=dtype)
+    b = torch.randn(n, device=device, dtype=dtype) if bias else None
+    got = gemv(x, w, b, config)
+    assert got.shape == (m, n) and got.dtype == dtype, (got.shape, got.dtype)
+    ref = f_linear(x.double(), w.double(), None if b is None else b.double())
+    assert torch.isfinite(got).all(), "non-finite output (an element left unwritten?)"
+    return ((got.double() - ref).norm() / ref.norm()).item()
+
+
+# (M, N, K, config) for the interpreter: small, odd (N not a multiple of the block, K not of
+# split x block), split-K on and off, M = 1 (elementwise path) and M > 1 (tl.dot path).
+def gemv_interpreter_cases(GemvConfig):
+    cases = []
+    for m in (1, 3, 16):
+        bn = 4 if m == 1 else 16
+        for n, k in ((40, 72), (32, 256)):
+            for split in (1, 3):
+                cases.append((m, n, k, GemvConfig(block_n=bn, block_k=32, split_k=split)))
+        cases.append((m, 24, 100, None))   # the heuristic default
+    return cases

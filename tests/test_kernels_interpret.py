@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ["store_kvcache", "fused_add_rms_norm", "rms_norm_per_head", "silu_and_mul", "apply_rope",
-          "qk_norm_rope"]
+          "qk_norm_rope", "gemv", "gemv_broken_split_is_caught", "gemv_fallback_and_hook"]
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                 reason="triton is not installed")
@@ -144,6 +144,57 @@ def _check_qk_norm_rope_case(torch, Hq, Hk, D, dtype, T):
         assert got.dtype == want.dtype
         torch.testing.assert_close(got, want, atol=atol, rtol=rtol,
                                    msg=lambda m: f"{Hq, Hk, D, dtype, T}: {m}")
+
+
+def check_gemv(torch, ops):
+    """The decode GEMV vs float64 F.linear: M in {1, 3, 16}, with/without bias, split-K on/off, odd shapes."""
+    from kernel_cases import gemv_interpreter_cases, gemv_rel_err
+
+    from workbench.kernels.gemv import GemvConfig
+    for (m, n, k, cfg), bias in product(gemv_interpreter_cases(GemvConfig), (False, True)):
+        err = gemv_rel_err(torch, m, n, k, torch.bfloat16, bias, cfg, x_stride=k + 24)
+        assert err < 1e-2, f"M={m} N={n} K={k} bias={bias} {cfg}: rel err {err:.3g}"
+    err = gemv_rel_err(torch, 2, 40, 72, torch.float32, True, GemvConfig(block_n=16, block_k=32, split_k=3))
+    assert err < 1e-5, f"float32: rel err {err:.3g}"
+
+
+def check_gemv_broken_split_is_caught(torch, ops):
+    """A deliberately wrong launch (each K slice half as long as it must be: half of K is never
+    read) must fail the same check that the real launches pass."""
+    import triton
+
+    from workbench.kernels import gemv as g
+    x, w = torch.randn(1, 256, dtype=torch.bfloat16), torch.randn(16, 256, dtype=torch.bfloat16)
+    part, out = torch.empty(2, 1, 16), torch.empty(1, 16, dtype=torch.bfloat16)
+    g._gemv_kernel[(triton.cdiv(16, 4), 2)](x, w, w, part, 1, 16, 256, 256, 64, HAS_BIAS=False, SPLIT=True,
+                                            EVEN_K=False, EVEN_N=True, DOT_FP32=True, BLOCK_M=1, BLOCK_N=4,
+                                            BLOCK_K=32)
+    g._splitk_reduce_kernel[(1,)](part, w, out, 16, 16, SPLIT_K=2, HAS_BIAS=False, BLOCK=1024)
+    ref = torch.nn.functional.linear(x.double(), w.double())
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    assert err > 0.3, f"the broken launch passed the check (rel err {err:.3g}): the check cannot fail"
+
+
+def check_gemv_fallback_and_hook(torch, ops):
+    """More than MAX_M tokens go to F.linear (bit-exact); the model's Linear hook runs the GEMV."""
+    from workbench.kernels import gemv as g
+    from workbench.parallel.tensor_parallel import Linear, use_decode_gemv
+    layer = Linear(64, 40, bias=True).to(torch.bfloat16)
+    use_decode_gemv(layer, True)
+    big = torch.randn(g.MAX_M + 1, 64, dtype=torch.bfloat16)
+    real, calls = g.gemv, []
+    g.gemv = lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw)
+    try:
+        assert torch.equal(layer(big), torch.nn.functional.linear(big, layer.weight, layer.bias))
+        assert calls == [], "M > MAX_M must fall back to F.linear"
+        x = torch.randn(2, 3, 64, dtype=torch.bfloat16)      # [batch, tokens, K]: 6 rows
+        got, want = layer(x), torch.nn.functional.linear(x.double(), layer.weight.double(), layer.bias.double())
+        assert calls == [(6, 64)] and got.shape == (2, 3, 40)
+        assert ((got.double() - want).norm() / want.norm()).item() < 1e-2
+    finally:
+        g.gemv = real
+    use_decode_gemv(layer, False)
+    assert not layer.decode_gemv
 
 
 def _main() -> None:

@@ -19,10 +19,14 @@ from workbench.reference import compare, hf_greedy, load_hf_model
 
 
 def switch_settings(attentions=("naive", "flash")) -> list[Optimizations]:
-    """Every combination of the four switches (attention x fused x graphs x compile), plus sdpa."""
+    """Every combination of attention x fused x graphs x compile, plus sdpa, plus the decode GEMV
+    on the paths where it matters (eager alone, under graphs, under graphs + compile = all on)."""
     settings = [Optimizations(attention=a, fused_kernels=f, cuda_graphs=g, compile=c)
                 for a, f, g, c in itertools.product(attentions, (False, True), (False, True), (False, True))]
-    return settings + [Optimizations(attention="sdpa")]
+    gemv = [Optimizations(attention="naive", decode_gemv=True),
+            Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True),
+            Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True, compile=True)]
+    return settings + [Optimizations(attention="sdpa")] + [g for g in gemv if g.attention in attentions]
 
 
 def random_prompts(n: int, vocab: int, min_len: int = 4, max_len: int = 300, seed: int = 0) -> list[list[int]]:

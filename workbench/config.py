@@ -20,12 +20,15 @@ class Optimizations:
                    (flash-attn varlen prefill + paged decode): attention's HBM traffic.
     fused_kernels  residual-add+RMSNorm, SwiGLU and RoPE as single Triton kernels: round trips
                    to HBM between small element-wise ops.
+    decode_gemv    the linear layers' matmuls at <= 16 tokens (decode) as a Triton split-K GEMV
+                   (workbench.kernels.gemv) instead of cuBLAS: weight bytes read per microsecond.
     cuda_graphs    capture decode once per batch-size bucket and replay: CPU launch overhead.
     compile        torch.compile the model forward: fusion and redundant work found by a compiler.
     """
 
     attention: str = "sdpa"
     fused_kernels: bool = False
+    decode_gemv: bool = False
     cuda_graphs: bool = False
     compile: bool = False
     # Made by a preset: switches this machine cannot run are dropped (with a note), not refused.
@@ -50,7 +53,8 @@ class Optimizations:
     @classmethod
     def all_on(cls) -> "Optimizations":
         """Everything on. On a CPU the CUDA-only switches are dropped and reported as skipped."""
-        return cls(attention="flash", fused_kernels=True, cuda_graphs=True, compile=True, from_preset=True)
+        return cls(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True, compile=True,
+                   from_preset=True)
 
     @classmethod
     def preset(cls, name: str) -> "Optimizations":
@@ -63,7 +67,7 @@ class Optimizations:
     def label(self) -> str:
         """Short human label, e.g. 'flash+fused+graphs'."""
         parts = [self.attention]
-        parts += [n for n, on in (("fused", self.fused_kernels), ("graphs", self.cuda_graphs),
+        parts += [n for n, on in (("fused", self.fused_kernels), ("gemv", self.decode_gemv), ("graphs", self.cuda_graphs),
                                   ("compile", self.compile)) if on]
         return "+".join(parts)
 
@@ -71,6 +75,7 @@ class Optimizations:
         """The switches set here that need a CUDA GPU."""
         return [name for name, on in (("attention='flash'", self.attention == "flash"),
                                       ("fused_kernels=True", self.fused_kernels),
+                                      ("decode_gemv=True", self.decode_gemv),
                                       ("cuda_graphs=True", self.cuda_graphs)) if on]
 
     def needs_cuda(self) -> bool:
@@ -93,11 +98,11 @@ class Optimizations:
         if wanted and not self.from_preset:
             raise ValueError(
                 f"{', '.join(wanted)} need a CUDA GPU but the engine runs on {device!r}; "
-                "use attention='sdpa' or 'naive' with fused_kernels=False, cuda_graphs=False on a CPU "
+                "use attention='sdpa' or 'naive' with fused_kernels=False, decode_gemv=False, cuda_graphs=False on a CPU "
                 "(or a preset such as Optimizations.all_on(), which drops them with a note)")
         notes = [f"{name}: skipped, needs CUDA (running on {device})" for name in wanted]
         cpu = dataclasses.replace(self, attention="sdpa" if self.attention == "flash" else self.attention,
-                                  fused_kernels=False, cuda_graphs=False)
+                                  fused_kernels=False, decode_gemv=False, cuda_graphs=False)
         return cpu, notes
 
 

@@ -18,7 +18,7 @@ from workbench.engine.sampler import Sampler
 from workbench.engine.sequence import Sequence
 from workbench.model import ModelConfig, load_model
 from workbench.parallel import WorkerGroup, rank_device
-from workbench.parallel.tensor_parallel import agree_on_min
+from workbench.parallel.tensor_parallel import agree_on_min, use_decode_gemv
 from workbench.parallel.workers import tp_guard
 from workbench.step_inputs import HostStep, next_decode_step, pack_step
 
@@ -53,6 +53,7 @@ class ModelRunner:
         start = time.perf_counter()
         self.model = load_model(cfg.model, model_cfg, make_backend(opts.attention), fused=opts.fused_kernels,
                                 dtype=dtype, device=device, tp_rank=self.rank, tp_size=self.tp_size)
+        use_decode_gemv(self.model, opts.decode_gemv)   # the linear layers' one hook (workbench.parallel)
         self.timings["load_s"] = time.perf_counter() - start
         self.num_kv_blocks = self._plan_kv_blocks()
         if self.tp_size > 1:   # one block manager (rank 0) hands out block ids valid on every rank

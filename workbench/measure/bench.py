@@ -6,8 +6,14 @@ with the GPU synchronized; ratios are against a baseline measured in the same ru
 Workloads (Qwen3-0.6B shape, random weights: speed does not depend on weight values):
     single      one sequence, 128-token prompt, 512 new tokens: decode tok/s, TTFT, TPOT
     batch       64 sequences, 128-token prompts, 512 new tokens each
-    throughput  nano-vLLM's workload: 256 sequences, prompt and output lengths uniform in
-                [100, 1024], random token ids, EOS ignored: output tok/s
+    throughput  the project's own: 256 sequences, prompt and output lengths uniform in
+                [100, 1024], random token ids, EOS ignored, greedy: output tok/s
+    nanovllm    nano-vLLM's bench.py exactly: the same Python `random` draws (seed 0, ids
+                randint(0, 10000), lengths randint(100, 1024), then each max_tokens), temperature
+                0.6, EOS ignored, max_model_len 4096: 133,966 output tokens
+
+Every workload is greedy unless it says otherwise; `temperature` overrides that for any of them
+(e.g. single-stream rows at nano-vLLM's 0.6).
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ class BenchResult:
     ratio: float | None = None  # tok_s / baseline tok_s (same run)
     gpu: str = ""
     note: str = ""
+    temperature: float | None = None   # of the workload's sampling (0: greedy)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,27 +64,56 @@ class Workload:
     name: str
     prompts: list[list[int]]
     output_lens: list[int]
+    temperature: float = 0.0            # 0: greedy
+    max_model_len: int | None = None    # None: just long enough for the longest sequence
+    note: str = ""
 
     @property
     def output_tokens(self) -> int:
         return sum(self.output_lens)
 
 
+NANOVLLM_MAX_ID = 10_000   # bench.py's randint(0, 10000): ids 0..10000 inclusive
+
+
+def nanovllm_workload(vocab: int, num_seqs: int = 256) -> Workload:
+    """nano-vLLM's bench.py (GeeeekExplorer/nano-vllm), draw for draw: `seed(0)`, then every
+    prompt (its length first, then its ids), then every sequence's max_tokens, all from Python's
+    global `random` -- a fresh `random.Random(0)` makes the same draws. A model whose vocabulary
+    cannot hold id 10,000 (the tiny test model) gets the ids modulo its vocabulary: every length,
+    hence every token count, stays nano-vLLM's."""
+    rng = random.Random(0)
+    prompts = [[rng.randint(0, NANOVLLM_MAX_ID) for _ in range(rng.randint(100, 1024))] for _ in range(num_seqs)]
+    output_lens = [rng.randint(100, 1024) for _ in range(num_seqs)]
+    note = ""
+    if vocab <= NANOVLLM_MAX_ID:
+        prompts = [[t % vocab for t in p] for p in prompts]
+        note = f"token ids modulo vocab {vocab} (nano-vLLM draws ids up to {NANOVLLM_MAX_ID})"
+    return Workload("nanovllm", prompts, output_lens, temperature=0.6, max_model_len=4096, note=note)
+
+
 def make_workload(name: str, vocab: int, *, seed: int = 0, num_seqs: int | None = None,
-                  prompt_len: int = 128, new_tokens: int = 512, min_len: int = 100, max_len: int = 1024) -> Workload:
+                  prompt_len: int = 128, new_tokens: int = 512, min_len: int = 100, max_len: int = 1024,
+                  temperature: float | None = None) -> Workload:
+    """`temperature`: None keeps the workload's own (0, greedy; nanovllm: 0.6)."""
     rng = random.Random(seed)
-    if name == "single":
-        num_seqs = 1
-    elif name == "batch":
-        num_seqs = num_seqs or 64
+    if name == "nanovllm":
+        load = nanovllm_workload(vocab, num_seqs or 256)
     elif name == "throughput":
         num_seqs = num_seqs or 256
         prompts = [[rng.randrange(vocab) for _ in range(rng.randint(min_len, max_len))] for _ in range(num_seqs)]
-        return Workload(name, prompts, [rng.randint(min_len, max_len) for _ in range(num_seqs)])
+        load = Workload(name, prompts, [rng.randint(min_len, max_len) for _ in range(num_seqs)])
+    elif name in ("single", "batch"):
+        num_seqs = 1 if name == "single" else num_seqs or 64
+        prompts = [[rng.randrange(vocab) for _ in range(prompt_len)] for _ in range(num_seqs)]
+        load = Workload(name, prompts, [new_tokens] * num_seqs)
     else:
-        raise ValueError(f"unknown workload {name!r}; choose single, batch or throughput")
-    prompts = [[rng.randrange(vocab) for _ in range(prompt_len)] for _ in range(num_seqs)]
-    return Workload(name, prompts, [new_tokens] * num_seqs)
+        raise ValueError(f"unknown workload {name!r}; choose single, batch, throughput or nanovllm")
+    if temperature is not None:
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
+        load.temperature = temperature
+    return load
 
 
 def _rate(tokens: int, seconds: float) -> float | None:
@@ -88,11 +124,13 @@ def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: boo
     """Warm up outside the timed region (a short generate, or the whole workload once), then
     time `repeats` generates of the workload with the GPU synchronized; medians."""
     from workbench.engine import SamplingParams
-    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in workload.output_lens]
+    params = [SamplingParams(temperature=workload.temperature, max_tokens=n, ignore_eos=True)
+              for n in workload.output_lens]
     if full_warmup:   # also covers compile's re-specializations on this workload's shapes
         llm.generate(workload.prompts, params, use_tqdm=False)
     else:
-        llm.generate(workload.prompts[:2], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
+        llm.generate(workload.prompts[:2], SamplingParams(temperature=workload.temperature, max_tokens=8,
+                                                          ignore_eos=True),
                      use_tqdm=False)
     st = llm.stats
     host_before, steps_before = dict(st.host_seconds), st.steps
@@ -122,14 +160,16 @@ def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats:
     """Build the engine (its warm-up included), then time the workload (time_generate)."""
     from workbench.engine import LLM
     max_len = max(len(p) for p in workload.prompts) + max(workload.output_lens) + 1
-    engine_kwargs = {"max_model_len": max(max_len, 256), "enable_prefix_caching": False, **engine_kwargs}
+    max_len = workload.max_model_len or max(max_len, 256)   # nanovllm: its own 4096
+    engine_kwargs = {"max_model_len": max_len, "enable_prefix_caching": False, **engine_kwargs}
     with LLM(model_dir, opts=opts, **engine_kwargs) as llm:
         timed = time_generate(llm, workload, repeats=repeats)
         warmup = {k: round(v, 2) for k, v in llm.runner.timings.items()}
     return BenchResult(workload.name, "workbench", opts.label(), timed["output_tokens"], timed["seconds"],
                        timed["tok_s"], prefill_tok_s=timed["prefill_tok_s"], decode_tok_s=timed["decode_tok_s"],
                        ttft_ms=timed["ttft_ms"], tpot_ms=timed["tpot_ms"], warmup=warmup,
-                       host_ms_per_step=timed["host_ms_per_step"], gpu=gpu_name())
+                       host_ms_per_step=timed["host_ms_per_step"], gpu=gpu_name(),
+                       temperature=workload.temperature)
 
 
 # Peers ----------------------------------------------------------------------------------------
@@ -224,9 +264,11 @@ def stack_settings() -> list[tuple[str, Optimizations]]:
               ("+flash", Optimizations(attention="flash")),
               ("+fused", Optimizations(attention="flash", fused_kernels=True)),
               ("+graphs", Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True)),
+              ("+gemv", Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True)),
               ("+compile (all on)", Optimizations.all_on())]
     alone = [("flash alone", Optimizations(attention="flash")),
              ("fused alone", Optimizations(attention="naive", fused_kernels=True)),
+             ("gemv alone", Optimizations(attention="naive", decode_gemv=True)),
              ("graphs alone", Optimizations(attention="naive", cuda_graphs=True)),
              ("compile alone", Optimizations(attention="naive", compile=True))]
     return ladder + [a for a in alone if a[1] not in [s for _, s in ladder]]

@@ -70,6 +70,7 @@ def cmd_check(args) -> int:
         settings = [Optimizations(attention="sdpa"), Optimizations(attention="flash"),
                     Optimizations(attention="flash", fused_kernels=True),
                     Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True),
+                    Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True),
                     Optimizations.all_on(), Optimizations(attention="naive", cuda_graphs=True),
                     Optimizations(attention="naive", compile=True)]
     if args.settings:
@@ -94,16 +95,21 @@ def cmd_bench(args) -> int:
 
     path = model_dir(args)
     vocab = ModelConfig.from_hf(path).vocab_size
-    workloads = {"single": ["single"], "batch": ["batch"], "throughput": ["throughput"],
+    workloads = {"single": ["single"], "batch": ["batch"], "throughput": [args.workload],
                  "stack": args.workloads.split(",")}[args.what]
     rows = []
     for name in workloads:
-        load = bench.make_workload(name, vocab, num_seqs=args.num_seqs, new_tokens=args.new_tokens)
+        load = bench.make_workload(name, vocab, num_seqs=args.num_seqs, new_tokens=args.new_tokens,
+                                   temperature=args.temperature)
+        if load.note:
+            print(f"  {name}: {load.note}")
         engine_kwargs = dict(max_num_seqs=max(len(load.prompts), 1), max_num_batched_tokens=args.max_batched_tokens)
         if args.what == "stack":
             settings = bench.stack_settings()
         else:
-            presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", Optimizations.all_on())}
+            presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", Optimizations.all_on()),
+                       "all_on_cublas": ("all on, cuBLAS", Optimizations(attention="flash", fused_kernels=True,
+                                                                        cuda_graphs=True, compile=True))}
             settings = _chosen(args.settings, presets)
         results = []
         for title, opts in runnable(settings, lambda item: item[1]):
@@ -113,7 +119,7 @@ def cmd_bench(args) -> int:
                 r.note = note
                 results.append(r)
                 host = ", ".join(f"{k} {v:.3f}" for k, v in r.host_ms_per_step.items())
-                print(f"  {name:<10} {note:<18} {r.tok_s:10,.0f} tok/s   host ms/step: {host}", flush=True)
+                print(f"  {name:<10} {note:<18} T={load.temperature:<4} {r.tok_s:10,.0f} tok/s   host ms/step: {host}", flush=True)
         if not results:
             print(f"  {name}: nothing runnable on this machine")
             continue
@@ -126,7 +132,7 @@ def cmd_bench(args) -> int:
                 results.append(bench.peer_or_unavailable(run, load, mode))
         rows += bench.with_ratios(results, results[0])
     print(f"\nbenchmarks on {bench.gpu_name()} (measured; ratio = tok/s over the first row of its workload)")
-    print(format_table(rows, ["workload", "engine", "setting", "note", "output_tokens", "seconds", "tok_s",
+    print(format_table(rows, ["workload", "engine", "setting", "note", "temperature", "output_tokens", "seconds", "tok_s",
                               "prefill_tok_s", "decode_tok_s", "ttft_ms", "tpot_ms", "ratio"]))
     _save([r.to_dict() for r in rows], args.json)
     return 0
@@ -143,7 +149,7 @@ def add_measure_commands(sub) -> None:
     common(check)
     check.add_argument("--prompts", type=int, default=32)
     check.add_argument("--max-tokens", type=int, default=64)
-    check.add_argument("--quick", action="store_true", help="7 representative settings instead of 17")
+    check.add_argument("--quick", action="store_true", help="8 representative settings instead of all 20")
     check.add_argument("--settings", help="comma-separated labels, e.g. naive+compile,flash+graphs+compile")
     check.add_argument("--no-hf", action="store_true", help="skip the HF transformers reference")
     check.set_defaults(func=cmd_check)
@@ -152,6 +158,11 @@ def add_measure_commands(sub) -> None:
     b.add_argument("what", choices=["single", "batch", "throughput", "stack"])
     common(b)
     b.add_argument("--workloads", default="single,batch", help="for stack: comma-separated workloads")
+    b.add_argument("--workload", default="throughput", choices=["throughput", "nanovllm"],
+                   help="for throughput: the project's greedy workload, or nano-vLLM's bench.py exactly "
+                        "(seed 0, temperature 0.6, 133,966 output tokens)")
+    b.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature for every request (default: the workload's own; 0 = greedy)")
     b.add_argument("--num-seqs", type=int, default=None)
     b.add_argument("--new-tokens", type=int, default=512)
     b.add_argument("--repeats", type=int, default=3)
@@ -159,7 +170,8 @@ def add_measure_commands(sub) -> None:
     b.add_argument("--decode-steps", default=[1], type=_positive_ints,
                    help="EngineConfig.decode_steps values, comma-separated (e.g. 1,8: multi-step decoding "
                         "against one step per schedule, one row each)")
-    b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off,all_on")
+    b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off,all_on,all_on_cublas "
+                   "(all on without decode_gemv)")
     b.add_argument("--peers", action="store_true", help="also HF transformers generate / generate_batch")
     b.set_defaults(func=cmd_bench)
 
@@ -176,6 +188,7 @@ def cmd_measure_launches(args) -> int:
     rows = []
     for opts in runnable([Optimizations.all_off(), Optimizations(attention="flash", fused_kernels=True),
                           Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True),
+                          Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True, compile=True),
                           Optimizations.all_on()], lambda s: s):
         with LLM(path, opts=opts, max_num_seqs=max(args.batch, 1), enable_prefix_caching=False) as llm:
             for phase, rec in engine_launches(llm, batch=args.batch, decode_steps=args.steps).items():
@@ -214,7 +227,7 @@ def cmd_measure_roofline(args) -> int:
 
 
 def cmd_measure_gemv(args) -> int:
-    """Each linear layer's batch-1 matmul alone: measured time and bandwidth, cuBLAS vs inductor."""
+    """Each linear layer's batch-1 matmul alone: measured time and bandwidth, cuBLAS vs inductor vs ours."""
     from workbench.measure import format_table, measure_copy_bandwidth
     from workbench.measure.gemv import measure_gemvs
     from workbench.model import ModelConfig
@@ -300,9 +313,11 @@ def add_measure_subcommands(sub, common) -> None:
     attention.add_argument("--impls", default="naive,flash")
     attention.add_argument("--json")
     attention.set_defaults(func=cmd_measure_attention)
-    gemv = msub.add_parser("gemv", help="batch-1 matmul of each linear layer: time and bandwidth, cuBLAS vs inductor")
+    gemv = msub.add_parser("gemv", help="batch-1 matmul of each linear layer: time and bandwidth, cuBLAS vs inductor vs "
+                          "the decode GEMV")
     common(gemv)
-    gemv.add_argument("--impls", default="cublas,inductor", help="cublas and/or inductor")
+    gemv.add_argument("--impls", default="cublas,inductor,triton",
+                      help="cublas, inductor and/or triton (the decode_gemv switch's kernel)")
     gemv.set_defaults(func=cmd_measure_gemv)
     tp = msub.add_parser("tp", help="tensor parallelism: decode step time and its all-reduce time, tp=1 vs --tp")
     common(tp)

@@ -8,6 +8,8 @@ library kernels:
     cublas     torch's F.linear (what the engine runs)
     inductor   torch.compile's own Triton reduction for M = 1 (`coordinate_descent_tuning`,
                gpt-fast's recipe); it rewrites x @ W^T as a multiply-and-sum and tunes its blocks
+    triton     the project's decode GEMV (workbench.kernels.gemv, the `decode_gemv` switch), with
+               its per-shape config (scripts/sweep_gemv.py tries others through `config=`)
 
 Each shape runs as it does in a decode step: one call per layer, each on its own weight (so no
 weight is still in the 50 MB L2 from the call before), all captured in one CUDA graph (no launch
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 from .roofline import cuda_event_times
 
-IMPLS = ("cublas", "inductor")
+IMPLS = ("cublas", "inductor", "triton")
 
 
 @dataclass
@@ -53,11 +55,14 @@ def gemv_shapes(cfg) -> dict[str, tuple[int, int]]:
             "lm_head": (cfg.hidden_size, cfg.vocab_size)}
 
 
-def _linear(impl: str):
+def _linear(impl: str, config=None):
     import torch
     import torch.nn.functional as F
     if impl == "cublas":
         return F.linear
+    if impl == "triton":
+        from workbench.kernels.gemv import gemv
+        return lambda x, w: gemv(x, w, None, config)
     import torch._inductor.config as inductor_config
     torch._dynamo.reset()   # compiled code is cached per function; start from a clean slate
     compiled = torch.compile(lambda x, w: F.linear(x, w), dynamic=False)   # M = 1 stays static
@@ -69,12 +74,13 @@ def _linear(impl: str):
     return linear
 
 
-def time_gemv(k: int, n: int, calls: int, impl: str, *, replays: int = 20) -> float:
-    """Seconds per call of bf16 [1, k] x [k, n], `calls` different weights back to back in one graph."""
+def time_gemv(k: int, n: int, calls: int, impl: str, *, m: int = 1, config=None, replays: int = 20) -> float:
+    """Seconds per call of bf16 [m, k] x [k, n], `calls` different weights back to back in one graph.
+    config: the triton impl's GemvConfig (None: its own table/heuristic)."""
     import torch
-    linear = _linear(impl)
+    linear = _linear(impl, config)
     weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(calls)]
-    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 
     def step():
         return [linear(x, w) for w in weights]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from workbench.attention import AttentionMetadata, store_kv
-from workbench.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from workbench.parallel.tensor_parallel import ColumnParallelLinear, Linear, RowParallelLinear
 
 from .config import ModelConfig
 from .layers import RMSNorm, RotaryEmbedding, SiluAndMul
@@ -107,7 +107,7 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, self.rotary, backend, fused, tp_size)
                                     for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fused)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:

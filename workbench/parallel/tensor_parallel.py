@@ -55,7 +55,28 @@ def shard_tensor(name: str, tensor: torch.Tensor, rank: int, size: int) -> torch
     return tensor
 
 
-class ColumnParallelLinear(nn.Linear):
+class Linear(nn.Linear):
+    """nn.Linear with the one hook where every linear layer of the model runs: with
+    `decode_gemv` set (Optimizations.decode_gemv, by `use_decode_gemv`), a call on <= 16 tokens
+    runs the Triton decode GEMV (workbench.kernels.gemv); otherwise, and always in prefill, F.linear."""
+
+    decode_gemv = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.decode_gemv:
+            from workbench.kernels.gemv import linear
+            return linear(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+def use_decode_gemv(model: nn.Module, on: bool) -> None:
+    """Flip the decode-GEMV hook of every Linear in `model`."""
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.decode_gemv = on
+
+
+class ColumnParallelLinear(Linear):
     """y_r = x @ W_r^T, W_r = this rank's 1/tp of W's output rows. Input replicated, output split;
     no communication. With tp_size=1 it is nn.Linear."""
 
@@ -63,7 +84,7 @@ class ColumnParallelLinear(nn.Linear):
         super().__init__(in_features, out_features // tp_size, bias=bias)
 
 
-class RowParallelLinear(nn.Linear):
+class RowParallelLinear(Linear):
     """y = sum_r x_r @ W_r^T, W_r = this rank's 1/tp of W's input columns, x_r the matching slice
     of the input (which is what the column-parallel layer before it produced). Each rank's product
     is a partial sum; an all-reduce adds them so every rank holds the full output. With

@@ -1,0 +1,88 @@
+"""The benchmark workloads: nano-vLLM's bench.py reproduced draw for draw, and sampling at the
+workload's temperature reaching every request."""
+import json
+import random
+from types import SimpleNamespace
+
+import pytest
+
+from workbench.__main__ import main
+from workbench.measure import bench
+
+
+def nanovllm_bench_py_draws(num_seqs=256):
+    """What nano-vLLM's bench.py draws, written as it writes it (global `random`, seed(0))."""
+    random.seed(0)
+    prompts = [[random.randint(0, 10000) for _ in range(random.randint(100, 1024))] for _ in range(num_seqs)]
+    return prompts, [random.randint(100, 1024) for _ in range(num_seqs)]
+
+
+def test_nanovllm_workload_is_bench_py_exactly():
+    load = bench.make_workload("nanovllm", 151_936)
+    prompts, max_tokens = nanovllm_bench_py_draws()
+    assert load.output_tokens == 133_966                  # nano-vLLM's "Total: 133966tok"
+    assert load.prompts == prompts and load.output_lens == max_tokens
+    assert load.temperature == 0.6 and load.max_model_len == 4096 and load.note == ""
+    # the project's own throughput workload is a different draw (greedy, ids over the vocabulary)
+    own = bench.make_workload("throughput", 151_936)
+    assert own.temperature == 0 and own.output_tokens != 133_966
+
+
+def test_small_vocab_keeps_every_length():
+    load = bench.make_workload("nanovllm", 512, num_seqs=8)
+    prompts, max_tokens = nanovllm_bench_py_draws(8)
+    assert [len(p) for p in load.prompts] == [len(p) for p in prompts] and load.output_lens == max_tokens
+    assert max(max(p) for p in load.prompts) < 512 and "modulo" in load.note
+
+
+def test_temperature_override_and_bad_value():
+    assert bench.make_workload("single", 512, temperature=0.6).temperature == 0.6
+    assert bench.make_workload("nanovllm", 512, num_seqs=2, temperature=0).temperature == 0
+    with pytest.raises(ValueError, match="must be >= 0"):
+        bench.make_workload("single", 512, temperature=-1)
+    with pytest.raises(ValueError, match="nanovllm"):
+        bench.make_workload("nano", 512)
+
+
+class RecordingLLM:
+    """Stands in for the engine: records the sampling params each generate receives."""
+
+    class stats:
+        host_seconds, steps, step_kind_seconds, step_kind_tokens = {}, 0, {"prefill": 0, "decode": 0}, \
+            {"prefill": 0, "decode": 0}
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, params, use_tqdm=False):
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        self.calls.append(params)
+        return [SimpleNamespace(token_ids=[1] * p.max_tokens, ttft=0.1, tpot=0.01) for p in params]
+
+
+def test_every_request_gets_the_workload_temperature_and_its_own_max_tokens():
+    load = bench.make_workload("nanovllm", 512, num_seqs=3)
+    llm = RecordingLLM()
+    timed = bench.time_generate(llm, load, repeats=1)
+    assert timed["output_tokens"] == sum(load.output_lens)
+    warmup_params, timed_params = llm.calls
+    assert all(p.temperature == 0.6 for p in warmup_params)   # the warm-up samples the same way
+    assert [p.max_tokens for p in timed_params] == load.output_lens
+    assert all(p.temperature == 0.6 and p.ignore_eos for p in timed_params)
+
+
+def test_tiny_model_runs_the_nanovllm_workload(tmp_path, tiny_ckpt):
+    load = bench.make_workload("nanovllm", 512, num_seqs=2)
+    load.prompts = [p[:16] for p in load.prompts]      # short, for a CPU: the path, not the speed
+    load.output_lens = [5, 7]
+    result = bench.bench_engine(tiny_ckpt, bench.Optimizations(attention="naive"), load, repeats=1,
+                                max_num_seqs=2, max_model_len=64)
+    assert result.output_tokens == 12 and result.tok_s > 0 and result.temperature == 0.6
+
+
+def test_bench_single_at_temperature_on_cpu(tmp_path, tiny_ckpt):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "single", "--model", str(tiny_ckpt), "--new-tokens", "6", "--repeats", "1",
+                 "--settings", "all_off", "--temperature", "0.6", "--json", str(out_json)]) == 0
+    row = json.loads(out_json.read_text())[0]
+    assert row["output_tokens"] == 6 and row["temperature"] == 0.6

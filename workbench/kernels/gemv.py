@@ -1,0 +1,210 @@
+"""A GEMV for decode: y = x @ W^T (+ bias) when x has only a few rows (M = 1..16 tokens).
+
+Why it is memory-bound. A decode step multiplies each weight matrix W [N, K] (bf16, 2 bytes a
+value) by one token's activations: 2*N*K FLOPs for 2*N*K bytes, 1 FLOP per byte. An H200 does
+~990 bf16 TFLOP/s but reads HBM at ~4-4.8 TB/s, so the multiply-adds are free and the time is
+the weight bytes over the bandwidth: qkv_proj (8 MB) should take ~2 us, o_proj (4 MB) ~1 us.
+A GEMV is fast exactly when every byte of W is read once, in wide coalesced loads, with enough
+loads in flight on every SM to cover the ~600-800 ns of HBM latency.
+
+How this kernel reads W. Each program owns BLOCK_N output rows and a slice of K. W is row-major,
+so a row's K values are contiguous: the [BLOCK_N, BLOCK_K] tile is loaded along K, each thread
+taking 8 neighbouring bf16 values (one 16-byte load), a warp 512 contiguous bytes. M = 1 keeps
+a [BLOCK_N, BLOCK_K] fp32 accumulator of products and sums along K once at the end (no
+cross-thread shuffles inside the loop); M = 2..16 uses `tl.dot` on a 16-row tile of x (the
+tensor cores are idle most of the time either way: the loads are the work).
+
+Why split-K. A GPU is full when each of its 132 SMs has several programs in flight. o_proj and
+down_proj have N = 1,024 rows: with 4 rows a program that is 256 programs, under 2 per SM, and
+each walks a long K alone. Splitting K into SPLIT_K slices gives SPLIT_K times as many programs,
+each over a shorter slice. The slices' partial sums (fp32) go to a scratch buffer and a second,
+tiny kernel adds them in a fixed order, adds the bias and rounds to bf16: deterministic (no
+atomics), and graph-safe (the scratch is a fresh torch.empty from the caching allocator, which
+CUDA-graph capture supports; nothing needs zeroing, nothing syncs with the host).
+
+Why M <= 16 (MAX_M). Up to 16 rows, one tile of x holds every token, so each weight byte is read
+once whatever M is and the kernel stays a pure weight stream. Beyond that the product is a real
+(skinny) GEMM with several row tiles of x, which cuBLAS's tensor-core GEMMs already do well:
+`linear` falls back to F.linear.
+
+Every call is the registered op `workbench::gemv` (torch.library.custom_op with a fake impl), so
+torch.compile treats it as one opaque op with a known output shape, and CUDA graphs capture its
+launches like any other kernel. Configs: `CONFIGS` (measured per shape by scripts/sweep_gemv.py),
+else `default_config`'s heuristic.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+MAX_M = 16   # more tokens than this: F.linear (see the docstring)
+# Triton's CPU interpreter (3.9) returns garbage for a bf16 tl.dot (seen in this project's CPU
+# tests): under it the dot's operands go to fp32 first. On the GPU the bf16 dot runs as is.
+_DOT_FP32 = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int = 4       # output rows per program
+    block_k: int = 512     # K values per loop step (a multiple of 8: 16-byte loads)
+    split_k: int = 1       # K slices, each its own program; > 1 adds the reduce kernel
+    num_warps: int = 4
+    num_stages: int = 1    # software-pipelining depth Triton may use for the loop's loads
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# (N, K, "m1" | "m16") -> config, measured by scripts/sweep_gemv.py on the device (paste its
+# output here). Shapes not listed use default_config.
+CONFIGS: dict[tuple[int, int, str], GemvConfig] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def default_config(m: int, n: int, k: int, num_sms: int = 132) -> GemvConfig:
+    """Enough programs to give every SM ~4 (split K when N alone is too few), 16-byte loads."""
+    block_n, block_k = (4, 512) if m == 1 else (32, 128)
+    block_k = min(block_k, triton.next_power_of_2(k))
+    programs = triton.cdiv(n, block_n)
+    split_k = 1
+    while programs * split_k < 4 * num_sms and k // (2 * split_k) >= block_k:
+        split_k *= 2
+    return GemvConfig(block_n=block_n, block_k=block_k, split_k=split_k, num_warps=4, num_stages=1)
+
+
+def pick_config(x: torch.Tensor, weight: torch.Tensor) -> GemvConfig:
+    m, (n, k) = x.shape[0], weight.shape
+    bucket = "m1" if m == 1 else "m16"
+    if (n, k, bucket) in CONFIGS:
+        return CONFIGS[(n, k, bucket)]
+    sms = _num_sms(x.device.index or 0) if x.is_cuda else 132
+    return default_config(m, n, k, sms)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
+                 HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+                 DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)          # output features (rows of W)
+    cols = tl.arange(0, BLOCK_K)
+    toks = tl.arange(0, BLOCK_M)                              # tokens (rows of x)
+    k_start = pid_k * K_SPLIT
+    w_ptrs = w_ptr + rows[:, None].to(tl.int64) * K + (k_start + cols)[None, :]   # row-major W: along K
+    x_ptrs = x_ptr + toks[:, None] * x_stride + (k_start + cols)[None, :]
+    if BLOCK_M == 1:
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)   # products; summed along K once, below
+    else:
+        acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, K_SPLIT, BLOCK_K):
+        if EVEN_K and EVEN_N:
+            w = tl.load(w_ptrs)
+        else:
+            kk = k_start + k + cols
+            w = tl.load(w_ptrs, mask=(rows[:, None] < N) & (kk[None, :] < K),
+                        other=0.0)
+        if EVEN_K:
+            xm = toks[:, None] < M
+        else:
+            kk = k_start + k + cols
+            xm = (toks[:, None] < M) & (kk[None, :] < K)
+        x = tl.load(x_ptrs, mask=xm, other=0.0)
+        if BLOCK_M == 1:
+            acc += w.to(tl.float32) * x.to(tl.float32)        # x is [1, BLOCK_K]: broadcast over rows
+        elif DOT_FP32:
+            acc2 += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
+        else:
+            acc2 += tl.dot(x, tl.trans(w))                     # [BLOCK_M, BLOCK_K] @ [BLOCK_K, BLOCK_N]
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    if BLOCK_M == 1:
+        y = tl.sum(acc, axis=1)[None, :]                       # [1, BLOCK_N]
+    else:
+        y = acc2
+    mask = (toks[:, None] < M) & (rows[None, :] < N)
+    if SPLIT:   # fp32 partial sums of this K slice: the reduce kernel finishes the job
+        tl.store(out_ptr + (pid_k * M + toks[:, None]) * N + rows[None, :], y, mask=mask)
+    else:
+        if HAS_BIAS:
+            y += tl.load(b_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + toks[:, None] * N + rows[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _splitk_reduce_kernel(part_ptr, b_ptr, out_ptr, MN, N, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < MN
+    y = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):                         # fixed order: deterministic
+        y += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch(x, weight, bias, cfg: GemvConfig, out):
+    m, k = x.shape
+    n = weight.shape[0]
+    block_m = 1 if m == 1 else max(16, triton.next_power_of_2(m))
+    if block_m > 1 and cfg.block_n < 16:
+        raise ValueError(f"{cfg}: M={m} > 1 uses tl.dot, which needs block_n >= 16")
+    k_split = triton.cdiv(k, cfg.split_k * cfg.block_k) * cfg.block_k   # K values per slice
+    split = cfg.split_k > 1
+    target = torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device) if split else out
+    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
+    bias_arg = bias if bias is not None else weight   # never read when HAS_BIAS is False
+    _gemv_kernel[grid](x, weight, bias_arg, target, m, n, k, x.stride(0), k_split,
+                       HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % (cfg.split_k * cfg.block_k) == 0,
+                       EVEN_N=n % cfg.block_n == 0, DOT_FP32=_DOT_FP32 or x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
+                       BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if split:
+        block = 1024
+        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](target, bias_arg, out, m * n, n, SPLIT_K=cfg.split_k,
+                                                            HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+
+
+@torch.library.custom_op("workbench::gemv", mutates_args=())
+def gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, block_n: int, block_k: int,
+            split_k: int, num_warps: int, num_stages: int) -> torch.Tensor:
+    out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+    _launch(x, weight, bias, GemvConfig(block_n, block_k, split_k, num_warps, num_stages), out)
+    return out
+
+
+@gemv_op.register_fake
+def _(x, weight, bias, block_n, block_k, split_k, num_warps, num_stages):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+         config: GemvConfig | None = None) -> torch.Tensor:
+    """x [M, K] (M <= MAX_M, unit stride along K), weight [N, K] contiguous -> [M, N] in x's dtype."""
+    if x.dim() != 2 or x.shape[0] > MAX_M or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"gemv: x {tuple(x.shape)} and weight {tuple(weight.shape)}: want x [M <= {MAX_M}, K] "
+                         "and weight [N, K]; use linear() for any shape")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    cfg = config or pick_config(x, weight)
+    if cfg.block_k % 8 or cfg.block_n < 1 or cfg.split_k < 1:
+        raise ValueError(f"{cfg}: block_k must be a multiple of 8, block_n and split_k >= 1")
+    return gemv_op(x, weight.contiguous(), bias, cfg.block_n, cfg.block_k, cfg.split_k, cfg.num_warps,
+                   cfg.num_stages)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear with the decode GEMV for <= MAX_M tokens; larger batches (prefill) use F.linear."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if not 1 <= rows <= MAX_M or not weight.is_contiguous():
+        return F.linear(x, weight, bias)
+    return gemv(x.reshape(rows, x.shape[-1]), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
