@@ -113,6 +113,44 @@ def test_every_field_transformers_writes_is_accounted_for(config_class, tmp_path
     assert ModelConfig.from_hf(tmp_path).num_layers == 2
 
 
+# The config.json fields of the course's usual checkpoints (shapes abridged to the tiny preset).
+HUB_STYLE = {
+    "Qwen2.5-0.5B-Instruct": dict(
+        architectures=["Qwen2ForCausalLM"], model_type="qwen2", attention_dropout=0.0, bos_token_id=151643,
+        eos_token_id=151645, hidden_act="silu", initializer_range=0.02, max_window_layers=21, rms_norm_eps=1e-6,
+        rope_theta=1000000.0, sliding_window=32768, tie_word_embeddings=True, torch_dtype="bfloat16",
+        transformers_version="4.43.1", use_cache=True, use_sliding_window=False),
+    "SmolLM2-135M": dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False, attention_dropout=0.0,
+        bos_token_id=0, eos_token_id=0, hidden_act="silu", initializer_range=0.0417, is_llama_config=True,
+        mlp_bias=False, pretraining_tp=1, rms_norm_eps=1e-5, rope_interleaved=False, rope_scaling=None,
+        rope_theta=100000, tie_word_embeddings=True, torch_dtype="bfloat16", use_cache=True,
+        **{"transformers.js_config": {"kv_cache_dtype": {"fp16": "float16"}}}),
+    "TinyLlama-1.1B-Chat": dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False, bos_token_id=1,
+        eos_token_id=2, hidden_act="silu", initializer_range=0.02, pretraining_tp=1, rms_norm_eps=1e-5,
+        rope_scaling=None, rope_theta=10000.0, tie_word_embeddings=False, torch_dtype="bfloat16", use_cache=True),
+    "Llama-3.2-1B": dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False, attention_dropout=0.0,
+        bos_token_id=128000, eos_token_id=128001, hidden_act="silu", initializer_range=0.02, mlp_bias=False,
+        pretraining_tp=1, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True, torch_dtype="bfloat16",
+        rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                      "original_max_position_embeddings": 8192, "rope_type": "llama3"}, use_cache=True),
+    "Qwen3-0.6B": dict(
+        architectures=["Qwen3ForCausalLM"], model_type="qwen3", attention_bias=False, attention_dropout=0.0,
+        bos_token_id=151643, eos_token_id=151645, hidden_act="silu", initializer_range=0.02, max_window_layers=28,
+        rms_norm_eps=1e-6, rope_scaling=None, rope_theta=1000000, sliding_window=None, tie_word_embeddings=True,
+        torch_dtype="bfloat16", use_cache=True, use_sliding_window=False),
+}
+
+
+@pytest.mark.parametrize("name", HUB_STYLE)
+def test_configs_as_the_hub_publishes_them_load(name, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**PRESETS["tiny"], **HUB_STYLE[name]}))
+    cfg = ModelConfig.from_hf(tmp_path)
+    assert cfg.model_type == HUB_STYLE[name]["model_type"] and cfg.o_bias is False
+
+
 def _with_config(ckpt, tmp_path, edit):
     """A copy of checkpoint `ckpt` whose config.json is edit(config) (dropped keys: value None)."""
     out = tmp_path / "ckpt"

@@ -27,7 +27,7 @@ ROPE_TYPES = ("default", "llama3")
 # Fields that cannot change the tokens the forward pass produces, grouped by why.
 IGNORED = {
     # bookkeeping
-    "architectures", "transformers_version", "_name_or_path", "is_llama_config",
+    "architectures", "transformers_version", "_name_or_path", "is_llama_config", "transformers.js_config",
     # training only: weight init, dropout (off at inference: HF runs in eval() mode too)
     "initializer_range", "attention_dropout", "hidden_dropout", "dropout", "embd_pdrop",
     "resid_pdrop", "use_bfloat16", "tf_legacy_loss",
