@@ -64,7 +64,8 @@ CHECKED = {
                           "transformers' built-in qwen3/qwen2/llama architectures"),
 }
 
-# Per family: (q/k norm, which bias field the family's HF code reads, q/k/v bias if it reads none)
+# Per family: q/k RMSNorm or not, and which bias fields its transformers code reads (a bias field it
+# does not read must be absent or false: the weights were trained without it)
 _FAMILIES = {
     "qwen3": dict(qk_norm=True, bias_fields=("attention_bias",)),
     "llama": dict(qk_norm=False, bias_fields=("attention_bias", "mlp_bias")),
