@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
+SUPPORTED_MODEL_TYPES = ("qwen3", "llama", "qwen2")
 # hidden_act values as transformers' ACT2FN names them; layers.ACTIVATIONS implements these.
 SUPPORTED_ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh")
 ROPE_TYPES = ("default", "llama3")
@@ -71,6 +71,7 @@ _FAMILIES = {
     "llama": dict(qk_norm=False, bias_fields=("attention_bias", "mlp_bias")),
     "qwen2": dict(qk_norm=False, bias_fields=()),   # q/k/v biases always, o_proj never (HF hard-codes it)
 }
+_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 _READ = {   # the fields from_hf reads, for the unknown-field check
     "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "head_dim", "intermediate_size", "vocab_size", "rms_norm_eps", "rope_theta", "rope_parameters",
@@ -133,6 +134,10 @@ class ModelConfig:
             raise ValueError(f"model_type={model_type!r} in {config_file} is not supported; "
                              f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
         _check_fields(raw, config_file)
+        missing = [key for key in _REQUIRED if key not in raw]
+        if missing:
+            raise ValueError(f"{config_file} is missing {', '.join(missing)}: the decoder needs these "
+                             "to know its shape; re-export the checkpoint's config.json")
         family = _FAMILIES[model_type]
         for name in ("attention_bias", "mlp_bias"):   # a bias the family's HF code never reads
             if name not in family["bias_fields"] and get.bool(name, False):
