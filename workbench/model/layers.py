@@ -43,26 +43,43 @@ class RMSNorm(nn.Module):
         return self._norm(x), x
 
 
-class SiluAndMul(nn.Module):
-    """SwiGLU's activation: silu(gate) * up, with gate and up packed side by side."""
+# hidden_act (transformers' ACT2FN names) -> the function; config.py refuses any other name
+ACTIVATIONS = {"silu": nn.functional.silu, "gelu": nn.functional.gelu,   # gelu: the exact (erf) form
+               "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh")}
 
-    def __init__(self, fused: bool = False):
+
+class ActAndMul(nn.Module):
+    """The gated MLP's activation: act(gate) * up, with gate and up packed side by side.
+
+    act = silu is SwiGLU (Qwen, Llama); a few Llama-style configs ask for GELU. The fused Triton
+    kernel implements silu only: with another act the fused form falls back to plain torch for
+    this one op (correct, just not fused) rather than compute a silu the model never learned."""
+
+    def __init__(self, act: str = "silu", fused: bool = False):
         super().__init__()
-        self.fused = fused
+        self.act_name, self.act = act, ACTIVATIONS[act]
+        self.fused = fused and act == "silu"
 
     def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
         if self.fused:
             from workbench.kernels import silu_and_mul
             return silu_and_mul(gate_up)
         gate, up = gate_up.chunk(2, dim=-1)
-        return nn.functional.silu(gate) * up
+        return self.act(gate) * up
+
+
+class SiluAndMul(ActAndMul):
+    """SwiGLU's activation: silu(gate) * up (ActAndMul with act='silu')."""
+
+    def __init__(self, fused: bool = False):
+        super().__init__("silu", fused)
 
 
 def _llama3_scaled_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     """Llama 3.x stretches low frequencies so the model reaches longer contexts."""
     factor = scaling["factor"]
     low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
-    old_len = scaling["original_max_position_embeddings"]
+    old_len = scaling["original_max_position_embeddings"]   # as transformers' _compute_llama3_parameters
     wavelen = 2 * math.pi / inv_freq
     smooth = (old_len / wavelen - low) / (high - low)
     scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)

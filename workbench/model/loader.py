@@ -36,9 +36,38 @@ def safetensor_files(path: str | Path) -> list[Path]:
     return files
 
 
+# Tensors some exporters save that hold no weights: RoPE's table, recomputed from config.json.
+_HARMLESS = ("rotary_emb.inv_freq",)
+
+
+def _piece_shape(cfg: ModelConfig, merged_param: torch.Tensor, merged: str, index: int, tp_size: int) -> tuple:
+    """The shape one checkpoint tensor (q_proj, k_proj, ..., gate_proj, up_proj) must have on this rank."""
+    if "qkv" in merged:
+        rows = (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads)[index] * cfg.head_dim
+    else:
+        rows = cfg.intermediate_size
+    return (rows // tp_size, *merged_param.shape[1:])
+
+
+def _tensors(file: Path):
+    """(name, tensor) pairs of one safetensors file; a damaged file is a ValueError naming it."""
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+    except Exception as err:   # safetensors raises its own SafetensorError (not an OSError)
+        if type(err).__name__ != "SafetensorError" and not isinstance(err, OSError):
+            raise
+        raise ValueError(f"{file} is not a readable safetensors file ({err}): the download or export "
+                         "is incomplete or damaged; fetch it again") from None
+
+
 def load_model(path: str | Path, cfg: ModelConfig, backend, *, fused: bool, dtype: torch.dtype,
                device: str, tp_rank: int = 0, tp_size: int = 1) -> CausalLM:
-    """tp_size > 1: build and fill rank `tp_rank`'s shard only (workbench.parallel)."""
+    """tp_size > 1: build and fill rank `tp_rank`'s shard only (workbench.parallel).
+
+    Every tensor the model has must come from the files, and every tensor in the files must have
+    a place in the model (else a ValueError): a weight loaded nowhere is a silently wrong model."""
     with torch.device("meta"):   # no memory, no random init: every weight comes from disk
         model = CausalLM(cfg, backend, fused, tp_size)
     model.to(dtype)                    # still on 'meta': costs nothing
@@ -46,37 +75,55 @@ def load_model(path: str | Path, cfg: ModelConfig, backend, *, fused: bool, dtyp
     model.tie_weights()   # moving modules one by one unties shared parameters: tie again
     params = dict(model.named_parameters())
     pending = {name: [None] * (3 if "qkv" in name else 2) for name in params
-               if "qkv_proj.weight" in name or "qkv_proj.bias" in name or "gate_up_proj" in name}
-    loaded = set()
+               if "qkv_proj" in name or "gate_up_proj" in name}
+    loaded, unexpected, tied_head = set(), [], None
     for file in safetensor_files(path):
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            for hf_name in f.keys():
-                name = hf_name.removeprefix("model.")
-                if cfg.tie_word_embeddings and name == "lm_head.weight":
-                    continue   # tied: the embedding is the head
-                # tensor parallelism: keep this rank's slice, cut before q/k/v (gate/up) are merged
-                tensor = shard_tensor(name, f.get_tensor(hf_name), tp_rank, tp_size)
-                for piece, (merged, index) in _MERGED.items():
-                    if piece in name:
-                        name = name.replace(piece, merged)
-                        pending[name][index] = tensor
-                        tensor = None
-                        if all(part is not None for part in pending[name]):
-                            tensor = torch.cat(pending[name], dim=0)
-                        break
-                if tensor is None:
-                    continue
-                if name not in params:
-                    continue   # e.g. rotary inv_freq saved by old exporters
-                if params[name].shape != tensor.shape:
-                    raise ValueError(f"{hf_name} in {file.name} has shape {tuple(tensor.shape)} but "
-                                     f"config.json implies {tuple(params[name].shape)}: config and weights disagree")
-                with torch.no_grad():
-                    params[name].copy_(tensor)
-                loaded.add(name)
+        for hf_name, tensor in _tensors(file):
+            name = hf_name.removeprefix("model.")
+            if name.endswith(_HARMLESS):
+                continue
+            if cfg.tie_word_embeddings and name == "lm_head.weight":
+                tied_head = tensor   # tied: the embedding is the head; checked equal below
+                continue
+            # tensor parallelism: keep this rank's slice, cut before q/k/v (gate/up) are merged
+            tensor = shard_tensor(name, tensor, tp_rank, tp_size)
+            for piece, (merged, index) in _MERGED.items():
+                if piece in name:
+                    name = name.replace(piece, merged)
+                    if name not in pending:
+                        break   # e.g. a bias the config does not declare: reported as unexpected
+                    want = _piece_shape(cfg, params[name], merged, index, tp_size)
+                    if tuple(tensor.shape) != want:
+                        raise ValueError(f"{hf_name} in {file.name} has shape {tuple(tensor.shape)} but config.json "
+                                         f"implies {want}: config and weights disagree")
+                    pending[name][index] = tensor
+                    tensor = None
+                    if all(part is not None for part in pending[name]):
+                        tensor = torch.cat(pending[name], dim=0)
+                    break
+            if tensor is None:
+                continue
+            if name not in params:
+                unexpected.append(f"{hf_name} ({file.name})")
+                continue
+            if params[name].shape != tensor.shape:
+                raise ValueError(f"{hf_name} in {file.name} has shape {tuple(tensor.shape)} but "
+                                 f"config.json implies {tuple(params[name].shape)}: config and weights disagree")
+            with torch.no_grad():
+                params[name].copy_(tensor)
+            loaded.add(name)
+    if unexpected:
+        raise ValueError(f"checkpoint {path} has {len(unexpected)} tensors this model does not use, e.g. "
+                         f"{', '.join(unexpected[:3])}: config.json does not describe these weights (a bias "
+                         "flag, the layer count, or the model_type is off); the engine will not drop them")
     missing = sorted(set(params) - loaded - ({"lm_head.weight"} if cfg.tie_word_embeddings else set()))
     if missing:
         raise ValueError(f"checkpoint {path} lacks {len(missing)} weights, e.g. {missing[:3]}: "
-                         "is it a complete export of this model_type?")
+                         "is it a complete export of this model_type, and does config.json match it?")
+    embed = params["embed_tokens.weight"]
+    if tied_head is not None and not torch.equal(tied_head.to(embed.device, embed.dtype), embed):
+        raise ValueError(f"checkpoint {path} has tie_word_embeddings=true but an lm_head.weight that differs "
+                         "from embed_tokens.weight: set tie_word_embeddings to false in config.json if the "
+                         "head is its own matrix")
     model.rotary.build_cache(device)   # built on 'meta' above; computed for real, in float32
     return model.eval()

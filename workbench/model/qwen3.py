@@ -1,4 +1,4 @@
-"""The decoder: Qwen3 (and Llama, which is Qwen3 without q/k norm).
+"""The decoder: Qwen3 (and Qwen2 and Llama, which are Qwen3 without q/k norm; see config.py).
 
 Reads top-down: CausalLM -> DecoderLayer -> (Attention, MLP). Everything works on packed tokens
 [T, hidden]: no batch dimension, no padding. q/k/v and gate/up projections are stored merged
@@ -14,7 +14,7 @@ from workbench.attention import AttentionMetadata, store_kv
 from workbench.parallel.tensor_parallel import ColumnParallelLinear, Linear, RowParallelLinear
 
 from .config import ModelConfig
-from .layers import RMSNorm, RotaryEmbedding, SiluAndMul
+from .layers import ActAndMul, RMSNorm, RotaryEmbedding
 
 
 class Attention(nn.Module):
@@ -29,7 +29,7 @@ class Attention(nn.Module):
         self.kv_size = self.num_kv_heads * cfg.head_dim
         self.qkv_proj = ColumnParallelLinear(cfg.hidden_size, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim,
                                              bias=cfg.attention_bias, tp_size=tp_size)
-        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False, tp_size=tp_size)
+        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias, tp_size=tp_size)
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, fused)
@@ -60,15 +60,16 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """Gated MLP: down(act(gate(x)) * up(x)); act = silu is SwiGLU."""
 
     def __init__(self, cfg: ModelConfig, fused: bool, tp_size: int = 1):
         super().__init__()
         # Tensor parallelism: each rank holds intermediate_size/tp of gate and of up (column-
         # parallel, rows [gate_r | up_r]) and the matching columns of down (row-parallel + all-reduce).
-        self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, 2 * cfg.intermediate_size, tp_size=tp_size)
-        self.act = SiluAndMul(fused)
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, tp_size=tp_size)
+        self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias,
+                                                 tp_size=tp_size)
+        self.act = ActAndMul(cfg.hidden_act, fused)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias, tp_size=tp_size)
 
     def forward(self, x):
         return self.down_proj(self.act(self.gate_up_proj(x)))

@@ -48,10 +48,9 @@ def shard_tensor(name: str, tensor: torch.Tensor, rank: int, size: int) -> torch
     if any(piece in name for piece in COLUMN_PARALLEL):   # weight [out, in] and bias [out]
         return tensor.chunk(size, dim=0)[rank].contiguous()
     if any(piece in name for piece in ROW_PARALLEL):
-        if not name.endswith("weight"):
-            raise ValueError(f"{name}: a row-parallel bias would be added N times by the all-reduce; "
-                             "tensor parallelism supports o_proj/down_proj without bias only")
-        return tensor.chunk(size, dim=1)[rank].contiguous()
+        # a row-parallel bias [out] is not split: every rank keeps all of it, and
+        # RowParallelLinear adds it once, after the all-reduce
+        return tensor.chunk(size, dim=1)[rank].contiguous() if tensor.dim() == 2 else tensor
     return tensor
 
 
@@ -87,18 +86,19 @@ class ColumnParallelLinear(Linear):
 class RowParallelLinear(Linear):
     """y = sum_r x_r @ W_r^T, W_r = this rank's 1/tp of W's input columns, x_r the matching slice
     of the input (which is what the column-parallel layer before it produced). Each rank's product
-    is a partial sum; an all-reduce adds them so every rank holds the full output. With
-    tp_size=1 it is nn.Linear."""
+    is a partial sum; an all-reduce adds them so every rank holds the full output. The bias (whole
+    on every rank) is added after the all-reduce: added before it, it would count tp_size times.
+    With tp_size=1 it is nn.Linear."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, tp_size: int = 1):
-        if bias and tp_size > 1:
-            raise ValueError("RowParallelLinear with bias: the all-reduce would add the bias tp_size times")
         super().__init__(in_features // tp_size, out_features, bias=bias)
         self.tp_size = tp_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
-        return all_reduce(y) if self.tp_size > 1 else y
+        if self.tp_size == 1:
+            return super().forward(x)
+        y = all_reduce(nn.functional.linear(x, self.weight))
+        return y if self.bias is None else y + self.bias
 
 
 # Kept out of torch.compile (like attention): the compiled frames end before the all-reduce and
