@@ -41,9 +41,9 @@ def token_ids_of(prompt) -> list[int]:
     if isinstance(prompt, _ARRAYS):
         is_int = (not (prompt.is_floating_point() or prompt.is_complex()) and prompt.dtype != torch.bool
                   if isinstance(prompt, torch.Tensor) else np.issubdtype(prompt.dtype, np.integer))
-        if not is_int:
-            raise TypeError(f"a {prompt.dtype} array of token ids: token ids must be integers "
-                            "(an int64 tensor or array, or a list of ints)")
+        if not is_int or prompt.ndim != 1:
+            raise TypeError(f"a {prompt.dtype} array of shape {tuple(prompt.shape)} as one prompt: token ids "
+                            "are a 1-D array of integers (an int64 tensor or array, or a list of ints)")
         return [int(t) for t in prompt.tolist()]
     if not isinstance(prompt, (list, tuple)):
         raise TypeError(f"prompt {prompt!r} ({type(prompt).__name__}) is neither a string nor a list of token ids")
