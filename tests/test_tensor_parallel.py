@@ -1,20 +1,25 @@
-"""Tensor parallelism on the CPU: 2 ranks (this process + one spawned worker) talking over gloo.
+"""Tensor parallelism on the CPU: 2 ranks (this process + one worker process) talking over gloo.
 
 The tiny model has 4 query heads and 2 kv heads, so tp=2 gives each rank 2 query heads and
 1 kv head. In float32 the only difference from tp=1 is the order of additions inside o_proj and
 down_proj (two partial sums, then the all-reduce), so greedy tokens must be identical.
 """
-import multiprocessing
+import json
 import os
 import random
 import signal
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from workbench import LLM, EngineConfig, Optimizations, SamplingParams
 from workbench.parallel.tensor_parallel import check_tensor_parallel, shard_tensor, tensor_parallel_opts
+from workbench.parallel.workers import WorkerProcess
 
 ENGINE = dict(block_size=16, max_num_batched_tokens=128, max_model_len=512)   # 300-token prompt: chunked
 PARAMS = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, return_logits=True)
@@ -24,6 +29,10 @@ def _prompts(seed=0):
     rng = random.Random(seed)
     prompts = [[rng.randrange(1, 512) for _ in range(n)] for n in (1, 5, 17, 64, 129, 300)]
     return prompts + [prompts[-1][:40] + [7, 8, 9]]   # shares 2 full blocks with the 300-token prompt
+
+
+def _live_workers():
+    return [proc for proc in WorkerProcess.live if proc.is_alive()]
 
 
 def _run(llm, prompts):
@@ -47,13 +56,13 @@ def test_tp2_gives_the_tokens_of_tp1(tiny_ckpt, tp1_outputs):
     with LLM(tiny_ckpt, tensor_parallel_size=2, **ENGINE) as llm:
         assert "tensor parallel  2 ranks (gloo)" in llm.describe()
         assert llm.runner.kv_cache.shape[-2] == 1   # 2 kv heads / 2 ranks
-        assert len(multiprocessing.active_children()) == 1
+        assert len(_live_workers()) == 1
         first = _run(llm, _prompts())
         second = _run(llm, _prompts())   # same prompts again: served from the prefix cache
         assert llm.stats.prefix_hit_tokens > 0
     _assert_same(first, first_ref)
     _assert_same(second, second_ref)
-    assert multiprocessing.active_children() == []   # close() stopped and joined the worker
+    assert _live_workers() == []   # close() stopped and joined the worker
 
 
 def test_two_tp_engines_one_after_another(tiny_ckpt, tp1_outputs):
@@ -62,14 +71,41 @@ def test_two_tp_engines_one_after_another(tiny_ckpt, tp1_outputs):
             with pytest.raises(RuntimeError, match="close\\(\\) it before"):
                 LLM(tiny_ckpt, tensor_parallel_size=2, **ENGINE)   # one process group per process
             _assert_same(_run(llm, _prompts()), tp1_outputs[0])
-        assert multiprocessing.active_children() == []
+        assert _live_workers() == []
+
+
+SCRIPT = """
+from workbench import LLM, SamplingParams
+import json
+llm = LLM({path!r}, tensor_parallel_size=2, block_size=16, max_num_batched_tokens=128, max_model_len=512)
+outs = llm.generate({prompts!r}, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)
+print("TOKENS", json.dumps([o.token_ids for o in outs]))
+"""   # no `if __name__ == "__main__":` guard, no close(): a student's first script
+
+
+@pytest.mark.parametrize("how", ["script file", "stdin"])
+def test_tp_starts_from_a_script_without_the_main_guard(tiny_ckpt, tp1_outputs, tmp_path, how):
+    prompts = _prompts()[1:3]
+    script = textwrap.dedent(SCRIPT.format(path=str(tiny_ckpt), prompts=prompts))
+    root = str(Path(__file__).resolve().parents[1])   # (the script runs elsewhere: workbench from here)
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+    if how == "stdin":
+        run = subprocess.run([sys.executable, "-"], input=script, cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    else:
+        (tmp_path / "student.py").write_text(script)
+        run = subprocess.run([sys.executable, "student.py"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    line = next(line for line in run.stdout.splitlines() if line.startswith("TOKENS"))
+    assert json.loads(line.removeprefix("TOKENS ")) == [o.token_ids for o in tp1_outputs[0][1:3]]
 
 
 def test_compile_with_tp(tiny_ckpt, tp1_outputs):
     prompts = _prompts()[2:4]
     with LLM(tiny_ckpt, opts=Optimizations(compile=True), tensor_parallel_size=2, **ENGINE) as llm:
         _assert_same(_run(llm, prompts), tp1_outputs[0][2:4])
-    assert multiprocessing.active_children() == []
+    assert _live_workers() == []
 
 
 def test_tp2_in_bf16_is_as_close_to_fp32_as_tp1(tiny_ckpt):
@@ -117,7 +153,7 @@ def test_dead_worker_raises_instead_of_hanging(tiny_ckpt):
     with pytest.raises(RuntimeError, match="stopped after an earlier error"):
         _run(llm, _prompts())
     llm.close()
-    assert multiprocessing.active_children() == []
+    assert _live_workers() == []
 
 
 def test_ctrl_c_mid_step_is_held_until_the_step_ends(tiny_ckpt, tp1_outputs):
@@ -144,7 +180,7 @@ def test_bad_tp_size_names_the_heads(tiny_ckpt, tp):
         LLM(tiny_ckpt, tensor_parallel_size=tp, **ENGINE)
     with pytest.raises(ValueError, match="must be an integer >= 1"):
         EngineConfig(model=str(tiny_ckpt), tensor_parallel_size=0)
-    assert multiprocessing.active_children() == []
+    assert _live_workers() == []
 
 
 def test_gpu_count_and_graphs_are_checked():

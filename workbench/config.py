@@ -142,6 +142,9 @@ class EngineConfig:
     def __post_init__(self):
         checks = [
             (self.max_num_seqs >= 1, f"max_num_seqs={self.max_num_seqs} must be >= 1"),
+            (self.max_model_len is None or (type(self.max_model_len) is int and self.max_model_len >= 1),
+             f"max_model_len={self.max_model_len!r} must be an integer >= 1 (or None: the model's "
+             "max_position_embeddings, at most 4096)"),
             (self.max_num_batched_tokens >= 1,
              f"max_num_batched_tokens={self.max_num_batched_tokens} must be >= 1"),
             (self.block_size >= 1 and (self.block_size & (self.block_size - 1)) == 0,

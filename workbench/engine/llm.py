@@ -2,6 +2,7 @@
 
     llm = LLM("path/to/checkpoint", opts=Optimizations(attention="sdpa"))
     outs = llm.generate(["sort: 3 1 2 ->"], SamplingParams(temperature=0, max_tokens=8))
+    outs = llm.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=32))
 
 Every step: the scheduler picks sequences and token counts, the runner computes and samples,
 and the engine appends tokens, checks stop conditions and frees finished sequences' blocks.
@@ -23,11 +24,14 @@ from workbench.parallel.tensor_parallel import backend_for, check_tensor_paralle
 from workbench.runner import ModelRunner
 
 from .block_manager import BlockManager
+from .prompts import chat_prompts, params_list, prompt_list, token_ids_of
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import RequestStats, Sequence, Status
+from .stream import RequestStream, StreamEvent
 
-Prompt = str | list[int]
+Prompt = str | list[int]   # (or a 1-D integer numpy array / torch tensor of ids)
+Conversation = list[dict]  # [{"role": "user", "content": "..."}, ...]
 
 
 @dataclass
@@ -48,15 +52,6 @@ class RequestOutput:
     @property
     def tpot(self) -> float | None:
         return self.stats.tpot(len(self.token_ids))
-
-
-@dataclass
-class StreamEvent:
-    request_id: int
-    token_id: int
-    text: str                     # the text this token adds
-    finished: bool
-    finish_reason: str | None = None
 
 
 @dataclass
@@ -103,7 +98,9 @@ class LLM:
         check_tensor_parallel(tp, m.num_heads, m.num_kv_heads, m.intermediate_size, self.device)
         self.opts, tp_notes = tensor_parallel_opts(self.opts, tp)
         self.skipped += tp_notes
-        self.max_model_len = self.config.max_model_len or min(self.model_config.max_position_embeddings, 4096)
+        self.max_model_len = self.config.max_model_len
+        if self.max_model_len is None:
+            self.max_model_len = min(self.model_config.max_position_embeddings, 4096)
         if self.max_model_len > self.model_config.max_position_embeddings:
             raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "
                              f"max_position_embeddings={self.model_config.max_position_embeddings}")
@@ -118,6 +115,9 @@ class LLM:
         self.stats = EngineStats()
         self._next_id = 0
         self._eos = set(self.model_config.eos_token_ids)
+        self._listeners: dict[int, object] = {}   # request id -> its stream's event queue (stream.py)
+        self._stepping = False                    # inside step(): aborts wait until it ends
+        self._deferred_aborts: list[Sequence] = []
 
     @staticmethod
     def _load_tokenizer(path: Path):
@@ -131,9 +131,10 @@ class LLM:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("this checkpoint has no tokenizer.json: pass prompts as lists of token ids")
-            token_ids, text = self.tokenizer.encode(prompt, add_special_tokens=False), prompt
+            # the tokenizer's defaults, as an HF user gets them: a BOS-adding tokenizer adds BOS
+            token_ids, text = self.tokenizer(prompt)["input_ids"], prompt
         else:
-            token_ids, text = [int(t) for t in prompt], None
+            token_ids, text = token_ids_of(prompt), None
         if not token_ids:
             raise ValueError("empty prompt: give at least one token (a non-empty string or id list)")
         vocab = self.model_config.vocab_size
@@ -144,6 +145,9 @@ class LLM:
         if len(token_ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(token_ids)} tokens but max_model_len={self.max_model_len} "
                              "leaves no room to generate: shorten the prompt or raise max_model_len")
+        bad_stops = [t for t in params.stop_token_ids if t >= vocab]
+        if bad_stops:
+            raise ValueError(f"stop token id {bad_stops[0]} is outside the vocabulary [0, {vocab})")
         if not self.config.chunked_prefill and len(token_ids) > self.config.max_num_batched_tokens:
             raise ValueError(f"prompt has {len(token_ids)} tokens, more than max_num_batched_tokens="
                              f"{self.config.max_num_batched_tokens} with chunked_prefill=False: "
@@ -160,31 +164,44 @@ class LLM:
         return seq
 
     def _make_sequences(self, prompts, params) -> list[Sequence]:
-        """Validate every request before any is queued: one bad request costs nothing else."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        params = params if params is not None else SamplingParams()
-        if isinstance(params, SamplingParams):
-            params = [params] * len(prompts)
-        if len(params) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(params)} SamplingParams: give one, or one each")
+        """Validate every request before any is queued: one bad request costs nothing else.
+        A wrong type is a TypeError, a wrong value a ValueError (the first error's kind)."""
+        self._check_open()
+        prompts = prompt_list(prompts)
+        params = params_list(params, len(prompts))
         seqs, errors = [], []
         for index, (prompt, p) in enumerate(zip(prompts, params)):
             try:
                 seqs.append(self._make_sequence(prompt, p))
-            except ValueError as err:
-                errors.append(f"request {index}: {err}")
+            except (ValueError, TypeError) as err:
+                errors.append((type(err), f"request {index}: {err}"))
         if errors:
-            raise ValueError("; ".join(errors) + " (no request was queued)")
+            raise errors[0][0]("; ".join(text for _, text in errors) + " (no request was queued)")
+        return seqs
+
+    def _queue(self, prompts, params) -> list[Sequence]:
+        seqs = self._make_sequences(prompts, params)
+        for seq in seqs:
+            self.scheduler.add(seq)
         return seqs
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None) -> int:
-        seq = self._make_sequences([prompt], params)[0]
-        self.scheduler.add(seq)
-        return seq.request_id
+        """Queue one request; its tokens come back from step()."""
+        return self._queue([prompt], params)[0].request_id
+
+    def _queue_chats(self, conversations, params) -> list[Sequence]:
+        self._check_open()
+        ids, texts = chat_prompts(self.tokenizer, conversations, self.config.model)
+        seqs = self._queue(ids, params)
+        for seq, text in zip(seqs, texts):
+            seq.prompt = text
+        return seqs
 
     def abort(self, seqs: list[Sequence]) -> None:
         """Drop these requests if unfinished (frees their blocks)."""
+        if self._stepping:   # (a stream garbage-collected mid-step): after the step
+            self._deferred_aborts += seqs
+            return
         for seq in seqs:
             if seq.is_finished:
                 continue
@@ -194,6 +211,12 @@ class LLM:
                 self.scheduler.waiting.remove(seq)
                 seq.status, seq.finish_reason = Status.FINISHED, "abort"
 
+    def _release(self, seqs: list[Sequence]) -> None:
+        """A stream is done with these requests: stop routing their tokens and abort what is left."""
+        for seq in seqs:
+            self._listeners.pop(seq.request_id, None)
+        self.abort(seqs)
+
     def abort_all(self) -> int:
         """Drop every unfinished request; returns how many were dropped."""
         pending = list(self.scheduler.running) + list(self.scheduler.waiting)
@@ -201,11 +224,31 @@ class LLM:
         return len(pending)
 
     # The step loop -----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.runner is None:
+            raise RuntimeError("this engine is closed (close() or the end of a `with` block): create a new LLM")
+
     def step(self) -> list[tuple[Sequence, int]]:
         """Run one engine step (with decode_steps > 1, up to that many decode steps); return
-        (sequence, new token) for every token produced, in order."""
-        if self.runner is None:
-            raise RuntimeError("this LLM was closed (close() or the end of a `with` block): create a new one")
+        (sequence, new token) for every token produced, in order ([] when nothing is queued).
+        Tokens of requests a stream owns also go to that stream's queue."""
+        self._check_open()
+        if not self.scheduler.has_unfinished():
+            return []
+        self._stepping = True
+        try:
+            produced = self._step()
+            for seq, _ in produced:
+                queue = self._listeners.get(seq.request_id)
+                if queue is not None:
+                    queue.append(seq)
+        finally:
+            self._stepping = False
+            deferred, self._deferred_aborts = self._deferred_aborts, []
+            self.abort(deferred)
+        return produced
+
+    def _step(self) -> list[tuple[Sequence, int]]:
         start = time.perf_counter()
         scheduled = self.scheduler.schedule()
         if not scheduled:
@@ -283,14 +326,17 @@ class LLM:
     def generate(self, prompts: Prompt | list[Prompt], params: SamplingParams | list[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
         """Run the requests to completion; outputs come back in prompt order."""
-        seqs = self._make_sequences(prompts, params)
-        for seq in seqs:
-            self.scheduler.add(seq)
+        return self._run(self._queue(prompts, params), use_tqdm)
+
+    def _run(self, seqs: list[Sequence], use_tqdm: bool) -> list[RequestOutput]:
+        """Step until these requests finish (others queued meanwhile advance too, and streams
+        get their tokens); the bar counts finished requests of this call."""
         with tqdm(total=len(seqs), desc="generate", unit="req", disable=not use_tqdm or len(seqs) < 2) as bar:
             try:
-                while any(not s.is_finished for s in seqs):
-                    finished = sum(1 for seq, _ in self.step() if seq.is_finished)
-                    bar.update(finished)
+                while (done := sum(seq.is_finished for seq in seqs)) < len(seqs):
+                    bar.update(done - bar.n)
+                    self.step()
+                bar.update(done - bar.n)
             except BaseException:   # an error or Ctrl-C mid-run: free the blocks, leave a clean engine
                 self.abort(seqs)
                 raise
@@ -298,29 +344,27 @@ class LLM:
 
     def stream(self, prompts: Prompt | list[Prompt],
                params: SamplingParams | list[SamplingParams] | None = None) -> Iterator[StreamEvent]:
-        """Yield each token as soon as it is sampled (interleaved across requests)."""
-        seqs = self._make_sequences(prompts, params)
-        for seq in seqs:
-            self.scheduler.add(seq)
-        texts = {seq.request_id: "" for seq in seqs}
-        seen = {seq.request_id: 0 for seq in seqs}   # output tokens streamed so far
-        try:
-            while any(not s.is_finished for s in seqs):
-                for seq, token in self.step():   # (multi-step: several tokens of one sequence)
-                    seen[seq.request_id] += 1
-                    last = seen[seq.request_id] == seq.num_output_tokens
-                    finished = seq.is_finished and last
-                    text = self._decode(seq.output_token_ids[:seen[seq.request_id]])
-                    if text.endswith("\ufffd") and not finished:
-                        text = texts[seq.request_id]   # half a multi-byte character: wait for the rest
-                    delta, texts[seq.request_id] = text[len(texts[seq.request_id]):], text
-                    yield StreamEvent(seq.request_id, token, delta, finished, seq.finish_reason if finished else None)
-        finally:   # the consumer stopped early (break) or an error: drop what is left
-            self.abort(seqs)
+        """Queue the requests now and return an iterator of their tokens as they are sampled
+        (interleaved across requests). Streams and generate() calls may be interleaved freely:
+        each stream gets exactly its own events. close() it (or break) to abort what is left."""
+        return RequestStream(self, self._queue(prompts, params))
+
+    def chat(self, messages: Conversation | list[Conversation],
+             params: SamplingParams | list[SamplingParams] | None = None,
+             use_tqdm: bool = True) -> list[RequestOutput]:
+        """generate() for one conversation (or a list of them), formatted by the tokenizer's chat
+        template with the assistant's turn opened (add_generation_prompt=True)."""
+        return self._run(self._queue_chats(messages, params), use_tqdm)
+
+    def chat_stream(self, messages: Conversation | list[Conversation],
+                    params: SamplingParams | list[SamplingParams] | None = None) -> Iterator[StreamEvent]:
+        """stream() for conversations, as chat() formats them."""
+        return RequestStream(self, self._queue_chats(messages, params))
 
     # Introspection and lifecycle ---------------------------------------------------------------
     def describe(self) -> str:
         """What actually runs: device, dtype, each switch, the KV cache, warm-up costs."""
+        self._check_open()
         o, r = self.opts, self.runner
         gpu = f" ({torch.cuda.get_device_name(r.device)})" if self.device.startswith("cuda") else ""
         attention = o.attention

@@ -39,7 +39,9 @@ class Sampler:
             return greedy
         logits = logits.float()
         vocab = logits.shape[-1]
-        temps = torch.tensor([seq.params.temperature or 1.0 for seq in seqs], device=logits.device)
+        # greedy rows divide by 1 (a tiny temperature would overflow; torch.where picks argmax below)
+        temps = torch.tensor([1.0 if seq.params.greedy else seq.params.temperature for seq in seqs],
+                             device=logits.device)
         top_k = torch.tensor([seq.params.top_k if seq.params.top_k > 0 else vocab for seq in seqs],
                              device=logits.device)
         top_p = torch.tensor([seq.params.top_p for seq in seqs], device=logits.device)

@@ -8,35 +8,40 @@
                forward   <== all-reduces ==>    forward        (2 per layer, pair up in order)
                logits, sample                   (hidden states dropped)
 
-Rank 0 starts the workers with torch.multiprocessing (spawn: a fresh interpreter, safe with CUDA)
-and all ranks join one torch.distributed process group: gloo on CPU, NCCL on GPUs. The group's
+Rank 0 starts each worker as a fresh interpreter running a module entry point,
+`python -m workbench.parallel.worker FD` (safe with CUDA, unlike fork), and sends it its
+arguments over a socket. Unlike multiprocessing's spawn, this never re-imports the user's
+__main__, so a plain script without `if __name__ == "__main__":`, `python -` or a notebook all
+work. All ranks join one torch.distributed process group: gloo on CPU, NCCL on GPUs. The group's
 rendezvous is a TCPStore that rank 0 opens on a port the OS picks (port 0), so no fixed port
 collides when engines are created one after another.
 
 Two channels, on purpose:
-- control: one multiprocessing Pipe per worker carries a small header per step ("step" + shapes)
-  or "stop". A worker idles in `recv()` with no timeout, so an engine may sit unused for hours;
-  if rank 0 dies the pipe closes and the worker exits (EOFError).
+- control: one socket per worker (a multiprocessing Connection) carries a small header per
+  step ("step" + shapes) or "stop". A worker idles in `recv()` with no timeout, so an engine may sit unused for hours;
+  if rank 0 dies the socket closes and the worker exits (EOFError).
 - data: the step's integer tensors go in ONE `dist.broadcast` of a packed int64 tensor (on the
   GPU with NCCL, no pickling). Collectives have a timeout, so a stuck rank fails, never hangs.
-
-Scripts that create a tensor-parallel LLM at top level need the usual spawn guard
-`if __name__ == "__main__":` (the worker re-imports the main module). Notebooks need nothing.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
+import weakref
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from multiprocessing.connection import Connection
 
 from workbench.attention import AttentionMetadata
 from workbench.step_inputs import HostStep
@@ -80,6 +85,60 @@ def payload_size(header: tuple) -> int:
 
 
 # Rank 0's side ----------------------------------------------------------------------------------
+class WorkerProcess:
+    """One worker interpreter (subprocess.Popen) with the few methods of multiprocessing.Process
+    that rank 0 uses: pid, is_alive(), join(), exitcode, terminate(), kill()."""
+
+    live: "weakref.WeakSet[WorkerProcess]" = weakref.WeakSet()   # for tests and the exit hook
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen, self.pid = popen, popen.pid
+        WorkerProcess.live.add(self)
+
+    @classmethod
+    def start(cls) -> tuple["WorkerProcess", Connection]:
+        ours, theirs = socket.socketpair()
+        # the child imports workbench from where this process did, whatever its sys.path
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        popen = subprocess.Popen([sys.executable, "-m", "workbench.parallel.worker", str(theirs.fileno())],
+                                 pass_fds=(theirs.fileno(),), env=env,
+                                 start_new_session=True)   # a terminal's Ctrl-C goes to rank 0 only
+        theirs.close()   # only the worker holds its end now: its death reads as EOF here
+        return cls(popen), Connection(ours.detach())
+
+    @property
+    def exitcode(self) -> int | None:   # negative: killed by that signal
+        return self.popen.poll()
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def terminate(self) -> None:
+        if self.is_alive():
+            self.popen.terminate()
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self.popen.kill()
+
+
+@atexit.register
+def _stop_live_workers() -> None:
+    """Rank 0 is exiting without close(): idle workers see EOF and exit by themselves; one stuck
+    in a collective would wait for its timeout, so stop them all now."""
+    for proc in list(WorkerProcess.live):
+        proc.terminate()
+        proc.join(5)
+        proc.kill()
+
+
 class WorkerGroup:
     """Rank 0's handle on ranks 1..N-1: start them, send each step, stop them."""
 
@@ -94,17 +153,12 @@ class WorkerGroup:
         self.procs, self.conns, self.broken = [], [], False
         timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S)
         self.store = dist.TCPStore(HOST, 0, self.size, is_master=True, wait_for_workers=False, timeout=timeout)
-        ctx = mp.get_context("spawn")
         try:
             for rank in range(1, self.size):
-                ours, theirs = ctx.Pipe()
-                proc = ctx.Process(target=worker_main, name=f"workbench-tp-rank{rank}", daemon=True,
-                                   args=(rank, self.store.port, theirs, cfg, model_cfg, opts, device, dtype,
-                                         max_model_len))
-                proc.start()
-                theirs.close()   # only the worker holds its end now: its death reads as EOF here
+                proc, conn = WorkerProcess.start()
                 self.procs.append(proc)
-                self.conns.append(ours)
+                self.conns.append(conn)
+                conn.send((rank, self.store.port, cfg, model_cfg, opts, device, dtype, max_model_len))
             for rank in range(1, self.size):
                 self._expect(rank, "started", START_TIMEOUT_S)
             dist.init_process_group(self.backend, store=self.store, rank=0, world_size=self.size, timeout=timeout)
