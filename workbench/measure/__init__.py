@@ -30,10 +30,10 @@ def _cell(value) -> str:
     return str(value)
 
 
-def format_table(records, columns: list[str] | None = None) -> str:
-    """A plain-text table of records (dataclasses with to_dict, or dicts); one row per record.
+def table_cells(records, columns: list[str] | None = None) -> list[list[str]]:
+    """Records (dataclasses with to_dict, or dicts) as rows of formatted cells, header row first.
     Columns default to the scalar fields of the records, in order of first appearance.
-    Modelled rows say so in a "kind" column. Returns the text; print() it."""
+    Modelled rows say so in a "kind" column."""
     rows = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in records]
     if columns is None:
         columns = []
@@ -44,8 +44,13 @@ def format_table(records, columns: list[str] | None = None) -> str:
         columns = ["kind"] + columns
         for row in rows:
             row["kind"] = "modelled" if row.get("modelled") else "measured"
-    table = [columns] + [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return [list(columns)] + [[_cell(row.get(c)) for c in columns] for row in rows]
+
+
+def format_table(records, columns: list[str] | None = None) -> str:
+    """A plain-text table of records, one row per record (`table_cells`). Returns the text; print() it."""
+    table = table_cells(records, columns)
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.rjust(w) if j else cell.ljust(w)
                        for j, (cell, w) in enumerate(zip(line, widths))) for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -55,7 +60,7 @@ def format_table(records, columns: list[str] | None = None) -> str:
 __all__ = [
     "AttentionTraffic", "BandwidthRecord", "DEFAULT_METRICS", "HbmRecord", "KernelMetrics",
     "LaunchRecord", "ParamCount", "StepModel", "attention_traffic_model",
-    "classify_kernel", "count_launches", "count_params", "decode_step", "format_table",
+    "classify_kernel", "count_launches", "count_params", "decode_step", "format_table", "table_cells",
     "kv_bytes_per_token", "measure_copy_bandwidth", "measure_hbm_python", "ncu_status",
     "parse_ncu_csv", "prefill_step", "run_ncu", "weight_bytes_read",
 ]

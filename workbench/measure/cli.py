@@ -20,8 +20,9 @@ def model_dir(args) -> Path:
 
 
 def _save(rows, path: str | None) -> None:
-    if path:
-        Path(path).write_text(json.dumps(rows, indent=1, default=str))
+    if path:   # every row says on which GPU, when and by which command (measure/results.py)
+        from workbench.measure.results import stamp
+        Path(path).write_text(json.dumps(stamp(rows), indent=1, default=str))
         print(f"wrote {path}")
 
 

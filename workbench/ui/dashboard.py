@@ -32,13 +32,14 @@ from workbench.engine import LLM
 from workbench.measure import LaunchRecord, measure_hbm_python, ncu_status
 from workbench.measure.bench import make_workload, time_generate
 from workbench.measure.steps import engine_launches
+from workbench.measure.timing import busy_warning
 from workbench.model import ModelConfig
 
-COLUMNS = ["run", "setting", "device", "batch", "prompt_len", "new_tokens", "decode_steps", "output_tokens", "tok_s",
+COLUMNS = ["run", "setting", "device", "torch_threads", "batch", "prompt_len", "new_tokens", "decode_steps", "output_tokens", "tok_s",
            "tpot_ms", "ttft_ms", "load_s", "compile_s", "graph_capture_s", "launch_calls_per_step",
            "kernels_per_step", "hbm_bytes_per_step", "launches_note", "hbm_note"]
 # The table on screen (the two notes are in the plot panels; exports keep every column).
-SHOWN = {"run": "run", "setting": "setting", "device": "device", "batch": "batch", "prompt_len": "prompt",
+SHOWN = {"run": "run", "setting": "setting", "device": "device", "torch_threads": "threads", "batch": "batch", "prompt_len": "prompt",
          "new_tokens": "new", "decode_steps": "steps/round", "output_tokens": "out tokens", "tok_s": "tok/s", "tpot_ms": "TPOT ms",
          "ttft_ms": "TTFT ms", "load_s": "load s", "compile_s": "compile s", "graph_capture_s": "capture s",
          "launch_calls_per_step": "launches/step", "kernels_per_step": "kernels/step",
@@ -180,7 +181,7 @@ class Switchboard:
             return None
         finally:
             self.run_button.disabled = False
-        row = {"run": len(self.history) + 1, "setting": setting, "device": self._device_name(),
+        row = {"run": len(self.history) + 1, "setting": setting, "device": self._device_name(), "torch_threads": torch.get_num_threads(),
                "batch": b, "prompt_len": p, "new_tokens": n, "decode_steps": k, **timed,
                "load_s": warm.get("load_s"), "compile_s": warm.get("compile_s"),
                "graph_capture_s": warm.get("graph_capture_s"),
@@ -193,7 +194,7 @@ class Switchboard:
         self._redraw()
         tpot = "-" if row["tpot_ms"] is None else f"{row['tpot_ms']:.2f}"
         self._phase(4, f"run {row['run']} {row['setting']}: {row['tok_s']:,.0f} tok/s, "
-                       f"{tpot} ms/token (measured, {row['device']})")
+                       f"{tpot} ms/token (measured, {row['device']})" + (f"; {busy}" if (busy := busy_warning()) else ""))
         return row
 
     def _timed_generate(self, llm, workload) -> dict:
@@ -222,20 +223,39 @@ class Switchboard:
         return len(self.figure.axes[0].patches) if self.figure else 0
 
     def _redraw(self) -> None:
-        fig = Figure(figsize=(12, 6.4), layout="constrained")
-        axes = fig.subplots(2, 2).ravel()
         runs = self.history
-        ticks = [f"{r['run']}\n" + r["setting"].replace("+", "+\n") for r in runs]
+        have = [i for i, r in enumerate(runs) if r["launch_calls_per_step"] is not None]
+        have_hbm = [i for i, r in enumerate(runs) if r["hbm_bytes_per_step"] is not None]
+        # A panel with nothing to draw collapses to one line under the plots, saying why.
+        lower = bool(have or have_hbm)
+        fig = Figure(figsize=(12, 6.4 if lower else 3.4), layout="constrained")
+        axes = list(fig.subplots(2 if lower else 1, 2).ravel()) + ([] if lower else [None, None])
+        workloads = {(r["batch"], r["prompt_len"], r["new_tokens"], r["decode_steps"]) for r in runs}
+        mixed = len(workloads) > 1   # bars of different workloads: each tick names its workload
+        ticks = [f"{r['run']}\n" + r["setting"].replace("+", "+\n")
+                 + (f"\n{r['batch']}x({r['prompt_len']}+{r['new_tokens']})" if mixed else "") for r in runs]
+        if mixed:
+            fig.suptitle("runs with different workloads (batch x (prompt + new tokens), under each bar): "
+                         "compare bars of the same workload only", fontsize=9, color="tab:red")
         x = list(range(len(runs)))
         device = runs[-1]["device"] if runs else self.device
+        if runs and not self.device.startswith("cuda"):
+            device += f", {runs[-1]['torch_threads']} torch thread(s)"   # CPU figures say their thread count
         panels = [(axes[0], "tok_s", "throughput, output tok/s", "tab:green"),
                   (axes[1], "tpot_ms", "time per output token, ms", "tab:blue")]
         for ax, key, title, color in panels:
             bars = ax.bar(x, [r[key] or 0 for r in runs], color=color)   # None (not measured): no bar
             ax.bar_label(bars, labels=[_fmt(r[key]) for r in runs], fontsize=7)
             ax.set_title(f"{title} (measured, {device})", fontsize=10)
+        launch_note = next((r["launches_note"] for r in reversed(runs) if r["launches_note"]), None)
+        hbm_note = runs[-1]["hbm_note"] if runs else (
+            "unavailable: " + self.unavailable["hbm"] if "hbm" in self.unavailable else "no run yet")
+        self.panel_notes = ([] if have else [f"launches per step: {launch_note or 'no run yet'}"]) + \
+                           ([] if have_hbm else [f"HBM bytes per step: {hbm_note}"])
+        if not lower:
+            self._finish(fig, [a for a in axes if a is not None], ticks, len(runs))
+            return
         ax = axes[2]
-        have = [i for i, r in enumerate(runs) if r["launch_calls_per_step"] is not None]
         ax.set_title("per decode step: CPU launch calls vs GPU kernels (measured)", fontsize=10)
         if have:
             ax.bar([i - 0.2 for i in have], [runs[i]["launch_calls_per_step"] for i in have], 0.4,
@@ -243,21 +263,24 @@ class Switchboard:
             ax.bar([i + 0.2 for i in have], [runs[i]["kernels_per_step"] for i in have], 0.4,
                    label="GPU kernels", color="tab:purple")
             ax.legend(fontsize=8)
-        note = next((r["launches_note"] for r in reversed(runs) if r["launches_note"]), None)
-        if note and not have:
-            self._say(ax, f"unavailable: {note}")
+        else:
+            self._say(ax, launch_note or "no run yet")
         ax = axes[3]
         ax.set_title("HBM bytes per decode step (measured by ncu)", fontsize=10)
-        have_hbm = [i for i, r in enumerate(runs) if r["hbm_bytes_per_step"] is not None]
         if have_hbm:
             ax.bar(have_hbm, [runs[i]["hbm_bytes_per_step"] / 1e6 for i in have_hbm], color="tab:red")
             ax.set_ylabel("MB")
         else:
-            self._say(ax, runs[-1]["hbm_note"] if runs else
-                      ("unavailable: " + self.unavailable["hbm"] if "hbm" in self.unavailable else "no run yet"))
+            self._say(ax, hbm_note)
+        self._finish(fig, axes, ticks, len(runs))
+
+    def _finish(self, fig, axes, ticks, n_runs) -> None:
+        x = list(range(n_runs))
         for ax in axes:
             ax.set_xticks(x, ticks, fontsize=7)
-            ax.set_xlim(-0.6, max(len(runs), 4) - 0.4)
+            ax.set_xlim(-0.6, max(n_runs, 4) - 0.4)
+        if self.panel_notes and len(axes) == 2:   # the lower panels collapsed: one line says why
+            fig.supxlabel("not drawn -- " + "; ".join(self.panel_notes), fontsize=8, color="dimgray")
         self.figure = fig
         buf = io.BytesIO()
         FigureCanvasAgg(fig).print_png(buf)

@@ -3,72 +3,32 @@ how to label them.
 
 Two kinds of numbers appear in the notebooks, and they must never be confused:
 - numbers measured *in this run* on this machine (the notebook computes them, then prints them);
-- numbers measured earlier on an H100 and committed under docs/results/. `load_measured` returns
-  them together with a `source` line that says where, when and by which command they were taken,
-  and every plot or table of them carries that line.
+- numbers measured earlier on a GPU and committed under docs/results/. `load_measured(kind)`
+  returns the newest file of that kind measured on this machine's GPU, or else the newest of any
+  GPU, with a `source` line that says on which GPU, when and by which command; every plot or
+  table of them carries that line (workbench/measure/results.py).
 """
 from __future__ import annotations
 
-import json
+import html
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.measure.results import Measured, latest
+from workbench.measure.timing import busy_warning, pin_threads
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-RESULTS_DIR = REPO_ROOT / "docs" / "results"
 DOCS_DIR = REPO_ROOT / "docs"
-
-# How each committed file was produced (docs/perf-notes.md has the runs, session by session).
-_H100 = "NVIDIA H100 80GB HBM3"
-_DATE = "2026-11-25"
-_COMMANDS = {
-    "stack-single-h100.json": "python -m workbench bench stack --workloads single --new-tokens 512 --repeats 1",
-    "launches-h100.json": "python -m workbench measure launches",
-    "launches-inplace-h100.json": "python -m workbench measure launches (session 2, before the fused RoPE "
-                                  "kernels wrote new tensors instead of views)",
-    "inductor-gemv-h100.json": "python scripts/experiment_inductor_gemv.py (twice: both settings, then all on again)",
-    "gemv-h100.json": "python -m workbench measure gemv",
-    "parity-h100.json": "python -m workbench check (the 5 compile rows without fused kernels re-run in session 3, "
-                        "and 3 fused rows in session 4, with `check --settings ...`)",
-    "hbm-h100.json": "python -m workbench measure hbm",
-    "throughput-h100.json": "python -m workbench bench throughput --settings all_on --repeats 1 --decode-steps 1,8",
-    "multistep-single-h100.json": "python -m workbench bench single --settings all_on --new-tokens 512 "
-                                  "--repeats 1 --decode-steps 1,4,8",
-    "peers-batch-h100.json": "python -m workbench bench batch --num-seqs 64 --new-tokens 128 --repeats 1 --peers",
-    "peers-single-h100.json": "python -m workbench bench single --new-tokens 256 --repeats 1 --peers",
-    "throughput-peers-h100.json": "python -m workbench bench throughput --settings all_on --repeats 1 --peers",
-    "attention-h100.json": "python -m workbench measure attention-traffic --n 512,1024,2048,4096,8192 "
-                           "(the SDPA row: session 1, measure_hbm_python(attention_workload))",
-}
+__all__ = ["Measured", "load_measured", "machine", "on_gpu", "pick_model", "save_figure", "show_table",
+           "trace_ops", "pin_threads", "busy_warning"]
 
 
-@dataclass
-class Measured:
-    """Records from docs/results/<name>, with where they came from."""
-
-    name: str
-    records: list
-    gpu: str
-    date: str
-    command: str
-
-    @property
-    def source(self) -> str:
-        return f"measured on {self.gpu}, {self.date}, by `{self.command}`"
-
-    def row(self, **match) -> dict:
-        """The first record whose fields equal `match`, e.g. .row(setting='naive')."""
-        for record in self.records:
-            if all(record.get(k) == v for k, v in match.items()):
-                return record
-        raise KeyError(f"no record with {match} in {self.name}")
-
-
-def load_measured(name: str) -> Measured:
-    path = RESULTS_DIR / name
-    records = json.loads(path.read_text())
-    gpu = next((r.get("gpu") or r.get("device") for r in records if r.get("gpu") or r.get("device")), _H100)
-    return Measured(name, records, gpu, _DATE, _COMMANDS.get(name, f"see docs/perf-notes.md ({name})"))
+def load_measured(kind: str) -> Measured:
+    """The committed measurement of `kind` (e.g. 'stack-single') for this GPU, else the newest."""
+    if kind.endswith(".json"):
+        raise ValueError(f"load_measured({kind!r}): pass the kind without GPU and .json, e.g. "
+                         f"{kind.rsplit('-', 1)[0]!r}; the file for this machine's GPU is picked for you")
+    return latest(kind)
 
 
 def on_gpu() -> bool:
@@ -83,7 +43,31 @@ def machine() -> str:
     import torch
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {threads} torch thread{'s' if threads != 1 else ''})"
+
+
+def show_table(records, columns: list[str] | None = None, caption: str = "") -> None:
+    """Show records as an HTML table whose cells do not wrap; plain text outside a notebook."""
+    from workbench.measure import format_table, table_cells
+    try:
+        from IPython import get_ipython
+        from IPython.display import HTML, display
+        in_notebook = get_ipython() is not None
+    except ImportError:
+        in_notebook = False
+    if not in_notebook:
+        print((caption + "\n" if caption else "") + format_table(records, columns))
+        return
+    style = "white-space:nowrap;padding:1px 8px;text-align:right;font-size:85%"
+    header, *body = table_cells(records, columns)
+
+    def tr(cells, tag):
+        return "<tr>" + "".join(f"<{tag} style='{style}'>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+    caption_html = (f"<caption style='caption-side:bottom;text-align:left;font-size:80%'>{html.escape(caption)}"
+                    "</caption>" if caption else "")
+    display(HTML(f"<div style='overflow-x:auto'><table>{caption_html}{tr(header, 'th')}"
+                 + "".join(tr(row, "td") for row in body) + "</table></div>"))
 
 
 def pick_model(cpu_choice: str = "tiny") -> Path:

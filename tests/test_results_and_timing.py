@@ -1,0 +1,90 @@
+"""Results files carry their GPU and are picked per GPU; CPU timings pin threads and show spread."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from workbench.measure import results, timing
+
+REPO = Path(__file__).resolve().parents[1]
+H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+
+
+def _write(folder: Path, name: str, gpu: str, date: str, tok_s: float) -> None:
+    (folder / name).write_text(json.dumps([{"setting": "naive", "tok_s": tok_s, "gpu": gpu, "date": date}]))
+
+
+def test_gpu_tag():
+    assert results.gpu_tag(H100) == "h100"
+    assert results.gpu_tag(H200) == "h200"
+    assert results.gpu_tag("NVIDIA GeForce RTX 4090") == "rtx4090"
+
+
+def test_latest_prefers_this_gpu_then_the_newest(tmp_path):
+    _write(tmp_path, "stack-single-h100.json", H100, "2026-11-25", 1.0)
+    _write(tmp_path, "stack-single-h200.json", H200, "2026-12-01", 2.0)
+    _write(tmp_path, "stack-single-extra-h200.json", H200, "2026-12-09", 3.0)   # another kind
+    on_h100 = results.latest("stack-single", tmp_path, gpu_here=H100)
+    assert on_h100.name == "stack-single-h100.json" and on_h100.this_gpu
+    assert "(not this machine)" not in on_h100.source
+    on_cpu = results.latest("stack-single", tmp_path, gpu_here=None)
+    assert on_cpu.name == "stack-single-h200.json" and on_cpu.gpu == H200 and on_cpu.date == "2026-12-01"
+    assert "NVIDIA H200 (not this machine), 2026-12-01" in on_cpu.source
+    with pytest.raises(FileNotFoundError, match="no results file launches-<gpu>.json"):
+        results.latest("launches", tmp_path, gpu_here=None)
+
+
+def test_stamp_adds_gpu_date_command_without_overwriting():
+    rows = results.stamp([{"a": 1}, {"a": 2, "device": H100}, {"a": 3, "gpu": H200, "date": "x"}], command="cmd")
+    assert rows[0]["gpu"] in ("cpu",) or rows[0]["gpu"].startswith("NVIDIA")
+    assert rows[1]["gpu"] == H100 and rows[2]["gpu"] == H200 and rows[2]["date"] == "x"
+    assert all(r["command"] == "cmd" and r["date"] for r in rows)
+
+
+def test_committed_results_carry_their_gpu_and_date():
+    for path in sorted((REPO / "docs" / "results").glob("*.json")):
+        assert "-" not in path.stem[len(path.stem.rsplit("-", 1)[0]) + 1:]
+        for record in json.loads(path.read_text()):
+            assert record.get("gpu") and re.fullmatch(r"\d{4}-\d{2}-\d{2}", record.get("date", "")), path.name
+
+
+def test_notebooks_name_no_gpu_specific_results_file():
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code":
+                assert not re.search(r"-h\d00\.(json|png)", source), f"{path.name}: {source[:200]}"
+
+
+def test_chosen_threads(monkeypatch):
+    monkeypatch.delenv("WORKBENCH_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert timing.chosen_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert timing.chosen_threads() == 2
+    monkeypatch.setenv("WORKBENCH_THREADS", "3")
+    assert timing.chosen_threads() == 3
+    monkeypatch.setenv("WORKBENCH_THREADS", "many")
+    with pytest.raises(ValueError, match="positive whole number"):
+        timing.chosen_threads()
+
+
+def test_busy_warning(monkeypatch):
+    monkeypatch.setattr(timing.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert timing.busy_warning() is None
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (3.2, 1.0, 1.0))
+    assert "load average 3.2 on 2 cores" in timing.busy_warning()
+
+
+def test_time_runs_keeps_every_run():
+    calls = []
+    spread = timing.time_runs(calls.append, 1, repeats=4, warmup=2)
+    assert len(calls) == 6 and len(spread.times_ms) == 4
+    assert spread.min <= spread.median <= spread.max
+    assert "4 runs" in str(spread) and "torch thread" in str(spread)
+    with pytest.raises(ValueError, match="at least one run"):
+        timing.time_runs(calls.append, 1, repeats=0)
