@@ -191,8 +191,13 @@ def check_gemv_fallback_and_hook(torch, ops):
         got, want = layer(x), torch.nn.functional.linear(x.double(), layer.weight.double(), layer.bias.double())
         assert calls == [(6, 64)] and got.shape == (2, 3, 40)
         assert ((got.double() - want).norm() / want.norm()).item() < 1e-2
+        calls.clear()   # a shape the sweep measured cuBLAS faster on (CONFIGS says None): F.linear
+        g.CONFIGS[(40, 64, "m16")] = None
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias)) and calls == []
+        assert layer(x[:1, :1]).shape == (1, 1, 40) and calls == [(1, 64)], "M = 1 is its own bucket"
     finally:
         g.gemv = real
+        g.CONFIGS.pop((40, 64, "m16"), None)
     use_decode_gemv(layer, False)
     assert not layer.decode_gemv
 

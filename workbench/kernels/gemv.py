@@ -34,7 +34,6 @@ else `default_config`'s heuristic.
 """
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import asdict, dataclass
 
@@ -61,14 +60,33 @@ class GemvConfig:
         return asdict(self)
 
 
-# (N, K, "m1" | "m16") -> config, measured by scripts/sweep_gemv.py on the device (paste its
-# output here). Shapes not listed use default_config.
-CONFIGS: dict[tuple[int, int, str], GemvConfig] = {}
+# (N, K, "m1" | "m16") -> config, measured by scripts/sweep_gemv.py on an NVIDIA H200
+# (2026-12-01, runs/ -> docs/results/gemv-sweep-h200.json). None: cuBLAS was faster for that
+# shape in the sweep, so F.linear runs. Shapes not listed use default_config.
+CONFIGS: dict[tuple[int, int, str], GemvConfig | None] = {
+    # M = 1: ours vs cuBLAS, us per call: qkv 4.20 vs 5.06, o 3.30 vs 12.86, gate_up 5.32 vs 6.02,
+    # down 4.03 vs 6.78, lm_head 76.5 vs 82.5
+    (4096, 1024, "m1"): GemvConfig(block_n=4, block_k=1024, split_k=1, num_warps=2, num_stages=1),
+    (1024, 2048, "m1"): GemvConfig(block_n=1, block_k=1024, split_k=1, num_warps=8, num_stages=4),
+    (6144, 1024, "m1"): GemvConfig(block_n=4, block_k=1024, split_k=1, num_warps=4, num_stages=1),
+    (1024, 3072, "m1"): GemvConfig(block_n=1, block_k=1024, split_k=1, num_warps=4, num_stages=1),
+    (151936, 1024, "m1"): GemvConfig(block_n=8, block_k=1024, split_k=1, num_warps=4, num_stages=2),
+    # M = 2..16: cuBLAS's skinny GEMMs won on the wide shapes (qkv 5.47 vs 6.94 us at M = 16,
+    # gate_up 6.33 vs 7.77); split-K still wins on the N = 1,024 ones (o 5.76 vs 5.98, down 6.41 vs 7.03)
+    (4096, 1024, "m16"): None,
+    (6144, 1024, "m16"): None,
+    (1024, 2048, "m16"): GemvConfig(block_n=16, block_k=256, split_k=4, num_warps=2, num_stages=3),
+    (1024, 3072, "m16"): GemvConfig(block_n=16, block_k=256, split_k=4, num_warps=2, num_stages=3),
+}
 
 
-@functools.lru_cache(maxsize=None)
+_NUM_SMS: dict[int, int] = {}   # a plain dict, not lru_cache: torch.compile traces through this
+
+
 def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+    if device_index not in _NUM_SMS:
+        _NUM_SMS[device_index] = torch.cuda.get_device_properties(device_index).multi_processor_count
+    return _NUM_SMS[device_index]
 
 
 def default_config(m: int, n: int, k: int, num_sms: int = 132) -> GemvConfig:
@@ -82,11 +100,19 @@ def default_config(m: int, n: int, k: int, num_sms: int = 132) -> GemvConfig:
     return GemvConfig(block_n=block_n, block_k=block_k, split_k=split_k, num_warps=4, num_stages=1)
 
 
+def _bucket(m: int, n: int, k: int) -> tuple[int, int, str]:
+    return n, k, "m1" if m == 1 else "m16"
+
+
+def cublas_faster(m: int, n: int, k: int) -> bool:
+    """The sweep measured cuBLAS faster than this kernel for the shape (CONFIGS says None)."""
+    return _bucket(m, n, k) in CONFIGS and CONFIGS[_bucket(m, n, k)] is None
+
+
 def pick_config(x: torch.Tensor, weight: torch.Tensor) -> GemvConfig:
     m, (n, k) = x.shape[0], weight.shape
-    bucket = "m1" if m == 1 else "m16"
-    if (n, k, bucket) in CONFIGS:
-        return CONFIGS[(n, k, bucket)]
+    if CONFIGS.get(_bucket(m, n, k)) is not None:
+        return CONFIGS[_bucket(m, n, k)]
     sms = _num_sms(x.device.index or 0) if x.is_cuda else 132
     return default_config(m, n, k, sms)
 
@@ -205,6 +231,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear with the decode GEMV for <= MAX_M tokens; larger batches (prefill) use F.linear."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if not 1 <= rows <= MAX_M or not weight.is_contiguous():
+    if not 1 <= rows <= MAX_M or not weight.is_contiguous() or cublas_faster(rows, *weight.shape):
         return F.linear(x, weight, bias)
     return gemv(x.reshape(rows, x.shape[-1]), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
