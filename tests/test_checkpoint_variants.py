@@ -83,6 +83,19 @@ def test_engine_matches_hf_on_hf_written_checkpoints(name, variant_dir):
     assert worst < 1e-4, worst
 
 
+@pytest.mark.parametrize("name", ["qwen2-tied", "llama-attention_bias"])
+def test_the_reference_loop_is_what_hf_generate_does(name, variant_dir):
+    """hf_greedy (the loop above, which also returns logits) picks the tokens of HF's own
+    `generate(do_sample=False)` on the same prompt ids, so 'matches hf_greedy' means 'matches
+    what an HF user gets'. EOS is switched off on both sides (hf_greedy ignores it)."""
+    hf = load_hf_model(str(variant_dir(name)))
+    for prompt in _prompts()[:4]:
+        ids = torch.tensor([prompt])
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
+                          min_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=0)
+        assert out[0, len(prompt):].tolist() == hf_greedy(hf, prompt, NEW_TOKENS)[0]
+
+
 def test_config_reads_the_variant_knobs(variant_dir):
     qwen2 = ModelConfig.from_hf(variant_dir("qwen2-tied"))
     assert (qwen2.attention_bias, qwen2.o_bias, qwen2.qk_norm, qwen2.tie_word_embeddings) == (True, False, False, True)
