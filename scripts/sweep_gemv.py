@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from workbench.kernels.gemv import GemvConfig, gemv
 from workbench.measure import measure_copy_bandwidth
+from workbench.measure.results import stamp
 from workbench.measure.gemv import gemv_shapes, time_gemv
 from workbench.model import ModelConfig
 
@@ -122,8 +123,9 @@ def main() -> int:
               f"   # M={m}, {w['us_per_call']:.2f} us")
     print("}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "copy_bandwidth": bw,
-                                           "rows": rows}, indent=1))
+    # a results file is a list of records, each saying where, when and how (measure/results.py)
+    records = stamp([dict(row, copy_bandwidth=bw) for row in rows], "python scripts/sweep_gemv.py " + args.json)
+    Path(args.json).write_text(json.dumps(records, indent=1))
     print(f"wrote {args.json} ({time.perf_counter() - start:.0f} s)")
     return 0
 
