@@ -56,7 +56,7 @@ class ThisPython(KernelSpecManager):
 
 def test_notebooks_exist():
     names = [p.stem[:2] for p in NOTEBOOKS]
-    assert names == [f"{i:02d}" for i in range(9)], names
+    assert names == [f"{i:02d}" for i in range(10)], names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
