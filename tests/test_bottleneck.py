@@ -1,0 +1,32 @@
+"""The bottleneck map (workbench.measure.bottleneck) from a real run of the tiny engine on CPU."""
+import pytest
+
+from workbench import LLM, Optimizations
+from workbench.measure.bottleneck import Ceilings, measure_ceilings, measure_points, verdicts
+from workbench.model import ModelConfig
+
+
+def test_ceilings_are_measured_and_meet_at_the_balance():
+    c = measure_ceilings("cpu", repeats=2)
+    assert c.bandwidth > 1e8 and c.peak_flops > 1e8   # any real CPU moves > 100 MB/s, > 0.1 GFLOP/s
+    assert c.balance == pytest.approx(c.peak_flops / c.bandwidth)
+    assert c.how.startswith("measured")
+
+
+def test_prefill_sits_right_of_decode_and_verdicts_follow_the_numbers(tiny_ckpt):
+    shape = ModelConfig.from_hf(tiny_ckpt)
+    with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), max_num_batched_tokens=512, max_num_seqs=4,
+             enable_prefix_caching=False, max_model_len=128) as llm:
+        points = measure_points(llm, shape, "sdpa", batches=(1, 4), prompt_len=32, decode_tokens=4)
+    assert [(p.phase, p.batch) for p in points] == [("prefill", 1), ("decode", 1), ("prefill", 4), ("decode", 4)]
+    by = {(p.phase, p.batch): p for p in points}
+    # one token per sequence vs 32: prefill's intensity is far higher; batching raises decode's
+    assert by["prefill", 1].intensity > 10 * by["decode", 1].intensity
+    assert by["decode", 4].intensity > 2 * by["decode", 1].intensity
+    assert all(p.seconds > 0 and p.achieved_flops == pytest.approx(p.flops / p.seconds) for p in points)
+    # a balance between the two phases puts decode on the memory side and prefill on the compute side
+    ceilings = Ceilings("test", bandwidth=1e9, peak_flops=1e9 * by["decode", 4].intensity * 2, dtype="float32", how="x")
+    lines = verdicts(ceilings, points)
+    assert "memory-bound" in lines[1] and "compute-bound" in lines[0], lines
+    ceilings.peak_flops = 1e9 * by["prefill", 4].intensity * 2   # a balance above every point: all memory-bound
+    assert all("memory-bound" in line for line in verdicts(ceilings, points))
