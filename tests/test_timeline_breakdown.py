@@ -85,3 +85,16 @@ def test_gpu_timeline_eager_and_graphs(tiny_ckpt):
         assert abs(b.parts_sum_us - b.step_us) <= 0.05 * b.step_us
         assert b.floor_us and "HBM" in b.floor_source
     assert found[True][1].graph_launches >= 3 and found[False][1].graph_launches == 0
+
+
+def test_cli_breakdown(capsys, tiny_ckpt, tmp_path):
+    from workbench.__main__ import main
+    out_json, figure = tmp_path / "b.json", tmp_path / "b.png"
+    assert main(["measure", "breakdown", "--model", str(tiny_ckpt), "--steps", "1", "--json", str(out_json),
+                 "--figure", str(figure), "--trace-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "no CUDA GPU: skipping" in out and "CPU memcpy bandwidth, measured" in out
+    rows = json.loads(out_json.read_text())
+    assert [r["label"] for r in rows] == ["naive", "sdpa"]
+    assert all(abs(r["parts_sum_us"] - r["step_us"]) <= 0.05 * r["step_us"] for r in rows)
+    assert figure.read_bytes().startswith(b"\x89PNG") and (tmp_path / "timeline-naive.json").is_file()
