@@ -91,3 +91,23 @@ def test_export_csv_and_json(board, tmp_path):
     board.export_path.value = str(tmp_path / "from-button")
     board.widget.children[-1].children[1].click()       # the "Export CSV" button
     assert (tmp_path / "from-button.csv").is_file() and "wrote" in board.status.value
+
+
+def test_telemetry_panel_follows_the_run_live(board, tmp_path):
+    board.telemetry.interval_s = 0.0             # redraw at every step, to see it update mid-run
+    before = board.telemetry.redraws
+    board.attention.value, board.batch.value, board.new_tokens.value, board.prompt_len.value = "naive", 2, 6, 8
+    row = board.run()
+    assert row is not None, board.status.value
+    rows = board.telemetry.rows
+    assert rows and rows[0]["kind"] == "prefill" and rows[-1]["running"] == 0
+    assert sum(r["decode_tokens"] for r in rows) + sum(r["prefill_tokens"] for r in rows) >= 2 * (8 + 5)
+    # drawn once per step while the pass ran, and once more when it ended
+    assert board.telemetry.redraws - before == len(rows) + 1
+    assert bytes(board.telemetry.image.value).startswith(b"\x89PNG")
+    axes = board.telemetry.figure.axes
+    assert len(axes) == 4 and axes[0].lines and len(axes[0].lines[0].get_xdata()) == len(rows)
+    path = board.export_telemetry("csv", tmp_path / "t.csv")
+    with open(path) as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert json.loads(board.export_telemetry("json", tmp_path / "t.json").read_text()) == rows

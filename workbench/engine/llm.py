@@ -29,6 +29,7 @@ from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import RequestStats, Sequence, Status
 from .stream import RequestStream, StreamEvent
+from .telemetry import Telemetry
 
 Prompt = str | list[int]   # (or a 1-D integer numpy array / torch tensor of ids)
 Conversation = list[dict]  # [{"role": "user", "content": "..."}, ...]
@@ -113,6 +114,7 @@ class LLM:
                                    max_num_batched_tokens=self.config.max_num_batched_tokens,
                                    chunked_prefill=self.config.chunked_prefill)
         self.stats = EngineStats()
+        self.telemetry = Telemetry()              # one row per step (engine/telemetry.py)
         self._next_id = 0
         self._eos = set(self.model_config.eos_token_ids)
         self._listeners: dict[int, object] = {}   # request id -> its stream's event queue (stream.py)
@@ -237,7 +239,8 @@ class LLM:
             return []
         self._stepping = True
         try:
-            produced = self._step()
+            with self.telemetry.step(self):
+                produced = self._step()
             for seq, _ in produced:
                 queue = self._listeners.get(seq.request_id)
                 if queue is not None:

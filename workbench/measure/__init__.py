@@ -1,6 +1,8 @@
 """Measurement: what the engine actually did, next to what it could have done.
 
     launches  torch.profiler: CPU launch calls vs GPU kernels per step     (measured)
+    timeline  torch.profiler: a step's CPU ops, launch calls and GPU kernels, drawn (measured)
+    breakdown a decode step's time by kernel family, gaps and host time    (measured)
     hbm       Nsight Compute: DRAM bytes read/written per kernel family   (measured)
     roofline  bytes and FLOPs a step must move/do, and the time they take (modelled, labelled)
 

@@ -295,14 +295,53 @@ def cmd_measure_hbm(args) -> int:
     return 0
 
 
+def cmd_measure_breakdown(args) -> int:
+    """Each setting's decode step split into kernel families, gaps and host time, beside its floor."""
+    from workbench.config import Optimizations
+    from workbench.engine import LLM
+    from workbench.measure import format_table
+    from workbench.measure.breakdown import measure_breakdown, plot_breakdowns, step_bandwidth
+    path = model_dir(args)
+    settings = runnable([Optimizations.all_off(), Optimizations(attention="sdpa"),
+                         Optimizations(attention="flash", fused_kernels=True),
+                         Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True),
+                         Optimizations.all_on()], lambda s: s)
+    bandwidth, found = None, []
+    for opts in settings:
+        with LLM(path, opts=opts, max_num_seqs=max(args.batch, 1), enable_prefix_caching=False) as llm:
+            bandwidth = bandwidth or step_bandwidth(llm.device)   # once, on the engine's device
+            trace = Path(args.trace_dir) / f"timeline-{opts.label()}.json" if args.trace_dir else None
+            found.append(measure_breakdown(llm, batch=args.batch, decode_steps=args.steps, bandwidth=bandwidth,
+                                           trace_path=trace)[0])
+            print(found[-1], flush=True)
+    rows = [b.row() for b in found]
+    print("\nus per decode step (parts and step: measured by torch.profiler; floor_us: modelled bytes / "
+          "measured copy bandwidth)")
+    print(format_table(rows))
+    if args.figure:
+        import matplotlib
+        matplotlib.use("Agg")
+        plot_breakdowns(found).figure.savefig(args.figure, dpi=110, bbox_inches="tight")
+        print(f"wrote {args.figure}")
+    _save([b.to_dict() for b in found], args.json)
+    return 0
+
+
 def add_measure_subcommands(sub, common) -> None:
-    m = sub.add_parser("measure", help="launches | hbm | attention-traffic | gemv | tp | roofline")
+    m = sub.add_parser("measure", help="launches | breakdown | hbm | attention-traffic | gemv | tp | roofline")
     msub = m.add_subparsers(dest="what", required=True)
     launches = msub.add_parser("launches", help="CPU launch calls vs GPU kernels per prefill/decode step")
     common(launches)
     launches.add_argument("--batch", type=int, default=1)
     launches.add_argument("--steps", type=int, default=8)
     launches.set_defaults(func=cmd_measure_launches)
+    breakdown = msub.add_parser("breakdown", help="where a decode step's microseconds go, per setting, beside its floor")
+    common(breakdown)
+    breakdown.add_argument("--batch", type=int, default=1)
+    breakdown.add_argument("--steps", type=int, default=3, help="decode steps profiled (their mean is shown)")
+    breakdown.add_argument("--figure", help="also draw the stacked bars to this PNG")
+    breakdown.add_argument("--trace-dir", help="write each setting's Chrome trace here (open in ui.perfetto.dev)")
+    breakdown.set_defaults(func=cmd_measure_breakdown)
     hbm = msub.add_parser("hbm", help="ncu DRAM bytes of one decode step vs the modelled minimum")
     common(hbm)
     hbm.add_argument("--settings", default="all_off,fast", help="all_off and/or fast (flash+fused+graphs)")

@@ -35,6 +35,8 @@ from workbench.measure.steps import engine_launches
 from workbench.measure.timing import busy_warning
 from workbench.model import ModelConfig
 
+from .telemetry_plot import TelemetryPanel
+
 COLUMNS = ["run", "setting", "device", "torch_threads", "batch", "prompt_len", "new_tokens", "decode_steps", "output_tokens", "tok_s",
            "tpot_ms", "ttft_ms", "load_s", "compile_s", "graph_capture_s", "launch_calls_per_step",
            "kernels_per_step", "hbm_bytes_per_step", "launches_note", "hbm_note"]
@@ -94,18 +96,19 @@ class Switchboard:
         self.status = widgets.Label("press Run: each run builds, times and closes one engine")
         self.plot = widgets.Image(format="png")
         self.table = widgets.HTML()
+        self.telemetry = TelemetryPanel()   # the engine step by step, live during the workload's first pass
         self.export_path = widgets.Text("switchboard-history", description="export to")
         csv_button = widgets.Button(description="Export CSV", icon="download")
         json_button = widgets.Button(description="Export JSON", icon="download")
-        csv_button.on_click(lambda _: self.status.set_trait("value", f"wrote {self.export_csv()}"))
-        json_button.on_click(lambda _: self.status.set_trait("value", f"wrote {self.export_json()}"))
+        csv_button.on_click(lambda _: self.status.set_trait("value", f"wrote {self.export_csv()}, {self.export_telemetry('csv')}"))
+        json_button.on_click(lambda _: self.status.set_trait("value", f"wrote {self.export_json()}, {self.export_telemetry('json')}"))
         notes = "; ".join(f"{k}: {v}" for k, v in self.unavailable.items()) or "every switch can run here"
         self.notes = widgets.HTML(f"<small><b>{html.escape(str(self.model_dir.name))}</b> on {self.device}. "
                                   f"Unavailable here: {html.escape(notes)}</small>")
         self.widget = widgets.VBox([
             widgets.HBox([self.attention, self.fused, self.graphs, self.compile, self.hbm]),
             widgets.HBox([self.batch, self.prompt_len, self.new_tokens, self.decode_steps]), self.notes,
-            widgets.HBox([self.run_button, self.progress, self.status]), self.plot, self.table,
+            widgets.HBox([self.run_button, self.progress, self.status]), self.plot, self.telemetry.image, self.table,
             widgets.HBox([self.export_path, csv_button, json_button])])
         self._redraw()
 
@@ -198,7 +201,15 @@ class Switchboard:
         return row
 
     def _timed_generate(self, llm, workload) -> dict:
-        timed = time_generate(llm, workload, repeats=self.repeats, full_warmup=True)
+        from workbench.engine import SamplingParams
+        # The warm-up pass runs the whole workload with the telemetry panel following it live;
+        # the timed passes run unwatched (redrawing costs milliseconds).
+        params = [SamplingParams(temperature=workload.temperature, max_tokens=n, ignore_eos=True)
+                  for n in workload.output_lens]
+        with self.telemetry.watch(llm, f"{llm.opts.label()}: warm-up pass of the workload, live "
+                                       f"(recorded by llm.telemetry, {self._device_name()})"):
+            llm.generate(workload.prompts, params, use_tqdm=False)
+        timed = time_generate(llm, workload, repeats=self.repeats)
         return {k: timed[k] for k in ("output_tokens", "tok_s", "tpot_ms", "ttft_ms")}
 
     def _hbm(self, opts: Optimizations, batch: int, context: int) -> tuple[float | None, str]:
@@ -316,6 +327,14 @@ class Switchboard:
         path = Path(path or self.export_path.value + ".json")
         path.write_text(json.dumps(self.history, indent=1))
         return path
+
+    def export_telemetry(self, kind: str = "csv", path=None) -> Path:
+        """The last run's per-step telemetry (the pass the panel shows) as CSV or JSON."""
+        from workbench.engine.telemetry import Telemetry
+        table = Telemetry()
+        table.rows = list(self.telemetry.rows)
+        path = path or f"{self.export_path.value}-telemetry.{kind}"
+        return table.to_csv(path) if kind == "csv" else table.to_json(path)
 
     def _ipython_display_(self):
         from IPython.display import display

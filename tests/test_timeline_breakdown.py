@@ -1,0 +1,100 @@
+"""The kernel timeline and the decode-step breakdown, from a real profiler run of the tiny engine."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workbench import LLM, Optimizations
+from workbench.measure.breakdown import CPU_IDLE_PART, breakdown_of, measure_breakdown, plot_breakdowns
+from workbench.measure.timeline import Span, family_of, plot_timelines, sweep
+
+
+@pytest.fixture(scope="module")
+def profiled(tiny_ckpt, tmp_path_factory):
+    trace = tmp_path_factory.mktemp("trace") / "timeline.json"
+    with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), device="cpu", max_num_seqs=2,
+             enable_prefix_caching=False) as llm:
+        breakdown, timeline = measure_breakdown(llm, batch=2, decode_steps=3, trace_path=trace)
+        shape = llm.model_config
+    return breakdown, timeline, shape
+
+
+def test_timeline_has_the_steps_and_families(profiled):
+    _, tl, _ = profiled
+    assert [w.kind for w in tl.steps] == ["prefill", "decode", "decode", "decode"]
+    families = {s.family for s in tl.row("cpu ops")}
+    assert {"matmul", "attention", "norm/elementwise", "sampling", "copy"} <= families, families
+    assert all(s.step is not None and tl.steps[s.step].start_us <= s.start_us for s in tl.spans)
+    assert not tl.row("gpu") and not tl.row("launches") and "no CUDA" in tl.gpu_note   # says why
+    assert all(len(w.context_lens) == 2 for w in tl.decode_steps())
+    trace = json.loads(open(tl.trace_path).read())            # the file Perfetto opens
+    assert any(e.get("name", "").startswith("workbench.step") for e in trace["traceEvents"])
+    fig = plot_timelines([tl, tl])
+    assert len(fig.axes) == 2 and fig.axes[0].get_xlim() == fig.axes[1].get_xlim()
+
+
+def test_breakdown_sums_to_the_profiled_step(profiled):
+    b, tl, shape = profiled
+    step = sum(w.us for w in tl.decode_steps()) / 3
+    assert b.step_us == pytest.approx(step)
+    assert abs(b.parts_sum_us - b.step_us) <= 0.05 * b.step_us, b
+    assert CPU_IDLE_PART in b.parts and b.parts["CPU matmul"] > 0
+    # the parts are measured apart from the step: ops alone fall short of it, by the host's share
+    ops = sum(v for k, v in b.parts.items() if k != CPU_IDLE_PART)
+    assert ops < b.step_us and b.parts[CPU_IDLE_PART] > 0
+    assert b.floor_bytes > 0 and b.floor_us > 0 and "CPU memcpy" in b.floor_source
+    assert b.unprofiled_step_us > 0 and "sum of the parts" in str(b)
+    ax = plot_breakdowns([b])
+    assert len(ax.patches) == len(b.parts)
+    again = breakdown_of(tl, shape=shape, dtype_bytes=4)       # no bandwidth: the floor says so
+    assert again.floor_us is None and "no bandwidth" in again.floor_source
+
+
+def test_sweep_counts_overlaps_once_and_splits_gaps():
+    spans = [Span("gpu", "gemm", "matmul", 10, 20, 0), Span("gpu", "gemm2", "matmul", 15, 25, 0),
+             Span("gpu", "rms_norm", "norm/elementwise", 30, 40, 0), Span("gpu", "x", "other", 100, 110, 0)]
+    busy, short, idle = sweep(spans, 0, 120)
+    assert busy == {"matmul": 15, "norm/elementwise": 10, "other": 10}
+    assert short == 5 and idle == 10 + 60 + 10                  # edges and the long wait
+    assert sum(busy.values()) + short + idle == 120
+
+
+def test_families():
+    assert family_of("void cutlass::Kernel2<cutlass_80_wmma_tensorop_gemm>") == "matmul"
+    assert family_of("flash_fwd_splitkv_kernel") == "attention"
+    assert family_of("_add_rms_norm_kernel") == "norm/elementwise"
+    assert family_of("aten::argmax") == "sampling"
+    assert family_of("Memcpy HtoD (Pageable -> Device)") == "copy"
+    assert family_of("aten::linear") == "matmul" and family_of("aten::mul") == "norm/elementwise"
+    assert family_of("aten::arange") == "other"
+
+
+@pytest.mark.gpu
+def test_gpu_timeline_eager_and_graphs(tiny_ckpt):
+    from workbench.attention.flash import flash_status
+    attention = "flash" if flash_status()[0] else "sdpa"
+    found = {}
+    for graphs in (False, True):
+        with LLM(tiny_ckpt, opts=Optimizations(attention=attention, fused_kernels=True, cuda_graphs=graphs),
+                 max_num_seqs=1, enable_prefix_caching=False) as llm:
+            found[graphs] = measure_breakdown(llm, batch=1, decode_steps=3)
+    for graphs, (b, tl) in found.items():
+        assert tl.on_gpu and tl.row("launches")
+        assert tl.row("gpu") or tl.gpu_note                   # kernels, or a sentence why not
+        assert abs(b.parts_sum_us - b.step_us) <= 0.05 * b.step_us
+        assert b.floor_us and "HBM" in b.floor_source
+    assert found[True][1].graph_launches >= 3 and found[False][1].graph_launches == 0
+
+
+def test_cli_breakdown(capsys, tiny_ckpt, tmp_path):
+    from workbench.__main__ import main
+    out_json, figure = tmp_path / "b.json", tmp_path / "b.png"
+    assert main(["measure", "breakdown", "--model", str(tiny_ckpt), "--steps", "1", "--json", str(out_json),
+                 "--figure", str(figure), "--trace-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "no CUDA GPU: skipping" in out and "CPU memcpy bandwidth, measured" in out
+    rows = json.loads(out_json.read_text())
+    assert [r["label"] for r in rows] == ["naive", "sdpa"]
+    assert all(abs(r["parts_sum_us"] - r["step_us"]) <= 0.05 * r["step_us"] for r in rows)
+    assert figure.read_bytes().startswith(b"\x89PNG") and (tmp_path / "timeline-naive.json").is_file()

@@ -1,0 +1,188 @@
+"""Where the microseconds of one decode step go: a budget that sums to the measured step.
+
+From a profiled timeline (measure/timeline.py), each decode step's window is split into:
+
+    GPU <family>          time the GPU spent in kernels of that family (matmul, attention, ...)
+    GPU short gaps        the GPU idle between two kernels for less than 20 us: launch latency
+    host, GPU idle        the rest: the GPU waiting for the host (Python, scheduling, launching,
+                          reading the sampled tokens back) -- host time not overlapped with the GPU
+
+On a CPU there is no GPU: the parts are the host's own ATen ops per family, and the host time
+outside them (Python, the scheduler, the profiler's own bookkeeping). Either way the parts are
+measured separately (`timeline.sweep`) and must add up to the profiled step time: the check is
+printed with every breakdown. Next to it, the floor: the bytes a decode step must move
+(roofline.decode_step, modelled) over a measured copy bandwidth (HBM on a GPU, a CPU memcpy on
+a CPU, labelled). Per switch setting, the bars show which switch removed which slice.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+from .roofline import BandwidthRecord, decode_step, measure_copy_bandwidth
+from .timeline import FAMILY_COLORS, Timeline, profile_engine_steps, sweep
+
+GAP_PART, IDLE_PART = "GPU idle, short gaps between kernels", "host time, GPU idle (not overlapped)"
+CPU_IDLE_PART = "host outside ATen ops (Python, scheduler)"
+
+
+@dataclass
+class Breakdown:
+    label: str
+    device: str
+    decode_steps: int                 # decode steps averaged
+    step_us: float                    # profiled wall time of a decode step (mean)
+    parts: dict = field(default_factory=dict)    # part -> us per step (mean); sums to step_us
+    floor_us: float | None = None     # modelled bytes / measured bandwidth
+    floor_bytes: int = 0              # modelled
+    bandwidth: float | None = None    # bytes/s, measured
+    floor_source: str = ""
+    unprofiled_step_us: float | None = None      # median decode step timed without the profiler
+    modelled: bool = False            # the parts are measured; floor_us alone is modelled
+
+    @property
+    def parts_sum_us(self) -> float:
+        return sum(self.parts.values())
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "parts_sum_us": self.parts_sum_us}
+
+    def row(self) -> dict:
+        """A flat row for a table: one column per part, in us."""
+        return {"setting": self.label, "step_us": self.step_us, **{k: v for k, v in self.parts.items()},
+                "parts_sum_us": self.parts_sum_us, "floor_us": self.floor_us,
+                "unprofiled_step_us": self.unprofiled_step_us}
+
+    def __str__(self) -> str:
+        lines = [f"{self.label} decode step on {self.device}: {self.step_us:,.0f} us under the profiler "
+                 f"(mean of {self.decode_steps}; measured)"]
+        lines += [f"  {k:<42} {v:10,.1f} us  {v / self.step_us:6.1%}" for k, v in self.parts.items()]
+        lines.append(f"  {'sum of the parts':<42} {self.parts_sum_us:10,.1f} us  "
+                     f"{self.parts_sum_us / self.step_us:6.1%} of the step")
+        if self.unprofiled_step_us is not None:
+            lines.append(f"  same step without the profiler (median)    {self.unprofiled_step_us:10,.1f} us")
+        lines.append(f"  floor [modelled]: {self.floor_bytes:,} bytes / {self.floor_source} = "
+                     + (f"{self.floor_us:,.1f} us" if self.floor_us is not None else "unavailable"))
+        return "\n".join(lines)
+
+
+def breakdown_of(tl: Timeline, *, shape=None, dtype_bytes: int = 2, bandwidth: BandwidthRecord | None = None,
+                 unprofiled_step_us: float | None = None) -> Breakdown:
+    """The mean budget of the timeline's decode steps (see the module docstring)."""
+    decodes = tl.decode_steps()
+    if not decodes:
+        raise ValueError("the timeline has no decode step: profile at least one (decode_steps >= 1)")
+    parts: dict[str, float] = {}
+    for w in decodes:
+        if tl.on_gpu:
+            busy, short, idle = sweep(tl.row("gpu", w.index), w.start_us, w.end_us)
+            named = {**{f"GPU {k}": v for k, v in busy.items()}, GAP_PART: short, IDLE_PART: idle}
+        else:   # no short-gap notion on the host: every stretch outside ops is host work
+            busy, short, idle = sweep(tl.row("cpu ops", w.index), w.start_us, w.end_us, short_gap_us=0)
+            named = {**{f"CPU {k}": v for k, v in busy.items()}, CPU_IDLE_PART: short + idle}
+        for k, v in named.items():
+            parts[k] = parts.get(k, 0.0) + v / len(decodes)
+    order = [f"{p} {f}" for p in ("GPU", "CPU") for f in FAMILY_COLORS] + [GAP_PART, IDLE_PART, CPU_IDLE_PART]
+    parts = {k: parts[k] for k in order if k in parts}
+    out = Breakdown(tl.label, tl.device, len(decodes), statistics.fmean(w.us for w in decodes), parts,
+                    unprofiled_step_us=unprofiled_step_us)
+    if shape is not None:
+        model = decode_step(shape, decodes[-1].context_lens, dtype_bytes)
+        out.floor_bytes = model.bytes
+        if bandwidth is not None and bandwidth.available:
+            out.bandwidth, out.floor_us = bandwidth.bandwidth, model.bytes / bandwidth.bandwidth * 1e6
+            kind = "HBM copy" if tl.on_gpu else "CPU memcpy"
+            out.floor_source = f"{bandwidth.bandwidth / 1e9:,.1f} GB/s ({kind} bandwidth, measured)"
+        else:
+            out.floor_source = f"no bandwidth ({bandwidth.reason if bandwidth else 'not measured'})"
+    return out
+
+
+def cpu_copy_bandwidth(nbytes: int = 2**26, repeats: int = 5) -> BandwidthRecord:
+    """Host memcpy bandwidth, (read + write bytes) / time of copying a buffer larger than a CPU's
+    last-level cache: the CPU's counterpart of measure_copy_bandwidth (measured)."""
+    import torch
+    src = torch.ones(nbytes, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - start)
+    return BandwidthRecord(True, device="cpu", buffer_bytes=nbytes, repeats=repeats,
+                           bandwidth=2 * nbytes / statistics.median(times), samples_s=times)
+
+
+def step_bandwidth(device) -> BandwidthRecord:
+    """The bandwidth a decode step's floor is measured against, on the engine's device."""
+    return measure_copy_bandwidth(device) if str(device).startswith("cuda") else cpu_copy_bandwidth()
+
+
+def _unprofiled_decode_us(llm, batch: int, prompt_len: int, steps: int = 5) -> float:
+    """Median wall time of `steps` decode steps without the profiler (its overhead is not free)."""
+    import random
+
+    import torch
+
+    from workbench.engine import SamplingParams
+
+    from .steps import start_decoding
+    sync = torch.cuda.synchronize if str(llm.device).startswith("cuda") else (lambda: None)
+    rounds, llm.config.decode_steps = llm.config.decode_steps, 1
+    try:
+        start_decoding(llm, batch, prompt_len, SamplingParams(temperature=0, max_tokens=steps + 4, ignore_eos=True),
+                       random.Random(1))
+        times = []
+        for _ in range(steps):
+            sync()
+            t0 = time.perf_counter()
+            llm.step()
+            sync()
+            times.append((time.perf_counter() - t0) * 1e6)
+    finally:
+        llm.config.decode_steps = rounds
+        llm.abort_all()
+    return statistics.median(times)
+
+
+def measure_breakdown(llm, *, batch: int = 1, prompt_len: int = 32, decode_steps: int = 3,
+                      bandwidth: BandwidthRecord | None = None, trace_path=None) -> tuple[Breakdown, Timeline]:
+    """Profile the engine's steps, then break its decode steps down. Pass `bandwidth` to measure
+    it once for several settings (default: measured here, on the engine's device)."""
+    import torch
+    tl = profile_engine_steps(llm, batch=batch, prompt_len=prompt_len, decode_steps=decode_steps,
+                              trace_path=trace_path)
+    unprofiled = _unprofiled_decode_us(llm, batch, prompt_len)
+    dtype_bytes = torch.finfo(llm.dtype).bits // 8
+    bw = bandwidth or step_bandwidth(llm.device)
+    return breakdown_of(tl, shape=llm.model_config, dtype_bytes=dtype_bytes, bandwidth=bw,
+                        unprofiled_step_us=unprofiled), tl
+
+
+def plot_breakdowns(breakdowns: list[Breakdown], ax=None):
+    """One stacked bar per setting (us per decode step), the floor drawn as a black tick."""
+    import matplotlib.pyplot as plt
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(5, 1.6 * len(breakdowns) + 3), 3.6))
+    colors = {**{f"{p} {f}": c for p in ("GPU", "CPU") for f, c in FAMILY_COLORS.items()},
+              GAP_PART: "gold", IDLE_PART: "0.75", CPU_IDLE_PART: "0.75"}
+    drawn = set()
+    for x, b in enumerate(breakdowns):
+        bottom = 0.0
+        for part, us in b.parts.items():
+            ax.bar(x, us, bottom=bottom, color=colors.get(part, "black"), width=0.6,
+                   label=None if part in drawn else part)
+            drawn.add(part)
+            bottom += us
+        if b.floor_us is not None:
+            ax.plot([x - 0.35, x + 0.35], [b.floor_us] * 2, color="black", linewidth=2,
+                    label=None if "floor" in drawn else "floor: modelled bytes / measured bandwidth")
+            drawn.add("floor")
+    ax.set_xticks(range(len(breakdowns)), [b.label.replace("+", "+\n") for b in breakdowns], fontsize=8)
+    ax.set_ylabel("us per decode step (profiled)")
+    devices = sorted({b.device for b in breakdowns})
+    ax.set_title(f"where a decode step's time goes (measured on {', '.join(devices)})", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return ax
