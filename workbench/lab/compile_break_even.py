@@ -64,3 +64,28 @@ def measure(fn, compile_s: float | None = None, eager_tok_s: float | None = None
 
 EXERCISE = Exercise("compile_break_even", "06", "break_even_tokens(compile_s, eager_tok_s, compiled_tok_s)",
                     alone, None, measure)
+
+
+def measure_compile(model=None, max_tokens: int = 64, **engine_kwargs) -> dict:
+    """Measure compile_s, eager_tok_s and compiled_tok_s on this machine (decode of one request).
+
+    compile_s is the extra time the compiled engine's first generate takes over the eager one's."""
+    import time
+
+    from workbench import LLM, Optimizations, SamplingParams
+    from .exercise import tiny_model
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    numbers = {}
+    for label, opts in (("eager", Optimizations()), ("compiled", Optimizations(compile=True))):
+        with LLM(model or tiny_model(), opts=opts, **engine_kwargs) as llm:
+            start = time.perf_counter()
+            llm.generate([[5, 6, 7, 8]], params, use_tqdm=False)   # first call: includes compiling
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            llm.generate([[5, 6, 7, 8]], params, use_tqdm=False)
+            second = time.perf_counter() - start
+        numbers[f"{label}_tok_s"] = max_tokens / second
+        numbers[f"{label}_first_s"] = first
+    numbers["compile_s"] = max(numbers.pop("compiled_first_s") - numbers.pop("eager_first_s"), 0.0)
+    numbers["machine"] = machine()
+    return numbers
