@@ -37,9 +37,12 @@ def alone(fn) -> None:
     for bad in ((1.0, 0.0, 10.0), (1.0, 10.0, -1.0), (-1.0, 10.0, 20.0)):
         try:
             fn(*bad)
+            what = "returned"
         except ValueError:
             continue
-        raise Wrong(f"break_even_tokens{bad} returned instead of raising ValueError: a rate must be > 0 and a "
+        except Exception as err:   # e.g. ZeroDivisionError: the input was not checked first
+            what = f"raised {type(err).__name__}"
+        raise Wrong(f"break_even_tokens{bad} {what} instead of raising ValueError: a rate must be > 0 and a "
                     f"time >= 0 -- a typo in a measured number should not give a plausible answer.")
 
 
