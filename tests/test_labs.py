@@ -164,3 +164,21 @@ def test_cuda_graph_capture_skips_clearly_on_cpu():
 def test_unknown_exercise_is_refused():
     with pytest.raises(ValueError, match="choose one of"):
         lab.exercise("flash")
+
+
+@pytest.mark.parametrize("name", ["block_hash", "naive_attention", "online_softmax", "preemption", "sampling"])
+def test_engine_stage_and_measure(name):
+    """Plugged into the engine through LLM(overrides=...): the reference passes all stages here."""
+    result = lab.check(name, SOL[WRONG[name][0]])
+    assert result.stages == {"alone": "pass", "engine": "pass", "measure": "pass"}, str(result)
+    assert result.effect["machine"]
+
+
+def test_engine_catches_what_the_unit_stage_cannot():
+    """A hasher ignoring the parent reuses a block after another prefix; a policy preempting the
+    oldest throws away more work: both only show up in the engine."""
+    from workbench.lab import block_hash, preemption
+    with pytest.raises(lab.Wrong, match="after a different prefix"):
+        block_hash.engine(lambda parent, tokens: SOL["block_hasher"](None, tokens))
+    with pytest.raises(lab.Wrong, match="above the bar"):
+        preemption.measure(lambda running: running[0])

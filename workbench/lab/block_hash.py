@@ -50,10 +50,15 @@ def _workload():
 
 def engine(fn) -> dict:
     prompts = _workload()
-    want, ref_stats, _ = run_engine(prompts, max_num_seqs=1)   # one at a time: later prompts can hit
-    got, stats, _ = run_engine(prompts, overrides={"block_hasher": fn}, max_num_seqs=1)
+    want, ref_stats, _ = run_engine(prompts, max_num_seqs=1, block_size=BLOCK)   # one at a time: later prompts can hit
+    got, stats, _ = run_engine(prompts, overrides={"block_hasher": fn}, max_num_seqs=1, block_size=BLOCK)
     same_tokens(got, want, "A prefix-cache hit gave a block computed after a different prefix: does your "
                            "hash chain through parent_hash?")
+    assert ref_stats.prefix_hit_tokens > 0, "check defect: the workload must share prefixes"
+    if stats.prefix_hit_tokens > ref_stats.prefix_hit_tokens:
+        raise Wrong(f"the prefix cache reused {stats.prefix_hit_tokens} prompt tokens with your hasher, only "
+                    f"{ref_stats.prefix_hit_tokens} with the engine's: a block was reused after a different "
+                    f"prefix (its K/V were computed at other positions). Chain parent_hash into the hash.")
     if stats.prefix_hit_tokens < ref_stats.prefix_hit_tokens:
         raise Wrong(f"the prefix cache skipped {stats.prefix_hit_tokens} prompt tokens with your hasher, "
                     f"{ref_stats.prefix_hit_tokens} with the engine's: equal prefixes must give equal hashes.")
@@ -62,8 +67,8 @@ def engine(fn) -> dict:
 
 def measure(fn) -> dict:
     prompts = _workload()
-    _, ref, _ = run_engine(prompts, max_num_seqs=1)
-    _, got, _ = run_engine(prompts, overrides={"block_hasher": fn}, max_num_seqs=1)
+    _, ref, _ = run_engine(prompts, max_num_seqs=1, block_size=BLOCK)
+    _, got, _ = run_engine(prompts, overrides={"block_hasher": fn}, max_num_seqs=1, block_size=BLOCK)
     total = sum(len(p) for p in prompts)
     effect = dict(prompt_tokens=total, prefilled=got.prefill_tokens, reference_prefilled=ref.prefill_tokens,
                   cache_hit_tokens=got.prefix_hit_tokens, machine=machine(),

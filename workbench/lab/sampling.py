@@ -67,8 +67,7 @@ def alone(fn, samples: int = 4000) -> None:
 
 
 def as_sampler(fn):
-    gens: dict[int, torch.Generator] = {}
-
+    """Wrap sample_row into the engine's sampler seam: row by row, each with its request's generator."""
     def sampler(logits, seqs):
         out = []
         for row, seq in zip(logits, seqs):
@@ -76,8 +75,7 @@ def as_sampler(fn):
             if p.greedy:
                 out.append(int(row.argmax()))
                 continue
-            g = gens.setdefault(seq.request_id, torch.Generator().manual_seed(p.seed or 0))
-            out.append(int(fn(row.float().cpu(), p.temperature, p.top_k, p.top_p, g)))
+            out.append(int(fn(row.float(), p.temperature, p.top_k, p.top_p, seq.generator)))
         return torch.tensor(out, dtype=torch.long, device=logits.device)
     return sampler
 
