@@ -132,10 +132,23 @@ def tiny_model() -> Path:
     return _TINY["path"]
 
 
+_REFERENCE_RUNS: dict[str, tuple] = {}
+
+
 def run_engine(prompts, overrides: dict | None = None, *, max_tokens: int = 8, params=None, **engine_kwargs):
     """Run prompts through a fresh engine; returns (token lists, engine stats, seconds).
 
-    overrides plugs student code in through the public seam; None runs the reference engine."""
+    overrides plugs student code in through the public seam; None runs the reference engine, whose
+    tokens and counters are remembered for the process (its seconds are re-measured by nobody)."""
+    if overrides is None:
+        key = repr((prompts, max_tokens, params, sorted(engine_kwargs.items())))
+        if key not in _REFERENCE_RUNS:
+            _REFERENCE_RUNS[key] = _run_engine(prompts, None, max_tokens, params, engine_kwargs)
+        return _REFERENCE_RUNS[key]
+    return _run_engine(prompts, overrides, max_tokens, params, engine_kwargs)
+
+
+def _run_engine(prompts, overrides, max_tokens, params, engine_kwargs):
     from workbench import LLM, SamplingParams
     params = params or SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     kwargs = dict(engine_kwargs, overrides=overrides) if overrides else engine_kwargs
