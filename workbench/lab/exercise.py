@@ -150,6 +150,7 @@ def run_engine(prompts, overrides: dict | None = None, *, max_tokens: int = 8, p
 
 def _run_engine(prompts, overrides, max_tokens, params, engine_kwargs):
     from workbench import LLM, SamplingParams
+    engine_kwargs = {"dtype": "float32", **engine_kwargs}   # fp32 on a GPU too: greedy tokens compare exactly
     params = params or SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     kwargs = dict(engine_kwargs, overrides=overrides) if overrides else engine_kwargs
     try:
