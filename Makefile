@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # elsewhere it is a normal PyPI download). Override on a GPU box: make demo TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install install-test notebooks lab device-check clean
+.PHONY: demo test install install-test notebooks lab labs grade device-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ notebooks: install
 
 lab: notebooks
 	$(VENV)/bin/jupyter lab notebooks/
+
+# Course labs (otter-grader): student versions of labs/*.ipynb, solutions stripped -> build/labs/*/student/
+labs: install
+	$(PY) -m pip install -q -e ".[lab]"
+	$(PY) scripts/labs.py build
+
+# Grade a folder of submitted notebooks (alice/lab03_attention.ipynb ...) -> build/labs/grades.csv
+grade:
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=dir"; exit 2; }
+	$(PY) scripts/labs.py grade "$(SUBMISSIONS)"
 
 # On the GPU device (see README, contributors): install carried wheels, run GPU tests + checks.
 device-check:

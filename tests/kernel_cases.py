@@ -5,6 +5,7 @@ def qk_norm_rope_outputs(torch, Hq, Hk, D, dtype, T, device="cpu", max_pos=4096)
     """Run Qwen3's q/k norm + RoPE on q/k views of one QKV buffer, unfused and fused.
     Returns (qkv before, buffer after the fused run, (want_q, want_k), (got_q, got_k))."""
     from workbench.model.layers import RMSNorm, RotaryEmbedding
+    from workbench.optimizations.fused_kernels import forms_for
     rotary = RotaryEmbedding(D, max_pos, 1e6).to(device)
     norms = [RMSNorm(D, 1e-6).to(device, dtype) for _ in range(2)]   # q_norm, k_norm
     for norm in norms:
@@ -14,7 +15,10 @@ def qk_norm_rope_outputs(torch, Hq, Hk, D, dtype, T, device="cpu", max_pos=4096)
     pos[0] = max_pos - 1   # the table's last row
 
     def run(fused):
-        rotary.fused, buf = fused, qkv.clone()
+        forms = forms_for(fused)   # the forms the fused_kernels switch installs
+        for module in (rotary, *norms):
+            module.forms = forms
+        buf = qkv.clone()
         q, k = buf[:, :Hq * D].view(T, Hq, D), buf[:, Hq * D:(Hq + Hk) * D].view(T, Hk, D)
         return buf, rotary.norm_and_rotate(pos, q, k, *norms)
 

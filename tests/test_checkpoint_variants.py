@@ -19,7 +19,7 @@ from workbench.check import run_engine
 from workbench.config import Optimizations
 from workbench.model import ModelConfig, make_checkpoint
 from workbench.model.checkpoint import PRESETS
-from workbench.model.layers import ActAndMul
+from workbench.model.layers import ActAndMul, LayerForms
 from workbench.parallel.tensor_parallel import shard_tensor
 from workbench.reference import compare, hf_greedy, load_hf_model
 
@@ -213,10 +213,18 @@ def test_fused_activation_never_silently_runs_silu():
     """The fused Triton kernel only knows silu: with gelu the fused form computes gelu in torch."""
     gate_up = torch.randn(5, 16)
     gate, up = gate_up.chunk(2, dim=-1)
+    kernel_calls = []
+    forms = LayerForms(silu_and_mul=lambda gu: kernel_calls.append(gu) or gu[:, :8])   # stands in for the kernel
     for act, fn in [("gelu", torch.nn.functional.gelu),
                     ("gelu_pytorch_tanh", lambda x: torch.nn.functional.gelu(x, approximate="tanh"))]:
-        assert torch.equal(ActAndMul(act, fused=True)(gate_up), fn(gate) * up)
-    assert ActAndMul("silu", fused=True).fused   # silu keeps the kernel (tests/test_kernels_interpret.py)
+        module = ActAndMul(act)
+        module.forms = forms
+        assert torch.equal(module(gate_up), fn(gate) * up)
+    assert not kernel_calls
+    module = ActAndMul("silu")
+    module.forms = forms
+    module(gate_up)
+    assert len(kernel_calls) == 1   # silu keeps the kernel (tests/test_kernels_interpret.py)
 
 
 def test_row_parallel_biases_are_whole_on_every_rank():

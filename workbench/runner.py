@@ -11,12 +11,13 @@ import time
 
 import torch
 
-from workbench.attention import AttentionMetadata, make_backend
+from workbench.attention import AttentionMetadata
 from workbench.config import EngineConfig, Optimizations
 from workbench.cuda_graphs import DecodeGraphs
 from workbench.engine.sampler import Sampler
 from workbench.engine.sequence import Sequence
 from workbench.model import ModelConfig, load_model
+from workbench.optimizations import attention, fused_kernels
 from workbench.parallel import WorkerGroup, rank_device
 from workbench.parallel.tensor_parallel import agree_on_min, use_decode_gemv
 from workbench.parallel.workers import tp_guard
@@ -30,8 +31,10 @@ class ModelRunner:
     and starts the others (workbench.parallel.workers), each a ModelRunner on its own shard."""
 
     def __init__(self, cfg: EngineConfig, model_cfg: ModelConfig, opts: Optimizations, *,
-                 device: str, dtype: torch.dtype, max_model_len: int, rank: int = 0):
+                 device: str, dtype: torch.dtype, max_model_len: int, rank: int = 0,
+                 overrides: dict | None = None):
         self.cfg, self.model_cfg, self.opts = cfg, model_cfg, opts
+        self.overrides = overrides or {}   # seams (engine/overrides.py), checked by LLM
         self.tp_size, self.rank = cfg.tensor_parallel_size, rank
         device = rank_device(device, rank, self.tp_size)   # TP on GPUs: rank r uses cuda:r
         self.device, self.dtype = torch.device(device), dtype
@@ -51,8 +54,10 @@ class ModelRunner:
     def _build(self, device: str) -> None:
         cfg, model_cfg, opts, dtype = self.cfg, self.model_cfg, self.opts, self.dtype
         start = time.perf_counter()
-        self.model = load_model(cfg.model, model_cfg, make_backend(opts.attention), fused=opts.fused_kernels,
-                                dtype=dtype, device=device, tp_rank=self.rank, tp_size=self.tp_size)
+        self.model = load_model(cfg.model, model_cfg, dtype=dtype, device=device, tp_rank=self.rank,
+                                tp_size=self.tp_size)
+        attention.install(self.model, opts.attention, self.overrides.get("attention"))
+        fused_kernels.install(self.model, opts.fused_kernels, self.overrides)
         use_decode_gemv(self.model, opts.decode_gemv)   # the linear layers' one hook (workbench.parallel)
         self.timings["load_s"] = time.perf_counter() - start
         self.num_kv_blocks = self._plan_kv_blocks()
@@ -63,6 +68,8 @@ class ModelRunner:
         for i, layer in enumerate(self.model.layers):
             layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
         self.sampler = Sampler(device, cfg.seed)
+        self.generator = self.sampler.generator   # unseeded requests share it
+        self.sample = self.overrides.get("sampler") or self.sampler.sample
 
         self.forward = self.model.forward
         if opts.compile:
@@ -198,7 +205,7 @@ class ModelRunner:
             host_seconds["launch"] += t2 - t1
         if not samples:
             return [None] * len(scheduled), {}
-        tokens = self.sampler(logits, [scheduled[i][0] for i in samples])   # .tolist(): waits for the GPU
+        tokens = self._sample(logits, [scheduled[i][0] for i in samples]).tolist()   # waits for the GPU
         if host_seconds is not None:
             host_seconds["sample"] += time.perf_counter() - t2
         out: list[int | None] = [None] * len(scheduled)
@@ -228,7 +235,7 @@ class ModelRunner:
             else:
                 input_ids, positions, meta = step.to_device(self.device)
                 logits = self.forward_logits(input_ids if sampled is None else sampled, positions, meta)
-            sampled = self.sampler.sample(logits, seqs)
+            sampled = self._sample(logits, seqs)
             samples.append(sampled)
         t1 = time.perf_counter()
         tokens = torch.stack(samples, dim=1).tolist()   # the one wait for the GPU
@@ -236,6 +243,23 @@ class ModelRunner:
             host_seconds["prepare"] += t_prepared - t0
             host_seconds["launch"] += t1 - t_prepared
             host_seconds["sample"] += time.perf_counter() - t1
+        return tokens
+
+    def generator_for(self, params) -> torch.Generator:
+        """A request's generator: its own when seeded, else the engine's shared one."""
+        if params.seed is None:
+            return self.generator
+        return torch.Generator(device=self.device).manual_seed(params.seed)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """The next token per row; an overridden sampler gets float32 logits and is checked."""
+        if self.sample == self.sampler.sample:
+            return self.sample(logits, seqs)
+        tokens = self.sample(logits.float(), seqs)
+        if not isinstance(tokens, torch.Tensor) or tokens.shape != (len(seqs),) or tokens.dtype != torch.int64:
+            got = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise TypeError(f"the sampler override must return an int64 tensor of shape ({len(seqs)},), "
+                            f"one token per sequence; it returned {got}")
         return tokens
 
     def close(self) -> None:

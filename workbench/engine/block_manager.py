@@ -39,8 +39,10 @@ def block_hash(parent_hash: int | None, token_ids) -> int:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 hasher=block_hash):
         self.block_size = block_size
+        self.hasher = hasher   # (parent_hash, token_ids) -> int: a seam (LLM overrides "block_hasher")
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_blocks: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # oldest first
@@ -71,7 +73,7 @@ class BlockManager:
         num_eligible = (len(seq) - 1) // self.block_size
         for start in range(0, num_eligible * self.block_size, self.block_size):
             tokens = tuple(seq.token_ids[start:start + self.block_size])
-            parent = block_hash(parent, tokens)
+            parent = self.hasher(parent, tokens)
             block_id = self.hash_to_block.get(parent)
             if block_id is None or self.blocks[block_id].token_ids != tokens:  # miss (or collision)
                 break
@@ -114,7 +116,7 @@ class BlockManager:
         num_full = seq.num_computed_tokens // self.block_size
         for index in range(len(hashes), num_full):
             tokens = tuple(seq.token_ids[index * self.block_size:(index + 1) * self.block_size])
-            h = block_hash(hashes[-1] if hashes else None, tokens)
+            h = self.hasher(hashes[-1] if hashes else None, tokens)
             hashes.append(h)
             block = self.blocks[seq.block_table[index]]
             if h not in self.hash_to_block:   # an identical block computed elsewhere keeps its entry

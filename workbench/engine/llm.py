@@ -23,7 +23,8 @@ from workbench.model import ModelConfig
 from workbench.parallel.tensor_parallel import backend_for, check_tensor_parallel, tensor_parallel_opts
 from workbench.runner import ModelRunner
 
-from .block_manager import BlockManager
+from .block_manager import BlockManager, block_hash
+from .overrides import check_overrides, describe_overrides, newest
 from .prompts import chat_prompts, params_list, prompt_list, token_ids_of
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -89,9 +90,14 @@ def _pick_device_dtype(cfg: EngineConfig, model_cfg: ModelConfig) -> tuple[str, 
 
 
 class LLM:
-    def __init__(self, model: str | Path, opts: Optimizations | str | None = None, **engine_kwargs):
+    def __init__(self, model: str | Path, opts: Optimizations | str | None = None, *,
+                 overrides: dict | None = None, **engine_kwargs):
+        """overrides: replace built-in pieces with your functions, {name: fn}; the names and
+        signatures are in workbench/engine/overrides.py (attention, block_hasher, preemption,
+        sampler, and the layer forms)."""
         opts = opts if opts is not None else Optimizations()
         self.config = EngineConfig(model=str(model), opts=opts, **engine_kwargs)
+        self.overrides = check_overrides(overrides, self.config.tensor_parallel_size)
         self.model_config = ModelConfig.from_hf(model)
         self.device, self.dtype = _pick_device_dtype(self.config, self.model_config)
         self.opts, self.skipped = self.config.opts.resolve(self.device)
@@ -107,12 +113,14 @@ class LLM:
                              f"max_position_embeddings={self.model_config.max_position_embeddings}")
         self.tokenizer = self._load_tokenizer(Path(model))
         self.runner = ModelRunner(self.config, self.model_config, self.opts, device=self.device,
-                                  dtype=self.dtype, max_model_len=self.max_model_len)
+                                  dtype=self.dtype, max_model_len=self.max_model_len, overrides=self.overrides)
         self.block_manager = BlockManager(self.runner.num_kv_blocks, self.config.block_size,
-                                          self.config.enable_prefix_caching)
+                                          self.config.enable_prefix_caching,
+                                          self.overrides.get("block_hasher", block_hash))
         self.scheduler = Scheduler(self.block_manager, max_num_seqs=self.config.max_num_seqs,
                                    max_num_batched_tokens=self.config.max_num_batched_tokens,
-                                   chunked_prefill=self.config.chunked_prefill)
+                                   chunked_prefill=self.config.chunked_prefill,
+                                   preemption=self.overrides.get("preemption", newest))
         self.stats = EngineStats()
         self.telemetry = Telemetry()              # one row per step (engine/telemetry.py)
         self._next_id = 0
@@ -162,6 +170,7 @@ class LLM:
                              f"has only {self.block_manager.num_blocks}: lower max_tokens or give the cache "
                              "more memory (num_kv_blocks, kv_cache_gib or gpu_memory_utilization)")
         seq = Sequence(self._next_id, token_ids, params, prompt=text)
+        seq.generator = self.runner.generator_for(params)
         self._next_id += 1
         return seq
 
@@ -394,6 +403,8 @@ class LLM:
         ]
         lines += [f"warm-up    {k} = {v:.2f}" for k, v in r.timings.items()]
         lines += [f"skipped    {note}" for note in self.skipped]
+        if self.overrides:
+            lines.append(f"overrides  {describe_overrides(self.overrides)}")
         return "\n".join(lines)
 
     def close(self) -> None:

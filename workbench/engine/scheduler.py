@@ -8,8 +8,8 @@ Two policies, one switch (chunked_prefill):
 - on:  running sequences go first (decodes take 1 token each), and the rest of the budget goes
        to prompt chunks, so a long prompt is split across steps and never stalls the decodes.
 
-When the KV cache runs out of blocks, the newest running sequence is preempted: its blocks are
-freed and it goes back to the front of the queue to be recomputed later (its tokens are kept,
+When the KV cache runs out of blocks, the newest running sequence is preempted (the policy is
+a seam: `preemption`, see engine/overrides.py): its blocks are freed and it goes back to the front of the queue to be recomputed later (its tokens are kept,
 so its output does not change).
 """
 from __future__ import annotations
@@ -17,13 +17,15 @@ from __future__ import annotations
 from collections import deque
 
 from .block_manager import BlockManager
+from .overrides import newest
 from .sequence import Sequence, Status
 
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, *, max_num_seqs: int, max_num_batched_tokens: int,
-                 chunked_prefill: bool):
+                 chunked_prefill: bool, preemption=newest):
         self.blocks = block_manager
+        self.preemption = preemption   # candidates (oldest first) -> the one to preempt
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.chunked_prefill = chunked_prefill
@@ -46,7 +48,7 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         if self.chunked_prefill:
             scheduled, budget, preempted = self._schedule_running(budget)
-            if not preempted:
+            if not preempted or not scheduled:   # (a step must make progress)
                 scheduled += self._schedule_waiting(budget, chunk=True)
             return scheduled
         scheduled = self._schedule_waiting(budget, chunk=False)   # prefill step if any prompt fits
@@ -59,13 +61,17 @@ class Scheduler:
             seq = self.running[i]
             n = min(seq.num_uncomputed_tokens, budget)
             while not self.blocks.allocate(seq, n):
-                victim = self.running[-1]   # the newest: it has the least work to lose
+                candidates = self.running[i:]   # seq and those after it: none has run this step yet
+                victim = self.preemption(list(candidates))
+                if not any(victim is c for c in candidates):
+                    raise ValueError(f"the preemption policy returned {victim!r}, not one of the running "
+                                     "sequences it was given: return an element of its argument")
                 self._preempt(victim)
                 preempted = True
                 if victim is seq:
                     break
-            if seq.status != Status.RUNNING:
-                break
+            if seq.status != Status.RUNNING:   # seq itself gave way: the next one now sits at i
+                continue
             scheduled.append((seq, n))
             budget -= n
             i += 1

@@ -52,7 +52,7 @@ class Sequence:
         self.block_table: list[int] = []
         self.finish_reason: str | None = None
         self.stats = RequestStats()
-        self.generator = None   # per-request torch.Generator, made by the sampler when seeded
+        self.generator = None   # torch.Generator: the request's own (seeded) or the engine's (LLM sets it)
         self.logits: list = []  # per output token, only with params.return_logits
 
     def __len__(self) -> int:

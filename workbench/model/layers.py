@@ -1,16 +1,57 @@
-"""The decoder's small building blocks, each in an unfused and a fused form.
+"""The decoder's small building blocks, each calling its *forms*: plain torch or fused kernels.
 
-Unfused forms are plain torch: every op is its own kernel, and every intermediate makes a round
-trip through HBM. Fused forms call one hand-written Triton kernel (workbench.kernels) that keeps
-the intermediates on-chip. The switch `Optimizations.fused_kernels` picks the form; both must
-produce the same numbers (within bf16 rounding).
+A layer computes through `self.forms`, a LayerForms: five slots (rms_norm, add_rms_norm,
+silu_and_mul, rope, qk_norm_rope), plain torch by default. Unfused forms are plain torch: every
+op is its own kernel, and every intermediate makes a round trip through HBM. Fused forms call one
+hand-written Triton kernel (workbench.kernels) that keeps the intermediates on-chip. The model's
+constructors know nothing of the switch: workbench.optimizations.fused_kernels installs the
+forms into a built model once (and a student's function can take a slot, see there). Both forms
+must produce the same numbers (within bf16 rounding).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
+
+
+def plain_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def plain_add_rms_norm(x, residual, weight, eps):
+    """(rms_norm(x + residual), x + residual): the residual stream's add and the next norm."""
+    x = x + residual
+    return plain_rms_norm(x, weight, eps), x
+
+
+def plain_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return nn.functional.silu(gate) * up
+
+
+def plain_rope(q, k, positions, cos_sin_cache):
+    cos, sin = cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+@dataclass(frozen=True)
+class LayerForms:
+    """One function per slot (signatures in workbench/optimizations/fused_kernels.py).
+    qk_norm_rope=None: Qwen3's q/k norm runs as rms_norm on each head, then rope."""
+    rms_norm: Callable = plain_rms_norm
+    add_rms_norm: Callable = plain_add_rms_norm
+    silu_and_mul: Callable = plain_silu_and_mul
+    rope: Callable = plain_rope
+    qk_norm_rope: Callable | None = None
+
+
+PLAIN_FORMS = LayerForms()
 
 
 class RMSNorm(nn.Module):
@@ -20,27 +61,17 @@ class RMSNorm(nn.Module):
     decoder adds the residual and normalizes in one place, which is what makes fusing them easy.
     """
 
-    def __init__(self, size: int, eps: float, fused: bool = False):
+    forms = PLAIN_FORMS
+
+    def __init__(self, size: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
-        self.fused = fused
-
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        if self.fused:
-            from workbench.kernels import fused_add_rms_norm, rms_norm
-            if residual is None:
-                return rms_norm(x, self.weight, self.eps)
-            return fused_add_rms_norm(x, residual, self.weight, self.eps)
         if residual is None:
-            return self._norm(x)
-        x = x + residual
-        return self._norm(x), x
+            return self.forms.rms_norm(x, self.weight, self.eps)
+        return self.forms.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 # hidden_act (transformers' ACT2FN names) -> the function; config.py refuses any other name
@@ -51,19 +82,19 @@ ACTIVATIONS = {"silu": nn.functional.silu, "gelu": nn.functional.gelu,   # gelu:
 class ActAndMul(nn.Module):
     """The gated MLP's activation: act(gate) * up, with gate and up packed side by side.
 
-    act = silu is SwiGLU (Qwen, Llama); a few Llama-style configs ask for GELU. The fused Triton
-    kernel implements silu only: with another act the fused form falls back to plain torch for
-    this one op (correct, just not fused) rather than compute a silu the model never learned."""
+    act = silu is SwiGLU (Qwen, Llama); a few Llama-style configs ask for GELU. The forms' slot
+    is silu_and_mul (the fused Triton kernel implements silu only): with another act this one op
+    runs in plain torch (correct, just not fused) rather than compute a silu the model never learned."""
 
-    def __init__(self, act: str = "silu", fused: bool = False):
+    forms = PLAIN_FORMS
+
+    def __init__(self, act: str = "silu"):
         super().__init__()
         self.act_name, self.act = act, ACTIVATIONS[act]
-        self.fused = fused and act == "silu"
 
     def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            from workbench.kernels import silu_and_mul
-            return silu_and_mul(gate_up)
+        if self.act_name == "silu":
+            return self.forms.silu_and_mul(gate_up)
         gate, up = gate_up.chunk(2, dim=-1)
         return self.act(gate) * up
 
@@ -71,8 +102,8 @@ class ActAndMul(nn.Module):
 class SiluAndMul(ActAndMul):
     """SwiGLU's activation: silu(gate) * up (ActAndMul with act='silu')."""
 
-    def __init__(self, fused: bool = False):
-        super().__init__("silu", fused)
+    def __init__(self):
+        super().__init__("silu")
 
 
 def _llama3_scaled_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
@@ -95,11 +126,11 @@ class RotaryEmbedding(nn.Module):
     indexes that table with the tokens' positions.
     """
 
-    def __init__(self, head_dim: int, max_position: int, base: float, scaling: dict | None = None,
-                 fused: bool = False):
+    forms = PLAIN_FORMS
+
+    def __init__(self, head_dim: int, max_position: int, base: float, scaling: dict | None = None):
         super().__init__()
         self.head_dim, self.max_position, self.base, self.scaling = head_dim, max_position, base, scaling
-        self.fused = fused
         self.register_buffer("cos_sin_cache", torch.empty(0), persistent=False)
         self.build_cache()
 
@@ -114,20 +145,15 @@ class RotaryEmbedding(nn.Module):
         self.cos_sin_cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        if self.fused:
-            from workbench.kernels import apply_rope
-            return apply_rope(q, k, positions, self.cos_sin_cache)
-        cos, sin = self.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        return self.forms.rope(q, k, positions, self.cos_sin_cache)
 
     def norm_and_rotate(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                         q_norm: RMSNorm, k_norm: RMSNorm):
         """Qwen3: RMSNorm each q and k head, then rotate. Fused: one kernel for what
         is otherwise three (q_norm, k_norm, rope), since all three work head by head."""
-        if self.fused:
-            from workbench.kernels import qk_norm_rope
-            return qk_norm_rope(q, k, positions, self.cos_sin_cache, q_norm.weight, k_norm.weight,
-                                q_norm.eps, k_norm.eps)
+        if self.forms.qk_norm_rope is not None:
+            return self.forms.qk_norm_rope(q, k, positions, self.cos_sin_cache, q_norm.weight, k_norm.weight,
+                                           q_norm.eps, k_norm.eps)
         return self(positions, q_norm(q), k_norm(k))
 
 

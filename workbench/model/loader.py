@@ -62,14 +62,14 @@ def _tensors(file: Path):
                          "is incomplete or damaged; fetch it again") from None
 
 
-def load_model(path: str | Path, cfg: ModelConfig, backend, *, fused: bool, dtype: torch.dtype,
+def load_model(path: str | Path, cfg: ModelConfig, *, dtype: torch.dtype,
                device: str, tp_rank: int = 0, tp_size: int = 1) -> CausalLM:
     """tp_size > 1: build and fill rank `tp_rank`'s shard only (workbench.parallel).
 
     Every tensor the model has must come from the files, and every tensor in the files must have
     a place in the model (else a ValueError): a weight loaded nowhere is a silently wrong model."""
     with torch.device("meta"):   # no memory, no random init: every weight comes from disk
-        model = CausalLM(cfg, backend, fused, tp_size)
+        model = CausalLM(cfg, tp_size)
     model.to(dtype)                    # still on 'meta': costs nothing
     model.to_empty(device=device)      # one allocation, already in the target dtype
     model.tie_weights()   # moving modules one by one unties shared parameters: tie again

@@ -18,7 +18,7 @@ from .layers import ActAndMul, RMSNorm, RotaryEmbedding
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend, fused: bool, tp_size: int = 1):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, tp_size: int = 1):
         super().__init__()
         # Tensor parallelism (workbench.parallel): this rank computes num_heads/tp query heads and
         # num_kv_heads/tp kv heads; qkv_proj is column-parallel (holds [q|k|v] rows of those heads),
@@ -32,10 +32,10 @@ class Attention(nn.Module):
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias, tp_size=tp_size)
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, fused)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, fused)
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.rotary = rotary   # one table shared by all layers
-        self.backend = backend
+        self.backend = None   # the attention switch's function, installed by workbench.optimizations.attention
         self.scale = cfg.head_dim ** -0.5
         self.k_cache = self.v_cache = torch.empty(0)   # views into the engine's KV cache, set by the runner
 
@@ -62,13 +62,13 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """Gated MLP: down(act(gate(x)) * up(x)); act = silu is SwiGLU."""
 
-    def __init__(self, cfg: ModelConfig, fused: bool, tp_size: int = 1):
+    def __init__(self, cfg: ModelConfig, tp_size: int = 1):
         super().__init__()
         # Tensor parallelism: each rank holds intermediate_size/tp of gate and of up (column-
         # parallel, rows [gate_r | up_r]) and the matching columns of down (row-parallel + all-reduce).
         self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias,
                                                  tp_size=tp_size)
-        self.act = ActAndMul(cfg.hidden_act, fused)
+        self.act = ActAndMul(cfg.hidden_act)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias, tp_size=tp_size)
 
     def forward(self, x):
@@ -76,12 +76,12 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, backend, fused: bool, tp_size: int = 1):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, tp_size: int = 1):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fused)
-        self.self_attn = Attention(cfg, rotary, backend, fused, tp_size)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fused)
-        self.mlp = MLP(cfg, fused, tp_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, rotary, tp_size)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg, tp_size)
 
     def forward(self, positions, hidden, residual, meta):
         # The residual stream travels beside the hidden state so that "add residual, then
@@ -97,17 +97,18 @@ class DecoderLayer(nn.Module):
 
 class CausalLM(nn.Module):
     """tp_size > 1: this is one rank's shard (see workbench.parallel); the embedding, norms and
-    lm_head are replicated on every rank."""
+    lm_head are replicated on every rank. The switches are installed into a built model by
+    workbench.optimizations (attention backend, layer forms, decode GEMV), not passed in here."""
 
-    def __init__(self, cfg: ModelConfig, backend, fused: bool = False, tp_size: int = 1):
+    def __init__(self, cfg: ModelConfig, tp_size: int = 1):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
-                                      cfg.rope_scaling, fused)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, self.rotary, backend, fused, tp_size)
+                                      cfg.rope_scaling)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, self.rotary, tp_size)
                                     for _ in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fused)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
 

@@ -1,0 +1,90 @@
+"""The instructor workflow end to end (otter-grader): student versions carry no solution, every
+master notebook runs top to bottom on this machine, and `scripts/labs.py grade` gives the
+reference submissions full marks and a wrong one less, with the check's message as feedback."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("otter")
+
+from jupyter_client.manager import KernelManager  # noqa: E402
+from lab_fill import fill, solution_cells  # noqa: E402
+from test_notebooks import ThisPython  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MASTERS = sorted((REPO / "labs").glob("lab*.ipynb"))
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+           OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("labs")
+    subprocess.run([sys.executable, "scripts/labs.py", "build", "--out", str(out)], cwd=REPO, env=ENV,
+                   check=True, capture_output=True)
+    return out
+
+
+def test_four_labs_cover_the_exercises():
+    from workbench.lab import MODULES
+    text = "".join(p.read_text() for p in MASTERS)
+    assert len(MASTERS) >= 4 and all(f'lab.check(\\"{name}\\"' in text for name in MODULES)
+
+
+def test_student_versions_strip_every_solution(built):
+    for master in MASTERS:
+        student = built / master.stem / "student" / master.name
+        text = student.read_text()
+        for src in solution_cells(nbformat.read(master, 4)):
+            body, inside = [], False
+            for line in src.splitlines():
+                if "# END SOLUTION" in line:
+                    inside = False
+                elif inside and len(line.strip()) > 12:
+                    body.append(line.strip())
+                elif "# BEGIN SOLUTION" in line:
+                    inside = True
+            assert body, f"{master.name}: a solution cell with no solution body?"
+            leaked = [line for line in body if line in text]
+            assert not leaked, f"{student.name} ships solution lines: {leaked}"
+        assert "# HIDDEN" not in text and "BEGIN SOLUTION" not in text
+
+
+@pytest.mark.parametrize("master", MASTERS, ids=[m.stem for m in MASTERS])
+def test_master_runs_top_to_bottom(master):
+    nb = nbformat.read(master, 4)
+    km = KernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
+    nbclient.NotebookClient(nb, km=km, timeout=300, allow_errors=False,
+                            resources={"metadata": {"path": str(REPO / "labs")}}).execute()
+
+
+def test_grading_table(built, tmp_path):
+    subs = tmp_path / "subs"
+    for master in MASTERS:
+        student = built / master.stem / "student" / master.name
+        (subs / "ref").mkdir(parents=True, exist_ok=True)
+        fill(student, master, subs / "ref" / master.name)
+    wrong = {"def pick_victim(running):": "def pick_victim(running):\n    return running[0]"}
+    fill(built / "lab02_kv_cache" / "student" / "lab02_kv_cache.ipynb", MASTERS[0], subs / "oldest_lab02_kv_cache.ipynb",
+         replace=wrong)
+    table = tmp_path / "grades.csv"
+    subprocess.run([sys.executable, "scripts/labs.py", "grade", str(subs), "--out", str(built), "--table", str(table)],
+                   cwd=REPO, env=ENV, check=True, capture_output=True)
+    rows = {r["student"]: r for r in csv.DictReader(table.open())}
+    points = {m.stem: sum(float(re.search(r"points:\s*([\d.]+)", c.source).group(1))
+                          for c in nbformat.read(m, 4).cells if "BEGIN QUESTION" in c.source) for m in MASTERS}
+    for lab, full in points.items():
+        assert float(rows["ref"][lab]) == full, rows["ref"]
+    assert float(rows["oldest"]["lab02_kv_cache"]) == points["lab02_kv_cache"] - 3.0
+    feedback = (tmp_path / "feedback" / "oldest_lab02_kv_cache.txt").read_text()
+    assert "loses the least" in feedback

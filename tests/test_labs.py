@@ -1,0 +1,184 @@
+"""Course labs: every check passes the reference and fails wrong solutions with the lesson's message;
+the student versions carry no solution; otter's autograder scores reference and wrong submissions.
+
+Reference solutions exist only in the master notebooks (labs/); the tests read them from there.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+nbformat = pytest.importorskip("nbformat")
+
+from lab_fill import fill, solution_cells  # noqa: E402
+from workbench import lab  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MASTERS = sorted((REPO / "labs").glob("lab*.ipynb"))
+
+
+def solutions() -> dict:
+    """Execute every master's solution cells (not the Triton one: it needs the interpreter set up
+    before triton is imported, so it is covered by the notebook runs below)."""
+    ns = {"torch": torch, "math": math}
+    for master in MASTERS:
+        for src in solution_cells(nbformat.read(master, 4)):
+            if "triton" not in src and "torch.cuda.CUDAGraph" not in src:
+                exec(compile(src, str(master), "exec"), ns)
+    return ns
+
+
+SOL = solutions()
+FAST = dict(engine=False)   # the engine stage is exercised once per exercise in test_engine_stage
+
+
+def _wrong_attention(**kw):
+    from workbench.lab.naive_attention import _variant
+    return lambda q, kc, vc, meta, scale: _variant(q, kc, vc, meta, scale, **kw)
+
+
+def _tiled_no_rescale(q, k, v, scale, tile):
+    """Forgets to rescale the earlier tiles when the running max grows."""
+    lq, lk, h = q.shape[0], k.shape[0], q.shape[1]
+    m, l, acc = torch.full((h, lq), -1e30), torch.zeros(h, lq), torch.zeros(h, lq, q.shape[2])
+    pos = torch.arange(lq)[:, None] + lk - lq
+    for s0 in range(0, lk, tile):
+        s = torch.einsum("qhd,khd->hqk", q, k[s0:s0 + tile]) * scale
+        s = s.masked_fill(torch.arange(s0, min(s0 + tile, lk))[None, :] > pos, float("-inf"))
+        m = torch.maximum(m, s.amax(-1))
+        p = torch.exp(s - m[..., None])
+        l, acc = l + p.sum(-1), acc + torch.einsum("hqk,khd->hqd", p, v[s0:s0 + tile])
+    return (acc / l[..., None]).transpose(0, 1)
+
+
+def _tiled_materializes(q, k, v, scale, tile):
+    from workbench.lab.online_softmax import _dense
+    return _dense(q, k, v, scale)
+
+
+def _sample_no_temperature(logits, t, k, p, g):
+    return SOL["sample_row"](logits, 1.0, k, p, g)
+
+
+def _sample_global_rng(logits, t, k, p, g):
+    return SOL["sample_row"](logits, t, k, p, None)
+
+
+def _sample_no_top_k(logits, t, k, p, g):
+    return SOL["sample_row"](logits, t, 0, p, g)
+
+
+def _rms_eps_outside(x, r, w, eps):
+    s = x + r if r is not None else x
+    return w * s / (s.pow(2).mean(-1, keepdim=True).sqrt() + eps), s
+
+
+def _rms_by_block(x, r, w, eps):
+    s = x + r if r is not None else x
+    return w * s * torch.rsqrt(s.pow(2).sum(-1, keepdim=True) / 2 ** math.ceil(math.log2(s.shape[-1])) + eps), s
+
+
+def _rms_old_residual(x, r, w, eps):
+    from workbench.lab.add_rms_norm import reference
+    return reference(x, r, w, eps)[0], x
+
+
+def _break_even_ratio(c, e, k):
+    if c < 0 or e <= 0 or k <= 0:
+        raise ValueError
+    return math.inf if k <= e else c * e / (k / e - 1)
+
+
+def _break_even_negative(c, e, k):
+    return c / (1 / e - 1 / k) if k != e else math.inf
+
+
+def _break_even_no_check(c, e, k):
+    return math.inf if k <= e else c / (1 / e - 1 / k)
+
+
+# exercise -> (reference, [(wrong solution, expected words in the message), ...])
+WRONG = {
+    "block_hash": ("block_hasher", [
+        (lambda p, t: SOL["block_hasher"](None, t), "ignores parent_hash"),
+        (lambda p, t: (hash(p) * 31 + sum(t)) % 2 ** 64, "loses their order"),
+        (lambda p, t: str(SOL["block_hasher"](p, t)), "return a Python int")]),
+    "preemption": ("pick_victim", [
+        (lambda running: running[0], "loses the least"),
+        (lambda running: running.pop(), "changed the `running` list"),
+        (lambda running: min(running, key=lambda s: s.num_computed_tokens), "on a tie take the newest")]),
+    "naive_attention": ("attention", [
+        (_wrong_attention(causal=False), "without* the causal mask"),
+        (_wrong_attention(offset=False), "ignores the cached prefix")]),
+    "online_softmax": ("tiled_attention", [
+        (_tiled_no_rescale, "exp(m_old - m_new)"),
+        (_tiled_materializes, "Lq x Lk still exists")]),
+    "add_rms_norm": (None, [
+        (_rms_eps_outside, "eps outside the square root"),
+        (_rms_by_block, "not by BLOCK"),
+        (_rms_old_residual, "new_residual is x + residual")]),
+    "graph_buckets": ("bucket_for", [
+        (lambda b, bs: next((x for x in bs if x > b), None), "bucket"),
+        (lambda b, bs: next((x for x in bs if x >= b), bs[-1]), "return None")]),
+    "sampling": ("sample_row", [
+        (_sample_no_temperature, "Divide by the temperature"),
+        (_sample_global_rng, "generator=generator"),
+        (_sample_no_top_k, "outside the kept set")]),
+    "compile_break_even": ("break_even_tokens", [
+        (_break_even_ratio, "speed-up ratio is not a time saved"),
+        (_break_even_negative, "return math.inf"),
+        (_break_even_no_check, "ValueError")]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRONG))
+def test_reference_passes_alone_and_measured(name):
+    ref = WRONG[name][0]
+    if ref is None:
+        pytest.skip("the Triton reference runs in the notebook tests (interpreter set before import)")
+    result = lab.check(name, SOL[ref], **FAST)
+    assert result.passed and result.score == 1.0, str(result)
+
+
+@pytest.mark.parametrize("name,index", [(n, i) for n in sorted(WRONG) for i in range(len(WRONG[n][1]))])
+def test_wrong_solution_fails_with_its_message(name, index):
+    wrong, words = WRONG[name][1][index]
+    result = lab.check(name, wrong, **FAST)
+    assert not result.passed and result.score < 1.0, str(result)
+    assert words in "\n".join(result.messages), str(result)
+
+
+def test_cuda_graph_capture_skips_clearly_on_cpu():
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the capture is graded (tests/gpu)")
+    result = lab.check("cuda_graph", lambda step, static: step)
+    assert set(result.stages.values()) == {"skip"} and "CUDA GPU" in "\n".join(result.messages)
+
+
+def test_unknown_exercise_is_refused():
+    with pytest.raises(ValueError, match="choose one of"):
+        lab.exercise("flash")
+
+
+@pytest.mark.parametrize("name", ["block_hash", "naive_attention", "online_softmax", "preemption", "sampling"])
+def test_engine_stage_and_measure(name):
+    """Plugged into the engine through LLM(overrides=...): the reference passes all stages here."""
+    result = lab.check(name, SOL[WRONG[name][0]])
+    assert result.stages == {"alone": "pass", "engine": "pass", "measure": "pass"}, str(result)
+    assert result.effect["machine"]
+
+
+def test_engine_catches_what_the_unit_stage_cannot():
+    """A hasher ignoring the parent reuses a block after another prefix; a policy preempting the
+    oldest throws away more work: both only show up in the engine."""
+    from workbench.lab import block_hash, preemption
+    with pytest.raises(lab.Wrong, match="after a different prefix"):
+        block_hash.engine(lambda parent, tokens: SOL["block_hasher"](None, tokens))
+    with pytest.raises(lab.Wrong, match="above the bar"):
+        preemption.measure(lambda running: running[0])

@@ -1,0 +1,39 @@
+"""Quiz questions: each choice explains itself, the right answer is one of them, and the source
+chapter's three questions sit in the chapters they belong to."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from workbench.ui.quiz import QUESTIONS, ask
+
+REPO = Path(__file__).resolve().parents[1]
+PLACES = {"03_flash_attention": ["03-why-faster", "03-tiles"], "05_cuda_graphs": ["05-decode-not-prefill", "05-buckets"],
+          "07_stack_them_all": ["07-multiply", "07-where-first"]}
+
+
+@pytest.mark.parametrize("key", sorted(QUESTIONS))
+def test_question_is_well_formed(key):
+    q = QUESTIONS[key]
+    assert 0 <= q.correct < len(q.choices) and len(q.choices) >= 3
+    for i, (answer, why) in enumerate(q.choices):
+        assert answer and len(why) > 20
+        assert why.startswith("Right") == (i == q.correct), f"{key}: choice {i} explanation vs correct index"
+
+
+@pytest.mark.parametrize("chapter", sorted(PLACES))
+def test_questions_are_placed_in_their_chapter(chapter):
+    cells = json.loads((REPO / "notebooks" / f"{chapter}.ipynb").read_text())["cells"]
+    code = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    for key in PLACES[chapter]:
+        assert f'ask("{key}")' in code
+
+
+def test_text_fallback_prints_every_explanation(capsys):
+    ask("05-decode-not-prefill")
+    out = capsys.readouterr().out
+    assert all(why in out for _, why in QUESTIONS["05-decode-not-prefill"].choices)
+    with pytest.raises(ValueError, match="choose one of"):
+        ask("nope")

@@ -1,0 +1,104 @@
+"""Exercise 04: residual add + RMSNorm as one Triton kernel.
+
+    add_rms_norm(x [T, N], residual [T, N] | None, weight [N], eps) -> (normed [T, N], new_residual [T, N])
+
+new_residual = x + residual (x itself when residual is None); normed = new_residual /
+sqrt(mean(new_residual**2) + eps) * weight, computed in float32 and stored in x's dtype. One
+program per row: load x and residual once, write both outputs once -- the unfused torch form
+round-trips every intermediate through memory. On a CPU, run it under TRITON_INTERPRET=1
+(set before triton is imported).
+
+Plugs in as `LLM(..., overrides={"add_rms_norm": fn})`. Reference: the model's unfused RMSNorm.
+"""
+from __future__ import annotations
+
+import torch
+
+from .exercise import Exercise, Skip, Wrong, close, machine, prompts_for, run_engine, same_tokens
+
+
+def reference(x, residual, weight, eps):
+    new_res = x if residual is None else x + residual
+    s = new_res.float()
+    normed = (s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return weight * normed, new_res
+
+
+def _inputs(tokens=6, n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, r = torch.randn(tokens, n, generator=g), torch.randn(tokens, n, generator=g)
+    if tokens > 2:
+        x[2] *= 1e-3
+        r[2] *= 1e-3        # row 2 is tiny: eps decides its scale
+    return x, r, torch.rand(n, generator=g) + 0.5
+
+
+def alone(fn) -> None:
+    for tokens, n in ((6, 64), (5, 48), (1, 128)):   # 48: not a power of two, the block needs a mask
+        x, r, w = _inputs(tokens, n)
+        eps = 1e-2
+        got = fn(x.clone(), r.clone(), w, eps)
+        if not isinstance(got, tuple) or len(got) != 2:
+            raise Wrong("return a pair (normed, new_residual): the next layer adds its output to new_residual.")
+        want = reference(x, r, w, eps)
+        close(got[1], want[1], f"new_residual for [{tokens}, {n}]", hint="new_residual is x + residual.")
+        bad = ~torch.isclose(got[0], want[0], atol=1e-4, rtol=1e-4).all(-1)
+        if bad.any():
+            row = int(bad.nonzero()[0])
+            rms = float(((got[0][row] / w) .pow(2).mean().sqrt()))
+            s = want[1].float()
+            eps_outside = w * s / (s.pow(2).mean(-1, keepdim=True).sqrt() + eps)
+            if torch.allclose(got[0], eps_outside, atol=1e-4):
+                hint = "you add eps outside the square root: it belongs inside, rsqrt(mean(x**2) + eps)"
+            elif n & (n - 1):
+                hint = (f"N={n} is not a power of two: mask the loads beyond N (other=0) and divide the sum "
+                        f"of squares by N, not by BLOCK")
+            else:
+                hint = ("normalize x + residual (not x) by the root of the *mean* of squares over the row, "
+                        "then multiply by weight")
+            raise Wrong(f"[{tokens}, {n}]: row {row} of normed / weight has RMS {rms:.3g}, expected "
+                        f"{float((want[0][row] / w).pow(2).mean().sqrt()):.3g}: {hint}.")
+    x, _, w = _inputs()
+    got = fn(x, None, w, 1e-6)
+    close(got[0], reference(x, None, w, 1e-6)[0], "normed with residual=None",
+          hint="with no residual, normalize x itself and return x as new_residual.")
+
+
+def engine(fn) -> None:
+    prompts = prompts_for(4)
+    want, _, _ = run_engine(prompts)
+    got, _, _ = run_engine(prompts, overrides={"add_rms_norm": fn})
+    same_tokens(got, want, "Every decoder layer calls this twice: a small error grows layer by layer.")
+
+
+def measure(fn, tokens: int = 64, n: int = 1024, repeats: int = 50) -> dict:
+    if not torch.cuda.is_available():
+        raise Skip("timing needs a CUDA GPU: under TRITON_INTERPRET=1 the kernel runs as numpy on the CPU, "
+                   "so its time says nothing about memory traffic")
+    x, r = (torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    w = torch.ones(n, device="cuda", dtype=torch.bfloat16)
+
+    def per_call(f):
+        for _ in range(3):
+            f(x, r, w, 1e-6)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            f(x, r, w, 1e-6)
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) * 1e3 / repeats
+    mine, unfused = per_call(fn), per_call(reference)
+    fused_bytes = 5 * tokens * n * 2   # read x, residual (+weight, small); write normed, new_residual
+    effect = dict(student_us=mine, unfused_us=unfused, min_bytes=fused_bytes, machine=machine(),
+                  bar="time <= the unfused torch ops'",
+                  summary=f"[{tokens}, {n}] bf16: {mine:.1f} us per call vs unfused {unfused:.1f} us "
+                          f"({unfused / mine:.2f}x) on {machine()}")
+    if mine > unfused:
+        raise Wrong(f"{effect['summary']}: slower than the unfused ops. One program per row, one load and one "
+                    f"store per tensor?")
+    return effect
+
+
+EXERCISE = Exercise("add_rms_norm", "04", "add_rms_norm(x, residual, weight, eps) -> (normed, new_residual)",
+                    alone, engine, measure)

@@ -1,0 +1,83 @@
+"""Exercise 02: the block hash chain of prefix caching.
+
+    block_hasher(parent_hash: int | None, token_ids: tuple[int, ...]) -> int
+
+A full KV block is reused by a later prompt when their hashes match. The hash must cover the
+block's tokens *and everything before them*: K/V at a position depend on the whole prefix, so
+hash(block) = H(parent_hash, tokens), a chain. Return a 64-bit int (xxhash or hashlib are fine).
+
+Plugs in as `LLM(..., overrides={"block_hasher": fn})`. Reference: block_manager.block_hash.
+"""
+from __future__ import annotations
+
+import torch
+
+from workbench.engine.block_manager import block_hash as REFERENCE
+
+from .exercise import Exercise, Wrong, machine, run_engine, same_tokens
+
+BLOCK = 16
+
+
+def alone(fn) -> None:
+    a, b = tuple(range(16)), tuple(range(1, 17))
+    h = fn(None, a)
+    if not isinstance(h, int) or isinstance(h, bool) or not 0 <= h < 2 ** 64:
+        raise Wrong(f"block_hasher returned {h!r}: return a Python int in [0, 2**64) (e.g. xxhash's intdigest()).")
+    if fn(None, a) != h or fn(h, b) != fn(h, b):
+        raise Wrong("the same (parent, tokens) gave two different hashes: the hash must be deterministic "
+                    "(Python's hash() of a tuple is fine within one process, a random salt is not).")
+    if fn(None, a) == fn(None, b):
+        raise Wrong("two different token blocks got the same hash: hash the token ids themselves.")
+    if fn(None, a) == fn(None, a[::-1]):
+        raise Wrong("a block and its reverse got the same hash: a sum or a set of tokens loses their order; "
+                    "hash the ordered ids.")
+    if fn(fn(None, a), b) == fn(fn(None, b), b):
+        raise Wrong("the same tokens after two different prefixes got the same hash: your hasher ignores "
+                    "parent_hash. K/V at a position depend on every earlier token, so a block may only be "
+                    "reused after the same whole prefix -- mix parent_hash into the hash.")
+    if fn(None, a) == fn(0, a):
+        raise Wrong("the first block (parent None) and a block whose parent hash is 0 collide: treat None "
+                    "differently from any real parent.")
+
+
+def _workload():
+    g = torch.Generator().manual_seed(5)
+    system = torch.randint(3, 200, (2 * BLOCK,), generator=g).tolist()   # a shared 'system prompt'
+    tails = [torch.randint(3, 200, (n,), generator=g).tolist() for n in (5, 9, 12)]
+    return [system + t for t in tails] + [system[BLOCK:] + tails[0]]   # the last starts with block 2's tokens
+
+
+def engine(fn) -> dict:
+    prompts = _workload()
+    want, ref_stats, _ = run_engine(prompts, max_num_seqs=1, block_size=BLOCK)   # one at a time: later prompts can hit
+    got, stats, _ = run_engine(prompts, overrides={"block_hasher": fn}, max_num_seqs=1, block_size=BLOCK)
+    same_tokens(got, want, "A prefix-cache hit gave a block computed after a different prefix: does your "
+                           "hash chain through parent_hash?")
+    assert ref_stats.prefix_hit_tokens > 0, "check defect: the workload must share prefixes"
+    if stats.prefix_hit_tokens > ref_stats.prefix_hit_tokens:
+        raise Wrong(f"the prefix cache reused {stats.prefix_hit_tokens} prompt tokens with your hasher, only "
+                    f"{ref_stats.prefix_hit_tokens} with the engine's: a block was reused after a different "
+                    f"prefix (its K/V were computed at other positions). Chain parent_hash into the hash.")
+    if stats.prefix_hit_tokens < ref_stats.prefix_hit_tokens:
+        raise Wrong(f"the prefix cache skipped {stats.prefix_hit_tokens} prompt tokens with your hasher, "
+                    f"{ref_stats.prefix_hit_tokens} with the engine's: equal prefixes must give equal hashes.")
+    return dict(hits=stats.prefix_hit_tokens, reference_hits=ref_stats.prefix_hit_tokens)
+
+
+def measure(fn) -> dict:
+    prompts = _workload()
+    _, ref, _ = run_engine(prompts, max_num_seqs=1, block_size=BLOCK)
+    _, got, _ = run_engine(prompts, overrides={"block_hasher": fn}, max_num_seqs=1, block_size=BLOCK)
+    total = sum(len(p) for p in prompts)
+    effect = dict(prompt_tokens=total, prefilled=got.prefill_tokens, reference_prefilled=ref.prefill_tokens,
+                  cache_hit_tokens=got.prefix_hit_tokens, machine=machine(),
+                  bar="prefilled tokens == the engine's (every shared block reused)",
+                  summary=f"{got.prefill_tokens} of {total} prompt tokens prefilled ({got.prefix_hit_tokens} "
+                          f"skipped by cache hits); the engine's hasher: {ref.prefill_tokens}")
+    if got.prefill_tokens != ref.prefill_tokens:
+        raise Wrong(f"{effect['summary']}: the bar is equality.")
+    return effect
+
+
+EXERCISE = Exercise("block_hash", "02", "block_hasher(parent_hash, token_ids) -> int", alone, engine, measure)

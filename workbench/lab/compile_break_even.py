@@ -1,0 +1,94 @@
+"""Exercise 06: when does torch.compile pay for itself? From your own measured numbers.
+
+    break_even_tokens(compile_s: float, eager_tok_s: float, compiled_tok_s: float) -> float
+
+Compiling costs compile_s seconds once; after that each token saves 1/eager - 1/compiled
+seconds. Return the number of generated tokens after which the compiled engine is ahead:
+compile_s / (1/eager_tok_s - 1/compiled_tok_s); math.inf when compiling does not speed a token
+up (compiled_tok_s <= eager_tok_s). Raise ValueError for a non-positive rate or negative time.
+
+No engine seam: measure compile_s and both rates in chapter 06 and pass them to check(...).
+"""
+from __future__ import annotations
+
+import math
+
+from .exercise import Exercise, Skip, Wrong, machine
+
+CASES = [(30.0, 100.0, 150.0), (60.0, 1000.0, 1100.0), (5.0, 20.0, 20.0), (5.0, 20.0, 15.0), (0.0, 10.0, 20.0)]
+
+
+def _formula(compile_s, eager, compiled):   # the stated formula, used to judge the student's numbers
+    return math.inf if compiled <= eager else compile_s / (1 / eager - 1 / compiled)
+
+
+def alone(fn) -> None:
+    for args in CASES:
+        got, want = fn(*args), _formula(*args)
+        if want == math.inf and got != math.inf:
+            raise Wrong(f"break_even_tokens{args} = {got!r}: when the compiled engine is not faster it never "
+                        f"catches up; return math.inf.")
+        if not math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9):
+            ratio = args[2] / args[1]
+            hint = ("A speed-up ratio is not a time saved per token: the saving is 1/eager - 1/compiled seconds."
+                    if ratio > 1 and math.isclose(got, args[0] * args[1] / (ratio - 1), rel_tol=1e-6) else "")
+            raise Wrong(f"break_even_tokens{args} = {got!r}, expected {want:.6g} tokens: compile_s divided by "
+                        f"the seconds saved per token. {hint}")
+    for bad in ((1.0, 0.0, 10.0), (1.0, 10.0, -1.0), (-1.0, 10.0, 20.0)):
+        try:
+            fn(*bad)
+            what = "returned"
+        except ValueError:
+            continue
+        except Exception as err:   # e.g. ZeroDivisionError: the input was not checked first
+            what = f"raised {type(err).__name__}"
+        raise Wrong(f"break_even_tokens{bad} {what} instead of raising ValueError: a rate must be > 0 and a "
+                    f"time >= 0 -- a typo in a measured number should not give a plausible answer.")
+
+
+def measure(fn, compile_s: float | None = None, eager_tok_s: float | None = None,
+            compiled_tok_s: float | None = None) -> dict:
+    if None in (compile_s, eager_tok_s, compiled_tok_s):
+        raise Skip("pass your measured numbers from chapter 06: check(fn, compile_s=..., eager_tok_s=..., "
+                   "compiled_tok_s=...)")
+    tokens = fn(compile_s, eager_tok_s, compiled_tok_s)
+    if not math.isclose(tokens, _formula(compile_s, eager_tok_s, compiled_tok_s), rel_tol=1e-6):
+        raise Wrong("your function disagrees with the formula on your own measured numbers.")
+    if tokens == math.inf:
+        summary = (f"on your numbers the compiled engine is not faster ({compiled_tok_s:.1f} vs {eager_tok_s:.1f} "
+                   f"tok/s): compiling never pays off here")
+    else:
+        summary = (f"compile pays off after {tokens:,.0f} generated tokens, "
+                   f"{tokens / compiled_tok_s / 60:.1f} minutes of compiled generation")
+    return dict(break_even_tokens=tokens, compile_s=compile_s, eager_tok_s=eager_tok_s,
+                compiled_tok_s=compiled_tok_s, machine=machine(), bar="equals the formula on your numbers",
+                summary=summary)
+
+
+EXERCISE = Exercise("compile_break_even", "06", "break_even_tokens(compile_s, eager_tok_s, compiled_tok_s)",
+                    alone, None, measure)
+
+
+def measure_compile(model=None, max_tokens: int = 64, **engine_kwargs) -> dict:
+    """Measure compile_s, eager_tok_s and compiled_tok_s on this machine (decode of one request).
+
+    compile_s is the extra time the compiled engine's first generate takes over the eager one's."""
+    import time
+
+    from workbench import LLM, Optimizations, SamplingParams
+    from .exercise import tiny_model
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    numbers = {}
+    for label, opts in (("eager", Optimizations()), ("compiled", Optimizations(compile=True))):
+        with LLM(model or tiny_model(), opts=opts, **engine_kwargs) as llm:
+            start = time.perf_counter()
+            llm.generate([[5, 6, 7, 8]], params, use_tqdm=False)   # first call: includes compiling
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            llm.generate([[5, 6, 7, 8]], params, use_tqdm=False)
+            second = time.perf_counter() - start
+        numbers[f"{label}_tok_s"] = max_tokens / second
+        numbers[f"{label}_first_s"] = first
+    numbers["compile_s"] = max(numbers.pop("compiled_first_s") - numbers.pop("eager_first_s"), 0.0)
+    numbers["machine"] = machine()
+    return numbers

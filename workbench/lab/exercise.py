@@ -1,0 +1,179 @@
+"""The lab framework: an exercise is a signature, a reference, hidden cases and a check.
+
+`check(student_fn)` grades in three stages, each a lesson of its own:
+  alone    the function against the reference on visible and hidden cases (allclose, edge cases);
+  engine   the function plugged into the real engine through a public seam
+           (`LLM(..., overrides={...})`): greedy tokens must equal the reference engine's;
+  measure  what it changed on this machine against the reference, with a stated bar.
+A stage that cannot run here (no GPU, no seam for this piece) is *skipped* with the reason, never
+faked; the score counts only the stages that ran. A failure raises `Wrong(message)`, and the
+message says what was wrong and where to look -- the lesson, not just "assert failed".
+
+The reference is the engine's own implementation wherever one exists; the solutions themselves
+live only in the instructors' master notebooks (labs/), never in this package.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+STAGES = ("alone", "engine", "measure")
+
+
+class Wrong(AssertionError):
+    """A check found a mistake; the message explains it in terms of the lesson."""
+
+
+class Skip(Exception):
+    """A stage cannot run on this machine; the message says why (e.g. 'needs a CUDA GPU')."""
+
+
+@dataclass
+class Result:
+    exercise: str
+    stages: dict[str, str] = field(default_factory=dict)      # stage -> 'pass' | 'fail' | 'skip'
+    messages: list[str] = field(default_factory=list)
+    effect: dict = field(default_factory=dict)                 # measured numbers, the bar, the machine
+
+    @property
+    def score(self) -> float:
+        ran = [s for s in self.stages.values() if s != "skip"]
+        return sum(s == "pass" for s in ran) / len(ran) if ran else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return "fail" not in self.stages.values() and self.stages.get("alone") == "pass"
+
+    def __str__(self) -> str:
+        marks = {"pass": "ok", "fail": "FAILED", "skip": "skipped"}
+        lines = [f"{self.exercise}: score {self.score:.2f}"]
+        lines += [f"  {stage:8s} {marks[state]}" for stage, state in self.stages.items()]
+        lines += [f"  - {m}" for m in self.messages]
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle):   # IPython shows the report, not a dataclass dump
+        p.text(str(self))
+
+
+@dataclass
+class Exercise:
+    """One lab piece. `alone`, `engine` and `measure` take the student's function and raise
+    Wrong or Skip; `measure` returns the effect dict (numbers + 'bar' + 'machine')."""
+    name: str
+    chapter: str
+    signature: str
+    alone: Callable
+    engine: Callable | None = None
+    measure: Callable | None = None
+
+    def check(self, student_fn, *, engine: bool = True, measure: bool = True, **measure_args) -> Result:
+        result = Result(self.name)
+        stages = [("alone", self.alone), ("engine", self.engine if engine else None),
+                  ("measure", self.measure if measure else None)]
+        for stage, run in stages:
+            if run is None:
+                result.stages[stage] = "skip"
+                continue
+            if stage != "alone" and result.stages.get("alone") != "pass":
+                result.stages[stage] = "skip"
+                result.messages.append(f"{stage}: not run until the function passes on its own")
+                continue
+            try:
+                out = run(student_fn, **measure_args) if stage == "measure" else run(student_fn)
+                result.stages[stage] = "pass"
+                if stage == "measure" and out:
+                    result.effect = out
+                    result.messages.append(f"measure: {out.get('summary', out)}")
+            except Skip as why:
+                result.stages[stage] = "skip"
+                result.messages.append(f"{stage} skipped: {why}")
+            except Wrong as why:
+                result.stages[stage] = "fail"
+                result.messages.append(f"{stage}: {why}")
+            except Exception as err:   # the student's code crashed: say where, keep grading honest
+                result.stages[stage] = "fail"
+                result.messages.append(f"{stage}: your function raised {type(err).__name__}: {err}")
+        return result
+
+
+# Shared helpers ----------------------------------------------------------------------------------
+def close(got: torch.Tensor, want: torch.Tensor, what: str, atol=1e-4, rtol=1e-4, hint: str = "") -> None:
+    """allclose with a message naming the first wrong element and a hint."""
+    if not isinstance(got, torch.Tensor):
+        raise Wrong(f"{what}: expected a tensor, got {type(got).__name__}")
+    if got.shape != want.shape:
+        raise Wrong(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    bad = ~torch.isclose(got.float(), want.float(), atol=atol, rtol=rtol)
+    if bad.any():
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        raise Wrong(f"{what}: element {index} is {got[index].item():.5g}, expected {want[index].item():.5g}"
+                    + (f" ({int(bad.sum())} of {bad.numel()} wrong). {hint}" if hint else ""))
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+_TINY: dict[str, Path] = {}
+
+
+def tiny_model() -> Path:
+    """A tiny random-weight checkpoint (made once per process): real engine, seconds on a CPU."""
+    if "path" not in _TINY:
+        from workbench.model import make_checkpoint
+        _TINY["path"] = make_checkpoint(Path(tempfile.mkdtemp(prefix="lab-tiny-")), "tiny", seed=0)
+    return _TINY["path"]
+
+
+_REFERENCE_RUNS: dict[str, tuple] = {}
+
+
+def run_engine(prompts, overrides: dict | None = None, *, max_tokens: int = 8, params=None, **engine_kwargs):
+    """Run prompts through a fresh engine; returns (token lists, engine stats, seconds).
+
+    overrides plugs student code in through the public seam; None runs the reference engine, whose
+    tokens and counters are remembered for the process (its seconds are re-measured by nobody)."""
+    if overrides is None:
+        key = repr((prompts, max_tokens, params, sorted(engine_kwargs.items())))
+        if key not in _REFERENCE_RUNS:
+            _REFERENCE_RUNS[key] = _run_engine(prompts, None, max_tokens, params, engine_kwargs)
+        return _REFERENCE_RUNS[key]
+    return _run_engine(prompts, overrides, max_tokens, params, engine_kwargs)
+
+
+def _run_engine(prompts, overrides, max_tokens, params, engine_kwargs):
+    from workbench import LLM, SamplingParams
+    engine_kwargs = {"dtype": "float32", **engine_kwargs}   # fp32 on a GPU too: greedy tokens compare exactly
+    params = params or SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    kwargs = dict(engine_kwargs, overrides=overrides) if overrides else engine_kwargs
+    try:
+        llm = LLM(tiny_model(), **kwargs)
+    except TypeError as err:
+        if "overrides" in str(err):
+            raise Skip("this engine has no LLM(..., overrides=...) seam yet") from err
+        raise
+    with llm:
+        start = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        seconds = time.perf_counter() - start
+        return [o.token_ids for o in outs], llm.stats, seconds
+
+
+def same_tokens(student: list[list[int]], reference: list[list[int]], where: str) -> None:
+    for i, (got, want) in enumerate(zip(student, reference)):
+        if got != want:
+            step = next((j for j, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            raise Wrong(f"request {i}: greedy token {step} is {got[step] if step < len(got) else None}, the "
+                        f"reference engine gives {want[step] if step < len(want) else None}. {where}")
+
+
+def prompts_for(seed: int = 0, lengths=(5, 23, 40)) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 200, (n,), generator=g).tolist() for n in lengths]

@@ -1,0 +1,111 @@
+"""Exercise 03a: causal attention over the paged KV cache, written plainly.
+
+    attention(q [T, Hq, D], k_cache, v_cache [blocks, block_size, Hkv, D], meta, scale) -> [T, Hq, D]
+
+Tokens are packed (see workbench/attention/metadata.py): sequence b's queries are
+q[cu_seqlens_q[b]:cu_seqlens_q[b+1]], its keys the first seq_lens[b] slots reached through
+block_tables[b]. The new tokens are the *last* ones of the sequence, so new token i sees keys
+0 .. seq_len - new + i (causal), and query head h reads KV head h // (Hq // Hkv) (GQA).
+
+Plugs in as `LLM(..., overrides={"attention": fn})`. Reference: the engine's NaiveAttention.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from workbench.attention.naive import NaiveAttention
+
+from .cases import CASES, locate, make_case
+from .exercise import Exercise, Wrong, machine, prompts_for, run_engine, same_tokens
+
+REFERENCE = NaiveAttention()
+
+
+def _variant(q, k_cache, v_cache, meta, scale, *, causal=True, offset=True):
+    """The reference with one classic mistake switched on: used to name the student's mistake."""
+    out = []
+    cu = meta.cu_seqlens_q.tolist()
+    bs = k_cache.shape[1]
+    for b in range(meta.num_seqs):
+        n, new = int(meta.seq_lens[b]), cu[b + 1] - cu[b]
+        table = meta.block_tables[b, :-(-n // bs)].long()
+        k = k_cache[table].flatten(0, 1)[:n]
+        v = v_cache[table].flatten(0, 1)[:n]
+        g = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+        s = torch.einsum("qhd,khd->hqk", q[cu[b]:cu[b + 1]].float(), k.float()) * scale
+        if causal:
+            first = n - new if offset else 0
+            pos = torch.arange(new)[:, None] + first
+            s = s.masked_fill(torch.arange(n)[None, :] > pos, float("-inf"))
+        out.append(torch.einsum("hqk,khd->qhd", s.softmax(-1), v.float()))
+    return torch.cat(out).to(q.dtype)
+
+
+MISTAKES = [
+    (dict(causal=False), "your output matches attention *without* the causal mask: new token i may only "
+                         "see keys up to its own position (seq_len - new_tokens + i)"),
+    (dict(offset=False), "your mask ignores the cached prefix: with seq_len - new_tokens keys already in the "
+                         "cache, new token i sits at position seq_len - new_tokens + i, not i"),
+]
+
+
+def check_attention_alone(fn, cases=CASES, atol=1e-4) -> None:
+    for n, case in enumerate(cases):
+        q, kc, vc, meta, scale = make_case(**case, seed=n)
+        want = REFERENCE(q, kc, vc, meta, scale)
+        got = fn(q.clone(), kc.clone(), vc.clone(), meta, scale)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            raise Wrong(f"case {n}: expected a tensor of shape {tuple(want.shape)} ([T, Hq, D]), got "
+                        f"{getattr(got, 'shape', type(got).__name__)}")
+        bad = (got.float() - want.float()).abs().amax(dim=(1, 2)) > atol
+        if bad.any():
+            for kwargs, why in MISTAKES:
+                if torch.allclose(got.float(), _variant(q, kc, vc, meta, scale, **kwargs).float(), atol=atol):
+                    raise Wrong(f"case {n}: {why}.")
+            token = int(bad.nonzero()[0])
+            rows = got[token].float().sum(-1) - want[token].float().sum(-1)
+            raise Wrong(f"case {n} {case['seqs']}: wrong output at {locate(token, meta)}, max error "
+                        f"{float((got - want).abs().max()):.3g}; check the block-table gather (token t is in "
+                        f"block_tables[b, t // block_size] at offset t % block_size), the GQA head mapping "
+                        f"and the scale (row sums differ by {float(rows.abs().max()):.3g}).")
+
+
+def check_in_engine(fn, where: str = "attention") -> None:
+    prompts = prompts_for(1)
+    want, _, _ = run_engine(prompts, opts="enforce_eager")
+    got, _, _ = run_engine(prompts, overrides={where: fn}, opts="enforce_eager")
+    same_tokens(got, want, "Run check_attention_alone's cases: a prefill bug shows on token 0, "
+                           "a decode bug (one query, many cached keys) from token 1 on.")
+
+
+def engine_stage(fn) -> None:
+    check_in_engine(fn)
+
+
+def measure(fn, repeats: int = 5) -> dict:
+    """Time per call on a long prefill case, against the engine's naive backend (same algorithm)."""
+    q, kc, vc, meta, scale = make_case(seqs=[(0, 256), (64, 128)], heads=(4, 2), block_size=16)
+
+    def best(f):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            f(q, kc, vc, meta, scale)
+            times.append(time.perf_counter() - start)
+        return min(times)
+    ref, got = best(REFERENCE), best(fn)
+    ratio = got / ref
+    effect = dict(student_ms=1e3 * got, reference_ms=1e3 * ref, ratio=ratio, bar="time <= 20x the engine's naive",
+                  machine=machine(),
+                  summary=f"{1e3 * got:.2f} ms per call vs the engine's naive {1e3 * ref:.2f} ms ({ratio:.1f}x) on {machine()}")
+    if ratio > 20:
+        raise Wrong(f"{effect['summary']}: above the bar (20x). A Python loop over tokens or heads? "
+                    f"Batch the heads with one matmul per sequence.")
+    return effect
+
+
+EXERCISE = Exercise("naive_attention", "03", __doc__.split("\n")[2].strip(), check_attention_alone,
+                    engine_stage, measure)

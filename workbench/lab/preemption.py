@@ -1,0 +1,83 @@
+"""Exercise 02b: which request to preempt when the KV cache is full.
+
+    pick_victim(running: list[Sequence]) -> Sequence
+
+`running` is in admission order (oldest first). The victim's blocks are freed and it is
+recomputed later from its tokens, so its output does not change -- but its computed tokens are
+work thrown away. Pick the running sequence with the fewest computed tokens
+(seq.num_computed_tokens); on a tie, the newest. Return one of the objects in `running`; do not
+change the list (the scheduler does that).
+
+Plugs in as `LLM(..., overrides={"preemption": fn})`. Built-in: the newest, running[-1].
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from .exercise import Exercise, Wrong, machine, prompts_for, run_engine, same_tokens
+
+
+def _seqs(computed):
+    return [SimpleNamespace(request_id=i, num_computed_tokens=c) for i, c in enumerate(computed)]
+
+
+CASES = [[40, 12, 30], [5], [20, 20, 20], [8, 30, 8, 50], [0, 64, 16]]
+
+
+def alone(fn) -> None:
+    for computed in CASES:
+        running = _seqs(computed)
+        before = list(running)
+        victim = fn(running)
+        if running != before:
+            raise Wrong("your function changed the `running` list: return the victim and let the scheduler "
+                        "remove it (it also frees the victim's blocks).")
+        if not any(victim is s for s in running):
+            raise Wrong(f"returned {victim!r}, which is not one of the running sequences: return the object "
+                        f"itself, not its id or a copy.")
+        least = min(computed)
+        if victim.num_computed_tokens != least:
+            raise Wrong(f"running sequences with {computed} computed tokens: you preempt the one with "
+                        f"{victim.num_computed_tokens}, throwing that much work away; the one with {least} "
+                        f"loses the least.")
+        newest = max(i for i, c in enumerate(computed) if c == least)
+        if victim.request_id != newest:
+            raise Wrong(f"computed tokens {computed}: on a tie take the newest (the last such in `running`), "
+                        f"you took position {victim.request_id}: it has waited longest, let it finish.")
+
+
+def _tight(fn=None):
+    """A KV cache too small for all requests at once: preemptions must happen."""
+    recomputed = []
+
+    def counting(running):
+        victim = (fn or (lambda r: r[-1]))(running)
+        recomputed.append(victim.num_computed_tokens)
+        return victim
+    prompts = prompts_for(2, lengths=(30, 26, 20, 12))
+    tokens, stats, seconds = run_engine(prompts, overrides={"preemption": counting}, max_tokens=24,
+                                        num_kv_blocks=9, block_size=8, enable_prefix_caching=False)
+    return tokens, stats, sum(recomputed)
+
+
+def engine(fn) -> None:
+    want, _, _ = run_engine(prompts_for(2, lengths=(30, 26, 20, 12)), max_tokens=24)   # roomy cache
+    got, stats, _ = _tight(fn)
+    if stats.preemptions == 0:
+        raise Wrong("no preemption happened: the workload is meant to overflow the cache (a check defect).")
+    same_tokens(got, want, "Preemption must be invisible in the output: the victim is recomputed from its tokens.")
+
+
+def measure(fn) -> dict:
+    _, stats, lost = _tight(fn)
+    _, ref_stats, ref_lost = _tight()
+    effect = dict(preemptions=stats.preemptions, recomputed_tokens=lost, builtin_recomputed_tokens=ref_lost,
+                  machine=machine(), bar="recomputed tokens <= the built-in policy's (the newest)",
+                  summary=f"{stats.preemptions} preemptions threw away {lost} computed tokens; the built-in "
+                          f"'newest' policy: {ref_stats.preemptions} and {ref_lost}")
+    if lost > ref_lost:
+        raise Wrong(f"{effect['summary']}: above the bar.")
+    return effect
+
+
+EXERCISE = Exercise("preemption", "02", "pick_victim(running) -> Sequence", alone, engine, measure)

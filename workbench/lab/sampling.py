@@ -1,0 +1,117 @@
+"""Exercise 00: top-k / top-p sampling with a seed.
+
+    sample_row(logits: Tensor[V] float32, temperature: float, top_k: int, top_p: float,
+               generator: torch.Generator) -> int
+
+Divide by the temperature; keep the top_k largest logits (top_k=0: all); softmax over those;
+keep the smallest set of most likely tokens whose probabilities reach top_p (the token that
+crosses top_p is kept); renormalize and draw one token using `generator` only, so a seeded
+request is reproducible. temperature > 0 here (greedy requests never reach this function).
+
+Plugs in as `LLM(..., overrides={"sampler": fn})` (the lab wraps it per row).
+Reference: the probabilities of workbench.engine.sampler (its top-k/top-p filter, then softmax).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from workbench.engine.sampler import _filter_top_k_top_p
+
+from .exercise import Exercise, Wrong, machine, prompts_for, run_engine, same_tokens
+
+# (temperature, top_k, top_p) on one fixed row of logits
+SETTINGS = [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.9, 6, 0.7)]
+LOGITS = torch.tensor([2.0, 1.5, 1.4, 0.3, 0.2, -0.1, -0.5, -1.0, -2.0, 0.9])
+
+
+def reference_probs(logits, temperature, top_k, top_p) -> torch.Tensor:
+    k = torch.tensor([top_k if top_k > 0 else logits.shape[-1]])
+    return _filter_top_k_top_p(logits[None] / temperature, k, torch.tensor([top_p]))[0].softmax(-1)
+
+
+def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    keep = probs > 0
+    expected = probs[keep] * counts.sum()
+    stat = ((counts[keep] - expected) ** 2 / expected).sum()
+    df = int(keep.sum()) - 1
+    return float(torch.special.gammaincc(torch.tensor(df / 2.0), stat / 2)) if df > 0 else 1.0
+
+
+def alone(fn, samples: int = 4000) -> None:
+    for temperature, top_k, top_p in SETTINGS:
+        where = f"temperature={temperature}, top_k={top_k}, top_p={top_p}"
+        draw = lambda seed: [int(fn(LOGITS.clone(), temperature, top_k, top_p,
+                                    torch.Generator().manual_seed(seed))) for _ in range(1)]
+        if [draw(7) for _ in range(3)] != [draw(7)] * 3 or len({tuple(draw(s)) for s in range(40)}) == 1:
+            raise Wrong(f"{where}: the same seed must give the same token and other seeds others: draw with "
+                        f"generator=generator (torch.multinomial(..., generator=...)), not the global RNG.")
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.tensor([int(fn(LOGITS.clone(), temperature, top_k, top_p, g)) for _ in range(samples)])
+        counts = torch.bincount(tokens, minlength=LOGITS.shape[0]).float()
+        probs = reference_probs(LOGITS, temperature, top_k, top_p)
+        outside = ((probs == 0) & (counts > 0)).nonzero().flatten().tolist()
+        if outside:
+            t = outside[0]
+            raise Wrong(f"{where}: token {t} was drawn {int(counts[t])} times but is outside the kept set "
+                        f"{(probs > 0).nonzero().flatten().tolist()}: set the dropped logits to -inf before "
+                        f"sampling (top-k first, then the top-p nucleus, where the token crossing top_p stays).")
+        p = _chi2_pvalue(counts, probs)
+        if p < 1e-3:
+            worst = int(((counts / samples - probs).abs()).argmax())
+            raise Wrong(f"{where}: {samples} draws do not follow the expected distribution (chi-square "
+                        f"p={p:.1e}); token {worst} came {counts[worst] / samples:.3f} of the time, expected "
+                        f"{probs[worst]:.3f}. Divide by the temperature before the softmax, and renormalize "
+                        f"over the kept tokens.")
+
+
+def as_sampler(fn):
+    """Wrap sample_row into the engine's sampler seam: row by row, each with its request's generator."""
+    def sampler(logits, seqs):
+        out = []
+        for row, seq in zip(logits, seqs):
+            p = seq.params
+            if p.greedy:
+                out.append(int(row.argmax()))
+                continue
+            out.append(int(fn(row.float(), p.temperature, p.top_k, p.top_p, seq.generator)))
+        return torch.tensor(out, dtype=torch.long, device=logits.device)
+    return sampler
+
+
+def engine(fn) -> None:
+    from workbench import SamplingParams
+    prompts = prompts_for(3)
+    want, _, _ = run_engine(prompts)
+    got, _, _ = run_engine(prompts, overrides={"sampler": as_sampler(fn)})
+    same_tokens(got, want, "Greedy requests must still take the argmax.")
+    seeded = SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=11, max_tokens=8, ignore_eos=True)
+    first, _, _ = run_engine(prompts, overrides={"sampler": as_sampler(fn)}, params=seeded)
+    again, _, _ = run_engine(prompts, overrides={"sampler": as_sampler(fn)}, params=seeded)
+    if first != again:
+        raise Wrong("two runs of the same seeded requests gave different tokens: use only the generator passed in.")
+
+
+def measure(fn, rows: int = 200, vocab: int = 32000) -> dict:
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    for row in logits:
+        fn(row, 0.8, 50, 0.9, torch.Generator().manual_seed(0))
+    mine = (time.perf_counter() - start) / rows
+    k, p = torch.full((rows,), 50), torch.full((rows,), 0.9)
+    start = time.perf_counter()
+    probs = _filter_top_k_top_p(logits / 0.8, k, p).softmax(-1)
+    (probs / torch.empty_like(probs).exponential_()).argmax(-1)
+    ref = (time.perf_counter() - start) / rows
+    effect = dict(student_us_per_row=1e6 * mine, batched_reference_us_per_row=1e6 * ref, vocab=vocab,
+                  machine=machine(), bar="<= 200x the engine's batched sampler per row",
+                  summary=f"{1e6 * mine:.0f} us per row at vocab {vocab}; the engine's batched sampler "
+                          f"{1e6 * ref:.0f} us per row ({mine / ref:.1f}x) on {machine()}")
+    if mine > 200 * ref:
+        raise Wrong(f"{effect['summary']}: above the bar; avoid Python loops over the vocabulary.")
+    return effect
+
+
+EXERCISE = Exercise("sampling", "00", "sample_row(logits, temperature, top_k, top_p, generator) -> int",
+                    alone, engine, measure)

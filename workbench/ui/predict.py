@@ -1,0 +1,43 @@
+"""Predict, then measure: the student writes a guess before a measurement; afterwards the notebook
+says how far it was.
+
+    GUESS = None          # the answer cell, filled before running the measurement
+    ...measurement...
+    how_far(GUESS, measured, what="naive / flash bytes at N = 4096")
+
+A number guess is compared as a ratio (a factor off, in either direction); a choice guess as
+right or wrong. The measured value always comes from the cell above, never from this module.
+"""
+from __future__ import annotations
+
+
+def how_far(guess, measured, *, what: str, why: str = "") -> str:
+    """Print (and return) how far `guess` was from `measured`."""
+    if guess is None or guess is ...:
+        line = f"{what}: measured {_fmt(measured)}. (No guess entered: fill the answer cell first next time.)"
+    elif isinstance(measured, str) or isinstance(guess, str):
+        hit = str(guess).strip().lower() == str(measured).strip().lower()
+        line = f"{what}: you said {guess!r}, the run says {measured!r}: {'right' if hit else 'not this time'}."
+    elif isinstance(guess, (list, tuple)):
+        off = [g == m for g, m in zip(guess, measured)]
+        line = f"{what}: you said {list(guess)}, measured {list(measured)}: {sum(off)} of {len(off)} exact."
+    else:
+        g, m = float(guess), float(measured)
+        if g == m:
+            line = f"{what}: you said {_fmt(g)}, measured {_fmt(m)}: exact."
+        elif g > 0 and m > 0:
+            factor = max(g, m) / min(g, m)
+            line = (f"{what}: you said {_fmt(g)}, measured {_fmt(m)}: {factor:.2g}x too "
+                    f"{'high' if g > m else 'low'}.")
+        else:
+            line = f"{what}: you said {_fmt(g)}, measured {_fmt(m)} (off by {_fmt(abs(g - m))})."
+    if why:
+        line += f" {why}"
+    print(line)
+    return line
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.3g}"
+    return str(x)
