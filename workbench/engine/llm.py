@@ -18,13 +18,16 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from workbench.config import EngineConfig, Optimizations
+from workbench.config import EngineConfig
 from workbench.model import ModelConfig
-from workbench.parallel.tensor_parallel import backend_for, check_tensor_parallel, tensor_parallel_opts
-from workbench.runner import ModelRunner
+from workbench.optimizations import multi_step
+from workbench.optimizations.board import Optimizations
+from workbench.parallel.tensor_parallel import backend_for, check_tensor_parallel
 
 from .block_manager import BlockManager, block_hash
 from .overrides import check_overrides, describe_overrides, newest
+from .runner import ModelRunner
+from .measurement import MeasurementMethods
 from .prompts import chat_prompts, params_list, prompt_list, token_ids_of
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -88,7 +91,7 @@ def _pick_device_dtype(cfg: EngineConfig, model_cfg: ModelConfig) -> tuple[str, 
     return device, getattr(torch, name)
 
 
-class LLM:
+class LLM(MeasurementMethods):
     def __init__(self, model: str | Path, opts: Optimizations | str | None = None, *,
                  overrides: dict | None = None, **engine_kwargs):
         """overrides: replace built-in pieces with your functions, {name: fn}; the names and
@@ -99,11 +102,12 @@ class LLM:
         self.overrides = check_overrides(overrides, self.config.tensor_parallel_size)
         self.model_config = ModelConfig.from_hf(model)
         self.device, self.dtype = _pick_device_dtype(self.config, self.model_config)
-        self.opts, self.skipped = self.config.opts.resolve(self.device)
         tp, m = self.config.tensor_parallel_size, self.model_config   # tensor parallelism: can it split?
         check_tensor_parallel(tp, m.num_heads, m.num_kv_heads, m.intermediate_size, self.device)
-        self.opts, tp_notes = tensor_parallel_opts(self.opts, tp)
-        self.skipped += tp_notes
+        self.opts, self.skipped = self.config.opts.resolve(self.device, tp)   # the board decides what runs
+        if self.config.decode_steps > 1 and (why := multi_step.why_not(self.device, tp)):
+            raise ValueError(f"decode_steps={self.config.decode_steps}: {why}")
+        self._decode_steps = self.config.decode_steps   # (a measurement may hold it at 1: decode_steps_override)
         self.max_model_len = self.config.max_model_len
         if self.max_model_len is None:
             self.max_model_len = min(self.model_config.max_position_embeddings, 4096)
@@ -111,7 +115,10 @@ class LLM:
             raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "
                              f"max_position_embeddings={self.model_config.max_position_embeddings}")
         self.tokenizer = self._load_tokenizer(Path(model))
-        self.runner = ModelRunner(self.config, self.model_config, self.opts, device=self.device,
+        Runner = ModelRunner
+        if tp > 1:   # a collaborator the 1-GPU engine never imports
+            from workbench.parallel.runner import TensorParallelRunner as Runner
+        self.runner = Runner(self.config, self.model_config, self.opts, device=self.device,
                                   dtype=self.dtype, max_model_len=self.max_model_len, overrides=self.overrides)
         self.block_manager = BlockManager(self.runner.num_kv_blocks, self.config.block_size,
                                           self.config.enable_prefix_caching,
@@ -263,8 +270,8 @@ class LLM:
         if not scheduled:
             raise RuntimeError("scheduler made no progress with requests pending; please report this")
         num_steps = 1
-        if self.config.decode_steps > 1 and self.runner.workers is None:   # (not with tensor parallelism)
-            num_steps = self.scheduler.plan_decode_steps(scheduled, self.config.decode_steps, self.max_model_len)
+        if self._decode_steps > 1:
+            num_steps = self.scheduler.plan_decode_steps(scheduled, self._decode_steps, self.max_model_len)
         scheduled_at = time.perf_counter()
         if num_steps > 1:
             new_tokens, logits = self.runner.execute_decode_steps(scheduled, num_steps, self.stats.host_seconds), {}
