@@ -33,7 +33,7 @@ if TYPE_CHECKING:   # (a type only: the engine imports this module, not the othe
 
 def why_not(device: str, tp_size: int = 1) -> str | None:
     if not device.startswith("cuda"):
-        return f"needs CUDA (running on {device})"
+        return f"needs a CUDA GPU (running on {device})"
     if tp_size > 1:   # capturing NCCL all-reduces inside each rank's graph works in principle, but
         # it was never verified on a multi-GPU machine: an error beats a silently wrong or hung engine
         return f"untested with tensor_parallel_size={tp_size} (graph capture of the all-reduces was never verified)"

@@ -37,7 +37,7 @@ def why_not(device: str, tp_size: int = 1) -> str | None:
 def triton_on_cuda(device: str) -> str | None:
     """Why a Triton kernel cannot run here (None: it can); decode_gemv asks too."""
     if not device.startswith("cuda"):
-        return f"needs CUDA (running on {device})"
+        return f"needs a CUDA GPU (running on {device})"
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed (pip install triton)"
     return None
