@@ -22,7 +22,7 @@ import json
 import torch
 
 from workbench.check import random_prompts, switch_settings
-from workbench.config import Optimizations
+from workbench import Optimizations
 from workbench.engine import LLM, SamplingParams
 from workbench.measure import format_table
 from workbench.measure.bench import gpu_name, make_workload, time_generate
@@ -61,7 +61,7 @@ def run(opts: Optimizations, tuned: bool, model_dir, prompts, speed: bool = True
     with LLM(model_dir, opts=opts, max_model_len=512, enable_prefix_caching=False) as llm:
         tokens, logits = one_by_one(llm, prompts, max_tokens=32)
         row = {"setting": opts.label(), "coordinate_descent_tuning": tuned, "tokens": tokens, "logits": logits,
-               **{k: round(v, 1) for k, v in llm.runner.timings.items()}, "top_kernels": []}
+               **{k: round(v, 1) for k, v in llm.timings().items()}, "top_kernels": []}
         if speed:
             timed = time_generate(llm, workload, repeats=3)
             decode = engine_launches(llm, batch=1, decode_steps=16)["decode"]

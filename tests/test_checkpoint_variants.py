@@ -16,7 +16,7 @@ import torch
 from workbench import LLM, SamplingParams
 from workbench.__main__ import main
 from workbench.check import run_engine
-from workbench.config import Optimizations
+from workbench import Optimizations
 from workbench.model import ModelConfig, make_checkpoint
 from workbench.model.checkpoint import PRESETS
 from workbench.model.layers import ActAndMul, LayerForms

@@ -1,5 +1,5 @@
 """The CUDA-graph bookkeeping that needs no GPU: which batch-size buckets get a graph."""
-from workbench.cuda_graphs import decode_buckets
+from workbench.optimizations.cuda_graphs import decode_buckets
 
 
 def test_buckets_cover_every_batch_size():

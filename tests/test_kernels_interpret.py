@@ -178,9 +178,10 @@ def check_gemv_broken_split_is_caught(torch, ops):
 def check_gemv_fallback_and_hook(torch, ops):
     """More than MAX_M tokens go to F.linear (bit-exact); the model's Linear hook runs the GEMV."""
     from workbench.kernels import gemv as g
-    from workbench.parallel.tensor_parallel import Linear, use_decode_gemv
+    from workbench.optimizations import decode_gemv
+    from workbench.parallel.tensor_parallel import Linear
     layer = Linear(64, 40, bias=True).to(torch.bfloat16)
-    use_decode_gemv(layer, True)
+    decode_gemv.install(layer, True)
     big = torch.randn(g.MAX_M + 1, 64, dtype=torch.bfloat16)
     real, calls = g.gemv, []
     g.gemv = lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw)
@@ -198,7 +199,7 @@ def check_gemv_fallback_and_hook(torch, ops):
     finally:
         g.gemv = real
         g.CONFIGS.pop((40, 64, "m16"), None)
-    use_decode_gemv(layer, False)
+    decode_gemv.install(layer, False)
     assert not layer.decode_gemv
 
 

@@ -119,7 +119,7 @@ def test_bad_model_dirs(tmp_path, tiny_ckpt):
 
 
 def test_cuda_only_switches_on_cpu(tiny_ckpt):
-    with pytest.raises(ValueError, match="need a CUDA GPU"):
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
         LLM(tiny_ckpt, opts=Optimizations(attention="flash"), device="cpu")
     with LLM(tiny_ckpt, opts=Optimizations.all_on(), device="cpu", max_model_len=128) as llm:
         assert llm.opts.attention == "sdpa" and not llm.opts.cuda_graphs

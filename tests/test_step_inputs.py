@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from workbench.step_inputs import pack_step
+from workbench.engine.step_inputs import pack_step
 
 BLOCK = 4
 
@@ -41,7 +41,7 @@ def test_to_device_keeps_values_and_dtypes():
 
 
 def test_next_decode_step_moves_every_sequence_one_token_on():
-    from workbench.step_inputs import next_decode_step
+    from workbench.engine.step_inputs import next_decode_step
     # seq A: 4 tokens, its next position 4 opens its second block (9); seq B at position 1
     step = pack_step([([1, 2, 3, 4], [3, 9], 3, 4), ([6, 7], [1], 1, 2)], BLOCK)
     after = next_decode_step(step, BLOCK)

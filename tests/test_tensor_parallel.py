@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from workbench import LLM, EngineConfig, Optimizations, SamplingParams
-from workbench.parallel.tensor_parallel import check_tensor_parallel, shard_tensor, tensor_parallel_opts
+from workbench.parallel.tensor_parallel import check_tensor_parallel, shard_tensor
 from workbench.parallel.workers import WorkerProcess
 
 ENGINE = dict(block_size=16, max_num_batched_tokens=128, max_model_len=512)   # 300-token prompt: chunked
@@ -187,10 +187,16 @@ def test_gpu_count_and_graphs_are_checked():
     if torch.cuda.device_count() < 8:
         with pytest.raises(ValueError, match="needs 8 visible GPUs"):
             check_tensor_parallel(8, 16, 8, 3072, "cuda")
-    with pytest.raises(ValueError, match="untested"):
-        tensor_parallel_opts(Optimizations(cuda_graphs=True), 2)
-    opts, notes = tensor_parallel_opts(Optimizations.all_on(), 2)
-    assert not opts.cuda_graphs and "untested" in notes[0]
+    with pytest.raises(ValueError, match="untested"):   # the board decides, for a GPU device too
+        Optimizations(cuda_graphs=True).resolve("cuda", 2)
+    opts, notes = Optimizations.all_on().resolve("cuda", 2)
+    assert not opts.cuda_graphs and any("cuda_graphs=True: skipped, untested" in n for n in notes)
+    assert Optimizations(cuda_graphs=True).why_not("cuda", 1) == {}
+
+
+def test_multi_step_under_tensor_parallelism_is_refused(tiny_ckpt):
+    with pytest.raises(ValueError, match="decode_steps=4: not implemented with tensor parallelism"):
+        LLM(tiny_ckpt, tensor_parallel_size=2, decode_steps=4, device="cpu")
 
 
 def test_shards_rebuild_the_merged_weights():

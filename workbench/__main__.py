@@ -44,6 +44,7 @@ def cmd_doctor(args) -> int:
 
     from workbench.attention.flash import flash_status
     from workbench.measure import ncu_status
+    from workbench.optimizations.board import SWITCHES, why_not
 
     print(f"python      {sys.version.split()[0]}")
     print(f"torch       {torch.__version__}")
@@ -60,6 +61,10 @@ def cmd_doctor(args) -> int:
         print(f"triton      not importable ({err}); fused kernels need it: pip install triton")
     name, reason = flash_status()
     print(f"flash-attn  {name or 'unavailable'}: {reason}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    blocked = why_not(device)   # the board's one decision, as LLM makes it
+    for switch in SWITCHES:
+        print(f"{switch:<11} {'unavailable: ' + blocked[switch] if switch in blocked else 'can run'} (on {device})")
     path, reason = ncu_status()
     print(f"ncu         {path or 'unavailable'}: {reason}")
     for module in ("ipywidgets", "matplotlib", "nbclient"):

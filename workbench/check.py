@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from workbench.config import Optimizations
+from workbench.optimizations.board import Optimizations
 from workbench.engine import LLM, SamplingParams
 from workbench.reference import compare, hf_greedy, load_hf_model
 
@@ -38,7 +38,7 @@ def run_engine(model_dir, opts: Optimizations, prompts, max_tokens: int, **engin
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, return_logits=True)
     start = time.perf_counter()
     with LLM(model_dir, opts=opts, **engine_kwargs) as llm:
-        warm = dict(llm.runner.timings)
+        warm = llm.timings()
         outs = llm.generate(prompts, params, use_tqdm=False)
     return {"tokens": [o.token_ids for o in outs], "logits": [o.logits for o in outs], "warmup": warm,
             "seconds": time.perf_counter() - start}

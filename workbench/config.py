@@ -1,110 +1,12 @@
-"""Engine configuration: what to run (EngineConfig) and how fast to run it (Optimizations).
+"""Engine configuration: what to run (EngineConfig), validated with errors that say what to do.
 
-Every lesson in the workbench is "flip one switch, re-run, measure". So each optimization is
-one field of `Optimizations`, independent of the others, and `resolve()` turns a request into
-what this machine can actually run -- refusing loudly, never pretending.
+How fast to run it is the switchboard, `Optimizations` (workbench/optimizations/board.py).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
-ATTENTION_BACKENDS = ("naive", "sdpa", "flash")
-
-
-@dataclass(frozen=True)
-class Optimizations:
-    """The switchboard. Each field attacks a different bottleneck:
-
-    attention      naive (materializes N x N scores) | sdpa (torch's fused attention) | flash
-                   (flash-attn varlen prefill + paged decode): attention's HBM traffic.
-    fused_kernels  residual-add+RMSNorm, SwiGLU and RoPE as single Triton kernels: round trips
-                   to HBM between small element-wise ops.
-    decode_gemv    the linear layers' matmuls at <= 16 tokens (decode) as a Triton split-K GEMV
-                   (workbench.kernels.gemv) instead of cuBLAS: weight bytes read per microsecond.
-    cuda_graphs    capture decode once per batch-size bucket and replay: CPU launch overhead.
-    compile        torch.compile the model forward: fusion and redundant work found by a compiler.
-    """
-
-    attention: str = "sdpa"
-    fused_kernels: bool = False
-    decode_gemv: bool = False
-    cuda_graphs: bool = False
-    compile: bool = False
-    # Made by a preset: switches this machine cannot run are dropped (with a note), not refused.
-    from_preset: bool = field(default=False, compare=False, repr=False)
-
-    def __post_init__(self):
-        if self.attention not in ATTENTION_BACKENDS:
-            raise ValueError(
-                f"attention={self.attention!r} is not a backend; choose one of {ATTENTION_BACKENDS}")
-
-    # Presets ------------------------------------------------------------------------------
-    @classmethod
-    def all_off(cls) -> "Optimizations":
-        """The naive baseline: N x N attention, unfused ops, eager launches, no compiler."""
-        return cls(attention="naive", from_preset=True)
-
-    @classmethod
-    def enforce_eager(cls) -> "Optimizations":
-        """Debugging preset: plain eager PyTorch everywhere (readable stack traces)."""
-        return cls(attention="naive", from_preset=True)
-
-    @classmethod
-    def all_on(cls) -> "Optimizations":
-        """Everything on. On a CPU the CUDA-only switches are dropped and reported as skipped."""
-        return cls(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True, compile=True,
-                   from_preset=True)
-
-    @classmethod
-    def preset(cls, name: str) -> "Optimizations":
-        presets = {"all_off": cls.all_off, "enforce_eager": cls.enforce_eager, "all_on": cls.all_on,
-                   "default": lambda: cls(from_preset=True)}
-        if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
-        return presets[name]()
-
-    def label(self) -> str:
-        """Short human label, e.g. 'flash+fused+graphs'."""
-        parts = [self.attention]
-        parts += [n for n, on in (("fused", self.fused_kernels), ("gemv", self.decode_gemv), ("graphs", self.cuda_graphs),
-                                  ("compile", self.compile)) if on]
-        return "+".join(parts)
-
-    def cuda_only(self) -> list[str]:
-        """The switches set here that need a CUDA GPU."""
-        return [name for name, on in (("attention='flash'", self.attention == "flash"),
-                                      ("fused_kernels=True", self.fused_kernels),
-                                      ("decode_gemv=True", self.decode_gemv),
-                                      ("cuda_graphs=True", self.cuda_graphs)) if on]
-
-    def needs_cuda(self) -> bool:
-        return bool(self.cuda_only())
-
-    def resolve(self, device: str) -> tuple["Optimizations", list[str]]:
-        """Return (what will run on `device`, notes on what was skipped and why).
-
-        Asked for directly, a switch this machine cannot run is an error; asked for through a
-        preset, it is dropped and the drop is reported -- never silently ignored.
-        """
-        if device.startswith("cuda"):
-            if self.attention == "flash" and self.from_preset:
-                from workbench.attention.flash import flash_status
-                name, reason = flash_status()
-                if name is None:
-                    return dataclasses.replace(self, attention="sdpa"), [f"attention='flash': skipped, {reason}"]
-            return self, []
-        wanted = self.cuda_only()
-        if wanted and not self.from_preset:
-            raise ValueError(
-                f"{', '.join(wanted)} need a CUDA GPU but the engine runs on {device!r}; "
-                "use attention='sdpa' or 'naive' with fused_kernels=False, decode_gemv=False, cuda_graphs=False on a CPU "
-                "(or a preset such as Optimizations.all_on(), which drops them with a note)")
-        notes = [f"{name}: skipped, needs CUDA (running on {device})" for name in wanted]
-        cpu = dataclasses.replace(self, attention="sdpa" if self.attention == "flash" else self.attention,
-                                  fused_kernels=False, decode_gemv=False, cuda_graphs=False)
-        return cpu, notes
-
+from workbench.optimizations.board import Optimizations
 
 @dataclass
 class EngineConfig:
@@ -136,8 +38,7 @@ class EngineConfig:
     seed: int = 0
     tensor_parallel_size: int = 1
     decode_steps: int = 1                # decode steps per scheduling round; > 1: multi-step
-                                         # decoding (Scheduler.plan_decode_steps,
-                                         # ModelRunner.execute_decode_steps)
+                                         # decoding (workbench/optimizations/multi_step.py)
 
     def __post_init__(self):
         checks = [

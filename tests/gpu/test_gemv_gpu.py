@@ -58,7 +58,7 @@ def test_graph_replay_and_compile_match_eager():
 @pytest.mark.parametrize("max_num_seqs,prompts", [(1, 4), (16, 16)])   # M = 1 and M up to 16 (tl.dot)
 def test_engine_parity_with_decode_gemv(tmp_path_factory, max_num_seqs, prompts):
     from workbench.check import parity_table, random_prompts
-    from workbench.config import Optimizations
+    from workbench import Optimizations
     from workbench.measure import format_table
     from workbench.model import make_checkpoint
     path = make_checkpoint(tmp_path_factory.mktemp("q06b"), "qwen3-0.6b", seed=0, dtype="bfloat16")

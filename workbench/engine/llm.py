@@ -11,72 +11,32 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
 
-from workbench.config import EngineConfig, Optimizations
+from workbench.config import EngineConfig
 from workbench.model import ModelConfig
-from workbench.parallel.tensor_parallel import backend_for, check_tensor_parallel, tensor_parallel_opts
-from workbench.runner import ModelRunner
+from workbench.optimizations import multi_step
+from workbench.optimizations.board import Optimizations
+from workbench.parallel.tensor_parallel import backend_for, check_tensor_parallel
 
 from .block_manager import BlockManager, block_hash
 from .overrides import check_overrides, describe_overrides, newest
+from .runner import ModelRunner
+from .measurement import MeasurementMethods
+from .outputs import EngineStats, RequestOutput
 from .prompts import chat_prompts, params_list, prompt_list, token_ids_of
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
-from .sequence import RequestStats, Sequence, Status
+from .sequence import Sequence, Status
 from .stream import RequestStream, StreamEvent
 from .telemetry import Telemetry
 
 Prompt = str | list[int]   # (or a 1-D integer numpy array / torch tensor of ids)
 Conversation = list[dict]  # [{"role": "user", "content": "..."}, ...]
-
-
-@dataclass
-class RequestOutput:
-    request_id: int
-    prompt: str | None
-    prompt_token_ids: list[int]
-    token_ids: list[int]
-    text: str
-    finish_reason: str            # 'stop' (EOS / stop token), 'length' (max_tokens / max_model_len)
-    stats: RequestStats
-    logits: torch.Tensor | None = None   # [num_output_tokens, vocab] float32, if asked for
-
-    @property
-    def ttft(self) -> float | None:
-        return self.stats.ttft
-
-    @property
-    def tpot(self) -> float | None:
-        return self.stats.tpot(len(self.token_ids))
-
-
-@dataclass
-class EngineStats:
-    steps: int = 0
-    prefill_tokens: int = 0       # prompt tokens run through the model (cache hits excluded)
-    decode_tokens: int = 0
-    preemptions: int = 0
-    prefix_hit_tokens: int = 0
-    step_seconds: list[float] = field(default_factory=list)
-    # Host seconds per phase, summed over steps. The GPU runs asynchronously, so "launch" is the
-    # time to *enqueue* the forward, and "sample" includes waiting for the GPU to finish it.
-    host_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("schedule", "prepare", "launch", "sample", "postprocess"), 0.0))
-
-    # Wall seconds and tokens of steps that were pure prefill, pure decode, or mixed (chunked
-    # prefill beside decodes): prefill and decode tok/s measured separately.
-    step_kind_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("prefill", "decode", "mixed"), 0.0))
-    step_kind_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("prefill", "decode", "mixed"), 0))
-
-    def host_ms_per_step(self) -> dict[str, float]:
-        return {phase: 1e3 * total / max(self.steps, 1) for phase, total in self.host_seconds.items()}
 
 
 def _pick_device_dtype(cfg: EngineConfig, model_cfg: ModelConfig) -> tuple[str, torch.dtype]:
@@ -89,7 +49,7 @@ def _pick_device_dtype(cfg: EngineConfig, model_cfg: ModelConfig) -> tuple[str, 
     return device, getattr(torch, name)
 
 
-class LLM:
+class LLM(MeasurementMethods):
     def __init__(self, model: str | Path, opts: Optimizations | str | None = None, *,
                  overrides: dict | None = None, **engine_kwargs):
         """overrides: replace built-in pieces with your functions, {name: fn}; the names and
@@ -100,11 +60,12 @@ class LLM:
         self.overrides = check_overrides(overrides, self.config.tensor_parallel_size)
         self.model_config = ModelConfig.from_hf(model)
         self.device, self.dtype = _pick_device_dtype(self.config, self.model_config)
-        self.opts, self.skipped = self.config.opts.resolve(self.device)
         tp, m = self.config.tensor_parallel_size, self.model_config   # tensor parallelism: can it split?
         check_tensor_parallel(tp, m.num_heads, m.num_kv_heads, m.intermediate_size, self.device)
-        self.opts, tp_notes = tensor_parallel_opts(self.opts, tp)
-        self.skipped += tp_notes
+        self.opts, self.skipped = self.config.opts.resolve(self.device, tp)   # the board decides what runs
+        if self.config.decode_steps > 1 and (why := multi_step.why_not(self.device, tp)):
+            raise ValueError(f"decode_steps={self.config.decode_steps}: {why}")
+        self._decode_steps = self.config.decode_steps   # (a measurement may hold it at 1: decode_steps_override)
         self.max_model_len = self.config.max_model_len
         if self.max_model_len is None:
             self.max_model_len = min(self.model_config.max_position_embeddings, 4096)
@@ -112,7 +73,10 @@ class LLM:
             raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "
                              f"max_position_embeddings={self.model_config.max_position_embeddings}")
         self.tokenizer = self._load_tokenizer(Path(model))
-        self.runner = ModelRunner(self.config, self.model_config, self.opts, device=self.device,
+        Runner = ModelRunner
+        if tp > 1:   # a collaborator the 1-GPU engine never imports
+            from workbench.parallel.runner import TensorParallelRunner as Runner
+        self.runner = Runner(self.config, self.model_config, self.opts, device=self.device,
                                   dtype=self.dtype, max_model_len=self.max_model_len, overrides=self.overrides)
         self.block_manager = BlockManager(self.runner.num_kv_blocks, self.config.block_size,
                                           self.config.enable_prefix_caching,
@@ -266,8 +230,8 @@ class LLM:
         if not scheduled:
             raise RuntimeError("scheduler made no progress with requests pending; please report this")
         num_steps = 1
-        if self.config.decode_steps > 1 and self.runner.workers is None:   # (not with tensor parallelism)
-            num_steps = self.scheduler.plan_decode_steps(scheduled, self.config.decode_steps, self.max_model_len)
+        if self._decode_steps > 1:
+            num_steps = self.scheduler.plan_decode_steps(scheduled, self._decode_steps, self.max_model_len)
         scheduled_at = time.perf_counter()
         if num_steps > 1:
             new_tokens, logits = self.runner.execute_decode_steps(scheduled, num_steps, self.stats.host_seconds), {}

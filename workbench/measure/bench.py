@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from workbench.config import Optimizations
+from workbench.optimizations.board import Optimizations
 
 
 @dataclass
@@ -164,7 +164,7 @@ def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats:
     engine_kwargs = {"max_model_len": max_len, "enable_prefix_caching": False, **engine_kwargs}
     with LLM(model_dir, opts=opts, **engine_kwargs) as llm:
         timed = time_generate(llm, workload, repeats=repeats)
-        warmup = {k: round(v, 2) for k, v in llm.runner.timings.items()}
+        warmup = {k: round(v, 2) for k, v in llm.timings().items()}
     return BenchResult(workload.name, "workbench", opts.label(), timed["output_tokens"], timed["seconds"],
                        timed["tok_s"], prefill_tok_s=timed["prefill_tok_s"], decode_tok_s=timed["decode_tok_s"],
                        ttft_ms=timed["ttft_ms"], tpot_ms=timed["tpot_ms"], warmup=warmup,

@@ -27,14 +27,17 @@ def _save(rows, path: str | None) -> None:
 
 
 def runnable(items, opts_of):
-    """Drop switch settings this machine cannot run, saying which (never silently)."""
+    """Drop switch settings this machine cannot run, saying which and why (never silently)."""
     import torch
-    if torch.cuda.is_available():
-        return items
-    skipped = [opts_of(i).label() for i in items if opts_of(i).needs_cuda()]
-    if skipped:
-        print(f"no CUDA GPU: skipping {len(skipped)} settings that need one ({', '.join(skipped)})")
-    return [i for i in items if not opts_of(i).needs_cuda()]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    keep = []
+    for item in items:
+        blocked = opts_of(item).why_not(device)   # the board's one decision
+        if blocked:
+            print(f"skipping {opts_of(item).label()}: " + "; ".join(f"{k} {v}" for k, v in blocked.items()))
+        else:
+            keep.append(item)
+    return keep
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -59,7 +62,7 @@ def _chosen(names: str, by_name: dict) -> list:
 
 def cmd_check(args) -> int:
     from workbench.check import parity_table, random_prompts, switch_settings
-    from workbench.config import Optimizations
+    from workbench.optimizations.board import Optimizations
     from workbench.measure import format_table
     from workbench.measure.bench import gpu_name
     from workbench.model import ModelConfig
@@ -90,7 +93,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from workbench.config import Optimizations
+    from workbench.optimizations.board import Optimizations
     from workbench.measure import bench, format_table
     from workbench.model import ModelConfig
 
@@ -180,7 +183,7 @@ def add_measure_commands(sub) -> None:
 
 
 def cmd_measure_launches(args) -> int:
-    from workbench.config import Optimizations
+    from workbench.optimizations.board import Optimizations
     from workbench.engine import LLM
     from workbench.measure import format_table
     from workbench.measure.steps import engine_launches
@@ -249,7 +252,7 @@ def cmd_measure_gemv(args) -> int:
 
 def cmd_measure_tp(args) -> int:
     """Decode step time and the all-reduce time inside it, tp=1 against each --tp size."""
-    from workbench.config import Optimizations
+    from workbench.optimizations.board import Optimizations
     from workbench.engine import LLM
     from workbench.measure import format_table
     from workbench.measure.comm import decode_comm

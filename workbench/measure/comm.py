@@ -64,11 +64,12 @@ def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, se
 
     from .steps import start_decoding
 
-    tp = llm.config.tensor_parallel_size
+    where = llm.placement()
+    tp = where["tp_size"]
     label = f"{llm.opts.label()} tp={tp}"
     params = SamplingParams(temperature=0, max_tokens=3 * steps + 4, ignore_eos=True)
     start_decoding(llm, batch, prompt_len, params, random.Random(seed))
-    on_gpu = llm.runner.device.type == "cuda"
+    on_gpu = where["device"].type == "cuda"
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     try:
         llm.step()   # warm-up decode step
@@ -95,10 +96,10 @@ def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, se
     calls = sum(e.name == "c10d::allreduce_" for e in events)
     reduce_ms = sum(e.time_range.elapsed_us() for e in events if _collective(e, "allreduce")) / 1e3 / steps
     broadcast_ms = sum(e.time_range.elapsed_us() for e in events if _collective(e, "broadcast")) / 1e3 / steps
-    return CommRecord(label, True, tp_size=tp, backend=getattr(llm.runner.workers, "backend", "") if tp > 1 else "",
+    return CommRecord(label, True, tp_size=tp, backend=where["backend"],
                       batch=batch, steps=steps, step_ms=step_s * 1e3, all_reduces_per_step=calls / steps,
                       profiled_step_ms=profiled_s * 1e3,
                       all_reduce_ms_per_step=reduce_ms, broadcast_ms_per_step=broadcast_ms,
                       all_reduce_share=reduce_ms / (profiled_s * 1e3),
-                      all_reduce_bytes=batch * llm.model_config.hidden_size * llm.runner.dtype.itemsize,
-                      device=torch.cuda.get_device_name(llm.runner.device) if on_gpu else "CPU")
+                      all_reduce_bytes=batch * llm.model_config.hidden_size * where["dtype"].itemsize,
+                      device=where["device_name"])

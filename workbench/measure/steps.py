@@ -22,8 +22,7 @@ def start_decoding(llm, batch: int, prompt_len: int, params, rng: random.Random)
     """Queue random prompts and prefill them all (big batches take several steps): the engine's
     next step is a pure decode step."""
     queue_random_prompts(llm, batch, prompt_len, params, rng)
-    while llm.scheduler.prefill_pending():
-        llm.step()
+    llm.prefill_all()
 
 
 def engine_launches(llm, *, batch: int = 1, prompt_len: int = 128, decode_steps: int = 8,
@@ -39,12 +38,11 @@ def engine_launches(llm, *, batch: int = 1, prompt_len: int = 128, decode_steps:
 
     label = llm.opts.label()
     # Counts are per model step: with multi-step decoding one llm.step() would run several.
-    rounds, llm.config.decode_steps = llm.config.decode_steps, 1
     try:
-        records = {"prefill": count_launches(prefill, warmup=1, steps=1, label=f"{label} prefill")}
-        start_decoding(llm, batch, prompt_len, params, rng)
-        records["decode"] = count_launches(llm.step, warmup=1, steps=decode_steps, label=f"{label} decode")
+        with llm.decode_steps_override(1):
+            records = {"prefill": count_launches(prefill, warmup=1, steps=1, label=f"{label} prefill")}
+            start_decoding(llm, batch, prompt_len, params, rng)
+            records["decode"] = count_launches(llm.step, warmup=1, steps=decode_steps, label=f"{label} decode")
     finally:
-        llm.config.decode_steps = rounds
         llm.abort_all()
     return records

@@ -107,7 +107,7 @@ def decode_step_workload(model_dir: str, attention: str = "flash", fused_kernels
     with `context` cached tokens. Engine build, prefill and one warm-up decode run first."""
     import random
 
-    from workbench.config import Optimizations
+    from workbench import Optimizations
     from workbench.engine import LLM, SamplingParams
     opts = Optimizations(attention=attention, fused_kernels=fused_kernels, cuda_graphs=cuda_graphs,
                          compile=compile)
@@ -118,8 +118,8 @@ def decode_step_workload(model_dir: str, attention: str = "flash", fused_kernels
         params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
         for _ in range(batch):
             llm.add_request([rng.randrange(vocab) for _ in range(context)], params)
-        while llm.scheduler.prefill_pending() or llm.stats.decode_tokens == 0:
-            llm.step()   # prefill (maybe several steps), then one warm-up decode
+        llm.prefill_all()
+        llm.step()   # one warm-up decode
         torch.cuda.synchronize()
         with nvtx_range("decode"):
             llm.step()

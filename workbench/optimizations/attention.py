@@ -19,6 +19,17 @@ from __future__ import annotations
 
 from workbench.attention import make_backend
 
+BACKENDS = ("naive", "sdpa", "flash")
+
+
+def why_not(device: str, tp_size: int = 1) -> str | None:
+    """Why attention='flash' cannot run here (naive and sdpa run everywhere)."""
+    if not device.startswith("cuda"):
+        return f"needs a CUDA GPU (running on {device})"
+    from workbench.attention.flash import flash_status
+    name, reason = flash_status()
+    return None if name is not None else reason
+
 
 def install(model, name: str, override=None):
     """Give every layer the backend `name` (or the override); returns the function installed."""

@@ -23,7 +23,6 @@ rank 1 all of k and v. Instead each checkpoint tensor (q_proj, k_proj, ...) is c
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -56,7 +55,7 @@ def shard_tensor(name: str, tensor: torch.Tensor, rank: int, size: int) -> torch
 
 class Linear(nn.Linear):
     """nn.Linear with the one hook where every linear layer of the model runs: with
-    `decode_gemv` set (Optimizations.decode_gemv, by `use_decode_gemv`), a call on <= 16 tokens
+    `decode_gemv` set (Optimizations.decode_gemv, installed by workbench/optimizations/decode_gemv.py), a call on <= 16 tokens
     runs the Triton decode GEMV (workbench.kernels.gemv); otherwise, and always in prefill, F.linear."""
 
     decode_gemv = False
@@ -66,13 +65,6 @@ class Linear(nn.Linear):
             from workbench.kernels.gemv import linear
             return linear(x, self.weight, self.bias)
         return super().forward(x)
-
-
-def use_decode_gemv(model: nn.Module, on: bool) -> None:
-    """Flip the decode-GEMV hook of every Linear in `model`."""
-    for module in model.modules():
-        if isinstance(module, Linear):
-            module.decode_gemv = on
 
 
 class ColumnParallelLinear(Linear):
@@ -151,18 +143,3 @@ def agree_on_min(value: int, device: str) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
-
-
-def tensor_parallel_opts(opts, tp_size: int):
-    """(opts that run with tensor parallelism, notes). CUDA graphs with TP are refused: capturing
-    NCCL all-reduces inside each rank's decode graph works in principle, but it has not been
-    tested on a multi-GPU machine -- an error now beats a silently wrong or hanging engine. Asked
-    for through a preset, the switch is dropped with a note instead (as CUDA-only switches on a CPU)."""
-    if tp_size == 1 or not opts.cuda_graphs:
-        return opts, []
-    if not opts.from_preset:
-        raise ValueError(f"cuda_graphs=True with tensor_parallel_size={tp_size} is untested (graph capture "
-                         "of the all-reduces was never verified on a multi-GPU machine): use cuda_graphs=False "
-                         "with tensor parallelism, or tensor_parallel_size=1 with graphs")
-    return dataclasses.replace(opts, cuda_graphs=False), [
-        f"cuda_graphs=True: skipped, untested with tensor_parallel_size={tp_size}"]

@@ -9,7 +9,7 @@
                logits, sample                   (hidden states dropped)
 
 Rank 0 starts each worker as a fresh interpreter running a module entry point,
-`python -m workbench.parallel.worker FD` (safe with CUDA, unlike fork), and sends it its
+`python -m workbench.parallel.worker FD` (worker.py; safe with CUDA, unlike fork), and sends it its
 arguments over a socket. Unlike multiprocessing's spawn, this never re-imports the user's
 __main__, so a plain script without `if __name__ == "__main__":`, `python -` or a notebook all
 work. All ranks join one torch.distributed process group: gloo on CPU, NCCL on GPUs. The group's
@@ -44,9 +44,9 @@ import torch.distributed as dist
 from multiprocessing.connection import Connection
 
 from workbench.attention import AttentionMetadata
-from workbench.step_inputs import HostStep
+from workbench.engine.step_inputs import HostStep
 
-from .tensor_parallel import backend_for, rank_device
+from .tensor_parallel import backend_for
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 120        # a spawned worker must report in (interpreter + imports) within this
@@ -274,54 +274,3 @@ def _hold_ctrl_c():
         previous(*caught[0])   # usually raises KeyboardInterrupt (Python's and Jupyter's handlers)
     elif caught and previous == signal.SIG_DFL:
         raise KeyboardInterrupt
-
-
-@contextmanager
-def tp_guard(workers: WorkerGroup | None, what: str):
-    """workers.guard(what), or nothing without tensor parallelism."""
-    if workers is None:
-        yield
-    else:
-        with workers.guard(what):
-            yield
-
-
-# A worker's side -------------------------------------------------------------------------------
-def worker_main(rank, port, conn, cfg, model_cfg, opts, device, dtype, max_model_len) -> None:
-    """Entry point of rank `rank`: join the group, build this rank's ModelRunner (its shard of the
-    weights, its KV heads), then run a forward for every step rank 0 sends, until "stop"."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is rank 0's to handle (it stops us)
-    try:
-        conn.send(("started",))
-        size = cfg.tensor_parallel_size
-        device = rank_device(device, rank, size)
-        if backend_for(device) == "nccl":
-            _set_nccl_env()
-            torch.cuda.set_device(device)
-        else:   # ranks share the CPU's cores
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
-        timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S)
-        store = dist.TCPStore(HOST, port, size, is_master=False, timeout=timeout)
-        dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=size, timeout=timeout)
-        from workbench.runner import ModelRunner   # here, not at the top: runner imports this module
-        runner = ModelRunner(cfg, model_cfg, opts, device=device, dtype=dtype, max_model_len=max_model_len,
-                             rank=rank)
-        with torch.inference_mode():
-            while True:
-                try:
-                    header = conn.recv()
-                except EOFError:   # rank 0 is gone
-                    break
-                if header[0] == "stop":
-                    break
-                payload = torch.empty(payload_size(header), dtype=torch.int64, device=device)
-                dist.broadcast(payload, src=0)
-                runner.forward(*unpack_step(header, payload))
-        runner.close()
-        dist.destroy_process_group()
-    except BaseException:
-        try:
-            conn.send(("error", traceback.format_exc()))
-        except OSError:
-            pass
-        raise

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import html
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from workbench.config import ATTENTION_BACKENDS, Optimizations
+from workbench.optimizations.board import ATTENTION_BACKENDS, Optimizations, why_not
 from workbench.engine import LLM
 from workbench.measure import LaunchRecord, measure_hbm_python, ncu_status
 from workbench.measure.bench import make_workload, time_generate
@@ -114,16 +113,7 @@ class Switchboard:
 
     # Switches --------------------------------------------------------------------------------
     def _unavailable(self) -> dict[str, str]:
-        reasons = {}
-        if not self.device.startswith("cuda"):
-            for name in ("fused_kernels", "cuda_graphs"):
-                reasons[name] = f"needs a CUDA GPU (this switchboard runs on {self.device})"
-        elif importlib.util.find_spec("triton") is None:
-            reasons["fused_kernels"] = "Triton is not installed (pip install triton)"
-        from workbench.attention.flash import flash_status
-        name, why = flash_status() if self.device.startswith("cuda") else (None, "needs CUDA (no GPU in use)")
-        if name is None:
-            reasons["flash"] = why
+        reasons = why_not(self.device)   # the board's one decision
         path, why = ncu_status()
         if path is None or not self.device.startswith("cuda"):
             reasons["hbm"] = why if path is None else "ncu needs the engine on a CUDA GPU"
@@ -168,7 +158,7 @@ class Switchboard:
             with LLM(self.model_dir, opts=opts, device=self.device, dtype=self.dtype, max_num_seqs=b,
                      max_model_len=max_len, enable_prefix_caching=False,
                      **{**self.engine_kwargs, "decode_steps": k}) as llm:
-                warm = {k: round(v, 3) for k, v in llm.runner.timings.items()}
+                warm = {k: round(v, 3) for k, v in llm.timings().items()}
                 self._phase(2, f"running {setting}: {b} x ({p} prompt + {n} new tokens)...")
                 timed = self._timed_generate(llm, make_workload("batch", self.model_config.vocab_size,
                                                                 num_seqs=b, prompt_len=p, new_tokens=n))

@@ -8,27 +8,29 @@ from __future__ import annotations
 
 import gc
 import time
+from contextlib import nullcontext
 
 import torch
 
 from workbench.attention import AttentionMetadata
-from workbench.config import EngineConfig, Optimizations
-from workbench.cuda_graphs import DecodeGraphs
-from workbench.engine.sampler import Sampler
-from workbench.engine.sequence import Sequence
+from workbench.config import EngineConfig
 from workbench.model import ModelConfig, load_model
-from workbench.optimizations import attention, fused_kernels
-from workbench.parallel import WorkerGroup, rank_device
-from workbench.parallel.tensor_parallel import agree_on_min, use_decode_gemv
-from workbench.parallel.workers import tp_guard
-from workbench.step_inputs import HostStep, next_decode_step, pack_step
+from workbench.optimizations import attention, decode_gemv, fused_kernels
+from workbench.optimizations import compile as torch_compile
+from workbench.optimizations.board import Optimizations
+from workbench.optimizations.cuda_graphs import DecodeGraphs
+
+from .sampler import Sampler
+from .sequence import Sequence
+from .step_inputs import HostStep, next_decode_step, pack_step
 
 CPU_DEFAULT_KV_GIB = 1.0
 
 
 class ModelRunner:
-    """rank: with tensor parallelism (cfg.tensor_parallel_size > 1) the engine's runner is rank 0
-    and starts the others (workbench.parallel.workers), each a ModelRunner on its own shard."""
+    """One model (or, with tensor parallelism, rank `rank`'s shard: workbench.parallel.runner
+    subclasses this and adds the other ranks) and its KV cache. Each switch is installed by its
+    own module in workbench/optimizations/ right after the model is built."""
 
     def __init__(self, cfg: EngineConfig, model_cfg: ModelConfig, opts: Optimizations, *,
                  device: str, dtype: torch.dtype, max_model_len: int, rank: int = 0,
@@ -36,7 +38,6 @@ class ModelRunner:
         self.cfg, self.model_cfg, self.opts = cfg, model_cfg, opts
         self.overrides = overrides or {}   # seams (engine/overrides.py), checked by LLM
         self.tp_size, self.rank = cfg.tensor_parallel_size, rank
-        device = rank_device(device, rank, self.tp_size)   # TP on GPUs: rank r uses cuda:r
         self.device, self.dtype = torch.device(device), dtype
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)   # memory queries, syncs and graph capture use the current device
@@ -45,24 +46,19 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-max_model_len // cfg.block_size)
         self.num_kv_heads = model_cfg.num_kv_heads // self.tp_size   # this rank's share of the KV heads
         self.timings: dict[str, float] = {}
-        self.workers = None
-        if self.tp_size > 1 and rank == 0:
-            self.workers = WorkerGroup(cfg, model_cfg, opts, device=device, dtype=dtype, max_model_len=max_model_len)
-        with tp_guard(self.workers, "start-up"):   # TP: loading, sizing and warm-up involve every rank
-            self._build(device)
+        self._build(device)
 
     def _build(self, device: str) -> None:
         cfg, model_cfg, opts, dtype = self.cfg, self.model_cfg, self.opts, self.dtype
         start = time.perf_counter()
         self.model = load_model(cfg.model, model_cfg, dtype=dtype, device=device, tp_rank=self.rank,
                                 tp_size=self.tp_size)
+        # Install the switches (each in its own module of workbench/optimizations/)
         attention.install(self.model, opts.attention, self.overrides.get("attention"))
         fused_kernels.install(self.model, opts.fused_kernels, self.overrides)
-        use_decode_gemv(self.model, opts.decode_gemv)   # the linear layers' one hook (workbench.parallel)
+        decode_gemv.install(self.model, opts.decode_gemv)
         self.timings["load_s"] = time.perf_counter() - start
         self.num_kv_blocks = self._plan_kv_blocks()
-        if self.tp_size > 1:   # one block manager (rank 0) hands out block ids valid on every rank
-            self.num_kv_blocks = agree_on_min(self.num_kv_blocks, device)
         self.kv_cache = torch.zeros(2, model_cfg.num_layers, self.num_kv_blocks, cfg.block_size,
                                     self.num_kv_heads, model_cfg.head_dim, dtype=dtype, device=device)
         for i, layer in enumerate(self.model.layers):
@@ -71,17 +67,7 @@ class ModelRunner:
         self.generator = self.sampler.generator   # unseeded requests share it
         self.sample = self.overrides.get("sampler") or self.sampler.sample
 
-        self.forward = self.model.forward
-        if opts.compile:
-            # Attention stays eager (graph breaks), so each decoder layer is compiled as its own
-            # frames; first-layer/other-layer and size-1 specializations add variants. The
-            # default limit (8) was hit on the H100, silently falling back to eager: raise it.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            # Round to bf16 wherever the eager code does (inductor otherwise keeps fused
-            # intermediates in fp32): compiled logits then differ from eager's by rounding noise only.
-            import torch._inductor.config as inductor_config
-            inductor_config.emulate_precision_casts = True
-            self.forward = torch.compile(self.model.forward, dynamic=True)
+        self.forward = torch_compile.install(self.model) if opts.compile else self.model.forward
         self.graphs = None
         if opts.cuda_graphs:
             self.graphs = DecodeGraphs(self.forward_logits, max_num_seqs=cfg.max_num_seqs,
@@ -189,11 +175,8 @@ class ModelRunner:
             if len(samples) < len(scheduled):   # a 1-token prompt chunk that does not sample
                 logits = logits[samples]
         else:
-            with tp_guard(self.workers, "step"):
-                if self.workers is not None:   # TP: ranks 1.. get the same inputs, run this forward on their shards
-                    input_ids, positions, meta = self.workers.send_step(step)
-                else:
-                    input_ids, positions, meta = step.to_device(self.device)
+            with self._guard("step"):
+                input_ids, positions, meta = self._step_inputs(step)
                 hidden = self.forward(input_ids, positions, meta)
             logits = None
             if samples:
@@ -245,6 +228,13 @@ class ModelRunner:
             host_seconds["sample"] += time.perf_counter() - t1
         return tokens
 
+    # Hooks tensor parallelism overrides (workbench/parallel/runner.py) --------------------------
+    def _guard(self, what: str):
+        return nullcontext()
+
+    def _step_inputs(self, step: HostStep):
+        return step.to_device(self.device)
+
     def generator_for(self, params) -> torch.Generator:
         """A request's generator: its own when seeded, else the engine's shared one."""
         if params.seed is None:
@@ -263,9 +253,6 @@ class ModelRunner:
         return tokens
 
     def close(self) -> None:
-        if self.workers is not None:   # TP: stop ranks 1.. and leave the process group
-            self.workers.shutdown()
-            self.workers = None
         self.graphs = None
         self.forward = None
         self.model = None

@@ -1,4 +1,9 @@
-"""CUDA-graph decode: record a decode step once per batch size, replay it every step.
+"""Switch `cuda_graphs`: record a decode step once per batch size, replay it every step --
+attacks the CPU's launch overhead (hundreds of small kernels a decode step).
+
+Chapter: notebooks/05 (CUDA graphs: launches per step). Measurement: measure/launches.py via
+`LLM.step` (CPU launch calls vs GPU kernels per decode step). Installed: the runner builds
+`DecodeGraphs(runner.forward_logits, ...)` and replays it for every pure-decode step it can run.
 
 A decode step of a 28-layer model launches hundreds of small kernels; with one token per
 sequence, the CPU time to launch them exceeds the GPU time to run them. A CUDA graph records the
@@ -16,11 +21,23 @@ the logits is one replay. Prefill stays eager: its shapes change every step.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from workbench.attention import AttentionMetadata
-from workbench.step_inputs import HostStep
+
+if TYPE_CHECKING:   # (a type only: the engine imports this module, not the other way round)
+    from workbench.engine.step_inputs import HostStep
+
+
+def why_not(device: str, tp_size: int = 1) -> str | None:
+    if not device.startswith("cuda"):
+        return f"needs a CUDA GPU (running on {device})"
+    if tp_size > 1:   # capturing NCCL all-reduces inside each rank's graph works in principle, but
+        # it was never verified on a multi-GPU machine: an error beats a silently wrong or hung engine
+        return f"untested with tensor_parallel_size={tp_size} (graph capture of the all-reduces was never verified)"
+    return None
 
 
 def decode_buckets(max_num_seqs: int) -> list[int]:

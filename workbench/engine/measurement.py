@@ -1,0 +1,63 @@
+"""What measurements may ask of an engine: the one method set measure/ and ui/ use.
+
+measure/ and ui/ reach an LLM only through its front doors (generate, add_request, step,
+abort_all, describe, stats, opts, model_config) and these methods; they write nothing into the
+engine's state. LLM inherits them (engine/llm.py).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+class MeasurementMethods:
+    def timings(self) -> dict[str, float]:
+        """Warm-up costs in seconds, as measured at start-up: load_s, and compile_s /
+        graph_capture_s when those switches are on."""
+        self._check_open()
+        return dict(self.runner.timings)
+
+    def prefill_all(self) -> int:
+        """Step until no queued prompt has tokens left to prefill, so that the next step is a pure
+        decode step; returns the number of steps taken."""
+        steps = 0
+        while self.scheduler.prefill_pending():
+            self.step()
+            steps += 1
+        return steps
+
+    @contextmanager
+    def decode_steps_override(self, decode_steps: int):
+        """Run with `decode_steps` decode steps per round inside the block (e.g. 1, so that one
+        step() is one model step when counting launches); the configured value comes back after."""
+        if type(decode_steps) is not int or decode_steps < 1:
+            raise ValueError(f"decode_steps={decode_steps!r} must be an integer >= 1")
+        saved, self._decode_steps = self._decode_steps, decode_steps
+        try:
+            yield self
+        finally:
+            self._decode_steps = saved
+
+    def decode_step_inputs(self):
+        """The host inputs (a HostStep: token ids, positions, attention metadata) of the next
+        decode step of the running sequences, without running it or changing any state. Call it
+        after prefill_all(); every running sequence must already own a slot for its next token."""
+        self._check_open()
+        running = list(self.scheduler.running)
+        if not running or self.scheduler.prefill_pending():
+            raise RuntimeError("no pure decode step is next: queue requests and call prefill_all() first")
+        short = [seq.request_id for seq in running if len(seq.block_table) * self.config.block_size < len(seq)]
+        if short:
+            raise RuntimeError(f"requests {short} need a new KV block for their next token: step() once more")
+        return self.runner.prepare([(seq, 1) for seq in running])
+
+    def placement(self) -> dict:
+        """Where the engine runs: torch device, dtype, tensor-parallel size and its comm backend."""
+        self._check_open()
+        from workbench.parallel.tensor_parallel import backend_for
+        tp = self.config.tensor_parallel_size
+        device = self.runner.device
+        return {"device": device, "dtype": self.dtype, "tp_size": tp,
+                "backend": backend_for(str(device)) if tp > 1 else "",
+                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}
