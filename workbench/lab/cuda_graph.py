@@ -10,13 +10,13 @@ bucket_for: graphs are captured per batch size, so a batch is padded up to the s
 bucket that holds it; None when it exceeds every bucket (that step runs eagerly).
 
 A GPU is needed for capture (on a CPU: a clear skip; bucket_for and the chapter's quiz run
-anywhere). Reference: workbench.cuda_graphs (decode_buckets, DecodeGraphs).
+anywhere). Reference: workbench.optimizations.cuda_graphs (decode_buckets, DecodeGraphs).
 """
 from __future__ import annotations
 
 import torch
 
-from workbench.cuda_graphs import decode_buckets
+from workbench.optimizations.cuda_graphs import decode_buckets
 
 from .exercise import Exercise, Skip, Wrong, close, machine
 

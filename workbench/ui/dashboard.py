@@ -77,6 +77,8 @@ class Switchboard:
             description="attention", tooltip=tip("flash", "naive: N x N scores in memory | sdpa: torch's "
                                                   "fused attention | flash: flash-attn"))
         self.fused = self._toggle("fused kernels", "fused_kernels", "Triton add+RMSNorm, SwiGLU, RoPE")
+        self.gemv = self._toggle("decode GEMV", "decode_gemv", "Triton GEMV for the linear layers of a decode "
+                                 "step (<= 16 tokens); off: cuBLAS")
         self.graphs = self._toggle("CUDA graphs", "cuda_graphs", "capture decode once, replay it")
         self.compile = self._toggle("torch.compile", "compile", "compile the model forward (slow first run)")
         self.hbm = self._toggle("HBM (ncu)", "hbm", "also measure DRAM bytes of one decode step under "
@@ -105,7 +107,7 @@ class Switchboard:
         self.notes = widgets.HTML(f"<small><b>{html.escape(str(self.model_dir.name))}</b> on {self.device}. "
                                   f"Unavailable here: {html.escape(notes)}</small>")
         self.widget = widgets.VBox([
-            widgets.HBox([self.attention, self.fused, self.graphs, self.compile, self.hbm]),
+            widgets.HBox([self.attention, self.fused, self.gemv, self.graphs, self.compile, self.hbm]),
             widgets.HBox([self.batch, self.prompt_len, self.new_tokens, self.decode_steps]), self.notes,
             widgets.HBox([self.run_button, self.progress, self.status]), self.plot, self.telemetry.image, self.table,
             widgets.HBox([self.export_path, csv_button, json_button])])
@@ -126,19 +128,17 @@ class Switchboard:
 
     def options(self) -> Optimizations:
         return Optimizations(attention=self.attention.value, fused_kernels=self.fused.value,
-                             cuda_graphs=self.graphs.value, compile=self.compile.value)
+                             decode_gemv=self.gemv.value, cuda_graphs=self.graphs.value, compile=self.compile.value)
 
     def blocked(self, opts: Optimizations) -> list[str]:
         """Why this machine cannot run `opts` (empty when it can)."""
-        wanted = {"flash": opts.attention == "flash", "fused_kernels": opts.fused_kernels,
-                  "cuda_graphs": opts.cuda_graphs}
-        return [f"{k}: {self.unavailable[k]}" for k, on in wanted.items() if on and k in self.unavailable]
+        return [f"{name}: {why}" for name, why in opts.why_not(self.device).items()]
 
     def select(self, opts: Optimizations) -> None:
         """Set the switches as a student would click them; refuses what cannot run here."""
         if self.blocked(opts):
             raise ValueError(f"{opts.label()} cannot run here: {'; '.join(self.blocked(opts))}")
-        self.attention.value, self.fused.value = opts.attention, opts.fused_kernels
+        self.attention.value, self.fused.value, self.gemv.value = opts.attention, opts.fused_kernels, opts.decode_gemv
         self.graphs.value, self.compile.value = opts.cuda_graphs, opts.compile
 
     # One run ---------------------------------------------------------------------------------
@@ -211,6 +211,7 @@ class Switchboard:
         self._phase(3, "measuring HBM bytes of one decode step under ncu (slow)...")
         record = measure_hbm_python(HBM_WORKLOAD, {"model_dir": str(self.model_dir), "attention": opts.attention,
                                                    "fused_kernels": opts.fused_kernels, "cuda_graphs": opts.cuda_graphs,
+                                                   "decode_gemv": opts.decode_gemv,
                                                    "compile": opts.compile, "batch": batch, "context": context},
                                     nvtx_include="decode/")
         return (record.dram_bytes, "measured by ncu") if record.available else (None, f"unavailable: {record.reason}")
