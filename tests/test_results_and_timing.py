@@ -88,3 +88,34 @@ def test_time_runs_keeps_every_run():
     assert "4 runs" in str(spread) and "torch thread" in str(spread)
     with pytest.raises(ValueError, match="at least one run"):
         timing.time_runs(calls.append, 1, repeats=0)
+
+
+def test_time_runs_returns_the_last_result_and_loop_seconds_counts_calls():
+    calls = []
+    spread = timing.time_runs(lambda: calls.append(1) or len(calls), repeats=3, warmup=1)
+    assert spread.last == 4 and len(spread.times_ms) == 3
+    assert timing.loop_seconds(lambda: calls.append(1), 5) >= 0 and len(calls) == 9
+
+
+def test_profiled_records_the_calls_on_cpu():
+    import torch
+    run = timing.profiled(lambda: torch.ones(8).mul(2), 3)
+    assert not run.unavailable and run.seconds > 0
+    assert sum(e.name == "aten::mul" for e in run.events) == 3
+
+
+def test_profiled_says_why_when_the_profiler_cannot_start(monkeypatch):
+    import torch.profiler
+
+    class Broken:   # what a missing CUPTI looks like from python: the profiler fails to start
+        def __init__(self, **kw):
+            pass
+
+        def __enter__(self):
+            raise RuntimeError("CUPTI_ERROR_NOT_INITIALIZED")
+
+    monkeypatch.setattr(torch.profiler, "profile", Broken)
+    ran = []
+    run = timing.profiled(lambda: ran.append(1), 2)
+    assert ran == [1, 1] and run.events == [] and run.prof is None
+    assert "CUPTI_ERROR_NOT_INITIALIZED" in run.unavailable and "CUPTI is installed" in run.unavailable

@@ -93,7 +93,7 @@ def test_cli_breakdown(capsys, tiny_ckpt, tmp_path):
     assert main(["measure", "breakdown", "--model", str(tiny_ckpt), "--steps", "1", "--json", str(out_json),
                  "--figure", str(figure), "--trace-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "no CUDA GPU: skipping" in out and "CPU memcpy bandwidth, measured" in out
+    assert "skipping flash+fused: flash needs a CUDA GPU" in out and "CPU memcpy bandwidth, measured" in out
     rows = json.loads(out_json.read_text())
     assert [r["label"] for r in rows] == ["naive", "sdpa"]
     assert all(abs(r["parts_sum_us"] - r["step_us"]) <= 0.05 * r["step_us"] for r in rows)

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import random
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 
 from workbench.optimizations.board import Optimizations
+
+from .timing import time_runs
 
 
 @dataclass
@@ -135,14 +137,9 @@ def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: boo
     st = llm.stats
     host_before, steps_before = dict(st.host_seconds), st.steps
     kind_s_before, kind_tok_before = dict(st.step_kind_seconds), dict(st.step_kind_tokens)
-    times, outs = [], []
-    for _ in range(repeats):
-        _sync()
-        start = time.perf_counter()
-        outs = llm.generate(workload.prompts, params, use_tqdm=False)
-        _sync()
-        times.append(time.perf_counter() - start)
-    tokens, seconds = sum(len(o.token_ids) for o in outs), statistics.median(times)
+    spread = time_runs(partial(llm.generate, workload.prompts, params, use_tqdm=False), repeats=repeats, warmup=0, sync=_sync)
+    outs = spread.last
+    tokens, seconds = sum(len(o.token_ids) for o in outs), spread.median / 1e3
     tpots = [o.tpot for o in outs if o.tpot]
     return {"output_tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds,
             "ttft_ms": statistics.median(o.ttft for o in outs) * 1e3,
@@ -194,17 +191,9 @@ def bench_hf_generate(model_dir, workload: Workload, *, static_compile: bool = F
             tokens += out.shape[1] - ids.shape[1]
         return tokens
 
-    start = time.perf_counter()
-    run()   # warm-up (compiles, captures)
-    warm = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        _sync()
-        start = time.perf_counter()
-        tokens = run()
-        _sync()
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    warm = time_runs(run, repeats=1, warmup=0, sync=_sync).median / 1e3   # warm-up (compiles, captures)
+    spread = time_runs(run, repeats=repeats, warmup=0, sync=_sync)
+    tokens, seconds = spread.last, spread.median / 1e3
     mode = ("generate static cache" + (" (+ HF's auto-compile)" if device == "cuda" else "")
             if static_compile else "generate eager")
     return BenchResult(workload.name, "hf-transformers", mode, tokens, seconds, tokens / seconds,
@@ -227,19 +216,21 @@ def bench_hf_generate_batch(model_dir, workload: Workload) -> BenchResult:
                           max_generated_length=max(workload.output_lens), num_requests=len(workload.prompts))
     with torch.no_grad(), model.continuous_batching_context_manager(
             generation_config=config, block=True, timeout=30, workload_hints=hints) as manager:
-        _sync()
-        start = time.perf_counter()
-        for i, (prompt, n) in enumerate(zip(workload.prompts, workload.output_lens)):
-            manager.add_request(prompt, request_id=f"req_{i}", max_new_tokens=n)
-        tokens = finished = 0
-        while finished < len(workload.prompts):
-            result = manager.get_result(timeout=1)
-            if result is not None and result.is_finished():
-                tokens, finished = tokens + len(result.generated_tokens), finished + 1
-            elif result is None and not manager.is_running():
-                raise RuntimeError(f"HF's batching loop stopped after {finished} of {len(workload.prompts)} requests")
-        _sync()
-        seconds = time.perf_counter() - start
+        def serve() -> int:
+            for i, (prompt, n) in enumerate(zip(workload.prompts, workload.output_lens)):
+                manager.add_request(prompt, request_id=f"req_{i}", max_new_tokens=n)
+            tokens = finished = 0
+            while finished < len(workload.prompts):
+                result = manager.get_result(timeout=1)
+                if result is not None and result.is_finished():
+                    tokens, finished = tokens + len(result.generated_tokens), finished + 1
+                elif result is None and not manager.is_running():
+                    raise RuntimeError(f"HF's batching loop stopped after {finished} of "
+                                       f"{len(workload.prompts)} requests")
+            return tokens
+
+        spread = time_runs(serve, repeats=1, warmup=0, sync=_sync)   # one run: the requests are used up
+        tokens, seconds = spread.last, spread.median / 1e3
     del model
     return BenchResult(workload.name, "hf-transformers", "generate_batch", tokens, seconds, tokens / seconds,
                        gpu=gpu_name())

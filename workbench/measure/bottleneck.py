@@ -23,11 +23,10 @@ settings and compare.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass
 
 from .roofline import decode_step, prefill_step
-from .timing import chosen_threads
+from .timing import chosen_threads, time_runs
 
 
 @dataclass
@@ -61,15 +60,8 @@ class Point:
 
 
 def _median_seconds(fn, repeats: int, sync) -> float:
-    fn()   # warm-up: first touch, allocator, clocks
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    # one warm-up call: first touch, allocator, clocks
+    return time_runs(fn, repeats=repeats, warmup=1, sync=sync).median / 1e3
 
 
 def measure_ceilings(device: str = "cpu", *, repeats: int = 5) -> Ceilings:

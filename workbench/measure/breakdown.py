@@ -17,11 +17,11 @@ a CPU, labelled). Per switch setting, the bars show which switch removed which s
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 
 from .roofline import BandwidthRecord, decode_step, measure_copy_bandwidth
 from .timeline import FAMILY_COLORS, Timeline, profile_engine_steps, sweep
+from .timing import device_sync, time_runs
 
 GAP_PART, IDLE_PART = "GPU idle, short gaps between kernels", "host time, GPU idle (not overlapped)"
 CPU_IDLE_PART = "host outside ATen ops (Python, scheduler)"
@@ -105,12 +105,7 @@ def cpu_copy_bandwidth(nbytes: int = 2**26, repeats: int = 5) -> BandwidthRecord
     import torch
     src = torch.ones(nbytes, dtype=torch.uint8)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - start)
+    times = [ms / 1e3 for ms in time_runs(dst.copy_, src, repeats=repeats).times_ms]
     return BandwidthRecord(True, device="cpu", buffer_bytes=nbytes, repeats=repeats,
                            bandwidth=2 * nbytes / statistics.median(times), samples_s=times)
 
@@ -124,27 +119,17 @@ def _unprofiled_decode_us(llm, batch: int, prompt_len: int, steps: int = 5) -> f
     """Median wall time of `steps` decode steps without the profiler (its overhead is not free)."""
     import random
 
-    import torch
-
     from workbench.engine import SamplingParams
 
     from .steps import start_decoding
-    sync = torch.cuda.synchronize if str(llm.device).startswith("cuda") else (lambda: None)
-    rounds, llm.config.decode_steps = llm.config.decode_steps, 1
     try:
-        start_decoding(llm, batch, prompt_len, SamplingParams(temperature=0, max_tokens=steps + 4, ignore_eos=True),
-                       random.Random(1))
-        times = []
-        for _ in range(steps):
-            sync()
-            t0 = time.perf_counter()
-            llm.step()
-            sync()
-            times.append((time.perf_counter() - t0) * 1e6)
+        with llm.decode_steps_override(1):
+            start_decoding(llm, batch, prompt_len,
+                           SamplingParams(temperature=0, max_tokens=steps + 4, ignore_eos=True), random.Random(1))
+            spread = time_runs(llm.step, repeats=steps, warmup=0, sync=device_sync(llm.device))
     finally:
-        llm.config.decode_steps = rounds
         llm.abort_all()
-    return statistics.median(times)
+    return spread.median * 1e3
 
 
 def measure_breakdown(llm, *, batch: int = 1, prompt_len: int = 32, decode_steps: int = 3,

@@ -18,8 +18,9 @@ modelled: [tokens, hidden] activations in the engine's dtype.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
+
+from .timing import device_sync, loop_seconds, profiled
 
 
 @dataclass
@@ -57,9 +58,6 @@ def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, se
     """Queue `batch` prompts, prefill them, then time and profile `steps` decode steps."""
     import random
 
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
     from workbench.engine import SamplingParams
 
     from .steps import start_decoding
@@ -69,30 +67,16 @@ def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, se
     label = f"{llm.opts.label()} tp={tp}"
     params = SamplingParams(temperature=0, max_tokens=3 * steps + 4, ignore_eos=True)
     start_decoding(llm, batch, prompt_len, params, random.Random(seed))
-    on_gpu = where["device"].type == "cuda"
-    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    sync = device_sync(where["device"])
     try:
         llm.step()   # warm-up decode step
-        sync()
-        start = time.perf_counter()
-        for _ in range(steps):
-            llm.step()
-        sync()
-        step_s = (time.perf_counter() - start) / steps
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-        try:
-            with profile(activities=activities) as prof:
-                start = time.perf_counter()
-                for _ in range(steps):
-                    llm.step()
-                sync()
-                profiled_s = (time.perf_counter() - start) / steps
-            events = list(prof.events())
-        except RuntimeError as e:   # CUPTI missing or busy (another profiler, ncu): say so
-            return CommRecord(label, False, f"torch.profiler failed ({e}); close other profilers and check "
-                              "that CUPTI is installed", tp_size=tp, batch=batch, steps=steps, step_ms=step_s * 1e3)
+        step_s = loop_seconds(llm.step, steps, sync)
+        run = profiled(llm.step, steps, cuda=where["device"].type == "cuda", sync=sync)
     finally:
         llm.abort_all()
+    if run.unavailable:
+        return CommRecord(label, False, run.unavailable, tp_size=tp, batch=batch, steps=steps, step_ms=step_s * 1e3)
+    events, profiled_s = run.events, run.seconds
     calls = sum(e.name == "c10d::allreduce_" for e in events)
     reduce_ms = sum(e.time_range.elapsed_us() for e in events if _collective(e, "allreduce")) / 1e3 / steps
     broadcast_ms = sum(e.time_range.elapsed_us() for e in events if _collective(e, "broadcast")) / 1e3 / steps

@@ -21,7 +21,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 
-from .roofline import cuda_event_times
+from .timing import cuda_event_times
 
 IMPLS = ("cublas", "inductor", "triton")
 

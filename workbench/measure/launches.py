@@ -14,9 +14,9 @@ issues one call. This module counts both sides so the difference can be seen:
 from __future__ import annotations
 
 import re
-import time
-import warnings
 from dataclasses import asdict, dataclass, field
+
+from .timing import loop_seconds, profiled
 
 LAUNCH_API = re.compile(r"^cu(da)?Launch(Cooperative)?Kernel(Ex|ExC)?(_v\d+)?$")
 GRAPH_API = re.compile(r"^cu(da)?GraphLaunch(_v\d+)?$")
@@ -85,29 +85,16 @@ def count_launches(fn, *, warmup: int = 1, steps: int = 1, label: str = "") -> L
     """Call fn() `warmup` times, then `steps` times under torch.profiler, and count."""
     import torch
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
 
     if not torch.cuda.is_available():
         return LaunchRecord(label, False, "no CUDA: kernel launches need a GPU")
     for _ in range(warmup):          # compile, autotune, capture graphs outside the count
         fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()         # wall time without the profiler's overhead
-    for _ in range(steps):
-        fn()
-    torch.cuda.synchronize()
-    wall = (time.perf_counter() - t0) / steps
-    try:
-        with warnings.catch_warnings():   # torch's note about profiler cycles does not apply
-            warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                for _ in range(steps):
-                    fn()
-                torch.cuda.synchronize()
-            events = list(prof.events())
-    except Exception as e:  # CUPTI missing or busy (another profiler, ncu): say so
-        return LaunchRecord(label, False, f"torch.profiler failed ({type(e).__name__}: {e}); "
-                            "close other profilers and check that CUPTI is installed")
+    wall = loop_seconds(fn, steps, torch.cuda.synchronize)   # without the profiler's overhead
+    run = profiled(fn, steps, cuda=True, sync=torch.cuda.synchronize)
+    if run.unavailable:
+        return LaunchRecord(label, False, run.unavailable)
+    events = run.events
     by_api: dict[str, int] = {}
     launch_us = 0.0
     graphs = kernels = memops = 0

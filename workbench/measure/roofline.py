@@ -20,6 +20,8 @@ import statistics
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
+from .timing import cuda_event_times
+
 # Vendor datasheet peaks (dense, no sparsity). Not measured: use them only as labelled ceilings.
 DATASHEET_PEAK_FLOPS = {"H100 SXM bf16": 989.4e12, "H200 bf16": 989.4e12}
 
@@ -234,21 +236,6 @@ class BandwidthRecord:
             return f"copy bandwidth: unavailable ({self.reason})"
         return (f"copy bandwidth on {self.device}: {self.bandwidth / 1e12:.2f} TB/s measured "
                 f"(median of {self.repeats}, {self.buffer_bytes / 2**30:.1f} GiB buffer)")
-
-
-def cuda_event_times(fn, repeats: int) -> list[float]:
-    """Seconds of each of `repeats` calls of fn(), timed on the GPU with CUDA events (no host
-    overhead in the figure); call it after a warm-up."""
-    import torch
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return times
 
 
 def measure_copy_bandwidth(device="cuda", *, nbytes: int = 2**30, repeats: int = 10) -> BandwidthRecord:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .hbm import classify_kernel
 from .launches import GRAPH_API, LAUNCH_API, SHORT_GAP_US, _is_kernel
+from .timing import device_sync, profiling
 
 STEP_PREFIX = "workbench.step "
 FAMILY_COLORS = {"matmul": "tab:blue", "attention": "tab:red", "norm/elementwise": "tab:green",
@@ -180,7 +181,7 @@ def profile_engine_steps(llm, *, batch: int = 1, prompt_len: int = 32, decode_st
     import random
 
     import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import record_function
 
     from workbench.engine import SamplingParams
 
@@ -188,31 +189,32 @@ def profile_engine_steps(llm, *, batch: int = 1, prompt_len: int = 32, decode_st
     rng = random.Random(seed)
     params = SamplingParams(temperature=0, max_tokens=decode_steps + 4, ignore_eos=True)
     on_gpu = str(llm.device).startswith("cuda")
-    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    rounds, llm.config.decode_steps = llm.config.decode_steps, 1   # one model step per llm.step()
+    sync = device_sync(llm.device)
     try:
-        queue_random_prompts(llm, batch, prompt_len, params, rng)    # warm-up: JIT, autotune, caches
-        for _ in range(4):
-            llm.step()
-        queue_random_prompts(llm, batch, prompt_len, params, rng)
-        sync()
-        kinds, lens = [], []
-        with profile(activities=activities) as prof:
-            while sum(k == "decode" for k in kinds) < decode_steps and _engine_view(llm)["pending"]:
-                lens.append(_engine_view(llm)["running_lengths"])
-                with record_function(f"{STEP_PREFIX}{len(kinds)}"):
-                    llm.step()
-                    sync()
-                kinds.append(_engine_view(llm)["kind"])
+        with llm.decode_steps_override(1):   # one model step per llm.step()
+            queue_random_prompts(llm, batch, prompt_len, params, rng)    # warm-up: JIT, autotune, caches
+            for _ in range(4):
+                llm.step()
+            queue_random_prompts(llm, batch, prompt_len, params, rng)
+            sync()
+            kinds, lens = [], []
+            with profiling(cuda=on_gpu) as run:
+                while sum(k == "decode" for k in kinds) < decode_steps and _engine_view(llm)["pending"]:
+                    lens.append(_engine_view(llm)["running_lengths"])
+                    with record_function(f"{STEP_PREFIX}{len(kinds)}"):
+                        llm.step()
+                        sync()
+                    kinds.append(_engine_view(llm)["kind"])
     finally:
-        llm.config.decode_steps = rounds
         llm.abort_all()
+    if run.unavailable:
+        raise RuntimeError(f"no timeline: {run.unavailable}")
+    prof = run.prof
     label = llm.opts.label()
     safe = re.sub(r"[^\w.-]", "_", label)
     path = Path(trace_path or Path(tempfile.gettempdir()) / f"workbench-timeline-{safe}.json")
     prof.export_chrome_trace(str(path))
-    events = list(prof.events())
+    events = run.events
     marks = sorted((e for e in events if e.name.startswith(STEP_PREFIX) and e.device_type.name == "CPU"),
                    key=lambda e: e.time_range.start)
     windows = [StepWindow(i, kinds[i], e.time_range.start, e.time_range.end,

@@ -1,6 +1,15 @@
-"""Wall-clock timing a student can trust on a small, shared machine.
+"""The one timing harness of measure/: wall clock, CUDA events, and torch.profiler.
 
-Three habits, one helper each:
+Every experiment times the same way, through these helpers (warm-up first, always outside them):
+- `time_runs(fn)`: each call timed on the wall clock, the spread kept (min / median / max).
+- `loop_seconds(fn, steps)`: one clock around `steps` calls, per call: for calls too short to
+  time one by one (a decode step, a kernel launch).
+- `cuda_event_times(fn, repeats)`: each call timed on the GPU with CUDA events (no host time).
+- `profiled(fn, steps)` / `profiling()`: the calls under torch.profiler; when the profiler cannot
+  run (CUPTI missing, another profiler or ncu attached) the result says so instead of raising.
+- `device_sync(device)`: what "wait for the device" means on a GPU and on a CPU.
+
+And three habits for a small, shared machine:
 - `pin_threads()`: torch starts one intra-op thread per core. On a 2-core machine those threads
   spin-wait for each other and for the Jupyter kernel's own threads: a batch-1 decode step of the
   tiny model took 84 ms with the default threads and 2.0 ms with one, and conclusions flipped
@@ -13,9 +22,11 @@ Three habits, one helper each:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 
 
@@ -57,6 +68,7 @@ class Spread:
     times_ms: list[float]
     threads: int
     busy: str | None = field(default=None)
+    last: object = field(default=None, repr=False)   # what the last timed call returned
 
     @property
     def min(self) -> float:
@@ -84,11 +96,94 @@ def time_runs(fn, *args, repeats: int = 5, warmup: int = 1, sync=None) -> Spread
     for _ in range(warmup):
         fn(*args)
     busy = busy_warning()
-    times = []
+    times, last = [], None
     for _ in range(repeats):
         sync()
         start = time.perf_counter()
-        fn(*args)
+        last = fn(*args)
         sync()
         times.append((time.perf_counter() - start) * 1e3)
-    return Spread(times, torch.get_num_threads(), busy or busy_warning())
+    return Spread(times, torch.get_num_threads(), busy or busy_warning(), last)
+
+
+def device_sync(device):
+    """A function that waits for `device`'s queued work: torch.cuda.synchronize on a GPU; on a
+    CPU every op has finished when it returns, so nothing."""
+    import torch
+    return torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+
+def loop_seconds(fn, steps: int, sync=None) -> float:
+    """Seconds per call of `steps` back-to-back calls of fn(), one clock around the loop (the
+    device synchronized before and after); warm up first."""
+    sync = sync or (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
+def cuda_event_times(fn, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls of fn(), timed on the GPU with CUDA events (no host
+    overhead in the figure); call it after a warm-up."""
+    import torch
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return times
+
+
+@dataclass
+class Profiled:
+    """What a profiled run left: the profiler's events (and the profiler, for its Chrome trace),
+    seconds per step under it, or `unavailable`: why the profiler could not run."""
+
+    events: list = field(default_factory=list)
+    prof: object = None
+    seconds: float = 0.0
+    unavailable: str = ""
+
+
+def _profiler_failed(err: Exception) -> str:
+    return (f"torch.profiler failed ({type(err).__name__}: {err}); close other profilers and check "
+            "that CUPTI is installed")
+
+
+@contextlib.contextmanager
+def profiling(cuda: bool = False):
+    """`with profiling(cuda) as run:` profiles the block (CPU ops, plus CUDA kernels when `cuda`);
+    afterwards run.events / run.prof hold the result, or run.unavailable says why the profiler
+    could not start or stop. The block runs either way; its own errors propagate."""
+    from torch.profiler import ProfilerActivity, profile
+    run = Profiled()
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+    with warnings.catch_warnings():   # torch's note about profiler cycles does not apply
+        warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
+        try:
+            prof.__enter__()
+        except Exception as err:   # CUPTI missing or busy (another profiler, ncu)
+            run.unavailable, prof = _profiler_failed(err), None
+        try:
+            yield run
+        finally:
+            if prof is not None:
+                try:
+                    prof.__exit__(None, None, None)
+                    run.prof, run.events = prof, list(prof.events())
+                except Exception as err:
+                    run.unavailable = _profiler_failed(err)
+
+
+def profiled(fn, steps: int = 1, *, cuda: bool = False, sync=None) -> Profiled:
+    """`steps` calls of fn() under torch.profiler (see `profiling`), with the seconds per call
+    they took there (profiled calls run slower: never mix them with `loop_seconds`)."""
+    with profiling(cuda) as run:
+        run.seconds = loop_seconds(fn, steps, sync)
+    return run
