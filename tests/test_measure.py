@@ -16,6 +16,7 @@ import torch
 
 from workbench import measure
 from workbench.measure import hbm, roofline
+from workbench.measure.workloads import attention_workload
 from workbench.model import ModelConfig
 
 SAMPLE = Path(__file__).parent / "data" / "ncu_sample.csv"
@@ -248,7 +249,7 @@ def test_ncu_missing(no_ncu):
     r = hbm.run_ncu(["true"])
     assert not r.available and "command not found" in r.reason
     assert r.dram_read_bytes is None and r.kernels == [] and r.totals == {}
-    r = hbm.measure_hbm_python("workbench.measure.workloads.attention_workload", {"n": 128})
+    r = hbm.measure_hbm_python(attention_workload, {"n": 128})
     assert not r.available and r.workload["result"] is None
 
 
@@ -314,7 +315,7 @@ def test_naive_attention_matches_sdpa_on_cpu():
 def test_worker_runs_a_workload(tmp_path):
     from workbench.measure import hbm_worker
     out = tmp_path / "r.json"
-    spec = {"fn": "workbench.measure.workloads.attention_workload",
+    spec = {**hbm.workload_address(attention_workload),
             "kwargs": {"impl": "naive", "n": 16, "heads": 4, "kv_heads": 2, "head_dim": 8,
                        "device": "cpu", "dtype": "float32"}, "out": str(out)}
     assert hbm_worker.main([json.dumps(spec)]) == 0
@@ -345,3 +346,11 @@ def test_format_table_marks_measured_and_unavailable():
     rows = [measure.LaunchRecord("eager", False, "no CUDA: kernel launches need a GPU")]
     table = measure.format_table(rows, columns=["label", "available", "reason"])
     assert "no CUDA" in table and "measured" in table
+
+
+def test_hbm_workloads_are_passed_as_functions():
+    assert hbm.workload_address(attention_workload) == {"module": "workbench.measure.workloads",
+                                                         "name": "attention_workload"}
+    for bad in ("workbench.measure.workloads.attention_workload", lambda: None):
+        with pytest.raises(ValueError, match="top level of an importable module"):
+            hbm.workload_address(bad)

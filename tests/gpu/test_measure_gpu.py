@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from workbench import measure
+from workbench.measure.workloads import attention_workload
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -65,7 +66,7 @@ def _ncu_or_skip():
 
 
 def _profile(impl: str, n: int):
-    r = measure.measure_hbm_python("workbench.measure.workloads.attention_workload",
+    r = measure.measure_hbm_python(attention_workload,
                                    {"impl": impl, "n": n}, nvtx_include="attention/")
     if not r.available and "ERR_NVGPUCTRPERM" in r.reason:
         pytest.skip(r.reason)

@@ -11,8 +11,6 @@ from .hbm import measure_hbm_python
 from .roofline import attention_traffic_model
 from .workloads import attention_workload
 
-WORKLOAD = "workbench.measure.workloads.attention_workload"
-
 
 def attention_traffic(ns=(1024, 4096, 8192), impls=("naive", "flash"), *, heads: int = 16,
                       kv_heads: int = 8, head_dim: int = 128, time_repeats: int = 20) -> list[dict]:
@@ -22,7 +20,7 @@ def attention_traffic(ns=(1024, 4096, 8192), impls=("naive", "flash"), *, heads:
         model = attention_traffic_model(n, heads, head_dim, kv_heads=kv_heads)
         for impl in impls:
             shape = dict(impl=impl, n=n, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
-            record = measure_hbm_python(WORKLOAD, shape)
+            record = measure_hbm_python(attention_workload, shape)
             row = {"n": n, "impl": impl, "measured_bytes": record.dram_bytes if record.available else None,
                    "modelled_bytes": model.naive_bytes if impl == "naive" else model.flash_bytes,
                    "kernels": len(record.kernels), "time_ms": None,

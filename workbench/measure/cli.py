@@ -277,13 +277,14 @@ def cmd_measure_tp(args) -> int:
 def cmd_measure_hbm(args) -> int:
     """DRAM bytes of one whole-model decode step (measured) next to the modelled minimum."""
     from workbench.measure import decode_step, format_table, measure_hbm_python
+    from workbench.measure.workloads import decode_step_workload
     from workbench.model import ModelConfig
     path = model_dir(args)
     rows = []
     for setting in args.settings.split(","):
         kwargs = {"all_off": {"attention": "naive", "fused_kernels": False, "cuda_graphs": False},
                   "fast": {}}[setting]   # fast: flash + fused + graphs (no compile: faster to build)
-        record = measure_hbm_python("workbench.measure.workloads.decode_step_workload",
+        record = measure_hbm_python(decode_step_workload,
                                     {"model_dir": str(path), "batch": args.batch, "context": args.context, **kwargs},
                                     nvtx_include="decode/")
         rows.append({"setting": setting, "measured_bytes": record.dram_bytes, "kernels": len(record.kernels),

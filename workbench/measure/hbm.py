@@ -272,22 +272,33 @@ def run_ncu(cmd: list[str], *, kernel_regex: str | None = None, nvtx_include: st
     return HbmRecord.from_kernels(kernels, command=args, **where)
 
 
-def measure_hbm_python(module_fn: str, args: dict | None = None, *,
+def workload_address(fn) -> dict:
+    """{"module", "name"} of a workload function: how the worker finds it again in a fresh process."""
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not callable(fn) or not module or module == "__main__" or "." in name or "<" in name:
+        raise ValueError(f"{fn!r}: pass a function defined at the top level of an importable module "
+                         "(e.g. workbench.measure.workloads.attention_workload): ncu runs it in a fresh "
+                         "process, which imports it by its module and name")
+    return {"module": module, "name": name}
+
+
+def measure_hbm_python(workload, args: dict | None = None, *,
                        nvtx_include: str | None = "attention/", kernel_regex: str | None = None,
                        metrics=DEFAULT_METRICS, python: str | None = None, extra_args=(),
                        timeout_s: float = 600) -> HbmRecord:
-    """Profile a Python function (dotted name, e.g. 'workbench.measure.workloads.attention_workload')
-    called with `args` as keyword arguments, in a fresh process under ncu. The function marks
-    the part to measure with an NVTX range (default: 'attention')."""
+    """Profile a workload function (e.g. workloads.attention_workload, imported) called with
+    `args` as keyword arguments, in a fresh process under ncu. The function marks the part to
+    measure with an NVTX range (default: 'attention')."""
+    where = workload_address(workload)
     repo_root = str(Path(__file__).resolve().parents[2])      # so the child imports workbench
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        spec = {"fn": module_fn, "kwargs": args or {}, "out": str(out)}
+        spec = {**where, "kwargs": args or {}, "out": str(out)}
         cmd = [python or sys.executable, "-m", "workbench.measure.hbm_worker", json.dumps(spec)]
         record = run_ncu(cmd, kernel_regex=kernel_regex, nvtx_include=nvtx_include,
                          metrics=metrics, extra_args=extra_args, timeout_s=timeout_s, env=env)
         result = json.loads(out.read_text()) if out.is_file() else None
-    record.workload = {"fn": module_fn, "kwargs": args or {}, "result": result}
+    record.workload = {"fn": f"{where['module']}.{where['name']}", "kwargs": args or {}, "result": result}
     return record

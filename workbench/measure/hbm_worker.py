@@ -1,6 +1,9 @@
-"""Entry point that ncu launches: import a workload function by name and call it.
+"""Entry point that ncu launches: import a workload function by its module and name, and call it.
 
-    python -m workbench.measure.hbm_worker '{"fn": "pkg.module.func", "kwargs": {...}, "out": "r.json"}'
+    python -m workbench.measure.hbm_worker '{"module": "pkg.mod", "name": "func", "kwargs": {...}, "out": "r.json"}'
+
+Callers never write that spec: they pass the function itself to `measure_hbm_python`, which
+takes its module and name (`hbm.workload_address`).
 
 Why a separate process: ncu profiles a whole program, so the workload runs alone in a fresh
 interpreter. The workload marks the part to measure with NVTX ranges (`workloads.nvtx_range`),
@@ -14,12 +17,11 @@ import json
 import sys
 
 
-def load_function(dotted: str):
-    """'pkg.module.func' or 'pkg.module:func' -> the function object."""
-    module, _, name = dotted.replace(":", ".").rpartition(".")
-    if not module:
-        raise ValueError(f"{dotted!r} is not a dotted name like 'package.module.function'")
-    return getattr(importlib.import_module(module), name)
+def load_function(spec: dict):
+    """{"module": "pkg.mod", "name": "func"} -> the function object."""
+    if not spec.get("module") or not spec.get("name"):
+        raise ValueError(f"{spec!r} names no workload: give 'module' and 'name' (hbm.workload_address)")
+    return getattr(importlib.import_module(spec["module"]), spec["name"])
 
 
 def main(argv: list[str]) -> int:
@@ -27,7 +29,7 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     spec = json.loads(argv[0])
-    result = load_function(spec["fn"])(**spec.get("kwargs", {}))
+    result = load_function(spec)(**spec.get("kwargs", {}))
     try:
         import torch
         if torch.cuda.is_available():

@@ -32,6 +32,7 @@ from workbench.measure import LaunchRecord, measure_hbm_python, ncu_status
 from workbench.measure.bench import make_workload, time_generate
 from workbench.measure.steps import engine_launches
 from workbench.measure.timing import busy_warning
+from workbench.measure.workloads import decode_step_workload
 from workbench.model import ModelConfig
 
 from .telemetry_plot import TelemetryPanel
@@ -46,7 +47,6 @@ SHOWN = {"run": "run", "setting": "setting", "device": "device", "torch_threads"
          "launch_calls_per_step": "launches/step", "kernels_per_step": "kernels/step",
          "hbm_bytes_per_step": "HBM bytes/step"}
 LAUNCH_STEPS = 4   # decode steps counted by the profiler per run
-HBM_WORKLOAD = "workbench.measure.workloads.decode_step_workload"
 
 
 def _fmt(value) -> str:
@@ -209,7 +209,7 @@ class Switchboard:
             return None, ("not measured: tick 'HBM (ncu)' (ncu replays every kernel, about a minute), "
                           "or see notebook 03 / `python -m workbench measure hbm`")
         self._phase(3, "measuring HBM bytes of one decode step under ncu (slow)...")
-        record = measure_hbm_python(HBM_WORKLOAD, {"model_dir": str(self.model_dir), "attention": opts.attention,
+        record = measure_hbm_python(decode_step_workload, {"model_dir": str(self.model_dir), "attention": opts.attention,
                                                    "fused_kernels": opts.fused_kernels, "cuda_graphs": opts.cuda_graphs,
                                                    "decode_gemv": opts.decode_gemv,
                                                    "compile": opts.compile, "batch": batch, "context": context},
