@@ -310,6 +310,32 @@ def test_naive_attention_matches_sdpa_on_cpu():
     naive = workloads.make_attention("naive", 12, "cpu")(q, k, v)
     sdpa = workloads.make_attention("sdpa", 12, "cpu")(q, k, v)
     torch.testing.assert_close(naive, sdpa, atol=1e-5, rtol=1e-5)
+    # and both are causal attention: query 0 sees key 0 alone, so it returns v[0] (per GQA group)
+    torch.testing.assert_close(naive[0], v[0].repeat_interleave(2, dim=0), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n, block_size", [(12, 4), (12, 5)])   # a view, and a zero-padded last block
+def test_attention_experiment_calls_the_engines_backends(monkeypatch, n, block_size):
+    from workbench.attention.naive import NaiveAttention
+    from workbench.attention.sdpa import SdpaAttention
+    from workbench.measure import workloads
+    calls = []
+    for cls in (NaiveAttention, SdpaAttention):
+        original = cls.__call__
+
+        def counting(self, q, k_cache, v_cache, meta, scale, original=original):
+            calls.append((self.name, tuple(k_cache.shape), meta.max_seqlen_k))
+            return original(self, q, k_cache, v_cache, meta, scale)
+        monkeypatch.setattr(cls, "__call__", counting)
+    torch.manual_seed(0)
+    q, k, v = torch.randn(n, 4, 8), torch.randn(n, 2, 8), torch.randn(n, 2, 8)
+    outs = {impl: workloads.make_attention(impl, n, "cpu", block_size)(q, k, v) for impl in ("naive", "sdpa")}
+    blocks = -(-n // block_size)
+    assert calls == [(impl, (blocks, block_size, 2, 8), n) for impl in ("naive", "sdpa")]
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True, enable_gqa=True).transpose(0, 1)
+    for out in outs.values():
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
 
 
 def test_worker_runs_a_workload(tmp_path):

@@ -191,9 +191,11 @@ def attention_traffic_model(n: int, heads: int, head_dim: int, dtype_bytes: int 
     """Bytes that must cross HBM, assuming each kernel reads its inputs once and writes its output
     once (caches may do better for small N; they cannot for N x N matrices at large N).
 
-    Naive (as in workloads.naive_attention): scores = q @ k^T written; causal mask applied in
+    Naive (the textbook kernel sequence): scores = q @ k^T written; causal mask applied in
     place (scores read + written, an N x N bool mask read); softmax reads scores, writes probs;
-    probs @ v reads probs. Flash keeps scores on-chip: Q, K, V read once, O written once.
+    probs @ v reads probs. Flash keeps scores on-chip: Q, K, V read once, O written once. The
+    engine's naive backend (attention/naive.py, what measure attention-traffic runs) makes more
+    passes than this floor (scaling, an out-of-place mask, an fp32 softmax).
     """
     kv_heads = kv_heads or heads
     b = dtype_bytes

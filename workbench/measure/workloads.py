@@ -1,10 +1,11 @@
 """Small GPU workloads to run under ncu (via hbm_worker) or to time directly.
 
 `attention_workload` is the FlashAttention lesson's experiment: one causal prefill attention of
-N tokens, done three ways --
+N tokens through the engine's own backends (workbench/attention/, what the `attention` switch
+installs), on unpaged tensors laid out as a paged cache whose blocks are in order --
     naive  materializes the N x N scores: q @ k^T, mask, softmax, @ v (each a trip through HBM)
     flash  flash-attn-4 (`flash_attn.cute`): scores stay on-chip, tiles of K/V stream past Q
-    sdpa   torch.nn.functional.scaled_dot_product_attention (torch picks a fused kernel)
+    sdpa   torch.nn.functional.scaled_dot_product_attention (torch picks a kernel)
 Inputs are made and each implementation is warmed up (JIT, cuBLAS heuristics) *outside* the NVTX
 range "attention"; only the call inside it is what `ncu --nvtx-include attention/` measures.
 """
@@ -14,7 +15,6 @@ import contextlib
 import statistics
 
 import torch
-import torch.nn.functional as F
 
 
 @contextlib.contextmanager
@@ -30,51 +30,51 @@ def nvtx_range(name: str):
             torch.cuda.nvtx.range_pop()
 
 
-def naive_attention(q, k, v, mask):
-    """q [N, H, D], k/v [N, Hkv, D], mask [N, N] bool (True = hidden) -> [N, H, D]."""
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)            # GQA: every query head gets its KV head
-    v = v.repeat_interleave(group, dim=1)
-    q = q * q.shape[-1] ** -0.5                      # scale q (N x D) rather than scores (N x N)
-    q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # [H, N, D]
-    scores = q @ k.transpose(1, 2)                   # [H, N, N]: written to HBM
-    scores.masked_fill_(mask, float("-inf"))         # read + written again
-    probs = scores.softmax(dim=-1)                   # read, probs written
-    return (probs @ v).transpose(0, 1)               # probs read once more
+def as_paged_cache(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """[N, Hkv, D] keys (or values) of one sequence -> the paged cache layout the engine's backends
+    read, [blocks, block_size, Hkv, D], the blocks in order: a view when N is a multiple of
+    block_size, else a copy padded with zeros (flash reads padded rows before masking them)."""
+    n, rest = x.shape[0], x.shape[1:]
+    blocks = -(-n // block_size)
+    if n == blocks * block_size:
+        return x.reshape(blocks, block_size, *rest)
+    padded = x.new_zeros(blocks * block_size, *rest)
+    padded[:n] = x
+    return padded.view(blocks, block_size, *rest)
 
 
-def sdpa_attention(q, k, v):
-    # SDPA's fused backends want [batch, heads, N, D]; with 3-D inputs torch falls back to the
-    # math path (which materializes the scores, in fp32).
-    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    return out[0].transpose(0, 1)
+def prefill_metadata(n: int, block_size: int, device):
+    """The AttentionMetadata of one N-token prefill whose cache is blocks 0, 1, 2, ..., built by
+    the engine's own step packing (engine/step_inputs.pack_step)."""
+    import numpy as np
+
+    from workbench.engine.step_inputs import pack_step
+    blocks = -(-n // block_size)
+    step = pack_step([(np.zeros(n, dtype=np.int64), list(range(blocks)), 0, n)], block_size)
+    return step.to_device(torch.device(device))[2]
 
 
-def flash_attention(q, k, v, cu_seqlens, n):
-    from flash_attn.cute import flash_attn_varlen_func   # flash-attn-4; Hopper/Blackwell only
-    out = flash_attn_varlen_func(q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
-                                 max_seqlen_q=n, max_seqlen_k=n, causal=True)
-    return out[0] if isinstance(out, tuple) else out
+def make_attention(impl: str, n: int, device, block_size: int | None = None):
+    """The engine's attention backend `impl` (workbench.attention.make_backend, what the
+    `attention` switch installs) as a function of unpaged (q [N, H, D], k, v [N, Hkv, D]) for one
+    causal N-token prefill. block_size: the engine's default 128 (256 for flash-attn 2)."""
+    from workbench.attention import make_backend
+    backend = make_backend(impl)   # raises with the reason when flash cannot run here
+    block_size = block_size or (256 if getattr(backend, "kind", "") == "fa2" else 128)
+    meta = prefill_metadata(n, block_size, device)
 
-
-def make_attention(impl: str, n: int, device):
-    """The chosen implementation as a function of (q, k, v), with its fixed inputs prepared."""
-    if impl == "naive":
-        mask = torch.ones(n, n, dtype=torch.bool, device=device).triu(1)   # like a model's buffer
-        return lambda q, k, v: naive_attention(q, k, v, mask)
-    if impl == "sdpa":
-        return sdpa_attention
-    if impl == "flash":
-        cu = torch.tensor([0, n], dtype=torch.int32, device=device)
-        return lambda q, k, v: flash_attention(q, k, v, cu, n)
-    raise ValueError(f"impl={impl!r}: choose 'naive', 'flash' or 'sdpa'")
+    def attend(q, k, v):
+        return backend(q, as_paged_cache(k, block_size), as_paged_cache(v, block_size), meta,
+                       q.shape[-1] ** -0.5)
+    return attend
 
 
 def attention_workload(impl: str = "flash", n: int = 4096, heads: int = 16, kv_heads: int = 8,
                        head_dim: int = 128, *, dtype: str = "bfloat16", device: str = "cuda",
                        repeats: int = 0, seed: int = 0) -> dict:
-    """One causal prefill attention of one N-token sequence inside NVTX range "attention".
+    """One causal prefill attention of one N-token sequence inside NVTX range "attention". With N
+    a multiple of the block size (128; the experiment's Ns are) the cache layout is a view, so
+    nothing but the backend's attention runs inside the range.
 
     repeats > 0 also times that many further calls with CUDA events (outside the range) and
     returns their median as time_s -- meaningful when run directly, not under ncu (which
@@ -95,7 +95,7 @@ def attention_workload(impl: str = "flash", n: int = 4096, heads: int = 16, kv_h
     result = {"impl": impl, "n": n, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
               "dtype": dtype, "out_shape": list(out.shape)}
     if repeats > 0 and device.startswith("cuda"):
-        from .roofline import cuda_event_times
+        from .timing import cuda_event_times
         result.update(time_s=statistics.median(cuda_event_times(lambda: attend(q, k, v), repeats)), repeats=repeats)
     return result
 
