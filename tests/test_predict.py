@@ -15,6 +15,7 @@ def test_number_is_a_factor_off():
 def test_choice_and_list():
     assert "right" in how_far("Slower", "slower", what="x")
     assert "not this time" in how_far("faster", "slower", what="x")
+    assert "right" in how_far(True, True, what="x") and "not this time" in how_far(False, True, what="x")
     assert "1 of 2 exact" in how_far([True, False], [True, True], what="x")
 
 

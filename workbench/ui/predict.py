@@ -16,7 +16,7 @@ def how_far(guess, measured, *, what: str, why: str = "") -> str:
     """Print (and return) how far `guess` was from `measured`."""
     if guess is None or guess is ...:
         line = f"{what}: measured {_fmt(measured)}. (No guess entered: fill the answer cell first next time.)"
-    elif isinstance(measured, str) or isinstance(guess, str):
+    elif isinstance(measured, (str, bool)) or isinstance(guess, (str, bool)):   # a choice
         hit = str(guess).strip().lower() == str(measured).strip().lower()
         line = f"{what}: you said {guess!r}, the run says {measured!r}: {'right' if hit else 'not this time'}."
     elif isinstance(guess, (set, frozenset)):
