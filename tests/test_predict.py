@@ -10,6 +10,7 @@ def test_number_is_a_factor_off():
     assert "2x too high" in how_far(4, 2.0, what="x")
     assert "2x too low" in how_far(1, 2.0, what="x")
     assert "exact" in how_far(2, 2.0, what="x")
+    assert "within 4 % too low" in how_far(2.4, 2.5, what="x")
 
 
 def test_choice_and_list():

@@ -32,8 +32,8 @@ def how_far(guess, measured, *, what: str, why: str = "") -> str:
             line = f"{what}: you said {_fmt(g)}, measured {_fmt(m)}: exact."
         elif g > 0 and m > 0:
             factor = max(g, m) / min(g, m)
-            line = (f"{what}: you said {_fmt(g)}, measured {_fmt(m)}: {factor:.2g}x too "
-                    f"{'high' if g > m else 'low'}.")
+            off = (f"within {100 * (factor - 1):.0f} %" if factor < 1.1 else f"{factor:.2g}x")   # "1x too low" reads wrong
+            line = f"{what}: you said {_fmt(g)}, measured {_fmt(m)}: {off} too {'high' if g > m else 'low'}."
         else:
             line = f"{what}: you said {_fmt(g)}, measured {_fmt(m)} (off by {_fmt(abs(g - m))})."
     if why:
