@@ -1,6 +1,12 @@
 """The instructor workflow end to end (otter-grader): student versions carry no solution, every
-master notebook runs top to bottom on this machine, and `scripts/labs.py grade` gives the
-reference submissions full marks and a wrong one less, with the check's message as feedback."""
+master notebook runs top to bottom on this machine, and `scripts/labs.py grade` gives a
+reference submission full marks and a wrong one less, with the check's message as feedback.
+
+Time (CI has 2 cores): every master runs once, here, with its hidden tests inline, so each lab's
+reference passes its own tests; the stripping check covers every lab. `otter run` executes a
+whole submission again, so the grading pipeline (solutions pasted into the student version,
+otter's autograder, the score table, the feedback) is proven on one lab: its reference and one
+wrong submission."""
 from __future__ import annotations
 
 import csv
@@ -69,22 +75,20 @@ def test_master_runs_top_to_bottom(master):
 
 
 def test_grading_table(built, tmp_path):
+    master = REPO / "labs" / "lab02_kv_cache.ipynb"
+    student = built / master.stem / "student" / master.name
     subs = tmp_path / "subs"
-    for master in MASTERS:
-        student = built / master.stem / "student" / master.name
-        (subs / "ref").mkdir(parents=True, exist_ok=True)
-        fill(student, master, subs / "ref" / master.name)
+    (subs / "ref").mkdir(parents=True)
+    fill(student, master, subs / "ref" / master.name)
     wrong = {"def pick_victim(running):": "def pick_victim(running):\n    return running[0]"}
-    fill(built / "lab02_kv_cache" / "student" / "lab02_kv_cache.ipynb", MASTERS[0], subs / "oldest_lab02_kv_cache.ipynb",
-         replace=wrong)
+    fill(student, master, subs / "oldest_lab02_kv_cache.ipynb", replace=wrong)
     table = tmp_path / "grades.csv"
     subprocess.run([sys.executable, "scripts/labs.py", "grade", str(subs), "--out", str(built), "--table", str(table)],
                    cwd=REPO, env=ENV, check=True, capture_output=True)
     rows = {r["student"]: r for r in csv.DictReader(table.open())}
-    points = {m.stem: sum(float(re.search(r"points:\s*([\d.]+)", c.source).group(1))
-                          for c in nbformat.read(m, 4).cells if "BEGIN QUESTION" in c.source) for m in MASTERS}
-    for lab, full in points.items():
-        assert float(rows["ref"][lab]) == full, rows["ref"]
-    assert float(rows["oldest"]["lab02_kv_cache"]) == points["lab02_kv_cache"] - 3.0
+    full = sum(float(re.search(r"points:\s*([\d.]+)", c.source).group(1))
+               for c in nbformat.read(master, 4).cells if "BEGIN QUESTION" in c.source)
+    assert full > 0 and float(rows["ref"][master.stem]) == full, rows["ref"]
+    assert float(rows["oldest"][master.stem]) == full - 3.0, rows["oldest"]   # pick_victim's 3 points lost
     feedback = (tmp_path / "feedback" / "oldest_lab02_kv_cache.txt").read_text()
     assert "loses the least" in feedback

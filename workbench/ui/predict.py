@@ -6,7 +6,8 @@ says how far it was.
     how_far(GUESS, measured, what="naive / flash bytes at N = 4096")
 
 A number guess is compared as a ratio (a factor off, in either direction); a choice guess as
-right or wrong. The measured value always comes from the cell above, never from this module.
+right or wrong; a list element by element; a set (e.g. of phase names) by what it got, missed
+and added. The measured value always comes from the cell above, never from this module.
 """
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ def how_far(guess, measured, *, what: str, why: str = "") -> str:
     """Print (and return) how far `guess` was from `measured`."""
     if guess is None or guess is ...:
         line = f"{what}: measured {_fmt(measured)}. (No guess entered: fill the answer cell first next time.)"
-    elif isinstance(measured, str) or isinstance(guess, str):
+    elif isinstance(measured, (str, bool)) or isinstance(guess, (str, bool)):   # a choice
         hit = str(guess).strip().lower() == str(measured).strip().lower()
         line = f"{what}: you said {guess!r}, the run says {measured!r}: {'right' if hit else 'not this time'}."
+    elif isinstance(guess, (set, frozenset)):
+        got, want = {str(g).strip().lower() for g in guess}, {str(m).strip().lower() for m in measured}
+        line = (f"{what}: you said {sorted(got)}, measured {sorted(want)}: "
+                + ("exact." if got == want else f"missed {sorted(want - got)}, extra {sorted(got - want)}."))
     elif isinstance(guess, (list, tuple)):
         off = [g == m for g, m in zip(guess, measured)]
         line = f"{what}: you said {list(guess)}, measured {list(measured)}: {sum(off)} of {len(off)} exact."
@@ -27,8 +32,8 @@ def how_far(guess, measured, *, what: str, why: str = "") -> str:
             line = f"{what}: you said {_fmt(g)}, measured {_fmt(m)}: exact."
         elif g > 0 and m > 0:
             factor = max(g, m) / min(g, m)
-            line = (f"{what}: you said {_fmt(g)}, measured {_fmt(m)}: {factor:.2g}x too "
-                    f"{'high' if g > m else 'low'}.")
+            off = (f"within {100 * (factor - 1):.0f} %" if factor < 1.1 else f"{factor:.2g}x")   # "1x too low" reads wrong
+            line = f"{what}: you said {_fmt(g)}, measured {_fmt(m)}: {off} too {'high' if g > m else 'low'}."
         else:
             line = f"{what}: you said {_fmt(g)}, measured {_fmt(m)} (off by {_fmt(abs(g - m))})."
     if why:
