@@ -71,6 +71,7 @@ def test_text_prompts_and_describe(llm):
     assert out.prompt == "hello" and len(out.token_ids) == 3 and isinstance(out.text, str)
     text = llm.describe()
     assert "attention  sdpa" in text and "kv cache   64 blocks" in text
+    assert "gemv       off (torch F.linear" in text and "fused      off" in text
 
 
 @pytest.mark.parametrize("make_params", [

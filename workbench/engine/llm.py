@@ -350,12 +350,16 @@ class LLM(MeasurementMethods):
         tp_text = "off (1 rank)"
         if r.tp_size > 1:
             tp_text = f"{r.tp_size} ranks ({backend_for(self.device)}), each with 1/{r.tp_size} of the heads"
+        fused_text = "on (Triton kernels)" if o.fused_kernels else "off (plain torch ops)"
+        if o.fused_kernels and self.model_config.hidden_act != "silu":   # the SwiGLU kernel is silu only
+            fused_text += f"; the {self.model_config.hidden_act} activation runs in plain torch"
         lines = [
             f"model      {self.config.model} ({self.model_config.model_type}, "
             f"{self.model_config.num_layers} layers, hidden {self.model_config.hidden_size})",
             f"device     {self.device}{gpu}, {str(self.dtype).removeprefix('torch.')}",
             f"attention  {attention}",
-            f"fused      {'on (Triton kernels)' if o.fused_kernels else 'off (plain torch ops)'}",
+            f"fused      {fused_text}",
+            f"gemv       {'on (Triton decode GEMV, <= 16 tokens)' if o.decode_gemv else 'off (torch F.linear: cuBLAS on a GPU)'}",
             f"graphs     {'on, buckets ' + str(r.graphs.buckets) if r.graphs else 'off (eager decode)'}",
             f"compile    {'on (torch.compile)' if o.compile else 'off'}",
             f"tensor parallel  {tp_text}",
