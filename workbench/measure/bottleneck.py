@@ -25,8 +25,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 
-from .roofline import decode_step, prefill_step
-from .timing import chosen_threads, time_runs
+from .roofline import decode_step, prefill_step, step_bandwidth
+from .timing import chosen_threads, device_sync, time_runs
 
 
 @dataclass
@@ -59,29 +59,23 @@ class Point:
         return asdict(self)
 
 
-def _median_seconds(fn, repeats: int, sync) -> float:
-    # one warm-up call: first touch, allocator, clocks
-    return time_runs(fn, repeats=repeats, warmup=1, sync=sync).median / 1e3
-
-
 def measure_ceilings(device: str = "cpu", *, repeats: int = 5) -> Ceilings:
     """Copy bandwidth and matmul peak measured on `device`, in the dtype the engine uses there
     (bfloat16 on a GPU, float32 on a CPU). Sizes are large enough to leave every cache."""
     import torch
     on_gpu = device.startswith("cuda")
     dtype = torch.bfloat16 if on_gpu else torch.float32
-    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     nbytes = 2**30 if on_gpu else 2**28        # 1 GiB on a GPU; 256 MiB on a CPU (laptops)
-    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    copy_s = _median_seconds(lambda: dst.copy_(src), repeats, sync)
-    del src, dst
+    copy = step_bandwidth(device, nbytes=nbytes, repeats=repeats)
+    if not copy.available:
+        raise ValueError(f"the copy bandwidth on {device} could not be measured: {copy.reason}")
     n = 8192 if on_gpu else 1024               # a CPU thread needs ~0.1 s for 1024^3 x 2 FLOPs
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
-    mm_s = _median_seconds(lambda: a @ b, repeats, sync)
+    # one warm-up call: first touch, allocator, clocks
+    mm_s = time_runs(lambda: a @ b, repeats=repeats, warmup=1, sync=device_sync(device)).median / 1e3
     name = torch.cuda.get_device_name(device) if on_gpu else f"CPU, {chosen_threads()} torch thread(s)"
-    return Ceilings(device=name, bandwidth=2 * nbytes / copy_s, peak_flops=2 * n**3 / mm_s,
+    return Ceilings(device=name, bandwidth=copy.bandwidth, peak_flops=2 * n**3 / mm_s,
                     dtype=str(dtype).removeprefix("torch."),
                     how=f"measured: copy of {nbytes / 2**20:.0f} MiB, {n}^3 matmul, median of {repeats}")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass, field
 
-from .roofline import BandwidthRecord, decode_step, measure_copy_bandwidth
+from .roofline import BandwidthRecord, decode_step, step_bandwidth
 from .timeline import FAMILY_COLORS, Timeline, profile_engine_steps, sweep
 from .timing import device_sync, time_runs
 
@@ -97,22 +97,6 @@ def breakdown_of(tl: Timeline, *, shape=None, dtype_bytes: int = 2, bandwidth: B
         else:
             out.floor_source = f"no bandwidth ({bandwidth.reason if bandwidth else 'not measured'})"
     return out
-
-
-def cpu_copy_bandwidth(nbytes: int = 2**26, repeats: int = 5) -> BandwidthRecord:
-    """Host memcpy bandwidth, (read + write bytes) / time of copying a buffer larger than a CPU's
-    last-level cache: the CPU's counterpart of measure_copy_bandwidth (measured)."""
-    import torch
-    src = torch.ones(nbytes, dtype=torch.uint8)
-    dst = torch.empty_like(src)
-    times = [ms / 1e3 for ms in time_runs(dst.copy_, src, repeats=repeats).times_ms]
-    return BandwidthRecord(True, device="cpu", buffer_bytes=nbytes, repeats=repeats,
-                           bandwidth=2 * nbytes / statistics.median(times), samples_s=times)
-
-
-def step_bandwidth(device) -> BandwidthRecord:
-    """The bandwidth a decode step's floor is measured against, on the engine's device."""
-    return measure_copy_bandwidth(device) if str(device).startswith("cuda") else cpu_copy_bandwidth()
 
 
 def _unprofiled_decode_us(llm, batch: int, prompt_len: int, steps: int = 5) -> float:

@@ -304,7 +304,8 @@ def cmd_measure_breakdown(args) -> int:
     from workbench.config import Optimizations
     from workbench.engine import LLM
     from workbench.measure import format_table
-    from workbench.measure.breakdown import measure_breakdown, plot_breakdowns, step_bandwidth
+    from workbench.measure.breakdown import measure_breakdown, plot_breakdowns
+    from workbench.measure.roofline import step_bandwidth
     path = model_dir(args)
     settings = runnable([Optimizations.all_off(), Optimizations(attention="sdpa"),
                          Optimizations(attention="flash", fused_kernels=True),

@@ -1,7 +1,8 @@
 """The roofline: how fast a step *could* be, from the model's shape alone.
 
-Everything here except `measure_copy_bandwidth` is arithmetic, not measurement, so every record
-carries `modelled=True` and prints "[modelled]". The model counts the bytes a step cannot avoid
+Everything here except the copy-bandwidth measurements at the end (`measure_copy_bandwidth` on a
+GPU, `cpu_copy_bandwidth`, and `step_bandwidth` that picks one) is arithmetic, not measurement, so
+every other record carries `modelled=True` and prints "[modelled]". The model counts the bytes a step cannot avoid
 moving (each weight read once, the KV cache read once, new K/V written once) and the FLOPs of its
 matmuls and attention. Dividing by the GPU's bandwidth and peak FLOP/s gives two lower bounds on
 the step's time; the larger one is the roofline, and it names the bottleneck:
@@ -20,7 +21,7 @@ import statistics
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
-from .timing import cuda_event_times
+from .timing import cuda_event_times, time_runs
 
 # Vendor datasheet peaks (dense, no sparsity). Not measured: use them only as labelled ceilings.
 DATASHEET_PEAK_FLOPS = {"H100 SXM bf16": 989.4e12, "H200 bf16": 989.4e12}
@@ -264,3 +265,24 @@ def measure_copy_bandwidth(device="cuda", *, nbytes: int = 2**30, repeats: int =
     return BandwidthRecord(True, device=torch.cuda.get_device_name(dev), buffer_bytes=nbytes,
                            repeats=repeats, bandwidth=2 * nbytes / statistics.median(times),
                            samples_s=times)
+
+
+def cpu_copy_bandwidth(nbytes: int = 2**26, repeats: int = 5) -> BandwidthRecord:
+    """Host memcpy bandwidth, (read + write bytes) / time of copying a buffer larger than a CPU's
+    last-level cache: the CPU's counterpart of measure_copy_bandwidth (measured)."""
+    import torch
+    src = torch.ones(nbytes, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    times = [ms / 1e3 for ms in time_runs(dst.copy_, src, repeats=repeats).times_ms]
+    return BandwidthRecord(True, device="cpu", buffer_bytes=nbytes, repeats=repeats,
+                           bandwidth=2 * nbytes / statistics.median(times), samples_s=times)
+
+
+def step_bandwidth(device, *, nbytes: int | None = None, repeats: int | None = None) -> BandwidthRecord:
+    """The copy bandwidth a step's bytes are measured against, on the engine's device: HBM on a
+    GPU (measure_copy_bandwidth), host memory on a CPU (cpu_copy_bandwidth); None keeps each one's
+    default buffer size and repeats."""
+    given = {name: value for name, value in (("nbytes", nbytes), ("repeats", repeats)) if value is not None}
+    if str(device).startswith("cuda"):
+        return measure_copy_bandwidth(device, **given)
+    return cpu_copy_bandwidth(**given)
