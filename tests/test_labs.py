@@ -16,7 +16,7 @@ import torch
 
 nbformat = pytest.importorskip("nbformat")
 
-from lab_fill import fill, solution_cells  # noqa: E402
+from lab_fill import solution_cells  # noqa: E402
 from workbench import lab  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -229,6 +229,7 @@ def test_parse_without_header_is_empty():
 def test_classify_kernel_names():
     assert hbm.classify_kernel("void cutlass::Kernel2<cutlass_80_tensorop_bf16_gemm>(T1)") == "matmul"
     assert hbm.classify_kernel("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert hbm.classify_kernel("_gemv_kernel") == "matmul"   # the decode GEMV (decode_gemv switch)
     assert hbm.classify_kernel("void pytorch_flash::flash_fwd_kernel<Traits>(Params)") == "attention"
     assert hbm.classify_kernel("_rms_norm_kernel") == "norm"
     assert hbm.classify_kernel("triton_poi_fused_add_0") == "elementwise"

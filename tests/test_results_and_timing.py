@@ -46,9 +46,10 @@ def test_stamp_adds_gpu_date_command_without_overwriting():
 
 def test_committed_results_carry_their_gpu_and_date():
     for path in sorted((REPO / "docs" / "results").glob("*.json")):
-        assert "-" not in path.stem[len(path.stem.rsplit("-", 1)[0]) + 1:]
+        tag = path.stem.rsplit("-", 1)[-1]   # <kind>-<gpu tag>.json: the tag names the records' GPU
         for record in json.loads(path.read_text()):
             assert record.get("gpu") and re.fullmatch(r"\d{4}-\d{2}-\d{2}", record.get("date", "")), path.name
+            assert results.gpu_tag(record["gpu"]) == tag, (path.name, record["gpu"])
 
 
 def test_notebooks_name_no_gpu_specific_results_file():

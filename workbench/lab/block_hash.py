@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from workbench.engine.block_manager import block_hash as REFERENCE
-
 from .exercise import Exercise, Wrong, machine, run_engine, same_tokens
 
 BLOCK = 16

@@ -26,7 +26,7 @@ import statistics
 from dataclasses import asdict, dataclass
 
 from .roofline import decode_step, prefill_step, step_bandwidth
-from .timing import chosen_threads, device_sync, time_runs
+from .timing import device_sync, time_runs
 
 
 @dataclass
@@ -74,7 +74,7 @@ def measure_ceilings(device: str = "cpu", *, repeats: int = 5) -> Ceilings:
     b = torch.randn(n, n, dtype=dtype, device=device)
     # one warm-up call: first touch, allocator, clocks
     mm_s = time_runs(lambda: a @ b, repeats=repeats, warmup=1, sync=device_sync(device)).median / 1e3
-    name = torch.cuda.get_device_name(device) if on_gpu else f"CPU, {chosen_threads()} torch thread(s)"
+    name = torch.cuda.get_device_name(device) if on_gpu else f"CPU, {torch.get_num_threads()} torch thread(s)"
     return Ceilings(device=name, bandwidth=copy.bandwidth, peak_flops=2 * n**3 / mm_s,
                     dtype=str(dtype).removeprefix("torch."),
                     how=f"measured: copy of {nbytes / 2**20:.0f} MiB, {n}^3 matmul, median of {repeats}")

@@ -52,7 +52,7 @@ _UNITS = {"byte": (1, "byte"), "kbyte": (1e3, "byte"), "mbyte": (1e6, "byte"),
 # "cutlass" in their names too. Softmax counts as attention (in an LLM that is where it runs).
 FAMILIES = [
     ("attention", re.compile(r"flash|fmha|attn|attention|softmax|sdpa", re.I)),
-    ("matmul", re.compile(r"gemm|cutlass|xmma|nvjet|cublas|matmul|wgmma", re.I)),
+    ("matmul", re.compile(r"gemm|gemv|cutlass|xmma|nvjet|cublas|matmul|wgmma", re.I)),
     ("norm", re.compile(r"norm", re.I)),
     ("elementwise", re.compile(r"elementwise|triton_poi|fill|copy|cat|index|gather|where", re.I)),
 ]

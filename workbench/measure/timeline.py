@@ -31,7 +31,7 @@ STEP_PREFIX = "workbench.step "
 FAMILY_COLORS = {"matmul": "tab:blue", "attention": "tab:red", "norm/elementwise": "tab:green",
                  "sampling": "tab:purple", "copy": "tab:orange", "other": "tab:gray"}
 _SAMPLING = re.compile(r"argmax|multinomial|exponential|topk|sort|gumbel|sampl", re.I)
-_MATMUL = re.compile(r"^aten::(linear|mm|addmm|bmm|matmul|baddbmm)$|gemv", re.I)
+_MATMUL = re.compile(r"^aten::(linear|mm|addmm|bmm|matmul|baddbmm)$", re.I)
 _COPY = re.compile(r"memcpy|memset|copy|^aten::(to|index_put_?|index_copy_?)$|store_kvcache", re.I)
 _OTHER_OPS = re.compile(r"^aten::(empty\w*|arange|lift_fresh|zeros\w*|full\w*|embedding|tensor)$")
 _ELEMENTWISE = re.compile(r"^aten::|rope|silu|swiglu|rotary|rsqrt|reduce", re.I)
