@@ -185,3 +185,17 @@ def test_request_that_exactly_fits_the_cache_is_accepted(tiny_ckpt):
     with LLM(tiny_ckpt, block_size=16, max_model_len=256, num_kv_blocks=8) as llm:
         out = llm.generate([[1] * 100], SamplingParams(max_tokens=29, ignore_eos=True), use_tqdm=False)[0]
         assert len(out.token_ids) == 29
+
+
+def test_a_setting_asks_only_its_own_switches_why_not(monkeypatch):
+    """Asking attention='flash' imports flash-attn (seconds on a GPU): a setting without flash
+    must not pay for that question, while the board's full list still asks every switch."""
+    from workbench.optimizations import board
+
+    def no(*_):
+        raise AssertionError("flash was asked though the setting does not use it")
+    monkeypatch.setattr(board.SWITCHES["flash"], "why_not", no)
+    assert Optimizations(attention="sdpa").why_not("cpu") == {}
+    assert "fused_kernels" in Optimizations(attention="sdpa", fused_kernels=True).why_not("cpu")
+    with pytest.raises(AssertionError, match="flash was asked"):
+        board.why_not("cpu")

@@ -92,9 +92,10 @@ class Optimizations:
         return "+".join([self.attention] + [short[n] for n in self.switched_on() if n != "flash"])
 
     def why_not(self, device: str, tp_size: int = 1) -> dict[str, str]:
-        """The switches set here that cannot run on `device` with `tp_size` ranks -> why."""
-        reasons = why_not(device, tp_size)
-        return {name: reasons[name] for name in self.switched_on() if name in reasons}
+        """The switches set here that cannot run on `device` with `tp_size` ranks -> why. Only the
+        switches that are on are asked: asking flash imports flash-attn, seconds on a GPU."""
+        reasons = {name: SWITCHES[name].why_not(device, tp_size) for name in self.switched_on()}
+        return {name: why for name, why in reasons.items() if why is not None}
 
     def resolve(self, device: str, tp_size: int = 1) -> tuple["Optimizations", list[str]]:
         """Return (what will run on `device`, notes on what was skipped and why).

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import weakref
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
