@@ -205,3 +205,20 @@ def test_shards_rebuild_the_merged_weights():
     assert torch.equal(torch.cat([shard_tensor("layers.0.self_attn.k_proj.weight", w, r, 2) for r in (0, 1)]), w)
     assert torch.equal(torch.cat([shard_tensor("layers.0.mlp.down_proj.weight", w, r, 2) for r in (0, 1)], 1), w)
     assert shard_tensor("embed_tokens.weight", w, 1, 2) is w
+
+
+def test_row_parallel_layer_runs_through_the_linear_hook(monkeypatch):
+    """Under tensor parallelism the row-parallel layer adds its bias after the all-reduce; its
+    matmul must still go through Linear's one hook (the decode GEMV when that switch is on)."""
+    import torch.nn.functional as F
+
+    from workbench.kernels import gemv
+    from workbench.parallel import tensor_parallel as tp
+    calls = []
+    monkeypatch.setattr(gemv, "linear", lambda x, w, b=None: calls.append(b) or F.linear(x, w, b))
+    monkeypatch.setattr(tp, "all_reduce", lambda y: y)   # one process: the sum over ranks is y itself
+    layer = tp.RowParallelLinear(8, 4, bias=True, tp_size=2)
+    layer.decode_gemv = True
+    x = torch.randn(1, 4)
+    assert torch.allclose(layer(x), F.linear(x, layer.weight) + layer.bias)
+    assert calls == [None], "the matmul bypassed the hook, or the bias went in before the all-reduce"

@@ -60,11 +60,16 @@ class Linear(nn.Linear):
 
     decode_gemv = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x @ W^T (+ bias) through the hook: subclasses that place the bias themselves (the
+        row-parallel layer, after its all-reduce) still get the decode GEMV."""
         if self.decode_gemv:
             from workbench.kernels.gemv import linear
-            return linear(x, self.weight, self.bias)
-        return super().forward(x)
+            return linear(x, self.weight, bias)
+        return nn.functional.linear(x, self.weight, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.matmul(x, self.bias)
 
 
 class ColumnParallelLinear(Linear):
@@ -89,7 +94,7 @@ class RowParallelLinear(Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
             return super().forward(x)
-        y = all_reduce(nn.functional.linear(x, self.weight))
+        y = all_reduce(self.matmul(x, None))
         return y if self.bias is None else y + self.bias
 
 
