@@ -155,6 +155,7 @@ class ModelRunner:
         return pack_step([(seq.token_ids, seq.block_table, seq.num_computed_tokens,
                            seq.num_computed_tokens + n) for seq, n in scheduled], self.block_size)
 
+    @torch.inference_mode()   # never traced for autograd (torch.compile would ask our kernels for a backward)
     def forward_logits(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
         """Logits of every packed row: what a decode graph records (each decode row samples)."""
         return self.model.compute_logits(self.forward(input_ids, positions, meta))
