@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import warnings
 
 import torch
 
@@ -46,6 +47,9 @@ def _backend() -> tuple[str | None, str, str | None]:
         try:
             from flash_attn.cute import flash_attn_varlen_func  # noqa: F401
             version = importlib.metadata.version("flash-attn-4")
+            # flash-attn-4's JIT notes, on every new shape, that one argument is not a JIT
+            # argument (it is passed another way and the kernel is right): noise in every cell.
+            warnings.filterwarnings("ignore", message=r"Argument aux_data .* cannot be converted to a JitArgument")
             return f"flash-attn-4 {version}", f"flash_attn.cute on sm_{major}{minor}", "fa4"
         except Exception as err:   # ImportError, or a broken install (missing CUDA libs)
             reasons.append(f"flash_attn.cute not importable: {err}; {_FA4_HINT}")
