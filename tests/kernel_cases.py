@@ -1,4 +1,40 @@
-"""Cases shared by the kernel tests on the CPU (Triton's interpreter) and on the GPU."""
+"""Cases shared by the kernel tests on the CPU (Triton's interpreter) and on the GPU, and the
+harness that runs a test file's checks under the interpreter in a child process."""
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def interpreter_verdicts(script: str, timeout: int = 300) -> dict:
+    """Run `script` (a test file) as a child process with TRITON_INTERPRET=1 -- the variable must
+    be set before triton creates the kernels -- and return its {check name: "ok" | traceback}."""
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_checks(names, namespace: dict, *args) -> None:
+    """In the child: call namespace[f"check_{name}"](*args) for each name; print the verdicts as
+    one JSON line (every failure is reported, not just the first)."""
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run through pytest (sets TRITON_INTERPRET=1)"
+    verdicts = {}
+    for name in names:
+        try:
+            start = time.perf_counter()
+            namespace[f"check_{name}"](*args)
+            verdicts[name] = "ok"
+            print(f"{name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        except Exception:
+            verdicts[name] = traceback.format_exc()
+    print(json.dumps(verdicts))
 
 
 def qk_norm_rope_outputs(torch, Hq, Hk, D, dtype, T, device="cpu", max_pos=4096):

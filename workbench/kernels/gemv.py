@@ -157,7 +157,7 @@ def _row_rstd(x_ptr, res_ptr, x_stride, M, K, eps, HAS_RES: tl.constexpr, BLOCK_
 
 
 @triton.jit
-def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, rstd, toks, kk, x_stride, M, K, first_tile,
+def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, rstd, toks, kk, x_stride, M, K, pid_n,
             X_FORM: tl.constexpr, HAS_RES: tl.constexpr, EVEN_K: tl.constexpr):
     """The [BLOCK_M, BLOCK_K] tile of the matmul's input at columns kk, in x's dtype."""
     dt = x_ptr.dtype.element_ty
@@ -167,7 +167,8 @@ def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, rstd, toks, kk, x_stride, M, K,
         mask = (toks < M) & (kk < K)
     if X_FORM == 1:   # RMS_NORM, rounded where the unfused ops round: (s * rstd) -> dtype, * weight -> dtype
         s = _residual_sum(x_ptr, res_ptr, toks, kk, x_stride, M, K, HAS_RES)
-        tl.store(res_out_ptr + toks * K + kk, s.to(dt), mask=mask & first_tile)   # written once
+        if pid_n == 0:   # the programs of the first N-tile write the new residual: each value once
+            tl.store(res_out_ptr + toks * K + kk, s.to(dt), mask=(toks < M) & (kk < K))
         w = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
         x = ((s * rstd).to(dt).to(tl.float32) * w).to(dt)
     elif X_FORM == 2:   # SILU_MUL: gate at columns kk, up K columns further; as torch: silu -> dtype, * up
@@ -205,7 +206,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
         else:
             w = tl.load(w_ptrs, mask=(rows[:, None] < N) & (kk[None, :] < K), other=0.0)
         x = _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, rstd, toks[:, None], kk[None, :], x_stride, M, K,
-                    pid_n == 0, X_FORM, HAS_RES, EVEN_K)
+                    pid_n, X_FORM, HAS_RES, EVEN_K)
         if BLOCK_M == 1:
             acc += w.to(tl.float32) * x.to(tl.float32)        # x is [1, BLOCK_K]: broadcast over rows
         elif DOT_FP32:
