@@ -39,10 +39,17 @@ def _tol(torch, dtype) -> float:
     return 1e-5 if dtype == torch.float32 else 2e-2
 
 
-def _split_configs(g):
-    """Tuned entries for the test shapes that split K three ways (the fold must not care)."""
-    return {(n, k, b): g.GemvConfig(block_n=4 if b == "m1" else 16, block_k=32, split_k=3)
-            for (n, k), b in product(SHAPES, ("m1", "m16"))}
+def _cases(torch, g, extra=((),)):
+    """(dtype, M, (N, K), *extra) for every check, first with the heuristic configs, then (bf16)
+    with tuned entries for the test shapes that split K three ways (the fold must not care)."""
+    split = {(n, k, b): g.GemvConfig(block_n=4 if b == "m1" else 16, block_k=32, split_k=3)
+             for (n, k), b in product(SHAPES, ("m1", "m16"))}
+    yield from ((d, m, s, *e) for d, m, s, e in product((torch.float32, torch.bfloat16), (1, 3, 16), SHAPES, extra))
+    g.CONFIGS.update(split)
+    try:
+        yield from ((torch.bfloat16, m, s, *e) for m, s, e in product((1, 3, 16), SHAPES, extra))
+    finally:
+        [g.CONFIGS.pop(key) for key in split]
 
 
 def norm_linear_err(torch, m, n, k, dtype, with_residual, bias, residual_for_ref=None):
@@ -67,15 +74,9 @@ def norm_linear_err(torch, m, n, k, dtype, with_residual, bias, residual_for_ref
 
 def check_rms_norm_linear(torch):
     from workbench.kernels import gemv as g
-    for tuned in (False, True):
-        g.CONFIGS.update(_split_configs(g) if tuned else {})
-        try:
-            dtypes = (torch.bfloat16,) if tuned else (torch.float32, torch.bfloat16)
-            for dtype, m, (n, k), with_res in product(dtypes, (1, 3, 16), SHAPES, (False, True)):
-                err = norm_linear_err(torch, m, n, k, dtype, with_res, bias=m != 3)
-                assert err < _tol(torch, dtype), f"{dtype} M={m} N={n} K={k} residual={with_res}: rel err {err:.3g}"
-        finally:
-            [g.CONFIGS.pop(key) for key in _split_configs(g) if key in g.CONFIGS]
+    for dtype, m, (n, k), with_res in _cases(torch, g, extra=((False,), (True,))):
+        err = norm_linear_err(torch, m, n, k, dtype, with_res, bias=m != 3)
+        assert err < _tol(torch, dtype), f"{dtype} M={m} N={n} K={k} residual={with_res}: rel err {err:.3g}"
 
 
 def silu_linear_err(torch, m, n, k, dtype, bias, act_for_ref=None):
@@ -93,15 +94,9 @@ def silu_linear_err(torch, m, n, k, dtype, bias, act_for_ref=None):
 
 def check_silu_mul_linear(torch):
     from workbench.kernels import gemv as g
-    for tuned in (False, True):
-        g.CONFIGS.update(_split_configs(g) if tuned else {})
-        try:
-            dtypes = (torch.bfloat16,) if tuned else (torch.float32, torch.bfloat16)
-            for dtype, m, (n, k) in product(dtypes, (1, 3, 16), SHAPES):
-                err = silu_linear_err(torch, m, n, k, dtype, bias=m != 3)
-                assert err < _tol(torch, dtype), f"{dtype} M={m} N={n} K={k} split={tuned}: rel err {err:.3g}"
-        finally:
-            [g.CONFIGS.pop(key) for key in _split_configs(g) if key in g.CONFIGS]
+    for dtype, m, (n, k) in _cases(torch, g):
+        err = silu_linear_err(torch, m, n, k, dtype, bias=m != 3)
+        assert err < _tol(torch, dtype), f"{dtype} M={m} N={n} K={k}: rel err {err:.3g}"
 
 
 def check_broken_fold_is_caught(torch):
