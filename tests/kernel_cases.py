@@ -1,4 +1,40 @@
-"""Cases shared by the kernel tests on the CPU (Triton's interpreter) and on the GPU."""
+"""Cases shared by the kernel tests on the CPU (Triton's interpreter) and on the GPU, and the
+harness that runs a test file's checks under the interpreter in a child process."""
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def interpreter_verdicts(script: str, timeout: int = 300) -> dict:
+    """Run `script` (a test file) as a child process with TRITON_INTERPRET=1 -- the variable must
+    be set before triton creates the kernels -- and return its {check name: "ok" | traceback}."""
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_checks(names, namespace: dict, *args) -> None:
+    """In the child: call namespace[f"check_{name}"](*args) for each name; print the verdicts as
+    one JSON line (every failure is reported, not just the first)."""
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run through pytest (sets TRITON_INTERPRET=1)"
+    verdicts = {}
+    for name in names:
+        try:
+            start = time.perf_counter()
+            namespace[f"check_{name}"](*args)
+            verdicts[name] = "ok"
+            print(f"{name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        except Exception:
+            verdicts[name] = traceback.format_exc()
+    print(json.dumps(verdicts))
 
 
 def qk_norm_rope_outputs(torch, Hq, Hk, D, dtype, T, device="cpu", max_pos=4096):
@@ -56,3 +92,19 @@ def gemv_interpreter_cases(GemvConfig):
                 cases.append((m, n, k, GemvConfig(block_n=bn, block_k=32, split_k=split)))
         cases.append((m, 24, 100, None))   # the heuristic default
     return cases
+
+
+def assert_engine_parity(tmp_dir, settings, prompts: int, max_num_seqs: int) -> None:
+    """The parity bar on the GPU: each setting against all-off on a random Qwen3-0.6B-shaped bf16
+    checkpoint, 32 greedy tokens a prompt (>= 99 % tokens outside near-ties, first-step logit
+    rel err < 2e-2); prints the table."""
+    from workbench.check import parity_table, random_prompts
+    from workbench.measure import format_table
+    from workbench.model import make_checkpoint
+    path = make_checkpoint(tmp_dir, "qwen3-0.6b", seed=0, dtype="bfloat16")
+    rows = parity_table(path, settings, random_prompts(prompts, 151936), 32, with_hf=False,
+                        max_num_seqs=max_num_seqs)
+    print(format_table(rows))
+    for row in rows:
+        assert row["vs_all_off_match_rate_excl_ties"] >= 0.99, row
+        assert row["vs_all_off_first_step_logit_rel_err"] < 2e-2, row

@@ -8,17 +8,10 @@ and each pytest test reads its verdict. The same kernels run on CUDA in tests/gp
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
-import traceback
 from itertools import product
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ["store_kvcache", "fused_add_rms_norm", "rms_norm_per_head", "silu_and_mul", "apply_rope",
           "qk_norm_rope", "gemv", "gemv_broken_split_is_caught", "gemv_fallback_and_hook"]
 
@@ -28,12 +21,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 
 @pytest.fixture(scope="module")
 def verdicts() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from kernel_cases import interpreter_verdicts
+    return interpreter_verdicts(__file__)
 
 
 @pytest.mark.parametrize("name", CHECKS)
@@ -166,7 +155,8 @@ def check_gemv_broken_split_is_caught(torch, ops):
     from workbench.kernels import gemv as g
     x, w = torch.randn(1, 256, dtype=torch.bfloat16), torch.randn(16, 256, dtype=torch.bfloat16)
     part, out = torch.empty(2, 1, 16), torch.empty(1, 16, dtype=torch.bfloat16)
-    g._gemv_kernel[(triton.cdiv(16, 4), 2)](x, w, w, part, 1, 16, 256, 256, 64, HAS_BIAS=False, SPLIT=True,
+    g._gemv_kernel[(triton.cdiv(16, 4), 2)](x, w, w, part, 1, 16, 256, 256, 64, x, x, x, 0.0, X_FORM=g.PLAIN,
+                                            HAS_RES=False, HAS_BIAS=False, SPLIT=True,
                                             EVEN_K=False, EVEN_N=True, DOT_FP32=True, BLOCK_M=1, BLOCK_N=4,
                                             BLOCK_K=32)
     g._splitk_reduce_kernel[(1,)](part, w, out, 16, 16, SPLIT_K=2, HAS_BIAS=False, BLOCK=1024)
@@ -204,19 +194,12 @@ def check_gemv_fallback_and_hook(torch, ops):
 
 
 def _main() -> None:
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run through pytest (sets TRITON_INTERPRET=1)"
     import torch
+    from kernel_cases import run_checks
 
     from workbench.kernels import triton_ops as ops
     torch.manual_seed(0)
-    verdicts = {}
-    for name in CHECKS:
-        try:
-            globals()[f"check_{name}"](torch, ops)
-            verdicts[name] = "ok"
-        except Exception:   # report every failure, not just the first
-            verdicts[name] = traceback.format_exc()
-    print(json.dumps(verdicts))
+    run_checks(CHECKS, globals(), torch, ops)
 
 
 if __name__ == "__main__":

@@ -199,3 +199,17 @@ def test_a_setting_asks_only_its_own_switches_why_not(monkeypatch):
     assert "fused_kernels" in Optimizations(attention="sdpa", fused_kernels=True).why_not("cpu")
     with pytest.raises(AssertionError, match="flash was asked"):
         board.why_not("cpu")
+
+
+def test_fused_decode_on_the_board():
+    """fused_decode: in all_on, not in all_off; refused when asked for directly where it cannot
+    run (a CPU, or tensor parallelism even on a GPU), dropped with a note from a preset."""
+    from workbench.optimizations import fused_decode
+    assert Optimizations.all_on().fused_decode and not Optimizations.all_off().fused_decode
+    assert Optimizations(fused_decode=True).label() == "sdpa+fdec"
+    with pytest.raises(ValueError, match="fused_decode=True: needs a CUDA GPU"):
+        Optimizations(fused_decode=True).resolve("cpu")
+    opts, notes = Optimizations.all_on().resolve("cpu")
+    assert not opts.fused_decode and any(n.startswith("fused_decode=True: skipped") for n in notes)
+    assert "one GPU" in fused_decode.why_not("cuda", tp_size=2)
+    assert fused_decode.why_not("cpu") is not None

@@ -353,6 +353,11 @@ class LLM(MeasurementMethods):
         fused_text = "on (Triton kernels)" if o.fused_kernels else "off (plain torch ops)"
         if o.fused_kernels and self.model_config.hidden_act != "silu":   # the SwiGLU kernel is silu only
             fused_text += f"; the {self.model_config.hidden_act} activation runs in plain torch"
+        fdec_text = "off (norm and activation are kernels of their own)"
+        if o.fused_decode:
+            fdec_text = "on (RMSNorm and SiLU-and-mul inside the Triton GEMV, <= 16 tokens)"
+            if self.model_config.hidden_act != "silu":
+                fdec_text += f"; the {self.model_config.hidden_act} activation is not folded"
         lines = [
             f"model      {self.config.model} ({self.model_config.model_type}, "
             f"{self.model_config.num_layers} layers, hidden {self.model_config.hidden_size})",
@@ -360,6 +365,7 @@ class LLM(MeasurementMethods):
             f"attention  {attention}",
             f"fused      {fused_text}",
             f"gemv       {'on (Triton decode GEMV, <= 16 tokens)' if o.decode_gemv else 'off (torch F.linear: cuBLAS on a GPU)'}",
+            f"fdec       {fdec_text}",
             f"graphs     {'on, buckets ' + str(r.graphs.buckets) if r.graphs else 'off (eager decode)'}",
             f"compile    {'on (torch.compile)' if o.compile else 'off'}",
             f"tensor parallel  {tp_text}",

@@ -104,21 +104,86 @@ def _bucket(m: int, n: int, k: int) -> tuple[int, int, str]:
     return n, k, "m1" if m == 1 else "m16"
 
 
+_UNTUNED = object()
+
+
+def pick_config(m: int, n: int, k: int, device: torch.device) -> GemvConfig | None:
+    """The config for x [m, k] @ W [n, k]^T: CONFIGS' measured one, else default_config's
+    heuristic; None where the sweep measured cuBLAS faster. One dict lookup: it runs every call."""
+    cfg = CONFIGS.get(_bucket(m, n, k), _UNTUNED)
+    if cfg is _UNTUNED:
+        sms = _num_sms(device.index or 0) if device.type == "cuda" else 132
+        return default_config(m, n, k, sms)
+    return cfg
+
+
 def cublas_faster(m: int, n: int, k: int) -> bool:
     """The sweep measured cuBLAS faster than this kernel for the shape (CONFIGS says None)."""
     return _bucket(m, n, k) in CONFIGS and CONFIGS[_bucket(m, n, k)] is None
 
 
-def pick_config(x: torch.Tensor, weight: torch.Tensor) -> GemvConfig:
-    m, (n, k) = x.shape[0], weight.shape
-    if CONFIGS.get(_bucket(m, n, k)) is not None:
-        return CONFIGS[_bucket(m, n, k)]
-    sms = _num_sms(x.device.index or 0) if x.is_cuda else 132
-    return default_config(m, n, k, sms)
+# What the kernel does to x as it loads it (X_FORM). PLAIN: nothing. The other two fold the op
+# before the matmul into it (the fused_decode switch; wrappers in kernels/fused_gemv.py):
+#   RMS_NORM  x is (hidden [, residual]): y = RMSNorm(hidden + residual) @ W^T, and the programs
+#             of the first N-tile also write the new residual hidden + residual
+#   SILU_MUL  x is gate_up [M, 2K]: y = (silu(gate) * up) @ W^T
+PLAIN, RMS_NORM, SILU_MUL = 0, 1, 2
+
+
+@triton.jit
+def _residual_sum(x_ptr, res_ptr, toks, kk, x_stride, M, K, HAS_RES: tl.constexpr):
+    """x + residual for tokens `toks` [BLOCK_M, 1] and columns `kk` [1, BLOCK_K], rounded to x's
+    dtype as torch's `x + residual` is, returned in fp32 (residual: contiguous [M, K])."""
+    mask = (toks < M) & (kk < K)
+    s = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0.0)
+    if HAS_RES:
+        r = tl.load(res_ptr + toks * K + kk, mask=mask, other=0.0)
+        s = (s.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
+    return s.to(tl.float32)
+
+
+@triton.jit
+def _row_rstd(x_ptr, res_ptr, x_stride, M, K, eps, HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """1 / rms of each token's whole row of x + residual, [BLOCK_M, 1]. Every program reads the
+    row itself (K values, from L2): no other kernel, and no wait for one, is needed."""
+    toks = tl.arange(0, BLOCK_M)[:, None]
+    cols = tl.arange(0, BLOCK_K)[None, :]
+    sq = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        s = _residual_sum(x_ptr, res_ptr, toks, k + cols, x_stride, M, K, HAS_RES)
+        sq += s * s
+    return 1.0 / tl.sqrt(tl.sum(sq, axis=1)[:, None] / K + eps)
+
+
+@triton.jit
+def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, rstd, toks, kk, x_stride, M, K, pid_n,
+            X_FORM: tl.constexpr, HAS_RES: tl.constexpr, EVEN_K: tl.constexpr):
+    """The [BLOCK_M, BLOCK_K] tile of the matmul's input at columns kk, in x's dtype."""
+    dt = x_ptr.dtype.element_ty
+    if EVEN_K:
+        mask = toks < M
+    else:
+        mask = (toks < M) & (kk < K)
+    if X_FORM == 1:   # RMS_NORM, rounded where the unfused ops round: (s * rstd) -> dtype, * weight -> dtype
+        s = _residual_sum(x_ptr, res_ptr, toks, kk, x_stride, M, K, HAS_RES)
+        if pid_n == 0:   # the programs of the first N-tile write the new residual: each value once
+            tl.store(res_out_ptr + toks * K + kk, s.to(dt), mask=(toks < M) & (kk < K))
+        w = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+        x = ((s * rstd).to(dt).to(tl.float32) * w).to(dt)
+    elif X_FORM == 2:   # SILU_MUL: gate at columns kk, up K columns further; as torch: silu -> dtype, * up
+        gate = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + toks * x_stride + K + kk, mask=mask, other=0.0).to(tl.float32)
+        x = ((gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32) * up).to(dt)
+    else:
+        x = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0.0)
+    return x
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
+                 res_ptr, nw_ptr, res_out_ptr, eps,   # used by X_FORM = RMS_NORM only
+                 X_FORM: tl.constexpr, HAS_RES: tl.constexpr,
                  HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
                  DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
@@ -127,24 +192,21 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
     toks = tl.arange(0, BLOCK_M)                              # tokens (rows of x)
     k_start = pid_k * K_SPLIT
     w_ptrs = w_ptr + rows[:, None].to(tl.int64) * K + (k_start + cols)[None, :]   # row-major W: along K
-    x_ptrs = x_ptr + toks[:, None] * x_stride + (k_start + cols)[None, :]
+    rstd = 1.0
+    if X_FORM == 1:
+        rstd = _row_rstd(x_ptr, res_ptr, x_stride, M, K, eps, HAS_RES, BLOCK_M, BLOCK_K)
     if BLOCK_M == 1:
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)   # products; summed along K once, below
     else:
         acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, K_SPLIT, BLOCK_K):
+        kk = k_start + k + cols
         if EVEN_K and EVEN_N:
             w = tl.load(w_ptrs)
         else:
-            kk = k_start + k + cols
-            w = tl.load(w_ptrs, mask=(rows[:, None] < N) & (kk[None, :] < K),
-                        other=0.0)
-        if EVEN_K:
-            xm = toks[:, None] < M
-        else:
-            kk = k_start + k + cols
-            xm = (toks[:, None] < M) & (kk[None, :] < K)
-        x = tl.load(x_ptrs, mask=xm, other=0.0)
+            w = tl.load(w_ptrs, mask=(rows[:, None] < N) & (kk[None, :] < K), other=0.0)
+        x = _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, rstd, toks[:, None], kk[None, :], x_stride, M, K,
+                    pid_n, X_FORM, HAS_RES, EVEN_K)
         if BLOCK_M == 1:
             acc += w.to(tl.float32) * x.to(tl.float32)        # x is [1, BLOCK_K]: broadcast over rows
         elif DOT_FP32:
@@ -152,7 +214,6 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
         else:
             acc2 += tl.dot(x, tl.trans(w))                     # [BLOCK_M, BLOCK_K] @ [BLOCK_K, BLOCK_N]
         w_ptrs += BLOCK_K
-        x_ptrs += BLOCK_K
     if BLOCK_M == 1:
         y = tl.sum(acc, axis=1)[None, :]                       # [1, BLOCK_N]
     else:
@@ -179,9 +240,11 @@ def _splitk_reduce_kernel(part_ptr, b_ptr, out_ptr, MN, N, SPLIT_K: tl.constexpr
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch(x, weight, bias, cfg: GemvConfig, out):
-    m, k = x.shape
-    n = weight.shape[0]
+def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=None, norm_weight=None,
+           res_out=None, eps: float = 0.0) -> None:
+    """Run the GEMV into `out` [M, N]. x: [M, K] (X_FORM = SILU_MUL: [M, 2K]) with unit stride
+    along K; RMS_NORM also takes residual [M, K] or None, norm_weight [K], res_out [M, K], eps."""
+    m, (n, k) = x.shape[0], weight.shape
     block_m = 1 if m == 1 else max(16, triton.next_power_of_2(m))
     if block_m > 1 and cfg.block_n < 16:
         raise ValueError(f"{cfg}: M={m} > 1 uses tl.dot, which needs block_n >= 16")
@@ -190,7 +253,10 @@ def _launch(x, weight, bias, cfg: GemvConfig, out):
     target = torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device) if split else out
     grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
     bias_arg = bias if bias is not None else weight   # never read when HAS_BIAS is False
+    res = residual if residual is not None else x     # likewise the RMS_NORM-only pointers
     _gemv_kernel[grid](x, weight, bias_arg, target, m, n, k, x.stride(0), k_split,
+                       res, norm_weight if norm_weight is not None else x, res_out if res_out is not None else x, eps,
+                       X_FORM=x_form, HAS_RES=residual is not None,
                        HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % (cfg.split_k * cfg.block_k) == 0,
                        EVEN_N=n % cfg.block_n == 0, DOT_FP32=_DOT_FP32 or x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
                        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -204,13 +270,19 @@ def _launch(x, weight, bias, cfg: GemvConfig, out):
 def gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, block_n: int, block_k: int,
             split_k: int, num_warps: int, num_stages: int) -> torch.Tensor:
     out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
-    _launch(x, weight, bias, GemvConfig(block_n, block_k, split_k, num_warps, num_stages), out)
+    launch(x, weight, bias, GemvConfig(block_n, block_k, split_k, num_warps, num_stages), out)
     return out
 
 
 @gemv_op.register_fake
 def _(x, weight, bias, block_n, block_k, split_k, num_warps, num_stages):
     return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def check_config(cfg: GemvConfig) -> GemvConfig:
+    if cfg.block_k % 8 or cfg.block_n < 1 or cfg.split_k < 1:
+        raise ValueError(f"{cfg}: block_k must be a multiple of 8, block_n and split_k >= 1")
+    return cfg
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -221,16 +293,16 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
                          "and weight [N, K]; use linear() for any shape")
     if x.stride(-1) != 1:
         x = x.contiguous()
-    cfg = config or pick_config(x, weight)
-    if cfg.block_k % 8 or cfg.block_n < 1 or cfg.split_k < 1:
-        raise ValueError(f"{cfg}: block_k must be a multiple of 8, block_n and split_k >= 1")
-    return gemv_op(x, weight.contiguous(), bias, cfg.block_n, cfg.block_k, cfg.split_k, cfg.num_warps,
-                   cfg.num_stages)
+    m, (n, k) = x.shape[0], weight.shape
+    cfg = check_config(config or pick_config(m, n, k, x.device) or default_config(m, n, k))
+    return gemv_op(x, weight.contiguous(), bias, *cfg.as_dict().values())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear with the decode GEMV for <= MAX_M tokens; larger batches (prefill) use F.linear."""
+    """F.linear with the decode GEMV for <= MAX_M tokens; larger batches (prefill), and shapes the
+    sweep measured cuBLAS faster on, use F.linear. The decode_gemv switch installs this function."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if not 1 <= rows <= MAX_M or not weight.is_contiguous() or cublas_faster(rows, *weight.shape):
+    cfg = pick_config(rows, *weight.shape, x.device) if 1 <= rows <= MAX_M and weight.is_contiguous() else None
+    if cfg is None:
         return F.linear(x, weight, bias)
-    return gemv(x.reshape(rows, x.shape[-1]), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+    return gemv(x.reshape(rows, x.shape[-1]), weight, bias, cfg).reshape(*x.shape[:-1], weight.shape[0])

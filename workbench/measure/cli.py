@@ -6,6 +6,7 @@ one of --preset's shape (default qwen3-0.6b on a GPU, tiny on a CPU) under --wor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -75,6 +76,8 @@ def cmd_check(args) -> int:
                     Optimizations(attention="flash", fused_kernels=True),
                     Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True),
                     Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True),
+                    Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, fused_decode=True,
+                                  cuda_graphs=True),
                     Optimizations.all_on(), Optimizations(attention="naive", cuda_graphs=True),
                     Optimizations(attention="naive", compile=True)]
     if args.settings:
@@ -111,9 +114,11 @@ def cmd_bench(args) -> int:
         if args.what == "stack":
             settings = bench.stack_settings()
         else:
-            presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", Optimizations.all_on()),
+            all_on = Optimizations.all_on()
+            presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", all_on),
                        "all_on_cublas": ("all on, cuBLAS", Optimizations(attention="flash", fused_kernels=True,
-                                                                        cuda_graphs=True, compile=True))}
+                                                                        cuda_graphs=True, compile=True)),
+                       "all_on_nofold": ("all on, no fold", dataclasses.replace(all_on, fused_decode=False))}
             settings = _chosen(args.settings, presets)
         results = []
         for title, opts in runnable(settings, lambda item: item[1]):
@@ -153,7 +158,7 @@ def add_measure_commands(sub) -> None:
     common(check)
     check.add_argument("--prompts", type=int, default=32)
     check.add_argument("--max-tokens", type=int, default=64)
-    check.add_argument("--quick", action="store_true", help="8 representative settings instead of all 20")
+    check.add_argument("--quick", action="store_true", help="9 representative settings instead of all 23")
     check.add_argument("--settings", help="comma-separated labels, e.g. naive+compile,flash+graphs+compile")
     check.add_argument("--no-hf", action="store_true", help="skip the HF transformers reference")
     check.set_defaults(func=cmd_check)
@@ -175,7 +180,8 @@ def add_measure_commands(sub) -> None:
                    help="EngineConfig.decode_steps values, comma-separated (e.g. 1,8: multi-step decoding "
                         "against one step per schedule, one row each)")
     b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off,all_on,all_on_cublas "
-                   "(all on without decode_gemv)")
+                   "(all on with cuBLAS matmuls: no decode_gemv, no fused_decode),all_on_nofold (all on without "
+                   "fused_decode)")
     b.add_argument("--peers", action="store_true", help="also HF transformers generate / generate_batch")
     b.set_defaults(func=cmd_bench)
 

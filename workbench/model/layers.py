@@ -62,6 +62,9 @@ class RMSNorm(nn.Module):
     """
 
     forms = PLAIN_FORMS
+    # fused_decode installs fold(norm, linear, x, residual) -> (y, new_residual), or None where it
+    # does not apply (more than 16 tokens): the norm inside the linear's GEMV, one kernel
+    fold = None
 
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -72,6 +75,17 @@ class RMSNorm(nn.Module):
         if residual is None:
             return self.forms.rms_norm(x, self.weight, self.eps)
         return self.forms.add_rms_norm(x, residual, self.weight, self.eps)
+
+    def then(self, linear: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """(linear(norm(x + residual)), x + residual): this norm and the linear layer after it.
+        residual=None (the first layer): the norm of x, and x starts the residual stream."""
+        folded = self.fold(self, linear, x, residual) if self.fold is not None else None
+        if folded is not None:
+            return folded
+        if residual is None:
+            return linear(self(x)), x
+        hidden, residual = self(x, residual)
+        return linear(hidden), residual
 
 
 # hidden_act (transformers' ACT2FN names) -> the function; config.py refuses any other name
@@ -87,6 +101,9 @@ class ActAndMul(nn.Module):
     runs in plain torch (correct, just not fused) rather than compute a silu the model never learned."""
 
     forms = PLAIN_FORMS
+    # fused_decode installs fold(act, linear, gate_up) -> y, or None where it does not apply:
+    # the activation inside the linear's GEMV (silu only: install skips other activations)
+    fold = None
 
     def __init__(self, act: str = "silu"):
         super().__init__()
@@ -97,6 +114,11 @@ class ActAndMul(nn.Module):
             return self.forms.silu_and_mul(gate_up)
         gate, up = gate_up.chunk(2, dim=-1)
         return self.act(gate) * up
+
+    def then(self, linear: nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
+        """linear(act(gate) * up): this activation and the linear layer after it."""
+        folded = self.fold(self, linear, gate_up) if self.fold is not None else None
+        return folded if folded is not None else linear(self(gate_up))
 
 
 class SiluAndMul(ActAndMul):

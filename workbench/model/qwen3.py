@@ -39,8 +39,9 @@ class Attention(nn.Module):
         self.scale = cfg.head_dim ** -0.5
         self.k_cache = self.v_cache = torch.empty(0)   # views into the engine's KV cache, set by the runner
 
-    def forward(self, positions, hidden, meta: AttentionMetadata):
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+    def forward(self, positions, qkv, meta: AttentionMetadata):
+        """qkv = qkv_proj(normed hidden), computed by the layer (it may fold the norm into it)."""
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.unflatten(-1, (self.num_heads, self.head_dim))
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
         v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
@@ -71,8 +72,9 @@ class MLP(nn.Module):
         self.act = ActAndMul(cfg.hidden_act)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias, tp_size=tp_size)
 
-    def forward(self, x):
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+    def forward(self, gate_up):
+        """gate_up = gate_up_proj(normed hidden), computed by the layer (it may fold the norm in)."""
+        return self.act.then(self.down_proj, gate_up)
 
 
 class DecoderLayer(nn.Module):
@@ -85,14 +87,13 @@ class DecoderLayer(nn.Module):
 
     def forward(self, positions, hidden, residual, meta):
         # The residual stream travels beside the hidden state so that "add residual, then
-        # normalize" is one call -- one kernel when fused.
-        if residual is None:   # first layer: the residual stream starts as the embeddings
-            hidden, residual = self.input_layernorm(hidden), hidden
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, meta)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        # normalize" is one call -- one kernel when fused -- and each norm is asked together with
+        # the matmul it feeds: with fused_decode, one kernel at decode. On the first layer
+        # residual is None: the residual stream starts as the embeddings.
+        qkv, residual = self.input_layernorm.then(self.self_attn.qkv_proj, hidden, residual)
+        hidden = self.self_attn(positions, qkv, meta)
+        gate_up, residual = self.post_attention_layernorm.then(self.mlp.gate_up_proj, hidden, residual)
+        return self.mlp(gate_up), residual
 
 
 class CausalLM(nn.Module):

@@ -5,7 +5,7 @@ Chapter: notebooks/09 (the last mile: batch-1 decode against the bandwidth roofl
 Measurement: measure/gemv.py (each projection's GB/s against the HBM roofline, kernel vs cuBLAS).
 The kernel: workbench/kernels/gemv.py.
 
-Installed: `install(model, on)` flips the one hook every linear layer runs through
+Installed: `install(model, on)` sets the one hook every linear layer runs through
 (`Linear.decode_gemv`, workbench/parallel/tensor_parallel.py).
 """
 from __future__ import annotations
@@ -20,7 +20,10 @@ def why_not(device: str, tp_size: int = 1) -> str | None:
 
 
 def install(model, on: bool) -> None:
-    """Flip the decode-GEMV hook of every Linear in `model`."""
+    """Set the decode-GEMV hook of every Linear in `model`: the kernel's `linear` (on) or None."""
+    fn = None
+    if on:   # imported here: workbench.kernels needs Triton, which a CPU-only install may lack
+        from workbench.kernels.gemv import linear as fn
     for module in model.modules():
         if isinstance(module, Linear):
-            module.decode_gemv = on
+            module.decode_gemv = fn

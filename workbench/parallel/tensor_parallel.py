@@ -54,18 +54,18 @@ def shard_tensor(name: str, tensor: torch.Tensor, rank: int, size: int) -> torch
 
 
 class Linear(nn.Linear):
-    """nn.Linear with the one hook where every linear layer of the model runs: with
-    `decode_gemv` set (Optimizations.decode_gemv, installed by workbench/optimizations/decode_gemv.py), a call on <= 16 tokens
-    runs the Triton decode GEMV (workbench.kernels.gemv); otherwise, and always in prefill, F.linear."""
+    """nn.Linear with the one hook where every linear layer of the model runs: `decode_gemv`, a
+    function (x, weight, bias) -> y installed by workbench/optimizations/decode_gemv.py
+    (Optimizations.decode_gemv: workbench.kernels.gemv.linear, the Triton GEMV on <= 16 tokens and
+    F.linear beyond); None (the default): F.linear."""
 
-    decode_gemv = False
+    decode_gemv = None
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x @ W^T (+ bias) through the hook: subclasses that place the bias themselves (the
         row-parallel layer, after its all-reduce) still get the decode GEMV."""
-        if self.decode_gemv:
-            from workbench.kernels.gemv import linear
-            return linear(x, self.weight, bias)
+        if self.decode_gemv is not None:
+            return self.decode_gemv(x, self.weight, bias)
         return nn.functional.linear(x, self.weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,148 @@
+"""The fused_decode kernels (workbench/kernels/fused_gemv.py) on the CPU, under Triton's interpreter:
+RMSNorm(+residual) -> GEMV and SiLU-and-mul -> GEMV against the unfused torch forms, and the engine's
+greedy tokens with the switch's hooks installed against all-off. As in test_kernels_interpret.py,
+the checks run in one child process (TRITON_INTERPRET=1) and each pytest test reads its verdict;
+the GPU twin is tests/gpu/test_fused_decode_gpu.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+from itertools import product
+
+import pytest
+
+CHECKS = ["rms_norm_linear", "silu_mul_linear", "broken_fold_is_caught", "engine_tokens_match_all_off"]
+SHAPES = ((40, 72), (32, 256))   # (N, K): N not a multiple of the block, K not of split x block
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+@pytest.fixture(scope="module")
+def verdicts() -> dict:
+    from kernel_cases import interpreter_verdicts
+    return interpreter_verdicts(__file__)
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_fused_decode_matches_unfused(verdicts, name):
+    assert verdicts[name] == "ok", verdicts[name]
+
+
+# --- the checks, run in the child process ----------------------------------------------------
+def _rel_err(got, want) -> float:
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+def _tol(torch, dtype) -> float:
+    # bf16: 2e-2, not the GPU test's 1e-2 -- the interpreter (Triton 3.9) rounds fp32 -> bf16 toward
+    # zero where the GPU and torch round to nearest, and the fold rounds twice more than a GEMV
+    return 1e-5 if dtype == torch.float32 else 2e-2
+
+
+def _cases(torch, g, extra=((),)):
+    """(dtype, M, (N, K), *extra) for every check, first with the heuristic configs, then (bf16)
+    with tuned entries for the test shapes that split K three ways (the fold must not care)."""
+    split = {(n, k, b): g.GemvConfig(block_n=4 if b == "m1" else 16, block_k=32, split_k=3)
+             for (n, k), b in product(SHAPES, ("m1", "m16"))}
+    yield from ((d, m, s, *e) for d, m, s, e in product((torch.float32, torch.bfloat16), (1, 3, 16), SHAPES, extra))
+    g.CONFIGS.update(split)
+    try:
+        yield from ((torch.bfloat16, m, s, *e) for m, s, e in product((1, 3, 16), SHAPES, extra))
+    finally:
+        [g.CONFIGS.pop(key) for key in split]
+
+
+def norm_linear_err(torch, m, n, k, dtype, with_residual, bias, residual_for_ref=None):
+    """rms_norm_linear against the unfused forms (layers.py) + float64 F.linear; returns the
+    output's relative error, after checking the new residual is exactly x + residual."""
+    from workbench.kernels.fused_gemv import rms_norm_linear
+    from workbench.model.layers import plain_add_rms_norm, plain_rms_norm
+    x = 3 * torch.randn(m, k, dtype=dtype)   # rms far from 1: a skipped norm shows
+    res = torch.randn(m, k, dtype=dtype) if with_residual else None
+    nw, eps = (1 + 0.1 * torch.randn(k)).to(dtype), 1e-6
+    w, b = torch.randn(n, k, dtype=dtype), (torch.randn(n, dtype=dtype) if bias else None)
+    ref_res = res if residual_for_ref is None else residual_for_ref(x)
+    normed, want_res = plain_add_rms_norm(x, ref_res, nw, eps) if ref_res is not None else (plain_rms_norm(x, nw, eps), x)
+    got, got_res = rms_norm_linear(x, res, nw, eps, w, b)
+    assert got.shape == (m, n) and got.dtype == dtype and torch.isfinite(got).all()
+    if residual_for_ref is None:   # exactly x + residual (x alone: a copy); bf16: 1 ulp, as _tol says
+        ulp = 0 if dtype == torch.float32 else 2 ** -7
+        torch.testing.assert_close(got_res, want_res, rtol=ulp, atol=0)
+    want = torch.nn.functional.linear(normed.double(), w.double(), None if b is None else b.double())
+    return _rel_err(got, want)
+
+
+def check_rms_norm_linear(torch):
+    from workbench.kernels import gemv as g
+    for dtype, m, (n, k), with_res in _cases(torch, g, extra=((False,), (True,))):
+        err = norm_linear_err(torch, m, n, k, dtype, with_res, bias=m != 3)
+        assert err < _tol(torch, dtype), f"{dtype} M={m} N={n} K={k} residual={with_res}: rel err {err:.3g}"
+
+
+def silu_linear_err(torch, m, n, k, dtype, bias, act_for_ref=None):
+    """silu_mul_linear on a strided gate_up view against plain_silu_and_mul + float64 F.linear."""
+    from workbench.kernels.fused_gemv import silu_mul_linear
+    from workbench.model.layers import plain_silu_and_mul
+    gate_up = torch.randn(m, 2 * k + 8, dtype=dtype)[:, :2 * k]   # rows 2K + 8 apart
+    w, b = torch.randn(n, k, dtype=dtype), (torch.randn(n, dtype=dtype) if bias else None)
+    got = silu_mul_linear(gate_up, w, b)
+    assert got.shape == (m, n) and got.dtype == dtype and torch.isfinite(got).all()
+    act = (act_for_ref or plain_silu_and_mul)(gate_up)
+    want = torch.nn.functional.linear(act.double(), w.double(), None if b is None else b.double())
+    return _rel_err(got, want)
+
+
+def check_silu_mul_linear(torch):
+    from workbench.kernels import gemv as g
+    for dtype, m, (n, k) in _cases(torch, g):
+        err = silu_linear_err(torch, m, n, k, dtype, bias=m != 3)
+        assert err < _tol(torch, dtype), f"{dtype} M={m} N={n} K={k}: rel err {err:.3g}"
+
+
+def check_broken_fold_is_caught(torch):
+    """The same checks, fed a wrong reference (the residual forgotten; gate and up swapped), must
+    fail: they can tell a fold that skips part of the op."""
+    err = norm_linear_err(torch, 1, 40, 72, torch.float32, False, False, residual_for_ref=torch.randn_like)
+    assert err > 0.05, f"a forgotten residual passed (rel err {err:.3g}): the check cannot fail"
+    swapped = lambda gu: torch.nn.functional.silu(gu.chunk(2, -1)[1]) * gu.chunk(2, -1)[0]  # noqa: E731
+    err = silu_linear_err(torch, 3, 40, 72, torch.float32, True, act_for_ref=swapped)
+    assert err > 0.05, f"a swapped gate/up passed (rel err {err:.3g}): the check cannot fail"
+
+
+def check_engine_tokens_match_all_off(torch):
+    """Tiny fp32 model, 2 sequences x 5 greedy tokens: all-off against all-off with the
+    fused_decode hooks installed -- the CPU engine refuses the switch, so it is installed into the
+    built model, as the runner does on a GPU (decode_gemv stays off: the fold does not need it)."""
+    import tempfile
+
+    from workbench import LLM, Optimizations, SamplingParams
+    from workbench.kernels import fused_gemv as fg
+    from workbench.model import make_checkpoint
+    from workbench.optimizations import fused_decode
+    path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=0)
+    prompts, params = [[5, 17, 99, 3], [42, 7, 250, 11, 64, 9, 1]], SamplingParams(
+        temperature=0, max_tokens=5, ignore_eos=True, return_logits=True)
+    runs, calls = [], []
+    for fold in (False, True):
+        with LLM(path, opts=Optimizations.all_off(), device="cpu", enable_prefix_caching=False) as llm:
+            if fold:
+                for name in ("rms_norm_gemv_op", "silu_mul_gemv_op"):   # count the kernels' calls
+                    op = getattr(fg, name)
+                    setattr(fg, name, lambda *a, _op=op, _n=name: calls.append(_n) or _op(*a))
+                fused_decode.install(llm.runner.model, True)
+            runs.append(llm.generate(prompts, params, use_tqdm=False))
+    assert {"rms_norm_gemv_op", "silu_mul_gemv_op"} <= set(calls), f"the folds never ran: {set(calls)}"
+    for base, folded in zip(*runs):
+        assert folded.token_ids == base.token_ids, (base.token_ids, folded.token_ids)
+        torch.testing.assert_close(folded.logits, base.logits, rtol=1e-4, atol=1e-4)
+
+
+def _main() -> None:
+    import torch
+    from kernel_cases import run_checks
+    torch.manual_seed(0)
+    run_checks(CHECKS, globals(), torch)
+
+
+if __name__ == "__main__":
+    _main()

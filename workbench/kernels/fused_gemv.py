@@ -1,0 +1,92 @@
+"""The decode GEMV with the op before it folded in: RMSNorm (and the residual add) before qkv_proj
+and gate_up_proj, SiLU-and-mul before down_proj. The `fused_decode` switch's kernels.
+
+Why fold. At batch 1 a decode step is ~300 small kernels, and each costs ~2-3 us on an H200
+however little it does (launch, ramp-up, the tail of the kernel before it). The RMSNorm of one
+token reads and writes 2 KB; the GEMV after it reads 8-12 MB of weights. Folding the norm into
+the GEMV's load of x removes a kernel and its round trip through HBM, and costs each GEMV program
+one extra read of the token's row (hidden_size values, from L2) to compute the row's rms itself.
+
+How. It is the same kernel as kernels/gemv.py -- same split-K structure, same tuned CONFIGS --
+with a different X_FORM: what the kernel does to x as it loads each tile.
+  rms_norm_linear   x (+ residual) -> RMSNorm -> @ W^T; the programs of the first N-tile also
+                    write the new residual x + residual (each K slice once), so it is produced
+                    exactly once with no extra kernel and no atomics
+  silu_mul_linear   gate_up [M, 2I] -> silu(gate) * up -> @ W^T
+Both round where the unfused torch ops round (the residual sum, the normalized row and the
+activation each go to the input dtype), so they match the unfused path to the matmul's own
+rounding. Both are registered torch ops with fake impls, like workbench::gemv: torch.compile
+sees one opaque op, and CUDA graphs capture the launches (the outputs are fresh torch.empty).
+
+Both run at M <= MAX_M tokens with the bare GEMV's config for the shape (CONFIGS, else
+default_config -- also where CONFIGS marks cuBLAS faster for the bare matmul, since folding removes
+a whole kernel), except that the norm never splits K (see _config).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .gemv import MAX_M, RMS_NORM, SILU_MUL, GemvConfig, check_config, default_config, launch, pick_config
+
+
+def _config(x: torch.Tensor, weight: torch.Tensor, whole_rows: bool = False) -> GemvConfig:
+    """The bare GEMV's config for the shape. whole_rows (the norm): no split-K, since every K
+    slice's programs would read the whole row again for its rms (at M = 1 the tuned configs of
+    qkv_proj and gate_up_proj do not split anyway)."""
+    m, (n, k) = x.shape[0], weight.shape
+    cfg = pick_config(m, n, k, x.device) or default_config(m, n, k)
+    return check_config(dataclasses.replace(cfg, split_k=1) if whole_rows else cfg)
+
+
+@torch.library.custom_op("workbench::rms_norm_gemv", mutates_args=())
+def rms_norm_gemv_op(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                     weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+    new_residual = torch.empty_like(x)   # = x + residual (a copy of x when residual is None)
+    launch(x, weight, bias, _config(x, weight, whole_rows=True), out, RMS_NORM, residual, norm_weight, new_residual, eps)
+    return out, new_residual
+
+
+@rms_norm_gemv_op.register_fake
+def _(x, residual, norm_weight, eps, weight, bias):
+    return x.new_empty((x.shape[0], weight.shape[0])), torch.empty_like(x)
+
+
+@torch.library.custom_op("workbench::silu_mul_gemv", mutates_args=())
+def silu_mul_gemv_op(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    out = torch.empty((gate_up.shape[0], weight.shape[0]), dtype=gate_up.dtype, device=gate_up.device)
+    launch(gate_up, weight, bias, _config(gate_up, weight), out, SILU_MUL)
+    return out
+
+
+@silu_mul_gemv_op.register_fake
+def _(gate_up, weight, bias):
+    return gate_up.new_empty((gate_up.shape[0], weight.shape[0]))
+
+
+def _check(x: torch.Tensor, k: int, weight: torch.Tensor, what: str) -> None:
+    if x.dim() != 2 or not 1 <= x.shape[0] <= MAX_M or x.shape[1] != k or not weight.is_contiguous():
+        raise ValueError(f"{what}: x {tuple(x.shape)} and weight {tuple(weight.shape)}: want x [1..{MAX_M}, "
+                         f"{k}] and a contiguous weight; larger batches take the unfused path")
+
+
+def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                    weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMSNorm(x + residual) * norm_weight @ weight^T + bias, x + residual); x, residual [M, K]
+    with M <= MAX_M; residual None: the norm of x alone, and the second output is a copy of x."""
+    _check(x, weight.shape[1], weight, "rms_norm_linear")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"rms_norm_linear: residual {tuple(residual.shape)} must have x's shape {tuple(x.shape)}")
+    x = x.contiguous()
+    residual = residual.contiguous() if residual is not None else None
+    return rms_norm_gemv_op(x, residual, norm_weight.contiguous(), float(eps), weight, bias)
+
+
+def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(silu(gate) * up) @ weight^T + bias, gate_up = [gate | up] of shape [M, 2K], M <= MAX_M."""
+    _check(gate_up, 2 * weight.shape[1], weight, "silu_mul_linear")
+    if gate_up.stride(-1) != 1:
+        gate_up = gate_up.contiguous()
+    return silu_mul_gemv_op(gate_up, weight, bias)

@@ -1,0 +1,61 @@
+"""Switch `fused_decode`: at decode (<= 16 tokens) each RMSNorm (with its residual add) runs inside
+the GEMV that follows it -- input_layernorm in qkv_proj, post_attention_layernorm in gate_up_proj
+-- and SiLU-and-mul inside down_proj's GEMV. Attacks the per-kernel cost of a batch-1 step: three
+fewer kernels a layer (84 of the ~312 kernels of a Qwen3-0.6B step), each ~2-3 us of launch, ramp-up
+and tail however little it computes, and their HBM round trips.
+
+Chapter: notebooks/09 (the last mile: batch-1 decode against the bandwidth roofline).
+Measurement: kernels and GPU time per step (measure launches) and `bench single` with the switch
+off and on (scripts/device_check.sh fused-decode). The kernels: workbench/kernels/fused_gemv.py
+(the decode GEMV of kernels/gemv.py with a different load of x).
+
+Installed: `install(model, on)` sets the `fold` hook of every RMSNorm that feeds a linear layer and
+of every SiLU ActAndMul (workbench/model/layers.py: `then`); the layer asks `norm.then(linear, ...)`
+and the hook answers with one kernel, or None (more than 16 tokens: prefill) for the unfused path.
+Other activations (GELU) keep the unfused path: the kernel computes silu only.
+
+Independent of decode_gemv: the folded matmuls are that switch's kernel whatever it says, and the
+matmuls with nothing to fold (o_proj, lm_head) follow decode_gemv. So each switch can be measured
+alone, and no rule ties them. One GPU only: down_proj is row-parallel under tensor parallelism
+(its all-reduce sits between the matmul and the bias), so tp_size > 1 is refused.
+"""
+from __future__ import annotations
+
+from workbench.model.layers import ActAndMul, RMSNorm
+
+from .fused_kernels import triton_on_cuda
+
+
+def why_not(device: str, tp_size: int = 1) -> str | None:
+    if tp_size > 1:
+        return f"runs on one GPU (tensor_parallel_size={tp_size}: the folded down_proj is row-parallel)"
+    return triton_on_cuda(device)
+
+
+def folds():
+    """The two hooks, (fold_norm, fold_silu); the kernels are imported once, here (they need Triton)."""
+    from workbench.kernels.fused_gemv import MAX_M, rms_norm_linear, silu_mul_linear
+
+    def fold_norm(norm: RMSNorm, linear, x, residual):
+        """RMSNorm(x + residual) -> linear as one kernel at 1..16 tokens; None otherwise."""
+        if x.dim() != 2 or not 1 <= x.shape[0] <= MAX_M:
+            return None
+        return rms_norm_linear(x, residual, norm.weight, norm.eps, linear.weight, linear.bias)
+
+    def fold_silu(act: ActAndMul, linear, gate_up):
+        """silu(gate) * up -> linear as one kernel at 1..16 tokens; None otherwise."""
+        if act.act_name != "silu" or gate_up.dim() != 2 or not 1 <= gate_up.shape[0] <= MAX_M:
+            return None
+        return silu_mul_linear(gate_up, linear.weight, linear.bias)
+
+    return fold_norm, fold_silu
+
+
+def install(model, on: bool) -> None:
+    """Set (on) or clear (off) the fold hooks of the model's norms and SiLU activations."""
+    fold_norm, fold_silu = folds() if on else (None, None)
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            module.fold = fold_norm
+        elif isinstance(module, ActAndMul):
+            module.fold = fold_silu if module.act_name == "silu" else None
