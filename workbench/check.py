@@ -20,12 +20,16 @@ from workbench.reference import compare, hf_greedy, load_hf_model
 
 def switch_settings(attentions=("naive", "flash")) -> list[Optimizations]:
     """Every combination of attention x fused x graphs x compile, plus sdpa, plus the decode GEMV
-    on the paths where it matters (eager alone, under graphs, under graphs + compile = all on)."""
+    on the paths where it matters (eager alone, under graphs, under graphs + compile), plus decode
+    attention alone (eager, over naive prefill) and under graphs (all on includes both)."""
     settings = [Optimizations(attention=a, fused_kernels=f, cuda_graphs=g, compile=c)
                 for a, f, g, c in itertools.product(attentions, (False, True), (False, True), (False, True))]
     gemv = [Optimizations(attention="naive", decode_gemv=True),
             Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True),
-            Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True, compile=True)]
+            Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True, compile=True),
+            Optimizations(attention="naive", decode_attention=True),
+            Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, decode_attention=True,
+                          cuda_graphs=True), Optimizations.all_on()]
     return settings + [Optimizations(attention="sdpa")] + [g for g in gemv if g.attention in attentions]
 
 

@@ -92,6 +92,22 @@ def cmd_check(args) -> int:
     return 1 if bad else 0
 
 
+def bench_presets() -> dict[str, tuple[str, "Optimizations"]]:
+    """--settings names: all_off, all_on, and all_on-<switch> (all on but that one switch, e.g.
+    all_on-decode_attention: one rung measured against the full stack); all_on_cublas =
+    all_on-decode_gemv."""
+    import dataclasses
+
+    from workbench.optimizations.board import SWITCHES, Optimizations
+    all_on = Optimizations.all_on()
+    presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", all_on),
+               "all_on_cublas": ("all on, cuBLAS", dataclasses.replace(all_on, decode_gemv=False))}
+    for name in SWITCHES:
+        off = {"attention": "sdpa"} if name == "flash" else {name: False}
+        presets[f"all_on-{name}"] = (f"all on -{name}", dataclasses.replace(all_on, **off))
+    return presets
+
+
 def cmd_bench(args) -> int:
     from workbench.optimizations.board import Optimizations
     from workbench.measure import bench, format_table
@@ -111,10 +127,7 @@ def cmd_bench(args) -> int:
         if args.what == "stack":
             settings = bench.stack_settings()
         else:
-            presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", Optimizations.all_on()),
-                       "all_on_cublas": ("all on, cuBLAS", Optimizations(attention="flash", fused_kernels=True,
-                                                                        cuda_graphs=True, compile=True))}
-            settings = _chosen(args.settings, presets)
+            settings = _chosen(args.settings, bench_presets())
         results = []
         for title, opts in runnable(settings, lambda item: item[1]):
             for steps in args.decode_steps:   # multi-step decoding: one row per value
@@ -153,7 +166,7 @@ def add_measure_commands(sub) -> None:
     common(check)
     check.add_argument("--prompts", type=int, default=32)
     check.add_argument("--max-tokens", type=int, default=64)
-    check.add_argument("--quick", action="store_true", help="8 representative settings instead of all 20")
+    check.add_argument("--quick", action="store_true", help="8 representative settings instead of all 23")
     check.add_argument("--settings", help="comma-separated labels, e.g. naive+compile,flash+graphs+compile")
     check.add_argument("--no-hf", action="store_true", help="skip the HF transformers reference")
     check.set_defaults(func=cmd_check)
@@ -174,8 +187,9 @@ def add_measure_commands(sub) -> None:
     b.add_argument("--decode-steps", default=[1], type=_positive_ints,
                    help="EngineConfig.decode_steps values, comma-separated (e.g. 1,8: multi-step decoding "
                         "against one step per schedule, one row each)")
-    b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off,all_on,all_on_cublas "
-                   "(all on without decode_gemv)")
+    b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off, all_on, "
+                   "all_on-<switch> (all on but one switch, e.g. all_on-decode_attention), all_on_cublas "
+                   "(= all_on-decode_gemv)")
     b.add_argument("--peers", action="store_true", help="also HF transformers generate / generate_batch")
     b.set_defaults(func=cmd_bench)
 

@@ -79,6 +79,8 @@ class Switchboard:
         self.fused = self._toggle("fused kernels", "fused_kernels", "Triton add+RMSNorm, SwiGLU, RoPE")
         self.gemv = self._toggle("decode GEMV", "decode_gemv", "Triton GEMV for the linear layers of a decode "
                                  "step (<= 16 tokens); off: cuBLAS")
+        self.dattn = self._toggle("decode attention", "decode_attention", "Triton split-KV attention for decode "
+                                  "steps; off: the attention backend's")
         self.graphs = self._toggle("CUDA graphs", "cuda_graphs", "capture decode once, replay it")
         self.compile = self._toggle("torch.compile", "compile", "compile the model forward (slow first run)")
         self.hbm = self._toggle("HBM (ncu)", "hbm", "also measure DRAM bytes of one decode step under "
@@ -107,7 +109,7 @@ class Switchboard:
         self.notes = widgets.HTML(f"<small><b>{html.escape(str(self.model_dir.name))}</b> on {self.device}. "
                                   f"Unavailable here: {html.escape(notes)}</small>")
         self.widget = widgets.VBox([
-            widgets.HBox([self.attention, self.fused, self.gemv, self.graphs, self.compile, self.hbm]),
+            widgets.HBox([self.attention, self.fused, self.gemv, self.dattn, self.graphs, self.compile, self.hbm]),
             widgets.HBox([self.batch, self.prompt_len, self.new_tokens, self.decode_steps]), self.notes,
             widgets.HBox([self.run_button, self.progress, self.status]), self.plot, self.telemetry.image, self.table,
             widgets.HBox([self.export_path, csv_button, json_button])])
@@ -128,7 +130,8 @@ class Switchboard:
 
     def options(self) -> Optimizations:
         return Optimizations(attention=self.attention.value, fused_kernels=self.fused.value,
-                             decode_gemv=self.gemv.value, cuda_graphs=self.graphs.value, compile=self.compile.value)
+                             decode_gemv=self.gemv.value, decode_attention=self.dattn.value,
+                             cuda_graphs=self.graphs.value, compile=self.compile.value)
 
     def blocked(self, opts: Optimizations) -> list[str]:
         """Why this machine cannot run `opts` (empty when it can)."""
@@ -139,7 +142,7 @@ class Switchboard:
         if self.blocked(opts):
             raise ValueError(f"{opts.label()} cannot run here: {'; '.join(self.blocked(opts))}")
         self.attention.value, self.fused.value, self.gemv.value = opts.attention, opts.fused_kernels, opts.decode_gemv
-        self.graphs.value, self.compile.value = opts.cuda_graphs, opts.compile
+        self.dattn.value, self.graphs.value, self.compile.value = opts.decode_attention, opts.cuda_graphs, opts.compile
 
     # One run ---------------------------------------------------------------------------------
     def _phase(self, step: int, text: str) -> None:
@@ -212,6 +215,7 @@ class Switchboard:
         record = measure_hbm_python(decode_step_workload, {"model_dir": str(self.model_dir), "attention": opts.attention,
                                                    "fused_kernels": opts.fused_kernels, "cuda_graphs": opts.cuda_graphs,
                                                    "decode_gemv": opts.decode_gemv,
+                                                   "decode_attention": opts.decode_attention,
                                                    "compile": opts.compile, "batch": batch, "context": context},
                                     nvtx_include="decode/")
         return (record.dram_bytes, "measured by ncu") if record.available else (None, f"unavailable: {record.reason}")
