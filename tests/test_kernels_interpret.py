@@ -8,17 +8,10 @@ and each pytest test reads its verdict. The same kernels run on CUDA in tests/gp
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
-import traceback
 from itertools import product
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ["store_kvcache", "fused_add_rms_norm", "rms_norm_per_head", "silu_and_mul", "apply_rope",
           "qk_norm_rope", "gemv", "gemv_broken_split_is_caught", "gemv_fallback_and_hook"]
 
@@ -28,12 +21,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 
 @pytest.fixture(scope="module")
 def verdicts() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from kernel_cases import interpreted_verdicts   # tests/ is on sys.path (its conftest.py)
+    return interpreted_verdicts(__file__)
 
 
 @pytest.mark.parametrize("name", CHECKS)
@@ -204,19 +193,12 @@ def check_gemv_fallback_and_hook(torch, ops):
 
 
 def _main() -> None:
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run through pytest (sets TRITON_INTERPRET=1)"
     import torch
 
+    from kernel_cases import run_checks   # tests/ is this script's folder
     from workbench.kernels import triton_ops as ops
     torch.manual_seed(0)
-    verdicts = {}
-    for name in CHECKS:
-        try:
-            globals()[f"check_{name}"](torch, ops)
-            verdicts[name] = "ok"
-        except Exception:   # report every failure, not just the first
-            verdicts[name] = traceback.format_exc()
-    print(json.dumps(verdicts))
+    run_checks(CHECKS, globals(), torch, ops)
 
 
 if __name__ == "__main__":
