@@ -102,8 +102,9 @@ def check_wrong_table_is_caught(torch):
 
 
 def check_engine_greedy_parity(torch):
-    """A tiny engine (fp32, CPU): greedy tokens with decode_attention on equal all-off's, and the
-    kernel really ran. The switch needs CUDA, so its why_not is told this interpreter can run it."""
+    """A tiny engine (fp32, CPU): greedy tokens with decode_attention on equal all-off's, the
+    decode steps' logits too (a tiny random model's tokens alone barely depend on attention), and
+    the kernel really ran. The switch needs CUDA: its why_not is told the interpreter can run it."""
     import tempfile
 
     from workbench import LLM, Optimizations, SamplingParams
@@ -114,14 +115,16 @@ def check_engine_greedy_parity(torch):
     calls, real = [], kernel.paged_decode_attention
     kernel.paged_decode_attention = lambda *a, **kw: calls.append(a[0].shape[0]) or real(*a, **kw)
     path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=0)
-    prompts = [[5, 9, 2], list(range(1, 40)), list(range(100, 170))]
-    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
-    tokens = {}
+    prompts = [[5, 9, 2], list(range(1, 40)), list(range(100, 170))]   # 70 keys, 2 tiles: split-KV
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, return_logits=True)
+    runs = {}
     for opts in (Optimizations.all_off(), Optimizations(attention="naive", decode_attention=True)):
         with LLM(path, opts=opts, block_size=16, max_num_seqs=3) as llm:
-            tokens[opts.decode_attention] = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
-    assert calls and max(calls) == 3, f"the kernel ran on batches {calls}"   # 70 keys, 2 tiles: split-KV
-    assert tokens[True] == tokens[False], tokens
+            runs[opts.decode_attention] = llm.generate(prompts, params, use_tqdm=False)
+    assert calls and max(calls) == 3, f"the kernel ran on batches {calls}"
+    for on, off in zip(runs[True], runs[False]):
+        assert on.token_ids == off.token_ids, (on.token_ids, off.token_ids)
+        torch.testing.assert_close(on.logits, off.logits, rtol=1e-4, atol=1e-4)
 
 
 if __name__ == "__main__":
