@@ -61,6 +61,24 @@ def test_decode_steps_go_to_the_kernel_the_rest_to_the_backend(monkeypatch):
     assert model.layers[0].self_attn.backend is backend
 
 
+def test_split_count_is_static_and_bounded():
+    from workbench.kernels.decode_attention import num_splits
+    assert num_splits(1, 8, 5, 128, 132) == 10      # batch 1: every key tile of a 640-key table its own program
+    assert num_splits(1, 8, 320, 128, 132) == 33    # a wide table: ~2 programs per SM
+    assert num_splits(64, 8, 320, 128, 132) == 1    # many sequences fill the GPU alone: one kernel
+
+
+def test_microbenchmark_without_cuda_says_why():
+    from workbench.measure.decode_attention import measure_decode_attention
+    from workbench.model import ModelConfig
+    cfg = ModelConfig.from_preset("qwen3-0.6b")
+    records = measure_decode_attention(cfg, contexts=(640,))
+    assert [r.impl for r in records] == ["flash", "triton"] and not any(r.available for r in records)
+    assert "GPU" in records[0].reason
+    with pytest.raises(ValueError, match="choose from"):
+        measure_decode_attention(cfg, ("cutlass",))
+
+
 # --- the kernel under the interpreter ---------------------------------------------------------
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
@@ -78,10 +96,10 @@ def test_kernel_under_interpreter(verdicts, name):
 
 
 # (lengths, block_size, splits, (query heads, KV heads, head_dim)): lengths 1, block_size +- 1,
-# several blocks, batch 1..8; splits None = num_splits' choice, 1 = the single-kernel path, 4 =
-# forced split-KV + merge; GQA ratios 1 and 2, head_dim 64 and 128.
+# several blocks, batch 1..8; splits None = num_splits' choice, 1 = the single-kernel path, 3 =
+# forced split-KV (not a power of two: the merge pads) + merge; GQA ratios 1 and 2, head_dim 64 and 128.
 CASES = [([1, 15, 16, 17, 70, 3, 33, 64], 16, None, (4, 2, 128)), ([1, 15, 16, 17, 70, 3, 33, 64], 16, 1, (4, 4, 64)),
-         ([127, 128, 129], 128, 4, (4, 2, 64)), ([200], 16, None, (4, 4, 128))]
+         ([127, 128, 129], 128, 3, (4, 2, 64)), ([200], 16, None, (4, 4, 128))]
 
 
 def check_matches_naive(torch):

@@ -13,19 +13,21 @@ once for the group. The padded rows cost tensor-core time, which decode has to s
 
 Choice 2, split-KV (FlashDecoding, Dao et al. 2023). At batch 1 there are only 8 (sequence, KV
 head) pairs: 8 programs on a GPU of 132 SMs, each walking its whole context alone. So each pair's
-keys are dealt out to NUM_SPLITS programs, each running its own online softmax over its share and
+keys are dealt out to S programs, each running its own online softmax over its share and
 writing an unnormalized partial output `o` with its running max `m` and sum `l` (fp32). A second,
 tiny kernel merges the splits with the same rescaling the online softmax does inside a program:
     out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s,    M = max_s m_s.
-With NUM_SPLITS = 1 (enough sequences fill the GPU) the one kernel normalizes and writes the
+With S = 1 (enough sequences fill the GPU) the one kernel normalizes and writes the
 output itself: no partials, no second launch.
 
 Choice 3, CUDA-graph capturable. The grid depends only on quantities fixed for a captured graph:
-the batch, the KV heads, and NUM_SPLITS (from the block table's width and the SM count,
+the batch, the KV heads, and S (from the block table's width and the SM count,
 `num_splits`). The lengths are read on the device: each program cuts its sequence's key tiles
-into NUM_SPLITS even shares and takes its own, so a short context gives each program one tile
+into S even shares and takes its own, so a short context gives each program one tile
 (and leaves some with none), a long one several -- no host sync, no re-capture. Every program
 writes its partial, an empty one m = -inf, l = 0, o = 0, which the merge weighs by e^-inf = 0.
+S is a run-time argument, not a compile-time constant: eager decode steps (no graphs) change the
+table's width, hence S, every few steps, and each new constant would JIT-compile a new kernel.
 
 Keys through the block table: key j of sequence b is row j % block_size of cache block
 block_tables[b, j // block_size]. The kernel looks the block id up per key row (a few bytes,
@@ -51,14 +53,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 def num_splits(batch: int, kv_heads: int, table_width: int, block_size: int, num_sms: int,
                block_n: int = BLOCK_N) -> int:
-    """Splits per (sequence, KV head): a power of two giving ~2 programs per SM, never more than
-    the widest possible sequence (table_width blocks) has key tiles. Static: graph-safe."""
+    """Splits per (sequence, KV head): ~2 programs per SM, never more than the widest possible
+    sequence (table_width blocks) has key tiles. Static: graph-safe."""
     want = triton.cdiv(2 * num_sms, batch * kv_heads)
-    max_tiles = triton.cdiv(table_width * block_size, block_n)
-    splits = 1
-    while splits * 2 <= min(want, max_tiles):
-        splits *= 2
-    return splits
+    return max(1, min(want, triton.cdiv(table_width * block_size, block_n)))
 
 
 @triton.jit
@@ -71,15 +69,15 @@ def _dot(a, b, FP32: tl.constexpr):
 @triton.jit
 def _split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_ptr, m_ptr, l_ptr, scale,
                   stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-                  stride_table, stride_ot, stride_oh,
+                  stride_table, stride_ot, stride_oh, num_splits,
                   NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, DOT_FP32: tl.constexpr,
+                  BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     # This program's share of the sequence's key tiles, from its length on the device.
     seq_len = tl.load(lens_ptr + seq)
     num_tiles = tl.cdiv(seq_len, BLOCK_N)
-    per_split = tl.cdiv(num_tiles, NUM_SPLITS)
+    per_split = tl.cdiv(num_tiles, num_splits)
     first = split * per_split
     last = tl.minimum(first + per_split, num_tiles)
 
@@ -111,27 +109,28 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_ptr, 
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_FP32)
         m = m_new
 
-    if NUM_SPLITS == 1:   # the whole context was ours: normalize and write the output
+    if not SPLIT:   # the whole context was ours: normalize and write the output
         out = acc / tl.where(l > 0, l, 1.0)[:, None]
         tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=hd_mask)
-    else:                 # partials [batch, heads, split, ...], fp32, for the merge
-        slot = (seq * NUM_HEADS + heads) * NUM_SPLITS + split
+    else:           # partials [batch, heads, split, ...], fp32, for the merge
+        slot = (seq * NUM_HEADS + heads) * num_splits + split
         tl.store(part_ptr + slot[:, None] * HEAD_DIM + dims[None, :], acc, mask=hd_mask)
         tl.store(m_ptr + slot, m, mask=rows < GROUP)
         tl.store(l_ptr + slot, l, mask=rows < GROUP)
 
 
 @triton.jit
-def _merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_oh,
-                  NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                  BLOCK_D: tl.constexpr):
+def _merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_oh, num_splits,
+                  NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     seq, head = tl.program_id(0), tl.program_id(1)
-    slot = (seq * NUM_HEADS + head) * NUM_SPLITS + tl.arange(0, NUM_SPLITS)
+    splits = tl.arange(0, BLOCK_S)                  # padded to a power of two: masked
+    slot = (seq * NUM_HEADS + head) * num_splits + splits
     dims = tl.arange(0, BLOCK_D)
-    m = tl.load(m_ptr + slot)
-    l = tl.load(l_ptr + slot)
-    o = tl.load(part_ptr + slot[:, None] * HEAD_DIM + dims[None, :], mask=dims[None, :] < HEAD_DIM, other=0.0)
+    m = tl.load(m_ptr + slot, mask=splits < num_splits, other=float("-inf"))
+    l = tl.load(l_ptr + slot, mask=splits < num_splits, other=0.0)
+    o = tl.load(part_ptr + slot[:, None] * HEAD_DIM + dims[None, :],
+                mask=(splits[:, None] < num_splits) & (dims[None, :] < HEAD_DIM), other=0.0)
     weight = tl.exp(m - tl.max(m, 0))               # split 0 is never empty, so max(m) is finite
     out = tl.sum(o * weight[:, None], 0) / tl.sum(l * weight, 0)
     tl.store(out_ptr + seq * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
@@ -165,12 +164,13 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     _split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part, m, l, float(scale),
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
-        out.stride(0), out.stride(1),
-        NUM_HEADS=num_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, NUM_SPLITS=splits,
+        out.stride(0), out.stride(1), splits,
+        NUM_HEADS=num_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, SPLIT=splits > 1,
         DOT_FP32=_INTERPRET or q.dtype == torch.float32,
         BLOCK_H=max(MIN_GROUP_ROWS, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=4, num_stages=2)
     if splits > 1:
-        _merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), NUM_HEADS=num_heads,
-                                          HEAD_DIM=head_dim, NUM_SPLITS=splits, BLOCK_D=block_d, num_warps=4)
+        _merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads,
+                                          HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits),
+                                          BLOCK_D=block_d, num_warps=4)
     return out

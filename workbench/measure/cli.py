@@ -264,6 +264,24 @@ def cmd_measure_gemv(args) -> int:
     return 0
 
 
+def cmd_measure_decode_attention(args) -> int:
+    """A decode step's attention per layer call: the Triton split-KV kernel vs flash-attn's decode."""
+    from workbench.measure import format_table, measure_copy_bandwidth
+    from workbench.measure.decode_attention import measure_decode_attention
+    from workbench.model import ModelConfig
+    copy = measure_copy_bandwidth()
+    print(copy)
+    records = measure_decode_attention(ModelConfig.from_hf(model_dir(args)), args.impls.split(","), args.batch,
+                                       args.context, copy_bandwidth=copy.bandwidth if copy.available else None)
+    rows = [r.to_dict() for r in records]
+    print("decode attention per layer call, bf16, one graph of `calls` calls on separate caches "
+          "(time: measured; kv_bytes: modelled)")
+    print(format_table(rows, ["impl", "batch", "context", "calls", "us_per_call", "kv_bytes", "of_copy_bandwidth",
+                              "reason"]))
+    _save(rows, args.json)
+    return 0
+
+
 def cmd_measure_tp(args) -> int:
     """Decode step time and the all-reduce time inside it, tp=1 against each --tp size."""
     from workbench.optimizations.board import Optimizations
@@ -378,6 +396,14 @@ def add_measure_subcommands(sub, common) -> None:
     gemv.add_argument("--impls", default="cublas,inductor,triton",
                       help="cublas, inductor and/or triton (the decode_gemv switch's kernel)")
     gemv.set_defaults(func=cmd_measure_gemv)
+    dattn = msub.add_parser("decode-attention", help="decode attention per layer call: the decode_attention "
+                            "switch's Triton kernel vs flash-attn's decode, by context length")
+    common(dattn)
+    dattn.add_argument("--impls", default="flash,triton")
+    dattn.add_argument("--batch", type=_positive_ints, default=[1], help="comma-separated batch sizes")
+    dattn.add_argument("--context", type=_positive_ints, default=[128, 640, 2048, 4096],
+                       help="comma-separated context lengths (keys per sequence)")
+    dattn.set_defaults(func=cmd_measure_decode_attention)
     tp = msub.add_parser("tp", help="tensor parallelism: decode step time and its all-reduce time, tp=1 vs --tp")
     common(tp)
     tp.add_argument("--tp", type=_positive_ints, default=[2], help="comma-separated tensor-parallel sizes to compare with 1")
