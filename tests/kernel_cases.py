@@ -120,3 +120,16 @@ def run_checks(names, checks: dict, *args) -> None:
         except Exception:   # report every failure, not just the first
             verdicts[name] = traceback.format_exc()
     print(json.dumps(verdicts))
+
+
+def assert_engine_parity(model_dir, settings, prompts: int, max_num_seqs: int, max_tokens: int = 32) -> None:
+    """Greedy tokens and first-step logits of each setting against all-off on the same weights:
+    the project's parity bar (>= 99 % tokens matched outside near-ties, logit rel err < 2e-2)."""
+    from workbench.check import parity_table, random_prompts
+    from workbench.measure import format_table
+    rows = parity_table(model_dir, settings, random_prompts(prompts, 151936), max_tokens, with_hf=False,
+                        max_num_seqs=max_num_seqs)
+    print(format_table(rows))
+    for row in rows:
+        assert row["vs_all_off_match_rate_excl_ties"] >= 0.99, row
+        assert row["vs_all_off_first_step_logit_rel_err"] < 2e-2, row

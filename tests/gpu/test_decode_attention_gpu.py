@@ -64,9 +64,9 @@ def test_graph_replay_reads_lengths_on_the_device():
 
 @pytest.mark.parametrize("max_num_seqs,prompts", [(1, 4), (16, 16)])
 def test_engine_parity_with_decode_attention(tmp_path_factory, max_num_seqs, prompts):
+    from kernel_cases import assert_engine_parity
+
     from workbench import Optimizations
-    from workbench.check import parity_table, random_prompts
-    from workbench.measure import format_table
     from workbench.model import make_checkpoint
     path = make_checkpoint(tmp_path_factory.mktemp("q06b"), "qwen3-0.6b", seed=0, dtype="bfloat16")
     settings = [Optimizations(attention="sdpa", decode_attention=True),
@@ -74,12 +74,7 @@ def test_engine_parity_with_decode_attention(tmp_path_factory, max_num_seqs, pro
                               cuda_graphs=True),
                 Optimizations.all_on()]
     assert Optimizations.all_on().decode_attention
-    rows = parity_table(path, settings, random_prompts(prompts, 151936), 32, with_hf=False,
-                        max_num_seqs=max_num_seqs)
-    print(format_table(rows))
-    for row in rows:
-        assert row["vs_all_off_match_rate_excl_ties"] >= 0.99, row
-        assert row["vs_all_off_first_step_logit_rel_err"] < 2e-2, row
+    assert_engine_parity(path, settings, prompts, max_num_seqs)
 
 
 def test_microbenchmark_runs():

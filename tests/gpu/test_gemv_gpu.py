@@ -57,18 +57,13 @@ def test_graph_replay_and_compile_match_eager():
 
 @pytest.mark.parametrize("max_num_seqs,prompts", [(1, 4), (16, 16)])   # M = 1 and M up to 16 (tl.dot)
 def test_engine_parity_with_decode_gemv(tmp_path_factory, max_num_seqs, prompts):
-    from workbench.check import parity_table, random_prompts
+    from kernel_cases import assert_engine_parity
+
     from workbench import Optimizations
-    from workbench.measure import format_table
     from workbench.model import make_checkpoint
     path = make_checkpoint(tmp_path_factory.mktemp("q06b"), "qwen3-0.6b", seed=0, dtype="bfloat16")
     settings = [Optimizations(attention="flash", fused_kernels=True, decode_gemv=True),
                 Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True),
                 Optimizations.all_on()]
     assert Optimizations.all_on().decode_gemv
-    rows = parity_table(path, settings, random_prompts(prompts, 151936), 32, with_hf=False,
-                        max_num_seqs=max_num_seqs)
-    print(format_table(rows))
-    for row in rows:
-        assert row["vs_all_off_match_rate_excl_ties"] >= 0.99, row
-        assert row["vs_all_off_first_step_logit_rel_err"] < 2e-2, row
+    assert_engine_parity(path, settings, prompts, max_num_seqs)

@@ -13,10 +13,9 @@ graph (no launch overhead). Time per call = replay time / layers (CUDA events, t
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict, dataclass
 
-from .timing import cuda_event_times
+from .timing import graph_replay_seconds
 
 IMPLS = ("flash", "triton")
 
@@ -70,14 +69,7 @@ def time_decode_attention(cfg, impl: str, batch: int, context: int, *, block_siz
     def step():
         return [attend(q, cache[0, i], cache[1, i], meta, scale) for i in range(layers)]
 
-    for _ in range(3):   # JIT (flash-attn-4, Triton) outside the capture
-        step()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = step()   # noqa: F841 -- kept alive: the graph writes into them
-    graph.replay()
-    return statistics.median(cuda_event_times(graph.replay, replays)) / layers
+    return graph_replay_seconds(step, replays) / layers   # JIT (flash-attn-4, Triton) in its warm-up
 
 
 def measure_decode_attention(cfg, impls=IMPLS, batches=(1,), contexts=(128, 640, 2048, 4096), *,
