@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity gemv-bench fused-decode tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench) tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -57,7 +57,14 @@ do_step() {
     # fused_decode (norm and SiLU folded into the GEMV), session 6: kernel + engine tests, then
     # cuBLAS / the decode GEMV unfolded / folded, one row each at 1 and 8 decode steps a round
     fused-decode) run fused-decode-tests $PY -m pytest -q -s tests/gpu/test_fused_decode_gpu.py -p no:cacheprovider
-                run fused-decode-single $W bench single $P --settings all_on_cublas,all_on_nofold,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/fused-decode-single.json" ;;
+                run fused-decode-single $W bench single $P --settings all_on_cublas,all_on-fused_decode,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/fused-decode-single.json" ;;
+    # decode attention (decode_attention switch), session 6: kernel + graph tests, per-layer
+    # microbenchmark, bench; the engine parity (qwen3-0.6b, compile) as its own call
+    decode-attn) do_step dattn-tests; do_step dattn-micro; do_step dattn-bench ;;
+    dattn-tests) run dattn-tests $PY -m pytest -q tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k "not engine_parity" ;;
+    dattn-parity) run dattn-parity $PY -m pytest -q -s tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k engine_parity ;;
+    dattn-micro) run dattn-micro $W measure decode-attention $P --context 128,384,640,2048,8192 --json "$OUT/decode-attn-micro.json" ;;
+    dattn-bench) run dattn-bench $W bench single $P --settings all_on-decode_attention,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/decode-attn-single.json" ;;
     tp)         # needs a kind with >= 2 GPUs (nvidia-h100-x2): correctness, then the cost of the split
                 run tp-tests $PY -m pytest -q -s tests/gpu/test_tensor_parallel_gpu.py -p no:cacheprovider
                 run tp $W measure tp $P --tp 2 --batch 1 --steps 16 --json "$OUT/tp.json" ;;

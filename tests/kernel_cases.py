@@ -94,6 +94,38 @@ def gemv_interpreter_cases(GemvConfig):
     return cases
 
 
+def decode_attention_errors(torch, lens, hq, hkv, head_dim, block_size, dtype, splits=None, device="cpu",
+                            wrong_table=False, reference=None) -> list[float]:
+    """The Triton decode kernel on fresh random inputs vs attention over the same paged cache,
+    one ||got - ref|| / ||ref|| per sequence. The cache's blocks are handed out in shuffled order
+    (a real block table is not 0, 1, 2, ...). reference: a backend callable (q, k_cache, v_cache,
+    meta, scale); default: the naive backend in float64 on the upcast inputs.
+    wrong_table: run the kernel on the blocks in order instead (a planted bug the check must catch)."""
+    from workbench.attention import AttentionMetadata
+    from workbench.attention.naive import NaiveAttention
+    from workbench.kernels.decode_attention import paged_decode_attention
+    batch, width = len(lens), max(-(-n // block_size) for n in lens) + 1   # + 1: an unused column
+    num_blocks = batch * width + 3
+    k_cache = torch.randn(num_blocks, block_size, hkv, head_dim, device=device, dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(num_blocks, device=device)[:batch * width].view(batch, width).int()
+    q = torch.randn(batch, hq, head_dim, device=device, dtype=dtype)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    scale = head_dim ** -0.5
+    meta = AttentionMetadata(torch.arange(batch + 1, dtype=torch.int32, device=device), seq_lens, table,
+                             torch.full((batch,), -1, device=device), 1, max(lens), is_decode=True)
+    if reference is None:
+        want = NaiveAttention()(q.double(), k_cache.double(), v_cache.double(), meta, scale)
+    else:
+        want = reference(q, k_cache, v_cache, meta, scale).double()
+    run_table = torch.arange(batch * width, device=device).view(batch, width).int() if wrong_table else table
+    got = paged_decode_attention(q, k_cache, v_cache, seq_lens, run_table, scale, splits=splits)
+    assert got.shape == q.shape and got.dtype == dtype, (got.shape, got.dtype)
+    assert torch.isfinite(got).all(), "non-finite output (an element left unwritten?)"
+    return [((g.double() - w).norm() / w.norm()).item() for g, w in zip(got, want)]
+
+
+
 def assert_engine_parity(tmp_dir, settings, prompts: int, max_num_seqs: int) -> None:
     """The parity bar on the GPU: each setting against all-off on a random Qwen3-0.6B-shaped bf16
     checkpoint, 32 greedy tokens a prompt (>= 99 % tokens outside near-ties, first-step logit

@@ -197,6 +197,7 @@ def _main() -> None:
     import torch
     from kernel_cases import run_checks
 
+    from kernel_cases import run_checks   # tests/ is this script's folder
     from workbench.kernels import triton_ops as ops
     torch.manual_seed(0)
     run_checks(CHECKS, globals(), torch, ops)

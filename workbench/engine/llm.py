@@ -366,6 +366,7 @@ class LLM(MeasurementMethods):
             f"fused      {fused_text}",
             f"gemv       {'on (Triton decode GEMV, <= 16 tokens)' if o.decode_gemv else 'off (torch F.linear: cuBLAS on a GPU)'}",
             f"fdec       {fdec_text}",
+            f"dattn      {'on (Triton split-KV kernel, decode steps)' if o.decode_attention else 'off'}",
             f"graphs     {'on, buckets ' + str(r.graphs.buckets) if r.graphs else 'off (eager decode)'}",
             f"compile    {'on (torch.compile)' if o.compile else 'off'}",
             f"tensor parallel  {tp_text}",

@@ -258,11 +258,14 @@ def stack_settings() -> list[tuple[str, Optimizations]]:
               ("+gemv", Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True)),
               ("+fold", Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, fused_decode=True,
                                       cuda_graphs=True)),
+              ("+dattn", Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, fused_decode=True,
+                                       decode_attention=True, cuda_graphs=True)),
               ("+compile (all on)", Optimizations.all_on())]
     alone = [("flash alone", Optimizations(attention="flash")),
              ("fused alone", Optimizations(attention="naive", fused_kernels=True)),
              ("gemv alone", Optimizations(attention="naive", decode_gemv=True)),
              ("fold alone", Optimizations(attention="naive", fused_decode=True)),
+             ("dattn alone", Optimizations(attention="naive", decode_attention=True)),
              ("graphs alone", Optimizations(attention="naive", cuda_graphs=True)),
              ("compile alone", Optimizations(attention="naive", compile=True))]
     return ladder + [a for a in alone if a[1] not in [s for _, s in ladder]]

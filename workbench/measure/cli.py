@@ -95,6 +95,23 @@ def cmd_check(args) -> int:
     return 1 if bad else 0
 
 
+def bench_presets() -> dict[str, tuple[str, "Optimizations"]]:
+    """--settings names: all_off, all_on, and all_on-<switch> (all on but that one switch, e.g.
+    all_on-decode_attention: one rung measured against the full stack); all_on_cublas: all on
+    with every decode matmul on cuBLAS (no decode_gemv, no fused_decode)."""
+    import dataclasses
+
+    from workbench.optimizations.board import SWITCHES, Optimizations
+    all_on = Optimizations.all_on()
+    presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", all_on),
+               "all_on_cublas": ("all on, cuBLAS",
+                                                  dataclasses.replace(all_on, decode_gemv=False, fused_decode=False))}
+    for name in SWITCHES:
+        off = {"attention": "sdpa"} if name == "flash" else {name: False}
+        presets[f"all_on-{name}"] = (f"all on -{name}", dataclasses.replace(all_on, **off))
+    return presets
+
+
 def cmd_bench(args) -> int:
     from workbench.optimizations.board import Optimizations
     from workbench.measure import bench, format_table
@@ -114,12 +131,7 @@ def cmd_bench(args) -> int:
         if args.what == "stack":
             settings = bench.stack_settings()
         else:
-            all_on = Optimizations.all_on()
-            presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", all_on),
-                       "all_on_cublas": ("all on, cuBLAS", Optimizations(attention="flash", fused_kernels=True,
-                                                                        cuda_graphs=True, compile=True)),
-                       "all_on_nofold": ("all on, no fold", dataclasses.replace(all_on, fused_decode=False))}
-            settings = _chosen(args.settings, presets)
+            settings = _chosen(args.settings, bench_presets())
         results = []
         for title, opts in runnable(settings, lambda item: item[1]):
             for steps in args.decode_steps:   # multi-step decoding: one row per value
@@ -158,7 +170,7 @@ def add_measure_commands(sub) -> None:
     common(check)
     check.add_argument("--prompts", type=int, default=32)
     check.add_argument("--max-tokens", type=int, default=64)
-    check.add_argument("--quick", action="store_true", help="9 representative settings instead of all 23")
+    check.add_argument("--quick", action="store_true", help="the representative settings instead of all of them")
     check.add_argument("--settings", help="comma-separated labels, e.g. naive+compile,flash+graphs+compile")
     check.add_argument("--no-hf", action="store_true", help="skip the HF transformers reference")
     check.set_defaults(func=cmd_check)
@@ -179,9 +191,9 @@ def add_measure_commands(sub) -> None:
     b.add_argument("--decode-steps", default=[1], type=_positive_ints,
                    help="EngineConfig.decode_steps values, comma-separated (e.g. 1,8: multi-step decoding "
                         "against one step per schedule, one row each)")
-    b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off,all_on,all_on_cublas "
-                   "(all on with cuBLAS matmuls: no decode_gemv, no fused_decode),all_on_nofold (all on without "
-                   "fused_decode)")
+    b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off, all_on, "
+                   "all_on-<switch> (all on but one switch, e.g. all_on-decode_attention), all_on_cublas "
+                   "(all on with cuBLAS matmuls: no decode_gemv, no fused_decode)")
     b.add_argument("--peers", action="store_true", help="also HF transformers generate / generate_batch")
     b.set_defaults(func=cmd_bench)
 
@@ -252,6 +264,24 @@ def cmd_measure_gemv(args) -> int:
           "(time: measured; weight_bytes: modelled from the shape)")
     print(format_table(rows, ["name", "impl", "k", "n", "calls", "us_per_call", "weight_bytes", "tb_per_s",
                               "of_copy_bandwidth", "reason"]))
+    _save(rows, args.json)
+    return 0
+
+
+def cmd_measure_decode_attention(args) -> int:
+    """A decode step's attention per layer call: the Triton split-KV kernel vs flash-attn's decode."""
+    from workbench.measure import format_table, measure_copy_bandwidth
+    from workbench.measure.decode_attention import measure_decode_attention
+    from workbench.model import ModelConfig
+    copy = measure_copy_bandwidth()
+    print(copy)
+    records = measure_decode_attention(ModelConfig.from_hf(model_dir(args)), args.impls.split(","), args.batch,
+                                       args.context, copy_bandwidth=copy.bandwidth if copy.available else None)
+    rows = [r.to_dict() for r in records]
+    print("decode attention per layer call, bf16, one graph of `calls` calls on separate caches "
+          "(time: measured; kv_bytes: modelled)")
+    print(format_table(rows, ["impl", "batch", "context", "calls", "us_per_call", "kv_bytes", "of_copy_bandwidth",
+                              "reason"]))
     _save(rows, args.json)
     return 0
 
@@ -370,6 +400,14 @@ def add_measure_subcommands(sub, common) -> None:
     gemv.add_argument("--impls", default="cublas,inductor,triton",
                       help="cublas, inductor and/or triton (the decode_gemv switch's kernel)")
     gemv.set_defaults(func=cmd_measure_gemv)
+    dattn = msub.add_parser("decode-attention", help="decode attention per layer call: the decode_attention "
+                            "switch's Triton kernel vs flash-attn's decode, by context length")
+    common(dattn)
+    dattn.add_argument("--impls", default="flash,triton")
+    dattn.add_argument("--batch", type=_positive_ints, default=[1], help="comma-separated batch sizes")
+    dattn.add_argument("--context", type=_positive_ints, default=[128, 640, 2048, 4096],
+                       help="comma-separated context lengths (keys per sequence)")
+    dattn.set_defaults(func=cmd_measure_decode_attention)
     tp = msub.add_parser("tp", help="tensor parallelism: decode step time and its all-reduce time, tp=1 vs --tp")
     common(tp)
     tp.add_argument("--tp", type=_positive_ints, default=[2], help="comma-separated tensor-parallel sizes to compare with 1")

@@ -18,10 +18,9 @@ shape) / measured time, next to the copy bandwidth measured in the same run.
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict, dataclass
 
-from .timing import cuda_event_times
+from .timing import graph_replay_seconds
 
 IMPLS = ("cublas", "inductor", "triton")
 
@@ -85,14 +84,7 @@ def time_gemv(k: int, n: int, calls: int, impl: str, *, m: int = 1, config=None,
     def step():
         return [linear(x, w) for w in weights]
 
-    for _ in range(3):   # compile, tune, pick cuBLAS algorithms: all outside the capture
-        step()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = step()   # noqa: F841 -- kept alive: the graph writes into them
-    graph.replay()
-    return statistics.median(cuda_event_times(graph.replay, replays)) / calls
+    return graph_replay_seconds(step, replays) / calls   # compile, tune, cuBLAS: in its warm-up
 
 
 def measure_gemvs(cfg, impls=IMPLS, *, copy_bandwidth: float | None = None) -> list[GemvRecord]:

@@ -5,6 +5,8 @@ Every experiment times the same way, through these helpers (warm-up first, alway
 - `loop_seconds(fn, steps)`: one clock around `steps` calls, per call: for calls too short to
   time one by one (a decode step, a kernel launch).
 - `cuda_event_times(fn, repeats)`: each call timed on the GPU with CUDA events (no host time).
+- `graph_replay_seconds(step)`: step() captured in one CUDA graph, its replays timed with events
+  (many small kernels back to back without launch overhead).
 - `profiled(fn, steps)` / `profiling()`: the calls under torch.profiler; when the profiler cannot
   run (CUPTI missing, another profiler or ncu attached) the result says so instead of raising.
 - `device_sync(device)`: what "wait for the device" means on a GPU and on a CPU.
@@ -123,6 +125,20 @@ def loop_seconds(fn, steps: int, sync=None) -> float:
         fn()
     sync()
     return (time.perf_counter() - start) / steps
+
+
+def graph_replay_seconds(step, replays: int = 20, warmups: int = 3) -> float:
+    """Median seconds of one replay of a CUDA graph that recorded step(): step() runs `warmups`
+    times first (JIT compilation, autotuning, cuBLAS algorithm choice stay outside the capture)."""
+    import torch
+    for _ in range(warmups):
+        step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()   # noqa: F841 -- kept alive: the graph writes into them
+    graph.replay()
+    return statistics.median(cuda_event_times(graph.replay, replays))
 
 
 def cuda_event_times(fn, repeats: int) -> list[float]:

@@ -2,21 +2,22 @@
 decides whether a switch can run here (`why_not`, asked by LLM, the dashboard, the CLI and doctor).
 
 Each switch has its own module beside this one (attention, fused_kernels, decode_gemv,
-fused_decode, cuda_graphs, compile, multi_step): what it attacks, its chapter and measurement, its own
-`why_not(device, tp_size)`, and how it is installed. This file only collects them.
+fused_decode, decode_attention, cuda_graphs, compile, multi_step): what it attacks, its chapter and
+measurement, its own `why_not(device, tp_size)`, and how it is installed. This file only collects them.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
-from . import attention, cuda_graphs, decode_gemv, fused_decode, fused_kernels
+from . import attention, cuda_graphs, decode_attention, decode_gemv, fused_decode, fused_kernels
 from . import compile as torch_compile
 
 ATTENTION_BACKENDS = attention.BACKENDS
 # switch name -> its module (the order of the dashboard's buttons and of label())
 SWITCHES = {"flash": attention, "fused_kernels": fused_kernels, "decode_gemv": decode_gemv,
-            "fused_decode": fused_decode, "cuda_graphs": cuda_graphs, "compile": torch_compile}
+            "fused_decode": fused_decode, "decode_attention": decode_attention, "cuda_graphs": cuda_graphs,
+            "compile": torch_compile}
 
 
 def why_not(device: str, tp_size: int = 1) -> dict[str, str]:
@@ -33,6 +34,7 @@ class Optimizations:
     fused_kernels  residual-add+RMSNorm, SwiGLU, RoPE as Triton kernels     (fused_kernels.py)
     decode_gemv    linear layers at <= 16 tokens as a Triton split-K GEMV   (decode_gemv.py)
     fused_decode   at <= 16 tokens, RMSNorm and SiLU-and-mul inside the GEMV (fused_decode.py)
+    decode_attention  a decode step's attention as a Triton split-KV kernel (decode_attention.py)
     cuda_graphs    capture decode per batch-size bucket, replay             (cuda_graphs.py)
     compile        torch.compile the model forward                          (compile.py)
     (decode_steps, multi-step decoding, is an EngineConfig field: multi_step.py)
@@ -42,6 +44,7 @@ class Optimizations:
     fused_kernels: bool = False
     decode_gemv: bool = False
     fused_decode: bool = False
+    decode_attention: bool = False
     cuda_graphs: bool = False
     compile: bool = False
     # Made by a preset: switches this machine cannot run are dropped (with a note), not refused.
@@ -60,17 +63,18 @@ class Optimizations:
 
     @classmethod
     def enforce_eager(cls, attention: str = "sdpa", fused_kernels: bool = False,
-                      decode_gemv: bool = False, fused_decode: bool = False) -> "Optimizations":
+                      decode_gemv: bool = False, fused_decode: bool = False,
+                      decode_attention: bool = False) -> "Optimizations":
         """Eager launches, for debugging (readable stack traces, no capture, no compiler): no CUDA
         graphs and no torch.compile; attention and the kernels stay as chosen (vLLM's meaning)."""
         return cls(attention=attention, fused_kernels=fused_kernels, decode_gemv=decode_gemv,
-                   fused_decode=fused_decode, from_preset=True)
+                   fused_decode=fused_decode, decode_attention=decode_attention, from_preset=True)
 
     @classmethod
     def all_on(cls) -> "Optimizations":
         """Everything on. On a CPU the CUDA-only switches are dropped and reported as skipped."""
-        return cls(attention="flash", fused_kernels=True, decode_gemv=True, fused_decode=True, cuda_graphs=True,
-                   compile=True, from_preset=True)
+        return cls(attention="flash", fused_kernels=True, decode_gemv=True, fused_decode=True, decode_attention=True,
+                   cuda_graphs=True, compile=True, from_preset=True)
 
     @classmethod
     def preset(cls, name: str) -> "Optimizations":
@@ -91,8 +95,8 @@ class Optimizations:
 
     def label(self) -> str:
         """Short human label, e.g. 'flash+fused+graphs'."""
-        short = {"fused_kernels": "fused", "decode_gemv": "gemv", "fused_decode": "fdec", "cuda_graphs": "graphs",
-                 "compile": "compile"}
+        short = {"fused_kernels": "fused", "decode_gemv": "gemv", "fused_decode": "fdec", "decode_attention": "dattn",
+                 "cuda_graphs": "graphs", "compile": "compile"}
         return "+".join([self.attention] + [short[n] for n in self.switched_on() if n != "flash"])
 
     def why_not(self, device: str, tp_size: int = 1) -> dict[str, str]:
@@ -111,8 +115,8 @@ class Optimizations:
         if blocked and not self.from_preset:
             raise ValueError("; ".join(f"{_setting(name)}: {why}" for name, why in blocked.items())
                              + ". Turn these off (on a CPU: attention='sdpa' or 'naive', no fused_kernels, "
-                             "decode_gemv, fused_decode or cuda_graphs), or use a preset such as Optimizations.all_on(), "
-                             "which drops them with a note")
+                             "decode_gemv, fused_decode, decode_attention or cuda_graphs), or use a preset such as "
+                             "Optimizations.all_on(), which drops them with a note")
         off = {name: ("sdpa" if name == "flash" else False) for name in blocked}
         if "flash" in off:
             off["attention"] = off.pop("flash")

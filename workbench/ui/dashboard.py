@@ -81,6 +81,8 @@ class Switchboard:
                                  "step (<= 16 tokens); off: cuBLAS")
         self.fdec = self._toggle("fold into GEMV", "fused_decode", "at <= 16 tokens, RMSNorm and SiLU-and-mul "
                                  "inside the Triton GEMV that follows them (three fewer kernels a layer)")
+        self.dattn = self._toggle("decode attention", "decode_attention", "Triton split-KV attention for decode "
+                                  "steps; off: the attention backend's")
         self.graphs = self._toggle("CUDA graphs", "cuda_graphs", "capture decode once, replay it")
         self.compile = self._toggle("torch.compile", "compile", "compile the model forward (slow first run)")
         self.hbm = self._toggle("HBM (ncu)", "hbm", "also measure DRAM bytes of one decode step under "
@@ -109,7 +111,8 @@ class Switchboard:
         self.notes = widgets.HTML(f"<small><b>{html.escape(str(self.model_dir.name))}</b> on {self.device}. "
                                   f"Unavailable here: {html.escape(notes)}</small>")
         self.widget = widgets.VBox([
-            widgets.HBox([self.attention, self.fused, self.gemv, self.fdec, self.graphs, self.compile, self.hbm]),
+            widgets.HBox([self.attention, self.fused, self.gemv, self.fdec, self.dattn, self.graphs, self.compile,
+                          self.hbm]),
             widgets.HBox([self.batch, self.prompt_len, self.new_tokens, self.decode_steps]), self.notes,
             widgets.HBox([self.run_button, self.progress, self.status]), self.plot, self.telemetry.image, self.table,
             widgets.HBox([self.export_path, csv_button, json_button])])
@@ -130,7 +133,8 @@ class Switchboard:
 
     def options(self) -> Optimizations:
         return Optimizations(attention=self.attention.value, fused_kernels=self.fused.value,
-                             decode_gemv=self.gemv.value, fused_decode=self.fdec.value, cuda_graphs=self.graphs.value,
+                             decode_gemv=self.gemv.value, fused_decode=self.fdec.value,
+                             decode_attention=self.dattn.value, cuda_graphs=self.graphs.value,
                              compile=self.compile.value)
 
     def blocked(self, opts: Optimizations) -> list[str]:
@@ -143,7 +147,7 @@ class Switchboard:
             raise ValueError(f"{opts.label()} cannot run here: {'; '.join(self.blocked(opts))}")
         self.attention.value, self.fused.value, self.gemv.value = opts.attention, opts.fused_kernels, opts.decode_gemv
         self.fdec.value = opts.fused_decode
-        self.graphs.value, self.compile.value = opts.cuda_graphs, opts.compile
+        self.dattn.value, self.graphs.value, self.compile.value = opts.decode_attention, opts.cuda_graphs, opts.compile
 
     # One run ---------------------------------------------------------------------------------
     def _phase(self, step: int, text: str) -> None:
@@ -216,6 +220,7 @@ class Switchboard:
         record = measure_hbm_python(decode_step_workload, {"model_dir": str(self.model_dir), "attention": opts.attention,
                                                    "fused_kernels": opts.fused_kernels, "cuda_graphs": opts.cuda_graphs,
                                                    "decode_gemv": opts.decode_gemv, "fused_decode": opts.fused_decode,
+                                                   "decode_attention": opts.decode_attention,
                                                    "compile": opts.compile, "batch": batch, "context": context},
                                     nvtx_include="decode/")
         return (record.dram_bytes, "measured by ncu") if record.available else (None, f"unavailable: {record.reason}")

@@ -1,0 +1,153 @@
+"""The decode-attention switch (Optimizations.decode_attention) and its Triton kernel on the CPU.
+
+The kernel runs under Triton's interpreter (TRITON_INTERPRET=1, in a child process: this file run
+as a script, kernel_cases.run_checks) against the naive attention backend over the same paged
+cache, and inside a tiny engine against all-off's greedy tokens. The GPU twin:
+tests/gpu/test_decode_attention_gpu.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import pytest
+
+CHECKS = ["matches_naive", "wrong_table_is_caught", "engine_greedy_parity"]
+
+
+# --- the switch on the board (plain pytest, no kernel runs) ------------------------------------
+def test_switch_on_the_board():
+    from workbench import Optimizations
+    from workbench.measure.cli import bench_presets
+    from workbench.optimizations.board import SWITCHES
+    assert "decode_attention" in SWITCHES
+    assert Optimizations.all_on().decode_attention and not Optimizations.all_off().decode_attention
+    assert "dattn" in Optimizations.all_on().label()
+    assert "needs a CUDA GPU" in Optimizations(decode_attention=True).why_not("cpu")["decode_attention"]
+    with pytest.raises(ValueError, match="decode_attention=True"):
+        Optimizations(decode_attention=True).resolve("cpu")
+    _, opts = bench_presets()["all_on-decode_attention"]
+    assert opts == dataclasses.replace(Optimizations.all_on(), decode_attention=False)
+
+
+def test_decode_steps_go_to_the_kernel_the_rest_to_the_backend(monkeypatch):
+    import torch
+
+    from workbench.attention import AttentionMetadata
+    from workbench.kernels import decode_attention as kernel
+    from workbench.optimizations import decode_attention
+    calls = []
+    monkeypatch.setattr(kernel, "paged_decode_attention", lambda *a: calls.append("kernel") or a[0])
+    backend = lambda *a: calls.append("backend") or a[0]  # noqa: E731
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self_attn = torch.nn.Module()
+            self.self_attn.backend = backend
+    model = torch.nn.Module()
+    model.layers = [Layer()]
+    decode_attention.install(model, True)
+    decode_attention.install(model, True)   # installing twice wraps once
+    meta = lambda decode: AttentionMetadata(torch.zeros(2), torch.ones(1), torch.zeros(1, 1), torch.zeros(1), 1, 1,  # noqa: E731
+                                            decode)
+    q = torch.zeros(1, 2, 4)
+    model.layers[0].self_attn.backend(q, None, None, meta(True), 1.0)
+    model.layers[0].self_attn.backend(q, None, None, meta(False), 1.0)
+    assert calls == ["kernel", "backend"]
+    decode_attention.install(model, False)
+    assert model.layers[0].self_attn.backend is backend
+    decode_attention.install(model, True, override=backend)   # a student's attention runs every step
+    assert model.layers[0].self_attn.backend is backend
+
+
+def test_split_count_is_static_and_bounded():
+    from workbench.kernels.decode_attention import num_splits
+    assert num_splits(1, 8, 5, 128, 132) == 10      # batch 1: every key tile of a 640-key table its own program
+    assert num_splits(1, 8, 320, 128, 132) == 33    # a wide table: ~2 programs per SM
+    assert num_splits(64, 8, 320, 128, 132) == 1    # many sequences fill the GPU alone: one kernel
+
+
+def test_microbenchmark_without_cuda_says_why():
+    from workbench.measure.decode_attention import measure_decode_attention
+    from workbench.model import ModelConfig
+    cfg = ModelConfig.from_preset("qwen3-0.6b")
+    records = measure_decode_attention(cfg, contexts=(640,))
+    assert [r.impl for r in records] == ["flash", "triton"] and not any(r.available for r in records)
+    assert "GPU" in records[0].reason
+    with pytest.raises(ValueError, match="choose from"):
+        measure_decode_attention(cfg, ("cutlass",))
+
+
+# --- the kernel under the interpreter ---------------------------------------------------------
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+@pytest.fixture(scope="module")
+def verdicts() -> dict:
+    from kernel_cases import interpreter_verdicts   # tests/ is on sys.path (its conftest.py)
+    return interpreter_verdicts(__file__, timeout=600)
+
+
+@needs_triton
+@pytest.mark.parametrize("name", CHECKS)
+def test_kernel_under_interpreter(verdicts, name):
+    assert verdicts[name] == "ok", verdicts[name]
+
+
+# (lengths, block_size, splits, (query heads, KV heads, head_dim)): lengths 1, block_size +- 1,
+# several blocks, batch 1..8; splits None = num_splits' choice, 1 = the single-kernel path, 3 =
+# forced split-KV (not a power of two: the merge pads) + merge; GQA ratios 1 and 2, head_dim 64 and 128.
+CASES = [([1, 15, 16, 17, 70, 3, 33, 64], 16, None, (4, 2, 128)), ([1, 15, 16, 17, 70, 3, 33, 64], 16, 1, (4, 4, 64)),
+         ([127, 128, 129], 128, 3, (4, 2, 64)), ([200], 16, None, (4, 4, 128))]
+
+
+def check_matches_naive(torch):
+    from kernel_cases import decode_attention_errors
+    for dtype in (torch.float32, torch.bfloat16):
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        for lens, block_size, splits, heads in CASES:
+            errs = decode_attention_errors(torch, lens, *heads, block_size, dtype, splits)
+            assert max(errs) < tol, f"{dtype} {heads} lens={lens} bs={block_size} splits={splits}: {errs}"
+
+
+def check_wrong_table_is_caught(torch):
+    """The same check on a kernel handed the wrong block table (blocks in order, not the shuffled
+    table the cache was filled through) must fail: the check can tell."""
+    from kernel_cases import decode_attention_errors
+    errs = decode_attention_errors(torch, [1, 40, 70], 4, 2, 64, 16, torch.float32, None, wrong_table=True)
+    assert max(errs) > 0.3, f"a wrong table passed the check: {errs}"
+
+
+def check_engine_greedy_parity(torch):
+    """A tiny engine (fp32, CPU): greedy tokens with decode_attention on equal all-off's, the
+    decode steps' logits too (a tiny random model's tokens alone barely depend on attention), and
+    the kernel really ran. The switch needs CUDA: its why_not is told the interpreter can run it."""
+    import tempfile
+
+    from workbench import LLM, Optimizations, SamplingParams
+    from workbench.kernels import decode_attention as kernel
+    from workbench.model import make_checkpoint
+    from workbench.optimizations import decode_attention
+    decode_attention.why_not = lambda device, tp_size=1: None
+    calls, real = [], kernel.paged_decode_attention
+    kernel.paged_decode_attention = lambda *a, **kw: calls.append(a[0].shape[0]) or real(*a, **kw)
+    path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=0)
+    prompts = [[5, 9, 2], list(range(1, 40)), list(range(100, 170))]   # 70 keys, 2 tiles: split-KV
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, return_logits=True)
+    runs = {}
+    for opts in (Optimizations.all_off(), Optimizations(attention="naive", decode_attention=True)):
+        with LLM(path, opts=opts, block_size=16, max_num_seqs=3) as llm:
+            runs[opts.decode_attention] = llm.generate(prompts, params, use_tqdm=False)
+    assert calls and max(calls) == 3, f"the kernel ran on batches {calls}"
+    for on, off in zip(runs[True], runs[False]):
+        assert on.token_ids == off.token_ids, (on.token_ids, off.token_ids)
+        torch.testing.assert_close(on.logits, off.logits, rtol=1e-4, atol=1e-4)
+
+
+if __name__ == "__main__":
+    import torch
+
+    from kernel_cases import run_checks   # tests/ is this script's folder
+    torch.manual_seed(0)
+    run_checks(CHECKS, globals(), torch)

@@ -1,0 +1,176 @@
+"""Decode attention over the paged KV cache: one query token per sequence (FlashDecoding's idea).
+
+Why a kernel of its own. In a decode step each sequence brings one query token, and attention
+reads every cached key and value of that sequence once: 4 FLOPs per K/V value, so the time is the
+K/V bytes over the bandwidth. At Qwen3-0.6B's shape (8 KV heads x 128 dims, bf16) a context of N
+tokens is N x 4 KB of K and V per layer: 640 tokens, 2.6 MB, ~0.65 us at 4 TB/s. A kernel built
+for prefill (flash-attn's, tiled over blocks of 64-128 query rows) runs its machinery for a
+query tile with one row in it: measured ~6.6 us per layer call on an H200.
+
+Choice 1, GQA: one program per (sequence, KV head), not per query head. Qwen3 has 2 query heads
+per KV head; the program loads both (padded to 16 rows, the smallest `tl.dot`) and reads its K/V
+once for the group. The padded rows cost tensor-core time, which decode has to spare.
+
+Choice 2, split-KV (FlashDecoding, Dao et al. 2023). At batch 1 there are only 8 (sequence, KV
+head) pairs: 8 programs on a GPU of 132 SMs, each walking its whole context alone. So each pair's
+keys are dealt out to S programs, each running its own online softmax over its share and
+writing an unnormalized partial output `o` with its running max `m` and sum `l` (fp32). A second,
+tiny kernel merges the splits with the same rescaling the online softmax does inside a program:
+    out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s,    M = max_s m_s.
+With S = 1 (enough sequences fill the GPU) the one kernel normalizes and writes the
+output itself: no partials, no second launch.
+
+Choice 3, CUDA-graph capturable. The grid depends only on quantities fixed for a captured graph:
+the batch, the KV heads, and S (from the block table's width and the SM count,
+`num_splits`). The lengths are read on the device: each program cuts its sequence's key tiles
+into S even shares and takes its own, so a short context gives each program one tile
+(and leaves some with none), a long one several -- no host sync, no re-capture. Every program
+writes its partial, an empty one m = -inf, l = 0, o = 0, which the merge weighs by e^-inf = 0.
+S is a run-time argument, not a compile-time constant: eager decode steps (no graphs) change the
+table's width, hence S, every few steps, and each new constant would JIT-compile a new kernel.
+
+Keys through the block table: key j of sequence b is row j % block_size of cache block
+block_tables[b, j // block_size]. The kernel looks the block id up per key row (a few bytes,
+from cache), so any block size works and a tile of BLOCK_N keys may span blocks.
+
+Numerics: scores, softmax and accumulators in fp32; the probabilities are cast to the cache's
+dtype for the P @ V product (as flash-attn does); the output is in q's dtype.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_N = 64         # keys per loop step: 64 x 128 bf16 = 16 KB of K and 16 KB of V per head
+MIN_GROUP_ROWS = 16  # tl.dot's smallest M: a GQA group of 2 query heads is padded to 16 rows
+# Triton's CPU interpreter (3.9) returns garbage for a bf16 tl.dot (gemv.py says the same): under
+# it the operands go to fp32. float32 caches use exact fp32 dots (not tf32) on the GPU too.
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def num_splits(batch: int, kv_heads: int, table_width: int, block_size: int, num_sms: int,
+               block_n: int = BLOCK_N) -> int:
+    """Splits per (sequence, KV head): ~2 programs per SM, never more than the widest possible
+    sequence (table_width blocks) has key tiles. Static: graph-safe."""
+    want = triton.cdiv(2 * num_sms, batch * kv_heads)
+    return max(1, min(want, triton.cdiv(table_width * block_size, block_n)))
+
+
+@triton.jit
+def _dot(a, b, FP32: tl.constexpr):
+    if FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_ptr, m_ptr, l_ptr, scale,
+                  stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                  stride_table, stride_ot, stride_oh, num_splits,
+                  NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # This program's share of the sequence's key tiles, from its length on the device.
+    seq_len = tl.load(lens_ptr + seq)
+    num_tiles = tl.cdiv(seq_len, BLOCK_N)
+    per_split = tl.cdiv(num_tiles, num_splits)
+    first = split * per_split
+    last = tl.minimum(first + per_split, num_tiles)
+
+    rows = tl.arange(0, BLOCK_H)                    # the GQA group's query heads, padded
+    heads = kv_head * GROUP + rows                  # query head h reads KV head h // GROUP
+    dims = tl.arange(0, BLOCK_D)
+    hd_mask = (rows[:, None] < GROUP) & (dims[None, :] < HEAD_DIM)
+    q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + dims[None, :], mask=hd_mask, other=0.0)
+
+    m = tl.full([BLOCK_H], float("-inf"), tl.float32)   # running max of the scores
+    l = tl.zeros([BLOCK_H], tl.float32)                 # running sum of e^(score - m)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)      # running sum of e^(score - m) * v
+    for tile in range(first, last):
+        keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        valid = keys < seq_len
+        block = tl.load(tables_ptr + seq * stride_table + keys // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+        row = keys % BLOCK_SIZE
+        kv_mask = valid[:, None] & (dims[None, :] < HEAD_DIM)
+        k = tl.load(k_ptr + block[:, None] * stride_kb + row[:, None] * stride_kt + kv_head * stride_kh
+                    + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + block[:, None] * stride_vb + row[:, None] * stride_vt + kv_head * stride_vh
+                    + dims[None, :], mask=kv_mask, other=0.0)
+        s = _dot(q, tl.trans(k), DOT_FP32) * scale                  # [BLOCK_H, BLOCK_N]
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))         # finite: every visited tile has a valid key
+        alpha = tl.exp(m - m_new)                   # rescales what was summed under the old max
+        p = tl.exp(s - m_new[:, None])
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_FP32)
+        m = m_new
+
+    if not SPLIT:   # the whole context was ours: normalize and write the output
+        out = acc / tl.where(l > 0, l, 1.0)[:, None]
+        tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + dims[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=hd_mask)
+    else:           # partials [batch, heads, split, ...], fp32, for the merge
+        slot = (seq * NUM_HEADS + heads) * num_splits + split
+        tl.store(part_ptr + slot[:, None] * HEAD_DIM + dims[None, :], acc, mask=hd_mask)
+        tl.store(m_ptr + slot, m, mask=rows < GROUP)
+        tl.store(l_ptr + slot, l, mask=rows < GROUP)
+
+
+@triton.jit
+def _merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_oh, num_splits,
+                  NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    seq, head = tl.program_id(0), tl.program_id(1)
+    splits = tl.arange(0, BLOCK_S)                  # padded to a power of two: masked
+    slot = (seq * NUM_HEADS + head) * num_splits + splits
+    dims = tl.arange(0, BLOCK_D)
+    m = tl.load(m_ptr + slot, mask=splits < num_splits, other=float("-inf"))
+    l = tl.load(l_ptr + slot, mask=splits < num_splits, other=0.0)
+    o = tl.load(part_ptr + slot[:, None] * HEAD_DIM + dims[None, :],
+                mask=(splits[:, None] < num_splits) & (dims[None, :] < HEAD_DIM), other=0.0)
+    weight = tl.exp(m - tl.max(m, 0))               # split 0 is never empty, so max(m) is finite
+    out = tl.sum(o * weight[:, None], 0) / tl.sum(l * weight, 0)
+    tl.store(out_ptr + seq * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
+             mask=dims < HEAD_DIM)
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
+                           splits: int | None = None, block_n: int = BLOCK_N) -> torch.Tensor:
+    """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] keys of
+    its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
+    Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it)."""
+    batch, num_heads, head_dim = q.shape
+    _, block_size, kv_heads, _ = k_cache.shape
+    if num_heads % kv_heads or k_cache.shape[-1] != head_dim or seq_lens.shape[0] != batch:
+        raise ValueError(f"paged_decode_attention: q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}, "
+                         f"seq_lens {tuple(seq_lens.shape)}: want q [B, Hq, D], cache [blocks, block_size, "
+                         "Hkv, D] with Hq a multiple of Hkv, and one length per sequence")
+    if q.stride(-1) != 1 or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1 or block_tables.stride(-1) != 1:
+        raise ValueError("paged_decode_attention: q, the caches and block_tables need unit stride along the last dim")
+    group = num_heads // kv_heads
+    if splits is None:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
+        splits = num_splits(batch, kv_heads, block_tables.shape[1], block_size, sms, block_n)
+    out = torch.empty_like(q)
+    part = m = l = out   # not read when splits == 1
+    if splits > 1:
+        part = torch.empty((batch, num_heads, splits, head_dim), dtype=torch.float32, device=q.device)
+        m, l = torch.empty((2, batch, num_heads, splits), dtype=torch.float32, device=q.device)
+    block_d = triton.next_power_of_2(head_dim)
+    _split_kernel[(batch, kv_heads, splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, out, part, m, l, float(scale),
+        q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
+        out.stride(0), out.stride(1), splits,
+        NUM_HEADS=num_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, SPLIT=splits > 1,
+        DOT_FP32=_INTERPRET or q.dtype == torch.float32,
+        BLOCK_H=max(MIN_GROUP_ROWS, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
+        num_warps=4, num_stages=2)
+    if splits > 1:
+        _merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads,
+                                          HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits),
+                                          BLOCK_D=block_d, num_warps=4)
+    return out
