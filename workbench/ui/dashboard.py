@@ -204,15 +204,12 @@ class Switchboard:
         return row
 
     def _timed_generate(self, llm, workload) -> dict:
-        from workbench.engine import SamplingParams
-        # The warm-up pass runs the whole workload with the telemetry panel following it live;
-        # the timed passes run unwatched (redrawing costs milliseconds).
-        params = [SamplingParams(temperature=workload.temperature, max_tokens=n, ignore_eos=True)
-                  for n in workload.output_lens]
-        with self.telemetry.watch(llm, f"{llm.opts.label()}: warm-up pass of the workload, live "
-                                       f"(recorded by llm.telemetry, {self._device_name()})"):
-            llm.generate(workload.prompts, params, use_tqdm=False)
-        timed = time_generate(llm, workload, repeats=self.repeats)
+        # The warm-up is the whole workload once (time_generate's full_warmup: it also covers
+        # compile's re-specializations), with the telemetry panel following it live; the timed
+        # passes run unwatched (redrawing costs milliseconds).
+        watch = self.telemetry.watch(llm, f"{llm.opts.label()}: warm-up pass of the workload, live "
+                                          f"(recorded by llm.telemetry, {self._device_name()})")
+        timed = time_generate(llm, workload, repeats=self.repeats, full_warmup=True, around_warmup=watch)
         return {k: timed[k] for k in ("output_tokens", "tok_s", "tpot_ms", "ttft_ms")}
 
     def _hbm(self, opts: Optimizations, batch: int, context: int) -> tuple[float | None, str]:
