@@ -101,7 +101,9 @@ def test_telemetry_panel_follows_the_run_live(board, tmp_path):
     assert row is not None, board.status.value
     rows = board.telemetry.rows
     assert rows and rows[0]["kind"] == "prefill" and rows[-1]["running"] == 0
-    assert sum(r["decode_tokens"] for r in rows) + sum(r["prefill_tokens"] for r in rows) >= 2 * (8 + 5)
+    # the watched pass is the warm-up, the whole workload once: 2 prompts of 8, 6 new tokens each
+    # (the first from the prefill step)
+    assert sum(r["decode_tokens"] for r in rows) + sum(r["prefill_tokens"] for r in rows) == 2 * (8 + 5)
     # drawn once per step while the pass ran, and once more when it ended
     assert board.telemetry.redraws - before == len(rows) + 1
     assert bytes(board.telemetry.image.value).startswith(b"\x89PNG")
@@ -111,3 +113,26 @@ def test_telemetry_panel_follows_the_run_live(board, tmp_path):
     with open(path) as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert json.loads(board.export_telemetry("json", tmp_path / "t.json").read_text()) == rows
+
+
+def test_timeline_panel_draws_only_when_asked(board):
+    board.attention.value, board.batch.value, board.new_tokens.value, board.prompt_len.value = "sdpa", 2, 6, 8
+    board.timeline.value = False
+    assert board.run() is not None, board.status.value
+    panel = board.timeline_panel
+    assert panel.timeline is None and "tick 'timeline'" in panel.note     # not profiled: says how to get it
+    assert not any(ax.collections for ax in panel.figure.axes)
+
+    board.timeline.value = True
+    assert board.run() is not None, board.status.value
+    tl = panel.timeline
+    assert tl is not None and tl.label == "sdpa" and [w.kind for w in tl.steps].count("decode") == 2
+    assert bytes(panel.image.value).startswith(b"\x89PNG")
+    ax = panel.figure.axes[0]
+    assert "decode" in ax.get_title() and "perfetto" in ax.get_title()
+    # the CPU ops row is drawn; the launch and GPU rows are empty and the panel says why
+    assert ax.collections and all(s.row == "cpu ops" for s in tl.spans)
+    assert any("no CUDA" in t.get_text() for t in ax.texts)
+    labels = [t.get_text() for t in ax.texts if t.get_text().startswith(("decode", "prefill"))]
+    assert len(labels) == 2 and all(t.startswith("decode") for t in labels)   # the decode steps only
+    board.timeline.value = False

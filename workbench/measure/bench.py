@@ -17,6 +17,7 @@ Every workload is greedy unless it says otherwise; `temperature` overrides that 
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -122,18 +123,22 @@ def _rate(tokens: int, seconds: float) -> float | None:
     return tokens / seconds if tokens and seconds > 0 else None
 
 
-def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: bool = False) -> dict:
+def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: bool = False,
+                  around_warmup=None) -> dict:
     """Warm up outside the timed region (a short generate, or the whole workload once), then
-    time `repeats` generates of the workload with the GPU synchronized; medians."""
+    time `repeats` generates of the workload with the GPU synchronized; medians.
+    `around_warmup`: a context manager the warm-up runs inside (the dashboard's telemetry panel
+    follows the warm-up live; the timed passes run unwatched)."""
     from workbench.engine import SamplingParams
     params = [SamplingParams(temperature=workload.temperature, max_tokens=n, ignore_eos=True)
               for n in workload.output_lens]
-    if full_warmup:   # also covers compile's re-specializations on this workload's shapes
-        llm.generate(workload.prompts, params, use_tqdm=False)
-    else:
-        llm.generate(workload.prompts[:2], SamplingParams(temperature=workload.temperature, max_tokens=8,
-                                                          ignore_eos=True),
-                     use_tqdm=False)
+    with around_warmup or contextlib.nullcontext():
+        if full_warmup:   # also covers compile's re-specializations on this workload's shapes
+            llm.generate(workload.prompts, params, use_tqdm=False)
+        else:
+            llm.generate(workload.prompts[:2], SamplingParams(temperature=workload.temperature, max_tokens=8,
+                                                              ignore_eos=True),
+                         use_tqdm=False)
     st = llm.stats
     host_before, steps_before = dict(st.host_seconds), st.steps
     kind_s_before, kind_tok_before = dict(st.step_kind_seconds), dict(st.step_kind_tokens)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .hbm import classify_kernel
@@ -93,6 +93,12 @@ class Timeline:
 
     def decode_steps(self) -> list[StepWindow]:
         return [w for w in self.steps if w.kind == "decode"]
+
+    def only(self, kind: str) -> "Timeline":
+        """The same timeline cut down to the steps of one kind (e.g. "decode")."""
+        keep = {w.index for w in self.steps if w.kind == kind}
+        return replace(self, steps=[w for w in self.steps if w.index in keep],
+                       spans=[s for s in self.spans if s.step in keep])
 
     def __str__(self) -> str:
         kinds = ", ".join(w.kind for w in self.steps)

@@ -7,7 +7,8 @@
 Every Run builds a fresh engine with the chosen switches (its load / compile / graph-capture
 seconds are recorded, not hidden), warms it up, times the workload, counts kernel launches of a
 decode step, appends one row to `history` and one point to each plot, then closes the engine so
-its memory returns. Every number shown was measured in this process; a measurement this machine
+its memory returns. Tick "timeline" to also profile a few decode steps of the run and draw
+them (torch.profiler: CPU ops, launch calls, GPU kernels by family). Every number shown was measured in this process; a measurement this machine
 cannot take (no GPU, no ncu) is shown as "unavailable" with the reason, never as a number.
 
 It also works without a browser, which is how the tests drive it:
@@ -36,6 +37,7 @@ from workbench.measure.workloads import decode_step_workload
 from workbench.model import ModelConfig
 
 from .telemetry_plot import TelemetryPanel
+from .timeline_panel import TimelinePanel
 
 COLUMNS = ["run", "setting", "device", "torch_threads", "batch", "prompt_len", "new_tokens", "decode_steps", "output_tokens", "tok_s",
            "tpot_ms", "ttft_ms", "load_s", "compile_s", "graph_capture_s", "launch_calls_per_step",
@@ -87,6 +89,8 @@ class Switchboard:
         self.compile = self._toggle("torch.compile", "compile", "compile the model forward (slow first run)")
         self.hbm = self._toggle("HBM (ncu)", "hbm", "also measure DRAM bytes of one decode step under "
                                 "Nsight Compute (a separate process; about a minute)")
+        self.timeline = self._toggle("timeline", "timeline", "also profile a few decode steps of the run with "
+                                     "torch.profiler and draw them (adds a few seconds per run)")
         half = max(self.max_len // 2, 2)
         self.batch = widgets.BoundedIntText(min(batch, 256), min=1, max=256, description="batch")
         self.prompt_len = widgets.BoundedIntText(min(prompt_len, half), min=1, max=half, description="prompt len")
@@ -102,6 +106,7 @@ class Switchboard:
         self.plot = widgets.Image(format="png")
         self.table = widgets.HTML()
         self.telemetry = TelemetryPanel()   # the engine step by step, live during the workload's first pass
+        self.timeline_panel = TimelinePanel()   # the last run's decode steps, when "timeline" is ticked
         self.export_path = widgets.Text("switchboard-history", description="export to")
         csv_button = widgets.Button(description="Export CSV", icon="download")
         json_button = widgets.Button(description="Export JSON", icon="download")
@@ -111,10 +116,11 @@ class Switchboard:
         self.notes = widgets.HTML(f"<small><b>{html.escape(str(self.model_dir.name))}</b> on {self.device}. "
                                   f"Unavailable here: {html.escape(notes)}</small>")
         self.widget = widgets.VBox([
-            widgets.HBox([self.attention, self.fused, self.gemv, self.fdec, self.dattn, self.graphs, self.compile,
-                          self.hbm]),
+            widgets.HBox([self.attention, self.fused, self.gemv, self.fdec, self.dattn, self.graphs, self.compile]),
+            widgets.HBox([self.hbm, self.timeline]),   # what each run also measures (costs time)
             widgets.HBox([self.batch, self.prompt_len, self.new_tokens, self.decode_steps]), self.notes,
-            widgets.HBox([self.run_button, self.progress, self.status]), self.plot, self.telemetry.image, self.table,
+            widgets.HBox([self.run_button, self.progress, self.status]), self.plot, self.telemetry.image,
+            self.timeline_panel.image, self.table,
             widgets.HBox([self.export_path, csv_button, json_button])])
         self._redraw()
 
@@ -175,9 +181,13 @@ class Switchboard:
                             ["decode"] if self.device.startswith("cuda") else LaunchRecord(
                                 opts.label(), False, f"no CUDA: the engine runs on {self.device}, and kernel "
                                 "launches are counted on a GPU"))
+                if self.timeline.value:
+                    self._phase(3, "profiling decode steps for the timeline (torch.profiler)...")
+                    self.timeline_panel.profile(llm, batch=b, prompt_len=max(launch_len, 1))
             hbm_bytes, hbm_note = self._hbm(opts, b, p)
         except Exception as err:   # show it, keep the board usable
             self._phase(0, f"error: {type(err).__name__}: {err}")
+            self.timeline_panel.skip("the last run failed (see the status line)")
             self.last_error = err
             return None
         finally:
@@ -193,21 +203,21 @@ class Switchboard:
                "hbm_note": hbm_note}
         self.history.append(row)
         self._redraw()
+        if not self.timeline.value:
+            self.timeline_panel.skip("tick 'timeline' before Run to profile the run's decode steps "
+                                     "(torch.profiler adds a few seconds per run)")
         tpot = "-" if row["tpot_ms"] is None else f"{row['tpot_ms']:.2f}"
         self._phase(4, f"run {row['run']} {row['setting']}: {row['tok_s']:,.0f} tok/s, "
                        f"{tpot} ms/token (measured, {row['device']})" + (f"; {busy}" if (busy := busy_warning()) else ""))
         return row
 
     def _timed_generate(self, llm, workload) -> dict:
-        from workbench.engine import SamplingParams
-        # The warm-up pass runs the whole workload with the telemetry panel following it live;
-        # the timed passes run unwatched (redrawing costs milliseconds).
-        params = [SamplingParams(temperature=workload.temperature, max_tokens=n, ignore_eos=True)
-                  for n in workload.output_lens]
-        with self.telemetry.watch(llm, f"{llm.opts.label()}: warm-up pass of the workload, live "
-                                       f"(recorded by llm.telemetry, {self._device_name()})"):
-            llm.generate(workload.prompts, params, use_tqdm=False)
-        timed = time_generate(llm, workload, repeats=self.repeats)
+        # The warm-up is the whole workload once (time_generate's full_warmup: it also covers
+        # compile's re-specializations), with the telemetry panel following it live; the timed
+        # passes run unwatched (redrawing costs milliseconds).
+        watch = self.telemetry.watch(llm, f"{llm.opts.label()}: warm-up pass of the workload, live "
+                                          f"(recorded by llm.telemetry, {self._device_name()})")
+        timed = time_generate(llm, workload, repeats=self.repeats, full_warmup=True, around_warmup=watch)
         return {k: timed[k] for k in ("output_tokens", "tok_s", "tpot_ms", "ttft_ms")}
 
     def _hbm(self, opts: Optimizations, batch: int, context: int) -> tuple[float | None, str]:
