@@ -22,6 +22,7 @@ alone, and no rule ties them. One GPU only: down_proj is row-parallel under tens
 from __future__ import annotations
 
 from workbench.model.layers import ActAndMul, RMSNorm
+from workbench.model.qwen3 import Attention
 
 from .fused_kernels import triton_on_cuda
 
@@ -33,7 +34,11 @@ def why_not(device: str, tp_size: int = 1) -> str | None:
 
 
 def folds():
-    """The two hooks, (fold_norm, fold_silu); the kernels are imported once, here (they need Triton)."""
+    """The three hooks, (fold_norm, fold_silu, fold_rope_store); the kernels are imported once, here
+    (they need Triton)."""
+    import torch
+
+    from workbench.kernels import qk_norm_rope_store as qrs
     from workbench.kernels.fused_gemv import MAX_M, rms_norm_linear, silu_mul_linear
 
     def fold_norm(norm: RMSNorm, linear, x, residual):
@@ -48,14 +53,30 @@ def folds():
             return None
         return silu_mul_linear(gate_up, linear.weight, linear.bias)
 
-    return fold_norm, fold_silu
+    # Out of torch.compile, as Attention.attend's own cache write: the compiler never sees the cache.
+    @torch.compiler.disable
+    def norm_rope_store(attn: Attention, positions, q, k, v, slot_mapping):
+        norms = (attn.q_norm, attn.k_norm) if attn.qk_norm else ()
+        return qrs.qk_norm_rope_store(q, k, v, positions, attn.rotary.cos_sin_cache, attn.k_cache, attn.v_cache,
+                                      slot_mapping, *norms)
+
+    def fold_rope_store(attn: Attention, positions, q, k, v, meta):
+        """q/k norm (Qwen3; none for Llama/Qwen2) + RoPE + k, v into the cache as one kernel at
+        1..16 tokens: returns q; None otherwise."""
+        if q.dim() != 3 or not 1 <= q.shape[0] <= MAX_M:
+            return None
+        return norm_rope_store(attn, positions, q, k, v, meta.slot_mapping)
+
+    return fold_norm, fold_silu, fold_rope_store
 
 
 def install(model, on: bool) -> None:
-    """Set (on) or clear (off) the fold hooks of the model's norms and SiLU activations."""
-    fold_norm, fold_silu = folds() if on else (None, None)
+    """Set (on) or clear (off) the fold hooks of the model's norms, SiLU activations and attention."""
+    fold_norm, fold_silu, fold_rope_store = folds() if on else (None, None, None)
     for module in model.modules():
-        if isinstance(module, RMSNorm):
+        if isinstance(module, Attention):
+            module.fold = fold_rope_store
+        elif isinstance(module, RMSNorm):
             module.fold = fold_norm
         elif isinstance(module, ActAndMul):
             module.fold = fold_silu if module.act_name == "silu" else None
