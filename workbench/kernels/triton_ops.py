@@ -196,7 +196,8 @@ def _rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, pos_ptr, cos_sin_ptr, q_s0,
                  BLOCK_D: tl.constexpr):
     token = tl.program_id(0)
     cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
-    _rotate_heads(q_ptr, q_out_ptr + token * n_q * (2 * HALF), q_s0, q_s1, token, n_q, cos, sin, q_ptr, 0.0,   # no norm: w, eps unused
+    # no norm: the weight pointer and eps are unused
+    _rotate_heads(q_ptr, q_out_ptr + token * n_q * (2 * HALF), q_s0, q_s1, token, n_q, cos, sin, q_ptr, 0.0,
                   HALF, BLOCK_HQ, BLOCK_D, NORM=False)
     _rotate_heads(k_ptr, k_out_ptr + token * n_k * (2 * HALF), k_s0, k_s1, token, n_k, cos, sin, k_ptr, 0.0,
                   HALF, BLOCK_HK, BLOCK_D, NORM=False)

@@ -32,7 +32,8 @@ class Optimizations:
     attention      naive | sdpa | flash: attention's HBM traffic            (attention.py)
     fused_kernels  residual-add+RMSNorm, SwiGLU, RoPE as Triton kernels     (fused_kernels.py)
     decode_gemv    linear layers at <= 16 tokens as a Triton split-K GEMV   (decode_gemv.py)
-    fused_decode   at <= 16 tokens, RMSNorm and SiLU-and-mul inside the GEMV (fused_decode.py)
+    fused_decode   at <= 16 tokens, RMSNorm and SiLU-and-mul inside the GEMV, (fused_decode.py)
+                   q/k norm + RoPE + KV-cache write as one kernel
     cuda_graphs    capture decode per batch-size bucket, replay             (cuda_graphs.py)
     compile        torch.compile the model forward                          (compile.py)
     (decode_steps, multi-step decoding, is an EngineConfig field: multi_step.py)

@@ -1,18 +1,23 @@
 """Switch `fused_decode`: at decode (<= 16 tokens) each RMSNorm (with its residual add) runs inside
 the GEMV that follows it -- input_layernorm in qkv_proj, post_attention_layernorm in gate_up_proj
--- and SiLU-and-mul inside down_proj's GEMV. Attacks the per-kernel cost of a batch-1 step: three
-fewer kernels a layer (84 of the ~312 kernels of a Qwen3-0.6B step), each ~2-3 us of launch, ramp-up
-and tail however little it computes, and their HBM round trips.
+-- and SiLU-and-mul inside down_proj's GEMV; and q/k norm + RoPE + the KV-cache write of k and v
+run as one kernel. Attacks the per-kernel cost of a batch-1 step: four fewer kernels a layer (112
+of the ~312 kernels of a Qwen3-0.6B step), each ~1-3 us of launch, ramp-up and tail however little
+it computes, and their HBM round trips.
 
 Chapter: notebooks/09 (the last mile: batch-1 decode against the bandwidth roofline).
 Measurement: kernels and GPU time per step (measure launches) and `bench single` with the switch
 off and on (scripts/device_check.sh fused-decode). The kernels: workbench/kernels/fused_gemv.py
-(the decode GEMV of kernels/gemv.py with a different load of x).
+(the decode GEMV of kernels/gemv.py with a different load of x) and kernels/qk_norm_rope_store.py
+(triton_ops.py's norm + rope, writing k into its cache slot).
 
 Installed: `install(model, on)` sets the `fold` hook of every RMSNorm that feeds a linear layer and
 of every SiLU ActAndMul (workbench/model/layers.py: `then`); the layer asks `norm.then(linear, ...)`
 and the hook answers with one kernel, or None (more than 16 tokens: prefill) for the unfused path.
-Other activations (GELU) keep the unfused path: the kernel computes silu only.
+Other activations (GELU) keep the unfused path: the kernel computes silu only. Each Attention's
+`fold` (workbench/model/qwen3.py) answers rotated q with k and v already cached, or None; it runs
+outside torch.compile, as Attention.attend's own cache write; models without q/k norm (Llama,
+Qwen2) get the same kernel with the norm off.
 
 Independent of decode_gemv: the folded matmuls are that switch's kernel whatever it says, and the
 matmuls with nothing to fold (o_proj, lm_head) follow decode_gemv. So each switch can be measured
