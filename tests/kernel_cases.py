@@ -65,6 +65,43 @@ def qk_norm_rope_outputs(torch, Hq, Hk, D, dtype, T, device="cpu", max_pos=4096)
     return qkv, buf, want, got
 
 
+def qk_norm_rope_store_outputs(torch, Hq, Hk, D, dtype, T, norm, device="cpu", max_pos=4096, blocks=(8, 4)):
+    """q/k norm (norm=False: RoPE alone, as Llama) + RoPE + the KV-cache write three ways on the same
+    inputs: 'plain' (plain torch forms, then store_kv), 'fused' (fused_kernels' Triton forms, then
+    store_kv) and 'one' (qk_norm_rope_store). The cache starts as noise; slots are spread over it,
+    rows 1 and T-1 padding (-1), as a CUDA-graph bucket's. Returns ({way: (q, k_cache, v_cache)},
+    cache before, slot_mapping)."""
+    from workbench.attention import store_kv
+    from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
+    from workbench.model.layers import RMSNorm, RotaryEmbedding
+    from workbench.optimizations.fused_kernels import forms_for
+    rotary = RotaryEmbedding(D, max_pos, 1e6).to(device)
+    norms = [RMSNorm(D, 1e-6).to(device, dtype) for _ in range(2)]   # q_norm, k_norm
+    for n in norms:
+        n.weight.data = (1 + 0.1 * torch.randn(D, device=device)).to(dtype)
+    qkv = 3 * torch.randn(T, (Hq + 2 * Hk) * D, device=device, dtype=dtype)   # rms far from 1
+    pos = torch.randint(0, max_pos, (T,), device=device)
+    pos[0] = max_pos - 1   # the table's last row
+    slots = torch.randperm(blocks[0] * blocks[1], device=device)[:T]
+    slots[[i for i in {1, T - 1} if 0 < i < T]] = -1   # T = 1: no padding
+    cache = torch.randn(2, *blocks, Hk, D, device=device, dtype=dtype)
+    outs = {}
+    for way in ("plain", "fused", "one"):
+        buf, kc, vc = qkv.clone(), cache[0].clone(), cache[1].clone()
+        q, k, v = buf.split([Hq * D, Hk * D, Hk * D], dim=-1)
+        q, k, v = q.unflatten(-1, (Hq, D)), k.unflatten(-1, (Hk, D)), v.unflatten(-1, (Hk, D))
+        if way == "one":
+            q = qk_norm_rope_store(q, k, v, pos, rotary.cos_sin_cache, kc, vc, slots, *(norms if norm else ()))
+        else:
+            for module in (rotary, *norms):
+                module.forms = forms_for(way == "fused")
+            q, k = rotary.norm_and_rotate(pos, q, k, *norms) if norm else rotary(pos, q, k)
+            store_kv(k, v, kc, vc, slots)
+        assert torch.equal(buf, qkv), f"{way}: the QKV output must be left alone"
+        outs[way] = (q, kc, vc)
+    return outs, cache, slots
+
+
 def gemv_rel_err(torch, m, n, k, dtype, bias, config=None, device="cpu", x_stride=None):
     """The decode GEMV against float64 F.linear on fresh random inputs: ||got - ref|| / ||ref||.
     x_stride: read x as a strided view (rows x_stride apart), as a slice of a wider buffer is."""

@@ -11,7 +11,8 @@ from itertools import product
 
 import pytest
 
-CHECKS = ["rms_norm_linear", "silu_mul_linear", "broken_fold_is_caught", "engine_tokens_match_all_off"]
+CHECKS = ["rms_norm_linear", "silu_mul_linear", "broken_fold_is_caught", "qk_norm_rope_store",
+          "engine_tokens_match_all_off"]
 SHAPES = ((40, 72), (32, 256))   # (N, K): N not a multiple of the block, K not of split x block
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
@@ -109,6 +110,24 @@ def check_broken_fold_is_caught(torch):
     assert err > 0.05, f"a swapped gate/up passed (rel err {err:.3g}): the check cannot fail"
 
 
+def check_qk_norm_rope_store(torch):
+    """q/k norm + RoPE + cache write in one kernel against the unfused path: q and the cache equal
+    fused_kernels' forms + store_kv exactly (the same rounding), plain torch's within _tol; the
+    padding rows' slots and every unwritten slot keep the noise the cache started with."""
+    from kernel_cases import qk_norm_rope_store_outputs
+    for dtype, T, norm in product((torch.float32, torch.bfloat16), (1, 5, 16), (True, False)):
+        outs, before, slots = qk_norm_rope_store_outputs(torch, 4, 2, 16, dtype, T, norm)
+        what = f"{dtype} T={T} norm={norm}"
+        for got, fused, plain in zip(*(outs[w] for w in ("one", "fused", "plain"))):
+            assert torch.equal(got, fused), f"{what}: differs from the fused forms + store_kv"
+            err = _rel_err(got, plain.double())
+            assert err < _tol(torch, dtype), f"{what}: rel err {err:.3g} against plain torch"
+        written = torch.zeros(before.shape[1] * before.shape[2], dtype=torch.bool)
+        written[slots[slots >= 0]] = True
+        for cache, start in zip(outs["one"][1:], before):
+            assert torch.equal(cache.flatten(0, 1)[~written], start.flatten(0, 1)[~written]), f"{what}: stray write"
+
+
 def check_engine_tokens_match_all_off(torch):
     """Tiny fp32 model, 2 sequences x 5 greedy tokens: all-off against all-off with the
     fused_decode hooks installed -- the CPU engine refuses the switch, so it is installed into the
@@ -117,6 +136,7 @@ def check_engine_tokens_match_all_off(torch):
 
     from workbench import LLM, Optimizations, SamplingParams
     from workbench.kernels import fused_gemv as fg
+    from workbench.kernels import qk_norm_rope_store as qrs
     from workbench.model import make_checkpoint
     from workbench.optimizations import fused_decode
     path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=0)
@@ -126,12 +146,14 @@ def check_engine_tokens_match_all_off(torch):
     for fold in (False, True):
         with LLM(path, opts=Optimizations.all_off(), device="cpu", enable_prefix_caching=False) as llm:
             if fold:
-                for name in ("rms_norm_gemv_op", "silu_mul_gemv_op"):   # count the kernels' calls
-                    op = getattr(fg, name)
-                    setattr(fg, name, lambda *a, _op=op, _n=name: calls.append(_n) or _op(*a))
+                for module, name in ((fg, "rms_norm_gemv_op"), (fg, "silu_mul_gemv_op"),
+                                     (qrs, "qk_norm_rope_store")):   # count the kernels' calls
+                    op = getattr(module, name)
+                    setattr(module, name, lambda *a, _op=op, _n=name: calls.append(_n) or _op(*a))
                 fused_decode.install(llm.runner.model, True)
             runs.append(llm.generate(prompts, params, use_tqdm=False))
-    assert {"rms_norm_gemv_op", "silu_mul_gemv_op"} <= set(calls), f"the folds never ran: {set(calls)}"
+    want = {"rms_norm_gemv_op", "silu_mul_gemv_op", "qk_norm_rope_store"}
+    assert want <= set(calls), f"the folds never ran: {set(calls)}"
     for base, folded in zip(*runs):
         assert folded.token_ids == base.token_ids, (base.token_ids, folded.token_ids)
         torch.testing.assert_close(folded.logits, base.logits, rtol=1e-4, atol=1e-4)

@@ -1,5 +1,6 @@
 """fused_decode (Optimizations.fused_decode) on the GPU: the folded kernels at the Qwen3-0.6B shapes
-in bf16 against the unfused forms, inside a CUDA graph and under torch.compile, and the engine's
+in bf16 against the unfused forms (the norm and SiLU GEMVs; q/k norm + RoPE + the KV-cache write),
+inside a CUDA graph and under torch.compile, and the engine's
 greedy parity with the switch on (graphs on) against all-off.
 Run: pytest -m gpu tests/gpu/test_fused_decode_gpu.py
 """
@@ -12,6 +13,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 HIDDEN, QKV, GATE_UP, INTER = 1024, 4096, 6144, 3072   # Qwen3-0.6B
+HEADS, KV_HEADS, HEAD_DIM = 16, 8, 128
 
 
 def _norm_case(m, n, bias):
@@ -75,6 +77,54 @@ def test_graph_replay_and_compile_match_eager():
     compiled = torch.compile(step, dynamic=False)
     for got, want in zip(compiled(), step()):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("T", [1, 5, 16])
+@pytest.mark.parametrize("norm", [True, False])   # Qwen3; Llama/Qwen2 (RoPE alone)
+def test_qk_norm_rope_store_matches_unfused(T, norm):
+    """q and the cache equal fused_kernels' forms + store_kv exactly, plain torch's within bf16
+    rounding; padding rows (slot -1) and unwritten slots keep the cache's noise."""
+    from kernel_cases import qk_norm_rope_store_outputs
+    outs, before, slots = qk_norm_rope_store_outputs(torch, HEADS, KV_HEADS, HEAD_DIM, torch.bfloat16, T, norm,
+                                                     device="cuda", max_pos=40960, blocks=(64, 16))
+    for got, fused, plain in zip(*(outs[w] for w in ("one", "fused", "plain"))):
+        assert torch.equal(got, fused)
+        assert _rel(got, plain.float()) < 1e-2
+    written = torch.zeros(64 * 16, dtype=torch.bool, device="cuda")
+    written[slots[slots >= 0]] = True
+    for cache, start in zip(outs["one"][1:], before):
+        assert torch.equal(cache.flatten(0, 1)[~written], start.flatten(0, 1)[~written]), "stray write"
+
+
+def test_qk_norm_rope_store_graph_replay():
+    """Captured once, replayed with fresh q/k/v, positions and slots (the last row padding): the
+    graph must compute and write where the slots say, as the eager call does."""
+    from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
+    from workbench.model.layers import RMSNorm, RotaryEmbedding
+    dev, dt, T = "cuda", torch.bfloat16, 4
+    rotary = RotaryEmbedding(HEAD_DIM, 40960, 1e6).to(dev)
+    norms = [RMSNorm(HEAD_DIM, 1e-6).to(dev, dt) for _ in range(2)]
+    qkv = torch.randn(T, (HEADS + 2 * KV_HEADS) * HEAD_DIM, device=dev, dtype=dt)
+    pos, slots = torch.zeros(T, dtype=torch.long, device=dev), torch.full((T,), -1, dtype=torch.long, device=dev)
+    caches = torch.zeros(2, 64, 16, KV_HEADS, HEAD_DIM, device=dev, dtype=dt)
+
+    def step(kc, vc):
+        q, k, v = qkv.split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], dim=-1)
+        q, k, v = (t.unflatten(-1, (-1, HEAD_DIM)) for t in (q, k, v))
+        return qk_norm_rope_store(q, k, v, pos, rotary.cos_sin_cache, kc, vc, slots, *norms)
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        q_out = step(*caches)
+    for _ in range(3):
+        qkv.copy_(torch.randn_like(qkv))
+        pos.copy_(torch.randint(0, 40960, (T,), device=dev))
+        slots.copy_(torch.randperm(64 * 16, device=dev)[:T])
+        slots[-1] = -1
+        want_caches = caches.clone()
+        want_q = step(*want_caches)
+        graph.replay()
+        assert torch.equal(q_out, want_q) and torch.equal(caches, want_caches)
 
 
 @pytest.mark.parametrize("max_num_seqs,prompts", [(1, 4), (16, 16)])   # M = 1 and M up to 16 (tl.dot)

@@ -33,12 +33,16 @@ def _store_kvcache_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     slot = tl.load(slot_ptr + token)
     if slot < 0:          # padding token (CUDA-graph bucket): it owns no cache slot
         return
+    # one row = all KV heads of this token, Hkv * D contiguous values; slot is int64: no overflow
+    _copy_row(k_ptr + token * k_stride, k_cache_ptr + slot * ROW, ROW, BLOCK)
+    _copy_row(v_ptr + token * v_stride, v_cache_ptr + slot * ROW, ROW, BLOCK)
+
+
+@triton.jit
+def _copy_row(src_ptr, dst_ptr, ROW: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
-    mask = offs < ROW     # one row = all KV heads of this token, Hkv * D contiguous values
-    k = tl.load(k_ptr + token * k_stride + offs, mask=mask)
-    v = tl.load(v_ptr + token * v_stride + offs, mask=mask)
-    tl.store(k_cache_ptr + slot * ROW + offs, k, mask=mask)   # slot is int64: no overflow
-    tl.store(v_cache_ptr + slot * ROW + offs, v, mask=mask)
+    mask = offs < ROW
+    tl.store(dst_ptr + offs, tl.load(src_ptr + offs, mask=mask), mask=mask)
 
 
 def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -149,16 +153,17 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 # --- rotary embedding (optionally after Qwen3's q/k norm) ------------------------------------
 @triton.jit
-def _rotate_heads(ptr, out_ptr, tok_stride, head_stride, token, n_heads, cos, sin, w_ptr, eps,
+def _rotate_heads(ptr, out_row_ptr, tok_stride, head_stride, token, n_heads, cos, sin, w_ptr, eps,
                   HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
                   NORM: tl.constexpr):
     # All heads of one token as a [BLOCK_H, BLOCK_D] tile; x1 = first half, x2 = second half.
-    # Reads a strided view (q or k inside the QKV output), writes a contiguous [T, H, 2*HALF].
+    # Reads a strided view (q or k inside the QKV output), writes the token's heads contiguously
+    # at out_row_ptr (its row of a contiguous [T, H, 2*HALF], or its slot of the KV cache).
     h = tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
     mask = (h < n_heads) & (d < HALF)
     p1 = ptr + token * tok_stride + h * head_stride + d
-    o1 = out_ptr + (token * n_heads + h) * (2 * HALF) + d
+    o1 = out_row_ptr + h * (2 * HALF) + d
     x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
     if NORM:   # RMSNorm of each head (a row of the tile: both halves) before rotating it
@@ -191,9 +196,10 @@ def _rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, pos_ptr, cos_sin_ptr, q_s0,
                  BLOCK_D: tl.constexpr):
     token = tl.program_id(0)
     cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
-    _rotate_heads(q_ptr, q_out_ptr, q_s0, q_s1, token, n_q, cos, sin, q_ptr, 0.0,   # no norm: w, eps unused
+    # no norm: the weight pointer and eps are unused
+    _rotate_heads(q_ptr, q_out_ptr + token * n_q * (2 * HALF), q_s0, q_s1, token, n_q, cos, sin, q_ptr, 0.0,
                   HALF, BLOCK_HQ, BLOCK_D, NORM=False)
-    _rotate_heads(k_ptr, k_out_ptr, k_s0, k_s1, token, n_k, cos, sin, k_ptr, 0.0,
+    _rotate_heads(k_ptr, k_out_ptr + token * n_k * (2 * HALF), k_s0, k_s1, token, n_k, cos, sin, k_ptr, 0.0,
                   HALF, BLOCK_HK, BLOCK_D, NORM=False)
 
 
@@ -205,9 +211,9 @@ def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, pos_ptr, cos_sin_pt
     # registers and written once -- one launch instead of q_norm + k_norm + rope.
     token = tl.program_id(0)
     cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
-    _rotate_heads(q_ptr, q_out_ptr, q_s0, q_s1, token, n_q, cos, sin, q_w_ptr, q_eps,
+    _rotate_heads(q_ptr, q_out_ptr + token * n_q * (2 * HALF), q_s0, q_s1, token, n_q, cos, sin, q_w_ptr, q_eps,
                   HALF, BLOCK_HQ, BLOCK_D, NORM=True)
-    _rotate_heads(k_ptr, k_out_ptr, k_s0, k_s1, token, n_k, cos, sin, k_w_ptr, k_eps,
+    _rotate_heads(k_ptr, k_out_ptr + token * n_k * (2 * HALF), k_s0, k_s1, token, n_k, cos, sin, k_w_ptr, k_eps,
                   HALF, BLOCK_HK, BLOCK_D, NORM=True)
 
 

@@ -39,24 +39,35 @@ class Attention(nn.Module):
         self.scale = cfg.head_dim ** -0.5
         self.k_cache = self.v_cache = torch.empty(0)   # views into the engine's KV cache, set by the runner
 
+    # fused_decode installs fold(attn, positions, q, k, v, meta) -> q, or None where it does not
+    # apply (more than 16 tokens): q/k norm + RoPE + the cache write of k and v as one kernel
+    fold = None
+
     def forward(self, positions, qkv, meta: AttentionMetadata):
         """qkv = qkv_proj(normed hidden), computed by the layer (it may fold the norm into it)."""
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.unflatten(-1, (self.num_heads, self.head_dim))
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
         v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
-        if self.qk_norm:   # Qwen3 normalizes each q/k head before RoPE (Llama does not)
-            q, k = self.rotary.norm_and_rotate(positions, q, k, self.q_norm, self.k_norm)
+        folded_q = self.fold(self, positions, q, k, v, meta) if self.fold is not None else None
+        if folded_q is not None:   # k and v are in the cache already
+            out = self.attend(folded_q, None, None, meta)
         else:
-            q, k = self.rotary(positions, q, k)
-        out = self.attend(q, k, v, meta)
+            out = self.attend(*self.rotate(positions, q, k), v, meta)
         return self.o_proj(out.flatten(-2))
+
+    def rotate(self, positions, q, k):
+        if self.qk_norm:   # Qwen3 normalizes each q/k head before RoPE (Llama does not)
+            return self.rotary.norm_and_rotate(positions, q, k, self.q_norm, self.k_norm)
+        return self.rotary(positions, q, k)
 
     # Kept out of torch.compile: the attention switch alone decides how attention runs, and the
     # step's lengths (host ints that change every step) never reach the compiler's guards.
     @torch.compiler.disable
     def attend(self, q, k, v, meta: AttentionMetadata) -> torch.Tensor:
-        store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        """k, v None: already in the cache (written by fused_decode's fold)."""
+        if k is not None:
+            store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         return self.backend(q, self.k_cache, self.v_cache, meta, self.scale)
 
 

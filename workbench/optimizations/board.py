@@ -33,7 +33,8 @@ class Optimizations:
     attention      naive | sdpa | flash: attention's HBM traffic            (attention.py)
     fused_kernels  residual-add+RMSNorm, SwiGLU, RoPE as Triton kernels     (fused_kernels.py)
     decode_gemv    linear layers at <= 16 tokens as a Triton split-K GEMV   (decode_gemv.py)
-    fused_decode   at <= 16 tokens, RMSNorm and SiLU-and-mul inside the GEMV (fused_decode.py)
+    fused_decode   at <= 16 tokens, RMSNorm and SiLU-and-mul inside the GEMV, q/k norm + RoPE +
+                   KV-cache write as one kernel (fused_decode.py)
     decode_attention  a decode step's attention as a Triton split-KV kernel (decode_attention.py)
     cuda_graphs    capture decode per batch-size bucket, replay             (cuda_graphs.py)
     compile        torch.compile the model forward                          (compile.py)

@@ -1,18 +1,23 @@
 """Switch `fused_decode`: at decode (<= 16 tokens) each RMSNorm (with its residual add) runs inside
 the GEMV that follows it -- input_layernorm in qkv_proj, post_attention_layernorm in gate_up_proj
--- and SiLU-and-mul inside down_proj's GEMV. Attacks the per-kernel cost of a batch-1 step: three
-fewer kernels a layer (84 of the ~312 kernels of a Qwen3-0.6B step), each ~2-3 us of launch, ramp-up
-and tail however little it computes, and their HBM round trips.
+-- and SiLU-and-mul inside down_proj's GEMV; and q/k norm + RoPE + the KV-cache write of k and v
+run as one kernel. Attacks the per-kernel cost of a batch-1 step: four fewer kernels a layer (112
+of the ~312 kernels of a Qwen3-0.6B step), each ~1-3 us of launch, ramp-up and tail however little
+it computes, and their HBM round trips.
 
 Chapter: notebooks/09 (the last mile: batch-1 decode against the bandwidth roofline).
 Measurement: kernels and GPU time per step (measure launches) and `bench single` with the switch
 off and on (scripts/device_check.sh fused-decode). The kernels: workbench/kernels/fused_gemv.py
-(the decode GEMV of kernels/gemv.py with a different load of x).
+(the decode GEMV of kernels/gemv.py with a different load of x) and kernels/qk_norm_rope_store.py
+(triton_ops.py's norm + rope, writing k into its cache slot).
 
 Installed: `install(model, on)` sets the `fold` hook of every RMSNorm that feeds a linear layer and
 of every SiLU ActAndMul (workbench/model/layers.py: `then`); the layer asks `norm.then(linear, ...)`
 and the hook answers with one kernel, or None (more than 16 tokens: prefill) for the unfused path.
-Other activations (GELU) keep the unfused path: the kernel computes silu only.
+Other activations (GELU) keep the unfused path: the kernel computes silu only. Each Attention's
+`fold` (workbench/model/qwen3.py) answers rotated q with k and v already cached, or None; it runs
+outside torch.compile, as Attention.attend's own cache write; models without q/k norm (Llama,
+Qwen2) get the same kernel with the norm off.
 
 Independent of decode_gemv: the folded matmuls are that switch's kernel whatever it says, and the
 matmuls with nothing to fold (o_proj, lm_head) follow decode_gemv. So each switch can be measured
@@ -22,6 +27,7 @@ alone, and no rule ties them. One GPU only: down_proj is row-parallel under tens
 from __future__ import annotations
 
 from workbench.model.layers import ActAndMul, RMSNorm
+from workbench.model.qwen3 import Attention
 
 from .fused_kernels import triton_on_cuda
 
@@ -33,7 +39,11 @@ def why_not(device: str, tp_size: int = 1) -> str | None:
 
 
 def folds():
-    """The two hooks, (fold_norm, fold_silu); the kernels are imported once, here (they need Triton)."""
+    """The three hooks, (fold_norm, fold_silu, fold_rope_store); the kernels are imported once, here
+    (they need Triton)."""
+    import torch
+
+    from workbench.kernels import qk_norm_rope_store as qrs
     from workbench.kernels.fused_gemv import MAX_M, rms_norm_linear, silu_mul_linear
 
     def fold_norm(norm: RMSNorm, linear, x, residual):
@@ -48,14 +58,30 @@ def folds():
             return None
         return silu_mul_linear(gate_up, linear.weight, linear.bias)
 
-    return fold_norm, fold_silu
+    # Out of torch.compile, as Attention.attend's own cache write: the compiler never sees the cache.
+    @torch.compiler.disable
+    def norm_rope_store(attn: Attention, positions, q, k, v, slot_mapping):
+        norms = (attn.q_norm, attn.k_norm) if attn.qk_norm else ()
+        return qrs.qk_norm_rope_store(q, k, v, positions, attn.rotary.cos_sin_cache, attn.k_cache, attn.v_cache,
+                                      slot_mapping, *norms)
+
+    def fold_rope_store(attn: Attention, positions, q, k, v, meta):
+        """q/k norm (Qwen3; none for Llama/Qwen2) + RoPE + k, v into the cache as one kernel at
+        1..16 tokens: returns q; None otherwise."""
+        if q.dim() != 3 or not 1 <= q.shape[0] <= MAX_M:
+            return None
+        return norm_rope_store(attn, positions, q, k, v, meta.slot_mapping)
+
+    return fold_norm, fold_silu, fold_rope_store
 
 
 def install(model, on: bool) -> None:
-    """Set (on) or clear (off) the fold hooks of the model's norms and SiLU activations."""
-    fold_norm, fold_silu = folds() if on else (None, None)
+    """Set (on) or clear (off) the fold hooks of the model's norms, SiLU activations and attention."""
+    fold_norm, fold_silu, fold_rope_store = folds() if on else (None, None, None)
     for module in model.modules():
-        if isinstance(module, RMSNorm):
+        if isinstance(module, Attention):
+            module.fold = fold_rope_store
+        elif isinstance(module, RMSNorm):
             module.fold = fold_norm
         elif isinstance(module, ActAndMul):
             module.fold = fold_silu if module.act_name == "silu" else None
