@@ -212,8 +212,7 @@ class LLM(MeasurementMethods):
             return []
         self._stepping = True
         try:
-            with self.telemetry.step(self):
-                produced = self._step()
+            produced = self._step()
             for seq, _ in produced:
                 queue = self._listeners.get(seq.request_id)
                 if queue is not None:
@@ -226,6 +225,7 @@ class LLM(MeasurementMethods):
 
     def _step(self) -> list[tuple[Sequence, int]]:
         start = time.perf_counter()
+        hits, preemptions = self.block_manager.prefix_hit_tokens, self.scheduler.num_preemptions
         scheduled = self.scheduler.schedule()
         if not scheduled:
             raise RuntimeError("scheduler made no progress with requests pending; please report this")
@@ -240,22 +240,18 @@ class LLM(MeasurementMethods):
             new_tokens = [[] if token is None else [token] for token in tokens]
         now = time.perf_counter()
         self.stats.host_seconds["schedule"] += scheduled_at - start
-        produced, kinds, processed = [], set(), 0   # processed: tokens through the model, kept ones
+        produced, kinds = [], set()
+        processed = {"prefill": 0, "decode": 0}   # tokens through the model (kept ones), by phase
         for index, ((seq, n), seq_tokens) in enumerate(zip(scheduled, new_tokens)):
-            is_prompt = seq.num_computed_tokens < seq.num_prompt_tokens
-            kinds.add("prefill" if is_prompt else "decode")
-            if is_prompt:
-                self.stats.prefill_tokens += n
-            else:
-                self.stats.decode_tokens += n
+            phase = "prefill" if seq.num_computed_tokens < seq.num_prompt_tokens else "decode"
+            kinds.add(phase)
+            processed[phase] += n
             seq.num_computed_tokens += n
-            processed += n
             self.block_manager.commit_computed(seq)
             for i, token in enumerate(seq_tokens):   # none for a prompt chunk that samples nothing
                 if i:   # multi-step: the previous token went through the model in this step
                     seq.num_computed_tokens += 1
-                    processed += 1
-                    self.stats.decode_tokens += 1
+                    processed["decode"] += 1
                     self.block_manager.commit_computed(seq)
                 seq.token_ids.append(token)
                 if index in logits:
@@ -269,6 +265,8 @@ class LLM(MeasurementMethods):
                     self.scheduler.finish(seq, reason)
                     break
         self.stats.steps += num_steps
+        self.stats.prefill_tokens += processed["prefill"]
+        self.stats.decode_tokens += processed["decode"]
         self.stats.preemptions = self.scheduler.num_preemptions
         self.stats.prefix_hit_tokens = self.block_manager.prefix_hit_tokens
         end = time.perf_counter()
@@ -276,7 +274,11 @@ class LLM(MeasurementMethods):
         self.stats.step_seconds.append(end - start)
         kind = kinds.pop() if len(kinds) == 1 else "mixed"
         self.stats.step_kind_seconds[kind] += end - start
-        self.stats.step_kind_tokens[kind] += processed
+        self.stats.step_kind_tokens[kind] += processed["prefill"] + processed["decode"]
+        self.telemetry.record(self, kind=kind, start=start, end=end, model_steps=num_steps,
+                              prefill_tokens=processed["prefill"], decode_tokens=processed["decode"],
+                              prefix_hit_tokens=self.block_manager.prefix_hit_tokens - hits,
+                              preemptions=self.scheduler.num_preemptions - preemptions)
         return produced
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
