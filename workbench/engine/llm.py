@@ -134,7 +134,7 @@ class LLM(MeasurementMethods):
                              f"has only {self.block_manager.num_blocks}: lower max_tokens or give the cache "
                              "more memory (num_kv_blocks, kv_cache_gib or gpu_memory_utilization)")
         seq = Sequence(self._next_id, token_ids, params, prompt=text)
-        seq.generator = self.runner.generator_for(params)
+        seq.generator = self.runner.sampler.generator_for(params)
         self._next_id += 1
         return seq
 
