@@ -24,13 +24,13 @@ from workbench.optimizations.board import Optimizations
 from workbench.parallel.tensor_parallel import backend_for, check_tensor_parallel
 
 from .block_manager import BlockManager, block_hash
-from .overrides import check_overrides, describe_overrides, newest
+from .overrides import check_overrides, describe_overrides
 from .runner import ModelRunner
 from .measurement import MeasurementMethods
 from .outputs import EngineStats, RequestOutput
 from .prompts import chat_prompts, params_list, prompt_list, token_ids_of
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
+from .scheduler import Scheduler, newest
 from .sequence import Sequence, Status
 from .stream import RequestStream, StreamEvent
 from .telemetry import Telemetry
