@@ -177,6 +177,23 @@ def test_engine_stage_and_measure(name):
     assert result.effect["machine"]
 
 
+# engine runs with an override in one check: the student's once (+ preemption's built-in policy on
+# the tight cache, the bar its measure compares against; a run without overrides is the reference)
+OVERRIDDEN_RUNS = {"block_hash": 1, "preemption": 2}
+
+
+@pytest.mark.parametrize("name", sorted(OVERRIDDEN_RUNS))
+def test_engine_and_measure_share_the_students_run(name, monkeypatch):
+    """One check runs the student's engine workload once; its engine and measure stages share it."""
+    exercise_module = sys.modules["workbench.lab.exercise"]
+    runs, run = [], exercise_module._run_engine
+    monkeypatch.setattr(exercise_module, "_run_engine",
+                        lambda prompts, overrides, *a: runs.append(overrides) or run(prompts, overrides, *a))
+    result = lab.check(name, SOL[WRONG[name][0]])
+    assert result.passed and result.stages["measure"] == "pass", str(result)
+    assert sum(bool(o) for o in runs) == OVERRIDDEN_RUNS[name], runs
+
+
 def test_engine_catches_what_the_unit_stage_cannot():
     """A hasher ignoring the parent reuses a block after another prefix; a policy preempting the
     oldest throws away more work: both only show up in the engine."""
