@@ -189,7 +189,7 @@ def test_engine_and_measure_share_the_students_run(name, monkeypatch):
     runs, run = [], exercise_module._run_engine
     monkeypatch.setattr(exercise_module, "_run_engine",
                         lambda prompts, overrides, *a: runs.append(overrides) or run(prompts, overrides, *a))
-    result = lab.check(name, SOL[WRONG[name][0]])
+    result = lab.exercise(name).check(SOL[WRONG[name][0]])   # (lab.check would reuse an earlier result)
     assert result.passed and result.stages["measure"] == "pass", str(result)
     assert sum(bool(o) for o in runs) == OVERRIDDEN_RUNS[name], runs
 
