@@ -20,7 +20,7 @@ from lab_fill import solution_cells  # noqa: E402
 from workbench import lab  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MASTERS = sorted((REPO / "labs").glob("lab*.ipynb"))
+MASTERS = lab.master_notebooks()
 
 
 def solutions() -> dict:
