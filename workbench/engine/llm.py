@@ -185,6 +185,9 @@ class LLM(MeasurementMethods):
             else:
                 self.scheduler.waiting.remove(seq)
                 seq.status, seq.finish_reason = Status.FINISHED, "abort"
+            queue = self._listeners.get(seq.request_id)
+            if queue is not None:   # a stream reads it: it ends with a finished event (stream.py)
+                queue.append(seq)
 
     def _release(self, seqs: list[Sequence]) -> None:
         """A stream is done with these requests: stop routing their tokens and abort what is left."""
