@@ -26,7 +26,7 @@ import dataclasses
 
 from workbench.model.layers import PLAIN_FORMS, ActAndMul, LayerForms, RMSNorm, RotaryEmbedding
 
-from .availability import triton_on_cuda   # (decode_gemv imports it from here too)
+from .availability import triton_on_cuda   # (decode_gemv still imports it from here)
 
 FORM_NAMES = tuple(f.name for f in dataclasses.fields(LayerForms))
 
