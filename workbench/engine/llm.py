@@ -185,8 +185,7 @@ class LLM(MeasurementMethods):
             else:
                 self.scheduler.waiting.remove(seq)
                 seq.status, seq.finish_reason = Status.FINISHED, "abort"
-            queue = self._listeners.get(seq.request_id)
-            if queue is not None:   # a stream reads it: it ends with a finished event (stream.py)
+            if (queue := self._listeners.get(seq.request_id)) is not None:   # a stream's: to end it (stream.py)
                 queue.append(seq)
 
     def _release(self, seqs: list[Sequence]) -> None:
@@ -243,8 +242,7 @@ class LLM(MeasurementMethods):
             new_tokens = [[] if token is None else [token] for token in tokens]
         now = time.perf_counter()
         self.stats.host_seconds["schedule"] += scheduled_at - start
-        produced, kinds = [], set()
-        processed = {"prefill": 0, "decode": 0}   # tokens through the model (kept ones), by phase
+        produced, kinds, processed = [], set(), {"prefill": 0, "decode": 0}   # processed: tokens through the model
         for index, ((seq, n), seq_tokens) in enumerate(zip(scheduled, new_tokens)):
             phase = "prefill" if seq.num_computed_tokens < seq.num_prompt_tokens else "decode"
             kinds.add(phase)
@@ -278,10 +276,9 @@ class LLM(MeasurementMethods):
         kind = kinds.pop() if len(kinds) == 1 else "mixed"
         self.stats.step_kind_seconds[kind] += end - start
         self.stats.step_kind_tokens[kind] += processed["prefill"] + processed["decode"]
-        self.telemetry.record(self, kind=kind, start=start, end=end, model_steps=num_steps,
-                              prefill_tokens=processed["prefill"], decode_tokens=processed["decode"],
-                              prefix_hit_tokens=self.block_manager.prefix_hit_tokens - hits,
-                              preemptions=self.scheduler.num_preemptions - preemptions)
+        self.telemetry.record(self, kind=kind, start=start, end=end, model_steps=num_steps, tokens=processed,
+                              prefix_hit_tokens=self.stats.prefix_hit_tokens - hits,
+                              preemptions=self.stats.preemptions - preemptions)
         return produced
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:

@@ -46,15 +46,16 @@ class Telemetry:
         self.enabled = True
         self._t0 = time.perf_counter()
 
-    def record(self, llm, *, kind: str, start: float, end: float, model_steps: int,
-               prefill_tokens: int, decode_tokens: int, prefix_hit_tokens: int, preemptions: int) -> dict | None:
-        """Append the row of one engine step: its numbers (as LLM._step counted them, the
-        counters as changes during the step) and the engine's state after it."""
+    def record(self, llm, *, kind: str, start: float, end: float, model_steps: int, tokens: dict[str, int],
+               prefix_hit_tokens: int, preemptions: int) -> dict | None:
+        """Append the row of one engine step: its numbers as LLM._step counted them (tokens:
+        {"prefill": n, "decode": n}; the counters as changes during the step) and the engine's
+        state after it."""
         if not self.enabled:
             return None
         row = dict(engine_state(llm), step=len(self.rows), time_s=start - self._t0, kind=kind,
-                   model_steps=model_steps, tokens=prefill_tokens + decode_tokens,
-                   prefill_tokens=prefill_tokens, decode_tokens=decode_tokens,
+                   model_steps=model_steps, tokens=tokens["prefill"] + tokens["decode"],
+                   prefill_tokens=tokens["prefill"], decode_tokens=tokens["decode"],
                    prefix_hit_tokens=prefix_hit_tokens, preemptions=preemptions, step_ms=(end - start) * 1e3)
         row = {k: row[k] for k in FIELDS}
         if len(self.rows) < self.max_rows:
