@@ -24,8 +24,10 @@ def solutions() -> dict:
     import tempfile
 
     import nbformat
+
+    from workbench.lab import master_notebooks
     cells = ["import math\nimport torch"]
-    for master in sorted((REPO / "labs").glob("lab*.ipynb")):
+    for master in master_notebooks():
         cells += [c.source for c in nbformat.read(master, 4).cells
                   if c.cell_type == "code" and "# BEGIN SOLUTION" in c.source]
     path = Path(tempfile.mkdtemp()) / "lab_reference_solutions.py"

@@ -18,17 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from workbench.lab import master_notebooks
+
 REPO = Path(__file__).resolve().parents[1]
 OTTER = [sys.executable, "-m", "otter"]
 
 
-def masters() -> list[Path]:
-    return sorted((REPO / "labs").glob("lab*.ipynb"))
-
-
 def build(out: Path, run_tests: bool = False) -> list[Path]:
     students = []
-    for master in masters():
+    for master in master_notebooks():
         dest = out / master.stem
         cmd = OTTER + ["assign", "--no-pdfs"] + ([] if run_tests else ["--no-run-tests"]) + [str(master), str(dest)]
         subprocess.run(cmd, check=True, cwd=REPO)
@@ -53,7 +51,7 @@ def _who_and_lab(path: Path, labs: list[str]) -> tuple[str, str] | None:
 
 
 def grade(submissions: Path, out: Path, table: Path) -> list[dict]:
-    labs = [m.stem for m in masters()]
+    labs = [m.stem for m in master_notebooks()]
     rows: dict[str, dict] = {}
     for path in sorted(submissions.rglob("*.ipynb")):
         match = _who_and_lab(path, labs)

@@ -6,10 +6,10 @@ For each (layer shape, M): every config of a small grid (BLOCK_N, BLOCK_K, SPLIT
 best one's neighbours in num_warps and num_stages. Each config is first checked against F.linear
 (float32 reference of the same bf16 inputs, ||got - ref|| / ||ref|| < 1e-2; a failing config is
 reported and never timed), then timed exactly as `measure gemv` times things
-(workbench.measure.gemv.time_gemv: one call per layer, each on its own weight, one CUDA graph,
-median replay). cuBLAS is timed the same way as the baseline. Prints a row per config as it
-goes, then the best config per shape as a dict literal for workbench/kernels/gemv.py's CONFIGS,
-and writes every row as JSON to the path given. A time budget stops the grid early (said so).
+(workbench.measure.gemv.time_layer: one call per layer, each on its own weight, one CUDA graph,
+median replay; the same bandwidth arithmetic). cuBLAS is timed the same way as the baseline.
+Prints a row per config as it goes, then the best config per shape as a dict literal for
+workbench/kernels/gemv.py's CONFIGS, and writes every row as JSON to the path given. A time budget stops the grid early (said so).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from workbench.kernels.gemv import GemvConfig, gemv
 from workbench.measure import measure_copy_bandwidth
 from workbench.measure.results import stamp
-from workbench.measure.gemv import gemv_shapes, time_gemv
+from workbench.measure.gemv import gemv_shapes, time_layer
 from workbench.model import ModelConfig
 
 
@@ -76,13 +76,14 @@ def main() -> int:
         if name == "lm_head" and m > 1:
             continue   # the engine computes logits of the last token of each sequence: M = batch,
             # but the 311 MB head is at copy bandwidth under cuBLAS already (measure gemv)
-        calls = 1 if name == "lm_head" else cfg.num_layers
 
         def record(impl, config, err):
-            us = time_gemv(k, n, calls, impl, m=m, config=config) * 1e6 if err is None or err < 1e-2 else None
-            tbs = 2 * k * n / us / 1e6 if us else None
+            timed = (time_layer(cfg, name, impl, m=m, config=config, copy_bandwidth=bw)
+                     if err is None or err < 1e-2 else None)   # a wrong config is never timed
+            us = timed.us_per_call if timed else None
+            tbs = timed.bandwidth / 1e12 if timed else None
             row = dict(layer=name, m=m, k=k, n=n, impl=impl, config=config.as_dict() if config else None,
-                       rel_err=err, us_per_call=us, tb_per_s=tbs, of_copy=tbs * 1e12 / bw if tbs and bw else None)
+                       rel_err=err, us_per_call=us, tb_per_s=tbs, of_copy=timed.of_copy_bandwidth if timed else None)
             rows.append(row)
             label = impl if config is None else (f"bn{config.block_n} bk{config.block_k} sk{config.split_k} "
                                                  f"w{config.num_warps} s{config.num_stages}")

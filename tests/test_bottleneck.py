@@ -17,7 +17,15 @@ def test_prefill_sits_right_of_decode_and_verdicts_follow_the_numbers(tiny_ckpt)
     shape = ModelConfig.from_hf(tiny_ckpt)
     with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), max_num_batched_tokens=512, max_num_seqs=4,
              enable_prefix_caching=False, max_model_len=128) as llm:
-        points = measure_points(llm, shape, "sdpa", batches=(1, 4), prompt_len=32, decode_tokens=4)
+        points = measure_points(llm, label="sdpa", batches=(1, 4), prompt_len=32, decode_tokens=4)
+        # the older call, shape and dtype_bytes passed, models the same steps when they are the engine's
+        given = measure_points(llm, shape, "x", batches=(1,), prompt_len=4, decode_tokens=2, dtype_bytes=4)
+        read = measure_points(llm, label="x", batches=(1,), prompt_len=4, decode_tokens=2)
+        assert [(p.flops, p.bytes) for p in given] == [(p.flops, p.bytes) for p in read]
+        with pytest.raises(ValueError, match="dtype_bytes=2 but the engine runs torch.float32"):
+            measure_points(llm, label="x", dtype_bytes=2)
+        with pytest.raises(ValueError, match="not the engine's model"):
+            measure_points(llm, ModelConfig.from_preset("qwen3-0.6b"), "x")
     assert [(p.phase, p.batch) for p in points] == [("prefill", 1), ("decode", 1), ("prefill", 4), ("decode", 4)]
     by = {(p.phase, p.batch): p for p in points}
     # one token per sequence vs 32: prefill's intensity is far higher; batching raises decode's

@@ -26,9 +26,10 @@ pytest.importorskip("otter")
 from jupyter_client.manager import KernelManager  # noqa: E402
 from lab_fill import fill, solution_cells  # noqa: E402
 from test_notebooks import ThisPython  # noqa: E402
+from workbench.lab import LABS_DIR, master_notebooks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MASTERS = sorted((REPO / "labs").glob("lab*.ipynb"))
+MASTERS = master_notebooks()
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
            OMP_NUM_THREADS="1", TQDM_DISABLE="1")
 
@@ -71,11 +72,11 @@ def test_master_runs_top_to_bottom(master):
     nb = nbformat.read(master, 4)
     km = KernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
     nbclient.NotebookClient(nb, km=km, timeout=300, allow_errors=False,
-                            resources={"metadata": {"path": str(REPO / "labs")}}).execute()
+                            resources={"metadata": {"path": str(LABS_DIR)}}).execute()
 
 
 def test_grading_table(built, tmp_path):
-    master = REPO / "labs" / "lab02_kv_cache.ipynb"
+    master = LABS_DIR / "lab02_kv_cache.ipynb"
     student = built / master.stem / "student" / master.name
     subs = tmp_path / "subs"
     (subs / "ref").mkdir(parents=True)

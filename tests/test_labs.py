@@ -20,7 +20,7 @@ from lab_fill import solution_cells  # noqa: E402
 from workbench import lab  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MASTERS = sorted((REPO / "labs").glob("lab*.ipynb"))
+MASTERS = lab.master_notebooks()
 
 
 def solutions() -> dict:
@@ -175,6 +175,23 @@ def test_engine_stage_and_measure(name):
     result = lab.check(name, SOL[WRONG[name][0]])
     assert result.stages == {"alone": "pass", "engine": "pass", "measure": "pass"}, str(result)
     assert result.effect["machine"]
+
+
+# engine runs with an override in one check: the student's once (+ preemption's built-in policy on
+# the tight cache, the bar its measure compares against; a run without overrides is the reference)
+OVERRIDDEN_RUNS = {"block_hash": 1, "preemption": 2}
+
+
+@pytest.mark.parametrize("name", sorted(OVERRIDDEN_RUNS))
+def test_engine_and_measure_share_the_students_run(name, monkeypatch):
+    """One check runs the student's engine workload once; its engine and measure stages share it."""
+    exercise_module = sys.modules["workbench.lab.exercise"]
+    runs, run = [], exercise_module._run_engine
+    monkeypatch.setattr(exercise_module, "_run_engine",
+                        lambda prompts, overrides, *a: runs.append(overrides) or run(prompts, overrides, *a))
+    result = lab.exercise(name).check(SOL[WRONG[name][0]])   # (lab.check would reuse an earlier result)
+    assert result.passed and result.stages["measure"] == "pass", str(result)
+    assert sum(bool(o) for o in runs) == OVERRIDDEN_RUNS[name], runs
 
 
 def test_engine_catches_what_the_unit_stage_cannot():

@@ -130,3 +130,20 @@ def test_a_stream_closed_during_a_step_is_aborted_after_it(llm, expected):
         llm.runner.execute = execute
     assert out.token_ids == expected[0].token_ids
     _assert_clean(llm)
+
+
+def test_abort_all_ends_each_request_of_a_stream_with_a_finished_event(llm, expected):
+    base, requests = llm._next_id, [0, 1, 2, 3, 4]
+    s = _open(llm, requests)   # max_num_seqs=4: request 4 waits in the queue
+    events = [next(s)]         # one step ran: the other running requests' tokens wait in the stream
+    assert llm.abort_all() >= 2
+    events += list(s)
+    for n, i in enumerate(requests):
+        got = [e for e in events if e.request_id == base + n]
+        assert [e.finished for e in got] == [False] * (len(got) - 1) + [True], (i, got)
+        tokens = [e.token_id for e in got if e.token_id is not None]
+        assert tokens == expected[i].token_ids[:len(tokens)]
+        whole = len(tokens) == len(expected[i].token_ids)   # request 0 (1 token) finished in that step
+        assert got[-1].finish_reason == (expected[i].finish_reason if whole else "abort"), (i, got)
+    assert got[-1].token_id is None and got[-1].text == ""   # request 4 never ran: an event with no token
+    _assert_clean(llm)

@@ -24,13 +24,13 @@ from workbench.optimizations.board import Optimizations
 from workbench.parallel.tensor_parallel import backend_for, check_tensor_parallel
 
 from .block_manager import BlockManager, block_hash
-from .overrides import check_overrides, describe_overrides, newest
+from .overrides import check_overrides, describe_overrides
 from .runner import ModelRunner
 from .measurement import MeasurementMethods
 from .outputs import EngineStats, RequestOutput
 from .prompts import chat_prompts, params_list, prompt_list, token_ids_of
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
+from .scheduler import Scheduler, newest
 from .sequence import Sequence, Status
 from .stream import RequestStream, StreamEvent
 from .telemetry import Telemetry
@@ -134,7 +134,7 @@ class LLM(MeasurementMethods):
                              f"has only {self.block_manager.num_blocks}: lower max_tokens or give the cache "
                              "more memory (num_kv_blocks, kv_cache_gib or gpu_memory_utilization)")
         seq = Sequence(self._next_id, token_ids, params, prompt=text)
-        seq.generator = self.runner.generator_for(params)
+        seq.generator = self.runner.sampler.generator_for(params)
         self._next_id += 1
         return seq
 
@@ -185,6 +185,8 @@ class LLM(MeasurementMethods):
             else:
                 self.scheduler.waiting.remove(seq)
                 seq.status, seq.finish_reason = Status.FINISHED, "abort"
+            if (queue := self._listeners.get(seq.request_id)) is not None:   # a stream's: to end it (stream.py)
+                queue.append(seq)
 
     def _release(self, seqs: list[Sequence]) -> None:
         """A stream is done with these requests: stop routing their tokens and abort what is left."""
@@ -212,8 +214,7 @@ class LLM(MeasurementMethods):
             return []
         self._stepping = True
         try:
-            with self.telemetry.step(self):
-                produced = self._step()
+            produced = self._step()
             for seq, _ in produced:
                 queue = self._listeners.get(seq.request_id)
                 if queue is not None:
@@ -226,6 +227,7 @@ class LLM(MeasurementMethods):
 
     def _step(self) -> list[tuple[Sequence, int]]:
         start = time.perf_counter()
+        hits, preemptions = self.block_manager.prefix_hit_tokens, self.scheduler.num_preemptions
         scheduled = self.scheduler.schedule()
         if not scheduled:
             raise RuntimeError("scheduler made no progress with requests pending; please report this")
@@ -240,22 +242,17 @@ class LLM(MeasurementMethods):
             new_tokens = [[] if token is None else [token] for token in tokens]
         now = time.perf_counter()
         self.stats.host_seconds["schedule"] += scheduled_at - start
-        produced, kinds, processed = [], set(), 0   # processed: tokens through the model, kept ones
+        produced, kinds, processed = [], set(), {"prefill": 0, "decode": 0}   # processed: tokens through the model
         for index, ((seq, n), seq_tokens) in enumerate(zip(scheduled, new_tokens)):
-            is_prompt = seq.num_computed_tokens < seq.num_prompt_tokens
-            kinds.add("prefill" if is_prompt else "decode")
-            if is_prompt:
-                self.stats.prefill_tokens += n
-            else:
-                self.stats.decode_tokens += n
+            phase = "prefill" if seq.num_computed_tokens < seq.num_prompt_tokens else "decode"
+            kinds.add(phase)
+            processed[phase] += n
             seq.num_computed_tokens += n
-            processed += n
             self.block_manager.commit_computed(seq)
             for i, token in enumerate(seq_tokens):   # none for a prompt chunk that samples nothing
                 if i:   # multi-step: the previous token went through the model in this step
                     seq.num_computed_tokens += 1
-                    processed += 1
-                    self.stats.decode_tokens += 1
+                    processed["decode"] += 1
                     self.block_manager.commit_computed(seq)
                 seq.token_ids.append(token)
                 if index in logits:
@@ -269,6 +266,8 @@ class LLM(MeasurementMethods):
                     self.scheduler.finish(seq, reason)
                     break
         self.stats.steps += num_steps
+        self.stats.prefill_tokens += processed["prefill"]
+        self.stats.decode_tokens += processed["decode"]
         self.stats.preemptions = self.scheduler.num_preemptions
         self.stats.prefix_hit_tokens = self.block_manager.prefix_hit_tokens
         end = time.perf_counter()
@@ -276,7 +275,10 @@ class LLM(MeasurementMethods):
         self.stats.step_seconds.append(end - start)
         kind = kinds.pop() if len(kinds) == 1 else "mixed"
         self.stats.step_kind_seconds[kind] += end - start
-        self.stats.step_kind_tokens[kind] += processed
+        self.stats.step_kind_tokens[kind] += processed["prefill"] + processed["decode"]
+        self.telemetry.record(self, kind=kind, start=start, end=end, model_steps=num_steps, tokens=processed,
+                              prefix_hit_tokens=self.stats.prefix_hit_tokens - hits,
+                              preemptions=self.stats.preemptions - preemptions)
         return produced
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:

@@ -9,7 +9,7 @@ Each override replaces one piece for every step; `LLM.describe()` names what was
     preemption    fn(running: list[Sequence]) -> Sequence
                   which sequence to preempt when the KV cache is full; `running` holds the
                   candidates oldest first: the sequence that needs room is running[0] and those
-                  already given tokens this step are left out (built-in: newest, running[-1])
+                  already given tokens this step are left out (built-in: scheduler.newest, running[-1])
     sampler       fn(logits [B, V] float32, seqs: list[Sequence]) -> Tensor[B] int64 (same device)
                   seq.params is its SamplingParams; seq.generator its torch.Generator on the
                   logits' device (seeded with params.seed when set, else the engine's shared one,
@@ -47,8 +47,3 @@ def check_overrides(overrides: dict | None, tensor_parallel_size: int = 1) -> di
 
 def describe_overrides(overrides: dict) -> str:
     return ", ".join(f"{name}={getattr(fn, '__qualname__', type(fn).__name__)}" for name, fn in overrides.items())
-
-
-def newest(running: list) -> object:
-    """The built-in preemption policy: the newest candidate has the least work to lose."""
-    return running[-1]

@@ -238,12 +238,6 @@ class ModelRunner:
     def _step_inputs(self, step: HostStep):
         return step.to_device(self.device)
 
-    def generator_for(self, params) -> torch.Generator:
-        """A request's generator: its own when seeded, else the engine's shared one."""
-        if params.seed is None:
-            return self.generator
-        return torch.Generator(device=self.device).manual_seed(params.seed)
-
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """The next token per row; an overridden sampler gets float32 logits and is checked."""
         if self.sample == self.sampler.sample:

@@ -28,6 +28,13 @@ class Sampler:
         self.device = device
         self.generator = torch.Generator(device=device).manual_seed(seed)  # for unseeded requests
 
+    def generator_for(self, params) -> torch.Generator:
+        """A request's generator (the one place one is made): its own when seeded, else the
+        engine's shared one. LLM sets seq.generator from it when the request is queued."""
+        if params.seed is None:
+            return self.generator
+        return torch.Generator(device=self.device).manual_seed(params.seed)
+
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         return self.sample(logits, seqs).tolist()   # .tolist(): waits for the GPU
 
@@ -56,12 +63,9 @@ class Sampler:
                 generator=self.generator)
         for row, seq in enumerate(seqs):   # seeded rows: each from its own generator
             if not seq.params.greedy and seq.params.seed is not None:
-                noise[row].exponential_(generator=self._generator_for(seq))
+                if seq.generator is None:   # a Sequence made outside an engine (tests)
+                    seq.generator = self.generator_for(seq.params)
+                noise[row].exponential_(generator=seq.generator)
         sampled = (probs / noise).argmax(dim=-1)
         is_greedy = torch.tensor([seq.params.greedy for seq in seqs], device=logits.device)
         return torch.where(is_greedy, greedy, sampled)
-
-    def _generator_for(self, seq: Sequence) -> torch.Generator:
-        if seq.generator is None:
-            seq.generator = torch.Generator(device=self.device).manual_seed(seq.params.seed)
-        return seq.generator

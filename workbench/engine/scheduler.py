@@ -9,7 +9,8 @@ Two policies, one switch (chunked_prefill):
        to prompt chunks, so a long prompt is split across steps and never stalls the decodes.
 
 When the KV cache runs out of blocks, the newest running sequence is preempted (the policy is
-a seam: `preemption`, see engine/overrides.py): its blocks are freed and it goes back to the front of the queue to be recomputed later (its tokens are kept,
+a seam: `preemption`, see engine/overrides.py; the built-in is `newest` below): its blocks are
+freed and it goes back to the front of the queue to be recomputed later (its tokens are kept,
 so its output does not change).
 """
 from __future__ import annotations
@@ -17,8 +18,12 @@ from __future__ import annotations
 from collections import deque
 
 from .block_manager import BlockManager
-from .overrides import newest
 from .sequence import Sequence, Status
+
+
+def newest(running: list) -> object:
+    """The built-in preemption policy: the newest candidate has the least work to lose."""
+    return running[-1]
 
 
 class Scheduler:

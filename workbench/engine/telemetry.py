@@ -8,10 +8,11 @@ step by step: blocks filling up, a shared prefix hitting, a sequence preempted a
     llm.telemetry.rows          # [{"step": 0, "kind": "prefill", "running": 4, ...}, ...]
     llm.telemetry.to_csv("run.csv"); llm.telemetry.to_json("run.json")
 
-Cost: two reads of a handful of counters and one dict per step (microseconds, against a step of
-milliseconds). Counters that grow over the engine's life (prefix hits, preemptions, tokens) are
-stored per step (the change during that step), so summing a column gives the run's total.
-All reads of the engine's insides live in `engine_counters`, the one place to re-point if the
+Cost: one read of a handful of counters and one dict per step (microseconds, against a step of
+milliseconds). The step's own numbers (its kind, tokens, model steps, time) come from LLM._step,
+which computes them anyway; counters that grow over the engine's life (prefix hits, preemptions,
+tokens) are stored per step (the change during that step), so summing a column gives the run's
+total. All reads of the engine's state live in `engine_state`, the one place to re-point if the
 engine is restructured.
 """
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 FIELDS = ["step", "time_s", "kind", "model_steps", "running", "waiting", "tokens", "prefill_tokens",
@@ -28,16 +28,11 @@ FIELDS = ["step", "time_s", "kind", "model_steps", "running", "waiting", "tokens
 PER_STEP = ("model_steps", "prefill_tokens", "decode_tokens", "prefix_hit_tokens", "preemptions")
 
 
-def engine_counters(llm) -> dict:
-    """Everything telemetry reads from the engine, in one place."""
-    bm, sched, stats = llm.block_manager, llm.scheduler, llm.stats
+def engine_state(llm) -> dict:
+    """The engine's state after a step: everything telemetry reads from the engine itself."""
+    bm, sched = llm.block_manager, llm.scheduler
     return {"running": len(sched.running), "waiting": len(sched.waiting),
-            "kv_blocks_free": bm.num_free_blocks, "kv_blocks_used": bm.num_blocks - bm.num_free_blocks,
-            "prefix_hit_tokens": bm.prefix_hit_tokens, "preemptions": sched.num_preemptions,
-            # llm.stats may be replaced by a fresh EngineStats between steps (to time one run):
-            # a delta is only taken against the same object
-            "_stats": stats, "model_steps": stats.steps, "prefill_tokens": stats.prefill_tokens,
-            "decode_tokens": stats.decode_tokens}
+            "kv_blocks_free": bm.num_free_blocks, "kv_blocks_used": bm.num_blocks - bm.num_free_blocks}
 
 
 class Telemetry:
@@ -51,26 +46,17 @@ class Telemetry:
         self.enabled = True
         self._t0 = time.perf_counter()
 
-    @contextmanager
-    def step(self, llm):
-        """Wrap one engine step: read the counters before and after, append the row."""
+    def record(self, llm, *, kind: str, start: float, end: float, model_steps: int, tokens: dict[str, int],
+               prefix_hit_tokens: int, preemptions: int) -> dict | None:
+        """Append the row of one engine step: its numbers as LLM._step counted them (tokens:
+        {"prefill": n, "decode": n}; the counters as changes during the step) and the engine's
+        state after it."""
         if not self.enabled:
-            yield
-            return
-        before, start = engine_counters(llm), time.perf_counter()
-        yield
-        end = time.perf_counter()
-        self.record(before, engine_counters(llm), start, end)
-
-    def record(self, before: dict, after: dict, start: float, end: float) -> dict:
-        same = before["_stats"] is after["_stats"]
-        row = {k: after[k] for k in ("running", "waiting", "kv_blocks_used", "kv_blocks_free")}
-        for k in PER_STEP:
-            row[k] = after[k] - (before[k] if same or k in ("prefix_hit_tokens", "preemptions") else 0)
-        row["tokens"] = row["prefill_tokens"] + row["decode_tokens"]
-        kinds = [name for name in ("prefill", "decode") if row[f"{name}_tokens"]]
-        row.update(step=len(self.rows), time_s=start - self._t0, step_ms=(end - start) * 1e3,
-                   kind=kinds[0] if len(kinds) == 1 else "mixed" if kinds else "idle")
+            return None
+        row = dict(engine_state(llm), step=len(self.rows), time_s=start - self._t0, kind=kind,
+                   model_steps=model_steps, tokens=tokens["prefill"] + tokens["decode"],
+                   prefill_tokens=tokens["prefill"], decode_tokens=tokens["decode"],
+                   prefix_hit_tokens=prefix_hit_tokens, preemptions=preemptions, step_ms=(end - start) * 1e3)
         row = {k: row[k] for k in FIELDS}
         if len(self.rows) < self.max_rows:
             self.rows.append(row)

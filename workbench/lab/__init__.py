@@ -9,8 +9,11 @@ Each exercise module's docstring is the assignment (signature and what to get ri
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from .exercise import Exercise, Result, Skip, Wrong
+
+LABS_DIR = Path(__file__).resolve().parents[2] / "labs"   # in a checkout of the repository
 
 MODULES = {   # exercise name -> (module, attribute)
     "sampling": ("sampling", "EXERCISE"),
@@ -32,6 +35,12 @@ def exercise(name: str) -> Exercise:
     return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
 
 
+def master_notebooks() -> list[Path]:
+    """The instructors' master notebooks (solutions inside), labs/lab*.ipynb, in order; the
+    student versions are built from them (scripts/labs.py)."""
+    return sorted(LABS_DIR.glob("lab*.ipynb"))
+
+
 _DONE: dict = {}   # (name, function, kwargs) -> Result: a notebook's check cell and its hidden test share a run
 
 
@@ -46,4 +55,4 @@ def check(name: str, student_fn, **kwargs) -> Result:
     return _DONE[key][1]
 
 
-__all__ = ["Exercise", "Result", "Skip", "Wrong", "check", "exercise", "MODULES"]
+__all__ = ["Exercise", "Result", "Skip", "Wrong", "check", "exercise", "master_notebooks", "MODULES"]

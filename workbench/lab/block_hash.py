@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .exercise import Exercise, Wrong, machine, run_engine, same_tokens
+from .exercise import Exercise, Wrong, machine, once_per_check, run_engine, same_tokens
 
 BLOCK = 16
 
@@ -46,10 +46,18 @@ def _workload():
     return [system + t for t in tails] + [system[BLOCK:] + tails[0]]   # the last starts with block 2's tokens
 
 
-def engine(fn) -> dict:
+def _runs(fn):
+    """The workload through the reference engine and with fn (run once per check): prompts,
+    then (tokens, stats, seconds) of each. One request at a time, so later prompts can hit."""
     prompts = _workload()
-    want, ref_stats, _ = run_engine(prompts, max_num_seqs=1, block_size=BLOCK)   # one at a time: later prompts can hit
-    got, stats, _ = run_engine(prompts, overrides={"block_hasher": fn}, max_num_seqs=1, block_size=BLOCK)
+    reference = run_engine(prompts, max_num_seqs=1, block_size=BLOCK)
+    student = once_per_check("block_hash", lambda: run_engine(prompts, overrides={"block_hasher": fn},
+                                                              max_num_seqs=1, block_size=BLOCK))
+    return prompts, reference, student
+
+
+def engine(fn) -> dict:
+    _, (want, ref_stats, _), (got, stats, _) = _runs(fn)
     same_tokens(got, want, "A prefix-cache hit gave a block computed after a different prefix: does your "
                            "hash chain through parent_hash?")
     assert ref_stats.prefix_hit_tokens > 0, "check defect: the workload must share prefixes"
@@ -64,9 +72,7 @@ def engine(fn) -> dict:
 
 
 def measure(fn) -> dict:
-    prompts = _workload()
-    _, ref, _ = run_engine(prompts, max_num_seqs=1, block_size=BLOCK)
-    _, got, _ = run_engine(prompts, overrides={"block_hasher": fn}, max_num_seqs=1, block_size=BLOCK)
+    prompts, (_, ref, _), (_, got, _) = _runs(fn)
     total = sum(len(p) for p in prompts)
     effect = dict(prompt_tokens=total, prefilled=got.prefill_tokens, reference_prefilled=ref.prefill_tokens,
                   cache_hit_tokens=got.prefix_hit_tokens, machine=machine(),

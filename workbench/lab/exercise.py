@@ -72,6 +72,13 @@ class Exercise:
     measure: Callable | None = None
 
     def check(self, student_fn, *, engine: bool = True, measure: bool = True, **measure_args) -> Result:
+        _CHECK_RUNS.append({})   # the student's engine runs, shared by this check's stages
+        try:
+            return self._check(student_fn, engine, measure, measure_args)
+        finally:
+            _CHECK_RUNS.pop()
+
+    def _check(self, student_fn, engine: bool, measure: bool, measure_args: dict) -> Result:
         result = Result(self.name)
         stages = [("alone", self.alone), ("engine", self.engine if engine else None),
                   ("measure", self.measure if measure else None)]
@@ -102,6 +109,20 @@ class Exercise:
 
 
 # Shared helpers ----------------------------------------------------------------------------------
+_CHECK_RUNS: list[dict] = []   # one dict per check() in progress (innermost last)
+
+
+def once_per_check(key: str, run: Callable):
+    """run() once per check(): its engine and measure stages share the result of the same student
+    engine run. Outside a check (a stage called by itself) it simply runs."""
+    if not _CHECK_RUNS:
+        return run()
+    runs = _CHECK_RUNS[-1]
+    if key not in runs:
+        runs[key] = run()
+    return runs[key]
+
+
 def close(got: torch.Tensor, want: torch.Tensor, what: str, atol=1e-4, rtol=1e-4, hint: str = "") -> None:
     """allclose with a message naming the first wrong element and a hint."""
     if not isinstance(got, torch.Tensor):

@@ -16,6 +16,7 @@ import time
 import torch
 
 from workbench.attention.naive import NaiveAttention
+from workbench.attention.padded import gather_kv
 
 from .cases import CASES, locate, make_case
 from .exercise import Exercise, Wrong, machine, prompts_for, run_engine, same_tokens
@@ -23,18 +24,22 @@ from .exercise import Exercise, Wrong, machine, prompts_for, run_engine, same_to
 REFERENCE = NaiveAttention()
 
 
+def per_sequence_kv(k_cache, v_cache, meta, q_heads: int):
+    """Each sequence's keys and values [seq_len, q_heads, D], through the engine's block-table
+    gather (workbench/attention/padded.py) and repeated per query head (GQA)."""
+    keys, values = gather_kv(k_cache, meta), gather_kv(v_cache, meta)
+    group = q_heads // k_cache.shape[2]
+    for b in range(meta.num_seqs):
+        n = int(meta.seq_lens[b])
+        yield keys[b, :n].repeat_interleave(group, 1), values[b, :n].repeat_interleave(group, 1)
+
+
 def _variant(q, k_cache, v_cache, meta, scale, *, causal=True, offset=True):
     """The reference with one classic mistake switched on: used to name the student's mistake."""
     out = []
     cu = meta.cu_seqlens_q.tolist()
-    bs = k_cache.shape[1]
-    for b in range(meta.num_seqs):
-        n, new = int(meta.seq_lens[b]), cu[b + 1] - cu[b]
-        table = meta.block_tables[b, :-(-n // bs)].long()
-        k = k_cache[table].flatten(0, 1)[:n]
-        v = v_cache[table].flatten(0, 1)[:n]
-        g = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    for b, (k, v) in enumerate(per_sequence_kv(k_cache, v_cache, meta, q.shape[1])):
+        n, new = k.shape[0], cu[b + 1] - cu[b]
         s = torch.einsum("qhd,khd->hqk", q[cu[b]:cu[b + 1]].float(), k.float()) * scale
         if causal:
             first = n - new if offset else 0

@@ -17,21 +17,15 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .exercise import Exercise, Wrong, machine
-from .naive_attention import check_attention_alone, check_in_engine
+from .naive_attention import check_attention_alone, check_in_engine, per_sequence_kv
 
 
 def as_backend(fn, tile: int = 16):
     """Wrap a one-sequence tiled_attention into the engine's attention-backend signature."""
     def backend(q, k_cache, v_cache, meta, scale):
-        cu, bs, out = meta.cu_seqlens_q.tolist(), k_cache.shape[1], []
-        for b in range(meta.num_seqs):
-            n = int(meta.seq_lens[b])
-            table = meta.block_tables[b, :-(-n // bs)].long()
-            k, v = k_cache[table].flatten(0, 1)[:n], v_cache[table].flatten(0, 1)[:n]
-            group = q.shape[1] // k.shape[1]
-            out.append(fn(q[cu[b]:cu[b + 1]], k.repeat_interleave(group, 1), v.repeat_interleave(group, 1),
-                          scale, tile))
-        return torch.cat(out)
+        cu = meta.cu_seqlens_q.tolist()
+        return torch.cat([fn(q[cu[b]:cu[b + 1]], k, v, scale, tile)
+                          for b, (k, v) in enumerate(per_sequence_kv(k_cache, v_cache, meta, q.shape[1]))])
     return backend
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from .exercise import Exercise, Wrong, machine, prompts_for, run_engine, same_tokens
+from .exercise import Exercise, Wrong, machine, once_per_check, prompts_for, run_engine, same_tokens
 
 
 def _seqs(computed):
@@ -47,7 +47,14 @@ def alone(fn) -> None:
 
 
 def _tight(fn=None):
-    """A KV cache too small for all requests at once: preemptions must happen."""
+    """A KV cache too small for all requests at once: preemptions must happen. The student's run
+    is made once per check (its engine and measure stages share it)."""
+    if fn is not None:
+        return once_per_check("preemption", lambda: _tight_run(fn))
+    return _tight_run(None)
+
+
+def _tight_run(fn):
     recomputed = []
 
     def counting(running):

@@ -80,9 +80,11 @@ def measure_ceilings(device: str = "cpu", *, repeats: int = 5) -> Ceilings:
                     how=f"measured: copy of {nbytes / 2**20:.0f} MiB, {n}^3 matmul, median of {repeats}")
 
 
-def measure_points(llm, shape, label: str, *, batches=(1, 4, 16), prompt_len: int = 64,
-                   decode_tokens: int = 16, dtype_bytes: int = 4, seed: int = 0) -> list[Point]:
-    """One prefill point and one decode point per batch size, on an open engine `llm`.
+def measure_points(llm, shape=None, label: str = "", *, batches=(1, 4, 16), prompt_len: int = 64,
+                   decode_tokens: int = 16, dtype_bytes: int | None = None, seed: int = 0) -> list[Point]:
+    """One prefill point and one decode point per batch size, on an open engine `llm`, labelled
+    `label`. The model's shape and the bytes per value are the engine's (llm.model_config, its
+    dtype); `shape` and `dtype_bytes` may still be passed, and must then agree with the engine.
 
     The engine must prefill a batch in one step (max_num_batched_tokens >= max(batches) *
     prompt_len) and hold it (max_num_seqs >= max(batches)); prefix caching off, so each prefill
@@ -90,6 +92,13 @@ def measure_points(llm, shape, label: str, *, batches=(1, 4, 16), prompt_len: in
     import random
 
     from workbench import SamplingParams
+    engine_bytes = llm.dtype.itemsize
+    if shape is not None and shape != llm.model_config:
+        raise ValueError("shape is not the engine's model: leave it out (measure_points reads llm.model_config)")
+    if dtype_bytes is not None and dtype_bytes != engine_bytes:
+        raise ValueError(f"dtype_bytes={dtype_bytes} but the engine runs {llm.dtype} ({engine_bytes} bytes): "
+                         "leave it out (measure_points reads the engine's dtype)")
+    shape, dtype_bytes = llm.model_config, engine_bytes
     rng = random.Random(seed)
     points = []
     for batch in batches:

@@ -87,6 +87,27 @@ def time_gemv(k: int, n: int, calls: int, impl: str, *, m: int = 1, config=None,
     return graph_replay_seconds(step, replays) / calls   # compile, tune, cuBLAS: in its warm-up
 
 
+def layer_record(cfg, name: str, impl: str, available: bool, reason: str = "") -> GemvRecord:
+    """A record of one linear layer's shape as a decode step runs it: K, N, calls per graph (the
+    LM head once, the others once per decoder layer) and the weight bytes each call reads."""
+    k, n = gemv_shapes(cfg)[name]
+    return GemvRecord(name, impl, available, reason, k=k, n=n, calls=1 if name == "lm_head" else cfg.num_layers,
+                      weight_bytes=k * n * 2)   # bf16
+
+
+def time_layer(cfg, name: str, impl: str, *, m: int = 1, config=None,
+               copy_bandwidth: float | None = None) -> GemvRecord:
+    """Time one linear layer's [m, K] x [K, N] and do the per-shape arithmetic: microseconds per
+    call, bandwidth (weight bytes / time), share of the copy bandwidth."""
+    import torch
+    record = layer_record(cfg, name, impl, True)
+    seconds = time_gemv(record.k, record.n, record.calls, impl, m=m, config=config)
+    record.us_per_call, record.bandwidth = seconds * 1e6, record.weight_bytes / seconds
+    record.of_copy_bandwidth = record.bandwidth / copy_bandwidth if copy_bandwidth else None
+    record.device = torch.cuda.get_device_name()
+    return record
+
+
 def measure_gemvs(cfg, impls=IMPLS, *, copy_bandwidth: float | None = None) -> list[GemvRecord]:
     """One record per (linear layer, impl); the LM head runs once per graph, the others once per layer."""
     import torch
@@ -98,19 +119,10 @@ def measure_gemvs(cfg, impls=IMPLS, *, copy_bandwidth: float | None = None) -> l
         reason = "no CUDA: the GEMVs are timed as CUDA-graph replays on a GPU; run this on the GPU machine"
         return [GemvRecord(name, impl, False, reason, k=k, n=n) for name, (k, n) in shapes.items() for impl in impls]
     records = []
-    for name, (k, n) in shapes.items():
-        calls = 1 if name == "lm_head" else cfg.num_layers
+    for name in shapes:
         for impl in impls:
-            weight_bytes = k * n * 2   # bf16
             try:
-                seconds = time_gemv(k, n, calls, impl)
+                records.append(time_layer(cfg, name, impl, copy_bandwidth=copy_bandwidth))
             except Exception as e:   # e.g. inductor cannot compile here: say so, keep the others
-                records.append(GemvRecord(name, impl, False, f"{type(e).__name__}: {str(e)[:200]}", k=k, n=n,
-                                          calls=calls, weight_bytes=weight_bytes))
-                continue
-            bandwidth = weight_bytes / seconds
-            records.append(GemvRecord(name, impl, True, k=k, n=n, calls=calls, us_per_call=seconds * 1e6,
-                                      weight_bytes=weight_bytes, bandwidth=bandwidth,
-                                      of_copy_bandwidth=bandwidth / copy_bandwidth if copy_bandwidth else None,
-                                      device=torch.cuda.get_device_name()))
+                records.append(layer_record(cfg, name, impl, False, f"{type(e).__name__}: {str(e)[:200]}"))
     return records

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .hbm import classify_kernel
-from .launches import GRAPH_API, LAUNCH_API, SHORT_GAP_US, _is_kernel
+from .launches import GRAPH_API, LAUNCH_API, SHORT_GAP_US, _is_kernel, short_gaps_us
 from .timing import device_sync, profiling
 
 STEP_PREFIX = "workbench.step "
@@ -110,25 +110,21 @@ class Timeline:
 def sweep(spans: list[Span], start: float, end: float, short_gap_us: float = SHORT_GAP_US):
     """Split the window [start, end] of one row into busy time per family (a stretch covered
     by overlapping spans counts once, for the span that started first), idle gaps between
-    spans shorter than `short_gap_us`, and the remaining idle time (edges, long waits).
+    spans shorter than `short_gap_us` (launches.short_gaps_us, the one gap rule), and the
+    remaining idle time (edges, long waits).
     Returns (busy_by_family, short_gaps_us, long_idle_us); they sum to end - start."""
     busy: dict[str, float] = {}
-    short = idle = 0.0
+    covered = []   # the stretches each span adds to the busy time (clipped to the window)
     cursor = start
     for s in sorted(spans, key=lambda s: s.start_us):
         lo, hi = max(s.start_us, start), min(s.end_us, end)
         if hi <= cursor:
             continue
-        gap = lo - cursor
-        if gap > 0:
-            if cursor > start and gap < short_gap_us:
-                short += gap
-            else:
-                idle += gap
         busy[s.family] = busy.get(s.family, 0.0) + hi - max(lo, cursor)
+        covered.append((lo, hi))
         cursor = hi
-    idle += max(end - cursor, 0.0)
-    return busy, short, idle
+    short = short_gaps_us(covered, short_gap_us)
+    return busy, short, (end - start) - sum(busy.values()) - short
 
 
 def _has_aten_ancestor(event) -> bool:

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 from workbench.attention import make_backend
 
+from .availability import needs_cuda
+
 BACKENDS = ("naive", "sdpa", "flash")
 
 
 def why_not(device: str, tp_size: int = 1) -> str | None:
     """Why attention='flash' cannot run here (naive and sdpa run everywhere)."""
-    if not device.startswith("cuda"):
-        return f"needs a CUDA GPU (running on {device})"
+    if why := needs_cuda(device):
+        return why
     from workbench.attention.flash import flash_status
     name, reason = flash_status()
     return None if name is not None else reason

@@ -27,13 +27,15 @@ import torch
 
 from workbench.attention import AttentionMetadata
 
+from .availability import needs_cuda
+
 if TYPE_CHECKING:   # (a type only: the engine imports this module, not the other way round)
     from workbench.engine.step_inputs import HostStep
 
 
 def why_not(device: str, tp_size: int = 1) -> str | None:
-    if not device.startswith("cuda"):
-        return f"needs a CUDA GPU (running on {device})"
+    if why := needs_cuda(device):
+        return why
     if tp_size > 1:   # capturing NCCL all-reduces inside each rank's graph works in principle, but
         # it was never verified on a multi-GPU machine: an error beats a silently wrong or hung engine
         return f"untested with tensor_parallel_size={tp_size} (graph capture of the all-reduces was never verified)"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from workbench.attention import AttentionMetadata
 
-from .fused_kernels import triton_on_cuda
+from .availability import triton_on_cuda
 
 
 def why_not(device: str, tp_size: int = 1) -> str | None:

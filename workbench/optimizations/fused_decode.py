@@ -29,7 +29,7 @@ from __future__ import annotations
 from workbench.model.layers import ActAndMul, RMSNorm
 from workbench.model.qwen3 import Attention
 
-from .fused_kernels import triton_on_cuda
+from .availability import triton_on_cuda
 
 
 def why_not(device: str, tp_size: int = 1) -> str | None:

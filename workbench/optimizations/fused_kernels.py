@@ -23,24 +23,16 @@ Replacing rms_norm or rope (and not qk_norm_rope) also routes Qwen3's q/k norm t
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 
 from workbench.model.layers import PLAIN_FORMS, ActAndMul, LayerForms, RMSNorm, RotaryEmbedding
+
+from .availability import triton_on_cuda   # (decode_gemv still imports it from here)
 
 FORM_NAMES = tuple(f.name for f in dataclasses.fields(LayerForms))
 
 
 def why_not(device: str, tp_size: int = 1) -> str | None:
     return triton_on_cuda(device)
-
-
-def triton_on_cuda(device: str) -> str | None:
-    """Why a Triton kernel cannot run here (None: it can); decode_gemv asks too."""
-    if not device.startswith("cuda"):
-        return f"needs a CUDA GPU (running on {device})"
-    if importlib.util.find_spec("triton") is None:
-        return "Triton is not installed (pip install triton)"
-    return None
 
 
 def fused_forms() -> LayerForms:
