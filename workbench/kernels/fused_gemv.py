@@ -4,8 +4,11 @@ and gate_up_proj, SiLU-and-mul before down_proj. The `fused_decode` switch's ker
 Why fold. At batch 1 a decode step is ~300 small kernels, and each costs ~2-3 us on an H200
 however little it does (launch, ramp-up, the tail of the kernel before it). The RMSNorm of one
 token reads and writes 2 KB; the GEMV after it reads 8-12 MB of weights. Folding the norm into
-the GEMV's load of x removes a kernel and its round trip through HBM, and costs each GEMV program
-one extra read of the token's row (hidden_size values, from L2) to compute the row's rms itself.
+the GEMV's load of x removes a kernel and its round trip through HBM. RMSNorm divides a token's
+row by one number (its rms), so a program multiplies x by the norm weight as it loads it, sums
+the squares on the way, and divides its dot products by the rms at the end: (x / r) . w = (x . w)
+/ r. (A first version computed the rms first, reading the whole row before its first weight
+load: on the H200 that made the step slower than not folding at all. docs/perf-notes.md.)
 
 How. It is the same kernel as kernels/gemv.py -- same split-K structure, same tuned CONFIGS --
 with a different X_FORM: what the kernel does to x as it loads each tile.
@@ -32,9 +35,9 @@ from .gemv import MAX_M, RMS_NORM, SILU_MUL, GemvConfig, check_config, default_c
 
 
 def _config(x: torch.Tensor, weight: torch.Tensor, whole_rows: bool = False) -> GemvConfig:
-    """The bare GEMV's config for the shape. whole_rows (the norm): no split-K, since every K
-    slice's programs would read the whole row again for its rms (at M = 1 the tuned configs of
-    qkv_proj and gate_up_proj do not split anyway)."""
+    """The bare GEMV's config for the shape. whole_rows (the norm): no split-K, since the rms a
+    program divides by needs the squares of the whole row, not of one K slice (at M = 1 the tuned
+    configs of qkv_proj and gate_up_proj do not split anyway)."""
     m, (n, k) = x.shape[0], weight.shape
     cfg = pick_config(m, n, k, x.device) or default_config(m, n, k)
     return check_config(dataclasses.replace(cfg, split_k=1) if whole_rows else cfg)

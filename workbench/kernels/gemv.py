@@ -143,41 +143,32 @@ def _residual_sum(x_ptr, res_ptr, toks, kk, x_stride, M, K, HAS_RES: tl.constexp
 
 
 @triton.jit
-def _row_rstd(x_ptr, res_ptr, x_stride, M, K, eps, HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_K: tl.constexpr):
-    """1 / rms of each token's whole row of x + residual, [BLOCK_M, 1]. Every program reads the
-    row itself (K values, from L2): no other kernel, and no wait for one, is needed."""
-    toks = tl.arange(0, BLOCK_M)[:, None]
-    cols = tl.arange(0, BLOCK_K)[None, :]
-    sq = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-    for k in range(0, K, BLOCK_K):
-        s = _residual_sum(x_ptr, res_ptr, toks, k + cols, x_stride, M, K, HAS_RES)
-        sq += s * s
-    return 1.0 / tl.sqrt(tl.sum(sq, axis=1)[:, None] / K + eps)
-
-
-@triton.jit
-def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, rstd, toks, kk, x_stride, M, K, pid_n,
+def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n,
             X_FORM: tl.constexpr, HAS_RES: tl.constexpr, EVEN_K: tl.constexpr):
-    """The [BLOCK_M, BLOCK_K] tile of the matmul's input at columns kk, in x's dtype."""
+    """(the [BLOCK_M, BLOCK_K] tile of the matmul's input at columns kk in x's dtype, its squares
+    in fp32). RMS_NORM: the tile is (x + residual) * norm weight, NOT yet divided by the row's rms
+    -- that is one number per token, so the kernel applies it to the dot product at the end, and
+    no program has to read the whole row before its first weight load."""
     dt = x_ptr.dtype.element_ty
     if EVEN_K:
         mask = toks < M
     else:
         mask = (toks < M) & (kk < K)
-    if X_FORM == 1:   # RMS_NORM, rounded where the unfused ops round: (s * rstd) -> dtype, * weight -> dtype
+    if X_FORM == 1:   # RMS_NORM
         s = _residual_sum(x_ptr, res_ptr, toks, kk, x_stride, M, K, HAS_RES)
         if pid_n == 0:   # the programs of the first N-tile write the new residual: each value once
             tl.store(res_out_ptr + toks * K + kk, s.to(dt), mask=(toks < M) & (kk < K))
         w = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-        x = ((s * rstd).to(dt).to(tl.float32) * w).to(dt)
+        x, x_sq = (s * w).to(dt), s * s
     elif X_FORM == 2:   # SILU_MUL: gate at columns kk, up K columns further; as torch: silu -> dtype, * up
         gate = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0.0).to(tl.float32)
         up = tl.load(x_ptr + toks * x_stride + K + kk, mask=mask, other=0.0).to(tl.float32)
         x = ((gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32) * up).to(dt)
+        x_sq = x   # unused (compiled away)
     else:
         x = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0.0)
-    return x
+        x_sq = x   # unused (compiled away)
+    return x, x_sq
 
 
 @triton.jit
@@ -192,9 +183,8 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
     toks = tl.arange(0, BLOCK_M)                              # tokens (rows of x)
     k_start = pid_k * K_SPLIT
     w_ptrs = w_ptr + rows[:, None].to(tl.int64) * K + (k_start + cols)[None, :]   # row-major W: along K
-    rstd = 1.0
-    if X_FORM == 1:
-        rstd = _row_rstd(x_ptr, res_ptr, x_stride, M, K, eps, HAS_RES, BLOCK_M, BLOCK_K)
+    if X_FORM == 1:   # sum of squares of each token's row, gathered as the loop loads it
+        sq = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     if BLOCK_M == 1:
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)   # products; summed along K once, below
     else:
@@ -205,8 +195,10 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
             w = tl.load(w_ptrs)
         else:
             w = tl.load(w_ptrs, mask=(rows[:, None] < N) & (kk[None, :] < K), other=0.0)
-        x = _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, rstd, toks[:, None], kk[None, :], x_stride, M, K,
-                    pid_n, X_FORM, HAS_RES, EVEN_K)
+        x, x_sq = _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks[:, None], kk[None, :], x_stride, M, K,
+                          pid_n, X_FORM, HAS_RES, EVEN_K)
+        if X_FORM == 1:
+            sq += x_sq
         if BLOCK_M == 1:
             acc += w.to(tl.float32) * x.to(tl.float32)        # x is [1, BLOCK_K]: broadcast over rows
         elif DOT_FP32:
@@ -218,6 +210,8 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
         y = tl.sum(acc, axis=1)[None, :]                       # [1, BLOCK_N]
     else:
         y = acc2
+    if X_FORM == 1:   # RMSNorm's 1/rms, a per-token scale: (x / rms) . w == (x . w) / rms
+        y = y / tl.sqrt(tl.sum(sq, axis=1)[:, None] / K + eps)
     mask = (toks[:, None] < M) & (rows[None, :] < N)
     if SPLIT:   # fp32 partial sums of this K slice: the reduce kernel finishes the job
         tl.store(out_ptr + (pid_k * M + toks[:, None]) * N + rows[None, :], y, mask=mask)
