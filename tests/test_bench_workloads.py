@@ -86,3 +86,6 @@ def test_bench_single_at_temperature_on_cpu(tmp_path, tiny_ckpt):
                  "--settings", "all_off", "--temperature", "0.6", "--json", str(out_json)]) == 0
     row = json.loads(out_json.read_text())[0]
     assert row["output_tokens"] == 6 and row["temperature"] == 0.6
+    # the step columns count GPU kernels: on a CPU they are empty, and the row says why
+    assert row["kernels_per_step"] is None and row["of_copy_bandwidth"] is None
+    assert "no step columns on a CPU" in row["note"]

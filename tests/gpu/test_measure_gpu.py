@@ -111,3 +111,18 @@ def test_gemv_bandwidth_is_measured_and_below_twice_the_copy():
         print(r.name, r.us_per_call, r.of_copy_bandwidth)
         assert r.available, r.reason
         assert 0 < r.of_copy_bandwidth < 2
+
+
+def test_single_stream_bench_rows_look_inside_a_step(tmp_path):
+    """bench_engine's step columns on a GPU: graphs make one launch of many kernels a step, the
+    GPU is busy part of the step, and the TPOT cannot beat the bandwidth floor by much."""
+    from workbench import Optimizations
+    from workbench.measure.bench import bench_engine, make_workload
+    from workbench.model import make_checkpoint
+    path = make_checkpoint(tmp_path, "qwen3-0.6b", seed=0, dtype="bfloat16")
+    load = make_workload("single", 151936, new_tokens=64)
+    r = bench_engine(path, Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True), load, repeats=1)
+    print(r.kernels_per_step, r.gpu_kernel_us_per_step, r.of_copy_bandwidth)
+    assert r.kernels_per_step > 28 * 5   # Qwen3-0.6B: 28 layers of several kernels each
+    assert 0 < r.gpu_kernel_us_per_step < r.tpot_ms * 1e3 * 1.5
+    assert 0.02 < r.of_copy_bandwidth < 1.2   # a step cannot read its weights faster than a copy

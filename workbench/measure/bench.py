@@ -18,6 +18,7 @@ Every workload is greedy unless it says otherwise; `temperature` overrides that 
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,11 @@ class BenchResult:
     gpu: str = ""
     note: str = ""
     temperature: float | None = None   # of the workload's sampling (0: greedy)
+    # A decode step seen from inside (single-stream rows on a GPU; step_profile): kernels and GPU
+    # kernel time per step (torch.profiler), and the timed TPOT against the bandwidth floor
+    kernels_per_step: float | None = None
+    gpu_kernel_us_per_step: float | None = None
+    of_copy_bandwidth: float | None = None   # floor (modelled bytes / measured copy bandwidth) / TPOT
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,9 +163,42 @@ def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: boo
                                  for phase, total in llm.stats.host_seconds.items()}}
 
 
+@functools.cache
+def _copy_bandwidth(device: str):
+    """The copy bandwidth, measured once per process: every row of a run shares one figure."""
+    from .roofline import step_bandwidth
+    return step_bandwidth(device)
+
+
+def step_profile(llm, workload: Workload, tpot_ms: float | None) -> dict:
+    """The step columns of a single-stream row on a GPU: kernels and GPU kernel time of a decode
+    step (two decode steps profiled at the workload's prompt length), and how close the timed
+    TPOT came to the floor: modelled bytes of a decode step at the workload's mean context /
+    the measured copy bandwidth / TPOT. Other rows get a note saying why they have none."""
+    from .roofline import decode_step
+    from .timeline import profile_engine_steps, sweep
+    if not str(llm.device).startswith("cuda"):
+        return {"note": "no step columns on a CPU (they count GPU kernels)"}
+    if len(workload.prompts) != 1:
+        return {"note": "no step columns: single-stream rows only (a batch step depends on its mix)"}
+    prompt, new = len(workload.prompts[0]), workload.output_lens[0]
+    tl = profile_engine_steps(llm, batch=1, prompt_len=prompt, decode_steps=2)
+    decodes = tl.decode_steps()
+    kernels = [tl.row("gpu", w.index) for w in decodes]
+    busy = [sum(sweep(k, w.start_us, w.end_us)[0].values()) for k, w in zip(kernels, decodes)]
+    out = {"kernels_per_step": statistics.fmean(len(k) for k in kernels),
+           "gpu_kernel_us_per_step": statistics.fmean(busy)}
+    bandwidth = _copy_bandwidth(str(llm.device))
+    if tpot_ms and bandwidth.available:
+        floor = decode_step(llm.model_config, [prompt + new // 2], torch.finfo(llm.dtype).bits // 8).bytes
+        out["of_copy_bandwidth"] = floor / bandwidth.bandwidth / (tpot_ms / 1e3)
+    return out
+
+
 def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats: int = 3,
                  **engine_kwargs) -> BenchResult:
-    """Build the engine (its warm-up included), then time the workload (time_generate)."""
+    """Build the engine (its warm-up included), time the workload (time_generate), then look
+    inside one decode step (step_profile: untimed, after the timed runs)."""
     from workbench.engine import LLM
     max_len = max(len(p) for p in workload.prompts) + max(workload.output_lens) + 1
     max_len = workload.max_model_len or max(max_len, 256)   # nanovllm: its own 4096
@@ -167,11 +206,12 @@ def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats:
     with LLM(model_dir, opts=opts, **engine_kwargs) as llm:
         timed = time_generate(llm, workload, repeats=repeats)
         warmup = {k: round(v, 2) for k, v in llm.timings().items()}
+        inside = step_profile(llm, workload, timed["tpot_ms"])
     return BenchResult(workload.name, "workbench", opts.label(), timed["output_tokens"], timed["seconds"],
                        timed["tok_s"], prefill_tok_s=timed["prefill_tok_s"], decode_tok_s=timed["decode_tok_s"],
                        ttft_ms=timed["ttft_ms"], tpot_ms=timed["tpot_ms"], warmup=warmup,
                        host_ms_per_step=timed["host_ms_per_step"], gpu=gpu_name(),
-                       temperature=workload.temperature)
+                       temperature=workload.temperature, **inside)
 
 
 # Peers ----------------------------------------------------------------------------------------

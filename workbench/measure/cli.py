@@ -137,7 +137,7 @@ def cmd_bench(args) -> int:
             for steps in args.decode_steps:   # multi-step decoding: one row per value
                 note = title if steps == 1 else f"{title}, {steps} decode steps"
                 r = bench.bench_engine(path, opts, load, repeats=args.repeats, decode_steps=steps, **engine_kwargs)
-                r.note = note
+                r.note = note + (f"; {r.note}" if r.note else "")
                 results.append(r)
                 host = ", ".join(f"{k} {v:.3f}" for k, v in r.host_ms_per_step.items())
                 print(f"  {name:<10} {note:<18} T={load.temperature:<4} {r.tok_s:10,.0f} tok/s   host ms/step: {host}", flush=True)
@@ -154,7 +154,8 @@ def cmd_bench(args) -> int:
         rows += bench.with_ratios(results, results[0])
     print(f"\nbenchmarks on {bench.gpu_name()} (measured; ratio = tok/s over the first row of its workload)")
     print(format_table(rows, ["workload", "engine", "setting", "note", "temperature", "output_tokens", "seconds", "tok_s",
-                              "prefill_tok_s", "decode_tok_s", "ttft_ms", "tpot_ms", "ratio"]))
+                              "prefill_tok_s", "decode_tok_s", "ttft_ms", "tpot_ms", "ratio", "kernels_per_step",
+                              "gpu_kernel_us_per_step", "of_copy_bandwidth"]))
     _save([r.to_dict() for r in rows], args.json)
     return 0
 
