@@ -18,7 +18,7 @@ CHECKS = ["matches_naive", "wrong_table_is_caught", "engine_greedy_parity"]
 # --- the switch on the board (plain pytest, no kernel runs) ------------------------------------
 def test_switch_on_the_board():
     from workbench import Optimizations
-    from workbench.measure.cli import bench_presets
+    from workbench.measure.bench import bench_presets
     from workbench.optimizations.board import SWITCHES
     assert "decode_attention" in SWITCHES
     assert Optimizations.all_on().decode_attention and not Optimizations.all_off().decode_attention

@@ -35,6 +35,17 @@ def switch_settings(attentions=("naive", "flash")) -> list[Optimizations]:
     return settings + [Optimizations(attention="sdpa")] + [g for g in gemv if g.attention in attentions]
 
 
+def quick_settings() -> list[Optimizations]:
+    """`check --quick`: the ladder's rungs one by one, the decode rungs alone on top of it, and
+    the two settings that once broke alone (naive under graphs, naive compiled)."""
+    rung = dict(attention="flash", fused_kernels=True, cuda_graphs=True)
+    return [Optimizations(attention="sdpa"), Optimizations(attention="flash"),
+            Optimizations(attention="flash", fused_kernels=True), Optimizations(**rung),
+            Optimizations(**rung, decode_gemv=True), Optimizations(**rung, decode_gemv=True, fused_decode=True),
+            Optimizations(**rung, decode_attention=True), Optimizations.all_on(),
+            Optimizations(attention="naive", cuda_graphs=True), Optimizations(attention="naive", compile=True)]
+
+
 def random_prompts(n: int, vocab: int, min_len: int = 4, max_len: int = 300, seed: int = 0) -> list[list[int]]:
     rng = random.Random(seed)
     return [[rng.randrange(1, vocab) for _ in range(rng.randint(min_len, max_len))] for _ in range(n)]

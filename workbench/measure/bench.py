@@ -18,6 +18,7 @@ Every workload is greedy unless it says otherwise; `temperature` overrides that 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import random
 import statistics
@@ -293,7 +294,21 @@ def peer_or_unavailable(run, workload: Workload, mode: str) -> BenchResult:
                            gpu=gpu_name(), note=f"unavailable: {reason}")
 
 
-# Ladders --------------------------------------------------------------------------------------
+# Ladders and named settings ------------------------------------------------------------------
+def bench_presets() -> dict[str, tuple[str, "Optimizations"]]:
+    """--settings names: all_off, all_on, and all_on-<switch> (all on but that one switch, e.g.
+    all_on-decode_attention: one rung measured against the full stack); all_on_cublas: all on
+    with every decode matmul on cuBLAS (no decode_gemv, no fused_decode)."""
+    from workbench.optimizations.board import SWITCHES
+    all_on = Optimizations.all_on()
+    presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", all_on),
+               "all_on_cublas": ("all on, cuBLAS", dataclasses.replace(all_on, decode_gemv=False, fused_decode=False))}
+    for name in SWITCHES:
+        off = {"attention": "sdpa"} if name == "flash" else {name: False}
+        presets[f"all_on-{name}"] = (f"all on -{name}", dataclasses.replace(all_on, **off))
+    return presets
+
+
 def stack_settings() -> list[tuple[str, Optimizations]]:
     """The cumulative ladder, then each switch alone on top of the naive baseline."""
     ladder = [("all off", Optimizations.all_off()),

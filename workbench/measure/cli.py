@@ -6,7 +6,6 @@ one of --preset's shape (default qwen3-0.6b on a GPU, tiny on a CPU) under --wor
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -62,8 +61,7 @@ def _chosen(names: str, by_name: dict) -> list:
 
 
 def cmd_check(args) -> int:
-    from workbench.check import parity_table, random_prompts, switch_settings
-    from workbench.optimizations.board import Optimizations
+    from workbench.check import parity_table, quick_settings, random_prompts, switch_settings
     from workbench.measure import format_table
     from workbench.measure.bench import gpu_name
     from workbench.model import ModelConfig
@@ -72,14 +70,7 @@ def cmd_check(args) -> int:
     vocab = ModelConfig.from_hf(path).vocab_size
     settings = switch_settings()
     if args.quick:
-        settings = [Optimizations(attention="sdpa"), Optimizations(attention="flash"),
-                    Optimizations(attention="flash", fused_kernels=True),
-                    Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True),
-                    Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, cuda_graphs=True),
-                    Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, fused_decode=True,
-                                  cuda_graphs=True),
-                    Optimizations.all_on(), Optimizations(attention="naive", cuda_graphs=True),
-                    Optimizations(attention="naive", compile=True)]
+        settings = quick_settings()
     if args.settings:
         settings = _chosen(args.settings, {s.label(): s for s in switch_settings()})
     settings = runnable(settings, lambda s: s)
@@ -93,23 +84,6 @@ def cmd_check(args) -> int:
     print(f"{len(rows) - len(bad)}/{len(rows)} settings pass (>= 99 % tokens matched outside near-ties, "
           "first-step logit rel err < 2e-2)")
     return 1 if bad else 0
-
-
-def bench_presets() -> dict[str, tuple[str, "Optimizations"]]:
-    """--settings names: all_off, all_on, and all_on-<switch> (all on but that one switch, e.g.
-    all_on-decode_attention: one rung measured against the full stack); all_on_cublas: all on
-    with every decode matmul on cuBLAS (no decode_gemv, no fused_decode)."""
-    import dataclasses
-
-    from workbench.optimizations.board import SWITCHES, Optimizations
-    all_on = Optimizations.all_on()
-    presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", all_on),
-               "all_on_cublas": ("all on, cuBLAS",
-                                                  dataclasses.replace(all_on, decode_gemv=False, fused_decode=False))}
-    for name in SWITCHES:
-        off = {"attention": "sdpa"} if name == "flash" else {name: False}
-        presets[f"all_on-{name}"] = (f"all on -{name}", dataclasses.replace(all_on, **off))
-    return presets
 
 
 def cmd_bench(args) -> int:
@@ -131,7 +105,7 @@ def cmd_bench(args) -> int:
         if args.what == "stack":
             settings = bench.stack_settings()
         else:
-            settings = _chosen(args.settings, bench_presets())
+            settings = _chosen(args.settings, bench.bench_presets())
         results = []
         for title, opts in runnable(settings, lambda item: item[1]):
             for steps in args.decode_steps:   # multi-step decoding: one row per value
