@@ -6,7 +6,8 @@ import json
 import pytest
 
 from workbench import LLM, Optimizations
-from workbench.measure.breakdown import CPU_IDLE_PART, breakdown_of, measure_breakdown, plot_breakdowns
+from workbench.measure.breakdown import (CPU_IDLE_PART, IDLE_PART, Breakdown, breakdown_of, measure_breakdown, plot_breakdowns,
+                                        read_breakdowns)
 from workbench.measure.timeline import Span, family_of, plot_timelines, sweep
 
 
@@ -49,6 +50,47 @@ def test_breakdown_sums_to_the_profiled_step(profiled):
     assert len(ax.patches) == len(b.parts)
     again = breakdown_of(tl, shape=shape, dtype_bytes=4)       # no bandwidth: the floor says so
     assert again.floor_us is None and "no bandwidth" in again.floor_source
+
+
+def test_breakdown_round_trips_through_its_record(profiled, tmp_path):
+    b, _, _ = profiled
+    assert Breakdown.from_dict(json.loads(json.dumps(b.to_dict()))) == b
+    record = {**b.to_dict(), "gpu": "cpu", "date": "2026-12-02", "command": "python -m workbench x"}
+    path = tmp_path / "breakdown-cpu.json"
+    path.write_text(json.dumps([record]))
+    found, source = read_breakdowns(path)
+    assert found == [b] and "2026-12-02" in source and "python -m workbench x" in source
+    tampered = {**record, "parts": {**b.parts, CPU_IDLE_PART: b.parts[CPU_IDLE_PART] + b.step_us}}
+    with pytest.raises(ValueError, match="edited or is damaged"):
+        Breakdown.from_dict(tampered)
+    with pytest.raises(ValueError, match="not a breakdown record.*step_us"):
+        Breakdown.from_dict({k: v for k, v in record.items() if k != "step_us"})
+
+
+def test_committed_breakdown_rebuilds():
+    from workbench.measure.results import RESULTS_DIR
+    found, source = read_breakdowns(RESULTS_DIR / "breakdown-h200.json")
+    assert [b.label for b in found][:2] == ["naive", "sdpa"]
+    assert source.startswith("drawn from docs/results/breakdown-h200.json: measured on NVIDIA H200")
+    assert all(abs(b.parts_sum_us - b.step_us) <= 0.05 * b.step_us and b.floor_us for b in found)
+
+
+def _bar(label: str, us: float) -> Breakdown:
+    return Breakdown(label, "cpu", 1, us, {"GPU matmul": us / 4, IDLE_PART: 3 * us / 4}, floor_us=us / 10)
+
+
+def test_plot_zooms_on_the_fast_settings():
+    slow, fast, faster = _bar("slow", 100_000), _bar("fast", 2_800), _bar("faster", 2_000)
+    ax = plot_breakdowns([slow, fast, faster], source="drawn from nowhere")
+    overview, zoom = ax.figure.axes[:2]
+    assert len(overview.patches) == 3 * 2 and len(zoom.patches) == 2 * 2      # slow left out of the zoom
+    assert [t.get_text() for t in zoom.get_xticklabels()] == ["fast", "faster"]
+    assert zoom.get_ylim()[1] < 10_000 and overview.get_ylim()[1] >= 100_000
+    assert any("drawn from nowhere" in t.get_text() for t in overview.texts)
+    legend = overview.figure.legends or [a.get_legend() for a in ax.figure.axes if a.get_legend()]
+    assert len(legend) == 1 and len(legend[0].get_texts()) == 3             # two parts + the floor, once
+    one = plot_breakdowns([fast, faster])                                     # within 10x: one panel
+    assert len(one.figure.axes) == 1
 
 
 def test_sweep_counts_overlaps_once_and_splits_gaps():
@@ -98,3 +140,14 @@ def test_cli_breakdown(capsys, tiny_ckpt, tmp_path):
     assert [r["label"] for r in rows] == ["naive", "sdpa"]
     assert all(abs(r["parts_sum_us"] - r["step_us"]) <= 0.05 * r["step_us"] for r in rows)
     assert figure.read_bytes().startswith(b"\x89PNG") and (tmp_path / "timeline-naive.json").is_file()
+
+
+def test_cli_redraws_from_a_results_file(capsys, tmp_path):
+    from workbench.__main__ import main
+    from workbench.measure.results import RESULTS_DIR
+    figure, out_json = tmp_path / "redrawn.png", tmp_path / "not-written.json"
+    assert main(["measure", "breakdown", "--from-json", str(RESULTS_DIR / "breakdown-h200.json"),
+                 "--figure", str(figure), "--json", str(out_json), "--note", "a note"]) == 0
+    out = capsys.readouterr().out
+    assert "drawn from docs/results/breakdown-h200.json: measured on NVIDIA H200" in out and "naive" in out
+    assert figure.read_bytes().startswith(b"\x89PNG") and not out_json.exists()   # a redraw re-stamps nothing

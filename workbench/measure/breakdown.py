@@ -17,7 +17,8 @@ a CPU, labelled). Per switch setting, the bars show which switch removed which s
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
 
 from .roofline import BandwidthRecord, decode_step, step_bandwidth
 from .timeline import FAMILY_COLORS, Timeline, profile_engine_steps, sweep
@@ -47,6 +48,21 @@ class Breakdown:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "parts_sum_us": self.parts_sum_us}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> Breakdown:
+        """Back from `to_dict` or a committed results record: the fields it derives or stamps
+        (parts_sum_us; gpu, date, command) are dropped, and the parts must still sum to the step."""
+        names = {f.name for f in fields(cls)}
+        missing = {"label", "device", "decode_steps", "step_us", "parts"} - set(record)
+        if missing:
+            raise ValueError(f"not a breakdown record (no {', '.join(sorted(missing))}): "
+                             f"write one with `python -m workbench measure breakdown --json`")
+        out = cls(**{k: v for k, v in record.items() if k in names})
+        if "parts_sum_us" in record and abs(record["parts_sum_us"] - out.parts_sum_us) > 1e-6 * out.step_us:
+            raise ValueError(f"{out.label}: its parts sum to {out.parts_sum_us:,.1f} us, the record says "
+                             f"{record['parts_sum_us']:,.1f}: the file was edited or is damaged")
+        return out
 
     def row(self) -> dict:
         """A flat row for a table: one column per part, in us."""
@@ -130,28 +146,60 @@ def measure_breakdown(llm, *, batch: int = 1, prompt_len: int = 32, decode_steps
                         unprofiled_step_us=unprofiled), tl
 
 
-def plot_breakdowns(breakdowns: list[Breakdown], ax=None):
-    """One stacked bar per setting (us per decode step), the floor drawn as a black tick."""
+def read_breakdowns(path) -> tuple[list[Breakdown], str]:
+    """The breakdowns of a results file (`measure breakdown --json`), and where they come from."""
+    from .results import RESULTS_DIR, read
+    found, path = read(path), Path(path).resolve()
+    shown = path.relative_to(RESULTS_DIR.parents[1]) if path.is_relative_to(RESULTS_DIR.parents[1]) else path
+    return ([Breakdown.from_dict(r) for r in found.records],
+            f"drawn from {shown.as_posix()}: measured on {found.gpu}, {found.date}, by `{found.command}`")
+
+
+def plot_breakdowns(breakdowns: list[Breakdown], ax=None, *, zoom: float = 10.0, source: str = ""):
+    """One stacked bar per setting (us per decode step), the floor drawn as a black tick.
+
+    The ladder spans two orders of magnitude (an eager naive step against a graphed one), so on one
+    linear axis the fast settings are slivers. When the slowest step is over `zoom` times the
+    fastest (and no `ax` is given), a second panel redraws only the settings within `zoom` times
+    the fastest, on their own scale, each bar labelled with its step time. `source` is printed under
+    the figure (where the numbers come from). Returns the first panel's axes; the zoomed one, if
+    drawn, is `ax.figure.axes[1]`."""
     import matplotlib.pyplot as plt
+    fastest = min(b.step_us for b in breakdowns)
+    near = [b for b in breakdowns if b.step_us <= zoom * fastest]
+    two = ax is None and len(near) < len(breakdowns)
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(5, 1.6 * len(breakdowns) + 3), 3.6))
+        width = 1.6 * len(breakdowns) + 3 + (1.6 * len(near) + 1 if two else 0)
+        _, axes = plt.subplots(1, 2 if two else 1, figsize=(max(5, width), 3.8), squeeze=False,
+                               gridspec_kw={"width_ratios": [len(breakdowns), len(near) + 0.5]} if two else None)
+        axes = list(axes[0])
+    else:
+        axes = [ax]
     colors = {**{f"{p} {f}": c for p in ("GPU", "CPU") for f, c in FAMILY_COLORS.items()},
               GAP_PART: "gold", IDLE_PART: "0.75", CPU_IDLE_PART: "0.75"}
-    drawn = set()
-    for x, b in enumerate(breakdowns):
-        bottom = 0.0
-        for part, us in b.parts.items():
-            ax.bar(x, us, bottom=bottom, color=colors.get(part, "black"), width=0.6,
-                   label=None if part in drawn else part)
-            drawn.add(part)
-            bottom += us
-        if b.floor_us is not None:
-            ax.plot([x - 0.35, x + 0.35], [b.floor_us] * 2, color="black", linewidth=2,
-                    label=None if "floor" in drawn else "floor: modelled bytes / measured bandwidth")
-            drawn.add("floor")
-    ax.set_xticks(range(len(breakdowns)), [b.label.replace("+", "+\n") for b in breakdowns], fontsize=8)
-    ax.set_ylabel("us per decode step (profiled)")
+    legend = {}                       # part -> a handle, once per figure
+    for panel, shown in zip(axes, (breakdowns, near)):
+        for x, b in enumerate(shown):
+            bottom = 0.0
+            for part, us in b.parts.items():
+                legend[part] = panel.bar(x, us, bottom=bottom, color=colors.get(part, "black"), width=0.6)
+                bottom += us
+            if b.floor_us is not None:
+                legend["floor: modelled bytes / measured bandwidth"], = panel.plot(
+                    [x - 0.35, x + 0.35], [b.floor_us] * 2, color="black", linewidth=2)
+            if panel is not axes[0]:  # the zoom: its bars' totals, which the overview cannot show
+                panel.annotate(f"{b.step_us:,.0f} us", (x, max(bottom, b.floor_us or 0)), ha="center",
+                               va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+        panel.set_xticks(range(len(shown)), [b.label.replace("+", "+\n") for b in shown], fontsize=8)
+    axes[0].set_ylabel("us per decode step (profiled)")
     devices = sorted({b.device for b in breakdowns})
-    ax.set_title(f"where a decode step's time goes (measured on {', '.join(devices)})", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return ax
+    axes[0].set_title(f"where a decode step's time goes (measured on {', '.join(devices)})", fontsize=9)
+    if two:
+        axes[1].set_title(f"zoom: the settings within {zoom:g}x of the fastest", fontsize=9)
+        axes[1].margins(y=0.12)
+    axes[-1].legend(legend.values(), legend.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    axes[0].set_xlabel("switch setting", fontsize=8)
+    if source:   # under the x label (so under the tallest tick label), from the panel's left edge
+        axes[0].annotate(source, (0, 0), xycoords=("axes fraction", axes[0].xaxis.label), xytext=(0, -4),
+                         textcoords="offset points", va="top", fontsize=7)
+    return axes[0]

@@ -310,12 +310,10 @@ def cmd_measure_hbm(args) -> int:
     return 0
 
 
-def cmd_measure_breakdown(args) -> int:
-    """Each setting's decode step split into kernel families, gaps and host time, beside its floor."""
+def _breakdowns_measured(args) -> list:
     from workbench.config import Optimizations
     from workbench.engine import LLM
-    from workbench.measure import format_table
-    from workbench.measure.breakdown import measure_breakdown, plot_breakdowns
+    from workbench.measure.breakdown import measure_breakdown
     from workbench.measure.roofline import step_bandwidth
     path = model_dir(args)
     settings = runnable([Optimizations.all_off(), Optimizations(attention="sdpa"),
@@ -330,16 +328,26 @@ def cmd_measure_breakdown(args) -> int:
             found.append(measure_breakdown(llm, batch=args.batch, decode_steps=args.steps, bandwidth=bandwidth,
                                            trace_path=trace)[0])
             print(found[-1], flush=True)
+    return found
+
+
+def cmd_measure_breakdown(args) -> int:
+    """Each setting's decode step split into kernel families, gaps and host time, beside its floor."""
+    from workbench.measure import format_table
+    from workbench.measure.breakdown import plot_breakdowns, read_breakdowns
+    found, source = read_breakdowns(args.from_json) if args.from_json else (_breakdowns_measured(args), "")
     rows = [b.row() for b in found]
     print("\nus per decode step (parts and step: measured by torch.profiler; floor_us: modelled bytes / "
-          "measured copy bandwidth)")
+          "measured copy bandwidth)" + (f"; {source}" if source else ""))
     print(format_table(rows))
     if args.figure:
         import matplotlib
         matplotlib.use("Agg")
-        plot_breakdowns(found).figure.savefig(args.figure, dpi=110, bbox_inches="tight")
+        note = "\n".join(s for s in (source, args.note) if s)
+        plot_breakdowns(found, source=note).figure.savefig(args.figure, dpi=110, bbox_inches="tight")
         print(f"wrote {args.figure}")
-    _save([b.to_dict() for b in found], args.json)
+    if not args.from_json:   # a redraw writes no results file: its records keep their own gpu and date
+        _save([b.to_dict() for b in found], args.json)
     return 0
 
 
@@ -357,6 +365,8 @@ def add_measure_subcommands(sub, common) -> None:
     breakdown.add_argument("--steps", type=int, default=3, help="decode steps profiled (their mean is shown)")
     breakdown.add_argument("--figure", help="also draw the stacked bars to this PNG")
     breakdown.add_argument("--trace-dir", help="write each setting's Chrome trace here (open in ui.perfetto.dev)")
+    breakdown.add_argument("--from-json", help="measure nothing: redraw --figure from a --json file (no GPU needed)")
+    breakdown.add_argument("--note", default="", help="a line printed under the figure")
     breakdown.set_defaults(func=cmd_measure_breakdown)
     hbm = msub.add_parser("hbm", help="ncu DRAM bytes of one decode step vs the modelled minimum")
     common(hbm)
