@@ -155,6 +155,32 @@ def read_breakdowns(path) -> tuple[list[Breakdown], str]:
             f"drawn from {shown.as_posix()}: measured on {found.gpu}, {found.date}, by `{found.command}`")
 
 
+def ladder_settings():
+    """The settings `measure breakdown` compares: the naive baseline, then the rungs that each
+    remove a slice (flash + fused: the GPU work; graphs: the host time; all on: the decode kernels)."""
+    from workbench.optimizations.board import Optimizations
+    return [Optimizations.all_off(), Optimizations(attention="sdpa"),
+            Optimizations(attention="flash", fused_kernels=True),
+            Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True), Optimizations.all_on()]
+
+
+def measure_settings(model_dir, settings, *, batch: int = 1, decode_steps: int = 3, trace_dir=None) -> list[Breakdown]:
+    """A fresh engine per setting, its decode step broken down (printed as it comes); the copy
+    bandwidth is measured once, on the first engine's device, and shared by every floor."""
+    from pathlib import Path
+
+    from workbench.engine import LLM
+    bandwidth, found = None, []
+    for opts in settings:
+        with LLM(model_dir, opts=opts, max_num_seqs=max(batch, 1), enable_prefix_caching=False) as llm:
+            bandwidth = bandwidth or step_bandwidth(llm.device)
+            trace = Path(trace_dir) / f"timeline-{opts.label()}.json" if trace_dir else None
+            found.append(measure_breakdown(llm, batch=batch, decode_steps=decode_steps, bandwidth=bandwidth,
+                                           trace_path=trace)[0])
+            print(found[-1], flush=True)
+    return found
+
+
 def plot_breakdowns(breakdowns: list[Breakdown], ax=None, *, zoom: float = 10.0, source: str = ""):
     """One stacked bar per setting (us per decode step), the floor drawn as a black tick.
 

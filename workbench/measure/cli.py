@@ -310,32 +310,15 @@ def cmd_measure_hbm(args) -> int:
     return 0
 
 
-def _breakdowns_measured(args) -> list:
-    from workbench.config import Optimizations
-    from workbench.engine import LLM
-    from workbench.measure.breakdown import measure_breakdown
-    from workbench.measure.roofline import step_bandwidth
-    path = model_dir(args)
-    settings = runnable([Optimizations.all_off(), Optimizations(attention="sdpa"),
-                         Optimizations(attention="flash", fused_kernels=True),
-                         Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True),
-                         Optimizations.all_on()], lambda s: s)
-    bandwidth, found = None, []
-    for opts in settings:
-        with LLM(path, opts=opts, max_num_seqs=max(args.batch, 1), enable_prefix_caching=False) as llm:
-            bandwidth = bandwidth or step_bandwidth(llm.device)   # once, on the engine's device
-            trace = Path(args.trace_dir) / f"timeline-{opts.label()}.json" if args.trace_dir else None
-            found.append(measure_breakdown(llm, batch=args.batch, decode_steps=args.steps, bandwidth=bandwidth,
-                                           trace_path=trace)[0])
-            print(found[-1], flush=True)
-    return found
-
-
 def cmd_measure_breakdown(args) -> int:
     """Each setting's decode step split into kernel families, gaps and host time, beside its floor."""
     from workbench.measure import format_table
-    from workbench.measure.breakdown import plot_breakdowns, read_breakdowns
-    found, source = read_breakdowns(args.from_json) if args.from_json else (_breakdowns_measured(args), "")
+    from workbench.measure.breakdown import ladder_settings, measure_settings, plot_breakdowns, read_breakdowns
+    if args.from_json:
+        found, source = read_breakdowns(args.from_json)
+    else:
+        found, source = measure_settings(model_dir(args), runnable(ladder_settings(), lambda s: s), batch=args.batch,
+                                         decode_steps=args.steps, trace_dir=args.trace_dir), ""
     rows = [b.row() for b in found]
     print("\nus per decode step (parts and step: measured by torch.profiler; floor_us: modelled bytes / "
           "measured copy bandwidth)" + (f"; {source}" if source else ""))
