@@ -251,6 +251,8 @@ def plot_timeline(tl: Timeline, ax=None, width_ms: float | None = None, legend: 
                     for s in tl.spans if s.row == row and s.family == family]
             if bars:
                 ax.broken_barh(bars, (y - 0.35, 0.7), color=color, linewidth=0)
+    end = (tl.steps[-1].end_us - t0) / 1e3 if tl.steps else 1.0
+    narrow = []   # steps too short on this scale for their label: numbered, listed in the title
     for w in tl.steps:
         x0, x1 = (w.start_us - t0) / 1e3, (w.end_us - t0) / 1e3
         ax.axvspan(x0, x1, color="0.93" if w.index % 2 else "0.97", zorder=-1)
@@ -258,15 +260,18 @@ def plot_timeline(tl: Timeline, ax=None, width_ms: float | None = None, legend: 
         busy, short, idle = sweep(tl.row(row, w.index), w.start_us, w.end_us)
         gap = (f"GPU idle: {short:.0f} us short gaps + {idle:.0f} us waiting" if tl.on_gpu
                else f"host outside ops {idle + short:.0f} us")
-        ax.text((x0 + x1) / 2, 2.55, f"{w.kind} {w.us / 1e3:.2f} ms\n{gap}", ha="center", va="bottom", fontsize=6)
+        if x1 - x0 >= 0.15 * (width_ms or end):
+            ax.text((x0 + x1) / 2, 2.55, f"{w.kind} {w.us / 1e3:.2f} ms\n{gap}", ha="center", va="bottom", fontsize=6)
+        else:
+            ax.text((x0 + x1) / 2, 2.55, f"{w.index}", ha="center", va="bottom", fontsize=6)
+            narrow.append(f"{w.index}: {w.kind} {w.us / 1e3:.2f} ms")
     if tl.gpu_note:
         ax.text(0.01, 0.5, tl.gpu_note, transform=ax.transAxes, fontsize=7, color="dimgray", va="center")
     ax.set_yticks(range(3), [name for _, name in reversed(ROWS)], fontsize=8)
     ax.set_ylim(-0.6, 3.3)
-    end = (tl.steps[-1].end_us - t0) / 1e3 if tl.steps else 1.0
     ax.set_xlim(0, width_ms or end)
     ax.set_xlabel("ms since the first profiled step (measured by torch.profiler; it adds overhead)", fontsize=8)
-    ax.set_title(f"{tl.label} on {tl.device}", fontsize=9)
+    ax.set_title(f"{tl.label} on {tl.device}" + (f"  (steps {', '.join(narrow)})" if narrow else ""), fontsize=9)
     if legend:
         ax.legend(handles=[Patch(color=c, label=f) for f, c in FAMILY_COLORS.items()], fontsize=7,
                   ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.3))
