@@ -173,6 +173,35 @@ def _profiler_failed(err: Exception) -> str:
 
 
 @contextlib.contextmanager
+def _without_kineto_status_lines():
+    """Kineto (torch.profiler's C++ half) writes status lines such as 'USDT:... profiler_start' to
+    the process's stderr as the profiler starts and stops, whatever its log level: in a notebook
+    they land in the cell's output. Catch fd 2 around the start and stop only, and pass on every
+    other line."""
+    import os
+    import sys
+    import tempfile
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):   # no real fd 2 (an embedded interpreter): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                    if not line.startswith(("USDT:", "STAGE:"))]
+            if kept:
+                sys.stderr.write("".join(kept))
+
+
+@contextlib.contextmanager
 def profiling(cuda: bool = False):
     """`with profiling(cuda) as run:` profiles the block (CPU ops, plus CUDA kernels when `cuda`);
     afterwards run.events / run.prof hold the result, or run.unavailable says why the profiler
@@ -183,7 +212,8 @@ def profiling(cuda: bool = False):
     with warnings.catch_warnings():   # torch's note about profiler cycles does not apply
         warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
         try:
-            prof.__enter__()
+            with _without_kineto_status_lines():
+                prof.__enter__()
         except Exception as err:   # CUPTI missing or busy (another profiler, ncu)
             run.unavailable, prof = _profiler_failed(err), None
         try:
@@ -191,7 +221,8 @@ def profiling(cuda: bool = False):
         finally:
             if prof is not None:
                 try:
-                    prof.__exit__(None, None, None)
+                    with _without_kineto_status_lines():
+                        prof.__exit__(None, None, None)
                     run.prof, run.events = prof, list(prof.events())
                 except Exception as err:
                     run.unavailable = _profiler_failed(err)
