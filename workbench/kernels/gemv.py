@@ -27,6 +27,10 @@ once whatever M is and the kernel stays a pure weight stream. Beyond that the pr
 (skinny) GEMM with several row tiles of x, which cuBLAS's tensor-core GEMMs already do well:
 `linear` falls back to F.linear.
 
+With the pdl switch (USE_PDL, kernels/pdl.py) a program loads its first weight tile, then waits for
+the kernel before (gdc_wait), then loads x: the weights are the one input no kernel writes, so
+their stream starts under the tail of the kernel before. Off, that branch compiles away.
+
 Every call is the registered op `workbench::gemv` (torch.library.custom_op with a fake impl), so
 torch.compile treats it as one opaque op with a known output shape, and CUDA graphs capture its
 launches like any other kernel. Configs: `CONFIGS` (measured per shape by scripts/sweep_gemv.py),
@@ -184,16 +188,19 @@ def _load_w(w_ptrs, rows, kk, N, K, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
 
 
 @triton.jit
-def _mac(acc, w, x, BLOCK_M: tl.constexpr, DOT_FP32: tl.constexpr):
-    """acc + one tile's products: M = 1, [BLOCK_N, BLOCK_K] products (summed along K once, at the
-    end); else [BLOCK_M, BLOCK_N] by tl.dot."""
+def _tile(acc, w, x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n, X_FORM: tl.constexpr,
+          HAS_RES: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, DOT_FP32: tl.constexpr):
+    """(acc + the products of weight tile w and x's tile at columns kk, x's squares). M = 1: acc
+    is [BLOCK_N, BLOCK_K] products (summed along K once, at the end); else [BLOCK_M, BLOCK_N]."""
+    x, x_sq = _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks[:, None], kk[None, :], x_stride, M, K,
+                      pid_n, X_FORM, HAS_RES, EVEN_K)
     if BLOCK_M == 1:
         acc += w.to(tl.float32) * x.to(tl.float32)        # x is [1, BLOCK_K]: broadcast over rows
     elif DOT_FP32:
         acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
     else:
         acc += tl.dot(x, tl.trans(w))                     # [BLOCK_M, BLOCK_K] @ [BLOCK_K, BLOCK_N]
-    return acc
+    return acc, x_sq
 
 
 @triton.jit
@@ -221,21 +228,19 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
         kk = k_start + cols
         w = _load_w(w_ptrs, rows, kk, N, K, EVEN_K, EVEN_N)
         pdl.wait(USE_PDL)
-        x, x_sq = _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks[:, None], kk[None, :], x_stride, M, K,
-                          pid_n, X_FORM, HAS_RES, EVEN_K)
+        acc, x_sq = _tile(acc, w, x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n,
+                          X_FORM, HAS_RES, EVEN_K, BLOCK_M, DOT_FP32)
         if X_FORM == 1:
             sq += x_sq
-        acc = _mac(acc, w, x, BLOCK_M, DOT_FP32)
         w_ptrs += BLOCK_K
         k_first = BLOCK_K   # the loop below does the other tiles, as without PDL
     for k in range(k_first, K_SPLIT, BLOCK_K):
         kk = k_start + k + cols
         w = _load_w(w_ptrs, rows, kk, N, K, EVEN_K, EVEN_N)
-        x, x_sq = _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks[:, None], kk[None, :], x_stride, M, K,
-                          pid_n, X_FORM, HAS_RES, EVEN_K)
+        acc, x_sq = _tile(acc, w, x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n,
+                          X_FORM, HAS_RES, EVEN_K, BLOCK_M, DOT_FP32)
         if X_FORM == 1:
             sq += x_sq
-        acc = _mac(acc, w, x, BLOCK_M, DOT_FP32)
         w_ptrs += BLOCK_K
     if BLOCK_M == 1:
         y = tl.sum(acc, axis=1)[None, :]                       # [1, BLOCK_N]
