@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench) tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench) pdl(-tests|-bench) tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -65,6 +65,11 @@ do_step() {
     dattn-parity) run dattn-parity $PY -m pytest -q -s tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k engine_parity ;;
     dattn-micro) run dattn-micro $W measure decode-attention $P --context 128,384,640,2048,8192 --json "$OUT/decode-attn-micro.json" ;;
     dattn-bench) run dattn-bench $W bench single $P --settings all_on-decode_attention,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/decode-attn-single.json" ;;
+    # programmatic dependent launch (pdl switch), session 6: the GPU tests (kernels on = off bit
+    # for bit, a captured step, compile, engine parity), then all_on vs all_on+pdl, 3 repeats
+    pdl)        do_step pdl-tests; do_step pdl-bench ;;
+    pdl-tests)  run pdl-tests $PY -m pytest -q -s tests/gpu/test_pdl_gpu.py -p no:cacheprovider ;;
+    pdl-bench)  run pdl-single $W bench single $P --settings all_on,all_on+pdl --repeats 3 --decode-steps 1,8 --json "$OUT/pdl-single.json" ;;
     tp)         # needs a kind with >= 2 GPUs (nvidia-h100-x2): correctness, then the cost of the split
                 run tp-tests $PY -m pytest -q -s tests/gpu/test_tensor_parallel_gpu.py -p no:cacheprovider
                 run tp $W measure tp $P --tp 2 --batch 1 --steps 16 --json "$OUT/tp.json" ;;

@@ -158,8 +158,8 @@ def check_gemv_broken_split_is_caught(torch, ops):
     g._gemv_kernel[(triton.cdiv(16, 4), 2)](x, w, w, part, 1, 16, 256, 256, 64, x, x, x, 0.0, X_FORM=g.PLAIN,
                                             HAS_RES=False, HAS_BIAS=False, SPLIT=True,
                                             EVEN_K=False, EVEN_N=True, DOT_FP32=True, BLOCK_M=1, BLOCK_N=4,
-                                            BLOCK_K=32)
-    g._splitk_reduce_kernel[(1,)](part, w, out, 16, 16, SPLIT_K=2, HAS_BIAS=False, BLOCK=1024)
+                                            BLOCK_K=32, USE_PDL=False)
+    g._splitk_reduce_kernel[(1,)](part, w, out, 16, 16, SPLIT_K=2, HAS_BIAS=False, BLOCK=1024, USE_PDL=False)
     ref = torch.nn.functional.linear(x.double(), w.double())
     err = ((out.double() - ref).norm() / ref.norm()).item()
     assert err > 0.3, f"the broken launch passed the check (rel err {err:.3g}): the check cannot fail"

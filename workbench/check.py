@@ -7,6 +7,7 @@ and the first step's max relative logit error instead of demanding bit equality.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import time
@@ -21,7 +22,7 @@ from workbench.reference import compare, hf_greedy, load_hf_model
 def switch_settings(attentions=("naive", "flash")) -> list[Optimizations]:
     """Every combination of attention x fused x graphs x compile, plus sdpa, plus the decode GEMV
     and then fused_decode and decode attention on the paths where they matter (eager alone, under
-    graphs, all on, which includes both)."""
+    graphs, all on, which includes both), and all on with pdl."""
     settings = [Optimizations(attention=a, fused_kernels=f, cuda_graphs=g, compile=c)
                 for a, f, g, c in itertools.product(attentions, (False, True), (False, True), (False, True))]
     gemv = [Optimizations(attention="naive", decode_gemv=True),
@@ -31,7 +32,7 @@ def switch_settings(attentions=("naive", "flash")) -> list[Optimizations]:
             Optimizations(attention="naive", decode_attention=True),
             Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, fused_decode=True, cuda_graphs=True),
             Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, decode_attention=True,
-                          cuda_graphs=True), Optimizations.all_on()]
+                          cuda_graphs=True), Optimizations.all_on(), dataclasses.replace(Optimizations.all_on(), pdl=True)]
     return settings + [Optimizations(attention="sdpa")] + [g for g in gemv if g.attention in attentions]
 
 
@@ -43,6 +44,7 @@ def quick_settings() -> list[Optimizations]:
             Optimizations(attention="flash", fused_kernels=True), Optimizations(**rung),
             Optimizations(**rung, decode_gemv=True), Optimizations(**rung, decode_gemv=True, fused_decode=True),
             Optimizations(**rung, decode_attention=True), Optimizations.all_on(),
+            dataclasses.replace(Optimizations.all_on(), pdl=True),   # pdl: not in all_on until measured
             Optimizations(attention="naive", cuda_graphs=True), Optimizations(attention="naive", compile=True)]
 
 

@@ -371,6 +371,7 @@ class LLM(MeasurementMethods):
             f"dattn      {'on (Triton split-KV kernel, decode steps)' if o.decode_attention else 'off'}",
             f"graphs     {'on, buckets ' + str(r.graphs.buckets) if r.graphs else 'off (eager decode)'}",
             f"compile    {'on (torch.compile)' if o.compile else 'off'}",
+            f"pdl        {'on (programmatic dependent launch of the decode kernels)' if o.pdl else 'off'}",
             f"tensor parallel  {tp_text}",
             f"kv cache   {r.num_kv_blocks} blocks x {self.config.block_size} tokens "
             f"({r.num_kv_blocks * r.kv_bytes_per_block / 2**30:.2f} GiB{' per rank' if r.tp_size > 1 else ''}), "

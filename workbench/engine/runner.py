@@ -15,7 +15,7 @@ import torch
 from workbench.attention import AttentionMetadata
 from workbench.config import EngineConfig
 from workbench.model import ModelConfig, load_model
-from workbench.optimizations import attention, decode_attention, decode_gemv, fused_decode, fused_kernels
+from workbench.optimizations import attention, decode_attention, decode_gemv, fused_decode, fused_kernels, pdl
 from workbench.optimizations import compile as torch_compile
 from workbench.optimizations.board import Optimizations
 from workbench.optimizations.cuda_graphs import DecodeGraphs
@@ -59,6 +59,7 @@ class ModelRunner:
         decode_gemv.install(self.model, opts.decode_gemv)
         fused_decode.install(self.model, opts.fused_decode)
         decode_attention.install(self.model, opts.decode_attention, self.overrides.get("attention"))
+        pdl.install(self.model, opts.pdl)   # before graph capture: the graphs record the PDL edges
         self.timings["load_s"] = time.perf_counter() - start
         self.num_kv_blocks = self._plan_kv_blocks()
         self.kv_cache = torch.zeros(2, model_cfg.num_layers, self.num_kv_blocks, cfg.block_size,

@@ -44,6 +44,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
+
 BLOCK_N = 64         # keys per loop step: 64 x 128 bf16 = 16 KB of K and 16 KB of V per head
 MIN_GROUP_ROWS = 16  # tl.dot's smallest M: a GQA group of 2 query heads is padded to 16 rows
 # Triton's CPU interpreter (3.9) returns garbage for a bf16 tl.dot (gemv.py says the same): under
@@ -72,7 +74,8 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
                   stride_table, stride_ot, stride_oh, num_splits,
                   NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                   BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
-                  BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                  BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl.wait(USE_PDL)   # q, the lengths, the table and the cache are all written by kernels
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     # This program's share of the sequence's key tiles, from its length on the device.
     seq_len = tl.load(lens_ptr + seq)
@@ -122,7 +125,9 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
 
 @triton.jit
 def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_oh, num_splits,
-                  NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+                  NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+                  USE_PDL: tl.constexpr):
+    pdl.wait(USE_PDL)
     seq, head = tl.program_id(0), tl.program_id(1)
     splits = tl.arange(0, BLOCK_S)                  # padded to a power of two: masked
     slot = (seq * NUM_HEADS + head) * num_splits + splits
@@ -168,9 +173,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         NUM_HEADS=num_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, SPLIT=splits > 1,
         DOT_FP32=_INTERPRET or q.dtype == torch.float32,
         BLOCK_H=max(MIN_GROUP_ROWS, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
-        num_warps=4, num_stages=2)
+        num_warps=4, num_stages=2, **pdl.launch_options())
     if splits > 1:
         _attention_merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads,
                                           HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits),
-                                          BLOCK_D=block_d, num_warps=4)
+                                          BLOCK_D=block_d, num_warps=4, **pdl.launch_options())
     return out

@@ -27,6 +27,10 @@ once whatever M is and the kernel stays a pure weight stream. Beyond that the pr
 (skinny) GEMM with several row tiles of x, which cuBLAS's tensor-core GEMMs already do well:
 `linear` falls back to F.linear.
 
+With the pdl switch (USE_PDL, kernels/pdl.py) a program loads its first weight tile, then waits for
+the kernel before (gdc_wait), then loads x: the weights are the one input no kernel writes, so
+their stream starts under the tail of the kernel before. Off, that branch compiles away.
+
 Every call is the registered op `workbench::gemv` (torch.library.custom_op with a fake impl), so
 torch.compile treats it as one opaque op with a known output shape, and CUDA graphs capture its
 launches like any other kernel. Configs: `CONFIGS` (measured per shape by scripts/sweep_gemv.py),
@@ -41,6 +45,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from . import pdl
 
 MAX_M = 16   # more tokens than this: F.linear (see the docstring)
 # Triton's CPU interpreter (3.9) returns garbage for a bf16 tl.dot (seen in this project's CPU
@@ -172,11 +178,38 @@ def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n
 
 
 @triton.jit
+def _load_w(w_ptrs, rows, kk, N, K, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
+    """The [BLOCK_N, BLOCK_K] weight tile at columns kk."""
+    if EVEN_K and EVEN_N:
+        w = tl.load(w_ptrs)
+    else:
+        w = tl.load(w_ptrs, mask=(rows[:, None] < N) & (kk[None, :] < K), other=0.0)
+    return w
+
+
+@triton.jit
+def _tile(acc, w, x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n, X_FORM: tl.constexpr,
+          HAS_RES: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, DOT_FP32: tl.constexpr):
+    """(acc + the products of weight tile w and x's tile at columns kk, x's squares). M = 1: acc
+    is [BLOCK_N, BLOCK_K] products (summed along K once, at the end); else [BLOCK_M, BLOCK_N]."""
+    x, x_sq = _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks[:, None], kk[None, :], x_stride, M, K,
+                      pid_n, X_FORM, HAS_RES, EVEN_K)
+    if BLOCK_M == 1:
+        acc += w.to(tl.float32) * x.to(tl.float32)        # x is [1, BLOCK_K]: broadcast over rows
+    elif DOT_FP32:
+        acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
+    else:
+        acc += tl.dot(x, tl.trans(w))                     # [BLOCK_M, BLOCK_K] @ [BLOCK_K, BLOCK_N]
+    return acc, x_sq
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
                  res_ptr, nw_ptr, res_out_ptr, eps,   # used by X_FORM = RMS_NORM only
                  X_FORM: tl.constexpr, HAS_RES: tl.constexpr,
                  HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-                 DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 USE_PDL: tl.constexpr):
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)          # output features (rows of W)
     cols = tl.arange(0, BLOCK_K)
@@ -188,28 +221,31 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
     if BLOCK_M == 1:
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)   # products; summed along K once, below
     else:
-        acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, K_SPLIT, BLOCK_K):
-        kk = k_start + k + cols
-        if EVEN_K and EVEN_N:
-            w = tl.load(w_ptrs)
-        else:
-            w = tl.load(w_ptrs, mask=(rows[:, None] < N) & (kk[None, :] < K), other=0.0)
-        x, x_sq = _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks[:, None], kk[None, :], x_stride, M, K,
-                          pid_n, X_FORM, HAS_RES, EVEN_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_first = 0
+    if USE_PDL:   # kernels/pdl.py: the first weight tile BEFORE the wait -- no kernel writes the
+        # weights, so this load overlaps the kernel before; x (that kernel's output) after it
+        kk = k_start + cols
+        w = _load_w(w_ptrs, rows, kk, N, K, EVEN_K, EVEN_N)
+        pdl.wait(USE_PDL)
+        acc, x_sq = _tile(acc, w, x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n,
+                          X_FORM, HAS_RES, EVEN_K, BLOCK_M, DOT_FP32)
         if X_FORM == 1:
             sq += x_sq
-        if BLOCK_M == 1:
-            acc += w.to(tl.float32) * x.to(tl.float32)        # x is [1, BLOCK_K]: broadcast over rows
-        elif DOT_FP32:
-            acc2 += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)))
-        else:
-            acc2 += tl.dot(x, tl.trans(w))                     # [BLOCK_M, BLOCK_K] @ [BLOCK_K, BLOCK_N]
+        w_ptrs += BLOCK_K
+        k_first = BLOCK_K   # the loop below does the other tiles, as without PDL
+    for k in range(k_first, K_SPLIT, BLOCK_K):
+        kk = k_start + k + cols
+        w = _load_w(w_ptrs, rows, kk, N, K, EVEN_K, EVEN_N)
+        acc, x_sq = _tile(acc, w, x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n,
+                          X_FORM, HAS_RES, EVEN_K, BLOCK_M, DOT_FP32)
+        if X_FORM == 1:
+            sq += x_sq
         w_ptrs += BLOCK_K
     if BLOCK_M == 1:
         y = tl.sum(acc, axis=1)[None, :]                       # [1, BLOCK_N]
     else:
-        y = acc2
+        y = acc
     if X_FORM == 1:   # RMSNorm's 1/rms, a per-token scale: (x / rms) . w == (x . w) / rms
         y = y / tl.sqrt(tl.sum(sq, axis=1)[:, None] / K + eps)
     mask = (toks[:, None] < M) & (rows[None, :] < N)
@@ -223,7 +259,8 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
 
 @triton.jit
 def _splitk_reduce_kernel(part_ptr, b_ptr, out_ptr, MN, N, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                          BLOCK: tl.constexpr):
+                          BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl.wait(USE_PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
     y = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -253,11 +290,13 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
                        X_FORM=x_form, HAS_RES=residual is not None,
                        HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % (cfg.split_k * cfg.block_k) == 0,
                        EVEN_N=n % cfg.block_n == 0, DOT_FP32=_DOT_FP32 or x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
-                       BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                       BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                       **pdl.launch_options())
     if split:
         block = 1024
         _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](target, bias_arg, out, m * n, n, SPLIT_K=cfg.split_k,
-                                                            HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+                                                            HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+                                                            **pdl.launch_options())
 
 
 @torch.library.custom_op("workbench::gemv", mutates_args=())

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
 from .triton_ops import _copy_row, _load_cos_sin, _rotate_heads
 
 
@@ -24,7 +25,8 @@ def _qk_norm_rope_store_kernel(q_ptr, k_ptr, v_ptr, q_out_ptr, k_cache_ptr, v_ca
                                cos_sin_ptr, q_s0, q_s1, k_s0, k_s1, v_s0, n_q, q_w_ptr, k_w_ptr, q_eps, k_eps,
                                N_K: tl.constexpr, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr,
                                BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_ROW: tl.constexpr,
-                               NORM: tl.constexpr):
+                               NORM: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl.wait(USE_PDL)   # everything here (q/k/v, positions, slots, the cache) is written by a kernel
     token = tl.program_id(0)
     cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
     _rotate_heads(q_ptr, q_out_ptr + token * n_q * (2 * HALF), q_s0, q_s1, token, n_q, cos, sin, q_w_ptr,
@@ -61,5 +63,6 @@ def qk_norm_rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positi
             q_norm.weight if norm else q, k_norm.weight if norm else k,   # no norm: weights unused
             q_norm.eps if norm else 0.0, k_norm.eps if norm else 0.0,
             N_K=n_k, HALF=dim // 2, BLOCK_HQ=triton.next_power_of_2(n_q), BLOCK_HK=triton.next_power_of_2(n_k),
-            BLOCK_D=triton.next_power_of_2(dim // 2), BLOCK_ROW=triton.next_power_of_2(n_k * dim), NORM=norm)
+            BLOCK_D=triton.next_power_of_2(dim // 2), BLOCK_ROW=triton.next_power_of_2(n_k * dim), NORM=norm,
+            **pdl.launch_options())
     return q_out

@@ -15,7 +15,8 @@ Kernels here (each: one short @triton.jit function and a Python wrapper):
 
 All math runs in float32; results are stored in the input dtype. The wrappers accept strided
 views (e.g. q/k/v sliced out of one fused QKV projection) without copying them.
-Only long-stable Triton APIs are used, so the same code runs on old and new Triton versions and
+Each kernel takes USE_PDL (kernels/pdl.py: the pdl switch; off, it compiles away).
+Otherwise only long-stable Triton APIs are used, so the same code runs on old and new Triton versions and
 under the interpreter (TRITON_INTERPRET=1, CPU tensors) in the CPU test suite.
 """
 from __future__ import annotations
@@ -24,11 +25,14 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
+
 
 # --- KV-cache store ----------------------------------------------------------------------------
 @triton.jit
 def _store_kvcache_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
-                          k_stride, v_stride, ROW: tl.constexpr, BLOCK: tl.constexpr):
+                          k_stride, v_stride, ROW: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl.wait(USE_PDL)
     token = tl.program_id(0)
     slot = tl.load(slot_ptr + token)
     if slot < 0:          # padding token (CUDA-graph bucket): it owns no cache slot
@@ -64,14 +68,15 @@ def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cac
     if T == 0:
         return
     _store_kvcache_kernel[(T,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0),
-                                ROW=row, BLOCK=triton.next_power_of_2(row))
+                                ROW=row, BLOCK=triton.next_power_of_2(row), **pdl.launch_options())
 
 
 # --- residual add + RMSNorm --------------------------------------------------------------------
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
                          heads, x_s0, x_s1, r_s0, r_s1, eps,
-                         N: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+                         N: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl.wait(USE_PDL)
     # One program normalizes one row. Inputs are [tokens, heads, N] views (heads = 1 for a
     # plain [tokens, N] matrix); outputs are contiguous, row-major.
     row = tl.program_id(0)
@@ -110,7 +115,7 @@ def _rms_norm(x, residual, weight, eps):
         _add_rms_norm_kernel[(tokens * heads,)](
             x3, r3, weight, out, new_res, heads, x3.stride(0), x3.stride(1),
             r3.stride(0), r3.stride(1), eps, N=n, HAS_RESIDUAL=residual is not None,
-            BLOCK=triton.next_power_of_2(n))
+            BLOCK=triton.next_power_of_2(n), **pdl.launch_options())
     return out, new_res
 
 
@@ -127,7 +132,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 # --- SwiGLU activation -------------------------------------------------------------------------
 @triton.jit
-def _silu_and_mul_kernel(gu_ptr, out_ptr, gu_stride, inter, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(gu_ptr, out_ptr, gu_stride, inter, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl.wait(USE_PDL)
     token = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < inter
@@ -147,7 +153,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if out.numel():
         block = min(1024, triton.next_power_of_2(inter))
         _silu_and_mul_kernel[(gu.shape[0], triton.cdiv(inter, block))](
-            gu, out, gu.stride(0), inter, BLOCK=block)
+            gu, out, gu.stride(0), inter, BLOCK=block, **pdl.launch_options())
     return out.view(*lead, inter)
 
 
@@ -193,7 +199,8 @@ def _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF: tl.constexpr, BLOCK_D: tl.c
 @triton.jit
 def _rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, pos_ptr, cos_sin_ptr, q_s0, q_s1, k_s0, k_s1,
                  n_q, n_k, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-                 BLOCK_D: tl.constexpr):
+                 BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl.wait(USE_PDL)
     token = tl.program_id(0)
     cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
     # no norm: the weight pointer and eps are unused
@@ -206,7 +213,9 @@ def _rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, pos_ptr, cos_sin_ptr, q_s0,
 @triton.jit
 def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, pos_ptr, cos_sin_ptr, q_s0, q_s1, k_s0,
                          k_s1, n_q, n_k, q_w_ptr, k_w_ptr, q_eps, k_eps, HALF: tl.constexpr,
-                         BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+                         BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr,
+                         USE_PDL: tl.constexpr):
+    pdl.wait(USE_PDL)
     # One program per token: its q and k heads are read once, normalized and rotated in
     # registers and written once -- one launch instead of q_norm + k_norm + rope.
     token = tl.program_id(0)
@@ -232,7 +241,7 @@ def _launch_rope(kernel, q, k, positions, cos_sin_cache, *norm_args):
         kernel[(T,)](q, k, q_out, k_out, positions, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0),
                      k.stride(1), n_q, k.shape[1], *norm_args, HALF=dim // 2,
                      BLOCK_HQ=triton.next_power_of_2(n_q), BLOCK_HK=triton.next_power_of_2(k.shape[1]),
-                     BLOCK_D=triton.next_power_of_2(dim // 2))
+                     BLOCK_D=triton.next_power_of_2(dim // 2), **pdl.launch_options())
     return q_out, k_out
 
 

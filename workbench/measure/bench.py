@@ -297,15 +297,19 @@ def peer_or_unavailable(run, workload: Workload, mode: str) -> BenchResult:
 # Ladders and named settings ------------------------------------------------------------------
 def bench_presets() -> dict[str, tuple[str, "Optimizations"]]:
     """--settings names: all_off, all_on, and all_on-<switch> (all on but that one switch, e.g.
-    all_on-decode_attention: one rung measured against the full stack); all_on_cublas: all on
-    with every decode matmul on cuBLAS (no decode_gemv, no fused_decode)."""
+    all_on-decode_attention: one rung measured against the full stack); all_on+<switch> for a
+    switch all_on leaves off (all_on+pdl: a rung not yet measured, on top of the stack);
+    all_on_cublas: all on with every decode matmul on cuBLAS (no decode_gemv, no fused_decode)."""
     from workbench.optimizations.board import SWITCHES
     all_on = Optimizations.all_on()
     presets = {"all_off": ("all off", Optimizations.all_off()), "all_on": ("all on", all_on),
                "all_on_cublas": ("all on, cuBLAS", dataclasses.replace(all_on, decode_gemv=False, fused_decode=False))}
     for name in SWITCHES:
-        off = {"attention": "sdpa"} if name == "flash" else {name: False}
-        presets[f"all_on-{name}"] = (f"all on -{name}", dataclasses.replace(all_on, **off))
+        if name in all_on.switched_on():
+            off = {"attention": "sdpa"} if name == "flash" else {name: False}
+            presets[f"all_on-{name}"] = (f"all on -{name}", dataclasses.replace(all_on, **off))
+        else:
+            presets[f"all_on+{name}"] = (f"all on +{name}", dataclasses.replace(all_on, **{name: True}))
     return presets
 
 
@@ -320,7 +324,8 @@ def stack_settings() -> list[tuple[str, Optimizations]]:
                                       cuda_graphs=True)),
               ("+dattn", Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, fused_decode=True,
                                        decode_attention=True, cuda_graphs=True)),
-              ("+compile (all on)", Optimizations.all_on())]
+              ("+compile (all on)", Optimizations.all_on()),
+              ("+pdl", dataclasses.replace(Optimizations.all_on(), pdl=True))]   # not in all_on until measured
     alone = [("flash alone", Optimizations(attention="flash")),
              ("fused alone", Optimizations(attention="naive", fused_kernels=True)),
              ("gemv alone", Optimizations(attention="naive", decode_gemv=True)),
@@ -328,6 +333,7 @@ def stack_settings() -> list[tuple[str, Optimizations]]:
              ("dattn alone", Optimizations(attention="naive", decode_attention=True)),
              ("graphs alone", Optimizations(attention="naive", cuda_graphs=True)),
              ("compile alone", Optimizations(attention="naive", compile=True))]
+    # (no "pdl alone": it changes how the other switches' kernels launch; with none on, nothing)
     return ladder + [a for a in alone if a[1] not in [s for _, s in ladder]]
 
 

@@ -103,7 +103,7 @@ def attention_workload(impl: str = "flash", n: int = 4096, heads: int = 16, kv_h
 def decode_step_workload(model_dir: str, attention: str = "flash", fused_kernels: bool = True,
                          cuda_graphs: bool = True, compile: bool = False, batch: int = 1,
                          context: int = 1024, decode_gemv: bool = False,
-                         fused_decode: bool = False, decode_attention: bool = False) -> dict:
+                         fused_decode: bool = False, decode_attention: bool = False, pdl: bool = False) -> dict:
     """One decode step of the whole engine inside NVTX range "decode": `batch` sequences, each
     with `context` cached tokens. Engine build, prefill and one warm-up decode run first."""
     import random
@@ -112,7 +112,7 @@ def decode_step_workload(model_dir: str, attention: str = "flash", fused_kernels
     from workbench.engine import LLM, SamplingParams
     opts = Optimizations(attention=attention, fused_kernels=fused_kernels, cuda_graphs=cuda_graphs,
                          compile=compile, decode_gemv=decode_gemv, fused_decode=fused_decode,
-                         decode_attention=decode_attention)
+                         decode_attention=decode_attention, pdl=pdl)
     with LLM(model_dir, opts=opts, max_num_seqs=batch, enable_prefix_caching=False,
              max_model_len=context + 64) as llm:
         rng = random.Random(0)

@@ -2,7 +2,7 @@
 decides whether a switch can run here (`why_not`, asked by LLM, the dashboard, the CLI and doctor).
 
 Each switch has its own module beside this one (attention, fused_kernels, decode_gemv,
-fused_decode, decode_attention, cuda_graphs, compile, multi_step): what it attacks, its chapter and
+fused_decode, decode_attention, cuda_graphs, compile, pdl, multi_step): what it attacks, its chapter and
 measurement, its own `why_not(device, tp_size)`, and how it is installed. This file only collects them.
 """
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from . import attention, cuda_graphs, decode_attention, decode_gemv, fused_decode, fused_kernels
+from . import attention, cuda_graphs, decode_attention, decode_gemv, fused_decode, fused_kernels, pdl
 from . import compile as torch_compile
 
 ATTENTION_BACKENDS = attention.BACKENDS
 # switch name -> its module (the order of the dashboard's buttons and of label())
 SWITCHES = {"flash": attention, "fused_kernels": fused_kernels, "decode_gemv": decode_gemv,
             "fused_decode": fused_decode, "decode_attention": decode_attention, "cuda_graphs": cuda_graphs,
-            "compile": torch_compile}
+            "compile": torch_compile, "pdl": pdl}
 
 
 def why_not(device: str, tp_size: int = 1) -> dict[str, str]:
@@ -38,6 +38,8 @@ class Optimizations:
     decode_attention  a decode step's attention as a Triton split-KV kernel (decode_attention.py)
     cuda_graphs    capture decode per batch-size bucket, replay             (cuda_graphs.py)
     compile        torch.compile the model forward                          (compile.py)
+    pdl            programmatic dependent launch of the decode kernels (sm_90+; not in all_on
+                   until measured)                                          (pdl.py)
     (decode_steps, multi-step decoding, is an EngineConfig field: multi_step.py)
     """
 
@@ -48,6 +50,7 @@ class Optimizations:
     decode_attention: bool = False
     cuda_graphs: bool = False
     compile: bool = False
+    pdl: bool = False
     # Made by a preset: switches this machine cannot run are dropped (with a note), not refused.
     from_preset: bool = field(default=False, compare=False, repr=False)
 
@@ -65,15 +68,16 @@ class Optimizations:
     @classmethod
     def enforce_eager(cls, attention: str = "sdpa", fused_kernels: bool = False,
                       decode_gemv: bool = False, fused_decode: bool = False,
-                      decode_attention: bool = False) -> "Optimizations":
+                      decode_attention: bool = False, pdl: bool = False) -> "Optimizations":
         """Eager launches, for debugging (readable stack traces, no capture, no compiler): no CUDA
         graphs and no torch.compile; attention and the kernels stay as chosen (vLLM's meaning)."""
         return cls(attention=attention, fused_kernels=fused_kernels, decode_gemv=decode_gemv,
-                   fused_decode=fused_decode, decode_attention=decode_attention, from_preset=True)
+                   fused_decode=fused_decode, decode_attention=decode_attention, pdl=pdl, from_preset=True)
 
     @classmethod
     def all_on(cls) -> "Optimizations":
-        """Everything on. On a CPU the CUDA-only switches are dropped and reported as skipped."""
+        """Every switch measured to pay (pdl is not, yet: bench's all_on+pdl measures it). On a CPU
+        the CUDA-only switches are dropped and reported as skipped."""
         return cls(attention="flash", fused_kernels=True, decode_gemv=True, fused_decode=True, decode_attention=True,
                    cuda_graphs=True, compile=True, from_preset=True)
 
@@ -97,7 +101,7 @@ class Optimizations:
     def label(self) -> str:
         """Short human label, e.g. 'flash+fused+graphs'."""
         short = {"fused_kernels": "fused", "decode_gemv": "gemv", "fused_decode": "fdec", "decode_attention": "dattn",
-                 "cuda_graphs": "graphs", "compile": "compile"}
+                 "cuda_graphs": "graphs", "compile": "compile", "pdl": "pdl"}
         return "+".join([self.attention] + [short[n] for n in self.switched_on() if n != "flash"])
 
     def why_not(self, device: str, tp_size: int = 1) -> dict[str, str]:
@@ -116,7 +120,7 @@ class Optimizations:
         if blocked and not self.from_preset:
             raise ValueError("; ".join(f"{_setting(name)}: {why}" for name, why in blocked.items())
                              + ". Turn these off (on a CPU: attention='sdpa' or 'naive', no fused_kernels, "
-                             "decode_gemv, fused_decode, decode_attention or cuda_graphs), or use a preset such as "
+                             "decode_gemv, fused_decode, decode_attention, cuda_graphs or pdl), or use a preset such as "
                              "Optimizations.all_on(), which drops them with a note")
         off = {name: ("sdpa" if name == "flash" else False) for name in blocked}
         if "flash" in off:

@@ -87,6 +87,8 @@ class Switchboard:
                                   "steps; off: the attention backend's")
         self.graphs = self._toggle("CUDA graphs", "cuda_graphs", "capture decode once, replay it")
         self.compile = self._toggle("torch.compile", "compile", "compile the model forward (slow first run)")
+        self.pdl = self._toggle("PDL", "pdl", "programmatic dependent launch: each decode kernel starts while the "
+                                "one before finishes (Hopper+; acts on the Triton decode kernels)")
         self.hbm = self._toggle("HBM (ncu)", "hbm", "also measure DRAM bytes of one decode step under "
                                 "Nsight Compute (a separate process; about a minute)")
         self.timeline = self._toggle("timeline", "timeline", "also profile a few decode steps of the run with "
@@ -116,7 +118,8 @@ class Switchboard:
         self.notes = widgets.HTML(f"<small><b>{html.escape(str(self.model_dir.name))}</b> on {self.device}. "
                                   f"Unavailable here: {html.escape(notes)}</small>")
         self.widget = widgets.VBox([
-            widgets.HBox([self.attention, self.fused, self.gemv, self.fdec, self.dattn, self.graphs, self.compile]),
+            widgets.HBox([self.attention, self.fused, self.gemv, self.fdec, self.dattn, self.graphs, self.compile,
+                          self.pdl]),
             widgets.HBox([self.hbm, self.timeline]),   # what each run also measures (costs time)
             widgets.HBox([self.batch, self.prompt_len, self.new_tokens, self.decode_steps]), self.notes,
             widgets.HBox([self.run_button, self.progress, self.status]), self.plot, self.telemetry.image,
@@ -141,7 +144,7 @@ class Switchboard:
         return Optimizations(attention=self.attention.value, fused_kernels=self.fused.value,
                              decode_gemv=self.gemv.value, fused_decode=self.fdec.value,
                              decode_attention=self.dattn.value, cuda_graphs=self.graphs.value,
-                             compile=self.compile.value)
+                             compile=self.compile.value, pdl=self.pdl.value)
 
     def blocked(self, opts: Optimizations) -> list[str]:
         """Why this machine cannot run `opts` (empty when it can)."""
@@ -154,6 +157,7 @@ class Switchboard:
         self.attention.value, self.fused.value, self.gemv.value = opts.attention, opts.fused_kernels, opts.decode_gemv
         self.fdec.value = opts.fused_decode
         self.dattn.value, self.graphs.value, self.compile.value = opts.decode_attention, opts.cuda_graphs, opts.compile
+        self.pdl.value = opts.pdl
 
     # One run ---------------------------------------------------------------------------------
     def _phase(self, step: int, text: str) -> None:
@@ -230,7 +234,7 @@ class Switchboard:
         record = measure_hbm_python(decode_step_workload, {"model_dir": str(self.model_dir), "attention": opts.attention,
                                                    "fused_kernels": opts.fused_kernels, "cuda_graphs": opts.cuda_graphs,
                                                    "decode_gemv": opts.decode_gemv, "fused_decode": opts.fused_decode,
-                                                   "decode_attention": opts.decode_attention,
+                                                   "decode_attention": opts.decode_attention, "pdl": opts.pdl,
                                                    "compile": opts.compile, "batch": batch, "context": context},
                                     nvtx_include="decode/")
         return (record.dram_bytes, "measured by ncu") if record.available else (None, f"unavailable: {record.reason}")

@@ -1,0 +1,194 @@
+"""The pdl switch (programmatic dependent launch) on the CPU: its place on the board, that the flag
+reaches every decode kernel's launch (recorded through the kernels' names, no GPU), and -- under
+Triton's interpreter, with gdc_wait replaced by a no-op (the interpreter cannot run it) -- that the
+GEMV's PDL form (first weight tile loaded before the wait) computes exactly what it does without.
+On the GPU: tests/gpu/test_pdl_gpu.py. With the flag off, every kernel still passes
+test_kernels_interpret.py, test_fused_decode_interpret.py and test_decode_attention.py."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import pytest
+import torch
+
+from workbench.optimizations import pdl as pdl_switch
+from workbench.optimizations.board import SWITCHES, Optimizations
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+# --- the board ----------------------------------------------------------------------------------
+def test_switch_on_the_board_not_in_any_preset():
+    from workbench.measure.bench import bench_presets, stack_settings
+    assert "pdl" in SWITCHES
+    for name in ("all_off", "enforce_eager", "all_on", "default"):
+        assert not Optimizations.preset(name).pdl, name
+    on = dataclasses.replace(Optimizations.all_on(), pdl=True)
+    assert on.label() == Optimizations.all_on().label() + "+pdl"
+    assert bench_presets()["all_on+pdl"][1] == on
+    assert "all_on-pdl" not in bench_presets()   # it would just be all_on again
+    ladder = [s for s in stack_settings() if not s[0].endswith("alone")]
+    assert ladder[-1] == ("+pdl", on)
+
+
+def test_refused_on_cpu_with_the_reason():
+    assert "needs a CUDA GPU" in Optimizations(pdl=True).why_not("cpu")["pdl"]
+    with pytest.raises(ValueError, match="pdl=True"):
+        Optimizations(pdl=True).resolve("cpu")
+    ran, notes = dataclasses.replace(Optimizations.all_on(), pdl=True).resolve("cpu")   # a preset: dropped
+    assert not ran.pdl and any(n.startswith("pdl=True: skipped") for n in notes)
+
+
+@needs_triton
+@pytest.mark.parametrize("capability, refused", [((8, 0), True), ((8, 9), True), ((9, 0), False), ((10, 0), False)])
+def test_refused_before_hopper(monkeypatch, capability, refused):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    why = pdl_switch.why_not("cuda:0")
+    assert (why is not None) == refused
+    if refused:
+        assert "9.0" in why and f"{capability[0]}.{capability[1]}" in why
+
+
+# --- the flag reaches every decode kernel launch ------------------------------------------------
+@pytest.fixture
+def flag():
+    """The kernels' flag, set through the switch as the runner does; off again afterwards."""
+    kernels_pdl = pytest.importorskip("workbench.kernels.pdl")
+    yield kernels_pdl
+    pdl_switch.install(None, False)
+
+
+@needs_triton
+def test_install_sets_the_one_flag(flag, monkeypatch):
+    pdl_switch.install(None, True)
+    assert flag.launch_options() == {"USE_PDL": True, "launch_pdl": True}
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)   # torch.compile tracing: off
+    assert flag.launch_options() == {"USE_PDL": False}
+    monkeypatch.undo()
+    pdl_switch.install(None, False)
+    assert flag.launch_options() == {"USE_PDL": False}
+
+
+def _decode_kernels():
+    """{name: (module, JITFunction)} of every Triton kernel of the decode path."""
+    import triton
+
+    from workbench.kernels import decode_attention, gemv, qk_norm_rope_store, triton_ops
+    return {name: (module, obj) for module in (gemv, qk_norm_rope_store, decode_attention, triton_ops)
+            for name, obj in vars(module).items() if name.endswith("_kernel") and isinstance(obj, triton.JITFunction)}
+
+
+def _launch_every_wrapper():
+    """Call each decode kernel's Python wrapper once on small CPU tensors (split-K and split-KV on,
+    so the second kernels launch too)."""
+    from workbench.kernels import triton_ops as ops
+    from workbench.kernels.decode_attention import paged_decode_attention
+    from workbench.kernels.fused_gemv import rms_norm_linear, silu_mul_linear
+    from workbench.kernels.gemv import GemvConfig, gemv
+    from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
+    from workbench.model.layers import RMSNorm
+    x, w = torch.randn(1, 64), torch.randn(8, 64)
+    gemv(x, w, None, GemvConfig(block_n=4, block_k=32, split_k=2))
+    rms_norm_linear(x, x, torch.ones(64), 1e-6, w)
+    silu_mul_linear(torch.randn(1, 128), w)
+    q, k, v = torch.randn(1, 4, 16), torch.randn(1, 2, 16), torch.randn(1, 2, 16)
+    pos, cos_sin = torch.zeros(1, dtype=torch.long), torch.randn(8, 16)
+    cache = torch.zeros(2, 4, 2, 16)
+    qk_norm_rope_store(q, k, v, pos, cos_sin, cache, cache.clone(), torch.zeros(1, dtype=torch.long),
+                       RMSNorm(16, 1e-6), RMSNorm(16, 1e-6))
+    paged_decode_attention(q, cache, cache.clone(), torch.tensor([3]), torch.zeros(1, 2, dtype=torch.int32), 0.25,
+                           splits=2)
+    ops.fused_add_rms_norm(x, x, torch.ones(64), 1e-6)
+    ops.silu_and_mul(torch.randn(1, 128))
+    ops.apply_rope(q, k, pos, cos_sin)
+    ops.qk_norm_rope(q, k, pos, cos_sin, torch.ones(16), torch.ones(16), 1e-6, 1e-6)
+    ops.store_kvcache(k, v, cache, cache.clone(), torch.zeros(1, dtype=torch.long))
+
+
+@needs_triton
+@pytest.mark.parametrize("on", [True, False])
+def test_the_flag_reaches_every_decode_kernel(flag, monkeypatch, on):
+    kernels = _decode_kernels()
+    assert len(kernels) == 10, sorted(kernels)   # a new kernel: add it to _launch_every_wrapper
+    launches = {}
+
+    class Recorder:   # stands in for a kernel: kernel[grid](*args, **kwargs) records kwargs
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.setdefault(self.name, []).append(kwargs)
+
+    for name, (module, jit_fn) in kernels.items():
+        assert "USE_PDL" in jit_fn.arg_names, f"{name} has no USE_PDL flag"
+        monkeypatch.setattr(module, name, Recorder(name))
+    pdl_switch.install(None, on)
+    _launch_every_wrapper()
+    assert set(launches) == set(kernels), f"not launched: {set(kernels) - set(launches)}"
+    for name, calls in launches.items():
+        for kwargs in calls:
+            assert kwargs["USE_PDL"] is on, name
+            assert kwargs.get("launch_pdl", False) is on, name   # the attribute only with the wait
+
+
+# --- under the interpreter: the GEMV's PDL form computes what it does without ------------------
+CHECKS = ["gemv_pdl_equals_off", "folds_pdl_equal_off"]
+
+
+@pytest.fixture(scope="module")
+def verdicts() -> dict:
+    from kernel_cases import interpreter_verdicts
+    return interpreter_verdicts(__file__)
+
+
+@needs_triton
+@pytest.mark.parametrize("name", CHECKS)
+def test_pdl_form_matches_under_the_interpreter(verdicts, name):
+    assert verdicts[name] == "ok", verdicts[name]
+
+
+def _both(fn):
+    """fn() with PDL off, then on (gdc_wait a no-op: the interpreter cannot run it)."""
+    from workbench.kernels import pdl
+
+    def no_wait(USE_PDL):   # the interpreter runs kernels as Python: a plain function will do
+        pass
+
+    pdl.wait = no_wait   # for good: the interpreter resolves it once, at a kernel's first run
+    pdl.set_enabled(False)
+    off = fn()
+    pdl.set_enabled(True)
+    try:
+        on = fn()
+    finally:
+        pdl.set_enabled(False)
+    return off, on
+
+
+def check_gemv_pdl_equals_off():
+    from kernel_cases import gemv_interpreter_cases
+
+    from workbench.kernels.gemv import GemvConfig, gemv
+    for m, n, k, cfg in gemv_interpreter_cases(GemvConfig):
+        x, w, b = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(n, k, dtype=torch.bfloat16), torch.randn(n)
+        off, on = _both(lambda: gemv(x, w, b.to(torch.bfloat16), cfg))
+        assert torch.equal(off, on), (m, n, k, cfg)
+
+
+def check_folds_pdl_equal_off():
+    from workbench.kernels.fused_gemv import rms_norm_linear, silu_mul_linear
+    for m in (1, 3):
+        x, r = torch.randn(m, 96, dtype=torch.bfloat16), torch.randn(m, 96, dtype=torch.bfloat16)
+        nw, w = torch.rand(96, dtype=torch.bfloat16) + 0.5, torch.randn(40, 96, dtype=torch.bfloat16)
+        off, on = _both(lambda: rms_norm_linear(x, r, nw, 1e-6, w))
+        assert torch.equal(off[0], on[0]) and torch.equal(off[1], on[1]), m
+        gu = torch.randn(m, 192, dtype=torch.bfloat16)
+        off, on = _both(lambda: silu_mul_linear(gu, w))
+        assert torch.equal(off, on), m
+
+
+if __name__ == "__main__":
+    from kernel_cases import run_checks   # tests/ is this script's folder
+    torch.manual_seed(0)
+    run_checks(CHECKS, globals())

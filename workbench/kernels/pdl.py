@@ -1,0 +1,54 @@
+"""Programmatic dependent launch (PDL, Hopper and newer): the decode kernels' side of the `pdl` switch.
+
+Why. A batch-1 decode step is ~7 of our kernels a layer, each a few microseconds. Launched the
+ordinary way, kernel B starts only when kernel A has finished and flushed: every boundary costs
+A's tail (its last programs running on a few SMs), B's launch and ramp-up, and B's first memory
+latency. With PDL, B is launched with an attribute that lets the GPU start it while A still
+runs; B's programs do whatever does not depend on A, then wait (`gdc_wait`) until A has finished
+and its writes are visible. A calls `gdc_launch_dependents` early to say "B may be scheduled now".
+
+What may run before the wait: only reads of data no kernel writes -- the weights. A decode GEMV's
+weight tile does not depend on the kernel before it, so the GEMV loads its first weight tile,
+then waits, then loads x (CUTLASS's "weight prefetch" example does the same). Everything else --
+activations, the KV cache, the step's inputs (positions, slots, lengths, block tables: copied into
+the graph's buffers by the step), and every store -- comes after the wait. Each kernel waits
+before its first dependent read or any store, so PDL on is as correct as PDL off, whatever runs
+before or after it (a torch op or cuBLAS kernel in between is launched normally: plain stream order).
+
+How the flag reaches the kernels: one process-wide setting, `ENABLED`, which the switch's install()
+sets when an engine is built (workbench/optimizations/pdl.py). Every decode kernel's launch wrapper
+adds `**launch_options()`: the kernel's constexpr USE_PDL and, when on, Triton's `launch_pdl=True`.
+With USE_PDL False the `if USE_PDL:` branches compile away: the kernel is exactly the one without
+PDL. Under torch.compile's tracing (the fused_kernels forms are traced; our custom ops and the
+compiler-disabled attention are not), the options are off: the tracer does not know `launch_pdl`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+ENABLED = False   # the pdl switch (set by workbench/optimizations/pdl.py's install)
+
+
+def set_enabled(on: bool) -> None:
+    global ENABLED
+    ENABLED = bool(on)
+
+
+def launch_options() -> dict:
+    """The keyword arguments a decode kernel's launch adds: its USE_PDL constexpr and, when on,
+    the launch attribute. The two always go together: a kernel launched with the attribute must
+    wait (USE_PDL) before reading what the kernel before it wrote."""
+    if ENABLED and not torch.compiler.is_compiling():
+        return {"USE_PDL": True, "launch_pdl": True}
+    return {"USE_PDL": False}
+
+
+@triton.jit
+def wait(USE_PDL: tl.constexpr):
+    """Wait for the kernel before to finish (its writes visible), then let the next one be
+    scheduled. Call before the first read of anything a kernel writes, and before any store."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
