@@ -21,10 +21,11 @@ from workbench.config import EngineConfig
 from workbench.model import ModelConfig
 from workbench.optimizations import multi_step
 from workbench.optimizations.board import Optimizations
-from workbench.parallel.tensor_parallel import backend_for, check_tensor_parallel
+from workbench.parallel.tensor_parallel import check_tensor_parallel
 
 from .block_manager import BlockManager, block_hash
-from .overrides import check_overrides, describe_overrides
+from .describe import describe_engine
+from .overrides import check_overrides
 from .runner import ModelRunner
 from .measurement import MeasurementMethods
 from .outputs import EngineStats, RequestOutput
@@ -343,47 +344,7 @@ class LLM(MeasurementMethods):
     def describe(self) -> str:
         """What actually runs: device, dtype, each switch, the KV cache, warm-up costs."""
         self._check_open()
-        o, r = self.opts, self.runner
-        gpu = f" ({torch.cuda.get_device_name(r.device)})" if self.device.startswith("cuda") else ""
-        attention = o.attention
-        if attention == "flash":
-            from workbench.attention.flash import flash_status
-            attention = f"flash ({flash_status()[0]})"
-        tp_text = "off (1 rank)"
-        if r.tp_size > 1:
-            tp_text = f"{r.tp_size} ranks ({backend_for(self.device)}), each with 1/{r.tp_size} of the heads"
-        fused_text = "on (Triton kernels)" if o.fused_kernels else "off (plain torch ops)"
-        if o.fused_kernels and self.model_config.hidden_act != "silu":   # the SwiGLU kernel is silu only
-            fused_text += f"; the {self.model_config.hidden_act} activation runs in plain torch"
-        fdec_text = "off (norm and activation are kernels of their own)"
-        if o.fused_decode:
-            fdec_text = "on (RMSNorm and SiLU-and-mul inside the Triton GEMV, <= 16 tokens)"
-            if self.model_config.hidden_act != "silu":
-                fdec_text += f"; the {self.model_config.hidden_act} activation is not folded"
-        lines = [
-            f"model      {self.config.model} ({self.model_config.model_type}, "
-            f"{self.model_config.num_layers} layers, hidden {self.model_config.hidden_size})",
-            f"device     {self.device}{gpu}, {str(self.dtype).removeprefix('torch.')}",
-            f"attention  {attention}",
-            f"fused      {fused_text}",
-            f"gemv       {'on (Triton decode GEMV, <= 16 tokens)' if o.decode_gemv else 'off (torch F.linear: cuBLAS on a GPU)'}",
-            f"fdec       {fdec_text}",
-            f"dattn      {'on (Triton split-KV kernel, decode steps)' if o.decode_attention else 'off'}",
-            f"graphs     {'on, buckets ' + str(r.graphs.buckets) if r.graphs else 'off (eager decode)'}",
-            f"compile    {'on (torch.compile)' if o.compile else 'off'}",
-            f"pdl        {'on (programmatic dependent launch of the decode kernels)' if o.pdl else 'off'}",
-            f"tensor parallel  {tp_text}",
-            f"kv cache   {r.num_kv_blocks} blocks x {self.config.block_size} tokens "
-            f"({r.num_kv_blocks * r.kv_bytes_per_block / 2**30:.2f} GiB{' per rank' if r.tp_size > 1 else ''}), "
-            "prefix caching "
-            f"{'on' if self.config.enable_prefix_caching else 'off'}, chunked prefill "
-            f"{'on' if self.config.chunked_prefill else 'off'}",
-        ]
-        lines += [f"warm-up    {k} = {v:.2f}" for k, v in r.timings.items()]
-        lines += [f"skipped    {note}" for note in self.skipped]
-        if self.overrides:
-            lines.append(f"overrides  {describe_overrides(self.overrides)}")
-        return "\n".join(lines)
+        return describe_engine(self)
 
     def close(self) -> None:
         """Free the weights, KV cache and graphs so another engine fits in the same process."""

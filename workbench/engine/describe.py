@@ -1,0 +1,54 @@
+"""`LLM.describe()`: what actually runs, one line a switch -- the device and dtype, each switch
+as it was resolved on this machine (a switch the machine cannot run says so), the KV cache, the
+warm-up costs and any student overrides."""
+from __future__ import annotations
+
+import torch
+
+from workbench.parallel.tensor_parallel import backend_for
+
+from .overrides import describe_overrides
+
+
+def describe_engine(llm) -> str:
+    o, r = llm.opts, llm.runner
+    gpu = f" ({torch.cuda.get_device_name(r.device)})" if llm.device.startswith("cuda") else ""
+    attention = o.attention
+    if attention == "flash":
+        from workbench.attention.flash import flash_status
+        attention = f"flash ({flash_status()[0]})"
+    tp_text = "off (1 rank)"
+    if r.tp_size > 1:
+        tp_text = f"{r.tp_size} ranks ({backend_for(llm.device)}), each with 1/{r.tp_size} of the heads"
+    fused_text = "on (Triton kernels)" if o.fused_kernels else "off (plain torch ops)"
+    if o.fused_kernels and llm.model_config.hidden_act != "silu":   # the SwiGLU kernel is silu only
+        fused_text += f"; the {llm.model_config.hidden_act} activation runs in plain torch"
+    fdec_text = "off (norm and activation are kernels of their own)"
+    if o.fused_decode:
+        fdec_text = "on (<= 16 tokens: RMSNorm and SiLU-and-mul inside the Triton GEMV; q/k norm + RoPE + KV write one kernel)"
+        if llm.model_config.hidden_act != "silu":
+            fdec_text += f"; the {llm.model_config.hidden_act} activation is not folded"
+    lines = [
+        f"model      {llm.config.model} ({llm.model_config.model_type}, "
+        f"{llm.model_config.num_layers} layers, hidden {llm.model_config.hidden_size})",
+        f"device     {llm.device}{gpu}, {str(llm.dtype).removeprefix('torch.')}",
+        f"attention  {attention}",
+        f"fused      {fused_text}",
+        f"gemv       {'on (Triton decode GEMV, <= 16 tokens)' if o.decode_gemv else 'off (torch F.linear: cuBLAS on a GPU)'}",
+        f"fdec       {fdec_text}",
+        f"dattn      {'on (Triton split-KV kernel, decode steps)' if o.decode_attention else 'off'}",
+        f"graphs     {'on, buckets ' + str(r.graphs.buckets) if r.graphs else 'off (eager decode)'}",
+        f"compile    {'on (torch.compile)' if o.compile else 'off'}",
+        f"pdl        {'on (programmatic dependent launch of the decode kernels)' if o.pdl else 'off'}",
+        f"tensor parallel  {tp_text}",
+        f"kv cache   {r.num_kv_blocks} blocks x {llm.config.block_size} tokens "
+        f"({r.num_kv_blocks * r.kv_bytes_per_block / 2**30:.2f} GiB{' per rank' if r.tp_size > 1 else ''}), "
+        "prefix caching "
+        f"{'on' if llm.config.enable_prefix_caching else 'off'}, chunked prefill "
+        f"{'on' if llm.config.chunked_prefill else 'off'}",
+    ]
+    lines += [f"warm-up    {k} = {v:.2f}" for k, v in r.timings.items()]
+    lines += [f"skipped    {note}" for note in llm.skipped]
+    if llm.overrides:
+        lines.append(f"overrides  {describe_overrides(llm.overrides)}")
+    return "\n".join(lines)
