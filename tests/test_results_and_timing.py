@@ -105,6 +105,20 @@ def test_profiled_records_the_calls_on_cpu():
     assert sum(e.name == "aten::mul" for e in run.events) == 3
 
 
+
+def test_profiler_notes_stay_out_of_the_output_other_lines_pass(capfd):
+    """kineto writes 'USDT: ... profiler_start/stop' to fd 2 on every start and stop: Jupyter
+    showed a pair per profiled step in chapter 07's cell. Anything else still reaches stderr."""
+    import os
+
+    import torch
+    with timing._kineto_notes_dropped():
+        os.write(2, b"USDT:2026-12-02 SyncActivityProfilerHandler.cpp:52] profiler_start\nkeep this\n")
+        os.write(2, b"STAGE:2026-12-02 Completed Stage: Warm Up\n")
+    timing.profiled(lambda: torch.ones(8).mul(2), 2)
+    err = capfd.readouterr().err
+    assert "keep this" in err and "USDT:" not in err and "STAGE:" not in err, err
+
 def test_profiled_says_why_when_the_profiler_cannot_start(monkeypatch):
     import torch.profiler
 

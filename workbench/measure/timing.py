@@ -167,6 +167,29 @@ class Profiled:
     unavailable: str = ""
 
 
+@contextlib.contextmanager
+def _kineto_notes_dropped():
+    """Drop kineto's 'USDT: ... profiler_start' / 'STAGE: ...' notes, which its C++ side writes
+    to file descriptor 2 on every profiler start and stop (Jupyter shows them in the cell's
+    output, one pair per profiled step); any other line written meanwhile is passed on."""
+    import sys
+    import tempfile
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        saved = os.dup(2)
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                    if not line.startswith(("USDT:", "STAGE:"))]
+            if kept:
+                sys.stderr.write("".join(kept))
+
+
 def _profiler_failed(err: Exception) -> str:
     return (f"torch.profiler failed ({type(err).__name__}: {err}); close other profilers and check "
             "that CUPTI is installed")
@@ -183,7 +206,8 @@ def profiling(cuda: bool = False):
     with warnings.catch_warnings():   # torch's note about profiler cycles does not apply
         warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
         try:
-            prof.__enter__()
+            with _kineto_notes_dropped():
+                prof.__enter__()
         except Exception as err:   # CUPTI missing or busy (another profiler, ncu)
             run.unavailable, prof = _profiler_failed(err), None
         try:
@@ -191,7 +215,8 @@ def profiling(cuda: bool = False):
         finally:
             if prof is not None:
                 try:
-                    prof.__exit__(None, None, None)
+                    with _kineto_notes_dropped():
+                        prof.__exit__(None, None, None)
                     run.prof, run.events = prof, list(prof.events())
                 except Exception as err:
                     run.unavailable = _profiler_failed(err)
