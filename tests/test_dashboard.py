@@ -52,6 +52,23 @@ def test_run_appends_history_and_plots(board):
     board.decode_steps.value = 1
 
 
+
+def test_panels_that_cannot_run_collapse_to_lines_that_fit(board):
+    """On a CPU the launch and HBM panels are not drawn: one line each under the plots says why,
+    inside the figure (a single line of both reasons ran off both edges of the image)."""
+    fig = board.figure
+    assert len(fig.axes) == 2                      # only throughput and TPOT are drawn
+    note = fig._supxlabel
+    assert "launches per step" in note.get_text() and "HBM bytes per step" in note.get_text()
+    renderer = fig.canvas.get_renderer() if hasattr(fig.canvas, "get_renderer") else None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = renderer or FigureCanvasAgg(fig).get_renderer()
+    box = note.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)
+    # the runs above had different workloads: the figure says so, and each tick names its own
+    assert "different workloads" in fig._suptitle.get_text()
+    assert all("x(" in t.get_text() for t in fig.axes[0].get_xticklabels()[:len(board.history)])
+
 def test_cuda_only_switches_are_disabled_with_a_reason(board):
     for toggle in (board.fused, board.graphs, board.hbm):
         assert toggle.disabled

@@ -178,7 +178,6 @@ def _without_kineto_status_lines():
     the process's stderr as the profiler starts and stops, whatever its log level: in a notebook
     they land in the cell's output. Catch fd 2 around the start and stop only, and pass on every
     other line."""
-    import os
     import sys
     import tempfile
     try:

@@ -305,7 +305,9 @@ class Switchboard:
             ax.set_xticks(x, ticks, fontsize=7)
             ax.set_xlim(-0.6, max(n_runs, 4) - 0.4)
         if self.panel_notes and len(axes) == 2:   # the lower panels collapsed: one line says why
-            fig.supxlabel("not drawn -- " + "; ".join(self.panel_notes), fontsize=8, color="dimgray")
+            import textwrap   # one line per panel, wrapped to the figure's width (about 170 characters)
+            fig.supxlabel("\n".join(textwrap.fill("not drawn -- " + note, 160) for note in self.panel_notes),
+                          fontsize=8, color="dimgray")
         self.figure = fig
         buf = io.BytesIO()
         FigureCanvasAgg(fig).print_png(buf)
