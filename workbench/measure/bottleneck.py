@@ -130,11 +130,12 @@ def plot_bottleneck_map(ceilings: Ceilings, points: list[Point], ax=None):
             label=f"ceilings ({ceilings.how})")
     ax.axvline(ceilings.balance, color="gray", ls=":", lw=1)
     colors = dict(zip(dict.fromkeys(p.setting for p in points), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    rank = {setting: i for i, setting in enumerate(colors)}   # settings at one point: labels stacked
     for p in points:
         ax.scatter(p.intensity, p.achieved_flops, marker="o" if p.phase == "prefill" else "s",
                    color=colors[p.setting], s=36)
-        ax.annotate(f"{p.phase[0]}{p.batch}", (p.intensity, p.achieved_flops), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.annotate(f"{p.phase[0]}{p.batch}", (p.intensity, p.achieved_flops), fontsize=7, color=colors[p.setting],
+                    xytext=(3, 3 - 9 * rank[p.setting]), textcoords="offset points")
     for setting, color in colors.items():
         ax.scatter([], [], color=color, label=setting)
     ax.scatter([], [], marker="o", color="gray", label="prefill (p<batch>)")
