@@ -57,7 +57,7 @@ class ModelRunner:
         attention.install(self.model, opts.attention, self.overrides.get("attention"))
         fused_kernels.install(self.model, opts.fused_kernels, self.overrides)
         decode_gemv.install(self.model, opts.decode_gemv)
-        fused_decode.install(self.model, opts.fused_decode)
+        fused_decode.install(self.model, opts.fused_decode, self.overrides)
         decode_attention.install(self.model, opts.decode_attention, self.overrides.get("attention"))
         pdl.install(self.model, opts.pdl)   # before graph capture: the graphs record the PDL edges
         self.timings["load_s"] = time.perf_counter() - start
