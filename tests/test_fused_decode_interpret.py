@@ -29,6 +29,24 @@ def test_fused_decode_matches_unfused(verdicts, name):
     assert verdicts[name] == "ok", verdicts[name]
 
 
+@pytest.mark.parametrize("seam, left_alone", [("add_rms_norm", ("RMSNorm",)), ("silu_and_mul", ("ActAndMul",)),
+                                               ("rms_norm", ("RMSNorm", "Attention")),   # also Qwen3's q/k norm
+                                               ("qk_norm_rope", ("Attention",)), ("rope", ("Attention",))])
+def test_a_form_override_is_not_folded_away(tiny_ckpt, seam, left_alone):
+    """A student's layer form (overrides={'add_rms_norm': fn}, ...) runs at every step: the folds
+    that would compute that form inside a kernel are not installed; the others are."""
+    from workbench import LLM, Optimizations
+    from workbench.optimizations import fused_decode
+    with LLM(tiny_ckpt, opts=Optimizations.all_off(), device="cpu") as llm:
+        model = llm.runner.model
+        fused_decode.install(model, True, {seam: lambda *a: None})
+        hooks = {type(m).__name__: m.fold for m in model.modules() if type(m).__name__ in
+                 ("RMSNorm", "ActAndMul", "Attention")}
+    for kind in left_alone:
+        assert hooks.pop(kind) is None, f"{seam} overridden, yet {kind} folds it away"
+    assert all(fold is not None for fold in hooks.values()), hooks
+
+
 # --- the checks, run in the child process ----------------------------------------------------
 def _rel_err(got, want) -> float:
     return ((got.double() - want).norm() / want.norm()).item()

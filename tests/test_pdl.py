@@ -70,6 +70,24 @@ def test_install_sets_the_one_flag(flag, monkeypatch):
     assert flag.launch_options() == {"USE_PDL": False}
 
 
+@needs_triton
+def test_each_engine_launches_with_its_own_flag(flag, tiny_ckpt, monkeypatch):
+    """Two engines in one process: the one built last must not decide how the first launches
+    (its eager steps: prefill, and every step without CUDA graphs). The CPU refuses pdl, so the
+    board is told it may run here; with nothing else on, no Triton kernel launches."""
+    from workbench import LLM, SamplingParams
+    monkeypatch.setattr(pdl_switch, "why_not", lambda device, tp_size=1: None)
+    seen = []
+    with LLM(tiny_ckpt, opts=Optimizations(pdl=True), device="cpu") as with_pdl, \
+            LLM(tiny_ckpt, opts=Optimizations(), device="cpu") as without:
+        for llm in (with_pdl, without, with_pdl):
+            forward = llm.runner.forward
+            llm.runner.forward = lambda *a, _f=forward: seen.append(flag.launch_options()["USE_PDL"]) or _f(*a)
+            llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)
+            llm.runner.forward = forward
+    assert seen == [True] * 2 + [False] * 2 + [True] * 2, seen
+
+
 def _decode_kernels():
     """{name: (module, JITFunction)} of every Triton kernel of the decode path."""
     import triton

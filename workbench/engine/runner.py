@@ -57,9 +57,8 @@ class ModelRunner:
         attention.install(self.model, opts.attention, self.overrides.get("attention"))
         fused_kernels.install(self.model, opts.fused_kernels, self.overrides)
         decode_gemv.install(self.model, opts.decode_gemv)
-        fused_decode.install(self.model, opts.fused_decode)
+        fused_decode.install(self.model, opts.fused_decode, self.overrides)
         decode_attention.install(self.model, opts.decode_attention, self.overrides.get("attention"))
-        pdl.install(self.model, opts.pdl)   # before graph capture: the graphs record the PDL edges
         self.timings["load_s"] = time.perf_counter() - start
         self.num_kv_blocks = self._plan_kv_blocks()
         self.kv_cache = torch.zeros(2, model_cfg.num_layers, self.num_kv_blocks, cfg.block_size,
@@ -139,8 +138,15 @@ class ModelRunner:
         torch.cuda.synchronize()
 
     # Warm-up -----------------------------------------------------------------------------------
+    def _own_launch_flags(self) -> None:
+        """Set the kernels' process-wide PDL flag (kernels/pdl.py) to this engine's switch: called
+        before each of its steps and its graph capture, so an engine built later in the process
+        never decides how this one launches."""
+        pdl.install(self.model, self.opts.pdl)
+
     def warm_up(self) -> None:
         """Compile and capture outside any timed region; record how long each took."""
+        self._own_launch_flags()   # before graph capture: the graphs record the PDL edges
         if self.opts.compile:
             start = time.perf_counter()
             dummy = Sequence(-1, [0] * min(16, self.max_model_len - 1), None)
@@ -170,6 +176,7 @@ class ModelRunner:
         that does not reach the end of its tokens yet, so nothing to sample) and the logits of
         the sequences that asked for them (by index into `scheduled`). `host_seconds` (optional)
         accumulates the host time of prepare / launch / sample."""
+        self._own_launch_flags()
         t0 = time.perf_counter()
         step = self.prepare(scheduled)
         samples = [i for i, (seq, n) in enumerate(scheduled) if seq.num_computed_tokens + n == len(seq)]
@@ -211,6 +218,7 @@ class ModelRunner:
         i+1 while the GPU runs step i, and waits once, at the end. (The block tables must
         already hold room for every step: Scheduler.plan_decode_steps.)"""
         seqs = [seq for seq, _ in scheduled]
+        self._own_launch_flags()
         t0 = time.perf_counter()
         step, sampled, samples = self.prepare(scheduled), None, []
         t_prepared = time.perf_counter()

@@ -16,7 +16,8 @@ before its first dependent read or any store, so PDL on is as correct as PDL off
 before or after it (a torch op or cuBLAS kernel in between is launched normally: plain stream order).
 
 How the flag reaches the kernels: one process-wide setting, `ENABLED`, which the switch's install()
-sets when an engine is built (workbench/optimizations/pdl.py). Every decode kernel's launch wrapper
+sets (workbench/optimizations/pdl.py); each engine's runner calls it with its own switch before
+each of its steps and its graph capture, so two engines in one process each launch as they say. Every decode kernel's launch wrapper
 adds `**launch_options()`: the kernel's constexpr USE_PDL and, when on, Triton's `launch_pdl=True`.
 With USE_PDL False the `if USE_PDL:` branches compile away: the kernel is exactly the one without
 PDL. Under torch.compile's tracing (the fused_kernels forms are traced; our custom ops and the

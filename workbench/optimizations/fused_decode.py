@@ -17,7 +17,8 @@ and the hook answers with one kernel, or None (more than 16 tokens: prefill) for
 Other activations (GELU) keep the unfused path: the kernel computes silu only. Each Attention's
 `fold` (workbench/model/qwen3.py) answers rotated q with k and v already cached, or None; it runs
 outside torch.compile, as Attention.attend's own cache write; models without q/k norm (Llama,
-Qwen2) get the same kernel with the norm off.
+Qwen2) get the same kernel with the norm off. A layer form replaced by an override (rms_norm,
+add_rms_norm, silu_and_mul, rope, qk_norm_rope) is never folded away: its hook stays off.
 
 Independent of decode_gemv: the folded matmuls are that switch's kernel whatever it says, and the
 matmuls with nothing to fold (o_proj, lm_head) follow decode_gemv. So each switch can be measured
@@ -75,13 +76,19 @@ def folds():
     return fold_norm, fold_silu, fold_rope_store
 
 
-def install(model, on: bool) -> None:
-    """Set (on) or clear (off) the fold hooks of the model's norms, SiLU activations and attention."""
+# The layer forms (overrides={name: fn}, fused_kernels.py) each fold computes inside its kernel:
+# a student's form must run at every step, so the fold that would bypass it is not installed.
+FOLDED_FORMS = {RMSNorm: ("rms_norm", "add_rms_norm"), ActAndMul: ("silu_and_mul",),
+                Attention: ("rope", "qk_norm_rope", "rms_norm")}   # rms_norm: Qwen3's q/k norm
+
+
+def install(model, on: bool, overrides: dict | None = None) -> None:
+    """Set (on) or clear (off) the fold hooks of the model's norms, SiLU activations and attention;
+    a hook whose forms `overrides` replaces stays off."""
     fold_norm, fold_silu, fold_rope_store = folds() if on else (None, None, None)
+    replaced = set(overrides or {})
     for module in model.modules():
-        if isinstance(module, Attention):
-            module.fold = fold_rope_store
-        elif isinstance(module, RMSNorm):
-            module.fold = fold_norm
-        elif isinstance(module, ActAndMul):
-            module.fold = fold_silu if module.act_name == "silu" else None
+        for kind, fold in ((Attention, fold_rope_store), (RMSNorm, fold_norm), (ActAndMul, fold_silu)):
+            if isinstance(module, kind):
+                skip = replaced & set(FOLDED_FORMS[kind]) or getattr(module, "act_name", "silu") != "silu"
+                module.fold = None if skip else fold

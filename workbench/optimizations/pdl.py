@@ -9,9 +9,11 @@ Chapter: notebooks/09 (the last mile). Measurement: `bench single --settings all
 (scripts/device_check.sh pdl): kernels per step unchanged, GPU time and tok/s. Not in all_on until
 it has been measured. The mechanism and the rules: workbench/kernels/pdl.py.
 
-Installed: `install(model, on)` sets the kernels' one process-wide flag when an engine is built,
-so CUDA graphs captured then record the PDL edges. Every launch that reads it waits before its
-first dependent read, so a flag left by another engine changes speed, never results. It acts on
+Installed: `install(model, on)` sets the kernels' one process-wide flag; the runner calls it with
+its engine's switch before its graph capture (the graphs record the PDL edges) and before each of
+its steps, so an engine built later in the process does not change how this one launches. (Every
+launch that reads the flag waits before its first dependent read: a wrong flag would change
+speed, never results.) It acts on
 the kernels of the other switches (decode_gemv, fused_decode, decode_attention, fused_kernels):
 with none of them on it changes nothing.
 """
