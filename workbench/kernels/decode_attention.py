@@ -145,8 +145,8 @@ def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_o
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
                            splits: int | None = None, block_n: int = BLOCK_N) -> torch.Tensor:
-    """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] keys of
-    its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
+    """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] >= 1 keys
+    (a decoded token always sees itself; the merge relies on it) of its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
     Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it)."""
     batch, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape

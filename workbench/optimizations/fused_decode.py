@@ -13,7 +13,8 @@ off and on (scripts/device_check.sh fused-decode). The kernels: workbench/kernel
 
 Installed: `install(model, on)` sets the `fold` hook of every RMSNorm that feeds a linear layer and
 of every SiLU ActAndMul (workbench/model/layers.py: `then`); the layer asks `norm.then(linear, ...)`
-and the hook answers with one kernel, or None (more than 16 tokens: prefill) for the unfused path.
+and the hook answers with one kernel, or None (more than 16 tokens) for the unfused path; a
+prompt of up to 16 tokens is folded too (the same math, whatever the step's kind).
 Other activations (GELU) keep the unfused path: the kernel computes silu only. Each Attention's
 `fold` (workbench/model/qwen3.py) answers rotated q with k and v already cached, or None; it runs
 outside torch.compile, as Attention.attend's own cache write; models without q/k norm (Llama,
