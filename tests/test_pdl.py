@@ -210,3 +210,14 @@ if __name__ == "__main__":
     from kernel_cases import run_checks   # tests/ is this script's folder
     torch.manual_seed(0)
     run_checks(CHECKS, globals())
+
+
+def test_launching_sets_the_flag_for_a_block_and_restores_it():
+    from workbench.kernels import pdl
+    before = pdl.ENABLED
+    with pdl.launching(True):
+        assert pdl.launch_options() == {"USE_PDL": True, "launch_pdl": True}
+        with pdl.launching(False):
+            assert pdl.launch_options() == {"USE_PDL": False}
+        assert pdl.ENABLED
+    assert pdl.ENABLED == before

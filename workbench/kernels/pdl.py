@@ -25,6 +25,8 @@ compiler-disabled attention are not), the options are off: the tracer does not k
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -35,6 +37,18 @@ ENABLED = False   # the pdl switch (set by workbench/optimizations/pdl.py's inst
 def set_enabled(on: bool) -> None:
     global ENABLED
     ENABLED = bool(on)
+
+
+@contextlib.contextmanager
+def launching(on: bool):
+    """PDL on or off for the launches inside the block, whatever the last engine step set: a
+    microbenchmark says which one it times (measure gemv and decode-attention: off, the kernel alone)."""
+    global ENABLED
+    before, ENABLED = ENABLED, bool(on)
+    try:
+        yield
+    finally:
+        ENABLED = before
 
 
 def launch_options() -> dict:

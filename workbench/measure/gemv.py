@@ -84,7 +84,9 @@ def time_gemv(k: int, n: int, calls: int, impl: str, *, m: int = 1, config=None,
     def step():
         return [linear(x, w) for w in weights]
 
-    return graph_replay_seconds(step, replays) / calls   # compile, tune, cuBLAS: in its warm-up
+    from workbench.kernels.pdl import launching
+    with launching(False):   # the kernel alone, launched the ordinary way (see kernels/pdl.py)
+        return graph_replay_seconds(step, replays) / calls   # compile, tune, cuBLAS: in its warm-up
 
 
 def layer_record(cfg, name: str, impl: str, available: bool, reason: str = "") -> GemvRecord:
