@@ -213,3 +213,16 @@ def test_fused_decode_on_the_board():
     assert not opts.fused_decode and any(n.startswith("fused_decode=True: skipped") for n in notes)
     assert "one GPU" in fused_decode.why_not("cuda", tp_size=2)
     assert fused_decode.why_not("cpu") is not None
+
+
+def test_warmup_progress_bar_only_when_asked(tiny_ckpt, capsys, monkeypatch):
+    """warmup_progress=True draws a bar over warm-up's stages (here: the compile stage; the
+    compiler itself is stubbed out, the stage is what is tested)."""
+    from workbench.optimizations import compile as torch_compile
+    monkeypatch.setattr(torch_compile, "install", lambda model: model.forward)
+    with LLM(tiny_ckpt, opts=Optimizations(compile=True), warmup_progress=True):
+        pass
+    assert "warm-up" in capsys.readouterr().err
+    with LLM(tiny_ckpt, opts=Optimizations(compile=True)):
+        pass
+    assert "warm-up" not in capsys.readouterr().err

@@ -39,6 +39,8 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     decode_steps: int = 1                # decode steps per scheduling round; > 1: multi-step
                                          # decoding (workbench/optimizations/multi_step.py)
+    warmup_progress: bool = False        # a progress bar over warm-up (compile, each graph
+                                         # captured): a long wait that shows it is moving
 
     def __post_init__(self):
         checks = [

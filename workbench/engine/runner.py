@@ -11,6 +11,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+from tqdm.auto import tqdm
 
 from workbench.attention import AttentionMetadata
 from workbench.config import EngineConfig
@@ -147,17 +148,23 @@ class ModelRunner:
     def warm_up(self) -> None:
         """Compile and capture outside any timed region; record how long each took."""
         self._own_launch_flags()   # before graph capture: the graphs record the PDL edges
-        if self.opts.compile:
-            start = time.perf_counter()
-            dummy = Sequence(-1, [0] * min(16, self.max_model_len - 1), None)
-            dummy.block_table = [0] * -(-len(dummy) // self.block_size)
-            with torch.inference_mode():
-                ids, pos, meta = self.prepare([(dummy, len(dummy))]).to_device(self.device)
-                self.forward(ids, pos, meta)
-            self.timings["compile_s"] = time.perf_counter() - start
-        if self.graphs is not None:
-            self.graphs.capture()
-            self.timings["graph_capture_s"] = self.graphs.capture_seconds
+        stages = int(self.opts.compile) + (len(self.graphs.buckets) if self.graphs is not None else 0)
+        shown = self.cfg.warmup_progress and stages > 0 and self.rank == 0
+        with tqdm(total=stages, desc="warm-up", unit="stage", disable=not shown, leave=False) as bar:
+            if self.opts.compile:
+                bar.set_postfix_str("torch.compile: the first forward")
+                start = time.perf_counter()
+                dummy = Sequence(-1, [0] * min(16, self.max_model_len - 1), None)
+                dummy.block_table = [0] * -(-len(dummy) // self.block_size)
+                with torch.inference_mode():
+                    ids, pos, meta = self.prepare([(dummy, len(dummy))]).to_device(self.device)
+                    self.forward(ids, pos, meta)
+                self.timings["compile_s"] = time.perf_counter() - start
+                bar.update()
+            if self.graphs is not None:
+                bar.set_postfix_str("capturing a decode graph per batch size")
+                self.graphs.capture(on_captured=bar.update)
+                self.timings["graph_capture_s"] = self.graphs.capture_seconds
 
     # One step ----------------------------------------------------------------------------------
     def prepare(self, scheduled: list[tuple[Sequence, int]]) -> HostStep:

@@ -80,8 +80,9 @@ class DecodeGraphs:
                                  max_seqlen_q=1, max_seqlen_k=self.max_model_len, is_decode=True)
 
     @torch.inference_mode()
-    def capture(self) -> None:
-        """Warm up and record one graph per bucket, largest first so all share one memory pool."""
+    def capture(self, on_captured=None) -> None:
+        """Warm up and record one graph per bucket, largest first so all share one memory pool;
+        on_captured() after each (a progress bar)."""
         start = time.perf_counter()
         pool = None
         for batch in reversed(self.buckets):
@@ -93,6 +94,8 @@ class DecodeGraphs:
                 self.outputs[batch] = self.forward_logits(*args)
             pool = graph.pool()
             self.graphs[batch] = graph
+            if on_captured is not None:
+                on_captured()
         torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - start
 
