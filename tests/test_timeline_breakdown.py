@@ -63,6 +63,8 @@ def test_breakdown_round_trips_through_its_record(profiled, tmp_path):
     tampered = {**record, "parts": {**b.parts, CPU_IDLE_PART: b.parts[CPU_IDLE_PART] + b.step_us}}
     with pytest.raises(ValueError, match="edited or is damaged"):
         Breakdown.from_dict(tampered)
+    with pytest.raises(ValueError, match="edited or is damaged"):   # the step edited: the parts no longer sum to it
+        Breakdown.from_dict({k: v for k, v in {**record, "step_us": 2 * b.step_us}.items() if k != "parts_sum_us"})
     with pytest.raises(ValueError, match="not a breakdown record.*step_us"):
         Breakdown.from_dict({k: v for k, v in record.items() if k != "step_us"})
 

@@ -59,9 +59,10 @@ class Breakdown:
             raise ValueError(f"not a breakdown record (no {', '.join(sorted(missing))}): "
                              f"write one with `python -m workbench measure breakdown --json`")
         out = cls(**{k: v for k, v in record.items() if k in names})
-        if "parts_sum_us" in record and abs(record["parts_sum_us"] - out.parts_sum_us) > 1e-6 * out.step_us:
-            raise ValueError(f"{out.label}: its parts sum to {out.parts_sum_us:,.1f} us, the record says "
-                             f"{record['parts_sum_us']:,.1f}: the file was edited or is damaged")
+        for what, us in (("its step", out.step_us), ("its parts_sum_us", record.get("parts_sum_us", out.step_us))):
+            if abs(out.parts_sum_us - us) > 1e-6 * out.step_us:   # measured, they sum exactly (sweep)
+                raise ValueError(f"{out.label}: its parts sum to {out.parts_sum_us:,.1f} us, {what} says "
+                                 f"{us:,.1f}: the file was edited or is damaged")
         return out
 
     def row(self) -> dict:
