@@ -89,3 +89,18 @@ def test_bench_single_at_temperature_on_cpu(tmp_path, tiny_ckpt):
     # the step columns count GPU kernels: on a CPU they are empty, and the row says why
     assert row["kernels_per_step"] is None and row["of_copy_bandwidth"] is None
     assert "no step columns on a CPU" in row["note"]
+
+
+def test_step_columns_never_cost_the_timed_row(monkeypatch):
+    """A profiler that cannot start (ncu holds it) leaves the measured row, with a note."""
+    from workbench.measure import timeline
+    load = bench.make_workload("single", 512, prompt_len=8, new_tokens=4)
+
+    def busy(*args, **kwargs):
+        raise RuntimeError("no timeline: torch.profiler failed (another profiler holds CUPTI)")
+    monkeypatch.setattr(timeline, "profile_engine_steps", busy)
+
+    from types import SimpleNamespace
+    gpu_engine = SimpleNamespace(device="cuda:0")   # all step_profile reads before profiling
+    out = bench.step_profile(gpu_engine, load, tpot_ms=1.0)
+    assert out == {"note": "no step columns: no timeline: torch.profiler failed (another profiler holds CUPTI)"}

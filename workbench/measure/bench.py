@@ -183,8 +183,13 @@ def step_profile(llm, workload: Workload, tpot_ms: float | None) -> dict:
     if len(workload.prompts) != 1:
         return {"note": "no step columns: single-stream rows only (a batch step depends on its mix)"}
     prompt, new = len(workload.prompts[0]), workload.output_lens[0]
-    tl = profile_engine_steps(llm, batch=1, prompt_len=prompt, decode_steps=2)
+    try:   # the timed row stands whatever happens here: a busy profiler (ncu, nsys) only costs the columns
+        tl = profile_engine_steps(llm, batch=1, prompt_len=prompt, decode_steps=2)
+    except RuntimeError as err:
+        return {"note": f"no step columns: {err}"}
     decodes = tl.decode_steps()
+    if not decodes:
+        return {"note": "no step columns: the profiled steps held no decode step"}
     kernels = [tl.row("gpu", w.index) for w in decodes]
     busy = [sum(sweep(k, w.start_us, w.end_us)[0].values()) for k, w in zip(kernels, decodes)]
     out = {"kernels_per_step": statistics.fmean(len(k) for k in kernels),
