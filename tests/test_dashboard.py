@@ -153,3 +153,18 @@ def test_timeline_panel_draws_only_when_asked(board):
     labels = [t.get_text() for t in ax.texts if t.get_text().startswith(("decode", "prefill"))]
     assert len(labels) == 2 and all(t.startswith("decode") for t in labels)   # the decode steps only
     board.timeline.value = False
+
+
+def test_a_profiler_that_cannot_start_costs_the_timeline_not_the_run(board, monkeypatch):
+    from workbench.measure import timeline
+
+    def busy(*args, **kwargs):
+        raise RuntimeError("no timeline: torch.profiler failed (another profiler holds CUPTI)")
+    monkeypatch.setattr(timeline, "profile_engine_steps", busy)
+    board.attention.value, board.batch.value, board.new_tokens.value, board.prompt_len.value = "sdpa", 1, 4, 8
+    board.timeline.value = True
+    before = len(board.history)
+    row = board.run()
+    board.timeline.value = False
+    assert row is not None and len(board.history) == before + 1, board.status.value
+    assert board.timeline_panel.timeline is None and "profiler could not run" in board.timeline_panel.note

@@ -166,7 +166,7 @@ class Switchboard:
     def run(self) -> dict | None:
         """Build, warm up, time, count launches, close. Returns the new history row (None on error)."""
         opts, b, p, n = self.options(), self.batch.value, self.prompt_len.value, self.new_tokens.value
-        k = self.decode_steps.value
+        k, want_timeline = self.decode_steps.value, self.timeline.value   # read once: a tick mid-run waits
         setting = opts.label() + (f", {k} steps/round" if k > 1 else "")
         launch_len = min(p, self.max_len - 3 * LAUNCH_STEPS - 9)   # engine_launches' requests must fit too
         max_len = min(self.max_len, max(p + n, launch_len + 3 * LAUNCH_STEPS + 8) + 1)
@@ -185,9 +185,12 @@ class Switchboard:
                             ["decode"] if self.device.startswith("cuda") else LaunchRecord(
                                 opts.label(), False, f"no CUDA: the engine runs on {self.device}, and kernel "
                                 "launches are counted on a GPU"))
-                if self.timeline.value:
+                if want_timeline:   # a profiler that cannot start costs the drawing, not the measured row
                     self._phase(3, "profiling decode steps for the timeline (torch.profiler)...")
-                    self.timeline_panel.profile(llm, batch=b, prompt_len=max(launch_len, 1))
+                    try:
+                        self.timeline_panel.profile(llm, batch=b, prompt_len=max(launch_len, 1))
+                    except RuntimeError as err:
+                        self.timeline_panel.skip(f"the profiler could not run: {err}")
             hbm_bytes, hbm_note = self._hbm(opts, b, p)
         except Exception as err:   # show it, keep the board usable
             self._phase(0, f"error: {type(err).__name__}: {err}")
@@ -207,7 +210,7 @@ class Switchboard:
                "hbm_note": hbm_note}
         self.history.append(row)
         self._redraw()
-        if not self.timeline.value:
+        if not want_timeline:
             self.timeline_panel.skip("tick 'timeline' before Run to profile the run's decode steps "
                                      "(torch.profiler adds a few seconds per run)")
         tpot = "-" if row["tpot_ms"] is None else f"{row['tpot_ms']:.2f}"
