@@ -52,9 +52,9 @@ class TimelinePanel:
             ax.set_axis_off()
         else:
             decode = self.timeline.only("decode")
-            plot_timeline(decode, ax)
-            ax.set_title(f"last run's decode steps: {decode.label} on {decode.device} (measured by "
-                         f"torch.profiler; open {self.timeline.trace_path} in ui.perfetto.dev)", fontsize=9)
+            plot_timeline(decode, ax)   # its title names the setting and device, and any numbered step
+            ax.set_title(f"last run's decode steps, {ax.get_title()} (measured by torch.profiler; "
+                         f"open {self.timeline.trace_path} in ui.perfetto.dev)", fontsize=9)
         buf = io.BytesIO()
         FigureCanvasAgg(fig).print_png(buf)
         self.image.value, self.figure = buf.getvalue(), fig
