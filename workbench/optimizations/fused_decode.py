@@ -48,15 +48,19 @@ def folds():
     from workbench.kernels import qk_norm_rope_store as qrs
     from workbench.kernels.fused_gemv import MAX_M, rms_norm_linear, silu_mul_linear
 
+    def decode_sized(t, dims: int) -> bool:   # 1..MAX_M tokens: what the folded kernels take
+        return t.dim() == dims and 1 <= t.shape[0] <= MAX_M
+
     def fold_norm(norm: RMSNorm, linear, x, residual):
         """RMSNorm(x + residual) -> linear as one kernel at 1..16 tokens; None otherwise."""
-        if x.dim() != 2 or not 1 <= x.shape[0] <= MAX_M:
+        if not decode_sized(x, 2):
             return None
         return rms_norm_linear(x, residual, norm.weight, norm.eps, linear.weight, linear.bias)
 
     def fold_silu(act: ActAndMul, linear, gate_up):
-        """silu(gate) * up -> linear as one kernel at 1..16 tokens; None otherwise."""
-        if act.act_name != "silu" or gate_up.dim() != 2 or not 1 <= gate_up.shape[0] <= MAX_M:
+        """silu(gate) * up -> linear as one kernel at 1..16 tokens; None otherwise (install sets
+        this hook on SiLU activations only)."""
+        if not decode_sized(gate_up, 2):
             return None
         return silu_mul_linear(gate_up, linear.weight, linear.bias)
 
@@ -70,7 +74,7 @@ def folds():
     def fold_rope_store(attn: Attention, positions, q, k, v, meta):
         """q/k norm (Qwen3; none for Llama/Qwen2) + RoPE + k, v into the cache as one kernel at
         1..16 tokens: returns q; None otherwise."""
-        if q.dim() != 3 or not 1 <= q.shape[0] <= MAX_M:
+        if not decode_sized(q, 3):
             return None
         return norm_rope_store(attn, positions, q, k, v, meta.slot_mapping)
 
