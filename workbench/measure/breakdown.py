@@ -165,9 +165,11 @@ def ladder_settings():
             Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True), Optimizations.all_on()]
 
 
-def measure_settings(model_dir, settings, *, batch: int = 1, decode_steps: int = 3, trace_dir=None) -> list[Breakdown]:
-    """A fresh engine per setting, its decode step broken down (printed as it comes); the copy
-    bandwidth is measured once, on the first engine's device, and shared by every floor."""
+def measure_settings(model_dir, settings, *, batch: int = 1, decode_steps: int = 3,
+                     trace_dir=None) -> list[tuple[Breakdown, Timeline]]:
+    """A fresh engine per setting, its decode step broken down (printed as it comes) beside the
+    timeline it was read from; the copy bandwidth is measured once, on the first engine's
+    device, and shared by every floor."""
     from pathlib import Path
 
     from workbench.engine import LLM
@@ -177,8 +179,8 @@ def measure_settings(model_dir, settings, *, batch: int = 1, decode_steps: int =
             bandwidth = bandwidth or step_bandwidth(llm.device)
             trace = Path(trace_dir) / f"timeline-{opts.label()}.json" if trace_dir else None
             found.append(measure_breakdown(llm, batch=batch, decode_steps=decode_steps, bandwidth=bandwidth,
-                                           trace_path=trace)[0])
-            print(found[-1], flush=True)
+                                           trace_path=trace))
+            print(found[-1][0], flush=True)
     return found
 
 

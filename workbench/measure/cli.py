@@ -318,8 +318,9 @@ def cmd_measure_breakdown(args) -> int:
     if args.from_json:
         found, source = read_breakdowns(args.from_json)
     else:
-        found, source = measure_settings(model_dir(args), runnable(ladder_settings(), lambda s: s), batch=args.batch,
-                                         decode_steps=args.steps, trace_dir=args.trace_dir), ""
+        measured = measure_settings(model_dir(args), runnable(ladder_settings(), lambda s: s), batch=args.batch,
+                                    decode_steps=args.steps, trace_dir=args.trace_dir)
+        found, source = [b for b, _ in measured], ""
     rows = [b.row() for b in found]
     print("\nus per decode step (parts and step: measured by torch.profiler; floor_us: modelled bytes / "
           "measured copy bandwidth)" + (f"; {source}" if source else ""))
@@ -330,9 +331,23 @@ def cmd_measure_breakdown(args) -> int:
         note = "\n".join(s for s in (source, args.note) if s)
         plot_breakdowns(found, source=note).figure.savefig(args.figure, dpi=110, bbox_inches="tight")
         print(f"wrote {args.figure}")
+    if args.timeline_figure and not args.from_json:   # a results file keeps the breakdown, not the spans
+        _draw_timelines([tl for _, tl in measured], args.timeline_figure)
     if not args.from_json:   # a redraw writes no results file: its records keep their own gpu and date
         _save([b.to_dict() for b in found], args.json)
     return 0
+
+
+def _draw_timelines(timelines, path) -> None:
+    """Each setting's decode steps on its own time scale: an eager naive step is ~30x a graphed
+    one, so on a shared axis the fast ones would be slivers (each row's axis says its width)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from workbench.measure.timeline import plot_timelines
+    fig = plot_timelines([tl.only("decode") for tl in timelines], same_scale=False)
+    fig.suptitle("decode steps per setting, each on its own time scale (measured by torch.profiler)", fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"wrote {path}")
 
 
 def add_measure_subcommands(sub, common) -> None:
@@ -348,6 +363,8 @@ def add_measure_subcommands(sub, common) -> None:
     breakdown.add_argument("--batch", type=int, default=1)
     breakdown.add_argument("--steps", type=int, default=3, help="decode steps profiled (their mean is shown)")
     breakdown.add_argument("--figure", help="also draw the stacked bars to this PNG")
+    breakdown.add_argument("--timeline-figure", help="also draw each setting's profiled decode steps (a "
+                           "timeline) to this PNG")
     breakdown.add_argument("--trace-dir", help="write each setting's Chrome trace here (open in ui.perfetto.dev)")
     breakdown.add_argument("--from-json", help="measure nothing: redraw --figure from a --json file (no GPU needed)")
     breakdown.add_argument("--note", default="", help="a line printed under the figure")

@@ -278,10 +278,11 @@ def plot_timeline(tl: Timeline, ax=None, width_ms: float | None = None, legend: 
     return ax
 
 
-def plot_timelines(timelines: list[Timeline], height: float = 2.4):
-    """Several timelines stacked, on the same time scale (the longest one's width)."""
+def plot_timelines(timelines: list[Timeline], height: float = 2.4, same_scale: bool = True):
+    """Several timelines stacked, on the same time scale (the longest one's width), or each on
+    its own (`same_scale=False`: for settings whose steps differ by orders of magnitude)."""
     import matplotlib.pyplot as plt
-    width = max((t.steps[-1].end_us - t.steps[0].start_us) / 1e3 for t in timelines if t.steps)
+    width = max((t.steps[-1].end_us - t.steps[0].start_us) / 1e3 for t in timelines if t.steps) if same_scale else None
     fig, axes = plt.subplots(len(timelines), 1, figsize=(12, height * len(timelines) + 0.6),
                              squeeze=False, layout="constrained")
     for i, (ax, tl) in enumerate(zip(axes[:, 0], timelines)):
