@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench) pdl(-tests|-bench) labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench) pdl(-tests|-bench) timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -43,6 +43,7 @@ do_step() {
     multistep-throughput) run multistep-throughput $W bench throughput $P --settings all_on --repeats 1 --decode-steps 1,8 --json "$OUT/multistep-throughput.json" ;;
     peers)      run peers $W bench single $P --new-tokens 256 --repeats 1 --peers --json "$OUT/peers-single.json" ;;
     attention)  run attention $W measure attention-traffic --n "${ATTN_N:-512,1024,2048,4096,8192}" --json "$OUT/attention.json" ;;
+    timeline)   run timeline $W measure breakdown $P --settings naive,flash+fused,flash+fused+gemv+fdec+dattn+graphs+compile --json "$OUT/breakdown-timeline.json" --timeline-figure "$OUT/timeline.png" ;;
     breakdown)  run breakdown $W measure breakdown $P --json "$OUT/breakdown.json" --figure "$OUT/breakdown.png" --timeline-figure "$OUT/timeline.png" ;;
     labs)       run labs $PY scripts/lab_results.py --out "$OUT/labs.json" ;;
     dashboard-gpu) run dashboard-gpu env WORKBENCH_SAVE_FIGURES="$OUT" $PY -m pytest -q tests/gpu/test_dashboard_gpu.py -p no:cacheprovider ;;

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,12 +170,13 @@ def test_pdl_form_matches_under_the_interpreter(verdicts, name):
 
 def _both(fn):
     """fn() with PDL off, then on (gdc_wait a no-op: the interpreter cannot run it)."""
-    from workbench.kernels import pdl
+    from workbench.kernels import decode_attention, gemv, pdl, qk_norm_rope_store, triton_ops
 
     def no_wait(USE_PDL):   # the interpreter runs kernels as Python: a plain function will do
         pass
 
-    pdl.wait = no_wait   # for good: the interpreter resolves it once, at a kernel's first run
+    for module in (decode_attention, gemv, qk_norm_rope_store, triton_ops):   # each imports it by name
+        module.pdl_wait = no_wait   # for good: the interpreter resolves it once, at a kernel's first run
     pdl.set_enabled(False)
     off = fn()
     pdl.set_enabled(True)
@@ -221,3 +224,26 @@ def test_launching_sets_the_flag_for_a_block_and_restores_it():
             assert pdl.launch_options() == {"USE_PDL": False}
         assert pdl.ENABLED
     assert pdl.ENABLED == before
+
+
+def test_torch_compile_can_copy_every_traced_kernel_with_its_helpers():
+    """torch.compile re-emits a traced Triton kernel (fused_kernels' forms) from its source, with the
+    @triton.jit helpers it calls by bare name; a helper reached as `module.attr` is not copied, and
+    the compiled kernel fails with a NameError on the GPU (pdl.wait did, in all_on, session 7)."""
+    import triton
+    from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code
+
+    from workbench.kernels import triton_ops
+    kernels = {n: k for n, k in vars(triton_ops).items() if isinstance(k, triton.JITFunction) and n.endswith("_kernel")}
+    assert kernels
+    for name, kernel in kernels.items():
+        src = user_defined_triton_kernel_transitive_closure_source_code(kernel)
+        path = Path(tempfile.mkdtemp()) / f"copied_{name}.py"   # triton.jit reads its source from a file
+        path.write_text("import triton\nimport triton.language as tl\n" + src)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        called = {n for n in kernel.fn.__code__.co_names if isinstance(kernel.fn.__globals__.get(n), triton.JITFunction)}
+        missing = called - set(vars(module))
+        assert not missing, f"{name}: the copy lacks {missing}"
+        assert "pdl." not in src, f"{name} calls a helper as module.attr: torch.compile will not copy it"

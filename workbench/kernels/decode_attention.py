@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 
 from . import pdl
+from .pdl import pdl_wait   # by name, not pdl.wait: torch.compile copies a traced kernel's helpers by name
 
 BLOCK_N = 64         # keys per loop step: 64 x 128 bf16 = 16 KB of K and 16 KB of V per head
 MIN_GROUP_ROWS = 16  # tl.dot's smallest M: a GQA group of 2 query heads is padded to 16 rows
@@ -75,7 +76,7 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
                   NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                   BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl.wait(USE_PDL)   # q, the lengths, the table and the cache are all written by kernels
+    pdl_wait(USE_PDL)   # q, the lengths, the table and the cache are all written by kernels
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     # This program's share of the sequence's key tiles, from its length on the device.
     seq_len = tl.load(lens_ptr + seq)
@@ -127,7 +128,7 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
 def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_oh, num_splits,
                   NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
                   USE_PDL: tl.constexpr):
-    pdl.wait(USE_PDL)
+    pdl_wait(USE_PDL)
     seq, head = tl.program_id(0), tl.program_id(1)
     splits = tl.arange(0, BLOCK_S)                  # padded to a power of two: masked
     slot = (seq * NUM_HEADS + head) * num_splits + splits

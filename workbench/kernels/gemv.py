@@ -47,6 +47,7 @@ import triton
 import triton.language as tl
 
 from . import pdl
+from .pdl import pdl_wait   # by name, not pdl.wait: torch.compile copies a traced kernel's helpers by name
 
 MAX_M = 16   # more tokens than this: F.linear (see the docstring)
 # Triton's CPU interpreter (3.9) returns garbage for a bf16 tl.dot (seen in this project's CPU
@@ -227,7 +228,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
         # weights, so this load overlaps the kernel before; x (that kernel's output) after it
         kk = k_start + cols
         w = _load_w(w_ptrs, rows, kk, N, K, EVEN_K, EVEN_N)
-        pdl.wait(USE_PDL)
+        pdl_wait(USE_PDL)
         acc, x_sq = _tile(acc, w, x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n,
                           X_FORM, HAS_RES, EVEN_K, BLOCK_M, DOT_FP32)
         if X_FORM == 1:
@@ -260,7 +261,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
 @triton.jit
 def _splitk_reduce_kernel(part_ptr, b_ptr, out_ptr, MN, N, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                           BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl.wait(USE_PDL)
+    pdl_wait(USE_PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
     y = tl.zeros((BLOCK,), dtype=tl.float32)

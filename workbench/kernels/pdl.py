@@ -61,7 +61,7 @@ def launch_options() -> dict:
 
 
 @triton.jit
-def wait(USE_PDL: tl.constexpr):
+def pdl_wait(USE_PDL: tl.constexpr):
     """Wait for the kernel before to finish (its writes visible), then let the next one be
     scheduled. Call before the first read of anything a kernel writes, and before any store."""
     if USE_PDL:

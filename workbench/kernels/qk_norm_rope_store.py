@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from . import pdl
+from .pdl import pdl_wait   # by name, not pdl.wait: torch.compile copies a traced kernel's helpers by name
 from .triton_ops import _copy_row, _load_cos_sin, _rotate_heads
 
 
@@ -26,7 +27,7 @@ def _qk_norm_rope_store_kernel(q_ptr, k_ptr, v_ptr, q_out_ptr, k_cache_ptr, v_ca
                                N_K: tl.constexpr, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr,
                                BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_ROW: tl.constexpr,
                                NORM: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl.wait(USE_PDL)   # everything here (q/k/v, positions, slots, the cache) is written by a kernel
+    pdl_wait(USE_PDL)   # everything here (q/k/v, positions, slots, the cache) is written by a kernel
     token = tl.program_id(0)
     cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
     _rotate_heads(q_ptr, q_out_ptr + token * n_q * (2 * HALF), q_s0, q_s1, token, n_q, cos, sin, q_w_ptr,

@@ -26,13 +26,14 @@ import triton
 import triton.language as tl
 
 from . import pdl
+from .pdl import pdl_wait   # by name, not pdl.wait: torch.compile copies a traced kernel's helpers by name
 
 
 # --- KV-cache store ----------------------------------------------------------------------------
 @triton.jit
 def _store_kvcache_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
                           k_stride, v_stride, ROW: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl.wait(USE_PDL)
+    pdl_wait(USE_PDL)
     token = tl.program_id(0)
     slot = tl.load(slot_ptr + token)
     if slot < 0:          # padding token (CUDA-graph bucket): it owns no cache slot
@@ -76,7 +77,7 @@ def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cac
 def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
                          heads, x_s0, x_s1, r_s0, r_s1, eps,
                          N: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl.wait(USE_PDL)
+    pdl_wait(USE_PDL)
     # One program normalizes one row. Inputs are [tokens, heads, N] views (heads = 1 for a
     # plain [tokens, N] matrix); outputs are contiguous, row-major.
     row = tl.program_id(0)
@@ -133,7 +134,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 # --- SwiGLU activation -------------------------------------------------------------------------
 @triton.jit
 def _silu_and_mul_kernel(gu_ptr, out_ptr, gu_stride, inter, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl.wait(USE_PDL)
+    pdl_wait(USE_PDL)
     token = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < inter
@@ -200,7 +201,7 @@ def _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF: tl.constexpr, BLOCK_D: tl.c
 def _rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, pos_ptr, cos_sin_ptr, q_s0, q_s1, k_s0, k_s1,
                  n_q, n_k, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
                  BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl.wait(USE_PDL)
+    pdl_wait(USE_PDL)
     token = tl.program_id(0)
     cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
     # no norm: the weight pointer and eps are unused
@@ -215,7 +216,7 @@ def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, pos_ptr, cos_sin_pt
                          k_s1, n_q, n_k, q_w_ptr, k_w_ptr, q_eps, k_eps, HALF: tl.constexpr,
                          BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr,
                          USE_PDL: tl.constexpr):
-    pdl.wait(USE_PDL)
+    pdl_wait(USE_PDL)
     # One program per token: its q and k heads are read once, normalized and rotated in
     # registers and written once -- one launch instead of q_norm + k_norm + rope.
     token = tl.program_id(0)

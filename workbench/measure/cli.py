@@ -318,7 +318,10 @@ def cmd_measure_breakdown(args) -> int:
     if args.from_json:
         found, source = read_breakdowns(args.from_json)
     else:
-        measured = measure_settings(model_dir(args), runnable(ladder_settings(), lambda s: s), batch=args.batch,
+        ladder = ladder_settings()
+        if args.settings:   # a few rungs of the ladder, by label (naive, flash+fused, ...)
+            ladder = _chosen(args.settings, {s.label(): s for s in ladder})
+        measured = measure_settings(model_dir(args), runnable(ladder, lambda s: s), batch=args.batch,
                                     decode_steps=args.steps, trace_dir=args.trace_dir)
         found, source = [b for b, _ in measured], ""
     rows = [b.row() for b in found]
@@ -363,6 +366,8 @@ def add_measure_subcommands(sub, common) -> None:
     breakdown.add_argument("--batch", type=int, default=1)
     breakdown.add_argument("--steps", type=int, default=3, help="decode steps profiled (their mean is shown)")
     breakdown.add_argument("--figure", help="also draw the stacked bars to this PNG")
+    breakdown.add_argument("--settings", help="comma-separated labels of the ladder's rungs (default: all of "
+                           "naive, sdpa, flash+fused, flash+fused+graphs, all on)")
     breakdown.add_argument("--timeline-figure", help="also draw each setting's profiled decode steps (a "
                            "timeline) to this PNG")
     breakdown.add_argument("--trace-dir", help="write each setting's Chrome trace here (open in ui.perfetto.dev)")
