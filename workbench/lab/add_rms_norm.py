@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .exercise import Exercise, Skip, Wrong, close, machine, prompts_for, run_engine, same_tokens
+from .exercise import Exercise, Skip, Wrong, close, kernel_device, machine, prompts_for, run_engine, same_tokens
 
 
 def reference(x, residual, weight, eps):
@@ -30,7 +30,7 @@ def _inputs(tokens=6, n=64, seed=0):
     if tokens > 2:
         x[2] *= 1e-3
         r[2] *= 1e-3        # row 2 is tiny: eps decides its scale
-    return x, r, torch.rand(n, generator=g) + 0.5
+    return tuple(t.to(kernel_device()) for t in (x, r, torch.rand(n, generator=g) + 0.5))
 
 
 def alone(fn) -> None:

@@ -136,6 +136,13 @@ def close(got: torch.Tensor, want: torch.Tensor, what: str, atol=1e-4, rtol=1e-4
                     + (f" ({int(bad.sum())} of {bad.numel()} wrong). {hint}" if hint else ""))
 
 
+def kernel_device() -> str:
+    """Where a Triton exercise's test tensors live: on the GPU when there is one, on the CPU under
+    TRITON_INTERPRET=1 (the interpreter runs kernels as numpy; a compiled kernel cannot read CPU memory)."""
+    import os
+    return "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
