@@ -43,7 +43,7 @@ do_step() {
     multistep-throughput) run multistep-throughput $W bench throughput $P --settings all_on --repeats 1 --decode-steps 1,8 --json "$OUT/multistep-throughput.json" ;;
     peers)      run peers $W bench single $P --new-tokens 256 --repeats 1 --peers --json "$OUT/peers-single.json" ;;
     attention)  run attention $W measure attention-traffic --n "${ATTN_N:-512,1024,2048,4096,8192}" --json "$OUT/attention.json" ;;
-    timeline)   run timeline $W measure breakdown $P --settings naive,flash+fused,flash+fused+gemv+fdec+dattn+graphs+compile --json "$OUT/breakdown-timeline.json" --timeline-figure "$OUT/timeline.png" ;;
+    timeline)   run timeline $W measure breakdown $P --settings naive,flash+fused,flash+fused+gemv+fdec+dattn+graphs+compile+pdl --json "$OUT/breakdown-timeline.json" --timeline-figure "$OUT/timeline.png" ;;
     breakdown)  run breakdown $W measure breakdown $P --json "$OUT/breakdown.json" --figure "$OUT/breakdown.png" --timeline-figure "$OUT/timeline.png" ;;
     labs)       run labs $PY scripts/lab_results.py --out "$OUT/labs.json" ;;
     dashboard-gpu) run dashboard-gpu env WORKBENCH_SAVE_FIGURES="$OUT" $PY -m pytest -q tests/gpu/test_dashboard_gpu.py -p no:cacheprovider ;;
@@ -69,10 +69,10 @@ do_step() {
     dattn-micro) run dattn-micro $W measure decode-attention $P --context 128,384,640,2048,8192 --json "$OUT/decode-attn-micro.json" ;;
     dattn-bench) run dattn-bench $W bench single $P --settings all_on-decode_attention,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/decode-attn-single.json" ;;
     # programmatic dependent launch (pdl switch), session 6: the GPU tests (kernels on = off bit
-    # for bit, a captured step, compile, engine parity), then all_on vs all_on+pdl, 3 repeats
+    # for bit, a captured step, compile, engine parity), then all_on without and with pdl, 3 repeats
     pdl)        do_step pdl-tests; do_step pdl-bench ;;
     pdl-tests)  run pdl-tests $PY -m pytest -q -s tests/gpu/test_pdl_gpu.py -p no:cacheprovider ;;
-    pdl-bench)  run pdl-single $W bench single $P --settings all_on,all_on+pdl --repeats 3 --decode-steps 1,8 --json "$OUT/pdl-single.json" ;;
+    pdl-bench)  run pdl-single $W bench single $P --settings all_on-pdl,all_on --repeats 3 --decode-steps 1,8 --json "$OUT/pdl-single.json" ;;
     tp)         # needs a kind with >= 2 GPUs (nvidia-h100-x2): correctness, then the cost of the split
                 run tp-tests $PY -m pytest -q -s tests/gpu/test_tensor_parallel_gpu.py -p no:cacheprovider
                 run tp $W measure tp $P --tp 2 --batch 1 --steps 16 --json "$OUT/tp.json" ;;

@@ -21,24 +21,25 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 
 
 # --- the board ----------------------------------------------------------------------------------
-def test_switch_on_the_board_not_in_any_preset():
+def test_switch_on_the_board_and_in_all_on_only():
     from workbench.measure.bench import bench_presets, stack_settings
     assert "pdl" in SWITCHES
-    for name in ("all_off", "enforce_eager", "all_on", "default"):
+    for name in ("all_off", "enforce_eager", "default"):
         assert not Optimizations.preset(name).pdl, name
-    on = dataclasses.replace(Optimizations.all_on(), pdl=True)
-    assert on.label() == Optimizations.all_on().label() + "+pdl"
-    assert bench_presets()["all_on+pdl"][1] == on
-    assert "all_on-pdl" not in bench_presets()   # it would just be all_on again
+    on = Optimizations.all_on()
+    assert on.pdl and on.label().endswith("+compile+pdl")
+    off = dataclasses.replace(on, pdl=False)
+    assert bench_presets()["all_on-pdl"][1] == off   # the rung measured against the full stack
+    assert "all_on+pdl" not in bench_presets()      # it would just be all_on again
     ladder = [s for s in stack_settings() if not s[0].endswith("alone")]
-    assert ladder[-1] == ("+pdl", on)
+    assert ladder[-2:] == [("+compile", off), ("+pdl (all on)", on)]
 
 
 def test_refused_on_cpu_with_the_reason():
     assert "needs a CUDA GPU" in Optimizations(pdl=True).why_not("cpu")["pdl"]
     with pytest.raises(ValueError, match="pdl=True"):
         Optimizations(pdl=True).resolve("cpu")
-    ran, notes = dataclasses.replace(Optimizations.all_on(), pdl=True).resolve("cpu")   # a preset: dropped
+    ran, notes = Optimizations.all_on().resolve("cpu")   # a preset: dropped
     assert not ran.pdl and any(n.startswith("pdl=True: skipped") for n in notes)
 
 

@@ -43,8 +43,8 @@ def quick_settings() -> list[Optimizations]:
     return [Optimizations(attention="sdpa"), Optimizations(attention="flash"),
             Optimizations(attention="flash", fused_kernels=True), Optimizations(**rung),
             Optimizations(**rung, decode_gemv=True), Optimizations(**rung, decode_gemv=True, fused_decode=True),
-            Optimizations(**rung, decode_attention=True), Optimizations.all_on(),
-            dataclasses.replace(Optimizations.all_on(), pdl=True),   # pdl: not in all_on until measured
+            Optimizations(**rung, decode_attention=True), dataclasses.replace(Optimizations.all_on(), pdl=False),
+            Optimizations.all_on(),
             Optimizations(attention="naive", cuda_graphs=True), Optimizations(attention="naive", compile=True)]
 
 

@@ -303,7 +303,7 @@ def peer_or_unavailable(run, workload: Workload, mode: str) -> BenchResult:
 def bench_presets() -> dict[str, tuple[str, "Optimizations"]]:
     """--settings names: all_off, all_on, and all_on-<switch> (all on but that one switch, e.g.
     all_on-decode_attention: one rung measured against the full stack); all_on+<switch> for a
-    switch all_on leaves off (all_on+pdl: a rung not yet measured, on top of the stack);
+    switch all_on leaves off (a rung not yet measured, on top of the stack);
     all_on_cublas: all on with every decode matmul on cuBLAS (no decode_gemv, no fused_decode)."""
     from workbench.optimizations.board import SWITCHES
     all_on = Optimizations.all_on()
@@ -329,8 +329,8 @@ def stack_settings() -> list[tuple[str, Optimizations]]:
                                       cuda_graphs=True)),
               ("+dattn", Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, fused_decode=True,
                                        decode_attention=True, cuda_graphs=True)),
-              ("+compile (all on)", Optimizations.all_on()),
-              ("+pdl", dataclasses.replace(Optimizations.all_on(), pdl=True))]   # not in all_on until measured
+              ("+compile", dataclasses.replace(Optimizations.all_on(), pdl=False)),
+              ("+pdl (all on)", Optimizations.all_on())]
     alone = [("flash alone", Optimizations(attention="flash")),
              ("fused alone", Optimizations(attention="naive", fused_kernels=True)),
              ("gemv alone", Optimizations(attention="naive", decode_gemv=True)),

@@ -168,7 +168,7 @@ def add_measure_commands(sub) -> None:
                         "against one step per schedule, one row each)")
     b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off, all_on, "
                    "all_on-<switch> (all on but one switch, e.g. all_on-decode_attention), all_on+<switch> "
-                   "(all on plus a switch all_on leaves off: all_on+pdl), all_on_cublas "
+                   "(all on plus a switch all_on leaves off), all_on_cublas "
                    "(all on with cuBLAS matmuls: no decode_gemv, no fused_decode)")
     b.add_argument("--peers", action="store_true", help="also HF transformers generate / generate_batch")
     b.set_defaults(func=cmd_bench)
