@@ -147,6 +147,7 @@ def test_timeline_panel_draws_only_when_asked(board):
     assert bytes(panel.image.value).startswith(b"\x89PNG")
     ax = panel.figure.axes[0]
     assert "decode" in ax.get_title() and "perfetto" in ax.get_title()
+    assert "batch 2, 8-token prompts" in ax.get_title() and "capped" not in ax.get_title()
     # the CPU ops row is drawn; the launch and GPU rows are empty and the panel says why
     assert ax.collections and all(s.row == "cpu ops" for s in tl.spans)
     assert any("no CUDA" in t.get_text() for t in ax.texts)

@@ -56,7 +56,8 @@ class Breakdown:
         names = {f.name for f in fields(cls)}
         missing = {"label", "device", "decode_steps", "step_us", "parts"} - set(record)
         if missing:
-            raise ValueError(f"not a breakdown record (no {', '.join(sorted(missing))}): "
+            which = record.get("label") or record.get("setting") or f"keys {', '.join(sorted(record)[:4])}"
+            raise ValueError(f"not a breakdown record ({which}: no {', '.join(sorted(missing))}): "
                              f"write one with `python -m workbench measure breakdown --json`")
         out = cls(**{k: v for k, v in record.items() if k in names})
         for what, us in (("its step", out.step_us), ("its parts_sum_us", record.get("parts_sum_us", out.step_us))):

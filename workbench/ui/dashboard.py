@@ -188,7 +188,7 @@ class Switchboard:
                 if want_timeline:   # a profiler that cannot start costs the drawing, not the measured row
                     self._phase(3, "profiling decode steps for the timeline (torch.profiler)...")
                     try:
-                        self.timeline_panel.profile(llm, batch=b, prompt_len=max(launch_len, 1))
+                        self.timeline_panel.profile(llm, batch=b, prompt_len=max(launch_len, 1), asked_len=p)
                     except RuntimeError as err:
                         self.timeline_panel.skip(f"the profiler could not run: {err}")
             hbm_bytes, hbm_note = self._hbm(opts, b, p)

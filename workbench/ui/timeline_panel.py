@@ -23,14 +23,20 @@ class TimelinePanel:
         import ipywidgets as widgets
         self.image = widgets.Image(format="png")
         self.timeline = None      # the last profiled Timeline (all its steps), or None
+        self.workload = ""        # what was profiled: batch and prompt length
         self.figure = None
         self.note = "timeline: not drawn -- tick 'timeline' before Run (profiling adds a few seconds per run)"
         self.draw()
 
-    def profile(self, llm, *, batch: int, prompt_len: int) -> None:
-        """Profile `llm`'s steps and draw its decode steps (the engine stays usable afterwards)."""
+    def profile(self, llm, *, batch: int, prompt_len: int, asked_len: int | None = None) -> None:
+        """Profile `llm`'s steps and draw its decode steps (the engine stays usable afterwards).
+        asked_len: the run's prompt length, when the profiled prompts had to be shorter (the
+        title then says so: a step's attention time depends on the context it reads)."""
         from workbench.measure.timeline import profile_engine_steps
         self.timeline = profile_engine_steps(llm, batch=batch, prompt_len=prompt_len, decode_steps=DECODE_STEPS)
+        self.workload = f"batch {batch}, {prompt_len}-token prompts"
+        if asked_len is not None and asked_len != prompt_len:
+            self.workload += f" (the run's {asked_len} capped to fit the engine's max length)"
         self.note = ""
         self.draw()
 
@@ -53,7 +59,7 @@ class TimelinePanel:
         else:
             decode = self.timeline.only("decode")
             plot_timeline(decode, ax)   # its title names the setting and device, and any numbered step
-            ax.set_title(f"last run's decode steps, {ax.get_title()} (measured by torch.profiler; "
+            ax.set_title(f"last run's decode steps ({self.workload}), {ax.get_title()} (measured by torch.profiler; "
                          f"open {self.timeline.trace_path} in ui.perfetto.dev)", fontsize=9)
         buf = io.BytesIO()
         FigureCanvasAgg(fig).print_png(buf)
