@@ -60,7 +60,9 @@ def main(argv=None) -> list[dict]:
         rows.append(dict(exercise=name, score=result.score, stages=result.stages, messages=result.messages,
                          effect=result.effect, machine=machine(), torch=torch.__version__))
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=1, default=str))
+        from workbench.measure.results import stamp   # every record names its gpu, date and command
+        command = "python scripts/lab_results.py " + " ".join(sys.argv[1:])
+        args.out.write_text(json.dumps(stamp(rows, command), indent=1, default=str))
         print(f"wrote {args.out}")
     return rows
 
