@@ -46,11 +46,20 @@ def test_refused_on_cpu_with_the_reason():
 @needs_triton
 @pytest.mark.parametrize("capability, refused", [((8, 0), True), ((8, 9), True), ((9, 0), False), ((10, 0), False)])
 def test_refused_before_hopper(monkeypatch, capability, refused):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     why = pdl_switch.why_not("cuda:0")
     assert (why is not None) == refused
     if refused:
         assert "9.0" in why and f"{capability[0]}.{capability[1]}" in why
+    assert "untested with tensor_parallel_size=2" in pdl_switch.why_not("cuda:0", tp_size=2)
+
+
+@needs_triton   # without Triton, that is the reason given first
+def test_asked_about_cuda_without_a_gpu(monkeypatch):
+    """all_on.resolve("cuda", ...) is asked on CPU machines too (plans, tests): a reason, not a crash."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "torch sees none" in pdl_switch.why_not("cuda")
 
 
 # --- the flag reaches every decode kernel launch ------------------------------------------------

@@ -29,6 +29,10 @@ def why_not(device: str, tp_size: int = 1) -> str | None:
     if why := triton_on_cuda(device):
         return why
     import torch
+    if not torch.cuda.is_available():   # asked about "cuda" on a machine without one (a plan, a test)
+        return "needs a CUDA GPU, and torch sees none here"
+    if tp_size > 1:   # the worker ranks' launches with PDL were never run: refuse, do not guess
+        return f"untested with tensor_parallel_size={tp_size} (never run under tensor parallelism)"
     major, minor = torch.cuda.get_device_capability(device)
     if major < 9:
         return (f"needs a Hopper or newer GPU (compute capability 9.0+; this one is {major}.{minor}): "
