@@ -37,3 +37,17 @@ def test_text_fallback_prints_every_explanation(capsys):
     assert all(why in out for _, why in QUESTIONS["05-decode-not-prefill"].choices)
     with pytest.raises(ValueError, match="choose one of"):
         ask("nope")
+
+
+def test_a_live_question_is_displayed_once(monkeypatch):
+    """In a notebook `ask` displays its widget; returning it too showed the cell's last question twice."""
+    import IPython
+    import IPython.display
+
+    class Kernel:
+        config = {"IPKernelApp": {}}
+    shown = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: Kernel())
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    assert ask("05-buckets") is None
+    assert len(shown) == 1

@@ -38,11 +38,15 @@ def on_gpu() -> bool:
 
 def machine() -> str:
     """What this run measures on, for labels: the GPU's name, or the CPU and its cores."""
+    import torch
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else host_cpu()
+
+
+def host_cpu() -> str:
+    """This machine's CPU and its cores, for work that runs there even when a GPU is present."""
     import platform
 
     import torch
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
     threads = torch.get_num_threads()
     return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {threads} torch thread{'s' if threads != 1 else ''})"
 

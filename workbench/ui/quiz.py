@@ -135,4 +135,4 @@ def ask(key: str):
     rows = [w.HBox([b, w.Label(answer)]) for b, (answer, _) in zip(buttons, q.choices)]
     box = w.VBox([w.HTML(f"<b>{q.prompt}</b>"), *rows, out])
     display(box)
-    return box
+    return None   # displayed already: a returned widget would be shown twice as the cell's last value
