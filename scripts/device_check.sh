@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench) pdl(-tests|-bench) timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench|last) pdl(-tests|-bench) timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -67,6 +67,10 @@ do_step() {
     dattn-tests) run dattn-tests $PY -m pytest -q tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k "not engine_parity" ;;
     dattn-parity) run dattn-parity $PY -m pytest -q -s tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k engine_parity ;;
     dattn-micro) run dattn-micro $W measure decode-attention $P --context 128,384,640,2048,8192 --json "$OUT/decode-attn-micro.json" ;;
+    # session 8 candidate: merge="last_program" (one launch a layer) -- its GPU tests, then
+    # timed beside the two-kernel merge and flash (docs/perf-notes.md has the prediction)
+    dattn-last) run dattn-last-tests $PY -m pytest -q tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k last_program
+                run dattn-last-micro $W measure decode-attention $P --impls flash,triton,triton-last --context 128,640,2048 --json "$OUT/decode-attn-last-micro.json" ;;
     dattn-bench) run dattn-bench $W bench single $P --settings all_on-decode_attention,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/decode-attn-single.json" ;;
     # programmatic dependent launch (pdl switch), session 6: the GPU tests (kernels on = off bit
     # for bit, a captured step, compile, engine parity), then all_on without and with pdl, 3 repeats

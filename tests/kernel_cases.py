@@ -131,16 +131,11 @@ def gemv_interpreter_cases(GemvConfig):
     return cases
 
 
-def decode_attention_errors(torch, lens, hq, hkv, head_dim, block_size, dtype, splits=None, device="cpu",
-                            wrong_table=False, reference=None) -> list[float]:
-    """The Triton decode kernel on fresh random inputs vs attention over the same paged cache,
-    one ||got - ref|| / ||ref|| per sequence. The cache's blocks are handed out in shuffled order
-    (a real block table is not 0, 1, 2, ...). reference: a backend callable (q, k_cache, v_cache,
-    meta, scale); default: the naive backend in float64 on the upcast inputs.
-    wrong_table: run the kernel on the blocks in order instead (a planted bug the check must catch)."""
+def decode_attention_inputs(torch, lens, hq, hkv, head_dim, block_size, dtype, device="cpu"):
+    """Fresh random decode-attention inputs over a paged cache whose blocks are handed out in
+    shuffled order (a real block table is not 0, 1, 2, ...), one unused table column.
+    Returns (q, k_cache, v_cache, seq_lens, table, scale, meta)."""
     from workbench.attention import AttentionMetadata
-    from workbench.attention.naive import NaiveAttention
-    from workbench.kernels.decode_attention import paged_decode_attention
     batch, width = len(lens), max(-(-n // block_size) for n in lens) + 1   # + 1: an unused column
     num_blocks = batch * width + 3
     k_cache = torch.randn(num_blocks, block_size, hkv, head_dim, device=device, dtype=dtype)
@@ -148,19 +143,33 @@ def decode_attention_errors(torch, lens, hq, hkv, head_dim, block_size, dtype, s
     table = torch.randperm(num_blocks, device=device)[:batch * width].view(batch, width).int()
     q = torch.randn(batch, hq, head_dim, device=device, dtype=dtype)
     seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
-    scale = head_dim ** -0.5
     meta = AttentionMetadata(torch.arange(batch + 1, dtype=torch.int32, device=device), seq_lens, table,
                              torch.full((batch,), -1, device=device), 1, max(lens), is_decode=True)
-    if reference is None:
-        want = NaiveAttention()(q.double(), k_cache.double(), v_cache.double(), meta, scale)
-    else:
-        want = reference(q, k_cache, v_cache, meta, scale).double()
+    return q, k_cache, v_cache, seq_lens, table, head_dim ** -0.5, meta
+
+
+def naive_decode_attention(q, k_cache, v_cache, meta, scale):
+    """The reference: the naive backend in float64 on the upcast inputs."""
+    from workbench.attention.naive import NaiveAttention
+    return NaiveAttention()(q.double(), k_cache.double(), v_cache.double(), meta, scale)
+
+
+def decode_attention_errors(torch, lens, hq, hkv, head_dim, block_size, dtype, splits=None, device="cpu",
+                            wrong_table=False, reference=None, merge="kernel") -> list[float]:
+    """The Triton decode kernel on fresh random inputs (decode_attention_inputs) vs attention over
+    the same paged cache, one ||got - ref|| / ||ref|| per sequence. reference: a backend callable
+    (q, k_cache, v_cache, meta, scale); default: naive_decode_attention.
+    wrong_table: run the kernel on the blocks in order instead (a planted bug the check must catch)."""
+    from workbench.kernels.decode_attention import paged_decode_attention
+    q, k_cache, v_cache, seq_lens, table, scale, meta = decode_attention_inputs(
+        torch, lens, hq, hkv, head_dim, block_size, dtype, device)
+    want = (naive_decode_attention if reference is None else reference)(q, k_cache, v_cache, meta, scale).double()
+    batch, width = table.shape
     run_table = torch.arange(batch * width, device=device).view(batch, width).int() if wrong_table else table
-    got = paged_decode_attention(q, k_cache, v_cache, seq_lens, run_table, scale, splits=splits)
+    got = paged_decode_attention(q, k_cache, v_cache, seq_lens, run_table, scale, splits=splits, merge=merge)
     assert got.shape == q.shape and got.dtype == dtype, (got.shape, got.dtype)
     assert torch.isfinite(got).all(), "non-finite output (an element left unwritten?)"
     return [((g.double() - w).norm() / w.norm()).item() for g, w in zip(got, want)]
-
 
 
 def assert_engine_parity(tmp_dir, settings, prompts: int, max_num_seqs: int) -> None:

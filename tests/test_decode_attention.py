@@ -7,12 +7,13 @@ tests/gpu/test_decode_attention_gpu.py.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 
 import pytest
 
-CHECKS = ["matches_naive", "wrong_table_is_caught", "engine_greedy_parity"]
+CHECKS = ["matches_naive", "wrong_table_is_caught", "last_program_merge", "engine_greedy_parity"]
 
 
 # --- the switch on the board (plain pytest, no kernel runs) ------------------------------------
@@ -68,6 +69,16 @@ def test_split_count_is_static_and_bounded():
     assert num_splits(64, 8, 320, 128, 132) == 1    # many sequences fill the GPU alone: one kernel
 
 
+def test_merge_must_be_named_right():
+    import torch
+
+    from workbench.kernels.decode_attention import paged_decode_attention
+    q, cache = torch.zeros(1, 2, 8), torch.zeros(1, 16, 1, 8)
+    with pytest.raises(ValueError, match="choose from"):
+        paged_decode_attention(q, cache, cache, torch.ones(1, dtype=torch.int32), torch.zeros(1, 1, dtype=torch.int32),
+                               1.0, merge="last")
+
+
 def test_microbenchmark_without_cuda_says_why():
     from workbench.measure.decode_attention import measure_decode_attention
     from workbench.model import ModelConfig
@@ -75,6 +86,8 @@ def test_microbenchmark_without_cuda_says_why():
     records = measure_decode_attention(cfg, contexts=(640,))
     assert [r.impl for r in records] == ["flash", "triton"] and not any(r.available for r in records)
     assert "GPU" in records[0].reason
+    assert [r.impl for r in measure_decode_attention(cfg, ("triton", "triton-last"), contexts=(640,))] == \
+        ["triton", "triton-last"]   # the one-launch candidate, timed beside the two-kernel merge
     with pytest.raises(ValueError, match="choose from"):
         measure_decode_attention(cfg, ("cutlass",))
 
@@ -117,6 +130,53 @@ def check_wrong_table_is_caught(torch):
     from kernel_cases import decode_attention_errors
     errs = decode_attention_errors(torch, [1, 40, 70], 4, 2, 64, 16, torch.float32, None, wrong_table=True)
     assert max(errs) > 0.3, f"a wrong table passed the check: {errs}"
+
+
+# merge="last_program" (one launch): (lengths, block_size, splits, (query heads, KV heads, head_dim)).
+# Length 1 (every split but the first empty), lengths off the 64-key tile, mixed lengths, batch
+# 1..8, splits 2, 3 (the merge pads to 4), 5, and num_splits' choice; GQA 1 and 2.
+LAST_CASES = [([1], 16, 3, (4, 2, 32)), ([70], 16, None, (4, 2, 32)), ([200, 1], 16, 2, (2, 2, 32)),
+              ([1, 15, 16, 17, 70, 3, 33, 64], 16, None, (4, 2, 32)), ([127, 128, 129], 128, 5, (4, 2, 64))]
+
+
+@contextlib.contextmanager
+def nan_filled_empty(torch):
+    """torch.empty and empty_like hand out NaN-filled floats: a merge that reads a partial before it
+    is written, or an output left unwritten, shows as NaN. (On the CPU a freed buffer's old bytes
+    -- often the very partials of the call before -- would hide it.)"""
+    empty, empty_like = torch.empty, torch.empty_like
+    poison = lambda t: t.fill_(float("nan")) if t.is_floating_point() else t  # noqa: E731
+    torch.empty = lambda *a, **kw: poison(empty(*a, **kw))
+    torch.empty_like = lambda *a, **kw: poison(empty_like(*a, **kw))
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like = empty, empty_like
+
+
+def check_last_program_merge(torch):
+    """On the same inputs, merge="last_program" equals the two-kernel merge and the fp64
+    reference, twice in a row: the counters are back at 0 after each call, the second call equals
+    the first. (The interpreter runs programs one by one, split S-1 last; which program is last on
+    a GPU and the memory ordering are the GPU test's job.)"""
+    from kernel_cases import decode_attention_inputs, naive_decode_attention
+    from workbench.kernels import decode_attention as kernel
+    for lens, block_size, splits, heads in LAST_CASES:
+        q, k, v, seq_lens, table, scale, meta = decode_attention_inputs(torch, lens, *heads, block_size, torch.float32)
+        want = naive_decode_attention(q, k, v, meta, scale)
+        two = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits)
+        counts = kernel.merge_counters(q.device, len(lens), heads[1])
+        ones = []   # kept alive: a second call's output must not land on the first's memory
+        for _ in range(2):
+            with nan_filled_empty(torch):
+                ones.append(kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits,
+                                                          merge="last_program"))
+            case = f"lens={lens} bs={block_size} splits={splits} heads={heads} call {len(ones)}"
+            assert counts.eq(0).all(), f"{case}: counters not reset: {counts.tolist()}"
+            torch.testing.assert_close(ones[-1], two, rtol=1e-6, atol=1e-6, msg=lambda m: f"{case}: {m}")
+            err = max(((g.double() - w).norm() / w.norm()).item() for g, w in zip(ones[-1], want))
+            assert err < 1e-5, f"{case}: rel err vs fp64 reference {err}"
+        assert torch.equal(ones[0], ones[1]), "the second call differs from the first"
 
 
 def check_engine_greedy_parity(torch):

@@ -1,6 +1,7 @@
 """The decode-attention kernel (Optimizations.decode_attention) on the GPU: Qwen3-0.6B's attention
 shape in bf16 against flash-attn and SDPA over the same paged cache, inside a CUDA graph with
-lengths changed between replays, and the engine's greedy parity with the switch on (graphs on)
+lengths changed between replays, the same for merge="last_program" (one launch, the last split
+program merges) against the two-kernel merge, and the engine's greedy parity with the switch on (graphs on)
 against all-off. Run: pytest -m gpu tests/gpu/test_decode_attention_gpu.py
 """
 from __future__ import annotations
@@ -62,6 +63,66 @@ def test_graph_replay_reads_lengths_on_the_device():
         torch.testing.assert_close(out, attend(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("lens", LENGTHS)
+@pytest.mark.parametrize("splits", [None, 2, 8, 33])
+def test_last_program_merge_matches_the_merge_kernel(lens, splits):
+    """merge="last_program" (the split programs merge themselves) against the two-kernel merge on
+    the same inputs and against the fp64 reference: here the programs finish in any order, so the
+    last one to count is any split (empty ones too, at length 1). Counters back at 0 each call."""
+    from kernel_cases import decode_attention_inputs, naive_decode_attention
+    from workbench.kernels.decode_attention import merge_counters, paged_decode_attention
+    q, k, v, seq_lens, table, scale, meta = decode_attention_inputs(torch, lens, *HEADS, 128, torch.bfloat16, "cuda")
+    want = naive_decode_attention(q, k, v, meta, scale)
+    two = paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits)
+    for _ in range(3):
+        _poison_allocator()
+        one = paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits, merge="last_program")
+        assert not merge_counters(q.device, len(lens), HEADS[1]).any(), "counters not back at 0"
+        torch.testing.assert_close(one, two, rtol=1e-2, atol=1e-2)   # same partials, same merge code
+        errs = [((g.double() - w).norm() / w.norm()).item() for g, w in zip(one, want)]
+        assert max(errs) < 1e-2, f"lens={lens}, splits={splits}: rel errs {errs}"
+
+
+@pytest.mark.parametrize("pdl", [False, True])
+def test_last_program_merge_in_a_graph(pdl):
+    """Both merges captured at one set of lengths, replayed with others (and the layer loop's
+    back-to-back calls on one counter buffer, with PDL too): each replay equals its eager call bit
+    for bit, the two merges agree, and the counters are 0 after every replay (no zeroing between)."""
+    from workbench.kernels.decode_attention import merge_counters, paged_decode_attention
+    from workbench.kernels.pdl import launching
+    if pdl and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs compute capability 9.0+ (Hopper)")
+    batch, (hq, hkv, d), bs, width, layers = 4, HEADS, 128, 40, 3
+    k_cache = torch.randn(layers, batch * width, bs, hkv, d, device="cuda", dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(batch * width, device="cuda").view(batch, width).int()
+    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+    seq_lens = torch.tensor([1, 128, 129, 300], dtype=torch.int32, device="cuda")
+
+    def attend(merge):   # one call per layer, as a decode step does
+        with launching(pdl):
+            return [paged_decode_attention(q, k_cache[i], v_cache[i], seq_lens, table, d ** -0.5, merge=merge)
+                    for i in range(layers)]
+    attend("kernel"), attend("last_program")   # eager first: JIT and the counters outside the capture
+    graphs, outs = {}, {}
+    for merge in ("kernel", "last_program"):
+        graphs[merge] = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graphs[merge]):
+            outs[merge] = attend(merge)
+    counts = merge_counters(q.device, batch, hkv)
+    for lens in ([5000, 1, 64, 129], [17, 2048, 4000, 2], [1, 1, 1, 1]):
+        seq_lens.copy_(torch.tensor(lens, dtype=torch.int32))
+        q.copy_(torch.randn_like(q))
+        for merge, graph in graphs.items():
+            graph.replay()
+            torch.cuda.synchronize()
+            assert not counts.any(), f"{merge}, lens={lens}: counters {counts.tolist()}"
+            for got, eager in zip(outs[merge], attend(merge)):
+                torch.testing.assert_close(got, eager, rtol=0, atol=0)
+        for one, two in zip(outs["last_program"], outs["kernel"]):
+            torch.testing.assert_close(one, two, rtol=1e-2, atol=1e-2)
+
+
 @pytest.mark.parametrize("max_num_seqs,prompts", [(1, 4), (16, 16)])
 def test_engine_parity_with_decode_attention(tmp_path_factory, max_num_seqs, prompts):
     from kernel_cases import assert_engine_parity
@@ -78,5 +139,6 @@ def test_engine_parity_with_decode_attention(tmp_path_factory, max_num_seqs, pro
 def test_microbenchmark_runs():
     from workbench.measure.decode_attention import measure_decode_attention
     from workbench.model import ModelConfig
-    records = measure_decode_attention(ModelConfig.from_preset("qwen3-0.6b"), ("triton",), contexts=(640,))
-    assert records[0].available and records[0].us_per_call > 0, records
+    records = measure_decode_attention(ModelConfig.from_preset("qwen3-0.6b"), ("triton", "triton-last"),
+                                       contexts=(640,))
+    assert all(r.available and r.us_per_call > 0 for r in records), records

@@ -29,6 +29,15 @@ writes its partial, an empty one m = -inf, l = 0, o = 0, which the merge weighs 
 S is a run-time argument, not a compile-time constant: eager decode steps (no graphs) change the
 table's width, hence S, every few steps, and each new constant would JIT-compile a new kernel.
 
+Choice 4, a candidate: the merge without its own launch (`merge="last_program"`, not the
+default until a GPU run says so). Each kernel boundary costs a launch, a ramp-up and a first
+dependent load, more than the merge's few KB of bytes. So the split programs merge themselves,
+as split-K GEMMs do: each writes its partial, then adds 1 to its (sequence, KV head) counter with
+an atomic that releases those writes (acq_rel); the program that sees the count reach S - 1 is
+the last of its group, so every partial is written: it merges them (the same code as the merge
+kernel), writes the output and resets the counter to 0 for the next call. One launch a layer
+fewer; the cost is an atomic round trip per program and the last program's extra loads.
+
 Keys through the block table: key j of sequence b is row j % block_size of cache block
 block_tables[b, j // block_size]. The kernel looks the block id up per key row (a few bytes,
 from cache), so any block size works and a tile of BLOCK_N keys may span blocks.
@@ -54,6 +63,28 @@ MIN_GROUP_ROWS = 16  # tl.dot's smallest M: a GQA group of 2 query heads is padd
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+MERGES = ("kernel", "last_program")   # paged_decode_attention's `merge`: two launches, or one
+
+# merge="last_program"'s counters, one int32 per (sequence, KV head), kept across calls: each
+# call's last program puts its counter back to 0, so a buffer is zeroed once, when first made,
+# and never again (a memset per call would be the launch we are saving). Module-level, keyed by
+# device and size: every call of one shape (all layers, eager steps, graph replays) uses the same
+# buffer at the same address, which a captured graph bakes in. It is normally made by an eager
+# call before any capture (the runner and torch.cuda.graph users warm up first); made inside a
+# capture, its zeroing is recorded into the graph (each replay re-zeroes it: harmless) and the
+# block stays allocated because this dict holds it. Two calls of one shape must not run at once
+# on two streams: they would share counters.
+_COUNTERS: dict[tuple[str, int], torch.Tensor] = {}
+
+
+def merge_counters(device: torch.device, batch: int, kv_heads: int) -> torch.Tensor:
+    """The counters merge="last_program" uses for this shape on this device (all 0 between calls)."""
+    key = (str(device), batch * kv_heads)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(batch * kv_heads, dtype=torch.int32, device=device)
+    return _COUNTERS[key]
+
+
 def num_splits(batch: int, kv_heads: int, table_width: int, block_size: int, num_sms: int,
                block_n: int = BLOCK_N) -> int:
     """Splits per (sequence, KV head): ~2 programs per SM, never more than the widest possible
@@ -70,12 +101,13 @@ def _dot(a, b, FP32: tl.constexpr):
 
 
 @triton.jit
-def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_ptr, m_ptr, l_ptr, scale,
-                  stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_ptr, m_ptr, l_ptr, count_ptr,
+                  scale, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                   stride_table, stride_ot, stride_oh, num_splits,
                   NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
-                  BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
+                  BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, LAST_MERGES: tl.constexpr, DOT_FP32: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+                  USE_PDL: tl.constexpr):
     pdl_wait(USE_PDL)   # q, the lengths, the table and the cache are all written by kernels
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     # This program's share of the sequence's key tiles, from its length on the device.
@@ -122,14 +154,25 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
         tl.store(part_ptr + slot[:, None] * HEAD_DIM + dims[None, :], acc, mask=hd_mask)
         tl.store(m_ptr + slot, m, mask=rows < GROUP)
         tl.store(l_ptr + slot, l, mask=rows < GROUP)
+        if LAST_MERGES:   # merge="last_program": the group's last program to get here merges
+            # The pattern of CUTLASS's GenericBarrier: a barrier orders every thread's partial
+            # stores before thread 0's atomic, whose release makes them visible GPU-wide; the
+            # last program's acquire (same atomic) and a barrier order its loads after them all.
+            tl.debug_barrier()
+            count_ptr += seq * tl.num_programs(1) + kv_head
+            done = tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu")   # how many got here before us
+            if done == num_splits - 1:
+                tl.debug_barrier()
+                for g in tl.static_range(GROUP):
+                    _merge_head(part_ptr, m_ptr, l_ptr, out_ptr, seq, kv_head * GROUP + g, stride_ot, stride_oh,
+                                num_splits, NUM_HEADS, HEAD_DIM, BLOCK_S, BLOCK_D)
+                tl.store(count_ptr, 0)   # every split has counted: nobody else touches it in this launch
 
 
 @triton.jit
-def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_oh, num_splits,
-                  NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-                  USE_PDL: tl.constexpr):
-    pdl_wait(USE_PDL)
-    seq, head = tl.program_id(0), tl.program_id(1)
+def _merge_head(part_ptr, m_ptr, l_ptr, out_ptr, seq, head, stride_ot, stride_oh, num_splits,
+                NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One query head's output from its splits' partials (both merge paths run this code)."""
     splits = tl.arange(0, BLOCK_S)                  # padded to a power of two: masked
     slot = (seq * NUM_HEADS + head) * num_splits + splits
     dims = tl.arange(0, BLOCK_D)
@@ -143,12 +186,24 @@ def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_o
              mask=dims < HEAD_DIM)
 
 
+@triton.jit
+def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_oh, num_splits,
+                  NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+                  USE_PDL: tl.constexpr):
+    pdl_wait(USE_PDL)
+    _merge_head(part_ptr, m_ptr, l_ptr, out_ptr, tl.program_id(0), tl.program_id(1), stride_ot, stride_oh,
+                num_splits, NUM_HEADS, HEAD_DIM, BLOCK_S, BLOCK_D)
+
+
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
-                           splits: int | None = None, block_n: int = BLOCK_N) -> torch.Tensor:
+                           splits: int | None = None, block_n: int = BLOCK_N, merge: str = "kernel") -> torch.Tensor:
     """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] >= 1 keys
     (a decoded token always sees itself; the merge relies on it) of its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
-    Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it)."""
+    Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it).
+    merge: "kernel" (a second launch merges the splits) or "last_program" (Choice 4, a candidate)."""
+    if merge not in MERGES:
+        raise ValueError(f"paged_decode_attention: merge={merge!r}; choose from {list(MERGES)}")
     batch, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     if num_heads % kv_heads or k_cache.shape[-1] != head_dim or seq_lens.shape[0] != batch:
@@ -166,16 +221,19 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if splits > 1:
         part = torch.empty((batch, num_heads, splits, head_dim), dtype=torch.float32, device=q.device)
         m, l = torch.empty((2, batch, num_heads, splits), dtype=torch.float32, device=q.device)
+    last = splits > 1 and merge == "last_program"
+    counts = merge_counters(q.device, batch, kv_heads) if last else out   # not read unless `last`
     block_d = triton.next_power_of_2(head_dim)
     _attention_split_kernel[(batch, kv_heads, splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, out, part, m, l, float(scale),
+        q, k_cache, v_cache, block_tables, seq_lens, out, part, m, l, counts, float(scale),
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
         out.stride(0), out.stride(1), splits,
         NUM_HEADS=num_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, SPLIT=splits > 1,
-        DOT_FP32=_INTERPRET or q.dtype == torch.float32,
+        LAST_MERGES=last, DOT_FP32=_INTERPRET or q.dtype == torch.float32,
         BLOCK_H=max(MIN_GROUP_ROWS, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
+        BLOCK_S=triton.next_power_of_2(splits) if last else 1,   # 1: no recompile per S when unused
         num_warps=4, num_stages=2, **pdl.launch_options())
-    if splits > 1:
+    if splits > 1 and not last:
         _attention_merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads,
                                           HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits),
                                           BLOCK_D=block_d, num_warps=4, **pdl.launch_options())

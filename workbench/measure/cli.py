@@ -394,7 +394,8 @@ def add_measure_subcommands(sub, common) -> None:
     dattn = msub.add_parser("decode-attention", help="decode attention per layer call: the decode_attention "
                             "switch's Triton kernel vs flash-attn's decode, by context length")
     common(dattn)
-    dattn.add_argument("--impls", default="flash,triton")
+    dattn.add_argument("--impls", default="flash,triton",
+                       help="flash, triton and/or triton-last (the Triton kernel merging in its last program)")
     dattn.add_argument("--batch", type=_positive_ints, default=[1], help="comma-separated batch sizes")
     dattn.add_argument("--context", type=_positive_ints, default=[128, 640, 2048, 4096],
                        help="comma-separated context lengths (keys per sequence)")

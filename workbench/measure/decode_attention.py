@@ -9,7 +9,9 @@ each layer on its own cache (no K/V still in L2 from the call before), all captu
 graph (no launch overhead). Time per call = replay time / layers (CUDA events, timing.py).
 
     flash    flash-attn's paged decode (workbench/attention/flash.py, what attention='flash' runs)
-    triton   workbench/kernels/decode_attention.py (split-KV, FlashDecoding)
+    triton   workbench/kernels/decode_attention.py (split-KV, FlashDecoding; a second kernel merges)
+    triton-last  the same kernel with merge="last_program": each pair's last split program
+             merges, one launch a layer instead of two (a candidate, not the switch's default)
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from .timing import graph_replay_seconds
 
-IMPLS = ("flash", "triton")
+IMPLS = ("flash", "triton", "triton-last")
 
 
 @dataclass
@@ -44,7 +46,9 @@ def _attend(impl: str):
         from workbench.attention.flash import FlashAttention
         return FlashAttention()
     from workbench.kernels.decode_attention import paged_decode_attention
-    return lambda q, k, v, meta, scale: paged_decode_attention(q, k, v, meta.seq_lens, meta.block_tables, scale)
+    merge = "last_program" if impl == "triton-last" else "kernel"
+    return lambda q, k, v, meta, scale: paged_decode_attention(q, k, v, meta.seq_lens, meta.block_tables, scale,
+                                                               merge=merge)
 
 
 def time_decode_attention(cfg, impl: str, batch: int, context: int, *, block_size: int = 128,
@@ -74,7 +78,7 @@ def time_decode_attention(cfg, impl: str, batch: int, context: int, *, block_siz
         return graph_replay_seconds(step, replays) / layers   # JIT (flash-attn-4, Triton) in its warm-up
 
 
-def measure_decode_attention(cfg, impls=IMPLS, batches=(1,), contexts=(128, 640, 2048, 4096), *,
+def measure_decode_attention(cfg, impls=("flash", "triton"), batches=(1,), contexts=(128, 640, 2048, 4096), *,
                              copy_bandwidth: float | None = None) -> list[DecodeAttentionRecord]:
     """One record per (impl, batch, context)."""
     import torch
