@@ -42,7 +42,7 @@ Keys through the block table: key j of sequence b is row j % block_size of cache
 block_tables[b, j // block_size]. With blocks of BLOCK_N keys or more (the engine's 128) a tile
 of BLOCK_N keys lies in one block: one id a tile, one 64-bit block offset plus 32-bit offsets
 inside the block. With smaller blocks (16, say) a tile spans blocks: an id per key row. The first
-form needs fewer registers (scripts/kernel_resources.py: 94 -> 72 per thread at Qwen3-0.6B's shape).
+form needs fewer registers (scripts/kernel_resources.py, sm_90a: 94 -> 72 a thread at the 0.6B shape).
 
 Numerics: scores, softmax and accumulators in fp32; the probabilities are cast to the cache's
 dtype for the P @ V product (as flash-attn does); the output is in q's dtype.
