@@ -69,7 +69,8 @@ do_step() {
     dattn-micro) run dattn-micro $W measure decode-attention $P --context 128,384,640,2048,8192 --json "$OUT/decode-attn-micro.json" ;;
     # session 8 candidate: merge="last_program" (one launch a layer) -- its GPU tests, then
     # timed beside the two-kernel merge and flash (docs/perf-notes.md has the prediction)
-    dattn-last) run dattn-last-tests $PY -m pytest -q tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k last_program
+    # (with the per-tile block lookup's test: both lookups vs SDPA, the launched kernels' n_regs/n_spills printed)
+    dattn-last) run dattn-last-tests $PY -m pytest -q -s tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k "last_program or block_lookups"
                 run dattn-last-micro $W measure decode-attention $P --impls flash,triton,triton-last --context 128,640,2048 --json "$OUT/decode-attn-last-micro.json" ;;
     dattn-bench) run dattn-bench $W bench single $P --settings all_on-decode_attention,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/decode-attn-single.json" ;;
     # programmatic dependent launch (pdl switch), session 6: the GPU tests (kernels on = off bit

@@ -41,6 +41,25 @@ def test_real_shape_matches_flash_and_sdpa(lens, splits):
         assert max(errs) < 1e-2, f"vs {name}, lens={lens}, splits={splits}: rel errs {errs}"
 
 
+@pytest.mark.parametrize("merge", ["kernel", "last_program"])
+def test_both_block_lookups_match_sdpa_and_do_not_spill(merge):
+    """16-key blocks take the per-row block lookup, 128-key blocks the per-tile one (a tile of 64
+    keys inside one block). Then the split kernels this GPU's Triton compiled and launched must not
+    spill (tests/test_kernel_resources.py says so for the CPU machine's Triton 3.9 and ptxas)."""
+    from kernel_cases import decode_attention_errors
+    from workbench.attention.sdpa import SdpaAttention
+    from workbench.kernels import decode_attention as kernel
+    for block_size in (16, 128):
+        errs = decode_attention_errors(torch, LENGTHS[2], *HEADS, block_size, torch.bfloat16, device="cuda",
+                                       reference=SdpaAttention(), merge=merge)
+        assert max(errs) < 1e-2, f"block_size={block_size}, merge={merge}: rel errs {errs}"
+    # Triton's JIT cache: device -> (compiled variants by specialization, ...); read after a launch
+    compiled = [k for cache in kernel._attention_split_kernel.device_caches.values() for k in cache[0].values()]
+    seen = [(k.n_regs, k.n_spills) for k in compiled]
+    print("split kernels this process launched (registers, spill bytes):", seen)
+    assert compiled and all(k.n_spills == 0 for k in compiled), seen
+
+
 def test_graph_replay_reads_lengths_on_the_device():
     """Captured once at one set of lengths; replayed with others written into the same buffers:
     the replay must equal an eager call at the new lengths (same kernels, same split count)."""
