@@ -120,22 +120,32 @@ def load_widths(ptx: str) -> dict:
     return out
 
 
+def _regs(operands: str, width: int = 1) -> set[int]:
+    return {int(r) + i for r in re.findall(r"\bR(\d+)\b", operands) for i in range(width)}
+
+
 def sass_facts(sass: str) -> dict:
-    """The LDGs by width; before the first FFMA (the first product), how many 16-byte LDGs are in
-    flight; where the PDL wait (ACQBULK) and the loop's backward branch are."""
-    lines = [l for l in sass.splitlines() if re.search(r"/\*[0-9a-f]{4}\*/", l)]
-    ldg = [l for l in lines if "LDG" in l]
+    """The LDGs by width and, reading the SASS in order: how many LDGs are issued before the first
+    FFMA (the first product), and before the first instruction that reads a loaded register (where
+    the warp first stalls on memory: the loads before it are the ones in flight together);
+    how many before the PDL wait (ACQBULK); STL = spill stores; branches."""
+    lines = [l.split("*/", 1)[1].strip(" ;") for l in sass.splitlines() if re.search(r"/\*[0-9a-f]{4}\*/", l)]
+    ldg_w = [int((re.search(r"LDG\.E(?:\.(\d+))?", l).group(1) or 32)) for l in lines if "LDG" in l]
+    loaded, first_use = set(), len(lines)
+    for i, l in enumerate(lines):
+        op, _, args = re.sub(r"^@!?U?P\w+\s+", "", l).partition(" ")
+        if op.startswith("LDG"):
+            loaded |= _regs(args.split(",")[0], int(re.search(r"\.(\d+)\b", op).group(1)) // 32 if "." in op[5:] else 1)
+        elif loaded & _regs(args if op.startswith("ST") else args.partition(",")[2]):
+            first_use = i
+            break
     first_ffma = next((i for i, l in enumerate(lines) if re.search(r"\bFFMA\b", l)), len(lines))
     wait = next((i for i, l in enumerate(lines) if "ACQBULK" in l), None)
-    before = [l for l in lines[:first_ffma] if "LDG" in l]
-    loop = [l for l in lines if re.search(r"BRA\b.*\.L_x_\d+", l)]
-    return {
-        "ldg128": sum("LDG.E.128" in l for l in ldg), "ldg64": sum("LDG.E.64" in l for l in ldg),
-        "ldg_narrow": sum(not re.search(r"LDG\.E\.(128|64)", l) for l in ldg),
-        "ldg_before_ffma": len(before), "ldg_before_wait": None if wait is None else
-        sum("LDG" in l for l in lines[:wait]),
-        "stl": sum("STL" in l for l in lines), "branches": len(loop),
-    }
+    count = lambda upto: sum("LDG" in l for l in lines[:upto])
+    return {"LDG 128/64/32 bit": "/".join(str(ldg_w.count(w)) for w in (128, 64, 32)),
+            "LDG before 1st FFMA": count(first_ffma), "LDG before 1st use": count(first_use),
+            "LDG before wait": "-" if wait is None else count(wait),
+            "STL": sum(l.startswith("STL") for l in lines), "BRA": sum(" BRA " in f" {l} " for l in lines)}
 
 
 def occupancy(regs: int, shared: int, num_warps: int) -> int:
