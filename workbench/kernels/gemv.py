@@ -162,10 +162,12 @@ def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n
     else:
         mask = (toks < M) & (kk < K)
     if X_FORM == 1:   # RMS_NORM
+        # the norm weight first: loaded after the residual store below, it waited for x's loads
+        # (the compiler cannot move a load above a store that may alias it)
+        w = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
         s = _residual_sum(x_ptr, res_ptr, toks, kk, x_stride, M, K, HAS_RES)
         if pid_n == 0:   # the programs of the first N-tile write the new residual: each value once
             tl.store(res_out_ptr + toks * K + kk, s.to(dt), mask=(toks < M) & (kk < K))
-        w = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
         x, x_sq = (s * w).to(dt), s * s
     elif X_FORM == 2:   # SILU_MUL: gate at columns kk, up K columns further; as torch: silu -> dtype, * up
         gate = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0.0).to(tl.float32)
@@ -205,7 +207,7 @@ def _tile(acc, w, x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K,
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT: tl.constexpr,
                  res_ptr, nw_ptr, res_out_ptr, eps,   # used by X_FORM = RMS_NORM only
                  X_FORM: tl.constexpr, HAS_RES: tl.constexpr,
                  HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
@@ -223,7 +225,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)   # products; summed along K once, below
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_first = 0
+    k_first: tl.constexpr = BLOCK_K if USE_PDL else 0   # PDL: the first tile is done before the loop
     if USE_PDL:   # kernels/pdl.py: the first weight tile BEFORE the wait -- no kernel writes the
         # weights, so this load overlaps the kernel before; x (that kernel's output) after it
         kk = k_start + cols
@@ -233,9 +235,12 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT,
                           X_FORM, HAS_RES, EVEN_K, BLOCK_M, DOT_FP32)
         if X_FORM == 1:
             sq += x_sq
-        w_ptrs += BLOCK_K
-        k_first = BLOCK_K   # the loop below does the other tiles, as without PDL
-    for k in range(k_first, K_SPLIT, BLOCK_K):
+        w_ptrs += BLOCK_K   # the loop below does the other tiles, as without PDL
+    # K_SPLIT is a constexpr, so the trip count is known: a loop of no tile compiles away (a runtime
+    # loop kept the fp32 [BLOCK_N, BLOCK_K] tile live across it: 2-2.5x the registers, fewer
+    # programs an SM), and up to 4 tiles unroll, so their loads can all be in flight at once
+    unroll: tl.constexpr = min(4, max(1, (K_SPLIT - k_first) // BLOCK_K))
+    for k in tl.range(k_first, K_SPLIT, BLOCK_K, loop_unroll_factor=unroll):
         kk = k_start + k + cols
         w = _load_w(w_ptrs, rows, kk, N, K, EVEN_K, EVEN_N)
         acc, x_sq = _tile(acc, w, x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n,

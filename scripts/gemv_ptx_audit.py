@@ -1,0 +1,198 @@
+"""A static audit of the decode GEMV (workbench/kernels/gemv.py) at batch 1, compiled for sm_90a
+on a machine without a GPU: registers, spills, shared memory, how wide the loads are, and how many
+are issued before the first multiply-add uses one. No timing: what the compiler made, not how fast.
+
+How. Each engine call (qkv with the norm folded in, o_proj, gate_up with the norm, down with
+SiLU-and-mul, the LM head) runs through its real wrapper with CPU tensors while `_gemv_kernel` is
+swapped for a recorder, so the audit sees exactly the arguments, constexprs and config the engine
+launches. Triton's own specialization (pointers and ints divisible by 16, M = 1 a constant) turns
+them into a signature, `triton.compile` builds PTX and a cubin for sm_90a, and the wheel's
+cuobjdump / nvdisasm report registers, local memory and the SASS loads.
+
+  python scripts/gemv_ptx_audit.py            # the table (markdown), ~1 min
+  python scripts/gemv_ptx_audit.py --dump DIR # also writes each case's .ptx and .sass
+Caveat: the compiler here is this venv's triton, not necessarily the GPU machine's.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import CUDABackend
+
+from workbench.kernels import fused_gemv, gemv, pdl
+
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+SM90 = GPUTarget("cuda", 90, 32)
+HIDDEN, EPS = 1024, 1e-6
+
+# (name, N, K, the call the engine makes at batch 1 with fused_decode on)
+CASES = [
+    ("qkv rms_norm", 4096, 1024, lambda x, w: fused_gemv.rms_norm_linear(x, None, _nw(x), EPS, w)),
+    ("qkv rms_norm+res", 4096, 1024, lambda x, w: fused_gemv.rms_norm_linear(x, x.clone(), _nw(x), EPS, w)),
+    ("o_proj plain", 1024, 2048, lambda x, w: gemv.linear(x, w)),
+    ("gate_up rms_norm+res", 6144, 1024, lambda x, w: fused_gemv.rms_norm_linear(x, x.clone(), _nw(x), EPS, w)),
+    ("down silu_mul", 1024, 3072, lambda x, w: fused_gemv.silu_mul_linear(x, w)),
+    ("lm_head plain", 151936, 1024, lambda x, w: gemv.linear(x, w)),
+]
+
+
+def _nw(x):
+    return torch.ones(x.shape[1], dtype=x.dtype)
+
+
+class _Recorder:
+    """Stands in for `_gemv_kernel`: kernel[grid](*args, **kwargs) records instead of launching."""
+    def __getitem__(self, grid):
+        def record(*args, **kwargs):
+            self.grid, self.args, self.kwargs = grid, args, kwargs
+        return record
+
+
+def recorded_launch(n: int, k: int, call, use_pdl: bool) -> _Recorder:
+    """Run the engine's wrapper for one batch-1 call and return what it would launch."""
+    x_cols = 2 * k if call is CASES[4][3] else k   # SILU_MUL reads gate_up [1, 2K]
+    x = torch.zeros(1, x_cols, dtype=torch.bfloat16)
+    w = torch.empty(n, k, dtype=torch.bfloat16)   # never read: only its shape and alignment matter
+    rec, kernel = _Recorder(), gemv._gemv_kernel
+    gemv._gemv_kernel = rec
+    try:
+        with pdl.launching(use_pdl):
+            call(x, w)
+    finally:
+        gemv._gemv_kernel = kernel
+    return rec
+
+
+def compile_sm90(rec: _Recorder, fn=None):
+    """triton.compile the recorded launch for sm_90a, specialized as Triton's JIT would."""
+    from triton._C.libtriton import native_specialize_impl
+    fn = fn or gemv._gemv_kernel
+    kwargs = dict(rec.kwargs)
+    options = {o: kwargs.pop(o) for o in ("num_warps", "num_stages", "launch_pdl") if o in kwargs}
+    values = dict(zip(fn.arg_names, rec.args)) | kwargs
+    signature, constexprs, attrs = {}, {}, {}
+    for i, p in enumerate(fn.params):
+        v = values[p.name]
+        if p.is_constexpr:
+            signature[p.name], constexprs[p.name] = "constexpr", v
+            continue
+        ty, spec = native_specialize_impl(CUDABackend, v, False, True, True)
+        signature[p.name] = ty
+        if ty == "constexpr":          # an int equal to 1 (M at batch 1) becomes a constant
+            constexprs[p.name] = spec
+        elif isinstance(spec, str):    # "D": divisible by 16
+            attrs[(i,)] = CUDABackend.parse_attr(spec)
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=SM90, options=options), options
+
+
+def _tool(name: str, *args: str) -> str:
+    return subprocess.run([str(BIN / name), *args], check=True, capture_output=True, text=True).stdout
+
+
+def sass_of(cubin: bytes) -> tuple[str, dict]:
+    """(the SASS text, {REG, SHARED, LOCAL, STACK}) from the wheel's nvdisasm and cuobjdump."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = _tool("cuobjdump", "-res-usage", f.name)
+        sass = _tool("nvdisasm", "-c", f.name)
+    res = {k: int(v) for k, v in re.findall(r"\b(REG|SHARED|LOCAL|STACK):(\d+)", usage)}
+    return sass, res
+
+
+def load_widths(ptx: str) -> dict:
+    """ld.global in the PTX by width: v4 (16 bytes a thread when .b32), v2, scalar."""
+    lds = re.findall(r"ld\.global(?:\.\w+)*?(\.v[24])?\.(b\d+|f\d+|u\d+|s\d+)\b", ptx)
+    out = {}
+    for vec, ty in lds:
+        key = f"{vec[1:] + '.' if vec else ''}{ty}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _regs(operands: str, width: int = 1) -> set[int]:
+    return {int(r) + i for r in re.findall(r"\bR(\d+)\b", operands) for i in range(width)}
+
+
+def sass_facts(sass: str) -> dict:
+    """The LDGs by width and, reading the SASS in order: how many LDGs are issued before the first
+    FFMA (the first product), and before the first instruction that reads a loaded register (where
+    the warp first stalls on memory: the loads before it are the ones in flight together);
+    how many before the PDL wait (ACQBULK); STL = spill stores; branches."""
+    lines = [l.split("*/", 1)[1].strip(" ;") for l in sass.splitlines() if re.search(r"/\*[0-9a-f]{4}\*/", l)]
+    ldg_w = [int((re.search(r"LDG\.E(?:\.(\d+))?", l).group(1) or 32)) for l in lines if "LDG" in l]
+    loaded, first_use = set(), len(lines)
+    for i, l in enumerate(lines):
+        op, _, args = re.sub(r"^@!?U?P\w+\s+", "", l).partition(" ")
+        if op.startswith("LDG"):
+            loaded |= _regs(args.split(",")[0], int(re.search(r"\.(\d+)\b", op).group(1)) // 32 if "." in op[5:] else 1)
+        elif loaded & _regs(args if op.startswith("ST") else args.partition(",")[2]):
+            first_use = i
+            break
+    first_ffma = next((i for i, l in enumerate(lines) if re.search(r"\bFFMA\b", l)), len(lines))
+    wait = next((i for i, l in enumerate(lines) if "ACQBULK" in l), None)
+    count = lambda upto: sum("LDG" in l for l in lines[:upto])
+    return {"LDG 128/64/32 bit": "/".join(str(ldg_w.count(w)) for w in (128, 64, 32)),
+            "LDG before 1st FFMA": count(first_ffma), "LDG before 1st use": count(first_use),
+            "LDG before wait": "-" if wait is None else count(wait),
+            "STL": sum(l.startswith("STL") for l in lines), "BRA": sum(" BRA " in f" {l} " for l in lines)}
+
+
+def occupancy(regs: int, shared: int, num_warps: int) -> int:
+    """Programs an H200 SM can hold (65,536 registers, allocated per warp in 256s; 64 warps;
+    32 blocks; 228 KB shared)."""
+    per_warp = -(-regs * 32 // 256) * 256
+    by_regs = 65536 // (per_warp * num_warps)
+    by_smem = (228 * 1024) // shared if shared else 32
+    return min(32, 64 // num_warps, by_regs, by_smem)
+
+
+def audit(name: str, n: int, k: int, call, use_pdl: bool, dump: Path | None = None) -> dict:
+    rec = recorded_launch(n, k, call, use_pdl)
+    ck, opts = compile_sm90(rec)
+    sass, res = sass_of(ck.asm["cubin"])
+    if dump:
+        stem = f"{name.replace(' ', '_').replace('+', '_')}_pdl{int(use_pdl)}"
+        (dump / f"{stem}.ptx").write_text(ck.asm["ptx"])
+        (dump / f"{stem}.sass").write_text(sass)
+    c = rec.kwargs
+    programs = rec.grid[0] * rec.grid[1]
+    per_sm = occupancy(res["REG"], res["SHARED"], opts["num_warps"])
+    threads = 32 * opts["num_warps"]
+    return {"case": name, "pdl": use_pdl, "N x K": f"{n}x{k}",
+            "cfg": f"bn{c['BLOCK_N']} bk{c['BLOCK_K']} w{opts['num_warps']} s{opts['num_stages']}",
+            "EVEN_K/N": f"{int(c['EVEN_K'])}/{int(c['EVEN_N'])}",
+            "regs": res["REG"], "local B": res["LOCAL"], "smem B": res["SHARED"],
+            "ptx ld.global": load_widths(ck.asm["ptx"]), **sass_facts(sass),
+            "w B/thread/tile": c["BLOCK_N"] * c["BLOCK_K"] * 2 // threads,
+            "programs": programs, "per SM": per_sm, "waves": round(programs / (132 * per_sm), 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dump", type=Path, help="write each case's PTX and SASS here")
+    ap.add_argument("--only", help="cases whose name contains this")
+    a = ap.parse_args()
+    if a.dump:
+        a.dump.mkdir(parents=True, exist_ok=True)
+    rows = [audit(name, n, k, call, p, a.dump) for name, n, k, call in CASES if not a.only or a.only in name
+            for p in (False, True)]
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    main()
