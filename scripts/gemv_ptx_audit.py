@@ -5,8 +5,8 @@ are issued before the first multiply-add uses one. No timing: what the compiler 
 How. Each engine call (qkv with the norm folded in, o_proj, gate_up with the norm, down with
 SiLU-and-mul, the LM head) runs through its real wrapper with CPU tensors while `_gemv_kernel` is
 swapped for a recorder, so the audit sees exactly the arguments, constexprs and config the engine
-launches. Triton's own specialization (pointers and ints divisible by 16, M = 1 a constant) turns
-them into a signature, `triton.compile` builds PTX and a cubin for sm_90a, and the wheel's
+launches; scripts/kernel_resources.py records and compiles it as Triton's JIT would (pointers and
+ints divisible by 16, M = 1 a constant) into PTX and a cubin for sm_90a, and the wheel's
 cuobjdump / nvdisasm report registers, local memory and the SASS loads.
 
   python scripts/gemv_ptx_audit.py            # the table (markdown), ~1 min
@@ -16,22 +16,22 @@ Caveat: the compiler here is this venv's triton, not necessarily the GPU machine
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.backends.nvidia.compiler import CUDABackend
 
-from workbench.kernels import fused_gemv, gemv, pdl
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # its neighbour: recording and compiling a launch
+from kernel_resources import Launch, capture, compile_sm90, count_loads  # noqa: E402
+
+from workbench.kernels import fused_gemv, gemv, pdl  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-SM90 = GPUTarget("cuda", 90, 32)
 HIDDEN, EPS = 1024, 1e-6
 
 # (name, N, K, the call the engine makes at batch 1 with fused_decode on)
@@ -49,50 +49,15 @@ def _nw(x):
     return torch.ones(x.shape[1], dtype=x.dtype)
 
 
-class _Recorder:
-    """Stands in for `_gemv_kernel`: kernel[grid](*args, **kwargs) records instead of launching."""
-    def __getitem__(self, grid):
-        def record(*args, **kwargs):
-            self.grid, self.args, self.kwargs = grid, args, kwargs
-        return record
-
-
-def recorded_launch(n: int, k: int, call, use_pdl: bool) -> _Recorder:
-    """Run the engine's wrapper for one batch-1 call and return what it would launch."""
+def recorded_launch(n: int, k: int, call, use_pdl: bool) -> Launch:
+    """Run the engine's wrapper for one batch-1 call and return the GEMV launch it would make
+    (kernel_resources.capture: Triton's launch replaced by a recorder)."""
     x_cols = 2 * k if call is CASES[4][3] else k   # SILU_MUL reads gate_up [1, 2K]
     x = torch.zeros(1, x_cols, dtype=torch.bfloat16)
     w = torch.empty(n, k, dtype=torch.bfloat16)   # never read: only its shape and alignment matter
-    rec, kernel = _Recorder(), gemv._gemv_kernel
-    gemv._gemv_kernel = rec
-    try:
-        with pdl.launching(use_pdl):
-            call(x, w)
-    finally:
-        gemv._gemv_kernel = kernel
-    return rec
-
-
-def compile_sm90(rec: _Recorder, fn=None):
-    """triton.compile the recorded launch for sm_90a, specialized as Triton's JIT would."""
-    from triton._C.libtriton import native_specialize_impl
-    fn = fn or gemv._gemv_kernel
-    kwargs = dict(rec.kwargs)
-    options = {o: kwargs.pop(o) for o in ("num_warps", "num_stages", "launch_pdl") if o in kwargs}
-    values = dict(zip(fn.arg_names, rec.args)) | kwargs
-    signature, constexprs, attrs = {}, {}, {}
-    for i, p in enumerate(fn.params):
-        v = values[p.name]
-        if p.is_constexpr:
-            signature[p.name], constexprs[p.name] = "constexpr", v
-            continue
-        ty, spec = native_specialize_impl(CUDABackend, v, False, True, True)
-        signature[p.name] = ty
-        if ty == "constexpr":          # an int equal to 1 (M at batch 1) becomes a constant
-            constexprs[p.name] = spec
-        elif isinstance(spec, str):    # "D": divisible by 16
-            attrs[(i,)] = CUDABackend.parse_attr(spec)
-    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=SM90, options=options), options
+    with capture() as launches, pdl.launching(use_pdl):
+        call(x, w)
+    return next(launch for launch in launches if launch.fn is gemv._gemv_kernel)
 
 
 def _tool(name: str, *args: str) -> str:
@@ -108,16 +73,6 @@ def sass_of(cubin: bytes) -> tuple[str, dict]:
         sass = _tool("nvdisasm", "-c", f.name)
     res = {k: int(v) for k, v in re.findall(r"\b(REG|SHARED|LOCAL|STACK):(\d+)", usage)}
     return sass, res
-
-
-def load_widths(ptx: str) -> dict:
-    """ld.global in the PTX by width: v4 (16 bytes a thread when .b32), v2, scalar."""
-    lds = re.findall(r"ld\.global(?:\.\w+)*?(\.v[24])?\.(b\d+|f\d+|u\d+|s\d+)\b", ptx)
-    out = {}
-    for vec, ty in lds:
-        key = f"{vec[1:] + '.' if vec else ''}{ty}"
-        out[key] = out.get(key, 0) + 1
-    return out
 
 
 def _regs(operands: str, width: int = 1) -> set[int]:
@@ -158,22 +113,22 @@ def occupancy(regs: int, shared: int, num_warps: int) -> int:
 
 
 def audit(name: str, n: int, k: int, call, use_pdl: bool, dump: Path | None = None) -> dict:
-    rec = recorded_launch(n, k, call, use_pdl)
-    ck, opts = compile_sm90(rec)
+    launch = recorded_launch(n, k, call, use_pdl)
+    ck = compile_sm90(launch)
     sass, res = sass_of(ck.asm["cubin"])
     if dump:
         stem = f"{name.replace(' ', '_').replace('+', '_')}_pdl{int(use_pdl)}"
         (dump / f"{stem}.ptx").write_text(ck.asm["ptx"])
         (dump / f"{stem}.sass").write_text(sass)
-    c = rec.kwargs
-    programs = rec.grid[0] * rec.grid[1]
-    per_sm = occupancy(res["REG"], res["SHARED"], opts["num_warps"])
-    threads = 32 * opts["num_warps"]
+    c = launch.kwargs
+    programs = launch.grid[0] * launch.grid[1]
+    per_sm = occupancy(res["REG"], res["SHARED"], c["num_warps"])
+    threads = 32 * c["num_warps"]
     return {"case": name, "pdl": use_pdl, "N x K": f"{n}x{k}",
-            "cfg": f"bn{c['BLOCK_N']} bk{c['BLOCK_K']} w{opts['num_warps']} s{opts['num_stages']}",
+            "cfg": f"bn{c['BLOCK_N']} bk{c['BLOCK_K']} w{c['num_warps']} s{c['num_stages']}",
             "EVEN_K/N": f"{int(c['EVEN_K'])}/{int(c['EVEN_N'])}",
             "regs": res["REG"], "local B": res["LOCAL"], "smem B": res["SHARED"],
-            "ptx ld.global": load_widths(ck.asm["ptx"]), **sass_facts(sass),
+            "ptx ld.global": count_loads(ck.asm["ptx"]), **sass_facts(sass),
             "w B/thread/tile": c["BLOCK_N"] * c["BLOCK_K"] * 2 // threads,
             "programs": programs, "per SM": per_sm, "waves": round(programs / (132 * per_sm), 2)}
 

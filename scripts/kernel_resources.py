@@ -47,10 +47,11 @@ TARGET = ("cuda", 90, 32)   # H100 / H200: compute capability 9.0 (Triton compil
 
 @dataclasses.dataclass
 class Launch:
-    """One kernel launch the wrapper made: the JIT function and its arguments, not run."""
+    """One kernel launch the wrapper made: the JIT function, its arguments and grid, not run."""
     fn: object
     args: tuple
     kwargs: dict
+    grid: tuple = ()
 
 
 @dataclasses.dataclass
@@ -72,7 +73,7 @@ def capture():
     launches: list[Launch] = []
 
     def record(self, *args, grid, warmup, **kwargs):
-        launches.append(Launch(self, args, kwargs))
+        launches.append(Launch(self, args, kwargs, tuple(grid)))
 
     original, JITFunction.run = JITFunction.run, record
     try:

@@ -1,6 +1,6 @@
 """The decode GEMV as the engine launches it at batch 1 (all_on: fused_decode + pdl), compiled for
-sm_90a on the CPU (Triton builds PTX and a cubin without a GPU; scripts/gemv_ptx_audit.py does the
-compiling and reading). Two defects found at compile time (docs/perf-notes.md, "Session 7: the
+sm_90a on the CPU (Triton builds PTX and a cubin without a GPU; scripts/gemv_ptx_audit.py reads
+them, scripts/kernel_resources.py records and compiles the launch). Two defects found at compile time (docs/perf-notes.md, "Session 7: the
 decode GEMV at compile time") must stay fixed:
   - a runtime K loop kept a [BLOCK_N, BLOCK_K] fp32 tile live across it: 167 registers for qkv,
     6 programs an SM, so its 1,024 programs took 1.3 waves (now one)
@@ -45,14 +45,14 @@ CASES = ["qkv rms_norm+res", "o_proj plain", "gate_up rms_norm+res", "down silu_
 @pytest.mark.parametrize("name", CASES)
 def test_batch1_gemv_compiles_without_the_known_defects(audit, name):
     _, n, k, call = next(c for c in audit.CASES if c[0] == name)
-    rec = audit.recorded_launch(n, k, call, use_pdl=True)
-    ck, opts = audit.compile_sm90(rec)
+    launch = audit.recorded_launch(n, k, call, use_pdl=True)
+    ck = audit.compile_sm90(launch)
     sass, res = audit.sass_of(ck.asm["cubin"])
     facts = audit.sass_facts(sass)
     assert res["LOCAL"] == 0 and facts["STL"] == 0, f"{name}: spills ({res})"
-    programs = rec.grid[0] * rec.grid[1]
+    programs = launch.grid[0] * launch.grid[1]
     if programs <= 132 * 16:   # not the LM head: its 19k programs take many waves whatever it does
-        per_sm = audit.occupancy(res["REG"], res["SHARED"], opts["num_warps"])
+        per_sm = audit.occupancy(res["REG"], res["SHARED"], launch.kwargs["num_warps"])
         # ~one wave, with room for another Triton's allocation (gate_up: 1.16 waves under triton
         # 3.6 with PDL); before the constexpr loop, qkv took 1.29 and gate_up 1.94
         assert programs <= 1.2 * 132 * per_sm, (f"{name}: {res['REG']} registers -> {per_sm} programs an SM: "
