@@ -67,7 +67,7 @@ do_step() {
     dattn-tests) run dattn-tests $PY -m pytest -q tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k "not engine_parity" ;;
     dattn-parity) run dattn-parity $PY -m pytest -q -s tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k engine_parity ;;
     dattn-micro) run dattn-micro $W measure decode-attention $P --context 128,384,640,2048,8192 --json "$OUT/decode-attn-micro.json" ;;
-    # session 8 candidate: merge="last_program" (one launch a layer) -- its GPU tests, then
+    # session 7 candidate: merge="last_program" (one launch a layer) -- its GPU tests, then
     # timed beside the two-kernel merge and flash (docs/perf-notes.md has the prediction)
     # (with the per-tile block lookup's test: both lookups vs SDPA, the launched kernels' n_regs/n_spills printed)
     dattn-last) run dattn-last-tests $PY -m pytest -q -s tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k "last_program or block_lookups"

@@ -22,7 +22,7 @@ from workbench.reference import compare, hf_greedy, load_hf_model
 def switch_settings(attentions=("naive", "flash")) -> list[Optimizations]:
     """Every combination of attention x fused x graphs x compile, plus sdpa, plus the decode GEMV
     and then fused_decode and decode attention on the paths where they matter (eager alone, under
-    graphs, all on, which includes both), and all on with pdl."""
+    graphs, all on, which includes both), and all on without pdl (all on includes it)."""
     settings = [Optimizations(attention=a, fused_kernels=f, cuda_graphs=g, compile=c)
                 for a, f, g, c in itertools.product(attentions, (False, True), (False, True), (False, True))]
     gemv = [Optimizations(attention="naive", decode_gemv=True),
@@ -32,7 +32,7 @@ def switch_settings(attentions=("naive", "flash")) -> list[Optimizations]:
             Optimizations(attention="naive", decode_attention=True),
             Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, fused_decode=True, cuda_graphs=True),
             Optimizations(attention="flash", fused_kernels=True, decode_gemv=True, decode_attention=True,
-                          cuda_graphs=True), Optimizations.all_on(), dataclasses.replace(Optimizations.all_on(), pdl=True)]
+                          cuda_graphs=True), dataclasses.replace(Optimizations.all_on(), pdl=False), Optimizations.all_on()]
     return settings + [Optimizations(attention="sdpa")] + [g for g in gemv if g.attention in attentions]
 
 

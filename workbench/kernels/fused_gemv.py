@@ -19,8 +19,9 @@ with a different X_FORM: what the kernel does to x as it loads each tile.
 The residual sum and the activation round to the input dtype where the unfused torch ops do
 (the new residual is bit-exact); the norm does not: unfused, the normalized row is rounded before
 the matmul, here x * norm_weight is, and 1/rms is applied in fp32 after it -- equal in exact
-arithmetic, a rounding apart in bf16 (the tests allow the fold's bf16 tolerance for it). Both are registered torch ops with fake impls, like workbench::gemv: torch.compile
-sees one opaque op, and CUDA graphs capture the launches (the outputs are fresh torch.empty).
+arithmetic, a rounding apart in bf16 (the tests allow the fold's bf16 tolerance for it). Both
+are registered torch ops with fake impls, like workbench::gemv: torch.compile sees one opaque op,
+and CUDA graphs capture the launches (the outputs are fresh torch.empty).
 
 Both run at M <= MAX_M tokens with the bare GEMV's config for the shape (CONFIGS, else
 default_config -- also where CONFIGS marks cuBLAS faster for the bare matmul, since folding removes

@@ -17,8 +17,8 @@ a CPU, labelled). Per switch setting, the bars show which switch removed which s
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from .roofline import BandwidthRecord, decode_step, step_bandwidth
 from .timeline import FAMILY_COLORS, Timeline, profile_engine_steps, sweep
@@ -171,8 +171,6 @@ def measure_settings(model_dir, settings, *, batch: int = 1, decode_steps: int =
     """A fresh engine per setting, its decode step broken down (printed as it comes) beside the
     timeline it was read from; the copy bandwidth is measured once, on the first engine's
     device, and shared by every floor."""
-    from pathlib import Path
-
     from workbench.engine import LLM
     bandwidth, found = None, []
     for opts in settings:

@@ -14,9 +14,8 @@ Installed: `install(model, on)` sets the kernels' one process-wide flag; the run
 its engine's switch before its graph capture (the graphs record the PDL edges) and before each of
 its steps, so an engine built later in the process does not change how this one launches. (Every
 launch that reads the flag waits before its first dependent read: a wrong flag would change
-speed, never results.) It acts on
-the kernels of the other switches (decode_gemv, fused_decode, decode_attention, fused_kernels):
-with none of them on it changes nothing.
+speed, never results.) It acts on the kernels of the other switches (decode_gemv, fused_decode,
+decode_attention, fused_kernels): with none of them on it changes nothing.
 """
 from __future__ import annotations
 
