@@ -37,6 +37,9 @@ do_step() {
     check-quick) run check $W check --quick --prompts 16 --max-tokens 32 $P --json "$OUT/parity.json" ;;
     check-compile) run check-compile $W check $P --settings naive+compile,naive+graphs+compile,flash+compile,flash+graphs+compile,flash+fused+graphs+compile --json "$OUT/parity-compile.json" ;;
     stack)      run stack $W bench stack --workloads single,batch $P --repeats 1 --json "$OUT/stack.json" ;;
+    # the single-stream ladder alone (~6-7 min on an H200: give it STEP_TIMEOUT >= 480); its JSON
+    # grows row by row, so a run cut short still leaves what it measured
+    stack-single) run stack-single $W bench stack --workloads single $P --repeats 1 --json "$OUT/stack-single.json" ;;
     throughput) run throughput $W bench throughput $P --settings all_on --repeats 1 --peers --json "$OUT/throughput.json" ;;
     multistep)  do_step multistep-single; do_step multistep-throughput ;;
     multistep-single) run multistep $W bench single $P --settings all_on --new-tokens 512 --repeats 1 --decode-steps 1,4,8 --json "$OUT/multistep-single.json" ;;

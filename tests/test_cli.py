@@ -40,6 +40,26 @@ def test_bench_single_on_cpu(tmp_path, tiny_ckpt):
     assert row["host_ms_per_step"]["launch"] > 0
 
 
+def test_bench_keeps_the_rows_of_a_run_stopped_half_way(tmp_path, tiny_ckpt, monkeypatch):
+    """A device step's time limit can stop a long bench (the ladder is ~15 engines): every row
+    measured before it must already be in the JSON."""
+    from workbench.measure import bench
+    real, calls = bench.bench_engine, []
+
+    def stopped_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("stopped by a time limit")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "bench_engine", stopped_on_the_second)
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "single", "--model", str(tiny_ckpt), "--new-tokens", "4", "--repeats", "1",
+                 "--settings", "all_off", "--decode-steps", "1,2", "--json", str(out_json)]) == 2
+    rows = json.loads(out_json.read_text())
+    assert len(rows) == 1 and rows[0]["note"].startswith("all off") and rows[0]["ratio"] == 1.0
+
+
 def test_measure_commands_say_unavailable(capsys, tiny_ckpt, no_ncu):
     assert main(["measure", "launches", "--model", str(tiny_ckpt), "--steps", "2"]) == 0
     assert "no CUDA" in capsys.readouterr().out

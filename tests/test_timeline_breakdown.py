@@ -148,9 +148,22 @@ def test_cli_breakdown(capsys, tiny_ckpt, tmp_path):
 def test_cli_redraws_from_a_results_file(capsys, tmp_path):
     from workbench.__main__ import main
     from workbench.measure.results import RESULTS_DIR
-    figure, out_json = tmp_path / "redrawn.png", tmp_path / "not-written.json"
+    figure = tmp_path / "redrawn.png"
     assert main(["measure", "breakdown", "--from-json", str(RESULTS_DIR / "breakdown-h200.json"),
-                 "--figure", str(figure), "--json", str(out_json), "--note", "a note"]) == 0
+                 "--figure", str(figure), "--note", "a note"]) == 0
     out = capsys.readouterr().out
     assert "drawn from docs/results/breakdown-h200.json: measured on NVIDIA H200" in out and "naive" in out
-    assert figure.read_bytes().startswith(b"\x89PNG") and not out_json.exists()   # a redraw re-stamps nothing
+    assert figure.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("flag", [["--timeline-figure", "t.png"], ["--json", "again.json"], ["--settings", "naive"]])
+def test_cli_redraw_refuses_what_only_a_measuring_run_does(capsys, tmp_path, flag):
+    """A results file keeps each step's parts, not its spans, and a redraw must not re-stamp a
+    record with today's date: these flags are refused, not ignored."""
+    from workbench.__main__ import main
+    from workbench.measure.results import RESULTS_DIR
+    assert main(["measure", "breakdown", "--from-json", str(RESULTS_DIR / "breakdown-h200.json"),
+                 "--figure", str(tmp_path / "f.png"), *flag]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag[0]} need(s) a measuring run: drop --from-json" in err
+    assert not (tmp_path / "f.png").exists()

@@ -19,11 +19,12 @@ def model_dir(args) -> Path:
     return random_checkpoint(args.preset or ("qwen3-0.6b" if torch.cuda.is_available() else "tiny"), args.workdir)
 
 
-def _save(rows, path: str | None) -> None:
+def _save(rows, path: str | None, quiet: bool = False) -> None:
     if path:   # every row says on which GPU, when and by which command (measure/results.py)
         from workbench.measure.results import stamp
         Path(path).write_text(json.dumps(stamp(rows), indent=1, default=str))
-        print(f"wrote {path}")
+        if not quiet:
+            print(f"wrote {path}")
 
 
 def runnable(items, opts_of):
@@ -115,6 +116,8 @@ def cmd_bench(args) -> int:
                 results.append(r)
                 host = ", ".join(f"{k} {v:.3f}" for k, v in r.host_ms_per_step.items())
                 print(f"  {name:<10} {note:<18} T={load.temperature:<4} {r.tok_s:10,.0f} tok/s   host ms/step: {host}", flush=True)
+                # the rows so far, after each one: a run stopped by a time limit keeps what it measured
+                _save([x.to_dict() for x in rows + bench.with_ratios(results, results[0])], args.json, quiet=True)
         if not results:
             print(f"  {name}: nothing runnable on this machine")
             continue
@@ -316,6 +319,12 @@ def cmd_measure_breakdown(args) -> int:
     from workbench.measure import format_table
     from workbench.measure.breakdown import ladder_settings, measure_settings, plot_breakdowns, read_breakdowns
     if args.from_json:
+        measuring_only = [flag for flag, value in (("--timeline-figure", args.timeline_figure),
+                                                   ("--settings", args.settings), ("--json", args.json),
+                                                   ("--trace-dir", args.trace_dir)) if value]
+        if measuring_only:   # a results file keeps each step's parts, not its spans: refuse, never ignore
+            raise ValueError(f"--from-json redraws --figure from a results file and measures nothing; "
+                             f"{', '.join(measuring_only)} need(s) a measuring run: drop --from-json")
         found, source = read_breakdowns(args.from_json)
     else:
         ladder = ladder_settings()
@@ -334,7 +343,7 @@ def cmd_measure_breakdown(args) -> int:
         note = "\n".join(s for s in (source, args.note) if s)
         plot_breakdowns(found, source=note).figure.savefig(args.figure, dpi=110, bbox_inches="tight")
         print(f"wrote {args.figure}")
-    if args.timeline_figure and not args.from_json:   # a results file keeps the breakdown, not the spans
+    if args.timeline_figure:
         _draw_timelines([tl for _, tl in measured], args.timeline_figure)
     if not args.from_json:   # a redraw writes no results file: its records keep their own gpu and date
         _save([b.to_dict() for b in found], args.json)
