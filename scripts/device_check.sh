@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench|last) pdl(-tests|-bench) timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench|last) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -78,6 +78,11 @@ do_step() {
     dattn-bench) run dattn-bench $W bench single $P --settings all_on-decode_attention,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/decode-attn-single.json" ;;
     # programmatic dependent launch (pdl switch), session 6: the GPU tests (kernels on = off bit
     # for bit, a captured step, compile, engine parity), then all_on without and with pdl, 3 repeats
+    # session 8: the sampler queues its parameters from pinned memory (no hidden stream sync a
+    # step); sync-debug-mode test, then greedy and temperature 0.6 in one call (their ratio)
+    sampling)   run sampling-tests $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py -p no:cacheprovider
+                run sampling-greedy $W bench single $P --settings all_on --repeats 3 --decode-steps 1,8 --json "$OUT/sampling-greedy.json"
+                run sampling-t06 $W bench single $P --settings all_on --repeats 3 --decode-steps 1,8 --temperature 0.6 --json "$OUT/sampling-t06.json" ;;
     pdl)        do_step pdl-tests; do_step pdl-bench ;;
     pdl-tests)  run pdl-tests $PY -m pytest -q -s tests/gpu/test_pdl_gpu.py -p no:cacheprovider ;;
     pdl-bench)  run pdl-single $W bench single $P --settings all_on-pdl,all_on --repeats 3 --decode-steps 1,8 --json "$OUT/pdl-single.json" ;;

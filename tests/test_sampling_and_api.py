@@ -37,6 +37,27 @@ def test_sampling_follows_the_distribution():
     assert set(top2.tolist()) == {0, 1}
 
 
+def _mixed_batch():
+    """greedy, unseeded (the shared generator), seeded and top-k/top-p rows in one batch."""
+    return [_seq(SamplingParams(temperature=0)), _seq(SamplingParams(temperature=0.7)),
+            _seq(SamplingParams(temperature=1.0, seed=5)), _seq(SamplingParams(temperature=0.9, top_k=3, top_p=0.8)),
+            _seq(SamplingParams(temperature=0))]
+
+
+def test_rows_built_once_sample_as_rows_built_each_time():
+    """Multi-step decoding moves a round's sampling parameters to the device once and reuses them
+    (workbench/engine/sampler.py: a per-step torch.tensor(list, device="cuda") would make the
+    host wait for the GPU every step); the tokens must be the ones sample() makes alone."""
+    logits = torch.randn(5, 64)
+    want = [Sampler("cpu", seed=3).sample(logits, _mixed_batch()) for _ in range(2)]
+    sampler, seqs = Sampler("cpu", seed=3), _mixed_batch()
+    rows = sampler.rows(seqs, 64, logits.device)
+    got = sampler.sample(logits, seqs, rows)
+    assert torch.equal(got, want[0]) and got[0] == logits[0].argmax() and got[4] == logits[4].argmax()
+    other = Sampler("cpu", seed=3).sample(logits, _mixed_batch(), sampler.rows(_mixed_batch()[::-1], 64, "cpu"))
+    assert not torch.equal(other, want[0])   # rows of another batch: not the same draw (the check can fail)
+
+
 def test_seeded_requests_reproduce_in_any_batch(llm):
     rng = random.Random(0)
     prompts = [[rng.randrange(1, 512) for _ in range(n)] for n in (5, 30, 12)]

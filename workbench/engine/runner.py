@@ -228,6 +228,9 @@ class ModelRunner:
         self._own_launch_flags()
         t0 = time.perf_counter()
         step, sampled, samples = self.prepare(scheduled), None, []
+        # the sampling parameters go to the device once a round, not once a step
+        with_rows = self.sample == self.sampler.sample and not all(seq.params.greedy for seq in seqs)
+        rows = None
         t_prepared = time.perf_counter()
         for i in range(num_steps):
             if i:
@@ -237,7 +240,9 @@ class ModelRunner:
             else:
                 input_ids, positions, meta = step.to_device(self.device)
                 logits = self.forward_logits(input_ids if sampled is None else sampled, positions, meta)
-            sampled = self._sample(logits, seqs)
+            if with_rows and rows is None:
+                rows = self.sampler.rows(seqs, logits.shape[-1], logits.device)
+            sampled = self._sample(logits, seqs, rows)
             samples.append(sampled)
         t1 = time.perf_counter()
         tokens = torch.stack(samples, dim=1).tolist()   # the one wait for the GPU
@@ -254,10 +259,11 @@ class ModelRunner:
     def _step_inputs(self, step: HostStep):
         return step.to_device(self.device)
 
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        """The next token per row; an overridden sampler gets float32 logits and is checked."""
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence], rows=None) -> torch.Tensor:
+        """The next token per row; an overridden sampler gets float32 logits and is checked.
+        rows: the built-in sampler's per-row parameters, when already on the device."""
         if self.sample == self.sampler.sample:
-            return self.sample(logits, seqs)
+            return self.sample(logits, seqs, rows)
         tokens = self.sample(logits.float(), seqs)
         if not isinstance(tokens, torch.Tensor) or tokens.shape != (len(seqs),) or tokens.dtype != torch.int64:
             got = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__

@@ -38,34 +38,57 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         return self.sample(logits, seqs).tolist()   # .tolist(): waits for the GPU
 
-    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def rows(self, seqs: list[Sequence], vocab: int, device: torch.device) -> "SamplingRows":
+        """The batch's per-row parameters on the device. Build them once for steps that sample the
+        same sequences (multi-step decoding) and pass them to sample()."""
+        return SamplingRows(seqs, vocab, device)
+
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence], rows: "SamplingRows | None" = None) -> torch.Tensor:
         """The next token of every row, as a device tensor: nothing here waits for the GPU."""
         # argmax needs no float copy: bf16 -> fp32 is exact and keeps the order (and the first max)
         greedy = logits.argmax(dim=-1)
         if all(seq.params.greedy for seq in seqs):
             return greedy
-        logits = logits.float()
-        vocab = logits.shape[-1]
-        # greedy rows divide by 1 (a tiny temperature would overflow; torch.where picks argmax below)
-        temps = torch.tensor([1.0 if seq.params.greedy else seq.params.temperature for seq in seqs],
-                             device=logits.device)
-        top_k = torch.tensor([seq.params.top_k if seq.params.top_k > 0 else vocab for seq in seqs],
-                             device=logits.device)
-        top_p = torch.tensor([seq.params.top_p for seq in seqs], device=logits.device)
-        logits = logits / temps[:, None]
-        if any(seq.params.top_k > 0 or seq.params.top_p < 1 for seq in seqs):   # decided on the host: no sync
-            logits = _filter_top_k_top_p(logits, top_k, top_p)
+        rows = rows or self.rows(seqs, logits.shape[-1], logits.device)
+        logits = logits.float() / rows.temps[:, None]
+        if rows.filter:   # decided on the host: no sync
+            logits = _filter_top_k_top_p(logits, rows.top_k, rows.top_p)
         probs = logits.softmax(dim=-1)
         noise = torch.ones_like(probs)
-        shared = [row for row, seq in enumerate(seqs) if not seq.params.greedy and seq.params.seed is None]
-        if shared:   # unseeded rows: one draw from the engine's generator
-            noise[shared] = torch.empty(len(shared), probs.shape[-1], device=probs.device).exponential_(
-                generator=self.generator)
+        if rows.shared is not None:   # unseeded rows: one draw from the engine's generator
+            draws = torch.empty(rows.num_shared, probs.shape[-1], device=probs.device)
+            noise.index_copy_(0, rows.shared, draws.exponential_(generator=self.generator))
         for row, seq in enumerate(seqs):   # seeded rows: each from its own generator
             if not seq.params.greedy and seq.params.seed is not None:
                 if seq.generator is None:   # a Sequence made outside an engine (tests)
                     seq.generator = self.generator_for(seq.params)
                 noise[row].exponential_(generator=seq.generator)
         sampled = (probs / noise).argmax(dim=-1)
-        is_greedy = torch.tensor([seq.params.greedy for seq in seqs], device=logits.device)
-        return torch.where(is_greedy, greedy, sampled)
+        return torch.where(rows.is_greedy, greedy, sampled)
+
+
+def _on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A short host list as a device tensor, without waiting for the GPU. `torch.tensor(values,
+    device="cuda")` copies from pageable memory, and such a copy synchronizes the stream: the
+    host would stop until every kernel queued so far has run, and could no longer prepare the
+    next step while the GPU runs this one. From pinned memory the copy is queued like a kernel."""
+    host = torch.tensor(values, dtype=dtype)
+    if torch.device(device).type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+class SamplingRows:
+    """Per-row sampling parameters of one batch, on the device (greedy rows: temperature 1,
+    torch.where picks their argmax; a tiny temperature would overflow)."""
+
+    def __init__(self, seqs: list[Sequence], vocab: int, device: torch.device):
+        params = [seq.params for seq in seqs]
+        self.temps = _on_device([1.0 if p.greedy else p.temperature for p in params], torch.float32, device)
+        self.top_k = _on_device([p.top_k if p.top_k > 0 else vocab for p in params], torch.int64, device)
+        self.top_p = _on_device([p.top_p for p in params], torch.float32, device)
+        self.is_greedy = _on_device([p.greedy for p in params], torch.bool, device)
+        self.filter = any(p.top_k > 0 or p.top_p < 1 for p in params)
+        shared = [row for row, p in enumerate(params) if not p.greedy and p.seed is None]
+        self.num_shared = len(shared)
+        self.shared = _on_device(shared, torch.int64, device) if shared else None
