@@ -1,29 +1,35 @@
 """how_far: the line a notebook prints after a "Predict" measurement."""
-from workbench.ui.predict import how_far
+from workbench.ui.predict import how_far, verdict
 
 
 def test_no_guess_says_so():
-    assert "No guess entered" in how_far(None, 2.0, what="x")
+    assert "No guess entered" in verdict(None, 2.0, what="x")
 
 
 def test_number_is_a_factor_off():
-    assert "2x too high" in how_far(4, 2.0, what="x")
-    assert "2x too low" in how_far(1, 2.0, what="x")
-    assert "exact" in how_far(2, 2.0, what="x")
-    assert "within 4 % too low" in how_far(2.4, 2.5, what="x")
+    assert "2x too high" in verdict(4, 2.0, what="x")
+    assert "2x too low" in verdict(1, 2.0, what="x")
+    assert "exact" in verdict(2, 2.0, what="x")
+    assert "within 4 % too low" in verdict(2.4, 2.5, what="x")
 
 
 def test_choice_and_list():
-    assert "right" in how_far("Slower", "slower", what="x")
-    assert "not this time" in how_far("faster", "slower", what="x")
-    assert "right" in how_far(True, True, what="x") and "not this time" in how_far(False, True, what="x")
-    assert "1 of 2 exact" in how_far([True, False], [True, True], what="x")
+    assert "right" in verdict("Slower", "slower", what="x")
+    assert "not this time" in verdict("faster", "slower", what="x")
+    assert "right" in verdict(True, True, what="x") and "not this time" in verdict(False, True, what="x")
+    assert "1 of 2 exact" in verdict([True, False], [True, True], what="x")
 
 
 def test_set_names_what_was_missed_and_added():
-    line = how_far({"prepare", "Sample"}, {"prepare", "schedule"}, what="x", why="because")
+    line = verdict({"prepare", "Sample"}, {"prepare", "schedule"}, what="x", why="because")
     assert "missed ['schedule'], extra ['sample']" in line and line.endswith("because")
-    assert "exact" in how_far({"a"}, {"A"}, what="x")
+    assert "exact" in verdict({"a"}, {"A"}, what="x")
+
+
+def test_how_far_prints_its_line_once(capsys):
+    """A cell that ends with how_far(...) showed the line twice: printed, then as the cell's value."""
+    assert how_far(4, 2.0, what="x", why="because") is None
+    assert capsys.readouterr().out == verdict(4, 2.0, what="x", why="because") + "\n"
 
 
 def test_every_predict_prompt_has_an_answer_cell_and_a_how_far_line():

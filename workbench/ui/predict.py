@@ -8,12 +8,20 @@ says how far it was.
 A number guess is compared as a ratio (a factor off, in either direction); a choice guess as
 right or wrong; a list element by element; a set (e.g. of phase names) by what it got, missed
 and added. The measured value always comes from the cell above, never from this module.
+
+how_far prints its line and returns None: a notebook cell often ends with the call, and a returned
+string would be shown a second time, as the cell's value.
 """
 from __future__ import annotations
 
 
-def how_far(guess, measured, *, what: str, why: str = "") -> str:
-    """Print (and return) how far `guess` was from `measured`."""
+def how_far(guess, measured, *, what: str, why: str = "") -> None:
+    """Print how far `guess` was from `measured` (the line is `verdict`'s)."""
+    print(verdict(guess, measured, what=what, why=why))
+
+
+def verdict(guess, measured, *, what: str, why: str = "") -> str:
+    """The line how_far prints."""
     if guess is None or guess is ...:
         line = f"{what}: measured {_fmt(measured)}. (No guess entered: fill the answer cell first next time.)"
     elif isinstance(measured, (str, bool)) or isinstance(guess, (str, bool)):   # a choice
@@ -38,7 +46,6 @@ def how_far(guess, measured, *, what: str, why: str = "") -> str:
             line = f"{what}: you said {_fmt(g)}, measured {_fmt(m)} (off by {_fmt(abs(g - m))})."
     if why:
         line += f" {why}"
-    print(line)
     return line
 
 

@@ -70,13 +70,13 @@ QUESTIONS = {
           "No: eager is only for batches larger than every bucket.")),
         1),
     "07-multiply": Question(
-        "Why do the optimizations multiply (the chapter's claim: about 3.8x together) rather than add up?",
+        "Why do the optimizations multiply (the source chapter's claim: about 3.8x together) rather than add up?",
         (("Because each is applied to every layer.",
           "No: that is why each one helps, not why their effects compound."),
          ("Each removes a different bottleneck from what remains: a 2x on 60 % of the step then a 1.5x on "
           "the new total compounds, because each acts on the time the previous ones left.",
-          "Right: speed-ups compose as ratios of time. They also interact: flash makes launches a larger "
-          "share of decode, so graphs help more after it."),
+          "Right: speed-ups compose as ratios of time. They can also interact: a switch acts on what the "
+          "earlier ones left, so its gain in the ladder can differ from its gain alone (the chapter prints both)."),
          ("Because torch.compile fuses all the others into one kernel.",
           "No: compile works around flash-attn (an opaque op) and graphs are a launch mechanism, not a kernel."),
          ("They do add up; the claim is a measurement artefact.",
