@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity gemv-ab gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench|last) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench|last) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -59,8 +59,9 @@ do_step() {
     gemv-tests) run gemv-tests $PY -m pytest -q tests/gpu/test_gemv_gpu.py -p no:cacheprovider -k "not engine_parity" ;;
     gemv-sweep) run gemv-sweep $PY scripts/sweep_gemv.py "$OUT/gemv-sweep.json" --budget-s 200 ;;
     gemv-parity) run gemv-parity $PY -m pytest -q -s tests/gpu/test_gemv_gpu.py -p no:cacheprovider -k engine_parity ;;
-    # session 8 candidate: one-tile o_proj / down configs, A/B inside the engine (~3-4 min)
-    gemv-ab)    run gemv-ab $PY scripts/ab_gemv_configs.py "$OUT/gemv-ab.json" --rounds 2 ;;
+    # session 8 candidates (GEMV configs, decode attention last-program merge and K/V prefetch),
+    # A/B inside the engine, each variant in its own process (~5-6 min: 5 variants x 2 rounds)
+    decode-ab)  run decode-ab $PY scripts/ab_decode_candidates.py "$OUT/decode-ab.json" --rounds 2 ;;
     gemv-bench) run gemv-bench $W bench single $P --settings all_on_cublas,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/gemv-single.json" ;;
     # fused_decode (norm and SiLU folded into the GEMV), session 6: kernel + engine tests, then
     # cuBLAS / the decode GEMV unfolded / folded, one row each at 1 and 8 decode steps a round

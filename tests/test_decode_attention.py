@@ -13,7 +13,7 @@ import importlib.util
 
 import pytest
 
-CHECKS = ["matches_naive", "wrong_table_is_caught", "last_program_merge", "engine_greedy_parity"]
+CHECKS = ["matches_naive", "wrong_table_is_caught", "last_program_merge", "prefetch_kv", "engine_greedy_parity"]
 
 
 # --- the switch on the board (plain pytest, no kernel runs) ------------------------------------
@@ -179,6 +179,55 @@ def check_last_program_merge(torch):
         assert torch.equal(ones[0], ones[1]), "the second call differs from the first"
 
 
+WAIT_HOOK = []   # what the (stubbed) PDL wait does: the writes of the kernel before, finishing
+
+
+def stub_pdl_wait():
+    """The interpreter cannot run gdc_wait; it runs kernels as Python, so a plain function stands
+    in for it (installed before any kernel runs: the interpreter resolves it once). With PDL on it
+    runs WAIT_HOOK's actions; off, nothing, as the real one."""
+    from workbench.kernels import decode_attention
+
+    def pdl_wait(USE_PDL):
+        if USE_PDL:
+            for action in WAIT_HOOK:
+                action()
+    decode_attention.pdl_wait = pdl_wait
+
+
+def check_prefetch_kv(torch):
+    """prefetch_kv=True (Choice 5, under PDL) equals the kernel without it, bit for bit, and reads
+    no K/V of the newest key before the wait. The newest key's K and V start as NaN and the wait
+    writes the real ones, as the kernel before (q/k norm + RoPE + cache write) would finish them:
+    a program that read them early returns NaN. One program a launch (batch 1, one KV head, one
+    split: the interpreter runs programs one by one, so a later program would see the wait's
+    writes of an earlier one); lengths put the newest key first in a tile, last in one, alone."""
+    from kernel_cases import decode_attention_inputs
+
+    from workbench.kernels import decode_attention as kernel
+    from workbench.kernels import pdl
+    for lens, block_size, splits, heads in CASES:
+        q, k, v, seq_lens, table, scale, _ = decode_attention_inputs(torch, lens, *heads, block_size, torch.float32)
+        plain = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits)
+        with pdl.launching(True):
+            early = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits, prefetch_kv=True)
+        assert torch.equal(plain, early), f"lens={lens} bs={block_size} splits={splits}: prefetch changed the output"
+    for n in (1, 63, 64, 65, 128, 130):
+        for block_size in (16, 128):
+            q, k, v, seq_lens, table, scale, _ = decode_attention_inputs(torch, [n], 2, 1, 32, block_size, torch.float32)
+            want = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=1)
+            block, row = int(table[0, (n - 1) // block_size]), (n - 1) % block_size
+            real_k, real_v = k[block, row].clone(), v[block, row].clone()
+            k[block, row], v[block, row] = float("nan"), float("nan")
+            WAIT_HOOK[:] = [lambda: (k[block, row].copy_(real_k), v[block, row].copy_(real_v))]
+            try:
+                with pdl.launching(True):
+                    got = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=1, prefetch_kv=True)
+            finally:
+                WAIT_HOOK.clear()
+            assert torch.equal(got, want), f"length {n}, blocks of {block_size}: the newest key was read before the wait"
+
+
 def check_engine_greedy_parity(torch):
     """A tiny engine (fp32, CPU): greedy tokens with decode_attention on equal all-off's, the
     decode steps' logits too (a tiny random model's tokens alone barely depend on attention), and
@@ -210,4 +259,5 @@ if __name__ == "__main__":
 
     from kernel_cases import run_checks   # tests/ is this script's folder
     torch.manual_seed(0)
+    stub_pdl_wait()
     run_checks(CHECKS, globals(), torch)

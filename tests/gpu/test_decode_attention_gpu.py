@@ -142,6 +142,62 @@ def test_last_program_merge_in_a_graph(pdl):
             torch.testing.assert_close(one, two, rtol=1e-2, atol=1e-2)
 
 
+def test_prefetch_kv_waits_for_the_newest_key():
+    """prefetch_kv=True (Choice 5) right after the kernel that writes the newest K/V, as in a
+    decode step: each layer's qk_norm_rope_store, then attention, all under PDL in one graph.
+    Before every replay the newest slots hold NaN and the new token's k/v are fresh: a program
+    that read the newest key before its wait would return NaN or the last replay's values. Each
+    replay equals the eager run without prefetch (PDL off) bit for bit, at contexts of one tile,
+    one tile + 1 and many tiles, 20 replays each."""
+    from workbench.kernels.decode_attention import paged_decode_attention
+    from workbench.kernels.pdl import launching
+    from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs compute capability 9.0+ (Hopper)")
+    batch, (hq, hkv, d), bs, width, layers = 4, HEADS, 128, 40, 4
+    caches = torch.randn(2, layers, batch * width, bs, hkv, d, device="cuda", dtype=torch.bfloat16)
+    table = torch.randperm(batch * width, device="cuda").view(batch, width).int()
+    q, k, v = (torch.randn(batch, h, d, device="cuda", dtype=torch.bfloat16) for h in (hq, hkv, hkv))
+    positions = torch.zeros(batch, dtype=torch.long, device="cuda")
+    slots = torch.zeros(batch, dtype=torch.long, device="cuda")
+    seq_lens = torch.zeros(batch, dtype=torch.int32, device="cuda")
+    cos_sin = torch.randn(8192, d, device="cuda")
+
+    def step(prefetch):
+        outs = []
+        for i in range(layers):
+            q_rot = qk_norm_rope_store(q, k, v, positions, cos_sin, caches[0, i], caches[1, i], slots)
+            outs.append(paged_decode_attention(q_rot, caches[0, i], caches[1, i], seq_lens, table, d ** -0.5,
+                                               prefetch_kv=prefetch))
+        return outs
+
+    def set_lengths(lens):
+        pos = torch.tensor(lens, device="cuda") - 1                       # the newest key
+        seq_lens.copy_(pos + 1)
+        positions.copy_(pos)
+        slots.copy_(table[torch.arange(batch, device="cuda"), pos // bs].long() * bs + pos % bs)
+
+    set_lengths([64, 65, 700, 3000])
+    with launching(True):
+        step(True)                                                       # JIT outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            got = step(True)
+    for lens in ([64, 65, 700, 3000], [1, 128, 129, 4000], [63, 2, 640, 1000]):
+        set_lengths(lens)
+        for _ in range(20):
+            for t in (q, k, v):
+                t.copy_(torch.randn_like(t))
+            flat = caches.view(2, layers, -1, hkv, d)
+            flat[:, :, slots] = float("nan")                             # the newest slots, every layer
+            graph.replay()
+            torch.cuda.synchronize()
+            with launching(False):
+                want = step(False)                                       # rewrites the same slots
+            for layer, (a, b) in enumerate(zip(got, want)):
+                assert torch.equal(a, b), f"lens={lens}, layer {layer}: prefetch read the newest key early"
+
+
 @pytest.mark.parametrize("max_num_seqs,prompts", [(1, 4), (16, 16)])
 def test_engine_parity_with_decode_attention(tmp_path_factory, max_num_seqs, prompts):
     from kernel_cases import assert_engine_parity

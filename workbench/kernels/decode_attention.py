@@ -38,6 +38,15 @@ the last of its group, so every partial is written: it merges them (the same cod
 kernel), writes the output and resets the counter to 0 for the next call. One launch a layer
 fewer; the cost is an atomic round trip per program and the last program's extra loads.
 
+Choice 5, a candidate: K and V before the PDL wait (`prefetch_kv=True`, not the default until a
+GPU run says so). Under PDL (kernels/pdl.py) a kernel may start while the one before it still
+runs, and must wait before reading anything that kernel writes. The kernel before decode
+attention writes q and the newest token's K and V; every other cached key was complete before it
+started, and the lengths and block tables are the step's inputs. So each program reads its
+length, its first tile's block id and that tile's K and V *before* the wait -- unless the tile
+holds the newest key -- and only q after it. At short contexts a program has one tile: its whole
+read overlaps the kernel before.
+
 Keys through the block table: key j of sequence b is row j % block_size of cache block
 block_tables[b, j // block_size]. With blocks of BLOCK_N keys or more (the engine's 128) a tile
 of BLOCK_N keys lies in one block: one id a tile, one 64-bit block offset plus 32-bit offsets
@@ -103,25 +112,71 @@ def _dot(a, b, FP32: tl.constexpr):
 
 
 @triton.jit
+def _share(lens_ptr, seq, split, num_splits, BLOCK_N: tl.constexpr):
+    """(length, first tile, end tile, tiles): this program's share of its sequence's key tiles,
+    from the length on the device."""
+    seq_len = tl.load(lens_ptr + seq)
+    num_tiles = tl.cdiv(seq_len, BLOCK_N)
+    per_split = tl.cdiv(num_tiles, num_splits)
+    first = split * per_split
+    return seq_len, first, tl.minimum(first + per_split, num_tiles), num_tiles
+
+
+@triton.jit
+def _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, tile, seq_len, dims, wanted,
+             stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
+             HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """K and V of key tile `tile` ([BLOCK_N, BLOCK_D] each; 0 past the length, or everywhere
+    when not `wanted`: a masked-off load reads no memory)."""
+    keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    limit = tl.where(wanted, seq_len, 0)   # not wanted: no key is valid
+    valid = keys < limit
+    kv_mask = valid[:, None] & (dims[None, :] < HEAD_DIM)
+    # Key j is row j % BLOCK_SIZE of block block_tables[seq, j // BLOCK_SIZE]. The block's offset
+    # (id x stride_kb) is 64-bit, as a cache may pass 2^31 elements; the offset inside it is 32-bit.
+    if BLOCK_SIZE % BLOCK_N == 0:   # the tile lies in one block (128-key blocks): one id a tile
+        # (masked: a program with no tile, or whose first tile is the newest, asks for a tile
+        # past the table's end when it prefetches)
+        block = tl.load(tables_ptr + seq * stride_table + tile * BLOCK_N // BLOCK_SIZE,
+                        mask=tile * BLOCK_N < limit, other=0).to(tl.int64)
+        row = tile * BLOCK_N % BLOCK_SIZE + tl.arange(0, BLOCK_N)
+    else:                           # smaller blocks: one id per key row, a [BLOCK_N, 1] column
+        block = tl.load(tables_ptr + seq * stride_table + keys // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+        block = block[:, None]
+        row = keys % BLOCK_SIZE
+    k = tl.load(k_ptr + block * stride_kb + (row[:, None] * stride_kt + kv_head * stride_kh + dims[None, :]),
+                mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + block * stride_vb + (row[:, None] * stride_vt + kv_head * stride_vh + dims[None, :]),
+                mask=kv_mask, other=0.0)
+    return k, v
+
+
+@triton.jit
 def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_ptr, m_ptr, l_ptr, count_ptr,
                   scale, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                   stride_table, stride_ot, stride_oh, num_splits,
                   NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                   BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, LAST_MERGES: tl.constexpr, DOT_FP32: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
-                  USE_PDL: tl.constexpr):
-    pdl_wait(USE_PDL)   # q, the lengths, the table and the cache are all written by kernels
+                  USE_PDL: tl.constexpr, PREFETCH_KV: tl.constexpr):
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    # This program's share of the sequence's key tiles, from its length on the device.
-    seq_len = tl.load(lens_ptr + seq)
-    num_tiles = tl.cdiv(seq_len, BLOCK_N)
-    per_split = tl.cdiv(num_tiles, num_splits)
-    first = split * per_split
-    last = tl.minimum(first + per_split, num_tiles)
+    dims = tl.arange(0, BLOCK_D)
+    if PREFETCH_KV:   # (with USE_PDL only) Choice 5: the first tile's K and V before the wait
+        # The lengths and tables are the step's inputs, written before the step's kernels run;
+        # the kernel before this one writes q and the newest key's K/V (key seq_len - 1, in the
+        # last tile): every other cached key was complete before it started.
+        seq_len, first, last, num_tiles = _share(lens_ptr, seq, split, num_splits, BLOCK_N)
+        early = (first < last) & (first < num_tiles - 1)
+        k_early, v_early = _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, first, seq_len, dims, early,
+                                    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
+                                    HEAD_DIM, BLOCK_SIZE, BLOCK_N)
+        pdl_wait(USE_PDL)
+    else:
+        pdl_wait(USE_PDL)   # q, the lengths, the table and the cache are all written by kernels
+        seq_len, first, last, num_tiles = _share(lens_ptr, seq, split, num_splits, BLOCK_N)
 
     rows = tl.arange(0, BLOCK_H)                    # the GQA group's query heads, padded
     heads = kv_head * GROUP + rows                  # query head h reads KV head h // GROUP
-    dims = tl.arange(0, BLOCK_D)
     hd_mask = (rows[:, None] < GROUP) & (dims[None, :] < HEAD_DIM)
     q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + dims[None, :], mask=hd_mask, other=0.0)
 
@@ -129,22 +184,17 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
     l = tl.zeros([BLOCK_H], tl.float32)                 # running sum of e^(score - m)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)      # running sum of e^(score - m) * v
     for tile in range(first, last):
-        keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        valid = keys < seq_len
-        kv_mask = valid[:, None] & (dims[None, :] < HEAD_DIM)
-        # Key j is row j % BLOCK_SIZE of block block_tables[seq, j // BLOCK_SIZE]. The block's offset
-        # (id x stride_kb) is 64-bit, as a cache may pass 2^31 elements; the offset inside it is 32-bit.
-        if BLOCK_SIZE % BLOCK_N == 0:   # the tile lies in one block (128-key blocks): one id a tile
-            block = tl.load(tables_ptr + seq * stride_table + tile * BLOCK_N // BLOCK_SIZE).to(tl.int64)
-            row = tile * BLOCK_N % BLOCK_SIZE + tl.arange(0, BLOCK_N)
-        else:                           # smaller blocks: one id per key row, a [BLOCK_N, 1] column
-            block = tl.load(tables_ptr + seq * stride_table + keys // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-            block = block[:, None]
-            row = keys % BLOCK_SIZE
-        k = tl.load(k_ptr + block * stride_kb + (row[:, None] * stride_kt + kv_head * stride_kh + dims[None, :]),
-                    mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + block * stride_vb + (row[:, None] * stride_vt + kv_head * stride_vh + dims[None, :]),
-                    mask=kv_mask, other=0.0)
+        valid = tile * BLOCK_N + tl.arange(0, BLOCK_N) < seq_len
+        if PREFETCH_KV:   # the prefetched tile is not loaded again (its loads masked off)
+            took = early & (tile == first)
+            k, v = _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, tile, seq_len, dims, took == 0,
+                            stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
+                            HEAD_DIM, BLOCK_SIZE, BLOCK_N)
+            k, v = tl.where(took, k_early, k), tl.where(took, v_early, v)
+        else:
+            k, v = _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, tile, seq_len, dims, True,
+                            stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
+                            HEAD_DIM, BLOCK_SIZE, BLOCK_N)
         s = _dot(q, tl.trans(k), DOT_FP32) * scale                  # [BLOCK_H, BLOCK_N]
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))         # finite: every visited tile has a valid key
@@ -206,11 +256,13 @@ def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_o
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
-                           splits: int | None = None, block_n: int = BLOCK_N, merge: str = "kernel") -> torch.Tensor:
+                           splits: int | None = None, block_n: int = BLOCK_N, merge: str = "kernel",
+                           prefetch_kv: bool = False) -> torch.Tensor:
     """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] >= 1 keys
     (a decoded token always sees itself; the merge relies on it) of its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
     Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it).
-    merge: "kernel" (a second launch merges the splits) or "last_program" (Choice 4, a candidate)."""
+    merge: "kernel" (a second launch merges the splits) or "last_program" (Choice 4, a candidate).
+    prefetch_kv: under PDL, each program's first tile before the wait (Choice 5, a candidate)."""
     if merge not in MERGES:
         raise ValueError(f"paged_decode_attention: merge={merge!r}; choose from {list(MERGES)}")
     batch, num_heads, head_dim = q.shape
@@ -233,6 +285,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     last = splits > 1 and merge == "last_program"
     counts = merge_counters(q.device, batch, kv_heads) if last else out   # not read unless `last`
     block_d = triton.next_power_of_2(head_dim)
+    launch = pdl.launch_options()
     _attention_split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part, m, l, counts, float(scale),
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
@@ -241,7 +294,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         LAST_MERGES=last, DOT_FP32=_INTERPRET or q.dtype == torch.float32,
         BLOCK_H=max(MIN_GROUP_ROWS, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_S=triton.next_power_of_2(splits) if last else 1,   # 1: no recompile per S when unused
-        num_warps=4, num_stages=2, **pdl.launch_options())
+        num_warps=4, num_stages=2, **launch, PREFETCH_KV=prefetch_kv and launch["USE_PDL"])
     if splits > 1 and not last:
         _attention_merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads,
                                           HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits),

@@ -1,24 +1,25 @@
-"""A/B the decode GEMV's configs inside the engine (all on, PDL on), on the GPU, in one call.
+"""A/B candidate changes to the batch-1 decode step inside the engine (all on, PDL on), on the GPU.
 
-    python scripts/ab_gemv_configs.py OUT.json [--rounds 2] [--variants current,one-tile,one-tile-wide]
+    python scripts/ab_decode_candidates.py OUT.json [--rounds 2] [--variants current,gemv-one-tile,...]
 
-Why not `measure gemv`: it times each GEMV alone with PDL off, but in the engine a GEMV runs
-under PDL between other kernels, where what matters is what it can do before its wait. Under PDL
-a GEMV loads its first weight tile before the wait (kernels/gemv.py), so o_proj (K = 2,048, two
-tiles of 1,024) and down_proj (K = 3,072, three) read half and a third of their weights early;
-with one tile as wide as K they read all of it early. And a grid that fills every SM (o_proj:
-1,024 programs of 8 warps, 62 of 64 warp slots an SM) leaves no room for the next kernel's
-programs to start early. The variants (compiled for sm_90a by scripts/gemv_ptx_audit.py first:
-no spills; registers and waves in docs/perf-notes.md, session 8):
+Why not the microbenchmarks (`measure gemv`, `measure decode-attention`): they time one kernel
+alone with PDL off, but in the engine each kernel runs under PDL between others, where what
+matters is what it can do before its wait and whether the next one finds room to start early.
 
-  current        CONFIGS as committed
-  one-tile       o_proj bn1 bk2048 w4, down bn1 bk4096 w4 (the whole weight slice before the
-                 wait; half the warp slots)
-  one-tile-wide  one-tile with two rows a program, and gate_up bn8 (a quarter of the slots)
+  current             as committed
+  gemv-one-tile       o_proj bn1 bk2048 w4, down bn1 bk4096 w4: under PDL a GEMV loads its first
+                      weight tile before the wait, so with one tile as wide as K the whole weight
+                      slice is read early (today o_proj reads half, down a third), and the grid
+                      takes half the warp slots (o_proj's 1,024 programs of 8 warps take ~62 of 64)
+  gemv-one-tile-wide  the same with two rows a program, and gate_up bn8 (a quarter of the slots)
+  dattn-last          decode attention merged by its last program (one launch a layer fewer)
+  dattn-prefetch      decode attention's first K/V tile read before the PDL wait
+                      (kernels/decode_attention.py, Choice 5)
 
-Each variant runs in its own process (torch.compile and the graph capture bake the configs in),
-in the order A B C A B C ...: `bench single` with all on, greedy 128 + 512 tokens, 8 decode steps
-a round, 3 repeats; prints a row per run as it goes and the medians per variant at the end.
+(Configs compiled for sm_90a first by scripts/gemv_ptx_audit.py: docs/perf-notes.md, session 8.)
+Each variant runs in its own process (torch.compile and the graph capture bake them in), in the
+order A B C ... A B C: all on, greedy 128 + 512 tokens, 8 decode steps a round, 3 repeats; a row
+per run as it goes (JSON rewritten after each), then the medians per variant.
 """
 from __future__ import annotations
 
@@ -30,22 +31,28 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {   # (N, K, bucket) -> (block_n, block_k, num_warps); the rest of GemvConfig as default
-    "current": {},
-    "one-tile": {(1024, 2048, "m1"): (1, 2048, 4), (1024, 3072, "m1"): (1, 4096, 4)},
-    "one-tile-wide": {(1024, 2048, "m1"): (2, 2048, 4), (1024, 3072, "m1"): (2, 4096, 4),
-                      (6144, 1024, "m1"): (8, 1024, 4)},
+GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps)}; the rest of GemvConfig as default
+    "gemv-one-tile": {(1024, 2048, "m1"): (1, 2048, 4), (1024, 3072, "m1"): (1, 4096, 4)},
+    "gemv-one-tile-wide": {(1024, 2048, "m1"): (2, 2048, 4), (1024, 3072, "m1"): (2, 4096, 4),
+                           (6144, 1024, "m1"): (8, 1024, 4)},
 }
+ATTENTION = {"dattn-last": {"merge": "last_program"}, "dattn-prefetch": {"prefetch_kv": True}}
+VARIANTS = ["current", *GEMV, *ATTENTION]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int) -> None:
-    """One variant, in this process: patch CONFIGS before the engine exists, bench, print JSON."""
+    """One variant, in this process: patch it in before the engine exists, bench, print JSON."""
+    import functools
+
     from workbench import Optimizations
-    from workbench.kernels import gemv
+    from workbench.kernels import decode_attention, gemv
     from workbench.measure import bench
     from workbench.model import ModelConfig, random_checkpoint
-    for key, (bn, bk, warps) in VARIANTS[variant].items():
+    for key, (bn, bk, warps) in GEMV.get(variant, {}).items():
         gemv.CONFIGS[key] = gemv.GemvConfig(block_n=bn, block_k=bk, split_k=1, num_warps=warps, num_stages=1)
+    if variant in ATTENTION:   # the switch looks the kernel's wrapper up at each call
+        decode_attention.paged_decode_attention = functools.partial(decode_attention.paged_decode_attention,
+                                                                    **ATTENTION[variant])
     path = random_checkpoint(preset, workdir)
     load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens)
     r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1)
@@ -87,16 +94,16 @@ def main() -> int:
                 continue
             row = json.loads(found[0])
             rows.append(row)
-            print(f"round {round_ + 1} {name:<14} {row['tok_s']:8,.0f} tok/s  GPU {_us(row)} a step  "
+            print(f"round {round_ + 1} {name:<18} {row['tok_s']:8,.0f} tok/s  GPU {_us(row)} a step  "
                   f"{row['kernels_per_step'] or '-'} kernels", flush=True)
-            command = "python scripts/ab_gemv_configs.py " + " ".join(sys.argv[1:])
+            command = "python scripts/ab_decode_candidates.py " + " ".join(sys.argv[1:])
             Path(args.json).write_text(json.dumps(stamp(rows, command), indent=1, default=str))
     print(f"\nmedians over {args.rounds} rounds (measured on {rows[0]['gpu'] if rows else '-'}):")
     for name in names:
         mine = [r for r in rows if r["variant"] == name]
         if mine:
             gpu = [r["gpu_kernel_us_per_step"] for r in mine if r["gpu_kernel_us_per_step"] is not None]
-            print(f"  {name:<14} {statistics.median(r['tok_s'] for r in mine):8,.0f} tok/s  "
+            print(f"  {name:<18} {statistics.median(r['tok_s'] for r in mine):8,.0f} tok/s  "
                   f"GPU {f'{statistics.median(gpu):7,.1f} us' if gpu else 'unavailable (no CUDA)'} a step")
     return 0
 
