@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench|last) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms breakdown-batch peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -43,6 +43,11 @@ do_step() {
     throughput) run throughput $W bench throughput $P --settings all_on --repeats 1 --peers --json "$OUT/throughput.json" ;;
     multistep)  do_step multistep-single; do_step multistep-throughput ;;
     multistep-single) run multistep $W bench single $P --settings all_on --new-tokens 512 --repeats 1 --decode-steps 1,4,8 --json "$OUT/multistep-single.json" ;;
+    # session 8: nano-vLLM's workload (temperature 0.6) at 1 and 8 decode steps a round, now that
+    # the sampler no longer syncs each step; then where a 256-sequence decode step goes
+    nanovllm-ms) run nanovllm-ms $W bench throughput $P --workload nanovllm --settings all_on --repeats 1 --decode-steps 1,8 --json "$OUT/nanovllm-multistep.json" ;;
+    breakdown-batch) run breakdown-batch $W measure breakdown $P --batch 256 --settings flash+fused+graphs,flash+fused+gemv+fdec+dattn+graphs+compile+pdl --json "$OUT/breakdown-batch.json" --figure "$OUT/breakdown-batch.png" ;;
+    dattn-prefetch) run dattn-prefetch-tests $PY -m pytest -q -s tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k prefetch ;;
     multistep-throughput) run multistep-throughput $W bench throughput $P --settings all_on --repeats 1 --decode-steps 1,8 --json "$OUT/multistep-throughput.json" ;;
     peers)      run peers $W bench single $P --new-tokens 256 --repeats 1 --peers --json "$OUT/peers-single.json" ;;
     attention)  run attention $W measure attention-traffic --n "${ATTN_N:-512,1024,2048,4096,8192}" --json "$OUT/attention.json" ;;
