@@ -204,7 +204,10 @@ def cmd_measure_launches(args) -> int:
 def cmd_measure_attention(args) -> int:
     from workbench.measure import format_table
     from workbench.measure.attention_traffic import attention_traffic
-    rows = attention_traffic([int(n) for n in args.n.split(",")], args.impls.split(","))
+    rows = []
+    for n in (int(n) for n in args.n.split(",")):   # one N at a time, saved after each: naive under ncu
+        rows += attention_traffic([n], args.impls.split(","))   # at N = 8,192 outlasted a device step
+        _save(rows, args.json, quiet=True)
     print("attention alone, one causal sequence, 16/8 heads, head_dim 128, bf16 "
           "(bytes: measured by ncu; modelled_bytes: modelled; time: CUDA events)")
     print(format_table(rows, ["n", "impl", "measured_bytes", "modelled_bytes", "bytes_vs_flash", "time_ms",
