@@ -15,6 +15,8 @@ matters is what it can do before its wait and whether the next one finds room to
   dattn-last          decode attention merged by its last program (one launch a layer fewer)
   dattn-prefetch      decode attention's first K/V tile read before the PDL wait
                       (kernels/decode_attention.py, Choice 5)
+  graph-rounds        a greedy round of 8 decode steps as one graph replay (EngineConfig.graph_rounds,
+                      optimizations/multi_step.py)
 
 (Configs compiled for sm_90a first by scripts/gemv_ptx_audit.py: docs/perf-notes.md, session 8.)
 Each variant runs in its own process (torch.compile and the graph capture bake them in), in the
@@ -37,7 +39,8 @@ GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps)}; the res
                            (6144, 1024, "m1"): (8, 1024, 4)},
 }
 ATTENTION = {"dattn-last": {"merge": "last_program"}, "dattn-prefetch": {"prefetch_kv": True}}
-VARIANTS = ["current", *GEMV, *ATTENTION]
+ENGINE = {"graph-rounds": {"graph_rounds": True}}   # EngineConfig fields
+VARIANTS = ["current", *GEMV, *ATTENTION, *ENGINE]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int) -> None:
@@ -55,7 +58,8 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int) -> None:
                                                                     **ATTENTION[variant])
     path = random_checkpoint(preset, workdir)
     load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens)
-    r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1)
+    r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1,
+                           **ENGINE.get(variant, {}))
     print("RESULT " + json.dumps({"variant": variant, **r.to_dict()}, default=str), flush=True)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms breakdown-batch peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms breakdown-batch rounds-tests peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -47,6 +47,7 @@ do_step() {
     # the sampler no longer syncs each step; then where a 256-sequence decode step goes
     nanovllm-ms) run nanovllm-ms $W bench throughput $P --workload nanovllm --settings all_on --repeats 1 --decode-steps 1,8 --json "$OUT/nanovllm-multistep.json" ;;
     breakdown-batch) run breakdown-batch $W measure breakdown $P --batch 256 --settings flash+fused+graphs,flash+fused+gemv+fdec+dattn+graphs+compile+pdl --json "$OUT/breakdown-batch.json" --figure "$OUT/breakdown-batch.png" ;;
+    rounds-tests) run rounds-tests $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -p no:cacheprovider -k graph_rounds ;;
     dattn-prefetch) run dattn-prefetch-tests $PY -m pytest -q -s tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k prefetch ;;
     multistep-throughput) run multistep-throughput $W bench throughput $P --settings all_on --repeats 1 --decode-steps 1,8 --json "$OUT/multistep-throughput.json" ;;
     peers)      run peers $W bench single $P --new-tokens 256 --repeats 1 --peers --json "$OUT/peers-single.json" ;;
@@ -65,7 +66,7 @@ do_step() {
     gemv-sweep) run gemv-sweep $PY scripts/sweep_gemv.py "$OUT/gemv-sweep.json" --budget-s 200 ;;
     gemv-parity) run gemv-parity $PY -m pytest -q -s tests/gpu/test_gemv_gpu.py -p no:cacheprovider -k engine_parity ;;
     # session 8 candidates (GEMV configs, decode attention last-program merge and K/V prefetch),
-    # A/B inside the engine, each variant in its own process (~5-6 min: 5 variants x 2 rounds)
+    # A/B inside the engine, each variant in its own process (~6-7 min: 6 variants x 2 rounds)
     decode-ab)  run decode-ab $PY scripts/ab_decode_candidates.py "$OUT/decode-ab.json" --rounds 2 ;;
     gemv-bench) run gemv-bench $W bench single $P --settings all_on_cublas,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/gemv-single.json" ;;
     # fused_decode (norm and SiLU folded into the GEMV), session 6: kernel + engine tests, then

@@ -69,3 +69,39 @@ def test_multi_step_streams_every_token_once(tiny_ckpt, prompts):
 def test_decode_steps_must_be_positive(tiny_ckpt):
     with pytest.raises(ValueError, match="decode_steps"):
         LLM(tiny_ckpt, decode_steps=0)
+
+
+def test_advance_on_the_device_is_next_decode_step_on_the_host():
+    """graph_rounds moves a captured round's inputs on the device (multi_step.advance); they must be
+    what the host makes for the same step (step_inputs.next_decode_step), step after step, and a
+    graph's padding rows (slot -1, one key) must stay as they are."""
+    import numpy as np
+    import torch
+
+    from workbench.engine.step_inputs import next_decode_step, pack_step
+    from workbench.optimizations.multi_step import advance
+    bs, width, pad = 4, 6, 2
+    rng = np.random.default_rng(0)
+    tables = [list(rng.permutation(40)[:width]) for _ in range(3)]
+    lengths = [1, 4, 9]   # the newest token at a block's start, its end, and inside one
+    step = pack_step([(list(range(n)), table, n - 1, n) for n, table in zip(lengths, tables)], bs)
+    ids = torch.tensor(list(step.input_ids) + [0] * pad)
+    pos = torch.tensor(list(step.positions) + [0] * pad)
+    slots = torch.tensor(list(step.slot_mapping) + [-1] * pad)
+    lens = torch.tensor(list(step.seq_lens) + [1] * pad, dtype=torch.int32)
+    table = torch.tensor(np.vstack([step.block_tables, rng.integers(0, 40, (pad, width))]), dtype=torch.int32)
+    for i in range(width * bs - max(lengths)):
+        sampled = torch.arange(100 + 10 * i, 105 + 10 * i)
+        advance(ids, pos, slots, lens, table, sampled, bs)
+        step = next_decode_step(step, bs)
+        assert ids[:3].tolist() == sampled[:3].tolist() and ids[3:].tolist() == [0] * pad, i
+        assert pos[:3].tolist() == step.positions.tolist() and pos[3:].tolist() == [0] * pad, i
+        assert slots[:3].tolist() == step.slot_mapping.tolist() and slots[3:].tolist() == [-1] * pad, i
+        assert lens[:3].tolist() == step.seq_lens.tolist() and lens[3:].tolist() == [1] * pad, i
+
+
+def test_graph_rounds_needs_steps_and_graphs(tiny_ckpt):
+    with pytest.raises(ValueError, match="set decode_steps > 1"):
+        LLM(tiny_ckpt, graph_rounds=True)
+    with pytest.raises(ValueError, match="turn cuda_graphs on"):
+        LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), graph_rounds=True, decode_steps=4)

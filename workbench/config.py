@@ -39,6 +39,8 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     decode_steps: int = 1                # decode steps per scheduling round; > 1: multi-step
                                          # decoding (workbench/optimizations/multi_step.py)
+    graph_rounds: bool = False           # a greedy round of decode_steps steps as ONE graph replay
+                                         # (needs cuda_graphs and decode_steps > 1; multi_step.py)
     warmup_progress: bool = False        # a progress bar over warm-up (compile, each graph
                                          # captured): a long wait that shows it is moving
 
@@ -60,6 +62,9 @@ class EngineConfig:
              f"kv_cache_gib={self.kv_cache_gib} must be > 0 (or None)"),
             (type(self.decode_steps) is int and self.decode_steps >= 1,
              f"decode_steps={self.decode_steps!r} must be an integer >= 1 (1: schedule every step)"),
+            (not self.graph_rounds or self.decode_steps > 1,
+             f"graph_rounds=True captures a round of decode_steps steps, but decode_steps={self.decode_steps}: "
+             "set decode_steps > 1 (e.g. 8), or graph_rounds=False"),
             (type(self.tensor_parallel_size) is int and self.tensor_parallel_size >= 1,
              f"tensor_parallel_size={self.tensor_parallel_size!r} must be an integer >= 1 (1: no tensor "
              "parallelism; N: split every layer across N GPUs or processes)"),

@@ -86,3 +86,30 @@ def test_multi_step_decoding_same_tokens(opts):
         with LLM(DEFAULT_MODEL_DIR, opts=opts, decode_steps=steps) as llm:
             outs[steps] = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     assert outs[8] == outs[1]
+
+
+@pytest.fixture(scope="module")
+def q06b(tmp_path_factory):   # Qwen3-0.6B's shape, random weights: the real kernels' shapes
+    from workbench.model import random_checkpoint
+    return random_checkpoint("qwen3-0.6b", tmp_path_factory.mktemp("q06b"))
+
+
+@pytest.mark.parametrize("opts", [FAST, Optimizations.all_on()], ids=lambda o: o.label())
+def test_graph_rounds_give_the_same_tokens(q06b, opts):
+    """graph_rounds (a greedy round of decode_steps steps as one replay) against a replay a step:
+    the same greedy tokens, with rounds cut short (max_tokens, a stop token) falling back to
+    the step-by-step path, batches of 1 and 4-5, and the round graph really replayed."""
+    rng = random.Random(1)
+    prompts = [[rng.randrange(3, 500) for _ in range(n)] for n in (5, 130, 40, 257, 9)]
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (40, 24, 64, 33, 8)]
+    params[2] = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True, stop_token_ids=[7])
+    runs = {}
+    for rounds in (False, True):
+        with LLM(q06b, opts=opts, decode_steps=8, graph_rounds=rounds, max_num_seqs=8, max_model_len=512) as llm:
+            replays, run_round = [], llm.runner.graphs.run_round
+            llm.runner.graphs.run_round = lambda step: replays.append(step.num_seqs) or run_round(step)
+            runs[rounds] = ([o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)],
+                            [llm.generate([p], q, use_tqdm=False)[0].token_ids for p, q in zip(prompts, params)])
+            # (the 8-token request cuts the first round of the batch to 7 steps: the step-by-step path)
+            assert bool(replays) == rounds and (not rounds or (1 in replays and max(replays) >= 4)), replays
+    assert runs[True] == runs[False]

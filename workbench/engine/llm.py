@@ -66,6 +66,10 @@ class LLM(MeasurementMethods):
         self.opts, self.skipped = self.config.opts.resolve(self.device, tp)   # the board decides what runs
         if self.config.decode_steps > 1 and (why := multi_step.why_not(self.device, tp)):
             raise ValueError(f"decode_steps={self.config.decode_steps}: {why}")
+        if self.config.graph_rounds and not self.opts.cuda_graphs:
+            why = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
+            raise ValueError(f"graph_rounds=True records a round in a CUDA graph, but cuda_graphs is off{why}: "
+                             "turn cuda_graphs on (a CUDA GPU), or graph_rounds=False")
         self._decode_steps = self.config.decode_steps   # (a measurement may hold it at 1: decode_steps_override)
         self.max_model_len = self.config.max_model_len
         if self.max_model_len is None:

@@ -148,7 +148,8 @@ class ModelRunner:
     def warm_up(self) -> None:
         """Compile and capture outside any timed region; record how long each took."""
         self._own_launch_flags()   # before graph capture: the graphs record the PDL edges
-        stages = int(self.opts.compile) + (len(self.graphs.buckets) if self.graphs is not None else 0)
+        stages = int(self.opts.compile) + (len(self.graphs.buckets) * (1 + self.cfg.graph_rounds)
+                                           if self.graphs is not None else 0)
         shown = self.cfg.warmup_progress and stages > 0 and self.rank == 0
         with tqdm(total=stages, desc="warm-up", unit="stage", disable=not shown, leave=False) as bar:
             if self.opts.compile:
@@ -164,6 +165,9 @@ class ModelRunner:
             if self.graphs is not None:
                 bar.set_postfix_str("capturing a decode graph per batch size")
                 self.graphs.capture(on_captured=bar.update)
+                if self.cfg.graph_rounds:
+                    bar.set_postfix_str(f"capturing a round of {self.cfg.decode_steps} greedy steps per batch size")
+                    self.graphs.capture_rounds(self.cfg.decode_steps, self.block_size, on_captured=bar.update)
                 self.timings["graph_capture_s"] = self.graphs.capture_seconds
 
     # One step ----------------------------------------------------------------------------------
@@ -228,6 +232,13 @@ class ModelRunner:
         self._own_launch_flags()
         t0 = time.perf_counter()
         step, sampled, samples = self.prepare(scheduled), None, []
+        if self._round_graph_runs(step, seqs, num_steps):   # graph_rounds: the whole round, one replay
+            t1 = time.perf_counter()
+            tokens = self.graphs.run_round(step).tolist()   # the one wait for the GPU
+            if host_seconds is not None:
+                host_seconds["prepare"] += t1 - t0
+                host_seconds["sample"] += time.perf_counter() - t1
+            return tokens
         # the sampling parameters go to the device once a round, not once a step
         with_rows = self.sample == self.sampler.sample and not all(seq.params.greedy for seq in seqs)
         rows = None
@@ -251,6 +262,12 @@ class ModelRunner:
             host_seconds["launch"] += t1 - t_prepared
             host_seconds["sample"] += time.perf_counter() - t1
         return tokens
+
+    def _round_graph_runs(self, step: HostStep, seqs: list[Sequence], num_steps: int) -> bool:
+        """graph_rounds (multi_step.py): a captured round fits this one -- its length, greedy rows
+        sampled by the built-in sampler, a batch a graph holds."""
+        return (self.graphs is not None and self.graphs.round_steps == num_steps and self.graphs.can_run(step)
+                and self.sample == self.sampler.sample and all(seq.params.greedy for seq in seqs))
 
     # Hooks tensor parallelism overrides (workbench/parallel/runner.py) --------------------------
     def _guard(self, what: str):

@@ -73,6 +73,10 @@ class DecodeGraphs:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.capture_seconds = 0.0
+        self.round_steps = 0   # > 0: capture_rounds recorded greedy rounds of this many steps
+        self.round_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.round_tokens: dict[int, torch.Tensor] = {}
+        self._pool = None
 
     def _meta(self, batch: int) -> AttentionMetadata:
         return AttentionMetadata(cu_seqlens_q=self.cu_seqlens_q[:batch + 1], seq_lens=self.seq_lens[:batch],
@@ -97,7 +101,40 @@ class DecodeGraphs:
             if on_captured is not None:
                 on_captured()
         torch.cuda.synchronize()
+        self._pool = pool
         self.capture_seconds = time.perf_counter() - start
+
+    @torch.inference_mode()
+    def capture_rounds(self, steps: int, block_size: int, on_captured=None) -> None:
+        """After capture(): record one graph per bucket that runs `steps` greedy decode steps
+        (multi_step.py, graph_rounds): each step's argmax goes to round_tokens[bucket][:, i] and
+        becomes the next step's input, `advance` moving positions, lengths and slots on the device.
+        The buffers are restaged before every replay, so what capture leaves in them is harmless."""
+        from .multi_step import advance
+        start = time.perf_counter()
+        for batch in reversed(self.buckets):
+            meta = self._meta(batch)
+            ids, pos = self.input_ids[:batch], self.positions[:batch]
+            tokens = torch.zeros(batch, steps, dtype=torch.long, device=self.i64.device)
+
+            def round_():
+                for i in range(steps):
+                    tokens[:, i] = self.forward_logits(ids, pos, meta).argmax(dim=-1)
+                    if i + 1 < steps:
+                        advance(ids, pos, meta.slot_mapping, meta.seq_lens, meta.block_tables, tokens[:, i],
+                                block_size)
+            self.slot_mapping[:batch].fill_(-1)   # the warm-up run writes no cache slot
+            round_()
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                round_()
+            self.round_graphs[batch], self.round_tokens[batch] = graph, tokens
+            if on_captured is not None:
+                on_captured()
+        torch.cuda.synchronize()
+        self.round_steps = steps
+        self.capture_seconds += time.perf_counter() - start
 
     def can_run(self, step: HostStep) -> bool:
         return step.is_decode and step.num_seqs <= self.buckets[-1]
@@ -106,6 +143,19 @@ class DecodeGraphs:
         """Replay the graph of the smallest bucket that holds this decode step; logits [B, vocab].
         input_ids (multi-step decoding): the step's tokens as a device tensor, used instead of
         step.input_ids -- the previous step's samples, which the host has not seen yet."""
+        bucket = self._stage(step, input_ids)
+        self.graphs[bucket].replay()
+        return self.outputs[bucket][:step.num_seqs]
+
+    def run_round(self, step: HostStep) -> torch.Tensor:
+        """Replay the round graph (capture_rounds) from this decode step, the round's first: the
+        greedy tokens of its round_steps steps, [B, round_steps], on the device."""
+        bucket = self._stage(step, None)
+        self.round_graphs[bucket].replay()
+        return self.round_tokens[bucket][:step.num_seqs]
+
+    def _stage(self, step: HostStep, input_ids: torch.Tensor | None) -> int:
+        """Copy the step's inputs into the graphs' buffers (padding rows made harmless); the bucket."""
         batch, n = step.num_seqs, self.n
         bucket = next(b for b in self.buckets if b >= batch)
         self.copied.synchronize()   # the previous step's copies have left the staging buffers
@@ -125,5 +175,4 @@ class DecodeGraphs:
         if input_ids is not None:
             self.input_ids[:batch].copy_(input_ids)   # after the staging copy: stream order
         self.copied.record()
-        self.graphs[bucket].replay()
-        return self.outputs[bucket][:batch]
+        return bucket
