@@ -125,11 +125,16 @@ def _share(lens_ptr, seq, split, num_splits, BLOCK_N: tl.constexpr):
 @triton.jit
 def _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, tile, seq_len, dims, wanted,
              stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
-             HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """K and V of key tile `tile` ([BLOCK_N, BLOCK_D] each; 0 past the length, or everywhere
-    when not `wanted`: a masked-off load reads no memory)."""
+             HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    """K and V of key tile `tile` ([BLOCK_N, BLOCK_D] each; 0 past the length). MASKED (the
+    prefetch): nothing where not `wanted` -- a masked-off load reads no memory -- and the block id
+    masked too (a program with no tile asks for one past the table's end); the loop's loads
+    are never masked off whole (a mask there cost 8-13 registers)."""
     keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    limit = tl.where(wanted, seq_len, 0)   # not wanted: no key is valid
+    if MASKED:
+        limit = tl.where(wanted, seq_len, 0)   # not wanted: no key is valid
+    else:
+        limit = seq_len
     valid = keys < limit
     kv_mask = valid[:, None] & (dims[None, :] < HEAD_DIM)
     # Key j is row j % BLOCK_SIZE of block block_tables[seq, j // BLOCK_SIZE]. The block's offset
@@ -137,8 +142,11 @@ def _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, tile, seq_len, dims, wanted
     if BLOCK_SIZE % BLOCK_N == 0:   # the tile lies in one block (128-key blocks): one id a tile
         # (masked: a program with no tile, or whose first tile is the newest, asks for a tile
         # past the table's end when it prefetches)
-        block = tl.load(tables_ptr + seq * stride_table + tile * BLOCK_N // BLOCK_SIZE,
-                        mask=tile * BLOCK_N < limit, other=0).to(tl.int64)
+        if MASKED:
+            block = tl.load(tables_ptr + seq * stride_table + tile * BLOCK_N // BLOCK_SIZE,
+                            mask=tile * BLOCK_N < limit, other=0).to(tl.int64)
+        else:
+            block = tl.load(tables_ptr + seq * stride_table + tile * BLOCK_N // BLOCK_SIZE).to(tl.int64)
         row = tile * BLOCK_N % BLOCK_SIZE + tl.arange(0, BLOCK_N)
     else:                           # smaller blocks: one id per key row, a [BLOCK_N, 1] column
         block = tl.load(tables_ptr + seq * stride_table + keys // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
@@ -149,6 +157,19 @@ def _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, tile, seq_len, dims, wanted
     v = tl.load(v_ptr + block * stride_vb + (row[:, None] * stride_vt + kv_head * stride_vh + dims[None, :]),
                 mask=kv_mask, other=0.0)
     return k, v
+
+
+@triton.jit
+def _attend(q, k, v, valid, m, l, acc, scale, DOT_FP32: tl.constexpr):
+    """One key tile of the online softmax: the new (running max, running sum, accumulator)."""
+    s = _dot(q, tl.trans(k), DOT_FP32) * scale      # [BLOCK_H, BLOCK_N]
+    s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))             # finite: every visited tile has a valid key
+    alpha = tl.exp(m - m_new)                       # rescales what was summed under the old max
+    p = tl.exp(s - m_new[:, None])
+    l = l * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_FP32)
+    return m_new, l, acc
 
 
 @triton.jit
@@ -169,7 +190,7 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
         early = (first < last) & (first < num_tiles - 1)
         k_early, v_early = _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, first, seq_len, dims, early,
                                     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
-                                    HEAD_DIM, BLOCK_SIZE, BLOCK_N)
+                                    HEAD_DIM, BLOCK_SIZE, BLOCK_N, True)
         pdl_wait(USE_PDL)
     else:
         pdl_wait(USE_PDL)   # q, the lengths, the table and the cache are all written by kernels
@@ -183,26 +204,19 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)   # running max of the scores
     l = tl.zeros([BLOCK_H], tl.float32)                 # running sum of e^(score - m)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)      # running sum of e^(score - m) * v
-    for tile in range(first, last):
+    start = first
+    if PREFETCH_KV:   # the prefetched tile first, then the loop over the others (held through the
+        # loop and selected per tile instead, its K/V took 255 registers: scripts/kernel_resources.py)
+        if early:
+            valid = first * BLOCK_N + tl.arange(0, BLOCK_N) < seq_len
+            m, l, acc = _attend(q, k_early, v_early, valid, m, l, acc, scale, DOT_FP32)
+        start = first + early.to(tl.int32)
+    for tile in range(start, last):
         valid = tile * BLOCK_N + tl.arange(0, BLOCK_N) < seq_len
-        if PREFETCH_KV:   # the prefetched tile is not loaded again (its loads masked off)
-            took = early & (tile == first)
-            k, v = _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, tile, seq_len, dims, took == 0,
-                            stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
-                            HEAD_DIM, BLOCK_SIZE, BLOCK_N)
-            k, v = tl.where(took, k_early, k), tl.where(took, v_early, v)
-        else:
-            k, v = _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, tile, seq_len, dims, True,
-                            stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
-                            HEAD_DIM, BLOCK_SIZE, BLOCK_N)
-        s = _dot(q, tl.trans(k), DOT_FP32) * scale                  # [BLOCK_H, BLOCK_N]
-        s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))         # finite: every visited tile has a valid key
-        alpha = tl.exp(m - m_new)                   # rescales what was summed under the old max
-        p = tl.exp(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_FP32)
-        m = m_new
+        k, v = _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, tile, seq_len, dims, True,
+                        stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
+                        HEAD_DIM, BLOCK_SIZE, BLOCK_N, False)
+        m, l, acc = _attend(q, k, v, valid, m, l, acc, scale, DOT_FP32)
 
     if not SPLIT:   # the whole context was ours: normalize and write the output
         out = acc / tl.where(l > 0, l, 1.0)[:, None]
