@@ -232,7 +232,8 @@ class ModelRunner:
         self._own_launch_flags()
         t0 = time.perf_counter()
         step, sampled, samples = self.prepare(scheduled), None, []
-        if self._round_graph_runs(step, seqs, num_steps):   # graph_rounds: the whole round, one replay
+        builtin, greedy = self.sample == self.sampler.sample, all(seq.params.greedy for seq in seqs)
+        if builtin and greedy and self._round_graph_fits(step, num_steps):   # graph_rounds: one replay
             t1 = time.perf_counter()
             tokens = self.graphs.run_round(step).tolist()   # the one wait for the GPU
             if host_seconds is not None:
@@ -240,8 +241,7 @@ class ModelRunner:
                 host_seconds["sample"] += time.perf_counter() - t1
             return tokens
         # the sampling parameters go to the device once a round, not once a step
-        with_rows = self.sample == self.sampler.sample and not all(seq.params.greedy for seq in seqs)
-        rows = None
+        rows = self.sampler.rows(seqs, self.model_cfg.vocab_size, self.device) if builtin and not greedy else None
         t_prepared = time.perf_counter()
         for i in range(num_steps):
             if i:
@@ -251,8 +251,6 @@ class ModelRunner:
             else:
                 input_ids, positions, meta = step.to_device(self.device)
                 logits = self.forward_logits(input_ids if sampled is None else sampled, positions, meta)
-            if with_rows and rows is None:
-                rows = self.sampler.rows(seqs, logits.shape[-1], logits.device)
             sampled = self._sample(logits, seqs, rows)
             samples.append(sampled)
         t1 = time.perf_counter()
@@ -263,11 +261,10 @@ class ModelRunner:
             host_seconds["sample"] += time.perf_counter() - t1
         return tokens
 
-    def _round_graph_runs(self, step: HostStep, seqs: list[Sequence], num_steps: int) -> bool:
-        """graph_rounds (multi_step.py): a captured round fits this one -- its length, greedy rows
-        sampled by the built-in sampler, a batch a graph holds."""
-        return (self.graphs is not None and self.graphs.round_steps == num_steps and self.graphs.can_run(step)
-                and self.sample == self.sampler.sample and all(seq.params.greedy for seq in seqs))
+    def _round_graph_fits(self, step: HostStep, num_steps: int) -> bool:
+        """graph_rounds (multi_step.py): a captured round fits this greedy one -- its length, a
+        batch a graph holds."""
+        return self.graphs is not None and self.graphs.round_steps == num_steps and self.graphs.can_run(step)
 
     # Hooks tensor parallelism overrides (workbench/parallel/runner.py) --------------------------
     def _guard(self, what: str):
