@@ -1,19 +1,17 @@
 """A/B candidate changes to the batch-1 decode step inside the engine (all on, PDL on), on the GPU.
 
-    python scripts/ab_decode_candidates.py OUT.json [--rounds 2] [--variants current,gemv-one-tile,...]
+    python scripts/ab_decode_candidates.py OUT.json [--rounds 2] [--variants current,gemv-sweep,...]
 
 Why not the microbenchmarks (`measure gemv`, `measure decode-attention`): they time one kernel
 alone with PDL off, but in the engine each kernel runs under PDL between others, where what
 matters is what it can do before its wait and whether the next one finds room to start early.
 
   current             as committed
-  gemv-one-tile       o_proj bn1 bk2048 w4, down bn1 bk4096 w4: under PDL a GEMV loads its first
-                      weight tile before the wait, so with one tile as wide as K the whole weight
-                      slice is read early (today o_proj reads half, down a third), and the grid
-                      takes half the warp slots (o_proj's 1,024 programs of 8 warps take ~62 of 64)
-  gemv-one-tile-wide  the same with two rows a program, and gate_up bn8 (a quarter of the slots)
+  gemv-sweep          the decode GEMV's M = 1 configs as scripts/sweep_gemv.py chose them alone, PDL
+                      off (the default until session 9): o_proj bn1 bk1024 w8 s4, down bn1 bk1024 w4,
+                      gate_up bn4 -- today's one-tile forms read the whole weight before the PDL wait
   dattn-last          decode attention merged by its last program (one launch a layer fewer)
-  dattn-prefetch      decode attention's first K/V tile read before the PDL wait
+  dattn-no-prefetch   decode attention without reading its first K/V tile before the PDL wait
                       (kernels/decode_attention.py, Choice 5)
   graph-rounds        a greedy round of 8 decode steps as one graph replay (EngineConfig.graph_rounds,
                       optimizations/multi_step.py)
@@ -33,12 +31,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps)}; the rest of GemvConfig as default
-    "gemv-one-tile": {(1024, 2048, "m1"): (1, 2048, 4), (1024, 3072, "m1"): (1, 4096, 4)},
-    "gemv-one-tile-wide": {(1024, 2048, "m1"): (2, 2048, 4), (1024, 3072, "m1"): (2, 4096, 4),
-                           (6144, 1024, "m1"): (8, 1024, 4)},
+GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps, num_stages)}; split_k 1
+    "gemv-sweep": {(1024, 2048, "m1"): (1, 1024, 8, 4), (1024, 3072, "m1"): (1, 1024, 4, 1),
+                   (6144, 1024, "m1"): (4, 1024, 4, 1)},
 }
-ATTENTION = {"dattn-last": {"merge": "last_program"}, "dattn-prefetch": {"prefetch_kv": True}}
+ATTENTION = {"dattn-last": {"merge": "last_program"}, "dattn-no-prefetch": {"prefetch_kv": False}}
 ENGINE = {"graph-rounds": {"graph_rounds": True}}   # EngineConfig fields
 VARIANTS = ["current", *GEMV, *ATTENTION, *ENGINE]
 
@@ -51,8 +48,8 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int) -> None:
     from workbench.kernels import decode_attention, gemv
     from workbench.measure import bench
     from workbench.model import ModelConfig, random_checkpoint
-    for key, (bn, bk, warps) in GEMV.get(variant, {}).items():
-        gemv.CONFIGS[key] = gemv.GemvConfig(block_n=bn, block_k=bk, split_k=1, num_warps=warps, num_stages=1)
+    for key, (bn, bk, warps, stages) in GEMV.get(variant, {}).items():
+        gemv.CONFIGS[key] = gemv.GemvConfig(block_n=bn, block_k=bk, split_k=1, num_warps=warps, num_stages=stages)
     if variant in ATTENTION:   # the switch looks the kernel's wrapper up at each call
         decode_attention.paged_decode_attention = functools.partial(decode_attention.paged_decode_attention,
                                                                     **ATTENTION[variant])

@@ -29,20 +29,22 @@ writes its partial, an empty one m = -inf, l = 0, o = 0, which the merge weighs 
 S is a run-time argument, not a compile-time constant: eager decode steps (no graphs) change the
 table's width, hence S, every few steps, and each new constant would JIT-compile a new kernel.
 
-Choice 4, a candidate: the merge without its own launch (`merge="last_program"`, not the
-default until a GPU run says so). Each kernel boundary costs a launch, a ramp-up and a first
-dependent load, more than the merge's few KB of bytes. So the split programs merge themselves,
-as split-K GEMMs do: each writes its partial, then adds 1 to its (sequence, KV head) counter with
-an atomic that releases those writes (acq_rel); the program that sees the count reach S - 1 is
-the last of its group, so every partial is written: it merges them (the same code as the merge
-kernel), writes the output and resets the counter to 0 for the next call. One launch a layer
-fewer; the cost is an atomic round trip per program and the last program's extra loads.
+Choice 4, measured and not taken: the merge without its own launch (`merge="last_program"`).
+Each kernel boundary costs a launch, a ramp-up and a first dependent load, more than the merge's
+few KB of bytes. So the split programs merge themselves, as split-K GEMMs do: each writes its
+partial, then adds 1 to its (sequence, KV head) counter with an atomic that releases those writes
+(acq_rel); the program that sees the count reach S - 1 is the last of its group, so every partial
+is written: it merges them (the same code as the merge kernel), writes the output and resets the
+counter to 0 for the next call. One launch a layer fewer -- and on an H200 inside the engine (all
+on, PDL) the step's GPU time rose 723 -> 762 us: the merge kernel's launch was hidden under PDL,
+while the last program's atomic round trip and its serial merge sit on the critical path. Kept,
+off, as the lesson that one launch fewer is not always faster (docs/perf-notes.md, session 9).
 
-Choice 5, a candidate: K and V before the PDL wait (`prefetch_kv=True`, not the default until a
-GPU run says so). Under PDL (kernels/pdl.py) a kernel may start while the one before it still
-runs, and must wait before reading anything that kernel writes. The kernel before decode
-attention writes q and the newest token's K and V; every other cached key was complete before it
-started, and the lengths and block tables are the step's inputs. So each program reads its
+Choice 5: K and V before the PDL wait (`prefetch_kv`, on by default since an H200 run inside the
+engine measured the step's GPU time 723 -> 707 us; it changes anything only under PDL). Under PDL
+(kernels/pdl.py) a kernel may start while the one before it still runs, and must wait before
+reading anything that kernel writes. The kernel before decode attention writes q and the newest
+token's K and V; every other cached key was complete before it started, and the lengths and block tables are the step's inputs. So each program reads its
 length, its first tile's block id and that tile's K and V *before* the wait -- unless the tile
 holds the newest key -- and only q after it. At short contexts a program has one tile: its whole
 read overlaps the kernel before.
@@ -271,12 +273,12 @@ def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_o
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
                            splits: int | None = None, block_n: int = BLOCK_N, merge: str = "kernel",
-                           prefetch_kv: bool = False) -> torch.Tensor:
+                           prefetch_kv: bool = True) -> torch.Tensor:
     """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] >= 1 keys
     (a decoded token always sees itself; the merge relies on it) of its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
     Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it).
-    merge: "kernel" (a second launch merges the splits) or "last_program" (Choice 4, a candidate).
-    prefetch_kv: under PDL, each program's first tile before the wait (Choice 5, a candidate)."""
+    merge: "kernel" (a second launch merges the splits) or "last_program" (Choice 4, measured slower).
+    prefetch_kv: under PDL, each program's first tile before the wait (Choice 5)."""
     if merge not in MERGES:
         raise ValueError(f"paged_decode_attention: merge={merge!r}; choose from {list(MERGES)}")
     batch, num_heads, head_dim = q.shape

@@ -68,16 +68,22 @@ class GemvConfig:
 
 
 # (N, K, "m1" | "m16") -> config, measured by scripts/sweep_gemv.py on an NVIDIA H200
-# (2026-12-01, runs/ -> docs/results/gemv-sweep-h200.json). None: cuBLAS was faster for that
-# shape in the sweep, so F.linear runs. Shapes not listed use default_config.
+# (2026-12-01, runs/ -> docs/results/gemv-sweep-h200.json), the M = 1 forms of o_proj, gate_up and
+# down then chosen inside the engine (all on, PDL: scripts/ab_decode_candidates.py, 2026-12-02,
+# docs/results/decode-ab-h200.json). None: cuBLAS was faster for that shape in the sweep, so
+# F.linear runs. Shapes not listed use default_config.
 CONFIGS: dict[tuple[int, int, str], GemvConfig | None] = {
-    # M = 1: ours vs cuBLAS, us per call: qkv 4.20 vs 5.06, o 3.30 vs 12.86, gate_up 5.32 vs 6.02,
-    # down 4.03 vs 6.78, lm_head 76.5 vs 82.5
+    # M = 1: ours vs cuBLAS, us per call (sweep, PDL off): qkv 4.20 vs 5.06, o 3.30 vs 12.86,
+    # gate_up 5.32 vs 6.02, down 4.03 vs 6.78, lm_head 76.5 vs 82.5
     (4096, 1024, "m1"): GemvConfig(block_n=4, block_k=1024, split_k=1, num_warps=2, num_stages=1),
-    (1024, 2048, "m1"): GemvConfig(block_n=1, block_k=1024, split_k=1, num_warps=8, num_stages=4),
-    (6144, 1024, "m1"): GemvConfig(block_n=4, block_k=1024, split_k=1, num_warps=4, num_stages=1),
-    (1024, 3072, "m1"): GemvConfig(block_n=1, block_k=1024, split_k=1, num_warps=4, num_stages=1),
     (151936, 1024, "m1"): GemvConfig(block_n=8, block_k=1024, split_k=1, num_warps=4, num_stages=2),
+    # Under PDL a program loads its first weight tile before it waits for the kernel before: with
+    # one tile as wide as K (down: 4,096 > 3,072, masked) its whole weight slice is read early, and
+    # two (gate_up: eight) rows a program leave warp slots free for the next kernel to start in.
+    # In the engine the GPU time of a step fell 723 -> 686 us (the sweep's bn1 bk1024 / bn4 forms).
+    (1024, 2048, "m1"): GemvConfig(block_n=2, block_k=2048, split_k=1, num_warps=4, num_stages=1),
+    (6144, 1024, "m1"): GemvConfig(block_n=8, block_k=1024, split_k=1, num_warps=4, num_stages=1),
+    (1024, 3072, "m1"): GemvConfig(block_n=2, block_k=4096, split_k=1, num_warps=4, num_stages=1),
     # M = 2..16: cuBLAS's skinny GEMMs won on the wide shapes (qkv 5.47 vs 6.94 us at M = 16,
     # gate_up 6.33 vs 7.77); split-K still wins on the N = 1,024 ones (o 5.76 vs 5.98, down 6.41 vs 7.03)
     (4096, 1024, "m16"): None,
