@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms breakdown-batch rounds-tests peers attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab gemv-bench fused-decode decode-attn dattn-(tests|parity|micro|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms breakdown-batch rounds-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab gemv-bench fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -39,7 +39,7 @@ do_step() {
     stack)      run stack $W bench stack --workloads single,batch $P --repeats 1 --json "$OUT/stack.json" ;;
     # the single-stream ladder alone (~6-7 min on an H200: give it STEP_TIMEOUT >= 480); its JSON
     # grows row by row, so a run cut short still leaves what it measured
-    stack-single) run stack-single $W bench stack --workloads single $P --repeats 1 --json "$OUT/stack-single.json" ;;
+    stack-single) run stack-single $W bench stack --workloads single $P --repeats 1 --new-tokens "${STACK_TOKENS:-512}" --json "$OUT/stack-single.json" ;;
     throughput) run throughput $W bench throughput $P --settings all_on --repeats 1 --peers --json "$OUT/throughput.json" ;;
     multistep)  do_step multistep-single; do_step multistep-throughput ;;
     multistep-single) run multistep $W bench single $P --settings all_on --new-tokens 512 --repeats 1 --decode-steps 1,4,8 --json "$OUT/multistep-single.json" ;;
@@ -51,6 +51,8 @@ do_step() {
     dattn-prefetch) run dattn-prefetch-tests $PY -m pytest -q -s tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k prefetch ;;
     multistep-throughput) run multistep-throughput $W bench throughput $P --settings all_on --repeats 1 --decode-steps 1,8 --json "$OUT/multistep-throughput.json" ;;
     peers)      run peers $W bench single $P --new-tokens 256 --repeats 1 --peers --json "$OUT/peers-single.json" ;;
+    # HF's generate_batch beside all off and all on, 64 sequences x 128 new tokens (~2 min)
+    peers-batch) run peers-batch $W bench batch $P --num-seqs 64 --new-tokens 128 --repeats 1 --peers --json "$OUT/peers-batch.json" ;;
     attention)  run attention $W measure attention-traffic --n "${ATTN_N:-512,1024,2048,4096,8192}" --json "$OUT/attention.json" ;;
     timeline)   run timeline $W measure breakdown $P --settings naive,flash+fused,flash+fused+gemv+fdec+dattn+graphs+compile+pdl --json "$OUT/breakdown-timeline.json" --timeline-figure "$OUT/timeline.png" ;;
     breakdown)  run breakdown $W measure breakdown $P --json "$OUT/breakdown.json" --figure "$OUT/breakdown.png" --timeline-figure "$OUT/timeline.png" ;;
@@ -67,10 +69,12 @@ do_step() {
     gemv-parity) run gemv-parity $PY -m pytest -q -s tests/gpu/test_gemv_gpu.py -p no:cacheprovider -k engine_parity ;;
     # session 8 candidates (GEMV configs, decode attention last-program merge and K/V prefetch),
     # A/B inside the engine, each variant in its own process (~6-7 min: 6 variants x 2 rounds)
-    decode-ab)  run decode-ab $PY scripts/ab_decode_candidates.py "$OUT/decode-ab.json" --rounds 2 ;;
+    # (AB_VARIANTS=current,graph-rounds ... picks variants, AB_ROUNDS the rounds)
+    decode-ab)  run decode-ab $PY scripts/ab_decode_candidates.py "$OUT/decode-ab.json" --rounds "${AB_ROUNDS:-2}" ${AB_VARIANTS:+--variants "$AB_VARIANTS"} ;;
     gemv-bench) run gemv-bench $W bench single $P --settings all_on_cublas,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/gemv-single.json" ;;
     # fused_decode (norm and SiLU folded into the GEMV), session 6: kernel + engine tests, then
     # cuBLAS / the decode GEMV unfolded / folded, one row each at 1 and 8 decode steps a round
+    fdec-tests) run fused-decode-tests $PY -m pytest -q -s tests/gpu/test_fused_decode_gpu.py -p no:cacheprovider ;;
     fused-decode) run fused-decode-tests $PY -m pytest -q -s tests/gpu/test_fused_decode_gpu.py -p no:cacheprovider
                 run fused-decode-single $W bench single $P --settings all_on_cublas,all_on-fused_decode,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/fused-decode-single.json" ;;
     # decode attention (decode_attention switch), session 6: kernel + graph tests, per-layer
