@@ -208,7 +208,7 @@ def test_rope_store_matches_the_two_kernels_in_a_graph(merge, prefetch, pdl):
     decode step of several layers (a cache each) and replayed at other lengths with a fresh QKV
     output. Before each replay the newest slots of the fused graph's caches hold NaN: read before
     written (by any program, in any order), they would show. After it: the newest K/V written
-    (v exactly, k to 1 bf16 ulp: the norm's sum runs in another order), nothing else in the
+    (v exactly, k to a bf16 rounding or two: the norm's sum runs in another order), nothing else in the
     caches changed, the padding row's too (slot -1, length 1, as a graph bucket's), the outputs
     alike; and the compiled split kernels do not spill."""
     from workbench.kernels import decode_attention as kernel
@@ -271,7 +271,10 @@ def test_rope_store_matches_the_two_kernels_in_a_graph(merge, prefetch, pdl):
             graphs["one"].replay()
             torch.cuda.synchronize()
             got, want = written(fused_caches), written(caches)
-            torch.testing.assert_close(got[0], want[0], rtol=2 ** -7, atol=1e-3)   # k: 1 bf16 ulp
+            # k to a bf16 rounding or two: the norm's sum runs in another order, so now and then an
+            # intermediate (x * rstd, rounded to bf16 as torch does) rounds the other way, by up to
+            # 2^-6 at |x| < 4; after RoPE's x cos - y sin that is absolute, not relative (NaN fails)
+            torch.testing.assert_close(got[0], want[0], rtol=2 ** -7, atol=2 ** -5)
             assert torch.equal(got[1], want[1]), f"lens={lens}: the newest v differs"
             others = torch.ones(batch * width * bs, dtype=torch.bool, device="cuda")
             others[slots[slots >= 0]] = False

@@ -47,21 +47,23 @@ length, its first tile's block id and that tile's K and V *before* the wait -- u
 holds the newest key -- and only q after it. At short contexts a program has one tile: its whole
 read overlaps the kernel before.
 
-Choice 6, a candidate: q/k norm + RoPE + the cache write inside attention (`rope_store=`, not
-the default until a GPU run says so). Before this kernel each layer runs qk_norm_rope_store
-(fused_decode): ~2.9 us on an H200 for ~10 KB of work, nearly all of it the kernel boundary.
-Here each program loads its GROUP query heads as the QKV projection wrote them, norms and rotates
-them (GROUP x 128 values: repeated by every split, cheap), and the one program whose share ends
-with the newest key's tile makes that key: its k normed and rotated and its v, written into the
-cache at the token's slot (none for a padding row, slot < 0). That program starts its online
-softmax from the newest key -- (max, sum, acc) = (its score, 1, its v) -- and reads the cache's
-keys below it only, so it never reads back the row it wrote (no ordering of a store and a load
-inside the kernel); no other program reads that key. One launch a layer fewer (~80 us of a
-~725 us step at 28 layers); the cost is the rotation's loads in every program and the newest key
-made before the loop. Starting from the newest key rather than ending with it keeps the loop as
-it was: a tile after the loop with the new row put in by tl.where took 226 registers on sm_90a,
-this takes the default's 72 (scripts/kernel_resources.py decode-attention --rope-store).
-With prefetch_kv the early tile is never the newest key's tile, so nothing changes for it.
+Choice 6, a candidate: q/k norm + RoPE + the cache write inside attention (`rope_store=`, not the
+default until a GPU run says so). Before this kernel each layer runs qk_norm_rope_store
+(fused_decode): ~2.9 us on an H200 for ~16 KB read and written (Qwen3-0.6B), nearly all of it the
+kernel boundary. Here each program loads its GROUP query heads as the QKV projection wrote them,
+norms and rotates them (GROUP x 128 values: repeated by every split, cheap), and the one program
+whose share ends with the newest key's tile makes that key: its k normed and rotated and its v,
+written into the cache at the token's slot (none for a padding row, slot < 0). That program
+starts its online softmax from the newest key -- (max, sum, acc) = (its score, 1, its v) -- and
+reads the cache's keys below it only, so it never reads back the row it wrote (no ordering of a
+store and a load inside the kernel); no other program reads that key. One launch a layer fewer
+(up to ~80 us of a ~725 us step at 28 layers); the cost is the rotation's loads in every program
+and the newest key made before the loop. Starting from the newest key rather than ending with it
+keeps the loop as it was: a tile after the loop with the new row put in by tl.where took 254
+registers on sm_90a, this takes the default's 72 (scripts/kernel_resources.py decode-attention
+--rope-store). Under PDL the kernel before is now the QKV projection; everything is read and
+written after the wait, except prefetch_kv's early tile, which is never the newest key's: nothing
+changes for it.
 
 Keys through the block table: key j of sequence b is row j % block_size of cache block
 block_tables[b, j // block_size]. With blocks of BLOCK_N keys or more (the engine's 128) a tile
@@ -252,7 +254,7 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)      # running sum of e^(score - m) * v
     limit = seq_len                                     # the keys read from the cache: < limit
     if ROPE_STORE:   # Choice 6: the share ending with the newest key's tile makes that key itself,
-        # first (a tile after the loop, the newest row put in with tl.where, took 226 registers)
+        # first (a tile after the loop, the newest row put in with tl.where, took 254 registers)
         slot = tl.load(slot_ptr + seq)
         if (first < last) & (last == num_tiles) & (slot >= 0):   # < 0: a padding row, cache as it is
             m, l, acc = _newest_key(q, k_ptr, v_ptr, k_new_ptr, v_new_ptr, pos, slot, cos_sin_ptr, k_w_ptr, k_eps,

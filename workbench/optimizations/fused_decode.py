@@ -16,13 +16,14 @@ of every SiLU ActAndMul (workbench/model/layers.py: `then`); the layer asks `nor
 and the hook answers with one kernel, or None (more than 16 tokens) for the unfused path; a
 prompt of up to 16 tokens is folded too (the same math, whatever the step's kind).
 Other activations (GELU) keep the unfused path: the kernel computes silu only. Each Attention's
-`fold` (workbench/model/qwen3.py) answers attention's output, k and v cached on the way, or None: the
-kernel writes rotated q, then Attention.attend runs on it. It runs outside torch.compile, as
-Attention.attend's own cache write; models without q/k norm (Llama, Qwen2) get the same kernel with
-the norm off. A candidate, off (ROPE_STORE_IN_ATTENTION): at a decode step whose attention is the
-decode_attention switch's kernel, that kernel does the q/k norm + RoPE + cache write itself
-(kernels/decode_attention.py, Choice 6): one launch a layer instead of two. A layer form replaced by an override (rms_norm,
-add_rms_norm, silu_and_mul, rope, qk_norm_rope) is never folded away: its hook stays off.
+`fold` (workbench/model/qwen3.py) answers attention's output, k and v cached on the way, or None:
+the kernel writes rotated q, then Attention.attend runs on it. It runs outside torch.compile, as
+Attention.attend's own cache write; models without q/k norm (Llama, Qwen2) get the same kernel
+with the norm off. A candidate, off (ROPE_STORE_IN_ATTENTION): at a decode step whose attention is
+the decode_attention switch's kernel, that kernel does the q/k norm + RoPE + cache write itself
+(kernels/decode_attention.py, Choice 6): one launch a layer instead of two. A layer form replaced
+by an override (rms_norm, add_rms_norm, silu_and_mul, rope, qk_norm_rope) is never folded away:
+its hook stays off.
 
 Independent of decode_gemv: the folded matmuls are that switch's kernel whatever it says, and the
 matmuls with nothing to fold (o_proj, lm_head) follow decode_gemv. So each switch can be measured
