@@ -47,8 +47,7 @@ reading anything that kernel writes. The kernel before decode attention writes q
 token's K and V; every other cached key was complete before it started, and the lengths and
 block tables are the step's inputs. So each program reads its length, its first tile's block id
 and that tile's K and V *before* the wait -- unless the tile holds the newest key -- and only q
-after it. At short contexts a program has one tile: its whole
-read overlaps the kernel before.
+after it. At short contexts a program has one tile: its whole read overlaps the kernel before.
 
 Choice 6, a candidate: q/k norm + RoPE + the cache write inside attention (`rope_store=`, not the
 default until a GPU run says so). Before this kernel each layer runs qk_norm_rope_store
