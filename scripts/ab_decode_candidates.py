@@ -13,9 +13,6 @@ matters is what it can do before its wait and whether the next one finds room to
   dattn-last          decode attention merged by its last program (one launch a layer fewer)
   dattn-no-prefetch   decode attention without reading its first K/V tile before the PDL wait
                       (kernels/decode_attention.py, Choice 5)
-  dattn-rope          decode attention does q/k norm + RoPE + the newest k/v's cache write itself
-                      (Choice 6; fused_decode.ROPE_STORE_IN_ATTENTION): qk_norm_rope_store's
-                      launch gone, one kernel a layer fewer
   graph-rounds        a greedy round of 8 decode steps as one graph replay (EngineConfig.graph_rounds,
                       optimizations/multi_step.py)
 
@@ -40,8 +37,7 @@ GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps, num_stage
 }
 ATTENTION = {"dattn-last": {"merge": "last_program"}, "dattn-no-prefetch": {"prefetch_kv": False}}
 ENGINE = {"graph-rounds": {"graph_rounds": True}}   # EngineConfig fields
-ROPE_IN_ATTENTION = ("dattn-rope",)                  # fused_decode's fold calls attention with rope_store
-VARIANTS = ["current", *GEMV, *ATTENTION, *ROPE_IN_ATTENTION, *ENGINE]
+VARIANTS = ["current", *GEMV, *ATTENTION, *ENGINE]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int) -> None:
@@ -52,13 +48,11 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int) -> None:
     from workbench.kernels import decode_attention, gemv
     from workbench.measure import bench
     from workbench.model import ModelConfig, random_checkpoint
-    from workbench.optimizations import fused_decode
     for key, (bn, bk, warps, stages) in GEMV.get(variant, {}).items():
         gemv.CONFIGS[key] = gemv.GemvConfig(block_n=bn, block_k=bk, split_k=1, num_warps=warps, num_stages=stages)
     if variant in ATTENTION:   # the switch looks the kernel's wrapper up at each call
         decode_attention.paged_decode_attention = functools.partial(decode_attention.paged_decode_attention,
                                                                     **ATTENTION[variant])
-    fused_decode.ROPE_STORE_IN_ATTENTION = variant in ROPE_IN_ATTENTION   # read by the fold at each call
     path = random_checkpoint(preset, workdir)
     load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens)
     r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1,

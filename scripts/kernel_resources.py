@@ -1,7 +1,7 @@
 """Registers, spills and shared memory of this repo's Triton kernels on a Hopper GPU (sm_90a),
 found on a machine with no GPU.
 
-    python scripts/kernel_resources.py decode-attention [--merge last_program] [--pdl] [--prefetch-kv] [--rope-store] [--loads]
+    python scripts/kernel_resources.py decode-attention [--merge last_program] [--pdl] [--loads]
     python scripts/kernel_resources.py decode-attention --no-hints   # what a compile without the JIT's hints gives
 
 Why look. Each thread of a kernel gets at most 255 registers. A kernel that needs more "spills":
@@ -136,31 +136,22 @@ def resources(launch: Launch, hints: bool = True) -> Resources:
 # --- cases: a wrapper called at a model's shape on CPU tensors --------------------------------
 def decode_attention_launches(preset: str = "qwen3-0.6b", batch: int = 1, context: int = 640,
                               block_size: int = 128, max_model_len: int = 4096, merge: str = "kernel",
-                              pdl: bool = False, prefetch_kv: bool = False, rope_store: bool = False) -> list[Launch]:
+                              pdl: bool = False) -> list[Launch]:
     """paged_decode_attention's launches as the engine's decode step makes them (bf16 cache,
-    a block table as wide as max_model_len; the context only sets the lengths, read on device).
-    rope_store: q, k and v as views of one QKV output, Qwen3's q/k norms (Choice 6)."""
+    a block table as wide as max_model_len; the context only sets the lengths, read on device)."""
     import torch
 
     from workbench.kernels import pdl as pdl_switch
-    from workbench.kernels.decode_attention import RopeStore, paged_decode_attention
+    from workbench.kernels.decode_attention import paged_decode_attention
     from workbench.model import ModelConfig
-    from workbench.model.layers import RMSNorm
     cfg = ModelConfig.from_preset(preset)
     width = -(-max_model_len // block_size)
-    hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    qkv = torch.zeros(batch, (hq + 2 * hkv) * d, dtype=torch.bfloat16)
-    q, k, v = (t.unflatten(-1, (-1, d)) for t in qkv.split([hq * d, hkv * d, hkv * d], dim=-1))
-    if not rope_store:
-        q = q.contiguous()
-    cache = torch.zeros(2, batch * width, block_size, hkv, d, dtype=torch.bfloat16)
+    q = torch.zeros(batch, cfg.num_heads, cfg.head_dim, dtype=torch.bfloat16)
+    cache = torch.zeros(2, batch * width, block_size, cfg.num_kv_heads, cfg.head_dim, dtype=torch.bfloat16)
     table = torch.arange(batch * width, dtype=torch.int32).view(batch, width)
     lens = torch.full((batch,), context, dtype=torch.int32)
-    extra = RopeStore(k, v, torch.zeros(batch, dtype=torch.long), torch.zeros(max_model_len, d),
-                      torch.zeros(batch, dtype=torch.long), *(RMSNorm(d, 1e-6).to(torch.bfloat16) for _ in range(2)))
     with capture() as launches, pdl_switch.launching(pdl):
-        paged_decode_attention(q, cache[0], cache[1], lens, table, d ** -0.5, merge=merge, prefetch_kv=prefetch_kv,
-                               rope_store=extra if rope_store else None)
+        paged_decode_attention(q, cache[0], cache[1], lens, table, cfg.head_dim ** -0.5, merge=merge)
     return launches
 
 
@@ -174,8 +165,6 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--merge", default="kernel", help="decode-attention: kernel or last_program")
     parser.add_argument("--pdl", action="store_true", help="launch as with the pdl switch on")
-    parser.add_argument("--prefetch-kv", action="store_true", help="decode-attention: Choice 5 (with --pdl)")
-    parser.add_argument("--rope-store", action="store_true", help="decode-attention: Choice 6, q/k norm + RoPE inside")
     parser.add_argument("--no-hints", action="store_true", help="compile without the JIT's divisibility hints")
     parser.add_argument("--loads", action="store_true", help="also count the PTX's global loads by width")
     parser.add_argument("--ptx", type=Path, help="write each kernel's PTX into this folder")
@@ -183,8 +172,7 @@ def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels this script compiles")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")   # as the GPU's Triton compiles (3.9 warns otherwise)
-    launches = CASES[args.case](preset=args.preset, batch=args.batch, merge=args.merge, pdl=args.pdl,
-                                prefetch_kv=args.prefetch_kv, rope_store=args.rope_store)
+    launches = CASES[args.case](preset=args.preset, batch=args.batch, merge=args.merge, pdl=args.pdl)
     print(f"sm_{TARGET[1]}a, compiled on this machine (no GPU); ptxas -v per thread:")
     for launch in launches:
         r = resources(launch, hints=not args.no_hints)

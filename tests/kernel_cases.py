@@ -172,51 +172,6 @@ def decode_attention_errors(torch, lens, hq, hkv, head_dim, block_size, dtype, s
     return [((g.double() - w).norm() / w.norm()).item() for g, w in zip(got, want)]
 
 
-def rope_store_inputs(torch, lens, hq, hkv, head_dim, block_size, dtype, norm, pad=(), device="cpu", max_pos=4096):
-    """decode_attention_inputs plus a decode step's QKV output: q, k, v as its views (not rotated,
-    k and v not cached), positions (random, not seq_len - 1: a kernel that took one for the other
-    shows), each sequence's newest-key slot (rows in `pad`: -1, a CUDA-graph padding row), the
-    rotary table and q/k norms (norm False: None, as Llama). Returns a dict."""
-    from workbench.model.layers import RMSNorm, RotaryEmbedding
-    q_rot, k_cache, v_cache, seq_lens, table, scale, meta = decode_attention_inputs(
-        torch, lens, hq, hkv, head_dim, block_size, dtype, device)
-    batch = len(lens)
-    norms = [RMSNorm(head_dim, 1e-6).to(device, dtype) for _ in range(2)] if norm else [None, None]
-    for n in norms if norm else ():
-        n.weight.data = (1 + 0.1 * torch.randn(head_dim, device=device)).to(dtype)   # near 1, as trained
-    qkv = 3 * torch.randn(batch, (hq + 2 * hkv) * head_dim, device=device, dtype=dtype)   # rms far from 1
-    q, k, v = qkv.split([hq * head_dim, hkv * head_dim, hkv * head_dim], dim=-1)
-    newest = seq_lens.long() - 1
-    slots = table[torch.arange(batch, device=device), newest // block_size].long() * block_size + newest % block_size
-    slots[list(pad)] = -1
-    return dict(q=q.unflatten(-1, (hq, head_dim)), k=k.unflatten(-1, (hkv, head_dim)), v=v.unflatten(-1, (hkv, head_dim)),
-                k_cache=k_cache, v_cache=v_cache, seq_lens=seq_lens, table=table, scale=scale,
-                positions=torch.randint(0, max_pos, (batch,), device=device), slots=slots,
-                cos_sin=RotaryEmbedding(head_dim, max_pos, 1e6).to(device).cos_sin_cache, norms=norms)
-
-
-def rope_store_runs(torch, x: dict, fused: bool, poison: bool = False, **attention_kw):
-    """One decode step's q/k norm + RoPE + cache write + attention on a copy of x's cache:
-    fused False, qk_norm_rope_store then paged_decode_attention (today's two kernels); True,
-    paged_decode_attention(rope_store=...) alone. poison: the newest keys' slots start as NaN
-    (nothing may read them before they are written). Returns (output, k_cache, v_cache)."""
-    from workbench.kernels.decode_attention import RopeStore, paged_decode_attention
-    from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
-    k_cache, v_cache, slots = x["k_cache"].clone(), x["v_cache"].clone(), x["slots"]
-    if poison:
-        for cache in (k_cache, v_cache):
-            cache.view(-1, *cache.shape[2:])[slots[slots >= 0]] = float("nan")
-    norms = x["norms"] if x["norms"][0] is not None else []
-    common = (k_cache, v_cache, x["seq_lens"], x["table"], x["scale"])
-    if fused:
-        store = RopeStore(x["k"], x["v"], x["positions"], x["cos_sin"], slots, *norms)
-        out = paged_decode_attention(x["q"], *common, rope_store=store, **attention_kw)
-    else:
-        q = qk_norm_rope_store(x["q"], x["k"], x["v"], x["positions"], x["cos_sin"], k_cache, v_cache, slots, *norms)
-        out = paged_decode_attention(q, *common, **attention_kw)
-    return out, k_cache, v_cache
-
-
 def assert_engine_parity(tmp_dir, settings, prompts: int, max_num_seqs: int) -> None:
     """The parity bar on the GPU: each setting against all-off on a random Qwen3-0.6B-shaped bf16
     checkpoint, 32 greedy tokens a prompt (>= 99 % tokens outside near-ties, first-step logit

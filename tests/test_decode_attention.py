@@ -13,8 +13,7 @@ import importlib.util
 
 import pytest
 
-CHECKS = ["matches_naive", "wrong_table_is_caught", "last_program_merge", "prefetch_kv", "rope_store",
-          "rope_store_wrong_input_is_caught", "engine_greedy_parity", "engine_rope_store_parity"]
+CHECKS = ["matches_naive", "wrong_table_is_caught", "last_program_merge", "prefetch_kv", "engine_greedy_parity"]
 
 
 # --- the switch on the board (plain pytest, no kernel runs) ------------------------------------
@@ -229,68 +228,6 @@ def check_prefetch_kv(torch):
             assert torch.equal(got, want), f"length {n}, blocks of {block_size}: the newest key was read before the wait"
 
 
-# rope_store (Choice 6): (lengths, block_size, splits, (query heads, KV heads, head_dim), q/k norm, padding rows).
-# The newest key alone (length 1), last in a tile (64, 128), first and alone in one (65, 129), inside
-# one (130, 200, 2); blocks of 16 and 128 (both block lookups); splits num_splits' choice, 1 (the
-# single-kernel path), 2 and 3 (the newest key's tile in the last split, or in an earlier one with
-# later splits empty: length 1); GQA 2 and 1; norm on (Qwen3) and off (Llama); padding rows (slot -1).
-ROPE_CASES = [([1, 64, 65, 130], 16, None, (4, 2, 32), True, (1,)), ([1, 64, 65, 130], 16, 1, (4, 2, 32), False, ()),
-              ([200, 65], 16, 3, (4, 2, 32), True, ()), ([127, 128, 129], 128, 3, (4, 4, 64), False, (0,)),
-              ([129, 2], 128, 2, (4, 2, 64), True, (1,))]
-
-
-def rope_store_mismatch(torch, x, fused, unfused, tol) -> str | None:
-    """What differs between the fused run and today's pair (None: nothing): the output beyond
-    `tol`, the newest keys' K/V beyond `tol`, or any other cache value at all (padding rows' slots too)."""
-    (got, *got_caches), (want, *want_caches) = fused, unfused
-    if not torch.allclose(got, want, rtol=tol, atol=tol):
-        return f"output off by {(got - want).abs().max().item():.3g}"
-    slots = x["slots"][x["slots"] >= 0]
-    others = torch.ones(x["k_cache"].shape[0] * x["k_cache"].shape[1], dtype=torch.bool)
-    others[slots] = False
-    for name, g, w, start in zip("kv", got_caches, want_caches, (x["k_cache"], x["v_cache"])):
-        g, w, start = (c.flatten(0, 1) for c in (g, w, start))   # [slots, KV heads, D]
-        if not torch.allclose(g[slots], w[slots], rtol=tol, atol=tol):   # NaN (never written) fails too
-            return f"newest {name} in the cache off by {(g[slots] - w[slots]).abs().max().item():.3g}"
-        if not torch.equal(g[others], start[others]):
-            return f"{name} cache changed outside the newest keys' slots"
-    return None
-
-
-def check_rope_store(torch):
-    """paged_decode_attention(rope_store=...) (Choice 6) against today's pair on the same inputs,
-    qk_norm_rope_store then paged_decode_attention: the same output (fp32, to rounding: the fused
-    kernel sums the newest key first) and the same cache afterwards -- the newest keys' K/V
-    written (they start as NaN in the fused run: read before written, they would show), padding
-    rows' slots and everything else untouched. With merge="last_program" and with prefetch_kv
-    under (stubbed) PDL too; bf16 once (an interpreter's bf16 tl.dot runs in fp32: 1e-2)."""
-    from kernel_cases import rope_store_inputs, rope_store_runs
-
-    from workbench.kernels import pdl
-    cases = [(*case, torch.float32) for case in ROPE_CASES] + [(*ROPE_CASES[0], torch.bfloat16)]
-    for lens, block_size, splits, heads, norm, pad, dtype in cases:
-        x = rope_store_inputs(torch, lens, *heads, block_size, dtype, norm, pad)
-        unfused = rope_store_runs(torch, x, False, splits=splits)
-        for kw in ({}, {"merge": "last_program"}, {"prefetch_kv": True}):
-            with pdl.launching("prefetch_kv" in kw):
-                fused = rope_store_runs(torch, x, True, poison=True, splits=splits, **kw)
-            wrong = rope_store_mismatch(torch, x, fused, unfused, 1e-5 if dtype == torch.float32 else 1e-2)
-            assert wrong is None, f"{dtype} lens={lens} bs={block_size} splits={splits} heads={heads} norm={norm} " \
-                                  f"pad={pad} {kw}: {wrong}"
-
-
-def check_rope_store_wrong_input_is_caught(torch):
-    """The same comparison, the fused kernel handed a wrong input, must fail: positions off by
-    one (the rotation), no q/k norm where today's pair norms, another sequence's slots."""
-    from kernel_cases import rope_store_inputs, rope_store_runs
-    x = rope_store_inputs(torch, [1, 64, 65, 130], 4, 2, 32, 16, torch.float32, True, (1,))
-    unfused = rope_store_runs(torch, x, False)
-    wrongs = {"position + 1": dict(x, positions=x["positions"] + 1), "no norm": dict(x, norms=[None, None]),
-              "slots rolled": dict(x, slots=x["slots"].roll(1))}
-    for what, bad in wrongs.items():
-        assert rope_store_mismatch(torch, x, rope_store_runs(torch, bad, True), unfused, 1e-5), f"{what} passed"
-
-
 def check_engine_greedy_parity(torch):
     """A tiny engine (fp32, CPU): greedy tokens with decode_attention on equal all-off's, the
     decode steps' logits too (a tiny random model's tokens alone barely depend on attention), and
@@ -316,42 +253,6 @@ def check_engine_greedy_parity(torch):
         assert on.token_ids == off.token_ids, (on.token_ids, off.token_ids)
         torch.testing.assert_close(on.logits, off.logits, rtol=1e-4, atol=1e-4)
 
-
-
-def check_engine_rope_store_parity(torch):
-    """A tiny engine (fp32, CPU, Qwen3's q/k norm) with fused_decode and decode_attention on and
-    the rope_store candidate patched on (fused_decode.ROPE_STORE_IN_ATTENTION): greedy tokens and
-    logits equal all-off's, every decode step's attention ran with rope_store, and
-    qk_norm_rope_store ran at no decode step. Both switches need CUDA: their why_not is told the
-    interpreter can run them (the folded GEMVs run under it too)."""
-    import tempfile
-
-    from workbench import LLM, Optimizations, SamplingParams
-    from workbench.kernels import decode_attention as kernel
-    from workbench.kernels import qk_norm_rope_store as qrs
-    from workbench.model import make_checkpoint
-    from workbench.optimizations import decode_attention, fused_decode
-    decode_attention.why_not = fused_decode.why_not = lambda device, tp_size=1: None
-    calls, real_attention, real_store = [], kernel.paged_decode_attention, qrs.qk_norm_rope_store
-    kernel.paged_decode_attention = lambda *a, **kw: calls.append(("attention", kw.get("rope_store") is not None)) \
-        or real_attention(*a, **kw)
-    qrs.qk_norm_rope_store = lambda *a, **kw: calls.append(("qk_norm_rope_store", a[0].shape[0])) or real_store(*a, **kw)
-    path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=0)
-    prompts = [list(range(1, 40)), list(range(100, 170))]   # 70 keys, 2 tiles: split-KV
-    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, return_logits=True)
-    runs = {}
-    fused_decode.ROPE_STORE_IN_ATTENTION = True
-    try:
-        for opts in (Optimizations.all_off(), Optimizations(attention="naive", fused_decode=True, decode_attention=True)):
-            with LLM(path, opts=opts, block_size=16, max_num_seqs=2, enable_prefix_caching=False) as llm:
-                runs[opts.fused_decode] = llm.generate(prompts, params, use_tqdm=False)
-    finally:
-        fused_decode.ROPE_STORE_IN_ATTENTION = False
-        kernel.paged_decode_attention, qrs.qk_norm_rope_store = real_attention, real_store
-    assert calls and set(calls) == {("attention", True)}, f"the decode steps' kernels: {sorted(set(calls))}"
-    for on, off in zip(runs[True], runs[False]):
-        assert on.token_ids == off.token_ids, (on.token_ids, off.token_ids)
-        torch.testing.assert_close(on.logits, off.logits, rtol=1e-4, atol=1e-4)
 
 if __name__ == "__main__":
     import torch

@@ -49,23 +49,10 @@ block tables are the step's inputs. So each program reads its length, its first 
 and that tile's K and V *before* the wait -- unless the tile holds the newest key -- and only q
 after it. At short contexts a program has one tile: its whole read overlaps the kernel before.
 
-Choice 6, a candidate: q/k norm + RoPE + the cache write inside attention (`rope_store=`, not the
-default until a GPU run says so). Before this kernel each layer runs qk_norm_rope_store
-(fused_decode): ~2.9 us on an H200 for ~16 KB read and written (Qwen3-0.6B), nearly all of it the
-kernel boundary. Here each program loads its GROUP query heads as the QKV projection wrote them,
-norms and rotates them (GROUP x 128 values: repeated by every split, cheap), and the one program
-whose share ends with the newest key's tile makes that key: its k normed and rotated and its v,
-written into the cache at the token's slot (none for a padding row, slot < 0). That program
-starts its online softmax from the newest key -- (max, sum, acc) = (its score, 1, its v) -- and
-reads the cache's keys below it only, so it never reads back the row it wrote (no ordering of a
-store and a load inside the kernel); no other program reads that key. One launch a layer fewer
-(up to ~80 us of a ~725 us step at 28 layers); the cost is the rotation's loads in every program
-and the newest key made before the loop. Starting from the newest key rather than ending with it
-keeps the loop as it was: a tile after the loop with the new row put in by tl.where took 254
-registers on sm_90a, this takes the default's 72 (scripts/kernel_resources.py decode-attention
---rope-store; 128 with prefetch_kv, no spills). Under PDL the kernel before is now the QKV projection; everything is read and
-written after the wait, except prefetch_kv's early tile, which is never the newest key's: nothing
-changes for it.
+Measured and not taken either (docs/perf-notes.md, session 9; the code is on branch `ropeattn`):
+this kernel doing q/k norm + RoPE + the newest key's cache write itself, in place of the kernel
+before it. 28 launches fewer a step, and +57 us: every program's work after the wait grew, and
+under PDL the boundary it removed had cost little.
 
 Keys through the block table: key j of sequence b is row j % block_size of cache block
 block_tables[b, j // block_size]. With blocks of BLOCK_N keys or more (the engine's 128) a tile
@@ -78,7 +65,6 @@ dtype for the P @ V product (as flash-attn does); the output is in q's dtype.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import torch
@@ -87,7 +73,6 @@ import triton.language as tl
 
 from . import pdl
 from .pdl import pdl_wait   # by name, not pdl.wait: torch.compile copies a traced kernel's helpers by name
-from .triton_ops import _norm_rope_tile
 
 BLOCK_N = 64         # keys per loop step: 64 x 128 bf16 = 16 KB of K and 16 KB of V per head
 MIN_GROUP_ROWS = 16  # tl.dot's smallest M: a GQA group of 2 query heads is padded to 16 rows
@@ -195,36 +180,13 @@ def _attend(q, k, v, valid, m, l, acc, scale, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
-def _newest_key(q, k_ptr, v_ptr, k_new_ptr, v_new_ptr, pos, slot, cos_sin_ptr, k_w_ptr, k_eps, seq, kv_head, dims, scale,
-                stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_knt, stride_vnt,
-                HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-                NORM: tl.constexpr):
-    """rope_store (Choice 6): key seq_len - 1, which nobody has written yet. Its K (normed and
-    rotated) and V are made from the QKV output and written into the cache at the token's slot
-    (>= 0), and the online softmax starts from this one key: (max, sum, acc) = (its score, 1, its V).
-    The caller's tiles then stop short of it: the cache row just written is never read back."""
-    one = tl.arange(0, 1)[:, None]                     # the one KV head, as a [1, 1] row index
-    k_new = _norm_rope_tile(k_new_ptr + seq * stride_knt + kv_head * HEAD_DIM + one, one < 1, pos, cos_sin_ptr,
-                            k_w_ptr, k_eps, HEAD_DIM // 2, BLOCK_D, NORM)      # [1, BLOCK_D]
-    d_mask = dims[None, :] < HEAD_DIM
-    v_new = tl.load(v_new_ptr + seq * stride_vnt + kv_head * HEAD_DIM + dims[None, :], mask=d_mask, other=0.0)
-    block, row = slot // BLOCK_SIZE, slot % BLOCK_SIZE   # slot is int64: block x stride cannot overflow
-    tl.store(k_ptr + block * stride_kb + row * stride_kt + kv_head * stride_kh + dims[None, :], k_new, mask=d_mask)
-    tl.store(v_ptr + block * stride_vb + row * stride_vt + kv_head * stride_vh + dims[None, :], v_new, mask=d_mask)
-    m = tl.sum(q.to(tl.float32) * k_new.to(tl.float32), 1) * scale    # its score, each query head
-    return m, tl.full([BLOCK_H], 1.0, tl.float32), tl.zeros([BLOCK_H, BLOCK_D], tl.float32) + v_new.to(tl.float32)
-
-
-@triton.jit
 def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, part_ptr, m_ptr, l_ptr, count_ptr,
                   scale, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                   stride_table, stride_ot, stride_oh, num_splits,
-                  k_new_ptr, v_new_ptr, pos_ptr, slot_ptr, cos_sin_ptr, q_w_ptr, k_w_ptr, q_eps, k_eps,
-                  stride_knt, stride_vnt,
                   NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                   BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, LAST_MERGES: tl.constexpr, DOT_FP32: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
-                  USE_PDL: tl.constexpr, PREFETCH_KV: tl.constexpr, ROPE_STORE: tl.constexpr, NORM: tl.constexpr):
+                  USE_PDL: tl.constexpr, PREFETCH_KV: tl.constexpr):
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     dims = tl.arange(0, BLOCK_D)
     if PREFETCH_KV:   # (with USE_PDL only) Choice 5: the first tile's K and V before the wait
@@ -244,35 +206,21 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
     rows = tl.arange(0, BLOCK_H)                    # the GQA group's query heads, padded
     heads = kv_head * GROUP + rows                  # query head h reads KV head h // GROUP
     hd_mask = (rows[:, None] < GROUP) & (dims[None, :] < HEAD_DIM)
-    if ROPE_STORE:   # Choice 6: q as the QKV output holds it, normed (NORM) and rotated here
-        pos = tl.load(pos_ptr + seq)
-        q = _norm_rope_tile(q_ptr + seq * stride_qt + heads[:, None] * stride_qh, rows[:, None] < GROUP, pos,
-                            cos_sin_ptr, q_w_ptr, q_eps, HEAD_DIM // 2, BLOCK_D, NORM)
-    else:
-        q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + dims[None, :], mask=hd_mask, other=0.0)
+    q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + dims[None, :], mask=hd_mask, other=0.0)
 
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)   # running max of the scores
     l = tl.zeros([BLOCK_H], tl.float32)                 # running sum of e^(score - m)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)      # running sum of e^(score - m) * v
-    limit = seq_len                                     # the keys read from the cache: < limit
-    if ROPE_STORE:   # Choice 6: the share ending with the newest key's tile makes that key itself,
-        # first (a tile after the loop, the newest row put in with tl.where, took 254 registers)
-        slot = tl.load(slot_ptr + seq)
-        if (first < last) & (last == num_tiles) & (slot >= 0):   # < 0: a padding row, cache as it is
-            m, l, acc = _newest_key(q, k_ptr, v_ptr, k_new_ptr, v_new_ptr, pos, slot, cos_sin_ptr, k_w_ptr, k_eps,
-                                    seq, kv_head, dims, scale, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt,
-                                    stride_vh, stride_knt, stride_vnt, HEAD_DIM, BLOCK_SIZE, BLOCK_H, BLOCK_D, NORM)
-            limit = seq_len - 1
     start = first
     if PREFETCH_KV:   # the prefetched tile first, then the loop over the others (held through the
         # loop and selected per tile instead, its K/V took 255 registers: scripts/kernel_resources.py)
-        if early:   # never the newest key's tile: all its keys are < limit
+        if early:
             valid = first * BLOCK_N + tl.arange(0, BLOCK_N) < seq_len
             m, l, acc = _attend(q, k_early, v_early, valid, m, l, acc, scale, DOT_FP32)
         start = first + early.to(tl.int32)
     for tile in range(start, last):
-        valid = tile * BLOCK_N + tl.arange(0, BLOCK_N) < limit
-        k, v = _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, tile, limit, dims, True,
+        valid = tile * BLOCK_N + tl.arange(0, BLOCK_N) < seq_len
+        k, v = _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, tile, seq_len, dims, True,
                         stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
                         HEAD_DIM, BLOCK_SIZE, BLOCK_N, False)
         m, l, acc = _attend(q, k, v, valid, m, l, acc, scale, DOT_FP32)
@@ -327,50 +275,15 @@ def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_o
                 num_splits, NUM_HEADS, HEAD_DIM, BLOCK_S, BLOCK_D)
 
 
-@dataclasses.dataclass
-class RopeStore:
-    """What decode attention needs to do qk_norm_rope_store's work itself (Choice 6): the newest
-    token's k and v [B, Hkv, D] as the QKV projection wrote them (views, heads contiguous), its
-    positions [B], the rotary table (fp32 [max_pos, D]: cos half, sin half), its cache slots [B]
-    (int64; < 0: a padding row, nothing written) and Qwen3's q/k RMSNorms (None: RoPE alone)."""
-    k: torch.Tensor
-    v: torch.Tensor
-    positions: torch.Tensor
-    cos_sin_cache: torch.Tensor
-    slot_mapping: torch.Tensor
-    q_norm: torch.nn.Module | None = None
-    k_norm: torch.nn.Module | None = None
-
-    def check(self, q: torch.Tensor, k_cache: torch.Tensor) -> None:
-        batch, _, dim = q.shape
-        if (self.k.shape != (batch, *k_cache.shape[2:]) or self.v.shape != self.k.shape
-                or self.k.stride(-2) != dim or self.v.stride(-2) != dim or self.k.stride(-1) != 1
-                or self.v.stride(-1) != 1):
-            raise ValueError(f"rope_store: q {tuple(q.shape)}, k {tuple(self.k.shape)}, v {tuple(self.v.shape)}, "
-                             f"cache {tuple(k_cache.shape)}: want k and v [B, Hkv, D] as the cache's heads, "
-                             "each head's D values contiguous and the heads one after another")
-        if self.k.dtype != k_cache.dtype or self.v.dtype != k_cache.dtype:
-            raise ValueError(f"rope_store: k {self.k.dtype}, v {self.v.dtype} into a {k_cache.dtype} cache")
-        if (self.cos_sin_cache.dtype != torch.float32 or not self.cos_sin_cache.is_contiguous()
-                or self.cos_sin_cache.shape[1] != dim or dim % 2):
-            raise ValueError("rope_store: cos_sin_cache must be contiguous fp32 [max_pos, D], D even")
-        if self.slot_mapping.dtype != torch.int64 or self.slot_mapping.shape != (batch,) or self.positions.shape != (batch,):
-            raise ValueError("rope_store: one int64 slot and one position per sequence")
-        if (self.q_norm is None) != (self.k_norm is None):
-            raise ValueError("rope_store: q and k are normed together or not at all")
-
-
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
                            splits: int | None = None, block_n: int = BLOCK_N, merge: str = "kernel",
-                           prefetch_kv: bool = True, rope_store: RopeStore | None = None) -> torch.Tensor:
+                           prefetch_kv: bool = True) -> torch.Tensor:
     """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] >= 1 keys
     (a decoded token always sees itself; the merge relies on it) of its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
     Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it).
     merge: "kernel" (a second launch merges the splits) or "last_program" (Choice 4, measured slower).
-    prefetch_kv: under PDL, each program's first tile before the wait (Choice 5).
-    rope_store: q is raw (the QKV output's view, before q_norm and RoPE) and the newest key's k
-    and v are not in the cache yet: the kernel does qk_norm_rope_store's work (Choice 6, a candidate)."""
+    prefetch_kv: under PDL, each program's first tile before the wait (Choice 5)."""
     if merge not in MERGES:
         raise ValueError(f"paged_decode_attention: merge={merge!r}; choose from {list(MERGES)}")
     batch, num_heads, head_dim = q.shape
@@ -381,13 +294,11 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                          "Hkv, D] with Hq a multiple of Hkv, and one length per sequence")
     if q.stride(-1) != 1 or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1 or block_tables.stride(-1) != 1:
         raise ValueError("paged_decode_attention: q, the caches and block_tables need unit stride along the last dim")
-    if rope_store is not None:
-        rope_store.check(q, k_cache)
     group = num_heads // kv_heads
     if splits is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
         splits = num_splits(batch, kv_heads, block_tables.shape[1], block_size, sms, block_n)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)   # contiguous (q may be a view: rope_store)
+    out = torch.empty_like(q)
     part = m = l = out   # not read when splits == 1
     if splits > 1:
         part = torch.empty((batch, num_heads, splits, head_dim), dtype=torch.float32, device=q.device)
@@ -396,20 +307,15 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     counts = merge_counters(q.device, batch, kv_heads) if last else out   # not read unless `last`
     block_d = triton.next_power_of_2(head_dim)
     launch = pdl.launch_options()
-    r, norm = rope_store, rope_store is not None and rope_store.q_norm is not None
-    rope_args = (r.k, r.v, r.positions, r.slot_mapping, r.cos_sin_cache, *((r.q_norm.weight, r.k_norm.weight)
-                 if norm else (q, q)), *((r.q_norm.eps, r.k_norm.eps) if norm else (0.0, 0.0)),
-                 r.k.stride(0), r.v.stride(0)) if r is not None else (out,) * 7 + (0.0, 0.0, 0, 0)   # unread
     _attention_split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part, m, l, counts, float(scale),
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
-        out.stride(0), out.stride(1), splits, *rope_args,
+        out.stride(0), out.stride(1), splits,
         NUM_HEADS=num_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, SPLIT=splits > 1,
         LAST_MERGES=last, DOT_FP32=_INTERPRET or q.dtype == torch.float32,
         BLOCK_H=max(MIN_GROUP_ROWS, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_S=triton.next_power_of_2(splits) if last else 1,   # 1: no recompile per S when unused
-        num_warps=4, num_stages=2, **launch, PREFETCH_KV=prefetch_kv and launch["USE_PDL"],
-        ROPE_STORE=r is not None, NORM=norm)
+        num_warps=4, num_stages=2, **launch, PREFETCH_KV=prefetch_kv and launch["USE_PDL"])
     if splits > 1 and not last:
         _attention_merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads,
                                           HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits),

@@ -178,42 +178,13 @@ def _rotate_heads(ptr, out_row_ptr, tok_stride, head_stride, token, n_heads, cos
         rstd = (1.0 / tl.sqrt(ms + eps))[:, None]
         w1 = tl.load(w_ptr + d, mask=d < HALF, other=0.0).to(tl.float32)
         w2 = tl.load(w_ptr + HALF + d, mask=d < HALF, other=0.0).to(tl.float32)
-        x1 = _normed(x1, rstd, w1, ptr.dtype.element_ty)
-        x2 = _normed(x2, rstd, w2, ptr.dtype.element_ty)
+        # Round where the unfused torch ops do: normalized -> input dtype, * weight -> input dtype.
+        dt = ptr.dtype.element_ty
+        x1 = ((x1 * rstd).to(dt).to(tl.float32) * w1).to(dt).to(tl.float32)
+        x2 = ((x2 * rstd).to(dt).to(tl.float32) * w2).to(dt).to(tl.float32)
     # rotate_half: [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]
     tl.store(o1, (x1 * cos - x2 * sin).to(ptr.dtype.element_ty), mask=mask)
     tl.store(o1 + HALF, (x2 * cos + x1 * sin).to(ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _normed(x, rstd, w, dt):
-    # Round where the unfused torch ops do: normalized -> input dtype, * weight -> input dtype.
-    return ((x * rstd).to(dt).to(tl.float32) * w).to(dt).to(tl.float32)
-
-
-@triton.jit
-def _norm_rope_tile(head_ptr, valid, pos, cos_sin_ptr, w_ptr, eps,
-                    HALF: tl.constexpr, BLOCK_D: tl.constexpr, NORM: tl.constexpr):
-    """_rotate_heads' result kept in registers, for a kernel that goes on to use it (decode
-    attention's rope_store): whole heads as one [R, BLOCK_D] tile (head_ptr [R, 1]: each head's
-    first value; valid [R, 1]: rows that exist), normed (NORM) and rotated by row `pos` of the
-    table, in the heads' dtype, as _rotate_heads would store them. Triton cannot concatenate two
-    half tiles, so each value's partner (d + HALF, or d - HALF) is loaded a second time."""
-    d = tl.arange(0, BLOCK_D)[None, :]
-    first = d < HALF                                   # x1's half: x1 cos - x2 sin; x2's: x2 cos + x1 sin
-    partner = tl.where(first, d + HALF, d - HALF)
-    mask = valid & (d < 2 * HALF)
-    x = tl.load(head_ptr + d, mask=mask, other=0.0).to(tl.float32)
-    y = tl.load(head_ptr + partner, mask=mask, other=0.0).to(tl.float32)
-    dt = head_ptr.dtype.element_ty
-    if NORM:   # RMSNorm of each head (a row) before rotating it
-        rstd = (1.0 / tl.sqrt(tl.sum(x * x, axis=1) / (2 * HALF) + eps))[:, None]
-        x = _normed(x, rstd, tl.load(w_ptr + d, mask=d < 2 * HALF, other=0.0).to(tl.float32), dt)
-        y = _normed(y, rstd, tl.load(w_ptr + partner, mask=d < 2 * HALF, other=0.0).to(tl.float32), dt)
-    angle = tl.where(first, d, d - HALF)               # both halves turn by angle d % HALF
-    cos = tl.load(cos_sin_ptr + pos * (2 * HALF) + angle, mask=d < 2 * HALF, other=0.0)
-    sin = tl.load(cos_sin_ptr + pos * (2 * HALF) + HALF + angle, mask=d < 2 * HALF, other=0.0)
-    return tl.where(first, x * cos - y * sin, x * cos + y * sin).to(dt)
 
 
 @triton.jit

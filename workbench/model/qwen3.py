@@ -39,9 +39,8 @@ class Attention(nn.Module):
         self.scale = cfg.head_dim ** -0.5
         self.k_cache = self.v_cache = torch.empty(0)   # views into the engine's KV cache, set by the runner
 
-    # fused_decode installs fold(attn, positions, q, k, v, meta) -> attention's output (k and v
-    # cached), or None where it does not apply (more than 16 tokens): q/k norm + RoPE + the cache
-    # write of k and v as one kernel, then attention (or all of it in the attention kernel)
+    # fused_decode installs fold(attn, positions, q, k, v, meta) -> q, or None where it does not
+    # apply (more than 16 tokens): q/k norm + RoPE + the cache write of k and v as one kernel
     fold = None
 
     def forward(self, positions, qkv, meta: AttentionMetadata):
@@ -50,8 +49,10 @@ class Attention(nn.Module):
         q = q.unflatten(-1, (self.num_heads, self.head_dim))
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
         v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
-        out = self.fold(self, positions, q, k, v, meta) if self.fold is not None else None
-        if out is None:
+        folded_q = self.fold(self, positions, q, k, v, meta) if self.fold is not None else None
+        if folded_q is not None:   # k and v are in the cache already
+            out = self.attend(folded_q, None, None, meta)
+        else:
             out = self.attend(*self.rotate(positions, q, k), v, meta)
         return self.o_proj(out.flatten(-2))
 

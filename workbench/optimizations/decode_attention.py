@@ -34,18 +34,8 @@ class DecodeThenBackend:
     def __call__(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float):
         if not meta.is_decode:
             return self.backend(q, k_cache, v_cache, meta, scale)
-        from workbench.kernels import decode_attention as kernel   # looked up per call: a sweep may patch it
-        return kernel.paged_decode_attention(q, k_cache, v_cache, meta.seq_lens, meta.block_tables, scale)
-
-    def rope_store_attend(self, q, k, v, positions, cos_sin_cache, k_cache, v_cache, meta: AttentionMetadata,
-                          scale: float, q_norm=None, k_norm=None):
-        """A decode step's q/k norm + RoPE + cache write of k and v, and attention, as one kernel
-        (kernels/decode_attention.py, Choice 6; fused_decode's candidate): q, k, v as the QKV
-        projection wrote them."""
-        from workbench.kernels import decode_attention as kernel
-        store = kernel.RopeStore(k, v, positions, cos_sin_cache, meta.slot_mapping, q_norm, k_norm)
-        return kernel.paged_decode_attention(q, k_cache, v_cache, meta.seq_lens, meta.block_tables, scale,
-                                             rope_store=store)
+        from workbench.kernels.decode_attention import paged_decode_attention
+        return paged_decode_attention(q, k_cache, v_cache, meta.seq_lens, meta.block_tables, scale)
 
 
 def install(model, on: bool, override=None) -> None:

@@ -16,14 +16,10 @@ of every SiLU ActAndMul (workbench/model/layers.py: `then`); the layer asks `nor
 and the hook answers with one kernel, or None (more than 16 tokens) for the unfused path; a
 prompt of up to 16 tokens is folded too (the same math, whatever the step's kind).
 Other activations (GELU) keep the unfused path: the kernel computes silu only. Each Attention's
-`fold` (workbench/model/qwen3.py) answers attention's output, k and v cached on the way, or None:
-the kernel writes rotated q, then Attention.attend runs on it. It runs outside torch.compile, as
-Attention.attend's own cache write; models without q/k norm (Llama, Qwen2) get the same kernel
-with the norm off. A candidate, off (ROPE_STORE_IN_ATTENTION): at a decode step whose attention is
-the decode_attention switch's kernel, that kernel does the q/k norm + RoPE + cache write itself
-(kernels/decode_attention.py, Choice 6): one launch a layer instead of two. A layer form replaced
-by an override (rms_norm, add_rms_norm, silu_and_mul, rope, qk_norm_rope) is never folded away:
-its hook stays off.
+`fold` (workbench/model/qwen3.py) answers rotated q with k and v already cached, or None; it runs
+outside torch.compile, as Attention.attend's own cache write; models without q/k norm (Llama,
+Qwen2) get the same kernel with the norm off. A layer form replaced by an override (rms_norm,
+add_rms_norm, silu_and_mul, rope, qk_norm_rope) is never folded away: its hook stays off.
 
 Independent of decode_gemv: the folded matmuls are that switch's kernel whatever it says, and the
 matmuls with nothing to fold (o_proj, lm_head) follow decode_gemv. So each switch can be measured
@@ -36,12 +32,6 @@ from workbench.model.layers import ActAndMul, RMSNorm
 from workbench.model.qwen3 import Attention
 
 from .availability import triton_on_cuda
-from .decode_attention import DecodeThenBackend
-
-# A candidate (kernels/decode_attention.py, Choice 6), off until a GPU run says so: at decode steps
-# whose attention is DecodeThenBackend, attention does the q/k norm + RoPE + cache write itself.
-# Read at each call; scripts/ab_decode_candidates.py sets it (variant dattn-rope).
-ROPE_STORE_IN_ATTENTION = False
 
 
 def why_not(device: str, tp_size: int = 1) -> str | None:
@@ -76,21 +66,17 @@ def folds():
 
     # Out of torch.compile, as Attention.attend's own cache write: the compiler never sees the cache.
     @torch.compiler.disable
-    def norm_rope_store_attend(attn: Attention, positions, q, k, v, meta):
+    def norm_rope_store(attn: Attention, positions, q, k, v, slot_mapping):
         norms = (attn.q_norm, attn.k_norm) if attn.qk_norm else ()
-        if ROPE_STORE_IN_ATTENTION and meta.is_decode and isinstance(attn.backend, DecodeThenBackend):
-            return attn.backend.rope_store_attend(q, k, v, positions, attn.rotary.cos_sin_cache, attn.k_cache,
-                                                  attn.v_cache, meta, attn.scale, *norms)
-        q = qrs.qk_norm_rope_store(q, k, v, positions, attn.rotary.cos_sin_cache, attn.k_cache, attn.v_cache,
-                                   meta.slot_mapping, *norms)
-        return attn.attend(q, None, None, meta)   # k and v are in the cache already
+        return qrs.qk_norm_rope_store(q, k, v, positions, attn.rotary.cos_sin_cache, attn.k_cache, attn.v_cache,
+                                      slot_mapping, *norms)
 
     def fold_rope_store(attn: Attention, positions, q, k, v, meta):
         """q/k norm (Qwen3; none for Llama/Qwen2) + RoPE + k, v into the cache as one kernel at
-        1..16 tokens, then attention: returns attention's output; None otherwise."""
+        1..16 tokens: returns q; None otherwise."""
         if not decode_sized(q, 3):
             return None
-        return norm_rope_store_attend(attn, positions, q, k, v, meta)
+        return norm_rope_store(attn, positions, q, k, v, meta.slot_mapping)
 
     return fold_norm, fold_silu, fold_rope_store
 
