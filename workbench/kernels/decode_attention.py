@@ -49,7 +49,7 @@ block tables are the step's inputs. So each program reads its length, its first 
 and that tile's K and V *before* the wait -- unless the tile holds the newest key -- and only q
 after it. At short contexts a program has one tile: its whole read overlaps the kernel before.
 
-Measured and not taken either (docs/perf-notes.md, session 9; the code is on branch `ropeattn`):
+Measured and not taken either (docs/perf-notes.md, session 9; the code is in git history, commit 36f5ffc):
 this kernel doing q/k norm + RoPE + the newest key's cache write itself, in place of the kernel
 before it. 28 launches fewer a step, and +57 us: every program's work after the wait grew, and
 under PDL the boundary it removed had cost little.
