@@ -49,10 +49,10 @@ block tables are the step's inputs. So each program reads its length, its first 
 and that tile's K and V *before* the wait -- unless the tile holds the newest key -- and only q
 after it. At short contexts a program has one tile: its whole read overlaps the kernel before.
 
-Measured and not taken either (docs/perf-notes.md, session 9; the code is in git history, commit 36f5ffc):
-this kernel doing q/k norm + RoPE + the newest key's cache write itself, in place of the kernel
-before it. 28 launches fewer a step, and +57 us: every program's work after the wait grew, and
-under PDL the boundary it removed had cost little.
+Measured and not taken either (docs/perf-notes.md, session 9; the code is in git history,
+commit 36f5ffc): this kernel doing q/k norm + RoPE + the newest key's cache write itself, in
+place of the kernel before it. 28 launches fewer a step, and +57 us: every program's work after
+the wait grew, and under PDL the boundary it removed had cost little.
 
 Keys through the block table: key j of sequence b is row j % block_size of cache block
 block_tables[b, j // block_size]. With blocks of BLOCK_N keys or more (the engine's 128) a tile
