@@ -102,7 +102,8 @@ do_step() {
     tp)         # needs a kind with >= 2 GPUs (nvidia-h100-x2): correctness, then the cost of the split
                 run tp-tests $PY -m pytest -q -s tests/gpu/test_tensor_parallel_gpu.py -p no:cacheprovider
                 run tp $W measure tp $P --tp 2 --batch 1 --steps 16 --json "$OUT/tp.json" ;;
-    notebooks)  run notebooks $PY scripts/run_notebooks.py "$OUT/notebooks"   # needs .jupyter-wheels
+    # needs .jupyter-wheels; NOTEBOOKS="notebooks/07_stack_them_all.ipynb ..." runs those only
+    notebooks)  run notebooks $PY scripts/run_notebooks.py "$OUT/notebooks" ${NOTEBOOKS:-}
                 # one tar of the figures: the device tool brings back only so many files
                 (cd "$OUT/notebooks" && ls *.png >/dev/null 2>&1 && tar -cf ../notebook-figures.tar *.png && rm *.png) ;;
     *)          echo "unknown step $1" ;;
