@@ -13,6 +13,8 @@ matters is what it can do before its wait and whether the next one finds room to
   dattn-last          decode attention merged by its last program (one launch a layer fewer)
   dattn-no-prefetch   decode attention without reading its first K/V tile before the PDL wait
                       (kernels/decode_attention.py, Choice 5)
+  rope-inputs-early   qk_norm_rope_store reads the position, cos/sin and slot before its PDL wait
+                      (kernels/qk_norm_rope_store.py: one dependent round trip off each layer)
   graph-rounds        a greedy round of 8 decode steps as one graph replay (EngineConfig.graph_rounds,
                       optimizations/multi_step.py)
 
@@ -36,8 +38,9 @@ GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps, num_stage
                    (6144, 1024, "m1"): (4, 1024, 4, 1)},
 }
 ATTENTION = {"dattn-last": {"merge": "last_program"}, "dattn-no-prefetch": {"prefetch_kv": False}}
+ROPE = {"rope-inputs-early": {"inputs_early": True}}   # qk_norm_rope_store's keyword arguments
 ENGINE = {"graph-rounds": {"graph_rounds": True}}   # EngineConfig fields
-VARIANTS = ["current", *GEMV, *ATTENTION, *ENGINE]
+VARIANTS = ["current", *GEMV, *ATTENTION, *ROPE, *ENGINE]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int) -> None:
@@ -45,7 +48,7 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int) -> None:
     import functools
 
     from workbench import Optimizations
-    from workbench.kernels import decode_attention, gemv
+    from workbench.kernels import decode_attention, gemv, qk_norm_rope_store
     from workbench.measure import bench
     from workbench.model import ModelConfig, random_checkpoint
     for key, (bn, bk, warps, stages) in GEMV.get(variant, {}).items():
@@ -53,6 +56,9 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int) -> None:
     if variant in ATTENTION:   # the switch looks the kernel's wrapper up at each call
         decode_attention.paged_decode_attention = functools.partial(decode_attention.paged_decode_attention,
                                                                     **ATTENTION[variant])
+    if variant in ROPE:        # so does fused_decode's fold (qrs.qk_norm_rope_store)
+        qk_norm_rope_store.qk_norm_rope_store = functools.partial(qk_norm_rope_store.qk_norm_rope_store,
+                                                                  **ROPE[variant])
     path = random_checkpoint(preset, workdir)
     load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens)
     r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1,

@@ -12,7 +12,7 @@ from itertools import product
 import pytest
 
 CHECKS = ["rms_norm_linear", "silu_mul_linear", "broken_fold_is_caught", "qk_norm_rope_store",
-          "engine_tokens_match_all_off"]
+          "qk_norm_rope_store_inputs_early", "engine_tokens_match_all_off"]
 SHAPES = ((40, 72), (32, 256))   # (N, K): N not a multiple of the block, K not of split x block
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
@@ -146,6 +146,57 @@ def check_qk_norm_rope_store(torch):
             assert torch.equal(cache.flatten(0, 1)[~written], start.flatten(0, 1)[~written]), f"{what}: stray write"
 
 
+WAIT_HOOK = []   # what the (stubbed) PDL wait does: the kernel before finishing its writes
+
+
+def stub_pdl_wait():
+    """The interpreter cannot run gdc_wait: a plain function stands in for it in
+    qk_norm_rope_store's module (installed before the kernel first runs: the interpreter resolves
+    it once). With PDL on it runs WAIT_HOOK's actions; off, nothing, as the real one."""
+    from workbench.kernels import qk_norm_rope_store as qrs
+
+    def pdl_wait(USE_PDL):
+        if USE_PDL:
+            for action in WAIT_HOOK:
+                action()
+    qrs.pdl_wait = pdl_wait
+
+
+def check_qk_norm_rope_store_inputs_early(torch):
+    """inputs_early=True (under PDL: position, cos/sin and slot before the wait) equals the kernel
+    without it, bit for bit -- q and the cache -- and reads nothing of the kernel before's output
+    before the wait: the QKV buffer holds NaN until the (stubbed) wait writes it, as the QKV GEMV
+    would finish it. A read of q, k or v moved above the wait returns NaN."""
+    from workbench.kernels import pdl
+    from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
+    from workbench.model.layers import RMSNorm, RotaryEmbedding
+    Hq, Hk, D, T = 4, 2, 16, 5
+    rotary = RotaryEmbedding(D, 64, 1e6)
+    norms = [RMSNorm(D, 1e-6) for _ in range(2)]
+    for n in norms:
+        n.weight.data = 1 + 0.1 * torch.randn(D)
+    real = 3 * torch.randn(T, (Hq + 2 * Hk) * D)
+    pos, slots = torch.randint(0, 64, (T,)), torch.randperm(32)[:T]
+    slots[1] = -1   # a padding row
+    cache = torch.randn(2, 8, 4, Hk, D)
+
+    def run(buf, early):
+        kc, vc = cache[0].clone(), cache[1].clone()
+        q, k, v = buf.split([Hq * D, Hk * D, Hk * D], dim=-1)
+        q, k, v = q.unflatten(-1, (Hq, D)), k.unflatten(-1, (Hk, D)), v.unflatten(-1, (Hk, D))
+        return qk_norm_rope_store(q, k, v, pos, rotary.cos_sin_cache, kc, vc, slots, *norms, inputs_early=early), kc, vc
+    want = run(real.clone(), False)
+    buf = torch.full_like(real, float("nan"))
+    WAIT_HOOK[:] = [lambda: buf.copy_(real)]
+    try:
+        with pdl.launching(True):
+            got = run(buf, True)
+    finally:
+        WAIT_HOOK.clear()
+    for name, g, w in zip(("q", "k cache", "v cache"), got, want):
+        assert torch.equal(g, w), f"inputs_early: {name} differs (NaN: read before the wait): {g.isnan().sum()} NaN"
+
+
 def check_engine_tokens_match_all_off(torch):
     """Tiny fp32 model, 2 sequences x 5 greedy tokens: all-off against all-off with the
     fused_decode hooks installed -- the CPU engine refuses the switch, so it is installed into the
@@ -181,6 +232,7 @@ def _main() -> None:
     import torch
     from kernel_cases import run_checks
     torch.manual_seed(0)
+    stub_pdl_wait()
     run_checks(CHECKS, globals(), torch)
 
 

@@ -142,13 +142,15 @@ def test_last_program_merge_in_a_graph(pdl):
             torch.testing.assert_close(one, two, rtol=1e-2, atol=1e-2)
 
 
-def test_prefetch_kv_waits_for_the_newest_key():
+@pytest.mark.parametrize("inputs_early", [False, True])
+def test_prefetch_kv_waits_for_the_newest_key(inputs_early):
     """prefetch_kv=True (Choice 5) right after the kernel that writes the newest K/V, as in a
     decode step: each layer's qk_norm_rope_store, then attention, all under PDL in one graph.
     Before every replay the newest slots hold NaN and the new token's k/v are fresh: a program
     that read the newest key before its wait would return NaN or the last replay's values. Each
     replay equals the eager run without prefetch (PDL off) bit for bit, at contexts of one tile,
-    one tile + 1 and many tiles, 20 replays each."""
+    one tile + 1 and many tiles, 20 replays each. inputs_early: qk_norm_rope_store's candidate
+    (position, cos/sin and slot before its wait) on in the graph too."""
     from workbench.kernels.decode_attention import paged_decode_attention
     from workbench.kernels.pdl import launching
     from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
@@ -166,7 +168,8 @@ def test_prefetch_kv_waits_for_the_newest_key():
     def step(prefetch):
         outs = []
         for i in range(layers):
-            q_rot = qk_norm_rope_store(q, k, v, positions, cos_sin, caches[0, i], caches[1, i], slots)
+            q_rot = qk_norm_rope_store(q, k, v, positions, cos_sin, caches[0, i], caches[1, i], slots,
+                                       inputs_early=prefetch and inputs_early)
             outs.append(paged_decode_attention(q_rot, caches[0, i], caches[1, i], seq_lens, table, d ** -0.5,
                                                prefetch_kv=prefetch))
         return outs

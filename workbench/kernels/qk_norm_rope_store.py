@@ -9,6 +9,17 @@ Here one program per token reads its q, k and v heads from the QKV output once, 
 The pieces are triton_ops.py's (_load_cos_sin, _rotate_heads, _copy_row): only where k lands
 differs. NORM=False is plain RoPE (Llama, Qwen2: no q/k norm). A token whose slot is < 0 (a
 padding row of a CUDA-graph bucket) still gets its q, as unfused, but writes nothing to the cache.
+
+A candidate, off until a GPU run says so (`inputs_early=True`, under PDL only): the token's
+position, its cos/sin row and its cache slot read *before* the PDL wait. After the wait the
+kernel today reads the position, then the cos/sin row at that position: two dependent round trips
+on the critical path, beside q/k/v's one. None of the three is written by the kernel before (the
+QKV GEMV): positions and slots are the step's inputs, written before the step's first kernel
+(by the host's copy, or by the round graph's `advance` at the end of the step before), and the
+table is a constant. Why that is safe under PDL: each of our kernels lets its dependent be
+scheduled only after its own wait (kernels/pdl.py), so when this kernel starts, every kernel two
+or more before it has finished and its writes are visible. The same argument lets decode
+attention read its lengths and block table early (kernels/decode_attention.py, Choice 5).
 """
 from __future__ import annotations
 
@@ -26,13 +37,18 @@ def _qk_norm_rope_store_kernel(q_ptr, k_ptr, v_ptr, q_out_ptr, k_cache_ptr, v_ca
                                cos_sin_ptr, q_s0, q_s1, k_s0, k_s1, v_s0, n_q, q_w_ptr, k_w_ptr, q_eps, k_eps,
                                N_K: tl.constexpr, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr,
                                BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_ROW: tl.constexpr,
-                               NORM: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl_wait(USE_PDL)   # everything here (q/k/v, positions, slots, the cache) is written by a kernel
+                               NORM: tl.constexpr, USE_PDL: tl.constexpr, INPUTS_EARLY: tl.constexpr):
     token = tl.program_id(0)
-    cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
+    if INPUTS_EARLY:   # (with USE_PDL only) the step's inputs and the table: no kernel before writes them
+        cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
+        slot = tl.load(slot_ptr + token)
+        pdl_wait(USE_PDL)   # q/k/v (the QKV GEMV's output) and the cache after it
+    else:
+        pdl_wait(USE_PDL)   # everything here (q/k/v, positions, slots, the cache) after the wait
+        cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
+        slot = tl.load(slot_ptr + token)
     _rotate_heads(q_ptr, q_out_ptr + token * n_q * (2 * HALF), q_s0, q_s1, token, n_q, cos, sin, q_w_ptr,
                   q_eps, HALF, BLOCK_HQ, BLOCK_D, NORM)
-    slot = tl.load(slot_ptr + token)
     if slot >= 0:   # < 0: a padding token, it owns no cache slot
         row = N_K * (2 * HALF)   # a cache slot: all KV heads of one token; slot is int64: no overflow
         _rotate_heads(k_ptr, k_cache_ptr + slot * row, k_s0, k_s1, token, N_K, cos, sin, k_w_ptr, k_eps,
@@ -42,11 +58,13 @@ def _qk_norm_rope_store_kernel(q_ptr, k_ptr, v_ptr, q_out_ptr, k_cache_ptr, v_ca
 
 def qk_norm_rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                        cos_sin_cache: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                       slot_mapping: torch.Tensor, q_norm=None, k_norm=None) -> torch.Tensor:
+                       slot_mapping: torch.Tensor, q_norm=None, k_norm=None, *,
+                       inputs_early: bool = False) -> torch.Tensor:
     """q [T, Hq, D], k and v [T, Hkv, D] (views into the QKV output): returns q normed (q_norm, an
     RMSNorm; None: no norm) and rotated, new and contiguous; writes k normed (k_norm) and rotated,
     and v, into k_cache/v_cache [num_blocks, block_size, Hkv, D] at slot_mapping [T] (< 0: skipped).
-    = rotary.norm_and_rotate (or rotary) then store_kv."""
+    = rotary.norm_and_rotate (or rotary) then store_kv. inputs_early: under PDL, the position,
+    cos/sin and slot before the wait (a candidate: the module docstring)."""
     T, n_q, dim = q.shape
     n_k = k.shape[1]
     assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1 and v.stride(-2) == dim, "heads must be contiguous"
@@ -57,6 +75,7 @@ def qk_norm_rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positi
     assert (q_norm is None) == (k_norm is None), "q and k are normed together or not at all"
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     norm = q_norm is not None
+    launch = pdl.launch_options()
     if T:
         _qk_norm_rope_store_kernel[(T,)](
             q, k, v, q_out, k_cache, v_cache, slot_mapping, positions, cos_sin_cache,
@@ -65,5 +84,5 @@ def qk_norm_rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positi
             q_norm.eps if norm else 0.0, k_norm.eps if norm else 0.0,
             N_K=n_k, HALF=dim // 2, BLOCK_HQ=triton.next_power_of_2(n_q), BLOCK_HK=triton.next_power_of_2(n_k),
             BLOCK_D=triton.next_power_of_2(dim // 2), BLOCK_ROW=triton.next_power_of_2(n_k * dim), NORM=norm,
-            **pdl.launch_options())
+            **launch, INPUTS_EARLY=inputs_early and launch["USE_PDL"])
     return q_out
