@@ -186,3 +186,15 @@ def assert_engine_parity(tmp_dir, settings, prompts: int, max_num_seqs: int) -> 
     for row in rows:
         assert row["vs_all_off_match_rate_excl_ties"] >= 0.99, row
         assert row["vs_all_off_first_step_logit_rel_err"] < 2e-2, row
+
+
+def stub_pdl_wait(module, hooks: list) -> None:
+    """The interpreter cannot run gdc_wait; it runs kernels as Python, so a plain function stands
+    in for `module.pdl_wait` (install it before the module's kernels first run: the interpreter
+    resolves it once). With PDL on it runs `hooks`' actions -- the writes of the kernel before,
+    finishing -- and off, nothing, as the real one."""
+    def pdl_wait(USE_PDL):
+        if USE_PDL:
+            for action in hooks:
+                action()
+    module.pdl_wait = pdl_wait

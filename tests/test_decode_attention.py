@@ -182,19 +182,6 @@ def check_last_program_merge(torch):
 WAIT_HOOK = []   # what the (stubbed) PDL wait does: the writes of the kernel before, finishing
 
 
-def stub_pdl_wait():
-    """The interpreter cannot run gdc_wait; it runs kernels as Python, so a plain function stands
-    in for it (installed before any kernel runs: the interpreter resolves it once). With PDL on it
-    runs WAIT_HOOK's actions; off, nothing, as the real one."""
-    from workbench.kernels import decode_attention
-
-    def pdl_wait(USE_PDL):
-        if USE_PDL:
-            for action in WAIT_HOOK:
-                action()
-    decode_attention.pdl_wait = pdl_wait
-
-
 def check_prefetch_kv(torch):
     """prefetch_kv=True (Choice 5, under PDL) equals the kernel without it, bit for bit, and reads
     no K/V of the newest key before the wait. The newest key's K and V start as NaN and the wait
@@ -258,6 +245,9 @@ if __name__ == "__main__":
     import torch
 
     from kernel_cases import run_checks   # tests/ is this script's folder
+    from kernel_cases import stub_pdl_wait
+
+    from workbench.kernels import decode_attention
     torch.manual_seed(0)
-    stub_pdl_wait()
+    stub_pdl_wait(decode_attention, WAIT_HOOK)
     run_checks(CHECKS, globals(), torch)

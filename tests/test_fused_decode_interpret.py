@@ -149,19 +149,6 @@ def check_qk_norm_rope_store(torch):
 WAIT_HOOK = []   # what the (stubbed) PDL wait does: the kernel before finishing its writes
 
 
-def stub_pdl_wait():
-    """The interpreter cannot run gdc_wait: a plain function stands in for it in
-    qk_norm_rope_store's module (installed before the kernel first runs: the interpreter resolves
-    it once). With PDL on it runs WAIT_HOOK's actions; off, nothing, as the real one."""
-    from workbench.kernels import qk_norm_rope_store as qrs
-
-    def pdl_wait(USE_PDL):
-        if USE_PDL:
-            for action in WAIT_HOOK:
-                action()
-    qrs.pdl_wait = pdl_wait
-
-
 def check_qk_norm_rope_store_inputs_early(torch):
     """inputs_early=True (under PDL: position, cos/sin and slot before the wait) equals the kernel
     without it, bit for bit -- q and the cache -- and reads nothing of the kernel before's output
@@ -231,8 +218,11 @@ def check_engine_tokens_match_all_off(torch):
 def _main() -> None:
     import torch
     from kernel_cases import run_checks
+    from kernel_cases import stub_pdl_wait
+
+    from workbench.kernels import qk_norm_rope_store
     torch.manual_seed(0)
-    stub_pdl_wait()
+    stub_pdl_wait(qk_norm_rope_store, WAIT_HOOK)
     run_checks(CHECKS, globals(), torch)
 
 
