@@ -7,13 +7,18 @@ latency. With PDL, B is launched with an attribute that lets the GPU start it wh
 runs; B's programs do whatever does not depend on A, then wait (`gdc_wait`) until A has finished
 and its writes are visible. A calls `gdc_launch_dependents` early to say "B may be scheduled now".
 
-What may run before the wait: only reads of data no kernel writes -- the weights. A decode GEMV's
-weight tile does not depend on the kernel before it, so the GEMV loads its first weight tile,
-then waits, then loads x (CUTLASS's "weight prefetch" example does the same). Everything else --
-activations, the KV cache, the step's inputs (positions, slots, lengths, block tables: copied into
-the graph's buffers by the step), and every store -- comes after the wait. Each kernel waits
-before its first dependent read or any store, so PDL on is as correct as PDL off, whatever runs
-before or after it (a torch op or cuBLAS kernel in between is launched normally: plain stream order).
+What may run before the wait: reads of data the kernel directly before does not write. Each of
+our kernels calls gdc_launch_dependents only after its own wait (pdl_wait below), so when B
+starts, every kernel two or more before it has finished and its writes are visible; only A may
+still be running. So B may read early: the weights (no kernel writes them), the K/V of keys
+cached by earlier steps, and the step's inputs (positions, slots, lengths, block tables: written
+before the step's first kernel). A decode GEMV loads its first weight tile, then waits, then
+loads x (CUTLASS's "weight prefetch" example does the same); decode attention reads its lengths,
+block ids and first K/V tile early (kernels/decode_attention.py, Choice 5). What A writes (its
+output, the newest token's K/V) and every store come after the wait. Each kernel waits before
+its first read of A's output and before any store, so PDL on is as correct as PDL off, whatever
+runs before or after it (a torch op or cuBLAS kernel in between is launched normally: plain
+stream order, and it never lets its dependent start early).
 
 How the flag reaches the kernels: one process-wide setting, `ENABLED`, which the switch's install()
 sets (workbench/optimizations/pdl.py); each engine's runner calls it with its own switch before
