@@ -85,7 +85,9 @@ def sample(logits: torch.Tensor, temperatures: torch.Tensor, seeds: torch.Tensor
 
     temperatures: float32 [B], 0 for a greedy row. seeds: int64 [B], the Philox key of each row.
     counts: int64 [B], tokens each row had sampled before step 0; step: added to every count."""
-    assert logits.dim() == 2 and logits.stride(-1) == 1, "logits: [B, V], contiguous along V"
+    assert logits.dim() == 2, "logits: [B, V]"
+    if logits.stride(-1) != 1:   # the loads walk V contiguously
+        logits = logits.contiguous()
     rows, vocab = logits.shape
     assert vocab < 2**32, "the Philox counter keeps the vocabulary index in 32 bits"
     for name, t, dtype in (("temperatures", temperatures, torch.float32), ("seeds", seeds, torch.int64),
