@@ -27,7 +27,10 @@ the row had sampled before this one. So a draw depends only on (seed, n, i): a r
 not depend on its batch, its row position, the chunk size, or how many steps a round holds
 (the caller makes `counts` once a round and passes the step index; engine/sampler.py says where
 seeds come from). U = 0 can come out (Triton's uniform is on [0, 1)): -log(-log 0) = -inf, a
-draw that never wins -- as E = inf does in the race.
+draw that never wins -- as E = inf does in the race. Precision: U has 31 random bits in a float32,
+so the noise lies in [-3.1, 16.6] (or -inf): a token whose probability is under e^-19.7 ~ 3e-9
+times the row's most likely one can never win. The eager path's fp32 exponential draws cut the
+same tail at a similar place; at V = 151,936 the mass cut is at most ~4e-4 of the top token's.
 
 The split. One program per row would read 600 KB alone on one SM at batch 1. Each program takes
 BLOCK entries of one row, grid (rows, chunks): 149 programs at batch 1 and BLOCK 1,024, more
