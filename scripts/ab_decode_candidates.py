@@ -1,6 +1,7 @@
 """A/B candidate changes to the batch-1 decode step inside the engine (all on, PDL on), on the GPU.
 
     python scripts/ab_decode_candidates.py OUT.json [--rounds 2] [--variants current,gemv-sweep,...]
+        [--temperature 0.6]
 
 Why not the microbenchmarks (`measure gemv`, `measure decode-attention`): they time one kernel
 alone with PDL off, but in the engine each kernel runs under PDL between others, where what
@@ -17,11 +18,16 @@ matters is what it can do before its wait and whether the next one finds room to
                       (kernels/qk_norm_rope_store.py: one dependent round trip off each layer)
   graph-rounds        a greedy round of 8 decode steps as one graph replay (EngineConfig.graph_rounds,
                       optimizations/multi_step.py)
+  fused-sampling      temperature rows sampled by one Triton kernel pair (EngineConfig.fused_sampling,
+                      kernels/sample.py) instead of ~10 eager kernels; only differs from current
+                      when sampling: run with --temperature 0.6, e.g.
+                      --variants current,fused-sampling --temperature 0.6
 
 (Configs compiled for sm_90a first by scripts/gemv_ptx_audit.py: docs/perf-notes.md, session 8.)
 Each variant runs in its own process (torch.compile and the graph capture bake them in), in the
-order A B C ... A B C: all on, greedy 128 + 512 tokens, 8 decode steps a round, 3 repeats; a row
-per run as it goes (JSON rewritten after each), then the medians per variant.
+order A B C ... A B C: all on, greedy (--temperature: every variant at that temperature) 128 + 512
+tokens, 8 decode steps a round, 3 repeats; a row per run as it goes (JSON rewritten after each),
+then the medians per variant.
 """
 from __future__ import annotations
 
@@ -39,11 +45,11 @@ GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps, num_stage
 }
 ATTENTION = {"dattn-last": {"merge": "last_program"}, "dattn-no-prefetch": {"prefetch_kv": False}}
 ROPE = {"rope-inputs-early": {"inputs_early": True}}   # qk_norm_rope_store's keyword arguments
-ENGINE = {"graph-rounds": {"graph_rounds": True}}   # EngineConfig fields
+ENGINE = {"graph-rounds": {"graph_rounds": True}, "fused-sampling": {"fused_sampling": True}}   # EngineConfig fields
 VARIANTS = ["current", *GEMV, *ATTENTION, *ROPE, *ENGINE]
 
 
-def child(variant: str, workdir: str, preset: str, new_tokens: int) -> None:
+def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature: float) -> None:
     """One variant, in this process: patch it in before the engine exists, bench, print JSON."""
     import functools
 
@@ -60,10 +66,12 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int) -> None:
         qk_norm_rope_store.qk_norm_rope_store = functools.partial(qk_norm_rope_store.qk_norm_rope_store,
                                                                   **ROPE[variant])
     path = random_checkpoint(preset, workdir)
-    load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens)
+    load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens,
+                               temperature=temperature)
     r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1,
                            **ENGINE.get(variant, {}))
-    print("RESULT " + json.dumps({"variant": variant, **r.to_dict()}, default=str), flush=True)
+    print("RESULT " + json.dumps({"variant": variant, "temperature": temperature, **r.to_dict()}, default=str),
+          flush=True)
 
 
 def _us(row: dict) -> str:
@@ -79,10 +87,11 @@ def main() -> int:
     ap.add_argument("--workdir", default="/tmp")
     ap.add_argument("--preset", default="qwen3-0.6b", help="tiny: a smoke test of this script on a CPU")
     ap.add_argument("--new-tokens", type=int, default=512)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy; fused-sampling needs > 0 to differ")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.workdir, args.preset, args.new_tokens)
+        child(args.child, args.workdir, args.preset, args.new_tokens, args.temperature)
         return 0
     from workbench.measure.results import stamp
     names = args.variants.split(",")
@@ -93,7 +102,8 @@ def main() -> int:
     for round_ in range(args.rounds):
         for name in names:
             done = subprocess.run([sys.executable, __file__, "--child", name, "--workdir", args.workdir,
-                                   "--preset", args.preset, "--new-tokens", str(args.new_tokens)],
+                                   "--preset", args.preset, "--new-tokens", str(args.new_tokens),
+                                   "--temperature", str(args.temperature)],
                                   capture_output=True, text=True, cwd=REPO)
             found = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if not found:   # say why, keep going with the other variants

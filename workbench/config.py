@@ -41,6 +41,9 @@ class EngineConfig:
                                          # decoding (workbench/optimizations/multi_step.py)
     graph_rounds: bool = False           # a greedy round of decode_steps steps as ONE graph replay
                                          # (needs cuda_graphs and decode_steps > 1; multi_step.py)
+    fused_sampling: bool = False         # a candidate: temperature rows without top-k/top-p sampled by
+                                         # one Triton kernel pair (kernels/sample.py; a CUDA GPU, or
+                                         # TRITON_INTERPRET=1 on a CPU); its own random stream
     warmup_progress: bool = False        # a progress bar over warm-up (compile, each graph
                                          # captured): a long wait that shows it is moving
 

@@ -47,3 +47,110 @@ def test_the_sync_check_catches_a_pageable_copy(no_hidden_syncs):
     """The check can fail: the copy the sampler used to make raises under it."""
     with pytest.raises(RuntimeError, match="synchroniz"):
         torch.tensor([0.6, 1.0], device="cuda")
+
+
+# --- the fused sampler candidate (kernels/sample.py, EngineConfig.fused_sampling) --------------
+# Its CPU twin is tests/test_sample_kernel.py (the interpreter); here the compiled kernel at the
+# real vocabulary. The interpreter ignores tl.max's tie-break flag (numpy's argmax takes the first
+# index anyway): the first-index rule inside a chunk is checked only here.
+VOCAB = 151_936
+
+
+def _fused_rows(n, temperature, seeds, counts=0):
+    return (torch.full((n,), float(temperature), device="cuda"), torch.as_tensor(seeds, device="cuda"),
+            torch.full((n,), counts, dtype=torch.int64, device="cuda"))
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_fused_greedy_rows_are_torch_argmax(batch):
+    from workbench.kernels.sample import sample
+    logits = torch.randn(batch, VOCAB, device="cuda").bfloat16()
+    logits[0, [100, 900]] = 20      # a tie inside one chunk (1,024 entries)
+    logits[-1, [3000, 150_000]] = 19  # a tie across chunks (the last one partial); batch 1: row 0
+    got = sample(logits, *_fused_rows(batch, 0.0, torch.zeros(batch, dtype=torch.int64)))
+    assert torch.equal(got, logits.argmax(dim=-1)) and got[0] == 100 and (batch == 1 or got[-1] == 3000)
+
+
+def test_fused_distribution_at_the_full_vocabulary():
+    """16,384 draws (1,024 rows x 16 steps; the rows are one logits row expanded, stride 0) against
+    softmax(logits / T) in 9 buckets: 8 tokens spread over the chunks, and all the others."""
+    from workbench.kernels.sample import sample
+    special = torch.tensor([0, 1_023, 1_024, 40_000, 77_777, 120_000, 151_000, VOCAB - 1], device="cuda")
+    row = torch.zeros(VOCAB, device="cuda")
+    row[special] = 10 + torch.tensor([1.5, 0.9, 0.3, 0.0, -0.4, -1.0, -1.6, -2.5], device="cuda")
+    n, temperature = 1024, 0.7
+    temps, seeds, counts = _fused_rows(n, temperature, torch.arange(n, device="cuda") * 7919 - 5)
+    tokens = torch.cat([sample(row.bfloat16().expand(n, -1), temps, seeds, counts, step=s) for s in range(16)])
+    probs = torch.softmax(row.bfloat16().double() / temperature, dim=0)
+    want = torch.cat([probs[special], (1 - probs[special].sum()).reshape(1)]) * len(tokens)
+    is_special = tokens[:, None] == special[None, :]
+    got = torch.cat([is_special.sum(0), (~is_special.any(1)).sum().reshape(1)]).double()
+    chi2 = ((got - want) ** 2 / want).sum().item()
+    assert chi2 < 40, f"chi2 {chi2:.1f} (8 degrees of freedom): counts {got.tolist()}, expected {want.tolist()}"
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_fused_seeded_rows_reproduce_without_a_host_sync(no_hidden_syncs, batch):
+    """Through Sampler(fused=True), 3 steps of a round with no hidden sync: a seeded request's
+    tokens are the same alone and at row 37 of a batch of 64 (greedy, unseeded, top-p rows around
+    it), and equal the kernel called with its key and counts."""
+    from workbench.engine.sampler import philox_key
+    from workbench.kernels.sample import sample
+    seeded = SamplingParams(temperature=0.6, seed=2024)
+    kinds = [SamplingParams(temperature=0), SamplingParams(temperature=0.6),
+             SamplingParams(temperature=0.8, top_p=0.9)]
+    params = [kinds[i % 3] for i in range(batch)]
+    where = 37 if batch > 37 else 0
+    params[where] = seeded
+    seqs = [Sequence(i, [1, 2, 3], p) for i, p in enumerate(params)]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(batch, VOCAB, device="cuda", generator=gen).bfloat16()
+    alone_logits = logits[where:where + 1].clone()
+    sampler = Sampler("cuda", seed=0, fused=True)
+    torch.cuda.set_sync_debug_mode("default")   # compile the kernels first (not part of a step)
+    sampler.sample(logits, seqs)
+    torch.cuda.set_sync_debug_mode("error")
+    rows = sampler.rows(seqs, VOCAB, logits.device)
+    in_batch = [sampler.sample(logits, seqs, rows)[where] for _ in range(3)]
+    alone_seq = [Sequence(0, [1, 2, 3], seeded)]
+    alone_rows = sampler.rows(alone_seq, VOCAB, logits.device)
+    alone = [sampler.sample(alone_logits, alone_seq, alone_rows)[0] for _ in range(3)]
+    torch.cuda.set_sync_debug_mode("default")   # (_fused_rows copies a host list: a sync)
+    direct = [sample(alone_logits, *_fused_rows(1, 0.6, [philox_key(2024)]), step=s)[0] for s in range(3)]
+    assert torch.stack(in_batch).tolist() == torch.stack(alone).tolist() == torch.stack(direct).tolist()
+
+
+def test_fused_sampler_in_a_cuda_graph():
+    """The kernel pair captures: a replay gives the eager call's tokens."""
+    from workbench.kernels.sample import sample
+    logits = torch.randn(8, VOCAB, device="cuda").bfloat16()
+    inputs = _fused_rows(8, 0.6, torch.arange(8, device="cuda"), counts=5)
+    want = sample(logits, *inputs, step=2)   # also compiles before the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = sample(logits, *inputs, step=2)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, want)
+
+
+def test_engine_fused_sampling_seeded_request_reproduces():
+    """A tiny bf16 model with graphs, fused_sampling on: a seeded request's tokens alone (1 decode
+    step a round) and in a batch (8 steps a round) are the same."""
+    import tempfile
+
+    from workbench import LLM, Optimizations
+    from workbench.model import make_checkpoint
+    path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=3, dtype="bfloat16")
+    seeded = SamplingParams(temperature=0.6, seed=77, max_tokens=20, ignore_eos=True)
+    other = SamplingParams(temperature=0.6, max_tokens=20, ignore_eos=True)
+    prompts = [[5, 17, 99, 3], [42, 7, 250, 11, 64, 9, 1], [8, 8, 30]]
+    outs = []
+    for batch, steps in ((False, 1), (True, 8)):
+        with LLM(path, opts=Optimizations(attention="naive", cuda_graphs=True), fused_sampling=True,
+                 decode_steps=steps, max_num_seqs=8) as llm:
+            got = llm.generate(prompts if batch else [prompts[1]], [other, seeded, other] if batch else seeded,
+                               use_tqdm=False)
+            outs.append(got[1 if batch else 0].token_ids)
+    assert outs[0] == outs[1], outs

@@ -10,6 +10,8 @@ and the engine appends tokens, checks stop conditions and frees finished sequenc
 from __future__ import annotations
 
 import gc
+import importlib.util
+import os
 import time
 from pathlib import Path
 from typing import Iterator
@@ -50,6 +52,18 @@ def _pick_device_dtype(cfg: EngineConfig, model_cfg: ModelConfig) -> tuple[str, 
     return device, getattr(torch, name)
 
 
+def _why_no_fused_sampling(device: str, overrides: dict) -> str | None:
+    """Why the fused sampler (engine/sampler.py, kernels/sample.py) cannot run here, if it cannot."""
+    if "sampler" in overrides:
+        return "overrides={'sampler': ...} replaces the built-in sampler it is part of; drop one of the two"
+    if importlib.util.find_spec("triton") is None:
+        return "its kernel is Triton's, and triton is not installed; use fused_sampling=False"
+    if not device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        return ("its Triton kernel needs a CUDA GPU (or, on a CPU, Triton's interpreter: "
+                "TRITON_INTERPRET=1 before triton is imported); use fused_sampling=False")
+    return None
+
+
 class LLM(MeasurementMethods):
     def __init__(self, model: str | Path, opts: Optimizations | str | None = None, *,
                  overrides: dict | None = None, **engine_kwargs):
@@ -70,6 +84,8 @@ class LLM(MeasurementMethods):
             why = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
             raise ValueError(f"graph_rounds=True records a round in a CUDA graph, but cuda_graphs is off{why}: "
                              "turn cuda_graphs on (a CUDA GPU), or graph_rounds=False")
+        if self.config.fused_sampling and (why := _why_no_fused_sampling(self.device, self.overrides)):
+            raise ValueError(f"fused_sampling=True: {why}")
         self._decode_steps = self.config.decode_steps   # (a measurement may hold it at 1: decode_steps_override)
         self.max_model_len = self.config.max_model_len
         if self.max_model_len is None:

@@ -66,7 +66,7 @@ class ModelRunner:
                                     self.num_kv_heads, model_cfg.head_dim, dtype=dtype, device=device)
         for i, layer in enumerate(self.model.layers):
             layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
-        self.sampler = Sampler(device, cfg.seed)
+        self.sampler = Sampler(device, cfg.seed, fused=cfg.fused_sampling)
         self.generator = self.sampler.generator   # unseeded requests share it
         self.sample = self.overrides.get("sampler") or self.sampler.sample
 

@@ -23,10 +23,18 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
+def philox_key(seed: int) -> int:
+    """A request's seed as the fused kernel's 64-bit Philox key (an int64's bits): seed mod 2**64,
+    so every seed SamplingParams accepts, [-2**63, 2**64), has its own key."""
+    key = seed % 2**64
+    return key - 2**64 if key >= 2**63 else key
+
+
 class Sampler:
-    def __init__(self, device: str, seed: int):
+    def __init__(self, device: str, seed: int, fused: bool = False):
         self.device = device
         self.generator = torch.Generator(device=device).manual_seed(seed)  # for unseeded requests
+        self.fused = fused   # the candidate (module docstring): kernels/sample.py where it applies
 
     def generator_for(self, params) -> torch.Generator:
         """A request's generator (the one place one is made): its own when seeded, else the
@@ -41,15 +49,30 @@ class Sampler:
     def rows(self, seqs: list[Sequence], vocab: int, device: torch.device) -> "SamplingRows":
         """The batch's per-row parameters on the device. Build them once for steps that sample the
         same sequences (multi-step decoding) and pass them to sample()."""
-        return SamplingRows(seqs, vocab, device)
+        return SamplingRows(seqs, vocab, device, self.generator if self.fused else None)
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence], rows: "SamplingRows | None" = None) -> torch.Tensor:
         """The next token of every row, as a device tensor: nothing here waits for the GPU."""
-        # argmax needs no float copy: bf16 -> fp32 is exact and keeps the order (and the first max)
-        greedy = logits.argmax(dim=-1)
         if all(seq.params.greedy for seq in seqs):
-            return greedy
+            # argmax needs no float copy: bf16 -> fp32 is exact and keeps the order (and the first max)
+            return logits.argmax(dim=-1)
         rows = rows or self.rows(seqs, logits.shape[-1], logits.device)
+        if rows.fused:
+            return self._sample_fused(logits, seqs, rows)
+        return self._sample_eager(logits, seqs, rows)
+
+    def _sample_fused(self, logits: torch.Tensor, seqs: list[Sequence], rows: "SamplingRows") -> torch.Tensor:
+        from workbench.kernels.sample import sample   # Triton: imported only when the candidate runs
+        tokens = sample(logits, rows.kernel_temps, rows.seeds, rows.counts, step=rows.steps_sampled)
+        rows.steps_sampled += 1   # the next call with these rows samples each sequence's next token
+        if rows.filtered is not None:   # top-k/top-p rows: the eager path, on their rows only
+            subset = [seqs[row] for row in rows.filtered_list]
+            eager = self._sample_eager(logits.index_select(0, rows.filtered), subset, rows.filtered_rows)
+            tokens.index_copy_(0, rows.filtered, eager)
+        return tokens
+
+    def _sample_eager(self, logits: torch.Tensor, seqs: list[Sequence], rows: "SamplingRows") -> torch.Tensor:
+        greedy = logits.argmax(dim=-1)
         logits = logits.float() / rows.temps[:, None]
         if rows.filter:   # decided on the host: no sync
             logits = _filter_top_k_top_p(logits, rows.top_k, rows.top_p)
@@ -80,9 +103,12 @@ def _on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.
 
 class SamplingRows:
     """Per-row sampling parameters of one batch, on the device (greedy rows: temperature 1,
-    torch.where picks their argmax; a tiny temperature would overflow)."""
+    torch.where picks their argmax; a tiny temperature would overflow). With `key_generator`
+    (fused sampling: the engine's generator) also the fused kernel's: temperatures (0: greedy),
+    Philox keys, tokens sampled so far, and the eager path's rows (top-k/top-p)."""
 
-    def __init__(self, seqs: list[Sequence], vocab: int, device: torch.device):
+    def __init__(self, seqs: list[Sequence], vocab: int, device: torch.device,
+                 key_generator: torch.Generator | None = None):
         params = [seq.params for seq in seqs]
         self.temps = _on_device([1.0 if p.greedy else p.temperature for p in params], torch.float32, device)
         self.top_k = _on_device([p.top_k if p.top_k > 0 else vocab for p in params], torch.int64, device)
@@ -92,3 +118,23 @@ class SamplingRows:
         shared = [row for row, p in enumerate(params) if not p.greedy and p.seed is None]
         self.num_shared = len(shared)
         self.shared = _on_device(shared, torch.int64, device) if shared else None
+        self.fused = key_generator is not None
+        if self.fused:
+            self._fused_rows(seqs, vocab, device, key_generator)
+
+    def _fused_rows(self, seqs: list[Sequence], vocab: int, device: torch.device, generator: torch.Generator):
+        params = [seq.params for seq in seqs]
+        self.kernel_temps = _on_device([0.0 if p.greedy else p.temperature for p in params], torch.float32, device)
+        self.seeds = _on_device([0 if p.seed is None else philox_key(p.seed) for p in params], torch.int64, device)
+        if self.shared is not None:   # unseeded rows: fresh keys from the engine's generator, on the device
+            keys = torch.randint(-2**63, 2**63 - 1, (self.num_shared,), generator=generator,
+                                 dtype=torch.int64, device=device)
+            self.seeds.index_copy_(0, self.shared, keys)
+        # the fused kernel's step 0 samples each sequence's output token number num_output_tokens
+        self.counts = _on_device([seq.num_output_tokens for seq in seqs], torch.int64, device)
+        self.steps_sampled = 0   # sample() calls so far with these rows (the round's steps)
+        self.filtered_list = [row for row, p in enumerate(params) if not p.greedy and (p.top_k > 0 or p.top_p < 1)]
+        self.filtered = self.filtered_rows = None
+        if self.filtered_list:
+            self.filtered = _on_device(self.filtered_list, torch.int64, device)
+            self.filtered_rows = SamplingRows([seqs[row] for row in self.filtered_list], vocab, device)

@@ -1,0 +1,109 @@
+"""Sampling the next token of every row in two launches: the Gumbel-max trick with Philox noise.
+
+A CANDIDATE (EngineConfig.fused_sampling, off by default): a GPU A/B decides whether it stays
+(scripts/ab_decode_candidates.py, variant fused-sampling).
+
+Why. The eager sampler (engine/sampler.py) draws a token at temperature T in ~10 kernels over
+the whole vocabulary -- float copy, / T, softmax, noise buffer, exponential draws, p / E, argmax,
+where -- each a launch and a pass over B x V fp32 values: 600 KB a step at batch 1 (vocab
+151,936), 155 MB at batch 256. Here each row's vocabulary is read once, the noise is made in
+registers, and nothing but a (value, index) per chunk is written.
+
+The math. The sampler's 'exponential race' picks argmax_i p_i / E_i with E_i ~ Exp(1) i.i.d.,
+which returns token i with probability p_i. The log is monotone, so that is
+
+    argmax_i  log p_i - log E_i  =  argmax_i  logits_i / T - log E_i
+
+because log p_i = logits_i / T - log Z and the normalizer Z is the same for every i of a row: no
+softmax, no exp over the vocabulary. With E = -log U, U ~ Uniform[0, 1), -log E = -log(-log U)
+is a standard Gumbel variable: this is the Gumbel-max trick. Greedy rows (temperature 0) take
+argmax_i logits_i, no noise.
+
+The noise. Triton's counter-based generator, tl.rand(key, counter) (Philox-4x32, 10 rounds): a
+pure function of a 64-bit key and a 64-bit counter, so it needs no generator state in memory and
+nothing from the host. A row's key is its seed (`seeds`, int64, read as 64 bits); the counter of
+the draw for vocabulary entry i is (n << 32) | i, where n = counts[row] + step is how many tokens
+the row had sampled before this one. So a draw depends only on (seed, n, i): a row's token does
+not depend on its batch, its row position, the chunk size, or how many steps a round holds
+(the caller makes `counts` once a round and passes the step index; engine/sampler.py says where
+seeds come from). U = 0 can come out (Triton's uniform is on [0, 1)): -log(-log 0) = -inf, a
+draw that never wins -- as E = inf does in the race. Precision: U has 31 random bits in a float32,
+so the noise lies in [-3.1, 16.6] (or -inf): a token whose probability is under e^-19.7 ~ 3e-9
+times the row's most likely one can never win. The eager path's fp32 exponential draws cut the
+same tail at a similar place; at V = 151,936 the mass cut is at most ~4e-4 of the top token's.
+
+The split. One program per row would read 600 KB alone on one SM at batch 1. Each program takes
+BLOCK entries of one row, grid (rows, chunks): 149 programs at batch 1 and BLOCK 1,024, more
+than the H200's 132 SMs. Each writes its chunk's best (value, index) to a small fp32/int32
+scratch; a second tiny kernel, one program per row, takes the best chunk. Two launches, no
+atomics, nothing to zero, deterministic; both capture in a CUDA graph (the scratch is a fresh
+torch.empty, which capture supports). (BLOCK is a guess, not measured: a GPU sweep may move it.)
+
+Ties: the first index wins, as torch.argmax does -- tl.max(..., return_indices_tie_break_left)
+within a chunk, and the lowest chunk among equal bests in the reduce (chunks are in vocabulary
+order). Only greedy rows tie in practice (noise makes ties measure-zero). A row whose logits are
+all -inf returns 0, as torch.argmax does. NaN logits: undefined (the eager sampler's are too).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024        # vocabulary entries a program (see 'The split')
+NUM_WARPS = 4       # 8 entries a thread at BLOCK 1,024
+
+
+@triton.jit(do_not_specialize=["step"])   # step changes every call: one compiled kernel for all
+def _chunk_best(logits_ptr, stride_row, temps_ptr, seeds_ptr, counts_ptr, step,
+                best_value_ptr, best_index_ptr, vocab, num_chunks, BLOCK: tl.constexpr):
+    row, chunk = tl.program_id(0), tl.program_id(1)
+    index = chunk * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(logits_ptr + row.to(tl.int64) * stride_row + index, mask=index < vocab,
+                other=float("-inf")).to(tl.float32)
+    temperature = tl.load(temps_ptr + row)
+    if temperature > 0:   # a sampled row; greedy rows (0) keep the raw logits
+        n = tl.load(counts_ptr + row) + step   # tokens this row sampled before this one
+        counter = (n.to(tl.int64) << 32) | index.to(tl.int64)   # Philox counter: (n, i)
+        u = tl.rand(tl.load(seeds_ptr + row), counter)
+        x = x / temperature - tl.log(-tl.log(u))   # logits / T + Gumbel noise
+    value, where = tl.max(x, axis=0, return_indices=True, return_indices_tie_break_left=True)
+    tl.store(best_value_ptr + row * num_chunks + chunk, value)
+    tl.store(best_index_ptr + row * num_chunks + chunk, chunk * BLOCK + where)
+
+
+@triton.jit
+def _row_best(best_value_ptr, best_index_ptr, tokens_ptr, num_chunks, CHUNKS: tl.constexpr):
+    row = tl.program_id(0)
+    chunk = tl.arange(0, CHUNKS)
+    values = tl.load(best_value_ptr + row * num_chunks + chunk, mask=chunk < num_chunks, other=float("-inf"))
+    _, first = tl.max(values, axis=0, return_indices=True, return_indices_tie_break_left=True)
+    tl.store(tokens_ptr + row, tl.load(best_index_ptr + row * num_chunks + first).to(tl.int64))
+
+
+def sample(logits: torch.Tensor, temperatures: torch.Tensor, seeds: torch.Tensor, counts: torch.Tensor,
+           step: int = 0, block: int = BLOCK) -> torch.Tensor:
+    """The next token of each row of `logits` [B, V] (any float dtype; rows may be strided),
+    as an int64 [B] tensor on the same device; nothing waits for the GPU.
+
+    temperatures: float32 [B], 0 for a greedy row. seeds: int64 [B], the Philox key of each row.
+    counts: int64 [B], tokens each row had sampled before step 0; step: added to every count."""
+    assert logits.dim() == 2, "logits: [B, V]"
+    if logits.stride(-1) != 1:   # the loads walk V contiguously
+        logits = logits.contiguous()
+    rows, vocab = logits.shape
+    assert vocab < 2**32, "the Philox counter keeps the vocabulary index in 32 bits"
+    for name, t, dtype in (("temperatures", temperatures, torch.float32), ("seeds", seeds, torch.int64),
+                           ("counts", counts, torch.int64)):
+        assert t.shape == (rows,) and t.dtype == dtype and t.is_contiguous(), f"{name}: {dtype} [{rows}]"
+    num_chunks = triton.cdiv(vocab, block)
+    best_value = torch.empty(rows, num_chunks, dtype=torch.float32, device=logits.device)
+    best_index = torch.empty(rows, num_chunks, dtype=torch.int32, device=logits.device)
+    tokens = torch.empty(rows, dtype=torch.int64, device=logits.device)
+    if rows == 0:
+        return tokens
+    _chunk_best[(rows, num_chunks)](logits, logits.stride(0), temperatures, seeds, counts, step,
+                                    best_value, best_index, vocab, num_chunks, BLOCK=block, num_warps=NUM_WARPS)
+    _row_best[(rows,)](best_value, best_index, tokens, num_chunks,
+                       CHUNKS=max(triton.next_power_of_2(num_chunks), 2), num_warps=1)
+    return tokens
