@@ -257,3 +257,44 @@ def test_torch_compile_can_copy_every_traced_kernel_with_its_helpers():
         missing = called - set(vars(module))
         assert not missing, f"{name}: the copy lacks {missing}"
         assert "pdl." not in src, f"{name} calls a helper as module.attr: torch.compile will not copy it"
+
+
+def test_every_pdl_kernel_waits_before_it_returns_and_triggers_only_after_waiting():
+    """What lets a kernel read, before its wait, data written two or more kernels before it
+    (decode attention's lengths and first K/V tile, qk_norm_rope_store's inputs_early): every
+    kernel of ours schedules its dependent only after its own wait. So gdc_launch_dependents may
+    appear only inside pdl_wait, after gdc_wait, and every kernel that takes USE_PDL calls
+    pdl_wait on every path, before any return (a kernel that returned first would let its
+    dependent start while the kernel before it still ran). Read from the kernels' source."""
+    import ast
+    from pathlib import Path
+
+    import workbench.kernels as kernels
+    folder = Path(kernels.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            names = [n.attr if isinstance(n, ast.Attribute) else getattr(n, "id", None)
+                     for n in ast.walk(node) if isinstance(n, (ast.Attribute, ast.Name))]
+            where = f"{path.name}:{node.name}"
+            if "gdc_launch_dependents" in names:
+                assert (path.name, node.name) == ("pdl.py", "pdl_wait"), f"{where} triggers its dependent itself"
+                calls = [n.func.attr for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+                assert calls.index("gdc_wait") < calls.index("gdc_launch_dependents"), "pdl_wait triggers before waiting"
+            is_kernel = any("jit" in ast.unparse(d) for d in node.decorator_list)
+            if not is_kernel or "USE_PDL" not in [a.arg for a in node.args.args] or node.name == "pdl_wait":
+                continue
+            waits = [n.lineno for n in ast.walk(node) if isinstance(n, ast.Call) and ast.unparse(n.func) == "pdl_wait"]
+            returns = [n.lineno for n in ast.walk(node) if isinstance(n, ast.Return)]
+            assert waits, f"{where} takes USE_PDL but never calls pdl_wait"
+            assert all(r > min(waits) for r in returns), f"{where} may return before it waits"
+            # the wait is on every path: a top-level call, or a top-level `if USE_PDL:` (off, the
+            # wait is a no-op anyway), or a top-level if with the wait in both arms
+            top = [s for s in node.body if "pdl_wait" in ast.unparse(s)]
+            assert top, f"{where}: pdl_wait only inside a loop or a nested block"
+            first = top[0]
+            if isinstance(first, ast.If) and ast.unparse(first.test) != "USE_PDL":
+                arms = ["".join(map(ast.unparse, arm)) for arm in (first.body, first.orelse)]
+                assert all("pdl_wait" in arm for arm in arms), f"{where}: pdl_wait in one arm of an if only"

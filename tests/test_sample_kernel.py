@@ -14,7 +14,8 @@ import importlib.util
 import pytest
 
 CHECKS = ["greedy_rows_are_torch_argmax", "distribution_matches_softmax", "seeded_draws_ignore_the_batch",
-          "minus_inf_is_never_sampled", "mixed_batch_through_the_sampler", "engine_seeded_requests_reproduce"]
+          "minus_inf_is_never_sampled", "nan_is_the_maximum", "mixed_batch_through_the_sampler",
+          "engine_seeded_requests_reproduce"]
 # chi-square, 7 degrees of freedom: P(X > 35) ~ 1e-5 for a right sampler; the wrong ones the check
 # was written against land far above it (T applied twice ~200, E = U instead of -log U ~100)
 CHI2_BOUND = 35.0
@@ -125,6 +126,23 @@ def check_minus_inf_is_never_sampled(torch):
     tokens = sample(logits, temps, torch.arange(n), counts, block=16)
     assert not masked[tokens[1:]].any() and tokens[0] == 35, tokens.tolist()
     assert len(set(tokens[1:].tolist())) == (~masked).sum(), "at T = 5 every allowed token should come out"
+
+
+def check_nan_is_the_maximum(torch):
+    """NaN logits (a model gone wrong) give an index inside the vocabulary, as torch.argmax does:
+    NaN counts as the maximum, the first NaN wins. Without the rule a NaN loses every comparison,
+    even to the last chunk's padding (-inf, past the vocabulary): the next step's embedding
+    lookup would then fail on the GPU with a device-side assert."""
+    from workbench.kernels.sample import sample
+    vocab = 37   # the last 16-entry chunk holds 5 real entries and 11 padding lanes
+    logits = torch.full((3, vocab), float("nan"))
+    logits[1, :32] = torch.randn(32)        # the partial chunk all NaN, the others finite
+    logits[2, 33] = float("nan")
+    logits[2, [i for i in range(vocab) if i != 33]] = torch.randn(vocab - 1)
+    for temperature in (0.0, 1.0):
+        temps, _, counts = _rows(torch, 3, temperature)
+        tokens = sample(logits, temps, torch.arange(3), counts, block=16)
+        assert tokens.tolist() == logits.argmax(dim=-1).tolist() == [0, 32, 33], (temperature, tokens.tolist())
 
 
 def check_mixed_batch_through_the_sampler(torch):

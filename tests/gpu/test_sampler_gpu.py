@@ -66,7 +66,7 @@ def test_fused_greedy_rows_are_torch_argmax(batch):
     from workbench.kernels.sample import sample
     logits = torch.randn(batch, VOCAB, device="cuda").bfloat16()
     logits[0, [100, 900]] = 20      # a tie inside one chunk (1,024 entries)
-    logits[-1, [3000, 150_000]] = 19  # a tie across chunks (the last one partial); batch 1: row 0
+    logits[-1, [3000, 151_900]] = 19  # a tie across chunks, one in the last (partial) one; batch 1: row 0
     got = sample(logits, *_fused_rows(batch, 0.0, torch.zeros(batch, dtype=torch.int64)))
     assert torch.equal(got, logits.argmax(dim=-1)) and got[0] == 100 and (batch == 1 or got[-1] == 3000)
 

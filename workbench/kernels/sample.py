@@ -67,6 +67,10 @@ def _chunk_best(logits_ptr, stride_row, temps_ptr, seeds_ptr, counts_ptr, step,
         counter = (n.to(tl.int64) << 32) | index.to(tl.int64)   # Philox counter: (n, i)
         u = tl.rand(tl.load(seeds_ptr + row), counter)
         x = x / temperature - tl.log(-tl.log(u))   # logits / T + Gumbel noise
+    # NaN compares false with everything, so it would lose even to a padding lane's -inf and the
+    # token could be an index past the vocabulary. torch.argmax treats NaN as the maximum: so do we.
+    x = tl.where(x == x, x, float("inf"))
+    x = tl.where(index < vocab, x, float("-inf"))
     value, where = tl.max(x, axis=0, return_indices=True, return_indices_tie_break_left=True)
     tl.store(best_value_ptr + row * num_chunks + chunk, value)
     tl.store(best_index_ptr + row * num_chunks + chunk, chunk * BLOCK + where)
@@ -78,6 +82,7 @@ def _row_best(best_value_ptr, best_index_ptr, tokens_ptr, num_chunks, CHUNKS: tl
     chunk = tl.arange(0, CHUNKS)
     values = tl.load(best_value_ptr + row * num_chunks + chunk, mask=chunk < num_chunks, other=float("-inf"))
     _, first = tl.max(values, axis=0, return_indices=True, return_indices_tie_break_left=True)
+    first = tl.minimum(first, num_chunks - 1)   # never a padding chunk (values are never NaN here)
     tl.store(tokens_ptr + row, tl.load(best_index_ptr + row * num_chunks + first).to(tl.int64))
 
 
