@@ -167,21 +167,24 @@ def check_qk_norm_rope_store_inputs_early(torch):
     slots[1] = -1   # a padding row
     cache = torch.randn(2, 8, 4, Hk, D)
 
-    def run(buf, early):
+    def run(buf, early, qk_norms):
         kc, vc = cache[0].clone(), cache[1].clone()
         q, k, v = buf.split([Hq * D, Hk * D, Hk * D], dim=-1)
         q, k, v = q.unflatten(-1, (Hq, D)), k.unflatten(-1, (Hk, D)), v.unflatten(-1, (Hk, D))
-        return qk_norm_rope_store(q, k, v, pos, rotary.cos_sin_cache, kc, vc, slots, *norms, inputs_early=early), kc, vc
-    want = run(real.clone(), False)
-    buf = torch.full_like(real, float("nan"))
-    WAIT_HOOK[:] = [lambda: buf.copy_(real)]
-    try:
-        with pdl.launching(True):
-            got = run(buf, True)
-    finally:
-        WAIT_HOOK.clear()
-    for name, g, w in zip(("q", "k cache", "v cache"), got, want):
-        assert torch.equal(g, w), f"inputs_early: {name} differs (NaN: read before the wait): {g.isnan().sum()} NaN"
+        return qk_norm_rope_store(q, k, v, pos, rotary.cos_sin_cache, kc, vc, slots, *qk_norms,
+                                  inputs_early=early), kc, vc
+    for qk_norms in (norms, ()):   # Qwen3 (q/k norm) and Llama (RoPE alone)
+        want = run(real.clone(), False, qk_norms)
+        buf = torch.full_like(real, float("nan"))
+        WAIT_HOOK[:] = [lambda: buf.copy_(real)]
+        try:
+            with pdl.launching(True):
+                got = run(buf, True, qk_norms)
+        finally:
+            WAIT_HOOK.clear()
+        for name, g, w in zip(("q", "k cache", "v cache"), got, want):
+            assert torch.equal(g, w), (f"inputs_early, norm={bool(qk_norms)}: {name} differs (NaN: read before "
+                                       f"the wait): {g.isnan().sum()} NaN")
 
 
 def check_engine_tokens_match_all_off(torch):

@@ -11,15 +11,18 @@ differs. NORM=False is plain RoPE (Llama, Qwen2: no q/k norm). A token whose slo
 padding row of a CUDA-graph bucket) still gets its q, as unfused, but writes nothing to the cache.
 
 A candidate, off until a GPU run says so (`inputs_early=True`, under PDL only): the token's
-position, its cos/sin row and its cache slot read *before* the PDL wait. After the wait the
-kernel today reads the position, then the cos/sin row at that position: two dependent round trips
-on the critical path, beside q/k/v's one. None of the three is written by the kernel before (the
-QKV GEMV): positions and slots are the step's inputs, written before the step's first kernel
-(by the host's copy, or by the round graph's `advance` at the end of the step before), and the
-table is a constant. Why that is safe under PDL: each of our kernels lets its dependent be
-scheduled only after its own wait (kernels/pdl.py), so when this kernel starts, every kernel two
-or more before it has finished and its writes are visible. The same argument lets decode
-attention read its lengths and block table early (kernels/decode_attention.py, Choice 5).
+position, its cos/sin row, its cache slot and the norms' weights read *before* the PDL wait, and
+q, k and v loaded together right after it. Without it, the code after the wait is a chain: q,
+its norm, the position and cos/sin, q's store, then k, then v -- several dependent round trips on
+the critical path (the compiled code keeps that order: it cannot prove the stores do not alias
+the later loads). None of the early reads is written by the kernel before (the QKV GEMV):
+positions and slots are the step's inputs, written before the step's first kernel (by the host's
+copy, or by the round graph's `advance` at the end of the step before); the table and the weights
+are constants. Why that is safe under PDL: each of our kernels lets its dependent be scheduled
+only after its own wait (kernels/pdl.py; tests/test_pdl.py checks it in the source), so when this
+kernel starts, every kernel two or more before it has finished and its writes are visible. The
+same argument lets decode attention read its lengths and block table early
+(kernels/decode_attention.py, Choice 5).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import triton.language as tl
 
 from . import pdl
 from .pdl import pdl_wait   # by name, not pdl.wait: torch.compile copies a traced kernel's helpers by name
-from .triton_ops import _copy_row, _load_cos_sin, _rotate_heads
+from .triton_ops import _copy_row, _load_cos_sin, _load_halves, _load_heads, _norm_rotate_store, _rotate_heads
 
 
 @triton.jit
@@ -39,21 +42,37 @@ def _qk_norm_rope_store_kernel(q_ptr, k_ptr, v_ptr, q_out_ptr, k_cache_ptr, v_ca
                                BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_ROW: tl.constexpr,
                                NORM: tl.constexpr, USE_PDL: tl.constexpr, INPUTS_EARLY: tl.constexpr):
     token = tl.program_id(0)
-    if INPUTS_EARLY:   # (with USE_PDL only) the step's inputs and the table: no kernel before writes them
+    row = N_K * (2 * HALF)   # a cache slot: all KV heads of one token; slot is int64: no overflow
+    if INPUTS_EARLY:   # (with USE_PDL only) before the wait, all that the QKV GEMV does not write
         cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
         slot = tl.load(slot_ptr + token)
-        pdl_wait(USE_PDL)   # q/k/v (the QKV GEMV's output) and the cache after it
+        if NORM:
+            qw1, qw2 = _load_halves(q_w_ptr, HALF, BLOCK_D)
+            kw1, kw2 = _load_halves(k_w_ptr, HALF, BLOCK_D)
+        else:
+            qw1, qw2, kw1, kw2 = cos, sin, cos, sin   # unused without the norm
+        pdl_wait(USE_PDL)
+        # after it, q, k and v at once: one round trip, then the math and the stores
+        q1, q2 = _load_heads(q_ptr, q_s0, q_s1, token, n_q, HALF, BLOCK_HQ, BLOCK_D)
+        k1, k2 = _load_heads(k_ptr, k_s0, k_s1, token, N_K, HALF, BLOCK_HK, BLOCK_D)
+        cols = tl.arange(0, BLOCK_ROW)
+        v = tl.load(v_ptr + token * v_s0 + cols, mask=cols < row)
+        _norm_rotate_store(q1, q2, qw1, qw2, q_eps, cos, sin, q_out_ptr + token * n_q * (2 * HALF), n_q,
+                           HALF, BLOCK_HQ, BLOCK_D, NORM)
+        if slot >= 0:   # < 0: a padding token, it owns no cache slot
+            _norm_rotate_store(k1, k2, kw1, kw2, k_eps, cos, sin, k_cache_ptr + slot * row, N_K,
+                               HALF, BLOCK_HK, BLOCK_D, NORM)
+            tl.store(v_cache_ptr + slot * row + cols, v, mask=cols < row)
     else:
         pdl_wait(USE_PDL)   # everything here (q/k/v, positions, slots, the cache) after the wait
         cos, sin = _load_cos_sin(pos_ptr, cos_sin_ptr, token, HALF, BLOCK_D)
+        _rotate_heads(q_ptr, q_out_ptr + token * n_q * (2 * HALF), q_s0, q_s1, token, n_q, cos, sin, q_w_ptr,
+                      q_eps, HALF, BLOCK_HQ, BLOCK_D, NORM)
         slot = tl.load(slot_ptr + token)
-    _rotate_heads(q_ptr, q_out_ptr + token * n_q * (2 * HALF), q_s0, q_s1, token, n_q, cos, sin, q_w_ptr,
-                  q_eps, HALF, BLOCK_HQ, BLOCK_D, NORM)
-    if slot >= 0:   # < 0: a padding token, it owns no cache slot
-        row = N_K * (2 * HALF)   # a cache slot: all KV heads of one token; slot is int64: no overflow
-        _rotate_heads(k_ptr, k_cache_ptr + slot * row, k_s0, k_s1, token, N_K, cos, sin, k_w_ptr, k_eps,
-                      HALF, BLOCK_HK, BLOCK_D, NORM)
-        _copy_row(v_ptr + token * v_s0, v_cache_ptr + slot * row, row, BLOCK_ROW)
+        if slot >= 0:   # < 0: a padding token, it owns no cache slot
+            _rotate_heads(k_ptr, k_cache_ptr + slot * row, k_s0, k_s1, token, N_K, cos, sin, k_w_ptr, k_eps,
+                          HALF, BLOCK_HK, BLOCK_D, NORM)
+            _copy_row(v_ptr + token * v_s0, v_cache_ptr + slot * row, row, BLOCK_ROW)
 
 
 def qk_norm_rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,

@@ -166,25 +166,53 @@ def _rotate_heads(ptr, out_row_ptr, tok_stride, head_stride, token, n_heads, cos
     # All heads of one token as a [BLOCK_H, BLOCK_D] tile; x1 = first half, x2 = second half.
     # Reads a strided view (q or k inside the QKV output), writes the token's heads contiguously
     # at out_row_ptr (its row of a contiguous [T, H, 2*HALF], or its slot of the KV cache).
+    # In three steps, so a kernel may order the loads itself (qk_norm_rope_store's inputs_early).
+    x1, x2 = _load_heads(ptr, tok_stride, head_stride, token, n_heads, HALF, BLOCK_H, BLOCK_D)
+    if NORM:
+        w1, w2 = _load_halves(w_ptr, HALF, BLOCK_D)
+    else:
+        w1, w2 = cos, sin   # unused without the norm
+    _norm_rotate_store(x1, x2, w1, w2, eps, cos, sin, out_row_ptr, n_heads, HALF, BLOCK_H, BLOCK_D, NORM)
+
+
+@triton.jit
+def _load_heads(ptr, tok_stride, head_stride, token, n_heads, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    """(x1, x2): the first and second halves of the token's heads, as float32 [BLOCK_H, BLOCK_D]."""
     h = tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
     mask = (h < n_heads) & (d < HALF)
     p1 = ptr + token * tok_stride + h * head_stride + d
+    return (tl.load(p1, mask=mask, other=0.0).to(tl.float32),
+            tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def _load_halves(w_ptr, HALF: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A norm's weight (one head's 2*HALF values) as two float32 [1, BLOCK_D] halves."""
+    d = tl.arange(0, BLOCK_D)[None, :]
+    return (tl.load(w_ptr + d, mask=d < HALF, other=0.0).to(tl.float32),
+            tl.load(w_ptr + HALF + d, mask=d < HALF, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def _norm_rotate_store(x1, x2, w1, w2, eps, cos, sin, out_row_ptr, n_heads, HALF: tl.constexpr,
+                       BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, NORM: tl.constexpr):
+    """RMSNorm each head (NORM), rotate it, store it at out_row_ptr in out_row_ptr's dtype."""
+    h = tl.arange(0, BLOCK_H)[:, None]
+    d = tl.arange(0, BLOCK_D)[None, :]
+    mask = (h < n_heads) & (d < HALF)
     o1 = out_row_ptr + h * (2 * HALF) + d
-    x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
+    dt = out_row_ptr.dtype.element_ty   # the input's dtype: every caller writes what it read
     if NORM:   # RMSNorm of each head (a row of the tile: both halves) before rotating it
         ms = (tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * HALF)
         rstd = (1.0 / tl.sqrt(ms + eps))[:, None]
-        w1 = tl.load(w_ptr + d, mask=d < HALF, other=0.0).to(tl.float32)
-        w2 = tl.load(w_ptr + HALF + d, mask=d < HALF, other=0.0).to(tl.float32)
         # Round where the unfused torch ops do: normalized -> input dtype, * weight -> input dtype.
-        dt = ptr.dtype.element_ty
         x1 = ((x1 * rstd).to(dt).to(tl.float32) * w1).to(dt).to(tl.float32)
         x2 = ((x2 * rstd).to(dt).to(tl.float32) * w2).to(dt).to(tl.float32)
     # rotate_half: [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]
-    tl.store(o1, (x1 * cos - x2 * sin).to(ptr.dtype.element_ty), mask=mask)
-    tl.store(o1 + HALF, (x2 * cos + x1 * sin).to(ptr.dtype.element_ty), mask=mask)
+    tl.store(o1, (x1 * cos - x2 * sin).to(dt), mask=mask)
+    tl.store(o1 + HALF, (x2 * cos + x1 * sin).to(dt), mask=mask)
 
 
 @triton.jit
