@@ -101,29 +101,39 @@ def _on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.
     return host.pin_memory().to(device, non_blocking=True)
 
 
+def _filters(p) -> bool:
+    """Whether a request's parameters ask for a top-k or top-p filter."""
+    return p.top_k > 0 or p.top_p < 1
+
+
 class SamplingRows:
-    """Per-row sampling parameters of one batch, on the device (greedy rows: temperature 1,
-    torch.where picks their argmax; a tiny temperature would overflow). With `key_generator`
-    (fused sampling: the engine's generator) also the fused kernel's: temperatures (0: greedy),
-    Philox keys, tokens sampled so far, and the eager path's rows (top-k/top-p)."""
+    """Per-row sampling parameters of one batch, on the device, for the path that will read them.
+    Eager (the default): temperatures (greedy rows: 1, torch.where picks their argmax; a tiny
+    temperature would overflow), top-k, top-p, which rows are greedy. With `key_generator` (fused
+    sampling: the engine's generator) the fused kernel's instead: temperatures (0: greedy), Philox
+    keys, tokens sampled so far, and the eager path's rows for the top-k/top-p requests."""
 
     def __init__(self, seqs: list[Sequence], vocab: int, device: torch.device,
                  key_generator: torch.Generator | None = None):
         params = [seq.params for seq in seqs]
-        self.temps = _on_device([1.0 if p.greedy else p.temperature for p in params], torch.float32, device)
-        self.top_k = _on_device([p.top_k if p.top_k > 0 else vocab for p in params], torch.int64, device)
-        self.top_p = _on_device([p.top_p for p in params], torch.float32, device)
-        self.is_greedy = _on_device([p.greedy for p in params], torch.bool, device)
-        self.filter = any(p.top_k > 0 or p.top_p < 1 for p in params)
         shared = [row for row, p in enumerate(params) if not p.greedy and p.seed is None]
         self.num_shared = len(shared)
         self.shared = _on_device(shared, torch.int64, device) if shared else None
         self.fused = key_generator is not None
         if self.fused:
-            self._fused_rows(seqs, vocab, device, key_generator)
+            self._fused_rows(seqs, params, vocab, device, key_generator)
+        else:
+            self._eager_rows(params, vocab, device)
 
-    def _fused_rows(self, seqs: list[Sequence], vocab: int, device: torch.device, generator: torch.Generator):
-        params = [seq.params for seq in seqs]
+    def _eager_rows(self, params: list, vocab: int, device: torch.device):
+        self.temps = _on_device([1.0 if p.greedy else p.temperature for p in params], torch.float32, device)
+        self.top_k = _on_device([p.top_k if p.top_k > 0 else vocab for p in params], torch.int64, device)
+        self.top_p = _on_device([p.top_p for p in params], torch.float32, device)
+        self.is_greedy = _on_device([p.greedy for p in params], torch.bool, device)
+        self.filter = any(_filters(p) for p in params)
+
+    def _fused_rows(self, seqs: list[Sequence], params: list, vocab: int, device: torch.device,
+                    generator: torch.Generator):
         self.kernel_temps = _on_device([0.0 if p.greedy else p.temperature for p in params], torch.float32, device)
         self.seeds = _on_device([0 if p.seed is None else philox_key(p.seed) for p in params], torch.int64, device)
         if self.shared is not None:   # unseeded rows: fresh keys from the engine's generator, on the device
@@ -133,7 +143,7 @@ class SamplingRows:
         # the fused kernel's step 0 samples each sequence's output token number num_output_tokens
         self.counts = _on_device([seq.num_output_tokens for seq in seqs], torch.int64, device)
         self.steps_sampled = 0   # sample() calls so far with these rows (the round's steps)
-        self.filtered_list = [row for row, p in enumerate(params) if not p.greedy and (p.top_k > 0 or p.top_p < 1)]
+        self.filtered_list = [row for row, p in enumerate(params) if not p.greedy and _filters(p)]
         self.filtered = self.filtered_rows = None
         if self.filtered_list:
             self.filtered = _on_device(self.filtered_list, torch.int64, device)
