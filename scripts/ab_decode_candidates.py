@@ -43,28 +43,30 @@ GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps, num_stage
     "gemv-sweep": {(1024, 2048, "m1"): (1, 1024, 8, 4), (1024, 3072, "m1"): (1, 1024, 4, 1),
                    (6144, 1024, "m1"): (4, 1024, 4, 1)},
 }
-ATTENTION = {"dattn-last": {"merge": "last_program"}, "dattn-no-prefetch": {"prefetch_kv": False}}
-ROPE = {"rope-inputs-early": {"inputs_early": True}}   # qk_norm_rope_store's keyword arguments
+KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keyword arguments the wrapper gets)
+    "dattn-last": ("decode_attention", "paged_decode_attention", {"merge": "last_program"}),
+    "dattn-no-prefetch": ("decode_attention", "paged_decode_attention", {"prefetch_kv": False}),
+    "rope-inputs-early": ("qk_norm_rope_store", "qk_norm_rope_store", {"inputs_early": True}),
+}
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "fused-sampling": {"fused_sampling": True}}   # EngineConfig fields
-VARIANTS = ["current", *GEMV, *ATTENTION, *ROPE, *ENGINE]
+VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature: float) -> None:
     """One variant, in this process: patch it in before the engine exists, bench, print JSON."""
     import functools
+    import importlib
 
     from workbench import Optimizations
-    from workbench.kernels import decode_attention, gemv, qk_norm_rope_store
+    from workbench.kernels import gemv
     from workbench.measure import bench
     from workbench.model import ModelConfig, random_checkpoint
     for key, (bn, bk, warps, stages) in GEMV.get(variant, {}).items():
         gemv.CONFIGS[key] = gemv.GemvConfig(block_n=bn, block_k=bk, split_k=1, num_warps=warps, num_stages=stages)
-    if variant in ATTENTION:   # the switch looks the kernel's wrapper up at each call
-        decode_attention.paged_decode_attention = functools.partial(decode_attention.paged_decode_attention,
-                                                                    **ATTENTION[variant])
-    if variant in ROPE:        # so does fused_decode's fold (qrs.qk_norm_rope_store)
-        qk_norm_rope_store.qk_norm_rope_store = functools.partial(qk_norm_rope_store.qk_norm_rope_store,
-                                                                  **ROPE[variant])
+    if variant in KERNEL_ARGS:   # the engine looks each wrapper up in its module at every call
+        name, wrapper, kwargs = KERNEL_ARGS[variant]
+        module = importlib.import_module(f"workbench.kernels.{name}")
+        setattr(module, wrapper, functools.partial(getattr(module, wrapper), **kwargs))
     path = random_checkpoint(preset, workdir)
     load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens,
                                temperature=temperature)

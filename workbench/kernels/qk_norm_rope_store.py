@@ -83,7 +83,8 @@ def qk_norm_rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positi
     RMSNorm; None: no norm) and rotated, new and contiguous; writes k normed (k_norm) and rotated,
     and v, into k_cache/v_cache [num_blocks, block_size, Hkv, D] at slot_mapping [T] (< 0: skipped).
     = rotary.norm_and_rotate (or rotary) then store_kv. inputs_early: under PDL, the position,
-    cos/sin and slot before the wait (a candidate: the module docstring)."""
+    cos/sin, slot and norm weights before the wait, q/k/v together after it (a candidate: the
+    module docstring)."""
     T, n_q, dim = q.shape
     n_k = k.shape[1]
     assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1 and v.stride(-2) == dim, "heads must be contiguous"

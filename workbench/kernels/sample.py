@@ -42,7 +42,8 @@ torch.empty, which capture supports). (BLOCK is a guess, not measured: a GPU swe
 Ties: the first index wins, as torch.argmax does -- tl.max(..., return_indices_tie_break_left)
 within a chunk, and the lowest chunk among equal bests in the reduce (chunks are in vocabulary
 order). Only greedy rows tie in practice (noise makes ties measure-zero). A row whose logits are
-all -inf returns 0, as torch.argmax does. NaN logits: undefined (the eager sampler's are too).
+all -inf returns 0, as torch.argmax does. NaN counts as the maximum, as in torch.argmax (the first
+NaN wins): the token is always inside the vocabulary.
 """
 from __future__ import annotations
 
