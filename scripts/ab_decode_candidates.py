@@ -14,8 +14,9 @@ matters is what it can do before its wait and whether the next one finds room to
   dattn-last          decode attention merged by its last program (one launch a layer fewer)
   dattn-no-prefetch   decode attention without reading its first K/V tile before the PDL wait
                       (kernels/decode_attention.py, Choice 5)
-  rope-inputs-early   qk_norm_rope_store reads the position, cos/sin and slot before its PDL wait
-                      (kernels/qk_norm_rope_store.py: one dependent round trip off each layer)
+  rope-inputs-late    qk_norm_rope_store reading its position, cos/sin, slot and norm weights after
+                      its PDL wait (the default until session 10, which measured the early reads
+                      672 -> 653 us a step: kernels/qk_norm_rope_store.py)
   graph-rounds        a greedy round of 8 decode steps as one graph replay (EngineConfig.graph_rounds,
                       optimizations/multi_step.py)
   fused-sampling      temperature rows sampled by one Triton kernel pair (EngineConfig.fused_sampling,
@@ -46,7 +47,7 @@ GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps, num_stage
 KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keyword arguments the wrapper gets)
     "dattn-last": ("decode_attention", "paged_decode_attention", {"merge": "last_program"}),
     "dattn-no-prefetch": ("decode_attention", "paged_decode_attention", {"prefetch_kv": False}),
-    "rope-inputs-early": ("qk_norm_rope_store", "qk_norm_rope_store", {"inputs_early": True}),
+    "rope-inputs-late": ("qk_norm_rope_store", "qk_norm_rope_store", {"inputs_early": False}),
 }
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "fused-sampling": {"fused_sampling": True}}   # EngineConfig fields
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE]

@@ -104,3 +104,32 @@ def test_step_columns_never_cost_the_timed_row(monkeypatch):
     gpu_engine = SimpleNamespace(device="cuda:0")   # all step_profile reads before profiling
     out = bench.step_profile(gpu_engine, load, tpot_ms=1.0)
     assert out == {"note": "no step columns: no timeline: torch.profiler failed (another profiler holds CUPTI)"}
+
+
+def test_step_columns_profile_the_rows_own_temperature(monkeypatch, tiny_ckpt):
+    """A temperature-0.6 row's kernels and GPU time a step come from sampled steps (the sampler's
+    kernels run), not from greedy ones: step_profile passes the workload's temperature, and the
+    profiled requests (warm-up and measured) carry it."""
+    from types import SimpleNamespace
+
+    from workbench import LLM, Optimizations
+    from workbench.measure import bench, steps, timeline
+    queued, asked = [], []
+    queue = steps.queue_random_prompts
+
+    def recording_queue(llm, batch, prompt_len, params, rng):
+        queued.append(params.temperature)
+        queue(llm, batch, prompt_len, params, rng)
+    monkeypatch.setattr(steps, "queue_random_prompts", recording_queue)
+    with LLM(tiny_ckpt, opts=Optimizations.all_off(), device="cpu") as llm:
+        timeline.profile_engine_steps(llm, prompt_len=8, decode_steps=1, temperature=0.6)
+    assert queued == [0.6, 0.6], queued
+
+    def stop(llm, **kwargs):
+        asked.append(kwargs["temperature"])
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(timeline, "profile_engine_steps", stop)
+    for temperature in (0.6, 0.0):
+        load = bench.make_workload("single", 512, prompt_len=8, new_tokens=4, temperature=temperature)
+        bench.step_profile(SimpleNamespace(device="cuda:0"), load, tpot_ms=1.0)
+    assert asked == [0.6, 0.0], asked

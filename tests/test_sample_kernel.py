@@ -13,7 +13,7 @@ import importlib.util
 
 import pytest
 
-CHECKS = ["greedy_rows_are_torch_argmax", "distribution_matches_softmax", "seeded_draws_ignore_the_batch",
+CHECKS = ["greedy_rows_are_torch_argmax", "distribution_matches_softmax", "noise_reaches_the_tail", "seeded_draws_ignore_the_batch",
           "minus_inf_is_never_sampled", "nan_is_the_maximum", "mixed_batch_through_the_sampler",
           "engine_seeded_requests_reproduce"]
 # chi-square, 7 degrees of freedom: P(X > 35) ~ 1e-5 for a right sampler; the wrong ones the check
@@ -88,6 +88,41 @@ def check_distribution_matches_softmax(torch):
     got = torch.bincount(tokens, minlength=len(logits)).double()
     chi2 = ((got - want) ** 2 / want).sum().item()
     assert chi2 < CHI2_BOUND, f"chi2 {chi2:.1f} >= {CHI2_BOUND}: counts {got.tolist()}, expected {want.tolist()}"
+
+
+def _noise_kernel():
+    """A one-program kernel: out = _gumbel(u). Made at module level (the interpreter resolves a
+    kernel's helpers among its module's globals, not a function's locals)."""
+    global _gumbel
+    import triton
+    import triton.language as tl
+
+    from workbench.kernels.sample import _gumbel
+
+    @triton.jit
+    def noise(u_ptr, out_ptr, N: tl.constexpr):
+        i = tl.arange(0, N)
+        tl.store(out_ptr + i, _gumbel(tl.load(u_ptr + i)))
+    return noise
+
+
+def check_noise_reaches_the_tail(torch):
+    """The kernel's Gumbel noise against -log(-log(1 - u)) in float64 for u from 2^-62 to 1 - 2^-24,
+    and its largest value above 40. A token ~e^17 times less likely than the row's best wins only
+    on noise that large: with -log(-log u) the float32 steps near u = 1 stopped it at ~16.6 (the
+    H200 drew the long tail of a 151,936-token row 27 times where softmax expects 100); no
+    CPU-sized draw count sees that, so the check looks at the noise itself."""
+    noise = _noise_kernel()
+    u = torch.cat([2.0 ** -torch.arange(62.0, 0.0, -0.5), torch.linspace(0.01, 1 - 2 ** -24, 131),
+                   torch.tensor([0.0])]).float()
+    assert len(u) == 256
+    got = torch.empty_like(u)
+    noise[(1,)](u, got, N=256)
+    assert got[:-1].max() > 40, f"the noise stops at {got[:-1].max().item():.1f}"
+    assert 40 < got[-1] < float("inf"), f"u = 0 gives noise {got[-1].item()} (inf + a masked -inf is NaN)"
+    want = -torch.log(-torch.log1p(-u.double()))
+    err = (got[:-1].double() - want[:-1]).abs().max().item()
+    assert err < 1e-4, f"noise off by {err:.2g} from -log(-log(1 - u))"
 
 
 def check_seeded_draws_ignore_the_batch(torch):

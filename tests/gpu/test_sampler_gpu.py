@@ -71,16 +71,26 @@ def test_fused_greedy_rows_are_torch_argmax(batch):
     assert torch.equal(got, logits.argmax(dim=-1)) and got[0] == 100 and (batch == 1 or got[-1] == 3000)
 
 
-def test_fused_distribution_at_the_full_vocabulary():
+@pytest.mark.parametrize("path", ["fused", "eager"])
+def test_distribution_at_the_full_vocabulary(path):
     """16,384 draws (1,024 rows x 16 steps; the rows are one logits row expanded, stride 0) against
-    softmax(logits / T) in 9 buckets: 8 tokens spread over the chunks, and all the others."""
-    from workbench.kernels.sample import sample
+    softmax(logits / T) in 9 buckets: 8 tokens spread over the chunks, and all the others. The
+    specials sit ~e^16 above the rest: the rest is drawn only on noise beyond where float32 steps
+    near u = 1 stop it (the fused kernel's first noise form drew it 27 times, softmax expects 100).
+    The eager path is the engine's default: torch's exponential_ on CUDA is the question there."""
     special = torch.tensor([0, 1_023, 1_024, 40_000, 77_777, 120_000, 151_000, VOCAB - 1], device="cuda")
     row = torch.zeros(VOCAB, device="cuda")
     row[special] = 10 + torch.tensor([1.5, 0.9, 0.3, 0.0, -0.4, -1.0, -1.6, -2.5], device="cuda")
     n, temperature = 1024, 0.7
-    temps, seeds, counts = _fused_rows(n, temperature, torch.arange(n, device="cuda") * 7919 - 5)
-    tokens = torch.cat([sample(row.bfloat16().expand(n, -1), temps, seeds, counts, step=s) for s in range(16)])
+    logits = row.bfloat16().expand(n, -1)
+    if path == "fused":
+        from workbench.kernels.sample import sample
+        temps, seeds, counts = _fused_rows(n, temperature, torch.arange(n, device="cuda") * 7919 - 5)
+        tokens = torch.cat([sample(logits, temps, seeds, counts, step=s) for s in range(16)])
+    else:
+        sampler = Sampler("cuda", seed=11)
+        seqs = [Sequence(i, [1], SamplingParams(temperature=temperature)) for i in range(n)]
+        tokens = torch.cat([sampler.sample(logits, seqs) for _ in range(16)])
     probs = torch.softmax(row.bfloat16().double() / temperature, dim=0)
     want = torch.cat([probs[special], (1 - probs[special].sum()).reshape(1)]) * len(tokens)
     is_special = tokens[:, None] == special[None, :]

@@ -10,7 +10,9 @@ The pieces are triton_ops.py's (_load_cos_sin, _rotate_heads, _copy_row): only w
 differs. NORM=False is plain RoPE (Llama, Qwen2: no q/k norm). A token whose slot is < 0 (a
 padding row of a CUDA-graph bucket) still gets its q, as unfused, but writes nothing to the cache.
 
-A candidate, off until a GPU run says so (`inputs_early=True`, under PDL only): the token's
+Inputs early (`inputs_early`, on by default since an H200 A/B inside the engine, session 10: all
+on, 672.0 -> 652.9 us of GPU time a decode step, 2 rounds each, docs/results/
+decode-ab-rope-early-h200.json; under PDL only; False keeps the plain order as a lesson): the token's
 position, its cos/sin row, its cache slot and the norms' weights read *before* the PDL wait, and
 q, k and v loaded together right after it. Without it, the code after the wait is a chain: q,
 its norm, the position and cos/sin, q's store, then k, then v -- several dependent round trips on
@@ -78,13 +80,13 @@ def _qk_norm_rope_store_kernel(q_ptr, k_ptr, v_ptr, q_out_ptr, k_cache_ptr, v_ca
 def qk_norm_rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                        cos_sin_cache: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                        slot_mapping: torch.Tensor, q_norm=None, k_norm=None, *,
-                       inputs_early: bool = False) -> torch.Tensor:
+                       inputs_early: bool = True) -> torch.Tensor:
     """q [T, Hq, D], k and v [T, Hkv, D] (views into the QKV output): returns q normed (q_norm, an
     RMSNorm; None: no norm) and rotated, new and contiguous; writes k normed (k_norm) and rotated,
     and v, into k_cache/v_cache [num_blocks, block_size, Hkv, D] at slot_mapping [T] (< 0: skipped).
     = rotary.norm_and_rotate (or rotary) then store_kv. inputs_early: under PDL, the position,
-    cos/sin, slot and norm weights before the wait, q/k/v together after it (a candidate: the
-    module docstring)."""
+    cos/sin, slot and norm weights before the wait, q/k/v together after it (the module
+    docstring)."""
     T, n_q, dim = q.shape
     n_k = k.shape[1]
     assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1 and v.stride(-2) == dim, "heads must be contiguous"

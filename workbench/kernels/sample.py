@@ -16,7 +16,8 @@ which returns token i with probability p_i. The log is monotone, so that is
 
 because log p_i = logits_i / T - log Z and the normalizer Z is the same for every i of a row: no
 softmax, no exp over the vocabulary. With E = -log U, U ~ Uniform[0, 1), -log E = -log(-log U)
-is a standard Gumbel variable: this is the Gumbel-max trick. Greedy rows (temperature 0) take
+is a standard Gumbel variable: this is the Gumbel-max trick. (E = -log(1 - U) is Exp(1) too, and
+it is the form the kernel uses: _gumbel says why.) Greedy rows (temperature 0) take
 argmax_i logits_i, no noise.
 
 The noise. Triton's counter-based generator, tl.rand(key, counter) (Philox-4x32, 10 rounds): a
@@ -26,11 +27,9 @@ the draw for vocabulary entry i is (n << 32) | i, where n = counts[row] + step i
 the row had sampled before this one. So a draw depends only on (seed, n, i): a row's token does
 not depend on its batch, its row position, the chunk size, or how many steps a round holds
 (the caller makes `counts` once a round and passes the step index; engine/sampler.py says where
-seeds come from). U = 0 can come out (Triton's uniform is on [0, 1)): -log(-log 0) = -inf, a
-draw that never wins -- as E = inf does in the race. Precision: U has 31 random bits in a float32,
-so the noise lies in [-3.1, 16.6] (or -inf): a token whose probability is under e^-19.7 ~ 3e-9
-times the row's most likely one can never win. The eager path's fp32 exponential draws cut the
-same tail at a similar place; at V = 151,936 the mass cut is at most ~4e-4 of the top token's.
+seeds come from). Precision: U has 63 random bits, so near 0 -- where _gumbel takes the
+winners' noise from -- a float32 holds it to full precision; the noise reaches ~43.7 (69 at U = 0),
+so only a token under e^-43 times as likely as the row's best can never win.
 
 The split. One program per row would read 600 KB alone on one SM at batch 1. Each program takes
 BLOCK entries of one row, grid (rows, chunks): 149 programs at batch 1 and BLOCK 1,024, more
@@ -55,6 +54,20 @@ BLOCK = 1024        # vocabulary entries a program (see 'The split')
 NUM_WARPS = 4       # 8 entries a thread at BLOCK 1,024
 
 
+@triton.jit
+def _gumbel(u):
+    """Standard Gumbel noise -log E from u ~ Uniform[0, 1), with E = -log(1 - u) ~ Exp(1).
+
+    A token wins on LARGE noise, i.e. a tiny E, i.e. u near 0 -- where a float32 is dense (u keeps
+    all its random bits there). E = -log(u) would put the winners at u near 1, where float32 steps
+    are 2^-24: the noise would stop at ~16.6 and every token more than e^16.6 times less likely
+    than the row's best would (almost) never be drawn -- measured on the H200 as 27 draws of the
+    vocabulary's long tail where softmax expects 100. Below u = 2^-6, -log(1 - u) is its series
+    (1 - u would round u's low bits away); above, the log is exact to fp32 rounding."""
+    e = tl.where(u < 0.015625, u * (1 + u * (0.5 + u * (0.3333333 + u * 0.25))), -tl.log(1 - u))
+    return -tl.log(tl.maximum(e, 1e-30))   # u = 0: noise 69, not inf (inf + a masked -inf is NaN)
+
+
 @triton.jit(do_not_specialize=["step"])   # step changes every call: one compiled kernel for all
 def _chunk_best(logits_ptr, stride_row, temps_ptr, seeds_ptr, counts_ptr, step,
                 best_value_ptr, best_index_ptr, vocab, num_chunks, BLOCK: tl.constexpr):
@@ -66,8 +79,7 @@ def _chunk_best(logits_ptr, stride_row, temps_ptr, seeds_ptr, counts_ptr, step,
     if temperature > 0:   # a sampled row; greedy rows (0) keep the raw logits
         n = tl.load(counts_ptr + row) + step   # tokens this row sampled before this one
         counter = (n.to(tl.int64) << 32) | index.to(tl.int64)   # Philox counter: (n, i)
-        u = tl.rand(tl.load(seeds_ptr + row), counter)
-        x = x / temperature - tl.log(-tl.log(u))   # logits / T + Gumbel noise
+        x = x / temperature + _gumbel(tl.rand(tl.load(seeds_ptr + row), counter))
     # NaN compares false with everything, so it would lose even to a padding lane's -inf and the
     # token could be an index past the vocabulary. torch.argmax treats NaN as the maximum: so do we.
     x = tl.where(x == x, x, float("inf"))

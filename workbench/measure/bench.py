@@ -173,7 +173,8 @@ def _copy_bandwidth(device: str):
 
 def step_profile(llm, workload: Workload, tpot_ms: float | None) -> dict:
     """The step columns of a single-stream row on a GPU: kernels and GPU kernel time of a decode
-    step (two decode steps profiled at the workload's prompt length), and how close the timed
+    step (two decode steps profiled at the workload's prompt length and temperature: a sampled
+    step runs the sampler's kernels, a greedy one an argmax), and how close the timed
     TPOT came to the floor: modelled bytes of a decode step at the workload's mean context /
     the measured copy bandwidth / TPOT. Other rows get a note saying why they have none."""
     from .roofline import decode_step
@@ -184,7 +185,8 @@ def step_profile(llm, workload: Workload, tpot_ms: float | None) -> dict:
         return {"note": "no step columns: single-stream rows only (a batch step depends on its mix)"}
     prompt, new = len(workload.prompts[0]), workload.output_lens[0]
     try:   # the timed row stands whatever happens here: a busy profiler (ncu, nsys) only costs the columns
-        tl = profile_engine_steps(llm, batch=1, prompt_len=prompt, decode_steps=2)
+        tl = profile_engine_steps(llm, batch=1, prompt_len=prompt, decode_steps=2,
+                                  temperature=workload.temperature)
     except RuntimeError as err:
         return {"note": f"no step columns: {err}"}
     decodes = tl.decode_steps()

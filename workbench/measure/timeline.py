@@ -177,9 +177,10 @@ def _engine_view(llm) -> dict:
 
 
 def profile_engine_steps(llm, *, batch: int = 1, prompt_len: int = 32, decode_steps: int = 3,
-                         trace_path=None, seed: int = 0) -> Timeline:
+                         trace_path=None, seed: int = 0, temperature: float = 0.0) -> Timeline:
     """Profile one prefill step (more if the batch needs them) and `decode_steps` decode steps of
-    a fresh batch of random prompts, after a warm-up batch; write the Chrome trace."""
+    a fresh batch of random prompts, after a warm-up batch; write the Chrome trace. temperature:
+    of the profiled requests (0: greedy; a sampled step runs the sampler's kernels too)."""
     import random
 
     import torch
@@ -189,7 +190,7 @@ def profile_engine_steps(llm, *, batch: int = 1, prompt_len: int = 32, decode_st
 
     from .steps import queue_random_prompts
     rng = random.Random(seed)
-    params = SamplingParams(temperature=0, max_tokens=decode_steps + 4, ignore_eos=True)
+    params = SamplingParams(temperature=temperature, max_tokens=decode_steps + 4, ignore_eos=True)
     on_gpu = str(llm.device).startswith("cuda")
     sync = device_sync(llm.device)
     try:
