@@ -53,6 +53,22 @@ def test_breakdown_sums_to_the_profiled_step(profiled):
     assert again.floor_us is None and "no bandwidth" in again.floor_source
 
 
+def test_prefill_breakdown_sums_to_the_prefill_step(profiled):
+    """The same timeline, its prefill step: the parts sum to that step, no floor (FLOPs set it
+    too), the phase named in the record and the printout; an unknown phase is refused."""
+    _, tl, shape = profiled
+    b = breakdown_of(tl, shape=shape, dtype_bytes=4, phase="prefill")
+    prefill = [w for w in tl.steps if w.kind == "prefill"]
+    assert b.steps == len(prefill) == 1 and b.step_us == pytest.approx(prefill[0].us)
+    assert b.step_us != pytest.approx(sum(w.us for w in tl.decode_steps()) / 3)   # not the decode steps
+    assert abs(b.parts_sum_us - b.step_us) <= 0.05 * b.step_us and b.parts["CPU matmul"] > 0
+    assert b.phase == "prefill" and b.floor_us is None and b.floor_bytes == 0
+    assert "prefill step on" in str(b) and "floor" not in str(b)
+    assert Breakdown.from_dict(json.loads(json.dumps(b.to_dict()))) == b
+    with pytest.raises(ValueError, match="phase='prefil': 'decode' or 'prefill'"):
+        breakdown_of(tl, phase="prefil")
+
+
 def test_breakdown_round_trips_through_its_record(profiled, tmp_path):
     b, _, _ = profiled
     assert Breakdown.from_dict(json.loads(json.dumps(b.to_dict()))) == b
@@ -145,6 +161,18 @@ def test_cli_breakdown(capsys, tiny_ckpt, tmp_path):
     assert figure.read_bytes().startswith(b"\x89PNG") and (tmp_path / "timeline-naive.json").is_file()
 
 
+def test_cli_prefill_breakdown(capsys, tiny_ckpt, tmp_path):
+    from workbench.__main__ import main
+    out_json = tmp_path / "p.json"
+    assert main(["measure", "breakdown", "--model", str(tiny_ckpt), "--steps", "1", "--phase", "prefill",
+                 "--prompt-len", "24", "--settings", "naive", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "naive prefill step on" in out and "us per prefill step" in out
+    (row,) = json.loads(out_json.read_text())
+    assert row["phase"] == "prefill" and row["steps"] == 1 and row["floor_us"] is None
+    assert abs(row["parts_sum_us"] - row["step_us"]) <= 0.05 * row["step_us"] and row["unprofiled_step_us"] > 0
+
+
 def test_cli_redraws_from_a_results_file(capsys, tmp_path):
     from workbench.__main__ import main
     from workbench.measure.results import RESULTS_DIR
@@ -156,7 +184,8 @@ def test_cli_redraws_from_a_results_file(capsys, tmp_path):
     assert figure.read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.parametrize("flag", [["--timeline-figure", "t.png"], ["--json", "again.json"], ["--settings", "naive"]])
+@pytest.mark.parametrize("flag", [["--timeline-figure", "t.png"], ["--json", "again.json"], ["--settings", "naive"],
+                                  ["--phase", "prefill"], ["--prompt-len", "128"]])
 def test_cli_redraw_refuses_what_only_a_measuring_run_does(capsys, tmp_path, flag):
     """A results file keeps each step's parts, not its spans, and a redraw must not re-stamp a
     record with today's date: these flags are refused, not ignored."""

@@ -1,4 +1,4 @@
-"""Where the microseconds of one decode step go: a budget that sums to the measured step.
+"""Where the microseconds of one decode (or prefill) step go: a budget that sums to the measured step.
 
 From a profiled timeline (measure/timeline.py), each decode step's window is split into:
 
@@ -13,10 +13,16 @@ measured separately (`timeline.sweep`) and must add up to the profiled step time
 printed with every breakdown. Next to it, the floor: the bytes a decode step must move
 (roofline.decode_step, modelled) over a measured copy bandwidth (HBM on a GPU, a CPU memcpy on
 a CPU, labelled). Per switch setting, the bars show which switch removed which slice.
+
+`phase="prefill"` splits the timeline's prefill step the same way: the time to the first token
+is mostly that step, and a prompt of 128 tokens should take the GPU about as long as a few decode
+steps. It has no floor drawn: a prefill step's floor is set by FLOPs as well as bytes (chapter
+09's bottleneck map).
 """
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -32,15 +38,16 @@ CPU_IDLE_PART = "host outside ATen ops (Python, scheduler)"
 class Breakdown:
     label: str
     device: str
-    decode_steps: int                 # decode steps averaged
-    step_us: float                    # profiled wall time of a decode step (mean)
+    steps: int                        # steps of the phase averaged
+    step_us: float                    # profiled wall time of a step (mean)
     parts: dict = field(default_factory=dict)    # part -> us per step (mean); sums to step_us
     floor_us: float | None = None     # modelled bytes / measured bandwidth
     floor_bytes: int = 0              # modelled
     bandwidth: float | None = None    # bytes/s, measured
     floor_source: str = ""
-    unprofiled_step_us: float | None = None      # median decode step timed without the profiler
+    unprofiled_step_us: float | None = None      # median step timed without the profiler
     modelled: bool = False            # the parts are measured; floor_us alone is modelled
+    phase: str = "decode"             # decode | prefill
 
     @property
     def parts_sum_us(self) -> float:
@@ -54,7 +61,9 @@ class Breakdown:
         """Back from `to_dict` or a committed results record: the fields it derives or stamps
         (parts_sum_us; gpu, date, command) are dropped, and the parts must still sum to the step."""
         names = {f.name for f in fields(cls)}
-        missing = {"label", "device", "decode_steps", "step_us", "parts"} - set(record)
+        if "decode_steps" in record:   # files written before prefill breakdowns (sessions 1-9)
+            record = {**{k: v for k, v in record.items() if k != "decode_steps"}, "steps": record["decode_steps"]}
+        missing = {"label", "device", "steps", "step_us", "parts"} - set(record)
         if missing:
             which = record.get("label") or record.get("setting") or f"keys {', '.join(sorted(record)[:4])}"
             raise ValueError(f"not a breakdown record ({which}: no {', '.join(sorted(missing))}): "
@@ -73,26 +82,30 @@ class Breakdown:
                 "unprofiled_step_us": self.unprofiled_step_us}
 
     def __str__(self) -> str:
-        lines = [f"{self.label} decode step on {self.device}: {self.step_us:,.0f} us under the profiler "
-                 f"(mean of {self.decode_steps}; measured)"]
+        lines = [f"{self.label} {self.phase} step on {self.device}: {self.step_us:,.0f} us under the profiler "
+                 f"(mean of {self.steps}; measured)"]
         lines += [f"  {k:<42} {v:10,.1f} us  {v / self.step_us:6.1%}" for k, v in self.parts.items()]
         lines.append(f"  {'sum of the parts':<42} {self.parts_sum_us:10,.1f} us  "
                      f"{self.parts_sum_us / self.step_us:6.1%} of the step")
         if self.unprofiled_step_us is not None:
             lines.append(f"  same step without the profiler (median)    {self.unprofiled_step_us:10,.1f} us")
-        lines.append(f"  floor [modelled]: {self.floor_bytes:,} bytes / {self.floor_source} = "
-                     + (f"{self.floor_us:,.1f} us" if self.floor_us is not None else "unavailable"))
+        if self.phase == "decode":
+            lines.append(f"  floor [modelled]: {self.floor_bytes:,} bytes / {self.floor_source} = "
+                         + (f"{self.floor_us:,.1f} us" if self.floor_us is not None else "unavailable"))
         return "\n".join(lines)
 
 
 def breakdown_of(tl: Timeline, *, shape=None, dtype_bytes: int = 2, bandwidth: BandwidthRecord | None = None,
-                 unprofiled_step_us: float | None = None) -> Breakdown:
-    """The mean budget of the timeline's decode steps (see the module docstring)."""
-    decodes = tl.decode_steps()
-    if not decodes:
-        raise ValueError("the timeline has no decode step: profile at least one (decode_steps >= 1)")
+                 unprofiled_step_us: float | None = None, phase: str = "decode") -> Breakdown:
+    """The mean budget of the timeline's steps of `phase` (see the module docstring)."""
+    if phase not in ("decode", "prefill"):
+        raise ValueError(f"phase={phase!r}: 'decode' or 'prefill'")
+    windows = [w for w in tl.steps if w.kind == phase]
+    if not windows:
+        raise ValueError(f"the timeline has no {phase} step: profile at least one "
+                         f"({'decode_steps >= 1' if phase == 'decode' else 'a fresh batch starts with one'})")
     parts: dict[str, float] = {}
-    for w in decodes:
+    for w in windows:
         if tl.on_gpu:
             busy, short, idle = sweep(tl.row("gpu", w.index), w.start_us, w.end_us)
             named = {**{f"GPU {k}": v for k, v in busy.items()}, GAP_PART: short, IDLE_PART: idle}
@@ -100,13 +113,13 @@ def breakdown_of(tl: Timeline, *, shape=None, dtype_bytes: int = 2, bandwidth: B
             busy, short, idle = sweep(tl.row("cpu ops", w.index), w.start_us, w.end_us, short_gap_us=0)
             named = {**{f"CPU {k}": v for k, v in busy.items()}, CPU_IDLE_PART: short + idle}
         for k, v in named.items():
-            parts[k] = parts.get(k, 0.0) + v / len(decodes)
+            parts[k] = parts.get(k, 0.0) + v / len(windows)
     order = [f"{p} {f}" for p in ("GPU", "CPU") for f in FAMILY_COLORS] + [GAP_PART, IDLE_PART, CPU_IDLE_PART]
     parts = {k: parts[k] for k in order if k in parts}
-    out = Breakdown(tl.label, tl.device, len(decodes), statistics.fmean(w.us for w in decodes), parts,
-                    unprofiled_step_us=unprofiled_step_us)
-    if shape is not None:
-        model = decode_step(shape, decodes[-1].context_lens, dtype_bytes)
+    out = Breakdown(tl.label, tl.device, len(windows), statistics.fmean(w.us for w in windows), parts,
+                    unprofiled_step_us=unprofiled_step_us, phase=phase)
+    if shape is not None and phase == "decode":
+        model = decode_step(shape, windows[-1].context_lens, dtype_bytes)
         out.floor_bytes = model.bytes
         if bandwidth is not None and bandwidth.available:
             out.bandwidth, out.floor_us = bandwidth.bandwidth, model.bytes / bandwidth.bandwidth * 1e6
@@ -117,13 +130,28 @@ def breakdown_of(tl: Timeline, *, shape=None, dtype_bytes: int = 2, bandwidth: B
     return out
 
 
-def _unprofiled_decode_us(llm, batch: int, prompt_len: int, steps: int = 5) -> float:
-    """Median wall time of `steps` decode steps without the profiler (its overhead is not free)."""
+def _unprofiled_step_us(llm, batch: int, prompt_len: int, phase: str, steps: int = 5) -> float:
+    """Median wall time of `steps` steps of `phase` without the profiler (its overhead is not free)."""
     import random
 
     from workbench.engine import SamplingParams
 
-    from .steps import start_decoding
+    from .steps import queue_random_prompts, start_decoding
+    if phase == "prefill":   # a fresh batch each time: its first step is the prefill
+        params, rng = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True), random.Random(1)
+        sync = device_sync(llm.device)
+
+        def one_prefill() -> float:
+            queue_random_prompts(llm, batch, prompt_len, params, rng)
+            sync()
+            start = time.perf_counter()
+            llm.step()
+            sync()
+            elapsed = time.perf_counter() - start
+            llm.abort_all()
+            return elapsed
+        with llm.decode_steps_override(1):
+            return statistics.median(one_prefill() for _ in range(steps)) * 1e6
     try:
         with llm.decode_steps_override(1):
             start_decoding(llm, batch, prompt_len,
@@ -135,17 +163,19 @@ def _unprofiled_decode_us(llm, batch: int, prompt_len: int, steps: int = 5) -> f
 
 
 def measure_breakdown(llm, *, batch: int = 1, prompt_len: int = 32, decode_steps: int = 3,
-                      bandwidth: BandwidthRecord | None = None, trace_path=None) -> tuple[Breakdown, Timeline]:
-    """Profile the engine's steps, then break its decode steps down. Pass `bandwidth` to measure
-    it once for several settings (default: measured here, on the engine's device)."""
+                      bandwidth: BandwidthRecord | None = None, trace_path=None,
+                      phase: str = "decode") -> tuple[Breakdown, Timeline]:
+    """Profile the engine's steps, then break its steps of `phase` down (decode: the mean of
+    `decode_steps`; prefill: the batch's first step). Pass `bandwidth` to measure it once for
+    several settings (default: measured here, on the engine's device; decode only)."""
     import torch
     tl = profile_engine_steps(llm, batch=batch, prompt_len=prompt_len, decode_steps=decode_steps,
                               trace_path=trace_path)
-    unprofiled = _unprofiled_decode_us(llm, batch, prompt_len)
+    unprofiled = _unprofiled_step_us(llm, batch, prompt_len, phase)
     dtype_bytes = torch.finfo(llm.dtype).bits // 8
-    bw = bandwidth or step_bandwidth(llm.device)
+    bw = (bandwidth or step_bandwidth(llm.device)) if phase == "decode" else None
     return breakdown_of(tl, shape=llm.model_config, dtype_bytes=dtype_bytes, bandwidth=bw,
-                        unprofiled_step_us=unprofiled), tl
+                        unprofiled_step_us=unprofiled, phase=phase), tl
 
 
 def read_breakdowns(path) -> tuple[list[Breakdown], str]:
@@ -166,8 +196,8 @@ def ladder_settings():
             Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True), Optimizations.all_on()]
 
 
-def measure_settings(model_dir, settings, *, batch: int = 1, decode_steps: int = 3,
-                     trace_dir=None) -> list[tuple[Breakdown, Timeline]]:
+def measure_settings(model_dir, settings, *, batch: int = 1, decode_steps: int = 3, prompt_len: int = 32,
+                     phase: str = "decode", trace_dir=None) -> list[tuple[Breakdown, Timeline]]:
     """A fresh engine per setting, its decode step broken down (printed as it comes) beside the
     timeline it was read from; the copy bandwidth is measured once, on the first engine's
     device, and shared by every floor."""
@@ -175,10 +205,11 @@ def measure_settings(model_dir, settings, *, batch: int = 1, decode_steps: int =
     bandwidth, found = None, []
     for opts in settings:
         with LLM(model_dir, opts=opts, max_num_seqs=max(batch, 1), enable_prefix_caching=False) as llm:
-            bandwidth = bandwidth or step_bandwidth(llm.device)
+            if phase == "decode":
+                bandwidth = bandwidth or step_bandwidth(llm.device)
             trace = Path(trace_dir) / f"timeline-{opts.label()}.json" if trace_dir else None
-            found.append(measure_breakdown(llm, batch=batch, decode_steps=decode_steps, bandwidth=bandwidth,
-                                           trace_path=trace))
+            found.append(measure_breakdown(llm, batch=batch, decode_steps=decode_steps, prompt_len=prompt_len,
+                                           bandwidth=bandwidth, trace_path=trace, phase=phase))
             print(found[-1][0], flush=True)
     return found
 
@@ -219,9 +250,10 @@ def plot_breakdowns(breakdowns: list[Breakdown], ax=None, *, zoom: float = 10.0,
                 panel.annotate(f"{b.step_us:,.0f} us", (x, max(bottom, b.floor_us or 0)), ha="center",
                                va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
         panel.set_xticks(range(len(shown)), [b.label.replace("+", "+\n") for b in shown], fontsize=8)
-    axes[0].set_ylabel("us per decode step (profiled)")
+    phase = " / ".join(sorted({b.phase for b in breakdowns}))
+    axes[0].set_ylabel(f"us per {phase} step (profiled)")
     devices = sorted({b.device for b in breakdowns})
-    axes[0].set_title(f"where a decode step's time goes (measured on {', '.join(devices)})", fontsize=9)
+    axes[0].set_title(f"where a {phase} step's time goes (measured on {', '.join(devices)})", fontsize=9)
     if two:
         axes[1].set_title(f"zoom: the settings within {zoom:g}x of the fastest", fontsize=9)
         axes[1].margins(y=0.12)

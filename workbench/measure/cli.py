@@ -318,13 +318,16 @@ def cmd_measure_hbm(args) -> int:
 
 
 def cmd_measure_breakdown(args) -> int:
-    """Each setting's decode step split into kernel families, gaps and host time, beside its floor."""
+    """Each setting's decode (or prefill) step split into kernel families, gaps and host time,
+    beside its floor (decode only)."""
     from workbench.measure import format_table
     from workbench.measure.breakdown import ladder_settings, measure_settings, plot_breakdowns, read_breakdowns
     if args.from_json:
         measuring_only = [flag for flag, value in (("--timeline-figure", args.timeline_figure),
                                                    ("--settings", args.settings), ("--json", args.json),
-                                                   ("--trace-dir", args.trace_dir)) if value]
+                                                   ("--trace-dir", args.trace_dir),
+                                                   ("--phase", args.phase != "decode"),
+                                                   ("--prompt-len", args.prompt_len != 32)) if value]
         if measuring_only:   # a results file keeps each step's parts, not its spans: refuse, never ignore
             raise ValueError(f"--from-json redraws --figure from a results file and measures nothing; "
                              f"{', '.join(measuring_only)} need(s) a measuring run: drop --from-json")
@@ -334,10 +337,12 @@ def cmd_measure_breakdown(args) -> int:
         if args.settings:   # a few rungs of the ladder, by label (naive, flash+fused, ...)
             ladder = _chosen(args.settings, {s.label(): s for s in ladder})
         measured = measure_settings(model_dir(args), runnable(ladder, lambda s: s), batch=args.batch,
-                                    decode_steps=args.steps, trace_dir=args.trace_dir)
+                                    decode_steps=args.steps, prompt_len=args.prompt_len, phase=args.phase,
+                                    trace_dir=args.trace_dir)
         found, source = [b for b, _ in measured], ""
     rows = [b.row() for b in found]
-    print("\nus per decode step (parts and step: measured by torch.profiler; floor_us: modelled bytes / "
+    phase = " / ".join(sorted({b.phase for b in found}))
+    print(f"\nus per {phase} step (parts and step: measured by torch.profiler; floor_us: modelled bytes / "
           "measured copy bandwidth)" + (f"; {source}" if source else ""))
     print(format_table(rows))
     if args.figure:
@@ -373,10 +378,14 @@ def add_measure_subcommands(sub, common) -> None:
     launches.add_argument("--batch", type=int, default=1)
     launches.add_argument("--steps", type=int, default=8)
     launches.set_defaults(func=cmd_measure_launches)
-    breakdown = msub.add_parser("breakdown", help="where a decode step's microseconds go, per setting, beside its floor")
+    breakdown = msub.add_parser("breakdown", help="where a decode (or prefill) step's microseconds go, per "
+                                                  "setting, beside its floor")
     common(breakdown)
     breakdown.add_argument("--batch", type=int, default=1)
     breakdown.add_argument("--steps", type=int, default=3, help="decode steps profiled (their mean is shown)")
+    breakdown.add_argument("--phase", choices=["decode", "prefill"], default="decode",
+                           help="which step to break down: decode (default) or the batch's prefill (time to first token)")
+    breakdown.add_argument("--prompt-len", type=int, default=32, help="tokens of each profiled prompt")
     breakdown.add_argument("--figure", help="also draw the stacked bars to this PNG")
     breakdown.add_argument("--settings", help="comma-separated labels of the ladder's rungs (default: all of "
                            "naive, sdpa, flash+fused, flash+fused+graphs, all on)")
