@@ -133,3 +133,13 @@ def test_step_columns_profile_the_rows_own_temperature(monkeypatch, tiny_ckpt):
         load = bench.make_workload("single", 512, prompt_len=8, new_tokens=4, temperature=temperature)
         bench.step_profile(SimpleNamespace(device="cuda:0"), load, tpot_ms=1.0)
     assert asked == [0.6, 0.0], asked
+
+
+def test_bench_fused_sampling_reaches_the_engine(capsys, monkeypatch, tiny_ckpt):
+    """--fused-sampling is passed to the engine (EngineConfig.fused_sampling), which refuses it on
+    a CPU without Triton's interpreter: a clear error before anything runs, not a silent eager row."""
+    from workbench.__main__ import main
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(["bench", "single", "--model", str(tiny_ckpt), "--settings", "all_off", "--new-tokens", "4",
+                 "--repeats", "1", "--temperature", "0.6", "--fused-sampling"]) == 2
+    assert "fused_sampling=True: its Triton kernel needs a CUDA GPU" in capsys.readouterr().err

@@ -103,6 +103,8 @@ def cmd_bench(args) -> int:
         if load.note:
             print(f"  {name}: {load.note}")
         engine_kwargs = dict(max_num_seqs=max(len(load.prompts), 1), max_num_batched_tokens=args.max_batched_tokens)
+        if args.fused_sampling:   # EngineConfig.fused_sampling: the engine refuses it where it cannot run
+            engine_kwargs["fused_sampling"] = True
         if args.what == "stack":
             settings = bench.stack_settings()
         else:
@@ -110,7 +112,8 @@ def cmd_bench(args) -> int:
         results = []
         for title, opts in runnable(settings, lambda item: item[1]):
             for steps in args.decode_steps:   # multi-step decoding: one row per value
-                note = title if steps == 1 else f"{title}, {steps} decode steps"
+                note = (title if steps == 1 else f"{title}, {steps} decode steps") + \
+                    (", fused sampler" if args.fused_sampling else "")
                 r = bench.bench_engine(path, opts, load, repeats=args.repeats, decode_steps=steps, **engine_kwargs)
                 r.note = note + (f"; {r.note}" if r.note else "")
                 results.append(r)
@@ -174,6 +177,8 @@ def add_measure_commands(sub) -> None:
                    "(all on plus a switch all_on leaves off), all_on_cublas "
                    "(all on with cuBLAS matmuls: no decode_gemv, no fused_decode)")
     b.add_argument("--peers", action="store_true", help="also HF transformers generate / generate_batch")
+    b.add_argument("--fused-sampling", action="store_true",
+                   help="sample temperature rows with the Triton kernel pair (EngineConfig.fused_sampling; a candidate)")
     b.set_defaults(func=cmd_bench)
 
     add_measure_subcommands(sub, common)
