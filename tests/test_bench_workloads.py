@@ -143,3 +143,29 @@ def test_bench_fused_sampling_reaches_the_engine(capsys, monkeypatch, tiny_ckpt)
     assert main(["bench", "single", "--model", str(tiny_ckpt), "--settings", "all_off", "--new-tokens", "4",
                  "--repeats", "1", "--temperature", "0.6", "--fused-sampling"]) == 2
     assert "fused_sampling=True: its Triton kernel needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_batch_rows_profile_one_representative_decode_step(monkeypatch, tiny_ckpt):
+    """A several-sequence row's step columns come from one decode step of the workload's
+    sequences (at most max_num_seqs) at its mean context, prefilled before the profiler starts:
+    the profiled steps are all decode steps of that batch (CPU run of the same profile)."""
+    from types import SimpleNamespace
+
+    from workbench import LLM, Optimizations
+    from workbench.measure import bench, timeline
+    load = bench.make_workload("batch", 512, num_seqs=12, prompt_len=10, new_tokens=6)
+    asked = []
+
+    def stop(llm, **kwargs):
+        asked.append(kwargs)
+        raise RuntimeError("stop here")
+    real = timeline.profile_engine_steps
+    monkeypatch.setattr(timeline, "profile_engine_steps", stop)
+    out = bench.step_profile(SimpleNamespace(device="cuda:0", config=SimpleNamespace(max_num_seqs=8)), load, 1.0)
+    assert out == {"note": "no step columns: stop here"}
+    (kw,) = asked
+    assert kw["batch"] == 8 and kw["prompt_len"] == 10 + 3 and kw["prefilled"] and kw["temperature"] == 0
+    with LLM(tiny_ckpt, opts=Optimizations.all_off(), device="cpu", max_num_seqs=8) as llm:
+        tl = real(llm, batch=8, prompt_len=13, decode_steps=2, prefilled=True)
+    assert [w.kind for w in tl.steps] == ["decode", "decode"]
+    assert [len(w.context_lens) for w in tl.steps] == [8, 8] and set(tl.steps[0].context_lens) == {14}

@@ -50,11 +50,12 @@ class BenchResult:
     gpu: str = ""
     note: str = ""
     temperature: float | None = None   # of the workload's sampling (0: greedy)
-    # A decode step seen from inside (single-stream rows on a GPU; step_profile): kernels and GPU
-    # kernel time per step (torch.profiler), and the timed TPOT against the bandwidth floor
+    # A decode step seen from inside (rows on a GPU; step_profile): kernels and GPU kernel time
+    # per step (torch.profiler), and the step's time against the bandwidth floor (single stream:
+    # the timed TPOT; several sequences: one representative step, its note says which)
     kernels_per_step: float | None = None
     gpu_kernel_us_per_step: float | None = None
-    of_copy_bandwidth: float | None = None   # floor (modelled bytes / measured copy bandwidth) / TPOT
+    of_copy_bandwidth: float | None = None   # floor (modelled bytes / measured copy bandwidth) / step time
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,21 +173,31 @@ def _copy_bandwidth(device: str):
 
 
 def step_profile(llm, workload: Workload, tpot_ms: float | None) -> dict:
-    """The step columns of a single-stream row on a GPU: kernels and GPU kernel time of a decode
-    step (two decode steps profiled at the workload's prompt length and temperature: a sampled
-    step runs the sampler's kernels, a greedy one an argmax), and how close the timed
-    TPOT came to the floor: modelled bytes of a decode step at the workload's mean context /
-    the measured copy bandwidth / TPOT. Other rows get a note saying why they have none."""
+    """The step columns of a row on a GPU: kernels and GPU kernel time of a decode step, and how
+    close its time came to the floor (modelled bytes of the step / the copy bandwidth measured
+    here / the step's time). Profiled at the workload's temperature (a sampled step runs the
+    sampler's kernels, a greedy one an argmax), after the timed runs.
+
+    Single stream: two decode steps profiled after a prompt of the workload's length; the step's
+    time is the timed TPOT, the bytes those of the mean context. Several sequences: a batch step
+    depends on its mix, so the row measures one representative step and says so in its note --
+    the workload's sequences (at most max_num_seqs) decoding together at its mean context (mean
+    prompt + half the mean output), prefilled before the profiler starts; the step's time is the
+    median of five such steps timed without the profiler."""
     from .roofline import decode_step
+    from .steps import unprofiled_step_us
     from .timeline import profile_engine_steps, sweep
     if not str(llm.device).startswith("cuda"):
         return {"note": "no step columns on a CPU (they count GPU kernels)"}
-    if len(workload.prompts) != 1:
-        return {"note": "no step columns: single-stream rows only (a batch step depends on its mix)"}
-    prompt, new = len(workload.prompts[0]), workload.output_lens[0]
+    single = len(workload.prompts) == 1
+    if single:
+        batch, context = 1, len(workload.prompts[0])
+    else:
+        batch = min(len(workload.prompts), llm.config.max_num_seqs)
+        context = round(statistics.fmean(map(len, workload.prompts)) + statistics.fmean(workload.output_lens) / 2)
     try:   # the timed row stands whatever happens here: a busy profiler (ncu, nsys) only costs the columns
-        tl = profile_engine_steps(llm, batch=1, prompt_len=prompt, decode_steps=2,
-                                  temperature=workload.temperature)
+        tl = profile_engine_steps(llm, batch=batch, prompt_len=context, decode_steps=2,
+                                  temperature=workload.temperature, prefilled=not single)
     except RuntimeError as err:
         return {"note": f"no step columns: {err}"}
     decodes = tl.decode_steps()
@@ -196,10 +207,17 @@ def step_profile(llm, workload: Workload, tpot_ms: float | None) -> dict:
     busy = [sum(sweep(k, w.start_us, w.end_us)[0].values()) for k, w in zip(kernels, decodes)]
     out = {"kernels_per_step": statistics.fmean(len(k) for k in kernels),
            "gpu_kernel_us_per_step": statistics.fmean(busy)}
+    if single:
+        step_ms, lens = tpot_ms, [context + workload.output_lens[0] // 2]
+    else:
+        step_ms, lens = unprofiled_step_us(llm, batch, context, "decode", temperature=workload.temperature) / 1e3, \
+            [context] * batch
+        out["note"] = (f"step columns: one decode step of {batch} sequences at context {context} (the workload's "
+                       "means), profiled and timed apart from the run")
     bandwidth = _copy_bandwidth(str(llm.device))
-    if tpot_ms and bandwidth.available:
-        floor = decode_step(llm.model_config, [prompt + new // 2], torch.finfo(llm.dtype).bits // 8).bytes
-        out["of_copy_bandwidth"] = floor / bandwidth.bandwidth / (tpot_ms / 1e3)
+    if step_ms and bandwidth.available:
+        floor = decode_step(llm.model_config, lens, torch.finfo(llm.dtype).bits // 8).bytes
+        out["of_copy_bandwidth"] = floor / bandwidth.bandwidth / (step_ms / 1e3)
     return out
 
 

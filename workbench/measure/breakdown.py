@@ -22,13 +22,12 @@ steps. It has no floor drawn: a prefill step's floor is set by FLOPs as well as 
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .roofline import BandwidthRecord, decode_step, step_bandwidth
+from .steps import unprofiled_step_us
 from .timeline import FAMILY_COLORS, Timeline, profile_engine_steps, sweep
-from .timing import device_sync, time_runs
 
 GAP_PART, IDLE_PART = "GPU idle, short gaps between kernels", "host time, GPU idle (not overlapped)"
 CPU_IDLE_PART = "host outside ATen ops (Python, scheduler)"
@@ -130,38 +129,6 @@ def breakdown_of(tl: Timeline, *, shape=None, dtype_bytes: int = 2, bandwidth: B
     return out
 
 
-def _unprofiled_step_us(llm, batch: int, prompt_len: int, phase: str, steps: int = 5) -> float:
-    """Median wall time of `steps` steps of `phase` without the profiler (its overhead is not free)."""
-    import random
-
-    from workbench.engine import SamplingParams
-
-    from .steps import queue_random_prompts, start_decoding
-    if phase == "prefill":   # a fresh batch each time: its first step is the prefill
-        params, rng = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True), random.Random(1)
-        sync = device_sync(llm.device)
-
-        def one_prefill() -> float:
-            queue_random_prompts(llm, batch, prompt_len, params, rng)
-            sync()
-            start = time.perf_counter()
-            llm.step()
-            sync()
-            elapsed = time.perf_counter() - start
-            llm.abort_all()
-            return elapsed
-        with llm.decode_steps_override(1):
-            return statistics.median(one_prefill() for _ in range(steps)) * 1e6
-    try:
-        with llm.decode_steps_override(1):
-            start_decoding(llm, batch, prompt_len,
-                           SamplingParams(temperature=0, max_tokens=steps + 4, ignore_eos=True), random.Random(1))
-            spread = time_runs(llm.step, repeats=steps, warmup=0, sync=device_sync(llm.device))
-    finally:
-        llm.abort_all()
-    return spread.median * 1e3
-
-
 def measure_breakdown(llm, *, batch: int = 1, prompt_len: int = 32, decode_steps: int = 3,
                       bandwidth: BandwidthRecord | None = None, trace_path=None,
                       phase: str = "decode") -> tuple[Breakdown, Timeline]:
@@ -171,7 +138,7 @@ def measure_breakdown(llm, *, batch: int = 1, prompt_len: int = 32, decode_steps
     import torch
     tl = profile_engine_steps(llm, batch=batch, prompt_len=prompt_len, decode_steps=decode_steps,
                               trace_path=trace_path)
-    unprofiled = _unprofiled_step_us(llm, batch, prompt_len, phase)
+    unprofiled = unprofiled_step_us(llm, batch, prompt_len, phase)
     dtype_bytes = torch.finfo(llm.dtype).bits // 8
     bw = (bandwidth or step_bandwidth(llm.device)) if phase == "decode" else None
     return breakdown_of(tl, shape=llm.model_config, dtype_bytes=dtype_bytes, bandwidth=bw,

@@ -7,8 +7,11 @@ decode step should cost the CPU a handful of launches while the GPU still runs e
 from __future__ import annotations
 
 import random
+import statistics
+import time
 
 from .launches import LaunchRecord, count_launches
+from .timing import device_sync, time_runs
 
 
 def queue_random_prompts(llm, batch: int, prompt_len: int, params, rng: random.Random) -> None:
@@ -46,3 +49,35 @@ def engine_launches(llm, *, batch: int = 1, prompt_len: int = 128, decode_steps:
     finally:
         llm.abort_all()
     return records
+
+
+def unprofiled_step_us(llm, batch: int, prompt_len: int, phase: str, steps: int = 5,
+                       temperature: float = 0.0) -> float:
+    """Median wall time of `steps` steps of `phase` (decode | prefill) of `batch` random prompts
+    without the profiler (its overhead is not free)."""
+    from workbench.engine import SamplingParams
+
+    if phase == "prefill":   # a fresh batch each time: its first step is the prefill
+        params, rng = SamplingParams(temperature=temperature, max_tokens=2, ignore_eos=True), random.Random(1)
+        sync = device_sync(llm.device)
+
+        def one_prefill() -> float:
+            queue_random_prompts(llm, batch, prompt_len, params, rng)
+            sync()
+            start = time.perf_counter()
+            llm.step()
+            sync()
+            elapsed = time.perf_counter() - start
+            llm.abort_all()
+            return elapsed
+        with llm.decode_steps_override(1):
+            return statistics.median(one_prefill() for _ in range(steps)) * 1e6
+    try:
+        with llm.decode_steps_override(1):
+            start_decoding(llm, batch, prompt_len,
+                           SamplingParams(temperature=temperature, max_tokens=steps + 4, ignore_eos=True),
+                           random.Random(1))
+            spread = time_runs(llm.step, repeats=steps, warmup=0, sync=device_sync(llm.device))
+    finally:
+        llm.abort_all()
+    return spread.median * 1e3

@@ -177,10 +177,13 @@ def _engine_view(llm) -> dict:
 
 
 def profile_engine_steps(llm, *, batch: int = 1, prompt_len: int = 32, decode_steps: int = 3,
-                         trace_path=None, seed: int = 0, temperature: float = 0.0) -> Timeline:
+                         trace_path=None, seed: int = 0, temperature: float = 0.0,
+                         prefilled: bool = False) -> Timeline:
     """Profile one prefill step (more if the batch needs them) and `decode_steps` decode steps of
     a fresh batch of random prompts, after a warm-up batch; write the Chrome trace. temperature:
-    of the profiled requests (0: greedy; a sampled step runs the sampler's kernels too)."""
+    of the profiled requests (0: greedy; a sampled step runs the sampler's kernels too).
+    prefilled: prefill the batch before the profiler starts, so only its decode steps are in it
+    (a big batch's prefill is many chunked steps: the profile would be mostly prefill)."""
     import random
 
     import torch
@@ -188,7 +191,7 @@ def profile_engine_steps(llm, *, batch: int = 1, prompt_len: int = 32, decode_st
 
     from workbench.engine import SamplingParams
 
-    from .steps import queue_random_prompts
+    from .steps import queue_random_prompts, start_decoding
     rng = random.Random(seed)
     params = SamplingParams(temperature=temperature, max_tokens=decode_steps + 4, ignore_eos=True)
     on_gpu = str(llm.device).startswith("cuda")
@@ -198,7 +201,10 @@ def profile_engine_steps(llm, *, batch: int = 1, prompt_len: int = 32, decode_st
             queue_random_prompts(llm, batch, prompt_len, params, rng)    # warm-up: JIT, autotune, caches
             for _ in range(4):
                 llm.step()
-            queue_random_prompts(llm, batch, prompt_len, params, rng)
+            if prefilled:
+                start_decoding(llm, batch, prompt_len, params, rng)
+            else:
+                queue_random_prompts(llm, batch, prompt_len, params, rng)
             sync()
             kinds, lens = [], []
             with profiling(cuda=on_gpu) as run:
