@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs breakdown-batch breakdown-prefill rounds-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs breakdown-batch breakdown-prefill rounds-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -98,6 +98,9 @@ do_step() {
     # (with the per-tile block lookup's test: both lookups vs SDPA, the launched kernels' n_regs/n_spills printed)
     dattn-last) run dattn-last-tests $PY -m pytest -q -s tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k "last_program or block_lookups"
                 run dattn-last-micro $W measure decode-attention $P --impls flash,triton,triton-last --context 128,640,2048 --json "$OUT/decode-attn-last-micro.json" ;;
+    # session 10: decode attention at batch 64 and 256 (nano-vLLM's workload reads ~25 GB of KV a
+    # step at batch 256: there attention's bandwidth, not the weights', sets the floor)
+    dattn-batch) run dattn-batch $W measure decode-attention $P --batch 64,256 --context 256,843,2048 --json "$OUT/decode-attn-batch.json" ;;
     dattn-bench) run dattn-bench $W bench single $P --settings all_on-decode_attention,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/decode-attn-single.json" ;;
     # programmatic dependent launch (pdl switch), session 6: the GPU tests (kernels on = off bit
     # for bit, a captured step, compile, engine parity), then all_on without and with pdl, 3 repeats
