@@ -107,22 +107,26 @@ def _noise_kernel():
 
 
 def check_noise_reaches_the_tail(torch):
-    """The kernel's Gumbel noise against -log(-log(1 - u)) in float64 for u from 2^-62 to 1 - 2^-24,
-    and its largest value above 40. A token ~e^17 times less likely than the row's best wins only
-    on noise that large: with -log(-log u) the float32 steps near u = 1 stopped it at ~16.6 (the
-    H200 drew the long tail of a 151,936-token row 27 times where softmax expects 100); no
+    """The kernel's Gumbel noise on tl.rand's own values u = k x 2^-31 (k = 0, 1, 2, ... 2^31 - 1)
+    against -log(-log(1 - u')) in float64, u' = u + 2^-32 in float32: the largest noise ~22.2 at u = 0 (finite: inf
+    plus a masked -inf is NaN), and within 2e-5 everywhere, across the series' threshold too (a
+    dropped u^3 term is 8e-5 off there). A token ~e^17 times less likely than the row's best wins
+    only on noise that large: with -log(-log u) the float32 steps near u = 1 stopped it at ~16.6
+    (the H200 drew the long tail of a 151,936-token row 27 times where softmax expects 100); no
     CPU-sized draw count sees that, so the check looks at the noise itself."""
     noise = _noise_kernel()
-    u = torch.cat([2.0 ** -torch.arange(62.0, 0.0, -0.5), torch.linspace(0.01, 1 - 2 ** -24, 131),
-                   torch.tensor([0.0])]).float()
+    step = 4.6566127342e-10   # tl.rand: k x this, k < 2^31
+    k = torch.cat([torch.tensor([0.0, 1, 2, 3, 5, 10]), 2.0 ** torch.arange(4.0, 31.0, 0.25)])
+    u = torch.cat([k.double() * step, torch.tensor([0.0150, 0.0155, 0.01562, 0.01563, 0.0157, 0.016]),
+                   torch.linspace(0.02, 1 - 2 ** -24, 256 - len(k) - 6, dtype=torch.float64)]).float()
     assert len(u) == 256
     got = torch.empty_like(u)
     noise[(1,)](u, got, N=256)
-    assert got[:-1].max() > 40, f"the noise stops at {got[:-1].max().item():.1f}"
-    assert 40 < got[-1] < float("inf"), f"u = 0 gives noise {got[-1].item()} (inf + a masked -inf is NaN)"
-    want = -torch.log(-torch.log1p(-u.double()))
-    err = (got[:-1].double() - want[:-1]).abs().max().item()
-    assert err < 1e-4, f"noise off by {err:.2g} from -log(-log(1 - u))"
+    assert 22.1 < got[0] < 22.3 and got.max() == got[0], f"u = 0 gives {got[0].item()}, the largest {got.max().item()}"
+    shifted = (u + 2.3283064e-10).double()   # u + 2^-32 in float32: near 1 it rounds back to u
+    want = -torch.log(-torch.log1p(-shifted))
+    err = (got.double() - want).abs()
+    assert err.max() < 2e-5, f"noise off by {err.max().item():.2g} at u = {u[err.argmax()].item():.6g}"
 
 
 def check_seeded_draws_ignore_the_batch(torch):

@@ -27,9 +27,10 @@ the draw for vocabulary entry i is (n << 32) | i, where n = counts[row] + step i
 the row had sampled before this one. So a draw depends only on (seed, n, i): a row's token does
 not depend on its batch, its row position, the chunk size, or how many steps a round holds
 (the caller makes `counts` once a round and passes the step index; engine/sampler.py says where
-seeds come from). Precision: U has 63 random bits, so near 0 -- where _gumbel takes the
-winners' noise from -- a float32 holds it to full precision; the noise reaches ~43.7 (69 at U = 0),
-so only a token under e^-43 times as likely as the row's best can never win.
+seeds come from). Precision: U is k x 2^-31 with k of 31 random bits, exact in a float32 near 0
+-- where _gumbel takes the winners' noise from -- so the noise lies in [-2.8, 22.2]: only a token
+over e^22 times less likely than its row's best can never win (at V = 151,936 all such tokens
+together hold at most 4e-5 of the best one's probability).
 
 The split. One program per row would read 600 KB alone on one SM at batch 1. Each program takes
 BLOCK entries of one row, grid (rows, chunks): 149 programs at batch 1 and BLOCK 1,024, more
@@ -56,16 +57,18 @@ NUM_WARPS = 4       # 8 entries a thread at BLOCK 1,024
 
 @triton.jit
 def _gumbel(u):
-    """Standard Gumbel noise -log E from u ~ Uniform[0, 1), with E = -log(1 - u) ~ Exp(1).
+    """Standard Gumbel noise -log E from u = tl.rand's k x 2^-31 (k < 2^31), with E = -log(1 - u')
+    ~ Exp(1) and u' = u + 2^-32, the middle of u's cell (so u' is never 0 and E never 0).
 
-    A token wins on LARGE noise, i.e. a tiny E, i.e. u near 0 -- where a float32 is dense (u keeps
-    all its random bits there). E = -log(u) would put the winners at u near 1, where float32 steps
-    are 2^-24: the noise would stop at ~16.6 and every token more than e^16.6 times less likely
-    than the row's best would (almost) never be drawn -- measured on the H200 as 27 draws of the
-    vocabulary's long tail where softmax expects 100. Below u = 2^-6, -log(1 - u) is its series
-    (1 - u would round u's low bits away); above, the log is exact to fp32 rounding."""
+    A token wins on LARGE noise, i.e. a tiny E, i.e. u near 0 -- where a float32 holds k x 2^-31
+    exactly. E = -log(u) would put the winners at u near 1, where float32 steps are 2^-24: the
+    noise would stop at ~16.6 and every token more than e^16.6 times less likely than the row's
+    best would (almost) never be drawn -- measured on the H200 as 27 draws of the vocabulary's
+    long tail where softmax expects 100. Below u = 2^-6, -log(1 - u') is its series (1 - u' would
+    round u's low bits away); above, the log of 1 - u', exact to ~2e-6 of the noise."""
+    u = u + 2.3283064e-10   # half of tl.rand's step
     e = tl.where(u < 0.015625, u * (1 + u * (0.5 + u * (0.3333333 + u * 0.25))), -tl.log(1 - u))
-    return -tl.log(tl.maximum(e, 1e-30))   # u = 0: noise 69, not inf (inf + a masked -inf is NaN)
+    return -tl.log(e)
 
 
 @triton.jit(do_not_specialize=["step"])   # step changes every call: one compiled kernel for all
