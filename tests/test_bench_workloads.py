@@ -143,6 +143,10 @@ def test_bench_fused_sampling_reaches_the_engine(capsys, monkeypatch, tiny_ckpt)
     assert main(["bench", "single", "--model", str(tiny_ckpt), "--settings", "all_off", "--new-tokens", "4",
                  "--repeats", "1", "--temperature", "0.6", "--fused-sampling"]) == 2
     assert "fused_sampling=True: its Triton kernel needs a CUDA GPU" in capsys.readouterr().err
+    # on a greedy workload the kernel would never run: refused before anything is built
+    assert main(["bench", "single", "--model", str(tiny_ckpt), "--settings", "all_off", "--new-tokens", "4",
+                 "--repeats", "1", "--fused-sampling"]) == 2
+    assert "the single workload is greedy: add --temperature 0.6" in capsys.readouterr().err
 
 
 def test_batch_rows_profile_one_representative_decode_step(monkeypatch, tiny_ckpt):
@@ -169,3 +173,11 @@ def test_batch_rows_profile_one_representative_decode_step(monkeypatch, tiny_ckp
         tl = real(llm, batch=8, prompt_len=13, decode_steps=2, prefilled=True)
     assert [w.kind for w in tl.steps] == ["decode", "decode"]
     assert [len(w.context_lens) for w in tl.steps] == [8, 8] and set(tl.steps[0].context_lens) == {14}
+    # a batch whose prefill takes several chunked steps (8 x 40 tokens, 64 a step): the sequences
+    # prefilled first decode meanwhile, and must not run out of tokens before the profile
+    with LLM(tiny_ckpt, opts=Optimizations.all_off(), device="cpu", max_num_seqs=8,
+             max_num_batched_tokens=64) as llm:
+        tl = real(llm, batch=8, prompt_len=40, decode_steps=2, prefilled=True)
+        from workbench.measure.steps import unprofiled_step_us
+        assert unprofiled_step_us(llm, 8, 40, "decode") > 0
+    assert [w.kind for w in tl.steps] == ["decode", "decode"] and [len(w.context_lens) for w in tl.steps] == [8, 8]

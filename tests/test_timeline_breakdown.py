@@ -164,13 +164,16 @@ def test_cli_breakdown(capsys, tiny_ckpt, tmp_path):
 def test_cli_prefill_breakdown(capsys, tiny_ckpt, tmp_path):
     from workbench.__main__ import main
     out_json = tmp_path / "p.json"
-    assert main(["measure", "breakdown", "--model", str(tiny_ckpt), "--steps", "1", "--phase", "prefill",
+    assert main(["measure", "breakdown", "--model", str(tiny_ckpt), "--phase", "prefill",
                  "--prompt-len", "24", "--settings", "naive", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
-    assert "naive prefill step on" in out and "us per prefill step" in out
+    assert "naive prefill step on" in out and "us per prefill step" in out and "no floor_us" in out
     (row,) = json.loads(out_json.read_text())
     assert row["phase"] == "prefill" and row["steps"] == 1 and row["floor_us"] is None
     assert abs(row["parts_sum_us"] - row["step_us"]) <= 0.05 * row["step_us"] and row["unprofiled_step_us"] > 0
+    # --steps counts decode steps: with --phase prefill it is refused, not ignored
+    assert main(["measure", "breakdown", "--model", str(tiny_ckpt), "--phase", "prefill", "--steps", "2"]) == 2
+    assert "--phase prefill breaks down the batch's one prefill step: drop --steps" in capsys.readouterr().err
 
 
 def test_cli_redraws_from_a_results_file(capsys, tmp_path):

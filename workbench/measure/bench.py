@@ -184,22 +184,27 @@ def step_profile(llm, workload: Workload, tpot_ms: float | None) -> dict:
     the workload's sequences (at most max_num_seqs) decoding together at its mean context (mean
     prompt + half the mean output), prefilled before the profiler starts; the step's time is the
     median of five such steps timed without the profiler."""
+    if not str(llm.device).startswith("cuda"):
+        return {"note": "no step columns on a CPU (they count GPU kernels)"}
+    try:   # the timed row stands whatever happens here (a busy profiler, a batch that does not
+        # fit): the columns are left empty and the note says why
+        return _step_columns(llm, workload, tpot_ms)
+    except Exception as err:   # RuntimeError: our own sentence; anything else: its type too
+        return {"note": f"no step columns: {err if isinstance(err, RuntimeError) else f'{type(err).__name__}: {err}'}"}
+
+
+def _step_columns(llm, workload: Workload, tpot_ms: float | None) -> dict:
     from .roofline import decode_step
     from .steps import unprofiled_step_us
     from .timeline import profile_engine_steps, sweep
-    if not str(llm.device).startswith("cuda"):
-        return {"note": "no step columns on a CPU (they count GPU kernels)"}
     single = len(workload.prompts) == 1
     if single:
         batch, context = 1, len(workload.prompts[0])
     else:
         batch = min(len(workload.prompts), llm.config.max_num_seqs)
         context = round(statistics.fmean(map(len, workload.prompts)) + statistics.fmean(workload.output_lens) / 2)
-    try:   # the timed row stands whatever happens here: a busy profiler (ncu, nsys) only costs the columns
-        tl = profile_engine_steps(llm, batch=batch, prompt_len=context, decode_steps=2,
-                                  temperature=workload.temperature, prefilled=not single)
-    except RuntimeError as err:
-        return {"note": f"no step columns: {err}"}
+    tl = profile_engine_steps(llm, batch=batch, prompt_len=context, decode_steps=2,
+                              temperature=workload.temperature, prefilled=not single)
     decodes = tl.decode_steps()
     if not decodes:
         return {"note": "no step columns: the profiled steps held no decode step"}
@@ -209,11 +214,11 @@ def step_profile(llm, workload: Workload, tpot_ms: float | None) -> dict:
            "gpu_kernel_us_per_step": statistics.fmean(busy)}
     if single:
         step_ms, lens = tpot_ms, [context + workload.output_lens[0] // 2]
-    else:
-        step_ms, lens = unprofiled_step_us(llm, batch, context, "decode", temperature=workload.temperature) / 1e3, \
-            [context] * batch
-        out["note"] = (f"step columns: one decode step of {batch} sequences at context {context} (the workload's "
-                       "means), profiled and timed apart from the run")
+    else:   # the bytes of the step profiled: its sequences' own lengths
+        step_ms = unprofiled_step_us(llm, batch, context, "decode", temperature=workload.temperature) / 1e3
+        lens = decodes[-1].context_lens
+        out["note"] = (f"step columns: one decode step of {len(lens)} sequences at context ~{context} (the "
+                       "workload's means), profiled and timed apart from the run")
     bandwidth = _copy_bandwidth(str(llm.device))
     if step_ms and bandwidth.available:
         floor = decode_step(llm.model_config, lens, torch.finfo(llm.dtype).bits // 8).bytes

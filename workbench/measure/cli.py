@@ -97,9 +97,13 @@ def cmd_bench(args) -> int:
     workloads = {"single": ["single"], "batch": ["batch"], "throughput": [args.workload],
                  "stack": args.workloads.split(",")}[args.what]
     rows = []
-    for name in workloads:
-        load = bench.make_workload(name, vocab, num_seqs=args.num_seqs, new_tokens=args.new_tokens,
-                                   temperature=args.temperature)
+    loads = {name: bench.make_workload(name, vocab, num_seqs=args.num_seqs, new_tokens=args.new_tokens,
+                                       temperature=args.temperature) for name in workloads}
+    greedy = [name for name, load in loads.items() if load.temperature == 0]
+    if args.fused_sampling and greedy:   # before anything runs: the kernel would never be called
+        raise ValueError(f"--fused-sampling samples temperature rows only, and the {', '.join(greedy)} workload "
+                         f"is greedy: add --temperature 0.6 (the nanovllm workload's own)")
+    for name, load in loads.items():
         if load.note:
             print(f"  {name}: {load.note}")
         engine_kwargs = dict(max_num_seqs=max(len(load.prompts), 1), max_num_batched_tokens=args.max_batched_tokens)
@@ -338,17 +342,21 @@ def cmd_measure_breakdown(args) -> int:
                              f"{', '.join(measuring_only)} need(s) a measuring run: drop --from-json")
         found, source = read_breakdowns(args.from_json)
     else:
+        if args.phase == "prefill" and args.steps is not None:   # refused, never ignored
+            raise ValueError("--steps counts decode steps; --phase prefill breaks down the batch's one prefill "
+                             "step: drop --steps")
         ladder = ladder_settings()
         if args.settings:   # a few rungs of the ladder, by label (naive, flash+fused, ...)
             ladder = _chosen(args.settings, {s.label(): s for s in ladder})
         measured = measure_settings(model_dir(args), runnable(ladder, lambda s: s), batch=args.batch,
-                                    decode_steps=args.steps, prompt_len=args.prompt_len, phase=args.phase,
+                                    decode_steps=args.steps or 3, prompt_len=args.prompt_len, phase=args.phase,
                                     trace_dir=args.trace_dir)
         found, source = [b for b, _ in measured], ""
     rows = [b.row() for b in found]
     phase = " / ".join(sorted({b.phase for b in found}))
-    print(f"\nus per {phase} step (parts and step: measured by torch.profiler; floor_us: modelled bytes / "
-          "measured copy bandwidth)" + (f"; {source}" if source else ""))
+    floor = ("; floor_us: modelled bytes / measured copy bandwidth" if "decode" in phase
+             else "; no floor_us: a prefill step's floor is set by FLOPs as well as bytes")
+    print(f"\nus per {phase} step (parts and step: measured by torch.profiler{floor})" + (f"; {source}" if source else ""))
     print(format_table(rows))
     if args.figure:
         import matplotlib
@@ -387,7 +395,8 @@ def add_measure_subcommands(sub, common) -> None:
                                                   "setting, beside its floor")
     common(breakdown)
     breakdown.add_argument("--batch", type=int, default=1)
-    breakdown.add_argument("--steps", type=int, default=3, help="decode steps profiled (their mean is shown)")
+    breakdown.add_argument("--steps", type=int, default=None, help="decode steps profiled (their mean is shown; "
+                                                                   "default 3)")
     breakdown.add_argument("--phase", choices=["decode", "prefill"], default="decode",
                            help="which step to break down: decode (default) or the batch's prefill (time to first token)")
     breakdown.add_argument("--prompt-len", type=int, default=32, help="tokens of each profiled prompt")

@@ -21,11 +21,23 @@ def queue_random_prompts(llm, batch: int, prompt_len: int, params, rng: random.R
         llm.add_request([rng.randrange(llm.model_config.vocab_size) for _ in range(prompt_len)], params)
 
 
+def prefill_steps(llm, batch: int, prompt_len: int) -> int:
+    """How many steps a batch's prompts take to prefill (chunked: max_num_batched_tokens a step),
+    at most. Requests that must still be decoding after it need this many more max_tokens: the
+    scheduler runs the sequences already prefilled alongside the others' chunks."""
+    return -(-batch * prompt_len // llm.config.max_num_batched_tokens) + 1
+
+
 def start_decoding(llm, batch: int, prompt_len: int, params, rng: random.Random) -> None:
     """Queue random prompts and prefill them all (big batches take several steps): the engine's
-    next step is a pure decode step."""
+    next step is a pure decode step of all `batch` sequences (else a RuntimeError says why not)."""
     queue_random_prompts(llm, batch, prompt_len, params, rng)
     llm.prefill_all()
+    decoding = len(llm.scheduler.running)
+    if decoding != batch:
+        raise RuntimeError(f"{decoding} of {batch} sequences are decoding after the prefill (the others finished "
+                           f"or were preempted during it): give the requests more max_tokens (prefill_steps) "
+                           f"or the engine more KV blocks")
 
 
 def engine_launches(llm, *, batch: int = 1, prompt_len: int = 128, decode_steps: int = 8,
@@ -33,7 +45,8 @@ def engine_launches(llm, *, batch: int = 1, prompt_len: int = 128, decode_steps:
     from workbench.engine import SamplingParams
     rng = random.Random(seed)
     # enough tokens that every decode call (warm-up, timed pass, profiled pass) has work
-    params = SamplingParams(temperature=0, max_tokens=3 * decode_steps + 8, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=3 * decode_steps + 8 + prefill_steps(llm, batch, prompt_len),
+                            ignore_eos=True)
 
     def prefill():
         queue_random_prompts(llm, batch, prompt_len, params, rng)
@@ -74,9 +87,9 @@ def unprofiled_step_us(llm, batch: int, prompt_len: int, phase: str, steps: int 
             return statistics.median(one_prefill() for _ in range(steps)) * 1e6
     try:
         with llm.decode_steps_override(1):
-            start_decoding(llm, batch, prompt_len,
-                           SamplingParams(temperature=temperature, max_tokens=steps + 4, ignore_eos=True),
-                           random.Random(1))
+            params = SamplingParams(temperature=temperature, max_tokens=steps + 4 + prefill_steps(llm, batch, prompt_len),
+                                    ignore_eos=True)
+            start_decoding(llm, batch, prompt_len, params, random.Random(1))
             spread = time_runs(llm.step, repeats=steps, warmup=0, sync=device_sync(llm.device))
     finally:
         llm.abort_all()
