@@ -77,7 +77,8 @@ def test_distribution_at_the_full_vocabulary(path):
     softmax(logits / T) in 9 buckets: 8 tokens spread over the chunks, and all the others. The
     specials sit ~e^16 above the rest: the rest is drawn only on noise beyond where float32 steps
     near u = 1 stop it (the fused kernel's first noise form drew it 27 times, softmax expects 100).
-    The eager path is the engine's default: torch's exponential_ on CUDA is the question there."""
+    The eager path is the engine's default: it draws its noise in float64, because torch's float32
+    exponential_ on CUDA has the same cap (engine/sampler.py, _exponential)."""
     special = torch.tensor([0, 1_023, 1_024, 40_000, 77_777, 120_000, 151_000, VOCAB - 1], device="cuda")
     row = torch.zeros(VOCAB, device="cuda")
     row[special] = 10 + torch.tensor([1.5, 0.9, 0.3, 0.0, -0.4, -1.0, -1.6, -2.5], device="cuda")

@@ -11,6 +11,16 @@ import torch
 from .sequence import Sequence
 
 
+def _exponential(shape: tuple, device, generator: torch.Generator) -> torch.Tensor:
+    """Exp(1) draws, made in float64 and returned as float32. A token wins the race on a tiny E,
+    and torch's float32 exponential_ on CUDA cannot give one under ~6e-8 (it takes -log of a
+    uniform near 1, where float32 steps are 2^-24): a token over e^16.6 times less likely than
+    its row's best would almost never be drawn -- the fused sampler's first noise had the same
+    cap and drew a 151,936-token row's long tail 27 times where softmax expects 100 (H200). In
+    float64 the cap is ~e^36.7, and such an E still fits a float32."""
+    return torch.empty(shape, dtype=torch.float64, device=device).exponential_(generator=generator).float()
+
+
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """Set to -inf every logit outside each row's top-k and nucleus (top-p) set."""
     sorted_logits, order = logits.sort(dim=-1, descending=True)
@@ -79,13 +89,13 @@ class Sampler:
         probs = logits.softmax(dim=-1)
         noise = torch.ones_like(probs)
         if rows.shared is not None:   # unseeded rows: one draw from the engine's generator
-            draws = torch.empty(rows.num_shared, probs.shape[-1], device=probs.device)
-            noise.index_copy_(0, rows.shared, draws.exponential_(generator=self.generator))
+            draws = _exponential((rows.num_shared, probs.shape[-1]), probs.device, self.generator)
+            noise.index_copy_(0, rows.shared, draws)
         for row, seq in enumerate(seqs):   # seeded rows: each from its own generator
             if not seq.params.greedy and seq.params.seed is not None:
                 if seq.generator is None:   # a Sequence made outside an engine (tests)
                     seq.generator = self.generator_for(seq.params)
-                noise[row].exponential_(generator=seq.generator)
+                noise[row] = _exponential((probs.shape[-1],), probs.device, seq.generator)
         sampled = (probs / noise).argmax(dim=-1)
         return torch.where(rows.is_greedy, greedy, sampled)
 
