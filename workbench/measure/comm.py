@@ -66,9 +66,9 @@ def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, se
     tp = where["tp_size"]
     label = f"{llm.opts.label()} tp={tp}"
     params = SamplingParams(temperature=0, max_tokens=3 * steps + 4, ignore_eos=True)
-    start_decoding(llm, batch, prompt_len, params, random.Random(seed))
     sync = device_sync(where["device"])
     try:
+        start_decoding(llm, batch, prompt_len, params, random.Random(seed))
         llm.step()   # warm-up decode step
         step_s = loop_seconds(llm.step, steps, sync)
         run = profiled(llm.step, steps, cuda=where["device"].type == "cuda", sync=sync)

@@ -6,6 +6,7 @@ decode step should cost the CPU a handful of launches while the GPU still runs e
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 import time
@@ -15,16 +16,19 @@ from .timing import device_sync, time_runs
 
 
 def queue_random_prompts(llm, batch: int, prompt_len: int, params, rng: random.Random) -> None:
-    """Drop whatever the engine holds, then queue `batch` random prompts of `prompt_len` tokens."""
+    """Drop whatever the engine holds, then queue `batch` random prompts of `prompt_len` tokens.
+    params.max_tokens counts the tokens a request must still have once its batch is prefilled:
+    each gets prefill_steps more, since the scheduler decodes the sequences prefilled first
+    alongside the others' chunks (else a big batch drains while it is being prefilled)."""
     llm.abort_all()
+    params = dataclasses.replace(params, max_tokens=params.max_tokens + prefill_steps(llm, batch, prompt_len))
     for _ in range(batch):
         llm.add_request([rng.randrange(llm.model_config.vocab_size) for _ in range(prompt_len)], params)
 
 
 def prefill_steps(llm, batch: int, prompt_len: int) -> int:
     """How many steps a batch's prompts take to prefill (chunked: max_num_batched_tokens a step),
-    at most. Requests that must still be decoding after it need this many more max_tokens: the
-    scheduler runs the sequences already prefilled alongside the others' chunks."""
+    at most."""
     return -(-batch * prompt_len // llm.config.max_num_batched_tokens) + 1
 
 
@@ -36,8 +40,8 @@ def start_decoding(llm, batch: int, prompt_len: int, params, rng: random.Random)
     decoding = len(llm.scheduler.running)
     if decoding != batch:
         raise RuntimeError(f"{decoding} of {batch} sequences are decoding after the prefill (the others finished "
-                           f"or were preempted during it): give the requests more max_tokens (prefill_steps) "
-                           f"or the engine more KV blocks")
+                           f"or were preempted during it): give the requests more max_tokens or the engine more "
+                           f"KV blocks")
 
 
 def engine_launches(llm, *, batch: int = 1, prompt_len: int = 128, decode_steps: int = 8,
@@ -45,8 +49,7 @@ def engine_launches(llm, *, batch: int = 1, prompt_len: int = 128, decode_steps:
     from workbench.engine import SamplingParams
     rng = random.Random(seed)
     # enough tokens that every decode call (warm-up, timed pass, profiled pass) has work
-    params = SamplingParams(temperature=0, max_tokens=3 * decode_steps + 8 + prefill_steps(llm, batch, prompt_len),
-                            ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=3 * decode_steps + 8, ignore_eos=True)
 
     def prefill():
         queue_random_prompts(llm, batch, prompt_len, params, rng)
@@ -87,9 +90,9 @@ def unprofiled_step_us(llm, batch: int, prompt_len: int, phase: str, steps: int 
             return statistics.median(one_prefill() for _ in range(steps)) * 1e6
     try:
         with llm.decode_steps_override(1):
-            params = SamplingParams(temperature=temperature, max_tokens=steps + 4 + prefill_steps(llm, batch, prompt_len),
-                                    ignore_eos=True)
-            start_decoding(llm, batch, prompt_len, params, random.Random(1))
+            start_decoding(llm, batch, prompt_len,
+                           SamplingParams(temperature=temperature, max_tokens=steps + 4, ignore_eos=True),
+                           random.Random(1))
             spread = time_runs(llm.step, repeats=steps, warmup=0, sync=device_sync(llm.device))
     finally:
         llm.abort_all()

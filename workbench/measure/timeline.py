@@ -191,10 +191,9 @@ def profile_engine_steps(llm, *, batch: int = 1, prompt_len: int = 32, decode_st
 
     from workbench.engine import SamplingParams
 
-    from .steps import prefill_steps, queue_random_prompts, start_decoding
+    from .steps import queue_random_prompts, start_decoding
     rng = random.Random(seed)
-    params = SamplingParams(temperature=temperature, max_tokens=decode_steps + 4 + prefill_steps(llm, batch, prompt_len),
-                            ignore_eos=True)
+    params = SamplingParams(temperature=temperature, max_tokens=decode_steps + 4, ignore_eos=True)
     on_gpu = str(llm.device).startswith("cuda")
     sync = device_sync(llm.device)
     try:
