@@ -23,6 +23,9 @@ matters is what it can do before its wait and whether the next one finds room to
                       kernels/sample.py) instead of ~10 eager kernels; only differs from current
                       when sampling: run with --temperature 0.6, e.g.
                       --variants current,fused-sampling --temperature 0.6
+  prefill-graphs      the prompt's prefill step replayed from a CUDA graph padded to a token-count
+                      bucket (EngineConfig.prefill_graphs, optimizations/prefill_graphs.py): the
+                      time to the first token, not the decode step (compare ttft_ms and tok/s)
 
 (Configs compiled for sm_90a first by scripts/gemv_ptx_audit.py: docs/perf-notes.md, session 8.)
 Each variant runs in its own process (torch.compile and the graph capture bake them in), in the
@@ -49,7 +52,8 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
     "dattn-no-prefetch": ("decode_attention", "paged_decode_attention", {"prefetch_kv": False}),
     "rope-inputs-late": ("qk_norm_rope_store", "qk_norm_rope_store", {"inputs_early": False}),
 }
-ENGINE = {"graph-rounds": {"graph_rounds": True}, "fused-sampling": {"fused_sampling": True}}   # EngineConfig fields
+ENGINE = {"graph-rounds": {"graph_rounds": True}, "fused-sampling": {"fused_sampling": True},
+          "prefill-graphs": {"prefill_graphs": True}}   # EngineConfig fields
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE]
 
 
@@ -115,7 +119,7 @@ def main() -> int:
             row = json.loads(found[0])
             rows.append(row)
             print(f"round {round_ + 1} {name:<18} {row['tok_s']:8,.0f} tok/s  GPU {_us(row)} a step  "
-                  f"{row['kernels_per_step'] or '-'} kernels", flush=True)
+                  f"{row['kernels_per_step'] or '-'} kernels  TTFT {row['ttft_ms']:6.1f} ms", flush=True)
             command = "python scripts/ab_decode_candidates.py " + " ".join(sys.argv[1:])
             Path(args.json).write_text(json.dumps(stamp(rows, command), indent=1, default=str))
     print(f"\nmedians over {args.rounds} rounds (measured on {rows[0]['gpu'] if rows else '-'}):")
@@ -124,7 +128,8 @@ def main() -> int:
         if mine:
             gpu = [r["gpu_kernel_us_per_step"] for r in mine if r["gpu_kernel_us_per_step"] is not None]
             print(f"  {name:<18} {statistics.median(r['tok_s'] for r in mine):8,.0f} tok/s  "
-                  f"GPU {f'{statistics.median(gpu):7,.1f} us' if gpu else 'unavailable (no CUDA)'} a step")
+                  f"GPU {f'{statistics.median(gpu):7,.1f} us' if gpu else 'unavailable (no CUDA)'} a step  "
+                  f"TTFT {statistics.median(r['ttft_ms'] for r in mine):6.1f} ms")
     return 0
 
 

@@ -41,6 +41,9 @@ class EngineConfig:
                                          # decoding (workbench/optimizations/multi_step.py)
     graph_rounds: bool = False           # a greedy round of decode_steps steps as ONE graph replay
                                          # (needs cuda_graphs and decode_steps > 1; multi_step.py)
+    prefill_graphs: bool = False         # a candidate: one sequence's prefill step replayed from a CUDA
+                                         # graph per token-count bucket (needs cuda_graphs;
+                                         # optimizations/prefill_graphs.py): the time to the first token
     fused_sampling: bool = False         # a candidate: temperature rows without top-k/top-p sampled by
                                          # one Triton kernel pair (kernels/sample.py; a CUDA GPU, or
                                          # TRITON_INTERPRET=1 on a CPU); its own random stream

@@ -84,6 +84,10 @@ class LLM(MeasurementMethods):
             why = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
             raise ValueError(f"graph_rounds=True records a round in a CUDA graph, but cuda_graphs is off{why}: "
                              "turn cuda_graphs on (a CUDA GPU), or graph_rounds=False")
+        if self.config.prefill_graphs and not self.opts.cuda_graphs:
+            why = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
+            raise ValueError(f"prefill_graphs=True records prefill steps in CUDA graphs, but cuda_graphs is off{why}: "
+                             "turn cuda_graphs on (a CUDA GPU), or prefill_graphs=False")
         if self.config.fused_sampling and (why := _why_no_fused_sampling(self.device, self.overrides)):
             raise ValueError(f"fused_sampling=True: {why}")
         self._decode_steps = self.config.decode_steps   # (a measurement may hold it at 1: decode_steps_override)

@@ -2,7 +2,8 @@
 
 One step: pack the scheduled sequences' new tokens on the host (step_inputs.py), run the model --
 eager or compiled, computing logits only for the rows that will sample; or, when the step is a
-pure decode, replay a CUDA graph that records the whole step up to the logits -- and sample.
+pure decode, replay a CUDA graph that records the whole step up to the logits (with
+prefill_graphs, one sequence's prefill step too) -- and sample.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from workbench.optimizations import attention, decode_attention, decode_gemv, fu
 from workbench.optimizations import compile as torch_compile
 from workbench.optimizations.board import Optimizations
 from workbench.optimizations.cuda_graphs import DecodeGraphs
+from workbench.optimizations.prefill_graphs import PrefillGraphs, prefill_buckets
 
 from .sampler import Sampler
 from .sequence import Sequence
@@ -76,6 +78,12 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self.forward_logits, max_num_seqs=cfg.max_num_seqs,
                                        max_blocks_per_seq=self.max_blocks_per_seq,
                                        max_model_len=self.max_model_len, device=self.device)
+        self.prefill_graphs = None
+        if cfg.prefill_graphs:   # (LLM refuses it without cuda_graphs)
+            self.prefill_graphs = PrefillGraphs(
+                self.forward, self.model.compute_logits, device=self.device, max_model_len=self.max_model_len,
+                buckets=prefill_buckets(cfg.max_num_batched_tokens, self.max_model_len),
+                max_blocks_per_seq=self.max_blocks_per_seq)
         self.warm_up()
 
     # KV cache sizing ---------------------------------------------------------------------------
@@ -150,6 +158,7 @@ class ModelRunner:
         self._own_launch_flags()   # before graph capture: the graphs record the PDL edges
         stages = int(self.opts.compile) + (len(self.graphs.buckets) * (1 + self.cfg.graph_rounds)
                                            if self.graphs is not None else 0)
+        stages += len(self.prefill_graphs.buckets) if self.prefill_graphs is not None else 0
         shown = self.cfg.warmup_progress and stages > 0 and self.rank == 0
         with tqdm(total=stages, desc="warm-up", unit="stage", disable=not shown, leave=False) as bar:
             if self.opts.compile:
@@ -169,6 +178,10 @@ class ModelRunner:
                     bar.set_postfix_str(f"capturing a round of {self.cfg.decode_steps} greedy steps per batch size")
                     self.graphs.capture_rounds(self.cfg.decode_steps, self.block_size, on_captured=bar.update)
                 self.timings["graph_capture_s"] = self.graphs.capture_seconds
+            if self.prefill_graphs is not None:
+                bar.set_postfix_str("capturing a one-sequence prefill graph per token count")
+                self.prefill_graphs.capture(pool=self.graphs._pool, on_captured=bar.update)
+                self.timings["prefill_graph_capture_s"] = self.prefill_graphs.capture_seconds
 
     # One step ----------------------------------------------------------------------------------
     def prepare(self, scheduled: list[tuple[Sequence, int]]) -> HostStep:
@@ -196,6 +209,8 @@ class ModelRunner:
             logits = self.graphs.run(step)
             if len(samples) < len(scheduled):   # a 1-token prompt chunk that does not sample
                 logits = logits[samples]
+        elif self.prefill_graphs is not None and self.prefill_graphs.can_run(step):
+            logits = self.prefill_graphs.run(step)   # the prompt's last token (used if it samples)
         else:
             with self._guard("step"):
                 input_ids, positions, meta = self._step_inputs(step)

@@ -16,7 +16,8 @@ Graphs replay fixed shapes and fixed addresses, so:
   the padding rows pointed at no cache slot (slot -1) and given a 1-token context;
 - the attention metadata uses the full block-table width and max_model_len as its bounds.
 The graph records the LM head too: a decode step samples from every row, so the whole step up to
-the logits is one replay. Prefill stays eager: its shapes change every step.
+the logits is one replay. Prefill stays eager: its shapes change every step
+(prefill_graphs.py, a candidate, pads one sequence's prefill to a few fixed sizes).
 """
 from __future__ import annotations
 
