@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs breakdown-batch breakdown-prefill prefill-host rounds-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs breakdown-batch breakdown-prefill prefill-host rounds-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -86,6 +86,7 @@ do_step() {
     gemv-bench) run gemv-bench $W bench single $P --settings all_on_cublas,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/gemv-single.json" ;;
     # fused_decode (norm and SiLU folded into the GEMV), session 6: kernel + engine tests, then
     # cuBLAS / the decode GEMV unfolded / folded, one row each at 1 and 8 decode steps a round
+    prefill-tests) run prefill-tests $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -k prefill_graphs -p no:cacheprovider ;;
     fdec-tests) run fused-decode-tests $PY -m pytest -q -s tests/gpu/test_fused_decode_gpu.py -p no:cacheprovider ;;
     fused-decode) run fused-decode-tests $PY -m pytest -q -s tests/gpu/test_fused_decode_gpu.py -p no:cacheprovider
                 run fused-decode-single $W bench single $P --settings all_on_cublas,all_on-fused_decode,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/fused-decode-single.json" ;;
