@@ -180,7 +180,7 @@ class ModelRunner:
                 self.timings["graph_capture_s"] = self.graphs.capture_seconds
             if self.prefill_graphs is not None:
                 bar.set_postfix_str("capturing a one-sequence prefill graph per token count")
-                self.prefill_graphs.capture(pool=self.graphs._pool, on_captured=bar.update)
+                self.prefill_graphs.capture(pool=self.graphs.pool, on_captured=bar.update)
                 self.timings["prefill_graph_capture_s"] = self.prefill_graphs.capture_seconds
 
     # One step ----------------------------------------------------------------------------------

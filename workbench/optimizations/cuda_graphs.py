@@ -137,6 +137,12 @@ class DecodeGraphs:
         self.round_steps = steps
         self.capture_seconds += time.perf_counter() - start
 
+    @property
+    def pool(self):
+        """The memory pool the graphs share (None before capture): other graphs that never replay
+        at the same time as these can share it too (prefill_graphs.py)."""
+        return self._pool
+
     def can_run(self, step: HostStep) -> bool:
         return step.is_decode and step.num_seqs <= self.buckets[-1]
 
