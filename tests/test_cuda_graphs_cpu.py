@@ -68,3 +68,9 @@ def test_prefill_graphs_without_cuda_graphs_is_refused(tiny_ckpt):
     from workbench import LLM, Optimizations
     with pytest.raises(ValueError, match="prefill_graphs=True .* cuda_graphs is off"):
         LLM(tiny_ckpt, opts=Optimizations(), prefill_graphs=True)
+
+
+def test_prefill_graphs_with_no_bucket_that_fits_is_refused(tiny_ckpt):
+    from workbench import LLM
+    with pytest.raises(ValueError, match="max_num_batched_tokens=8"):
+        LLM(tiny_ckpt, prefill_graphs=True, max_num_batched_tokens=8)

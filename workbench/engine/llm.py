@@ -23,6 +23,7 @@ from workbench.config import EngineConfig
 from workbench.model import ModelConfig
 from workbench.optimizations import multi_step
 from workbench.optimizations.board import Optimizations
+from workbench.optimizations.prefill_graphs import BUCKETS, prefill_buckets
 from workbench.parallel.tensor_parallel import check_tensor_parallel
 
 from .block_manager import BlockManager, block_hash
@@ -84,16 +85,20 @@ class LLM(MeasurementMethods):
             why = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
             raise ValueError(f"graph_rounds=True records a round in a CUDA graph, but cuda_graphs is off{why}: "
                              "turn cuda_graphs on (a CUDA GPU), or graph_rounds=False")
-        if self.config.prefill_graphs and not self.opts.cuda_graphs:
-            why = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
-            raise ValueError(f"prefill_graphs=True records prefill steps in CUDA graphs, but cuda_graphs is off{why}: "
-                             "turn cuda_graphs on (a CUDA GPU), or prefill_graphs=False")
         if self.config.fused_sampling and (why := _why_no_fused_sampling(self.device, self.overrides)):
             raise ValueError(f"fused_sampling=True: {why}")
         self._decode_steps = self.config.decode_steps   # (a measurement may hold it at 1: decode_steps_override)
         self.max_model_len = self.config.max_model_len
         if self.max_model_len is None:
             self.max_model_len = min(self.model_config.max_position_embeddings, 4096)
+        if self.config.prefill_graphs and not prefill_buckets(self.config.max_num_batched_tokens, self.max_model_len):
+            raise ValueError(f"prefill_graphs=True pads a prefill step to {BUCKETS[0]}+ tokens, more than a step or a "
+                             f"sequence may hold here (max_num_batched_tokens={self.config.max_num_batched_tokens}, "
+                             f"max_model_len={self.max_model_len}): raise them, or prefill_graphs=False")
+        if self.config.prefill_graphs and not self.opts.cuda_graphs:
+            why = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
+            raise ValueError(f"prefill_graphs=True records prefill steps in CUDA graphs, but cuda_graphs is off{why}: "
+                             "turn cuda_graphs on (a CUDA GPU), or prefill_graphs=False")
         if self.max_model_len > self.model_config.max_position_embeddings:
             raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "
                              f"max_position_embeddings={self.model_config.max_position_embeddings}")
