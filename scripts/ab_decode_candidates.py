@@ -23,8 +23,6 @@ matters is what it can do before its wait and whether the next one finds room to
                       kernels/sample.py) instead of ~10 eager kernels; only differs from current
                       when sampling: run with --temperature 0.6, e.g.
                       --variants current,fused-sampling --temperature 0.6
-  pdl-early           every decode kernel lets the next be scheduled BEFORE it waits (kernels/pdl.py,
-                      EARLY_TRIGGER): several kernels' weight loads run ahead of the chain at once
   prefill-graphs      the prompt's prefill step replayed from a CUDA graph padded to a token-count
                       bucket (EngineConfig.prefill_graphs, optimizations/prefill_graphs.py): the
                       time to the first token, not the decode step (compare ttft_ms and tok/s)
@@ -56,8 +54,7 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
 }
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "fused-sampling": {"fused_sampling": True},
           "prefill-graphs": {"prefill_graphs": True}}   # EngineConfig fields
-TRIGGER = ["pdl-early"]   # kernels/pdl.py EARLY_TRIGGER: each kernel lets its dependent start before it waits
-VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *TRIGGER]
+VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature: float) -> None:
@@ -75,9 +72,6 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         name, wrapper, kwargs = KERNEL_ARGS[variant]
         module = importlib.import_module(f"workbench.kernels.{name}")
         setattr(module, wrapper, functools.partial(getattr(module, wrapper), **kwargs))
-    if variant in TRIGGER:
-        from workbench.kernels import pdl
-        pdl.set_early_trigger(True)
     path = random_checkpoint(preset, workdir)
     load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens,
                                temperature=temperature)

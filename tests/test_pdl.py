@@ -138,10 +138,7 @@ def _launch_every_wrapper():
 
 @needs_triton
 @pytest.mark.parametrize("on", [True, False])
-@pytest.mark.parametrize("early", [False, True], ids=["trigger-after-wait", "early-trigger"])
-def test_the_flag_reaches_every_decode_kernel(flag, monkeypatch, on, early):
-    from workbench.kernels import pdl
-    monkeypatch.setattr(pdl, "EARLY_TRIGGER", early)   # the candidate: USE_PDL = 2 (kernels/pdl.py)
+def test_the_flag_reaches_every_decode_kernel(flag, monkeypatch, on):
     kernels = _decode_kernels()
     assert len(kernels) == 10, sorted(kernels)   # a new kernel: add it to _launch_every_wrapper
     launches = {}
@@ -161,9 +158,7 @@ def test_the_flag_reaches_every_decode_kernel(flag, monkeypatch, on, early):
     assert set(launches) == set(kernels), f"not launched: {set(kernels) - set(launches)}"
     for name, calls in launches.items():
         for kwargs in calls:
-            want = (2 if early else True) if on else False
-            got = kwargs["USE_PDL"]
-            assert (got, type(got)) == (want, type(want)), (name, got)   # True and 2 are different forms
+            assert kwargs["USE_PDL"] is on, name
             assert kwargs.get("launch_pdl", False) is on, name   # the attribute only with the wait
 
 
@@ -268,11 +263,9 @@ def test_every_pdl_kernel_waits_before_it_returns_and_triggers_only_after_waitin
     """What lets a kernel read, before its wait, data written two or more kernels before it
     (decode attention's lengths and first K/V tile, qk_norm_rope_store's inputs_early): every
     kernel of ours schedules its dependent only after its own wait. So gdc_launch_dependents may
-    appear only inside pdl_wait, after gdc_wait -- except in the candidate early-trigger form,
-    USE_PDL == 2, whose correctness rests instead on those early reads being of data no kernel
-    of the step writes (kernels/pdl.py) -- and every kernel that takes USE_PDL calls pdl_wait on
-    every path, before any return (a kernel that returned first would let its dependent start
-    while the kernel before it still ran). Read from the kernels' source."""
+    appear only inside pdl_wait, after gdc_wait, and every kernel that takes USE_PDL calls
+    pdl_wait on every path, before any return (a kernel that returned first would let its
+    dependent start while the kernel before it still ran). Read from the kernels' source."""
     import ast
     from pathlib import Path
 
@@ -288,10 +281,7 @@ def test_every_pdl_kernel_waits_before_it_returns_and_triggers_only_after_waitin
             where = f"{path.name}:{node.name}"
             if "gdc_launch_dependents" in names:
                 assert (path.name, node.name) == ("pdl.py", "pdl_wait"), f"{where} triggers its dependent itself"
-                early, default = node.body[-1], node.body[-1].orelse[0]   # if USE_PDL == 2: ... elif USE_PDL: ...
-                assert ast.unparse(early.test) == "USE_PDL == 2" and ast.unparse(default.test) == "USE_PDL", where
-                calls = [n.func.attr for n in ast.walk(default) if isinstance(n, ast.Call)
-                         and isinstance(n.func, ast.Attribute)]
+                calls = [n.func.attr for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
                 assert calls.index("gdc_wait") < calls.index("gdc_launch_dependents"), "pdl_wait triggers before waiting"
             is_kernel = any("jit" in ast.unparse(d) for d in node.decorator_list)
             if not is_kernel or "USE_PDL" not in [a.arg for a in node.args.args] or node.name == "pdl_wait":

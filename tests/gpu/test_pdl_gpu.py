@@ -20,16 +20,6 @@ HIDDEN, QKV, GATE_UP, INTER, VOCAB = 1024, 4096, 6144, 3072, 151936   # Qwen3-0.
 HEADS, KV_HEADS, HEAD_DIM, BLOCK, CONTEXT = 16, 8, 128, 128, 300
 
 
-@pytest.fixture(params=[False, True], ids=["trigger-after-wait", "early-trigger"])
-def trigger(request):
-    """Both forms of PDL's trigger (kernels/pdl.py: EARLY_TRIGGER, a candidate, lets a kernel's
-    dependent be scheduled before it waits): each must compute what PDL off computes."""
-    from workbench.kernels import pdl
-    pdl.set_early_trigger(request.param)
-    yield request.param
-    pdl.set_early_trigger(False)
-
-
 def _both(fn):
     """(fn() with PDL off, fn() with PDL on): each a list of tensors, cloned."""
     from workbench.kernels import pdl
@@ -94,7 +84,7 @@ def test_the_switch_can_run_here():
     assert Optimizations(pdl=True).why_not("cuda") == {}
 
 
-def test_a_decode_step_of_kernels_pdl_equals_off(trigger):
+def test_a_decode_step_of_kernels_pdl_equals_off():
     """Every kernel of all_on's decode step, chained as the step chains them, eagerly: PDL on
     changes when a kernel starts, never what it computes."""
     _, step = _decode_layers()
@@ -104,7 +94,7 @@ def test_a_decode_step_of_kernels_pdl_equals_off(trigger):
 
 
 @pytest.mark.parametrize("T", [1, 4])
-def test_the_unfused_kernels_pdl_equal_off(T, trigger):
+def test_the_unfused_kernels_pdl_equal_off(T):
     """fused_kernels' forms (the decode path when fused_decode is off; the final norm always)."""
     from workbench.kernels import triton_ops as ops
     dev, dt = "cuda", torch.bfloat16
@@ -125,7 +115,7 @@ def test_the_unfused_kernels_pdl_equal_off(T, trigger):
         assert torch.equal(a, b), f"output {i} differs with PDL on"
 
 
-def test_captured_step_with_pdl_equals_eager(trigger):
+def test_captured_step_with_pdl_equals_eager():
     """The step captured with PDL on (stream capture records the programmatic edges) and replayed
     on fresh inputs equals the eager step with PDL off, bit for bit."""
     from workbench.kernels import pdl
@@ -174,7 +164,7 @@ def test_compiled_custom_ops_with_pdl_equal_eager():
 
 
 @pytest.mark.parametrize("max_num_seqs,prompts", [(1, 4), (16, 16)])   # M = 1 and M up to 16 (tl.dot)
-def test_engine_parity_with_pdl(tmp_path_factory, max_num_seqs, prompts, trigger):
+def test_engine_parity_with_pdl(tmp_path_factory, max_num_seqs, prompts):
     from kernel_cases import assert_engine_parity
 
     from workbench import Optimizations

@@ -315,7 +315,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         LAST_MERGES=last, DOT_FP32=_INTERPRET or q.dtype == torch.float32,
         BLOCK_H=max(MIN_GROUP_ROWS, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_S=triton.next_power_of_2(splits) if last else 1,   # 1: no recompile per S when unused
-        num_warps=4, num_stages=2, **launch, PREFETCH_KV=bool(prefetch_kv and launch["USE_PDL"]))
+        num_warps=4, num_stages=2, **launch, PREFETCH_KV=prefetch_kv and launch["USE_PDL"])
     if splits > 1 and not last:
         _attention_merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads,
                                           HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits),

@@ -20,17 +20,6 @@ its first read of A's output and before any store, so PDL on is as correct as PD
 runs before or after it (a torch op or cuBLAS kernel in between is launched normally: plain
 stream order, and it never lets its dependent start early).
 
-A candidate, EARLY_TRIGGER (off; `set_early_trigger`): each kernel calls gdc_launch_dependents
-BEFORE its wait, so B may start while A still waits on the kernel before it, and a third kernel
-while B waits: several kernels' weight loads run ahead of the chain at once (a GEMV's one-tile
-form holds its whole weight in registers: a layer's four GEMVs are ~31 MB, the register files
-~34 MB). Still correct when a kernel reads before its wait only what no kernel of the step writes
-(weights, the step's inputs, K/V cached by earlier steps) -- true of every kernel here -- because
-after B's wait A has finished, and A finished only after its own wait: every kernel before B
-has finished and its writes are visible. No deadlock: B is launched only once every program of A
-has started (the trigger counts programs), so waiting programs never hold the SMs an earlier
-kernel still needs.
-
 How the flag reaches the kernels: one process-wide setting, `ENABLED`, which the switch's install()
 sets (workbench/optimizations/pdl.py); each engine's runner calls it with its own switch before
 each of its steps and its graph capture, so two engines in one process each launch as they say. Every decode kernel's launch wrapper
@@ -48,7 +37,6 @@ import triton
 import triton.language as tl
 
 ENABLED = False   # the pdl switch (set by workbench/optimizations/pdl.py's install)
-EARLY_TRIGGER = False   # a candidate: gdc_launch_dependents before the wait (see the docstring)
 
 
 def set_enabled(on: bool) -> None:
@@ -68,28 +56,19 @@ def launching(on: bool):
         ENABLED = before
 
 
-def set_early_trigger(on: bool) -> None:
-    global EARLY_TRIGGER
-    EARLY_TRIGGER = bool(on)
-
-
 def launch_options() -> dict:
     """The keyword arguments a decode kernel's launch adds: its USE_PDL constexpr and, when on,
     the launch attribute. The two always go together: a kernel launched with the attribute must
     wait (USE_PDL) before reading what the kernel before it wrote."""
     if ENABLED and not torch.compiler.is_compiling():
-        return {"USE_PDL": 2 if EARLY_TRIGGER else True, "launch_pdl": True}   # 2: the early trigger
+        return {"USE_PDL": True, "launch_pdl": True}
     return {"USE_PDL": False}
 
 
 @triton.jit
 def pdl_wait(USE_PDL: tl.constexpr):
     """Wait for the kernel before to finish (its writes visible), then let the next one be
-    scheduled (USE_PDL == 2, EARLY_TRIGGER: let it be scheduled first, then wait). Call before the
-    first read of anything a kernel writes, and before any store."""
-    if USE_PDL == 2:
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
-    elif USE_PDL:
+    scheduled. Call before the first read of anything a kernel writes, and before any store."""
+    if USE_PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()

@@ -106,5 +106,5 @@ def qk_norm_rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positi
             q_norm.eps if norm else 0.0, k_norm.eps if norm else 0.0,
             N_K=n_k, HALF=dim // 2, BLOCK_HQ=triton.next_power_of_2(n_q), BLOCK_HK=triton.next_power_of_2(n_k),
             BLOCK_D=triton.next_power_of_2(dim // 2), BLOCK_ROW=triton.next_power_of_2(n_k * dim), NORM=norm,
-            **launch, INPUTS_EARLY=bool(inputs_early and launch["USE_PDL"]))
+            **launch, INPUTS_EARLY=inputs_early and launch["USE_PDL"])
     return q_out
