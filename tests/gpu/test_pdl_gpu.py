@@ -20,11 +20,21 @@ HIDDEN, QKV, GATE_UP, INTER, VOCAB = 1024, 4096, 6144, 3072, 151936   # Qwen3-0.
 HEADS, KV_HEADS, HEAD_DIM, BLOCK, CONTEXT = 16, 8, 128, 128, 300
 
 
-def _both(fn):
-    """(fn() with PDL off, fn() with PDL on): each a list of tensors, cloned."""
+def _both(fn, inputs):
+    """(fn() with PDL off, fn() with PDL on): each a list of tensors, cloned. Between the two, fn
+    runs once more (PDL off) on the `inputs` negated, so every buffer the caching allocator hands
+    the PDL-on run, and the cache's newest slot, holds other values than the ones that run must
+    produce: a kernel that read what the kernel before it writes before its wait would read those
+    and differ (without it the off run leaves the very same values there: the race could not show)."""
     from workbench.kernels import pdl
     outs = []
     for on in (False, True):
+        if on:
+            for t in inputs:
+                t.neg_()
+            fn()
+            for t in inputs:
+                t.neg_()
         pdl.set_enabled(on)
         try:
             outs.append([t.clone() for t in fn()])
@@ -87,8 +97,8 @@ def test_the_switch_can_run_here():
 def test_a_decode_step_of_kernels_pdl_equals_off():
     """Every kernel of all_on's decode step, chained as the step chains them, eagerly: PDL on
     changes when a kernel starts, never what it computes."""
-    _, step = _decode_layers()
-    off, on = _both(step)
+    state, step = _decode_layers()
+    off, on = _both(step, [state["h"]])
     for i, (a, b) in enumerate(zip(off, on)):
         assert torch.equal(a, b), f"output {i} differs with PDL on"
 
@@ -110,7 +120,7 @@ def test_the_unfused_kernels_pdl_equal_off(T):
         return [*ops.fused_add_rms_norm(x, r, nw, 1e-6), ops.rms_norm(x, nw, 1e-6), ops.silu_and_mul(gu),
                 *ops.apply_rope(q, k, pos, cos_sin), *ops.qk_norm_rope(q, k, pos, cos_sin, hw, hw, 1e-6, 1e-6), cache]
 
-    off, on = _both(run)
+    off, on = _both(run, [x, r, gu, q, k])
     for i, (a, b) in enumerate(zip(off, on)):
         assert torch.equal(a, b), f"output {i} differs with PDL on"
 

@@ -301,7 +301,7 @@ class ModelRunner:
         return tokens
 
     def close(self) -> None:
-        self.graphs = None
+        self.graphs = self.prefill_graphs = None   # each holds the model (its forward) and the graphs' pool
         self.forward = None
         self.model = None
         self.kv_cache = None
