@@ -19,13 +19,13 @@ matters is what it can do before its wait and whether the next one finds room to
                       672 -> 653 us a step: kernels/qk_norm_rope_store.py)
   graph-rounds        a greedy round of 8 decode steps as one graph replay (EngineConfig.graph_rounds,
                       optimizations/multi_step.py)
-  fused-sampling      temperature rows sampled by one Triton kernel pair (EngineConfig.fused_sampling,
-                      kernels/sample.py) instead of ~10 eager kernels; only differs from current
-                      when sampling: run with --temperature 0.6, e.g.
-                      --variants current,fused-sampling --temperature 0.6
-  prefill-graphs      the prompt's prefill step replayed from a CUDA graph padded to a token-count
-                      bucket (EngineConfig.prefill_graphs, optimizations/prefill_graphs.py): the
-                      time to the first token, not the decode step (compare ttft_ms and tok/s)
+  eager-sampling      temperature rows sampled by ~10 eager torch ops, the fused sampler's twin
+                      (EngineConfig.fused_sampling=False; the fused kernel pair is the default on a
+                      GPU since session 11: 1.09x at T = 0.6); differs from current only when
+                      sampling: --variants current,eager-sampling --temperature 0.6
+  eager-prefill       the prompt's prefill step run eagerly, the prefill graphs' twin
+                      (EngineConfig.prefill_graphs=False; graphs are the default since session 11:
+                      time to the first token 37.6 -> 1.9 ms); compare ttft_ms and tok/s
 
 (Configs compiled for sm_90a first by scripts/gemv_ptx_audit.py: docs/perf-notes.md, session 8.)
 Each variant runs in its own process (torch.compile and the graph capture bake them in), in the
@@ -52,8 +52,8 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
     "dattn-no-prefetch": ("decode_attention", "paged_decode_attention", {"prefetch_kv": False}),
     "rope-inputs-late": ("qk_norm_rope_store", "qk_norm_rope_store", {"inputs_early": False}),
 }
-ENGINE = {"graph-rounds": {"graph_rounds": True}, "fused-sampling": {"fused_sampling": True},
-          "prefill-graphs": {"prefill_graphs": True}}   # EngineConfig fields
+ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_sampling": False},
+          "eager-prefill": {"prefill_graphs": False}}   # EngineConfig fields
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE]
 
 

@@ -135,17 +135,19 @@ def test_step_columns_profile_the_rows_own_temperature(monkeypatch, tiny_ckpt):
     assert asked == [0.6, 0.0], asked
 
 
-def test_bench_fused_sampling_reaches_the_engine(capsys, monkeypatch, tiny_ckpt):
-    """--fused-sampling is passed to the engine (EngineConfig.fused_sampling), which refuses it on
-    a CPU without Triton's interpreter: a clear error before anything runs, not a silent eager row."""
+def test_bench_sampler_choice_reaches_the_engine(capsys, monkeypatch, tiny_ckpt):
+    """--sampler fused is passed to the engine (EngineConfig.fused_sampling=True), which refuses it
+    on a CPU without Triton's interpreter: a clear error before anything runs, not a silent eager
+    row; --sampler eager runs there."""
     from workbench.__main__ import main
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert main(["bench", "single", "--model", str(tiny_ckpt), "--settings", "all_off", "--new-tokens", "4",
-                 "--repeats", "1", "--temperature", "0.6", "--fused-sampling"]) == 2
+    args = ["bench", "single", "--model", str(tiny_ckpt), "--settings", "all_off", "--new-tokens", "4", "--repeats", "1"]
+    assert main([*args, "--temperature", "0.6", "--sampler", "fused"]) == 2
     assert "fused_sampling=True: its Triton kernel needs a CUDA GPU" in capsys.readouterr().err
-    # on a greedy workload the kernel would never run: refused before anything is built
-    assert main(["bench", "single", "--model", str(tiny_ckpt), "--settings", "all_off", "--new-tokens", "4",
-                 "--repeats", "1", "--fused-sampling"]) == 2
+    assert main([*args, "--temperature", "0.6", "--sampler", "eager"]) == 0
+    assert "eager sampler" in capsys.readouterr().out
+    # on a greedy workload the choice would never be used: refused before anything is built
+    assert main([*args, "--sampler", "eager"]) == 2
     assert "the single workload is greedy: add --temperature 0.6" in capsys.readouterr().err
 
 

@@ -74,3 +74,11 @@ def test_prefill_graphs_with_no_bucket_that_fits_is_refused(tiny_ckpt):
     from workbench import LLM
     with pytest.raises(ValueError, match="max_num_batched_tokens=8"):
         LLM(tiny_ckpt, prefill_graphs=True, max_num_batched_tokens=8)
+
+
+def test_the_defaults_resolve_to_what_runs_here(tiny_ckpt):
+    """prefill_graphs and fused_sampling default to None, "on where it runs": on a CPU (no graphs,
+    no GPU for the sampler's kernel) both resolve to off, not to an error."""
+    from workbench import LLM
+    with LLM(tiny_ckpt) as llm:
+        assert llm.config.prefill_graphs is False and llm.config.fused_sampling is False

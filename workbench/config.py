@@ -41,12 +41,14 @@ class EngineConfig:
                                          # decoding (workbench/optimizations/multi_step.py)
     graph_rounds: bool = False           # a greedy round of decode_steps steps as ONE graph replay
                                          # (needs cuda_graphs and decode_steps > 1; multi_step.py)
-    prefill_graphs: bool = False         # a candidate: one sequence's prefill step replayed from a CUDA
-                                         # graph per token-count bucket (needs cuda_graphs;
-                                         # optimizations/prefill_graphs.py): the time to the first token
-    fused_sampling: bool = False         # a candidate: temperature rows without top-k/top-p sampled by
-                                         # one Triton kernel pair (kernels/sample.py; a CUDA GPU, or
-                                         # TRITON_INTERPRET=1 on a CPU); its own random stream
+    prefill_graphs: bool | None = None   # one sequence's prefill step replayed from a CUDA graph per
+                                         # token-count bucket (optimizations/prefill_graphs.py): the
+                                         # time to the first token. None: on wherever cuda_graphs is
+                                         # (True: required; False: the eager prefill, its twin)
+    fused_sampling: bool | None = None   # temperature rows without top-k/top-p sampled by one Triton
+                                         # kernel pair (kernels/sample.py; its own random stream).
+                                         # None: on a CUDA GPU, one rank, the built-in sampler (True:
+                                         # required, or TRITON_INTERPRET=1 on a CPU; False: eager)
     warmup_progress: bool = False        # a progress bar over warm-up (compile, each graph
                                          # captured): a long wait that shows it is moving
 

@@ -85,12 +85,18 @@ class LLM(MeasurementMethods):
             why = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
             raise ValueError(f"graph_rounds=True records a round in a CUDA graph, but cuda_graphs is off{why}: "
                              "turn cuda_graphs on (a CUDA GPU), or graph_rounds=False")
-        if self.config.fused_sampling and (why := _why_no_fused_sampling(self.device, self.overrides)):
+        why = _why_no_fused_sampling(self.device, self.overrides)
+        if self.config.fused_sampling and why:
             raise ValueError(f"fused_sampling=True: {why}")
+        if self.config.fused_sampling is None:   # on where it measured faster: a GPU (engine/sampler.py)
+            self.config.fused_sampling = why is None and self.device.startswith("cuda") and tp == 1
         self._decode_steps = self.config.decode_steps   # (a measurement may hold it at 1: decode_steps_override)
         self.max_model_len = self.config.max_model_len
         if self.max_model_len is None:
             self.max_model_len = min(self.model_config.max_position_embeddings, 4096)
+        if self.config.prefill_graphs is None:   # on wherever decode graphs are (a bucket must fit)
+            self.config.prefill_graphs = self.opts.cuda_graphs and bool(
+                prefill_buckets(self.config.max_num_batched_tokens, self.max_model_len))
         if self.config.prefill_graphs and not prefill_buckets(self.config.max_num_batched_tokens, self.max_model_len):
             raise ValueError(f"prefill_graphs=True pads a prefill step to {BUCKETS[0]}+ tokens, more than a step or a "
                              f"sequence may hold here (max_num_batched_tokens={self.config.max_num_batched_tokens}, "

@@ -100,15 +100,15 @@ def cmd_bench(args) -> int:
     loads = {name: bench.make_workload(name, vocab, num_seqs=args.num_seqs, new_tokens=args.new_tokens,
                                        temperature=args.temperature) for name in workloads}
     greedy = [name for name, load in loads.items() if load.temperature == 0]
-    if args.fused_sampling and greedy:   # before anything runs: the kernel would never be called
-        raise ValueError(f"--fused-sampling samples temperature rows only, and the {', '.join(greedy)} workload "
+    if args.sampler and greedy:   # before anything runs: the choice would never be used
+        raise ValueError(f"--sampler picks how temperature rows are sampled, and the {', '.join(greedy)} workload "
                          f"is greedy: add --temperature 0.6 (the nanovllm workload's own)")
     for name, load in loads.items():
         if load.note:
             print(f"  {name}: {load.note}")
         engine_kwargs = dict(max_num_seqs=max(len(load.prompts), 1), max_num_batched_tokens=args.max_batched_tokens)
-        if args.fused_sampling:   # EngineConfig.fused_sampling: the engine refuses it where it cannot run
-            engine_kwargs["fused_sampling"] = True
+        if args.sampler:   # EngineConfig.fused_sampling: the engine refuses "fused" where it cannot run
+            engine_kwargs["fused_sampling"] = args.sampler == "fused"
         if args.what == "stack":
             settings = bench.stack_settings()
         else:
@@ -117,7 +117,7 @@ def cmd_bench(args) -> int:
         for title, opts in runnable(settings, lambda item: item[1]):
             for steps in args.decode_steps:   # multi-step decoding: one row per value
                 note = (title if steps == 1 else f"{title}, {steps} decode steps") + \
-                    (", fused sampler" if args.fused_sampling else "")
+                    (f", {args.sampler} sampler" if args.sampler else "")
                 r = bench.bench_engine(path, opts, load, repeats=args.repeats, decode_steps=steps, **engine_kwargs)
                 r.note = note + (f"; {r.note}" if r.note else "")
                 results.append(r)
@@ -181,8 +181,9 @@ def add_measure_commands(sub) -> None:
                    "(all on plus a switch all_on leaves off), all_on_cublas "
                    "(all on with cuBLAS matmuls: no decode_gemv, no fused_decode)")
     b.add_argument("--peers", action="store_true", help="also HF transformers generate / generate_batch")
-    b.add_argument("--fused-sampling", action="store_true",
-                   help="sample temperature rows with the Triton kernel pair (EngineConfig.fused_sampling; a candidate)")
+    b.add_argument("--sampler", choices=["fused", "eager"],
+                   help="how temperature rows are sampled (EngineConfig.fused_sampling): fused, the Triton kernel "
+                        "pair (the default on a GPU), or eager, its twin of torch ops (default: the engine's choice)")
     b.set_defaults(func=cmd_bench)
 
     add_measure_subcommands(sub, common)
