@@ -23,6 +23,8 @@ matters is what it can do before its wait and whether the next one finds room to
                       (EngineConfig.fused_sampling=False; the fused kernel pair is the default on a
                       GPU since session 11: 1.09x at T = 0.6); differs from current only when
                       sampling: --variants current,eager-sampling --temperature 0.6
+  prefill-own-pool    the prefill graphs captured in a memory pool of their own (session 11 measured
+                      the decode step 653 -> 682 us with them sharing the decode graphs' pool: why?)
   eager-prefill       the prompt's prefill step run eagerly, the prefill graphs' twin
                       (EngineConfig.prefill_graphs=False; graphs are the default since session 11:
                       time to the first token 37.6 -> 1.9 ms); compare ttft_ms and tok/s
@@ -54,7 +56,8 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
 }
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_sampling": False},
           "eager-prefill": {"prefill_graphs": False}}   # EngineConfig fields
-VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE]
+OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
+VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature: float) -> None:
@@ -72,6 +75,10 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         name, wrapper, kwargs = KERNEL_ARGS[variant]
         module = importlib.import_module(f"workbench.kernels.{name}")
         setattr(module, wrapper, functools.partial(getattr(module, wrapper), **kwargs))
+    if variant in OWN_POOL:
+        from workbench.optimizations.prefill_graphs import PrefillGraphs
+        capture = PrefillGraphs.capture
+        PrefillGraphs.capture = lambda self, pool=None, on_captured=None: capture(self, None, on_captured)
     path = random_checkpoint(preset, workdir)
     load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens,
                                temperature=temperature)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-eager breakdown-batch breakdown-prefill prefill-host rounds-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -53,6 +53,8 @@ do_step() {
     breakdown-batch) run breakdown-batch $W measure breakdown $P --batch 256 --settings flash+fused+graphs,flash+fused+gemv+fdec+dattn+graphs+compile+pdl --json "$OUT/breakdown-batch.json" --figure "$OUT/breakdown-batch.png" ;;
     # session 10: where the time to the first token goes (a 128-token prompt's prefill step was
     # 20-50 ms at every rung of the ladder, against ~1 ms of FLOPs and bytes)
+    # a batch prefill step of nano-vLLM's size (16 x 512 = 8,192 tokens, one chunk): its kernels
+    breakdown-prefill-batch) run breakdown-prefill-batch $W measure breakdown $P --phase prefill --batch 16 --prompt-len 512 --settings flash+fused,flash+fused+gemv+fdec+dattn+graphs+compile+pdl --json "$OUT/breakdown-prefill-batch.json" --figure "$OUT/breakdown-prefill-batch.png" ;;
     # which Python functions spend a prefill step's host time (cProfile; flash+fused and all on)
     prefill-host) run prefill-host $PY scripts/profile_prefill_host.py "$OUT" $P ;;
     breakdown-prefill) run breakdown-prefill $W measure breakdown $P --phase prefill --prompt-len 128 --settings naive,flash+fused,flash+fused+graphs,flash+fused+gemv+fdec+dattn+graphs+compile+pdl --json "$OUT/breakdown-prefill.json" --figure "$OUT/breakdown-prefill.png" ;;
