@@ -49,7 +49,8 @@ QUESTIONS = {
         (("Prefill is compute-bound with a new shape every step; decode has a few fixed shapes (batch "
           "buckets) and is dominated by launch overhead.",
           "Right: a graph replays fixed shapes and addresses, and it only pays where launches, not math, "
-          "dominate -- decode's tiny kernels."),
+          "dominate -- decode's tiny kernels, and also one short prompt's prefill, whose kernels are tiny "
+          "too: this engine pads such a prompt to a few fixed sizes and replays it (prefill_graphs)."),
          ("Prefill cannot run on the GPU inside a graph.",
           "No: any fixed-shape GPU work can be captured; the problem is that prefill's shapes change with "
           "every batch of prompts."),
