@@ -105,3 +105,15 @@ def test_graph_rounds_needs_steps_and_graphs(tiny_ckpt):
         LLM(tiny_ckpt, graph_rounds=True)
     with pytest.raises(ValueError, match="turn cuda_graphs on"):
         LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), graph_rounds=True, decode_steps=4)
+
+
+def test_a_sequence_near_its_end_does_not_cut_the_round_short(tiny_ckpt, prompts):
+    """Two sequences, 2 and 17 tokens wanted, 8 steps a round: the first ends inside the first
+    round (its extra tokens dropped) instead of cutting that round to 1 step for both -- a prefill
+    step, then 2 rounds of 8 (cut at the first to finish: a prefill step, then 1 + 8 + 7)."""
+    params = [SamplingParams(temperature=0, max_tokens=2, ignore_eos=True),
+              SamplingParams(temperature=0, max_tokens=17, ignore_eos=True)]
+    want, _ = _run(tiny_ckpt, prompts[:2], params)
+    got, stats = _run(tiny_ckpt, prompts[:2], params, decode_steps=8)
+    assert got == want and [len(tokens) for tokens, _ in got] == [2, 17]
+    assert len(stats.step_seconds) == 3, len(stats.step_seconds)

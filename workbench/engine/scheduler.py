@@ -105,15 +105,19 @@ class Scheduler:
         """Multi-step decoding: how many decode steps `scheduled` may run before the next
         schedule(), with KV room allocated here for all of them. 1 unless the step is a pure
         decode, nobody waits to join (they would wait max_steps steps), and no sequence asked for
-        logits. Capped so that no sequence passes max_tokens or max_model_len; a stop token may
-        still end one early (its extra tokens are dropped)."""
+        logits. Capped so that no sequence passes max_model_len (its cache has no room past it), and
+        at the most tokens any sequence still wants. A sequence that reaches max_tokens or a stop
+        token inside the round ends there: its extra tokens are computed and dropped. Cutting the
+        round at the first sequence to finish instead would cut most rounds of a big batch short
+        (nano-vLLM's workload, 256 sequences ending at different steps: 261 rounds of 3.9 steps on
+        average instead of 128 of 8), each a host round trip the GPU waits through."""
         if max_steps == 1 or self.waiting or not scheduled:
             return 1
         for seq, n in scheduled:
             if n != 1 or seq.num_computed_tokens + 1 != len(seq) or seq.params.return_logits:
                 return 1
-        steps = min([max_steps] + [min(seq.params.max_tokens - seq.num_output_tokens, max_model_len - len(seq))
-                                   for seq, _ in scheduled])
+        wanted = max(seq.params.max_tokens - seq.num_output_tokens for seq, _ in scheduled)
+        steps = min([max_steps, wanted] + [max_model_len - len(seq) for seq, _ in scheduled])
         if steps > 1 and all(self.blocks.allocate(seq, steps) for seq, _ in scheduled):
             return steps   # (a failed allocate leaves extra blocks on the others: they use them later)
         return 1

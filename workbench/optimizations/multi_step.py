@@ -3,8 +3,9 @@ time between decode steps (schedule, pack inputs, wait for the sampled token).
 
 Each round's later steps take the previous step's sampled tokens on the GPU, so the host packs
 step i+1 while the GPU runs step i and waits once per round. The price: a request that arrives
-waits up to K steps to join, and a stop token ends a sequence up to K-1 tokens late (those
-tokens are dropped).
+waits up to K steps to join, and a sequence that reaches a stop token or its max_tokens inside a
+round runs to the round's end (its extra tokens are computed and dropped) rather than cut the
+round short for the whole batch (Scheduler.plan_decode_steps).
 
 Chapter: notebooks/07 (stack them all: the dashboard's "decode steps/round"). Measurement: the
 bench's `--decode-steps 1,8` rows (host ms per step by phase).
