@@ -101,7 +101,7 @@ def main() -> int:
     ap.add_argument("--workdir", default="/tmp")
     ap.add_argument("--preset", default="qwen3-0.6b", help="tiny: a smoke test of this script on a CPU")
     ap.add_argument("--new-tokens", type=int, default=512)
-    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy; fused-sampling needs > 0 to differ")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy; eager-sampling needs > 0 to differ")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

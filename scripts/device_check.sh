@@ -84,10 +84,10 @@ do_step() {
     # A/B inside the engine, each variant in its own process (~6-7 min: 6 variants x 2 rounds)
     # (AB_VARIANTS=current,graph-rounds ... picks variants, AB_ROUNDS the rounds)
     decode-ab)  run decode-ab $PY scripts/ab_decode_candidates.py "$OUT/decode-ab.json" --rounds "${AB_ROUNDS:-2}" ${AB_VARIANTS:+--variants "$AB_VARIANTS"} --temperature "${AB_TEMPERATURE:-0}" ;;
-    # session 9's fused sampler candidate: its GPU tests, then current vs fused-sampling at 0.6
+    # the samplers: their GPU tests, then current (fused, the GPU default) vs eager-sampling at 0.6
     sample-tests) run sample-tests $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py -p no:cacheprovider ;;
     sample-ab)  run sample-tests $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py -p no:cacheprovider
-                run sample-ab $PY scripts/ab_decode_candidates.py "$OUT/sample-ab.json" --rounds 2 --variants current,fused-sampling --temperature 0.6 ;;
+                run sample-ab $PY scripts/ab_decode_candidates.py "$OUT/sample-ab.json" --rounds 2 --variants current,eager-sampling --temperature 0.6 ;;
     gemv-bench) run gemv-bench $W bench single $P --settings all_on_cublas,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/gemv-single.json" ;;
     # fused_decode (norm and SiLU folded into the GEMV), session 6: kernel + engine tests, then
     # cuBLAS / the decode GEMV unfolded / folded, one row each at 1 and 8 decode steps a round

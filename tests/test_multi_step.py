@@ -113,7 +113,24 @@ def test_a_sequence_near_its_end_does_not_cut_the_round_short(tiny_ckpt, prompts
     step, then 2 rounds of 8 (cut at the first to finish: a prefill step, then 1 + 8 + 7)."""
     params = [SamplingParams(temperature=0, max_tokens=2, ignore_eos=True),
               SamplingParams(temperature=0, max_tokens=17, ignore_eos=True)]
-    want, _ = _run(tiny_ckpt, prompts[:2], params)
+    want, one_stats = _run(tiny_ckpt, prompts[:2], params)
     got, stats = _run(tiny_ckpt, prompts[:2], params, decode_steps=8)
     assert got == want and [len(tokens) for tokens, _ in got] == [2, 17]
+    assert stats.decode_tokens == one_stats.decode_tokens   # the 7 dropped tokens are not counted as work
     assert len(stats.step_seconds) == 3, len(stats.step_seconds)
+
+
+def test_a_cache_too_full_for_the_round_gets_a_shorter_round():
+    """plan_decode_steps: blocks for 8 more steps do not fit (3 blocks of 4 tokens, 7 computed),
+    blocks for 4 do: a round of 4, not a fall back to 1 step."""
+    from workbench.engine.block_manager import BlockManager
+    from workbench.engine.scheduler import Scheduler
+    from workbench.engine.sequence import Sequence
+    blocks = BlockManager(3, 4, enable_prefix_caching=False)
+    scheduler = Scheduler(blocks, max_num_seqs=1, max_num_batched_tokens=64, chunked_prefill=True)
+    seq = Sequence(0, list(range(7)), SamplingParams(temperature=0, max_tokens=100))
+    seq.token_ids.append(7)          # its first token, sampled by the prefill
+    seq.num_computed_tokens = 7
+    assert blocks.allocate(seq, 1)   # what schedule() reserves for the step itself
+    assert scheduler.plan_decode_steps([(seq, 1)], max_steps=8, max_model_len=100) == 4
+    assert len(seq.block_table) == 3

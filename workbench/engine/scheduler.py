@@ -118,8 +118,10 @@ class Scheduler:
                 return 1
         wanted = max(seq.params.max_tokens - seq.num_output_tokens for seq, _ in scheduled)
         steps = min([max_steps, wanted] + [max_model_len - len(seq) for seq, _ in scheduled])
-        if steps > 1 and all(self.blocks.allocate(seq, steps) for seq, _ in scheduled):
-            return steps   # (a failed allocate leaves extra blocks on the others: they use them later)
+        while steps > 1:   # a cache too full for the whole round: try half as many steps
+            if all(self.blocks.allocate(seq, steps) for seq, _ in scheduled):
+                return steps   # (a failed allocate leaves extra blocks on the others: they use them later)
+            steps //= 2
         return 1
 
     def _preempt(self, seq: Sequence) -> None:
