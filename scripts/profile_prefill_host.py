@@ -4,7 +4,9 @@
 
 Why. On the H200 the time to the first token was 20-50 ms at every rung (perf-notes, session 10)
 where the prefill's kernels need ~1.3 ms (`measure launches`: 316 kernels, 1,272 us of GPU time,
-29 ms of wall time with flash + fused): the host, not the GPU, makes the wait. `measure breakdown
+29 ms of wall time with flash + fused): the host, not the GPU, makes the wait. Prefill graphs
+(session 11) remove that wait for a single prompt; this profiles the eager prefill they replace,
+which batched and long prompts still run. `measure breakdown
 --phase prefill` says how much of the step is host time; this says which Python functions spend it.
 Per setting: a fresh engine (warmed up, outside the profile), 3 untimed prefills, then 5 profiled
 ones (`generate` of one prompt, max_tokens=1, prefix caching off). Prints the top functions by own
@@ -45,7 +47,8 @@ def main() -> int:
         kwargs = SETTINGS[label]
         opts = Optimizations.all_on() if kwargs is None else Optimizations(**kwargs)
         params = SamplingParams(max_tokens=1, temperature=0.0)
-        with LLM(path, opts=opts, max_num_seqs=1, enable_prefix_caching=False) as llm:
+        # the eager prefill (prefill_graphs replays a single prompt's from a graph: nothing to profile there)
+        with LLM(path, opts=opts, max_num_seqs=1, enable_prefix_caching=False, prefill_graphs=False) as llm:
             prompts = [[rng.randrange(10, min(10000, llm.model_config.vocab_size)) for _ in range(args.prompt_len)] for _ in range(8)]
             for p in prompts[:3]:
                 llm.generate([p], params, use_tqdm=False)
