@@ -94,10 +94,10 @@ class LLM(MeasurementMethods):
         self.max_model_len = self.config.max_model_len
         if self.max_model_len is None:
             self.max_model_len = min(self.model_config.max_position_embeddings, 4096)
+        bucket_fits = bool(prefill_buckets(self.config.max_num_batched_tokens, self.max_model_len))
         if self.config.prefill_graphs is None:   # on wherever decode graphs are (a bucket must fit)
-            self.config.prefill_graphs = self.opts.cuda_graphs and bool(
-                prefill_buckets(self.config.max_num_batched_tokens, self.max_model_len))
-        if self.config.prefill_graphs and not prefill_buckets(self.config.max_num_batched_tokens, self.max_model_len):
+            self.config.prefill_graphs = self.opts.cuda_graphs and bucket_fits
+        if self.config.prefill_graphs and not bucket_fits:
             raise ValueError(f"prefill_graphs=True pads a prefill step to {BUCKETS[0]}+ tokens, more than a step or a "
                              f"sequence may hold here (max_num_batched_tokens={self.config.max_num_batched_tokens}, "
                              f"max_model_len={self.max_model_len}): raise them, or prefill_graphs=False")
