@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -51,6 +51,9 @@ do_step() {
     nanovllm-fs) run nanovllm-fs $W bench throughput $P --workload nanovllm --settings all_on --repeats 1 --decode-steps 8 --sampler fused --json "$OUT/nanovllm-fused-sampling.json" ;;
     # nano-vLLM's own engine limit (its Config: max_num_batched_tokens=16384): half the prefill steps
     nanovllm-16k) run nanovllm-16k $W bench throughput $P --workload nanovllm --settings all_on --repeats 1 --decode-steps 8 --max-batched-tokens 16384 --json "$OUT/nanovllm-16k.json" ;;
+    # session 13: the next round launched before the running one is read (EngineConfig.async_rounds),
+    # against the same engine reading each round first, one run each
+    nanovllm-async) run nanovllm-async $W bench throughput $P --workload nanovllm --settings all_on --repeats 1 --decode-steps 8 --async-rounds off,on --json "$OUT/nanovllm-async.json" ;;
     nanovllm-eager) run nanovllm-eager $W bench throughput $P --workload nanovllm --settings all_on --repeats 1 --decode-steps 8 --sampler eager --json "$OUT/nanovllm-eager-sampling.json" ;;
     breakdown-batch) run breakdown-batch $W measure breakdown $P --batch 256 --settings flash+fused+graphs,flash+fused+gemv+fdec+dattn+graphs+compile+pdl --json "$OUT/breakdown-batch.json" --figure "$OUT/breakdown-batch.png" ;;
     # session 10: where the time to the first token goes (a 128-token prompt's prefill step was
@@ -61,6 +64,8 @@ do_step() {
     prefill-host) run prefill-host $PY scripts/profile_prefill_host.py "$OUT" $P ;;
     breakdown-prefill) run breakdown-prefill $W measure breakdown $P --phase prefill --prompt-len 128 --settings naive,flash+fused,flash+fused+graphs,flash+fused+gemv+fdec+dattn+graphs+compile+pdl --json "$OUT/breakdown-prefill.json" --figure "$OUT/breakdown-prefill.png" ;;
     rounds-tests) run rounds-tests $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -p no:cacheprovider -k graph_rounds ;;
+    # session 13: async_rounds against rounds read one at a time, and multi-step/graph rounds again
+    async-tests) run async-tests $PY -m pytest -q -s tests/gpu/test_async_rounds_gpu.py tests/gpu/test_engine_gpu.py -p no:cacheprovider -k "async or graph_rounds or multi_step" ;;
     dattn-prefetch) run dattn-prefetch-tests $PY -m pytest -q -s tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k prefetch ;;
     multistep-throughput) run multistep-throughput $W bench throughput $P --settings all_on --repeats 1 --decode-steps 1,8 --json "$OUT/multistep-throughput.json" ;;
     peers)      run peers $W bench single $P --new-tokens 256 --repeats 1 --peers --json "$OUT/peers-single.json" ;;

@@ -183,3 +183,20 @@ def test_batch_rows_profile_one_representative_decode_step(monkeypatch, tiny_ckp
         from workbench.measure.steps import unprofiled_step_us
         assert unprofiled_step_us(llm, 8, 40, "decode") > 0
     assert [w.kind for w in tl.steps] == ["decode", "decode"] and [len(w.context_lens) for w in tl.steps] == [8, 8]
+
+
+def test_bench_async_rounds_rows(capsys, tmp_path, tiny_ckpt):
+    """--async-rounds off,on: a row each for every --decode-steps value that makes rounds (none at
+    1, where the engine would refuse it); on with no rounds at all is refused before anything runs."""
+    from workbench.__main__ import main
+    out_json = tmp_path / "bench.json"
+    args = ["bench", "single", "--model", str(tiny_ckpt), "--settings", "all_off", "--new-tokens", "9", "--repeats", "1"]
+    assert main([*args, "--decode-steps", "1,4", "--async-rounds", "off,on", "--json", str(out_json)]) == 0
+    rows = json.loads(out_json.read_text())
+    assert [row["note"].split(";")[0] for row in rows] == ["all off", "all off, 4 decode steps",
+                                                            "all off, 4 decode steps, async rounds"]
+    assert {row["output_tokens"] for row in rows} == {9}
+    assert main([*args, "--async-rounds", "on"]) == 2
+    assert "--async-rounds on overlaps multi-step rounds: add --decode-steps 8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):   # argparse: a usage error
+        main([*args, "--async-rounds", "maybe"])

@@ -55,9 +55,11 @@ def test_multi_step_with_preemption(tiny_ckpt, prompts):
     assert got == want
 
 
-def test_multi_step_streams_every_token_once(tiny_ckpt, prompts):
+@pytest.mark.parametrize("async_rounds", [False, True])   # (async_rounds: tests/test_async_rounds.py)
+def test_multi_step_streams_every_token_once(tiny_ckpt, prompts, async_rounds):
     params = SamplingParams(temperature=0, max_tokens=13, ignore_eos=True)
-    with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=4, **ENGINE) as llm:
+    with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=4, async_rounds=async_rounds,
+             **ENGINE) as llm:
         events = list(llm.stream(prompts[:3], params))
         want = [o.token_ids for o in llm.generate(prompts[:3], params, use_tqdm=False)]
     for rid, tokens in zip(sorted({e.request_id for e in events}), want):

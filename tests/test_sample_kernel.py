@@ -223,7 +223,8 @@ def check_mixed_batch_through_the_sampler(torch):
 
 def check_engine_seeded_requests_reproduce(torch):
     """Tiny model, fused_sampling on: a seeded request gives the same tokens alone and in a batch
-    with greedy, unseeded and top-p requests, at 1 or 3 decode steps a round; greedy requests
+    with greedy, unseeded and top-p requests, at 1 or 3 decode steps a round, rounds read before
+    the next is launched or after (async_rounds); greedy requests
     match the candidate off; the kernel ran."""
     import tempfile
 
@@ -239,15 +240,17 @@ def check_engine_seeded_requests_reproduce(torch):
     launch = kernel.sample
     kernel.sample = lambda *a, **k: calls.append(1) or launch(*a, **k)
 
-    def run(prompt_list, params, decode_steps=1, fused=True):
+    def run(prompt_list, params, decode_steps=1, fused=True, async_rounds=False):
         with LLM(path, opts=Optimizations.all_off(), device="cpu", enable_prefix_caching=False,
-                 fused_sampling=fused, decode_steps=decode_steps) as llm:
+                 fused_sampling=fused, decode_steps=decode_steps, async_rounds=async_rounds) as llm:
             return [out.token_ids for out in llm.generate(prompt_list, params, use_tqdm=False)]
 
     alone = run([prompts[1]], seeded)[0]
     assert calls, "the fused kernel never ran"
     batch = run(prompts, [others[0], seeded, others[1]], decode_steps=3)
     assert batch[1] == alone, (alone, batch[1])
+    # async_rounds: the second round is launched before the first is read, its counters 3 tokens on
+    assert run(prompts, [others[0], seeded, others[1]], decode_steps=3, async_rounds=True)[1] == alone
     assert run([prompts[2], prompts[1]], [SamplingParams(max_tokens=6, ignore_eos=True), seeded])[1] == alone
     assert batch[0] == run([prompts[0]], others[0], fused=False)[0]
 

@@ -49,3 +49,17 @@ def test_next_decode_step_moves_every_sequence_one_token_on():
     assert after.slot_mapping.tolist() == [9 * 4 + 0, 1 * 4 + 2]
     assert after.seq_lens.tolist() == [5, 3] and after.max_seqlen_k == 5
     assert (after.input_ids == -1).all()   # the previous step's samples: only the GPU has them
+
+
+def test_decode_step_at_is_the_packed_decode_step_without_its_tokens():
+    """async_rounds packs a decode step whose tokens are still on the GPU: everything but the
+    input ids (-1 placeholders) is what pack_step makes for the same positions."""
+    from workbench.engine.step_inputs import decode_step_at
+    items = [([1, 2, 3, 4, 5, 6, 7, 8, 9], [3, 9, 4], 8, 9), ([6, 7], [1], 1, 2), ([1, 2, 3, 4], [2], 3, 4)]
+    want = pack_step(items, BLOCK)
+    got = decode_step_at([table for _, table, _, _ in items], [start for _, _, start, _ in items], BLOCK)
+    assert got.input_ids.tolist() == [-1, -1, -1]
+    for field in ("positions", "slot_mapping", "cu_seqlens_q", "seq_lens", "block_tables"):
+        assert getattr(got, field).tolist() == getattr(want, field).tolist(), field
+        assert getattr(got, field).dtype == getattr(want, field).dtype, field
+    assert (got.max_seqlen_q, got.max_seqlen_k, got.is_decode) == (want.max_seqlen_q, want.max_seqlen_k, True)

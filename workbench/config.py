@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from workbench.optimizations import async_rounds
 from workbench.optimizations.board import Optimizations
 
 @dataclass
@@ -41,6 +42,8 @@ class EngineConfig:
                                          # decoding (workbench/optimizations/multi_step.py)
     graph_rounds: bool = False           # a greedy round of decode_steps steps as ONE graph replay
                                          # (needs cuda_graphs and decode_steps > 1; multi_step.py)
+    async_rounds: bool = False           # launch the next decode round before reading the running
+                                         # one (needs decode_steps > 1; optimizations/async_rounds.py)
     prefill_graphs: bool | None = None   # one sequence's prefill step replayed from a CUDA graph per
                                          # token-count bucket (optimizations/prefill_graphs.py): the
                                          # time to the first token. None: on wherever cuda_graphs is
@@ -73,6 +76,8 @@ class EngineConfig:
             (not self.graph_rounds or self.decode_steps > 1,
              f"graph_rounds=True captures a round of decode_steps steps, but decode_steps={self.decode_steps}: "
              "set decode_steps > 1 (e.g. 8), or graph_rounds=False"),
+            (not self.async_rounds or self.decode_steps > 1,
+             f"async_rounds=True: {async_rounds.why_not(self.decode_steps)}, or async_rounds=False"),
             (type(self.tensor_parallel_size) is int and self.tensor_parallel_size >= 1,
              f"tensor_parallel_size={self.tensor_parallel_size!r} must be an integer >= 1 (1: no tensor "
              "parallelism; N: split every layer across N GPUs or processes)"),

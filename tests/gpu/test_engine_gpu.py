@@ -107,7 +107,7 @@ def test_graph_rounds_give_the_same_tokens(q06b, opts):
     for rounds in (False, True):
         with LLM(q06b, opts=opts, decode_steps=8, graph_rounds=rounds, max_num_seqs=8, max_model_len=512) as llm:
             replays, run_round = [], llm.runner.graphs.run_round
-            llm.runner.graphs.run_round = lambda step: replays.append(step.num_seqs) or run_round(step)
+            llm.runner.graphs.run_round = lambda step, *ids: replays.append(step.num_seqs) or run_round(step, *ids)
             runs[rounds] = ([o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)],
                             [llm.generate([p], q, use_tqdm=False)[0].token_ids for p, q in zip(prompts, params)])
             # (the 8-token request cuts the first round of the batch to 7 steps: the step-by-step path)

@@ -39,6 +39,7 @@ def describe_engine(llm) -> str:
         f"dattn      {'on (Triton split-KV kernel, decode steps)' if o.decode_attention else 'off'}",
         f"graphs     {'on, buckets ' + str(r.graphs.buckets) if r.graphs else 'off (eager decode)'}",
         f"compile    {'on (torch.compile)' if o.compile else 'off'}",
+        f"rounds     {_rounds_text(llm.config)}",
         f"pdl        {'on (programmatic dependent launch of the decode kernels)' if o.pdl else 'off'}",
         f"tensor parallel  {tp_text}",
         f"kv cache   {r.num_kv_blocks} blocks x {llm.config.block_size} tokens "
@@ -52,3 +53,12 @@ def describe_engine(llm) -> str:
     if llm.overrides:
         lines.append(f"overrides  {describe_overrides(llm.overrides)}")
     return "\n".join(lines)
+
+
+def _rounds_text(cfg) -> str:
+    if cfg.decode_steps == 1:
+        return "1 decode step a schedule (multi-step off)"
+    extras = [text for on, text in ((cfg.graph_rounds, "a greedy round one graph replay"),
+                                    (cfg.async_rounds, "the next round launched before this one is read"))
+              if on]
+    return f"{cfg.decode_steps} decode steps a round" + "".join(f"; {text}" for text in extras)

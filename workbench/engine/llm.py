@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from workbench.config import EngineConfig
 from workbench.model import ModelConfig
 from workbench.optimizations import multi_step
+from workbench.optimizations.async_rounds import LaunchedRound
 from workbench.optimizations.board import Optimizations
 from workbench.optimizations.prefill_graphs import BUCKETS, prefill_buckets
 from workbench.parallel.tensor_parallel import check_tensor_parallel
@@ -36,6 +37,7 @@ from .prompts import chat_prompts, params_list, prompt_list, token_ids_of
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, newest
 from .sequence import Sequence, Status
+from .step_inputs import decode_step_at
 from .stream import RequestStream, StreamEvent
 from .telemetry import Telemetry
 
@@ -128,6 +130,7 @@ class LLM(MeasurementMethods):
         self._listeners: dict[int, object] = {}   # request id -> its stream's event queue (stream.py)
         self._stepping = False                    # inside step(): aborts wait until it ends
         self._deferred_aborts: list[Sequence] = []
+        self._launched: LaunchedRound | None = None   # async_rounds: a round on the GPU, not read yet
 
     @staticmethod
     def _load_tokenizer(path: Path):
@@ -247,6 +250,7 @@ class LLM(MeasurementMethods):
         Tokens of requests a stream owns also go to that stream's queue."""
         self._check_open()
         if not self.scheduler.has_unfinished():
+            self._drop_launched_round()
             return []
         self._stepping = True
         try:
@@ -264,22 +268,30 @@ class LLM(MeasurementMethods):
     def _step(self) -> list[tuple[Sequence, int]]:
         start = time.perf_counter()
         hits, preemptions = self.block_manager.prefix_hit_tokens, self.scheduler.num_preemptions
-        scheduled = self.scheduler.schedule()
-        if not scheduled:
-            raise RuntimeError("scheduler made no progress with requests pending; please report this")
-        num_steps = 1
-        if self._decode_steps > 1:
-            num_steps = self.scheduler.plan_decode_steps(scheduled, self._decode_steps, self.max_model_len)
-        scheduled_at = time.perf_counter()
-        if num_steps > 1:
+        if self._launched is None:
+            scheduled = self.scheduler.schedule()
+            if not scheduled:
+                raise RuntimeError("scheduler made no progress with requests pending; please report this")
+            num_steps = 1
+            if self._decode_steps > 1:
+                num_steps = self.scheduler.plan_decode_steps(scheduled, self._decode_steps, self.max_model_len)
+            self.stats.host_seconds["schedule"] += time.perf_counter() - start
+            if num_steps > 1 and self.config.async_rounds:   # launched here, read below
+                self._launched = self._launch_first_round(scheduled, num_steps)
+        if self._launched is not None:   # async_rounds: the next round goes to the GPU before this one is read
+            launched, self._launched = self._launched, self._launch_next_round(self._launched)
+            scheduled, num_steps = [(seq, 1) for seq in launched.seqs], launched.num_steps
+            new_tokens, logits = self.runner.read_round(launched, self.stats.host_seconds), {}
+        elif num_steps > 1:
             new_tokens, logits = self.runner.execute_decode_steps(scheduled, num_steps, self.stats.host_seconds), {}
         else:
             tokens, logits = self.runner.execute(scheduled, self.stats.host_seconds)
             new_tokens = [[] if token is None else [token] for token in tokens]
         now = time.perf_counter()
-        self.stats.host_seconds["schedule"] += scheduled_at - start
         produced, kinds, processed = [], set(), {"prefill": 0, "decode": 0}   # processed: tokens through the model
         for index, ((seq, n), seq_tokens) in enumerate(zip(scheduled, new_tokens)):
+            if seq.is_finished:   # async_rounds: it stopped in the round before, or was aborted
+                continue
             phase = "prefill" if seq.num_computed_tokens < seq.num_prompt_tokens else "decode"
             kinds.add(phase)
             processed[phase] += n
@@ -301,6 +313,8 @@ class LLM(MeasurementMethods):
                     seq.stats.finish_time = now
                     self.scheduler.finish(seq, reason)
                     break
+        if self._launched is not None and all(seq.is_finished for seq in self._launched.seqs):
+            self._drop_launched_round()   # all its sequences stopped in the round just read
         self.stats.steps += num_steps
         self.stats.prefill_tokens += processed["prefill"]
         self.stats.decode_tokens += processed["decode"]
@@ -316,6 +330,36 @@ class LLM(MeasurementMethods):
                               prefix_hit_tokens=self.stats.prefix_hit_tokens - hits,
                               preemptions=self.stats.preemptions - preemptions)
         return produced
+
+    def _launch_first_round(self, scheduled: list[tuple[Sequence, int]], num_steps: int) -> LaunchedRound:
+        t0 = time.perf_counter()
+        step = self.runner.prepare(scheduled)
+        self.stats.host_seconds["prepare"] += time.perf_counter() - t0
+        return self.runner.launch_round([seq for seq, _ in scheduled], num_steps, step,
+                                        host_seconds=self.stats.host_seconds)
+
+    def _launch_next_round(self, launched: LaunchedRound) -> LaunchedRound | None:
+        """async_rounds: launch the round after `launched` (not read yet) for the sequences that
+        go on, their first input tokens its last samples, on the GPU; None if there is none now."""
+        ahead, t0 = launched.num_steps, time.perf_counter()
+        rows, steps = self.scheduler.plan_next_round(launched.seqs, ahead, self._decode_steps, self.max_model_len)
+        t1 = time.perf_counter()
+        self.stats.host_seconds["schedule"] += t1 - t0
+        if not steps:
+            return None
+        seqs = [launched.seqs[row] for row in rows]
+        step = decode_step_at([seq.block_table for seq in seqs], [len(seq) - 1 + ahead for seq in seqs],
+                              self.config.block_size)
+        self.stats.host_seconds["prepare"] += time.perf_counter() - t1
+        return self.runner.launch_round(seqs, steps, step, launched.last_samples(rows), ahead,
+                                        self.stats.host_seconds)
+
+    def _drop_launched_round(self) -> None:
+        """Nobody will read the launched round: its sequences all finished (a stop, an abort), or
+        the engine closes."""
+        if self._launched is not None:
+            self._launched.read()   # its work ends before anything reuses its blocks or buffers
+            self._launched = None
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
@@ -384,6 +428,7 @@ class LLM(MeasurementMethods):
     def close(self) -> None:
         """Free the weights, KV cache and graphs so another engine fits in the same process."""
         if self.runner is not None:
+            self._drop_launched_round()
             self.runner.close()
             self.runner = None
         gc.collect()

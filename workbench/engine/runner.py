@@ -19,6 +19,7 @@ from workbench.config import EngineConfig
 from workbench.model import ModelConfig, load_model
 from workbench.optimizations import attention, decode_attention, decode_gemv, fused_decode, fused_kernels, pdl
 from workbench.optimizations import compile as torch_compile
+from workbench.optimizations.async_rounds import LaunchedRound
 from workbench.optimizations.board import Optimizations
 from workbench.optimizations.cuda_graphs import DecodeGraphs
 from workbench.optimizations.prefill_graphs import PrefillGraphs, prefill_buckets
@@ -235,7 +236,6 @@ class ModelRunner:
                 if scheduled[i][0].params.return_logits}
         return out, kept
 
-    @torch.inference_mode()
     def execute_decode_steps(self, scheduled: list[tuple[Sequence, int]], num_steps: int,
                              host_seconds: dict | None = None) -> list[list[int]]:
         """Multi-step decoding: `num_steps` decode steps of the same sequences, back to back;
@@ -243,37 +243,51 @@ class ModelRunner:
         samples, handed over on the GPU, so the host never waits between steps: it prepares step
         i+1 while the GPU runs step i, and waits once, at the end. (The block tables must
         already hold room for every step: Scheduler.plan_decode_steps.)"""
-        seqs = [seq for seq, _ in scheduled]
+        t0 = time.perf_counter()
+        step = self.prepare(scheduled)
+        if host_seconds is not None:
+            host_seconds["prepare"] += time.perf_counter() - t0
+        launched = self.launch_round([seq for seq, _ in scheduled], num_steps, step, host_seconds=host_seconds)
+        return self.read_round(launched, host_seconds)
+
+    @torch.inference_mode()
+    def launch_round(self, seqs: list[Sequence], num_steps: int, step: HostStep, input_ids: torch.Tensor | None = None,
+                     ahead: int = 0, host_seconds: dict | None = None) -> LaunchedRound:
+        """Launch a round of `num_steps` decode steps from `step` and return without waiting for
+        it. input_ids (async_rounds): the first step's tokens as a device tensor, instead of
+        step.input_ids; ahead: tokens each sequence samples in a round launched before this one
+        and not read yet (the fused sampler's counters start past them)."""
         self._own_launch_flags()
         t0 = time.perf_counter()
-        step, sampled, samples = self.prepare(scheduled), None, []
         builtin, greedy = self.sample == self.sampler.sample, all(seq.params.greedy for seq in seqs)
         if builtin and greedy and self._round_graph_fits(step, num_steps):   # graph_rounds: one replay
-            t1 = time.perf_counter()
-            tokens = self.graphs.run_round(step).tolist()   # the one wait for the GPU
-            if host_seconds is not None:
-                host_seconds["prepare"] += t1 - t0
-                host_seconds["sample"] += time.perf_counter() - t1
-            return tokens
-        # the sampling parameters go to the device once a round, not once a step
-        rows = self.sampler.rows(seqs, self.model_cfg.vocab_size, self.device) if builtin and not greedy else None
-        t_prepared = time.perf_counter()
-        for i in range(num_steps):
-            if i:
-                step = next_decode_step(step, self.block_size)
-            if self.graphs is not None and self.graphs.can_run(step):
-                logits = self.graphs.run(step, input_ids=sampled)
-            else:
-                input_ids, positions, meta = step.to_device(self.device)
-                logits = self.forward_logits(input_ids if sampled is None else sampled, positions, meta)
-            sampled = self._sample(logits, seqs, rows)
-            samples.append(sampled)
-        t1 = time.perf_counter()
-        tokens = torch.stack(samples, dim=1).tolist()   # the one wait for the GPU
+            tokens = self.graphs.run_round(step, input_ids)
+        else:
+            # the sampling parameters go to the device once a round, not once a step
+            rows = self.sampler.rows(seqs, self.model_cfg.vocab_size, self.device, ahead) if builtin and not greedy else None
+            sampled, samples = input_ids, []
+            for i in range(num_steps):
+                if i:
+                    step = next_decode_step(step, self.block_size)
+                if self.graphs is not None and self.graphs.can_run(step):
+                    logits = self.graphs.run(step, input_ids=sampled)
+                else:
+                    ids, positions, meta = step.to_device(self.device)
+                    logits = self.forward_logits(ids if sampled is None else sampled, positions, meta)
+                sampled = self._sample(logits, seqs, rows)
+                samples.append(sampled)
+            tokens = torch.stack(samples, dim=1)
+        launched = LaunchedRound(seqs, num_steps, tokens)
         if host_seconds is not None:   # launch: the later steps' packing too (it overlaps the GPU)
-            host_seconds["prepare"] += t_prepared - t0
-            host_seconds["launch"] += t1 - t_prepared
-            host_seconds["sample"] += time.perf_counter() - t1
+            host_seconds["launch"] += time.perf_counter() - t0
+        return launched
+
+    def read_round(self, launched: LaunchedRound, host_seconds: dict | None = None) -> list[list[int]]:
+        """A launched round's tokens per sequence: the one wait for the GPU a round."""
+        t0 = time.perf_counter()
+        tokens = launched.read()
+        if host_seconds is not None:
+            host_seconds["sample"] += time.perf_counter() - t0
         return tokens
 
     def _round_graph_fits(self, step: HostStep, num_steps: int) -> bool:

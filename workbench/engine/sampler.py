@@ -56,10 +56,11 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         return self.sample(logits, seqs).tolist()   # .tolist(): waits for the GPU
 
-    def rows(self, seqs: list[Sequence], vocab: int, device: torch.device) -> "SamplingRows":
+    def rows(self, seqs: list[Sequence], vocab: int, device: torch.device, ahead: int = 0) -> "SamplingRows":
         """The batch's per-row parameters on the device. Build them once for steps that sample the
-        same sequences (multi-step decoding) and pass them to sample()."""
-        return SamplingRows(seqs, vocab, device, self.generator if self.fused else None)
+        same sequences (multi-step decoding) and pass them to sample(). ahead: tokens each sequence
+        samples in a round already launched but not yet read (async_rounds), before these rows'."""
+        return SamplingRows(seqs, vocab, device, self.generator if self.fused else None, ahead)
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence], rows: "SamplingRows | None" = None) -> torch.Tensor:
         """The next token of every row, as a device tensor: nothing here waits for the GPU."""
@@ -124,14 +125,14 @@ class SamplingRows:
     keys, tokens sampled so far, and the eager path's rows for the top-k/top-p requests."""
 
     def __init__(self, seqs: list[Sequence], vocab: int, device: torch.device,
-                 key_generator: torch.Generator | None = None):
+                 key_generator: torch.Generator | None = None, ahead: int = 0):
         params = [seq.params for seq in seqs]
         shared = [row for row, p in enumerate(params) if not p.greedy and p.seed is None]
         self.num_shared = len(shared)
         self.shared = _on_device(shared, torch.int64, device) if shared else None
         self.fused = key_generator is not None
         if self.fused:
-            self._fused_rows(seqs, params, vocab, device, key_generator)
+            self._fused_rows(seqs, params, vocab, device, key_generator, ahead)
         else:
             self._eager_rows(params, vocab, device)
 
@@ -143,7 +144,7 @@ class SamplingRows:
         self.filter = any(_filters(p) for p in params)
 
     def _fused_rows(self, seqs: list[Sequence], params: list, vocab: int, device: torch.device,
-                    generator: torch.Generator):
+                    generator: torch.Generator, ahead: int):
         self.kernel_temps = _on_device([0.0 if p.greedy else p.temperature for p in params], torch.float32, device)
         self.seeds = _on_device([0 if p.seed is None else philox_key(p.seed) for p in params], torch.int64, device)
         if self.shared is not None:   # unseeded rows: fresh keys from the engine's generator, on the device
@@ -151,7 +152,9 @@ class SamplingRows:
                                  dtype=torch.int64, device=device)
             self.seeds.index_copy_(0, self.shared, keys)
         # the fused kernel's step 0 samples each sequence's output token number num_output_tokens
-        self.counts = _on_device([seq.num_output_tokens for seq in seqs], torch.int64, device)
+        # (+ ahead: tokens of a launched round the host has not read yet); a seeded row's noise is
+        # a function of (seed, that number), so a wrong count would redraw an earlier token's noise
+        self.counts = _on_device([seq.num_output_tokens + ahead for seq in seqs], torch.int64, device)
         self.steps_sampled = 0   # sample() calls so far with these rows (the round's steps)
         self.filtered_list = [row for row, p in enumerate(params) if not p.greedy and _filters(p)]
         self.filtered = self.filtered_rows = None

@@ -116,13 +116,35 @@ class Scheduler:
         for seq, n in scheduled:
             if n != 1 or seq.num_computed_tokens + 1 != len(seq) or seq.params.return_logits:
                 return 1
-        wanted = max(seq.params.max_tokens - seq.num_output_tokens for seq, _ in scheduled)
-        steps = min([max_steps, wanted] + [max_model_len - len(seq) for seq, _ in scheduled])
-        while steps > 1:   # a cache too full for the whole round: try half as many steps
-            if all(self.blocks.allocate(seq, steps) for seq, _ in scheduled):
+        return max(self._round_length([seq for seq, _ in scheduled], 0, max_steps, max_model_len), 1)
+
+    def plan_next_round(self, seqs: list[Sequence], ahead: int, max_steps: int, max_model_len: int
+                        ) -> tuple[list[int], int]:
+        """async_rounds: the round after one of `ahead` steps that is launched but not read yet --
+        which of its sequences go on (by row) and for how many steps, KV room allocated here for
+        them. A sequence goes on unless it is finished or that round takes it to max_tokens or
+        max_model_len (a stop token inside it is not known yet: multi_step drops such tokens).
+        ([], 0): no next round now -- someone waits to join, nobody goes on, or no room."""
+        if self.waiting:
+            return [], 0
+        rows = [row for row, seq in enumerate(seqs) if not seq.is_finished and
+                seq.num_output_tokens + ahead < seq.params.max_tokens and len(seq) + ahead < max_model_len]
+        if not rows:
+            return [], 0
+        steps = self._round_length([seqs[row] for row in rows], ahead, max_steps, max_model_len)
+        return (rows, steps) if steps else ([], 0)
+
+    def _round_length(self, seqs: list[Sequence], ahead: int, max_steps: int, max_model_len: int) -> int:
+        """Steps for a round of these sequences, `ahead` tokens past what the host has read: at
+        most max_steps and the most tokens any still wants, none past max_model_len, and with KV
+        room for every step (allocated here); 0 if not even one step has room."""
+        wanted = max(seq.params.max_tokens - seq.num_output_tokens - ahead for seq in seqs)
+        steps = min([max_steps, wanted] + [max_model_len - len(seq) - ahead for seq in seqs])
+        while steps >= 1:   # a cache too full for the whole round: try half as many steps
+            if all(self.blocks.allocate(seq, ahead + steps) for seq in seqs):
                 return steps   # (a failed allocate leaves extra blocks on the others: they use them later)
             steps //= 2
-        return 1
+        return 0
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

@@ -50,15 +50,20 @@ def _slots(tables: np.ndarray, rows: np.ndarray, positions: np.ndarray, block_si
     return tables[rows, positions // block_size].astype(np.int64) * block_size + positions % block_size
 
 
+def _table_array(block_tables: list) -> np.ndarray:
+    tables = np.zeros((len(block_tables), max(len(table) for table in block_tables)), dtype=np.int32)
+    for row, table in enumerate(block_tables):
+        tables[row, :len(table)] = table
+    return tables
+
+
 def pack_step(items, block_size: int) -> HostStep:
     """items: (token_ids, block_table, start, end) per sequence: tokens start..end-1 are new."""
     n = len(items)
     starts = np.fromiter((start for _, _, start, _ in items), np.int64, n)
     ends = np.fromiter((end for _, _, _, end in items), np.int64, n)
     q_lens = ends - starts
-    tables = np.zeros((n, max(len(table) for _, table, _, _ in items)), dtype=np.int32)
-    for row, (_, table, _, _) in enumerate(items):
-        tables[row, :len(table)] = table
+    tables = _table_array([table for _, table, _, _ in items])
     is_decode = bool((q_lens == 1).all())
     if is_decode:
         positions, owner = starts, np.arange(n)
@@ -83,3 +88,15 @@ def next_decode_step(step: HostStep, block_size: int) -> HostStep:
     return HostStep(input_ids=np.full_like(step.input_ids, -1), positions=positions, slot_mapping=slots,
                     cu_seqlens_q=step.cu_seqlens_q, seq_lens=step.seq_lens + 1, block_tables=step.block_tables,
                     max_seqlen_q=1, max_seqlen_k=step.max_seqlen_k + 1, is_decode=True)
+
+
+def decode_step_at(block_tables: list, positions: list[int], block_size: int) -> HostStep:
+    """A decode step whose input tokens are not on the host yet (async_rounds: the last samples of
+    a round still running on the GPU): -1 placeholders the runner replaces. positions: each
+    sequence's input position; its block table must already hold that slot."""
+    positions = np.asarray(positions, dtype=np.int64)
+    n, tables = len(positions), _table_array(block_tables)
+    return HostStep(input_ids=np.full(n, -1, dtype=np.int64), positions=positions,
+                    slot_mapping=_slots(tables, np.arange(n), positions, block_size),
+                    cu_seqlens_q=np.arange(n + 1, dtype=np.int32), seq_lens=(positions + 1).astype(np.int32),
+                    block_tables=tables, max_seqlen_q=1, max_seqlen_k=int(positions.max()) + 1, is_decode=True)

@@ -52,6 +52,13 @@ def _positive_ints(text: str) -> list[int]:
     return values
 
 
+def _on_off(text: str) -> list[bool]:
+    values = text.split(",")
+    if not values or any(v not in ("off", "on") for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected off, on or off,on")
+    return [v == "on" for v in values]
+
+
 def _chosen(names: str, by_name: dict) -> list:
     """The values of comma-separated `names` in `by_name`; an unknown name is a ValueError that
     lists the known ones."""
@@ -103,6 +110,8 @@ def cmd_bench(args) -> int:
     if args.sampler and greedy:   # before anything runs: the choice would never be used
         raise ValueError(f"--sampler picks how temperature rows are sampled, and the {', '.join(greedy)} workload "
                          f"is greedy: add --temperature 0.6 (the nanovllm workload's own)")
+    if any(args.async_rounds) and max(args.decode_steps) == 1:   # no row would have it: say so now
+        raise ValueError("--async-rounds on overlaps multi-step rounds: add --decode-steps 8 (or any value > 1)")
     for name, load in loads.items():
         if load.note:
             print(f"  {name}: {load.note}")
@@ -115,10 +124,12 @@ def cmd_bench(args) -> int:
             settings = _chosen(args.settings, bench.bench_presets())
         results = []
         for title, opts in runnable(settings, lambda item: item[1]):
-            for steps in args.decode_steps:   # multi-step decoding: one row per value
+            # multi-step decoding: one row per value, and per async_rounds setting where it has rounds
+            for steps, overlap in [(s, a) for s in args.decode_steps for a in args.async_rounds if s > 1 or not a]:
                 note = (title if steps == 1 else f"{title}, {steps} decode steps") + \
-                    (f", {args.sampler} sampler" if args.sampler else "")
-                r = bench.bench_engine(path, opts, load, repeats=args.repeats, decode_steps=steps, **engine_kwargs)
+                    (", async rounds" if overlap else "") + (f", {args.sampler} sampler" if args.sampler else "")
+                r = bench.bench_engine(path, opts, load, repeats=args.repeats, decode_steps=steps,
+                                       async_rounds=overlap, **engine_kwargs)
                 r.note = note + (f"; {r.note}" if r.note else "")
                 results.append(r)
                 host = ", ".join(f"{k} {v:.3f}" for k, v in r.host_ms_per_step.items())
@@ -176,6 +187,9 @@ def add_measure_commands(sub) -> None:
     b.add_argument("--decode-steps", default=[1], type=_positive_ints,
                    help="EngineConfig.decode_steps values, comma-separated (e.g. 1,8: multi-step decoding "
                         "against one step per schedule, one row each)")
+    b.add_argument("--async-rounds", default=[False], type=_on_off,
+                   help="EngineConfig.async_rounds: off, on, or off,on (a row each, for every --decode-steps "
+                        "value > 1): the next round launched before the running one is read")
     b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off, all_on, "
                    "all_on-<switch> (all on but one switch, e.g. all_on-decode_attention), all_on+<switch> "
                    "(all on plus a switch all_on leaves off), all_on_cublas "

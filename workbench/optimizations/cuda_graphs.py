@@ -154,10 +154,11 @@ class DecodeGraphs:
         self.graphs[bucket].replay()
         return self.outputs[bucket][:step.num_seqs]
 
-    def run_round(self, step: HostStep) -> torch.Tensor:
+    def run_round(self, step: HostStep, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Replay the round graph (capture_rounds) from this decode step, the round's first: the
-        greedy tokens of its round_steps steps, [B, round_steps], on the device."""
-        bucket = self._stage(step, None)
+        greedy tokens of its round_steps steps, [B, round_steps], on the device (a buffer the next
+        replay overwrites). input_ids: as in run() (async_rounds: the previous round's samples)."""
+        bucket = self._stage(step, input_ids)
         self.round_graphs[bucket].replay()
         return self.round_tokens[bucket][:step.num_seqs]
 

@@ -1,0 +1,60 @@
+"""async_rounds on a GPU (run on the device): the next round launched before the running one is
+read gives the tokens of rounds read one at a time -- on the step-by-step graph path, with a round
+as one graph replay (graph_rounds), and with the fused sampler's seeded rows (its counters start
+past the unread round's tokens). CPU twin: tests/test_async_rounds.py."""
+import random
+
+import pytest
+
+from workbench import LLM, Optimizations, SamplingParams
+from workbench.assets import DEFAULT_MODEL_DIR, make_sort_prompts
+
+pytestmark = pytest.mark.gpu
+FAST = Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True)
+
+
+def _generate(model, prompts, params, **engine):
+    """Token ids per request, and the `ahead` of every round launched (0: read before the next)."""
+    with LLM(model, **engine) as llm:
+        aheads, launch = [], llm.runner.launch_round
+
+        def spy(seqs, num_steps, step, input_ids=None, ahead=0, host_seconds=None):
+            aheads.append(ahead)
+            return launch(seqs, num_steps, step, input_ids, ahead, host_seconds)
+        llm.runner.launch_round = spy
+        return [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)], aheads
+
+
+@pytest.mark.parametrize("opts", [FAST, Optimizations.all_on()], ids=lambda o: o.label())
+def test_async_rounds_same_tokens_on_the_sorter(opts):
+    """The sorter's sharp logits: a stop (EOS) inside a round leaves its sequence in the round
+    launched after it, so later rounds' batch sizes differ from the rounds read one at a time."""
+    prompts = [p for p, _ in make_sort_prompts(48, seed=12)]
+    params = [SamplingParams(temperature=0, max_tokens=12),                  # EOS mid-round
+              SamplingParams(temperature=0, max_tokens=9, ignore_eos=True),
+              SamplingParams(temperature=0.6, seed=5, max_tokens=11)] * 16     # the fused sampler, seeded
+    want, sync_aheads = _generate(DEFAULT_MODEL_DIR, prompts, params, opts=opts, decode_steps=8)
+    got, aheads = _generate(DEFAULT_MODEL_DIR, prompts, params, opts=opts, decode_steps=8, async_rounds=True)
+    assert set(sync_aheads) == {0} and max(aheads) == 8, (sync_aheads, aheads)
+    assert got == want
+
+
+@pytest.fixture(scope="module")
+def q06b(tmp_path_factory):   # Qwen3-0.6B's shape, random weights: the real kernels' shapes
+    from workbench.model import random_checkpoint
+    return random_checkpoint("qwen3-0.6b", tmp_path_factory.mktemp("q06b"))
+
+
+def test_async_rounds_with_graph_rounds_and_seeds(q06b):
+    """All on, 8 steps a round: greedy rounds replay one graph each (graph_rounds), their inputs
+    the last round's samples on the GPU; a seeded temperature request alone gives the same tokens
+    (one sequence: the same kernels either way, so exactly the same noise and logits)."""
+    rng = random.Random(1)
+    prompts = [[rng.randrange(3, 500) for _ in range(n)] for n in (5, 130, 40, 257)]
+    greedy = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (40, 24, 64, 33)]
+    seeded = SamplingParams(temperature=0.6, seed=9, max_tokens=45, ignore_eos=True)
+    engine = dict(opts=Optimizations.all_on(), decode_steps=8, graph_rounds=True, max_num_seqs=8, max_model_len=512)
+    for prompt_list, params in ((prompts, greedy), (prompts[1:2], seeded)):
+        want, _ = _generate(q06b, prompt_list, params, **engine)
+        got, aheads = _generate(q06b, prompt_list, params, async_rounds=True, **engine)
+        assert max(aheads) == 8 and got == want, aheads

@@ -1,0 +1,83 @@
+"""async_rounds (EngineConfig; workbench/optimizations/async_rounds.py): the next decode round is
+launched before the running one is read. It changes when the host looks, never the tokens: greedy
+and seeded sampling, stop tokens met inside a round, max_tokens, preemption, streams and aborts
+give what multi-step decoding alone gives (streams: tests/test_multi_step.py). (The fused sampler's counter offset is checked under
+Triton's interpreter: tests/test_sample_kernel.py, engine_seeded_requests_reproduce.)"""
+import pytest
+
+from workbench import LLM, Optimizations, SamplingParams
+
+from test_multi_step import ENGINE, _mixed_params, _run, prompts  # noqa: F401 (a fixture)
+
+
+def _stops_inside_rounds(ckpt, prompts, decode_steps):
+    """Seeded sampling (the random tiny model's greedy tokens repeat one id: a position off by one
+    would not show); every other request stops at a token first drawn at the start of its third
+    round (token 0 comes from the prefill), the round after it already launched, the others go on."""
+    params = [SamplingParams(temperature=1.0, seed=7 + i, max_tokens=30, ignore_eos=True) for i in range(len(prompts))]
+    drawn, _ = _run(ckpt, prompts, params)
+    for p, (tokens, _) in list(zip(params, drawn))[::2]:
+        stop = next((t for i, t in enumerate(tokens) if i >= 2 * decode_steps + 1 and t not in tokens[:i]), None)
+        p.stop_token_ids = [stop] if stop is not None else []
+    assert sum(bool(p.stop_token_ids) for p in params) >= 2   # the check has stops to check
+    return params
+
+
+@pytest.mark.parametrize("decode_steps", [2, 4])
+def test_async_rounds_same_tokens(tiny_ckpt, prompts, decode_steps):
+    greedy, _ = _run(tiny_ckpt, prompts, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
+    for params in (_mixed_params([tokens for tokens, _ in greedy]), _stops_inside_rounds(tiny_ckpt, prompts, decode_steps)):
+        want, sync_stats = _run(tiny_ckpt, prompts, params, decode_steps=decode_steps)
+        got, stats = _run(tiny_ckpt, prompts, params, decode_steps=decode_steps, async_rounds=True)
+        assert got == want
+        assert stats.decode_tokens == sync_stats.decode_tokens   # tokens past a stop are not counted as work
+
+
+def test_async_rounds_with_preemption(tiny_ckpt, prompts):
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    want, _ = _run(tiny_ckpt, prompts, params, num_kv_blocks=200)
+    got, stats = _run(tiny_ckpt, prompts, params, num_kv_blocks=24, decode_steps=4, async_rounds=True)
+    assert stats.preemptions > 0
+    assert got == want
+
+
+def test_a_round_is_launched_before_the_last_is_read(tiny_ckpt, prompts):
+    """The point of the switch: after a step, a round is on its way (launched, not read) while
+    sequences still want tokens -- only those: one whose max_tokens the launched round reaches
+    is left out of the next; when all are done, nothing is left in flight."""
+    short, long = (SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (9, 20))
+    with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=4, async_rounds=True, **ENGINE) as llm:
+        first, second = llm._queue(prompts[:2], [short, long])
+        llm.step()   # the prefill: token 1 of each
+        llm.step()   # round 1 (tokens 2-5) launched, then round 2 (6-9), then round 1 read
+        assert llm._launched is not None and llm._launched.seqs == [first, second]
+        llm.step()   # round 3 launched without `first` (round 2 ends it), round 2 read
+        assert llm._launched.seqs == [second] and llm._launched.num_steps == 4
+        while llm.step():
+            pass
+        assert llm._launched is None
+        assert [len(seq.output_token_ids) for seq in (first, second)] == [9, 20]
+
+
+def test_abort_while_a_round_is_launched(tiny_ckpt, prompts):
+    """A request aborted between steps, its round launched: its tokens are dropped, the other
+    requests' tokens are what they would have been, and its blocks all come back."""
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    want, _ = _run(tiny_ckpt, prompts[1:3], params, decode_steps=4)
+    with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=4, async_rounds=True, **ENGINE) as llm:
+        free = llm.block_manager.num_free_blocks
+        doomed, *others = llm._queue(prompts[:3], params)
+        llm.step(), llm.step()
+        assert llm._launched is not None and doomed in llm._launched.seqs
+        kept = len(doomed.output_token_ids)
+        llm.abort([doomed])
+        while llm.step():
+            pass
+        assert doomed.finish_reason == "abort" and len(doomed.output_token_ids) == kept
+        assert [seq.output_token_ids for seq in others] == [tokens for tokens, _ in want]
+        assert llm.block_manager.num_free_blocks == free
+
+
+def test_async_rounds_needs_rounds(tiny_ckpt):
+    with pytest.raises(ValueError, match="async_rounds=True: .*set decode_steps > 1"):
+        LLM(tiny_ckpt, async_rounds=True)
