@@ -1,8 +1,9 @@
 """async_rounds (EngineConfig; workbench/optimizations/async_rounds.py): the next decode round is
 launched before the running one is read. It changes when the host looks, never the tokens: greedy
 and seeded sampling, stop tokens met inside a round, max_tokens, preemption, streams and aborts
-give what multi-step decoding alone gives (streams: tests/test_multi_step.py). (The fused sampler's counter offset is checked under
-Triton's interpreter: tests/test_sample_kernel.py, engine_seeded_requests_reproduce.)"""
+give what multi-step decoding alone gives; an abort or an error mid-step loses nobody else's
+tokens. (The fused sampler's counter offset is checked under Triton's interpreter:
+tests/test_sample_kernel.py, engine_seeded_requests_reproduce.)"""
 import pytest
 
 from workbench import LLM, Optimizations, SamplingParams
@@ -33,12 +34,25 @@ def test_async_rounds_same_tokens(tiny_ckpt, prompts, decode_steps):
         assert stats.decode_tokens == sync_stats.decode_tokens   # tokens past a stop are not counted as work
 
 
+def _seeded(n, max_tokens):
+    return [SamplingParams(temperature=1.0, seed=50 + i, max_tokens=max_tokens, ignore_eos=True) for i in range(n)]
+
+
 def test_async_rounds_with_preemption(tiny_ckpt, prompts):
-    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    params = _seeded(len(prompts), 40)
     want, _ = _run(tiny_ckpt, prompts, params, num_kv_blocks=200)
     got, stats = _run(tiny_ckpt, prompts, params, num_kv_blocks=24, decode_steps=4, async_rounds=True)
     assert stats.preemptions > 0
     assert got == want
+
+
+def test_async_rounds_stream_what_rounds_read_one_at_a_time_give(tiny_ckpt, prompts):
+    params = _seeded(3, 13)
+    want, _ = _run(tiny_ckpt, prompts[:3], params, decode_steps=4)
+    with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=4, async_rounds=True, **ENGINE) as llm:
+        events = list(llm.stream(prompts[:3], params))
+    for rid, (tokens, _) in zip(sorted({e.request_id for e in events}), want):
+        assert [e.token_id for e in events if e.request_id == rid] == tokens
 
 
 def test_a_round_is_launched_before_the_last_is_read(tiny_ckpt, prompts):
@@ -62,8 +76,8 @@ def test_a_round_is_launched_before_the_last_is_read(tiny_ckpt, prompts):
 def test_abort_while_a_round_is_launched(tiny_ckpt, prompts):
     """A request aborted between steps, its round launched: its tokens are dropped, the other
     requests' tokens are what they would have been, and its blocks all come back."""
-    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
-    want, _ = _run(tiny_ckpt, prompts[1:3], params, decode_steps=4)
+    params = _seeded(3, 20)
+    want, _ = _run(tiny_ckpt, prompts[1:3], params[1:], decode_steps=4)
     with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=4, async_rounds=True, **ENGINE) as llm:
         free = llm.block_manager.num_free_blocks
         doomed, *others = llm._queue(prompts[:3], params)
@@ -76,6 +90,49 @@ def test_abort_while_a_round_is_launched(tiny_ckpt, prompts):
         assert doomed.finish_reason == "abort" and len(doomed.output_token_ids) == kept
         assert [seq.output_token_ids for seq in others] == [tokens for tokens, _ in want]
         assert llm.block_manager.num_free_blocks == free
+
+
+def test_abort_all_then_a_new_request(tiny_ckpt, prompts):
+    """Every request aborted with a round launched: that round is never read, and the next step
+    serves the new request (its prefill token), not a dead round."""
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=4, async_rounds=True, **ENGINE) as llm:
+        llm._queue(prompts[:2], params)
+        llm.step(), llm.step()
+        assert llm._launched is not None
+        assert llm.abort_all() == 2 and llm._launched is None
+        steps = llm.stats.steps
+        fresh, = llm._queue(prompts[2:3], params)
+        assert llm.step() == [(fresh, fresh.output_token_ids[0])] and llm.stats.steps == steps + 1
+
+
+def test_an_error_mid_step_loses_nobody_elses_tokens():
+    """Ctrl-C while a round is read, the round after it launched: the requests that keep running
+    get the tokens they would have got (the launched round is forgotten, not read in place of the
+    lost one). The trained sorter, greedy: its tokens depend on every token before them (a seeded
+    request's would not come back anyway: the lost round's draws advanced its generator)."""
+    from workbench.assets import DEFAULT_MODEL_DIR, make_sort_prompts
+    sort_prompts = [p for p, _ in make_sort_prompts(2, seed=4, min_len=7)]
+    params = SamplingParams(temperature=0, max_tokens=40)
+    engine = {"block_size": 16, "max_model_len": 64}   # the sorter's own length
+    want, _ = _run(DEFAULT_MODEL_DIR, sort_prompts, params, decode_steps=4, **engine)
+    assert min(len(set(tokens)) for tokens, _ in want) > 4
+    with LLM(DEFAULT_MODEL_DIR, opts=Optimizations(attention="sdpa"), decode_steps=4, async_rounds=True, **engine) as llm:
+        seqs = llm._queue(sort_prompts, params)
+        llm.step(), llm.step()
+        read, interrupted = llm.runner.read_round, []
+
+        def interrupt_once(launched, host_seconds=None):
+            if not interrupted:
+                interrupted.append(launched)
+                raise KeyboardInterrupt
+            return read(launched, host_seconds)
+        llm.runner.read_round = interrupt_once
+        with pytest.raises(KeyboardInterrupt):
+            llm.step()
+        while llm.step():
+            pass
+        assert [seq.output_token_ids for seq in seqs] == [tokens for tokens, _ in want]
 
 
 def test_async_rounds_needs_rounds(tiny_ckpt):

@@ -200,3 +200,21 @@ def test_bench_async_rounds_rows(capsys, tmp_path, tiny_ckpt):
     assert "--async-rounds on overlaps multi-step rounds: add --decode-steps 8" in capsys.readouterr().err
     with pytest.raises(SystemExit):   # argparse: a usage error
         main([*args, "--async-rounds", "maybe"])
+
+
+def test_nanovllm_steps_hold_what_nanovllms_do(monkeypatch, tiny_ckpt):
+    """The nanovllm workload's engine takes nano-vLLM's max_num_batched_tokens (16,384), the
+    others 8,192; --max-batched-tokens overrides both."""
+    class Built(Exception):   # stop before anything runs
+        pass
+    seen = []
+
+    def engine(path, opts=None, **kw):
+        seen.append(kw["max_num_batched_tokens"])
+        raise Built
+    monkeypatch.setattr("workbench.engine.LLM", engine)   # what bench_engine builds
+    args = ["bench", "throughput", "--model", str(tiny_ckpt), "--settings", "all_off", "--repeats", "1"]
+    for extra in (["--workload", "nanovllm"], [], ["--workload", "nanovllm", "--max-batched-tokens", "4096"]):
+        with pytest.raises(Built):
+            main([*args, *extra])
+    assert seen == [16384, 8192, 4096]

@@ -5,6 +5,7 @@ past the unread round's tokens). CPU twin: tests/test_async_rounds.py."""
 import random
 
 import pytest
+import torch
 
 from workbench import LLM, Optimizations, SamplingParams
 from workbench.assets import DEFAULT_MODEL_DIR, make_sort_prompts
@@ -14,15 +15,20 @@ FAST = Optimizations(attention="flash", fused_kernels=True, cuda_graphs=True)
 
 
 def _generate(model, prompts, params, **engine):
-    """Token ids per request, and the `ahead` of every round launched (0: read before the next)."""
+    """Token ids per request; the `ahead` of every round launched (0: read before the next); for
+    every round replayed as one graph, whether its input ids came on the device."""
     with LLM(model, **engine) as llm:
-        aheads, launch = [], llm.runner.launch_round
+        aheads, on_device, launch, run_round = [], [], llm.runner.launch_round, llm.runner.graphs.run_round
 
         def spy(seqs, num_steps, step, input_ids=None, ahead=0, host_seconds=None):
             aheads.append(ahead)
             return launch(seqs, num_steps, step, input_ids, ahead, host_seconds)
-        llm.runner.launch_round = spy
-        return [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)], aheads
+
+        def spy_round(step, input_ids=None):
+            on_device.append(input_ids is not None)
+            return run_round(step, input_ids)
+        llm.runner.launch_round, llm.runner.graphs.run_round = spy, spy_round
+        return [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)], aheads, on_device
 
 
 @pytest.mark.parametrize("opts", [FAST, Optimizations.all_on()], ids=lambda o: o.label())
@@ -33,8 +39,8 @@ def test_async_rounds_same_tokens_on_the_sorter(opts):
     params = [SamplingParams(temperature=0, max_tokens=12),                  # EOS mid-round
               SamplingParams(temperature=0, max_tokens=9, ignore_eos=True),
               SamplingParams(temperature=0.6, seed=5, max_tokens=11)] * 16     # the fused sampler, seeded
-    want, sync_aheads = _generate(DEFAULT_MODEL_DIR, prompts, params, opts=opts, decode_steps=8)
-    got, aheads = _generate(DEFAULT_MODEL_DIR, prompts, params, opts=opts, decode_steps=8, async_rounds=True)
+    want, sync_aheads, _ = _generate(DEFAULT_MODEL_DIR, prompts, params, opts=opts, decode_steps=8)
+    got, aheads, _ = _generate(DEFAULT_MODEL_DIR, prompts, params, opts=opts, decode_steps=8, async_rounds=True)
     assert set(sync_aheads) == {0} and max(aheads) == 8, (sync_aheads, aheads)
     assert got == want
 
@@ -55,6 +61,32 @@ def test_async_rounds_with_graph_rounds_and_seeds(q06b):
     seeded = SamplingParams(temperature=0.6, seed=9, max_tokens=45, ignore_eos=True)
     engine = dict(opts=Optimizations.all_on(), decode_steps=8, graph_rounds=True, max_num_seqs=8, max_model_len=512)
     for prompt_list, params in ((prompts, greedy), (prompts[1:2], seeded)):
-        want, _ = _generate(q06b, prompt_list, params, **engine)
-        got, aheads = _generate(q06b, prompt_list, params, async_rounds=True, **engine)
+        want, _, _ = _generate(q06b, prompt_list, params, **engine)
+        got, aheads, on_device = _generate(q06b, prompt_list, params, async_rounds=True, **engine)
         assert max(aheads) == 8 and got == want, aheads
+        assert params is seeded or (True in on_device), on_device   # a round graph fed by the last one
+
+
+def test_launching_the_next_round_never_waits_for_the_gpu(q06b):
+    """The point of the switch: launching round r+1 must not wait for round r. Under
+    torch.cuda.set_sync_debug_mode("error") any synchronizing copy or stream wait raises -- such
+    as an index of the rows that go on copied from pageable memory (a sequence that reaches its
+    max_tokens in the unread round leaves the next one)."""
+    prompts = [[5, 9, 200, 31], [77, 3, 1000, 8, 64], [400, 2, 2]]
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (9, 17, 30)]
+    with LLM(q06b, opts=Optimizations.all_on(), decode_steps=4, async_rounds=True, max_num_seqs=4,
+             max_model_len=512) as llm:
+        launch, fewer = llm._launch_next_round, []
+
+        def strict(launched):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                following = launch(launched)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            fewer.append(following is not None and len(following.seqs) < len(launched.seqs))
+            return following
+        llm._launch_next_round = strict
+        outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [len(o.token_ids) for o in outs] == [9, 17, 30]
+    assert any(fewer), fewer   # rows left: the gather by an index ran

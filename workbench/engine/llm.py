@@ -226,6 +226,7 @@ class LLM(MeasurementMethods):
                 seq.status, seq.finish_reason = Status.FINISHED, "abort"
             if (queue := self._listeners.get(seq.request_id)) is not None:   # a stream's: to end it (stream.py)
                 queue.append(seq)
+        self._forget_finished_round()
 
     def _release(self, seqs: list[Sequence]) -> None:
         """A stream is done with these requests: stop routing their tokens and abort what is left."""
@@ -250,7 +251,6 @@ class LLM(MeasurementMethods):
         Tokens of requests a stream owns also go to that stream's queue."""
         self._check_open()
         if not self.scheduler.has_unfinished():
-            self._drop_launched_round()
             return []
         self._stepping = True
         try:
@@ -259,6 +259,11 @@ class LLM(MeasurementMethods):
                 queue = self._listeners.get(seq.request_id)
                 if queue is not None:
                     queue.append(seq)
+        except BaseException:   # (Ctrl-C, a CUDA error) mid-step
+            # async_rounds: a launched round's inputs assume the round before it was read whole;
+            # forget it, and the next schedule() continues from what the host has
+            self._launched = None
+            raise
         finally:
             self._stepping = False
             deferred, self._deferred_aborts = self._deferred_aborts, []
@@ -268,6 +273,7 @@ class LLM(MeasurementMethods):
     def _step(self) -> list[tuple[Sequence, int]]:
         start = time.perf_counter()
         hits, preemptions = self.block_manager.prefix_hit_tokens, self.scheduler.num_preemptions
+        self._forget_finished_round()
         if self._launched is None:
             scheduled = self.scheduler.schedule()
             if not scheduled:
@@ -313,8 +319,7 @@ class LLM(MeasurementMethods):
                     seq.stats.finish_time = now
                     self.scheduler.finish(seq, reason)
                     break
-        if self._launched is not None and all(seq.is_finished for seq in self._launched.seqs):
-            self._drop_launched_round()   # all its sequences stopped in the round just read
+        self._forget_finished_round()   # all its sequences stopped in the round just read
         self.stats.steps += num_steps
         self.stats.prefill_tokens += processed["prefill"]
         self.stats.decode_tokens += processed["decode"]
@@ -354,11 +359,12 @@ class LLM(MeasurementMethods):
         return self.runner.launch_round(seqs, steps, step, launched.last_samples(rows), ahead,
                                         self.stats.host_seconds)
 
-    def _drop_launched_round(self) -> None:
-        """Nobody will read the launched round: its sequences all finished (a stop, an abort), or
-        the engine closes."""
-        if self._launched is not None:
-            self._launched.read()   # its work ends before anything reuses its blocks or buffers
+    def _forget_finished_round(self) -> None:
+        """async_rounds: a launched round whose sequences all finished (a stop in the round before,
+        an abort) is never read. Nothing waits for it: whatever reuses its blocks or buffers is
+        queued after it on the same stream, and PyTorch's pinned-memory allocator keeps its
+        tokens' host buffer until their copy is done."""
+        if self._launched is not None and all(seq.is_finished for seq in self._launched.seqs):
             self._launched = None
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
@@ -428,7 +434,9 @@ class LLM(MeasurementMethods):
     def close(self) -> None:
         """Free the weights, KV cache and graphs so another engine fits in the same process."""
         if self.runner is not None:
-            self._drop_launched_round()
+            if self._launched is not None:
+                self._launched.read()   # the round ends before its weights and cache are freed
+                self._launched = None
             self.runner.close()
             self.runner = None
         gc.collect()

@@ -253,8 +253,9 @@ class ModelRunner:
     @torch.inference_mode()
     def launch_round(self, seqs: list[Sequence], num_steps: int, step: HostStep, input_ids: torch.Tensor | None = None,
                      ahead: int = 0, host_seconds: dict | None = None) -> LaunchedRound:
-        """Launch a round of `num_steps` decode steps from `step` and return without waiting for
-        it. input_ids (async_rounds): the first step's tokens as a device tensor, instead of
+        """Launch a round of `num_steps` decode steps from `step` and return before it ends (the
+        host stays within ~2 steps of the GPU on the graph path: DecodeGraphs._stage waits for the
+        previous step's input copies). input_ids (async_rounds): the first step's tokens as a device tensor, instead of
         step.input_ids; ahead: tokens each sequence samples in a round launched before this one
         and not read yet (the fused sampler's counters start past them)."""
         self._own_launch_flags()

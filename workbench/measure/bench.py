@@ -10,7 +10,8 @@ Workloads (Qwen3-0.6B shape, random weights: speed does not depend on weight val
                 [100, 1024], random token ids, EOS ignored, greedy: output tok/s
     nanovllm    nano-vLLM's bench.py exactly: the same Python `random` draws (seed 0, ids
                 randint(0, 10000), lengths randint(100, 1024), then each max_tokens), temperature
-                0.6, EOS ignored, max_model_len 4096: 133,966 output tokens
+                0.6, EOS ignored, max_model_len 4096: 133,966 output tokens; the engine's step
+                holds up to 16,384 tokens, as nano-vLLM's does (the others: 8,192)
 
 Every workload is greedy unless it says otherwise; `temperature` overrides that for any of them
 (e.g. single-stream rows at nano-vLLM's 0.6).
@@ -77,6 +78,7 @@ class Workload:
     output_lens: list[int]
     temperature: float = 0.0            # 0: greedy
     max_model_len: int | None = None    # None: just long enough for the longest sequence
+    max_num_batched_tokens: int = 8192  # tokens a step may hold (the bench's --max-batched-tokens overrides)
     note: str = ""
 
     @property
@@ -100,7 +102,9 @@ def nanovllm_workload(vocab: int, num_seqs: int = 256) -> Workload:
     if vocab <= NANOVLLM_MAX_ID:
         prompts = [[t % vocab for t in p] for p in prompts]
         note = f"token ids modulo vocab {vocab} (nano-vLLM draws ids up to {NANOVLLM_MAX_ID})"
-    return Workload("nanovllm", prompts, output_lens, temperature=0.6, max_model_len=4096, note=note)
+    # nano-vLLM's Config defaults: max_model_len 4096 (bench.py's own), max_num_batched_tokens 16,384
+    return Workload("nanovllm", prompts, output_lens, temperature=0.6, max_model_len=4096,
+                    max_num_batched_tokens=16384, note=note)
 
 
 def make_workload(name: str, vocab: int, *, seed: int = 0, num_seqs: int | None = None,
@@ -233,7 +237,8 @@ def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats:
     from workbench.engine import LLM
     max_len = max(len(p) for p in workload.prompts) + max(workload.output_lens) + 1
     max_len = workload.max_model_len or max(max_len, 256)   # nanovllm: its own 4096
-    engine_kwargs = {"max_model_len": max_len, "enable_prefix_caching": False, **engine_kwargs}
+    engine_kwargs = {"max_model_len": max_len, "enable_prefix_caching": False,
+                     "max_num_batched_tokens": workload.max_num_batched_tokens, **engine_kwargs}
     with LLM(model_dir, opts=opts, **engine_kwargs) as llm:
         timed = time_generate(llm, workload, repeats=repeats)
         warmup = {k: round(v, 2) for k, v in llm.timings().items()}

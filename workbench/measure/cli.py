@@ -115,7 +115,9 @@ def cmd_bench(args) -> int:
     for name, load in loads.items():
         if load.note:
             print(f"  {name}: {load.note}")
-        engine_kwargs = dict(max_num_seqs=max(len(load.prompts), 1), max_num_batched_tokens=args.max_batched_tokens)
+        engine_kwargs = dict(max_num_seqs=max(len(load.prompts), 1))
+        if args.max_batched_tokens:   # else the workload's own (bench.Workload)
+            engine_kwargs["max_num_batched_tokens"] = args.max_batched_tokens
         if args.sampler:   # EngineConfig.fused_sampling: the engine refuses "fused" where it cannot run
             engine_kwargs["fused_sampling"] = args.sampler == "fused"
         if args.what == "stack":
@@ -183,7 +185,9 @@ def add_measure_commands(sub) -> None:
     b.add_argument("--num-seqs", type=int, default=None)
     b.add_argument("--new-tokens", type=int, default=512)
     b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--max-batched-tokens", type=int, default=8192)
+    b.add_argument("--max-batched-tokens", type=int, default=None,
+                   help="tokens a step may hold (default: the workload's own: 16,384 for nanovllm, as "
+                        "nano-vLLM's engine, else 8,192)")
     b.add_argument("--decode-steps", default=[1], type=_positive_ints,
                    help="EngineConfig.decode_steps values, comma-separated (e.g. 1,8: multi-step decoding "
                         "against one step per schedule, one row each)")

@@ -22,13 +22,16 @@ The traps, and what handles them:
   start counting k_r tokens ahead (Sampler.rows(..., ahead)), or they would redraw round r's noise.
 - The round's tokens go to the host by a copy the stream orders before anything launched after
   it (LaunchedRound below): a plain .tolist() would wait for round r+1 as well.
-- A request that arrives waits for the running round, as with multi-step; the next round is not
-  pre-launched while anyone waits (the scheduler decides who joins), nor when the KV cache has no
-  room for it (the next schedule() may preempt).
+- The next round is not launched while a request waits (the scheduler decides who joins), nor
+  when the KV cache has no room for it (the next schedule() may preempt). The price: a request
+  that arrives while rounds run waits for the round already launched, up to decode_steps model
+  steps more than with multi-step alone, before its prefill is scheduled.
+- Ctrl-C or an error mid-step: the launched round is forgotten (its inputs assumed the round
+  before it read whole) and the next schedule() continues from what the host has.
 
 Twin: async_rounds=False, the round read before the next is scheduled (multi_step.py alone).
-Measurement: `bench throughput --workload nanovllm --decode-steps 8 --async-rounds` against the
-same row without it (scripts/device_check.sh nanovllm-async).
+Measurement: `bench throughput --workload nanovllm --decode-steps 8 --async-rounds off,on`, a row
+each in one run (scripts/device_check.sh nanovllm-async).
 """
 from __future__ import annotations
 
@@ -64,8 +67,12 @@ class LaunchedRound:
         """The last token each of these rows sampled, on the device: the next round's inputs."""
         last = self.tokens[:, -1]   # (a column of a graph's buffer: copied out before its next replay)
         if rows == list(range(len(self.seqs))):
-            return last.contiguous()   # contiguous: a compiled forward would recompile for the strides
-        return last[torch.tensor(rows, device=last.device)]
+            return last.contiguous()   # a column's stride is the round's length: an eager compiled
+                                       # forward would recompile for it
+        index = torch.tensor(rows, dtype=torch.int64)
+        if last.is_cuda:   # from pinned memory: a copy from pageable memory would wait for the GPU
+            index = index.pin_memory().to(last.device, non_blocking=True)
+        return last[index]
 
     def read(self) -> list[list[int]]:
         """Each sequence's tokens of this round (waits for the round, not for what follows it)."""
