@@ -218,3 +218,18 @@ def test_nanovllm_steps_hold_what_nanovllms_do(monkeypatch, tiny_ckpt):
         with pytest.raises(Built):
             main([*args, *extra])
     assert seen == [16384, 8192, 4096]
+
+
+def test_bench_engine_fields(capsys, tmp_path, tiny_ckpt):
+    """--engine FIELD=VALUE reaches every row's engine; a field that is not EngineConfig's, or one
+    the bench sets itself (decode_steps: --decode-steps), is a usage error."""
+    from workbench.__main__ import main
+    out_json = tmp_path / "bench.json"
+    args = ["bench", "single", "--model", str(tiny_ckpt), "--settings", "all_off", "--new-tokens", "5", "--repeats", "1"]
+    assert main([*args, "--engine", "block_size=32", "--engine", "compile_prefill=false", "--json", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())[0]["output_tokens"] == 5
+    for bad in ("blok_size=32", "decode_steps=8", "block_size=thirty"):
+        with pytest.raises(SystemExit):
+            main([*args, "--engine", bad])
+    assert main([*args, "--engine", "block_size=33"]) == 2   # EngineConfig's own check: a clear error
+    assert "block_size=33 must be a power of two" in capsys.readouterr().err

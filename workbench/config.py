@@ -42,6 +42,9 @@ class EngineConfig:
                                          # decoding (workbench/optimizations/multi_step.py)
     graph_rounds: bool = False           # a greedy round of decode_steps steps as ONE graph replay
                                          # (needs cuda_graphs and decode_steps > 1; multi_step.py)
+    compile_prefill: bool = True         # with compile on: steps with prompt tokens run the compiled
+                                         # forward (True) or the plain one (False: no dynamo guards and
+                                         # wrappers a layer; optimizations/compile.py), a candidate
     async_rounds: bool = False           # launch the next decode round before reading the running
                                          # one (needs decode_steps > 1; optimizations/async_rounds.py)
     prefill_graphs: bool | None = None   # one sequence's prefill step replayed from a CUDA graph per

@@ -38,7 +38,7 @@ def describe_engine(llm) -> str:
         f"fdec       {fdec_text}",
         f"dattn      {'on (Triton split-KV kernel, decode steps)' if o.decode_attention else 'off'}",
         f"graphs     {'on, buckets ' + str(r.graphs.buckets) if r.graphs else 'off (eager decode)'}",
-        f"compile    {'on (torch.compile)' if o.compile else 'off'}",
+        f"compile    {_compile_text(llm)}",
         f"rounds     {_rounds_text(llm.config)}",
         f"pdl        {'on (programmatic dependent launch of the decode kernels)' if o.pdl else 'off'}",
         f"tensor parallel  {tp_text}",
@@ -53,6 +53,12 @@ def describe_engine(llm) -> str:
     if llm.overrides:
         lines.append(f"overrides  {describe_overrides(llm.overrides)}")
     return "\n".join(lines)
+
+
+def _compile_text(llm) -> str:
+    if not llm.opts.compile:
+        return "off"
+    return "on (torch.compile)" + ("" if llm.config.compile_prefill else "; prefill steps run the plain forward")
 
 
 def _rounds_text(cfg) -> str:

@@ -74,6 +74,8 @@ class ModelRunner:
         self.sample = self.overrides.get("sampler") or self.sampler.sample
 
         self.forward = torch_compile.install(self.model) if opts.compile else self.model.forward
+        # EngineConfig.compile_prefill=False: steps with prompt tokens run the plain forward (compile.py)
+        self.prefill_forward = self.model.forward if opts.compile and not cfg.compile_prefill else self.forward
         self.graphs = None
         if opts.cuda_graphs:
             self.graphs = DecodeGraphs(self.forward_logits, max_num_seqs=cfg.max_num_seqs,
@@ -215,7 +217,7 @@ class ModelRunner:
         else:
             with self._guard("step"):
                 input_ids, positions, meta = self._step_inputs(step)
-                hidden = self.forward(input_ids, positions, meta)
+                hidden = (self.forward if step.is_decode else self.prefill_forward)(input_ids, positions, meta)
             logits = None
             if samples:
                 last_rows = meta.cu_seqlens_q[1:].long() - 1
@@ -317,6 +319,6 @@ class ModelRunner:
 
     def close(self) -> None:
         self.graphs = self.prefill_graphs = None   # each holds the model (its forward) and the graphs' pool
-        self.forward = None
+        self.forward = self.prefill_forward = None
         self.model = None
         self.kv_cache = None

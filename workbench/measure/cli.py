@@ -52,6 +52,24 @@ def _positive_ints(text: str) -> list[int]:
     return values
 
 
+def _engine_field(text: str) -> tuple[str, object]:
+    """'compile_prefill=false' -> ('compile_prefill', False), for argparse: EngineConfig's own
+    fields only, the value as JSON (true, false, 8, null)."""
+    import dataclasses
+
+    from workbench.config import EngineConfig
+    name, _, value = text.partition("=")
+    # (not the fields the bench sets itself or has a flag for)
+    fields = {f.name for f in dataclasses.fields(EngineConfig)} - {
+        "model", "opts", "decode_steps", "async_rounds", "fused_sampling", "max_num_batched_tokens", "max_num_seqs"}
+    if name not in fields:
+        raise argparse.ArgumentTypeError(f"{name!r} is not an EngineConfig field; one of {', '.join(sorted(fields))}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be JSON, e.g. {name}=false or {name}=8") from None
+
+
 def _on_off(text: str) -> list[bool]:
     values = text.split(",")
     if not values or any(v not in ("off", "on") for v in values):
@@ -118,6 +136,7 @@ def cmd_bench(args) -> int:
         engine_kwargs = dict(max_num_seqs=max(len(load.prompts), 1))
         if args.max_batched_tokens:   # else the workload's own (bench.Workload)
             engine_kwargs["max_num_batched_tokens"] = args.max_batched_tokens
+        engine_kwargs.update(args.engine)
         if args.sampler:   # EngineConfig.fused_sampling: the engine refuses "fused" where it cannot run
             engine_kwargs["fused_sampling"] = args.sampler == "fused"
         if args.what == "stack":
@@ -198,6 +217,8 @@ def add_measure_commands(sub) -> None:
                    "all_on-<switch> (all on but one switch, e.g. all_on-decode_attention), all_on+<switch> "
                    "(all on plus a switch all_on leaves off), all_on_cublas "
                    "(all on with cuBLAS matmuls: no decode_gemv, no fused_decode)")
+    b.add_argument("--engine", action="append", default=[], type=_engine_field, metavar="FIELD=VALUE",
+                   help="an EngineConfig field for every row, e.g. compile_prefill=false (repeatable)")
     b.add_argument("--peers", action="store_true", help="also HF transformers generate / generate_batch")
     b.add_argument("--sampler", choices=["fused", "eager"],
                    help="how temperature rows are sampled (EngineConfig.fused_sampling): fused, the Triton kernel "

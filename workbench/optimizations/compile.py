@@ -8,6 +8,15 @@ recorded at warm-up (`llm.timings()["compile_s"]`).
 Installed: `install(model)` returns the compiled forward that the runner calls instead of
 `model.forward`; `warm_up(...)` compiles outside any timed region. Attention stays eager
 (`Attention.attend` is excluded from compilation).
+
+Where it pays (EngineConfig.compile_prefill, a candidate). A decode step replays a CUDA graph,
+so the compiled forward's host work is paid once, at capture. A prefill step runs eagerly: every
+layer's compiled pieces (attention breaks the graph) evaluate dynamo's guards and go through
+AOT autograd's wrappers on every step. On an H200 a 16 x 512-token prefill step took 35.6 ms
+with all on (compile among them) against 20.7 ms with flash + fused, ~15 ms of kernels in both:
+the difference is host time with the GPU idle (docs/results/breakdown-prefill-batch-h200.json). compile_prefill=False
+runs steps that carry prompt tokens through the plain forward; decode keeps inductor's kernels.
+(A one-sequence prefill replayed from a graph, prefill_graphs.py, keeps the compiled forward.)
 """
 from __future__ import annotations
 
