@@ -25,10 +25,9 @@ matters is what it can do before its wait and whether the next one finds room to
                       sampling: --variants current,eager-sampling --temperature 0.6
   prefill-own-pool    the prefill graphs captured in a memory pool of their own (session 11 measured
                       the decode step 653 -> 682 us with them sharing the decode graphs' pool: why?)
-  async-rounds        the next round of 8 steps launched before the running one is read
-                      (EngineConfig.async_rounds, optimizations/async_rounds.py): the host's work
-                      between rounds off the GPU's critical path
-  async-graph-rounds  async-rounds with graph-rounds: a round one replay, launched a round ahead
+  sync-rounds         each round of 8 steps read before the next is scheduled: async rounds' twin
+                      (EngineConfig.async_rounds=False; async is the default since session 13, which
+                      measured 1,404 -> 1,458 tok/s with it here, 3 rounds of 3)
   eager-prefill       the prompt's prefill step run eagerly, the prefill graphs' twin
                       (EngineConfig.prefill_graphs=False; graphs are the default since session 11:
                       time to the first token 37.6 -> 1.9 ms); compare ttft_ms and tok/s
@@ -59,8 +58,7 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
     "rope-inputs-late": ("qk_norm_rope_store", "qk_norm_rope_store", {"inputs_early": False}),
 }
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_sampling": False},
-          "eager-prefill": {"prefill_graphs": False}, "async-rounds": {"async_rounds": True},
-          "async-graph-rounds": {"async_rounds": True, "graph_rounds": True}}   # EngineConfig fields
+          "eager-prefill": {"prefill_graphs": False}, "sync-rounds": {"async_rounds": False}}   # EngineConfig fields
 OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL]
 

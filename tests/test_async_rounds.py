@@ -28,7 +28,7 @@ def _stops_inside_rounds(ckpt, prompts, decode_steps):
 def test_async_rounds_same_tokens(tiny_ckpt, prompts, decode_steps):
     greedy, _ = _run(tiny_ckpt, prompts, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
     for params in (_mixed_params([tokens for tokens, _ in greedy]), _stops_inside_rounds(tiny_ckpt, prompts, decode_steps)):
-        want, sync_stats = _run(tiny_ckpt, prompts, params, decode_steps=decode_steps)
+        want, sync_stats = _run(tiny_ckpt, prompts, params, decode_steps=decode_steps, async_rounds=False)
         got, stats = _run(tiny_ckpt, prompts, params, decode_steps=decode_steps, async_rounds=True)
         assert got == want
         assert stats.decode_tokens == sync_stats.decode_tokens   # tokens past a stop are not counted as work
@@ -48,7 +48,7 @@ def test_async_rounds_with_preemption(tiny_ckpt, prompts):
 
 def test_async_rounds_stream_what_rounds_read_one_at_a_time_give(tiny_ckpt, prompts):
     params = _seeded(3, 13)
-    want, _ = _run(tiny_ckpt, prompts[:3], params, decode_steps=4)
+    want, _ = _run(tiny_ckpt, prompts[:3], params, decode_steps=4, async_rounds=False)
     with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=4, async_rounds=True, **ENGINE) as llm:
         events = list(llm.stream(prompts[:3], params))
     for rid, (tokens, _) in zip(sorted({e.request_id for e in events}), want):
@@ -77,7 +77,7 @@ def test_abort_while_a_round_is_launched(tiny_ckpt, prompts):
     """A request aborted between steps, its round launched: its tokens are dropped, the other
     requests' tokens are what they would have been, and its blocks all come back."""
     params = _seeded(3, 20)
-    want, _ = _run(tiny_ckpt, prompts[1:3], params[1:], decode_steps=4)
+    want, _ = _run(tiny_ckpt, prompts[1:3], params[1:], decode_steps=4, async_rounds=False)
     with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=4, async_rounds=True, **ENGINE) as llm:
         free = llm.block_manager.num_free_blocks
         doomed, *others = llm._queue(prompts[:3], params)
@@ -115,7 +115,7 @@ def test_an_error_mid_step_loses_nobody_elses_tokens():
     sort_prompts = [p for p, _ in make_sort_prompts(2, seed=4, min_len=7)]
     params = SamplingParams(temperature=0, max_tokens=40)
     engine = {"block_size": 16, "max_model_len": 64}   # the sorter's own length
-    want, _ = _run(DEFAULT_MODEL_DIR, sort_prompts, params, decode_steps=4, **engine)
+    want, _ = _run(DEFAULT_MODEL_DIR, sort_prompts, params, decode_steps=4, async_rounds=False, **engine)
     assert min(len(set(tokens)) for tokens, _ in want) > 4
     with LLM(DEFAULT_MODEL_DIR, opts=Optimizations(attention="sdpa"), decode_steps=4, async_rounds=True, **engine) as llm:
         seqs = llm._queue(sort_prompts, params)
@@ -135,6 +135,10 @@ def test_an_error_mid_step_loses_nobody_elses_tokens():
         assert [seq.output_token_ids for seq in seqs] == [tokens for tokens, _ in want]
 
 
-def test_async_rounds_needs_rounds(tiny_ckpt):
+def test_async_rounds_needs_rounds_and_is_on_wherever_there_are(tiny_ckpt):
     with pytest.raises(ValueError, match="async_rounds=True: .*set decode_steps > 1"):
         LLM(tiny_ckpt, async_rounds=True)
+    for steps, on in ((1, False), (4, True)):
+        with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=steps) as llm:
+            assert llm.config.async_rounds is on
+            assert ("the next round launched before this one is read" in llm.describe()) is on

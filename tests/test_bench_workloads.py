@@ -193,7 +193,7 @@ def test_bench_async_rounds_rows(capsys, tmp_path, tiny_ckpt):
     args = ["bench", "single", "--model", str(tiny_ckpt), "--settings", "all_off", "--new-tokens", "9", "--repeats", "1"]
     assert main([*args, "--decode-steps", "1,4", "--async-rounds", "off,on", "--json", str(out_json)]) == 0
     rows = json.loads(out_json.read_text())
-    assert [row["note"].split(";")[0] for row in rows] == ["all off", "all off, 4 decode steps",
+    assert [row["note"].split(";")[0] for row in rows] == ["all off", "all off, 4 decode steps, rounds read one at a time",
                                                             "all off, 4 decode steps, async rounds"]
     assert {row["output_tokens"] for row in rows} == {9}
     assert main([*args, "--async-rounds", "on"]) == 2

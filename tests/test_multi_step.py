@@ -35,27 +35,30 @@ def _mixed_params(reference_tokens):
     return params
 
 
+@pytest.mark.parametrize("async_rounds", [False, True])   # (async_rounds: tests/test_async_rounds.py)
 @pytest.mark.parametrize("decode_steps", [2, 4, 7])
-def test_multi_step_same_tokens(tiny_ckpt, prompts, decode_steps):
+def test_multi_step_same_tokens(tiny_ckpt, prompts, decode_steps, async_rounds):
     greedy, _ = _run(tiny_ckpt, prompts, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
     params = _mixed_params([tokens for tokens, _ in greedy])
     want, one_stats = _run(tiny_ckpt, prompts, params)
-    got, stats = _run(tiny_ckpt, prompts, params, decode_steps=decode_steps)
+    got, stats = _run(tiny_ckpt, prompts, params, decode_steps=decode_steps, async_rounds=async_rounds)
     assert got == want
     assert len(stats.step_seconds) < len(one_stats.step_seconds)   # fewer rounds of the host loop
     assert stats.decode_tokens == one_stats.decode_tokens           # no dropped token counted as work done
     assert sum(stats.step_kind_tokens.values()) == sum(one_stats.step_kind_tokens.values())
 
 
-def test_multi_step_with_preemption(tiny_ckpt, prompts):
+@pytest.mark.parametrize("async_rounds", [False, True])
+def test_multi_step_with_preemption(tiny_ckpt, prompts, async_rounds):
     params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
     want, _ = _run(tiny_ckpt, prompts, params, num_kv_blocks=200)
-    got, stats = _run(tiny_ckpt, prompts, params, num_kv_blocks=24, decode_steps=4)   # too few blocks
+    got, stats = _run(tiny_ckpt, prompts, params, num_kv_blocks=24, decode_steps=4,   # too few blocks
+                      async_rounds=async_rounds)
     assert stats.preemptions > 0
     assert got == want
 
 
-@pytest.mark.parametrize("async_rounds", [False, True])   # (async_rounds: tests/test_async_rounds.py)
+@pytest.mark.parametrize("async_rounds", [False, True])
 def test_multi_step_streams_every_token_once(tiny_ckpt, prompts, async_rounds):
     params = SamplingParams(temperature=0, max_tokens=13, ignore_eos=True)
     with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=4, async_rounds=async_rounds,

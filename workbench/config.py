@@ -45,8 +45,10 @@ class EngineConfig:
     compile_prefill: bool = True         # with compile on: steps with prompt tokens run the compiled
                                          # forward (True) or the plain one (False: no dynamo guards and
                                          # wrappers a layer; optimizations/compile.py), a candidate
-    async_rounds: bool = False           # launch the next decode round before reading the running
-                                         # one (needs decode_steps > 1; optimizations/async_rounds.py)
+    async_rounds: bool | None = None     # launch the next decode round before reading the running
+                                         # one (optimizations/async_rounds.py). None: on wherever
+                                         # decode_steps > 1 (True: required; False: its twin, each
+                                         # round read before the next is scheduled)
     prefill_graphs: bool | None = None   # one sequence's prefill step replayed from a CUDA graph per
                                          # token-count bucket (optimizations/prefill_graphs.py): the
                                          # time to the first token. None: on wherever cuda_graphs is
@@ -79,7 +81,7 @@ class EngineConfig:
             (not self.graph_rounds or self.decode_steps > 1,
              f"graph_rounds=True captures a round of decode_steps steps, but decode_steps={self.decode_steps}: "
              "set decode_steps > 1 (e.g. 8), or graph_rounds=False"),
-            (not self.async_rounds or self.decode_steps > 1,
+            (self.async_rounds is not True or self.decode_steps > 1,
              f"async_rounds=True: {async_rounds.why_not(self.decode_steps)}, or async_rounds=False"),
             (type(self.tensor_parallel_size) is int and self.tensor_parallel_size >= 1,
              f"tensor_parallel_size={self.tensor_parallel_size!r} must be an integer >= 1 (1: no tensor "

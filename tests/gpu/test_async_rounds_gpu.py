@@ -39,7 +39,7 @@ def test_async_rounds_same_tokens_on_the_sorter(opts):
     params = [SamplingParams(temperature=0, max_tokens=12),                  # EOS mid-round
               SamplingParams(temperature=0, max_tokens=9, ignore_eos=True),
               SamplingParams(temperature=0.6, seed=5, max_tokens=11)] * 16     # the fused sampler, seeded
-    want, sync_aheads, _ = _generate(DEFAULT_MODEL_DIR, prompts, params, opts=opts, decode_steps=8)
+    want, sync_aheads, _ = _generate(DEFAULT_MODEL_DIR, prompts, params, opts=opts, decode_steps=8, async_rounds=False)
     got, aheads, _ = _generate(DEFAULT_MODEL_DIR, prompts, params, opts=opts, decode_steps=8, async_rounds=True)
     assert set(sync_aheads) == {0} and max(aheads) == 8, (sync_aheads, aheads)
     assert got == want
@@ -61,7 +61,7 @@ def test_async_rounds_with_graph_rounds_and_seeds(q06b):
     seeded = SamplingParams(temperature=0.6, seed=9, max_tokens=45, ignore_eos=True)
     engine = dict(opts=Optimizations.all_on(), decode_steps=8, graph_rounds=True, max_num_seqs=8, max_model_len=512)
     for prompt_list, params in ((prompts, greedy), (prompts[1:2], seeded)):
-        want, _, _ = _generate(q06b, prompt_list, params, **engine)
+        want, _, _ = _generate(q06b, prompt_list, params, async_rounds=False, **engine)
         got, aheads, on_device = _generate(q06b, prompt_list, params, async_rounds=True, **engine)
         assert max(aheads) == 8 and got == want, aheads
         assert params is seeded or (True in on_device), on_device   # a round graph fed by the last one

@@ -92,6 +92,8 @@ class LLM(MeasurementMethods):
             raise ValueError(f"fused_sampling=True: {why}")
         if self.config.fused_sampling is None:   # on where it measured faster: a GPU (engine/sampler.py)
             self.config.fused_sampling = why is None and self.device.startswith("cuda") and tp == 1
+        if self.config.async_rounds is None:   # on wherever there are rounds (measured: async_rounds.py)
+            self.config.async_rounds = self.config.decode_steps > 1
         self._decode_steps = self.config.decode_steps   # (a measurement may hold it at 1: decode_steps_override)
         self.max_model_len = self.config.max_model_len
         if self.max_model_len is None:

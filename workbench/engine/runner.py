@@ -74,8 +74,6 @@ class ModelRunner:
         self.sample = self.overrides.get("sampler") or self.sampler.sample
 
         self.forward = torch_compile.install(self.model) if opts.compile else self.model.forward
-        # EngineConfig.compile_prefill=False: steps with prompt tokens run the plain forward (compile.py)
-        self.prefill_forward = self.model.forward if opts.compile and not cfg.compile_prefill else self.forward
         self.graphs = None
         if opts.cuda_graphs:
             self.graphs = DecodeGraphs(self.forward_logits, max_num_seqs=cfg.max_num_seqs,
@@ -217,7 +215,7 @@ class ModelRunner:
         else:
             with self._guard("step"):
                 input_ids, positions, meta = self._step_inputs(step)
-                hidden = (self.forward if step.is_decode else self.prefill_forward)(input_ids, positions, meta)
+                hidden = self._eager_forward(step)(input_ids, positions, meta)
             logits = None
             if samples:
                 last_rows = meta.cu_seqlens_q[1:].long() - 1
@@ -293,6 +291,13 @@ class ModelRunner:
             host_seconds["sample"] += time.perf_counter() - t0
         return tokens
 
+    def _eager_forward(self, step: HostStep):
+        """The forward a step outside the graphs runs: the plain one for steps with prompt tokens
+        under compile_prefill=False (optimizations/compile.py), else self.forward."""
+        if self.opts.compile and not self.cfg.compile_prefill and not step.is_decode:
+            return self.model.forward
+        return self.forward
+
     def _round_graph_fits(self, step: HostStep, num_steps: int) -> bool:
         """graph_rounds (multi_step.py): a captured round fits this greedy one -- its length, a
         batch a graph holds."""
@@ -319,6 +324,6 @@ class ModelRunner:
 
     def close(self) -> None:
         self.graphs = self.prefill_graphs = None   # each holds the model (its forward) and the graphs' pool
-        self.forward = self.prefill_forward = None
+        self.forward = None
         self.model = None
         self.kv_cache = None

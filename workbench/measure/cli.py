@@ -128,7 +128,7 @@ def cmd_bench(args) -> int:
     if args.sampler and greedy:   # before anything runs: the choice would never be used
         raise ValueError(f"--sampler picks how temperature rows are sampled, and the {', '.join(greedy)} workload "
                          f"is greedy: add --temperature 0.6 (the nanovllm workload's own)")
-    if any(args.async_rounds) and max(args.decode_steps) == 1:   # no row would have it: say so now
+    if True in args.async_rounds and max(args.decode_steps) == 1:   # no row would have it: say so now
         raise ValueError("--async-rounds on overlaps multi-step rounds: add --decode-steps 8 (or any value > 1)")
     for name, load in loads.items():
         if load.note:
@@ -147,8 +147,10 @@ def cmd_bench(args) -> int:
         for title, opts in runnable(settings, lambda item: item[1]):
             # multi-step decoding: one row per value, and per async_rounds setting where it has rounds
             for steps, overlap in [(s, a) for s in args.decode_steps for a in args.async_rounds if s > 1 or not a]:
-                note = (title if steps == 1 else f"{title}, {steps} decode steps") + \
-                    (", async rounds" if overlap else "") + (f", {args.sampler} sampler" if args.sampler else "")
+                overlap = steps > 1 if overlap is None else overlap   # None: the engine's default
+                rounds = "" if steps == 1 else ", async rounds" if overlap else ", rounds read one at a time"
+                note = (title if steps == 1 else f"{title}, {steps} decode steps") + rounds + \
+                    (f", {args.sampler} sampler" if args.sampler else "")
                 r = bench.bench_engine(path, opts, load, repeats=args.repeats, decode_steps=steps,
                                        async_rounds=overlap, **engine_kwargs)
                 r.note = note + (f"; {r.note}" if r.note else "")
@@ -210,9 +212,10 @@ def add_measure_commands(sub) -> None:
     b.add_argument("--decode-steps", default=[1], type=_positive_ints,
                    help="EngineConfig.decode_steps values, comma-separated (e.g. 1,8: multi-step decoding "
                         "against one step per schedule, one row each)")
-    b.add_argument("--async-rounds", default=[False], type=_on_off,
+    b.add_argument("--async-rounds", default=[None], type=_on_off,
                    help="EngineConfig.async_rounds: off, on, or off,on (a row each, for every --decode-steps "
-                        "value > 1): the next round launched before the running one is read")
+                        "value > 1): the next round launched before the running one is read (default: the "
+                        "engine's, on wherever decode steps > 1)")
     b.add_argument("--settings", default="all_off,all_on", help="for single/batch/throughput: all_off, all_on, "
                    "all_on-<switch> (all on but one switch, e.g. all_on-decode_attention), all_on+<switch> "
                    "(all on plus a switch all_on leaves off), all_on_cublas "
