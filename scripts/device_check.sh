@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -55,6 +55,9 @@ do_step() {
     # against the same engine reading each round first, one run each (16,384 tokens a step: the
     # workload's own since session 13); then with the prefill steps through the plain forward
     nanovllm-async) run nanovllm-async $W bench throughput $P --workload nanovllm --settings all_on --repeats 1 --decode-steps 8 --async-rounds off,on --json "$OUT/nanovllm-async.json" ;;
+    # session 13: what async rounds cost a request that arrives while rounds run (TTFT from its
+    # arrival, median and p90), 30 requests a second (~2/3 of what the engine serves at once)
+    nanovllm-arrivals) run nanovllm-arrivals $W bench throughput $P --workload nanovllm --settings all_on --repeats 1 --decode-steps 8 --async-rounds off,on --arrival-rate "${ARRIVAL_RATE:-30}" --json "$OUT/nanovllm-arrivals.json" ;;
     nanovllm-plain-prefill) run nanovllm-plain-prefill $W bench throughput $P --workload nanovllm --settings all_on --repeats 1 --decode-steps 8 --async-rounds on --engine compile_prefill=false --json "$OUT/nanovllm-plain-prefill.json" ;;
     nanovllm-eager) run nanovllm-eager $W bench throughput $P --workload nanovllm --settings all_on --repeats 1 --decode-steps 8 --sampler eager --json "$OUT/nanovllm-eager-sampling.json" ;;
     breakdown-batch) run breakdown-batch $W measure breakdown $P --batch 256 --settings flash+fused+graphs,flash+fused+gemv+fdec+dattn+graphs+compile+pdl --json "$OUT/breakdown-batch.json" --figure "$OUT/breakdown-batch.png" ;;

@@ -233,3 +233,38 @@ def test_bench_engine_fields(capsys, tmp_path, tiny_ckpt):
             main([*args, "--engine", bad])
     assert main([*args, "--engine", "block_size=33"]) == 2   # EngineConfig's own check: a clear error
     assert "block_size=33 must be a power of two" in capsys.readouterr().err
+
+
+def test_requests_arriving_over_time(tiny_ckpt):
+    """--arrival-rate: seeded Poisson arrivals, the first at 0; each request joins the engine at
+    its time (its TTFT counts from there) and gets the tokens generate gives it; a bad rate or a
+    wrong list of times is refused."""
+    from workbench import LLM, Optimizations, SamplingParams
+    load = bench.make_workload("batch", 512, num_seqs=6, prompt_len=8, arrival_rate=40.0)
+    again = bench.make_workload("batch", 512, num_seqs=6, prompt_len=8, arrival_rate=40.0)
+    assert load.arrival_s == again.arrival_s and load.arrival_s[0] == 0.0
+    assert all(b > a for a, b in zip(load.arrival_s, load.arrival_s[1:])) and load.arrival_s[-1] > 0.02
+    params = [SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)] * 6
+    with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), max_model_len=64) as llm:
+        want = [o.token_ids for o in llm.generate(load.prompts, params, use_tqdm=False)]
+        outs = llm.generate_arriving(load.prompts, params, load.arrival_s)
+        seqs_arrived = [o.stats.arrival_time for o in outs]
+        with pytest.raises(ValueError, match="ascending"):
+            llm.generate_arriving(load.prompts[:2], params[:2], [0.1, 0.0])
+    assert [o.token_ids for o in outs] == want
+    joined = [t - seqs_arrived[0] for t in seqs_arrived]   # each joined at (or just after) its time
+    assert all(0 <= got - at < 0.05 for got, at in zip(joined, load.arrival_s)), (joined, load.arrival_s)
+    with pytest.raises(ValueError, match="arrival_rate=0 must be > 0"):
+        bench.make_workload("batch", 512, num_seqs=2, arrival_rate=0)
+
+
+def test_bench_rows_with_arrivals(tmp_path, tiny_ckpt):
+    from workbench.__main__ import main
+    out_json = tmp_path / "bench.json"
+    args = ["bench", "batch", "--model", str(tiny_ckpt), "--settings", "all_off", "--num-seqs", "4",
+            "--new-tokens", "4", "--repeats", "1", "--arrival-rate", "50"]
+    assert main([*args, "--json", str(out_json)]) == 0
+    row = json.loads(out_json.read_text())[0]
+    assert row["output_tokens"] == 16 and row["ttft_p90_ms"] >= row["ttft_ms"] > 0
+    assert "requests arrive at 50/s" in row["note"]
+    assert main([*args, "--peers"]) == 2

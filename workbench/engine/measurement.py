@@ -6,6 +6,7 @@ engine's state. LLM inherits them (engine/llm.py).
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 import torch
@@ -26,6 +27,28 @@ class MeasurementMethods:
             self.step()
             steps += 1
         return steps
+
+    def generate_arriving(self, prompts: list, params: list, arrival_s: list[float]) -> list:
+        """Like generate, but request i joins `arrival_s[i]` seconds after the start (ascending),
+        while the engine steps -- as a server sees them. Each request's time to the first token
+        counts from its own arrival; the outputs come back in prompt order."""
+        if len(arrival_s) != len(prompts) or any(b < a for a, b in zip(arrival_s, arrival_s[1:])):
+            raise ValueError("arrival_s: one time per prompt, in seconds from the start, ascending")
+        seqs, start = [], time.perf_counter()
+        try:
+            while len(seqs) < len(prompts) or self.scheduler.has_unfinished():
+                now = time.perf_counter() - start
+                while len(seqs) < len(prompts) and arrival_s[len(seqs)] <= now:
+                    i = len(seqs)
+                    seqs += self._queue([prompts[i]], [params[i]])
+                if self.scheduler.has_unfinished():
+                    self.step()
+                else:   # idle until the next request arrives
+                    time.sleep(max(arrival_s[len(seqs)] - now, 0.0))
+        except BaseException:   # as generate: leave a clean engine
+            self.abort(seqs)
+            raise
+        return [self._output(seq) for seq in seqs]
 
     @contextmanager
     def decode_steps_override(self, decode_steps: int):

@@ -43,7 +43,8 @@ class BenchResult:
     tok_s: float | None         # output tokens / seconds
     prefill_tok_s: float | None = None  # prompt tokens / seconds of pure-prefill steps
     decode_tok_s: float | None = None   # tokens / seconds of pure-decode steps (all sequences)
-    ttft_ms: float | None = None
+    ttft_ms: float | None = None        # median over requests (from each one's arrival)
+    ttft_p90_ms: float | None = None    # the 90th percentile (nearest rank)
     tpot_ms: float | None = None
     warmup: dict = field(default_factory=dict)   # load / compile / graph-capture seconds
     host_ms_per_step: dict = field(default_factory=dict)   # engine host time by phase (LLM.stats)
@@ -79,6 +80,7 @@ class Workload:
     temperature: float = 0.0            # 0: greedy
     max_model_len: int | None = None    # None: just long enough for the longest sequence
     max_num_batched_tokens: int = 8192  # tokens a step may hold (the bench's --max-batched-tokens overrides)
+    arrival_s: list[float] | None = None   # when each request joins, seconds from the start (None: all at once)
     note: str = ""
 
     @property
@@ -109,8 +111,10 @@ def nanovllm_workload(vocab: int, num_seqs: int = 256) -> Workload:
 
 def make_workload(name: str, vocab: int, *, seed: int = 0, num_seqs: int | None = None,
                   prompt_len: int = 128, new_tokens: int = 512, min_len: int = 100, max_len: int = 1024,
-                  temperature: float | None = None) -> Workload:
-    """`temperature`: None keeps the workload's own (0, greedy; nanovllm: 0.6)."""
+                  temperature: float | None = None, arrival_rate: float | None = None) -> Workload:
+    """`temperature`: None keeps the workload's own (0, greedy; nanovllm: 0.6). `arrival_rate`:
+    requests a second, arriving as a Poisson process (seeded: the same times every run) in the
+    workload's order, the first at 0; None: all at once."""
     rng = random.Random(seed)
     if name == "nanovllm":
         load = nanovllm_workload(vocab, num_seqs or 256)
@@ -128,6 +132,14 @@ def make_workload(name: str, vocab: int, *, seed: int = 0, num_seqs: int | None 
         if temperature < 0:
             raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
         load.temperature = temperature
+    if arrival_rate is not None:
+        if not arrival_rate > 0:
+            raise ValueError(f"arrival_rate={arrival_rate} must be > 0 requests a second (or None: all at once)")
+        gaps = random.Random(seed + 1)
+        load.arrival_s = [0.0]
+        for _ in load.prompts[1:]:
+            load.arrival_s.append(load.arrival_s[-1] + gaps.expovariate(arrival_rate))
+        load.note = "; ".join(filter(None, [load.note, f"requests arrive at {arrival_rate:g}/s (Poisson, seeded)"]))
     return load
 
 
@@ -154,12 +166,17 @@ def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: boo
     st = llm.stats
     host_before, steps_before = dict(st.host_seconds), st.steps
     kind_s_before, kind_tok_before = dict(st.step_kind_seconds), dict(st.step_kind_tokens)
-    spread = time_runs(partial(llm.generate, workload.prompts, params, use_tqdm=False), repeats=repeats, warmup=0, sync=_sync)
+    run = partial(llm.generate, workload.prompts, params, use_tqdm=False)
+    if workload.arrival_s is not None:   # requests join over time: TTFT counts from each arrival
+        run = partial(llm.generate_arriving, workload.prompts, params, workload.arrival_s)
+    spread = time_runs(run, repeats=repeats, warmup=0, sync=_sync)
     outs = spread.last
     tokens, seconds = sum(len(o.token_ids) for o in outs), spread.median / 1e3
     tpots = [o.tpot for o in outs if o.tpot]
+    ttfts = sorted(o.ttft for o in outs)
     return {"output_tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds,
-            "ttft_ms": statistics.median(o.ttft for o in outs) * 1e3,
+            "ttft_ms": statistics.median(ttfts) * 1e3,
+            "ttft_p90_ms": ttfts[min(int(0.9 * len(ttfts)), len(ttfts) - 1)] * 1e3,
             "tpot_ms": statistics.median(tpots) * 1e3 if tpots else None,
             **{f"{kind}_tok_s": _rate(st.step_kind_tokens[kind] - kind_tok_before[kind],
                                       st.step_kind_seconds[kind] - kind_s_before[kind])
@@ -245,7 +262,7 @@ def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats:
         inside = step_profile(llm, workload, timed["tpot_ms"])
     return BenchResult(workload.name, "workbench", opts.label(), timed["output_tokens"], timed["seconds"],
                        timed["tok_s"], prefill_tok_s=timed["prefill_tok_s"], decode_tok_s=timed["decode_tok_s"],
-                       ttft_ms=timed["ttft_ms"], tpot_ms=timed["tpot_ms"], warmup=warmup,
+                       ttft_ms=timed["ttft_ms"], ttft_p90_ms=timed["ttft_p90_ms"], tpot_ms=timed["tpot_ms"], warmup=warmup,
                        host_ms_per_step=timed["host_ms_per_step"], gpu=gpu_name(),
                        temperature=workload.temperature, **inside)
 

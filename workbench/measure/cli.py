@@ -123,11 +123,15 @@ def cmd_bench(args) -> int:
                  "stack": args.workloads.split(",")}[args.what]
     rows = []
     loads = {name: bench.make_workload(name, vocab, num_seqs=args.num_seqs, new_tokens=args.new_tokens,
-                                       temperature=args.temperature) for name in workloads}
+                                       temperature=args.temperature, arrival_rate=args.arrival_rate)
+             for name in workloads}
     greedy = [name for name, load in loads.items() if load.temperature == 0]
     if args.sampler and greedy:   # before anything runs: the choice would never be used
         raise ValueError(f"--sampler picks how temperature rows are sampled, and the {', '.join(greedy)} workload "
                          f"is greedy: add --temperature 0.6 (the nanovllm workload's own)")
+    if args.arrival_rate is not None and args.peers:   # the peers' generate takes every request at once
+        raise ValueError("--arrival-rate times requests that join over time, which the peers' rows cannot: "
+                         "drop --peers, or --arrival-rate")
     if True in args.async_rounds and max(args.decode_steps) == 1:   # no row would have it: say so now
         raise ValueError("--async-rounds on overlaps multi-step rounds: add --decode-steps 8 (or any value > 1)")
     for name, load in loads.items():
@@ -150,7 +154,8 @@ def cmd_bench(args) -> int:
                 overlap = steps > 1 if overlap is None else overlap   # None: the engine's default
                 rounds = "" if steps == 1 else ", async rounds" if overlap else ", rounds read one at a time"
                 note = (title if steps == 1 else f"{title}, {steps} decode steps") + rounds + \
-                    (f", {args.sampler} sampler" if args.sampler else "")
+                    (f", {args.sampler} sampler" if args.sampler else "") + \
+                    (f", requests arrive at {args.arrival_rate:g}/s" if args.arrival_rate else "")
                 r = bench.bench_engine(path, opts, load, repeats=args.repeats, decode_steps=steps,
                                        async_rounds=overlap, **engine_kwargs)
                 r.note = note + (f"; {r.note}" if r.note else "")
@@ -172,7 +177,7 @@ def cmd_bench(args) -> int:
         rows += bench.with_ratios(results, results[0])
     print(f"\nbenchmarks on {bench.gpu_name()} (measured; ratio = tok/s over the first row of its workload)")
     print(format_table(rows, ["workload", "engine", "setting", "note", "temperature", "output_tokens", "seconds", "tok_s",
-                              "prefill_tok_s", "decode_tok_s", "ttft_ms", "tpot_ms", "ratio", "kernels_per_step",
+                              "prefill_tok_s", "decode_tok_s", "ttft_ms", "ttft_p90_ms", "tpot_ms", "ratio", "kernels_per_step",
                               "gpu_kernel_us_per_step", "of_copy_bandwidth"]))
     _save([r.to_dict() for r in rows], args.json)
     return 0
@@ -204,6 +209,9 @@ def add_measure_commands(sub) -> None:
     b.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature for every request (default: the workload's own; 0 = greedy)")
     b.add_argument("--num-seqs", type=int, default=None)
+    b.add_argument("--arrival-rate", type=float, default=None,
+                   help="requests a second, arriving over time (Poisson, seeded) instead of all at once; the "
+                        "time to the first token then counts from each request's arrival (ttft_ms, ttft_p90_ms)")
     b.add_argument("--new-tokens", type=int, default=512)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--max-batched-tokens", type=int, default=None,
