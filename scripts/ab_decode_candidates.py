@@ -58,7 +58,8 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
     "rope-inputs-late": ("qk_norm_rope_store", "qk_norm_rope_store", {"inputs_early": False}),
 }
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_sampling": False},
-          "eager-prefill": {"prefill_graphs": False}, "sync-rounds": {"async_rounds": False}}   # EngineConfig fields
+          "eager-prefill": {"prefill_graphs": False}, "sync-rounds": {"async_rounds": False},
+          "async-rounds": {"async_rounds": True}}   # EngineConfig fields ("async-rounds": = current since session 13)
 OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL]
 
@@ -87,7 +88,9 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
                                temperature=temperature)
     r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1,
                            **ENGINE.get(variant, {}))
-    print("RESULT " + json.dumps({"variant": variant, "temperature": temperature, **r.to_dict()}, default=str),
+    overlapped = ENGINE.get(variant, {}).get("async_rounds", True)   # (8 decode steps: on unless turned off)
+    print("RESULT " + json.dumps({"variant": variant, "temperature": temperature, "async_rounds": overlapped,
+                                  **r.to_dict()}, default=str),
           flush=True)
 
 

@@ -142,3 +142,21 @@ def test_async_rounds_needs_rounds_and_is_on_wherever_there_are(tiny_ckpt):
         with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=steps) as llm:
             assert llm.config.async_rounds is on
             assert ("the next round launched before this one is read" in llm.describe()) is on
+
+
+def test_measurements_refuse_a_round_in_flight(tiny_ckpt, prompts):
+    """The host's view is a round behind while a round is launched: decode_step_inputs() would
+    describe a step the GPU already runs, and decode_steps_override(1)'s next step() would read
+    that round. Both say so; after abort_all() both work."""
+    with LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), decode_steps=4, **ENGINE) as llm:
+        llm._queue(prompts[:2], SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
+        llm.step(), llm.step()
+        for measure in (llm.decode_step_inputs, lambda: llm.decode_steps_override(1).__enter__()):
+            with pytest.raises(RuntimeError, match="a decode round is in flight"):
+                measure()
+        llm.abort_all()
+        with llm.decode_steps_override(1):
+            llm._queue(prompts[:1], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
+            llm.prefill_all()
+            assert llm.decode_step_inputs().num_seqs == 1
+

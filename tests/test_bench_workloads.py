@@ -221,14 +221,16 @@ def test_nanovllm_steps_hold_what_nanovllms_do(monkeypatch, tiny_ckpt):
 
 
 def test_bench_engine_fields(capsys, tmp_path, tiny_ckpt):
-    """--engine FIELD=VALUE reaches every row's engine; a field that is not EngineConfig's, or one
-    the bench sets itself (decode_steps: --decode-steps), is a usage error."""
+    """--engine FIELD=VALUE reaches every row's engine and its note; a field that is not
+    EngineConfig's, one the bench sets from its own flag (decode_steps: --decode-steps), or a value
+    of the wrong type (a string for a bool: truthy, it would switch nothing off) is a usage error."""
     from workbench.__main__ import main
     out_json = tmp_path / "bench.json"
     args = ["bench", "single", "--model", str(tiny_ckpt), "--settings", "all_off", "--new-tokens", "5", "--repeats", "1"]
     assert main([*args, "--engine", "block_size=32", "--engine", "compile_prefill=false", "--json", str(out_json)]) == 0
-    assert json.loads(out_json.read_text())[0]["output_tokens"] == 5
-    for bad in ("blok_size=32", "decode_steps=8", "block_size=thirty"):
+    row = json.loads(out_json.read_text())[0]
+    assert row["output_tokens"] == 5 and "block_size=32, compile_prefill=False" in row["note"]
+    for bad in ("blok_size=32", "decode_steps=8", "block_size=thirty", 'compile_prefill="false"', "compile_prefill=null"):
         with pytest.raises(SystemExit):
             main([*args, "--engine", bad])
     assert main([*args, "--engine", "block_size=33"]) == 2   # EngineConfig's own check: a clear error

@@ -35,3 +35,12 @@ def test_compiled_bf16_logits_equal_eager(tmp_path):
     assert calls == {"compiled": 2, "plain": 1}
     assert tokens == eager_tokens
     torch.testing.assert_close(logits, eager_logits, rtol=0, atol=0)
+
+
+def test_compile_prefill_false_refused_with_tensor_parallelism(tiny_ckpt):
+    """The worker ranks run one forward for every step: a plain prefill on rank 0 alone would
+    disagree with them."""
+    from workbench import Optimizations
+    import pytest
+    with pytest.raises(ValueError, match="compile_prefill=False is not implemented with tensor parallelism"):
+        LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), tensor_parallel_size=2, compile_prefill=False)

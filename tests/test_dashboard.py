@@ -47,7 +47,7 @@ def test_run_appends_history_and_plots(board):
     board.decode_steps.value = 4                   # multi-step decoding: a workload knob, labelled
     board.run_button.click()
     row = board.history[-1]
-    assert row["decode_steps"] == 4 and row["setting"] == "sdpa, 4 steps/round"
+    assert row["decode_steps"] == 4 and row["setting"] == "sdpa, 4 steps/round, async rounds"
     assert row["output_tokens"] == 3 * 6 and board.plotted_runs() == 3
     board.decode_steps.value = 1
 

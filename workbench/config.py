@@ -42,9 +42,9 @@ class EngineConfig:
                                          # decoding (workbench/optimizations/multi_step.py)
     graph_rounds: bool = False           # a greedy round of decode_steps steps as ONE graph replay
                                          # (needs cuda_graphs and decode_steps > 1; multi_step.py)
-    compile_prefill: bool = True         # with compile on: steps with prompt tokens run the compiled
-                                         # forward (True) or the plain one (False: no dynamo guards and
-                                         # wrappers a layer; optimizations/compile.py), a candidate
+    compile_prefill: bool = True         # with compile on: steps with prompt tokens outside the graphs run
+                                         # the compiled forward (True) or the plain one (False: no dynamo
+                                         # guards and wrappers a layer; optimizations/compile.py), a candidate
     async_rounds: bool | None = None     # launch the next decode round before reading the running
                                          # one (optimizations/async_rounds.py). None: on wherever
                                          # decode_steps > 1 (True: required; False: its twin, each
@@ -81,6 +81,10 @@ class EngineConfig:
             (not self.graph_rounds or self.decode_steps > 1,
              f"graph_rounds=True captures a round of decode_steps steps, but decode_steps={self.decode_steps}: "
              "set decode_steps > 1 (e.g. 8), or graph_rounds=False"),
+            (type(self.compile_prefill) is bool,
+             f"compile_prefill={self.compile_prefill!r} must be True or False"),
+            (self.async_rounds is None or type(self.async_rounds) is bool,
+             f"async_rounds={self.async_rounds!r} must be True, False or None (on wherever decode_steps > 1)"),
             (self.async_rounds is not True or self.decode_steps > 1,
              f"async_rounds=True: {async_rounds.why_not(self.decode_steps)}, or async_rounds=False"),
             (type(self.tensor_parallel_size) is int and self.tensor_parallel_size >= 1,

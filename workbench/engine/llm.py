@@ -83,6 +83,9 @@ class LLM(MeasurementMethods):
         self.opts, self.skipped = self.config.opts.resolve(self.device, tp)   # the board decides what runs
         if self.config.decode_steps > 1 and (why := multi_step.why_not(self.device, tp)):
             raise ValueError(f"decode_steps={self.config.decode_steps}: {why}")
+        if not self.config.compile_prefill and tp > 1:   # the worker ranks run one forward for every step
+            raise ValueError("compile_prefill=False is not implemented with tensor parallelism: "
+                             "use compile_prefill=True with tensor_parallel_size > 1")
         if self.config.graph_rounds and not self.opts.cuda_graphs:
             why = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
             raise ValueError(f"graph_rounds=True records a round in a CUDA graph, but cuda_graphs is off{why}: "
@@ -357,9 +360,9 @@ class LLM(MeasurementMethods):
         seqs = [launched.seqs[row] for row in rows]
         step = decode_step_at([seq.block_table for seq in seqs], [len(seq) - 1 + ahead for seq in seqs],
                               self.config.block_size)
+        first_tokens = launched.last_samples(rows)
         self.stats.host_seconds["prepare"] += time.perf_counter() - t1
-        return self.runner.launch_round(seqs, steps, step, launched.last_samples(rows), ahead,
-                                        self.stats.host_seconds)
+        return self.runner.launch_round(seqs, steps, step, first_tokens, ahead, self.stats.host_seconds)
 
     def _forget_finished_round(self) -> None:
         """async_rounds: a launched round whose sequences all finished (a stop in the round before,

@@ -56,17 +56,26 @@ class MeasurementMethods:
         step() is one model step when counting launches); the configured value comes back after."""
         if type(decode_steps) is not int or decode_steps < 1:
             raise ValueError(f"decode_steps={decode_steps!r} must be an integer >= 1")
+        self._no_round_in_flight()
         saved, self._decode_steps = self._decode_steps, decode_steps
         try:
             yield self
         finally:
             self._decode_steps = saved
 
+    def _no_round_in_flight(self) -> None:
+        """async_rounds: while a launched round is unread, the host's view of every sequence is
+        a round behind, and the next step() reads that round instead of running one."""
+        if self._launched is not None:
+            raise RuntimeError("a decode round is in flight (async_rounds): run the requests to the end "
+                               "(generate) or abort_all() first, then measure")
+
     def decode_step_inputs(self):
         """The host inputs (a HostStep: token ids, positions, attention metadata) of the next
         decode step of the running sequences, without running it or changing any state. Call it
         after prefill_all(); every running sequence must already own a slot for its next token."""
         self._check_open()
+        self._no_round_in_flight()
         running = list(self.scheduler.running)
         if not running or self.scheduler.prefill_pending():
             raise RuntimeError("no pure decode step is next: queue requests and call prefill_all() first")

@@ -52,22 +52,37 @@ def _positive_ints(text: str) -> list[int]:
     return values
 
 
+# EngineConfig fields the bench sets from its own flags (or from the workload, or never)
+OWN_FLAGS = {"decode_steps": "--decode-steps", "async_rounds": "--async-rounds", "fused_sampling": "--sampler",
+             "max_num_batched_tokens": "--max-batched-tokens", "max_num_seqs": "the workload's size",
+             "model": "--model", "opts": "--settings"}
+
+
 def _engine_field(text: str) -> tuple[str, object]:
-    """'compile_prefill=false' -> ('compile_prefill', False), for argparse: EngineConfig's own
-    fields only, the value as JSON (true, false, 8, null)."""
+    """'compile_prefill=false' -> ('compile_prefill', False), for argparse: one of EngineConfig's
+    fields, its value as JSON (true, false, 8, null) of the field's type."""
     import dataclasses
+    import types
+    import typing
 
     from workbench.config import EngineConfig
     name, _, value = text.partition("=")
-    # (not the fields the bench sets itself or has a flag for)
-    fields = {f.name for f in dataclasses.fields(EngineConfig)} - {
-        "model", "opts", "decode_steps", "async_rounds", "fused_sampling", "max_num_batched_tokens", "max_num_seqs"}
+    if name in OWN_FLAGS:
+        raise argparse.ArgumentTypeError(f"{name} is set by {OWN_FLAGS[name]}, not --engine")
+    types_of = typing.get_type_hints(EngineConfig)
+    fields = sorted(f.name for f in dataclasses.fields(EngineConfig) if f.name not in OWN_FLAGS)
     if name not in fields:
-        raise argparse.ArgumentTypeError(f"{name!r} is not an EngineConfig field; one of {', '.join(sorted(fields))}")
+        raise argparse.ArgumentTypeError(f"{name!r} is not an EngineConfig field; one of {', '.join(fields)}")
     try:
-        return name, json.loads(value)
+        parsed = json.loads(value)
     except json.JSONDecodeError:
         raise argparse.ArgumentTypeError(f"{text!r}: the value must be JSON, e.g. {name}=false or {name}=8") from None
+    kinds = typing.get_args(types_of[name]) or (types_of[name],)
+    fits = any(parsed is None if kind is types.NoneType else
+               type(parsed) is kind or (kind is float and type(parsed) is int) for kind in kinds)
+    if not fits:
+        raise argparse.ArgumentTypeError(f"{text!r}: {name} takes {' or '.join(k.__name__ for k in kinds)}")
+    return name, parsed
 
 
 def _on_off(text: str) -> list[bool]:
@@ -155,7 +170,8 @@ def cmd_bench(args) -> int:
                 rounds = "" if steps == 1 else ", async rounds" if overlap else ", rounds read one at a time"
                 note = (title if steps == 1 else f"{title}, {steps} decode steps") + rounds + \
                     (f", {args.sampler} sampler" if args.sampler else "") + \
-                    (f", requests arrive at {args.arrival_rate:g}/s" if args.arrival_rate else "")
+                    (f", requests arrive at {args.arrival_rate:g}/s" if args.arrival_rate else "") + \
+                    "".join(f", {name}={value}" for name, value in args.engine)
                 r = bench.bench_engine(path, opts, load, repeats=args.repeats, decode_steps=steps,
                                        async_rounds=overlap, **engine_kwargs)
                 r.note = note + (f"; {r.note}" if r.note else "")

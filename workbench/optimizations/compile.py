@@ -13,9 +13,13 @@ Where it pays (EngineConfig.compile_prefill, a candidate). A decode step replays
 so the compiled forward's host work is paid once, at capture. A prefill step runs eagerly: every
 layer's compiled pieces (attention breaks the graph) evaluate dynamo's guards and go through
 AOT autograd's wrappers on every step. On an H200 a 16 x 512-token prefill step took 35.6 ms
-with all on (compile among them) against 20.7 ms with flash + fused, ~15 ms of kernels in both:
-the difference is host time with the GPU idle (docs/results/breakdown-prefill-batch-h200.json). compile_prefill=False
-runs steps that carry prompt tokens through the plain forward; decode keeps inductor's kernels.
+with all on against 20.7 ms with flash + fused, ~15 ms of kernels in both: the difference is
+host time with the GPU idle (docs/results/breakdown-prefill-batch-h200.json). That compile is
+its cause is a hypothesis (all on differs by five more switches, decode-only ones); a cProfile of
+the compiled prefill (scripts/profile_prefill_host.py) shows dynamo's frames on top.
+compile_prefill=False runs steps that carry prompt tokens through the plain forward; decode keeps
+inductor's kernels. Measured once (session 13, nano-vLLM's workload at 16,384 tokens a step):
+the prefill rate 452k -> 483k tok/s, the run +0.4 % (noise): compile_prefill stays True.
 (A one-sequence prefill replayed from a graph, prefill_graphs.py, keeps the compiled forward.)
 """
 from __future__ import annotations

@@ -167,7 +167,10 @@ class Switchboard:
         """Build, warm up, time, count launches, close. Returns the new history row (None on error)."""
         opts, b, p, n = self.options(), self.batch.value, self.prompt_len.value, self.new_tokens.value
         k, want_timeline = self.decode_steps.value, self.timeline.value   # read once: a tick mid-run waits
-        setting = opts.label() + (f", {k} steps/round" if k > 1 else "")
+        overlapped = self.engine_kwargs.get("async_rounds")   # EngineConfig's default: on wherever k > 1
+        overlapped = k > 1 if overlapped is None else overlapped
+        setting = opts.label() + (f", {k} steps/round" if k > 1 else "") + \
+            ((", async rounds" if overlapped else ", rounds read one at a time") if k > 1 else "")
         launch_len = min(p, self.max_len - 3 * LAUNCH_STEPS - 9)   # engine_launches' requests must fit too
         max_len = min(self.max_len, max(p + n, launch_len + 3 * LAUNCH_STEPS + 8) + 1)
         self.run_button.disabled = True
