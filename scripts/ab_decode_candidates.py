@@ -28,6 +28,10 @@ matters is what it can do before its wait and whether the next one finds room to
   sync-rounds         each round of 8 steps read before the next is scheduled: async rounds' twin
                       (EngineConfig.async_rounds=False; async is the default since session 13, which
                       measured 1,404 -> 1,458 tok/s with it here, 3 rounds of 3)
+  idle-after-prefill  current, with the GPU left idle ~35 ms after the prefill replay, as the eager
+                      prefill leaves it: if the decode step's +29 us with prefill graphs (682 vs 653
+                      us, sessions 11 and 13) comes from the GPU's clocks after a short idle, this
+                      variant's decode step takes ~653 us (run with AB_CLOCKS=1: device_check.sh)
   eager-prefill       the prompt's prefill step run eagerly, the prefill graphs' twin
                       (EngineConfig.prefill_graphs=False; graphs are the default since session 11:
                       time to the first token 37.6 -> 1.9 ms); compare ttft_ms and tok/s
@@ -61,7 +65,8 @@ ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_samp
           "eager-prefill": {"prefill_graphs": False}, "sync-rounds": {"async_rounds": False},
           "async-rounds": {"async_rounds": True}}   # EngineConfig fields ("async-rounds": = current since session 13)
 OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
-VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL]
+IDLE = {"idle-after-prefill": 0.035}   # seconds the GPU idles after each prefill replay
+VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature: float) -> None:
@@ -83,6 +88,20 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         from workbench.optimizations.prefill_graphs import PrefillGraphs
         capture = PrefillGraphs.capture
         PrefillGraphs.capture = lambda self, pool=None, on_captured=None: capture(self, None, on_captured)
+    if variant in IDLE:
+        import time
+
+        import torch
+
+        from workbench.optimizations.prefill_graphs import PrefillGraphs
+        replay = PrefillGraphs.run
+
+        def replay_then_idle(self, *args, **kwargs):
+            logits = replay(self, *args, **kwargs)
+            torch.cuda.synchronize()
+            time.sleep(IDLE[variant])   # nothing queued: the GPU idles, as after an eager prefill's launches
+            return logits
+        PrefillGraphs.run = replay_then_idle
     path = random_checkpoint(preset, workdir)
     load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens,
                                temperature=temperature)

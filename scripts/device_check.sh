@@ -93,7 +93,9 @@ do_step() {
     # session 8 candidates (GEMV configs, decode attention last-program merge and K/V prefetch),
     # A/B inside the engine, each variant in its own process (~6-7 min: 6 variants x 2 rounds)
     # (AB_VARIANTS=current,graph-rounds ... picks variants, AB_ROUNDS the rounds)
-    decode-ab)  run decode-ab $PY scripts/ab_decode_candidates.py "$OUT/decode-ab.json" --rounds "${AB_ROUNDS:-2}" ${AB_VARIANTS:+--variants "$AB_VARIANTS"} --temperature "${AB_TEMPERATURE:-0}" ;;
+    # (AB_CLOCKS=1: nvidia-smi logs SM/memory clocks and power every 50 ms beside it, to clocks.csv)
+    decode-ab)  [ -n "${AB_CLOCKS:-}" ] && { nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv -lms 50 > "$OUT/clocks.csv" & }
+                run decode-ab $PY scripts/ab_decode_candidates.py "$OUT/decode-ab.json" --rounds "${AB_ROUNDS:-2}" ${AB_VARIANTS:+--variants "$AB_VARIANTS"} --temperature "${AB_TEMPERATURE:-0}" ;;
     # the samplers: their GPU tests, then current (fused, the GPU default) vs eager-sampling at 0.6
     sample-tests) run sample-tests $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py -p no:cacheprovider ;;
     sample-ab)  run sample-tests $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py -p no:cacheprovider
