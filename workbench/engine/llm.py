@@ -278,7 +278,6 @@ class LLM(MeasurementMethods):
     def _step(self) -> list[tuple[Sequence, int]]:
         start = time.perf_counter()
         hits, preemptions = self.block_manager.prefix_hit_tokens, self.scheduler.num_preemptions
-        self._forget_finished_round()
         if self._launched is None:
             scheduled = self.scheduler.schedule()
             if not scheduled:
@@ -288,7 +287,7 @@ class LLM(MeasurementMethods):
                 num_steps = self.scheduler.plan_decode_steps(scheduled, self._decode_steps, self.max_model_len)
             self.stats.host_seconds["schedule"] += time.perf_counter() - start
             if num_steps > 1 and self.config.async_rounds:   # launched here, read below
-                self._launched = self._launch_first_round(scheduled, num_steps)
+                self._launched = self.runner.launch_scheduled_round(scheduled, num_steps, self.stats.host_seconds)
         if self._launched is not None:   # async_rounds: the next round goes to the GPU before this one is read
             launched, self._launched = self._launched, self._launch_next_round(self._launched)
             scheduled, num_steps = [(seq, 1) for seq in launched.seqs], launched.num_steps
@@ -340,13 +339,6 @@ class LLM(MeasurementMethods):
                               prefix_hit_tokens=self.stats.prefix_hit_tokens - hits,
                               preemptions=self.stats.preemptions - preemptions)
         return produced
-
-    def _launch_first_round(self, scheduled: list[tuple[Sequence, int]], num_steps: int) -> LaunchedRound:
-        t0 = time.perf_counter()
-        step = self.runner.prepare(scheduled)
-        self.stats.host_seconds["prepare"] += time.perf_counter() - t0
-        return self.runner.launch_round([seq for seq, _ in scheduled], num_steps, step,
-                                        host_seconds=self.stats.host_seconds)
 
     def _launch_next_round(self, launched: LaunchedRound) -> LaunchedRound | None:
         """async_rounds: launch the round after `launched` (not read yet) for the sequences that

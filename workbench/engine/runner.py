@@ -243,12 +243,16 @@ class ModelRunner:
         samples, handed over on the GPU, so the host never waits between steps: it prepares step
         i+1 while the GPU runs step i, and waits once, at the end. (The block tables must
         already hold room for every step: Scheduler.plan_decode_steps.)"""
+        return self.read_round(self.launch_scheduled_round(scheduled, num_steps, host_seconds), host_seconds)
+
+    def launch_scheduled_round(self, scheduled: list[tuple[Sequence, int]], num_steps: int,
+                               host_seconds: dict | None = None) -> LaunchedRound:
+        """Pack the scheduled decode step and launch a round from it (launch_round)."""
         t0 = time.perf_counter()
         step = self.prepare(scheduled)
         if host_seconds is not None:
             host_seconds["prepare"] += time.perf_counter() - t0
-        launched = self.launch_round([seq for seq, _ in scheduled], num_steps, step, host_seconds=host_seconds)
-        return self.read_round(launched, host_seconds)
+        return self.launch_round([seq for seq, _ in scheduled], num_steps, step, host_seconds=host_seconds)
 
     @torch.inference_mode()
     def launch_round(self, seqs: list[Sequence], num_steps: int, step: HostStep, input_ids: torch.Tensor | None = None,

@@ -71,10 +71,8 @@ class LaunchedRound:
         if rows == list(range(len(self.seqs))):
             return last.contiguous()   # a column's stride is the round's length: an eager compiled
                                        # forward would recompile for it
-        index = torch.tensor(rows, dtype=torch.int64)
-        if last.is_cuda:   # from pinned memory: a copy from pageable memory would wait for the GPU
-            index = index.pin_memory().to(last.device, non_blocking=True)
-        return last[index]
+        from workbench.engine.sampler import _on_device   # (here: the engine imports this module)
+        return last[_on_device(rows, torch.int64, last.device)]   # no wait for the GPU
 
     def read(self) -> list[list[int]]:
         """Each sequence's tokens of this round (waits for the round, not for what follows it)."""
