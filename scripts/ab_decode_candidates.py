@@ -32,6 +32,12 @@ matters is what it can do before its wait and whether the next one finds room to
                       prefill leaves it: if the decode step's +29 us with prefill graphs (682 vs 653
                       us, sessions 11 and 13) comes from the GPU's clocks after a short idle, this
                       variant's decode step takes ~653 us (run with AB_CLOCKS=1: device_check.sh)
+  prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
+                      decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
+                      652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
+                      if current's ~683, having captured them is
+  prefill-first       the prefill graphs captured before the decode graphs (in a pool of their own):
+                      moves what the decode graphs' pool holds; a change says memory placement
   eager-prefill       the prompt's prefill step run eagerly, the prefill graphs' twin
                       (EngineConfig.prefill_graphs=False; graphs are the default since session 11:
                       time to the first token 37.6 -> 1.9 ms); compare ttft_ms and tok/s
@@ -40,7 +46,8 @@ matters is what it can do before its wait and whether the next one finds room to
 Each variant runs in its own process (torch.compile and the graph capture bake them in), in the
 order A B C ... A B C: all on, greedy (--temperature: every variant at that temperature) 128 + 512
 tokens, 8 decode steps a round, 3 repeats; a row per run as it goes (JSON rewritten after each),
-then the medians per variant.
+then the medians per variant, and each later variant's decode-step kernels against the first's
+(the JSON keeps every row's step_kernels: [name, us] in launch order).
 """
 from __future__ import annotations
 
@@ -66,7 +73,8 @@ ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_samp
           "async-rounds": {"async_rounds": True}}   # EngineConfig fields ("async-rounds": = current since session 13)
 OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
 IDLE = {"idle-after-prefill": 0.035}   # seconds the GPU idles after each prefill replay
-VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE]
+PREFILL_ORDER = ["prefill-unused", "prefill-first"]   # where the prefill graphs' +29 us comes from
+VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature: float) -> None:
@@ -102,6 +110,25 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
             time.sleep(IDLE[variant])   # nothing queued: the GPU idles, as after an eager prefill's launches
             return logits
         PrefillGraphs.run = replay_then_idle
+    if variant == "prefill-unused":
+        from workbench.optimizations.prefill_graphs import PrefillGraphs
+        PrefillGraphs.can_run = lambda self, step: False
+    if variant == "prefill-first":
+        from workbench.engine.runner import ModelRunner
+        warm_up = ModelRunner.warm_up
+
+        def prefill_graphs_first(self):
+            prefill, self.prefill_graphs = self.prefill_graphs, None
+            if prefill is not None:   # (none on a CPU)
+                self._own_launch_flags()   # the graphs record the PDL edges
+                prefill.capture(pool=None)
+            warm_up(self)   # compile, then the decode graphs
+            self.prefill_graphs = prefill
+        ModelRunner.warm_up = prefill_graphs_first
+    from workbench.measure import timeline
+    profiled = []   # the timeline bench's step profile takes: each decode kernel, in order (below)
+    profile = timeline.profile_engine_steps
+    timeline.profile_engine_steps = lambda *a, **kw: profiled.append(profile(*a, **kw)) or profiled[-1]
     path = random_checkpoint(preset, workdir)
     load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens,
                                temperature=temperature)
@@ -109,8 +136,52 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
                            **ENGINE.get(variant, {}))
     overlapped = ENGINE.get(variant, {}).get("async_rounds", True)   # (8 decode steps: on unless turned off)
     print("RESULT " + json.dumps({"variant": variant, "temperature": temperature, "async_rounds": overlapped,
-                                  **r.to_dict()}, default=str),
+                                  **r.to_dict(), "step_kernels": step_kernels(profiled)}, default=str),
           flush=True)
+
+
+def step_kernels(profiled: list) -> list[list]:
+    """[name, us] of each kernel of the last profiled decode step, in launch order: two variants'
+    lists side by side (--kernels) say which kernels a step's extra microseconds sit in."""
+    steps = profiled[-1].decode_steps() if profiled else []
+    if not steps:
+        return []
+    return [[s.name, round(s.end_us - s.start_us, 2)] for s in profiled[-1].row("gpu", steps[-1].index)]
+
+
+def compare_kernels(rows: list[dict], names: list[str], top: int = 12) -> None:
+    """Each kernel's time in the later variants minus in the first (the last round of each), by
+    position in the step when the kernels line up one to one, else by name; largest first."""
+    last = {r["variant"]: r["step_kernels"] for r in rows if r.get("step_kernels")}
+    if names[0] not in last:
+        return
+    base = last[names[0]]
+    for name in names[1:]:
+        other = last.get(name)
+        if other is None:
+            continue
+        same_order = [k[0] for k in other] == [k[0] for k in base]
+        if same_order:
+            diffs = [(o[1] - b[1], f"#{i} {b[0][:70]}") for i, (b, o) in enumerate(zip(base, other))]
+        else:
+            by_name = {}
+            for sign, kernels in ((-1, base), (1, other)):
+                for kname, us in kernels:
+                    by_name[kname[:70]] = by_name.get(kname[:70], 0.0) + sign * us
+            diffs = [(d, kname) for kname, d in by_name.items()]
+        total = sum(k[1] for k in other) - sum(k[1] for k in base)
+        print(f"\nkernels of one decode step, {name} minus {names[0]}: {total:+.1f} us in all "
+              f"({'kernel by kernel' if same_order else 'by name: the steps launch different kernels'}); largest:")
+        for d, label in sorted(diffs, key=lambda t: -abs(t[0]))[:top]:
+            print(f"  {d:+7.2f} us  {label}")
+        if same_order:   # a uniform slowdown (clocks, memory) or a few kernels?
+            by_name = {}
+            for d, label in diffs:
+                kname = label.split(" ", 1)[1]
+                by_name.setdefault(kname, []).append(d)
+            print("  summed by kernel name:")
+            for kname, ds in sorted(by_name.items(), key=lambda t: -abs(sum(t[1])))[:top]:
+                print(f"  {sum(ds):+7.2f} us over {len(ds):3d} launches  {kname}")
 
 
 def _us(row: dict) -> str:
@@ -162,6 +233,7 @@ def main() -> int:
             print(f"  {name:<18} {statistics.median(r['tok_s'] for r in mine):8,.0f} tok/s  "
                   f"GPU {f'{statistics.median(gpu):7,.1f} us' if gpu else 'unavailable (no CUDA)'} a step  "
                   f"TTFT {statistics.median(r['ttft_ms'] for r in mine):6.1f} ms")
+    compare_kernels(rows, names)
     return 0
 
 

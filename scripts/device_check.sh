@@ -94,8 +94,14 @@ do_step() {
     # A/B inside the engine, each variant in its own process (~6-7 min: 6 variants x 2 rounds)
     # (AB_VARIANTS=current,graph-rounds ... picks variants, AB_ROUNDS the rounds)
     # (AB_CLOCKS=1: nvidia-smi logs SM/memory clocks and power every 50 ms beside it, to clocks.csv)
-    decode-ab)  [ -n "${AB_CLOCKS:-}" ] && { nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv -lms 50 > "$OUT/clocks.csv" & }
-                run decode-ab $PY scripts/ab_decode_candidates.py "$OUT/decode-ab.json" --rounds "${AB_ROUNDS:-2}" ${AB_VARIANTS:+--variants "$AB_VARIANTS"} --temperature "${AB_TEMPERATURE:-0}" ;;
+    # (the logger is stopped after the step: left running, it holds the call's output open to the end)
+    decode-ab)  local clocks=""
+                if [ -n "${AB_CLOCKS:-}" ]; then
+                  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv -lms 50 > "$OUT/clocks.csv" 2>&1 < /dev/null &
+                  clocks=$!
+                fi
+                run decode-ab $PY scripts/ab_decode_candidates.py "$OUT/decode-ab.json" --rounds "${AB_ROUNDS:-2}" ${AB_VARIANTS:+--variants "$AB_VARIANTS"} --temperature "${AB_TEMPERATURE:-0}"
+                [ -n "$clocks" ] && kill "$clocks" 2>/dev/null ;;
     # the samplers: their GPU tests, then current (fused, the GPU default) vs eager-sampling at 0.6
     sample-tests) run sample-tests $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py -p no:cacheprovider ;;
     sample-ab)  run sample-tests $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py -p no:cacheprovider
