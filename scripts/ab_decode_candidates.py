@@ -32,6 +32,8 @@ matters is what it can do before its wait and whether the next one finds room to
                       prefill leaves it: if the decode step's +29 us with prefill graphs (682 vs 653
                       us, sessions 11 and 13) comes from the GPU's clocks after a short idle, this
                       variant's decode step takes ~653 us (run with AB_CLOCKS=1: device_check.sh)
+  l2-prefetch         each decode GEMV asks L2 for the next matmul's weights while it runs
+                      (EngineConfig.l2_prefetch, optimizations/l2_prefetch.py; a candidate)
   prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
                       decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
@@ -70,7 +72,8 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
 }
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_sampling": False},
           "eager-prefill": {"prefill_graphs": False}, "sync-rounds": {"async_rounds": False},
-          "async-rounds": {"async_rounds": True}}   # EngineConfig fields ("async-rounds": = current since session 13)
+          "async-rounds": {"async_rounds": True},   # EngineConfig fields ("async-rounds": = current since session 13)
+          "l2-prefetch": {"l2_prefetch": True}}
 OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
 IDLE = {"idle-after-prefill": 0.035}   # seconds the GPU idles after each prefill replay
 PREFILL_ORDER = ["prefill-unused", "prefill-first"]   # where the prefill graphs' +29 us comes from

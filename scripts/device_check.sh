@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests l2-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -69,6 +69,9 @@ do_step() {
     prefill-host) run prefill-host $PY scripts/profile_prefill_host.py "$OUT" $P ;;
     breakdown-prefill) run breakdown-prefill $W measure breakdown $P --phase prefill --prompt-len 128 --settings naive,flash+fused,flash+fused+graphs,flash+fused+gemv+fdec+dattn+graphs+compile+pdl --json "$OUT/breakdown-prefill.json" --figure "$OUT/breakdown-prefill.png" ;;
     rounds-tests) run rounds-tests $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -p no:cacheprovider -k graph_rounds ;;
+    # session 14: l2_prefetch's GPU tests (values bit for bit, eager and replayed, PDL off and on;
+    # the engine's tokens); its A/B is decode-ab's variant l2-prefetch
+    l2-tests)   run l2-tests $PY -m pytest -q -s tests/gpu/test_gemv_gpu.py -p no:cacheprovider -k l2_prefetch ;;
     # session 13: async_rounds against rounds read one at a time, and multi-step/graph rounds again
     async-tests) run async-tests $PY -m pytest -q -s tests/gpu/test_async_rounds_gpu.py tests/gpu/test_engine_gpu.py -p no:cacheprovider -k "async or graph_rounds or multi_step" ;;
     dattn-prefetch) run dattn-prefetch-tests $PY -m pytest -q -s tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k prefetch ;;

@@ -61,3 +61,38 @@ def test_batch1_gemv_compiles_without_the_known_defects(audit, name):
     stores = [m.start() for m in re.finditer(r"\bst\.global", ptx)]
     last_load = max(m.start() for m in re.finditer(r"\bld\.global", ptx))
     assert last_load < min(stores), f"{name}: a load after a store waits for the loads before the store"
+
+
+@pytest.mark.parametrize("use_pdl", [False, True])
+def test_l2_prefetch_compiles_to_l2_prefetches_before_the_wait(audit, use_pdl):
+    """EngineConfig.l2_prefetch: o_proj's GEMV given gate_up's weight asks L2 for its share of it
+    (CCTL.E.PF2 = prefetch.global.L2) -- enough lines to cover the whole weight, after the program's
+    own first weight loads and, under PDL, before the wait (ACQBULK); without it, no prefetch."""
+    import torch
+
+    from workbench.kernels import gemv, pdl
+
+    def compiled(prefetch):
+        x, w = torch.zeros(1, 2048, dtype=torch.bfloat16), torch.empty(1024, 2048, dtype=torch.bfloat16)
+        with audit.capture() as launches, pdl.launching(use_pdl):
+            gemv.linear(x, w, prefetch=prefetch)
+        launch = next(launch for launch in launches if launch.fn is gemv._gemv_kernel)
+        sass, _ = audit.sass_of(audit.compile_sm90(launch).asm["cubin"])
+        lines = [line.split("*/", 1)[1].strip() for line in sass.splitlines() if re.search(r"/\*[0-9a-f]{4}\*/", line)]
+        return launch, lines
+
+    _, plain = compiled(None)
+    assert not any("CCTL" in line for line in plain), "a prefetch without l2_prefetch"
+    nxt = torch.empty(6144, 1024, dtype=torch.bfloat16)   # gate_up_proj's weight, 12.6 MB
+    launch, lines = compiled(nxt)
+    programs, threads = launch.grid[0] * launch.grid[1], 32 * launch.kwargs["num_warps"]
+    assert launch.kwargs["PREFETCH_LINES"] * 128 * programs >= nxt.numel() * 2, "the lines miss part of the weight"
+    assert launch.kwargs["PREFETCH_LINES"] >= threads, "fewer lines than threads: two threads ask for each line"
+    prefetches = [i for i, line in enumerate(lines) if re.match(r"(@!?P\d+ )?CCTL\.E\.PF2", line)]
+    assert len(prefetches) == launch.kwargs["PREFETCH_LINES"] // threads, f"{len(prefetches)} prefetches a thread"
+    assert all(lines[i].startswith("@") for i in prefetches), "lines past the weight's end are not skipped (no predicate)"
+    first_load = next(i for i, line in enumerate(lines) if line.startswith("LDG"))
+    assert first_load < prefetches[0], "the prefetches go ahead of the program's own first weight tile"
+    if use_pdl:
+        wait = next(i for i, line in enumerate(lines) if "ACQBULK" in line)
+        assert prefetches[-1] < wait, "the prefetches wait for the kernel before (they read nothing it writes)"

@@ -155,7 +155,7 @@ def check_gemv_broken_split_is_caught(torch, ops):
     from workbench.kernels import gemv as g
     x, w = torch.randn(1, 256, dtype=torch.bfloat16), torch.randn(16, 256, dtype=torch.bfloat16)
     part, out = torch.empty(2, 1, 16), torch.empty(1, 16, dtype=torch.bfloat16)
-    g._gemv_kernel[(triton.cdiv(16, 4), 2)](x, w, w, part, 1, 16, 256, 256, 64, x, x, x, 0.0, X_FORM=g.PLAIN,
+    g._gemv_kernel[(triton.cdiv(16, 4), 2)](x, w, w, part, 1, 16, 256, 256, 64, x, x, x, 0.0, x, 0, X_FORM=g.PLAIN,
                                             HAS_RES=False, HAS_BIAS=False, SPLIT=True,
                                             EVEN_K=False, EVEN_N=True, DOT_FP32=True, BLOCK_M=1, BLOCK_N=4,
                                             BLOCK_K=32, USE_PDL=False)

@@ -216,7 +216,7 @@ def test_row_parallel_layer_runs_through_the_linear_hook(monkeypatch):
     calls = []
     monkeypatch.setattr(tp, "all_reduce", lambda y: y)   # one process: the sum over ranks is y itself
     layer = tp.RowParallelLinear(8, 4, bias=True, tp_size=2)
-    layer.decode_gemv = lambda x, w, b=None: calls.append(b) or F.linear(x, w, b)   # what install sets
+    layer.decode_gemv = lambda x, w, b=None, prefetch=None: calls.append(b) or F.linear(x, w, b)   # what install sets
     x = torch.randn(1, 4)
     assert torch.allclose(layer(x), F.linear(x, layer.weight) + layer.bias)
     assert calls == [None], "the matmul bypassed the hook, or the bias went in before the all-reduce"

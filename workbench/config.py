@@ -45,6 +45,9 @@ class EngineConfig:
     compile_prefill: bool = True         # with compile on: steps with prompt tokens outside the graphs run
                                          # the compiled forward (True) or the plain one (False: no dynamo
                                          # guards and wrappers a layer; optimizations/compile.py), a candidate
+    l2_prefetch: bool = False            # each decode GEMV asks L2 for the next matmul's weights while it
+                                         # runs (optimizations/l2_prefetch.py; needs decode_gemv or
+                                         # fused_decode), a candidate: off until measured
     async_rounds: bool | None = None     # launch the next decode round before reading the running
                                          # one (optimizations/async_rounds.py). None: on wherever
                                          # decode_steps > 1 (True: required; False: its twin, each
@@ -83,6 +86,7 @@ class EngineConfig:
              "set decode_steps > 1 (e.g. 8), or graph_rounds=False"),
             (type(self.compile_prefill) is bool,
              f"compile_prefill={self.compile_prefill!r} must be True or False"),
+            (type(self.l2_prefetch) is bool, f"l2_prefetch={self.l2_prefetch!r} must be True or False"),
             (self.async_rounds is None or type(self.async_rounds) is bool,
              f"async_rounds={self.async_rounds!r} must be True, False or None (on wherever decode_steps > 1)"),
             (self.async_rounds is not True or self.decode_steps > 1,

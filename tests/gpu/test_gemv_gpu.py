@@ -65,3 +65,57 @@ def test_engine_parity_with_decode_gemv(tmp_path_factory, max_num_seqs, prompts)
                 Optimizations.all_on()]
     assert Optimizations.all_on().decode_gemv
     assert_engine_parity(tmp_path_factory.mktemp("q06b"), settings, prompts, max_num_seqs)
+
+
+@pytest.mark.parametrize("m,use_pdl", list(itertools.product((1, 4), (False, True))))
+def test_l2_prefetch_changes_no_value(m, use_pdl):
+    """EngineConfig.l2_prefetch: each layer shape's GEMV (and the two folded forms) handed another
+    weight to pull into L2 gives bit for bit the output it gives without -- eagerly and replayed
+    from a CUDA graph, PDL off and on."""
+    from workbench.kernels import pdl
+    from workbench.kernels.fused_gemv import rms_norm_linear, silu_mul_linear
+    from workbench.kernels.gemv import default_config, gemv, pick_config
+    shapes = list(_shapes().values())
+    nxt = torch.randn(6144, 1024, device="cuda", dtype=torch.bfloat16)   # gate_up's: the largest layer weight
+    for k, n in shapes:
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        config = pick_config(m, n, k, x.device) or default_config(m, n, k)   # the kernel, even where cuBLAS won
+        calls = {"plain": lambda p: gemv(x, w, None, config, prefetch=p),
+                 "rms_norm": lambda p: rms_norm_linear(x, x.flip(0), torch.ones(k, device="cuda", dtype=x.dtype), 1e-6, w,
+                                                       prefetch=p)[0]}
+        gate_up = torch.cat([x, x.flip(1)], 1)   # [M, 2K]: silu(gate) * up -> @ W^T
+        calls["silu_mul"] = lambda p: silu_mul_linear(gate_up, w, prefetch=p)
+        with pdl.launching(use_pdl):
+            for form, call in calls.items():
+                want, got = call(None), call(nxt)
+                assert torch.equal(got, want), f"{form} {n}x{k} M={m} pdl={use_pdl}: prefetch changed the output"
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    replayed = call(nxt)
+                graph.replay()
+                assert torch.equal(replayed, want), f"{form} {n}x{k} M={m} pdl={use_pdl}: the replay differs"
+
+
+def test_engine_tokens_with_l2_prefetch(tmp_path_factory):
+    """all_on with l2_prefetch against all_on without, 8 steps a round, one and several sequences:
+    the same greedy tokens, and for requests that keep their logits (run step by step) the same
+    logits, bit for bit: a prefetch moves no value."""
+    from workbench import LLM, Optimizations, SamplingParams
+    from workbench.check import random_prompts
+    from workbench.model import make_checkpoint
+    path = make_checkpoint(tmp_path_factory.mktemp("q06b-l2"), "qwen3-0.6b", seed=0, dtype="bfloat16")
+    prompts = random_prompts(4, 151936)
+    rounds = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)   # in rounds of 8 steps
+    logits = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, return_logits=True)   # step by step
+    runs = []
+    for on in (False, True):
+        with LLM(path, opts=Optimizations.all_on(), decode_steps=8, max_num_seqs=4, l2_prefetch=on,
+                 enable_prefix_caching=False) as llm:
+            assert (llm.runner.model.layers[0].self_attn.qkv_proj.prefetch_next is not None) == on
+            runs.append([*llm.generate(prompts, rounds, use_tqdm=False), *llm.generate(prompts[:1], rounds, use_tqdm=False),
+                         *llm.generate(prompts[:2], logits, use_tqdm=False)])
+    for base, prefetched in zip(*runs):
+        assert prefetched.token_ids == base.token_ids
+        if base.logits is not None:   # the step-by-step requests
+            assert torch.equal(prefetched.logits, base.logits)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from workbench.config import EngineConfig
 from workbench.model import ModelConfig
-from workbench.optimizations import multi_step
+from workbench.optimizations import l2_prefetch, multi_step
 from workbench.optimizations.async_rounds import LaunchedRound
 from workbench.optimizations.board import Optimizations
 from workbench.optimizations.prefill_graphs import BUCKETS, prefill_buckets
@@ -90,6 +90,10 @@ class LLM(MeasurementMethods):
             why = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
             raise ValueError(f"graph_rounds=True records a round in a CUDA graph, but cuda_graphs is off{why}: "
                              "turn cuda_graphs on (a CUDA GPU), or graph_rounds=False")
+        if self.config.l2_prefetch and (why := l2_prefetch.why_not(self.opts)):
+            why += "".join(f" ({note})" for note in self.skipped if note.startswith(("decode_gemv", "fused_decode")))
+            raise ValueError(f"l2_prefetch=True: {why}: turn decode_gemv or fused_decode on (a CUDA GPU with "
+                             "Triton), or l2_prefetch=False")
         why = _why_no_fused_sampling(self.device, self.overrides)
         if self.config.fused_sampling and why:
             raise ValueError(f"fused_sampling=True: {why}")

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from workbench.attention import AttentionMetadata
 from workbench.config import EngineConfig
 from workbench.model import ModelConfig, load_model
-from workbench.optimizations import attention, decode_attention, decode_gemv, fused_decode, fused_kernels, pdl
+from workbench.optimizations import attention, decode_attention, decode_gemv, fused_decode, fused_kernels, l2_prefetch, pdl
 from workbench.optimizations import compile as torch_compile
 from workbench.optimizations.async_rounds import LaunchedRound
 from workbench.optimizations.board import Optimizations
@@ -63,6 +63,7 @@ class ModelRunner:
         decode_gemv.install(self.model, opts.decode_gemv)
         fused_decode.install(self.model, opts.fused_decode, self.overrides)
         decode_attention.install(self.model, opts.decode_attention, self.overrides.get("attention"))
+        l2_prefetch.install(self.model, cfg.l2_prefetch)   # (LLM refuses it without the GEMV switches)
         self.timings["load_s"] = time.perf_counter() - start
         self.num_kv_blocks = self._plan_kv_blocks()
         self.kv_cache = torch.zeros(2, model_cfg.num_layers, self.num_kv_blocks, cfg.block_size,

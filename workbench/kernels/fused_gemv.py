@@ -47,27 +47,30 @@ def _config(x: torch.Tensor, weight: torch.Tensor, whole_rows: bool = False) -> 
 
 @torch.library.custom_op("workbench::rms_norm_gemv", mutates_args=())
 def rms_norm_gemv_op(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                     weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                     weight: torch.Tensor, bias: torch.Tensor | None,
+                     prefetch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
     new_residual = torch.empty_like(x)   # = x + residual (a copy of x when residual is None)
-    launch(x, weight, bias, _config(x, weight, whole_rows=True), out, RMS_NORM, residual, norm_weight, new_residual, eps)
+    launch(x, weight, bias, _config(x, weight, whole_rows=True), out, RMS_NORM, residual, norm_weight, new_residual,
+           eps, prefetch=prefetch)
     return out, new_residual
 
 
 @rms_norm_gemv_op.register_fake
-def _(x, residual, norm_weight, eps, weight, bias):
+def _(x, residual, norm_weight, eps, weight, bias, prefetch=None):
     return x.new_empty((x.shape[0], weight.shape[0])), torch.empty_like(x)
 
 
 @torch.library.custom_op("workbench::silu_mul_gemv", mutates_args=())
-def silu_mul_gemv_op(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def silu_mul_gemv_op(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     prefetch: torch.Tensor | None = None) -> torch.Tensor:
     out = torch.empty((gate_up.shape[0], weight.shape[0]), dtype=gate_up.dtype, device=gate_up.device)
-    launch(gate_up, weight, bias, _config(gate_up, weight), out, SILU_MUL)
+    launch(gate_up, weight, bias, _config(gate_up, weight), out, SILU_MUL, prefetch=prefetch)
     return out
 
 
 @silu_mul_gemv_op.register_fake
-def _(gate_up, weight, bias):
+def _(gate_up, weight, bias, prefetch=None):
     return gate_up.new_empty((gate_up.shape[0], weight.shape[0]))
 
 
@@ -78,20 +81,24 @@ def _check(x: torch.Tensor, k: int, weight: torch.Tensor, what: str) -> None:
 
 
 def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                    weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    prefetch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(RMSNorm(x + residual) * norm_weight @ weight^T + bias, x + residual); x, residual [M, K]
-    with M <= MAX_M; residual None: the norm of x alone, and the second output is a copy of x."""
+    with M <= MAX_M; residual None: the norm of x alone, and the second output is a copy of x.
+    prefetch: the next matmul's weight, pulled into L2 meanwhile (gemv.launch)."""
     _check(x, weight.shape[1], weight, "rms_norm_linear")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"rms_norm_linear: residual {tuple(residual.shape)} must have x's shape {tuple(x.shape)}")
     x = x.contiguous()
     residual = residual.contiguous() if residual is not None else None
-    return rms_norm_gemv_op(x, residual, norm_weight.contiguous(), float(eps), weight, bias)
+    return rms_norm_gemv_op(x, residual, norm_weight.contiguous(), float(eps), weight, bias, prefetch)
 
 
-def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """(silu(gate) * up) @ weight^T + bias, gate_up = [gate | up] of shape [M, 2K], M <= MAX_M."""
+def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    prefetch: torch.Tensor | None = None) -> torch.Tensor:
+    """(silu(gate) * up) @ weight^T + bias, gate_up = [gate | up] of shape [M, 2K], M <= MAX_M.
+    prefetch: as rms_norm_linear's."""
     _check(gate_up, 2 * weight.shape[1], weight, "silu_mul_linear")
     if gate_up.stride(-1) != 1:
         gate_up = gate_up.contiguous()
-    return silu_mul_gemv_op(gate_up, weight, bias)
+    return silu_mul_gemv_op(gate_up, weight, bias, prefetch)

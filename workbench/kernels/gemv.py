@@ -52,7 +52,8 @@ from .pdl import pdl_wait   # by name, not pdl.wait: torch.compile copies a trac
 MAX_M = 16   # more tokens than this: F.linear (see the docstring)
 # Triton's CPU interpreter (3.9) returns garbage for a bf16 tl.dot (seen in this project's CPU
 # tests): under it the dot's operands go to fp32 first. On the GPU the bf16 dot runs as is.
-_DOT_FP32 = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_DOT_FP32 = _INTERPRET
 
 
 @dataclass(frozen=True)
@@ -213,12 +214,26 @@ def _tile(acc, w, x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K,
 
 
 @triton.jit
+def _prefetch_l2(next_ptr, next_bytes, LINES: tl.constexpr):
+    """Ask L2 for this program's share of the next matmul's weights (EngineConfig.l2_prefetch,
+    optimizations/l2_prefetch.py): LINES consecutive 128-byte lines, one `prefetch.global.L2` each,
+    lines past the end skipped (a predicate, not a clamp: no line asked for twice) -- fire and
+    forget, nothing waits for it and no register holds the bytes. next_ptr: those weights as bytes."""
+    program = tl.program_id(0) + tl.program_id(1) * tl.num_programs(0)
+    offs = (program * LINES + tl.arange(0, LINES)).to(tl.int64) * 128
+    inside = (offs < next_bytes).to(tl.int32)
+    tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+                              "=r,l,r", [next_ptr + offs, inside], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT: tl.constexpr,
                  res_ptr, nw_ptr, res_out_ptr, eps,   # used by X_FORM = RMS_NORM only
+                 next_ptr, next_bytes,                # used by PREFETCH_LINES > 0 only
                  X_FORM: tl.constexpr, HAS_RES: tl.constexpr,
                  HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
                  DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 USE_PDL: tl.constexpr):
+                 USE_PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr = 0):
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)          # output features (rows of W)
     cols = tl.arange(0, BLOCK_K)
@@ -231,17 +246,25 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT: tl.co
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)   # products; summed along K once, below
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_first: tl.constexpr = BLOCK_K if USE_PDL else 0   # PDL: the first tile is done before the loop
-    if USE_PDL:   # kernels/pdl.py: the first weight tile BEFORE the wait -- no kernel writes the
-        # weights, so this load overlaps the kernel before; x (that kernel's output) after it
+    # The first tile is peeled off the loop when something goes between its weight load and its
+    # use: PDL's wait (the weights are the one input no kernel writes, so their load overlaps the
+    # kernel before; x, that kernel's output, comes after the wait) and l2_prefetch's requests
+    # (after our own first tile: the one this program waits for)
+    PEEL: tl.constexpr = USE_PDL or PREFETCH_LINES > 0
+    k_first: tl.constexpr = BLOCK_K if PEEL else 0
+    if PEEL:
         kk = k_start + cols
         w = _load_w(w_ptrs, rows, kk, N, K, EVEN_K, EVEN_N)
-        pdl_wait(USE_PDL)
+        if PREFETCH_LINES > 0:
+            _prefetch_l2(next_ptr, next_bytes, PREFETCH_LINES)
+        pdl_wait(USE_PDL)   # (kernels/pdl.py; compiled away when off)
         acc, x_sq = _tile(acc, w, x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n,
                           X_FORM, HAS_RES, EVEN_K, BLOCK_M, DOT_FP32)
         if X_FORM == 1:
             sq += x_sq
-        w_ptrs += BLOCK_K   # the loop below does the other tiles, as without PDL
+        w_ptrs += BLOCK_K   # the loop below does the other tiles
+    else:
+        pdl_wait(USE_PDL)   # (USE_PDL is False here: compiled away; a wait on every path, as tests/test_pdl.py asks)
     # K_SPLIT is a constexpr, so the trip count is known: a loop of no tile compiles away (a runtime
     # loop kept the fp32 [BLOCK_N, BLOCK_K] tile live across it: 2-2.5x the registers, fewer
     # programs an SM), and up to 4 tiles unroll, so their loads can all be in flight at once
@@ -283,10 +306,24 @@ def _splitk_reduce_kernel(part_ptr, b_ptr, out_ptr, MN, N, SPLIT_K: tl.constexpr
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def prefetch_lines(next_weight: torch.Tensor | None, programs: int, threads: int) -> int:
+    """128-byte lines of `next_weight` each of `programs` programs asks L2 for: a power of 2 (a
+    constexpr per shape) and at least one a thread (fewer, and Triton's layout has two threads
+    issue the same line). 0: no prefetch -- none asked for, an empty one, or Triton's interpreter,
+    which has no inline PTX (a prefetch changes no value: the CPU tests lose only the hint)."""
+    if next_weight is None or next_weight.numel() == 0 or _INTERPRET:
+        return 0
+    if not next_weight.is_contiguous():
+        raise ValueError(f"prefetch: a contiguous tensor (the next matmul's weight), got strides {next_weight.stride()}")
+    lines = triton.cdiv(next_weight.numel() * next_weight.element_size(), 128 * programs)
+    return max(triton.next_power_of_2(lines), threads)
+
+
 def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=None, norm_weight=None,
-           res_out=None, eps: float = 0.0) -> None:
+           res_out=None, eps: float = 0.0, prefetch: torch.Tensor | None = None) -> None:
     """Run the GEMV into `out` [M, N]. x: [M, K] (X_FORM = SILU_MUL: [M, 2K]) with unit stride
-    along K; RMS_NORM also takes residual [M, K] or None, norm_weight [K], res_out [M, K], eps."""
+    along K; RMS_NORM also takes residual [M, K] or None, norm_weight [K], res_out [M, K], eps.
+    prefetch: the next matmul's weight (contiguous), which the programs ask L2 for while they run."""
     m, (n, k) = x.shape[0], weight.shape
     block_m = 1 if m == 1 else max(16, triton.next_power_of_2(m))
     if block_m > 1 and cfg.block_n < 16:
@@ -297,8 +334,11 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
     grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
     bias_arg = bias if bias is not None else weight   # never read when HAS_BIAS is False
     res = residual if residual is not None else x     # likewise the RMS_NORM-only pointers
+    lines = prefetch_lines(prefetch, grid[0] * grid[1], 32 * cfg.num_warps)
+    next_bytes = prefetch.view(-1).view(torch.uint8) if lines else x   # bytes: offsets count bytes
     _gemv_kernel[grid](x, weight, bias_arg, target, m, n, k, x.stride(0), k_split,
                        res, norm_weight if norm_weight is not None else x, res_out if res_out is not None else x, eps,
+                       next_bytes, next_bytes.numel() if lines else 0, PREFETCH_LINES=lines,
                        X_FORM=x_form, HAS_RES=residual is not None,
                        HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % (cfg.split_k * cfg.block_k) == 0,
                        EVEN_N=n % cfg.block_n == 0, DOT_FP32=_DOT_FP32 or x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
@@ -313,14 +353,14 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
 
 @torch.library.custom_op("workbench::gemv", mutates_args=())
 def gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, block_n: int, block_k: int,
-            split_k: int, num_warps: int, num_stages: int) -> torch.Tensor:
+            split_k: int, num_warps: int, num_stages: int, prefetch: torch.Tensor | None = None) -> torch.Tensor:
     out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
-    launch(x, weight, bias, GemvConfig(block_n, block_k, split_k, num_warps, num_stages), out)
+    launch(x, weight, bias, GemvConfig(block_n, block_k, split_k, num_warps, num_stages), out, prefetch=prefetch)
     return out
 
 
 @gemv_op.register_fake
-def _(x, weight, bias, block_n, block_k, split_k, num_warps, num_stages):
+def _(x, weight, bias, block_n, block_k, split_k, num_warps, num_stages, prefetch=None):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
@@ -331,8 +371,9 @@ def check_config(cfg: GemvConfig) -> GemvConfig:
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         config: GemvConfig | None = None) -> torch.Tensor:
-    """x [M, K] (M <= MAX_M, unit stride along K), weight [N, K] contiguous -> [M, N] in x's dtype."""
+         config: GemvConfig | None = None, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] (M <= MAX_M, unit stride along K), weight [N, K] contiguous -> [M, N] in x's dtype.
+    prefetch: a contiguous tensor (the next matmul's weight) to pull into L2 meanwhile."""
     if x.dim() != 2 or x.shape[0] > MAX_M or x.shape[1] != weight.shape[1]:
         raise ValueError(f"gemv: x {tuple(x.shape)} and weight {tuple(weight.shape)}: want x [M <= {MAX_M}, K] "
                          "and weight [N, K]; use linear() for any shape")
@@ -340,14 +381,16 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         x = x.contiguous()
     m, (n, k) = x.shape[0], weight.shape
     cfg = check_config(config or pick_config(m, n, k, x.device) or default_config(m, n, k))
-    return gemv_op(x, weight.contiguous(), bias, *cfg.as_dict().values())
+    return gemv_op(x, weight.contiguous(), bias, *cfg.as_dict().values(), prefetch)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           prefetch: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear with the decode GEMV for <= MAX_M tokens; larger batches (prefill), and shapes the
-    sweep measured cuBLAS faster on, use F.linear. The decode_gemv switch installs this function."""
+    sweep measured cuBLAS faster on, use F.linear. The decode_gemv switch installs this function.
+    prefetch: see gemv (l2_prefetch's next weight; F.linear's path ignores it)."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     cfg = pick_config(rows, *weight.shape, x.device) if 1 <= rows <= MAX_M and weight.is_contiguous() else None
     if cfg is None:
         return F.linear(x, weight, bias)
-    return gemv(x.reshape(rows, x.shape[-1]), weight, bias, cfg).reshape(*x.shape[:-1], weight.shape[0])
+    return gemv(x.reshape(rows, x.shape[-1]), weight, bias, cfg, prefetch).reshape(*x.shape[:-1], weight.shape[0])

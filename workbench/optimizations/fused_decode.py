@@ -55,14 +55,15 @@ def folds():
         """RMSNorm(x + residual) -> linear as one kernel at 1..16 tokens; None otherwise."""
         if not decode_sized(x, 2):
             return None
-        return rms_norm_linear(x, residual, norm.weight, norm.eps, linear.weight, linear.bias)
+        return rms_norm_linear(x, residual, norm.weight, norm.eps, linear.weight, linear.bias,
+                               getattr(linear, "prefetch_next", None))
 
     def fold_silu(act: ActAndMul, linear, gate_up):
         """silu(gate) * up -> linear as one kernel at 1..16 tokens; None otherwise (install sets
         this hook on SiLU activations only)."""
         if not decode_sized(gate_up, 2):
             return None
-        return silu_mul_linear(gate_up, linear.weight, linear.bias)
+        return silu_mul_linear(gate_up, linear.weight, linear.bias, getattr(linear, "prefetch_next", None))
 
     # Out of torch.compile, as Attention.attend's own cache write: the compiler never sees the cache.
     @torch.compiler.disable

@@ -55,17 +55,19 @@ def shard_tensor(name: str, tensor: torch.Tensor, rank: int, size: int) -> torch
 
 class Linear(nn.Linear):
     """nn.Linear with the one hook where every linear layer of the model runs: `decode_gemv`, a
-    function (x, weight, bias) -> y installed by workbench/optimizations/decode_gemv.py
+    function (x, weight, bias, prefetch) -> y installed by workbench/optimizations/decode_gemv.py
     (Optimizations.decode_gemv: workbench.kernels.gemv.linear, the Triton GEMV on <= 16 tokens and
-    F.linear beyond); None (the default): F.linear."""
+    F.linear beyond); None (the default): F.linear. `prefetch_next`: the weight of the matmul that
+    runs after this one, which the GEMV asks L2 for while it runs (optimizations/l2_prefetch.py)."""
 
     decode_gemv = None
+    prefetch_next = None
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x @ W^T (+ bias) through the hook: subclasses that place the bias themselves (the
         row-parallel layer, after its all-reduce) still get the decode GEMV."""
         if self.decode_gemv is not None:
-            return self.decode_gemv(x, self.weight, bias)
+            return self.decode_gemv(x, self.weight, bias, self.prefetch_next)
         return nn.functional.linear(x, self.weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,67 @@
+"""EngineConfig.l2_prefetch (a candidate, off until measured): while a decode GEMV runs, its programs
+ask L2 for the weights of the matmul that runs next -- so HBM keeps streaming weights across the
+kernel boundaries of a batch-1 step, where today it idles.
+
+Why. A batch-1 decode step is a chain of small kernels, each waiting for the one before (under
+PDL: `gdc_wait`). A GEMV reads its own weights early (before its wait: kernels/gemv.py), but only
+once its programs find room on an SM, and after the wait what is left -- load x, multiply, reduce,
+store, let the next kernel go -- reads no weight at all. Measured on an H200 (session 13): a step
+takes ~683 us of GPU time for ~1.19 GB of bytes, ~0.29 ms at the copy bandwidth: HBM is busy
+~40 % of the time. Persistent "megakernels" reach 65-80 % by streaming the next operation's
+weights while the current one finishes; this rung borrows that one idea without the megakernel:
+the weights are known ahead, so the kernel before can start their transfer.
+
+How. Each GEMV program issues `prefetch.global.L2` for its share of the next weight's 128-byte
+lines (compiled to `CCTL.E.PF2`: a hint, fire and forget -- no register holds the bytes, nothing
+waits for them), right after its own first weight tile is requested and before its PDL wait. The
+next GEMV then finds its weights in L2 (50 MB on an H200; the largest layer weight, gate_up, is
+12.6 MB). Values are untouched: a prefetch moves bytes between memories, never changes one, so
+the tokens are exactly those without it.
+
+The order is the model's: per layer qkv_proj -> o_proj -> gate_up_proj -> down_proj, then the next
+layer's qkv_proj. The last down_proj prefetches the LM head's first rows, as many bytes as a
+qkv_proj (what the LM head's first programs read): the whole head (311 MB at Qwen3-0.6B's shape)
+does not fit in L2, and it already streams near the copy bandwidth. (A tensor there, not None:
+every layer's attribute the same kind and shape, so torch.compile's guards see one layer form.)
+The LM head prefetches nothing: its own pass through L2 would evict the next step's first layer
+before use. Attention's K/V and the small kernels are left alone.
+
+Installed: `install(model, on)` sets `prefetch_next` on each Linear (workbench/parallel/
+tensor_parallel.py), which the decode GEMV (decode_gemv) and its folded forms (fused_decode) pass
+to the kernel; the F.linear path ignores it. Needs one of those two switches (LLM refuses it
+otherwise); with fused_decode alone, o_proj runs F.linear and prefetches nothing. `prefetch_next`
+is a plain alias of the next weight's storage, set after the model is built and on its device:
+moving or replacing a weight afterwards needs install() again. Measurement: scripts/ab_decode_candidates.py's variant l2-prefetch (device_check.sh
+decode-ab), its prediction in docs/perf-notes.md (session 14).
+"""
+from __future__ import annotations
+
+from workbench.parallel.tensor_parallel import Linear
+
+
+def why_not(opts) -> str | None:
+    """Why l2_prefetch cannot act under these switches (None: it can)."""
+    if not (opts.decode_gemv or opts.fused_decode):
+        return "it prefetches for the Triton decode GEMV, but decode_gemv and fused_decode are both off"
+    return None
+
+
+def layer_matmuls(model) -> list[Linear]:
+    """The decoder layers' linear layers, in the order a step runs them (the LM head after them)."""
+    order = []
+    for layer in model.layers:
+        order += [layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj]
+    return order
+
+
+def install(model, on: bool) -> None:
+    """Set each linear layer's `prefetch_next`: the weight of the matmul after it (on), or None
+    (off; the LM head always: see the docstring)."""
+    order = layer_matmuls(model)
+    for linear in [*order, model.lm_head]:
+        linear.prefetch_next = None
+    if on:   # .detach(): a tensor, not a Parameter, so the module does not register it as its own
+        head = model.lm_head.weight.detach()
+        head_rows = head[:order[0].weight.numel() // head.shape[1]]   # contiguous: whole rows
+        for linear, following in zip(order, [o.weight.detach() for o in order[1:]] + [head_rows]):
+            linear.prefetch_next = following
