@@ -34,6 +34,8 @@ matters is what it can do before its wait and whether the next one finds room to
                       variant's decode step takes ~653 us (run with AB_CLOCKS=1: device_check.sh)
   l2-prefetch         each decode GEMV asks L2 for the next matmul's weights while it runs
                       (EngineConfig.l2_prefetch, optimizations/l2_prefetch.py; a candidate)
+  l2-prefetch-2       l2-prefetch handing on the weights two matmuls ahead (more time for them to
+                      arrive, more of L2 held: qkv gets gate_up's, o_proj down's, ...)
   prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
                       decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
@@ -77,7 +79,8 @@ ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_samp
 OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
 IDLE = {"idle-after-prefill": 0.035}   # seconds the GPU idles after each prefill replay
 PREFILL_ORDER = ["prefill-unused", "prefill-first"]   # where the prefill graphs' +29 us comes from
-VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER]
+L2_AHEAD = {"l2-prefetch-2": 2}   # l2_prefetch on, handing on the weights this many matmuls ahead
+VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER, *L2_AHEAD]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature: float) -> None:
@@ -113,6 +116,10 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
             time.sleep(IDLE[variant])   # nothing queued: the GPU idles, as after an eager prefill's launches
             return logits
         PrefillGraphs.run = replay_then_idle
+    if variant in L2_AHEAD:
+        from workbench.optimizations import l2_prefetch
+        install = l2_prefetch.install
+        l2_prefetch.install = lambda model, on: install(model, on, ahead=L2_AHEAD[variant])
     if variant == "prefill-unused":
         from workbench.optimizations.prefill_graphs import PrefillGraphs
         PrefillGraphs.can_run = lambda self, step: False
@@ -135,9 +142,9 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
     path = random_checkpoint(preset, workdir)
     load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens,
                                temperature=temperature)
-    r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1,
-                           **ENGINE.get(variant, {}))
-    overlapped = ENGINE.get(variant, {}).get("async_rounds", True)   # (8 decode steps: on unless turned off)
+    engine = {**ENGINE.get(variant, {}), **({"l2_prefetch": True} if variant in L2_AHEAD else {})}
+    r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1, **engine)
+    overlapped = engine.get("async_rounds", True)   # (8 decode steps: on unless turned off)
     print("RESULT " + json.dumps({"variant": variant, "temperature": temperature, "async_rounds": overlapped,
                                   **r.to_dict(), "step_kernels": step_kernels(profiled)}, default=str),
           flush=True)

@@ -41,6 +41,10 @@ def test_each_matmul_prefetches_the_next_ones_weight(tiny_ckpt):
     assert head_rows.shape == first.self_attn.qkv_proj.weight.shape
     assert model.lm_head.prefetch_next is None
     assert [name for name, _ in model.named_parameters()] == params, "a prefetched weight became a parameter"
+    l2_prefetch.install(model, True, ahead=2)   # the A/B variant l2-prefetch-2
+    assert first.self_attn.qkv_proj.prefetch_next.data_ptr() == first.mlp.gate_up_proj.weight.data_ptr()
+    assert first.mlp.down_proj.prefetch_next.data_ptr() == second.self_attn.o_proj.weight.data_ptr()
+    assert all(m.prefetch_next.data_ptr() == model.lm_head.weight.data_ptr() for m in (last.mlp.gate_up_proj, last.mlp.down_proj))
     l2_prefetch.install(model, False)
     assert all(linear.prefetch_next is None for linear in [*order, model.lm_head])
 

@@ -54,14 +54,16 @@ def layer_matmuls(model) -> list[Linear]:
     return order
 
 
-def install(model, on: bool) -> None:
-    """Set each linear layer's `prefetch_next`: the weight of the matmul after it (on), or None
-    (off; the LM head always: see the docstring)."""
+def install(model, on: bool, ahead: int = 1) -> None:
+    """Set each linear layer's `prefetch_next`: the weight of the matmul `ahead` places after it
+    (on; 1: the next one -- the A/B script tries 2, more time for the bytes to arrive, more of L2
+    held), or None (off; the LM head always: see the docstring)."""
     order = layer_matmuls(model)
     for linear in [*order, model.lm_head]:
         linear.prefetch_next = None
     if on:   # .detach(): a tensor, not a Parameter, so the module does not register it as its own
         head = model.lm_head.weight.detach()
         head_rows = head[:order[0].weight.numel() // head.shape[1]]   # contiguous: whole rows
-        for linear, following in zip(order, [o.weight.detach() for o in order[1:]] + [head_rows]):
-            linear.prefetch_next = following
+        targets = [o.weight.detach() for o in order[ahead:]] + [head_rows] * min(ahead, len(order))
+        for linear, target in zip(order, targets):
+            linear.prefetch_next = target
