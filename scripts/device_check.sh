@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests l2-tests peers peers-batch attention breakdown hbm hbm-batch launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests l2-tests peers peers-batch attention breakdown hbm hbm-batch hbm-l2 launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -85,6 +85,10 @@ do_step() {
     labs)       run labs $PY scripts/lab_results.py --out "$OUT/labs.json" ;;
     dashboard-gpu) run dashboard-gpu env WORKBENCH_SAVE_FIGURES="$OUT" $PY -m pytest -q tests/gpu/test_dashboard_gpu.py -p no:cacheprovider ;;
     hbm)        run hbm $W measure hbm $P --json "$OUT/hbm.json" ;;
+    # session 14: where l2_prefetch moves the DRAM bytes (L2 kept between kernels: a GEMV's bytes are
+    # what it missed; with the switch, each GEMV reads the next one's weights and its own from L2)
+    hbm-l2)     run hbm-l2 $W measure hbm $P --settings decode_kernels --context 512 --warm-l2 --json "$OUT/hbm-l2-off.json"
+                run hbm-l2-on $W measure hbm $P --settings decode_kernels --context 512 --warm-l2 --engine l2_prefetch=true --json "$OUT/hbm-l2-on.json" ;;
     hbm-batch)  run hbm-batch $W measure hbm $P --settings fast --batch 256 --context 600 --json "$OUT/hbm-batch.json" ;;
     launches)   run launches $W measure launches $P --json "$OUT/launches.json" ;;
     gemv)       run gemv $W measure gemv $P --json "$OUT/gemv.json" ;;

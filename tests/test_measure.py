@@ -270,6 +270,34 @@ def test_fake_ncu_output_is_parsed(monkeypatch, tmp_path):
     assert r.dram_read_bytes == 1_900_231_680
 
 
+def test_warm_l2_keeps_the_cache_and_says_so(monkeypatch, tmp_path, capsys):
+    """`measure hbm --warm-l2` (what l2_prefetch changes: bytes a kernel finds in L2) runs ncu with
+    --cache-control none and labels the record and the row so; without it, ncu's default (flushed)
+    and the default note. The engine fields reach the workload."""
+    import json
+
+    from workbench.__main__ import main
+    seen = tmp_path / "args.txt"
+    monkeypatch.setenv("WORKBENCH_NCU", str(_fake_ncu(
+        tmp_path, f'[ "$1" = "--version" ] && echo "Version 0.0 (fake)" && exit 0\necho "$@" >> "{seen}"\ncat "{SAMPLE}"\n')))
+    warm = hbm.run_ncu(["python", "-c", "pass"], extra_args=("--cache-control", "none"))
+    cold = hbm.run_ncu(["python", "-c", "pass"])
+    assert warm.notes == hbm.WARM_L2_NOTES and cold.notes == hbm.NCU_NOTES
+    out = tmp_path / "hbm.json"
+    assert main(["measure", "hbm", "--preset", "tiny", "--workdir", str(tmp_path), "--settings", "fast",
+                 "--engine", "l2_prefetch=true", "--warm-l2", "--json", str(out)]) == 0
+    calls = seen.read_text().splitlines()
+    assert "--cache-control none" not in calls[1] and "--cache-control none" in calls[-1]
+    spec = json.loads(calls[-1][calls[-1].index("{"):calls[-1].rindex("}") + 1])
+    assert spec["kwargs"]["engine"] == {"l2_prefetch": True}
+    row = json.loads(out.read_text())[0]
+    assert row["l2"] == "kept between kernels" and row["setting"] == "fast l2_prefetch=True"
+    assert len(row["per_kernel"]) == 7
+    capsys.readouterr()
+    assert main(["measure", "hbm", "--preset", "tiny", "--workdir", str(tmp_path), "--settings", "bogus"]) != 0
+    assert "--settings: bogus unknown" in capsys.readouterr().err
+
+
 def test_fake_ncu_permission_error(monkeypatch, tmp_path):
     monkeypatch.setenv("WORKBENCH_NCU", str(_fake_ncu(tmp_path, (
         '[ "$1" = "--version" ] && exit 0\n'

@@ -374,21 +374,35 @@ def cmd_measure_hbm(args) -> int:
     from workbench.measure.workloads import decode_step_workload
     from workbench.model import ModelConfig
     path = model_dir(args)
+    settings = {"all_off": {"attention": "naive", "fused_kernels": False, "cuda_graphs": False},
+                "fast": {},   # flash + fused + graphs (no compile: faster to build)
+                "decode_kernels": {"decode_gemv": True, "fused_decode": True, "decode_attention": True, "pdl": True}}
+    unknown = [s for s in args.settings.split(",") if s not in settings]
+    if unknown:
+        raise ValueError(f"--settings: {', '.join(unknown)} unknown; one or more of {', '.join(settings)}")
+    engine = dict(args.engine)
+    # --warm-l2: ncu leaves L2 as the kernel before left it (by default it flushes it before each
+    # kernel): a kernel's DRAM bytes are then what it missed in L2 -- what l2_prefetch changes
+    extra = ("--cache-control", "none") if args.warm_l2 else ()
     rows = []
     for setting in args.settings.split(","):
-        kwargs = {"all_off": {"attention": "naive", "fused_kernels": False, "cuda_graphs": False},
-                  "fast": {}}[setting]   # fast: flash + fused + graphs (no compile: faster to build)
         record = measure_hbm_python(decode_step_workload,
-                                    {"model_dir": str(path), "batch": args.batch, "context": args.context, **kwargs},
-                                    nvtx_include="decode/")
-        rows.append({"setting": setting, "measured_bytes": record.dram_bytes, "kernels": len(record.kernels),
+                                    {"model_dir": str(path), "batch": args.batch, "context": args.context,
+                                     **settings[setting], "engine": engine},
+                                    nvtx_include="decode/", extra_args=extra)
+        rows.append({"setting": setting + "".join(f" {k}={v}" for k, v in engine.items()),
+                     "measured_bytes": record.dram_bytes, "kernels": len(record.kernels),
+                     "l2": "kept between kernels" if args.warm_l2 else "flushed before each kernel",
                      "by_family": {k: v.get("dram__bytes_read.sum", 0) + v.get("dram__bytes_write.sum", 0)
                                    for k, v in record.by_family.items()},
+                     # in launch order: which kernel read what (l2_prefetch moves bytes to the kernel before)
+                     "per_kernel": [[k.name, k.metrics.get("dram__bytes_read.sum"), k.metrics.get("dram__bytes_write.sum")]
+                                    for k in record.kernels],
                      "unavailable": None if record.available else record.reason})
     minimum = decode_step(ModelConfig.from_hf(path), [args.context] * args.batch)
     rows.append({"setting": "minimum (modelled: weights + KV read once)", "measured_bytes": None,
                  "modelled_bytes": minimum.bytes})
-    print(format_table(rows, ["setting", "measured_bytes", "modelled_bytes", "kernels", "unavailable"]))
+    print(format_table(rows, ["setting", "measured_bytes", "modelled_bytes", "kernels", "l2", "unavailable"]))
     _save(rows, args.json)
     return 0
 
@@ -478,9 +492,14 @@ def add_measure_subcommands(sub, common) -> None:
     breakdown.set_defaults(func=cmd_measure_breakdown)
     hbm = msub.add_parser("hbm", help="ncu DRAM bytes of one decode step vs the modelled minimum")
     common(hbm)
-    hbm.add_argument("--settings", default="all_off,fast", help="all_off and/or fast (flash+fused+graphs)")
+    hbm.add_argument("--settings", default="all_off,fast", help="all_off, fast (flash+fused+graphs) and/or "
+                     "decode_kernels (fast + decode_gemv, fused_decode, decode_attention, pdl; no compile)")
     hbm.add_argument("--batch", type=int, default=1)
     hbm.add_argument("--context", type=int, default=1024)
+    hbm.add_argument("--engine", action="append", default=[], type=_engine_field, metavar="FIELD=VALUE",
+                     help="an EngineConfig field for every row, e.g. l2_prefetch=true (repeatable)")
+    hbm.add_argument("--warm-l2", action="store_true", help="keep L2 between kernels (ncu --cache-control none; "
+                     "default: flushed before each): each kernel's DRAM bytes are what it missed in L2")
     hbm.set_defaults(func=cmd_measure_hbm)
     attention = msub.add_parser("attention-traffic", help="naive vs flash attention: ncu DRAM bytes and time vs N")
     attention.add_argument("--n", default="1024,4096,8192")

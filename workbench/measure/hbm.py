@@ -35,6 +35,8 @@ from pathlib import Path
 
 DEFAULT_METRICS = ("dram__bytes_read.sum", "dram__bytes_write.sum", "gpu__time_duration.sum")
 NCU_FALLBACK_DIRS = ["/usr/local/cuda/bin"]   # where CUDA puts ncu when it is not on PATH
+WARM_L2_NOTES = ("ncu kept L2 between kernels (--cache-control none) and serialized them: a kernel's DRAM "
+                 "bytes are what it missed in L2; kernel times alone")
 NCU_NOTES = ("ncu flushes caches and serializes kernels: cold-cache bytes, kernel times alone; "
              "output still in L2 when a kernel ends is not in its DRAM writes")
 
@@ -269,7 +271,10 @@ def run_ncu(cmd: list[str], *, kernel_regex: str | None = None, nvtx_include: st
     problem = diagnose_ncu_output(proc.stdout + "\n" + proc.stderr, proc.returncode, kernels)
     if problem:
         return _unavailable(problem, command=args, **where)
-    return HbmRecord.from_kernels(kernels, command=args, **where)
+    record = HbmRecord.from_kernels(kernels, command=args, **where)
+    if "--cache-control" in extra_args and "none" in extra_args:
+        record.notes = WARM_L2_NOTES
+    return record
 
 
 def workload_address(fn) -> dict:

@@ -103,9 +103,11 @@ def attention_workload(impl: str = "flash", n: int = 4096, heads: int = 16, kv_h
 def decode_step_workload(model_dir: str, attention: str = "flash", fused_kernels: bool = True,
                          cuda_graphs: bool = True, compile: bool = False, batch: int = 1,
                          context: int = 1024, decode_gemv: bool = False,
-                         fused_decode: bool = False, decode_attention: bool = False, pdl: bool = False) -> dict:
+                         fused_decode: bool = False, decode_attention: bool = False, pdl: bool = False,
+                         engine: dict | None = None) -> dict:
     """One decode step of the whole engine inside NVTX range "decode": `batch` sequences, each
-    with `context` cached tokens. Engine build, prefill and one warm-up decode run first."""
+    with `context` cached tokens. Engine build, prefill and one warm-up decode run first.
+    engine: more EngineConfig fields (e.g. {"l2_prefetch": True})."""
     import random
 
     from workbench import Optimizations
@@ -114,7 +116,7 @@ def decode_step_workload(model_dir: str, attention: str = "flash", fused_kernels
                          compile=compile, decode_gemv=decode_gemv, fused_decode=fused_decode,
                          decode_attention=decode_attention, pdl=pdl)
     with LLM(model_dir, opts=opts, max_num_seqs=batch, enable_prefix_caching=False,
-             max_model_len=context + 64) as llm:
+             max_model_len=context + 64, **(engine or {})) as llm:
         rng = random.Random(0)
         vocab = llm.model_config.vocab_size
         params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -126,4 +128,4 @@ def decode_step_workload(model_dir: str, attention: str = "flash", fused_kernels
         with nvtx_range("decode"):
             llm.step()
         torch.cuda.synchronize()
-        return {"setting": opts.label(), "batch": batch, "context": context}
+        return {"setting": opts.label(), "batch": batch, "context": context, "engine": engine or {}}
