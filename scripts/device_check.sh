@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests l2-tests peers peers-batch attention breakdown hbm hbm-batch hbm-l2 launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests l2-tests peers peers-batch attention breakdown hbm hbm-batch hbm-l2(-off|-on) launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -87,8 +87,10 @@ do_step() {
     hbm)        run hbm $W measure hbm $P --json "$OUT/hbm.json" ;;
     # session 14: where l2_prefetch moves the DRAM bytes (L2 kept between kernels: a GEMV's bytes are
     # what it missed; with the switch, each GEMV reads the next one's weights and its own from L2)
-    hbm-l2)     run hbm-l2 $W measure hbm $P --settings decode_kernels --context 512 --warm-l2 --json "$OUT/hbm-l2-off.json"
-                run hbm-l2-on $W measure hbm $P --settings decode_kernels --context 512 --warm-l2 --engine l2_prefetch=true --json "$OUT/hbm-l2-on.json" ;;
+    # (two steps, each its own STEP_TIMEOUT: give one call both with STEP_TIMEOUT <= 280)
+    hbm-l2)     do_step hbm-l2-off; do_step hbm-l2-on ;;
+    hbm-l2-off) run hbm-l2-off $W measure hbm $P --settings decode_kernels --context 512 --warm-l2 --json "$OUT/hbm-l2-off.json" ;;
+    hbm-l2-on)  run hbm-l2-on $W measure hbm $P --settings decode_kernels --context 512 --warm-l2 --engine l2_prefetch=true --json "$OUT/hbm-l2-on.json" ;;
     hbm-batch)  run hbm-batch $W measure hbm $P --settings fast --batch 256 --context 600 --json "$OUT/hbm-batch.json" ;;
     launches)   run launches $W measure launches $P --json "$OUT/launches.json" ;;
     gemv)       run gemv $W measure gemv $P --json "$OUT/gemv.json" ;;
@@ -98,7 +100,8 @@ do_step() {
     gemv-sweep) run gemv-sweep $PY scripts/sweep_gemv.py "$OUT/gemv-sweep.json" --budget-s 200 ;;
     gemv-parity) run gemv-parity $PY -m pytest -q -s tests/gpu/test_gemv_gpu.py -p no:cacheprovider -k engine_parity ;;
     # session 8 candidates (GEMV configs, decode attention last-program merge and K/V prefetch),
-    # A/B inside the engine, each variant in its own process (~6-7 min: 6 variants x 2 rounds)
+    # A/B inside the engine, each variant in its own process (~30 s a run: give AB_VARIANTS -- all of
+    # them x 2 rounds take ~16 min, past one call; the JSON keeps each finished row)
     # (AB_VARIANTS=current,graph-rounds ... picks variants, AB_ROUNDS the rounds)
     # (AB_CLOCKS=1: nvidia-smi logs SM/memory clocks and power every 50 ms beside it, to clocks.csv)
     # (the logger is stopped after the step: left running, it holds the call's output open to the end)
@@ -108,7 +111,7 @@ do_step() {
                   clocks=$!
                 fi
                 run decode-ab $PY scripts/ab_decode_candidates.py "$OUT/decode-ab.json" --rounds "${AB_ROUNDS:-2}" ${AB_VARIANTS:+--variants "$AB_VARIANTS"} --temperature "${AB_TEMPERATURE:-0}"
-                [ -n "$clocks" ] && kill "$clocks" 2>/dev/null ;;
+                if [ -n "$clocks" ]; then kill "$clocks"; wait "$clocks"; fi 2>/dev/null; true ;;
     # the samplers: their GPU tests, then current (fused, the GPU default) vs eager-sampling at 0.6
     sample-tests) run sample-tests $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py -p no:cacheprovider ;;
     sample-ab)  run sample-tests $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py -p no:cacheprovider

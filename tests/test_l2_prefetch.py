@@ -44,7 +44,13 @@ def test_each_matmul_prefetches_the_next_ones_weight(tiny_ckpt):
     l2_prefetch.install(model, True, ahead=2)   # the A/B variant l2-prefetch-2
     assert first.self_attn.qkv_proj.prefetch_next.data_ptr() == first.mlp.gate_up_proj.weight.data_ptr()
     assert first.mlp.down_proj.prefetch_next.data_ptr() == second.self_attn.o_proj.weight.data_ptr()
-    assert all(m.prefetch_next.data_ptr() == model.lm_head.weight.data_ptr() for m in (last.mlp.gate_up_proj, last.mlp.down_proj))
+    gate_up_gets, down_gets = last.mlp.gate_up_proj.prefetch_next, last.mlp.down_proj.prefetch_next
+    assert gate_up_gets.data_ptr() == model.lm_head.weight.data_ptr()   # the head's first bytes, then the next
+    assert down_gets.data_ptr() == gate_up_gets.data_ptr() + gate_up_gets.numel() * gate_up_gets.element_size()
+    for name in ("gate_up_proj", "down_proj"):   # shaped as in every other layer
+        assert getattr(last.mlp, name).prefetch_next.shape == getattr(first.mlp, name).prefetch_next.shape, name
+    with pytest.raises(ValueError, match="ahead=5"):
+        l2_prefetch.install(model, True, ahead=5)
     l2_prefetch.install(model, False)
     assert all(linear.prefetch_next is None for linear in [*order, model.lm_head])
 

@@ -284,18 +284,20 @@ def test_warm_l2_keeps_the_cache_and_says_so(monkeypatch, tmp_path, capsys):
     cold = hbm.run_ncu(["python", "-c", "pass"])
     assert warm.notes == hbm.WARM_L2_NOTES and cold.notes == hbm.NCU_NOTES
     out = tmp_path / "hbm.json"
-    assert main(["measure", "hbm", "--preset", "tiny", "--workdir", str(tmp_path), "--settings", "fast",
+    assert main(["measure", "hbm", "--preset", "tiny", "--workdir", str(tmp_path), "--settings", "decode_kernels",
                  "--engine", "l2_prefetch=true", "--warm-l2", "--json", str(out)]) == 0
     calls = seen.read_text().splitlines()
-    assert "--cache-control none" not in calls[1] and "--cache-control none" in calls[-1]
+    assert "--cache-control none" not in calls[1] and "--cache-control none --replay-mode application" in calls[-1]
     spec = json.loads(calls[-1][calls[-1].index("{"):calls[-1].rindex("}") + 1])
     assert spec["kwargs"]["engine"] == {"l2_prefetch": True}
     row = json.loads(out.read_text())[0]
-    assert row["l2"] == "kept between kernels" and row["setting"] == "fast l2_prefetch=True"
+    assert row["l2"] == "kept between kernels" and row["setting"] == "decode_kernels l2_prefetch=True"
     assert len(row["per_kernel"]) == 7
     capsys.readouterr()
     assert main(["measure", "hbm", "--preset", "tiny", "--workdir", str(tmp_path), "--settings", "bogus"]) != 0
     assert "--settings: bogus unknown" in capsys.readouterr().err
+    assert main(["measure", "hbm", "--preset", "tiny", "--workdir", str(tmp_path), "--engine", "l2_prefetch=true"]) != 0
+    assert "use --settings decode_kernels" in capsys.readouterr().err
 
 
 def test_fake_ncu_permission_error(monkeypatch, tmp_path):

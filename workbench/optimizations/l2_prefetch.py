@@ -19,10 +19,11 @@ next GEMV then finds its weights in L2 (50 MB on an H200; the largest layer weig
 the tokens are exactly those without it.
 
 The order is the model's: per layer qkv_proj -> o_proj -> gate_up_proj -> down_proj, then the next
-layer's qkv_proj. The last down_proj prefetches the LM head's first rows, as many bytes as a
-qkv_proj (what the LM head's first programs read): the whole head (311 MB at Qwen3-0.6B's shape)
-does not fit in L2, and it already streams near the copy bandwidth. (A tensor there, not None:
-every layer's attribute the same kind and shape, so torch.compile's guards see one layer form.)
+layer's qkv_proj. The last down_proj prefetches the LM head's first bytes, as many as a qkv_proj
+(what the LM head's first programs read): the whole head (311 MB at Qwen3-0.6B's shape) does not
+fit in L2, and it already streams near the copy bandwidth. (A tensor there, not None, shaped as a
+qkv_proj weight: every layer's attribute the same kind and shape, so torch.compile's guards see
+one layer form.)
 The LM head prefetches nothing: its own pass through L2 would evict the next step's first layer
 before use. Attention's K/V and the small kernels are left alone.
 
@@ -58,12 +59,20 @@ def install(model, on: bool, ahead: int = 1) -> None:
     """Set each linear layer's `prefetch_next`: the weight of the matmul `ahead` places after it
     (on; 1: the next one -- the A/B script tries 2, more time for the bytes to arrive, more of L2
     held), or None (off; the LM head always: see the docstring)."""
+    if not 1 <= ahead <= 4:
+        raise ValueError(f"ahead={ahead}: 1 to 4 matmuls (a layer has four)")
     order = layer_matmuls(model)
     for linear in [*order, model.lm_head]:
         linear.prefetch_next = None
-    if on:   # .detach(): a tensor, not a Parameter, so the module does not register it as its own
-        head = model.lm_head.weight.detach()
-        head_rows = head[:order[0].weight.numel() // head.shape[1]]   # contiguous: whole rows
-        targets = [o.weight.detach() for o in order[ahead:]] + [head_rows] * min(ahead, len(order))
-        for linear, target in zip(order, targets):
-            linear.prefetch_next = target
+    if not on:
+        return
+    for i, linear in enumerate(order):   # .detach(): a tensor, not a Parameter: not registered as its own
+        if i + ahead < len(order):
+            linear.prefetch_next = order[i + ahead].weight.detach()
+    # The last `ahead` matmuls: the LM head's first bytes, in pieces shaped as what the same matmul
+    # of the layer before hands on (so every layer's attribute has one shape: torch.compile's guards)
+    flat_head, start = model.lm_head.weight.detach().view(-1), 0
+    for i in range(max(0, len(order) - ahead), len(order)):
+        like = order[i + ahead - 4].weight
+        order[i].prefetch_next = flat_head[start:start + like.numel()].view(like.shape)
+        start += like.numel()
