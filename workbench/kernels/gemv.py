@@ -29,7 +29,9 @@ once whatever M is and the kernel stays a pure weight stream. Beyond that the pr
 
 With the pdl switch (USE_PDL, kernels/pdl.py) a program loads its first weight tile, then waits for
 the kernel before (gdc_wait), then loads x: the weights are the one input no kernel writes, so
-their stream starts under the tail of the kernel before. Off, that branch compiles away.
+their stream starts under the tail of the kernel before. Off, that branch compiles away. With
+EngineConfig.l2_prefetch a program also asks L2 for its share of the next matmul's weights between
+that first load and the wait (`_prefetch_l2`, PREFETCH_LINES > 0; optimizations/l2_prefetch.py).
 
 Every call is the registered op `workbench::gemv` (torch.library.custom_op with a fake impl), so
 torch.compile treats it as one opaque op with a known output shape, and CUDA graphs capture its
