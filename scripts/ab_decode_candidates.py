@@ -152,46 +152,45 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
 
 def step_kernels(profiled: list) -> list[list]:
     """[name, us] of each kernel of the last profiled decode step, in launch order: two variants'
-    lists side by side (--kernels) say which kernels a step's extra microseconds sit in."""
+    lists side by side (compare_kernels) say which kernels a step's extra microseconds sit in."""
     steps = profiled[-1].decode_steps() if profiled else []
     if not steps:
         return []
     return [[s.name, round(s.end_us - s.start_us, 2)] for s in profiled[-1].row("gpu", steps[-1].index)]
 
 
+def _by_name(base: list, other: list) -> dict:
+    """{kernel name: (other's us minus base's, other's launches)}."""
+    out = {}
+    for sign, kernels in ((-1, base), (1, other)):
+        for kname, us in kernels:
+            d, n = out.get(kname[:70], (0.0, 0))
+            out[kname[:70]] = (d + sign * us, n + (sign > 0))
+    return out
+
+
 def compare_kernels(rows: list[dict], names: list[str], top: int = 12) -> None:
-    """Each kernel's time in the later variants minus in the first (the last round of each), by
-    position in the step when the kernels line up one to one, else by name; largest first."""
+    """Each kernel's time in the later variants minus in the first (the last round of each): by
+    position in the step when the kernels line up one to one, and summed by name; largest first."""
     last = {r["variant"]: r["step_kernels"] for r in rows if r.get("step_kernels")}
-    if names[0] not in last:
+    base = last.get(names[0])
+    if base is None:
         return
-    base = last[names[0]]
     for name in names[1:]:
         other = last.get(name)
         if other is None:
             continue
         same_order = [k[0] for k in other] == [k[0] for k in base]
-        if same_order:
-            diffs = [(o[1] - b[1], f"#{i} {b[0][:70]}") for i, (b, o) in enumerate(zip(base, other))]
-        else:
-            by_name = {}
-            for sign, kernels in ((-1, base), (1, other)):
-                for kname, us in kernels:
-                    by_name[kname[:70]] = by_name.get(kname[:70], 0.0) + sign * us
-            diffs = [(d, kname) for kname, d in by_name.items()]
         total = sum(k[1] for k in other) - sum(k[1] for k in base)
         print(f"\nkernels of one decode step, {name} minus {names[0]}: {total:+.1f} us in all "
-              f"({'kernel by kernel' if same_order else 'by name: the steps launch different kernels'}); largest:")
-        for d, label in sorted(diffs, key=lambda t: -abs(t[0]))[:top]:
-            print(f"  {d:+7.2f} us  {label}")
-        if same_order:   # a uniform slowdown (clocks, memory) or a few kernels?
-            by_name = {}
-            for d, label in diffs:
-                kname = label.split(" ", 1)[1]
-                by_name.setdefault(kname, []).append(d)
+              f"({'the same kernels' if same_order else 'different kernels: by name only'}); largest:")
+        if same_order:   # a uniform slowdown (clocks, memory) or a few kernels? both lists say
+            diffs = [(o[1] - b[1], f"#{i} {b[0][:70]}") for i, (b, o) in enumerate(zip(base, other))]
+            for d, label in sorted(diffs, key=lambda t: -abs(t[0]))[:top]:
+                print(f"  {d:+7.2f} us  {label}")
             print("  summed by kernel name:")
-            for kname, ds in sorted(by_name.items(), key=lambda t: -abs(sum(t[1])))[:top]:
-                print(f"  {sum(ds):+7.2f} us over {len(ds):3d} launches  {kname}")
+        for kname, (d, n) in sorted(_by_name(base, other).items(), key=lambda t: -abs(t[1][0]))[:top]:
+            print(f"  {d:+7.2f} us over {n:3d} launches  {kname}")
 
 
 def _us(row: dict) -> str:
