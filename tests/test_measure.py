@@ -280,7 +280,7 @@ def test_warm_l2_keeps_the_cache_and_says_so(monkeypatch, tmp_path, capsys):
     seen = tmp_path / "args.txt"
     monkeypatch.setenv("WORKBENCH_NCU", str(_fake_ncu(
         tmp_path, f'[ "$1" = "--version" ] && echo "Version 0.0 (fake)" && exit 0\necho "$@" >> "{seen}"\ncat "{SAMPLE}"\n')))
-    warm = hbm.run_ncu(["python", "-c", "pass"], extra_args=("--cache-control", "none"))
+    warm = hbm.run_ncu(["python", "-c", "pass"], warm_l2=True)
     cold = hbm.run_ncu(["python", "-c", "pass"])
     assert warm.notes == hbm.WARM_L2_NOTES and cold.notes == hbm.NCU_NOTES
     out = tmp_path / "hbm.json"

@@ -383,17 +383,12 @@ def cmd_measure_hbm(args) -> int:
     engine = dict(args.engine)
     if engine.get("l2_prefetch") and args.settings != "decode_kernels":   # refused now, not after a build under ncu
         raise ValueError("--engine l2_prefetch=true acts on the decode GEMV: use --settings decode_kernels")
-    # --warm-l2: ncu leaves L2 as the kernel before left it (by default it flushes it before each
-    # kernel): a kernel's DRAM bytes are then what it missed in L2 -- what l2_prefetch changes.
-    # Application replay: should the metrics need several passes, each pass reruns the whole
-    # step, so no pass finds a kernel's own bytes left in L2 by the pass before
-    extra = ("--cache-control", "none", "--replay-mode", "application") if args.warm_l2 else ()
     rows = []
     for setting in args.settings.split(","):
         record = measure_hbm_python(decode_step_workload,
                                     {"model_dir": str(path), "batch": args.batch, "context": args.context,
                                      **settings[setting], "engine": engine},
-                                    nvtx_include="decode/", extra_args=extra)
+                                    nvtx_include="decode/", warm_l2=args.warm_l2)   # (what l2_prefetch changes)
         rows.append({"setting": setting + "".join(f" {k}={v}" for k, v in engine.items()),
                      "measured_bytes": record.dram_bytes, "kernels": len(record.kernels),
                      "l2": "kept between kernels" if args.warm_l2 else "flushed before each kernel",

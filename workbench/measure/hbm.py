@@ -246,8 +246,11 @@ def diagnose_ncu_output(output: str, returncode: int, kernels: list) -> str | No
 
 def run_ncu(cmd: list[str], *, kernel_regex: str | None = None, nvtx_include: str | None = None,
             metrics=DEFAULT_METRICS, extra_args=(), timeout_s: float = 600,
-            env: dict | None = None, cwd: str | None = None) -> HbmRecord:
-    """Run `cmd` under ncu and return its kernels' DRAM bytes and GPU time."""
+            env: dict | None = None, cwd: str | None = None, warm_l2: bool = False) -> HbmRecord:
+    """Run `cmd` under ncu and return its kernels' DRAM bytes and GPU time. warm_l2: ncu leaves L2
+    as the kernel before left it (by default it flushes it before each kernel), so a kernel's DRAM
+    bytes are what it missed in L2; with application replay, should the metrics need several
+    passes, each reruns the whole command, so no pass finds the bytes the last one left in L2."""
     where = dict(nvtx_include=nvtx_include, kernel_regex=kernel_regex)
     path, status = ncu_status()
     if path is None:
@@ -258,6 +261,8 @@ def run_ncu(cmd: list[str], *, kernel_regex: str | None = None, nvtx_include: st
         args += ["--nvtx", "--nvtx-include", nvtx_include]
     if kernel_regex:
         args += ["-k", f"regex:{kernel_regex}"]
+    if warm_l2:
+        args += ["--cache-control", "none", "--replay-mode", "application"]
     args += [*extra_args, *cmd]
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s,
@@ -271,10 +276,7 @@ def run_ncu(cmd: list[str], *, kernel_regex: str | None = None, nvtx_include: st
     problem = diagnose_ncu_output(proc.stdout + "\n" + proc.stderr, proc.returncode, kernels)
     if problem:
         return _unavailable(problem, command=args, **where)
-    record = HbmRecord.from_kernels(kernels, command=args, **where)
-    if "--cache-control" in extra_args and "none" in extra_args:
-        record.notes = WARM_L2_NOTES
-    return record
+    return HbmRecord.from_kernels(kernels, command=args, notes=WARM_L2_NOTES if warm_l2 else NCU_NOTES, **where)
 
 
 def workload_address(fn) -> dict:
@@ -290,7 +292,7 @@ def workload_address(fn) -> dict:
 def measure_hbm_python(workload, args: dict | None = None, *,
                        nvtx_include: str | None = "attention/", kernel_regex: str | None = None,
                        metrics=DEFAULT_METRICS, python: str | None = None, extra_args=(),
-                       timeout_s: float = 600) -> HbmRecord:
+                       timeout_s: float = 600, warm_l2: bool = False) -> HbmRecord:
     """Profile a workload function (e.g. workloads.attention_workload, imported) called with
     `args` as keyword arguments, in a fresh process under ncu. The function marks the part to
     measure with an NVTX range (default: 'attention')."""
@@ -303,7 +305,7 @@ def measure_hbm_python(workload, args: dict | None = None, *,
         spec = {**where, "kwargs": args or {}, "out": str(out)}
         cmd = [python or sys.executable, "-m", "workbench.measure.hbm_worker", json.dumps(spec)]
         record = run_ncu(cmd, kernel_regex=kernel_regex, nvtx_include=nvtx_include,
-                         metrics=metrics, extra_args=extra_args, timeout_s=timeout_s, env=env)
+                         metrics=metrics, extra_args=extra_args, timeout_s=timeout_s, env=env, warm_l2=warm_l2)
         result = json.loads(out.read_text()) if out.is_file() else None
     record.workload = {"fn": f"{where['module']}.{where['name']}", "kwargs": args or {}, "result": result}
     return record

@@ -5,9 +5,9 @@ kernel boundaries of a batch-1 step, where today it idles.
 Why. A batch-1 decode step is a chain of small kernels, each waiting for the one before (under
 PDL: `gdc_wait`). A GEMV reads its own weights early (before its wait: kernels/gemv.py), but only
 once its programs find room on an SM, and after the wait what is left -- load x, multiply, reduce,
-store, let the next kernel go -- reads no weight at all. Measured on an H200 (session 13): a step
-takes ~683 us of GPU time for ~1.19 GB of bytes, ~0.29 ms at the copy bandwidth: HBM is busy
-~40 % of the time. Persistent "megakernels" reach 65-80 % by streaming the next operation's
+store, let the next kernel go -- reads no weight at all. Measured on an H200 (sessions 13-14,
+docs/perf-notes.md): a step takes ~683-688 us of GPU time for ~1.19 GB of bytes, ~0.29 ms at the
+copy bandwidth: HBM is busy ~40 % of the time. Persistent "megakernels" reach 65-80 % by streaming the next operation's
 weights while the current one finishes; this rung borrows that one idea without the megakernel:
 the weights are known ahead, so the kernel before can start their transfer.
 
@@ -32,8 +32,10 @@ tensor_parallel.py), which the decode GEMV (decode_gemv) and its folded forms (f
 to the kernel; the F.linear path ignores it. Needs one of those two switches (LLM refuses it
 otherwise); with fused_decode alone, o_proj runs F.linear and prefetches nothing. `prefetch_next`
 is a plain alias of the next weight's storage, set after the model is built and on its device:
-moving or replacing a weight afterwards needs install() again. Measurement: scripts/ab_decode_candidates.py's variant l2-prefetch (device_check.sh
-decode-ab), its prediction in docs/perf-notes.md (session 14).
+moving or replacing a weight afterwards needs install() again.
+Measurement: scripts/ab_decode_candidates.py's variant l2-prefetch (device_check.sh decode-ab),
+`measure hbm --warm-l2` for where the bytes move; the prediction is in docs/perf-notes.md
+(session 14).
 """
 from __future__ import annotations
 
