@@ -40,6 +40,16 @@ matters is what it can do before its wait and whether the next one finds room to
                       decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
                       if current's ~683, having captured them is
+  prefill-replayed-once  every prompt run eagerly (as prefill-unused), but each prefill graph replayed
+                      once right after its capture (writing no cache slot): if the decode step is
+                      current's (~680 us, not ~653), one replay anywhere changes the GPU's state for
+                      good; if eager-prefill's, it is the replay just before the decode steps
+  prefill-freed       the prefill graphs captured, then dropped before the first request (prompts
+                      eager): session 15 measured TPOT 0.679 ms with them captured, replayed or not,
+                      0.662 with none; if this is ~0.662, their existence costs the decode step, if
+                      ~0.679, capturing them (the compiler's recompiles, the allocator) does
+  prefill-no-pdl      the prefill graphs captured with PDL off (the decode graphs keep it): if the
+                      decode step is eager-prefill's, the prefill graph's PDL edges are the cause
   prefill-first       the prefill graphs captured before the decode graphs (in a pool of their own):
                       moves what the decode graphs' pool holds; a change says memory placement
   eager-prefill       the prompt's prefill step run eagerly, the prefill graphs' twin
@@ -78,7 +88,7 @@ ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_samp
           "l2-prefetch": {"l2_prefetch": True}}
 OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
 IDLE = {"idle-after-prefill": 0.035}   # seconds the GPU idles after each prefill replay
-PREFILL_ORDER = ["prefill-unused", "prefill-first"]   # where the prefill graphs' +29 us comes from
+PREFILL_ORDER = ["prefill-unused", "prefill-replayed-once", "prefill-freed", "prefill-no-pdl", "prefill-first"]   # where the prefill graphs' +29 us comes from
 L2_AHEAD = {"l2-prefetch-2": 2}   # l2_prefetch on, handing on the weights this many matmuls ahead
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER, *L2_AHEAD]
 
@@ -120,9 +130,40 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         from workbench.optimizations import l2_prefetch
         install = l2_prefetch.install
         l2_prefetch.install = lambda model, on: install(model, on, ahead=L2_AHEAD[variant])
-    if variant == "prefill-unused":
+    if variant in ("prefill-unused", "prefill-replayed-once"):
         from workbench.optimizations.prefill_graphs import PrefillGraphs
         PrefillGraphs.can_run = lambda self, step: False
+    if variant == "prefill-replayed-once":
+        import torch
+        capture_only = PrefillGraphs.capture
+
+        def capture_then_replay(self, pool=None, on_captured=None):
+            capture_only(self, pool, on_captured)
+            for bucket, graph in self.graphs.items():   # capture left every slot -1: no cache write
+                self.cu_seqlens_q[2], self.seq_lens[1] = bucket, bucket - 1
+                graph.replay()
+            torch.cuda.synchronize()
+        PrefillGraphs.capture = capture_then_replay
+    if variant == "prefill-freed":
+        import gc
+
+        from workbench.engine.runner import ModelRunner
+        warm_up_and_keep = ModelRunner.warm_up
+
+        def warm_up_then_drop(self):
+            warm_up_and_keep(self)
+            self.prefill_graphs = None   # the graphs and their outputs go; the prompts run eagerly
+            gc.collect()
+        ModelRunner.warm_up = warm_up_then_drop
+    if variant == "prefill-no-pdl":
+        from workbench.kernels import pdl
+        from workbench.optimizations.prefill_graphs import PrefillGraphs
+        capture_with_pdl = PrefillGraphs.capture
+
+        def capture_without_pdl(self, *args, **kwargs):
+            with pdl.launching(False):
+                capture_with_pdl(self, *args, **kwargs)
+        PrefillGraphs.capture = capture_without_pdl
     if variant == "prefill-first":
         from workbench.engine.runner import ModelRunner
         warm_up = ModelRunner.warm_up
@@ -151,16 +192,33 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
 
 
 def step_kernels(profiled: list) -> list[list]:
-    """[name, us] of each kernel of the last profiled decode step, in launch order: two variants'
-    lists side by side (compare_kernels) say which kernels a step's extra microseconds sit in."""
+    """[name, us, end] of each kernel of the last profiled decode step, in launch order (end: when
+    it ended, in us from the step's first kernel's start): two variants' lists side by side
+    (compare_kernels) say which kernels a step's extra microseconds sit in."""
     steps = profiled[-1].decode_steps() if profiled else []
     if not steps:
         return []
-    return [[s.name, round(s.end_us - s.start_us, 2)] for s in profiled[-1].row("gpu", steps[-1].index)]
+    spans = profiled[-1].row("gpu", steps[-1].index)
+    origin = min((s.start_us for s in spans), default=0.0)
+    return [[s.name, round(s.end_us - s.start_us, 2), round(s.end_us - origin, 2)] for s in spans]
+
+
+def wall_added(kernels: list[list]) -> list[float]:
+    """What each kernel added to the step's elapsed time: its end minus the latest end before it.
+    Under PDL a kernel starts while the one before runs and its span includes its wait, so spans
+    overlap and their sum is not the step; these increments sum to the step (first start to last
+    end). Rows without ends (recorded before session 15): the spans."""
+    if not kernels or len(kernels[0]) < 3:
+        return [k[1] for k in kernels]
+    added, latest = [], 0.0
+    for k in kernels:
+        added.append(max(k[2] - latest, 0.0))
+        latest = max(latest, k[2])
+    return added
 
 
 def _by_name(base: list, other: list) -> dict:
-    """{kernel name: (other's us minus base's, other's launches)}."""
+    """{kernel name: (other's us minus base's, other's launches)}; base, other: [(name, us)]."""
     out = {}
     for sign, kernels in ((-1, base), (1, other)):
         for kname, us in kernels:
@@ -170,19 +228,20 @@ def _by_name(base: list, other: list) -> dict:
 
 
 def compare_kernels(rows: list[dict], names: list[str], top: int = 12) -> None:
-    """Each kernel's time in the later variants minus in the first (the last round of each): by
-    position in the step when the kernels line up one to one, and summed by name; largest first."""
+    """What each kernel added to the step (wall_added) in the later variants minus in the first
+    (the last round of each): by position in the step when the kernels line up one to one, and
+    summed by name; largest first."""
     last = {r["variant"]: r["step_kernels"] for r in rows if r.get("step_kernels")}
-    base = last.get(names[0])
-    if base is None:
+    if names[0] not in last:
         return
+    base = list(zip([k[0] for k in last[names[0]]], wall_added(last[names[0]])))
     for name in names[1:]:
-        other = last.get(name)
-        if other is None:
+        if name not in last:
             continue
+        other = list(zip([k[0] for k in last[name]], wall_added(last[name])))
         same_order = [k[0] for k in other] == [k[0] for k in base]
         total = sum(k[1] for k in other) - sum(k[1] for k in base)
-        print(f"\nkernels of one decode step, {name} minus {names[0]}: {total:+.1f} us in all "
+        print(f"\nwhat each kernel adds to one decode step, {name} minus {names[0]}: {total:+.1f} us in all "
               f"({'the same kernels' if same_order else 'different kernels: by name only'}); largest:")
         if same_order:   # a uniform slowdown (clocks, memory) or a few kernels? both lists say
             diffs = [(o[1] - b[1], f"#{i} {b[0][:70]}") for i, (b, o) in enumerate(zip(base, other))]
