@@ -1,4 +1,4 @@
-"""EngineConfig.l2_prefetch (a candidate, off until measured): while a decode GEMV runs, its programs
+"""EngineConfig.l2_prefetch (measured, kept off: it moves the bytes and costs time): while a decode GEMV runs, its programs
 ask L2 for the weights of the matmul that runs next -- so HBM keeps streaming weights across the
 kernel boundaries of a batch-1 step, where today it idles.
 
@@ -35,7 +35,13 @@ is a plain alias of the next weight's storage, set after the model is built and 
 moving or replacing a weight afterwards needs install() again.
 Measurement: scripts/ab_decode_candidates.py's variant l2-prefetch (device_check.sh decode-ab),
 `measure hbm --warm-l2` for where the bytes move; the prediction is in docs/perf-notes.md
-(session 14).
+(session 14), the look back in session 15's section. Measured on an H200 (session 15, all on,
+greedy 128 + 512, 2 rounds; docs/results/decode-ab-l2-prefetch-h200.json, hbm-l2-{off,on}-h200.json):
+the prefetches land -- each GEMV's DRAM reads become the next weight's (o_proj 4.2 -> 12.1 MB,
+gate_up 12.6 -> 7.2 MB), the step's total unchanged (1.271 vs 1.264 GB) -- but the step got slower,
+680 -> 706 us (1,472 -> 1,389 tok/s; two ahead: 687 us). Moving a weight's DRAM reads into the
+kernel before does not make HBM busier: that kernel then runs as long as the next weight takes to
+stream, and the bytes still queue behind the kernel boundary. So it stays off: a lesson, not a rung.
 """
 from __future__ import annotations
 
