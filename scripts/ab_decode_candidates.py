@@ -48,6 +48,8 @@ matters is what it can do before its wait and whether the next one finds room to
                       eager): session 15 measured TPOT 0.679 ms with them captured, replayed or not,
                       0.662 with none; if this is ~0.662, their existence costs the decode step, if
                       ~0.679, capturing them (the compiler's recompiles, the allocator) does
+  prefill-one-bucket  one prefill graph captured, 128 tokens (the workload's prompt), not six: if the
+                      cost of captured graphs grows with their number, this is nearer ~0.662 ms
   prefill-no-pdl      the prefill graphs captured with PDL off (the decode graphs keep it): if the
                       decode step is eager-prefill's, the prefill graph's PDL edges are the cause
   prefill-first       the prefill graphs captured before the decode graphs (in a pool of their own):
@@ -88,7 +90,7 @@ ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_samp
           "l2-prefetch": {"l2_prefetch": True}}
 OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
 IDLE = {"idle-after-prefill": 0.035}   # seconds the GPU idles after each prefill replay
-PREFILL_ORDER = ["prefill-unused", "prefill-replayed-once", "prefill-freed", "prefill-no-pdl", "prefill-first"]   # where the prefill graphs' +29 us comes from
+PREFILL_ORDER = ["prefill-unused", "prefill-replayed-once", "prefill-freed", "prefill-one-bucket", "prefill-no-pdl", "prefill-first"]   # where the prefill graphs' +29 us comes from
 L2_AHEAD = {"l2-prefetch-2": 2}   # l2_prefetch on, handing on the weights this many matmuls ahead
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER, *L2_AHEAD]
 
@@ -155,6 +157,9 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
             self.prefill_graphs = None   # the graphs and their outputs go; the prompts run eagerly
             gc.collect()
         ModelRunner.warm_up = warm_up_then_drop
+    if variant == "prefill-one-bucket":
+        from workbench.engine import runner
+        runner.prefill_buckets = lambda *limits: [128]   # the single workload's 128-token prompt
     if variant == "prefill-no-pdl":
         from workbench.kernels import pdl
         from workbench.optimizations.prefill_graphs import PrefillGraphs
