@@ -33,7 +33,7 @@ matters is what it can do before its wait and whether the next one finds room to
                       us, sessions 11 and 13) comes from the GPU's clocks after a short idle, this
                       variant's decode step takes ~653 us (run with AB_CLOCKS=1: device_check.sh)
   l2-prefetch         each decode GEMV asks L2 for the next matmul's weights while it runs
-                      (EngineConfig.l2_prefetch, optimizations/l2_prefetch.py; a candidate)
+                      (EngineConfig.l2_prefetch, optimizations/l2_prefetch.py; measured slower, session 15)
   l2-prefetch-2       l2-prefetch handing on the weights two matmuls ahead (more time for them to
                       arrive, more of L2 held: qkv gets gate_up's, o_proj down's, ...)
   prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
@@ -41,17 +41,20 @@ matters is what it can do before its wait and whether the next one finds room to
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
                       if current's ~683, having captured them is
   prefill-replayed-once  every prompt run eagerly (as prefill-unused), but each prefill graph replayed
-                      once right after its capture (writing no cache slot): if the decode step is
+                      once after all six are captured (writing no cache slot): if the decode step is
                       current's (~680 us, not ~653), one replay anywhere changes the GPU's state for
                       good; if eager-prefill's, it is the replay just before the decode steps
-  prefill-freed       the prefill graphs captured, then dropped before the first request (prompts
-                      eager): session 15 measured TPOT 0.679 ms with them captured, replayed or not,
-                      0.662 with none; if this is ~0.662, their existence costs the decode step, if
-                      ~0.679, capturing them (the compiler's recompiles, the allocator) does
+  prefill-freed       the prefill graphs captured, then the graph objects dropped before the first
+                      request (prompts eager; their memory stays reserved in the decode graphs' pool,
+                      their compiled code in the compiler's cache): session 15 measured TPOT 0.679 ms
+                      with them captured, replayed or not, 0.662 with none; ~0.662 here: the live
+                      graphs cost the decode step; ~0.679: capturing them (or what it leaves) does
   prefill-one-bucket  one prefill graph captured, 128 tokens (the workload's prompt), not six: if the
                       cost of captured graphs grows with their number, this is nearer ~0.662 ms
   prefill-no-pdl      the prefill graphs captured with PDL off (the decode graphs keep it): if the
                       decode step is eager-prefill's, the prefill graph's PDL edges are the cause
+                      (few: at 128 tokens only the one-row LM-head GEMV launches with PDL; the
+                      row-limited decode kernels and the compiler-traced ones do not)
   prefill-first       the prefill graphs captured before the decode graphs (in a pool of their own):
                       moves what the decode graphs' pool holds; a change says memory placement
   eager-prefill       the prompt's prefill step run eagerly, the prefill graphs' twin
@@ -159,7 +162,7 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         ModelRunner.warm_up = warm_up_then_drop
     if variant == "prefill-one-bucket":
         from workbench.engine import runner
-        runner.prefill_buckets = lambda *limits: [128]   # the single workload's 128-token prompt
+        runner.prefill_buckets = lambda max_tokens, max_len: [b for b in (128,) if b <= min(max_tokens, max_len)]
     if variant == "prefill-no-pdl":
         from workbench.kernels import pdl
         from workbench.optimizations.prefill_graphs import PrefillGraphs
@@ -239,14 +242,17 @@ def compare_kernels(rows: list[dict], names: list[str], top: int = 12) -> None:
     last = {r["variant"]: r["step_kernels"] for r in rows if r.get("step_kernels")}
     if names[0] not in last:
         return
-    base = list(zip([k[0] for k in last[names[0]]], wall_added(last[names[0]])))
+    ends = all(len(k[0]) >= 3 for k in last.values() if k)   # else spans for all: like with like
+    added = wall_added if ends else (lambda kernels: [k[1] for k in kernels])
+    base = list(zip([k[0] for k in last[names[0]]], added(last[names[0]])))
     for name in names[1:]:
         if name not in last:
             continue
-        other = list(zip([k[0] for k in last[name]], wall_added(last[name])))
+        other = list(zip([k[0] for k in last[name]], added(last[name])))
         same_order = [k[0] for k in other] == [k[0] for k in base]
         total = sum(k[1] for k in other) - sum(k[1] for k in base)
-        print(f"\nwhat each kernel adds to one decode step, {name} minus {names[0]}: {total:+.1f} us in all "
+        what = "what each kernel adds to" if ends else "kernel spans (they overlap under PDL) of"
+        print(f"\n{what} one decode step, {name} minus {names[0]}: {total:+.1f} us in all "
               f"({'the same kernels' if same_order else 'different kernels: by name only'}); largest:")
         if same_order:   # a uniform slowdown (clocks, memory) or a few kernels? both lists say
             diffs = [(o[1] - b[1], f"#{i} {b[0][:70]}") for i, (b, o) in enumerate(zip(base, other))]

@@ -37,8 +37,8 @@ Measurement: scripts/ab_decode_candidates.py's variant l2-prefetch (device_check
 `measure hbm --warm-l2` for where the bytes move; the prediction is in docs/perf-notes.md
 (session 14), the look back in session 15's section. Measured on an H200 (session 15, all on,
 greedy 128 + 512, 2 rounds; docs/results/decode-ab-l2-prefetch-h200.json, hbm-l2-{off,on}-h200.json):
-the prefetches land -- each GEMV's DRAM reads become the next weight's (o_proj 4.2 -> 12.1 MB,
-gate_up 12.6 -> 7.2 MB), the step's total unchanged (1.271 vs 1.264 GB) -- but the step got slower,
+the prefetches land -- each GEMV's DRAM reads become the next weight's (layer 0: o_proj 4.2 ->
+12.1 MB, gate_up 12.6 -> 7.2 MB), the step's total unchanged (1.271 vs 1.264 GB) -- but the step got slower,
 680 -> 706 us (1,472 -> 1,389 tok/s; two ahead: 687 us). Moving a weight's DRAM reads into the
 kernel before does not make HBM busier: that kernel then runs as long as the next weight takes to
 stream, and the bytes still queue behind the kernel boundary. So it stays off: a lesson, not a rung.
