@@ -184,6 +184,13 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
             warm_up(self)   # compile, then the decode graphs
             self.prefill_graphs = prefill
         ModelRunner.warm_up = prefill_graphs_first
+    flow = {}   # the whole request's GPU busy time, as it runs in the timed flow (flow_profile)
+    plain_step_profile = bench.step_profile
+
+    def flow_then_step_profile(llm, workload, tpot_ms):
+        flow.update(flow_profile(llm, workload))
+        return plain_step_profile(llm, workload, tpot_ms)
+    bench.step_profile = flow_then_step_profile
     from workbench.measure import timeline
     profiled = []   # the timeline bench's step profile takes: each decode kernel, in order (below)
     profile = timeline.profile_engine_steps
@@ -195,8 +202,41 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
     r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1, **engine)
     overlapped = engine.get("async_rounds", True)   # (8 decode steps: on unless turned off)
     print("RESULT " + json.dumps({"variant": variant, "temperature": temperature, "async_rounds": overlapped,
-                                  **r.to_dict(), "step_kernels": step_kernels(profiled)}, default=str),
+                                  **r.to_dict(), **flow, "step_kernels": step_kernels(profiled)}, default=str),
           flush=True)
+
+
+def flow_profile(llm, workload) -> dict:
+    """One request of the workload run as the timed runs run it (rounds of 8, async, no sync
+    inside) under torch.profiler (GPU kernels only): its GPU busy time a token (the union of its
+    kernels' spans, prefill included) beside its wall time a token. The profiled step
+    (step_kernels) is one decode graph, synced; where TPOT exceeds it, this says whether the GPU
+    sat idle between kernels in the real flow (busy < wall) or ran slower there (busy ~ wall)."""
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from workbench.engine import SamplingParams
+    if not str(llm.device).startswith("cuda"):
+        return {}
+    params = SamplingParams(temperature=workload.temperature, max_tokens=workload.output_lens[0], ignore_eos=True)
+    try:
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            llm.generate([list(workload.prompts[0])], params, use_tqdm=False)
+            torch.cuda.synchronize()
+            wall_us = (time.perf_counter() - start) * 1e6
+        spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type.name == "CUDA")
+    except Exception as err:   # the timed row stands; say why this column is empty
+        return {"flow_note": f"{type(err).__name__}: {err}"}
+    busy, reach = 0.0, float("-inf")
+    for lo, hi in spans:   # union of the spans: overlapping kernels (PDL) count once
+        busy += max(hi - max(lo, reach), 0.0)
+        reach = max(reach, hi)
+    n = workload.output_lens[0]
+    return {"flow_kernels": len(spans), "flow_wall_us_per_token": wall_us / n, "flow_busy_us_per_token": busy / n}
 
 
 def step_kernels(profiled: list) -> list[list]:
@@ -311,7 +351,10 @@ def main() -> int:
             gpu = [r["gpu_kernel_us_per_step"] for r in mine if r["gpu_kernel_us_per_step"] is not None]
             print(f"  {name:<18} {statistics.median(r['tok_s'] for r in mine):8,.0f} tok/s  "
                   f"GPU {f'{statistics.median(gpu):7,.1f} us' if gpu else 'unavailable (no CUDA)'} a step  "
-                  f"TTFT {statistics.median(r['ttft_ms'] for r in mine):6.1f} ms")
+                  f"TTFT {statistics.median(r['ttft_ms'] for r in mine):6.1f} ms"
+                  + (f"  whole request under the profiler: GPU busy {statistics.median(r['flow_busy_us_per_token'] for r in flows):.1f}"
+                     f" of {statistics.median(r['flow_wall_us_per_token'] for r in flows):.1f} us a token"
+                     if (flows := [r for r in mine if "flow_busy_us_per_token" in r]) else ""))
     compare_kernels(rows, names)
     return 0
 
