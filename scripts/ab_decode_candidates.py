@@ -228,7 +228,8 @@ def flow_profile(llm, workload) -> dict:
             llm.generate([list(workload.prompts[0])], params, use_tqdm=False)
             torch.cuda.synchronize()
             wall_us = (time.perf_counter() - start) * 1e6
-        spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type.name == "CUDA")
+        spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()   # kernels, copies;
+                       if e.device_type.name == "CUDA" and not getattr(e, "is_user_annotation", False))   # not marks
     except Exception as err:   # the timed row stands; say why this column is empty
         return {"flow_note": f"{type(err).__name__}: {err}"}
     busy, reach = 0.0, float("-inf")
