@@ -218,6 +218,7 @@ def flow_profile(llm, workload) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from workbench.engine import SamplingParams
+    from workbench.measure.timeline import StepWindow, spans_from_events, sweep
     if not str(llm.device).startswith("cuda"):
         return {}
     params = SamplingParams(temperature=workload.temperature, max_tokens=workload.output_lens[0], ignore_eos=True)
@@ -228,16 +229,16 @@ def flow_profile(llm, workload) -> dict:
             llm.generate([list(workload.prompts[0])], params, use_tqdm=False)
             torch.cuda.synchronize()
             wall_us = (time.perf_counter() - start) * 1e6
-        spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()   # kernels, copies;
-                       if e.device_type.name == "CUDA" and not getattr(e, "is_user_annotation", False))   # not marks
+        events = prof.events()
     except Exception as err:   # the timed row stands; say why this column is empty
         return {"flow_note": f"{type(err).__name__}: {err}"}
-    busy, reach = 0.0, float("-inf")
-    for lo, hi in spans:   # union of the spans: overlapping kernels (PDL) count once
-        busy += max(hi - max(lo, reach), 0.0)
-        reach = max(reach, hi)
+    # the request as one window; busy as step_profile counts a step's (overlapping spans once)
+    lo = min((e.time_range.start for e in events), default=0.0)
+    hi = max((e.time_range.end for e in events), default=0.0)
+    gpu = [span for span in spans_from_events(events, [StepWindow(0, "request", lo, hi)])[0] if span.row == "gpu"]
     n = workload.output_lens[0]
-    return {"flow_kernels": len(spans), "flow_wall_us_per_token": wall_us / n, "flow_busy_us_per_token": busy / n}
+    return {"flow_kernels": len(gpu), "flow_wall_us_per_token": wall_us / n,
+            "flow_busy_us_per_token": sum(sweep(gpu, lo, hi)[0].values()) / n}
 
 
 def step_kernels(profiled: list) -> list[list]:
@@ -350,12 +351,13 @@ def main() -> int:
         mine = [r for r in rows if r["variant"] == name]
         if mine:
             gpu = [r["gpu_kernel_us_per_step"] for r in mine if r["gpu_kernel_us_per_step"] is not None]
+            flows = [r for r in mine if "flow_busy_us_per_token" in r]   # (none on a CPU)
+            flow = (f"  whole request under the profiler: GPU busy "
+                    f"{statistics.median(r['flow_busy_us_per_token'] for r in flows):.1f} of "
+                    f"{statistics.median(r['flow_wall_us_per_token'] for r in flows):.1f} us a token") if flows else ""
             print(f"  {name:<18} {statistics.median(r['tok_s'] for r in mine):8,.0f} tok/s  "
                   f"GPU {f'{statistics.median(gpu):7,.1f} us' if gpu else 'unavailable (no CUDA)'} a step  "
-                  f"TTFT {statistics.median(r['ttft_ms'] for r in mine):6.1f} ms"
-                  + (f"  whole request under the profiler: GPU busy {statistics.median(r['flow_busy_us_per_token'] for r in flows):.1f}"
-                     f" of {statistics.median(r['flow_wall_us_per_token'] for r in flows):.1f} us a token"
-                     if (flows := [r for r in mine if "flow_busy_us_per_token" in r]) else ""))
+                  f"TTFT {statistics.median(r['ttft_ms'] for r in mine):6.1f} ms{flow}")
     compare_kernels(rows, names)
     return 0
 

@@ -47,7 +47,7 @@ class EngineConfig:
                                          # guards and wrappers a layer; optimizations/compile.py), a candidate
     l2_prefetch: bool = False            # each decode GEMV asks L2 for the next matmul's weights while it
                                          # runs (optimizations/l2_prefetch.py; needs decode_gemv or
-                                         # fused_decode), a candidate: off until measured
+                                         # fused_decode); measured slower on an H200 (session 15)
     async_rounds: bool | None = None     # launch the next decode round before reading the running
                                          # one (optimizations/async_rounds.py). None: on wherever
                                          # decode_steps > 1 (True: required; False: its twin, each

@@ -41,7 +41,7 @@ def describe_engine(llm) -> str:
         f"compile    {_compile_text(llm)}",
         f"rounds     {_rounds_text(llm.config)}",
         f"pdl        {'on (programmatic dependent launch of the decode kernels)' if o.pdl else 'off'}",
-        f"l2         {'each decode GEMV asks L2 for the next matmul weights (l2_prefetch)' if llm.config.l2_prefetch else 'off (l2_prefetch, a candidate)'}",
+        f"l2         {'each decode GEMV asks L2 for the next matmul weights (l2_prefetch)' if llm.config.l2_prefetch else 'off (l2_prefetch: measured slower)'}",
         f"tensor parallel  {tp_text}",
         f"kv cache   {r.num_kv_blocks} blocks x {llm.config.block_size} tokens "
         f"({r.num_kv_blocks * r.kv_bytes_per_block / 2**30:.2f} GiB{' per rank' if r.tp_size > 1 else ''}), "

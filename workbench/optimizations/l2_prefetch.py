@@ -1,6 +1,6 @@
-"""EngineConfig.l2_prefetch (measured, kept off: it moves the bytes and costs time): while a decode GEMV runs, its programs
-ask L2 for the weights of the matmul that runs next -- so HBM keeps streaming weights across the
-kernel boundaries of a batch-1 step, where today it idles.
+"""EngineConfig.l2_prefetch (measured on an H200: slower, so off; see the end): while a decode GEMV
+runs, its programs ask L2 for the weights of the matmul that runs next -- so HBM keeps streaming
+weights across the kernel boundaries of a batch-1 step, where otherwise it idles.
 
 Why. A batch-1 decode step is a chain of small kernels, each waiting for the one before (under
 PDL: `gdc_wait`). A GEMV reads its own weights early (before its wait: kernels/gemv.py), but only
