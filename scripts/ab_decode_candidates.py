@@ -51,6 +51,13 @@ matters is what it can do before its wait and whether the next one finds room to
                       graphs cost the decode step; ~0.679: capturing them (or what it leaves) does
   prefill-one-bucket  one prefill graph captured, 128 tokens (the workload's prompt), not six: if the
                       cost of captured graphs grows with their number, this is nearer ~0.662 ms
+                      (session 16: 0.662 ms, 1,502 tok/s, TTFT 1.8 ms; six buckets 0.674-0.679)
+  prefill-128-x6      the 128-token prefill graph captured six times, all six kept (the prompts
+                      replay the last): session 16 measured one bucket's TPOT 0.662 ms, six buckets'
+                      0.679; ~0.679 here: the number of captured graphs costs, whatever their shapes
+  prefill-small       the buckets 16, 32, 64, 128 (the shapes below 128 run the row-limited decode
+                      kernels: GEMV, decode attention)
+  prefill-large       the buckets 128, 256, 512: with prefill-small, which shapes carry the cost
   prefill-no-pdl      the prefill graphs captured with PDL off (the decode graphs keep it): if the
                       decode step is eager-prefill's, the prefill graph's PDL edges are the cause
                       (few: at 128 tokens only the one-row LM-head GEMV launches with PDL; the
@@ -93,9 +100,11 @@ ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_samp
           "l2-prefetch": {"l2_prefetch": True}}
 OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
 IDLE = {"idle-after-prefill": 0.035}   # seconds the GPU idles after each prefill replay
-PREFILL_ORDER = ["prefill-unused", "prefill-replayed-once", "prefill-freed", "prefill-one-bucket", "prefill-no-pdl", "prefill-first"]   # where the prefill graphs' +29 us comes from
+PREFILL_ORDER = ["prefill-unused", "prefill-replayed-once", "prefill-freed", "prefill-no-pdl", "prefill-first",
+                 "prefill-128-x6"]   # where the prefill graphs' +29 us comes from
+PREFILL_BUCKETS = {"prefill-one-bucket": (128,), "prefill-small": (16, 32, 64, 128), "prefill-large": (128, 256, 512)}
 L2_AHEAD = {"l2-prefetch-2": 2}   # l2_prefetch on, handing on the weights this many matmuls ahead
-VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER, *L2_AHEAD]
+VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER, *PREFILL_BUCKETS, *L2_AHEAD]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature: float) -> None:
@@ -160,9 +169,22 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
             self.prefill_graphs = None   # the graphs and their outputs go; the prompts run eagerly
             gc.collect()
         ModelRunner.warm_up = warm_up_then_drop
-    if variant == "prefill-one-bucket":
+    if variant in PREFILL_BUCKETS:
         from workbench.engine import runner
+        runner.prefill_buckets = lambda max_tokens, max_len: [
+            b for b in PREFILL_BUCKETS[variant] if b <= min(max_tokens, max_len)]
+    if variant == "prefill-128-x6":
+        from workbench.engine import runner
+        from workbench.optimizations.prefill_graphs import PrefillGraphs
         runner.prefill_buckets = lambda max_tokens, max_len: [b for b in (128,) if b <= min(max_tokens, max_len)]
+        capture_once = PrefillGraphs.capture
+
+        def capture_six_times(self, pool=None, on_captured=None):
+            self.kept = []   # the earlier five stay alive (and in the pool) as the last replays
+            for _ in range(6):
+                capture_once(self, pool, on_captured)
+                self.kept += [*self.graphs.values(), *self.outputs.values()]   # (all in one pool)
+        PrefillGraphs.capture = capture_six_times
     if variant == "prefill-no-pdl":
         from workbench.kernels import pdl
         from workbench.optimizations.prefill_graphs import PrefillGraphs
@@ -237,8 +259,14 @@ def flow_profile(llm, workload) -> dict:
     hi = max((e.time_range.end for e in events), default=0.0)
     gpu = [span for span in spans_from_events(events, [StepWindow(0, "request", lo, hi)])[0] if span.row == "gpu"]
     n = workload.output_lens[0]
+    busy = sweep(gpu, lo, hi)[0]
+    by_name = {}   # each kernel name's summed spans a token: which kernels a slower flow sits in
+    for span in gpu:
+        by_name[span.name[:70]] = by_name.get(span.name[:70], 0.0) + (span.end_us - span.start_us) / n
     return {"flow_kernels": len(gpu), "flow_wall_us_per_token": wall_us / n,
-            "flow_busy_us_per_token": sum(sweep(gpu, lo, hi)[0].values()) / n}
+            "flow_busy_us_per_token": sum(busy.values()) / n,
+            "flow_busy_by_family": {f: us / n for f, us in busy.items()},
+            "flow_span_us_by_name": {k: round(v, 3) for k, v in sorted(by_name.items(), key=lambda t: -t[1])}}
 
 
 def step_kernels(profiled: list) -> list[list]:
@@ -305,6 +333,23 @@ def compare_kernels(rows: list[dict], names: list[str], top: int = 12) -> None:
             print(f"  {d:+7.2f} us over {n:3d} launches  {kname}")
 
 
+def compare_flows(rows: list[dict], names: list[str], top: int = 8) -> None:
+    """Each kernel name's spans a token in the whole-request flow profile (flow_profile), the
+    later variants minus the first (the last round of each): where a slower flow's time sits."""
+    last = {r["variant"]: r["flow_span_us_by_name"] for r in rows if r.get("flow_span_us_by_name")}
+    if names[0] not in last:
+        return
+    base = last[names[0]]
+    for name in names[1:]:
+        if name in last:
+            other = last[name]
+            diffs = {k: other.get(k, 0.0) - base.get(k, 0.0) for k in {*base, *other}}
+            print(f"\nkernel spans a token in the whole request, {name} minus {names[0]}: "
+                  f"{sum(diffs.values()):+.1f} us in all; largest:")
+            for k, d in sorted(diffs.items(), key=lambda t: -abs(t[1]))[:top]:
+                print(f"  {d:+7.2f} us  {k}")
+
+
 def _us(row: dict) -> str:
     us = row["gpu_kernel_us_per_step"]
     return "unavailable (no CUDA)" if us is None else f"{us:7,.1f} us"
@@ -359,6 +404,7 @@ def main() -> int:
                   f"GPU {f'{statistics.median(gpu):7,.1f} us' if gpu else 'unavailable (no CUDA)'} a step  "
                   f"TTFT {statistics.median(r['ttft_ms'] for r in mine):6.1f} ms{flow}")
     compare_kernels(rows, names)
+    compare_flows(rows, names)
     return 0
 
 
