@@ -58,6 +58,12 @@ matters is what it can do before its wait and whether the next one finds room to
   prefill-small       the buckets 16, 32, 64, 128 (the shapes below 128 run the row-limited decode
                       kernels: GEMV, decode attention)
   prefill-large       the buckets 128, 256, 512: with prefill-small, which shapes carry the cost
+  prefill-512-only    one prefill graph, 512 tokens (every prompt padded to it): is one graph fast
+                      whatever its shape? (session 16: six, four, three buckets and 128 captured
+                      six times all gave TPOT ~0.679 ms; 128 alone 0.657-0.662)
+  prefill-two         two prefill graphs, 128 and 256 tokens, in the shared pool
+  prefill-own-pools   the six prefill graphs each in a memory pool of its own (not one pool for the
+                      six and the decode graphs): if fast, graphs sharing a pool cost the decode step
   prefill-no-pdl      the prefill graphs captured with PDL off (the decode graphs keep it): if the
                       decode step is eager-prefill's, the prefill graph's PDL edges are the cause
                       (few: at 128 tokens only the one-row LM-head GEMV launches with PDL; the
@@ -101,8 +107,9 @@ ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_samp
 OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
 IDLE = {"idle-after-prefill": 0.035}   # seconds the GPU idles after each prefill replay
 PREFILL_ORDER = ["prefill-unused", "prefill-replayed-once", "prefill-freed", "prefill-no-pdl", "prefill-first",
-                 "prefill-128-x6"]   # where the prefill graphs' +29 us comes from
-PREFILL_BUCKETS = {"prefill-one-bucket": (128,), "prefill-small": (16, 32, 64, 128), "prefill-large": (128, 256, 512)}
+                 "prefill-128-x6", "prefill-own-pools"]   # where the prefill graphs' +29 us comes from
+PREFILL_BUCKETS = {"prefill-one-bucket": (128,), "prefill-small": (16, 32, 64, 128), "prefill-large": (128, 256, 512),
+                   "prefill-512-only": (512,), "prefill-two": (128, 256)}
 L2_AHEAD = {"l2-prefetch-2": 2}   # l2_prefetch on, handing on the weights this many matmuls ahead
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER, *PREFILL_BUCKETS, *L2_AHEAD]
 
@@ -185,6 +192,17 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
                 capture_once(self, pool, on_captured)
                 self.kept += [*self.graphs.values(), *self.outputs.values()]   # (all in one pool)
         PrefillGraphs.capture = capture_six_times
+    if variant == "prefill-own-pools":
+        from workbench.optimizations.prefill_graphs import PrefillGraphs
+        capture_in_one_pool = PrefillGraphs.capture
+
+        def capture_each_in_its_own(self, pool=None, on_captured=None):
+            every = self.buckets
+            for bucket in reversed(every):   # one bucket a call: a fresh private pool each
+                self.buckets = [bucket]
+                capture_in_one_pool(self, None, on_captured)
+            self.buckets = every
+        PrefillGraphs.capture = capture_each_in_its_own
     if variant == "prefill-no-pdl":
         from workbench.kernels import pdl
         from workbench.optimizations.prefill_graphs import PrefillGraphs
