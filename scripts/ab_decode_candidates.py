@@ -60,7 +60,11 @@ matters is what it can do before its wait and whether the next one finds room to
   prefill-large       the buckets 128, 256, 512: with prefill-small, which shapes carry the cost
   prefill-512-only    one prefill graph, 512 tokens (every prompt padded to it): is one graph fast
                       whatever its shape? (session 16: six, four, three buckets and 128 captured
-                      six times all gave TPOT ~0.679 ms; 128 alone 0.657-0.662)
+                      six times all gave TPOT ~0.679 ms; 128 alone 0.657-0.662; this 0.664, and
+                      the engine's default since: = current)
+  prefill-six         the six prefill graphs 16, 32, ... 512 tokens, the default until session 16
+                      (prefill-own-pool, idle-after-prefill, prefill-unused, -replayed-once,
+                      -freed, -no-pdl, -first, -own-pools were measured with them, and run so still)
   prefill-two         two prefill graphs, 128 and 256 tokens, in the shared pool
   prefill-own-pools   the six prefill graphs each in a memory pool of its own (not one pool for the
                       six and the decode graphs): if fast, graphs sharing a pool cost the decode step
@@ -108,10 +112,13 @@ OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool,
 IDLE = {"idle-after-prefill": 0.035}   # seconds the GPU idles after each prefill replay
 PREFILL_ORDER = ["prefill-unused", "prefill-replayed-once", "prefill-freed", "prefill-no-pdl", "prefill-first",
                  "prefill-128-x6", "prefill-own-pools"]   # where the prefill graphs' +29 us comes from
-PREFILL_BUCKETS = {"prefill-one-bucket": (128,), "prefill-small": (16, 32, 64, 128), "prefill-large": (128, 256, 512),
-                   "prefill-512-only": (512,), "prefill-two": (128, 256)}
+SIX_GRAPHS = (16, 32, 64, 128, 256, 512)   # the prefill graphs captured by default until session 16
+PREFILL_BUCKETS = {   # variant -> EngineConfig.prefill_graph_sizes (the variants above: SIX_GRAPHS, as measured)
+    "prefill-six": SIX_GRAPHS, "prefill-one-bucket": (128,), "prefill-small": (16, 32, 64, 128),
+    "prefill-large": (128, 256, 512), "prefill-512-only": (512,), "prefill-two": (128, 256), "prefill-128-x6": (128,)}
 L2_AHEAD = {"l2-prefetch-2": 2}   # l2_prefetch on, handing on the weights this many matmuls ahead
-VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER, *PREFILL_BUCKETS, *L2_AHEAD]
+VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER,
+            *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature: float) -> None:
@@ -176,14 +183,8 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
             self.prefill_graphs = None   # the graphs and their outputs go; the prompts run eagerly
             gc.collect()
         ModelRunner.warm_up = warm_up_then_drop
-    if variant in PREFILL_BUCKETS:
-        from workbench.engine import runner
-        runner.prefill_buckets = lambda max_tokens, max_len: [
-            b for b in PREFILL_BUCKETS[variant] if b <= min(max_tokens, max_len)]
     if variant == "prefill-128-x6":
-        from workbench.engine import runner
         from workbench.optimizations.prefill_graphs import PrefillGraphs
-        runner.prefill_buckets = lambda max_tokens, max_len: [b for b in (128,) if b <= min(max_tokens, max_len)]
         capture_once = PrefillGraphs.capture
 
         def capture_six_times(self, pool=None, on_captured=None):
@@ -239,6 +240,9 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
     load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens,
                                temperature=temperature)
     engine = {**ENGINE.get(variant, {}), **({"l2_prefetch": True} if variant in L2_AHEAD else {})}
+    import torch
+    if torch.cuda.is_available() and (variant in PREFILL_BUCKETS or variant in (*OWN_POOL, *IDLE, *PREFILL_ORDER)):
+        engine["prefill_graph_sizes"] = PREFILL_BUCKETS.get(variant, SIX_GRAPHS)   # (a CPU has no graphs to size)
     r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1, **engine)
     overlapped = engine.get("async_rounds", True)   # (8 decode steps: on unless turned off)
     print("RESULT " + json.dumps({"variant": variant, "temperature": temperature, "async_rounds": overlapped,

@@ -230,7 +230,10 @@ def test_bench_engine_fields(capsys, tmp_path, tiny_ckpt):
     assert main([*args, "--engine", "block_size=32", "--engine", "compile_prefill=false", "--json", str(out_json)]) == 0
     row = json.loads(out_json.read_text())[0]
     assert row["output_tokens"] == 5 and "block_size=32, compile_prefill=False" in row["note"]
-    for bad in ("blok_size=32", "decode_steps=8", "block_size=thirty", 'compile_prefill="false"', "compile_prefill=null"):
+    from workbench.measure.cli import _engine_field
+    assert _engine_field("prefill_graph_sizes=[128,512]") == ("prefill_graph_sizes", (128, 512))   # a tuple field
+    for bad in ("blok_size=32", "decode_steps=8", "block_size=thirty", 'compile_prefill="false"', "compile_prefill=null",
+                "prefill_graph_sizes=[]", "prefill_graph_sizes=[16.5]", "prefill_graph_sizes=512"):
         with pytest.raises(SystemExit):
             main([*args, "--engine", bad])
     assert main([*args, "--engine", "block_size=33"]) == 2   # EngineConfig's own check: a clear error

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from workbench.optimizations.cuda_graphs import decode_buckets
-from workbench.optimizations.prefill_graphs import BUCKETS, pad_prefill, prefill_buckets
+from workbench.optimizations.prefill_graphs import oversized, pad_prefill, prefill_buckets
 
 
 def test_buckets_cover_every_batch_size():
@@ -20,10 +20,12 @@ def test_buckets_cover_every_batch_size():
 
 # prefill_graphs: the padding a prefill graph replays, checked eagerly on the CPU (no capture here)
 
-def test_prefill_buckets_fit_the_step_and_the_sequence():
-    assert prefill_buckets(8192, 4096) == list(BUCKETS)
-    assert prefill_buckets(100, 4096) == [16, 32, 64]
-    assert prefill_buckets(8192, 40) == [16, 32]
+def test_one_prefill_graph_by_default_that_fits_the_step_and_the_sequence():
+    assert prefill_buckets(8192, 4096) == [512]   # one graph: each more slowed decoding (module docstring)
+    assert prefill_buckets(100, 4096) == [100]
+    assert prefill_buckets(8192, 40) == [40]
+    assert prefill_buckets(8192, 4096, (512, 16, 128, 16)) == [16, 128, 512]   # asked for: sorted, once each
+    assert oversized([16, 128, 512], 8192, 100) == [128, 512] and oversized([512], 8192, 4096) == []
 
 
 def _run(runner, step, last_row):
@@ -70,10 +72,15 @@ def test_prefill_graphs_without_cuda_graphs_is_refused(tiny_ckpt):
         LLM(tiny_ckpt, opts=Optimizations(), prefill_graphs=True)
 
 
-def test_prefill_graphs_with_no_bucket_that_fits_is_refused(tiny_ckpt):
+def test_prefill_graph_sizes_that_do_not_fit_or_size_nothing_are_refused(tiny_ckpt):
     from workbench import LLM
-    with pytest.raises(ValueError, match="max_num_batched_tokens=8"):
-        LLM(tiny_ckpt, prefill_graphs=True, max_num_batched_tokens=8)
+    with pytest.raises(ValueError, match=r"a graph of 16 tokens .*\(max_num_batched_tokens=8"):
+        LLM(tiny_ckpt, prefill_graphs=True, max_num_batched_tokens=8, prefill_graph_sizes=(16,))
+    with pytest.raises(ValueError, match="prefill_graph_sizes=.* prefill_graphs is off"):
+        LLM(tiny_ckpt, prefill_graph_sizes=(16, 512))   # a CPU: no graphs to size
+    for bad in ((), (0,), [16], (16.0,)):
+        with pytest.raises(ValueError, match="prefill_graph_sizes=.* must be a tuple of token counts"):
+            LLM(tiny_ckpt, prefill_graph_sizes=bad)
 
 
 def test_the_defaults_resolve_to_what_runs_here(tiny_ckpt):

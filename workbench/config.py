@@ -52,10 +52,17 @@ class EngineConfig:
                                          # one (optimizations/async_rounds.py). None: on wherever
                                          # decode_steps > 1 (True: required; False: its twin, each
                                          # round read before the next is scheduled)
-    prefill_graphs: bool | None = None   # one sequence's prefill step replayed from a CUDA graph per
-                                         # token-count bucket (optimizations/prefill_graphs.py): the
+    prefill_graphs: bool | None = None   # one sequence's prefill step replayed from a CUDA graph
+                                         # (padded to its size: optimizations/prefill_graphs.py): the
                                          # time to the first token. None: on wherever cuda_graphs is
                                          # (True: required; False: the eager prefill, its twin)
+    prefill_graph_sizes: tuple[int, ...] | None = None   # the token counts prefill_graphs records a
+                                         # graph for. None: ONE graph, min(512, a step, a sequence)
+                                         # tokens, every shorter prompt padded to it: each graph
+                                         # captured beyond the first slowed every decode step on an
+                                         # H200 (session 16: 1 graph TPOT 0.657-0.663 ms, 2: 0.670,
+                                         # 3-6: 0.674-0.685). (16, 32, ... 512): less padding for short
+                                         # prompts (the time to their first token), slower decoding
     fused_sampling: bool | None = None   # temperature rows without top-k/top-p sampled by one Triton
                                          # kernel pair (kernels/sample.py; its own random stream).
                                          # None: on a CUDA GPU, one rank, the built-in sampler (True:
@@ -91,6 +98,11 @@ class EngineConfig:
              f"async_rounds={self.async_rounds!r} must be True, False or None (on wherever decode_steps > 1)"),
             (self.async_rounds is not True or self.decode_steps > 1,
              f"async_rounds=True: {async_rounds.why_not(self.decode_steps)}, or async_rounds=False"),
+            (self.prefill_graph_sizes is None or (
+                isinstance(self.prefill_graph_sizes, tuple) and len(self.prefill_graph_sizes) >= 1
+                and all(type(n) is int and n >= 1 for n in self.prefill_graph_sizes)),
+             f"prefill_graph_sizes={self.prefill_graph_sizes!r} must be a tuple of token counts >= 1, "
+             "e.g. (128, 512), or None (one graph of min(512, a step, a sequence) tokens)"),
             (type(self.tensor_parallel_size) is int and self.tensor_parallel_size >= 1,
              f"tensor_parallel_size={self.tensor_parallel_size!r} must be an integer >= 1 (1: no tensor "
              "parallelism; N: split every layer across N GPUs or processes)"),

@@ -115,13 +115,16 @@ def test_graph_rounds_give_the_same_tokens(q06b, opts):
     assert runs[True] == runs[False]
 
 
-@pytest.mark.parametrize("opts", [FAST, Optimizations.all_on()], ids=lambda o: o.label())
-def test_prefill_graphs_match_the_eager_prefill(q06b, opts):
+@pytest.mark.parametrize("opts, sizes", [(FAST, None), (Optimizations.all_on(), None),
+                                         (Optimizations.all_on(), (16, 32, 64, 128, 256, 512))],
+                         ids=["fast-one-graph", "all-on-one-graph", "all-on-six-graphs"])
+def test_prefill_graphs_match_the_eager_prefill(q06b, opts, sizes):
     """prefill_graphs (one sequence's prefill replayed from a graph, padded to a token-count
-    bucket) against the eager prefill: the parity bar on greedy tokens and the first step's logits
-    (the graph's own output), prompts of 3 to 700 tokens (the buckets' edges: 16 and 17 tokens), a
-    prompt cut into two chunks, a prefix-cache hit (its prefill starts after the cached blocks),
-    and the graphs really replayed."""
+    bucket: by default one graph of 512 tokens; or six, prefill_graph_sizes) against the eager
+    prefill: the parity bar on greedy tokens and the first step's logits (the graph's own output),
+    prompts of 3 to 700 tokens (the six buckets' edges: 16 and 17 tokens), a prompt cut into two
+    chunks, a prefix-cache hit (its prefill starts after the cached blocks), and the graphs really
+    replayed."""
     from workbench.check import run_engine
     from workbench.reference import compare
     rng = random.Random(2)
@@ -132,12 +135,12 @@ def test_prefill_graphs_match_the_eager_prefill(q06b, opts):
     for graphs in (False, True):
         # max_num_batched_tokens 512: the 700-token prompt is prefilled in two chunks, 512 then 188
         with LLM(q06b, opts=opts, prefill_graphs=graphs, max_num_seqs=1, max_model_len=1024,
-                 max_num_batched_tokens=512) as llm:
+                 max_num_batched_tokens=512, prefill_graph_sizes=sizes if graphs else None) as llm:
             params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, return_logits=True)
             outs = [llm.generate([p], params, use_tqdm=False)[0] for p in prompts]
             runs[graphs] = ([o.token_ids for o in outs], [o.logits for o in outs])
             replays[graphs] = llm.runner.prefill_graphs.replays if graphs else 0
     got = compare(*runs[True], *runs[False])
-    print(f"\n{opts.label()}: prefill graphs vs eager {got}, {replays[True]} prefill replays")
+    print(f"\n{opts.label()}, graphs of {sizes or 'one size'}: prefill graphs vs eager {got}, {replays[True]} replays")
     assert replays[True] == len(prompts) + 1, replays   # every prefill step, the 700's two chunks
     assert got["match_rate_excl_ties"] >= 0.99 and got["first_step_logit_rel_err"] < 2e-2, got

@@ -24,7 +24,7 @@ from workbench.model import ModelConfig
 from workbench.optimizations import l2_prefetch, multi_step
 from workbench.optimizations.async_rounds import LaunchedRound
 from workbench.optimizations.board import Optimizations
-from workbench.optimizations.prefill_graphs import BUCKETS, prefill_buckets
+from workbench.optimizations.prefill_graphs import oversized, prefill_buckets
 from workbench.parallel.tensor_parallel import check_tensor_parallel
 
 from .block_manager import BlockManager, block_hash
@@ -105,13 +105,18 @@ class LLM(MeasurementMethods):
         self.max_model_len = self.config.max_model_len
         if self.max_model_len is None:
             self.max_model_len = min(self.model_config.max_position_embeddings, 4096)
-        bucket_fits = bool(prefill_buckets(self.config.max_num_batched_tokens, self.max_model_len))
-        if self.config.prefill_graphs is None:   # on wherever decode graphs are (a bucket must fit)
-            self.config.prefill_graphs = self.opts.cuda_graphs and bucket_fits
-        if self.config.prefill_graphs and not bucket_fits:
-            raise ValueError(f"prefill_graphs=True pads a prefill step to {BUCKETS[0]}+ tokens, more than a step or a "
-                             f"sequence may hold here (max_num_batched_tokens={self.config.max_num_batched_tokens}, "
-                             f"max_model_len={self.max_model_len}): raise them, or prefill_graphs=False")
+        limits = self.config.max_num_batched_tokens, self.max_model_len
+        too_big = oversized(prefill_buckets(*limits, self.config.prefill_graph_sizes), *limits)
+        if self.config.prefill_graphs is None:   # on wherever decode graphs are
+            self.config.prefill_graphs = self.opts.cuda_graphs
+        if self.config.prefill_graph_sizes is not None and not self.config.prefill_graphs:
+            raise ValueError(f"prefill_graph_sizes={self.config.prefill_graph_sizes} sizes the prefill graphs, but "
+                             "prefill_graphs is off here: turn prefill_graphs on (cuda_graphs on, a CUDA GPU), "
+                             "or leave prefill_graph_sizes=None")
+        if self.config.prefill_graphs and too_big:
+            raise ValueError(f"prefill_graph_sizes: a graph of {too_big[0]} tokens holds more than a step or a sequence "
+                             f"may hold here (max_num_batched_tokens={limits[0]}, max_model_len={limits[1]}): give "
+                             f"smaller sizes, or prefill_graph_sizes=None (one graph that fits), or prefill_graphs=False")
         if self.config.prefill_graphs and not self.opts.cuda_graphs:
             why = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
             raise ValueError(f"prefill_graphs=True records prefill steps in CUDA graphs, but cuda_graphs is off{why}: "

@@ -84,7 +84,7 @@ class ModelRunner:
         if cfg.prefill_graphs:   # (LLM refuses it without cuda_graphs)
             self.prefill_graphs = PrefillGraphs(
                 self.forward, self.model.compute_logits, device=self.device, max_model_len=self.max_model_len,
-                buckets=prefill_buckets(cfg.max_num_batched_tokens, self.max_model_len),
+                buckets=prefill_buckets(cfg.max_num_batched_tokens, self.max_model_len, cfg.prefill_graph_sizes),
                 max_blocks_per_seq=self.max_blocks_per_seq)
         self.warm_up()
 

@@ -60,7 +60,7 @@ OWN_FLAGS = {"decode_steps": "--decode-steps", "async_rounds": "--async-rounds",
 
 def _engine_field(text: str) -> tuple[str, object]:
     """'compile_prefill=false' -> ('compile_prefill', False), for argparse: one of EngineConfig's
-    fields, its value as JSON (true, false, 8, null) of the field's type."""
+    fields, its value as JSON (true, false, 8, null, [128,512]) of the field's type."""
     import dataclasses
     import types
     import typing
@@ -78,6 +78,11 @@ def _engine_field(text: str) -> tuple[str, object]:
     except json.JSONDecodeError:
         raise argparse.ArgumentTypeError(f"{text!r}: the value must be JSON, e.g. {name}=false or {name}=8") from None
     kinds = typing.get_args(types_of[name]) or (types_of[name],)
+    if isinstance(parsed, list) and any(typing.get_origin(kind) is tuple for kind in kinds):
+        parsed = tuple(parsed)   # a JSON list for a tuple field: prefill_graph_sizes=[128,512]
+        if not parsed or any(type(n) is not int for n in parsed):
+            raise argparse.ArgumentTypeError(f"{text!r}: {name} takes a list of integers, e.g. {name}=[128,512]")
+        return name, parsed
     fits = any(parsed is None if kind is types.NoneType else
                type(parsed) is kind or (kind is float and type(parsed) is int) for kind in kinds)
     if not fits:

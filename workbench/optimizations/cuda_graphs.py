@@ -17,7 +17,7 @@ Graphs replay fixed shapes and fixed addresses, so:
 - the attention metadata uses the full block-table width and max_model_len as its bounds.
 The graph records the LM head too: a decode step samples from every row, so the whole step up to
 the logits is one replay. Prefill stays eager: its shapes change every step
-(prefill_graphs.py, on with this switch, pads one sequence's prefill to a few fixed sizes).
+(prefill_graphs.py, on with this switch, pads one sequence's prefill to a fixed size).
 """
 from __future__ import annotations
 

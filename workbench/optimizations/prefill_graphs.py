@@ -1,5 +1,5 @@
 """EngineConfig.prefill_graphs (on by default wherever cuda_graphs is): record one sequence's prefill
-step once per token-count bucket and replay it -- attacks the time to the first token. Measured on
+step once, padded to a fixed token count, and replay it -- attacks the time to the first token. Measured on
 an H200 (session 11, all on, 128 + 512 tokens): time to the first token 37.6 -> 1.9 ms, 1,283 ->
 1,389 tok/s (docs/results/decode-ab-prefill-pdl-early-h200.json).
 
@@ -11,13 +11,23 @@ every rung of the ladder, ~8 % of a 128 + 512 run (docs/perf-notes.md, session 1
 trick as decode applies once the shapes are fixed.
 
 How the shapes are fixed. A prefill step of one sequence with T new tokens is padded to the
-smallest bucket B >= T (16, 32, 64, ... 512 tokens). The B - T padding tokens form a second, dummy
+smallest bucket B >= T (by default one bucket, 512 tokens; see "How many graphs"). The B - T padding tokens form a second, dummy
 sequence: its queries attend only to its own B - T keys, which it reads through block 0 (whatever
 that block holds: finite, the cache starts zeroed) and never writes (slot -1). Every other op of
 the model works row by row, so the real sequence's keys, values and last-token logits are those of
 the unpadded step. Attention's lengths (cu_seqlens_q, seq_lens) are device buffers, the step's
 bounds fixed host ints (max_seqlen_q = B, max_seqlen_k = max_model_len), as in a decode graph. The
 graph records the forward and the LM head of the last real token (its row a device buffer too).
+
+How many graphs. Each graph captured beyond the first made every later decode step slower, on an
+H200, all on, greedy 128 + 512 (session 16, docs/results/decode-ab-prefill-{buckets,count,pools}-h200.json): time a token 0.657-0.663 ms with one graph (128 or 512
+tokens) or none, 0.670 with two, 0.674-0.685 with three to six -- whatever their shapes (the
+128-token graph captured six times costs as six buckets do), in a memory pool of their own or
+shared, replayed or not, kept or dropped after capture. The GPU was busy the whole time: the
+decode GEMVs themselves ran longer (~30 us a token). Why is open (docs/perf-notes.md, session 16).
+So the default is ONE graph, every prompt padded to it: a 128-token prompt's first token came
+after 2.1 ms in a 512-token graph against 1.8 ms in a 128-token one, and the 512 tokens after it
+~0.015 ms sooner each. `EngineConfig.prefill_graph_sizes` records others, e.g. (16, 32, ... 512).
 
 Only steps of one sequence: a single stream's first token waits on this; a step that prefills
 several prompts is bigger, and the GPU's work. Its twin is the eager prefill (prefill_graphs=False).
@@ -35,12 +45,22 @@ from workbench.attention import AttentionMetadata
 if TYPE_CHECKING:
     from workbench.engine.step_inputs import HostStep
 
-BUCKETS = (16, 32, 64, 128, 256, 512)
+LARGEST = 512   # tokens: the default single graph's size where a step and a sequence allow it
 
 
-def prefill_buckets(max_num_batched_tokens: int, max_model_len: int) -> list[int]:
-    """The buckets a step can fill: no more tokens than a step may hold or a sequence may have."""
-    return [b for b in BUCKETS if b <= min(max_num_batched_tokens, max_model_len)]
+def prefill_buckets(max_num_batched_tokens: int, max_model_len: int, sizes: tuple[int, ...] | None = None
+                    ) -> list[int]:
+    """The token counts to record a graph for, smallest first. None (the default): one graph as
+    large as a step and a sequence allow, at most LARGEST tokens -- why one, see "How many graphs"
+    above. Sizes that do not fit a step or a sequence are the caller's to refuse (`oversized`)."""
+    if sizes is None:
+        return [min(LARGEST, max_num_batched_tokens, max_model_len)]
+    return sorted(set(sizes))
+
+
+def oversized(sizes: list[int], max_num_batched_tokens: int, max_model_len: int) -> list[int]:
+    """The sizes no prefill step can fill: more tokens than a step may hold or a sequence may have."""
+    return [n for n in sizes if n > min(max_num_batched_tokens, max_model_len)]
 
 
 def pad_prefill(step: HostStep, bucket: int, width: int, max_model_len: int) -> HostStep:

@@ -50,7 +50,7 @@ QUESTIONS = {
           "buckets) and is dominated by launch overhead.",
           "Right: a graph replays fixed shapes and addresses, and it only pays where launches, not math, "
           "dominate -- decode's tiny kernels, and also one short prompt's prefill, whose kernels are tiny "
-          "too: this engine pads such a prompt to a few fixed sizes and replays it (prefill_graphs)."),
+          "too: this engine pads such a prompt to a fixed size and replays it (prefill_graphs)."),
          ("Prefill cannot run on the GPU inside a graph.",
           "No: any fixed-shape GPU work can be captured; the problem is that prefill's shapes change with "
           "every batch of prompts."),
