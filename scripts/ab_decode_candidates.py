@@ -62,6 +62,12 @@ matters is what it can do before its wait and whether the next one finds room to
                       whatever its shape? (session 16: six, four, three buckets and 128 captured
                       six times all gave TPOT ~0.679 ms; 128 alone 0.657-0.662; this 0.664, and
                       the engine's default since: = current)
+  prefill-six-keep-caches  the six graphs captured with torch.cuda.graph's own emptying of the
+                      allocators' caches (device and pinned host, on every capture's entry) made a
+                      no-op: if ~0.663 ms, the emptying costs the later decode steps, not the graphs
+  prefill-512-warm-x6 one 512-token graph, then five more eager warm-ups of it, each followed by the
+                      same emptying (as five more captures would do, without their graphs): if
+                      ~0.679, the warm-ups and emptying are the cost; if ~0.663, the graphs are
   prefill-six         the six prefill graphs 16, 32, ... 512 tokens, the default until session 16
                       (prefill-own-pool, idle-after-prefill, prefill-unused, -replayed-once,
                       -freed, -no-pdl, -first, -own-pools were measured with them, and run so still)
@@ -111,11 +117,12 @@ ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_samp
 OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
 IDLE = {"idle-after-prefill": 0.035}   # seconds the GPU idles after each prefill replay
 PREFILL_ORDER = ["prefill-unused", "prefill-replayed-once", "prefill-freed", "prefill-no-pdl", "prefill-first",
-                 "prefill-128-x6", "prefill-own-pools"]   # where the prefill graphs' +29 us comes from
+                 "prefill-128-x6", "prefill-own-pools", "prefill-six-keep-caches"]   # where the prefill graphs' +29 us comes from
 SIX_GRAPHS = (16, 32, 64, 128, 256, 512)   # the prefill graphs captured by default until session 16
 PREFILL_BUCKETS = {   # variant -> EngineConfig.prefill_graph_sizes (the variants above: SIX_GRAPHS, as measured)
     "prefill-six": SIX_GRAPHS, "prefill-one-bucket": (128,), "prefill-small": (16, 32, 64, 128),
-    "prefill-large": (128, 256, 512), "prefill-512-only": (512,), "prefill-two": (128, 256), "prefill-128-x6": (128,)}
+    "prefill-large": (128, 256, 512), "prefill-512-only": (512,), "prefill-two": (128, 256), "prefill-128-x6": (128,),
+    "prefill-512-warm-x6": (512,)}
 L2_AHEAD = {"l2-prefetch-2": 2}   # l2_prefetch on, handing on the weights this many matmuls ahead
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER,
             *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD]
@@ -193,6 +200,34 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
                 capture_once(self, pool, on_captured)
                 self.kept += [*self.graphs.values(), *self.outputs.values()]   # (all in one pool)
         PrefillGraphs.capture = capture_six_times
+    if variant in ("prefill-six-keep-caches", "prefill-512-warm-x6"):
+        import torch
+
+        from workbench.optimizations.prefill_graphs import PrefillGraphs
+        capture_as_is, empty_device = PrefillGraphs.capture, torch.cuda.empty_cache
+
+        host_empty = getattr(torch._C, "_host_emptyCache", lambda: None)   # (CUDA builds of torch 2.11)
+
+        def empty_caches():   # what torch.cuda.graph does on entry, besides a sync
+            empty_device()
+            host_empty()
+
+        def capture_keeping_caches(self, pool=None, on_captured=None):
+            torch.cuda.empty_cache = torch._C._host_emptyCache = lambda: None   # looked up at each call
+            try:
+                capture_as_is(self, pool, on_captured)
+            finally:
+                torch.cuda.empty_cache, torch._C._host_emptyCache = empty_device, host_empty
+
+        def capture_then_warm_five_more(self, pool=None, on_captured=None):
+            capture_as_is(self, pool, on_captured)   # leaves the buffers as a warm-up wants them
+            with torch.inference_mode():
+                for _ in range(5):
+                    self._last_logits(self.buckets[-1])
+                    torch.cuda.synchronize()
+                    empty_caches()
+        PrefillGraphs.capture = (capture_keeping_caches if variant == "prefill-six-keep-caches"
+                                 else capture_then_warm_five_more)
     if variant == "prefill-own-pools":
         from workbench.optimizations.prefill_graphs import PrefillGraphs
         capture_in_one_pool = PrefillGraphs.capture
