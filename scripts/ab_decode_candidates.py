@@ -280,8 +280,9 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         engine["prefill_graph_sizes"] = PREFILL_BUCKETS.get(variant, SIX_GRAPHS)   # (a CPU has no graphs to size)
     r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1, **engine)
     overlapped = engine.get("async_rounds", True)   # (8 decode steps: on unless turned off)
+    sizes = engine.get("prefill_graph_sizes")   # (None: the engine's default, one graph, since session 16)
     print("RESULT " + json.dumps({"variant": variant, "temperature": temperature, "async_rounds": overlapped,
-                                  **r.to_dict(), **flow, "step_kernels": step_kernels(profiled)}, default=str),
+                                  "prefill_graph_sizes": sizes and list(sizes), **r.to_dict(), **flow, "step_kernels": step_kernels(profiled)}, default=str),
           flush=True)
 
 
