@@ -28,7 +28,7 @@ matters is what it can do before its wait and whether the next one finds room to
   sync-rounds         each round of 8 steps read before the next is scheduled: async rounds' twin
                       (EngineConfig.async_rounds=False; async is the default since session 13, which
                       measured 1,404 -> 1,458 tok/s with it here, 3 rounds of 3)
-  idle-after-prefill  current, with the GPU left idle ~35 ms after the prefill replay, as the eager
+  idle-after-prefill  prefill-six, with the GPU left idle ~35 ms after the prefill replay, as the eager
                       prefill leaves it: if the decode step's +29 us with prefill graphs (682 vs 653
                       us, sessions 11 and 13) comes from the GPU's clocks after a short idle, this
                       variant's decode step takes ~653 us (run with AB_CLOCKS=1: device_check.sh)
@@ -39,10 +39,10 @@ matters is what it can do before its wait and whether the next one finds room to
   prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
                       decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
-                      if current's ~683, having captured them is
+                      if prefill-six's ~683 (current until session 16), having captured them is
   prefill-replayed-once  every prompt run eagerly (as prefill-unused), but each prefill graph replayed
                       once after all six are captured (writing no cache slot): if the decode step is
-                      current's (~680 us, not ~653), one replay anywhere changes the GPU's state for
+                      prefill-six's (~680 us, not ~653), one replay anywhere changes the GPU's state for
                       good; if eager-prefill's, it is the replay just before the decode steps
   prefill-freed       the prefill graphs captured, then the graph objects dropped before the first
                       request (prompts eager; their memory stays reserved in the decode graphs' pool,
@@ -54,13 +54,13 @@ matters is what it can do before its wait and whether the next one finds room to
                       (session 16: 0.662 ms, 1,502 tok/s, TTFT 1.8 ms; six buckets 0.674-0.679)
   prefill-128-x6      the 128-token prefill graph captured six times, all six kept (the prompts
                       replay the last): session 16 measured one bucket's TPOT 0.662 ms, six buckets'
-                      0.679; ~0.679 here: the number of captured graphs costs, whatever their shapes
+                      0.674-0.679; ~0.679 here: the number of captured graphs costs, whatever their shapes
   prefill-small       the buckets 16, 32, 64, 128 (the shapes below 128 run the row-limited decode
                       kernels: GEMV, decode attention)
   prefill-large       the buckets 128, 256, 512: with prefill-small, which shapes carry the cost
   prefill-512-only    one prefill graph, 512 tokens (every prompt padded to it): is one graph fast
                       whatever its shape? (session 16: six, four, three buckets and 128 captured
-                      six times all gave TPOT ~0.679 ms; 128 alone 0.657-0.662; this 0.664, and
+                      six times all gave TPOT ~0.679 ms; 128 alone 0.657-0.663; this 0.663, and
                       the engine's default since: = current)
   prefill-six-keep-caches  the six graphs captured with torch.cuda.graph's own emptying of the
                       allocators' caches (device and pinned host, on every capture's entry) made a

@@ -58,11 +58,11 @@ class EngineConfig:
                                          # (True: required; False: the eager prefill, its twin)
     prefill_graph_sizes: tuple[int, ...] | None = None   # the token counts prefill_graphs records a
                                          # graph for. None: ONE graph, min(512, a step, a sequence)
-                                         # tokens, every shorter prompt padded to it: each graph
-                                         # captured beyond the first slowed every decode step on an
-                                         # H200 (session 16: 1 graph TPOT 0.657-0.663 ms, 2: 0.670,
-                                         # 3-6: 0.674-0.685). (16, 32, ... 512): less padding for short
-                                         # prompts (the time to their first token), slower decoding
+                                         # tokens, every shorter prompt padded to it: two graphs or
+                                         # more slowed every decode step on an H200 (session 16: one
+                                         # graph 0.657-0.663 ms a token, two 0.670, three to six
+                                         # 0.674-0.685). (16, 32, ... 512): less padding for short
+                                         # prompts (their first token), slower decoding
     fused_sampling: bool | None = None   # temperature rows without top-k/top-p sampled by one Triton
                                          # kernel pair (kernels/sample.py; its own random stream).
                                          # None: on a CUDA GPU, one rank, the built-in sampler (True:

@@ -140,6 +140,8 @@ def test_prefill_graphs_match_the_eager_prefill(q06b, opts, sizes):
             outs = [llm.generate([p], params, use_tqdm=False)[0] for p in prompts]
             runs[graphs] = ([o.token_ids for o in outs], [o.logits for o in outs])
             replays[graphs] = llm.runner.prefill_graphs.replays if graphs else 0
+            if graphs:   # the sizes asked for, or the one default graph, are what was captured
+                assert sorted(llm.runner.prefill_graphs.graphs) == sorted(sizes or [512])
     got = compare(*runs[True], *runs[False])
     print(f"\n{opts.label()}, graphs of {sizes or 'one size'}: prefill graphs vs eager {got}, {replays[True]} replays")
     assert replays[True] == len(prompts) + 1, replays   # every prefill step, the 700's two chunks

@@ -105,21 +105,22 @@ class LLM(MeasurementMethods):
         self.max_model_len = self.config.max_model_len
         if self.max_model_len is None:
             self.max_model_len = min(self.model_config.max_position_embeddings, 4096)
-        limits = self.config.max_num_batched_tokens, self.max_model_len
-        too_big = oversized(prefill_buckets(*limits, self.config.prefill_graph_sizes), *limits)
         if self.config.prefill_graphs is None:   # on wherever decode graphs are
             self.config.prefill_graphs = self.opts.cuda_graphs
+        no_graphs = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
         if self.config.prefill_graph_sizes is not None and not self.config.prefill_graphs:
+            why = no_graphs or (" (cuda_graphs is off)" if not self.opts.cuda_graphs else " (prefill_graphs=False)")
             raise ValueError(f"prefill_graph_sizes={self.config.prefill_graph_sizes} sizes the prefill graphs, but "
-                             "prefill_graphs is off here: turn prefill_graphs on (cuda_graphs on, a CUDA GPU), "
-                             "or leave prefill_graph_sizes=None")
+                             f"prefill_graphs is off here{why}: turn prefill_graphs and cuda_graphs on (a CUDA "
+                             "GPU), or leave prefill_graph_sizes=None")
+        limits = self.config.max_num_batched_tokens, self.max_model_len
+        too_big = oversized(prefill_buckets(*limits, self.config.prefill_graph_sizes), *limits)
         if self.config.prefill_graphs and too_big:
             raise ValueError(f"prefill_graph_sizes: a graph of {too_big[0]} tokens holds more than a step or a sequence "
                              f"may hold here (max_num_batched_tokens={limits[0]}, max_model_len={limits[1]}): give "
                              f"smaller sizes, or prefill_graph_sizes=None (one graph that fits), or prefill_graphs=False")
         if self.config.prefill_graphs and not self.opts.cuda_graphs:
-            why = "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
-            raise ValueError(f"prefill_graphs=True records prefill steps in CUDA graphs, but cuda_graphs is off{why}: "
+            raise ValueError(f"prefill_graphs=True records prefill steps in CUDA graphs, but cuda_graphs is off{no_graphs}: "
                              "turn cuda_graphs on (a CUDA GPU), or prefill_graphs=False")
         if self.max_model_len > self.model_config.max_position_embeddings:
             raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "

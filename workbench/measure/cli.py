@@ -83,6 +83,11 @@ def _engine_field(text: str) -> tuple[str, object]:
         if not parsed or any(type(n) is not int for n in parsed):
             raise argparse.ArgumentTypeError(f"{text!r}: {name} takes a list of integers, e.g. {name}=[128,512]")
         return name, parsed
+    if any(typing.get_origin(kind) is tuple for kind in kinds):   # (a list was handled above)
+        if parsed is not None:
+            raise argparse.ArgumentTypeError(f"{text!r}: {name} takes a JSON list of integers, e.g. "
+                                             f"{name}=[128,512], or null")
+        return name, None
     fits = any(parsed is None if kind is types.NoneType else
                type(parsed) is kind or (kind is float and type(parsed) is int) for kind in kinds)
     if not fits:

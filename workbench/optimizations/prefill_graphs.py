@@ -11,23 +11,26 @@ every rung of the ladder, ~8 % of a 128 + 512 run (docs/perf-notes.md, session 1
 trick as decode applies once the shapes are fixed.
 
 How the shapes are fixed. A prefill step of one sequence with T new tokens is padded to the
-smallest bucket B >= T (by default one bucket, 512 tokens; see "How many graphs"). The B - T padding tokens form a second, dummy
-sequence: its queries attend only to its own B - T keys, which it reads through block 0 (whatever
-that block holds: finite, the cache starts zeroed) and never writes (slot -1). Every other op of
-the model works row by row, so the real sequence's keys, values and last-token logits are those of
-the unpadded step. Attention's lengths (cu_seqlens_q, seq_lens) are device buffers, the step's
-bounds fixed host ints (max_seqlen_q = B, max_seqlen_k = max_model_len), as in a decode graph. The
-graph records the forward and the LM head of the last real token (its row a device buffer too).
+smallest bucket B >= T (by default the one bucket, 512 tokens: see "How many graphs"). The B - T
+padding tokens form a second, dummy sequence: its queries attend only to its own B - T keys, which
+it reads through block 0 (whatever that block holds: finite, the cache starts zeroed) and never
+writes (slot -1). Every other op of the model works row by row, so the real sequence's keys,
+values and last-token logits are those of the unpadded step. Attention's lengths (cu_seqlens_q,
+seq_lens) are device buffers, the step's bounds fixed host ints (max_seqlen_q = B, max_seqlen_k =
+max_model_len), as in a decode graph. The graph records the forward and the LM head of the last
+real token (its row a device buffer too).
 
-How many graphs. Each graph captured beyond the first made every later decode step slower, on an
-H200, all on, greedy 128 + 512 (session 16, docs/results/decode-ab-prefill-{buckets,count,pools}-h200.json): time a token 0.657-0.663 ms with one graph (128 or 512
-tokens) or none, 0.670 with two, 0.674-0.685 with three to six -- whatever their shapes (the
+How many graphs. Two graphs or more made every later decode step slower, on an H200, all on,
+greedy 128 + 512 (session 16, docs/results/decode-ab-prefill-{buckets,count,pools}-h200.json):
+time a token 0.657-0.663 ms with one graph (128 or 512 tokens) or none, 0.670 with two (one
+round), 0.674-0.685 with three to six (no growth from three to six) -- whatever their shapes (the
 128-token graph captured six times costs as six buckets do), in a memory pool of their own or
-shared, replayed or not, kept or dropped after capture. The GPU was busy the whole time: the
-decode GEMVs themselves ran longer (~30 us a token). Why is open (docs/perf-notes.md, session 16).
-So the default is ONE graph, every prompt padded to it: a 128-token prompt's first token came
-after 2.1 ms in a 512-token graph against 1.8 ms in a 128-token one, and the 512 tokens after it
-~0.015 ms sooner each. `EngineConfig.prefill_graph_sizes` records others, e.g. (16, 32, ... 512).
+shared, replayed or not, kept or dropped after capture. The GPU's busy time a token rose ~30 us
+with three or more (the matmul family, in the profiler's busy sweep): not the host. Why is open
+(docs/perf-notes.md, session 16). So the default is ONE graph, every prompt padded to it: a
+128-token prompt's first token came after 2.1 ms in a 512-token graph against 1.7-1.9 ms in a
+128-token one, and the 512 tokens after it took 0.663 ms each against six graphs' 0.674-0.685
+(other runs). `EngineConfig.prefill_graph_sizes` records others, e.g. (16, 32, ... 512).
 
 Only steps of one sequence: a single stream's first token waits on this; a step that prefills
 several prompts is bigger, and the GPU's work. Its twin is the eager prefill (prefill_graphs=False).
