@@ -94,6 +94,7 @@ def test_text_prompts_and_describe(llm):
     text = llm.describe()
     assert "attention  sdpa" in text and "kv cache   64 blocks" in text
     assert "gemv       off (torch F.linear" in text and "fused      off" in text
+    assert "prefill    eager (no prefill graphs)" in text   # (a CPU: no graphs)
 
 
 @pytest.mark.parametrize("make_params", [

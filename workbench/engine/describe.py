@@ -38,6 +38,7 @@ def describe_engine(llm) -> str:
         f"fdec       {fdec_text}",
         f"dattn      {'on (Triton split-KV kernel, decode steps)' if o.decode_attention else 'off'}",
         f"graphs     {'on, buckets ' + str(r.graphs.buckets) if r.graphs else 'off (eager decode)'}",
+        f"prefill    {_prefill_text(r)}",
         f"compile    {_compile_text(llm)}",
         f"rounds     {_rounds_text(llm.config)}",
         f"pdl        {'on (programmatic dependent launch of the decode kernels)' if o.pdl else 'off'}",
@@ -54,6 +55,14 @@ def describe_engine(llm) -> str:
     if llm.overrides:
         lines.append(f"overrides  {describe_overrides(llm.overrides)}")
     return "\n".join(lines)
+
+
+def _prefill_text(runner) -> str:
+    if runner.prefill_graphs is None:
+        return "eager (no prefill graphs)"
+    sizes = ", ".join(str(n) for n in runner.prefill_graphs.buckets)
+    return (f"one sequence's prefill replayed from a graph, padded to {sizes} tokens (prefill_graph_sizes; "
+            "two graphs or more slowed decoding on an H200)")
 
 
 def _compile_text(llm) -> str:
