@@ -14,6 +14,10 @@ matters is what it can do before its wait and whether the next one finds room to
   dattn-last          decode attention merged by its last program (one launch a layer fewer)
   dattn-no-prefetch   decode attention without reading its first K/V tile before the PDL wait
                       (kernels/decode_attention.py, Choice 5)
+  dattn-one-split     decode attention in one launch a layer: one split per (sequence, KV head), no
+                      merge (at batch 1: 8 programs, each walking all its keys; today's choice,
+                      num_splits, sizes them for the widest table: 33 at 4,096 tokens, 132 SMs)
+  dattn-8-splits      8 splits: 64 programs, a merge still
   rope-inputs-late    qk_norm_rope_store reading its position, cos/sin, slot and norm weights after
                       its PDL wait (the default until session 10, which measured the early reads
                       672 -> 653 us a step: kernels/qk_norm_rope_store.py)
@@ -109,6 +113,8 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
     "dattn-last": ("decode_attention", "paged_decode_attention", {"merge": "last_program"}),
     "dattn-no-prefetch": ("decode_attention", "paged_decode_attention", {"prefetch_kv": False}),
     "rope-inputs-late": ("qk_norm_rope_store", "qk_norm_rope_store", {"inputs_early": False}),
+    "dattn-one-split": ("decode_attention", "paged_decode_attention", {"splits": 1}),
+    "dattn-8-splits": ("decode_attention", "paged_decode_attention", {"splits": 8}),
 }
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_sampling": False},
           "eager-prefill": {"prefill_graphs": False}, "sync-rounds": {"async_rounds": False},
