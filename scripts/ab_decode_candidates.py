@@ -139,10 +139,14 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
     import functools
     import importlib
 
+    import torch
+
     from workbench import Optimizations
+    from workbench.engine.runner import ModelRunner
     from workbench.kernels import gemv
     from workbench.measure import bench
     from workbench.model import ModelConfig, random_checkpoint
+    from workbench.optimizations.prefill_graphs import PrefillGraphs   # (the prefill variants patch it)
     for key, (bn, bk, warps, stages) in GEMV.get(variant, {}).items():
         gemv.CONFIGS[key] = gemv.GemvConfig(block_n=bn, block_k=bk, split_k=1, num_warps=warps, num_stages=stages)
     if variant in KERNEL_ARGS:   # the engine looks each wrapper up in its module at every call
@@ -150,15 +154,11 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         module = importlib.import_module(f"workbench.kernels.{name}")
         setattr(module, wrapper, functools.partial(getattr(module, wrapper), **kwargs))
     if variant in OWN_POOL:
-        from workbench.optimizations.prefill_graphs import PrefillGraphs
         capture = PrefillGraphs.capture
         PrefillGraphs.capture = lambda self, pool=None, on_captured=None: capture(self, None, on_captured)
     if variant in IDLE:
         import time
 
-        import torch
-
-        from workbench.optimizations.prefill_graphs import PrefillGraphs
         replay = PrefillGraphs.run
 
         def replay_then_idle(self, *args, **kwargs):
@@ -172,10 +172,8 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         install = l2_prefetch.install
         l2_prefetch.install = lambda model, on: install(model, on, ahead=L2_AHEAD[variant])
     if variant in ("prefill-unused", "prefill-replayed-once"):
-        from workbench.optimizations.prefill_graphs import PrefillGraphs
         PrefillGraphs.can_run = lambda self, step: False
     if variant == "prefill-replayed-once":
-        import torch
         capture_only = PrefillGraphs.capture
 
         def capture_then_replay(self, pool=None, on_captured=None):
@@ -188,7 +186,6 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
     if variant == "prefill-freed":
         import gc
 
-        from workbench.engine.runner import ModelRunner
         warm_up_and_keep = ModelRunner.warm_up
 
         def warm_up_then_drop(self):
@@ -197,7 +194,6 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
             gc.collect()
         ModelRunner.warm_up = warm_up_then_drop
     if variant == "prefill-128-x6":
-        from workbench.optimizations.prefill_graphs import PrefillGraphs
         capture_once = PrefillGraphs.capture
 
         def capture_six_times(self, pool=None, on_captured=None):
@@ -207,11 +203,7 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
                 self.kept += [*self.graphs.values(), *self.outputs.values()]   # (all in one pool)
         PrefillGraphs.capture = capture_six_times
     if variant in ("prefill-six-keep-caches", "prefill-512-warm-x6"):
-        import torch
-
-        from workbench.optimizations.prefill_graphs import PrefillGraphs
         capture_as_is, empty_device = PrefillGraphs.capture, torch.cuda.empty_cache
-
         host_empty = getattr(torch._C, "_host_emptyCache", lambda: None)   # (CUDA builds of torch 2.11)
 
         def empty_caches():   # what torch.cuda.graph does on entry, besides a sync
@@ -235,7 +227,6 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         PrefillGraphs.capture = (capture_keeping_caches if variant == "prefill-six-keep-caches"
                                  else capture_then_warm_five_more)
     if variant == "prefill-own-pools":
-        from workbench.optimizations.prefill_graphs import PrefillGraphs
         capture_in_one_pool = PrefillGraphs.capture
 
         def capture_each_in_its_own(self, pool=None, on_captured=None):
@@ -247,7 +238,6 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         PrefillGraphs.capture = capture_each_in_its_own
     if variant == "prefill-no-pdl":
         from workbench.kernels import pdl
-        from workbench.optimizations.prefill_graphs import PrefillGraphs
         capture_with_pdl = PrefillGraphs.capture
 
         def capture_without_pdl(self, *args, **kwargs):
@@ -255,7 +245,6 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
                 capture_with_pdl(self, *args, **kwargs)
         PrefillGraphs.capture = capture_without_pdl
     if variant == "prefill-first":
-        from workbench.engine.runner import ModelRunner
         warm_up = ModelRunner.warm_up
 
         def prefill_graphs_first(self):
@@ -281,7 +270,6 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
     load = bench.make_workload("single", ModelConfig.from_hf(path).vocab_size, new_tokens=new_tokens,
                                temperature=temperature)
     engine = {**ENGINE.get(variant, {}), **({"l2_prefetch": True} if variant in L2_AHEAD else {})}
-    import torch
     if torch.cuda.is_available() and (variant in PREFILL_BUCKETS or variant in (*OWN_POOL, *IDLE, *PREFILL_ORDER)):
         engine["prefill_graph_sizes"] = PREFILL_BUCKETS.get(variant, SIX_GRAPHS)   # (a CPU has no graphs to size)
     r = bench.bench_engine(path, Optimizations.all_on(), load, repeats=3, decode_steps=8, max_num_seqs=1, **engine)

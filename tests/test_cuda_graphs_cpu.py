@@ -21,7 +21,7 @@ def test_buckets_cover_every_batch_size():
 # prefill_graphs: the padding a prefill graph replays, checked eagerly on the CPU (no capture here)
 
 def test_one_prefill_graph_by_default_that_fits_the_step_and_the_sequence():
-    assert prefill_buckets(8192, 4096) == [512]   # one graph: each more slowed decoding (module docstring)
+    assert prefill_buckets(8192, 4096) == [512]   # one graph: two or more slowed decoding (module docstring)
     assert prefill_buckets(100, 4096) == [100]
     assert prefill_buckets(8192, 40) == [40]
     assert prefill_buckets(8192, 4096, (512, 16, 128, 16)) == [16, 128, 512]   # asked for: sorted, once each

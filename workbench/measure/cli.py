@@ -78,16 +78,13 @@ def _engine_field(text: str) -> tuple[str, object]:
     except json.JSONDecodeError:
         raise argparse.ArgumentTypeError(f"{text!r}: the value must be JSON, e.g. {name}=false or {name}=8") from None
     kinds = typing.get_args(types_of[name]) or (types_of[name],)
-    if isinstance(parsed, list) and any(typing.get_origin(kind) is tuple for kind in kinds):
-        parsed = tuple(parsed)   # a JSON list for a tuple field: prefill_graph_sizes=[128,512]
-        if not parsed or any(type(n) is not int for n in parsed):
-            raise argparse.ArgumentTypeError(f"{text!r}: {name} takes a list of integers, e.g. {name}=[128,512]")
-        return name, parsed
-    if any(typing.get_origin(kind) is tuple for kind in kinds):   # (a list was handled above)
-        if parsed is not None:
+    if any(typing.get_origin(kind) is tuple for kind in kinds):   # a JSON list for a tuple field (or null)
+        if parsed is None:
+            return name, None
+        if not isinstance(parsed, list) or not parsed or any(type(n) is not int for n in parsed):
             raise argparse.ArgumentTypeError(f"{text!r}: {name} takes a JSON list of integers, e.g. "
                                              f"{name}=[128,512], or null")
-        return name, None
+        return name, tuple(parsed)
     fits = any(parsed is None if kind is types.NoneType else
                type(parsed) is kind or (kind is float and type(parsed) is int) for kind in kinds)
     if not fits:
