@@ -386,18 +386,22 @@ def compare_kernels(rows: list[dict], names: list[str], top: int = 12) -> None:
 
 
 def compare_flows(rows: list[dict], names: list[str], top: int = 8) -> None:
-    """Each kernel name's spans a token in the whole-request flow profile (flow_profile), the
-    later variants minus the first (the last round of each): where a slower flow's time sits."""
-    last = {r["variant"]: r["flow_span_us_by_name"] for r in rows if r.get("flow_span_us_by_name")}
+    """The whole-request flow profile (flow_profile), later variants minus the first (the last
+    round of each). The GPU's busy time by kernel family comes first: it is the one that reads
+    under PDL. Each kernel name's summed spans follow, labelled: under PDL a span includes the
+    wait on the kernel before it, so their differences can disagree in sign with the busy time."""
+    last = {r["variant"]: r for r in rows if r.get("flow_busy_by_family") or r.get("flow_span_us_by_name")}
     if names[0] not in last:
         return
-    base = last[names[0]]
-    for name in names[1:]:
-        if name in last:
-            other = last[name]
+    for key, what in (("flow_busy_by_family", "GPU busy a token by kernel family"),
+                      ("flow_span_us_by_name", "summed kernel spans a token by name (include PDL waits)")):
+        base = last[names[0]].get(key) or {}
+        for name in names[1:]:
+            other = (last.get(name) or {}).get(key)
+            if not base or not other:
+                continue
             diffs = {k: other.get(k, 0.0) - base.get(k, 0.0) for k in {*base, *other}}
-            print(f"\nkernel spans a token in the whole request, {name} minus {names[0]}: "
-                  f"{sum(diffs.values()):+.1f} us in all; largest:")
+            print(f"\n{what}, {name} minus {names[0]}: {sum(diffs.values()):+.1f} us in all; largest:")
             for k, d in sorted(diffs.items(), key=lambda t: -abs(t[1]))[:top]:
                 print(f"  {d:+7.2f} us  {k}")
 
