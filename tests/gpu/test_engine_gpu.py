@@ -121,28 +121,36 @@ def test_graph_rounds_give_the_same_tokens(q06b, opts):
 def test_prefill_graphs_match_the_eager_prefill(q06b, opts, sizes):
     """prefill_graphs (one sequence's prefill replayed from a graph, padded to a token-count
     bucket: by default one graph of 512 tokens; or six, prefill_graph_sizes) against the eager
-    prefill: the parity bar on greedy tokens and the first step's logits (the graph's own output),
+    prefill and the all-off path: the parity bar against all-off on greedy tokens and the first
+    step's logits (the graph's own output), the same tokens as the eager prefill outside near-ties;
     prompts of 3 to 700 tokens (the six buckets' edges: 16 and 17 tokens), a prompt cut into two
     chunks, a prefix-cache hit (its prefill starts after the cached blocks), and the graphs really
     replayed."""
-    from workbench.check import run_engine
     from workbench.reference import compare
     rng = random.Random(2)
     shared = [rng.randrange(3, 5000) for _ in range(256)]
     prompts = [[rng.randrange(3, 5000) for _ in range(n)] for n in (3, 16, 17, 128, 300, 700)]
     prompts += [shared + [5], shared + [rng.randrange(3, 5000) for _ in range(40)]]   # the 2nd hits the cache
-    runs, replays = {}, {}
-    for graphs in (False, True):
-        # max_num_batched_tokens 512: the 700-token prompt is prefilled in two chunks, 512 then 188
-        with LLM(q06b, opts=opts, prefill_graphs=graphs, max_num_seqs=1, max_model_len=1024,
+    runs, replays = {}, 0
+    # max_num_batched_tokens 512: the 700-token prompt is prefilled in two chunks, 512 then 188
+    for name, use, graphs in (("all-off", Optimizations.all_off(), False), ("eager", opts, False),
+                              ("graphs", opts, True)):
+        with LLM(q06b, opts=use, prefill_graphs=graphs, max_num_seqs=1, max_model_len=1024,
                  max_num_batched_tokens=512, prefill_graph_sizes=sizes if graphs else None) as llm:
             params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, return_logits=True)
             outs = [llm.generate([p], params, use_tqdm=False)[0] for p in prompts]
-            runs[graphs] = ([o.token_ids for o in outs], [o.logits for o in outs])
-            replays[graphs] = llm.runner.prefill_graphs.replays if graphs else 0
+            runs[name] = ([o.token_ids for o in outs], [o.logits for o in outs])
             if graphs:   # the sizes asked for, or the one default graph, are what was captured
+                replays = llm.runner.prefill_graphs.replays
                 assert sorted(llm.runner.prefill_graphs.graphs) == sorted(sizes or [512])
-    got = compare(*runs[True], *runs[False])
-    print(f"\n{opts.label()}, graphs of {sizes or 'one size'}: prefill graphs vs eager {got}, {replays[True]} replays")
-    assert replays[True] == len(prompts) + 1, replays   # every prefill step, the 700's two chunks
-    assert got["match_rate_excl_ties"] >= 0.99 and got["first_step_logit_rel_err"] < 2e-2, got
+    # The parity bar is the issue's, against the all-off path. Graphs against the eager prefill
+    # must give the same tokens outside near-ties; their logits are not held to the bar against
+    # each other: a 3-token prompt padded to 512 runs matmuls of another M (other tiles, another
+    # bf16 rounding), so two runs each within the bar of all-off can differ by more than it
+    # (session 17: 0.025, all on, one graph).
+    vs_eager, vs_off = compare(*runs["graphs"], *runs["eager"]), compare(*runs["graphs"], *runs["all-off"])
+    print(f"\n{opts.label()}, graphs of {sizes or 'one size'}, {replays} replays: prefill graphs vs eager {vs_eager}; "
+          f"vs all-off {vs_off}; eager vs all-off {compare(*runs['eager'], *runs['all-off'])}")
+    assert replays == len(prompts) + 1, replays   # every prefill step, the 700's two chunks
+    assert vs_eager["match_rate_excl_ties"] >= 0.99, vs_eager
+    assert vs_off["match_rate_excl_ties"] >= 0.99 and vs_off["first_step_logit_rel_err"] < 2e-2, vs_off
