@@ -40,6 +40,10 @@ matters is what it can do before its wait and whether the next one finds room to
                       (EngineConfig.l2_prefetch, optimizations/l2_prefetch.py; measured slower, session 15)
   l2-prefetch-2       l2-prefetch handing on the weights two matmuls ahead (more time for them to
                       arrive, more of L2 held: qkv gets gate_up's, o_proj down's, ...)
+  side-prefetch-mlp   at each layer's decode attention a prefetch-only kernel on a stream of its own
+                      asks L2 for the layer's gate_up and down weights (l2_prefetch.install_side;
+                      no kernel of the step issues or waits for it: session 15's lesson)
+  side-prefetch-mlp-qkv  the same, and the next layer's qkv weight
   prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
                       decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
@@ -130,8 +134,9 @@ PREFILL_BUCKETS = {   # variant -> EngineConfig.prefill_graph_sizes (the variant
     "prefill-large": (128, 256, 512), "prefill-512-only": (512,), "prefill-two": (128, 256), "prefill-128-x6": (128,),
     "prefill-512-warm-x6": (512,)}
 L2_AHEAD = {"l2-prefetch-2": 2}   # l2_prefetch on, handing on the weights this many matmuls ahead
+SIDE_PREFETCH = {"side-prefetch-mlp": "mlp", "side-prefetch-mlp-qkv": "mlp+qkv"}   # l2_prefetch.SIDE_FORMS
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER,
-            *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD]
+            *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature: float) -> None:
@@ -171,6 +176,14 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         from workbench.optimizations import l2_prefetch
         install = l2_prefetch.install
         l2_prefetch.install = lambda model, on: install(model, on, ahead=L2_AHEAD[variant])
+    if variant in SIDE_PREFETCH and torch.cuda.is_available():   # l2_prefetch as the engine says, then the side form
+        from workbench.optimizations import l2_prefetch
+        install_gemv_form = l2_prefetch.install
+
+        def install_both(model, on):
+            install_gemv_form(model, on)
+            l2_prefetch.install_side(model, SIDE_PREFETCH[variant])
+        l2_prefetch.install = install_both
     if variant in ("prefill-unused", "prefill-replayed-once"):
         PrefillGraphs.can_run = lambda self, step: False
     if variant == "prefill-replayed-once":

@@ -119,3 +119,34 @@ def test_engine_tokens_with_l2_prefetch(tmp_path_factory):
         assert prefetched.token_ids == base.token_ids
         if base.logits is not None:   # the step-by-step requests
             assert torch.equal(prefetched.logits, base.logits)
+
+
+
+def test_engine_tokens_with_the_side_stream_prefetch(tmp_path_factory, monkeypatch):
+    """l2_prefetch's side-stream form (an A/B candidate, session 17): a prefetch-only kernel on a
+    stream of its own at each decode attention, joined before the LM head -- inside the decode
+    graphs and eagerly. The same greedy tokens and step-by-step logits bit for bit as without it,
+    and the prefetch kernel really ran (counted at each fork)."""
+    from workbench import LLM, Optimizations, SamplingParams
+    from workbench.check import random_prompts
+    from workbench.model import make_checkpoint
+    from workbench.optimizations import l2_prefetch
+    path = make_checkpoint(tmp_path_factory.mktemp("q06b-side"), "qwen3-0.6b", seed=0, dtype="bfloat16")
+    prompts = random_prompts(4, 151936)
+    rounds = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    logits = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, return_logits=True)
+    forks, at_layer = [], l2_prefetch.SidePrefetch.at_layer
+    monkeypatch.setattr(l2_prefetch.SidePrefetch, "at_layer", lambda self, i: forks.append(i) or at_layer(self, i))
+    runs = []
+    for form in (None, "mlp+qkv"):
+        install = l2_prefetch.install
+        monkeypatch.setattr(l2_prefetch, "install", lambda model, on: (install(model, on), l2_prefetch.install_side(model, form)))
+        with LLM(path, opts=Optimizations.all_on(), decode_steps=8, max_num_seqs=4, enable_prefix_caching=False) as llm:
+            assert (llm.runner.model.layers[0].self_attn.side_prefetch is not None) == (form is not None)
+            runs.append([*llm.generate(prompts, rounds, use_tqdm=False), *llm.generate(prompts[:2], logits, use_tqdm=False)])
+        monkeypatch.setattr(l2_prefetch, "install", install)
+    assert len(forks) >= 28 and set(forks) == set(range(28)), "the side prefetch never ran at every layer"
+    for base, prefetched in zip(*runs):
+        assert prefetched.token_ids == base.token_ids
+        if base.logits is not None:
+            assert torch.equal(prefetched.logits, base.logits)

@@ -63,9 +63,15 @@ class Attention(nn.Module):
 
     # Kept out of torch.compile: the attention switch alone decides how attention runs, and the
     # step's lengths (host ints that change every step) never reach the compiler's guards.
+    # l2_prefetch's side-stream form sets this: called at a decode step's attention, it asks L2
+    # for the weights the layer reads next, on a stream of its own (optimizations/l2_prefetch.py)
+    side_prefetch = None
+
     @torch.compiler.disable
     def attend(self, q, k, v, meta: AttentionMetadata) -> torch.Tensor:
         """k, v None: already in the cache (written by fused_decode's fold)."""
+        if self.side_prefetch is not None and meta.is_decode:
+            self.side_prefetch()
         if k is not None:
             store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         return self.backend(q, self.k_cache, self.v_cache, meta, self.scale)

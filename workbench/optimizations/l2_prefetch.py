@@ -84,3 +84,65 @@ def install(model, on: bool, ahead: int = 1) -> None:
         like = order[i + ahead - 4].weight
         order[i].prefetch_next = flat_head[start:start + like.numel()].view(like.shape)
         start += like.numel()
+
+
+# -- The side-stream form (session 17; an A/B candidate, not yet a switch) ---------------------
+# Session 15's lesson: a prefetch issued by a GEMV lengthens that GEMV; the bus idles during
+# attention's short dependent kernels (q/k-norm-RoPE, the split, the merge), which read almost
+# nothing. Here no kernel of the step issues it: at each layer's decode attention a prefetch-only
+# kernel goes to a stream of its own (forked from the step's stream after q/k/v are written), asking
+# L2 for the weights the layer reads after attention -- gate_up and down (18.9 MB at Qwen3-0.6B's
+# shape), and with "mlp+qkv" the next layer's qkv too. The step's kernels never wait for it: the
+# side stream rejoins once, before the LM head (a graph capture needs every forked stream joined).
+
+SIDE_FORMS = {"mlp": ("gate_up_proj", "down_proj"), "mlp+qkv": ("gate_up_proj", "down_proj", "next qkv_proj")}
+
+
+class SidePrefetch:
+    def __init__(self, model, form: str):
+        import torch
+        self.stream = torch.cuda.Stream(device=model.lm_head.weight.device)
+        self.forked = False
+        layers = list(model.layers)
+        self.weights = []
+        for i, layer in enumerate(layers):
+            ws = [layer.mlp.gate_up_proj.weight.detach(), layer.mlp.down_proj.weight.detach()]
+            if "next qkv_proj" in SIDE_FORMS[form] and i + 1 < len(layers):
+                ws.append(layers[i + 1].self_attn.qkv_proj.weight.detach())
+            self.weights.append(ws)
+
+    def at_layer(self, i: int) -> None:
+        import torch
+
+        from workbench.kernels.gemv import prefetch_l2
+        self.stream.wait_stream(torch.cuda.current_stream())   # after this layer's q, k, v
+        with torch.cuda.stream(self.stream):
+            for w in self.weights[i]:
+                prefetch_l2(w)
+        self.forked = True
+
+    def join(self) -> None:
+        import torch
+        if self.forked:
+            torch.cuda.current_stream().wait_stream(self.stream)
+            self.forked = False
+
+
+def install_side(model, form: str | None) -> None:
+    """Install (form in SIDE_FORMS) or remove (None) the side-stream prefetch on a built model."""
+    for layer in model.layers:
+        layer.self_attn.side_prefetch = None
+    model.__dict__.pop("compute_logits", None)   # the class's own again
+    if form is None:
+        return
+    if form not in SIDE_FORMS:
+        raise ValueError(f"side prefetch form {form!r}: choose from {list(SIDE_FORMS)}")
+    side = SidePrefetch(model, form)
+    for i, layer in enumerate(model.layers):
+        layer.self_attn.side_prefetch = lambda i=i: side.at_layer(i)
+    compute_logits = type(model).compute_logits.__get__(model)
+
+    def join_then_logits(hidden):
+        side.join()
+        return compute_logits(hidden)
+    model.compute_logits = join_then_logits
