@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.kernels.gemv import _prefetch_l2
+from workbench.kernels.gemv import _prefetch_l2, as_bytes
 
 
 @triton.jit
@@ -65,16 +65,17 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}: microseconds, median of 30 (events; L2 flushed before each)")
     print(f"{'weight MB':>9} {'programs':>8} {'empty':>7} {'prefetch':>8} {'read cold':>9} {'read warm':>9}")
     for mb in (4.2, 12.6, 25.2):
-        w = torch.randn(int(mb * 2**20) // 2, dtype=torch.bfloat16, device=dev)
-        nbytes, lines = w.numel() * 2, triton.cdiv(w.numel() * 2, 128)
+        w = torch.randn(int(mb * 1e6) // 2, dtype=torch.bfloat16, device=dev)
+        w_bytes = as_bytes(w)   # _prefetch_l2's offsets count bytes
+        nbytes, lines = w_bytes.numel(), triton.cdiv(w_bytes.numel(), 128)
         block = 4096
         read = lambda: _read_kernel[(triton.cdiv(w.numel(), block),)](out, w, w.numel(), BLOCK=block)  # noqa: E731
         cold = timed(read, flush)
         for programs in (24, 64, 132, 264):
             per = triton.next_power_of_2(triton.cdiv(lines, programs))
             grid = (triton.cdiv(lines, per),)   # every line asked for once (the last program's extra skipped)
-            empty = lambda: _probe_kernel[grid](out, w, nbytes, LINES=0)   # noqa: E731
-            pf = lambda: _probe_kernel[grid](out, w, nbytes, LINES=per)    # noqa: E731
+            empty = lambda: _probe_kernel[grid](out, w_bytes, nbytes, LINES=0)   # noqa: E731
+            pf = lambda: _probe_kernel[grid](out, w_bytes, nbytes, LINES=per)    # noqa: E731
             t_empty, t_pf = timed(empty, flush), timed(pf, flush)
             warm = timed(read, lambda: (flush(), pf()))
             row = {"weight_mb": mb, "programs": grid[0], "lines_per_program": per, "empty_us": t_empty,

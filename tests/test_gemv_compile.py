@@ -96,3 +96,20 @@ def test_l2_prefetch_compiles_to_l2_prefetches_before_the_wait(audit, use_pdl):
     if use_pdl:
         wait = next(i for i, line in enumerate(lines) if "ACQBULK" in line)
         assert prefetches[-1] < wait, "the prefetches wait for the kernel before (they read nothing it writes)"
+
+
+def test_the_side_prefetch_asks_for_each_line_of_the_weight(audit):
+    """l2_prefetch's side-stream kernel (gemv.prefetch_l2) gets the weight as bytes -- _prefetch_l2's
+    offsets count bytes; on the bf16 tensor itself (session 17's first run) every offset stepped 2
+    bytes: every other line, and as far again past the end -- and just enough programs to cover it."""
+    import torch
+
+    from workbench.kernels import gemv
+    w = torch.empty(6144, 1024, dtype=torch.bfloat16)   # gate_up_proj's weight, 12.6 MB
+    with audit.capture() as launches:
+        programs, asked = gemv.prefetch_l2(w)
+    (launch,) = launches
+    data, nbytes, lines = launch.args[0], launch.args[1], launch.kwargs["LINES"]
+    assert data.dtype == torch.uint8 and data.data_ptr() == w.data_ptr(), "the pointer does not count bytes"
+    assert nbytes == asked == data.numel() == w.numel() * w.element_size()
+    assert launch.grid == (programs,) and (programs - 1) * lines * 128 < nbytes <= programs * lines * 128

@@ -122,11 +122,12 @@ def test_engine_tokens_with_l2_prefetch(tmp_path_factory):
 
 
 
-def test_engine_tokens_with_the_side_stream_prefetch(tmp_path_factory, monkeypatch):
+def test_engine_tokens_with_l2_prefetch_from_a_side_stream(tmp_path_factory, monkeypatch):
     """l2_prefetch's side-stream form (an A/B candidate, session 17): a prefetch-only kernel on a
-    stream of its own at each decode attention, joined before the LM head -- inside the decode
-    graphs and eagerly. The same greedy tokens and step-by-step logits bit for bit as without it,
-    and the prefetch kernel really ran (counted at each fork)."""
+    stream of its own at each decode attention, joined before the LM head, captured in the decode
+    graphs. The same greedy tokens and step-by-step logits bit for bit as without it, and the fork
+    made at every layer (counted in Python: at capture and eager warm-up). That the kernel asks for
+    each line of the weight: tests/test_gemv_compile.py."""
     from workbench import LLM, Optimizations, SamplingParams
     from workbench.check import random_prompts
     from workbench.model import make_checkpoint

@@ -233,13 +233,21 @@ def _prefetch_only_kernel(ptr, nbytes, LINES: tl.constexpr):
     _prefetch_l2(ptr, nbytes, LINES)
 
 
-def prefetch_l2(weight: torch.Tensor, lines_per_program: int = 1024) -> None:
+def as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """`t`'s storage as uint8, what _prefetch_l2 takes: its offsets count bytes (on a bf16 pointer
+    each would step 2 bytes: every other line, and as far again past the end)."""
+    return t.view(-1).view(torch.uint8)
+
+
+def prefetch_l2(weight: torch.Tensor, lines_per_program: int = 1024) -> tuple[int, int]:
     """Ask L2 for all of `weight`'s bytes, a kernel that does nothing else (l2_prefetch's side-stream
     form: launched on a stream of its own, so no kernel of the step waits for it). 1,024 lines a
-    program: 8 prefetches a thread at 4 warps; a 12.6 MB weight is 96 programs."""
-    nbytes = weight.numel() * weight.element_size()
-    _prefetch_only_kernel[(triton.cdiv(triton.cdiv(nbytes, 128), lines_per_program),)](
-        weight, nbytes, LINES=lines_per_program, num_warps=4)
+    program: 8 prefetches a thread at 4 warps; a 12.6 MB weight is 96 programs. Returns (programs,
+    bytes asked for) -- what a test checks covers the weight."""
+    data = as_bytes(weight)
+    programs = triton.cdiv(triton.cdiv(data.numel(), 128), lines_per_program)
+    _prefetch_only_kernel[(programs,)](data, data.numel(), LINES=lines_per_program, num_warps=4)
+    return programs, data.numel()
 
 
 @triton.jit
@@ -351,7 +359,7 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
     bias_arg = bias if bias is not None else weight   # never read when HAS_BIAS is False
     res = residual if residual is not None else x     # likewise the RMS_NORM-only pointers
     lines = prefetch_lines(prefetch, grid[0] * grid[1], 32 * cfg.num_warps)
-    next_bytes = prefetch.view(-1).view(torch.uint8) if lines else x   # bytes: offsets count bytes
+    next_bytes = as_bytes(prefetch) if lines else x
     _gemv_kernel[grid](x, weight, bias_arg, target, m, n, k, x.stride(0), k_split,
                        res, norm_weight if norm_weight is not None else x, res_out if res_out is not None else x, eps,
                        next_bytes, next_bytes.numel() if lines else 0, PREFETCH_LINES=lines,

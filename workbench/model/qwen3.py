@@ -61,12 +61,12 @@ class Attention(nn.Module):
             return self.rotary.norm_and_rotate(positions, q, k, self.q_norm, self.k_norm)
         return self.rotary(positions, q, k)
 
-    # Kept out of torch.compile: the attention switch alone decides how attention runs, and the
-    # step's lengths (host ints that change every step) never reach the compiler's guards.
     # l2_prefetch's side-stream form sets this: called at a decode step's attention, it asks L2
     # for the weights the layer reads next, on a stream of its own (optimizations/l2_prefetch.py)
     side_prefetch = None
 
+    # Kept out of torch.compile: the attention switch alone decides how attention runs, and the
+    # step's lengths (host ints that change every step) never reach the compiler's guards.
     @torch.compiler.disable
     def attend(self, q, k, v, meta: AttentionMetadata) -> torch.Tensor:
         """k, v None: already in the cache (written by fused_decode's fold)."""

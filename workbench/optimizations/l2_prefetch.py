@@ -93,7 +93,9 @@ def install(model, on: bool, ahead: int = 1) -> None:
 # kernel goes to a stream of its own (forked from the step's stream after q/k/v are written), asking
 # L2 for the weights the layer reads after attention -- gate_up and down (18.9 MB at Qwen3-0.6B's
 # shape), and with "mlp+qkv" the next layer's qkv too. The step's kernels never wait for it: the
-# side stream rejoins once, before the LM head (a graph capture needs every forked stream joined).
+# side stream rejoins once, before the LM head (a graph capture needs every forked stream joined;
+# every captured step computes logits). An eager step that samples nothing (a prompt's 1-token
+# chunk) leaves it forked until the next step that does: harmless, a prefetch moves no value.
 
 SIDE_FORMS = {"mlp": ("gate_up_proj", "down_proj"), "mlp+qkv": ("gate_up_proj", "down_proj", "next qkv_proj")}
 
