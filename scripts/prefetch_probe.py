@@ -84,8 +84,9 @@ def main() -> int:
             rows.append(row)
             print(f"{mb:9.1f} {grid[0]:8d} {t_empty:7.2f} {t_pf:8.2f} {cold:9.2f} {warm:9.2f}", flush=True)
     if len(sys.argv) > 1:
+        from workbench.measure.results import stamp
         with open(sys.argv[1], "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(stamp(rows, "python " + " ".join(sys.argv)), f, indent=1)
     return 0
 
 
