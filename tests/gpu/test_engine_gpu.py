@@ -147,8 +147,8 @@ def test_prefill_graphs_match_the_eager_prefill(q06b, opts, sizes):
     # themselves 0.0207 from all-off on these prompts, all on (session 17; `check` holds every
     # setting to the bar on its own prompts): so the graphs pass if within the bar, or no more than
     # 10 % further from all-off than the eager prefill is. Graphs against the eager prefill: the same
-    # tokens outside near-ties; not their logits: a 3-token prompt padded to 512 runs matmuls of
-    # another M (other tiles, other bf16 rounding): 0.025 between the two (session 17).
+    # tokens outside near-ties; not their logits: a short prompt padded to 512 runs matmuls of
+    # another M (other tiles, other bf16 rounding): 0.025 between the two, worst prompt (session 17).
     vs_eager, vs_off = compare(*runs["graphs"], *runs["eager"]), compare(*runs["graphs"], *runs["all-off"])
     eager_off = compare(*runs["eager"], *runs["all-off"])
     print(f"\n{opts.label()}, graphs of {sizes or 'one size'}, {replays} replays: prefill graphs vs eager {vs_eager}; "
