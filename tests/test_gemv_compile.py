@@ -107,9 +107,9 @@ def test_the_side_prefetch_asks_for_each_line_of_the_weight(audit):
     from workbench.kernels import gemv
     w = torch.empty(6144, 1024, dtype=torch.bfloat16)   # gate_up_proj's weight, 12.6 MB
     with audit.capture() as launches:
-        programs, asked = gemv.prefetch_l2(w)
+        gemv.prefetch_l2(w)
     (launch,) = launches
-    data, nbytes, lines = launch.args[0], launch.args[1], launch.kwargs["LINES"]
+    data, nbytes, lines, (programs,) = launch.args[0], launch.args[1], launch.kwargs["LINES"], launch.grid
     assert data.dtype == torch.uint8 and data.data_ptr() == w.data_ptr(), "the pointer does not count bytes"
-    assert nbytes == asked == data.numel() == w.numel() * w.element_size()
-    assert launch.grid == (programs,) and (programs - 1) * lines * 128 < nbytes <= programs * lines * 128
+    assert nbytes == data.numel() == w.numel() * w.element_size()
+    assert (programs - 1) * lines * 128 < nbytes <= programs * lines * 128, "too few or too many programs"

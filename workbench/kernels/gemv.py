@@ -239,15 +239,13 @@ def as_bytes(t: torch.Tensor) -> torch.Tensor:
     return t.view(-1).view(torch.uint8)
 
 
-def prefetch_l2(weight: torch.Tensor, lines_per_program: int = 1024) -> tuple[int, int]:
+def prefetch_l2(weight: torch.Tensor, lines_per_program: int = 1024) -> None:
     """Ask L2 for all of `weight`'s bytes, a kernel that does nothing else (l2_prefetch's side-stream
     form: launched on a stream of its own, so no kernel of the step waits for it). 1,024 lines a
-    program: 8 prefetches a thread at 4 warps; a 12.6 MB weight is 96 programs. Returns (programs,
-    bytes asked for) -- what a test checks covers the weight."""
+    program: 8 prefetches a thread at 4 warps; a 12.6 MB weight is 96 programs."""
     data = as_bytes(weight)
     programs = triton.cdiv(triton.cdiv(data.numel(), 128), lines_per_program)
     _prefetch_only_kernel[(programs,)](data, data.numel(), LINES=lines_per_program, num_warps=4)
-    return programs, data.numel()
 
 
 @triton.jit
