@@ -178,7 +178,7 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         l2_prefetch.install = lambda model, on: install(model, on, ahead=L2_AHEAD[variant])
     if variant in SIDE_PREFETCH and not torch.cuda.is_available():
         print(f"{variant}: no CUDA, the side stream is not installed (this row runs as current)", file=sys.stderr)
-    if variant in SIDE_PREFETCH and torch.cuda.is_available():   # l2_prefetch as the engine says, then the side form
+    elif variant in SIDE_PREFETCH:   # l2_prefetch as the engine says, then the side form
         from workbench.optimizations import l2_prefetch
         install_gemv_form = l2_prefetch.install
 

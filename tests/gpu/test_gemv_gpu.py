@@ -121,7 +121,6 @@ def test_engine_tokens_with_l2_prefetch(tmp_path_factory):
             assert torch.equal(prefetched.logits, base.logits)
 
 
-
 def test_engine_tokens_with_l2_prefetch_from_a_side_stream(tmp_path_factory, monkeypatch):
     """l2_prefetch's side-stream form (an A/B candidate, session 17): a prefetch-only kernel on a
     stream of its own at each decode attention, joined before the LM head, captured in the decode

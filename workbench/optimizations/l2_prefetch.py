@@ -103,6 +103,9 @@ SIDE_FORMS = {"mlp": ("gate_up_proj", "down_proj"), "mlp+qkv": ("gate_up_proj", 
 class SidePrefetch:
     def __init__(self, model, form: str):
         import torch
+
+        from workbench.kernels.gemv import prefetch_l2
+        self.prefetch_l2 = prefetch_l2   # imported once here, not at each layer's fork
         self.stream = torch.cuda.Stream(device=model.lm_head.weight.device)
         self.forked = False
         layers = list(model.layers)
@@ -115,12 +118,10 @@ class SidePrefetch:
 
     def at_layer(self, i: int) -> None:
         import torch
-
-        from workbench.kernels.gemv import prefetch_l2
         self.stream.wait_stream(torch.cuda.current_stream())   # after this layer's q, k, v
         with torch.cuda.stream(self.stream):
             for w in self.weights[i]:
-                prefetch_l2(w)
+                self.prefetch_l2(w)
         self.forked = True
 
     def join(self) -> None:
