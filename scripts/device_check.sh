@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests l2-tests peers peers-batch attention breakdown hbm hbm-batch hbm-l2(-off|-on) launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests l2-tests peers peers-batch attention breakdown hbm hbm-batch hbm-l2(-off|-on) launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests boundary-probe fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -119,6 +119,8 @@ do_step() {
     gemv-bench) run gemv-bench $W bench single $P --settings all_on_cublas,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/gemv-single.json" ;;
     # fused_decode (norm and SiLU folded into the GEMV), session 6: kernel + engine tests, then
     # cuBLAS / the decode GEMV unfolded / folded, one row each at 1 and 8 decode steps a round
+    # session 18: what one dependent step costs as a kernel, a PDL kernel, a persistent kernel's barrier
+    boundary-probe) run boundary-probe $PY scripts/boundary_probe.py "$OUT/boundary-probe.json" ;;
     prefill-tests) run prefill-tests $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -k prefill_graphs -p no:cacheprovider ;;
     fdec-tests) run fused-decode-tests $PY -m pytest -q -s tests/gpu/test_fused_decode_gpu.py -p no:cacheprovider ;;
     fused-decode) run fused-decode-tests $PY -m pytest -q -s tests/gpu/test_fused_decode_gpu.py -p no:cacheprovider

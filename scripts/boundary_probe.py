@@ -1,0 +1,171 @@
+"""What does one dependent step of a batch-1 decode cost, as kernels and as one persistent kernel?
+
+Session 17 (docs/perf-notes.md) found every layer GEMV of the decode step loading its whole weight
+before its PDL wait: the weight streams are already hidden, and a layer (7 kernels, ~31 MB) takes
+~20 us where its bytes alone take ~8. What is left looks like the price of each of the ~7
+dependent boundaries a layer: the kernel before must finish and flush, the wait must release,
+the first dependent load must come back. This probe measures that price with nothing else in the
+way, on a chain of STAGES steps, each of which (like a GEMV with the norm folded in) reads the
+whole vector the step before wrote, reduces it, and writes its own slice of the next vector:
+
+  kernels        one kernel a step, plain stream order, the chain in one CUDA graph
+  kernels+pdl    the same launched with programmatic dependent launch: wait, then let the next
+                 kernel be scheduled (what workbench/kernels/pdl.py does)
+  persistent     one kernel for the whole chain, one program an SM; between steps a grid barrier
+                 (an atomic counter each program adds to, then polls) instead of a kernel boundary
+
+The numbers are int32 and wrap, so any stale read (a missing or broken barrier) changes the final
+vector: each form is checked against the same chain computed on the host before it is timed.
+Reading: the microseconds a step of each form, against the ~2.9 us a kernel the decode step's
+layers take (563 us / 196 kernels, session 17's profiled step). If the persistent barrier costs
+much less than a kernel boundary, a persistent decode kernel is the way toward the roofline; if
+not, fewer steps is the only lever left.
+
+Run on the device: python scripts/boundary_probe.py [OUT.json]  (CUDA graphs, events, medians)
+On a CPU (Triton's interpreter, a few steps, correctness only): tests/test_boundary_probe.py
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+from workbench.kernels.pdl import pdl_wait
+
+D = 1024   # the hidden size of Qwen3-0.6B: the vector every step reads whole
+
+
+@triton.jit
+def _step(src, dst, D, stage, pid, BLOCK_D: tl.constexpr, SLICE: tl.constexpr):
+    """One step of the chain: read all of `src` (from L2: another program wrote it), reduce, write
+    this program's slice of `dst`."""
+    offs = tl.arange(0, BLOCK_D)
+    x = tl.load(src + offs, mask=offs < D, other=0, cache_modifier=".cg")   # .cg: skip L1, it may be stale
+    total = tl.sum(x, axis=0)
+    j = pid * SLICE + tl.arange(0, SLICE)
+    tl.store(dst + j, total * 3 + j + stage, mask=j < D)
+
+
+@triton.jit
+def _stage_kernel(buf, D, stage, BLOCK_D: tl.constexpr, SLICE: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_wait(USE_PDL)   # the decode kernels' own: wait for the kernel before, then let the next be scheduled
+    _step(buf + (stage % 2) * D, buf + ((stage + 1) % 2) * D, D, stage, tl.program_id(0), BLOCK_D, SLICE)
+
+
+@triton.jit
+def _persistent_kernel(buf, count, D, STAGES: tl.constexpr, BLOCK_D: tl.constexpr, SLICE: tl.constexpr):
+    """Every step in one launch. Needs all its programs resident at once (one an SM, or fewer):
+    a program spinning at the barrier would otherwise wait for one that can never start."""
+    pid, programs = tl.program_id(0), tl.num_programs(0)
+    for stage in range(STAGES):
+        _step(buf + (stage % 2) * D, buf + ((stage + 1) % 2) * D, D, stage, pid, BLOCK_D, SLICE)
+        # The grid barrier: every thread's stores done (bar.sync), then one atomic a program
+        # (Triton runs a scalar atomic on one thread), release: the stores before it are visible
+        # to whoever acquires the count. Then poll until every program has arrived.
+        tl.debug_barrier()
+        tl.atomic_add(count, 1, sem="release", scope="gpu")
+        arrived = tl.atomic_add(count, 0, sem="acquire", scope="gpu")
+        while arrived < programs * (stage + 1):
+            arrived = tl.atomic_add(count, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()
+
+
+def slice_for(programs: int) -> int:
+    """Each program's share of the D outputs (a power of two, as tl.arange needs)."""
+    return triton.next_power_of_2(triton.cdiv(D, programs))
+
+
+def expected(stages: int, start: torch.Tensor) -> torch.Tensor:
+    """The chain on the host, int32 arithmetic wrapping as the GPU's does."""
+    x = start.to(torch.int64).cpu()
+    j = torch.arange(D, dtype=torch.int64)
+    for stage in range(stages):
+        total = int(x.sum()) % 2**32
+        x = (total * 3 + j + stage) % 2**32
+    return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
+
+
+def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch.Tensor):
+    """A function that runs the whole chain once (buf's first half in, the result in the half
+    `stages % 2` points at)."""
+    slice_ = slice_for(programs)
+    grid = (triton.cdiv(D, slice_),)
+    if form == "persistent":
+        def run():
+            count.zero_()
+            _persistent_kernel[grid](buf, count, D, STAGES=stages, BLOCK_D=D, SLICE=slice_, num_warps=4)
+        return run
+    pdl = form == "kernels+pdl"
+    options = {"launch_pdl": True} if pdl else {}
+
+    def run():
+        for stage in range(stages):
+            _stage_kernel[grid](buf, D, stage, BLOCK_D=D, SLICE=slice_, USE_PDL=pdl, num_warps=4, **options)
+    return run
+
+
+def check(form: str, programs: int, stages: int, device: str, run_stages: int | None = None) -> bool:
+    """Run the chain once from a random start: does the result match the host's? (run_stages:
+    run that many steps instead, a planted defect the check must catch)"""
+    start = torch.randint(-1000, 1000, (D,), dtype=torch.int32)
+    buf = torch.zeros(2 * D, dtype=torch.int32, device=device)
+    buf[:D] = start.to(device)
+    count = torch.zeros(1, dtype=torch.int32, device=device)
+    chain(form, programs, stages if run_stages is None else run_stages, buf, count)()
+    got = buf.view(2, D)[stages % 2].cpu()
+    return torch.equal(got, expected(stages, start))
+
+
+def time_graph(form: str, programs: int, stages: int, replays: int = 50) -> dict:
+    """Capture the chain in a CUDA graph, replay it: microseconds a step (median over replays)."""
+    buf = torch.zeros(2 * D, dtype=torch.int32, device="cuda")
+    count = torch.zeros(1, dtype=torch.int32, device="cuda")
+    run = chain(form, programs, stages, buf, count)
+    run()   # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / stages)
+    return {"us_a_step": statistics.median(times), "us_a_step_min": min(times), "us_a_step_max": max(times)}
+
+
+def main() -> int:
+    stages = 196   # a decode step's layer kernels: 28 layers x 7
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    gpu = torch.cuda.get_device_name()
+    print(f"{gpu} ({sms} SMs): {stages} dependent steps in one CUDA graph, us a step, "
+          f"median of 50 replays [min-max]; each step reads a {D}-value vector whole")
+    print(f"{'form':>12} {'programs':>8} {'us a step':>10} {'range':>13} {'checked':>8}")
+    rows = []
+    cases = [("kernels", p) for p in (128, 512, 1024)] + [("kernels+pdl", p) for p in (128, 512, 1024)]
+    cases += [("persistent", p) for p in (32, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
+    for form, programs in cases:
+        ok = check(form, programs, 16, "cuda") and check(form, programs, stages, "cuda")
+        timing = time_graph(form, programs, stages)
+        grid = triton.cdiv(D, slice_for(programs))
+        row = {"form": form, "programs": grid, "stages": stages, "checked": ok, **timing, "gpu": gpu}
+        rows.append(row)
+        print(f"{form:>12} {grid:8d} {timing['us_a_step']:10.2f} "
+              f"{timing['us_a_step_min']:6.2f}-{timing['us_a_step_max']:<6.2f} {'ok' if ok else 'WRONG':>8}",
+              flush=True)
+    if len(sys.argv) > 1:
+        from workbench.measure.results import stamp
+        with open(sys.argv[1], "w") as f:
+            json.dump(stamp(rows, "python " + " ".join(sys.argv)), f, indent=1)
+    return 0 if all(row["checked"] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

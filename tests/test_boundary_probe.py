@@ -1,0 +1,70 @@
+"""scripts/boundary_probe.py on the CPU: its chain is right under Triton's interpreter (a child
+process, TRITON_INTERPRET=1), its check catches a step left out, and its persistent kernel compiles
+for sm_90a with the barrier's release and acquire in place. The timing is the device's
+(`python scripts/boundary_probe.py`); the interpreter runs one program after another, so the
+persistent form runs here with one program only (more would spin at the first barrier forever).
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "a_missing_step_is_caught"]
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+@pytest.fixture(scope="module")
+def verdicts() -> dict:
+    from kernel_cases import interpreter_verdicts
+    return interpreter_verdicts(__file__)
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_boundary_probe_on_the_interpreter(verdicts, name):
+    assert verdicts[name] == "ok", verdicts[name]
+
+
+def test_the_persistent_barrier_compiles_with_release_and_acquire():
+    from test_kernel_resources import _script   # skips where this Triton cannot compile for sm_90a
+    import torch
+    kernel_resources = _script()
+    probe = _probe()
+    buf, count = torch.zeros(2 * probe.D, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    with kernel_resources.capture() as launches:
+        probe.chain("persistent", 128, 8, buf, count)()
+    ptx = kernel_resources.compile_sm90(launches[0]).asm["ptx"]
+    assert re.search(r"(red|atom)\.global\.gpu\.release\.add", ptx), "the arrival must publish the step's stores"
+    assert re.search(r"(ld|atom)\.global\.gpu\.acquire", ptx), "the poll must acquire what others published"
+    assert "ld.global.cg" in ptx, "the vector must be read past L1 (another SM wrote it)"
+
+
+def _probe():
+    sys.path.insert(0, str(SCRIPTS))
+    import boundary_probe
+    return boundary_probe
+
+
+# --- the checks, run in the child process ----------------------------------------------------
+def check_kernels_chain_matches_the_host(probe):
+    for programs in (128, 512):
+        assert probe.check("kernels", programs, 5, "cpu"), programs
+
+
+def check_persistent_chain_matches_the_host(probe):
+    assert probe.check("persistent", 1, 5, "cpu")
+
+
+def check_a_missing_step_is_caught(probe):
+    assert not probe.check("kernels", 128, 5, "cpu", run_stages=4)
+    assert not probe.check("persistent", 1, 5, "cpu", run_stages=4)
+
+
+if __name__ == "__main__":
+    from kernel_cases import run_checks
+    run_checks(CHECKS, globals(), _probe())
