@@ -57,21 +57,32 @@ def _stage_kernel(buf, D, stage, BLOCK_D: tl.constexpr, SLICE: tl.constexpr, USE
 
 
 @triton.jit
+def _arrive(count):
+    """This program's arrival at a grid barrier: every thread's stores done (bar.sync), then one
+    atomic a program (Triton runs a scalar atomic on one thread), release: the stores before it
+    are visible to whoever acquires the count."""
+    tl.debug_barrier()
+    tl.atomic_add(count, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _wait_for(count, target):
+    """Poll the count until `target` arrivals (acquire: the arrivals' stores are visible after)."""
+    arrived = tl.atomic_add(count, 0, sem="acquire", scope="gpu")
+    while arrived < target:
+        arrived = tl.atomic_add(count, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
 def _persistent_kernel(buf, count, D, STAGES: tl.constexpr, BLOCK_D: tl.constexpr, SLICE: tl.constexpr):
     """Every step in one launch. Needs all its programs resident at once (one an SM, or fewer):
     a program spinning at the barrier would otherwise wait for one that can never start."""
     pid, programs = tl.program_id(0), tl.num_programs(0)
     for stage in range(STAGES):
         _step(buf + (stage % 2) * D, buf + ((stage + 1) % 2) * D, D, stage, pid, BLOCK_D, SLICE)
-        # The grid barrier: every thread's stores done (bar.sync), then one atomic a program
-        # (Triton runs a scalar atomic on one thread), release: the stores before it are visible
-        # to whoever acquires the count. Then poll until every program has arrived.
-        tl.debug_barrier()
-        tl.atomic_add(count, 1, sem="release", scope="gpu")
-        arrived = tl.atomic_add(count, 0, sem="acquire", scope="gpu")
-        while arrived < programs * (stage + 1):
-            arrived = tl.atomic_add(count, 0, sem="acquire", scope="gpu")
-        tl.debug_barrier()
+        _arrive(count)
+        _wait_for(count, programs * (stage + 1))
 
 
 def slice_for(programs: int) -> int:
@@ -120,11 +131,91 @@ def check(form: str, programs: int, stages: int, device: str, run_stages: int | 
     return torch.equal(got, expected(stages, start))
 
 
-def time_graph(form: str, programs: int, stages: int, replays: int = 50) -> dict:
-    """Capture the chain in a CUDA graph, replay it: microseconds a step (median over replays)."""
-    buf = torch.zeros(2 * D, dtype=torch.int32, device="cuda")
-    count = torch.zeros(1, dtype=torch.int32, device="cuda")
-    run = chain(form, programs, stages, buf, count)
+# --- the same chain with weights: each step a GEMV with the norm folded in ---------------------
+@triton.jit
+def _gemv_step(w, src, dst, rows, cols, H, eps):
+    """y[rows] = (W[rows] . x) / rms(x), x read whole from `src` (another program wrote it)."""
+    x = tl.load(src + cols, mask=cols < H, other=0.0, cache_modifier=".cg")
+    inv_rms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / H + eps)
+    y = tl.sum(w.to(tl.float32) * x[None, :], axis=1) * inv_rms
+    tl.store(dst + rows, y)
+
+
+@triton.jit
+def _gemv_step_kernel(w_ptr, src, dst, H, eps, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr):
+    """One step as the engine's decode GEMVs run it: the weight rows first (no kernel writes them),
+    then the wait, then x."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_H)
+    w = tl.load(w_ptr + rows[:, None] * H + cols[None, :], mask=cols[None, :] < H)
+    pdl_wait(USE_PDL)
+    _gemv_step(w, src, dst, rows, cols, H, eps)
+
+
+@triton.jit
+def _persistent_gemv_kernel(w_ptr, vec, count, H, eps, STAGES: tl.constexpr, ROWS: tl.constexpr,
+                            BLOCK_H: tl.constexpr):
+    """Every GEMV in one launch, one program an SM. The next step's weight rows are asked for right
+    after this program arrives at the barrier, so they stream while the grid gathers."""
+    pid, programs = tl.program_id(0), tl.num_programs(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_H)
+    w_tile = rows[:, None] * H + cols[None, :]
+    w = tl.load(w_ptr + w_tile, mask=cols[None, :] < H)
+    for stage in range(STAGES):
+        _gemv_step(w, vec + (stage % 2) * H, vec + ((stage + 1) % 2) * H, rows, cols, H, eps)
+        _arrive(count)
+        following = tl.minimum(stage + 1, STAGES - 1).to(tl.int64)   # the last step reads its own again: unused
+        w = tl.load(w_ptr + following * H * H + w_tile, mask=cols[None, :] < H)
+        _wait_for(count, programs * (stage + 1))
+
+
+def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch.Tensor, stages: int,
+               programs: int):
+    """A function that runs `stages` GEMVs once (weights [stages, H, H] bf16; vec [2, H] fp32, the
+    first row in, the result in row `stages % 2`)."""
+    hidden = weights.shape[-1]
+    rows = hidden // programs
+    if form == "persistent":
+        def run():
+            count.zero_()
+            _persistent_gemv_kernel[(programs,)](weights, vec, count, hidden, 1e-6, STAGES=stages, ROWS=rows,
+                                                 BLOCK_H=hidden, num_warps=8, num_stages=1)
+        return run
+    pdl = form == "kernels+pdl"
+    options = {"launch_pdl": True} if pdl else {}
+
+    def run():
+        for stage in range(stages):
+            _gemv_step_kernel[(programs,)](weights[stage], vec[stage % 2], vec[(stage + 1) % 2], hidden, 1e-6,
+                                           ROWS=rows, BLOCK_H=hidden, USE_PDL=pdl, num_warps=4, **options)
+    return run
+
+
+def gemv_weights(stages: int, hidden: int, device: str) -> torch.Tensor:
+    """Random bf16 weights scaled so that a step keeps the vector's size (the norm does the rest)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    return (torch.randn(stages, hidden, hidden, generator=g, device=device) / hidden ** 0.5).to(torch.bfloat16)
+
+
+def check_gemv(form: str, weights: torch.Tensor, programs: int, stages: int | None = None,
+               run_stages: int | None = None) -> float:
+    """The chain's result against torch's fp32 on the same weights: ||got - ref|| / ||ref|| (a stale
+    read or a missing step gives ~1; accumulation order ~1e-6)."""
+    stages = weights.shape[0] if stages is None else stages
+    hidden, device = weights.shape[-1], weights.device
+    vec = torch.zeros(2, hidden, device=device)
+    vec[0] = torch.randn(hidden, generator=torch.Generator().manual_seed(1)).to(device)
+    x = vec[0].clone()
+    for stage in range(stages):
+        x = (weights[stage].float() @ x) / (x.square().mean() + 1e-6).sqrt()
+    count = torch.zeros(1, dtype=torch.int32, device=device)
+    gemv_chain(form, weights, vec, count, stages if run_stages is None else run_stages, programs)()
+    return ((vec[stages % 2] - x).norm() / x.norm()).item()
+
+
+def time_graph(run, steps: int, replays: int = 50) -> dict:
+    """Capture `run` in a CUDA graph, replay it: microseconds a step (median over replays)."""
     run()   # compile outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -137,29 +228,56 @@ def time_graph(form: str, programs: int, stages: int, replays: int = 50) -> dict
         graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / stages)
+        times.append(start.elapsed_time(end) * 1e3 / steps)
     return {"us_a_step": statistics.median(times), "us_a_step_min": min(times), "us_a_step_max": max(times)}
 
 
 def main() -> int:
+    from workbench.measure.roofline import measure_copy_bandwidth
     stages = 196   # a decode step's layer kernels: 28 layers x 7
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     gpu = torch.cuda.get_device_name()
-    print(f"{gpu} ({sms} SMs): {stages} dependent steps in one CUDA graph, us a step, "
-          f"median of 50 replays [min-max]; each step reads a {D}-value vector whole")
+    copy = measure_copy_bandwidth("cuda")
+    print(f"{gpu} ({sms} SMs), {copy}")
+    print(f"1. {stages} dependent steps, no weights, one CUDA graph: us a step, median of 50 replays "
+          f"[min-max]; each step reads a {D}-value vector whole")
     print(f"{'form':>12} {'programs':>8} {'us a step':>10} {'range':>13} {'checked':>8}")
     rows = []
     cases = [("kernels", p) for p in (128, 512, 1024)] + [("kernels+pdl", p) for p in (128, 512, 1024)]
     cases += [("persistent", p) for p in (32, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
     for form, programs in cases:
         ok = check(form, programs, 16, "cuda") and check(form, programs, stages, "cuda")
-        timing = time_graph(form, programs, stages)
+        buf = torch.zeros(2 * D, dtype=torch.int32, device="cuda")
+        count = torch.zeros(1, dtype=torch.int32, device="cuda")
+        timing = time_graph(chain(form, programs, stages, buf, count), stages)
         grid = triton.cdiv(D, slice_for(programs))
-        row = {"form": form, "programs": grid, "stages": stages, "checked": ok, **timing, "gpu": gpu}
-        rows.append(row)
+        rows.append({"probe": "steps", "form": form, "programs": grid, "stages": stages, "checked": ok, **timing,
+                     "gpu": gpu})
         print(f"{form:>12} {grid:8d} {timing['us_a_step']:10.2f} "
               f"{timing['us_a_step_min']:6.2f}-{timing['us_a_step_max']:<6.2f} {'ok' if ok else 'WRONG':>8}",
               flush=True)
+    print(f"\n2. {stages} dependent GEMVs (bf16 H x H weights, the norm folded in), one CUDA graph; "
+          f"% of the copy bandwidth measured above")
+    print(f"{'form':>12} {'H':>5} {'MB a step':>9} {'programs':>8} {'us a step':>10} {'range':>13} "
+          f"{'% copy bw':>9} {'rel err':>8}")
+    for hidden in (1024, 2048):
+        weights = gemv_weights(stages, hidden, "cuda")
+        step_bytes = hidden * hidden * 2
+        for form, programs in [("kernels", hidden // 4), ("kernels+pdl", hidden // 4), ("persistent", 128)]:
+            if form == "persistent" and programs > sms:
+                continue
+            err = check_gemv(form, weights, programs)
+            vec = torch.zeros(2, hidden, device="cuda")
+            count = torch.zeros(1, dtype=torch.int32, device="cuda")
+            timing = time_graph(gemv_chain(form, weights, vec, count, stages, programs), stages)
+            of_copy = step_bytes / (timing["us_a_step"] * 1e-6) / copy.bandwidth if copy.available else None
+            rows.append({"probe": "gemvs", "form": form, "hidden": hidden, "step_bytes": step_bytes,
+                         "programs": programs, "stages": stages, "rel_err": err, "checked": err < 1e-3,
+                         "of_copy_bandwidth": of_copy, "copy_bandwidth": copy.bandwidth, **timing, "gpu": gpu})
+            print(f"{form:>12} {hidden:5d} {step_bytes / 1e6:9.1f} {programs:8d} {timing['us_a_step']:10.2f} "
+                  f"{timing['us_a_step_min']:6.2f}-{timing['us_a_step_max']:<6.2f} "
+                  f"{'n/a' if of_copy is None else f'{100 * of_copy:.0f} %':>9} {err:8.1e}", flush=True)
+        del weights
     if len(sys.argv) > 1:
         from workbench.measure.results import stamp
         with open(sys.argv[1], "w") as f:

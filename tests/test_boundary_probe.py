@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "a_missing_step_is_caught"]
+CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "a_missing_step_is_caught",
+          "gemv_chains_match_torch", "a_missing_gemv_is_caught"]
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
@@ -36,12 +37,17 @@ def test_the_persistent_barrier_compiles_with_release_and_acquire():
     kernel_resources = _script()
     probe = _probe()
     buf, count = torch.zeros(2 * probe.D, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    weights, vec = torch.zeros(2, 2048, 2048, dtype=torch.bfloat16), torch.zeros(2, 2048)
     with kernel_resources.capture() as launches:
         probe.chain("persistent", 128, 8, buf, count)()
-    ptx = kernel_resources.compile_sm90(launches[0]).asm["ptx"]
-    assert re.search(r"(red|atom)\.global\.gpu\.release\.add", ptx), "the arrival must publish the step's stores"
-    assert re.search(r"(ld|atom)\.global\.gpu\.acquire", ptx), "the poll must acquire what others published"
-    assert "ld.global.cg" in ptx, "the vector must be read past L1 (another SM wrote it)"
+        probe.gemv_chain("persistent", weights, vec, count, 2, 128)()   # the device's largest case
+    for launch in launches:
+        kernel = kernel_resources.compile_sm90(launch)
+        ptx = kernel.asm["ptx"]
+        assert re.search(r"(red|atom)\.global\.gpu\.release\.add", ptx), "the arrival must publish the step's stores"
+        assert re.search(r"(ld|atom)\.global\.gpu\.acquire", ptx), "the poll must acquire what others published"
+        assert "ld.global.cg" in ptx, "the vector must be read past L1 (another SM wrote it)"
+        assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, kernel.name
 
 
 def _probe():
@@ -63,6 +69,18 @@ def check_persistent_chain_matches_the_host(probe):
 def check_a_missing_step_is_caught(probe):
     assert not probe.check("kernels", 128, 5, "cpu", run_stages=4)
     assert not probe.check("persistent", 1, 5, "cpu", run_stages=4)
+
+
+def check_gemv_chains_match_torch(probe):
+    weights = probe.gemv_weights(4, 64, "cpu")
+    for form, programs in (("kernels", 16), ("persistent", 1)):
+        assert probe.check_gemv(form, weights, programs) < 1e-5, form
+
+
+def check_a_missing_gemv_is_caught(probe):
+    weights = probe.gemv_weights(4, 64, "cpu")
+    for form, programs in (("kernels", 16), ("persistent", 1)):
+        assert probe.check_gemv(form, weights, programs, run_stages=3) > 0.1, form
 
 
 if __name__ == "__main__":
