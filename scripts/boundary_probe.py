@@ -185,10 +185,12 @@ def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch
     pdl = form == "kernels+pdl"
     options = {"launch_pdl": True} if pdl else {}
 
+    warps = 8 if rows * hidden >= 16384 else 4   # <= 64 registers of weights a thread (no spills)
+
     def run():
         for stage in range(stages):
             _gemv_step_kernel[(programs,)](weights[stage], vec[stage % 2], vec[(stage + 1) % 2], hidden, 1e-6,
-                                           ROWS=rows, BLOCK_H=hidden, USE_PDL=pdl, num_warps=4, **options)
+                                           ROWS=rows, BLOCK_H=hidden, USE_PDL=pdl, num_warps=warps, **options)
     return run
 
 
@@ -263,7 +265,9 @@ def main() -> int:
     for hidden in (1024, 2048):
         weights = gemv_weights(stages, hidden, "cuda")
         step_bytes = hidden * hidden * 2
-        for form, programs in [("kernels", hidden // 4), ("kernels+pdl", hidden // 4), ("persistent", 128)]:
+        cases = [("kernels", hidden // 4), ("kernels+pdl", hidden // 4), ("persistent", 128)]
+        cases += [("kernels+pdl", p) for p in (128, 256, 512, 1024) if p != hidden // 4]   # fewer, fatter programs?
+        for form, programs in cases:
             if form == "persistent" and programs > sms:
                 continue
             err = check_gemv(form, weights, programs)
