@@ -118,6 +118,11 @@ GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps, num_stage
                   (6144, 1024, "m1"): (16, 1024, 8, 1), (1024, 3072, "m1"): (4, 4096, 8, 1)},
     "gemv-quarter": {(4096, 1024, "m1"): (16, 1024, 8, 1), (1024, 2048, "m1"): (8, 2048, 8, 1),
                      (6144, 1024, "m1"): (32, 1024, 8, 1), (1024, 3072, "m1"): (8, 4096, 8, 1)},
+    # ... and twice today's programs (both slower above: the other way), the same warps or half
+    "gemv-double": {(4096, 1024, "m1"): (2, 1024, 2, 1), (1024, 2048, "m1"): (1, 2048, 4, 1),
+                    (6144, 1024, "m1"): (4, 1024, 4, 1), (1024, 3072, "m1"): (1, 4096, 4, 1)},
+    "gemv-double-thin": {(4096, 1024, "m1"): (2, 1024, 1, 1), (1024, 2048, "m1"): (1, 2048, 2, 1),
+                         (6144, 1024, "m1"): (4, 1024, 2, 1), (1024, 3072, "m1"): (1, 4096, 2, 1)},
 }
 KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keyword arguments the wrapper gets)
     "dattn-last": ("decode_attention", "paged_decode_attention", {"merge": "last_program"}),

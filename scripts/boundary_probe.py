@@ -170,17 +170,40 @@ def _persistent_gemv_kernel(w_ptr, vec, count, H, eps, STAGES: tl.constexpr, ROW
         _wait_for(count, programs * (stage + 1))
 
 
+@triton.jit
+def _persistent_gemv_2ahead_kernel(w_ptr, vec, count, H, eps, STAGES: tl.constexpr, ROWS: tl.constexpr,
+                                   BLOCK_H: tl.constexpr):
+    """As _persistent_gemv_kernel, the weight rows asked for two steps ahead (two tiles held in
+    registers: one program an SM may use them), so a step's weights have a barrier and a GEMV's
+    time to arrive."""
+    pid, programs = tl.program_id(0), tl.num_programs(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_H)
+    w_tile = rows[:, None] * H + cols[None, :]
+    w = tl.load(w_ptr + w_tile, mask=cols[None, :] < H)
+    w_next = tl.load(w_ptr + tl.minimum(1, STAGES - 1) * H * H + w_tile, mask=cols[None, :] < H)
+    for stage in range(STAGES):
+        _gemv_step(w, vec + (stage % 2) * H, vec + ((stage + 1) % 2) * H, rows, cols, H, eps)
+        _arrive(count)
+        w = w_next
+        after_next = tl.minimum(stage + 2, STAGES - 1).to(tl.int64)   # past the end: the last step's again, unused
+        w_next = tl.load(w_ptr + after_next * H * H + w_tile, mask=cols[None, :] < H)
+        _wait_for(count, programs * (stage + 1))
+
+
 def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch.Tensor, stages: int,
                programs: int):
     """A function that runs `stages` GEMVs once (weights [stages, H, H] bf16; vec [2, H] fp32, the
     first row in, the result in row `stages % 2`)."""
     hidden = weights.shape[-1]
     rows = hidden // programs
-    if form == "persistent":
+    if form.startswith("persistent"):
+        kernel = _persistent_gemv_2ahead_kernel if form == "persistent-2ahead" else _persistent_gemv_kernel
+
         def run():
             count.zero_()
-            _persistent_gemv_kernel[(programs,)](weights, vec, count, hidden, 1e-6, STAGES=stages, ROWS=rows,
-                                                 BLOCK_H=hidden, num_warps=8, num_stages=1)
+            kernel[(programs,)](weights, vec, count, hidden, 1e-6, STAGES=stages, ROWS=rows, BLOCK_H=hidden,
+                                num_warps=8, num_stages=1)
         return run
     pdl = form == "kernels+pdl"
     options = {"launch_pdl": True} if pdl else {}
@@ -260,15 +283,16 @@ def main() -> int:
               flush=True)
     print(f"\n2. {stages} dependent GEMVs (bf16 H x H weights, the norm folded in), one CUDA graph; "
           f"% of the copy bandwidth measured above")
-    print(f"{'form':>12} {'H':>5} {'MB a step':>9} {'programs':>8} {'us a step':>10} {'range':>13} "
+    print(f"{'form':>17} {'H':>5} {'MB a step':>9} {'programs':>8} {'us a step':>10} {'range':>13} "
           f"{'% copy bw':>9} {'rel err':>8}")
     for hidden in (1024, 2048):
         weights = gemv_weights(stages, hidden, "cuda")
         step_bytes = hidden * hidden * 2
-        cases = [("kernels", hidden // 4), ("kernels+pdl", hidden // 4), ("persistent", 128)]
+        cases = [("kernels", hidden // 4), ("kernels+pdl", hidden // 4), ("persistent", 128),
+                 ("persistent-2ahead", 128)]
         cases += [("kernels+pdl", p) for p in (128, 256, 512, 1024) if p != hidden // 4]   # fewer, fatter programs?
         for form, programs in cases:
-            if form == "persistent" and programs > sms:
+            if form.startswith("persistent") and programs > sms:
                 continue
             err = check_gemv(form, weights, programs)
             vec = torch.zeros(2, hidden, device="cuda")
@@ -278,7 +302,7 @@ def main() -> int:
             rows.append({"probe": "gemvs", "form": form, "hidden": hidden, "step_bytes": step_bytes,
                          "programs": programs, "stages": stages, "rel_err": err, "checked": err < 1e-3,
                          "of_copy_bandwidth": of_copy, "copy_bandwidth": copy.bandwidth, **timing, "gpu": gpu})
-            print(f"{form:>12} {hidden:5d} {step_bytes / 1e6:9.1f} {programs:8d} {timing['us_a_step']:10.2f} "
+            print(f"{form:>17} {hidden:5d} {step_bytes / 1e6:9.1f} {programs:8d} {timing['us_a_step']:10.2f} "
                   f"{timing['us_a_step_min']:6.2f}-{timing['us_a_step_max']:<6.2f} "
                   f"{'n/a' if of_copy is None else f'{100 * of_copy:.0f} %':>9} {err:8.1e}", flush=True)
         del weights

@@ -41,6 +41,7 @@ def test_the_persistent_barrier_compiles_with_release_and_acquire():
     with kernel_resources.capture() as launches:
         probe.chain("persistent", 128, 8, buf, count)()
         probe.gemv_chain("persistent", weights, vec, count, 2, 128)()   # the device's largest case
+        probe.gemv_chain("persistent-2ahead", weights, vec, count, 2, 128)()
     for launch in launches:
         kernel = kernel_resources.compile_sm90(launch)
         ptx = kernel.asm["ptx"]
@@ -73,13 +74,13 @@ def check_a_missing_step_is_caught(probe):
 
 def check_gemv_chains_match_torch(probe):
     weights = probe.gemv_weights(4, 64, "cpu")
-    for form, programs in (("kernels", 16), ("persistent", 1)):
+    for form, programs in (("kernels", 16), ("persistent", 1), ("persistent-2ahead", 1)):
         assert probe.check_gemv(form, weights, programs) < 1e-5, form
 
 
 def check_a_missing_gemv_is_caught(probe):
     weights = probe.gemv_weights(4, 64, "cpu")
-    for form, programs in (("kernels", 16), ("persistent", 1)):
+    for form, programs in (("kernels", 16), ("persistent", 1), ("persistent-2ahead", 1)):
         assert probe.check_gemv(form, weights, programs, run_stages=3) > 0.1, form
 
 
