@@ -112,7 +112,7 @@ REPO = Path(__file__).resolve().parents[1]
 GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps, num_stages)}; split_k 1
     "gemv-sweep": {(1024, 2048, "m1"): (1, 1024, 8, 4), (1024, 3072, "m1"): (1, 1024, 4, 1),
                    (6144, 1024, "m1"): (4, 1024, 4, 1)},
-    # session 18: a kernel step costs more the more programs it has (scripts/boundary_probe.py):
+    # session 18: a kernel step costs more the more programs it has (python -m workbench measure boundaries):
     # the layer GEMVs with half and a quarter of today's programs (compiled for sm_90a: no spills)
     "gemv-half": {(4096, 1024, "m1"): (8, 1024, 4, 1), (1024, 2048, "m1"): (4, 2048, 4, 1),
                   (6144, 1024, "m1"): (16, 1024, 8, 1), (1024, 3072, "m1"): (4, 4096, 8, 1)},

@@ -120,7 +120,7 @@ do_step() {
     # fused_decode (norm and SiLU folded into the GEMV), session 6: kernel + engine tests, then
     # cuBLAS / the decode GEMV unfolded / folded, one row each at 1 and 8 decode steps a round
     # session 18: what one dependent step costs as a kernel, a PDL kernel, a persistent kernel's barrier
-    boundary-probe) run boundary-probe $PY scripts/boundary_probe.py "$OUT/boundary-probe.json" ;;
+    boundary-probe) run boundary-probe $W measure boundaries --json "$OUT/boundary-probe.json" ;;
     prefill-tests) run prefill-tests $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -k prefill_graphs -p no:cacheprovider ;;
     fdec-tests) run fused-decode-tests $PY -m pytest -q -s tests/gpu/test_fused_decode_gpu.py -p no:cacheprovider ;;
     fused-decode) run fused-decode-tests $PY -m pytest -q -s tests/gpu/test_fused_decode_gpu.py -p no:cacheprovider

@@ -1,19 +1,16 @@
-"""scripts/boundary_probe.py on the CPU: its chain is right under Triton's interpreter (a child
-process, TRITON_INTERPRET=1), its check catches a step left out, and its persistent kernel compiles
-for sm_90a with the barrier's release and acquire in place. The timing is the device's
-(`python scripts/boundary_probe.py`); the interpreter runs one program after another, so the
-persistent form runs here with one program only (more would spin at the first barrier forever).
+"""workbench/measure/boundaries.py on the CPU: its chains are right under Triton's interpreter (a
+child process, TRITON_INTERPRET=1), its checks catch a step left out, and its persistent kernels
+compile for sm_90a with the barrier's release and acquire in place and no spills. The timing is the
+GPU's (`python -m workbench measure boundaries`); the interpreter runs one program after another,
+so the persistent forms run here with one program only (more would spin at the first barrier forever).
 """
 from __future__ import annotations
 
 import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "a_missing_step_is_caught",
           "gemv_chains_match_torch", "a_missing_gemv_is_caught"]
 
@@ -52,9 +49,8 @@ def test_the_persistent_barrier_compiles_with_release_and_acquire():
 
 
 def _probe():
-    sys.path.insert(0, str(SCRIPTS))
-    import boundary_probe
-    return boundary_probe
+    from workbench.measure import boundaries
+    return boundaries
 
 
 # --- the checks, run in the child process ----------------------------------------------------

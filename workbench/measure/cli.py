@@ -333,6 +333,19 @@ def cmd_measure_gemv(args) -> int:
     return 0
 
 
+def cmd_measure_boundaries(args) -> int:
+    """What one dependent step costs: kernels, PDL kernels, a persistent kernel's grid barrier."""
+    import torch
+    if not torch.cuda.is_available():
+        print("measure boundaries times kernels on a CUDA GPU; none here. Its chains run on a CPU only "
+              "under Triton's interpreter, for correctness: pytest tests/test_boundary_probe.py")
+        return 2
+    from workbench.measure.boundaries import measure_boundaries
+    rows = measure_boundaries()
+    _save(rows, args.json)
+    return 0 if all(row["checked"] for row in rows) else 1
+
+
 def cmd_measure_decode_attention(args) -> int:
     """A decode step's attention per layer call: the Triton split-KV kernel vs flash-attn's decode."""
     from workbench.measure import format_table, measure_copy_bandwidth
@@ -471,7 +484,8 @@ def _draw_timelines(timelines, path) -> None:
 
 
 def add_measure_subcommands(sub, common) -> None:
-    m = sub.add_parser("measure", help="launches | breakdown | hbm | attention-traffic | gemv | tp | roofline")
+    m = sub.add_parser("measure", help="launches | breakdown | hbm | attention-traffic | gemv | decode-attention | "
+                       "boundaries | tp | roofline")
     msub = m.add_subparsers(dest="what", required=True)
     launches = msub.add_parser("launches", help="CPU launch calls vs GPU kernels per prefill/decode step")
     common(launches)
@@ -533,6 +547,10 @@ def add_measure_subcommands(sub, common) -> None:
     tp.add_argument("--batch", type=int, default=1)
     tp.add_argument("--steps", type=int, default=8)
     tp.set_defaults(func=cmd_measure_tp)
+    bounds = msub.add_parser("boundaries", help="what one dependent step of a decode costs: kernels, PDL "
+                             "kernels, a persistent kernel's grid barrier; then as GEMVs (GPU only)")
+    bounds.add_argument("--json", help="write the rows here")
+    bounds.set_defaults(func=cmd_measure_boundaries)
     roof = msub.add_parser("roofline", help="modelled bytes/FLOPs per decode step over measured bandwidth")
     common(roof)
     roof.add_argument("--context", type=int, default=1024)

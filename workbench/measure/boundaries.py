@@ -1,4 +1,4 @@
-"""What does one dependent step of a batch-1 decode cost, as kernels and as one persistent kernel?
+"""What one dependent step of a batch-1 decode costs: as kernels, as PDL kernels, as one persistent kernel.
 
 Session 17 (docs/perf-notes.md) found every layer GEMV of the decode step loading its whole weight
 before its PDL wait: the weight streams are already hidden, and a layer (7 kernels, ~31 MB) takes
@@ -21,14 +21,17 @@ layers take (563 us / 196 kernels, session 17's profiled step). If the persisten
 much less than a kernel boundary, a persistent decode kernel is the way toward the roofline; if
 not, fewer steps is the only lever left.
 
-Run on the device: python scripts/boundary_probe.py [OUT.json]  (CUDA graphs, events, medians)
-On a CPU (Triton's interpreter, a few steps, correctness only): tests/test_boundary_probe.py
+Part 2 puts weights back: the same chain as GEMVs with the norm folded in (bf16 H x H), as PDL
+kernels with their weight rows loaded before the wait (as the engine's) and as persistent kernels
+asking for the next rows one or two steps ahead; % of the copy bandwidth measured in the same run.
+
+On a GPU: python -m workbench measure boundaries [--json OUT] (CUDA graphs, events, medians;
+chapter 09, section 15). On a CPU (Triton's interpreter, a few steps, correctness only):
+tests/test_boundary_probe.py.
 """
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 
 import torch
 import triton
@@ -257,9 +260,10 @@ def time_graph(run, steps: int, replays: int = 50) -> dict:
     return {"us_a_step": statistics.median(times), "us_a_step_min": min(times), "us_a_step_max": max(times)}
 
 
-def main() -> int:
+def measure_boundaries(stages: int = 196) -> list[dict]:
+    """Both parts on this GPU, printed as they go; the rows (every form checked first: `checked`).
+    196 steps: a decode step's layer kernels, 28 layers x 7."""
     from workbench.measure.roofline import measure_copy_bandwidth
-    stages = 196   # a decode step's layer kernels: 28 layers x 7
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     gpu = torch.cuda.get_device_name()
     copy = measure_copy_bandwidth("cuda")
@@ -306,12 +310,4 @@ def main() -> int:
                   f"{timing['us_a_step_min']:6.2f}-{timing['us_a_step_max']:<6.2f} "
                   f"{'n/a' if of_copy is None else f'{100 * of_copy:.0f} %':>9} {err:8.1e}", flush=True)
         del weights
-    if len(sys.argv) > 1:
-        from workbench.measure.results import stamp
-        with open(sys.argv[1], "w") as f:
-            json.dump(stamp(rows, "python " + " ".join(sys.argv)), f, indent=1)
-    return 0 if all(row["checked"] for row in rows) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return rows
