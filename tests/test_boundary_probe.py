@@ -48,6 +48,16 @@ def test_the_persistent_barrier_compiles_with_release_and_acquire():
         assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, kernel.name
 
 
+def test_the_command_says_it_needs_a_gpu(capsys):
+    import torch
+
+    from workbench.__main__ import main
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the command would run")
+    assert main(["measure", "boundaries"]) == 2
+    assert "error: measure boundaries times kernels on a CUDA GPU" in capsys.readouterr().err
+
+
 def _probe():
     from workbench.measure import boundaries
     return boundaries

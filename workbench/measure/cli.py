@@ -337,9 +337,9 @@ def cmd_measure_boundaries(args) -> int:
     """What one dependent step costs: kernels, PDL kernels, a persistent kernel's grid barrier."""
     import torch
     if not torch.cuda.is_available():
-        print("measure boundaries times kernels on a CUDA GPU; none here. Its chains run on a CPU only "
-              "under Triton's interpreter, for correctness: pytest tests/test_boundary_probe.py")
-        return 2
+        raise RuntimeError("measure boundaries times kernels on a CUDA GPU and this machine has none; its chains "
+                           "run on a CPU only under Triton's interpreter, for correctness: "
+                           "pytest tests/test_boundary_probe.py")
     from workbench.measure.boundaries import measure_boundaries
     rows = measure_boundaries()
     _save(rows, args.json)
