@@ -12,6 +12,7 @@ import re
 import pytest
 
 CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "a_missing_step_is_caught",
+          "a_run_again_continues_the_chain", "the_control_reads_less", "a_grid_barrier_refuses_to_spin_forever",
           "gemv_chains_match_torch", "a_missing_gemv_is_caught"]
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
@@ -76,6 +77,35 @@ def check_persistent_chain_matches_the_host(probe):
 def check_a_missing_step_is_caught(probe):
     assert not probe.check("kernels", 128, 5, "cpu", run_stages=4)
     assert not probe.check("persistent", 1, 5, "cpu", run_stages=4)
+
+
+def check_a_run_again_continues_the_chain(probe):
+    """What the timed replays are checked against: two runs of an even chain = expected(runs=2)."""
+    import torch
+    start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
+    buf = torch.zeros(2 * probe.D, dtype=torch.int32)
+    buf[:probe.D] = start
+    run = probe.chain("kernels", 128, 4, buf, torch.zeros(1, dtype=torch.int32))
+    run()
+    run()
+    assert torch.equal(buf[:probe.D], probe.expected(4, start, runs=2))
+    assert not torch.equal(buf[:probe.D], probe.expected(4, start, runs=1))
+
+
+def check_the_control_reads_less(probe):
+    assert probe.check("kernels", 128, 5, "cpu", read=32)
+    assert not probe.check("kernels", 128, 5, "cpu", read=32, run_stages=4)
+
+
+def check_a_grid_barrier_refuses_to_spin_forever(probe):
+    import torch
+    buf, count = torch.zeros(2 * probe.D, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    try:
+        probe.chain("persistent", 128, 4, buf, count)
+    except ValueError as err:
+        assert "spin" in str(err)
+    else:
+        raise AssertionError("128 programs under the interpreter must be refused")
 
 
 def check_gemv_chains_match_torch(probe):

@@ -31,6 +31,7 @@ tests/test_boundary_probe.py.
 """
 from __future__ import annotations
 
+import os
 import statistics
 
 import torch
@@ -43,10 +44,10 @@ D = 1024   # the hidden size of Qwen3-0.6B: the vector every step reads whole
 
 
 @triton.jit
-def _step(src, dst, D, stage, pid, BLOCK_D: tl.constexpr, SLICE: tl.constexpr):
-    """One step of the chain: read all of `src` (from L2: another program wrote it), reduce, write
-    this program's slice of `dst`."""
-    offs = tl.arange(0, BLOCK_D)
+def _step(src, dst, D, stage, pid, READ: tl.constexpr, SLICE: tl.constexpr):
+    """One step of the chain: read the first READ values of `src` (all D of them but in the
+    control; from L2: other programs wrote them), reduce, write this program's slice of `dst`."""
+    offs = tl.arange(0, READ)
     x = tl.load(src + offs, mask=offs < D, other=0, cache_modifier=".cg")   # .cg: skip L1, it may be stale
     total = tl.sum(x, axis=0)
     j = pid * SLICE + tl.arange(0, SLICE)
@@ -54,9 +55,9 @@ def _step(src, dst, D, stage, pid, BLOCK_D: tl.constexpr, SLICE: tl.constexpr):
 
 
 @triton.jit
-def _stage_kernel(buf, D, stage, BLOCK_D: tl.constexpr, SLICE: tl.constexpr, USE_PDL: tl.constexpr):
+def _stage_kernel(buf, D, stage, READ: tl.constexpr, SLICE: tl.constexpr, USE_PDL: tl.constexpr):
     pdl_wait(USE_PDL)   # the decode kernels' own: wait for the kernel before, then let the next be scheduled
-    _step(buf + (stage % 2) * D, buf + ((stage + 1) % 2) * D, D, stage, tl.program_id(0), BLOCK_D, SLICE)
+    _step(buf + (stage % 2) * D, buf + ((stage + 1) % 2) * D, D, stage, tl.program_id(0), READ, SLICE)
 
 
 @triton.jit
@@ -78,12 +79,12 @@ def _wait_for(count, target):
 
 
 @triton.jit
-def _persistent_kernel(buf, count, D, STAGES: tl.constexpr, BLOCK_D: tl.constexpr, SLICE: tl.constexpr):
+def _persistent_kernel(buf, count, D, STAGES: tl.constexpr, READ: tl.constexpr, SLICE: tl.constexpr):
     """Every step in one launch. Needs all its programs resident at once (one an SM, or fewer):
     a program spinning at the barrier would otherwise wait for one that can never start."""
     pid, programs = tl.program_id(0), tl.num_programs(0)
     for stage in range(STAGES):
-        _step(buf + (stage % 2) * D, buf + ((stage + 1) % 2) * D, D, stage, pid, BLOCK_D, SLICE)
+        _step(buf + (stage % 2) * D, buf + ((stage + 1) % 2) * D, D, stage, pid, READ, SLICE)
         _arrive(count)
         _wait_for(count, programs * (stage + 1))
 
@@ -93,45 +94,61 @@ def slice_for(programs: int) -> int:
     return triton.next_power_of_2(triton.cdiv(D, programs))
 
 
-def expected(stages: int, start: torch.Tensor) -> torch.Tensor:
-    """The chain on the host, int32 arithmetic wrapping as the GPU's does."""
+def expected(stages: int, start: torch.Tensor, read: int = D, runs: int = 1) -> torch.Tensor:
+    """The chain on the host, int32 arithmetic wrapping as the GPU's does. A chain run again (as
+    the timed graph replays are) continues from its last result when `stages` is even: it lands in
+    the half the next run starts from; `runs` follows that many runs."""
     x = start.to(torch.int64).cpu()
     j = torch.arange(D, dtype=torch.int64)
-    for stage in range(stages):
-        total = int(x.sum()) % 2**32
+    for stage in [s for _ in range(runs) for s in range(stages)]:
+        total = int(x[:read].sum()) % 2**32
         x = (total * 3 + j + stage) % 2**32
     return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
 
 
-def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch.Tensor):
+def _refuse_unless_resident(form: str, grid: int, device: torch.device) -> None:
+    """A grid barrier waits for every program: all must be resident at once, or it spins forever.
+    Triton's interpreter runs one program after another, so there only one program can use it."""
+    if not form.startswith("persistent") or grid == 1:
+        return
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise ValueError(f"{form} with {grid} programs under Triton's interpreter would spin at its first "
+                         "barrier forever (programs run one at a time there): use one program")
+    if device.type == "cuda" and grid > torch.cuda.get_device_properties(device).multi_processor_count:
+        raise ValueError(f"{form} with {grid} programs: more than this GPU's SMs, so not all can be resident "
+                         "at once and its grid barrier could wait forever; use at most one program an SM")
+
+
+def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch.Tensor, read: int = D):
     """A function that runs the whole chain once (buf's first half in, the result in the half
-    `stages % 2` points at)."""
+    `stages % 2` points at); each step's programs read the first `read` values."""
     slice_ = slice_for(programs)
     grid = (triton.cdiv(D, slice_),)
+    _refuse_unless_resident(form, grid[0], buf.device)
     if form == "persistent":
         def run():
             count.zero_()
-            _persistent_kernel[grid](buf, count, D, STAGES=stages, BLOCK_D=D, SLICE=slice_, num_warps=4)
+            _persistent_kernel[grid](buf, count, D, STAGES=stages, READ=read, SLICE=slice_, num_warps=4)
         return run
     pdl = form == "kernels+pdl"
     options = {"launch_pdl": True} if pdl else {}
 
     def run():
         for stage in range(stages):
-            _stage_kernel[grid](buf, D, stage, BLOCK_D=D, SLICE=slice_, USE_PDL=pdl, num_warps=4, **options)
+            _stage_kernel[grid](buf, D, stage, READ=read, SLICE=slice_, USE_PDL=pdl, num_warps=4, **options)
     return run
 
 
-def check(form: str, programs: int, stages: int, device: str, run_stages: int | None = None) -> bool:
+def check(form: str, programs: int, stages: int, device: str, run_stages: int | None = None, read: int = D) -> bool:
     """Run the chain once from a random start: does the result match the host's? (run_stages:
     run that many steps instead, a planted defect the check must catch)"""
     start = torch.randint(-1000, 1000, (D,), dtype=torch.int32)
     buf = torch.zeros(2 * D, dtype=torch.int32, device=device)
     buf[:D] = start.to(device)
     count = torch.zeros(1, dtype=torch.int32, device=device)
-    chain(form, programs, stages if run_stages is None else run_stages, buf, count)()
+    chain(form, programs, stages if run_stages is None else run_stages, buf, count, read)()
     got = buf.view(2, D)[stages % 2].cpu()
-    return torch.equal(got, expected(stages, start))
+    return torch.equal(got, expected(stages, start, read))
 
 
 # --- the same chain with weights: each step a GEMV with the norm folded in ---------------------
@@ -200,6 +217,7 @@ def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch
     first row in, the result in row `stages % 2`)."""
     hidden = weights.shape[-1]
     rows = hidden // programs
+    _refuse_unless_resident(form, programs, weights.device)
     if form.startswith("persistent"):
         kernel = _persistent_gemv_2ahead_kernel if form == "persistent-2ahead" else _persistent_gemv_kernel
 
@@ -210,7 +228,6 @@ def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch
         return run
     pdl = form == "kernels+pdl"
     options = {"launch_pdl": True} if pdl else {}
-
     warps = 8 if rows * hidden >= 16384 else 4   # <= 64 registers of weights a thread (no spills)
 
     def run():
@@ -226,28 +243,37 @@ def gemv_weights(stages: int, hidden: int, device: str) -> torch.Tensor:
     return (torch.randn(stages, hidden, hidden, generator=g, device=device) / hidden ** 0.5).to(torch.bfloat16)
 
 
-def check_gemv(form: str, weights: torch.Tensor, programs: int, stages: int | None = None,
-               run_stages: int | None = None) -> float:
+def reference_gemv(weights: torch.Tensor, x: torch.Tensor, runs: int = 1) -> torch.Tensor:
+    """The GEMV chain in torch's fp32, `runs` times over (a run continues from the last one's result)."""
+    for _ in range(runs):
+        for w in weights:
+            x = (w.float() @ x) / (x.square().mean() + 1e-6).sqrt()
+    return x
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got - want).norm() / want.norm()).item()
+
+
+def check_gemv(form: str, weights: torch.Tensor, programs: int, run_stages: int | None = None) -> float:
     """The chain's result against torch's fp32 on the same weights: ||got - ref|| / ||ref|| (a stale
     read or a missing step gives ~1; accumulation order ~1e-6)."""
-    stages = weights.shape[0] if stages is None else stages
-    hidden, device = weights.shape[-1], weights.device
+    stages, hidden, device = weights.shape[0], weights.shape[-1], weights.device
     vec = torch.zeros(2, hidden, device=device)
     vec[0] = torch.randn(hidden, generator=torch.Generator().manual_seed(1)).to(device)
-    x = vec[0].clone()
-    for stage in range(stages):
-        x = (weights[stage].float() @ x) / (x.square().mean() + 1e-6).sqrt()
+    want = reference_gemv(weights, vec[0].clone())
     count = torch.zeros(1, dtype=torch.int32, device=device)
     gemv_chain(form, weights, vec, count, stages if run_stages is None else run_stages, programs)()
-    return ((vec[stages % 2] - x).norm() / x.norm()).item()
+    return rel_err(vec[stages % 2], want)
 
 
 def time_graph(run, steps: int, replays: int = 50) -> dict:
-    """Capture `run` in a CUDA graph, replay it: microseconds a step (median over replays)."""
-    run()   # compile outside the capture
+    """Run once (compiling), capture `run` in a CUDA graph, replay it: microseconds a step (median
+    over replays) and `runs`, how many times the chain ran (the caller checks the result of all)."""
+    run()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph):   # captured, not run
         run()
     times = []
     for _ in range(replays):
@@ -257,32 +283,44 @@ def time_graph(run, steps: int, replays: int = 50) -> dict:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3 / steps)
-    return {"us_a_step": statistics.median(times), "us_a_step_min": min(times), "us_a_step_max": max(times)}
+    return {"us_a_step": statistics.median(times), "us_a_step_min": min(times), "us_a_step_max": max(times),
+            "runs": 1 + replays}
 
 
 def measure_boundaries(stages: int = 196) -> list[dict]:
-    """Both parts on this GPU, printed as they go; the rows (every form checked first: `checked`).
-    196 steps: a decode step's layer kernels, 28 layers x 7."""
+    """Both parts on this GPU, printed as they go; the rows. `checked`: the first run of a form
+    matched the host, and so did its buffer after every timed replay (the replays continue the
+    chain: `stages` must be even). 196: a decode step's layer kernels, 28 layers x 7."""
     from workbench.measure.roofline import measure_copy_bandwidth
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    gpu = torch.cuda.get_device_name()
+    if stages % 2:
+        raise ValueError(f"stages={stages}: an even number, so each run starts where the last one ended")
+    device = torch.device("cuda")
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    gpu = torch.cuda.get_device_name(device)
+    pdl_here = torch.cuda.get_device_capability(device)[0] >= 9   # PDL: Hopper and newer
     copy = measure_copy_bandwidth("cuda")
-    print(f"{gpu} ({sms} SMs), {copy}")
+    print(f"{gpu} ({sms} SMs), {copy}" + ("" if pdl_here else "; no PDL before Hopper: its forms are left out"))
     print(f"1. {stages} dependent steps, no weights, one CUDA graph: us a step, median of 50 replays "
-          f"[min-max]; each step reads a {D}-value vector whole")
-    print(f"{'form':>12} {'programs':>8} {'us a step':>10} {'range':>13} {'checked':>8}")
+          f"[min-max]; each program reads the first `read` of the {D} values the step before wrote")
+    print(f"{'form':>12} {'read':>5} {'programs':>8} {'us a step':>10} {'range':>13} {'checked':>8}")
     rows = []
-    cases = [("kernels", p) for p in (128, 512, 1024)] + [("kernels+pdl", p) for p in (128, 512, 1024)]
-    cases += [("persistent", p) for p in (32, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
-    for form, programs in cases:
-        ok = check(form, programs, 16, "cuda") and check(form, programs, stages, "cuda")
-        buf = torch.zeros(2 * D, dtype=torch.int32, device="cuda")
-        count = torch.zeros(1, dtype=torch.int32, device="cuda")
-        timing = time_graph(chain(form, programs, stages, buf, count), stages)
+    forms = ["kernels"] + (["kernels+pdl"] if pdl_here else [])
+    cases = [(form, p, D) for form in forms for p in (128, 512, 1024)]
+    cases += [("persistent", p, D) for p in (32, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
+    # the control: each program reads 32 values (128 bytes), so the L2 reads no longer grow with the programs
+    cases += [(form, p, 32) for form in forms[-1:] for p in (128, 512, 1024)] + [("persistent", 128, 32)]
+    for form, programs, read in cases:
+        ok = check(form, programs, 16, "cuda", read=read) and check(form, programs, stages, "cuda", read=read)
+        start = torch.randint(-1000, 1000, (D,), dtype=torch.int32)
+        buf = torch.zeros(2 * D, dtype=torch.int32, device=device)
+        buf[:D] = start.to(device)
+        count = torch.zeros(1, dtype=torch.int32, device=device)
+        timing = time_graph(chain(form, programs, stages, buf, count, read), stages)
+        ok = ok and torch.equal(buf[:D].cpu(), expected(stages, start, read, runs=timing["runs"]))
         grid = triton.cdiv(D, slice_for(programs))
-        rows.append({"probe": "steps", "form": form, "programs": grid, "stages": stages, "checked": ok, **timing,
-                     "gpu": gpu})
-        print(f"{form:>12} {grid:8d} {timing['us_a_step']:10.2f} "
+        rows.append({"probe": "steps", "form": form, "read": read, "programs": grid, "stages": stages, "checked": ok,
+                     **timing, "gpu": gpu})
+        print(f"{form:>12} {read:5d} {grid:8d} {timing['us_a_step']:10.2f} "
               f"{timing['us_a_step_min']:6.2f}-{timing['us_a_step_max']:<6.2f} {'ok' if ok else 'WRONG':>8}",
               flush=True)
     print(f"\n2. {stages} dependent GEMVs (bf16 H x H weights, the norm folded in), one CUDA graph; "
@@ -292,16 +330,18 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
     for hidden in (1024, 2048):
         weights = gemv_weights(stages, hidden, "cuda")
         step_bytes = hidden * hidden * 2
-        cases = [("kernels", hidden // 4), ("kernels+pdl", hidden // 4), ("persistent", 128),
-                 ("persistent-2ahead", 128)]
-        cases += [("kernels+pdl", p) for p in (128, 256, 512, 1024) if p != hidden // 4]   # fewer, fatter programs?
+        pdl_cases = [("kernels+pdl", p) for p in (hidden // 4, 128, 256, 512, 1024)] if pdl_here else []
+        cases = list(dict.fromkeys([("kernels", hidden // 4), *pdl_cases, ("persistent", 128), ("persistent-2ahead", 128)]))
         for form, programs in cases:
             if form.startswith("persistent") and programs > sms:
                 continue
             err = check_gemv(form, weights, programs)
-            vec = torch.zeros(2, hidden, device="cuda")
-            count = torch.zeros(1, dtype=torch.int32, device="cuda")
+            vec = torch.zeros(2, hidden, device=device)
+            vec[0] = torch.randn(hidden, generator=torch.Generator().manual_seed(2)).to(device)
+            want = reference_gemv(weights, vec[0].clone(), runs=51)   # time_graph's runs: 1 + 50 replays
+            count = torch.zeros(1, dtype=torch.int32, device=device)
             timing = time_graph(gemv_chain(form, weights, vec, count, stages, programs), stages)
+            err = max(err, rel_err(vec[0], want))
             of_copy = step_bytes / (timing["us_a_step"] * 1e-6) / copy.bandwidth if copy.available else None
             rows.append({"probe": "gemvs", "form": form, "hidden": hidden, "step_bytes": step_bytes,
                          "programs": programs, "stages": stages, "rel_err": err, "checked": err < 1e-3,
