@@ -11,6 +11,10 @@ matters is what it can do before its wait and whether the next one finds room to
   gemv-sweep          the decode GEMV's M = 1 configs as scripts/sweep_gemv.py chose them alone, PDL
                       off (the default until session 9): o_proj bn1 bk1024 w8 s4, down bn1 bk1024 w4,
                       gate_up bn4 -- today's one-tile forms read the whole weight before the PDL wait
+  gemv-half           the layer GEMVs with half their programs (more rows each; 8 warps where a thread
+  gemv-quarter        ... and a quarter: would hold over 64 registers of weights); session 18: slower
+  gemv-double         twice the programs, the same warps (not yet run)
+  gemv-double-thin    twice the programs, half the warps: today's weight registers a thread (not yet run)
   dattn-last          decode attention merged by its last program (one launch a layer fewer)
   dattn-no-prefetch   decode attention without reading its first K/V tile before the PDL wait
                       (kernels/decode_attention.py, Choice 5)
@@ -112,13 +116,14 @@ REPO = Path(__file__).resolve().parents[1]
 GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps, num_stages)}; split_k 1
     "gemv-sweep": {(1024, 2048, "m1"): (1, 1024, 8, 4), (1024, 3072, "m1"): (1, 1024, 4, 1),
                    (6144, 1024, "m1"): (4, 1024, 4, 1)},
-    # session 18: a kernel step costs more the more programs it has (python -m workbench measure boundaries):
-    # the layer GEMVs with half and a quarter of today's programs (compiled for sm_90a: no spills)
+    # session 18: a PDL kernel step costs more the more programs it has (python -m workbench measure
+    # boundaries): the layer GEMVs with half and a quarter of today's programs (compiled for sm_90a:
+    # no spills; warps changed too where a thread would hold over 64 registers of weights)
     "gemv-half": {(4096, 1024, "m1"): (8, 1024, 4, 1), (1024, 2048, "m1"): (4, 2048, 4, 1),
                   (6144, 1024, "m1"): (16, 1024, 8, 1), (1024, 3072, "m1"): (4, 4096, 8, 1)},
     "gemv-quarter": {(4096, 1024, "m1"): (16, 1024, 8, 1), (1024, 2048, "m1"): (8, 2048, 8, 1),
                      (6144, 1024, "m1"): (32, 1024, 8, 1), (1024, 3072, "m1"): (8, 4096, 8, 1)},
-    # ... and twice today's programs (both slower above: the other way), the same warps or half
+    # ... and twice today's programs (half and quarter were slower: the other way), the same warps or half
     "gemv-double": {(4096, 1024, "m1"): (2, 1024, 2, 1), (1024, 2048, "m1"): (1, 2048, 4, 1),
                     (6144, 1024, "m1"): (4, 1024, 4, 1), (1024, 3072, "m1"): (1, 4096, 4, 1)},
     "gemv-double-thin": {(4096, 1024, "m1"): (2, 1024, 1, 1), (1024, 2048, "m1"): (1, 2048, 2, 1),

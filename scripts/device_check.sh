@@ -116,11 +116,11 @@ do_step() {
     sample-tests) run sample-tests $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py -p no:cacheprovider ;;
     sample-ab)  run sample-tests $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py -p no:cacheprovider
                 run sample-ab $PY scripts/ab_decode_candidates.py "$OUT/sample-ab.json" --rounds 2 --variants current,eager-sampling --temperature 0.6 ;;
+    # session 18: what one dependent step costs as a kernel, a PDL kernel, a persistent kernel's barrier
+    boundary-probe) run boundary-probe $W measure boundaries --json "$OUT/boundary-probe.json" ;;
     gemv-bench) run gemv-bench $W bench single $P --settings all_on_cublas,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/gemv-single.json" ;;
     # fused_decode (norm and SiLU folded into the GEMV), session 6: kernel + engine tests, then
     # cuBLAS / the decode GEMV unfolded / folded, one row each at 1 and 8 decode steps a round
-    # session 18: what one dependent step costs as a kernel, a PDL kernel, a persistent kernel's barrier
-    boundary-probe) run boundary-probe $W measure boundaries --json "$OUT/boundary-probe.json" ;;
     prefill-tests) run prefill-tests $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -k prefill_graphs -p no:cacheprovider ;;
     fdec-tests) run fused-decode-tests $PY -m pytest -q -s tests/gpu/test_fused_decode_gpu.py -p no:cacheprovider ;;
     fused-decode) run fused-decode-tests $PY -m pytest -q -s tests/gpu/test_fused_decode_gpu.py -p no:cacheprovider
