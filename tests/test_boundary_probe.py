@@ -40,6 +40,7 @@ def test_the_persistent_barrier_compiles_with_release_and_acquire():
         probe.chain("persistent", 128, 8, buf, count)()
         probe.gemv_chain("persistent", weights, vec, count, 2, 128)()   # the device's largest case
         probe.gemv_chain("persistent-2ahead", weights, vec, count, 2, 128)()
+        probe.gemv_chain("persistent-l2x3", weights, vec, count, 4, 128)()
     for launch in launches:
         kernel = kernel_resources.compile_sm90(launch)
         ptx = kernel.asm["ptx"]
@@ -47,6 +48,9 @@ def test_the_persistent_barrier_compiles_with_release_and_acquire():
         assert re.search(r"(ld|atom)\.global\.gpu\.acquire", ptx), "the poll must acquire what others published"
         assert "ld.global.cg" in ptx, "the vector must be read past L1 (another SM wrote it)"
         assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, kernel.name
+        if "l2" in kernel.name:   # the L2 form's prefetches are in the step loop, after the arrival
+            loop = ptx[ptx.index("red.global.gpu.release"):]
+            assert "prefetch.global.L2" in loop, "the L2 form must ask for later steps' rows after it arrives"
 
 
 def test_the_command_says_it_needs_a_gpu(capsys):
@@ -110,13 +114,13 @@ def check_a_grid_barrier_refuses_to_spin_forever(probe):
 
 def check_gemv_chains_match_torch(probe):
     weights = probe.gemv_weights(4, 64, "cpu")
-    for form, programs in (("kernels", 16), ("persistent", 1), ("persistent-2ahead", 1)):
+    for form, programs in (("kernels", 16), ("persistent", 1), ("persistent-2ahead", 1), ("persistent-l2x2", 1)):
         assert probe.check_gemv(form, weights, programs) < 1e-5, form
 
 
 def check_a_missing_gemv_is_caught(probe):
     weights = probe.gemv_weights(4, 64, "cpu")
-    for form, programs in (("kernels", 16), ("persistent", 1), ("persistent-2ahead", 1)):
+    for form, programs in (("kernels", 16), ("persistent", 1), ("persistent-2ahead", 1), ("persistent-l2x2", 1)):
         assert probe.check_gemv(form, weights, programs, run_stages=3) > 0.1, form
 
 

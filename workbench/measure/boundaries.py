@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from workbench.kernels.gemv import _prefetch_l2
 from workbench.kernels.pdl import pdl_wait
 
 D = 1024   # the hidden size of Qwen3-0.6B: the vector every step reads whole
@@ -51,7 +52,10 @@ def _step(src, dst, D, stage, pid, READ: tl.constexpr, SLICE: tl.constexpr):
     x = tl.load(src + offs, mask=offs < D, other=0, cache_modifier=".cg")   # .cg: skip L1, it may be stale
     total = tl.sum(x, axis=0)
     j = pid * SLICE + tl.arange(0, SLICE)
-    tl.store(dst + j, total * 3 + j + stage, mask=j < D)
+    own = tl.load(src + j, mask=j < D, other=0, cache_modifier=".cg")
+    # + own: the sum of the next vector is then an odd multiple of this one's plus a constant, so no
+    # step forgets where the chain started (3 * total alone would multiply it by 3 * 1,024 each step)
+    tl.store(dst + j, total * 3 + own + j + stage, mask=j < D)
 
 
 @triton.jit
@@ -102,7 +106,7 @@ def expected(stages: int, start: torch.Tensor, read: int = D, runs: int = 1) -> 
     j = torch.arange(D, dtype=torch.int64)
     for stage in [s for _ in range(runs) for s in range(stages)]:
         total = int(x[:read].sum()) % 2**32
-        x = (total * 3 + j + stage) % 2**32
+        x = (total * 3 + x + j + stage) % 2**32
     return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
 
 
@@ -211,6 +215,39 @@ def _persistent_gemv_2ahead_kernel(w_ptr, vec, count, H, eps, STAGES: tl.constex
         _wait_for(count, programs * (stage + 1))
 
 
+@triton.jit
+def _persistent_gemv_l2_kernel(w_ptr, w_bytes, vec, count, H, eps, STAGES: tl.constexpr, ROWS: tl.constexpr,
+                               BLOCK_H: tl.constexpr, AHEAD: tl.constexpr, PREFETCH: tl.constexpr):
+    """As _persistent_gemv_kernel, but at each arrival the program asks L2 (prefetch.global.L2: no
+    register waits for it) for its rows AHEAD steps on, and loads a step's rows into registers only
+    after the barrier -- from L2, if they came in time. Tests whether weights can stream across the
+    barriers when nothing the poll might wait behind is in flight. (PREFETCH False: Triton's
+    interpreter, which cannot run the asm; the values are the same, a prefetch is a hint.)"""
+    pid, programs = tl.program_id(0), tl.num_programs(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_H)
+    w_tile = rows[:, None] * H + cols[None, :]
+    LINES: tl.constexpr = ROWS * BLOCK_H * 2 // 128   # this program's rows of one step: contiguous 128-byte lines
+    step_bytes = H * H * 2
+    if PREFETCH:
+        for ahead in tl.static_range(1, AHEAD):   # the steps the first arrivals will not ask for
+            _prefetch_l2(w_bytes + ahead * step_bytes, step_bytes, LINES)
+    for stage in range(STAGES):
+        w = tl.load(w_ptr + tl.cast(stage, tl.int64) * H * H + w_tile, mask=cols[None, :] < H)
+        _wait_for(count, programs * stage)   # the step before: every program's output stored
+        _gemv_step(w, vec + (stage % 2) * H, vec + ((stage + 1) % 2) * H, rows, cols, H, eps)
+        _arrive(count)
+        if PREFETCH:
+            later = stage + AHEAD
+            if later < STAGES:
+                _prefetch_l2(w_bytes + tl.cast(later, tl.int64) * step_bytes, step_bytes, LINES)
+
+
+# the persistent forms that stream through L2, and how many steps ahead they ask for (one ahead would
+# ask right before the load that wants the bytes: nothing gained)
+L2_AHEAD = {"persistent-l2x2": 2, "persistent-l2x3": 3}
+
+
 def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch.Tensor, stages: int,
                programs: int):
     """A function that runs `stages` GEMVs once (weights [stages, H, H] bf16; vec [2, H] fp32, the
@@ -218,6 +255,16 @@ def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch
     hidden = weights.shape[-1]
     rows = hidden // programs
     _refuse_unless_resident(form, programs, weights.device)
+    if form in L2_AHEAD:
+        prefetch = os.environ.get("TRITON_INTERPRET") != "1"   # the interpreter cannot run the prefetch's asm
+        w_bytes = weights.view(-1).view(torch.uint8)
+
+        def run():
+            count.zero_()
+            _persistent_gemv_l2_kernel[(programs,)](weights, w_bytes, vec, count, hidden, 1e-6, STAGES=stages, ROWS=rows,
+                                                    BLOCK_H=hidden, AHEAD=L2_AHEAD[form], PREFETCH=prefetch,
+                                                    num_warps=8, num_stages=1)
+        return run
     if form.startswith("persistent"):
         kernel = _persistent_gemv_2ahead_kernel if form == "persistent-2ahead" else _persistent_gemv_kernel
 
@@ -331,7 +378,8 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
         weights = gemv_weights(stages, hidden, "cuda")
         step_bytes = hidden * hidden * 2
         pdl_cases = [("kernels+pdl", p) for p in (hidden // 4, 128, 256, 512, 1024)] if pdl_here else []
-        cases = list(dict.fromkeys([("kernels", hidden // 4), *pdl_cases, ("persistent", 128), ("persistent-2ahead", 128)]))
+        cases = list(dict.fromkeys([("kernels", hidden // 4), *pdl_cases, ("persistent", 128), ("persistent-2ahead", 128),
+                                    *[(form, 128) for form in L2_AHEAD]]))
         for form, programs in cases:
             if form.startswith("persistent") and programs > sms:
                 continue
