@@ -29,7 +29,7 @@ def test_boundary_probe_on_the_interpreter(verdicts, name):
     assert verdicts[name] == "ok", verdicts[name]
 
 
-def test_the_persistent_barrier_compiles_with_release_and_acquire():
+def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
     from test_kernel_resources import _script   # skips where this Triton cannot compile for sm_90a
     import torch
     kernel_resources = _script()
@@ -41,9 +41,13 @@ def test_the_persistent_barrier_compiles_with_release_and_acquire():
         probe.gemv_chain("persistent", weights, vec, count, 2, 128)()   # the device's largest case
         probe.gemv_chain("persistent-2ahead", weights, vec, count, 2, 128)()
         probe.gemv_chain("persistent-l2x2", weights, vec, count, 4, 128)()
+        probe.gemv_chain("kernels+pdl-early", weights, vec, count, 1, 512)()
     for launch in launches:
         kernel = kernel_resources.compile_sm90(launch)
         ptx = kernel.asm["ptx"]
+        if launch.kwargs.get("EARLY"):   # the early form lets the next kernel in before it waits
+            assert ptx.index("griddepcontrol.launch_dependents") < ptx.index("griddepcontrol.wait"), kernel.name
+            continue
         assert re.search(r"(red|atom)\.global\.gpu\.release\.add", ptx), "the arrival must publish the step's stores"
         assert re.search(r"(ld|atom)\.global\.gpu\.acquire", ptx), "the poll must acquire what others published"
         assert "ld.global.cg" in ptx, "the vector must be read past L1 (another SM wrote it)"

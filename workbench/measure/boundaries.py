@@ -11,6 +11,8 @@ whole vector the step before wrote, reduces it, and writes its own slice of the 
   kernels        one kernel a step, plain stream order, the chain in one CUDA graph
   kernels+pdl    the same launched with programmatic dependent launch: wait, then let the next
                  kernel be scheduled (what workbench/kernels/pdl.py does)
+  kernels+pdl-early  the next kernel let in first thing, before the wait (session 11's early
+                 trigger, measured here alone)
   persistent     one kernel for the whole chain, one program an SM; between steps a grid barrier
                  (an atomic counter each program adds to, then polls) instead of a kernel boundary
 
@@ -60,7 +62,18 @@ def _step(src, dst, D, stage, pid, READ: tl.constexpr, SLICE: tl.constexpr):
 
 
 @triton.jit
-def _stage_kernel(buf, D, stage, READ: tl.constexpr, SLICE: tl.constexpr, USE_PDL: tl.constexpr):
+def _trigger_early(EARLY: tl.constexpr):
+    """The `-early` forms: let the next kernel be scheduled first thing, before this one waits (the
+    engine's kernels trigger only after their wait: kernels/pdl.py). Still safe here: the next
+    kernel reads nothing this one writes before its own wait, which waits for this one to finish."""
+    if EARLY:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def _stage_kernel(buf, D, stage, READ: tl.constexpr, SLICE: tl.constexpr, USE_PDL: tl.constexpr,
+                  EARLY: tl.constexpr = False):
+    _trigger_early(EARLY)
     pdl_wait(USE_PDL)   # the decode kernels' own: wait for the kernel before, then let the next be scheduled
     _step(buf + (stage % 2) * D, buf + ((stage + 1) % 2) * D, D, stage, tl.program_id(0), READ, SLICE)
 
@@ -135,12 +148,13 @@ def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch
             count.zero_()
             _persistent_kernel[grid](buf, count, D, STAGES=stages, READ=read, SLICE=slice_, num_warps=4)
         return run
-    pdl = form == "kernels+pdl"
+    pdl, early = form.startswith("kernels+pdl"), form.endswith("-early")
     options = {"launch_pdl": True} if pdl else {}
 
     def run():
         for stage in range(stages):
-            _stage_kernel[grid](buf, D, stage, READ=read, SLICE=slice_, USE_PDL=pdl, num_warps=4, **options)
+            _stage_kernel[grid](buf, D, stage, READ=read, SLICE=slice_, USE_PDL=pdl, EARLY=early, num_warps=4,
+                                **options)
     return run
 
 
@@ -167,9 +181,11 @@ def _gemv_step(w, src, dst, rows, cols, H, eps):
 
 
 @triton.jit
-def _gemv_step_kernel(w_ptr, src, dst, H, eps, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr):
+def _gemv_step_kernel(w_ptr, src, dst, H, eps, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr,
+                      EARLY: tl.constexpr = False):
     """One step as the engine's decode GEMVs run it: the weight rows first (no kernel writes them),
-    then the wait, then x."""
+    then the wait, then x. EARLY: the next kernel may start (and load its rows) before this one waits."""
+    _trigger_early(EARLY)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_H)
     w = tl.load(w_ptr + rows[:, None] * H + cols[None, :], mask=cols[None, :] < H)
@@ -275,14 +291,15 @@ def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch
             kernel[(programs,)](weights, vec, count, hidden, 1e-6, STAGES=stages, ROWS=rows, BLOCK_H=hidden,
                                 num_warps=8, num_stages=1)
         return run
-    pdl = form == "kernels+pdl"
+    pdl, early = form.startswith("kernels+pdl"), form.endswith("-early")
     options = {"launch_pdl": True} if pdl else {}
     warps = 8 if rows * hidden >= 16384 else 4   # <= 64 registers of weights a thread (no spills)
 
     def run():
         for stage in range(stages):
             _gemv_step_kernel[(programs,)](weights[stage], vec[stage % 2], vec[(stage + 1) % 2], hidden, 1e-6,
-                                           ROWS=rows, BLOCK_H=hidden, USE_PDL=pdl, num_warps=warps, **options)
+                                           ROWS=rows, BLOCK_H=hidden, USE_PDL=pdl, EARLY=early, num_warps=warps,
+                                           **options)
     return run
 
 
@@ -354,7 +371,7 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
     print(f"{'form':>12} {'read':>5} {'programs':>8} {'us a step':>10} {'range':>13} {'checked':>8}")
     rows = []
     forms = ["kernels"] + (["kernels+pdl"] if pdl_here else [])
-    cases = [(form, p, D) for form in forms for p in (128, 512, 1024)]
+    cases = [(form, p, D) for form in forms + (["kernels+pdl-early"] if pdl_here else []) for p in (128, 512, 1024)]
     cases += [("persistent", p, D) for p in (32, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
     # the control: each program reads 32 values (128 bytes), so the L2 reads no longer grow with the programs
     cases += [(form, p, 32) for form in forms[-1:] for p in (128, 512, 1024)]
@@ -381,6 +398,7 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
         weights = gemv_weights(stages, hidden, "cuda")
         step_bytes = hidden * hidden * 2
         pdl_cases = [("kernels+pdl", p) for p in (hidden // 4, 128, 256, 512, 1024)] if pdl_here else []
+        pdl_cases += [("kernels+pdl-early", p) for p in (hidden // 4, 128)] if pdl_here else []
         cases = list(dict.fromkeys([("kernels", hidden // 4), *pdl_cases, ("persistent", 128), ("persistent-2ahead", 128),
                                     *[(form, 128) for form in L2_AHEAD]]))
         for form, programs in cases:
