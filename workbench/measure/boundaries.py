@@ -41,10 +41,12 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.kernels.gemv import _prefetch_l2
+from workbench.kernels.gemv import _prefetch_l2, as_bytes
 from workbench.kernels.pdl import pdl_wait
+from workbench.measure.timing import cuda_event_times
 
 D = 1024   # the hidden size of Qwen3-0.6B: the vector every step reads whole
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"   # Triton's interpreter: one program at a time, no asm
 
 
 @triton.jit
@@ -129,7 +131,7 @@ def _refuse_unless_resident(form: str, grid: int, device: torch.device) -> None:
     Triton's interpreter runs one program after another, so there only one program can use it."""
     if not form.startswith("persistent") or grid == 1:
         return
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if _INTERPRET:
         raise ValueError(f"{form} with {grid} programs under Triton's interpreter would spin at its first "
                          "barrier forever (programs run one at a time there): use one program")
     if device.type == "cuda" and grid > torch.cuda.get_device_properties(device).multi_processor_count:
@@ -181,14 +183,21 @@ def _gemv_step(w, src, dst, rows, cols, H, eps):
 
 
 @triton.jit
+def _program_rows(H, ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's output rows, the columns, and its rows' offsets in one step's H x H weight."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_H)
+    return rows, cols, rows[:, None] * H + cols[None, :]
+
+
+@triton.jit
 def _gemv_step_kernel(w_ptr, src, dst, H, eps, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr,
                       EARLY: tl.constexpr = False):
     """One step as the engine's decode GEMVs run it: the weight rows first (no kernel writes them),
     then the wait, then x. EARLY: the next kernel may start (and load its rows) before this one waits."""
     _trigger_early(EARLY)
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_H)
-    w = tl.load(w_ptr + rows[:, None] * H + cols[None, :], mask=cols[None, :] < H)
+    rows, cols, w_tile = _program_rows(H, ROWS, BLOCK_H)
+    w = tl.load(w_ptr + w_tile, mask=cols[None, :] < H)
     pdl_wait(USE_PDL)
     _gemv_step(w, src, dst, rows, cols, H, eps)
 
@@ -198,10 +207,8 @@ def _persistent_gemv_kernel(w_ptr, vec, count, H, eps, STAGES: tl.constexpr, ROW
                             BLOCK_H: tl.constexpr):
     """Every GEMV in one launch, one program an SM. The next step's weight rows are asked for right
     after this program arrives at the barrier, so they stream while the grid gathers."""
-    pid, programs = tl.program_id(0), tl.num_programs(0)
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_H)
-    w_tile = rows[:, None] * H + cols[None, :]
+    programs = tl.num_programs(0)
+    rows, cols, w_tile = _program_rows(H, ROWS, BLOCK_H)
     w = tl.load(w_ptr + w_tile, mask=cols[None, :] < H)
     for stage in range(STAGES):
         _gemv_step(w, vec + (stage % 2) * H, vec + ((stage + 1) % 2) * H, rows, cols, H, eps)
@@ -217,10 +224,8 @@ def _persistent_gemv_2ahead_kernel(w_ptr, vec, count, H, eps, STAGES: tl.constex
     """As _persistent_gemv_kernel, the weight rows asked for two steps ahead (two tiles held in
     registers: one program an SM may use them), so a step's weights have a barrier and a GEMV's
     time to arrive."""
-    pid, programs = tl.program_id(0), tl.num_programs(0)
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_H)
-    w_tile = rows[:, None] * H + cols[None, :]
+    programs = tl.num_programs(0)
+    rows, cols, w_tile = _program_rows(H, ROWS, BLOCK_H)
     w = tl.load(w_ptr + w_tile, mask=cols[None, :] < H)
     w_next = tl.load(w_ptr + tl.minimum(1, STAGES - 1) * H * H + w_tile, mask=cols[None, :] < H)
     for stage in range(STAGES):
@@ -241,10 +246,8 @@ def _persistent_gemv_l2_kernel(w_ptr, w_bytes, vec, count, H, eps, STAGES: tl.co
     across the barriers when no load of the polling thread is in flight at its poll. (PREFETCH
     False: Triton's interpreter, which cannot run the asm; the values are the same, a prefetch is
     a hint.)"""
-    pid, programs = tl.program_id(0), tl.num_programs(0)
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_H)
-    w_tile = rows[:, None] * H + cols[None, :]
+    programs = tl.num_programs(0)
+    rows, cols, w_tile = _program_rows(H, ROWS, BLOCK_H)
     LINES: tl.constexpr = ROWS * BLOCK_H * 2 // 128   # this program's rows of one step: contiguous 128-byte lines
     step_bytes = H * H * 2
     if PREFETCH:
@@ -274,13 +277,12 @@ def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch
     rows = hidden // programs
     _refuse_unless_resident(form, programs, weights.device)
     if form in L2_AHEAD:
-        prefetch = os.environ.get("TRITON_INTERPRET") != "1"   # the interpreter cannot run the prefetch's asm
-        w_bytes = weights.view(-1).view(torch.uint8)
+        w_bytes = as_bytes(weights)   # _prefetch_l2's offsets count bytes
 
         def run():
             count.zero_()
             _persistent_gemv_l2_kernel[(programs,)](weights, w_bytes, vec, count, hidden, 1e-6, STAGES=stages, ROWS=rows,
-                                                    BLOCK_H=hidden, AHEAD=L2_AHEAD[form], PREFETCH=prefetch,
+                                                    BLOCK_H=hidden, AHEAD=L2_AHEAD[form], PREFETCH=not _INTERPRET,
                                                     num_warps=8, num_stages=1)
         return run
     if form.startswith("persistent"):
@@ -341,14 +343,7 @@ def time_graph(run, steps: int, replays: int = 50) -> dict:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):   # captured, not run
         run()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / steps)
+    times = [seconds * 1e6 / steps for seconds in cuda_event_times(graph.replay, replays)]
     return {"us_a_step": statistics.median(times), "us_a_step_min": min(times), "us_a_step_max": max(times),
             "runs": 1 + replays}
 
