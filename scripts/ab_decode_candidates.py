@@ -13,15 +13,17 @@ matters is what it can do before its wait and whether the next one finds room to
                       gate_up bn4 -- today's one-tile forms read the whole weight before the PDL wait
   gemv-half           the layer GEMVs with half their programs (more rows each; 8 warps where a thread
   gemv-quarter        ... and a quarter: would hold over 64 registers of weights); session 18: slower
-  gemv-double         twice the programs, the same warps (not yet run)
-  gemv-double-thin    twice the programs, half the warps: today's weight registers a thread (not yet run)
+  gemv-double         twice the programs, the same warps; session 19: slower
+  gemv-double-thin    twice the programs, half the warps: today's weight registers a thread; slower
   dattn-last          decode attention merged by its last program (one launch a layer fewer)
   dattn-no-prefetch   decode attention without reading its first K/V tile before the PDL wait
                       (kernels/decode_attention.py, Choice 5)
   dattn-one-split     decode attention in one launch a layer: one split per (sequence, KV head), no
                       merge (at batch 1: 8 programs, each walking all its keys; today's choice,
                       num_splits, sizes them for the widest table: 33 at 4,096 tokens, 132 SMs)
-  dattn-8-splits      8 splits: 64 programs, a merge still
+  dattn-8-splits      8 splits: 64 programs, a merge still (at 640 keys, 10 tiles: two a program)
+  dattn-4-splits      ... 4 splits: 32 programs, up to three tiles each at 640 keys
+  dattn-16-splits     ... 16 splits: 128 programs, one tile each up to 1,024 keys
   rope-inputs-late    qk_norm_rope_store reading its position, cos/sin, slot and norm weights after
                       its PDL wait (the default until session 10, which measured the early reads
                       672 -> 653 us a step: kernels/qk_norm_rope_store.py)
@@ -135,6 +137,8 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
     "rope-inputs-late": ("qk_norm_rope_store", "qk_norm_rope_store", {"inputs_early": False}),
     "dattn-one-split": ("decode_attention", "paged_decode_attention", {"splits": 1}),
     "dattn-8-splits": ("decode_attention", "paged_decode_attention", {"splits": 8}),
+    "dattn-4-splits": ("decode_attention", "paged_decode_attention", {"splits": 4}),
+    "dattn-16-splits": ("decode_attention", "paged_decode_attention", {"splits": 16}),
 }
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_sampling": False},
           "eager-prefill": {"prefill_graphs": False}, "sync-rounds": {"async_rounds": False},
