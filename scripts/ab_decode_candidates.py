@@ -357,29 +357,10 @@ def flow_profile(llm, workload) -> dict:
 
 
 def step_kernels(profiled: list) -> list[list]:
-    """[name, us, end] of each kernel of the last profiled decode step, in launch order (end: when
-    it ended, in us from the step's first kernel's start): two variants' lists side by side
-    (compare_kernels) say which kernels a step's extra microseconds sit in."""
-    steps = profiled[-1].decode_steps() if profiled else []
-    if not steps:
-        return []
-    spans = profiled[-1].row("gpu", steps[-1].index)
-    origin = min((s.start_us for s in spans), default=0.0)
-    return [[s.name, round(s.end_us - s.start_us, 2), round(s.end_us - origin, 2)] for s in spans]
-
-
-def wall_added(kernels: list[list]) -> list[float]:
-    """What each kernel added to the step's elapsed time: its end minus the latest end before it.
-    Under PDL a kernel starts while the one before runs and its span includes its wait, so spans
-    overlap and their sum is not the step; these increments sum to the step (first start to last
-    end). Rows without ends (recorded before session 15): the spans."""
-    if not kernels or len(kernels[0]) < 3:
-        return [k[1] for k in kernels]
-    added, latest = [], 0.0
-    for k in kernels:
-        added.append(max(k[2] - latest, 0.0))
-        latest = max(latest, k[2])
-    return added
+    """[name, us, end] of each kernel of the last profiled decode step (layer_time.decode_step_kernels):
+    two variants' lists side by side (compare_kernels) say which kernels a step's extra microseconds sit in."""
+    from workbench.measure.layer_time import decode_step_kernels
+    return decode_step_kernels(profiled[-1]) if profiled else []
 
 
 def _by_name(base: list, other: list) -> dict:
@@ -396,6 +377,7 @@ def compare_kernels(rows: list[dict], names: list[str], top: int = 12) -> None:
     """What each kernel added to the step (wall_added) in the later variants minus in the first
     (the last round of each): by position in the step when the kernels line up one to one, and
     summed by name; largest first."""
+    from workbench.measure.layer_time import wall_added
     last = {r["variant"]: r["step_kernels"] for r in rows if r.get("step_kernels")}
     if names[0] not in last:
         return

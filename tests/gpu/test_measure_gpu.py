@@ -126,3 +126,20 @@ def test_single_stream_bench_rows_look_inside_a_step(tmp_path):
     assert r.kernels_per_step > 28 * 5   # Qwen3-0.6B: 28 layers of several kernels each
     assert 0 < r.gpu_kernel_us_per_step < r.tpot_ms * 1e3 * 1.5
     assert 0.02 < r.of_copy_bandwidth < 1.2   # a step cannot read its weights faster than a copy
+
+
+def test_a_live_decode_step_folds_into_its_layers(tmp_path):
+    """layer_time.profile_layers on the engine all on: the step folds into the model's 28 layers,
+    what the layers add is most of the step, and a layer's kernels add less than their spans sum
+    to (under PDL each starts under the one before)."""
+    from workbench import LLM, Optimizations
+    from workbench.measure.layer_time import profile_layers
+    from workbench.model import random_checkpoint
+    path = random_checkpoint("qwen3-0.6b", tmp_path / "q06b")
+    with LLM(path, opts=Optimizations.all_on(), max_num_seqs=1, max_model_len=512) as llm:
+        fold = profile_layers(llm, layers=28, prompt_len=128)
+    print(fold.names, [round(us, 2) for us in fold.added_us], round(fold.median_layer_us, 2), round(fold.step_us, 1))
+    assert len(fold.layer_us) == 28 and len(fold.names) >= 4
+    assert all(us >= 0 for us in fold.added_us) and fold.median_layer_us > 0
+    assert sum(fold.layer_us) > 0.5 * sum(us for _, us in fold.after)   # the layers outweigh the LM head
+    assert sum(fold.added_us) < sum(fold.span_us)

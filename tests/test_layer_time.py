@@ -1,0 +1,78 @@
+"""measure/layer_time.py: what each kernel adds to a step, and the step folded into its layers --
+on made-up steps whose answer is known, on the committed H200 step, and refusing what is not a
+decode step of that many layers."""
+import json
+from pathlib import Path
+
+import pytest
+
+from workbench.measure.layer_time import fold_layers, wall_added
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def made_up_step(layers: int, layer: list[tuple[str, float, float]], before=(("embed", 1.0, 1.0),),
+                 after=(("lm_head", 5.0, 5.0),)) -> list[list]:
+    """[name, span, end] of a step whose kernels add `added` each: (name, span, added) in, ends out.
+    A kernel's span may exceed what it adds (it started under the kernel before, as under PDL)."""
+    kernels, end = [], 0.0
+    for name, span, added in [*before, *layer * layers, *after]:
+        end += added
+        kernels.append([name, span, end])
+    return kernels
+
+
+LAYER = [("qkv", 5.0, 2.0), ("attn", 4.0, 3.0), ("o", 3.0, 1.5), ("mlp", 6.0, 6.0)]
+
+
+def test_wall_added_sums_to_the_step_and_ignores_overlap():
+    kernels = [["a", 2.0, 2.0], ["b", 5.0, 4.0], ["c", 1.0, 3.5], ["d", 2.0, 6.0]]   # c ends inside b
+    assert wall_added(kernels) == [2.0, 2.0, 0.0, 2.0]
+    assert sum(wall_added(kernels)) == kernels[-1][2]
+    assert wall_added([["a", 2.0], ["b", 3.0]]) == [2.0, 3.0]   # no ends recorded: the spans
+
+
+def test_fold_finds_the_layer_and_what_stands_outside_it():
+    kernels = made_up_step(4, LAYER)
+    fold = fold_layers(kernels, 4)
+    assert fold.names == ["qkv", "attn", "o", "mlp"]
+    assert fold.added_us == [2.0, 3.0, 1.5, 6.0]
+    assert fold.span_us == [5.0, 4.0, 3.0, 6.0]
+    assert fold.layer_us == [12.5] * 4 and fold.median_layer_us == 12.5
+    assert fold.before == [("embed", 1.0)] and fold.after == [("lm_head", 5.0)]
+    assert fold.step_us == pytest.approx(kernels[-1][2])
+
+
+def test_fold_takes_medians_over_layers():
+    kernels = made_up_step(3, LAYER)
+    kernels[1 + 4][2] += 10.0   # the second layer's qkv ends 10 us late: everything after shifts
+    for k in kernels[1 + 5:]:
+        k[2] += 10.0
+    fold = fold_layers(kernels, 3)
+    assert fold.added_us[0] == 2.0                 # one slow layer does not move the median
+    assert sorted(fold.layer_us) == [12.5, 12.5, 22.5]
+
+
+def test_fold_refuses_a_step_of_another_depth_or_without_ends():
+    kernels = made_up_step(4, LAYER)
+    with pytest.raises(ValueError, match="repeats 5 times"):
+        fold_layers(kernels, 5)
+    broken = [k for k in kernels if not (k[0] == "attn" and k[2] > 20)]   # one layer lost a kernel
+    with pytest.raises(ValueError, match="repeats 4 times"):
+        fold_layers(broken, 4)
+    last_broken = kernels[:1 + 3 * 4] + [k for k in kernels[1 + 3 * 4:] if k[0] != "attn"]   # the last layer too
+    with pytest.raises(ValueError, match="repeats 4 times"):
+        fold_layers(last_broken, 4)
+    with pytest.raises(ValueError, match="no end times"):
+        fold_layers([[k[0], k[1]] for k in kernels], 4)
+
+
+def test_the_committed_h200_step_folds_into_its_28_layers():
+    rows = json.loads((RESULTS / "decode-ab-gemv-double-h200.json").read_text())
+    current = [r for r in rows if r["variant"] == "current"][-1]
+    fold = fold_layers(current["step_kernels"], 28)
+    assert fold.names == ["_gemv_kernel", "_qk_norm_rope_store_kernel", "_attention_split_kernel",
+                          "_attention_merge_kernel", "_gemv_kernel", "_gemv_kernel", "_gemv_kernel"]
+    assert len(fold.layer_us) == 28
+    assert [name for name, _ in fold.after][:2] == ["_add_rms_norm_kernel", "_gemv_kernel"]   # final norm, LM head
+    assert fold.step_us == pytest.approx(current["step_kernels"][-1][2], abs=0.05)
