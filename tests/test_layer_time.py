@@ -76,3 +76,33 @@ def test_the_committed_h200_step_folds_into_its_28_layers():
     assert len(fold.layer_us) == 28
     assert [name for name, _ in fold.after][:2] == ["_add_rms_norm_kernel", "_gemv_kernel"]   # final norm, LM head
     assert fold.step_us == pytest.approx(current["step_kernels"][-1][2], abs=0.05)
+
+
+def test_gemv_weights_match_projections_only_in_a_fused_decode_layer():
+    from workbench.measure.layer_time import gemv_weights
+    from workbench.model import ModelConfig
+    shape = ModelConfig.from_preset("qwen3-0.6b")
+    rows = json.loads((RESULTS / "decode-ab-gemv-double-h200.json").read_text())
+    fold = fold_layers([r for r in rows if r["variant"] == "current"][-1]["step_kernels"], 28)
+    weights = gemv_weights(fold, shape)
+    assert weights == {0: ("qkv_proj", 1024 * 4096 * 2), 4: ("o_proj", 2048 * 1024 * 2),
+                       5: ("gate_up_proj", 1024 * 6144 * 2), 6: ("down_proj", 3072 * 1024 * 2)}
+    cublas_layer = fold_layers(made_up_step(28, [("nvjet_gemm", 5.0, 2.0), ("attn", 4.0, 3.0)]), 28)
+    assert gemv_weights(cublas_layer, shape) == {}   # no name to match a weight to: nothing claimed
+
+
+def test_the_cli_folds_a_recorded_step_and_refuses_a_live_one_on_a_cpu(capsys, tmp_path):
+    from workbench.__main__ import main
+    out = tmp_path / "layers.json"
+    assert main(["measure", "layers", "--from-json", str(RESULTS / "decode-ab-dattn-splits-h200.json"),
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["projection"] for r in rows] == ["qkv_proj", "", "", "", "o_proj", "gate_up_proj", "down_proj"]
+    assert all(r["layers"] == 28 for r in rows) and "a layer adds" in capsys.readouterr().out
+    assert main(["measure", "layers", "--from-json", str(RESULTS / "decode-ab-dattn-splits-h200.json"),
+                 "--variant", "no-such-variant"]) == 2
+    assert "has no profiled step of variant 'no-such-variant'" in capsys.readouterr().err
+    import torch
+    if not torch.cuda.is_available():
+        assert main(["measure", "layers"]) == 2
+        assert "fold a recorded step instead" in capsys.readouterr().err

@@ -346,6 +346,51 @@ def cmd_measure_boundaries(args) -> int:
     return 0 if all(row["checked"] for row in rows) else 1
 
 
+def cmd_measure_layers(args) -> int:
+    """One batch-1 decode step folded into its layers: what each kernel of a layer adds (all on)."""
+    import torch
+
+    from workbench.measure import format_table, measure_copy_bandwidth
+    from workbench.measure.layer_time import fold_layers, gemv_weights, profile_layers
+    from workbench.model import ModelConfig
+    bandwidth, item_bytes = None, 2
+    if args.from_json:   # a recorded A/B file (scripts/ab_decode_candidates.py keeps each row's profiled step)
+        shape = ModelConfig.from_hf(args.model) if args.model else ModelConfig.from_preset(args.preset or "qwen3-0.6b")
+        recorded = [r for r in json.loads(Path(args.from_json).read_text())
+                    if r.get("variant", "current") == args.variant and r.get("step_kernels")]
+        if not recorded:
+            raise RuntimeError(f"{args.from_json} has no profiled step of variant {args.variant!r}: "
+                               "pass --variant with one of its variants (an A/B file from session 15 on)")
+        fold = fold_layers(recorded[-1]["step_kernels"], shape.num_layers)
+        print(f"{args.from_json}, variant {args.variant}, its last round ({recorded[-1].get('gpu', 'GPU not named')})")
+    else:
+        if not torch.cuda.is_available():
+            raise RuntimeError("measure layers profiles GPU kernels and this machine has no CUDA GPU; fold a recorded "
+                               "step instead: --from-json docs/results/decode-ab-dattn-splits-h200.json")
+        from workbench import LLM, Optimizations
+        path = model_dir(args)
+        shape = ModelConfig.from_hf(path)
+        copy = measure_copy_bandwidth()
+        print(copy)
+        bandwidth = copy.bandwidth if copy.available else None
+        with LLM(path, opts=Optimizations.all_on(), max_num_seqs=1, max_model_len=args.prompt_len + 64) as llm:
+            item_bytes = llm.dtype.itemsize
+            fold = profile_layers(llm, shape.num_layers, prompt_len=args.prompt_len)
+    weights = gemv_weights(fold, shape, item_bytes)
+    rows = [{"position": i, "kernel": name, "projection": weights.get(i, ("",))[0],
+             "added_us": fold.added_us[i], "span_us": fold.span_us[i],
+             "weight_bytes": weights[i][1] if i in weights else None,
+             "bytes_us": weights[i][1] / bandwidth * 1e6 if i in weights and bandwidth else None}
+            for i, name in enumerate(fold.names)]
+    print(f"one layer of a batch-1 decode step, medians over {len(fold.layer_us)} layers (added: its end minus the "
+          "latest end before it; span: its own, PDL wait included; bytes_us: weight bytes at the copy bandwidth)")
+    print(format_table(rows, ["position", "kernel", "projection", "added_us", "span_us", "weight_bytes", "bytes_us"]))
+    print(f"a layer adds {fold.median_layer_us:.2f} us (median); after the last layer "
+          f"{sum(us for _, us in fold.after):.1f} us: " + ", ".join(f"{n[:40]} {us:.1f}" for n, us in fold.after))
+    _save([{**row, "layers": len(fold.layer_us), "median_layer_us": fold.median_layer_us} for row in rows], args.json)
+    return 0
+
+
 def cmd_measure_decode_attention(args) -> int:
     """A decode step's attention per layer call: the Triton split-KV kernel vs flash-attn's decode."""
     from workbench.measure import format_table, measure_copy_bandwidth
@@ -485,7 +530,7 @@ def _draw_timelines(timelines, path) -> None:
 
 def add_measure_subcommands(sub, common) -> None:
     m = sub.add_parser("measure", help="launches | breakdown | hbm | attention-traffic | gemv | decode-attention | "
-                       "boundaries | tp | roofline")
+                       "boundaries | layers | tp | roofline")
     msub = m.add_subparsers(dest="what", required=True)
     launches = msub.add_parser("launches", help="CPU launch calls vs GPU kernels per prefill/decode step")
     common(launches)
@@ -551,6 +596,13 @@ def add_measure_subcommands(sub, common) -> None:
                              "kernels, a persistent kernel's grid barrier; then as GEMVs (GPU only)")
     bounds.add_argument("--json", help="write the rows here")
     bounds.set_defaults(func=cmd_measure_boundaries)
+    layers = msub.add_parser("layers", help="a batch-1 decode step (all on) folded into its layers: what each "
+                             "kernel of a layer adds, beside its span and its weight bytes' time (GPU, or --from-json)")
+    common(layers)
+    layers.add_argument("--prompt-len", type=int, default=128, help="tokens of the prompt before the profiled step")
+    layers.add_argument("--from-json", help="measure nothing: fold a recorded A/B file's profiled step (no GPU needed)")
+    layers.add_argument("--variant", default="current", help="with --from-json: which variant's step")
+    layers.set_defaults(func=cmd_measure_layers)
     roof = msub.add_parser("roofline", help="modelled bytes/FLOPs per decode step over measured bandwidth")
     common(roof)
     roof.add_argument("--context", type=int, default=1024)

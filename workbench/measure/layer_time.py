@@ -98,6 +98,21 @@ def _fold(kernels: list[list], start: int, period: int, layers: int) -> LayerFol
         after=[(kernels[i][0], added[i]) for i in range(end, len(kernels))])
 
 
+LAYER_GEMVS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")   # a layer's projections, in launch order
+
+
+def gemv_weights(fold: LayerFold, shape, item_bytes: int = 2) -> dict[int, tuple[str, int]]:
+    """{position in the layer: (projection, its weight bytes)} where the layer launches one decode
+    GEMV (`_gemv_kernel`) per projection, as with fused_decode on; {} for any other layer (cuBLAS's
+    kernels, unfused projections), whose kernels cannot be matched to weights by name."""
+    from .gemv import gemv_shapes
+    positions = [i for i, name in enumerate(fold.names) if name == "_gemv_kernel"]
+    if len(positions) != len(LAYER_GEMVS):
+        return {}
+    shapes = gemv_shapes(shape)
+    return {i: (proj, shapes[proj][0] * shapes[proj][1] * item_bytes) for i, proj in zip(positions, LAYER_GEMVS)}
+
+
 def profile_layers(llm, layers: int, prompt_len: int = 128) -> LayerFold:
     """Profile decode steps of a live engine at batch 1 after a prompt of prompt_len tokens and fold
     the last one (GPU only: the fold reads GPU kernels)."""
