@@ -50,6 +50,9 @@ matters is what it can do before its wait and whether the next one finds room to
                       asks L2 for the layer's gate_up and down weights (l2_prefetch.install_side;
                       no kernel of the step issues or waits for it: session 15's lesson)
   side-prefetch-mlp-qkv  the same, and the next layer's qkv weight
+  dattn-prefetch-gate-up  each layer's decode attention programs ask L2 for the layer's gate_up weight
+                      before their PDL wait (l2_prefetch.install_attention; no stream forked, no
+                      kernel added: session 17's side stream without its fork; session 19)
   prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
                       decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
@@ -155,8 +158,9 @@ PREFILL_BUCKETS = {   # variant -> EngineConfig.prefill_graph_sizes (the variant
     "prefill-512-warm-x6": (512,)}
 L2_AHEAD = {"l2-prefetch-2": 2}   # l2_prefetch on, handing on the weights this many matmuls ahead
 SIDE_PREFETCH = {"side-prefetch-mlp": "mlp", "side-prefetch-mlp-qkv": "mlp+qkv"}   # l2_prefetch.SIDE_FORMS
+ATTENTION_PREFETCH = ("dattn-prefetch-gate-up",)   # l2_prefetch.install_attention
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER,
-            *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH]
+            *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH, *ATTENTION_PREFETCH]
 
 
 def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature: float) -> None:
@@ -206,6 +210,14 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
             install_gemv_form(model, on)
             l2_prefetch.install_side(model, SIDE_PREFETCH[variant])
         l2_prefetch.install = install_both
+    if variant in ATTENTION_PREFETCH:   # l2_prefetch as the engine says, then the attention form
+        from workbench.optimizations import l2_prefetch
+        install_gemv_only = l2_prefetch.install
+
+        def install_with_attention(model, on):
+            install_gemv_only(model, on)
+            l2_prefetch.install_attention(model, True)
+        l2_prefetch.install = install_with_attention
     if variant in ("prefill-unused", "prefill-replayed-once"):
         PrefillGraphs.can_run = lambda self, step: False
     if variant == "prefill-replayed-once":

@@ -55,3 +55,17 @@ def test_split_kernel_does_not_spill_even_without_alignment_hints():
     kr = _script()
     split = kr.resources(kr.decode_attention_launches("qwen3-0.6b")[0], hints=False)
     assert (split.spill_stores, split.spill_loads) == (0, 0), f"{split}"
+
+
+@pytest.mark.parametrize("prefetch_mb", [0.0, 12.6])   # nothing; a Qwen3-0.6B gate_up weight
+def test_split_kernel_asks_l2_for_the_next_weight_before_its_wait_only_when_asked(prefetch_mb):
+    """Choice 6 (l2_prefetch.install_attention): under PDL the programs' prefetches come before the
+    wait, and no kernel the engine launches today carries one."""
+    kr = _script()
+    split = kr.resources(kr.decode_attention_launches("qwen3-0.6b", pdl=True, prefetch_mb=prefetch_mb)[0])
+    prefetches = split.ptx.count("prefetch.global.L2")
+    assert (split.spill_stores, split.spill_loads) == (0, 0), f"{split}"
+    if not prefetch_mb:
+        assert prefetches == 0
+        return
+    assert prefetches >= 1 and split.ptx.index("prefetch.global.L2") < split.ptx.index("griddepcontrol.wait")

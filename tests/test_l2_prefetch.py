@@ -55,6 +55,28 @@ def test_each_matmul_prefetches_the_next_ones_weight(tiny_ckpt):
     assert all(linear.prefetch_next is None for linear in [*order, model.lm_head])
 
 
+def test_decode_attention_asks_for_its_layers_gate_up_only_when_installed(tiny_ckpt, monkeypatch):
+    """install_attention (an A/B candidate): each layer's Triton decode attention gets the layer's
+    gate_up weight to ask L2 for, and hands it to the kernel; without the switch, a clear refusal."""
+    from workbench.kernels import decode_attention as kernel
+    from workbench.optimizations import decode_attention, l2_prefetch
+    model = _model(tiny_ckpt)
+    with pytest.raises(RuntimeError, match="turn the decode_attention switch on first"):
+        l2_prefetch.install_attention(model, True)
+    decode_attention.install(model, True)
+    l2_prefetch.install_attention(model, True)
+    for layer in model.layers:
+        assert layer.self_attn.backend.prefetch_next.data_ptr() == layer.mlp.gate_up_proj.weight.data_ptr()
+    handed = []
+    monkeypatch.setattr(kernel, "paged_decode_attention", lambda *args, **kw: handed.append(kw.get("prefetch")))
+    meta = type("Meta", (), {"is_decode": True, "seq_lens": None, "block_tables": None})()
+    model.layers[1].self_attn.backend(None, None, None, meta, 1.0)
+    assert handed[-1].data_ptr() == model.layers[1].mlp.gate_up_proj.weight.data_ptr()
+    l2_prefetch.install_attention(model, False)
+    model.layers[1].self_attn.backend(None, None, None, meta, 1.0)
+    assert handed[-1] is None and all(layer.self_attn.backend.prefetch_next is None for layer in model.layers)
+
+
 def test_refused_without_the_gemv_switches(tiny_ckpt):
     from workbench import LLM, Optimizations
     with pytest.raises(ValueError, match="l2_prefetch=True: .*decode_gemv and fused_decode are both off"):

@@ -143,14 +143,17 @@ def test_last_program_merge_in_a_graph(pdl):
 
 
 @pytest.mark.parametrize("inputs_early", [False, True])
-def test_prefetch_kv_waits_for_the_newest_key(inputs_early):
+@pytest.mark.parametrize("ahead", [False, True], ids=["", "l2-ahead"])
+def test_prefetch_kv_waits_for_the_newest_key(inputs_early, ahead):
     """prefetch_kv=True (Choice 5) right after the kernel that writes the newest K/V, as in a
     decode step: each layer's qk_norm_rope_store, then attention, all under PDL in one graph.
     Before every replay the newest slots hold NaN and the new token's k/v are fresh: a program
     that read the newest key before its wait would return NaN or the last replay's values. Each
     replay equals the eager run without prefetch (PDL off) bit for bit, at contexts of one tile,
     one tile + 1 and many tiles, 20 replays each. inputs_early: qk_norm_rope_store's candidate
-    (position, cos/sin and slot before its wait) on in the graph too."""
+    (position, cos/sin and slot before its wait) on in the graph too. ahead: Choice 6, each program
+    also asks L2 for a gate_up-sized weight before its wait (l2_prefetch.install_attention): a hint
+    that must change nothing."""
     from workbench.kernels.decode_attention import paged_decode_attention
     from workbench.kernels.pdl import launching
     from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
@@ -164,6 +167,7 @@ def test_prefetch_kv_waits_for_the_newest_key(inputs_early):
     slots = torch.zeros(batch, dtype=torch.long, device="cuda")
     seq_lens = torch.zeros(batch, dtype=torch.int32, device="cuda")
     cos_sin = torch.randn(8192, d, device="cuda")
+    gate_up = torch.randn(6144, 1024, device="cuda", dtype=torch.bfloat16) if ahead else None
 
     def step(prefetch):
         outs = []
@@ -171,7 +175,7 @@ def test_prefetch_kv_waits_for_the_newest_key(inputs_early):
             q_rot = qk_norm_rope_store(q, k, v, positions, cos_sin, caches[0, i], caches[1, i], slots,
                                        inputs_early=prefetch and inputs_early)
             outs.append(paged_decode_attention(q_rot, caches[0, i], caches[1, i], seq_lens, table, d ** -0.5,
-                                               prefetch_kv=prefetch))
+                                               prefetch_kv=prefetch, prefetch=gate_up if prefetch else None))
         return outs
 
     def set_lengths(lens):

@@ -49,6 +49,14 @@ block tables are the step's inputs. So each program reads its length, its first 
 and that tile's K and V *before* the wait -- unless the tile holds the newest key -- and only q
 after it. At short contexts a program has one tile: its whole read overlaps the kernel before.
 
+Choice 6, an A/B candidate (off): the layer's next weights into L2 (`prefetch`). At short
+contexts most split programs find no key tile, and the whole kernel reads little: HBM idles while
+attention's dependent loads wait. With `prefetch` (a weight, e.g. the layer's gate_up_proj) every
+program asks L2 for its share of that weight's lines before its PDL wait (gemv.py's
+`_prefetch_l2`: fire and forget, no value changes), so the GEMV that reads it finds it in L2.
+Session 17 asked the same of a prefetch kernel on a side stream and the split kernel grew; here no
+stream is forked and no kernel added (`l2_prefetch.install_attention`; docs/perf-notes.md, session 19).
+
 Measured and not taken either (docs/perf-notes.md, session 9; the code is in git history,
 commit 36f5ffc): this kernel doing q/k norm + RoPE + the newest key's cache write itself, in
 place of the kernel before it. 28 launches fewer a step, and +57 us: every program's work after
@@ -73,6 +81,7 @@ import triton.language as tl
 
 from . import pdl
 from .pdl import pdl_wait   # by name, not pdl.wait: torch.compile copies a traced kernel's helpers by name
+from .gemv import _prefetch_l2, as_bytes, prefetch_lines
 
 BLOCK_N = 64         # keys per loop step: 64 x 128 bf16 = 16 KB of K and 16 KB of V per head
 MIN_GROUP_ROWS = 16  # tl.dot's smallest M: a GQA group of 2 query heads is padded to 16 rows
@@ -186,7 +195,8 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
                   NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                   BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, LAST_MERGES: tl.constexpr, DOT_FP32: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
-                  USE_PDL: tl.constexpr, PREFETCH_KV: tl.constexpr):
+                  USE_PDL: tl.constexpr, PREFETCH_KV: tl.constexpr,
+                  next_ptr=None, next_bytes=0, PREFETCH_LINES: tl.constexpr = 0):   # Choice 6 only
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     dims = tl.arange(0, BLOCK_D)
     if PREFETCH_KV:   # (with USE_PDL only) Choice 5: the first tile's K and V before the wait
@@ -198,6 +208,8 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
         k_early, v_early = _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, first, seq_len, dims, early,
                                     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
                                     HEAD_DIM, BLOCK_SIZE, BLOCK_N, True)
+        if PREFETCH_LINES > 0:   # Choice 6: after our own first tile is asked for, before the wait
+            _prefetch_l2(next_ptr, next_bytes, PREFETCH_LINES)
         pdl_wait(USE_PDL)
     else:
         pdl_wait(USE_PDL)   # q, the lengths, the table and the cache are all written by kernels
@@ -278,12 +290,14 @@ def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_o
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
                            splits: int | None = None, block_n: int = BLOCK_N, merge: str = "kernel",
-                           prefetch_kv: bool = True) -> torch.Tensor:
+                           prefetch_kv: bool = True, prefetch: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] >= 1 keys
     (a decoded token always sees itself; the merge relies on it) of its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
     Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it).
     merge: "kernel" (a second launch merges the splits) or "last_program" (Choice 4, measured slower).
-    prefetch_kv: under PDL, each program's first tile before the wait (Choice 5)."""
+    prefetch_kv: under PDL, each program's first tile before the wait (Choice 5).
+    prefetch: a weight whose lines the programs ask L2 for before the wait (Choice 6; with
+    prefetch_kv under PDL only, where there is a before)."""
     if merge not in MERGES:
         raise ValueError(f"paged_decode_attention: merge={merge!r}; choose from {list(MERGES)}")
     batch, num_heads, head_dim = q.shape
@@ -307,6 +321,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     counts = merge_counters(q.device, batch, kv_heads) if last else out   # not read unless `last`
     block_d = triton.next_power_of_2(head_dim)
     launch = pdl.launch_options()
+    early = prefetch_kv and launch["USE_PDL"]
+    lines = prefetch_lines(prefetch, batch * kv_heads * splits, 4 * 32) if early else 0
+    ahead = as_bytes(prefetch) if lines else q   # q: never read when PREFETCH_LINES is 0
     _attention_split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part, m, l, counts, float(scale),
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
@@ -315,7 +332,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         LAST_MERGES=last, DOT_FP32=_INTERPRET or q.dtype == torch.float32,
         BLOCK_H=max(MIN_GROUP_ROWS, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_S=triton.next_power_of_2(splits) if last else 1,   # 1: no recompile per S when unused
-        num_warps=4, num_stages=2, **launch, PREFETCH_KV=prefetch_kv and launch["USE_PDL"])
+        num_warps=4, num_stages=2, **launch, PREFETCH_KV=early,
+        next_ptr=ahead, next_bytes=ahead.numel() if lines else 0, PREFETCH_LINES=lines)
     if splits > 1 and not last:
         _attention_merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads,
                                           HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits),

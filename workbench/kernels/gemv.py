@@ -221,7 +221,7 @@ def _prefetch_l2(next_ptr, next_bytes, LINES: tl.constexpr):
     optimizations/l2_prefetch.py): LINES consecutive 128-byte lines, one `prefetch.global.L2` each,
     lines past the end skipped (a predicate, not a clamp: no line asked for twice) -- fire and
     forget, nothing waits for it and no register holds the bytes. next_ptr: those weights as bytes."""
-    program = tl.program_id(0) + tl.program_id(1) * tl.num_programs(0)
+    program = tl.program_id(0) + (tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)) * tl.num_programs(0)
     offs = (program * LINES + tl.arange(0, LINES)).to(tl.int64) * 128
     inside = (offs < next_bytes).to(tl.int32)
     tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",

@@ -30,12 +30,14 @@ class DecodeThenBackend:
     def __init__(self, backend):
         self.backend = backend
         self.name = f"{getattr(backend, 'name', type(backend).__name__)} + Triton decode"
+        self.prefetch_next = None   # a weight to ask L2 for (l2_prefetch.install_attention; an A/B candidate)
 
     def __call__(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float):
         if not meta.is_decode:
             return self.backend(q, k_cache, v_cache, meta, scale)
         from workbench.kernels.decode_attention import paged_decode_attention
-        return paged_decode_attention(q, k_cache, v_cache, meta.seq_lens, meta.block_tables, scale)
+        ahead = {} if self.prefetch_next is None else {"prefetch": self.prefetch_next}   # the candidate only
+        return paged_decode_attention(q, k_cache, v_cache, meta.seq_lens, meta.block_tables, scale, **ahead)
 
 
 def install(model, on: bool, override=None) -> None:

@@ -149,3 +149,22 @@ def install_side(model, form: str | None) -> None:
         side.join()
         return compute_logits(hidden)
     model.compute_logits = join_then_logits
+
+
+# -- From inside decode attention (session 19; an A/B candidate, not yet a switch) --------------
+# The side-stream form above made the attention split slower: the prefetch traffic beside it, or
+# the fork and join in the graph costing PDL's overlap -- its run could not tell. This form asks
+# the same of the split kernel's own programs (kernels/decode_attention.py, Choice 6): no stream
+# forked, no kernel added. One weight a layer: its gate_up_proj, the GEMV that adds the most beyond
+# its bytes' time (docs/perf-notes.md, session 19, where a layer's time goes).
+
+def install_attention(model, on: bool) -> None:
+    """Have each layer's Triton decode attention ask L2 for the layer's gate_up weight (on), or not."""
+    from .decode_attention import DecodeThenBackend
+    for layer in model.layers:
+        backend = layer.self_attn.backend
+        if not isinstance(backend, DecodeThenBackend):
+            raise RuntimeError("install_attention prefetches from the Triton decode attention: "
+                               "turn the decode_attention switch on first")
+        backend.prefetch_next = layer.mlp.gate_up_proj.weight.detach() if on else None
+
