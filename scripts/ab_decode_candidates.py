@@ -106,7 +106,7 @@ Each variant runs in its own process (torch.compile and the graph capture bake t
 order A B C ... A B C: all on, greedy (--temperature: every variant at that temperature) 128 + 512
 tokens, 8 decode steps a round, 3 repeats; a row per run as it goes (JSON rewritten after each),
 then the medians per variant, and each later variant's decode-step kernels against the first's
-(the JSON keeps every row's step_kernels: [name, us] in launch order).
+(the JSON keeps every row's step_kernels: [name, us, end] in launch order).
 """
 from __future__ import annotations
 

@@ -55,16 +55,28 @@ def test_fold_takes_medians_over_layers():
 
 def test_fold_refuses_a_step_of_another_depth_or_without_ends():
     kernels = made_up_step(4, LAYER)
-    with pytest.raises(ValueError, match="repeats 5 times"):
+    with pytest.raises(ValueError, match="repeats exactly 5 times"):
         fold_layers(kernels, 5)
     broken = [k for k in kernels if not (k[0] == "attn" and k[2] > 20)]   # one layer lost a kernel
-    with pytest.raises(ValueError, match="repeats 4 times"):
+    with pytest.raises(ValueError, match="repeats exactly 4 times"):
         fold_layers(broken, 4)
     last_broken = kernels[:1 + 3 * 4] + [k for k in kernels[1 + 3 * 4:] if k[0] != "attn"]   # the last layer too
-    with pytest.raises(ValueError, match="repeats 4 times"):
+    with pytest.raises(ValueError, match="repeats exactly 4 times"):
         fold_layers(last_broken, 4)
+    with pytest.raises(ValueError, match="repeats exactly 3 times"):   # fewer layers than the step has
+        fold_layers(kernels, 3)
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        fold_layers(kernels, 1)
     with pytest.raises(ValueError, match="no end times"):
         fold_layers([[k[0], k[1]] for k in kernels], 4)
+
+
+def test_twin_kernels_outside_the_layers_are_not_a_layer():
+    """Two identical copies before the layers repeat twice; the fold of a 2-layer step still takes
+    the layer, the run that covers the most of the step."""
+    kernels = made_up_step(2, LAYER, before=(("copy", 1.0, 1.0), ("copy", 1.0, 1.0), ("embed", 1.0, 1.0)))
+    fold = fold_layers(kernels, 2)
+    assert fold.names == ["qkv", "attn", "o", "mlp"] and [n for n, _ in fold.before] == ["copy", "copy", "embed"]
 
 
 def test_the_committed_h200_step_folds_into_its_28_layers():
@@ -76,19 +88,22 @@ def test_the_committed_h200_step_folds_into_its_28_layers():
     assert len(fold.layer_us) == 28
     assert [name for name, _ in fold.after][:2] == ["_add_rms_norm_kernel", "_gemv_kernel"]   # final norm, LM head
     assert fold.step_us == pytest.approx(current["step_kernels"][-1][2], abs=0.05)
+    for wrong in (2, 4, 14, 27, 29):   # 14: two layers would be one run repeated; 27: a layer left over
+        with pytest.raises(ValueError, match=f"repeats exactly {wrong} times"):
+            fold_layers(current["step_kernels"], wrong)
 
 
-def test_gemv_weights_match_projections_only_in_a_fused_decode_layer():
-    from workbench.measure.layer_time import gemv_weights
+def test_layer_gemv_bytes_match_projections_only_where_four_decode_gemvs_run():
+    from workbench.measure.layer_time import layer_gemv_bytes
     from workbench.model import ModelConfig
     shape = ModelConfig.from_preset("qwen3-0.6b")
     rows = json.loads((RESULTS / "decode-ab-gemv-double-h200.json").read_text())
     fold = fold_layers([r for r in rows if r["variant"] == "current"][-1]["step_kernels"], 28)
-    weights = gemv_weights(fold, shape)
+    weights = layer_gemv_bytes(fold, shape)
     assert weights == {0: ("qkv_proj", 1024 * 4096 * 2), 4: ("o_proj", 2048 * 1024 * 2),
                        5: ("gate_up_proj", 1024 * 6144 * 2), 6: ("down_proj", 3072 * 1024 * 2)}
     cublas_layer = fold_layers(made_up_step(28, [("nvjet_gemm", 5.0, 2.0), ("attn", 4.0, 3.0)]), 28)
-    assert gemv_weights(cublas_layer, shape) == {}   # no name to match a weight to: nothing claimed
+    assert layer_gemv_bytes(cublas_layer, shape) == {}   # no name to match a weight to: nothing claimed
 
 
 def test_the_cli_folds_a_recorded_step_and_refuses_a_live_one_on_a_cpu(capsys, tmp_path):
@@ -97,11 +112,22 @@ def test_the_cli_folds_a_recorded_step_and_refuses_a_live_one_on_a_cpu(capsys, t
     assert main(["measure", "layers", "--from-json", str(RESULTS / "decode-ab-dattn-splits-h200.json"),
                  "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["projection"] for r in rows] == ["qkv_proj", "", "", "", "o_proj", "gate_up_proj", "down_proj"]
-    assert all(r["layers"] == 28 for r in rows) and "a layer adds" in capsys.readouterr().out
+    layer = [r for r in rows if r["part"] == "a layer"]
+    assert [r["projection"] for r in layer] == ["qkv_proj", "", "", "", "o_proj", "gate_up_proj", "down_proj"]
+    assert [r["kernel"] for r in rows if r["part"] == "after the layers"][:2] == ["_add_rms_norm_kernel", "_gemv_kernel"]
+    assert all(r["layers"] == 28 and r["gpu"] == "NVIDIA H200" and r["source"].endswith("dattn-splits-h200.json")
+               for r in rows), "the recorded step's machine, not this one's"
+    assert "a layer adds" in capsys.readouterr().out
+    assert main(["measure", "layers", "--from-json", str(RESULTS / "decode-ab-dattn-splits-h200.json"),
+                 "--preset", "tiny"]) == 2   # a 2-layer model's fold of a 28-layer step: refused
+    assert "repeats exactly 2 times" in capsys.readouterr().err
+    not_rows = tmp_path / "not-rows.json"
+    not_rows.write_text("{}")
+    assert main(["measure", "layers", "--from-json", str(not_rows)]) == 2
+    assert "want a list of rows" in capsys.readouterr().err
     assert main(["measure", "layers", "--from-json", str(RESULTS / "decode-ab-dattn-splits-h200.json"),
                  "--variant", "no-such-variant"]) == 2
-    assert "has no profiled step of variant 'no-such-variant'" in capsys.readouterr().err
+    assert "has no profiled step of variant 'no-such-variant'; its variants with one: current," in capsys.readouterr().err
     import torch
     if not torch.cuda.is_available():
         assert main(["measure", "layers"]) == 2

@@ -351,18 +351,23 @@ def cmd_measure_layers(args) -> int:
     import torch
 
     from workbench.measure import format_table, measure_copy_bandwidth
-    from workbench.measure.layer_time import fold_layers, gemv_weights, profile_layers
+    from workbench.measure.layer_time import fold_layers, layer_gemv_bytes, profile_layers
     from workbench.model import ModelConfig
-    bandwidth, item_bytes = None, 2
+    bandwidth, item_bytes, origin = None, 2, {}
     if args.from_json:   # a recorded A/B file (scripts/ab_decode_candidates.py keeps each row's profiled step)
         shape = ModelConfig.from_hf(args.model) if args.model else ModelConfig.from_preset(args.preset or "qwen3-0.6b")
-        recorded = [r for r in json.loads(Path(args.from_json).read_text())
-                    if r.get("variant", "current") == args.variant and r.get("step_kernels")]
-        if not recorded:
-            raise RuntimeError(f"{args.from_json} has no profiled step of variant {args.variant!r}: "
-                               "pass --variant with one of its variants (an A/B file from session 15 on)")
-        fold = fold_layers(recorded[-1]["step_kernels"], shape.num_layers)
-        print(f"{args.from_json}, variant {args.variant}, its last round ({recorded[-1].get('gpu', 'GPU not named')})")
+        rows = json.loads(Path(args.from_json).read_text())
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"{args.from_json}: want a list of rows as scripts/ab_decode_candidates.py writes them")
+        steps = {r.get("variant", "current"): r for r in rows if r.get("step_kernels")}   # the last round of each
+        if args.variant not in steps:
+            raise RuntimeError(f"{args.from_json} has no profiled step of variant {args.variant!r}; its variants "
+                               f"with one: {', '.join(steps) or 'none (an A/B file from session 15 on has them)'}")
+        row = steps[args.variant]
+        fold = fold_layers(row["step_kernels"], shape.num_layers)
+        origin = {"gpu": row.get("gpu", "not named"), "date": row.get("date", ""), "source": args.from_json,
+                  "variant": args.variant}   # the recorded step's machine and day, not this one's
+        print(f"{args.from_json}, variant {args.variant}, its last round ({origin['gpu']}, {origin['date']})")
     else:
         if not torch.cuda.is_available():
             raise RuntimeError("measure layers profiles GPU kernels and this machine has no CUDA GPU; fold a recorded "
@@ -376,7 +381,7 @@ def cmd_measure_layers(args) -> int:
         with LLM(path, opts=Optimizations.all_on(), max_num_seqs=1, max_model_len=args.prompt_len + 64) as llm:
             item_bytes = llm.dtype.itemsize
             fold = profile_layers(llm, shape.num_layers, prompt_len=args.prompt_len)
-    weights = gemv_weights(fold, shape, item_bytes)
+    weights = layer_gemv_bytes(fold, shape, item_bytes)
     rows = [{"position": i, "kernel": name, "projection": weights.get(i, ("",))[0],
              "added_us": fold.added_us[i], "span_us": fold.span_us[i],
              "weight_bytes": weights[i][1] if i in weights else None,
@@ -387,7 +392,9 @@ def cmd_measure_layers(args) -> int:
     print(format_table(rows, ["position", "kernel", "projection", "added_us", "span_us", "weight_bytes", "bytes_us"]))
     print(f"a layer adds {fold.median_layer_us:.2f} us (median); after the last layer "
           f"{sum(us for _, us in fold.after):.1f} us: " + ", ".join(f"{n[:40]} {us:.1f}" for n, us in fold.after))
-    _save([{**row, "layers": len(fold.layer_us), "median_layer_us": fold.median_layer_us} for row in rows], args.json)
+    rows += [{"position": None, "kernel": name, "part": "after the layers", "added_us": us} for name, us in fold.after]
+    _save([{"part": "a layer", **row, "layers": len(fold.layer_us), "median_layer_us": fold.median_layer_us,
+            **origin} for row in rows], args.json)
     return 0
 
 

@@ -68,21 +68,46 @@ class LayerFold:
 
 def fold_layers(kernels: list[list], layers: int) -> LayerFold:
     """Fold one decode step ([name, span us, end us] a kernel, launch order) into `layers` layers.
-    The layer is the shortest run of names repeated `layers` times back to back (the earliest such
-    run if several); ValueError if none is: a step of another model, or not a decode step."""
-    if layers < 1:
-        raise ValueError(f"layers must be at least 1, got {layers}")
+    The layer is a run of names repeated exactly `layers` times back to back -- in the longest such
+    stretch, so a layer's kernels cannot be read one place off -- itself not a shorter run repeated
+    (two layers are not one), covering at least half the step; of several, the one covering the
+    most kernels. ValueError otherwise: a step of another model, or not a decode step."""
+    if layers < 2:
+        raise ValueError(f"layers={layers}: a fold finds the layer by its repeats, so it needs at least 2 layers")
     if kernels and len(kernels[0]) < 3:
         raise ValueError("these kernels have no end times (recorded before session 15): "
                          "what each adds under PDL cannot be told from spans that overlap")
     names = [k[0] for k in kernels]
+    found = []   # (period, start) of each stretch that is one run repeated exactly `layers` times
     for period in range(1, len(names) // layers + 1):
-        for start in range(len(names) - period * layers + 1):
-            one = names[start:start + period]
-            if all(names[start + i * period:start + (i + 1) * period] == one for i in range(1, layers)):
-                return _fold(kernels, start, period, layers)
-    raise ValueError(f"no run of kernel names repeats {layers} times back to back in these {len(names)} "
-                     "kernels: is this a decode step of a model with that many layers?")
+        for start, length in _stretches(names, period):
+            if length // period == layers and _primitive(names[start:start + period]):
+                found.append((period, start))
+    if found:
+        period, start = max(found, key=lambda f: (f[0], -f[1]))   # the most kernels; then the earliest
+        if 2 * period * layers >= len(names):
+            return _fold(kernels, start, period, layers)
+    raise ValueError(f"no run of kernel names repeats exactly {layers} times back to back over most of these "
+                     f"{len(names)} kernels: is this a decode step of a model with {layers} layers?")
+
+
+def _stretches(names: list[str], period: int) -> list[tuple[int, int]]:
+    """(start, length) of each longest stretch in which every name equals the one `period` later
+    (the stretch of a run repeated back to back, whatever kernel of the run it starts on)."""
+    same = [names[i] == names[i + period] for i in range(len(names) - period)] + [False]
+    out, start = [], None
+    for i, s in enumerate(same):
+        if s and start is None:
+            start = i
+        elif not s and start is not None:
+            out.append((start, i - start + period))
+            start = None
+    return out
+
+
+def _primitive(run: list[str]) -> bool:
+    """The run is not a shorter run repeated (two identical layers would be)."""
+    return not any(len(run) % p == 0 and run == run[:p] * (len(run) // p) for p in range(1, len(run)))
 
 
 def _fold(kernels: list[list], start: int, period: int, layers: int) -> LayerFold:
@@ -101,10 +126,10 @@ def _fold(kernels: list[list], start: int, period: int, layers: int) -> LayerFol
 LAYER_GEMVS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")   # a layer's projections, in launch order
 
 
-def gemv_weights(fold: LayerFold, shape, item_bytes: int = 2) -> dict[int, tuple[str, int]]:
-    """{position in the layer: (projection, its weight bytes)} where the layer launches one decode
-    GEMV (`_gemv_kernel`) per projection, as with fused_decode on; {} for any other layer (cuBLAS's
-    kernels, unfused projections), whose kernels cannot be matched to weights by name."""
+def layer_gemv_bytes(fold: LayerFold, shape, item_bytes: int = 2) -> dict[int, tuple[str, int]]:
+    """{position in the layer: (projection, its weight bytes)} where the layer launches exactly four
+    decode GEMVs (`_gemv_kernel`: decode_gemv or fused_decode on), one per projection in the model's
+    order; {} for any other layer (cuBLAS's kernels carry no name a weight can be matched to)."""
     from .gemv import gemv_shapes
     positions = [i for i, name in enumerate(fold.names) if name == "_gemv_kernel"]
     if len(positions) != len(LAYER_GEMVS):
