@@ -66,6 +66,8 @@ def test_split_kernel_asks_l2_for_the_next_weight_before_its_wait_only_when_aske
     prefetches = split.ptx.count("prefetch.global.L2")
     assert (split.spill_stores, split.spill_loads) == (0, 0), f"{split}"
     if not prefetch_mb:
-        assert prefetches == 0
+        assert prefetches == 0 and "%nctaid.y" not in split.ptx
         return
     assert prefetches >= 1 and split.ptx.index("prefetch.global.L2") < split.ptx.index("griddepcontrol.wait")
+    # each program its own share: the index counts the grid's second and third axes (KV heads, splits)
+    assert "%nctaid.y" in split.ptx, "the prefetch's program index ignores the grid's later axes"

@@ -63,6 +63,7 @@ def test_decode_attention_asks_for_its_layers_gate_up_only_when_installed(tiny_c
     model = _model(tiny_ckpt)
     with pytest.raises(RuntimeError, match="turn the decode_attention switch on first"):
         l2_prefetch.install_attention(model, True)
+    l2_prefetch.install_attention(model, False)   # off without the switch: nothing to do, no error
     decode_attention.install(model, True)
     l2_prefetch.install_attention(model, True)
     for layer in model.layers:

@@ -79,6 +79,16 @@ def test_twin_kernels_outside_the_layers_are_not_a_layer():
     assert fold.names == ["qkv", "attn", "o", "mlp"] and [n for n, _ in fold.before] == ["copy", "copy", "embed"]
 
 
+@pytest.mark.parametrize("before,after", [((("embed", 1.0, 1.0), ("mlp", 6.0, 6.0)), (("lm_head", 5.0, 5.0),)),
+                                          ((("embed", 1.0, 1.0),), (("qkv", 5.0, 2.0), ("lm_head", 5.0, 5.0)))])
+def test_a_kernel_next_to_the_layers_named_as_a_layers_own_is_refused_not_misread(before, after):
+    """A layer's last kernel's name just before the layers (or its first just after): the stretch
+    holds a partial run more, and where a layer begins is unknown -- refused, not folded one off."""
+    kernels = made_up_step(4, LAYER, before=before, after=after)
+    with pytest.raises(ValueError, match="repeats exactly 4 times"):
+        fold_layers(kernels, 4)
+
+
 def test_the_committed_h200_step_folds_into_its_28_layers():
     rows = json.loads((RESULTS / "decode-ab-gemv-double-h200.json").read_text())
     current = [r for r in rows if r["variant"] == "current"][-1]

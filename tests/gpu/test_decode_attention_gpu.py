@@ -153,7 +153,8 @@ def test_prefetch_kv_waits_for_the_newest_key(inputs_early, ahead):
     one tile + 1 and many tiles, 20 replays each. inputs_early: qk_norm_rope_store's candidate
     (position, cos/sin and slot before its wait) on in the graph too. ahead: Choice 6, each program
     also asks L2 for a gate_up-sized weight before its wait (l2_prefetch.install_attention): a hint
-    that must change nothing."""
+    that must change nothing (this case can fail only by a crash or a changed value; whether the
+    lines land in L2 is the A/B's and ncu's question)."""
     from workbench.kernels.decode_attention import paged_decode_attention
     from workbench.kernels.pdl import launching
     from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store

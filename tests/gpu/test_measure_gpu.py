@@ -141,5 +141,5 @@ def test_a_live_decode_step_folds_into_its_layers(tmp_path):
         fold = profile_layers(llm, layers=28, prompt_len=128)
     print(fold.names, [round(us, 2) for us in fold.added_us], round(fold.median_layer_us, 2), round(fold.step_us, 1))
     assert len(layer_gemv_bytes(fold, ModelConfig.from_hf(path))) == 4   # all on: four decode GEMVs a layer
-    assert sum(fold.layer_us) > 0.5 * fold.step_us - sum(us for _, us in fold.before)   # most of the GPU's step
+    assert sum(fold.layer_us) > 0.5 * (fold.step_us - sum(us for _, us in fold.before))   # most of the GPU's step
     assert sum(fold.added_us) < sum(fold.span_us)

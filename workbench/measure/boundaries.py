@@ -390,7 +390,7 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
     print(f"{'form':>17} {'H':>5} {'MB a step':>9} {'programs':>8} {'us a step':>10} {'range':>13} "
           f"{'% copy bw':>9} {'rel err':>8}")
     for hidden in (1024, 2048):
-        weights = layer_gemv_bytes(stages, hidden, "cuda")
+        weights = gemv_weights(stages, hidden, "cuda")
         step_bytes = hidden * hidden * 2
         pdl_cases = [("kernels+pdl", p) for p in (hidden // 4, 128, 256, 512, 1024)] if pdl_here else []
         pdl_cases += [("kernels+pdl-early", p) for p in (hidden // 4, 128)] if pdl_here else []

@@ -8,10 +8,11 @@ holds the layer's cost as many times as the model has layers. Two things make re
   to the step is its end minus the latest end before it (`wall_added`); these sum to the step,
   first start to last end. A kernel whose weights load under the kernel before adds little even
   with a long span.
-- **The layer from the names alone.** `fold_layers` finds the shortest run of kernel names that
-  repeats once a layer, back to back; what stands before it (the embedding) and after it (the
+- **The layer from the names alone.** `fold_layers` finds the run of kernel names repeated
+  back to back exactly once a layer; what stands before it (the embedding) and after it (the
   final norm, the LM head, the sampler) is kept apart. Each kernel of the layer gets the median
-  over layers of what it added.
+  over layers of what it added. Where a kernel next to the layers has the name of a layer's own
+  first or last kernel, where a layer begins cannot be told from names: the fold refuses.
 
 `profile_layers(llm, layers)` profiles one decode step of a live engine (torch.profiler through
 measure/timeline.py) and folds it; `scripts/ab_decode_candidates.py` keeps the same
@@ -68,10 +69,11 @@ class LayerFold:
 
 def fold_layers(kernels: list[list], layers: int) -> LayerFold:
     """Fold one decode step ([name, span us, end us] a kernel, launch order) into `layers` layers.
-    The layer is a run of names repeated exactly `layers` times back to back -- in the longest such
-    stretch, so a layer's kernels cannot be read one place off -- itself not a shorter run repeated
-    (two layers are not one), covering at least half the step; of several, the one covering the
-    most kernels. ValueError otherwise: a step of another model, or not a decode step."""
+    The layer is a run of names that fills a longest back-to-back stretch exactly `layers` times
+    (a stretch with a partial run more, a kernel before or after the layers named as one of the
+    layer's own, leaves where a layer begins unknown), itself not a shorter run repeated (a layer
+    whose kernels are all one repeated name cannot be told from more layers), covering at least
+    half the step; of several, the one covering the most kernels. ValueError otherwise."""
     if layers < 2:
         raise ValueError(f"layers={layers}: a fold finds the layer by its repeats, so it needs at least 2 layers")
     if kernels and len(kernels[0]) < 3:
@@ -81,14 +83,16 @@ def fold_layers(kernels: list[list], layers: int) -> LayerFold:
     found = []   # (period, start) of each stretch that is one run repeated exactly `layers` times
     for period in range(1, len(names) // layers + 1):
         for start, length in _stretches(names, period):
-            if length // period == layers and _primitive(names[start:start + period]):
+            if length == period * layers and _primitive(names[start:start + period]):
                 found.append((period, start))
     if found:
         period, start = max(found, key=lambda f: (f[0], -f[1]))   # the most kernels; then the earliest
         if 2 * period * layers >= len(names):
             return _fold(kernels, start, period, layers)
     raise ValueError(f"no run of kernel names repeats exactly {layers} times back to back over most of these "
-                     f"{len(names)} kernels: is this a decode step of a model with {layers} layers?")
+                     f"{len(names)} kernels: is this a decode step of a model with {layers} layers? (The fold also "
+                     "refuses where a kernel next to the layers is named as a layer's own, and layers whose "
+                     "kernels are one name repeated: where a layer begins cannot be told from names.)")
 
 
 def _stretches(names: list[str], period: int) -> list[tuple[int, int]]:

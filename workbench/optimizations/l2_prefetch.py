@@ -159,11 +159,14 @@ def install_side(model, form: str | None) -> None:
 # its bytes' time (docs/perf-notes.md, session 19, where a layer's time goes).
 
 def install_attention(model, on: bool) -> None:
-    """Have each layer's Triton decode attention ask L2 for the layer's gate_up weight (on), or not."""
+    """Have each layer's Triton decode attention ask L2 for the layer's gate_up weight (on), or not.
+    After decode_attention.install, which builds the wrappers that hold it (the runner's order)."""
     from .decode_attention import DecodeThenBackend
     for layer in model.layers:
         backend = layer.self_attn.backend
         if not isinstance(backend, DecodeThenBackend):
+            if not on:
+                continue   # nothing to take away
             raise RuntimeError("install_attention prefetches from the Triton decode attention: "
                                "turn the decode_attention switch on first")
         backend.prefetch_next = layer.mlp.gate_up_proj.weight.detach() if on else None
