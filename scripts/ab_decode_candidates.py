@@ -163,6 +163,18 @@ VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_
             *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH, *ATTENTION_PREFETCH]
 
 
+def _after_l2_prefetch(form: str, arg) -> None:
+    """l2_prefetch as the engine says, then l2_prefetch.<form>(model, arg): the runner installs
+    l2_prefetch after decode_attention, so a form that needs the attention wrappers finds them."""
+    from workbench.optimizations import l2_prefetch
+    install_gemv_form, also = l2_prefetch.install, getattr(l2_prefetch, form)
+
+    def install_then(model, on):
+        install_gemv_form(model, on)
+        also(model, arg)
+    l2_prefetch.install = install_then
+
+
 def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature: float) -> None:
     """One variant, in this process: patch it in before the engine exists, bench, print JSON."""
     import functools
@@ -202,22 +214,10 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         l2_prefetch.install = lambda model, on: install(model, on, ahead=L2_AHEAD[variant])
     if variant in SIDE_PREFETCH and not torch.cuda.is_available():
         print(f"{variant}: no CUDA, the side stream is not installed (this row runs as current)", file=sys.stderr)
-    elif variant in SIDE_PREFETCH:   # l2_prefetch as the engine says, then the side form
-        from workbench.optimizations import l2_prefetch
-        install_gemv_form = l2_prefetch.install
-
-        def install_both(model, on):
-            install_gemv_form(model, on)
-            l2_prefetch.install_side(model, SIDE_PREFETCH[variant])
-        l2_prefetch.install = install_both
-    if variant in ATTENTION_PREFETCH:   # l2_prefetch as the engine says, then the attention form
-        from workbench.optimizations import l2_prefetch
-        install_gemv_only = l2_prefetch.install
-
-        def install_with_attention(model, on):
-            install_gemv_only(model, on)
-            l2_prefetch.install_attention(model, True)
-        l2_prefetch.install = install_with_attention
+    elif variant in SIDE_PREFETCH:
+        _after_l2_prefetch("install_side", SIDE_PREFETCH[variant])
+    if variant in ATTENTION_PREFETCH:
+        _after_l2_prefetch("install_attention", True)
     if variant in ("prefill-unused", "prefill-replayed-once"):
         PrefillGraphs.can_run = lambda self, step: False
     if variant == "prefill-replayed-once":

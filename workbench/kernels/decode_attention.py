@@ -81,7 +81,7 @@ import triton.language as tl
 
 from . import pdl
 from .pdl import pdl_wait   # by name, not pdl.wait: torch.compile copies a traced kernel's helpers by name
-from .gemv import _prefetch_l2, as_bytes, prefetch_lines
+from .gemv import _prefetch_l2, prefetch_args
 
 BLOCK_N = 64         # keys per loop step: 64 x 128 bf16 = 16 KB of K and 16 KB of V per head
 MIN_GROUP_ROWS = 16  # tl.dot's smallest M: a GQA group of 2 query heads is padded to 16 rows
@@ -322,8 +322,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     block_d = triton.next_power_of_2(head_dim)
     launch = pdl.launch_options()
     early = prefetch_kv and launch["USE_PDL"]
-    lines = prefetch_lines(prefetch, batch * kv_heads * splits, 4 * 32) if early else 0
-    ahead = as_bytes(prefetch) if lines else q   # q: never read when PREFETCH_LINES is 0
+    ahead, ahead_bytes, lines = prefetch_args(prefetch if early else None, batch * kv_heads * splits, 4 * 32, q)
     _attention_split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part, m, l, counts, float(scale),
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
@@ -333,7 +332,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         BLOCK_H=max(MIN_GROUP_ROWS, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_S=triton.next_power_of_2(splits) if last else 1,   # 1: no recompile per S when unused
         num_warps=4, num_stages=2, **launch, PREFETCH_KV=early,
-        next_ptr=ahead, next_bytes=ahead.numel() if lines else 0, PREFETCH_LINES=lines)
+        next_ptr=ahead, next_bytes=ahead_bytes, PREFETCH_LINES=lines)
     if splits > 1 and not last:
         _attention_merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads,
                                           HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits),

@@ -341,6 +341,17 @@ def prefetch_lines(next_weight: torch.Tensor | None, programs: int, threads: int
     return max(triton.next_power_of_2(lines), threads)
 
 
+def prefetch_args(next_weight: torch.Tensor | None, programs: int, threads: int,
+                  unused: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """What a kernel calling `_prefetch_l2` is handed: (next_weight as bytes, their count, lines a
+    program: prefetch_lines); with nothing to prefetch, (`unused`, 0, 0) -- a pointer never read."""
+    lines = prefetch_lines(next_weight, programs, threads)
+    if not lines:
+        return unused, 0, 0
+    data = as_bytes(next_weight)
+    return data, data.numel(), lines
+
+
 def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=None, norm_weight=None,
            res_out=None, eps: float = 0.0, prefetch: torch.Tensor | None = None) -> None:
     """Run the GEMV into `out` [M, N]. x: [M, K] (X_FORM = SILU_MUL: [M, 2K]) with unit stride
@@ -356,11 +367,10 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
     grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
     bias_arg = bias if bias is not None else weight   # never read when HAS_BIAS is False
     res = residual if residual is not None else x     # likewise the RMS_NORM-only pointers
-    lines = prefetch_lines(prefetch, grid[0] * grid[1], 32 * cfg.num_warps)
-    next_bytes = as_bytes(prefetch) if lines else x
+    next_bytes, nbytes, lines = prefetch_args(prefetch, grid[0] * grid[1], 32 * cfg.num_warps, x)
     _gemv_kernel[grid](x, weight, bias_arg, target, m, n, k, x.stride(0), k_split,
                        res, norm_weight if norm_weight is not None else x, res_out if res_out is not None else x, eps,
-                       next_bytes, next_bytes.numel() if lines else 0, PREFETCH_LINES=lines,
+                       next_bytes, nbytes, PREFETCH_LINES=lines,
                        X_FORM=x_form, HAS_RES=residual is not None,
                        HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % (cfg.split_k * cfg.block_k) == 0,
                        EVEN_N=n % cfg.block_n == 0, DOT_FP32=_DOT_FP32 or x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
