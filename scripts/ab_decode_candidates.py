@@ -52,7 +52,8 @@ matters is what it can do before its wait and whether the next one finds room to
   side-prefetch-mlp-qkv  the same, and the next layer's qkv weight
   dattn-prefetch-gate-up  each layer's decode attention programs ask L2 for the layer's gate_up weight
                       before their PDL wait (l2_prefetch.install_attention; no stream forked, no
-                      kernel added: session 17's side stream without its fork; session 19)
+                      kernel added: session 17's side stream without its fork; session 19;
+                      measured slower, session 20: 1,442 vs 1,502 tok/s)
   prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
                       decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;

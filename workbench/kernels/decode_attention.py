@@ -49,13 +49,17 @@ block tables are the step's inputs. So each program reads its length, its first 
 and that tile's K and V *before* the wait -- unless the tile holds the newest key -- and only q
 after it. At short contexts a program has one tile: its whole read overlaps the kernel before.
 
-Choice 6, an A/B candidate (off): the layer's next weights into L2 (`prefetch`). At short
+Choice 6, measured and not taken (off): the layer's next weights into L2 (`prefetch`). At short
 contexts most split programs find no key tile, and the whole kernel reads little: HBM idles while
 attention's dependent loads wait. With `prefetch` (a weight, e.g. the layer's gate_up_proj) every
 program asks L2 for its share of that weight's lines before its PDL wait (gemv.py's
 `_prefetch_l2`: fire and forget, no value changes), so the GEMV that reads it finds it in L2.
 Session 17 asked the same of a prefetch kernel on a side stream and the split kernel grew; here no
-stream is forked and no kernel added (`l2_prefetch.install_attention`; docs/perf-notes.md, session 19).
+stream is forked and no kernel added (`l2_prefetch.install_attention`). On an H200 (session 20,
+docs/results/decode-ab-dattn-prefetch-h200.json) the step got slower all the same: the split
+kernel grew ~1.9 us a layer, gate_up shrank ~0.6. So it was not the fork: 12.6 MB of prefetch
+traffic lengthens the split's own dependent loads, and gate_up, its weights in L2, stays ~5.5 us
+-- its time is not its bytes (docs/perf-notes.md, session 20).
 
 Measured and not taken either (docs/perf-notes.md, session 9; the code is in git history,
 commit 36f5ffc): this kernel doing q/k norm + RoPE + the newest key's cache write itself, in

@@ -151,12 +151,14 @@ def install_side(model, form: str | None) -> None:
     model.compute_logits = join_then_logits
 
 
-# -- From inside decode attention (session 19; an A/B candidate, not yet a switch) --------------
+# -- From inside decode attention (session 19; an A/B candidate, measured slower in session 20) --
 # The side-stream form above made the attention split slower: the prefetch traffic beside it, or
 # the fork and join in the graph costing PDL's overlap -- its run could not tell. This form asks
 # the same of the split kernel's own programs (kernels/decode_attention.py, Choice 6): no stream
 # forked, no kernel added. One weight a layer: its gate_up_proj, the GEMV that adds the most beyond
-# its bytes' time (docs/perf-notes.md, session 19, where a layer's time goes).
+# its bytes' time (docs/perf-notes.md, session 19, where a layer's time goes). Measured on an H200
+# (session 20): 1,502 -> 1,442 tok/s; the split grew ~1.9 us a layer without a fork, so the bus,
+# not the fork, is what slows it, and gate_up with its weight in L2 still adds ~5.5 us.
 
 def install_attention(model, on: bool) -> None:
     """Have each layer's Triton decode attention ask L2 for the layer's gate_up weight (on), or not.
