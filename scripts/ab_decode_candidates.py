@@ -54,6 +54,13 @@ matters is what it can do before its wait and whether the next one finds room to
                       before their PDL wait (l2_prefetch.install_attention; no stream forked, no
                       kernel added: session 17's side stream without its fork; session 19;
                       measured slower, session 20: 1,442 vs 1,502 tok/s)
+  gate-up-silu        gate_up's folded GEMV (norm + residual) writes silu(gate) * up in its epilogue,
+                      each program's rows taken in (gate j, up j) pairs; down_proj then runs the
+                      plain GEMV on that [1, 3,072] row: after its wait it reads 6 KB, not 12, and
+                      computes no silu (fused_gemv.rms_norm_linear's silu_out; session 20)
+  greedy-fused-sampling  greedy rows through the fused sampler's Triton pair (kernels/sample.py, a
+                      temperature of 0: the argmax, no noise) instead of torch's argmax (a memset
+                      and a reduction: ~12 us a step added after the LM head in session 19's fold)
   prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
                       decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
@@ -161,7 +168,50 @@ L2_AHEAD = {"l2-prefetch-2": 2}   # l2_prefetch on, handing on the weights this 
 SIDE_PREFETCH = {"side-prefetch-mlp": "mlp", "side-prefetch-mlp-qkv": "mlp+qkv"}   # l2_prefetch.SIDE_FORMS
 ATTENTION_PREFETCH = ("dattn-prefetch-gate-up",)   # l2_prefetch.install_attention
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER,
-            *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH, *ATTENTION_PREFETCH]
+            *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH, *ATTENTION_PREFETCH,
+            "gate-up-silu", "greedy-fused-sampling"]   # (PATCHED, below)
+
+
+def _silu_in_gate_up() -> None:
+    """gate-up-silu: where fused_decode folds the MLP at decode, gate_up's GEMV hands down_proj
+    silu(gate) * up (rms_norm_linear's silu_out) and down_proj runs as a plain linear layer."""
+    from workbench.kernels.fused_gemv import MAX_M, rms_norm_linear
+    from workbench.model.qwen3 import DecoderLayer
+    layer_forward = DecoderLayer.forward
+
+    def forward(self, positions, hidden, residual, meta):
+        norm, mlp = self.post_attention_layernorm, self.mlp
+        if norm.fold is None or mlp.act.fold is None or not 1 <= hidden.shape[0] <= MAX_M:
+            return layer_forward(self, positions, hidden, residual, meta)   # what the folds would not take
+        qkv, residual = self.input_layernorm.then(self.self_attn.qkv_proj, hidden, residual)
+        hidden = self.self_attn(positions, qkv, meta)
+        act, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
+                                        mlp.gate_up_proj.bias, silu_out=True)
+        return mlp.down_proj(act), residual
+    DecoderLayer.forward = forward
+
+
+def _greedy_fused_sampling() -> None:
+    """greedy-fused-sampling: an all-greedy batch sampled by the fused kernels at temperature 0."""
+    import torch
+
+    from workbench.engine.sampler import Sampler
+    from workbench.kernels.sample import sample
+    plain, zeros = Sampler.sample, {}
+
+    def sample_greedy_fused(self, logits, seqs, rows=None):
+        if not all(seq.params.greedy for seq in seqs):
+            return plain(self, logits, seqs, rows)
+        n = logits.shape[0]
+        if n not in zeros:   # temperatures 0 (float32), seeds and counts unused (int64): made once
+            zeros[n] = (torch.zeros(n, device=logits.device), torch.zeros(n, dtype=torch.int64, device=logits.device))
+        temps, unused = zeros[n]
+        return sample(logits, temps, unused, unused)
+    Sampler.sample = sample_greedy_fused
+
+
+PATCHED = {"gate-up-silu": _silu_in_gate_up,   # variant -> what it patches in before the engine exists
+           "greedy-fused-sampling": _greedy_fused_sampling}
 
 
 def _after_l2_prefetch(form: str, arg) -> None:
@@ -219,6 +269,8 @@ def child(variant: str, workdir: str, preset: str, new_tokens: int, temperature:
         _after_l2_prefetch("install_side", SIDE_PREFETCH[variant])
     if variant in ATTENTION_PREFETCH:
         _after_l2_prefetch("install_attention", True)
+    if variant in PATCHED:
+        PATCHED[variant]()
     if variant in ("prefill-unused", "prefill-replayed-once"):
         PrefillGraphs.can_run = lambda self, step: False
     if variant == "prefill-replayed-once":

@@ -11,7 +11,7 @@ from itertools import product
 
 import pytest
 
-CHECKS = ["rms_norm_linear", "silu_mul_linear", "broken_fold_is_caught", "qk_norm_rope_store",
+CHECKS = ["rms_norm_linear", "silu_mul_linear", "silu_out", "broken_fold_is_caught", "qk_norm_rope_store",
           "qk_norm_rope_store_inputs_early", "engine_tokens_match_all_off"]
 SHAPES = ((40, 72), (32, 256))   # (N, K): N not a multiple of the block, K not of split x block
 
@@ -118,6 +118,43 @@ def check_silu_mul_linear(torch):
         assert err < _tol(torch, dtype), f"{dtype} M={m} N={n} K={k}: rel err {err:.3g}"
 
 
+def silu_out_err(torch, m, n, k, dtype, bias, act_for_ref=None):
+    """rms_norm_linear(silu_out=True), gate_up with silu-and-mul in its epilogue, against
+    plain_silu_and_mul of the fold's own gate_up (rms_norm_linear, checked above against the
+    unfused forms); first checks that the down_proj after it equals the fold it replaces
+    (rms_norm_linear -> silu_mul_linear) bit for bit at M = 1."""
+    from workbench.kernels.fused_gemv import rms_norm_linear, silu_mul_linear
+    from workbench.kernels.gemv import gemv
+    from workbench.model.layers import plain_silu_and_mul
+    x, res = 3 * torch.randn(m, k, dtype=dtype), torch.randn(m, k, dtype=dtype)
+    nw, eps = (1 + 0.1 * torch.randn(k)).to(dtype), 1e-6
+    w, b = torch.randn(n, k, dtype=dtype), (torch.randn(n, dtype=dtype) if bias else None)   # [gate | up]
+    got, got_res = rms_norm_linear(x, res, nw, eps, w, b, silu_out=True)
+    assert got.shape == (m, n // 2) and got.dtype == dtype and torch.isfinite(got).all()
+    gate_up, want_res = rms_norm_linear(x, res, nw, eps, w, b)
+    assert torch.equal(got_res, want_res), "silu_out changed the new residual"
+    if m == 1:   # (M > 1: tl.dot, whose sums the interpreter may order by the rows' layout)
+        w_down = torch.randn(24, n // 2, dtype=dtype)
+        assert torch.equal(gemv(got, w_down), silu_mul_linear(gate_up, w_down)), "down_proj differs"
+    return _rel_err(got, (act_for_ref or plain_silu_and_mul)(gate_up).double())
+
+
+def check_silu_out(torch):
+    from workbench.kernels import gemv as g
+    for dtype, m, (n, k) in _cases(torch, g):
+        if g.pick_config(m, n, k, torch.device("cpu")).block_n % 2:
+            continue   # silu_out takes rows in pairs: refused below
+        err = silu_out_err(torch, m, n, k, dtype, bias=m != 3)
+        assert err < _tol(torch, dtype), f"{dtype} M={m} N={n} K={k}: rel err {err:.3g}"
+    try:
+        g.launch(torch.ones(1, 8), torch.ones(6, 8), None, g.GemvConfig(block_n=3, block_k=8), torch.empty(1, 3),
+                 silu_out=True)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("an odd block_n was taken for silu_out: its pairs would straddle programs")
+
+
 def check_broken_fold_is_caught(torch):
     """The same checks, fed a wrong reference (the residual forgotten; gate and up swapped), must
     fail: they can tell a fold that skips part of the op."""
@@ -126,6 +163,8 @@ def check_broken_fold_is_caught(torch):
     swapped = lambda gu: torch.nn.functional.silu(gu.chunk(2, -1)[1]) * gu.chunk(2, -1)[0]  # noqa: E731
     err = silu_linear_err(torch, 3, 40, 72, torch.float32, True, act_for_ref=swapped)
     assert err > 0.05, f"a swapped gate/up passed (rel err {err:.3g}): the check cannot fail"
+    err = silu_out_err(torch, 3, 40, 72, torch.float32, True, act_for_ref=swapped)
+    assert err > 0.05, f"silu_out: a swapped gate/up passed (rel err {err:.3g}): the check cannot fail"
 
 
 def check_qk_norm_rope_store(torch):

@@ -59,6 +59,24 @@ def test_silu_mul_linear_matches_unfused(m, bias):
     assert _rel(got, want) < 1e-2, f"M={m}: rel err {_rel(got, want):.3g}"
 
 
+@pytest.mark.parametrize("m", [1, 2, 16])
+def test_silu_out_matches_the_fold_it_replaces(m):
+    """gate_up with silu-and-mul in its epilogue (rms_norm_linear's silu_out: the A/B variant
+    gate-up-silu) at the 0.6B shapes: the new residual unchanged, and the down_proj after it equal
+    to rms_norm_linear -> silu_mul_linear's, bit for bit at M = 1 (the same sums in the same order)."""
+    from workbench.kernels.fused_gemv import rms_norm_linear, silu_mul_linear
+    from workbench.kernels.gemv import linear
+    args, _, _ = _norm_case(m, GATE_UP, False)
+    act, res = rms_norm_linear(*args, silu_out=True)
+    gate_up, want_res = rms_norm_linear(*args)
+    assert act.shape == (m, INTER) and torch.equal(res, want_res)
+    w_down = torch.randn(HIDDEN, INTER, device="cuda", dtype=torch.bfloat16) / INTER ** 0.5
+    got, want = linear(act, w_down), silu_mul_linear(gate_up, w_down)
+    if m == 1:
+        assert torch.equal(got, want), f"M=1: max diff {(got.float() - want.float()).abs().max():.3g}"
+    assert _rel(got, want.float()) < 1e-2, f"M={m}: rel err {_rel(got, want.float()):.3g}"
+
+
 def test_graph_replay_and_compile_match_eager():
     from workbench.kernels.fused_gemv import rms_norm_linear, silu_mul_linear
     args, _, _ = _norm_case(1, QKV, True)

@@ -48,17 +48,17 @@ def _config(x: torch.Tensor, weight: torch.Tensor, whole_rows: bool = False) -> 
 @torch.library.custom_op("workbench::rms_norm_gemv", mutates_args=())
 def rms_norm_gemv_op(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                      weight: torch.Tensor, bias: torch.Tensor | None,
-                     prefetch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+                     prefetch: torch.Tensor | None = None, silu_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.empty((x.shape[0], weight.shape[0] // (2 if silu_out else 1)), dtype=x.dtype, device=x.device)
     new_residual = torch.empty_like(x)   # = x + residual (a copy of x when residual is None)
     launch(x, weight, bias, _config(x, weight, whole_rows=True), out, RMS_NORM, residual, norm_weight, new_residual,
-           eps, prefetch=prefetch)
+           eps, prefetch=prefetch, silu_out=silu_out)
     return out, new_residual
 
 
 @rms_norm_gemv_op.register_fake
-def _(x, residual, norm_weight, eps, weight, bias, prefetch=None):
-    return x.new_empty((x.shape[0], weight.shape[0])), torch.empty_like(x)
+def _(x, residual, norm_weight, eps, weight, bias, prefetch=None, silu_out=False):
+    return x.new_empty((x.shape[0], weight.shape[0] // (2 if silu_out else 1))), torch.empty_like(x)
 
 
 @torch.library.custom_op("workbench::silu_mul_gemv", mutates_args=())
@@ -82,16 +82,18 @@ def _check(x: torch.Tensor, k: int, weight: torch.Tensor, what: str) -> None:
 
 def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                     weight: torch.Tensor, bias: torch.Tensor | None = None,
-                    prefetch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    prefetch: torch.Tensor | None = None, silu_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(RMSNorm(x + residual) * norm_weight @ weight^T + bias, x + residual); x, residual [M, K]
     with M <= MAX_M; residual None: the norm of x alone, and the second output is a copy of x.
-    prefetch: the next matmul's weight, pulled into L2 meanwhile (gemv.launch)."""
+    prefetch: the next matmul's weight, pulled into L2 meanwhile (gemv.launch).
+    silu_out (an A/B candidate): weight is gate_up's [gate | up], and the first output is
+    silu(gate) * up [M, N / 2], made in the epilogue -- down_proj then reads half as much."""
     _check(x, weight.shape[1], weight, "rms_norm_linear")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"rms_norm_linear: residual {tuple(residual.shape)} must have x's shape {tuple(x.shape)}")
     x = x.contiguous()
     residual = residual.contiguous() if residual is not None else None
-    return rms_norm_gemv_op(x, residual, norm_weight.contiguous(), float(eps), weight, bias, prefetch)
+    return rms_norm_gemv_op(x, residual, norm_weight.contiguous(), float(eps), weight, bias, prefetch, silu_out)
 
 
 def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -159,6 +159,13 @@ def _residual_sum(x_ptr, res_ptr, toks, kk, x_stride, M, K, HAS_RES: tl.constexp
 
 
 @triton.jit
+def _silu_mul(gate, up, dt: tl.constexpr):
+    """silu(gate) * up as torch's unfused forms round it: silu to dt, then the product to dt
+    (gate and up: fp32 holding dt values). SILU_MUL's load of x and SILU_OUT's epilogue."""
+    return ((gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32) * up).to(dt)
+
+
+@triton.jit
 def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n,
             X_FORM: tl.constexpr, HAS_RES: tl.constexpr, EVEN_K: tl.constexpr):
     """(the [BLOCK_M, BLOCK_K] tile of the matmul's input at columns kk in x's dtype, its squares
@@ -178,10 +185,10 @@ def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n
         if pid_n == 0:   # the programs of the first N-tile write the new residual: each value once
             tl.store(res_out_ptr + toks * K + kk, s.to(dt), mask=(toks < M) & (kk < K))
         x, x_sq = (s * w).to(dt), s * s
-    elif X_FORM == 2:   # SILU_MUL: gate at columns kk, up K columns further; as torch: silu -> dtype, * up
+    elif X_FORM == 2:   # SILU_MUL: gate at columns kk, up K columns further
         gate = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0.0).to(tl.float32)
         up = tl.load(x_ptr + toks * x_stride + K + kk, mask=mask, other=0.0).to(tl.float32)
-        x = ((gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32) * up).to(dt)
+        x = _silu_mul(gate, up, dt)
         x_sq = x   # unused (compiled away)
     else:
         x = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0.0)
@@ -255,9 +262,13 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT: tl.co
                  X_FORM: tl.constexpr, HAS_RES: tl.constexpr,
                  HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
                  DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 USE_PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr = 0):
+                 USE_PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr = 0, SILU_OUT: tl.constexpr = False):
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)          # output features (rows of W)
+    if SILU_OUT:   # W is [gate | up]: rows in pairs (gate j, up j), j = this program's outputs
+        pair = tl.arange(0, BLOCK_N)
+        rows = pid_n * (BLOCK_N // 2) + pair // 2 + (pair % 2) * (N // 2)
+    else:
+        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # output features (rows of W)
     cols = tl.arange(0, BLOCK_K)
     toks = tl.arange(0, BLOCK_M)                              # tokens (rows of x)
     k_start = pid_k * K_SPLIT
@@ -311,7 +322,14 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT: tl.co
     else:
         if HAS_BIAS:
             y += tl.load(b_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + toks[:, None] * N + rows[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+        dt = out_ptr.dtype.element_ty
+        if SILU_OUT:   # out [M, N / 2] = silu(gate) * up, each rounded to dt first as gate_up's output is
+            gate, up = tl.split(tl.reshape(y.to(dt).to(tl.float32), (BLOCK_M, BLOCK_N // 2, 2)))
+            j = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+            tl.store(out_ptr + toks[:, None] * (N // 2) + j[None, :], _silu_mul(gate, up, dt),
+                     mask=(toks[:, None] < M) & (j[None, :] < N // 2))
+        else:
+            tl.store(out_ptr + toks[:, None] * N + rows[None, :], y.to(dt), mask=mask)
 
 
 @triton.jit
@@ -353,18 +371,23 @@ def prefetch_args(next_weight: torch.Tensor | None, programs: int, threads: int,
 
 
 def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=None, norm_weight=None,
-           res_out=None, eps: float = 0.0, prefetch: torch.Tensor | None = None) -> None:
+           res_out=None, eps: float = 0.0, prefetch: torch.Tensor | None = None, silu_out: bool = False) -> None:
     """Run the GEMV into `out` [M, N]. x: [M, K] (X_FORM = SILU_MUL: [M, 2K]) with unit stride
     along K; RMS_NORM also takes residual [M, K] or None, norm_weight [K], res_out [M, K], eps.
-    prefetch: the next matmul's weight (contiguous), which the programs ask L2 for while they run."""
+    prefetch: the next matmul's weight (contiguous), which the programs ask L2 for while they run.
+    silu_out: weight is [gate | up] ([2I, K]) and `out` [M, I] gets silu(gate) * up (no split-K)."""
     m, (n, k) = x.shape[0], weight.shape
     block_m = 1 if m == 1 else max(16, triton.next_power_of_2(m))
     if block_m > 1 and cfg.block_n < 16:
         raise ValueError(f"{cfg}: M={m} > 1 uses tl.dot, which needs block_n >= 16")
+    if silu_out and (cfg.split_k > 1 or cfg.block_n % 2 or n % 2):
+        raise ValueError(f"{cfg}, N={n}: silu_out needs split_k 1, an even block_n and an even N ([gate | up])")
     k_split = triton.cdiv(k, cfg.split_k * cfg.block_k) * cfg.block_k   # K values per slice
     split = cfg.split_k > 1
     target = torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device) if split else out
-    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
+    # silu_out: a program's block_n rows are block_n / 2 (gate, up) pairs, one output each
+    outputs, per_program = (n // 2, cfg.block_n // 2) if silu_out else (n, cfg.block_n)
+    grid = (triton.cdiv(outputs, per_program), cfg.split_k)
     bias_arg = bias if bias is not None else weight   # never read when HAS_BIAS is False
     res = residual if residual is not None else x     # likewise the RMS_NORM-only pointers
     next_bytes, nbytes, lines = prefetch_args(prefetch, grid[0] * grid[1], 32 * cfg.num_warps, x)
@@ -373,7 +396,7 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
                        next_bytes, nbytes, PREFETCH_LINES=lines,
                        X_FORM=x_form, HAS_RES=residual is not None,
                        HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % (cfg.split_k * cfg.block_k) == 0,
-                       EVEN_N=n % cfg.block_n == 0, DOT_FP32=_DOT_FP32 or x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
+                       EVEN_N=outputs % per_program == 0, SILU_OUT=silu_out, DOT_FP32=_DOT_FP32 or x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
                        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                        **pdl.launch_options())
     if split:
