@@ -54,13 +54,14 @@ matters is what it can do before its wait and whether the next one finds room to
                       before their PDL wait (l2_prefetch.install_attention; no stream forked, no
                       kernel added: session 17's side stream without its fork; session 19;
                       measured slower, session 20: 1,442 vs 1,502 tok/s)
-  gate-up-silu        gate_up's folded GEMV (norm + residual) writes silu(gate) * up in its epilogue,
-                      each program's rows taken in (gate j, up j) pairs; down_proj then runs the
-                      plain GEMV on that [1, 3,072] row: after its wait it reads 6 KB, not 12, and
-                      computes no silu (fused_gemv.rms_norm_linear's silu_out; session 20)
+  silu-in-down        fused_decode's SiLU-and-mul inside down_proj's GEMV, as it loads x
+                      (fused_gemv.silu_mul_linear: each program reads all of gate_up, 12 KB, after
+                      its wait), the form until session 20; then measured against SiLU in gate_up's
+                      epilogue (the variant gate-up-silu, today's fused_decode): 1,507 -> 1,571 tok/s
   greedy-fused-sampling  greedy rows through the fused sampler's Triton pair (kernels/sample.py, a
                       temperature of 0: the argmax, no noise) instead of torch's argmax (a memset
-                      and a reduction: ~12 us a step added after the LM head in session 19's fold)
+                      and a reduction: ~12 us a step added after the LM head in session 19's fold);
+                      session 20: 1,514 vs 1,507 tok/s, GPU time a step -1.6 us: not taken
   prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
                       decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
@@ -169,25 +170,25 @@ SIDE_PREFETCH = {"side-prefetch-mlp": "mlp", "side-prefetch-mlp-qkv": "mlp+qkv"}
 ATTENTION_PREFETCH = ("dattn-prefetch-gate-up",)   # l2_prefetch.install_attention
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER,
             *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH, *ATTENTION_PREFETCH,
-            "gate-up-silu", "greedy-fused-sampling"]   # (PATCHED, below)
+            "silu-in-down", "greedy-fused-sampling"]   # (PATCHED, below)
 
 
-def _silu_in_gate_up() -> None:
-    """gate-up-silu: where fused_decode folds the MLP at decode, gate_up's GEMV hands down_proj
-    silu(gate) * up (rms_norm_linear's silu_out) and down_proj runs as a plain linear layer."""
-    from workbench.kernels.fused_gemv import MAX_M, rms_norm_linear
+def _silu_in_down() -> None:
+    """silu-in-down: where fused_decode folds the MLP at decode, gate_up's GEMV writes gate_up and
+    down_proj's GEMV computes silu(gate) * up as it loads it (fused_gemv.silu_mul_linear)."""
+    from workbench.kernels.fused_gemv import MAX_M, rms_norm_linear, silu_mul_linear
     from workbench.model.qwen3 import DecoderLayer
     layer_forward = DecoderLayer.forward
 
     def forward(self, positions, hidden, residual, meta):
         norm, mlp = self.post_attention_layernorm, self.mlp
-        if norm.fold is None or mlp.act.fold is None or not 1 <= hidden.shape[0] <= MAX_M:
+        if norm.fold is None or not mlp.act.in_gemv or not 1 <= hidden.shape[0] <= MAX_M:
             return layer_forward(self, positions, hidden, residual, meta)   # what the folds would not take
         qkv, residual = self.input_layernorm.then(self.self_attn.qkv_proj, hidden, residual)
         hidden = self.self_attn(positions, qkv, meta)
-        act, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
-                                        mlp.gate_up_proj.bias, silu_out=True)
-        return mlp.down_proj(act), residual
+        gate_up, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
+                                            mlp.gate_up_proj.bias)
+        return silu_mul_linear(gate_up, mlp.down_proj.weight, mlp.down_proj.bias), residual
     DecoderLayer.forward = forward
 
 
@@ -210,7 +211,7 @@ def _greedy_fused_sampling() -> None:
     Sampler.sample = sample_greedy_fused
 
 
-PATCHED = {"gate-up-silu": _silu_in_gate_up,   # variant -> what it patches in before the engine exists
+PATCHED = {"silu-in-down": _silu_in_down,   # variant -> what it patches in before the engine exists
            "greedy-fused-sampling": _greedy_fused_sampling}
 
 

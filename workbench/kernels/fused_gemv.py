@@ -1,5 +1,7 @@
 """The decode GEMV with the op before it folded in: RMSNorm (and the residual add) before qkv_proj
-and gate_up_proj, SiLU-and-mul before down_proj. The `fused_decode` switch's kernels.
+and gate_up_proj -- and gate_up_proj's SiLU-and-mul in its epilogue (silu_out). The `fused_decode`
+switch's kernels. (silu_mul_linear, SiLU-and-mul folded into down_proj's load of x instead, is the
+form fused_decode ran until session 20, when the epilogue measured faster: kept as the A/B twin.)
 
 Why fold. At batch 1 a decode step is ~300 small kernels, and each costs ~2-3 us on an H200
 however little it does (launch, ramp-up, the tail of the kernel before it). The RMSNorm of one
@@ -15,6 +17,8 @@ with a different X_FORM: what the kernel does to x as it loads each tile.
   rms_norm_linear   x (+ residual) -> RMSNorm -> @ W^T; the programs of the first N-tile also
                     write the new residual x + residual (each K slice once), so it is produced
                     exactly once with no extra kernel and no atomics
+  ... silu_out      and silu(gate) * up of that output, [M, N / 2]: each program's rows in
+                    (gate j, up j) pairs (gemv.py's SILU_OUT)
   silu_mul_linear   gate_up [M, 2I] -> silu(gate) * up -> @ W^T
 The residual sum and the activation round to the input dtype where the unfused torch ops do
 (the new residual is bit-exact); the norm does not: unfused, the normalized row is rounded before

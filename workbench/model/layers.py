@@ -62,8 +62,8 @@ class RMSNorm(nn.Module):
     """
 
     forms = PLAIN_FORMS
-    # fused_decode installs fold(norm, linear, x, residual) -> (y, new_residual), or None where it
-    # does not apply (more than 16 tokens): the norm inside the linear's GEMV, one kernel
+    # fused_decode installs fold(norm, linear, x, residual, act) -> (y, new_residual), or None where
+    # it does not apply (more than 16 tokens): the norm inside the linear's GEMV, one kernel
     fold = None
 
     def __init__(self, size: int, eps: float):
@@ -76,16 +76,20 @@ class RMSNorm(nn.Module):
             return self.forms.rms_norm(x, self.weight, self.eps)
         return self.forms.add_rms_norm(x, residual, self.weight, self.eps)
 
-    def then(self, linear: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None):
+    def then(self, linear: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None,
+             act: "ActAndMul | None" = None):
         """(linear(norm(x + residual)), x + residual): this norm and the linear layer after it.
-        residual=None (the first layer): the norm of x, and x starts the residual stream."""
-        folded = self.fold(self, linear, x, residual) if self.fold is not None else None
+        residual=None (the first layer): the norm of x, and x starts the residual stream.
+        act (the gated MLP's activation): act(gate) * up of the linear's output instead."""
+        folded = self.fold(self, linear, x, residual, act) if self.fold is not None else None
         if folded is not None:
             return folded
         if residual is None:
-            return linear(self(x)), x
-        hidden, residual = self(x, residual)
-        return linear(hidden), residual
+            hidden, residual = self(x), x
+        else:
+            hidden, residual = self(x, residual)
+        y = linear(hidden)
+        return (y if act is None else act(y)), residual
 
 
 # hidden_act (transformers' ACT2FN names) -> the function; config.py refuses any other name
@@ -101,9 +105,9 @@ class ActAndMul(nn.Module):
     runs in plain torch (correct, just not fused) rather than compute a silu the model never learned."""
 
     forms = PLAIN_FORMS
-    # fused_decode installs fold(act, linear, gate_up) -> y, or None where it does not apply:
-    # the activation inside the linear's GEMV (silu only: install skips other activations)
-    fold = None
+    # fused_decode sets this where the activation may run in the epilogue of the GEMV that makes
+    # gate_up (the norm before it folded in too: RMSNorm.then's act): silu, not a student's form
+    in_gemv = False
 
     def __init__(self, act: str = "silu"):
         super().__init__()
@@ -114,11 +118,6 @@ class ActAndMul(nn.Module):
             return self.forms.silu_and_mul(gate_up)
         gate, up = gate_up.chunk(2, dim=-1)
         return self.act(gate) * up
-
-    def then(self, linear: nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
-        """linear(act(gate) * up): this activation and the linear layer after it."""
-        folded = self.fold(self, linear, gate_up) if self.fold is not None else None
-        return folded if folded is not None else linear(self(gate_up))
 
 
 class SiluAndMul(ActAndMul):

@@ -78,7 +78,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Gated MLP: down(act(gate(x)) * up(x)); act = silu is SwiGLU."""
+    """Gated MLP: down(act(gate(x)) * up(x)); act = silu is SwiGLU. The decoder layer runs it (see
+    DecoderLayer.forward: the norm before it, gate_up and the activation are asked as one piece)."""
 
     def __init__(self, cfg: ModelConfig, tp_size: int = 1):
         super().__init__()
@@ -88,10 +89,6 @@ class MLP(nn.Module):
                                                  tp_size=tp_size)
         self.act = ActAndMul(cfg.hidden_act)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias, tp_size=tp_size)
-
-    def forward(self, gate_up):
-        """gate_up = gate_up_proj(normed hidden), computed by the layer (it may fold the norm in)."""
-        return self.act.then(self.down_proj, gate_up)
 
 
 class DecoderLayer(nn.Module):
@@ -106,11 +103,14 @@ class DecoderLayer(nn.Module):
         # The residual stream travels beside the hidden state so that "add residual, then
         # normalize" is one call -- one kernel when fused -- and each norm is asked together with
         # the matmul it feeds: with fused_decode, one kernel at decode. On the first layer
-        # residual is None: the residual stream starts as the embeddings.
+        # residual is None: the residual stream starts as the embeddings. The MLP's activation
+        # is asked with its gate_up_proj too: fused_decode computes it in that GEMV's epilogue,
+        # so down_proj reads act(gate) * up, half of gate_up's width.
         qkv, residual = self.input_layernorm.then(self.self_attn.qkv_proj, hidden, residual)
         hidden = self.self_attn(positions, qkv, meta)
-        gate_up, residual = self.post_attention_layernorm.then(self.mlp.gate_up_proj, hidden, residual)
-        return self.mlp(gate_up), residual
+        mlp = self.mlp
+        act, residual = self.post_attention_layernorm.then(mlp.gate_up_proj, hidden, residual, act=mlp.act)
+        return mlp.down_proj(act), residual
 
 
 class CausalLM(nn.Module):

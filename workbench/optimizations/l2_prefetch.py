@@ -30,7 +30,7 @@ before use. Attention's K/V and the small kernels are left alone.
 Installed: `install(model, on)` sets `prefetch_next` on each Linear (workbench/parallel/
 tensor_parallel.py), which the decode GEMV (decode_gemv) and its folded forms (fused_decode) pass
 to the kernel; the F.linear path ignores it. Needs one of those two switches (LLM refuses it
-otherwise); with fused_decode alone, o_proj runs F.linear and prefetches nothing. `prefetch_next`
+otherwise); with fused_decode alone, o_proj and down_proj run F.linear and prefetch nothing. `prefetch_next`
 is a plain alias of the next weight's storage, set after the model is built and on its device:
 moving or replacing a weight afterwards needs install() again.
 Measurement: scripts/ab_decode_candidates.py's variant l2-prefetch (device_check.sh decode-ab),
