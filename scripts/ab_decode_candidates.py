@@ -62,6 +62,10 @@ matters is what it can do before its wait and whether the next one finds room to
                       temperature of 0: the argmax, no noise) instead of torch's argmax (a memset
                       and a reduction: ~12 us a step added after the LM head in session 19's fold);
                       session 20: 1,514 vs 1,507 tok/s, GPU time a step -1.6 us: not taken
+  residual-epilogue   the residual add in the epilogues of o_proj's and down_proj's GEMVs (gemv's
+                      `add`, read before their PDL waits: the stream is two or more kernels old
+                      there), so qkv's and gate_up's folded norms read one row after their waits,
+                      not x and the residual (session 20; prediction in docs/perf-notes.md)
   prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
                       decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
@@ -170,7 +174,7 @@ SIDE_PREFETCH = {"side-prefetch-mlp": "mlp", "side-prefetch-mlp-qkv": "mlp+qkv"}
 ATTENTION_PREFETCH = ("dattn-prefetch-gate-up",)   # l2_prefetch.install_attention
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER,
             *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH, *ATTENTION_PREFETCH,
-            "silu-in-down", "greedy-fused-sampling"]   # (PATCHED, below)
+            "silu-in-down", "greedy-fused-sampling", "residual-epilogue"]   # (PATCHED, below)
 
 
 def _silu_in_down() -> None:
@@ -211,8 +215,43 @@ def _greedy_fused_sampling() -> None:
     Sampler.sample = sample_greedy_fused
 
 
+def _residual_in_epilogues() -> None:
+    """residual-epilogue: at decode, with fused_decode's folds, each layer hands on the whole
+    residual stream (hidden + residual, made by o_proj's and down_proj's epilogues) and no separate
+    residual: the folded norms get residual=None. The final norm then takes the stream alone."""
+    from workbench.kernels.fused_gemv import MAX_M, rms_norm_linear
+    from workbench.kernels.gemv import gemv
+    from workbench.model.qwen3 import CausalLM, DecoderLayer
+    layer_forward = DecoderLayer.forward
+
+    def attention_output(attn, positions, qkv, meta):   # Attention.forward without its o_proj
+        q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
+        q, k, v = (t.unflatten(-1, (n, attn.head_dim)) for t, n in
+                   ((q, attn.num_heads), (k, attn.num_kv_heads), (v, attn.num_kv_heads)))
+        folded_q = attn.fold(attn, positions, q, k, v, meta)
+        return attn.attend(folded_q, None, None, meta).flatten(-2)
+
+    def forward(self, positions, hidden, residual, meta):
+        norm1, attn, norm2, mlp = self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp
+        if norm1.fold is None or attn.fold is None or not mlp.act.in_gemv or not 1 <= hidden.shape[0] <= MAX_M:
+            return layer_forward(self, positions, hidden, residual, meta)   # what the folds would not take
+        qkv, stream = rms_norm_linear(hidden, residual, norm1.weight, norm1.eps, attn.qkv_proj.weight,
+                                      attn.qkv_proj.bias)
+        stream = gemv(attention_output(attn, positions, qkv, meta), attn.o_proj.weight, attn.o_proj.bias, add=stream)
+        act, _ = rms_norm_linear(stream, None, norm2.weight, norm2.eps, mlp.gate_up_proj.weight,
+                                 mlp.gate_up_proj.bias, silu_out=True)
+        return gemv(act, mlp.down_proj.weight, mlp.down_proj.bias, add=stream), None
+
+    def model_forward(self, input_ids, positions, meta):
+        hidden, residual = self.embed_tokens(input_ids), None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, meta)
+        return self.norm(hidden) if residual is None else self.norm(hidden, residual)[0]
+    DecoderLayer.forward, CausalLM.forward = forward, model_forward
+
+
 PATCHED = {"silu-in-down": _silu_in_down,   # variant -> what it patches in before the engine exists
-           "greedy-fused-sampling": _greedy_fused_sampling}
+           "greedy-fused-sampling": _greedy_fused_sampling, "residual-epilogue": _residual_in_epilogues}
 
 
 def _after_l2_prefetch(form: str, arg) -> None:

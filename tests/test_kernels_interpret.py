@@ -13,7 +13,7 @@ from itertools import product
 import pytest
 
 CHECKS = ["store_kvcache", "fused_add_rms_norm", "rms_norm_per_head", "silu_and_mul", "apply_rope",
-          "qk_norm_rope", "gemv", "gemv_broken_split_is_caught", "gemv_fallback_and_hook"]
+          "qk_norm_rope", "gemv", "gemv_broken_split_is_caught", "gemv_add", "gemv_fallback_and_hook"]
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                 reason="triton is not installed")
@@ -165,6 +165,30 @@ def check_gemv_broken_split_is_caught(torch, ops):
     assert err > 0.3, f"the broken launch passed the check (rel err {err:.3g}): the check cannot fail"
 
 
+def check_gemv_add(torch, ops):
+    """gemv's `add` (the residual stream in the epilogue; the A/B variant residual-epilogue) equals
+    torch's `gemv(x, w) + residual` -- the product rounded, then the sum -- with and without
+    split-K (the reduce kernel adds it then): float32 bit for bit; bf16 within one ulp, as the
+    interpreter rounds to bf16 toward zero where torch rounds to nearest (the GPU test asks bit for
+    bit); a wrong shape is refused."""
+    from kernel_cases import gemv_interpreter_cases
+
+    from workbench.kernels.gemv import GemvConfig, gemv
+    for (m, n, k, cfg), dtype in product(gemv_interpreter_cases(GemvConfig), (torch.bfloat16, torch.float32)):
+        x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+        b, residual = torch.randn(n, dtype=dtype), 4 * torch.randn(m, n, dtype=dtype)
+        want = gemv(x, w, b, cfg) + residual
+        got = gemv(x, w, b, cfg, add=residual)
+        ulp = 0 if dtype == torch.float32 else 2 ** -7
+        torch.testing.assert_close(got, want, rtol=ulp, atol=0, msg=lambda e: f"M={m} N={n} K={k} {dtype} {cfg}: {e}")
+    try:
+        gemv(x, w, b, cfg, add=residual[:, :-1])
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("an add of the wrong shape was taken")
+
+
 def check_gemv_fallback_and_hook(torch, ops):
     """More than MAX_M tokens go to F.linear (bit-exact); the model's Linear hook runs the GEMV."""
     from workbench.kernels import gemv as g
@@ -195,7 +219,6 @@ def check_gemv_fallback_and_hook(torch, ops):
 
 def _main() -> None:
     import torch
-    from kernel_cases import run_checks
 
     from kernel_cases import run_checks   # tests/ is this script's folder
     from workbench.kernels import triton_ops as ops

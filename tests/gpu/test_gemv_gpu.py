@@ -150,3 +150,35 @@ def test_engine_tokens_with_l2_prefetch_from_a_side_stream(tmp_path_factory, mon
         assert prefetched.token_ids == base.token_ids
         if base.logits is not None:
             assert torch.equal(prefetched.logits, base.logits)
+
+
+@pytest.mark.parametrize("m,split", [(1, None), (1, 4), (8, None)])
+def test_add_in_the_epilogue_is_torchs_sum(m, split):
+    """gemv's `add` (the A/B variant residual-epilogue) at o_proj's and down_proj's shapes:
+    bit for bit torch's `gemv(x, w) + residual` (the product rounded to bf16, then the sum), also
+    when the split-K reduce adds it; and under PDL in a CUDA graph, with the residual written two
+    kernels before the one that adds it, as the variant's layer does (read before the wait)."""
+    from workbench.kernels import pdl
+    from workbench.kernels.gemv import GemvConfig, gemv
+    cfg = None if split is None else GemvConfig(block_n=4, block_k=256, split_k=split)
+    bf16 = dict(device="cuda", dtype=torch.bfloat16)
+    for n, k in ((1024, 2048), (1024, 3072)):
+        x, w, r = torch.randn(m, k, **bf16), torch.randn(n, k, **bf16) / k ** 0.5, torch.randn(m, n, **bf16)
+        assert torch.equal(gemv(x, w, None, cfg, add=r), gemv(x, w, None, cfg) + r), (n, k)
+    x0 = torch.randn(m, 1024, **bf16)
+    w1, w2, w3 = (torch.randn(*s, **bf16) / s[1] ** 0.5 for s in ((1024, 1024), (2048, 1024), (1024, 2048)))
+
+    def chain():   # the stream, one kernel between, then the GEMV that adds the stream
+        stream = gemv(x0, w1)
+        return gemv(gemv(stream, w2), w3, None, cfg, add=stream)
+    with pdl.launching(True):
+        chain()   # compile the PDL forms before capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = chain()
+    for _ in range(10):
+        x0.copy_(torch.randn_like(x0))
+        graph.replay()
+        with pdl.launching(False):
+            want = chain()
+        assert torch.equal(out, want)

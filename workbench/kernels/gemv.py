@@ -262,7 +262,8 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT: tl.co
                  X_FORM: tl.constexpr, HAS_RES: tl.constexpr,
                  HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
                  DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 USE_PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr = 0, SILU_OUT: tl.constexpr = False):
+                 USE_PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr = 0, SILU_OUT: tl.constexpr = False,
+                 add_ptr=None, ADD_RES: tl.constexpr = False):   # ADD_RES only: the residual to add
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     if SILU_OUT:   # W is [gate | up]: rows in pairs (gate j, up j), j = this program's outputs
         pair = tl.arange(0, BLOCK_N)
@@ -271,6 +272,11 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT: tl.co
         rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # output features (rows of W)
     cols = tl.arange(0, BLOCK_K)
     toks = tl.arange(0, BLOCK_M)                              # tokens (rows of x)
+    if ADD_RES:   # (no split-K: the reduce kernel adds it then) the residual stream at this
+        # program's outputs, read first: its writer ran two or more kernels before this one, so
+        # under PDL it is complete before our wait (kernels/pdl.py) and off the chain after it
+        added = tl.load(add_ptr + toks[:, None] * N + rows[None, :], mask=(toks[:, None] < M) & (rows[None, :] < N),
+                        other=0.0).to(tl.float32)
     k_start = pid_k * K_SPLIT
     w_ptrs = w_ptr + rows[:, None].to(tl.int64) * K + (k_start + cols)[None, :]   # row-major W: along K
     if X_FORM == 1:   # sum of squares of each token's row, gathered as the loop loads it
@@ -328,22 +334,29 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT: tl.co
             j = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
             tl.store(out_ptr + toks[:, None] * (N // 2) + j[None, :], _silu_mul(gate, up, dt),
                      mask=(toks[:, None] < M) & (j[None, :] < N // 2))
+        elif ADD_RES:   # as torch's `linear(x) + residual`: the product rounded to dt, then the sum
+            tl.store(out_ptr + toks[:, None] * N + rows[None, :], (y.to(dt).to(tl.float32) + added).to(dt), mask=mask)
         else:
             tl.store(out_ptr + toks[:, None] * N + rows[None, :], y.to(dt), mask=mask)
 
 
 @triton.jit
 def _splitk_reduce_kernel(part_ptr, b_ptr, out_ptr, MN, N, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                          BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    pdl_wait(USE_PDL)
+                          BLOCK: tl.constexpr, USE_PDL: tl.constexpr, add_ptr=None, ADD_RES: tl.constexpr = False):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
+    if ADD_RES:   # written two or more kernels before: before the wait (as _gemv_kernel's)
+        added = tl.load(add_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    pdl_wait(USE_PDL)
     y = tl.zeros((BLOCK,), dtype=tl.float32)
     for s in tl.static_range(SPLIT_K):                         # fixed order: deterministic
         y += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
     if HAS_BIAS:
         y += tl.load(b_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    dt = out_ptr.dtype.element_ty
+    if ADD_RES:
+        y = y.to(dt).to(tl.float32) + added
+    tl.store(out_ptr + offs, y.to(dt), mask=mask)
 
 
 def prefetch_lines(next_weight: torch.Tensor | None, programs: int, threads: int) -> int:
@@ -371,17 +384,22 @@ def prefetch_args(next_weight: torch.Tensor | None, programs: int, threads: int,
 
 
 def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=None, norm_weight=None,
-           res_out=None, eps: float = 0.0, prefetch: torch.Tensor | None = None, silu_out: bool = False) -> None:
+           res_out=None, eps: float = 0.0, prefetch: torch.Tensor | None = None, silu_out: bool = False,
+           add: torch.Tensor | None = None) -> None:
     """Run the GEMV into `out` [M, N]. x: [M, K] (X_FORM = SILU_MUL: [M, 2K]) with unit stride
     along K; RMS_NORM also takes residual [M, K] or None, norm_weight [K], res_out [M, K], eps.
     prefetch: the next matmul's weight (contiguous), which the programs ask L2 for while they run.
-    silu_out: weight is [gate | up] ([2I, K]) and `out` [M, I] gets silu(gate) * up (no split-K)."""
+    silu_out: weight is [gate | up] ([2I, K]) and `out` [M, I] gets silu(gate) * up (no split-K).
+    add: a contiguous [M, N] tensor added to the output (the residual stream, an A/B candidate),
+    read before the PDL wait: it must come from two or more kernels before this one."""
     m, (n, k) = x.shape[0], weight.shape
     block_m = 1 if m == 1 else max(16, triton.next_power_of_2(m))
     if block_m > 1 and cfg.block_n < 16:
         raise ValueError(f"{cfg}: M={m} > 1 uses tl.dot, which needs block_n >= 16")
     if silu_out and (cfg.split_k > 1 or cfg.block_n % 2 or n % 2):
         raise ValueError(f"{cfg}, N={n}: silu_out needs split_k 1, an even block_n and an even N ([gate | up])")
+    if add is not None and (silu_out or add.shape != (m, n) or not add.is_contiguous()):
+        raise ValueError(f"add: a contiguous [{m}, {n}] tensor, not with silu_out; got {tuple(add.shape)}")
     k_split = triton.cdiv(k, cfg.split_k * cfg.block_k) * cfg.block_k   # K values per slice
     split = cfg.split_k > 1
     target = torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device) if split else out
@@ -398,24 +416,27 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
                        HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % (cfg.split_k * cfg.block_k) == 0,
                        EVEN_N=outputs % per_program == 0, SILU_OUT=silu_out, DOT_FP32=_DOT_FP32 or x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
                        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                       add_ptr=x if add is None else add, ADD_RES=add is not None and not split,
                        **pdl.launch_options())
     if split:
         block = 1024
         _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](target, bias_arg, out, m * n, n, SPLIT_K=cfg.split_k,
                                                             HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+                                                            add_ptr=x if add is None else add, ADD_RES=add is not None,
                                                             **pdl.launch_options())
 
 
 @torch.library.custom_op("workbench::gemv", mutates_args=())
 def gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, block_n: int, block_k: int,
-            split_k: int, num_warps: int, num_stages: int, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+            split_k: int, num_warps: int, num_stages: int, prefetch: torch.Tensor | None = None,
+            add: torch.Tensor | None = None) -> torch.Tensor:
     out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
-    launch(x, weight, bias, GemvConfig(block_n, block_k, split_k, num_warps, num_stages), out, prefetch=prefetch)
+    launch(x, weight, bias, GemvConfig(block_n, block_k, split_k, num_warps, num_stages), out, prefetch=prefetch, add=add)
     return out
 
 
 @gemv_op.register_fake
-def _(x, weight, bias, block_n, block_k, split_k, num_warps, num_stages, prefetch=None):
+def _(x, weight, bias, block_n, block_k, split_k, num_warps, num_stages, prefetch=None, add=None):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
@@ -426,9 +447,11 @@ def check_config(cfg: GemvConfig) -> GemvConfig:
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         config: GemvConfig | None = None, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+         config: GemvConfig | None = None, prefetch: torch.Tensor | None = None,
+         add: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] (M <= MAX_M, unit stride along K), weight [N, K] contiguous -> [M, N] in x's dtype.
-    prefetch: a contiguous tensor (the next matmul's weight) to pull into L2 meanwhile."""
+    prefetch: a contiguous tensor (the next matmul's weight) to pull into L2 meanwhile.
+    add: [M, N], added in the epilogue (launch says when it may be read)."""
     if x.dim() != 2 or x.shape[0] > MAX_M or x.shape[1] != weight.shape[1]:
         raise ValueError(f"gemv: x {tuple(x.shape)} and weight {tuple(weight.shape)}: want x [M <= {MAX_M}, K] "
                          "and weight [N, K]; use linear() for any shape")
@@ -436,7 +459,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         x = x.contiguous()
     m, (n, k) = x.shape[0], weight.shape
     cfg = check_config(config or pick_config(m, n, k, x.device) or default_config(m, n, k))
-    return gemv_op(x, weight.contiguous(), bias, *cfg.as_dict().values(), prefetch)
+    return gemv_op(x, weight.contiguous(), bias, *cfg.as_dict().values(), prefetch,
+                   None if add is None else add.contiguous())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
