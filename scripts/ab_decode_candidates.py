@@ -190,9 +190,10 @@ def _silu_in_down() -> None:
             return layer_forward(self, positions, hidden, residual, meta)   # what the folds would not take
         qkv, residual = self.input_layernorm.then(self.self_attn.qkv_proj, hidden, residual)
         hidden = self.self_attn(positions, qkv, meta)
-        gate_up, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
-                                            mlp.gate_up_proj.bias)
-        return silu_mul_linear(gate_up, mlp.down_proj.weight, mlp.down_proj.bias), residual
+        up_proj, down = mlp.gate_up_proj, mlp.down_proj   # (prefetch_next: l2_prefetch's, as the old folds passed it)
+        gate_up, residual = rms_norm_linear(hidden, residual, norm.weight, norm.eps, up_proj.weight, up_proj.bias,
+                                            getattr(up_proj, "prefetch_next", None))
+        return silu_mul_linear(gate_up, down.weight, down.bias, getattr(down, "prefetch_next", None)), residual
     DecoderLayer.forward = forward
 
 

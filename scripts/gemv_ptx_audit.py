@@ -34,14 +34,19 @@ from workbench.kernels import fused_gemv, gemv, pdl  # noqa: E402
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 HIDDEN, EPS = 1024, 1e-6
 
-# (name, N, K, the call the engine makes at batch 1 with fused_decode on)
+# (name, N, K, the call at batch 1, x's width: the engine's calls with fused_decode on, and the
+# forms it ran before: gate_up without the SiLU epilogue and down_proj's SiLU-and-mul fold, which
+# reads gate_up [1, 2K], until session 20)
 CASES = [
-    ("qkv rms_norm", 4096, 1024, lambda x, w: fused_gemv.rms_norm_linear(x, None, _nw(x), EPS, w)),
-    ("qkv rms_norm+res", 4096, 1024, lambda x, w: fused_gemv.rms_norm_linear(x, x.clone(), _nw(x), EPS, w)),
-    ("o_proj plain", 1024, 2048, lambda x, w: gemv.linear(x, w)),
-    ("gate_up rms_norm+res", 6144, 1024, lambda x, w: fused_gemv.rms_norm_linear(x, x.clone(), _nw(x), EPS, w)),
-    ("down silu_mul", 1024, 3072, lambda x, w: fused_gemv.silu_mul_linear(x, w)),
-    ("lm_head plain", 151936, 1024, lambda x, w: gemv.linear(x, w)),
+    ("qkv rms_norm", 4096, 1024, lambda x, w: fused_gemv.rms_norm_linear(x, None, _nw(x), EPS, w), 1024),
+    ("qkv rms_norm+res", 4096, 1024, lambda x, w: fused_gemv.rms_norm_linear(x, x.clone(), _nw(x), EPS, w), 1024),
+    ("o_proj plain", 1024, 2048, lambda x, w: gemv.linear(x, w), 2048),
+    ("gate_up rms_norm+res+silu", 6144, 1024,
+     lambda x, w: fused_gemv.rms_norm_linear(x, x.clone(), _nw(x), EPS, w, silu_out=True), 1024),
+    ("down plain", 1024, 3072, lambda x, w: gemv.linear(x, w), 3072),
+    ("gate_up rms_norm+res", 6144, 1024, lambda x, w: fused_gemv.rms_norm_linear(x, x.clone(), _nw(x), EPS, w), 1024),
+    ("down silu_mul", 1024, 3072, lambda x, w: fused_gemv.silu_mul_linear(x, w), 6144),
+    ("lm_head plain", 151936, 1024, lambda x, w: gemv.linear(x, w), 1024),
 ]
 
 
@@ -49,11 +54,11 @@ def _nw(x):
     return torch.ones(x.shape[1], dtype=x.dtype)
 
 
-def recorded_launch(n: int, k: int, call, use_pdl: bool) -> Launch:
+def recorded_launch(n: int, k: int, call, use_pdl: bool, x_cols: int | None = None) -> Launch:
     """Run the engine's wrapper for one batch-1 call and return the GEMV launch it would make
-    (kernel_resources.capture: Triton's launch replaced by a recorder)."""
-    x_cols = 2 * k if call is CASES[4][3] else k   # SILU_MUL reads gate_up [1, 2K]
-    x = torch.zeros(1, x_cols, dtype=torch.bfloat16)
+    (kernel_resources.capture: Triton's launch replaced by a recorder). x_cols: x's width (K, or
+    2K for the SiLU-and-mul fold, which reads gate_up)."""
+    x = torch.zeros(1, x_cols or k, dtype=torch.bfloat16)
     w = torch.empty(n, k, dtype=torch.bfloat16)   # never read: only its shape and alignment matter
     with capture() as launches, pdl.launching(use_pdl):
         call(x, w)
@@ -112,8 +117,8 @@ def occupancy(regs: int, shared: int, num_warps: int) -> int:
     return min(32, 64 // num_warps, by_regs, by_smem)
 
 
-def audit(name: str, n: int, k: int, call, use_pdl: bool, dump: Path | None = None) -> dict:
-    launch = recorded_launch(n, k, call, use_pdl)
+def audit(name: str, n: int, k: int, call, x_cols: int, use_pdl: bool, dump: Path | None = None) -> dict:
+    launch = recorded_launch(n, k, call, use_pdl, x_cols)
     ck = compile_sm90(launch)
     sass, res = sass_of(ck.asm["cubin"])
     if dump:
@@ -140,7 +145,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.dump:
         a.dump.mkdir(parents=True, exist_ok=True)
-    rows = [audit(name, n, k, call, p, a.dump) for name, n, k, call in CASES if not a.only or a.only in name
+    rows = [audit(name, n, k, call, x_cols, p, a.dump) for name, n, k, call, x_cols in CASES if not a.only or a.only in name
             for p in (False, True)]
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))

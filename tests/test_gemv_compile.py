@@ -38,14 +38,16 @@ def audit():
     return _audit_module()
 
 
-# the engine's batch-1 calls with fused_decode on (qkv: the residual form, as every layer but the first)
-CASES = ["qkv rms_norm+res", "o_proj plain", "gate_up rms_norm+res", "down silu_mul", "lm_head plain"]
+# the engine's batch-1 calls with fused_decode on (qkv: the residual form, as every layer but the
+# first; gate_up with the SiLU in its epilogue, then down_proj plain), and the SiLU's earlier place
+CASES = ["qkv rms_norm+res", "o_proj plain", "gate_up rms_norm+res+silu", "down plain", "lm_head plain",
+         "gate_up rms_norm+res", "down silu_mul"]
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_batch1_gemv_compiles_without_the_known_defects(audit, name):
-    _, n, k, call = next(c for c in audit.CASES if c[0] == name)
-    launch = audit.recorded_launch(n, k, call, use_pdl=True)
+    _, n, k, call, x_cols = next(c for c in audit.CASES if c[0] == name)
+    launch = audit.recorded_launch(n, k, call, use_pdl=True, x_cols=x_cols)
     ck = audit.compile_sm90(launch)
     sass, res = audit.sass_of(ck.asm["cubin"])
     facts = audit.sass_facts(sass)

@@ -61,9 +61,10 @@ def test_silu_mul_linear_matches_unfused(m, bias):
 
 @pytest.mark.parametrize("m", [1, 2, 16])
 def test_silu_out_matches_the_fold_it_replaces(m):
-    """gate_up with silu-and-mul in its epilogue (rms_norm_linear's silu_out: the A/B variant
-    gate-up-silu) at the 0.6B shapes: the new residual unchanged, and the down_proj after it equal
-    to rms_norm_linear -> silu_mul_linear's, bit for bit at M = 1 (the same sums in the same order)."""
+    """gate_up with silu-and-mul in its epilogue (rms_norm_linear's silu_out: fused_decode's form
+    since session 20) at the 0.6B shapes: the new residual unchanged, and the down_proj after it
+    equal to the earlier form's (rms_norm_linear -> silu_mul_linear), bit for bit at M = 1 (the
+    same sums in the same order)."""
     from workbench.kernels.fused_gemv import rms_norm_linear, silu_mul_linear
     from workbench.kernels.gemv import linear
     args, _, _ = _norm_case(m, GATE_UP, False)

@@ -49,7 +49,7 @@ def _decode_layers(layers: int = 4):
     all_on's kernels, each kernel reading the one before's output, then the final norm and the LM
     head; returns every intermediate. state["h"] is the step's input (copy_ into it)."""
     from workbench.kernels.decode_attention import paged_decode_attention
-    from workbench.kernels.fused_gemv import rms_norm_linear, silu_mul_linear
+    from workbench.kernels.fused_gemv import rms_norm_linear
     from workbench.kernels.gemv import GemvConfig, gemv
     from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
     from workbench.kernels.triton_ops import fused_add_rms_norm
@@ -80,9 +80,9 @@ def _decode_layers(layers: int = 4):
             a = paged_decode_attention(q, lw["kv"][0], lw["kv"][1], lens, table, HEAD_DIM ** -0.5)   # split + merge
             # o_proj: every other layer split-K (the reduce kernel), the others the tuned config
             h = gemv(a.view(1, -1), lw["o"], None, GemvConfig(block_n=4, block_k=512, split_k=2) if i % 2 else None)
-            gu, res = rms_norm_linear(h, res, lw["n2"], 1e-6, lw["gu"])
-            h = silu_mul_linear(gu, lw["d"])
-            outs += [qkv, q, a, h, gu, res, lw["kv"]]
+            gated, res = rms_norm_linear(h, res, lw["n2"], 1e-6, lw["gu"], silu_out=True)   # silu(gate) * up
+            h = gemv(gated, lw["d"])
+            outs += [qkv, q, a, h, gated, res, lw["kv"]]
         normed, res = fused_add_rms_norm(h, res, final, 1e-6)
         return outs + [normed, res, gemv(normed, lm_head)]
 
@@ -153,15 +153,16 @@ def test_compiled_custom_ops_with_pdl_equal_eager():
     from workbench.kernels import pdl
     from workbench.kernels.fused_gemv import rms_norm_linear, silu_mul_linear
     from workbench.kernels.gemv import gemv
-    dev, dt = "cuda", torch.bfloat16
+    dev, dt = "cuda", torch.bfloat16   # (silu_mul_linear: the SiLU's earlier place, an A/B twin)
     x, nw = torch.randn(1, HIDDEN, device=dev, dtype=dt), torch.ones(HIDDEN, device=dev, dtype=dt)
     w_qkv, w_gu = torch.randn(QKV, HIDDEN, device=dev, dtype=dt) / 32, torch.randn(GATE_UP, HIDDEN, device=dev, dtype=dt) / 32
     w_d, w_o = torch.randn(HIDDEN, INTER, device=dev, dtype=dt) / 55, torch.randn(HIDDEN, HIDDEN, device=dev, dtype=dt) / 32
 
     def fn(x):
         qkv, res = rms_norm_linear(x, None, nw, 1e-6, w_qkv)
-        gu, res = rms_norm_linear(qkv[:, :HIDDEN], res, nw, 1e-6, w_gu)
-        return gemv(silu_mul_linear(gu, w_d), w_o), res
+        gated, new_res = rms_norm_linear(qkv[:, :HIDDEN], res, nw, 1e-6, w_gu, silu_out=True)   # the engine's
+        gu, _ = rms_norm_linear(qkv[:, :HIDDEN], res, nw, 1e-6, w_gu)   # and the SiLU's earlier place
+        return gemv(gemv(gated, w_d), w_o), gemv(silu_mul_linear(gu, w_d), w_o), new_res
 
     want = fn(x)
     pdl.set_enabled(True)

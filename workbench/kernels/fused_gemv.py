@@ -90,8 +90,8 @@ def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight:
     """(RMSNorm(x + residual) * norm_weight @ weight^T + bias, x + residual); x, residual [M, K]
     with M <= MAX_M; residual None: the norm of x alone, and the second output is a copy of x.
     prefetch: the next matmul's weight, pulled into L2 meanwhile (gemv.launch).
-    silu_out (an A/B candidate): weight is gate_up's [gate | up], and the first output is
-    silu(gate) * up [M, N / 2], made in the epilogue -- down_proj then reads half as much."""
+    silu_out (fused_decode's gate_up since session 20): weight is gate_up's [gate | up], and the
+    first output is silu(gate) * up [M, N / 2], made in the epilogue -- down_proj then reads half as much."""
     _check(x, weight.shape[1], weight, "rms_norm_linear")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"rms_norm_linear: residual {tuple(residual.shape)} must have x's shape {tuple(x.shape)}")

@@ -78,8 +78,9 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Gated MLP: down(act(gate(x)) * up(x)); act = silu is SwiGLU. The decoder layer runs it (see
-    DecoderLayer.forward: the norm before it, gate_up and the activation are asked as one piece)."""
+    """Gated MLP: down(act(gate(x)) * up(x)); act = silu is SwiGLU. The decoder layer runs its parts
+    itself (DecoderLayer.forward: the norm before it, gate_up and the activation asked as one
+    piece, which fused_decode makes one kernel); forward is the MLP alone, as the formula says."""
 
     def __init__(self, cfg: ModelConfig, tp_size: int = 1):
         super().__init__()
@@ -89,6 +90,9 @@ class MLP(nn.Module):
                                                  tp_size=tp_size)
         self.act = ActAndMul(cfg.hidden_act)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias, tp_size=tp_size)
+
+    def forward(self, x):
+        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -109,8 +113,8 @@ class DecoderLayer(nn.Module):
         qkv, residual = self.input_layernorm.then(self.self_attn.qkv_proj, hidden, residual)
         hidden = self.self_attn(positions, qkv, meta)
         mlp = self.mlp
-        act, residual = self.post_attention_layernorm.then(mlp.gate_up_proj, hidden, residual, act=mlp.act)
-        return mlp.down_proj(act), residual
+        gated, residual = self.post_attention_layernorm.then(mlp.gate_up_proj, hidden, residual, act=mlp.act)
+        return mlp.down_proj(gated), residual
 
 
 class CausalLM(nn.Module):

@@ -31,8 +31,11 @@ add_rms_norm, silu_and_mul, rope, qk_norm_rope) is never folded away: its hook s
 
 Independent of decode_gemv: the folded matmuls are that switch's kernel whatever it says, and the
 matmuls with nothing folded in (o_proj, down_proj, lm_head) follow decode_gemv. So each switch can be measured
-alone, and no rule ties them. One GPU only: down_proj is row-parallel under tensor parallelism
-(its all-reduce sits between the matmul and the bias), so tp_size > 1 is refused.
+alone, and no rule ties them. One GPU only: the folds were
+built and tested on one GPU's whole layer (until session 20 down_proj was folded too, and it is
+row-parallel under tensor parallelism: its all-reduce sits between the matmul and the bias). Each
+rank's gate_up shard is [gate_r | up_r], so the SiLU epilogue would apply per rank; until a
+tensor-parallel GPU test says so, tp_size > 1 is refused.
 """
 from __future__ import annotations
 
@@ -44,7 +47,8 @@ from .availability import triton_on_cuda
 
 def why_not(device: str, tp_size: int = 1) -> str | None:
     if tp_size > 1:
-        return f"runs on one GPU (tensor_parallel_size={tp_size}: the folded down_proj is row-parallel)"
+        return (f"runs on one GPU (tensor_parallel_size={tp_size}: its folds are not tested on tensor-parallel "
+                "shards); turn fused_decode off to run tensor parallel")
     return triton_on_cuda(device)
 
 
@@ -103,5 +107,7 @@ def install(model, on: bool, overrides: dict | None = None) -> None:
         for kind, fold in ((Attention, fold_rope_store), (RMSNorm, fold_norm)):
             if isinstance(module, kind):
                 module.fold = None if replaced & set(FOLDED_FORMS[kind]) else fold
-        if isinstance(module, ActAndMul):   # silu only: the epilogue computes nothing else
-            module.in_gemv = on and module.act_name == "silu" and not replaced & set(FOLDED_FORMS[ActAndMul])
+        if isinstance(module, ActAndMul):   # silu only: the epilogue computes nothing else; and the
+            # norm's fold is what runs it (a student's norm: no fold, the activation runs on its own)
+            forms = set(FOLDED_FORMS[ActAndMul]) | set(FOLDED_FORMS[RMSNorm])
+            module.in_gemv = on and module.act_name == "silu" and not replaced & forms

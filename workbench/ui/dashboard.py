@@ -81,8 +81,9 @@ class Switchboard:
         self.fused = self._toggle("fused kernels", "fused_kernels", "Triton add+RMSNorm, SwiGLU, RoPE")
         self.gemv = self._toggle("decode GEMV", "decode_gemv", "Triton GEMV for the linear layers of a decode "
                                  "step (<= 16 tokens); off: cuBLAS")
-        self.fdec = self._toggle("fold into GEMV", "fused_decode", "at <= 16 tokens, RMSNorm and SiLU-and-mul "
-                                 "inside the Triton GEMV that follows them (three fewer kernels a layer)")
+        self.fdec = self._toggle("fold into GEMV", "fused_decode", "at <= 16 tokens, RMSNorm inside the Triton "
+                                 "GEMV after it, SiLU-and-mul in the one before it, q/k norm + RoPE + KV write "
+                                 "one kernel (four fewer kernels a layer)")
         self.dattn = self._toggle("decode attention", "decode_attention", "Triton split-KV attention for decode "
                                   "steps; off: the attention backend's")
         self.graphs = self._toggle("CUDA graphs", "cuda_graphs", "capture decode once, replay it")
