@@ -236,12 +236,15 @@ def _residual_in_epilogues() -> None:
         norm1, attn, norm2, mlp = self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp
         if norm1.fold is None or attn.fold is None or not mlp.act.in_gemv or not 1 <= hidden.shape[0] <= MAX_M:
             return layer_forward(self, positions, hidden, residual, meta)   # what the folds would not take
-        qkv, stream = rms_norm_linear(hidden, residual, norm1.weight, norm1.eps, attn.qkv_proj.weight,
-                                      attn.qkv_proj.bias)
-        stream = gemv(attention_output(attn, positions, qkv, meta), attn.o_proj.weight, attn.o_proj.bias, add=stream)
-        act, _ = rms_norm_linear(stream, None, norm2.weight, norm2.eps, mlp.gate_up_proj.weight,
-                                 mlp.gate_up_proj.bias, silu_out=True)
-        return gemv(act, mlp.down_proj.weight, mlp.down_proj.bias, add=stream), None
+        ahead = lambda linear: getattr(linear, "prefetch_next", None)   # noqa: E731 (l2_prefetch's, if on)
+        qkv, residual_stream = rms_norm_linear(hidden, residual, norm1.weight, norm1.eps, attn.qkv_proj.weight,
+                                               attn.qkv_proj.bias, ahead(attn.qkv_proj))
+        residual_stream = gemv(attention_output(attn, positions, qkv, meta), attn.o_proj.weight, attn.o_proj.bias,
+                               prefetch=ahead(attn.o_proj), add=residual_stream)
+        gated, _ = rms_norm_linear(residual_stream, None, norm2.weight, norm2.eps, mlp.gate_up_proj.weight,
+                                   mlp.gate_up_proj.bias, ahead(mlp.gate_up_proj), silu_out=True)
+        return gemv(gated, mlp.down_proj.weight, mlp.down_proj.bias, prefetch=ahead(mlp.down_proj),
+                    add=residual_stream), None
 
     def model_forward(self, input_ids, positions, meta):
         hidden, residual = self.embed_tokens(input_ids), None

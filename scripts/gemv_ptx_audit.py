@@ -2,8 +2,8 @@
 on a machine without a GPU: registers, spills, shared memory, how wide the loads are, and how many
 are issued before the first multiply-add uses one. No timing: what the compiler made, not how fast.
 
-How. Each engine call (qkv with the norm folded in, o_proj, gate_up with the norm, down with
-SiLU-and-mul, the LM head) runs through its real wrapper with CPU tensors while `_gemv_kernel` is
+How. Each engine call (qkv with the norm folded in, o_proj, gate_up with the norm and the SiLU
+epilogue, down, the LM head; and the candidates and earlier forms in CASES) runs through its real wrapper with CPU tensors while `_gemv_kernel` is
 swapped for a recorder, so the audit sees exactly the arguments, constexprs and config the engine
 launches; scripts/kernel_resources.py records and compiles it as Triton's JIT would (pointers and
 ints divisible by 16, M = 1 a constant) into PTX and a cubin for sm_90a, and the wheel's
@@ -46,6 +46,9 @@ CASES = [
     ("down plain", 1024, 3072, lambda x, w: gemv.linear(x, w), 3072),
     ("gate_up rms_norm+res", 6144, 1024, lambda x, w: fused_gemv.rms_norm_linear(x, x.clone(), _nw(x), EPS, w), 1024),
     ("down silu_mul", 1024, 3072, lambda x, w: fused_gemv.silu_mul_linear(x, w), 6144),
+    # the A/B candidate residual-epilogue: the residual added in the epilogue, read before the wait
+    ("o_proj plain+add", 1024, 2048, lambda x, w: gemv.gemv(x, w, add=torch.zeros(1, 1024, dtype=x.dtype)), 2048),
+    ("down plain+add", 1024, 3072, lambda x, w: gemv.gemv(x, w, add=torch.zeros(1, 1024, dtype=x.dtype)), 3072),
     ("lm_head plain", 151936, 1024, lambda x, w: gemv.linear(x, w), 1024),
 ]
 
@@ -90,12 +93,13 @@ def sass_facts(sass: str) -> dict:
     the warp first stalls on memory: the loads before it are the ones in flight together);
     how many before the PDL wait (ACQBULK); STL = spill stores; branches."""
     lines = [l.split("*/", 1)[1].strip(" ;") for l in sass.splitlines() if re.search(r"/\*[0-9a-f]{4}\*/", l)]
-    ldg_w = [int((re.search(r"LDG\.E(?:\.(\d+))?", l).group(1) or 32)) for l in lines if "LDG" in l]
+    ldg_w = [int((re.search(r"LDG\.E(?:\.[US]?(\d+))?", l).group(1) or 32)) for l in lines if "LDG" in l]
     loaded, first_use = set(), len(lines)
     for i, l in enumerate(lines):
         op, _, args = re.sub(r"^@!?U?P\w+\s+", "", l).partition(" ")
         if op.startswith("LDG"):
-            loaded |= _regs(args.split(",")[0], int(re.search(r"\.(\d+)\b", op).group(1)) // 32 if "." in op[5:] else 1)
+            wide = re.search(r"\.(64|128)\b", op)   # (LDG.E.U16, a 2-byte load: one register)
+            loaded |= _regs(args.split(",")[0], int(wide.group(1)) // 32 if wide else 1)
         elif loaded & _regs(args if op.startswith("ST") else args.partition(",")[2]):
             first_use = i
             break

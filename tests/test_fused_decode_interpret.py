@@ -12,7 +12,7 @@ from itertools import product
 import pytest
 
 CHECKS = ["rms_norm_linear", "silu_mul_linear", "silu_out", "broken_fold_is_caught", "qk_norm_rope_store",
-          "qk_norm_rope_store_inputs_early", "engine_tokens_match_all_off"]
+          "qk_norm_rope_store_inputs_early", "engine_tokens_match_all_off", "ab_layer_forms_match_the_engine"]
 SHAPES = ((40, 72), (32, 256))   # (N, K): N not a multiple of the block, K not of split x block
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
@@ -263,6 +263,49 @@ def check_engine_tokens_match_all_off(torch):
     for base, folded in zip(*runs):
         assert folded.token_ids == base.token_ids, (base.token_ids, folded.token_ids)
         torch.testing.assert_close(folded.logits, base.logits, rtol=1e-4, atol=1e-4)
+
+
+def check_ab_layer_forms_match_the_engine(torch):
+    """The A/B script's layer forms (scripts/ab_decode_candidates.py: silu-in-down, the SiLU's earlier
+    place; residual-epilogue, the residual in o_proj's and down_proj's epilogues) give the engine's
+    tokens with fused_decode's hooks installed (a tiny fp32 model, a 20-token prompt beside two short
+    ones: the prefill past 16 tokens takes the layer's own path), and each really ran its kernels."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from workbench import LLM, Optimizations, SamplingParams
+    from workbench.kernels import fused_gemv as fg
+    from workbench.kernels import gemv as g
+    from workbench.model import make_checkpoint
+    from workbench.model.qwen3 import CausalLM, DecoderLayer
+    from workbench.optimizations import fused_decode
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import ab_decode_candidates as ab
+    path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=0)
+    prompts = [[5, 17, 99, 3], list(range(3, 23)), [42, 7, 250]]
+    params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True, return_logits=True)
+    spies = {"silu-in-down": (fg, "silu_mul_gemv_op", lambda a: True),
+             "residual-epilogue": (g, "gemv_op", lambda a: a[-1] is not None)}   # gemv_op's last argument: add
+
+    def generate():
+        with LLM(path, opts=Optimizations.all_off(), device="cpu", enable_prefix_caching=False) as llm:
+            fused_decode.install(llm.runner.model, True)
+            return llm.generate(prompts, params, use_tqdm=False)
+    base = generate()
+    for form, (module, name, counts) in spies.items():
+        op, forwards, calls = getattr(module, name), (DecoderLayer.forward, CausalLM.forward), []
+        setattr(module, name, lambda *a, _op=op, _counts=counts: calls.append(_counts(a)) or _op(*a))
+        try:
+            ab.PATCHED[form]()   # patches DecoderLayer.forward (and CausalLM.forward): put back below
+            runs = generate()
+        finally:
+            DecoderLayer.forward, CausalLM.forward = forwards
+            setattr(module, name, op)
+        assert any(calls), f"{form}: its kernels never ran"
+        for want, got in zip(base, runs):
+            assert got.token_ids == want.token_ids, (form, want.token_ids, got.token_ids)
+            torch.testing.assert_close(got.logits, want.logits, rtol=1e-4, atol=1e-4)
 
 
 def _main() -> None:

@@ -65,6 +65,19 @@ def test_batch1_gemv_compiles_without_the_known_defects(audit, name):
     assert last_load < min(stores), f"{name}: a load after a store waits for the loads before the store"
 
 
+@pytest.mark.parametrize("plain", ["o_proj plain", "down plain"])
+def test_the_residual_add_is_read_before_the_wait(audit, plain):
+    """gemv's `add` (the A/B candidate residual-epilogue) compiles to one more load before the PDL
+    wait (ACQBULK) than the same GEMV without it, and costs no spill."""
+    before = {}
+    for name in (plain, plain + "+add"):
+        _, n, k, call, x_cols = next(c for c in audit.CASES if c[0] == name)
+        sass, res = audit.sass_of(audit.compile_sm90(audit.recorded_launch(n, k, call, True, x_cols)).asm["cubin"])
+        assert res["LOCAL"] == 0, f"{name}: spills ({res})"
+        before[name] = audit.sass_facts(sass)["LDG before wait"]
+    assert before[plain + "+add"] == before[plain] + 1, before
+
+
 @pytest.mark.parametrize("use_pdl", [False, True])
 def test_l2_prefetch_compiles_to_l2_prefetches_before_the_wait(audit, use_pdl):
     """EngineConfig.l2_prefetch: o_proj's GEMV given gate_up's weight asks L2 for its share of it

@@ -168,9 +168,10 @@ def check_gemv_broken_split_is_caught(torch, ops):
 def check_gemv_add(torch, ops):
     """gemv's `add` (the residual stream in the epilogue; the A/B variant residual-epilogue) equals
     torch's `gemv(x, w) + residual` -- the product rounded, then the sum -- with and without
-    split-K (the reduce kernel adds it then): float32 bit for bit; bf16 within one ulp, as the
-    interpreter rounds to bf16 toward zero where torch rounds to nearest (the GPU test asks bit for
-    bit); a wrong shape is refused."""
+    split-K (the reduce kernel adds it then): float32 bit for bit; bf16 within rtol 2^-7 (a bf16
+    step or two), as the interpreter rounds to bf16 toward zero where torch rounds to nearest (the
+    GPU test asks bit for bit); a wrong shape, dtype or layout is refused, not copied (a copy would
+    be a kernel just before the GEMV, whose output the GEMV may not read before its wait)."""
     from kernel_cases import gemv_interpreter_cases
 
     from workbench.kernels.gemv import GemvConfig, gemv
@@ -181,12 +182,12 @@ def check_gemv_add(torch, ops):
         got = gemv(x, w, b, cfg, add=residual)
         ulp = 0 if dtype == torch.float32 else 2 ** -7
         torch.testing.assert_close(got, want, rtol=ulp, atol=0, msg=lambda e: f"M={m} N={n} K={k} {dtype} {cfg}: {e}")
-    try:
-        gemv(x, w, b, cfg, add=residual[:, :-1])
-    except ValueError:
-        pass
-    else:
-        raise AssertionError("an add of the wrong shape was taken")
+    for bad in (residual[:, :-1], residual.double(), torch.randn(n, m, dtype=dtype).t()):
+        try:
+            gemv(x, w, b, cfg, add=bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"an add {tuple(bad.shape)} {bad.dtype} stride {bad.stride()} was taken")
 
 
 def check_gemv_fallback_and_hook(torch, ops):

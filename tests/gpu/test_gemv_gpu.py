@@ -152,33 +152,37 @@ def test_engine_tokens_with_l2_prefetch_from_a_side_stream(tmp_path_factory, mon
             assert torch.equal(prefetched.logits, base.logits)
 
 
-@pytest.mark.parametrize("m,split", [(1, None), (1, 4), (8, None)])
-def test_add_in_the_epilogue_is_torchs_sum(m, split):
-    """gemv's `add` (the A/B variant residual-epilogue) at o_proj's and down_proj's shapes:
-    bit for bit torch's `gemv(x, w) + residual` (the product rounded to bf16, then the sum), also
-    when the split-K reduce adds it; and under PDL in a CUDA graph, with the residual written two
-    kernels before the one that adds it, as the variant's layer does (read before the wait)."""
+@pytest.mark.parametrize("m,cfg", [(1, None), (1, "split"), (8, "whole")])
+def test_add_in_the_epilogue_is_torchs_sum(m, cfg):
+    """gemv's `add` (the A/B variant residual-epilogue) at o_proj's and down_proj's shapes: bit for
+    bit torch's `gemv(x, w) + residual` (the product rounded to bf16, then the sum), with the tuned
+    config, split K (the reduce kernel adds it) or one whole-K tile at M = 8 (the tl.dot epilogue);
+    and under PDL in a CUDA graph in the variant's own chain -- o_proj, the gate_up fold, down_proj
+    adding o_proj's output: at M = 1 the residual is exactly two kernels old when it is read."""
     from workbench.kernels import pdl
+    from workbench.kernels.fused_gemv import rms_norm_linear
     from workbench.kernels.gemv import GemvConfig, gemv
-    cfg = None if split is None else GemvConfig(block_n=4, block_k=256, split_k=split)
+    cfg = {None: None, "split": GemvConfig(block_n=4, block_k=256, split_k=4),
+           "whole": GemvConfig(block_n=16, block_k=256, split_k=1)}[cfg]
     bf16 = dict(device="cuda", dtype=torch.bfloat16)
     for n, k in ((1024, 2048), (1024, 3072)):
         x, w, r = torch.randn(m, k, **bf16), torch.randn(n, k, **bf16) / k ** 0.5, torch.randn(m, n, **bf16)
         assert torch.equal(gemv(x, w, None, cfg, add=r), gemv(x, w, None, cfg) + r), (n, k)
-    x0 = torch.randn(m, 1024, **bf16)
-    w1, w2, w3 = (torch.randn(*s, **bf16) / s[1] ** 0.5 for s in ((1024, 1024), (2048, 1024), (1024, 2048)))
+    attn_out, norm_w = torch.randn(m, 2048, **bf16), torch.ones(1024, **bf16)
+    w_o, w_gu, w_d = (torch.randn(*s, **bf16) / s[1] ** 0.5 for s in ((1024, 2048), (6144, 1024), (1024, 3072)))
 
-    def chain():   # the stream, one kernel between, then the GEMV that adds the stream
-        stream = gemv(x0, w1)
-        return gemv(gemv(stream, w2), w3, None, cfg, add=stream)
+    def layer_tail():   # o_proj (tuned: one kernel at M = 1), the gate_up fold, down_proj adding o_proj's output
+        residual_stream = gemv(attn_out, w_o)
+        gated, _ = rms_norm_linear(residual_stream, None, norm_w, 1e-6, w_gu, silu_out=True)
+        return gemv(gated, w_d, None, cfg, add=residual_stream)
     with pdl.launching(True):
-        chain()   # compile the PDL forms before capture
+        layer_tail()   # compile the PDL forms before capture
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = chain()
+            out = layer_tail()
     for _ in range(10):
-        x0.copy_(torch.randn_like(x0))
+        attn_out.copy_(torch.randn_like(attn_out))
         graph.replay()
         with pdl.launching(False):
-            want = chain()
+            want = layer_tail()
         assert torch.equal(out, want)

@@ -274,7 +274,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, x_stride, K_SPLIT: tl.co
     toks = tl.arange(0, BLOCK_M)                              # tokens (rows of x)
     if ADD_RES:   # (no split-K: the reduce kernel adds it then) the residual stream at this
         # program's outputs, read first: its writer ran two or more kernels before this one, so
-        # under PDL it is complete before our wait (kernels/pdl.py) and off the chain after it
+        # under PDL it was complete before this kernel started (kernels/pdl.py): off the chain
         added = tl.load(add_ptr + toks[:, None] * N + rows[None, :], mask=(toks[:, None] < M) & (rows[None, :] < N),
                         other=0.0).to(tl.float32)
     k_start = pid_k * K_SPLIT
@@ -390,16 +390,19 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
     along K; RMS_NORM also takes residual [M, K] or None, norm_weight [K], res_out [M, K], eps.
     prefetch: the next matmul's weight (contiguous), which the programs ask L2 for while they run.
     silu_out: weight is [gate | up] ([2I, K]) and `out` [M, I] gets silu(gate) * up (no split-K).
-    add: a contiguous [M, N] tensor added to the output (the residual stream, an A/B candidate),
-    read before the PDL wait: it must come from two or more kernels before this one."""
+    add: a contiguous [M, N] tensor of x's dtype added to the output (the residual stream, an A/B
+    candidate), read before the PDL wait -- by this GEMV, or by its split-K reduce -- so the kernel
+    that wrote it must be two or more launches before the one that reads it."""
     m, (n, k) = x.shape[0], weight.shape
     block_m = 1 if m == 1 else max(16, triton.next_power_of_2(m))
     if block_m > 1 and cfg.block_n < 16:
         raise ValueError(f"{cfg}: M={m} > 1 uses tl.dot, which needs block_n >= 16")
     if silu_out and (cfg.split_k > 1 or cfg.block_n % 2 or n % 2):
         raise ValueError(f"{cfg}, N={n}: silu_out needs split_k 1, an even block_n and an even N ([gate | up])")
-    if add is not None and (silu_out or add.shape != (m, n) or not add.is_contiguous()):
-        raise ValueError(f"add: a contiguous [{m}, {n}] tensor, not with silu_out; got {tuple(add.shape)}")
+    if add is not None and (silu_out or add.shape != (m, n) or not add.is_contiguous() or add.dtype != x.dtype
+                            or add.device != x.device):
+        raise ValueError(f"add: a contiguous [{m}, {n}] {x.dtype} tensor on {x.device}, not with silu_out; got "
+                         f"{tuple(add.shape)} {add.dtype} on {add.device}, contiguous={add.is_contiguous()}")
     k_split = triton.cdiv(k, cfg.split_k * cfg.block_k) * cfg.block_k   # K values per slice
     split = cfg.split_k > 1
     target = torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device) if split else out
@@ -451,7 +454,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
          add: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] (M <= MAX_M, unit stride along K), weight [N, K] contiguous -> [M, N] in x's dtype.
     prefetch: a contiguous tensor (the next matmul's weight) to pull into L2 meanwhile.
-    add: [M, N], added in the epilogue (launch says when it may be read)."""
+    add: [M, N], contiguous, x's dtype, added in the epilogue (launch says when it may be read: a
+    copy made here would be a kernel just before the GEMV, so none is made)."""
     if x.dim() != 2 or x.shape[0] > MAX_M or x.shape[1] != weight.shape[1]:
         raise ValueError(f"gemv: x {tuple(x.shape)} and weight {tuple(weight.shape)}: want x [M <= {MAX_M}, K] "
                          "and weight [N, K]; use linear() for any shape")
@@ -459,8 +463,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         x = x.contiguous()
     m, (n, k) = x.shape[0], weight.shape
     cfg = check_config(config or pick_config(m, n, k, x.device) or default_config(m, n, k))
-    return gemv_op(x, weight.contiguous(), bias, *cfg.as_dict().values(), prefetch,
-                   None if add is None else add.contiguous())
+    return gemv_op(x, weight.contiguous(), bias, *cfg.as_dict().values(), prefetch, add)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

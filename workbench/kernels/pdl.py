@@ -14,7 +14,9 @@ still be running. So B may read early: the weights (no kernel writes them), the 
 cached by earlier steps, and the step's inputs (positions, slots, lengths, block tables: written
 before the step's first kernel). A decode GEMV loads its first weight tile, then waits, then
 loads x (CUTLASS's "weight prefetch" example does the same); decode attention reads its lengths,
-block ids and first K/V tile early (kernels/decode_attention.py, Choice 5). What A writes (its
+block ids and first K/V tile early (kernels/decode_attention.py, Choice 5); a GEMV given `add` (the
+residual stream, two or more kernels old where the A/B candidate residual-epilogue uses it) reads
+it early too. What A writes (its
 output, the newest token's K/V) and every store come after the wait. Each kernel waits before
 its first read of A's output and before any store, so PDL on is as correct as PDL off, whatever
 runs before or after it (a torch op or cuBLAS kernel in between is launched normally: plain
