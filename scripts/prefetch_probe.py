@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from workbench.kernels.gemv import _prefetch_l2, as_bytes
+from workbench.measure.timing import cuda_event_times
 
 
 @triton.jit
@@ -44,16 +45,7 @@ def _read_kernel(out_ptr, w_ptr, n, BLOCK: tl.constexpr):
 
 def timed(launch, before, repeats: int = 30) -> float:
     """Median microseconds of `launch`, `before` (the flush, maybe a prefetch) run first each time."""
-    times = []
-    for _ in range(repeats):
-        before()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        launch()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
+    return statistics.median(cuda_event_times(launch, repeats, before)) * 1e6
 
 
 def main() -> int:

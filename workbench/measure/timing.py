@@ -141,12 +141,15 @@ def graph_replay_seconds(step, replays: int = 20, warmups: int = 3) -> float:
     return statistics.median(cuda_event_times(graph.replay, replays))
 
 
-def cuda_event_times(fn, repeats: int) -> list[float]:
+def cuda_event_times(fn, repeats: int, before=None) -> list[float]:
     """Seconds of each of `repeats` calls of fn(), timed on the GPU with CUDA events (no host
-    overhead in the figure); call it after a warm-up."""
+    overhead in the figure); call it after a warm-up. before: run before each call, untimed (an
+    L2 flush, say)."""
     import torch
     times = []
     for _ in range(repeats):
+        if before is not None:
+            before()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
