@@ -225,13 +225,6 @@ def _residual_in_epilogues() -> None:
     from workbench.model.qwen3 import CausalLM, DecoderLayer
     layer_forward = DecoderLayer.forward
 
-    def attention_output(attn, positions, qkv, meta):   # Attention.forward without its o_proj
-        q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
-        q, k, v = (t.unflatten(-1, (n, attn.head_dim)) for t, n in
-                   ((q, attn.num_heads), (k, attn.num_kv_heads), (v, attn.num_kv_heads)))
-        folded_q = attn.fold(attn, positions, q, k, v, meta)
-        return attn.attend(folded_q, None, None, meta).flatten(-2)
-
     def forward(self, positions, hidden, residual, meta):
         norm1, attn, norm2, mlp = self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp
         if norm1.fold is None or attn.fold is None or not mlp.act.in_gemv or not 1 <= hidden.shape[0] <= MAX_M:
@@ -239,7 +232,7 @@ def _residual_in_epilogues() -> None:
         ahead = lambda linear: getattr(linear, "prefetch_next", None)   # noqa: E731 (l2_prefetch's, if on)
         qkv, residual_stream = rms_norm_linear(hidden, residual, norm1.weight, norm1.eps, attn.qkv_proj.weight,
                                                attn.qkv_proj.bias, ahead(attn.qkv_proj))
-        residual_stream = gemv(attention_output(attn, positions, qkv, meta), attn.o_proj.weight, attn.o_proj.bias,
+        residual_stream = gemv(attn.heads_output(positions, qkv, meta), attn.o_proj.weight, attn.o_proj.bias,
                                prefetch=ahead(attn.o_proj), add=residual_stream)
         gated, _ = rms_norm_linear(residual_stream, None, norm2.weight, norm2.eps, mlp.gate_up_proj.weight,
                                    mlp.gate_up_proj.bias, ahead(mlp.gate_up_proj), silu_out=True)

@@ -411,6 +411,7 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
     grid = (triton.cdiv(outputs, per_program), cfg.split_k)
     bias_arg = bias if bias is not None else weight   # never read when HAS_BIAS is False
     res = residual if residual is not None else x     # likewise the RMS_NORM-only pointers
+    add_arg = add if add is not None else x           # and the residual to add (ADD_RES only)
     next_bytes, nbytes, lines = prefetch_args(prefetch, grid[0] * grid[1], 32 * cfg.num_warps, x)
     _gemv_kernel[grid](x, weight, bias_arg, target, m, n, k, x.stride(0), k_split,
                        res, norm_weight if norm_weight is not None else x, res_out if res_out is not None else x, eps,
@@ -419,13 +420,13 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
                        HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % (cfg.split_k * cfg.block_k) == 0,
                        EVEN_N=outputs % per_program == 0, SILU_OUT=silu_out, DOT_FP32=_DOT_FP32 or x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
                        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                       add_ptr=x if add is None else add, ADD_RES=add is not None and not split,
+                       add_ptr=add_arg, ADD_RES=add is not None and not split,
                        **pdl.launch_options())
     if split:
         block = 1024
         _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](target, bias_arg, out, m * n, n, SPLIT_K=cfg.split_k,
                                                             HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
-                                                            add_ptr=x if add is None else add, ADD_RES=add is not None,
+                                                            add_ptr=add_arg, ADD_RES=add is not None,
                                                             **pdl.launch_options())
 
 

@@ -45,6 +45,10 @@ class Attention(nn.Module):
 
     def forward(self, positions, qkv, meta: AttentionMetadata):
         """qkv = qkv_proj(normed hidden), computed by the layer (it may fold the norm into it)."""
+        return self.o_proj(self.heads_output(positions, qkv, meta))
+
+    def heads_output(self, positions, qkv, meta: AttentionMetadata) -> torch.Tensor:
+        """Every head's attention output, side by side [T, heads x head_dim]: what o_proj reads."""
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.unflatten(-1, (self.num_heads, self.head_dim))
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
@@ -54,7 +58,7 @@ class Attention(nn.Module):
             out = self.attend(folded_q, None, None, meta)
         else:
             out = self.attend(*self.rotate(positions, q, k), v, meta)
-        return self.o_proj(out.flatten(-2))
+        return out.flatten(-2)
 
     def rotate(self, positions, q, k):
         if self.qk_norm:   # Qwen3 normalizes each q/k head before RoPE (Llama does not)
