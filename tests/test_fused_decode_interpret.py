@@ -234,35 +234,50 @@ def check_qk_norm_rope_store_inputs_early(torch):
                                        f"the wait): {g.isnan().sum()} NaN")
 
 
+def _tiny_outputs(path, prompts, params, fold: bool, before_install=lambda: None):
+    """The CPU engine (all off) on the tiny checkpoint at `path`; fold: with fused_decode's hooks
+    installed into the built model, as the runner does on a GPU (the CPU engine refuses the switch).
+    before_install: called once the engine is built, before the hooks go in (the spies)."""
+    from workbench import LLM, Optimizations
+    from workbench.optimizations import fused_decode
+    with LLM(path, opts=Optimizations.all_off(), device="cpu", enable_prefix_caching=False) as llm:
+        if fold:
+            before_install()
+            fused_decode.install(llm.runner.model, True)
+        return llm.generate(prompts, params, use_tqdm=False)
+
+
+def _assert_same_outputs(torch, want, got, what: str) -> None:
+    """The same greedy tokens, and logits within fp32's 1e-4."""
+    for base, other in zip(want, got):
+        assert other.token_ids == base.token_ids, (what, base.token_ids, other.token_ids)
+        torch.testing.assert_close(other.logits, base.logits, rtol=1e-4, atol=1e-4)
+
+
 def check_engine_tokens_match_all_off(torch):
     """Tiny fp32 model, 2 sequences x 5 greedy tokens: all-off against all-off with the
     fused_decode hooks installed -- the CPU engine refuses the switch, so it is installed into the
     built model, as the runner does on a GPU (decode_gemv stays off: the fold does not need it)."""
     import tempfile
 
-    from workbench import LLM, Optimizations, SamplingParams
+    from workbench import SamplingParams
     from workbench.kernels import fused_gemv as fg
     from workbench.kernels import qk_norm_rope_store as qrs
     from workbench.model import make_checkpoint
-    from workbench.optimizations import fused_decode
     path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=0)
     prompts, params = [[5, 17, 99, 3], [42, 7, 250, 11, 64, 9, 1]], SamplingParams(
         temperature=0, max_tokens=5, ignore_eos=True, return_logits=True)
-    runs, calls = [], []
-    for fold in (False, True):
-        with LLM(path, opts=Optimizations.all_off(), device="cpu", enable_prefix_caching=False) as llm:
-            if fold:
-                for module, name in ((fg, "rms_norm_gemv_op"), (qrs, "qk_norm_rope_store")):   # count the calls
-                    op = getattr(module, name)   # (rms_norm_gemv_op's last argument: silu_out)
-                    setattr(module, name, lambda *a, _op=op, _n=name: calls.append(_n + " silu" * (a[-1] is True))
-                            or _op(*a))
-                fused_decode.install(llm.runner.model, True)
-            runs.append(llm.generate(prompts, params, use_tqdm=False))
+    calls = []
+
+    def spy_on_the_folds():
+        for module, name in ((fg, "rms_norm_gemv_op"), (qrs, "qk_norm_rope_store")):   # count the calls
+            op = getattr(module, name)   # (rms_norm_gemv_op's last argument: silu_out)
+            setattr(module, name, lambda *a, _op=op, _n=name: calls.append(_n + " silu" * (a[-1] is True)) or _op(*a))
+    base = _tiny_outputs(path, prompts, params, fold=False)
+    folded = _tiny_outputs(path, prompts, params, fold=True, before_install=spy_on_the_folds)
     want = {"rms_norm_gemv_op", "rms_norm_gemv_op silu", "qk_norm_rope_store"}
     assert want <= set(calls), f"the folds never ran: {set(calls)}"
-    for base, folded in zip(*runs):
-        assert folded.token_ids == base.token_ids, (base.token_ids, folded.token_ids)
-        torch.testing.assert_close(folded.logits, base.logits, rtol=1e-4, atol=1e-4)
+    _assert_same_outputs(torch, base, folded, "fused_decode")
 
 
 def check_ab_layer_forms_match_the_engine(torch):
@@ -274,12 +289,11 @@ def check_ab_layer_forms_match_the_engine(torch):
     import tempfile
     from pathlib import Path
 
-    from workbench import LLM, Optimizations, SamplingParams
+    from workbench import SamplingParams
     from workbench.kernels import fused_gemv as fg
     from workbench.kernels import gemv as g
     from workbench.model import make_checkpoint
     from workbench.model.qwen3 import CausalLM, DecoderLayer
-    from workbench.optimizations import fused_decode
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import ab_decode_candidates as ab
     path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=0)
@@ -287,25 +301,18 @@ def check_ab_layer_forms_match_the_engine(torch):
     params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True, return_logits=True)
     spies = {"silu-in-down": (fg, "silu_mul_gemv_op", lambda a: True),
              "residual-epilogue": (g, "gemv_op", lambda a: a[-1] is not None)}   # gemv_op's last argument: add
-
-    def generate():
-        with LLM(path, opts=Optimizations.all_off(), device="cpu", enable_prefix_caching=False) as llm:
-            fused_decode.install(llm.runner.model, True)
-            return llm.generate(prompts, params, use_tqdm=False)
-    base = generate()
+    base = _tiny_outputs(path, prompts, params, fold=True)
     for form, (module, name, counts) in spies.items():
         op, forwards, calls = getattr(module, name), (DecoderLayer.forward, CausalLM.forward), []
         setattr(module, name, lambda *a, _op=op, _counts=counts: calls.append(_counts(a)) or _op(*a))
         try:
             ab.PATCHED[form]()   # patches DecoderLayer.forward (and CausalLM.forward): put back below
-            runs = generate()
+            runs = _tiny_outputs(path, prompts, params, fold=True)
         finally:
             DecoderLayer.forward, CausalLM.forward = forwards
             setattr(module, name, op)
         assert any(calls), f"{form}: its kernels never ran"
-        for want, got in zip(base, runs):
-            assert got.token_ids == want.token_ids, (form, want.token_ids, got.token_ids)
-            torch.testing.assert_close(got.logits, want.logits, rtol=1e-4, atol=1e-4)
+        _assert_same_outputs(torch, base, runs, form)
 
 
 def _main() -> None:
