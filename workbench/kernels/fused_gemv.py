@@ -54,7 +54,8 @@ def rms_norm_gemv_op(x: torch.Tensor, residual: torch.Tensor | None, norm_weight
                      weight: torch.Tensor, bias: torch.Tensor | None,
                      prefetch: torch.Tensor | None = None, silu_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty((x.shape[0], weight.shape[0] // (2 if silu_out else 1)), dtype=x.dtype, device=x.device)
-    new_residual = torch.empty_like(x)   # = x + residual (a copy of x when residual is None)
+    # = x + residual; without a residual none is written (rms_norm_linear hands on x itself)
+    new_residual = torch.empty_like(x) if residual is not None else x.new_empty(0)
     launch(x, weight, bias, _config(x, weight, whole_rows=True), out, RMS_NORM, residual, norm_weight, new_residual,
            eps, prefetch=prefetch, silu_out=silu_out)
     return out, new_residual
@@ -62,7 +63,8 @@ def rms_norm_gemv_op(x: torch.Tensor, residual: torch.Tensor | None, norm_weight
 
 @rms_norm_gemv_op.register_fake
 def _(x, residual, norm_weight, eps, weight, bias, prefetch=None, silu_out=False):
-    return x.new_empty((x.shape[0], weight.shape[0] // (2 if silu_out else 1))), torch.empty_like(x)
+    return (x.new_empty((x.shape[0], weight.shape[0] // (2 if silu_out else 1))),
+            torch.empty_like(x) if residual is not None else x.new_empty(0))
 
 
 @torch.library.custom_op("workbench::silu_mul_gemv", mutates_args=())
@@ -88,7 +90,7 @@ def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight:
                     weight: torch.Tensor, bias: torch.Tensor | None = None,
                     prefetch: torch.Tensor | None = None, silu_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(RMSNorm(x + residual) * norm_weight @ weight^T + bias, x + residual); x, residual [M, K]
-    with M <= MAX_M; residual None: the norm of x alone, and the second output is a copy of x.
+    with M <= MAX_M; residual None: the norm of x alone, and the second output is x itself.
     prefetch: the next matmul's weight, pulled into L2 meanwhile (gemv.launch).
     silu_out (fused_decode's gate_up since session 20): weight is gate_up's [gate | up], and the
     first output is silu(gate) * up [M, N / 2], made in the epilogue -- down_proj then reads half as much."""
@@ -97,7 +99,11 @@ def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight:
         raise ValueError(f"rms_norm_linear: residual {tuple(residual.shape)} must have x's shape {tuple(x.shape)}")
     x = x.contiguous()
     residual = residual.contiguous() if residual is not None else None
-    return rms_norm_gemv_op(x, residual, norm_weight.contiguous(), float(eps), weight, bias, prefetch, silu_out)
+    y, new_residual = rms_norm_gemv_op(x, residual, norm_weight.contiguous(), float(eps), weight, bias, prefetch,
+                                       silu_out)
+    # no residual: x starts the stream, as RMSNorm.then's unfused form hands it on (no copy: under
+    # residual-epilogue every folded norm is in this case, and a copy would be a store after the wait)
+    return y, (new_residual if residual is not None else x)
 
 
 def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

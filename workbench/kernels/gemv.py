@@ -182,8 +182,9 @@ def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n
         # (the compiler cannot move a load above a store that may alias it)
         w = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
         s = _residual_sum(x_ptr, res_ptr, toks, kk, x_stride, M, K, HAS_RES)
-        if pid_n == 0:   # the programs of the first N-tile write the new residual: each value once
-            tl.store(res_out_ptr + toks * K + kk, s.to(dt), mask=(toks < M) & (kk < K))
+        if HAS_RES:   # (without a residual, x itself starts the stream: nothing to write)
+            if pid_n == 0:   # the programs of the first N-tile write the new residual: each value once
+                tl.store(res_out_ptr + toks * K + kk, s.to(dt), mask=(toks < M) & (kk < K))
         x, x_sq = (s * w).to(dt), s * s
     elif X_FORM == 2:   # SILU_MUL: gate at columns kk, up K columns further
         gate = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0.0).to(tl.float32)
@@ -387,7 +388,8 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
            res_out=None, eps: float = 0.0, prefetch: torch.Tensor | None = None, silu_out: bool = False,
            add: torch.Tensor | None = None) -> None:
     """Run the GEMV into `out` [M, N]. x: [M, K] (X_FORM = SILU_MUL: [M, 2K]) with unit stride
-    along K; RMS_NORM also takes residual [M, K] or None, norm_weight [K], res_out [M, K], eps.
+    along K; RMS_NORM also takes residual [M, K] or None, norm_weight [K], res_out [M, K] (x + residual,
+    written only when there is a residual), eps.
     prefetch: the next matmul's weight (contiguous), which the programs ask L2 for while they run.
     silu_out: weight is [gate | up] ([2I, K]) and `out` [M, I] gets silu(gate) * up (no split-K).
     add: a contiguous [M, N] tensor of x's dtype added to the output (the residual stream, an A/B
