@@ -65,7 +65,8 @@ matters is what it can do before its wait and whether the next one finds room to
   residual-epilogue   the residual add in the epilogues of o_proj's and down_proj's GEMVs (gemv's
                       `add`, read before their PDL waits: the stream is two or more kernels old
                       there), so qkv's and gate_up's folded norms read one row after their waits,
-                      not x and the residual (session 20; prediction in docs/perf-notes.md)
+                      not x and the residual (session 20); session 21: 1,536 vs 1,571 tok/s, GPU
+                      time a step +22.7 us (o_proj's and qkv's grew): not taken
   prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
                       decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
