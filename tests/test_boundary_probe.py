@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "a_missing_step_is_caught",
+CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "flag_chains_match_the_host",
+          "a_missing_step_is_caught",
           "a_run_again_continues_the_chain", "the_control_reads_less", "a_grid_barrier_refuses_to_spin_forever",
           "gemv_chains_match_torch", "a_missing_gemv_is_caught"]
 
@@ -42,9 +43,18 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
         probe.gemv_chain("persistent-2ahead", weights, vec, count, 2, 128)()
         probe.gemv_chain("persistent-l2x2", weights, vec, count, 4, 128)()
         probe.gemv_chain("kernels+pdl-early", weights, vec, count, 1, 512)()
+        probe.chain("persistent-flags", 128, 8, buf, count)()
+        probe.chain("persistent-flags-head", 128, 8, buf, count)()
     for launch in launches:
         kernel = kernel_resources.compile_sm90(launch)
         ptx = kernel.asm["ptx"]
+        if "flags" in kernel.name:   # each program's own flag, released; the others' polled, then a fence
+            assert re.search(r"atom\.global\.gpu\.release\.exch", ptx), "the flag must publish the step's stores"
+            assert "ld.volatile.global" in ptx, "the poll must read the flags afresh each time"
+            assert "fence.acq_rel.gpu" in ptx, "a fence after the poll orders the reads after it"   # (the loop's
+            # blocks are laid out out of order in the PTX text: where it sits is not checked here)
+            assert "ld.global.cg" in ptx and kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, kernel.name
+            continue
         if launch.kwargs.get("EARLY"):   # the early form lets the next kernel in before it waits
             assert ptx.index("griddepcontrol.launch_dependents") < ptx.index("griddepcontrol.wait"), kernel.name
             continue
@@ -81,9 +91,24 @@ def check_persistent_chain_matches_the_host(probe):
     assert probe.check("persistent", 1, 5, "cpu")
 
 
+def check_flag_chains_match_the_host(probe):
+    """One program (all forms), and the head form with 8 (a slice a head: each program reads only the
+    head it writes, so none waits for another and the interpreter's one-at-a-time order is safe).
+    A head form whose programs summed the first 128 values instead of their own head would still
+    match with one program at its first head only: the 8-program run reads every head."""
+    import torch
+    assert probe.check("persistent-flags", 1, 5, "cpu")
+    for programs in (1, 8):
+        assert probe.check("persistent-flags-head", programs, 5, "cpu"), programs
+    start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
+    assert not torch.equal(probe.expected(5, start, by_head=True), probe.expected(5, start, read=probe.HEAD))
+
+
 def check_a_missing_step_is_caught(probe):
     assert not probe.check("kernels", 128, 5, "cpu", run_stages=4)
     assert not probe.check("persistent", 1, 5, "cpu", run_stages=4)
+    for form, programs in (("persistent-flags", 1), ("persistent-flags-head", 8)):
+        assert not probe.check(form, programs, 5, "cpu", run_stages=4), form
 
 
 def check_a_run_again_continues_the_chain(probe):

@@ -15,13 +15,22 @@ whole vector the step before wrote, reduces it, and writes its own slice of the 
                  trigger, measured here alone)
   persistent     one kernel for the whole chain, one program an SM; between steps a grid barrier
                  (an atomic counter each program adds to, then polls) instead of a kernel boundary
+  persistent-flags  the same, but each program publishes a flag of its own after its step and
+                 polls the flags of the programs it reads: no single counter that every program
+                 adds to (session 21)
+  persistent-flags-head  each step reads only its values' head (HEAD values: the per-head
+                 dependency of qkv -> RoPE -> attention -> merge) and waits only for the programs
+                 that wrote that head, so heads run ahead of each other (session 21)
 
 The numbers are int32 and wrap, so any stale read (a missing or broken barrier) changes the final
 vector: each form is checked against the same chain computed on the host before it is timed.
 Reading: the microseconds a step of each form, against the ~2.9 us a kernel the decode step's
 layers take (563 us / 196 kernels, session 17's profiled step). If the persistent barrier costs
 much less than a kernel boundary, a persistent decode kernel is the way toward the roofline; if
-not, fewer steps is the only lever left.
+not, fewer steps is the only lever left. The flag forms ask the same of a wait with no shared
+counter (persistent-flags) and of a wait on one head's writers only (persistent-flags-head): if
+either costs much less than the grid barrier (session 19: ~1.3 us a step), a layer kernel whose
+programs wait on flags per head could overlap the per-head steps of a layer.
 
 Part 2 puts weights back: the same chain as GEMVs with the norm folded in (bf16 H x H), as PDL
 kernels with their weight rows loaded before the wait (as the engine's) and as persistent kernels
@@ -99,6 +108,66 @@ def _wait_for(count, target):
 
 
 @triton.jit
+def _step_head(src, dst, D, stage, pid, SLICE: tl.constexpr, HEAD: tl.constexpr, HEADS: tl.constexpr,
+               WIDTH: tl.constexpr):
+    """`_step` with each value's total taken over its own head (HEAD values), not the first READ:
+    a program's slice covers HEADS heads, WIDTH values of each (a slice within one head: 1, SLICE)."""
+    first = pid * SLICE // HEAD * HEAD   # where this program's first head starts
+    offs = first + tl.arange(0, HEADS)[:, None] * HEAD + tl.arange(0, HEAD)[None, :]
+    totals = tl.sum(tl.load(src + offs, mask=offs < D, other=0, cache_modifier=".cg"), axis=1)
+    j = pid * SLICE + tl.arange(0, HEADS)[:, None] * WIDTH + tl.arange(0, WIDTH)[None, :]
+    own = tl.load(src + j, mask=j < D, other=0, cache_modifier=".cg")
+    tl.store(dst + j, totals[:, None] * 3 + own + j + stage, mask=j < D)
+
+
+@triton.jit
+def _publish(flags, pid, value):
+    """This program's step is done: every thread's stores (bar.sync), then its own flag set with
+    release -- one store a program, to an address no other program writes."""
+    tl.debug_barrier()
+    tl.atomic_xchg(flags + pid, value, sem="release", scope="gpu")
+
+
+@triton.jit
+def _wait_flags(flags, first, n, target, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
+    """Poll the flags of programs first .. first + n - 1 until all reach `target`. Plain volatile
+    loads (an atomic each, as the counter's poll, would queue every program on the same lines),
+    then an acquire fence: a release observed by a relaxed load and followed by a fence
+    synchronizes with it (the PTX memory model), so their stores are visible after it."""
+    offs = first + tl.arange(0, BLOCK)
+    mask = tl.arange(0, BLOCK) < n
+    seen = tl.load(flags + offs, mask=mask, other=target, volatile=True)
+    while tl.min(seen, axis=0) < target:
+        seen = tl.load(flags + offs, mask=mask, other=target, volatile=True)
+    if not INTERPRET:   # (the interpreter runs programs one after another: nothing to order)
+        tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.u32 $0, 0;", "=r,r", [tl.full([1], 0, tl.int32)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _persistent_flags_kernel(buf, flags, D, STAGES: tl.constexpr, SLICE: tl.constexpr, HEAD: tl.constexpr,
+                             HEADS: tl.constexpr, WIDTH: tl.constexpr, BY_HEAD: tl.constexpr, WAIT_N: tl.constexpr,
+                             BLOCK: tl.constexpr, INTERPRET: tl.constexpr, READ: tl.constexpr):
+    """persistent-flags(-head): every step in one launch, each program waiting on the flags of the
+    programs it reads (BY_HEAD: those of its head; else all). Writing step s + 1's values over the
+    half that step s read is safe: the programs that read this program's slice at step s are the
+    ones it waits for (every one, or its head's), and each sets its flag only after its reads."""
+    pid = tl.program_id(0)
+    if BY_HEAD:   # the first program it waits for (WAIT_N of them): its heads' writers
+        first = pid * SLICE // HEAD * HEAD // SLICE
+    else:         # every program
+        first = pid * 0
+    for stage in range(STAGES):
+        if BY_HEAD:
+            _step_head(buf + (stage % 2) * D, buf + ((stage + 1) % 2) * D, D, stage, pid, SLICE, HEAD, HEADS, WIDTH)
+        else:
+            _step(buf + (stage % 2) * D, buf + ((stage + 1) % 2) * D, D, stage, pid, READ, SLICE)   # READ: all D
+        _publish(flags, pid, stage + 1)
+        _wait_flags(flags, first, WAIT_N, stage + 1, BLOCK, INTERPRET)
+
+
+@triton.jit
 def _persistent_kernel(buf, count, D, STAGES: tl.constexpr, READ: tl.constexpr, SLICE: tl.constexpr):
     """Every step in one launch. Needs all its programs resident at once (one an SM, or fewer):
     a program spinning at the barrier would otherwise wait for one that can never start."""
@@ -114,14 +183,21 @@ def slice_for(programs: int) -> int:
     return triton.next_power_of_2(triton.cdiv(D, programs))
 
 
-def expected(stages: int, start: torch.Tensor, read: int = D, runs: int = 1) -> torch.Tensor:
+HEAD = 128   # persistent-flags-head: a head's values (Qwen3's head_dim), the unit a step reads
+
+
+def expected(stages: int, start: torch.Tensor, read: int = D, runs: int = 1, by_head: bool = False) -> torch.Tensor:
     """The chain on the host, int32 arithmetic wrapping as the GPU's does. A chain run again (as
     the timed graph replays are) continues from its last result when `stages` is even: it lands in
-    the half the next run starts from; `runs` follows that many runs."""
+    the half the next run starts from; `runs` follows that many runs. by_head: each value's total
+    is its head's (persistent-flags-head), not the first `read` values'."""
     x = start.to(torch.int64).cpu()
     j = torch.arange(D, dtype=torch.int64)
     for stage in [s for _ in range(runs) for s in range(stages)]:
-        total = int(x[:read].sum()) % 2**32
+        if by_head:
+            total = x.view(-1, HEAD).sum(1).repeat_interleave(HEAD) % 2**32
+        else:
+            total = int(x[:read].sum()) % 2**32
         x = (total * 3 + x + j + stage) % 2**32
     return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
 
@@ -144,11 +220,25 @@ def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch
     `stages % 2` points at); each step's programs read the first `read` values."""
     slice_ = slice_for(programs)
     grid = (triton.cdiv(D, slice_),)
-    _refuse_unless_resident(form, grid[0], buf.device)
+    if not (form == "persistent-flags-head" and slice_ >= HEAD):   # (there each program reads only its own heads:
+        _refuse_unless_resident(form, grid[0], buf.device)          # it never waits for another)
     if form == "persistent":
         def run():
             count.zero_()
             _persistent_kernel[grid](buf, count, D, STAGES=stages, READ=read, SLICE=slice_, num_warps=4)
+        return run
+    if form in ("persistent-flags", "persistent-flags-head"):
+        flags = torch.zeros(grid[0], dtype=torch.int32, device=buf.device)   # one a program, kept by run
+        by_head = form.endswith("-head")
+        heads, width = max(1, slice_ // HEAD), min(slice_, HEAD)
+        wait_n = max(1, heads * HEAD // slice_) if by_head else grid[0]   # the programs that wrote what it reads
+
+        def run():
+            flags.zero_()   # each run's flags count its steps from 0
+            _persistent_flags_kernel[grid](buf, flags, D, STAGES=stages, SLICE=slice_, HEAD=HEAD, HEADS=heads,
+                                           WIDTH=width, BY_HEAD=by_head, WAIT_N=wait_n,
+                                           BLOCK=triton.next_power_of_2(wait_n),
+                                           INTERPRET=_INTERPRET, READ=D, num_warps=4)
         return run
     pdl, early = form.startswith("kernels+pdl"), form.endswith("-early")
     options = {"launch_pdl": True} if pdl else {}
@@ -169,7 +259,7 @@ def check(form: str, programs: int, stages: int, device: str, run_stages: int | 
     count = torch.zeros(1, dtype=torch.int32, device=device)
     chain(form, programs, stages if run_stages is None else run_stages, buf, count, read)()
     got = buf.view(2, D)[stages % 2].cpu()
-    return torch.equal(got, expected(stages, start, read))
+    return torch.equal(got, expected(stages, start, read, by_head=form.endswith("-head")))
 
 
 # --- the same chain with weights: each step a GEMV with the norm folded in ---------------------
@@ -363,11 +453,13 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
     print(f"{gpu} ({sms} SMs), {copy}" + ("" if pdl_here else "; no PDL before Hopper: its forms are left out"))
     print(f"1. {stages} dependent steps, no weights, one CUDA graph: us a step, median of 50 replays "
           f"[min-max]; each program reads the first `read` of the {D} values the step before wrote")
-    print(f"{'form':>12} {'read':>5} {'programs':>8} {'us a step':>10} {'range':>13} {'checked':>8}")
+    print(f"{'form':>21} {'read':>5} {'programs':>8} {'us a step':>10} {'range':>13} {'checked':>8}")
     rows = []
     forms = ["kernels"] + (["kernels+pdl"] if pdl_here else [])
     cases = [(form, p, D) for form in forms + (["kernels+pdl-early"] if pdl_here else []) for p in (128, 512, 1024)]
-    cases += [("persistent", p, D) for p in (32, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
+    cases += [(form, p, D) for form in ("persistent", "persistent-flags") for p in (32, 64, 128)
+              if triton.cdiv(D, slice_for(p)) <= sms]
+    cases += [("persistent-flags-head", p, HEAD) for p in (8, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
     # the control: each program reads 32 values (128 bytes), so the L2 reads no longer grow with the programs
     cases += [(form, p, 32) for form in forms[-1:] for p in (128, 512, 1024)]
     cases += [("persistent", p, 32) for p in (128,) if triton.cdiv(D, slice_for(p)) <= sms]
@@ -378,11 +470,12 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
         buf[:D] = start.to(device)
         count = torch.zeros(1, dtype=torch.int32, device=device)
         timing = time_graph(chain(form, programs, stages, buf, count, read), stages)
-        ok = ok and torch.equal(buf[:D].cpu(), expected(stages, start, read, runs=timing["runs"]))
+        ok = ok and torch.equal(buf[:D].cpu(), expected(stages, start, read, runs=timing["runs"],
+                                                        by_head=form.endswith("-head")))
         grid = triton.cdiv(D, slice_for(programs))
         rows.append({"probe": "steps", "form": form, "read": read, "programs": grid, "stages": stages, "checked": ok,
                      **timing, "gpu": gpu})
-        print(f"{form:>12} {read:5d} {grid:8d} {timing['us_a_step']:10.2f} "
+        print(f"{form:>21} {read:5d} {grid:8d} {timing['us_a_step']:10.2f} "
               f"{timing['us_a_step_min']:6.2f}-{timing['us_a_step_max']:<6.2f} {'ok' if ok else 'WRONG':>8}",
               flush=True)
     print(f"\n2. {stages} dependent GEMVs (bf16 H x H weights, the norm folded in), one CUDA graph; "
