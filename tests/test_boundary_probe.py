@@ -12,6 +12,7 @@ import re
 import pytest
 
 CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "flag_chains_match_the_host",
+          "a_head_step_at_many_programs_matches_the_host",
           "a_missing_step_is_caught",
           "a_run_again_continues_the_chain", "the_control_reads_less", "a_grid_barrier_refuses_to_spin_forever",
           "gemv_chains_match_torch", "a_missing_gemv_is_caught"]
@@ -102,6 +103,36 @@ def check_flag_chains_match_the_host(probe):
         assert probe.check("persistent-flags-head", programs, 5, "cpu"), programs
     start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
     assert not torch.equal(probe.expected(5, start, by_head=True), probe.expected(5, start, read=probe.HEAD))
+
+
+def check_a_head_step_at_many_programs_matches_the_host(probe):
+    """The head form where a slice is part of a head (64, 128 programs: 8, 16 writers a head), which
+    the chains above cannot run here (a program would wait for one the interpreter has not started):
+    one step with every flag already set, so none waits, against the host's step."""
+    import torch
+    for programs in (64, 128):
+        start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
+        buf = torch.cat([start, torch.zeros(probe.D, dtype=torch.int32)])
+        flags = torch.full((programs,), 100, dtype=torch.int32)
+        probe._persistent_flags_kernel[(programs,)](buf, flags, probe.D, STAGES=1,
+                                                    **probe.flag_shape("persistent-flags-head", programs))
+        assert torch.equal(buf[probe.D:], probe.expected(1, start, by_head=True)), programs
+
+
+def test_each_program_waits_for_exactly_its_heads_writers():
+    """The wait set the kernel computes (its first program in the kernel, WAIT_N from flag_shape)
+    against the programs whose slices overlap the heads it reads, counted out by brute force."""
+    probe = _probe()
+    for programs in (1, 8, 16, 64, 128):
+        shape = probe.flag_shape("persistent-flags-head", programs)
+        s, head = shape["SLICE"], shape["HEAD"]
+        for p in range(probe.D // s):
+            first = p * s // head * head // s   # as _persistent_flags_kernel computes it
+            span = range(p * s // head * head, p * s // head * head + shape["HEADS"] * head)
+            writers = {q for q in range(probe.D // s) if any(q * s <= v < (q + 1) * s for v in (span[0], span[-1]))
+                       or span[0] <= q * s < span[-1] + 1}
+            assert set(range(first, first + shape["WAIT_N"])) == writers, (programs, p)
+    assert probe.flag_shape("persistent-flags", 128)["WAIT_N"] == 128
 
 
 def check_a_missing_step_is_caught(probe):

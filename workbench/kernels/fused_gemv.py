@@ -25,7 +25,8 @@ The residual sum and the activation round to the input dtype where the unfused t
 the matmul, here x * norm_weight is, and 1/rms is applied in fp32 after it -- equal in exact
 arithmetic, a rounding apart in bf16 (the tests allow the fold's bf16 tolerance for it). Both
 are registered torch ops with fake impls, like workbench::gemv: torch.compile sees one opaque op,
-and CUDA graphs capture the launches (the outputs are fresh torch.empty).
+and CUDA graphs capture the launches (the outputs are fresh torch.empty; without a residual,
+rms_norm_linear hands on x itself as the new one, outside the op, as RMSNorm.then's unfused form does).
 
 Both run at M <= MAX_M tokens with the bare GEMV's config for the shape (CONFIGS, else
 default_config -- also where CONFIGS marks cuBLAS faster for the bare matmul, since folding removes

@@ -182,7 +182,8 @@ def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n
         # (the compiler cannot move a load above a store that may alias it)
         w = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
         s = _residual_sum(x_ptr, res_ptr, toks, kk, x_stride, M, K, HAS_RES)
-        if HAS_RES:   # (without a residual, x itself starts the stream: nothing to write)
+        if HAS_RES:   # (without a residual, x itself starts the stream: nothing to write -- and
+            # rms_norm_gemv passes a 0-element res_out then, so this guard is what keeps the store in bounds)
             if pid_n == 0:   # the programs of the first N-tile write the new residual: each value once
                 tl.store(res_out_ptr + toks * K + kk, s.to(dt), mask=(toks < M) & (kk < K))
         x, x_sq = (s * w).to(dt), s * s

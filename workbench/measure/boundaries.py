@@ -20,7 +20,9 @@ whole vector the step before wrote, reduces it, and writes its own slice of the 
                  adds to (session 21)
   persistent-flags-head  each step reads only its values' head (HEAD values: the per-head
                  dependency of qkv -> RoPE -> attention -> merge) and waits only for the programs
-                 that wrote that head, so heads run ahead of each other (session 21)
+                 that wrote that head, so heads run ahead of each other (session 21). With 8
+                 programs a slice is a head: no program waits for another, the floor of a step
+                 with a flag and no cross-program wait
 
 The numbers are int32 and wrap, so any stale read (a missing or broken barrier) changes the final
 vector: each form is checked against the same chain computed on the host before it is timed.
@@ -215,9 +217,22 @@ def _refuse_unless_resident(form: str, grid: int, device: torch.device) -> None:
                          "at once and its grid barrier could wait forever; use at most one program an SM")
 
 
+def flag_shape(form: str, programs: int) -> dict:
+    """The flag kernel's constants for a form and program count: a program's slice, the heads it
+    covers (HEADS, WIDTH values of each) and how many programs it waits for (WAIT_N: its heads'
+    writers, from the first one the kernel computes; or every program)."""
+    slice_ = slice_for(programs)
+    by_head = form.endswith("-head")
+    heads = max(1, slice_ // HEAD)
+    wait_n = max(1, heads * HEAD // slice_) if by_head else triton.cdiv(D, slice_)
+    return dict(SLICE=slice_, HEAD=HEAD, HEADS=heads, WIDTH=min(slice_, HEAD), BY_HEAD=by_head, WAIT_N=wait_n,
+                BLOCK=triton.next_power_of_2(wait_n), INTERPRET=_INTERPRET, READ=D)
+
+
 def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch.Tensor, read: int = D):
     """A function that runs the whole chain once (buf's first half in, the result in the half
-    `stages % 2` points at); each step's programs read the first `read` values."""
+    `stages % 2` points at); each step's programs read the first `read` values (the flag forms
+    ignore it: persistent-flags reads all D, persistent-flags-head each value's head)."""
     slice_ = slice_for(programs)
     grid = (triton.cdiv(D, slice_),)
     if not (form == "persistent-flags-head" and slice_ >= HEAD):   # (there each program reads only its own heads:
@@ -229,16 +244,11 @@ def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch
         return run
     if form in ("persistent-flags", "persistent-flags-head"):
         flags = torch.zeros(grid[0], dtype=torch.int32, device=buf.device)   # one a program, kept by run
-        by_head = form.endswith("-head")
-        heads, width = max(1, slice_ // HEAD), min(slice_, HEAD)
-        wait_n = max(1, heads * HEAD // slice_) if by_head else grid[0]   # the programs that wrote what it reads
+        shape = flag_shape(form, programs)
 
         def run():
             flags.zero_()   # each run's flags count its steps from 0
-            _persistent_flags_kernel[grid](buf, flags, D, STAGES=stages, SLICE=slice_, HEAD=HEAD, HEADS=heads,
-                                           WIDTH=width, BY_HEAD=by_head, WAIT_N=wait_n,
-                                           BLOCK=triton.next_power_of_2(wait_n),
-                                           INTERPRET=_INTERPRET, READ=D, num_warps=4)
+            _persistent_flags_kernel[grid](buf, flags, D, STAGES=stages, **shape, num_warps=4)
         return run
     pdl, early = form.startswith("kernels+pdl"), form.endswith("-early")
     options = {"launch_pdl": True} if pdl else {}
