@@ -67,6 +67,10 @@ matters is what it can do before its wait and whether the next one finds room to
                       there), so qkv's and gate_up's folded norms read one row after their waits,
                       not x and the residual (session 20); session 21: 1,536 vs 1,571 tok/s, GPU
                       time a step +22.7 us (o_proj's and qkv's grew): not taken
+  gate-up-early       o_proj's GEMV lets gate_up's be scheduled before it waits (kernels/pdl.py's early
+                      trigger on that one boundary: gate_up reads only its weights before its wait),
+                      so gate_up's weights stream under the merge and o_proj (session 21; prediction
+                      in docs/perf-notes.md). Session 11's trigger on every kernel was slower
   prefill-unused      the prefill graphs captured, never replayed (the prompt runs eagerly): if its
                       decode step takes eager-prefill's ~652 us (session 14: current 683, eager-prefill
                       652, idle-after-prefill 683 at 1,980 MHz throughout), the replay is the cause;
@@ -175,7 +179,7 @@ SIDE_PREFETCH = {"side-prefetch-mlp": "mlp", "side-prefetch-mlp-qkv": "mlp+qkv"}
 ATTENTION_PREFETCH = ("dattn-prefetch-gate-up",)   # l2_prefetch.install_attention
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER,
             *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH, *ATTENTION_PREFETCH,
-            "silu-in-down", "greedy-fused-sampling", "residual-epilogue"]   # (PATCHED, below)
+            "silu-in-down", "greedy-fused-sampling", "residual-epilogue", "gate-up-early"]   # (PATCHED, below)
 
 
 def _silu_in_down() -> None:
@@ -248,8 +252,30 @@ def _residual_in_epilogues() -> None:
     DecoderLayer.forward, CausalLM.forward = forward, model_forward
 
 
+def _gate_up_early() -> None:
+    """gate-up-early: at decode, with fused_decode's folds, o_proj's GEMV lets its dependent -- gate_up's
+    GEMV, the norm folded in -- be scheduled before it waits (kernels/pdl.py's early trigger, on this
+    one boundary), so gate_up's programs start loading their weights while the merge and o_proj run."""
+    from workbench.kernels.fused_gemv import MAX_M
+    from workbench.kernels.gemv import gemv
+    from workbench.model.qwen3 import DecoderLayer
+    layer_forward = DecoderLayer.forward
+
+    def forward(self, positions, hidden, residual, meta):
+        norm2, attn, mlp = self.post_attention_layernorm, self.self_attn, self.mlp
+        if norm2.fold is None or attn.fold is None or not 1 <= hidden.shape[0] <= MAX_M:
+            return layer_forward(self, positions, hidden, residual, meta)   # what the folds would not take
+        qkv, residual = self.input_layernorm.then(attn.qkv_proj, hidden, residual)
+        hidden = gemv(attn.heads_output(positions, qkv, meta), attn.o_proj.weight, attn.o_proj.bias,
+                      prefetch=getattr(attn.o_proj, "prefetch_next", None), early_trigger=True)
+        gated, residual = norm2.then(mlp.gate_up_proj, hidden, residual, act=mlp.act)
+        return mlp.down_proj(gated), residual
+    DecoderLayer.forward = forward
+
+
 PATCHED = {"silu-in-down": _silu_in_down,   # variant -> what it patches in before the engine exists
-           "greedy-fused-sampling": _greedy_fused_sampling, "residual-epilogue": _residual_in_epilogues}
+           "greedy-fused-sampling": _greedy_fused_sampling, "residual-epilogue": _residual_in_epilogues,
+           "gate-up-early": _gate_up_early}
 
 
 def _after_l2_prefetch(form: str, arg) -> None:

@@ -284,7 +284,8 @@ def check_engine_tokens_match_all_off(torch):
 
 def check_ab_layer_forms_match_the_engine(torch):
     """The A/B script's layer forms (scripts/ab_decode_candidates.py: silu-in-down, the SiLU's earlier
-    place; residual-epilogue, the residual in o_proj's and down_proj's epilogues) give the engine's
+    place; residual-epilogue, the residual in o_proj's and down_proj's epilogues; gate-up-early,
+    o_proj's early trigger, a no-op on the CPU but the layer form is its own) give the engine's
     tokens with fused_decode's hooks installed (a tiny fp32 model, a 20-token prompt beside two short
     ones: the prefill past 16 tokens takes the layer's own path), and each really ran its kernels."""
     import sys
@@ -301,8 +302,9 @@ def check_ab_layer_forms_match_the_engine(torch):
     path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=0)
     prompts = [[5, 17, 99, 3], list(range(3, 23)), [42, 7, 250]]
     params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True, return_logits=True)
-    spies = {"silu-in-down": (fg, "silu_mul_gemv_op", lambda a: True),
-             "residual-epilogue": (g, "gemv_op", lambda a: a[-1] is not None)}   # gemv_op's last argument: add
+    spies = {"silu-in-down": (fg, "silu_mul_gemv_op", lambda a: True),   # gemv_op's last two arguments:
+             "residual-epilogue": (g, "gemv_op", lambda a: a[-2] is not None),   # add,
+             "gate-up-early": (g, "gemv_op", lambda a: a[-1] is True)}           # early_trigger
     base = _tiny_outputs(path, prompts, params, fold=True)
     for form, (module, name, counts) in spies.items():
         op, forwards, calls = getattr(module, name), (DecoderLayer.forward, CausalLM.forward), []

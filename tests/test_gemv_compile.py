@@ -128,3 +128,22 @@ def test_the_side_prefetch_asks_for_each_line_of_the_weight(audit):
     assert data.dtype == torch.uint8 and data.data_ptr() == w.data_ptr(), "the pointer does not count bytes"
     assert nbytes == data.numel() == w.numel() * w.element_size()
     assert (programs - 1) * lines * 128 < nbytes <= programs * lines * 128, "too few or too many programs"
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_the_early_trigger_lets_the_next_kernel_in_before_the_wait(audit, early):
+    """gemv(early_trigger=True) under PDL (the A/B candidate gate-up-early, on o_proj): the PTX
+    triggers its dependent before it waits, and still loads its weights before the wait, with no
+    spill; the default triggers after (kernels/pdl.py)."""
+    import torch
+
+    from workbench.kernels import gemv, pdl
+    x, w = torch.zeros(1, 2048, dtype=torch.bfloat16), torch.empty(1024, 2048, dtype=torch.bfloat16)   # o_proj
+    with audit.capture() as launches, pdl.launching(True):
+        gemv.gemv(x, w, early_trigger=early)
+    ck = audit.compile_sm90(next(launch for launch in launches if launch.fn is gemv._gemv_kernel))
+    ptx = ck.asm["ptx"]
+    trigger, wait = ptx.index("griddepcontrol.launch_dependents"), ptx.index("griddepcontrol.wait")
+    assert (trigger < wait) is early, f"early={early}: the trigger at {trigger}, the wait at {wait}"
+    assert re.search(r"\bld\.global", ptx).start() < wait, "the weights load before the wait"
+    assert audit.sass_of(ck.asm["cubin"])[1]["LOCAL"] == 0, "spills"

@@ -231,6 +231,17 @@ if __name__ == "__main__":
     run_checks(CHECKS, globals())
 
 
+def test_the_early_trigger_is_asked_by_name_and_only_under_pdl(monkeypatch):
+    """launch_options(early_trigger=True) is the early form (USE_PDL == 2) only with PDL on; the
+    default stays USE_PDL True, so no kernel triggers early unless its launch asks."""
+    from workbench.kernels import pdl
+    for on in (True, False):
+        monkeypatch.setattr(pdl, "ENABLED", on)
+        early, default = pdl.launch_options(early_trigger=True), pdl.launch_options()
+        assert (early["USE_PDL"], type(early["USE_PDL"])) == ((2, int) if on else (False, bool))
+        assert default["USE_PDL"] is on and early.get("launch_pdl", False) is on
+
+
 def test_launching_sets_the_flag_for_a_block_and_restores_it():
     from workbench.kernels import pdl
     before = pdl.ENABLED
@@ -269,7 +280,9 @@ def test_every_pdl_kernel_waits_before_it_returns_and_triggers_only_after_waitin
     """What lets a kernel read, before its wait, data written two or more kernels before it
     (decode attention's lengths and first K/V tile, qk_norm_rope_store's inputs_early): every
     kernel of ours schedules its dependent only after its own wait. So gdc_launch_dependents may
-    appear only inside pdl_wait, after gdc_wait, and every kernel that takes USE_PDL calls
+    appear only inside pdl_wait, after gdc_wait -- except in the early-trigger form, USE_PDL == 2,
+    which a launch asks for by name (launch_options(early_trigger=True)) where its dependent reads
+    nothing before its wait that a kernel writes (kernels/pdl.py) -- and every kernel that takes USE_PDL calls
     pdl_wait on every path, before any return (a kernel that returned first would let its
     dependent start while the kernel before it still ran). Read from the kernels' source."""
     import ast
@@ -287,7 +300,10 @@ def test_every_pdl_kernel_waits_before_it_returns_and_triggers_only_after_waitin
             where = f"{path.name}:{node.name}"
             if "gdc_launch_dependents" in names:
                 assert (path.name, node.name) == ("pdl.py", "pdl_wait"), f"{where} triggers its dependent itself"
-                calls = [n.func.attr for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+                early, default = node.body[-1], node.body[-1].orelse[0]   # if USE_PDL == 2: ... elif USE_PDL: ...
+                assert ast.unparse(early.test) == "USE_PDL == 2" and ast.unparse(default.test) == "USE_PDL", where
+                calls = [n.func.attr for n in ast.walk(default) if isinstance(n, ast.Call)
+                         and isinstance(n.func, ast.Attribute)]
                 assert calls.index("gdc_wait") < calls.index("gdc_launch_dependents"), "pdl_wait triggers before waiting"
             is_kernel = any("jit" in ast.unparse(d) for d in node.decorator_list)
             if not is_kernel or "USE_PDL" not in [a.arg for a in node.args.args] or node.name == "pdl_wait":

@@ -186,3 +186,35 @@ def test_add_in_the_epilogue_is_torchs_sum(m, cfg):
         with pdl.launching(False):
             want = layer_tail()
         assert torch.equal(out, want)
+
+
+def test_the_early_trigger_chain_equals_pdl_off():
+    """gemv(early_trigger=True) (the A/B variant gate-up-early) on o_proj, in the variant's chain:
+    a merge-like kernel writing o_proj's input, o_proj letting the gate_up fold in before its wait,
+    then down_proj -- captured with PDL, replayed on fresh inputs, bit for bit the chain without PDL.
+    The input is written by a torch op just before (as the merge writes it), so an o_proj or gate_up
+    that read it too early would read the last replay's values."""
+    from workbench.kernels import pdl
+    from workbench.kernels.fused_gemv import rms_norm_linear
+    from workbench.kernels.gemv import gemv
+    bf16 = dict(device="cuda", dtype=torch.bfloat16)
+    residual, norm_w = torch.randn(1, 1024, **bf16), torch.ones(1024, **bf16)
+    w_o, w_gu, w_d = (torch.randn(*s, **bf16) / s[1] ** 0.5 for s in ((1024, 2048), (6144, 1024), (1024, 3072)))
+    source = torch.randn(1, 2048, **bf16)
+
+    def layer_tail():
+        attn_out = source * 2   # the kernel before o_proj writes its input
+        hidden = gemv(attn_out, w_o, early_trigger=True)
+        gated, new_residual = rms_norm_linear(hidden, residual, norm_w, 1e-6, w_gu, silu_out=True)
+        return gemv(gated, w_d), new_residual
+    with pdl.launching(True):
+        layer_tail()   # compile the PDL forms before capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = layer_tail()
+    for _ in range(10):
+        source.copy_(torch.randn_like(source))
+        graph.replay()
+        with pdl.launching(False):
+            want = layer_tail()
+        assert all(torch.equal(o, w) for o, w in zip(out, want))

@@ -387,7 +387,7 @@ def prefetch_args(next_weight: torch.Tensor | None, programs: int, threads: int,
 
 def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=None, norm_weight=None,
            res_out=None, eps: float = 0.0, prefetch: torch.Tensor | None = None, silu_out: bool = False,
-           add: torch.Tensor | None = None) -> None:
+           add: torch.Tensor | None = None, early_trigger: bool = False) -> None:
     """Run the GEMV into `out` [M, N]. x: [M, K] (X_FORM = SILU_MUL: [M, 2K]) with unit stride
     along K; RMS_NORM also takes residual [M, K] or None, norm_weight [K], res_out [M, K] (x + residual,
     written only when there is a residual), eps.
@@ -395,7 +395,9 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
     silu_out: weight is [gate | up] ([2I, K]) and `out` [M, I] gets silu(gate) * up (no split-K).
     add: a contiguous [M, N] tensor of x's dtype added to the output (the residual stream, an A/B
     candidate), read before the PDL wait -- by this GEMV, or by its split-K reduce -- so the kernel
-    that wrote it must be two or more launches before the one that reads it."""
+    that wrote it must be two or more launches before the one that reads it.
+    early_trigger: under PDL, the next kernel is let in before this one waits (kernels/pdl.py says
+    when that is safe; an A/B candidate, for o_proj). With split-K the next kernel is the reduce."""
     m, (n, k) = x.shape[0], weight.shape
     block_m = 1 if m == 1 else max(16, triton.next_power_of_2(m))
     if block_m > 1 and cfg.block_n < 16:
@@ -424,7 +426,7 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
                        EVEN_N=outputs % per_program == 0, SILU_OUT=silu_out, DOT_FP32=_DOT_FP32 or x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
                        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                        add_ptr=add_arg, ADD_RES=add is not None and not split,
-                       **pdl.launch_options())
+                       **pdl.launch_options(early_trigger))
     if split:
         block = 1024
         _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](target, bias_arg, out, m * n, n, SPLIT_K=cfg.split_k,
@@ -436,14 +438,15 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
 @torch.library.custom_op("workbench::gemv", mutates_args=())
 def gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, block_n: int, block_k: int,
             split_k: int, num_warps: int, num_stages: int, prefetch: torch.Tensor | None = None,
-            add: torch.Tensor | None = None) -> torch.Tensor:
+            add: torch.Tensor | None = None, early_trigger: bool = False) -> torch.Tensor:
     out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
-    launch(x, weight, bias, GemvConfig(block_n, block_k, split_k, num_warps, num_stages), out, prefetch=prefetch, add=add)
+    launch(x, weight, bias, GemvConfig(block_n, block_k, split_k, num_warps, num_stages), out, prefetch=prefetch, add=add,
+           early_trigger=early_trigger)
     return out
 
 
 @gemv_op.register_fake
-def _(x, weight, bias, block_n, block_k, split_k, num_warps, num_stages, prefetch=None, add=None):
+def _(x, weight, bias, block_n, block_k, split_k, num_warps, num_stages, prefetch=None, add=None, early_trigger=False):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
@@ -455,11 +458,12 @@ def check_config(cfg: GemvConfig) -> GemvConfig:
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
          config: GemvConfig | None = None, prefetch: torch.Tensor | None = None,
-         add: torch.Tensor | None = None) -> torch.Tensor:
+         add: torch.Tensor | None = None, early_trigger: bool = False) -> torch.Tensor:
     """x [M, K] (M <= MAX_M, unit stride along K), weight [N, K] contiguous -> [M, N] in x's dtype.
     prefetch: a contiguous tensor (the next matmul's weight) to pull into L2 meanwhile.
     add: [M, N], contiguous, x's dtype, added in the epilogue (launch says when it may be read: a
-    copy made here would be a kernel just before the GEMV, so none is made)."""
+    copy made here would be a kernel just before the GEMV, so none is made).
+    early_trigger: under PDL, let the next kernel in before this one waits (launch; kernels/pdl.py)."""
     if x.dim() != 2 or x.shape[0] > MAX_M or x.shape[1] != weight.shape[1]:
         raise ValueError(f"gemv: x {tuple(x.shape)} and weight {tuple(weight.shape)}: want x [M <= {MAX_M}, K] "
                          "and weight [N, K]; use linear() for any shape")
@@ -467,7 +471,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         x = x.contiguous()
     m, (n, k) = x.shape[0], weight.shape
     cfg = check_config(config or pick_config(m, n, k, x.device) or default_config(m, n, k))
-    return gemv_op(x, weight.contiguous(), bias, *cfg.as_dict().values(), prefetch, add)
+    return gemv_op(x, weight.contiguous(), bias, *cfg.as_dict().values(), prefetch, add, early_trigger)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -22,6 +22,14 @@ its first read of A's output and before any store, so PDL on is as correct as PD
 runs before or after it (a torch op or cuBLAS kernel in between is launched normally: plain
 stream order, and it never lets its dependent start early).
 
+A candidate for one launch at a time (`launch_options(early_trigger=True)`, USE_PDL == 2; the A/B
+variant gate-up-early asks it of o_proj's GEMV): the kernel lets its dependent be scheduled *before*
+it waits, so the dependent may start while the kernel before this one still runs -- the rule above
+no longer holds for that dependent. Safe only where the dependent reads nothing before its own
+wait but data no kernel of the step writes (gate_up's GEMV: its weights); after its wait every
+kernel before it has finished, as always. (Session 11 measured the early trigger on every kernel
+at once, which let the whole chain launch ahead: slower; this asks it of one boundary.)
+
 How the flag reaches the kernels: one process-wide setting, `ENABLED`, which the switch's install()
 sets (workbench/optimizations/pdl.py); each engine's runner calls it with its own switch before
 each of its steps and its graph capture, so two engines in one process each launch as they say. Every decode kernel's launch wrapper
@@ -58,19 +66,24 @@ def launching(on: bool):
         ENABLED = before
 
 
-def launch_options() -> dict:
+def launch_options(early_trigger: bool = False) -> dict:
     """The keyword arguments a decode kernel's launch adds: its USE_PDL constexpr and, when on,
     the launch attribute. The two always go together: a kernel launched with the attribute must
-    wait (USE_PDL) before reading what the kernel before it wrote."""
+    wait (USE_PDL) before reading what the kernel before it wrote. early_trigger (USE_PDL == 2):
+    the dependent scheduled before the wait -- the module docstring says where that is safe."""
     if ENABLED and not torch.compiler.is_compiling():
-        return {"USE_PDL": True, "launch_pdl": True}
+        return {"USE_PDL": 2 if early_trigger else True, "launch_pdl": True}
     return {"USE_PDL": False}
 
 
 @triton.jit
 def pdl_wait(USE_PDL: tl.constexpr):
     """Wait for the kernel before to finish (its writes visible), then let the next one be
-    scheduled. Call before the first read of anything a kernel writes, and before any store."""
-    if USE_PDL:
+    scheduled (USE_PDL == 2, the early trigger: let it be scheduled first, then wait). Call before
+    the first read of anything a kernel writes, and before any store."""
+    if USE_PDL == 2:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+    elif USE_PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
