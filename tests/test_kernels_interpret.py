@@ -188,6 +188,12 @@ def check_gemv_add(torch, ops):
         except ValueError:
             continue
         raise AssertionError(f"an add {tuple(bad.shape)} {bad.dtype} stride {bad.stride()} was taken")
+    try:   # with the early trigger, `add` would have to be three launches old: refused (gemv.launch)
+        gemv(x, w, b, cfg, add=residual, early_trigger=True)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("add with early_trigger was taken")
 
 
 def check_gemv_fallback_and_hook(torch, ops):

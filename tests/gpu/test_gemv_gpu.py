@@ -189,23 +189,26 @@ def test_add_in_the_epilogue_is_torchs_sum(m, cfg):
 
 
 def test_the_early_trigger_chain_equals_pdl_off():
-    """gemv(early_trigger=True) (the A/B variant gate-up-early) on o_proj, in the variant's chain:
-    a merge-like kernel writing o_proj's input, o_proj letting the gate_up fold in before its wait,
-    then down_proj -- captured with PDL, replayed on fresh inputs, bit for bit the chain without PDL.
-    The input is written by a torch op just before (as the merge writes it), so an o_proj or gate_up
-    that read it too early would read the last replay's values."""
+    """gemv(early_trigger=True) (the A/B variant gate-up-early) on o_proj, in the variant's chain, all
+    our PDL kernels: one writing the residual, a merge-like GEMV writing o_proj's input, o_proj letting
+    the gate_up fold in before its wait (so gate_up may start while the merge-like kernel runs), then
+    down_proj -- captured with PDL, replayed on fresh inputs, bit for bit the chain without PDL. A gate_up
+    that read its x or residual before its wait could see the last replay's values. (Not yet seen
+    failing on a GPU with such a planted early read: do that when it first runs.)"""
     from workbench.kernels import pdl
     from workbench.kernels.fused_gemv import rms_norm_linear
     from workbench.kernels.gemv import gemv
     bf16 = dict(device="cuda", dtype=torch.bfloat16)
-    residual, norm_w = torch.randn(1, 1024, **bf16), torch.ones(1024, **bf16)
+    norm_w = torch.ones(1024, **bf16)
     w_o, w_gu, w_d = (torch.randn(*s, **bf16) / s[1] ** 0.5 for s in ((1024, 2048), (6144, 1024), (1024, 3072)))
+    w_r, w_m = torch.randn(1024, 2048, **bf16) / 45, torch.randn(2048, 2048, **bf16) / 45
     source = torch.randn(1, 2048, **bf16)
 
     def layer_tail():
-        attn_out = source * 2   # the kernel before o_proj writes its input
+        resid = gemv(source, w_r)                  # gate_up's residual: our kernel, three before gate_up
+        attn_out = gemv(source, w_m)               # the merge's place: our kernel, triggering after its wait
         hidden = gemv(attn_out, w_o, early_trigger=True)
-        gated, new_residual = rms_norm_linear(hidden, residual, norm_w, 1e-6, w_gu, silu_out=True)
+        gated, new_residual = rms_norm_linear(hidden, resid, norm_w, 1e-6, w_gu, silu_out=True)
         return gemv(gated, w_d), new_residual
     with pdl.launching(True):
         layer_tail()   # compile the PDL forms before capture

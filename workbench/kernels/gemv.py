@@ -404,6 +404,9 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
         raise ValueError(f"{cfg}: M={m} > 1 uses tl.dot, which needs block_n >= 16")
     if silu_out and (cfg.split_k > 1 or cfg.block_n % 2 or n % 2):
         raise ValueError(f"{cfg}, N={n}: silu_out needs split_k 1, an even block_n and an even N ([gate | up])")
+    if add is not None and early_trigger:   # the next kernel may start before our wait, so `add` (read early
+        # by the split-K reduce) would have to be three launches old: not worth a rule of its own
+        raise ValueError("gemv: early_trigger with add is not supported; use one or the other")
     if add is not None and (silu_out or add.shape != (m, n) or not add.is_contiguous() or add.dtype != x.dtype
                             or add.device != x.device):
         raise ValueError(f"add: a contiguous [{m}, {n}] {x.dtype} tensor on {x.device}, not with silu_out; got "

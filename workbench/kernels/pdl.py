@@ -8,7 +8,8 @@ runs; B's programs do whatever does not depend on A, then wait (`gdc_wait`) unti
 and its writes are visible. A calls `gdc_launch_dependents` early to say "B may be scheduled now".
 
 What may run before the wait: reads of data the kernel directly before does not write. Each of
-our kernels calls gdc_launch_dependents only after its own wait (pdl_wait below), so when B
+our kernels calls gdc_launch_dependents only after its own wait (pdl_wait below; the one
+exception, USE_PDL == 2, is a candidate a launch asks for by name: below), so when B
 starts, every kernel two or more before it has finished and its writes are visible; only A may
 still be running. So B may read early: the weights (no kernel writes them), the K/V of keys
 cached by earlier steps, and the step's inputs (positions, slots, lengths, block tables: written
@@ -25,8 +26,8 @@ stream order, and it never lets its dependent start early).
 A candidate for one launch at a time (`launch_options(early_trigger=True)`, USE_PDL == 2; the A/B
 variant gate-up-early asks it of o_proj's GEMV): the kernel lets its dependent be scheduled *before*
 it waits, so the dependent may start while the kernel before this one still runs -- the rule above
-no longer holds for that dependent. Safe only where the dependent reads nothing before its own
-wait but data no kernel of the step writes (gate_up's GEMV: its weights); after its wait every
+no longer holds for that dependent: what it reads before its own wait must be three or more
+launches old, or written by no kernel of the step (gate_up's GEMV: its weights); after its wait every
 kernel before it has finished, as always. (Session 11 measured the early trigger on every kernel
 at once, which let the whole chain launch ahead: slower; this asks it of one boundary.)
 
