@@ -258,19 +258,15 @@ def _gate_up_early() -> None:
     one boundary), so gate_up's programs start loading their weights while the merge and o_proj run."""
     from workbench.kernels.fused_gemv import MAX_M
     from workbench.kernels.gemv import gemv
-    from workbench.model.qwen3 import DecoderLayer
-    layer_forward = DecoderLayer.forward
+    from workbench.model.qwen3 import Attention
+    attention_forward = Attention.forward
 
-    def forward(self, positions, hidden, residual, meta):
-        norm2, attn, mlp = self.post_attention_layernorm, self.self_attn, self.mlp
-        if norm2.fold is None or attn.fold is None or not 1 <= hidden.shape[0] <= MAX_M:
-            return layer_forward(self, positions, hidden, residual, meta)   # what the folds would not take
-        qkv, residual = self.input_layernorm.then(attn.qkv_proj, hidden, residual)
-        hidden = gemv(attn.heads_output(positions, qkv, meta), attn.o_proj.weight, attn.o_proj.bias,
-                      prefetch=getattr(attn.o_proj, "prefetch_next", None), early_trigger=True)
-        gated, residual = norm2.then(mlp.gate_up_proj, hidden, residual, act=mlp.act)
-        return mlp.down_proj(gated), residual
-    DecoderLayer.forward = forward
+    def forward(self, positions, qkv, meta):   # only o_proj's call changes
+        if self.fold is None or not 1 <= qkv.shape[0] <= MAX_M:   # not fused_decode's decode step
+            return attention_forward(self, positions, qkv, meta)
+        return gemv(self.heads_output(positions, qkv, meta), self.o_proj.weight, self.o_proj.bias,
+                    prefetch=getattr(self.o_proj, "prefetch_next", None), early_trigger=True)
+    Attention.forward = forward
 
 
 PATCHED = {"silu-in-down": _silu_in_down,   # variant -> what it patches in before the engine exists

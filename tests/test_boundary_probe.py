@@ -128,9 +128,9 @@ def test_each_program_waits_for_exactly_its_heads_writers():
         s, head = shape["SLICE"], shape["HEAD"]
         for p in range(probe.D // s):
             first = p * s // head * head // s   # as _persistent_flags_kernel computes it
-            span = range(p * s // head * head, p * s // head * head + shape["HEADS"] * head)
-            writers = {q for q in range(probe.D // s) if any(q * s <= v < (q + 1) * s for v in (span[0], span[-1]))
-                       or span[0] <= q * s < span[-1] + 1}
+            start = p * s // head * head                        # the heads it reads: [start, stop)
+            stop = start + shape["HEADS"] * head
+            writers = {q for q in range(probe.D // s) if q * s < stop and start < (q + 1) * s}   # slices overlapping them
             assert set(range(first, first + shape["WAIT_N"])) == writers, (programs, p)
     assert probe.flag_shape("persistent-flags", 128)["WAIT_N"] == 128
 

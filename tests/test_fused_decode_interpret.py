@@ -296,7 +296,7 @@ def check_ab_layer_forms_match_the_engine(torch):
     from workbench.kernels import fused_gemv as fg
     from workbench.kernels import gemv as g
     from workbench.model import make_checkpoint
-    from workbench.model.qwen3 import CausalLM, DecoderLayer
+    from workbench.model.qwen3 import Attention, CausalLM, DecoderLayer
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import ab_decode_candidates as ab
     path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=0)
@@ -307,13 +307,13 @@ def check_ab_layer_forms_match_the_engine(torch):
              "gate-up-early": (g, "gemv_op", lambda a: a[-1] is True)}           # early_trigger
     base = _tiny_outputs(path, prompts, params, fold=True)
     for form, (module, name, counts) in spies.items():
-        op, forwards, calls = getattr(module, name), (DecoderLayer.forward, CausalLM.forward), []
+        op, forwards, calls = getattr(module, name), (DecoderLayer.forward, CausalLM.forward, Attention.forward), []
         setattr(module, name, lambda *a, _op=op, _counts=counts: calls.append(_counts(a)) or _op(*a))
         try:
-            ab.PATCHED[form]()   # patches DecoderLayer.forward (and CausalLM.forward): put back below
+            ab.PATCHED[form]()   # patches DecoderLayer.forward, CausalLM.forward or Attention.forward: put back below
             runs = _tiny_outputs(path, prompts, params, fold=True)
         finally:
-            DecoderLayer.forward, CausalLM.forward = forwards
+            DecoderLayer.forward, CausalLM.forward, Attention.forward = forwards
             setattr(module, name, op)
         assert any(calls), f"{form}: its kernels never ran"
         _assert_same_outputs(torch, base, runs, form)

@@ -152,6 +152,23 @@ def test_engine_tokens_with_l2_prefetch_from_a_side_stream(tmp_path_factory, mon
             assert torch.equal(prefetched.logits, base.logits)
 
 
+def _graph_under_pdl_equals_off(chain, source: torch.Tensor, replays: int = 10) -> None:
+    """Capture `chain` (our kernels) with PDL in a CUDA graph, then replay it on fresh `source`
+    values: its outputs bit for bit those of the chain run without PDL."""
+    from workbench.kernels import pdl
+    with pdl.launching(True):
+        chain()   # compile the PDL forms before capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = chain()
+    for _ in range(replays):
+        source.copy_(torch.randn_like(source))
+        graph.replay()
+        with pdl.launching(False):
+            want = chain()
+        assert all(torch.equal(o, w) for o, w in zip(out, want))
+
+
 @pytest.mark.parametrize("m,cfg", [(1, None), (1, "split"), (8, "whole")])
 def test_add_in_the_epilogue_is_torchs_sum(m, cfg):
     """gemv's `add` (the A/B variant residual-epilogue) at o_proj's and down_proj's shapes: bit for
@@ -159,7 +176,6 @@ def test_add_in_the_epilogue_is_torchs_sum(m, cfg):
     config, split K (the reduce kernel adds it) or one whole-K tile at M = 8 (the tl.dot epilogue);
     and under PDL in a CUDA graph in the variant's own chain -- o_proj, the gate_up fold, down_proj
     adding o_proj's output: at M = 1 the residual is exactly two kernels old when it is read."""
-    from workbench.kernels import pdl
     from workbench.kernels.fused_gemv import rms_norm_linear
     from workbench.kernels.gemv import GemvConfig, gemv
     cfg = {None: None, "split": GemvConfig(block_n=4, block_k=256, split_k=4),
@@ -174,18 +190,8 @@ def test_add_in_the_epilogue_is_torchs_sum(m, cfg):
     def layer_tail():   # o_proj (tuned: one kernel at M = 1), the gate_up fold, down_proj adding o_proj's output
         residual_stream = gemv(attn_out, w_o)
         gated, _ = rms_norm_linear(residual_stream, None, norm_w, 1e-6, w_gu, silu_out=True)
-        return gemv(gated, w_d, None, cfg, add=residual_stream)
-    with pdl.launching(True):
-        layer_tail()   # compile the PDL forms before capture
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = layer_tail()
-    for _ in range(10):
-        attn_out.copy_(torch.randn_like(attn_out))
-        graph.replay()
-        with pdl.launching(False):
-            want = layer_tail()
-        assert torch.equal(out, want)
+        return (gemv(gated, w_d, None, cfg, add=residual_stream),)
+    _graph_under_pdl_equals_off(layer_tail, attn_out)
 
 
 def test_the_early_trigger_chain_equals_pdl_off():
@@ -195,7 +201,6 @@ def test_the_early_trigger_chain_equals_pdl_off():
     down_proj -- captured with PDL, replayed on fresh inputs, bit for bit the chain without PDL. A gate_up
     that read its x or residual before its wait could see the last replay's values. (Not yet seen
     failing on a GPU with such a planted early read: do that when it first runs.)"""
-    from workbench.kernels import pdl
     from workbench.kernels.fused_gemv import rms_norm_linear
     from workbench.kernels.gemv import gemv
     bf16 = dict(device="cuda", dtype=torch.bfloat16)
@@ -210,14 +215,4 @@ def test_the_early_trigger_chain_equals_pdl_off():
         hidden = gemv(attn_out, w_o, early_trigger=True)
         gated, new_residual = rms_norm_linear(hidden, resid, norm_w, 1e-6, w_gu, silu_out=True)
         return gemv(gated, w_d), new_residual
-    with pdl.launching(True):
-        layer_tail()   # compile the PDL forms before capture
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = layer_tail()
-    for _ in range(10):
-        source.copy_(torch.randn_like(source))
-        graph.replay()
-        with pdl.launching(False):
-            want = layer_tail()
-        assert all(torch.equal(o, w) for o, w in zip(out, want))
+    _graph_under_pdl_equals_off(layer_tail, source)
