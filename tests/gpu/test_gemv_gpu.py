@@ -199,8 +199,11 @@ def test_the_early_trigger_chain_equals_pdl_off():
     our PDL kernels: one writing the residual, a merge-like GEMV writing o_proj's input, o_proj letting
     the gate_up fold in before its wait (so gate_up may start while the merge-like kernel runs), then
     down_proj -- captured with PDL, replayed on fresh inputs, bit for bit the chain without PDL. A gate_up
-    that read its x or residual before its wait could see the last replay's values. (Not yet seen
-    failing on a GPU with such a planted early read: do that when it first runs.)"""
+    that read its x or residual before its wait could see the last replay's values. Seen failing on an
+    H200 (session 22) with the GEMV's first x tile read before its wait. Not with the early form
+    made never to wait at all: there o_proj's programs did not start before the merge-like kernel's
+    had finished, so in 10 replays that race never showed -- this test guards the early reads, not
+    residency."""
     from workbench.kernels.fused_gemv import rms_norm_linear
     from workbench.kernels.gemv import gemv
     bf16 = dict(device="cuda", dtype=torch.bfloat16)
