@@ -17,8 +17,6 @@ matters is what it can do before its wait and whether the next one finds room to
   gemv-double-thin    twice the programs, half the warps: today's weight registers a thread; slower
   dattn-last          decode attention merged by its last program (one launch a layer fewer)
   dattn-no-prefetch   decode attention without reading its first K/V tile before the PDL wait
-  dattn-last-tile-early  ... and with the newest key's tile read before the wait too, all of it but
-                      the newest key, read alone after it (decode_attention.py's Choice 5b)
                       (kernels/decode_attention.py, Choice 5)
   dattn-one-split     decode attention in one launch a layer: one split per (sequence, KV head), no
                       merge (at batch 1: 8 programs, each walking all its keys; today's choice,
@@ -157,7 +155,6 @@ GEMV = {   # variant -> {(N, K, bucket): (block_n, block_k, num_warps, num_stage
 KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keyword arguments the wrapper gets)
     "dattn-last": ("decode_attention", "paged_decode_attention", {"merge": "last_program"}),
     "dattn-no-prefetch": ("decode_attention", "paged_decode_attention", {"prefetch_kv": False}),
-    "dattn-last-tile-early": ("decode_attention", "paged_decode_attention", {"last_tile_early": True}),
     "rope-inputs-late": ("qk_norm_rope_store", "qk_norm_rope_store", {"inputs_early": False}),
     "dattn-one-split": ("decode_attention", "paged_decode_attention", {"splits": 1}),
     "dattn-8-splits": ("decode_attention", "paged_decode_attention", {"splits": 8}),

@@ -136,11 +136,10 @@ def resources(launch: Launch, hints: bool = True) -> Resources:
 # --- cases: a wrapper called at a model's shape on CPU tensors --------------------------------
 def decode_attention_launches(preset: str = "qwen3-0.6b", batch: int = 1, context: int = 640,
                               block_size: int = 128, max_model_len: int = 4096, merge: str = "kernel",
-                              pdl: bool = False, prefetch_mb: float = 0.0, last_tile_early: bool = False) -> list[Launch]:
+                              pdl: bool = False, prefetch_mb: float = 0.0) -> list[Launch]:
     """paged_decode_attention's launches as the engine's decode step makes them (bf16 cache,
     a block table as wide as max_model_len; the context only sets the lengths, read on device).
-    prefetch_mb > 0: with that many MB of weight to ask L2 for (Choice 6; needs pdl).
-    last_tile_early: Choice 5b (needs pdl)."""
+    prefetch_mb > 0: with that many MB of weight to ask L2 for (Choice 6; needs pdl)."""
     import torch
 
     from workbench.kernels import pdl as pdl_switch
@@ -154,8 +153,7 @@ def decode_attention_launches(preset: str = "qwen3-0.6b", batch: int = 1, contex
     lens = torch.full((batch,), context, dtype=torch.int32)
     ahead = torch.empty(int(prefetch_mb * 1e6) // 2, dtype=torch.bfloat16) if prefetch_mb else None
     with capture() as launches, pdl_switch.launching(pdl):
-        paged_decode_attention(q, cache[0], cache[1], lens, table, cfg.head_dim ** -0.5, merge=merge, prefetch=ahead,
-                               last_tile_early=last_tile_early)
+        paged_decode_attention(q, cache[0], cache[1], lens, table, cfg.head_dim ** -0.5, merge=merge, prefetch=ahead)
     return launches
 
 

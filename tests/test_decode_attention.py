@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
-import itertools
 
 import pytest
 
@@ -197,27 +196,23 @@ def check_prefetch_kv(torch):
     for lens, block_size, splits, heads in CASES:
         q, k, v, seq_lens, table, scale, _ = decode_attention_inputs(torch, lens, *heads, block_size, torch.float32)
         plain = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits)
-        for last_tile in (False, True):
-            with pdl.launching(True):
-                early = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits, prefetch_kv=True,
-                                                      last_tile_early=last_tile)
-            assert torch.equal(plain, early), (f"lens={lens} bs={block_size} splits={splits} last_tile_early={last_tile}: "
-                                               "prefetch changed the output")
-    for n, block_size, last_tile in itertools.product((1, 63, 64, 65, 128, 130), (16, 128), (False, True)):
-        q, k, v, seq_lens, table, scale, _ = decode_attention_inputs(torch, [n], 2, 1, 32, block_size, torch.float32)
-        want = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=1)
-        block, row = int(table[0, (n - 1) // block_size]), (n - 1) % block_size
-        real_k, real_v = k[block, row].clone(), v[block, row].clone()
-        k[block, row], v[block, row] = float("nan"), float("nan")
-        WAIT_HOOK[:] = [lambda: (k[block, row].copy_(real_k), v[block, row].copy_(real_v))]
-        try:
-            with pdl.launching(True):
-                got = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=1, prefetch_kv=True,
-                                                    last_tile_early=last_tile)
-        finally:
-            WAIT_HOOK.clear()
-        assert torch.equal(got, want), (f"length {n}, blocks of {block_size}, last_tile_early={last_tile}: "
-                                        "the newest key was read before the wait")
+        with pdl.launching(True):
+            early = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits, prefetch_kv=True)
+        assert torch.equal(plain, early), f"lens={lens} bs={block_size} splits={splits}: prefetch changed the output"
+    for n in (1, 63, 64, 65, 128, 130):
+        for block_size in (16, 128):
+            q, k, v, seq_lens, table, scale, _ = decode_attention_inputs(torch, [n], 2, 1, 32, block_size, torch.float32)
+            want = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=1)
+            block, row = int(table[0, (n - 1) // block_size]), (n - 1) % block_size
+            real_k, real_v = k[block, row].clone(), v[block, row].clone()
+            k[block, row], v[block, row] = float("nan"), float("nan")
+            WAIT_HOOK[:] = [lambda: (k[block, row].copy_(real_k), v[block, row].copy_(real_v))]
+            try:
+                with pdl.launching(True):
+                    got = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=1, prefetch_kv=True)
+            finally:
+                WAIT_HOOK.clear()
+            assert torch.equal(got, want), f"length {n}, blocks of {block_size}: the newest key was read before the wait"
 
 
 def check_engine_greedy_parity(torch):

@@ -57,19 +57,6 @@ def test_split_kernel_does_not_spill_even_without_alignment_hints():
     assert (split.spill_stores, split.spill_loads) == (0, 0), f"{split}"
 
 
-def test_the_last_tile_early_reads_the_newest_key_after_its_wait():
-    """Choice 5b (last_tile_early): no spills, and the one-row loads of the newest key's K and V
-    come after the wait (scalar loads are the table's and the lengths': three more with it)."""
-    kr = _script()
-    plain, late = (kr.resources(kr.decode_attention_launches("qwen3-0.6b", pdl=True, last_tile_early=on)[0])
-                   for on in (False, True))
-    assert (late.spill_stores, late.spill_loads) == (0, 0), f"{late}"
-    assert late.loads["ld.global scalar"] > plain.loads["ld.global scalar"], (plain.loads, late.loads)
-    wait = late.ptx.index("griddepcontrol.wait")
-    assert late.ptx.count("ld.global", wait) > plain.ptx.count("ld.global", plain.ptx.index("griddepcontrol.wait")), \
-        "the newest key's K and V are not loaded after the wait"
-
-
 @pytest.mark.parametrize("prefetch_mb", [0.0, 12.6])   # nothing; a Qwen3-0.6B gate_up weight
 def test_split_kernel_asks_l2_for_the_next_weight_before_its_wait_only_when_asked(prefetch_mb):
     """Choice 6 (l2_prefetch.install_attention): under PDL the programs' prefetches come before the

@@ -144,8 +144,7 @@ def test_last_program_merge_in_a_graph(pdl):
 
 @pytest.mark.parametrize("inputs_early", [False, True])
 @pytest.mark.parametrize("ahead", [False, True], ids=["", "l2-ahead"])
-@pytest.mark.parametrize("last_tile", [False, True], ids=["", "last-tile-early"])
-def test_prefetch_kv_waits_for_the_newest_key(inputs_early, ahead, last_tile):
+def test_prefetch_kv_waits_for_the_newest_key(inputs_early, ahead):
     """prefetch_kv=True (Choice 5) right after the kernel that writes the newest K/V, as in a
     decode step: each layer's qk_norm_rope_store, then attention, all under PDL in one graph.
     Before every replay the newest slots hold NaN and the new token's k/v are fresh: a program
@@ -155,8 +154,7 @@ def test_prefetch_kv_waits_for_the_newest_key(inputs_early, ahead, last_tile):
     (position, cos/sin and slot before its wait) on in the graph too. ahead: Choice 6, each program
     also asks L2 for a gate_up-sized weight before its wait (l2_prefetch.install_attention): a hint
     that must change nothing (this case can fail only by a crash or a changed value; whether the
-    lines land in L2 is the A/B's and ncu's question). last_tile: Choice 5b, the newest key's tile
-    read before the wait too, all but the newest key, which alone is read after it."""
+    lines land in L2 is the A/B's and ncu's question)."""
     from workbench.kernels.decode_attention import paged_decode_attention
     from workbench.kernels.pdl import launching
     from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
@@ -178,8 +176,7 @@ def test_prefetch_kv_waits_for_the_newest_key(inputs_early, ahead, last_tile):
             q_rot = qk_norm_rope_store(q, k, v, positions, cos_sin, caches[0, i], caches[1, i], slots,
                                        inputs_early=prefetch and inputs_early)
             outs.append(paged_decode_attention(q_rot, caches[0, i], caches[1, i], seq_lens, table, d ** -0.5,
-                                               prefetch_kv=prefetch, prefetch=gate_up if prefetch else None,
-                                               last_tile_early=prefetch and last_tile))
+                                               prefetch_kv=prefetch, prefetch=gate_up if prefetch else None))
         return outs
 
     def set_lengths(lens):

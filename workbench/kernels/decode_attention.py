@@ -48,10 +48,10 @@ token's K and V; every other cached key was complete before it started, and the 
 block tables are the step's inputs. So each program reads its length, its first tile's block id
 and that tile's K and V *before* the wait -- unless the tile holds the newest key -- and only q
 after it. At short contexts a program has one tile: its whole read overlaps the kernel before.
-Choice 5b (`last_tile_early`, an A/B candidate): the program whose tile holds the newest key reads
-that tile before the wait too, all but the newest key, and after the wait only the newest key's
-K and V (one row each, its block id read before the wait) -- one short dependent load after the
-wait instead of the table lookup and a whole tile behind it. That program is likely the kernel's last.
+Measured and not taken (session 22, docs/results/decode-ab-dattn-last-tile-early-h200.json; the code
+is in git history, commit a76818d): the newest key's tile before the wait too, all but the newest
+key, whose K and V rows alone were read after it. The split kernel added ~0.2 us a layer less, and
+the step's GPU time did not move: the merge still waited as long.
 
 Choice 6, measured and not taken (off): the layer's next weights into L2 (`prefetch`). At short
 contexts most split programs find no key tile, and the whole kernel reads little: HBM idles while
@@ -204,8 +204,7 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
                   BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, LAST_MERGES: tl.constexpr, DOT_FP32: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
                   USE_PDL: tl.constexpr, PREFETCH_KV: tl.constexpr,
-                  next_ptr=None, next_bytes=0, PREFETCH_LINES: tl.constexpr = 0,   # Choice 6 only
-                  LAST_TILE_EARLY: tl.constexpr = False):                        # Choice 5b only
+                  next_ptr=None, next_bytes=0, PREFETCH_LINES: tl.constexpr = 0):   # Choice 6 only
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     dims = tl.arange(0, BLOCK_D)
     if PREFETCH_KV:   # (with USE_PDL only) Choice 5: the first tile's K and V before the wait
@@ -213,17 +212,8 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
         # the kernel before this one writes q and the newest key's K/V (key seq_len - 1, in the
         # last tile): every other cached key was complete before it started.
         seq_len, first, last, num_tiles = _share(lens_ptr, seq, split, num_splits, BLOCK_N)
-        if LAST_TILE_EARLY:   # Choice 5b: the newest key's tile too, all of it but the newest key
-            early = first < last
-            newest_here = early & (first == num_tiles - 1)
-            upto = tl.where(newest_here, seq_len - 1, seq_len)   # keys read before the wait
-            newest = seq_len - 1   # its block id: the table is a step input, readable before the wait
-            newest_block = tl.load(tables_ptr + seq * stride_table + newest // BLOCK_SIZE, mask=newest_here,
-                                   other=0).to(tl.int64)
-        else:
-            early = (first < last) & (first < num_tiles - 1)
-            upto = seq_len
-        k_early, v_early = _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, first, upto, dims, early,
+        early = (first < last) & (first < num_tiles - 1)
+        k_early, v_early = _load_kv(k_ptr, v_ptr, tables_ptr, seq, kv_head, first, seq_len, dims, early,
                                     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_table,
                                     HEAD_DIM, BLOCK_SIZE, BLOCK_N, True)
         if PREFETCH_LINES > 0:   # Choice 6: after our own first tile is asked for, before the wait
@@ -245,18 +235,8 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
     if PREFETCH_KV:   # the prefetched tile first, then the loop over the others (held through the
         # loop and selected per tile instead, its K/V took 255 registers: scripts/kernel_resources.py)
         if early:
-            keys = first * BLOCK_N + tl.arange(0, BLOCK_N)
-            if LAST_TILE_EARLY:   # the newest key's K and V, written by the kernel before: after the wait
-                row = newest % BLOCK_SIZE
-                here = dims < tl.where(newest_here, HEAD_DIM, 0)   # (a vector mask from the scalar, as _load_kv's)
-                k_new = tl.load(k_ptr + newest_block * stride_kb + row * stride_kt + kv_head * stride_kh + dims,
-                                mask=here, other=0.0)
-                v_new = tl.load(v_ptr + newest_block * stride_vb + row * stride_vt + kv_head * stride_vh + dims,
-                                mask=here, other=0.0)
-                is_newest = (keys == tl.where(newest_here, newest, -1))[:, None]
-                k_early = tl.where(is_newest, k_new[None, :], k_early)
-                v_early = tl.where(is_newest, v_new[None, :], v_early)
-            m, l, acc = _attend(q, k_early, v_early, keys < seq_len, m, l, acc, scale, DOT_FP32)
+            valid = first * BLOCK_N + tl.arange(0, BLOCK_N) < seq_len
+            m, l, acc = _attend(q, k_early, v_early, valid, m, l, acc, scale, DOT_FP32)
         start = first + early.to(tl.int32)
     for tile in range(start, last):
         valid = tile * BLOCK_N + tl.arange(0, BLOCK_N) < seq_len
@@ -318,17 +298,14 @@ def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_o
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
                            splits: int | None = None, block_n: int = BLOCK_N, merge: str = "kernel",
-                           prefetch_kv: bool = True, prefetch: torch.Tensor | None = None,
-                           last_tile_early: bool = False) -> torch.Tensor:
+                           prefetch_kv: bool = True, prefetch: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] >= 1 keys
     (a decoded token always sees itself; the merge relies on it) of its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
     Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it).
     merge: "kernel" (a second launch merges the splits) or "last_program" (Choice 4, measured slower).
     prefetch_kv: under PDL, each program's first tile before the wait (Choice 5).
     prefetch: a weight whose lines the programs ask L2 for before the wait (Choice 6; with
-    prefetch_kv under PDL only, where there is a before).
-    last_tile_early: prefetch_kv's first tile even where it holds the newest key: every other key of
-    it before the wait, the newest alone after (Choice 5b; with prefetch_kv under PDL only)."""
+    prefetch_kv under PDL only, where there is a before)."""
     if merge not in MERGES:
         raise ValueError(f"paged_decode_attention: merge={merge!r}; choose from {list(MERGES)}")
     batch, num_heads, head_dim = q.shape
@@ -363,7 +340,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         BLOCK_H=max(MIN_GROUP_ROWS, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_S=triton.next_power_of_2(splits) if last else 1,   # 1: no recompile per S when unused
         num_warps=4, num_stages=2, **launch, PREFETCH_KV=early,
-        next_ptr=ahead, next_bytes=ahead_bytes, PREFETCH_LINES=lines, LAST_TILE_EARLY=early and last_tile_early)
+        next_ptr=ahead, next_bytes=ahead_bytes, PREFETCH_LINES=lines)
     if splits > 1 and not last:
         _attention_merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads,
                                           HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits),
