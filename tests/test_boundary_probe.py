@@ -12,6 +12,7 @@ import re
 import pytest
 
 CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "flag_chains_match_the_host",
+          "tagged_chains_match_the_host", "tagged_words_carry_their_step",
           "a_head_step_at_many_programs_matches_the_host",
           "a_missing_step_is_caught",
           "a_run_again_continues_the_chain", "the_control_reads_less", "a_grid_barrier_refuses_to_spin_forever",
@@ -46,6 +47,8 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
         probe.gemv_chain("kernels+pdl-early", weights, vec, count, 1, 512)()
         probe.chain("persistent-flags", 128, 8, buf, count)()
         probe.chain("persistent-flags-head", 128, 8, buf, count)()
+        probe.chain("persistent-tagged", 128, 196, buf, count)()   # (the probe's own stage count)
+        probe.chain("persistent-tagged-head", 128, 196, buf, count)()
     for launch in launches:
         kernel = kernel_resources.compile_sm90(launch)
         ptx = kernel.asm["ptx"]
@@ -55,6 +58,12 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
             assert "fence.acq_rel.gpu" in ptx, "a fence after the poll orders the reads after it"   # (the loop's
             # blocks are laid out out of order in the PTX text: where it sits is not checked here)
             assert "ld.global.cg" in ptx and kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, kernel.name
+            continue
+        if "tagged" in kernel.name:   # the data is its own flag: relaxed 64-bit stores, volatile polls, no fence
+            assert "st.relaxed.gpu.global.b64" in ptx, "each tagged word must be stored whole, relaxed, GPU-wide"
+            assert "ld.volatile.global" in ptx, "the poll must read the words afresh each time"
+            assert "fence." not in ptx and "atom." not in ptx, "no fence and no atomic: the tag is the only signal"
+            assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, kernel.name
             continue
         if launch.kwargs.get("EARLY"):   # the early form lets the next kernel in before it waits
             assert ptx.index("griddepcontrol.launch_dependents") < ptx.index("griddepcontrol.wait"), kernel.name
@@ -105,6 +114,44 @@ def check_flag_chains_match_the_host(probe):
     assert not torch.equal(probe.expected(5, start, by_head=True), probe.expected(5, start, read=probe.HEAD))
 
 
+def check_tagged_chains_match_the_host(probe):
+    """The tagged forms as the flag forms above: one program, and the head form with 8 (none waits for
+    another); an even chain run twice continues from its result (each run copies it in, tagged 0)."""
+    import torch
+    assert probe.check("persistent-tagged", 1, 5, "cpu")
+    for programs in (1, 8):
+        assert probe.check("persistent-tagged-head", programs, 5, "cpu"), programs
+    start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
+    buf = torch.cat([start, torch.zeros(probe.D, dtype=torch.int32)])
+    run = probe.chain("persistent-tagged-head", 8, 4, buf, torch.zeros(1, dtype=torch.int32))
+    run()
+    run()
+    assert torch.equal(buf[:probe.D], probe.expected(4, start, runs=2, by_head=True))
+
+
+def check_tagged_words_carry_their_step(probe):
+    """One step from words tagged 0 (the start's tag: no program waits) writes words tagged 1, the tag
+    the next step waits for, holding the host's step -- with 8 programs, and with 64 and 128 (8 and
+    16 writers a head, which the chains cannot run here). Three steps leave tags 3 and 2 (the
+    chain above checks their values). A writer with the wrong tag fails here at one step rather
+    than leaving the next step's readers polling forever."""
+    import torch
+    start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
+
+    def run(programs, stages):
+        shape = {k: v for k, v in probe.flag_shape("persistent-tagged-head", programs).items()
+                 if k not in ("WAIT_N", "BLOCK", "READ")}
+        words = torch.cat([start.to(torch.int64) & 0xFFFFFFFF, torch.zeros(probe.D, dtype=torch.int64)])
+        probe._persistent_tagged_kernel[(programs,)](words, probe.D, STAGES=stages, **shape)
+        return words.view(2, probe.D)
+    for programs in (8, 64, 128):
+        words = run(programs, 1)
+        assert torch.equal(words[1] >> 32, torch.ones(probe.D, dtype=torch.int64)), f"{programs}: step 0 must write tag 1"
+        assert torch.equal(words[1].to(torch.int32), probe.expected(1, start, by_head=True)), programs
+    words = run(8, 3)
+    assert torch.equal(words[1] >> 32, torch.full((probe.D,), 3)) and torch.equal(words[0] >> 32, torch.full((probe.D,), 2))
+
+
 def check_a_head_step_at_many_programs_matches_the_host(probe):
     """The head form where a slice is part of a head (64, 128 programs: 8, 16 writers a head), which
     the chains above cannot run here (a program would wait for one the interpreter has not started):
@@ -138,7 +185,8 @@ def test_each_program_waits_for_exactly_its_heads_writers():
 def check_a_missing_step_is_caught(probe):
     assert not probe.check("kernels", 128, 5, "cpu", run_stages=4)
     assert not probe.check("persistent", 1, 5, "cpu", run_stages=4)
-    for form, programs in (("persistent-flags", 1), ("persistent-flags-head", 8)):
+    for form, programs in (("persistent-flags", 1), ("persistent-flags-head", 8), ("persistent-tagged", 1),
+                           ("persistent-tagged-head", 8)):
         assert not probe.check(form, programs, 5, "cpu", run_stages=4), form
 
 

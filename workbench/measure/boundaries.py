@@ -23,6 +23,12 @@ whole vector the step before wrote, reduces it, and writes its own slice of the 
                  that wrote that head, so heads run ahead of each other (session 21). With 8
                  programs a slice is a head: no program waits for another, the floor of a step
                  with a flag and no cross-program wait
+  persistent-tagged(-head)  no flags and no fences: every value travels in one 64-bit word with
+                 its step number (the tag) in the high half, stored relaxed; a reader polls the
+                 words it needs until each carries the step it wants. One aligned 64-bit access is
+                 all or nothing, so a word with the right tag holds the right value: the data is
+                 its own flag (NCCL's low-latency protocol). A step is then the store reaching L2
+                 and one load seeing it, against the flags' three round trips (session 22)
 
 The numbers are int32 and wrap, so any stale read (a missing or broken barrier) changes the final
 vector: each form is checked against the same chain computed on the host before it is timed.
@@ -172,6 +178,61 @@ def _persistent_flags_kernel(buf, flags, D, STAGES: tl.constexpr, SLICE: tl.cons
 
 
 @triton.jit
+def _late(w, tag):
+    """How many of the words `w` do not carry `tag` yet."""
+    return tl.sum(tl.ravel(((w >> 32).to(tl.int32) != tag).to(tl.int32)), axis=0)
+
+
+@triton.jit
+def _poll_tagged(words, offs, own, tag):
+    """The int32 values at offs and at own (this program's slice, among them) once every word there
+    carries `tag`: both read together, again until then (volatile: from memory each time, not from
+    a copy in L1), so a step waits one round trip, not two. Whole shapes only: no mask."""
+    w, o = tl.load(words + offs, volatile=True), tl.load(words + own, volatile=True)
+    late = _late(w, tag) + _late(o, tag)
+    while late > 0:   # (a scalar condition: Triton 3.6 failed on a reduction inside the condition)
+        w, o = tl.load(words + offs, volatile=True), tl.load(words + own, volatile=True)
+        late = _late(w, tag) + _late(o, tag)
+    return w.to(tl.int32), o.to(tl.int32)   # the low halves: the values
+
+
+@triton.jit
+def _store_tagged(words, offs, values, tag, INTERPRET: tl.constexpr):
+    """values with `tag` in each word's high half, one relaxed 64-bit store a word: no fence, no
+    flag, no barrier -- a reader that sees the tag sees the value stored with it."""
+    word = (tl.full(values.shape, tag, tl.int64) << 32) | (values.to(tl.int64) & 0xFFFFFFFF)
+    if INTERPRET:
+        tl.store(words + offs, word)
+    else:
+        tl.inline_asm_elementwise("st.relaxed.gpu.global.b64 [$1], $2; mov.u32 $0, 0;", "=r,l,l",
+                                  [words + offs, word], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _persistent_tagged_kernel(words, D: tl.constexpr, STAGES: tl.constexpr, SLICE: tl.constexpr, HEAD: tl.constexpr,
+                              HEADS: tl.constexpr, WIDTH: tl.constexpr, BY_HEAD: tl.constexpr,
+                              INTERPRET: tl.constexpr):
+    """persistent-tagged(-head): the flag kernel's chain with each value in a tagged word. Step s
+    reads words tagged s from half s % 2 and writes words tagged s + 1 into the other half; the
+    words it overwrites (tagged s - 1) were read by the programs whose step-s words it has just
+    seen, each written after that program's reads. Every slice divides D: no masks."""
+    pid = tl.program_id(0)
+    for stage in range(STAGES):
+        src, dst = words + (stage % 2) * D, words + ((stage + 1) % 2) * D
+        if BY_HEAD:   # each value's total over its own head, as _step_head
+            first = pid * SLICE // HEAD * HEAD
+            heads = first + tl.arange(0, HEADS)[:, None] * HEAD + tl.arange(0, HEAD)[None, :]
+            j = pid * SLICE + tl.arange(0, HEADS)[:, None] * WIDTH + tl.arange(0, WIDTH)[None, :]
+            x, own = _poll_tagged(src, heads, j, stage)
+            totals = tl.sum(x, axis=1)[:, None]
+        else:         # the whole vector, as _step
+            j = pid * SLICE + tl.arange(0, SLICE)
+            x, own = _poll_tagged(src, tl.arange(0, D), j, stage)
+            totals = tl.sum(x, axis=0)
+        _store_tagged(dst, j, totals * 3 + own + j + stage, stage + 1, INTERPRET)
+
+
+@triton.jit
 def _persistent_kernel(buf, count, D, STAGES: tl.constexpr, READ: tl.constexpr, SLICE: tl.constexpr):
     """Every step in one launch. Needs all its programs resident at once (one an SM, or fewer):
     a program spinning at the barrier would otherwise wait for one that can never start."""
@@ -187,7 +248,9 @@ def slice_for(programs: int) -> int:
     return triton.next_power_of_2(triton.cdiv(D, programs))
 
 
-HEAD = 128   # persistent-flags-head: a head's values (Qwen3's head_dim), the unit a step reads
+HEAD = 128   # persistent-flags-head, -tagged-head: a head's values (Qwen3's head_dim), the unit a step reads
+FLAG_FORMS = ("persistent-flags", "persistent-flags-head")
+TAGGED_FORMS = ("persistent-tagged", "persistent-tagged-head")
 
 
 def expected(stages: int, start: torch.Tensor, read: int = D, runs: int = 1, by_head: bool = False) -> torch.Tensor:
@@ -237,14 +300,25 @@ def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch
     ignore it: persistent-flags reads all D, persistent-flags-head each value's head)."""
     slice_ = slice_for(programs)
     grid = (triton.cdiv(D, slice_),)
-    if not (form == "persistent-flags-head" and slice_ >= HEAD):   # (there each program reads only its own heads:
-        _refuse_unless_resident(form, grid[0], buf.device)          # it never waits for another)
+    if not (form.endswith("-head") and slice_ >= HEAD):   # (there each program reads only its own heads:
+        _refuse_unless_resident(form, grid[0], buf.device)  # it never waits for another)
     if form == "persistent":
         def run():
             count.zero_()
             _persistent_kernel[grid](buf, count, D, STAGES=stages, READ=read, SLICE=slice_, num_warps=4)
         return run
-    if form in ("persistent-flags", "persistent-flags-head"):
+    if form in TAGGED_FORMS:
+        words = torch.zeros(2 * D, dtype=torch.int64, device=buf.device)   # kept by run
+        shape = flag_shape(form, programs)
+        del shape["WAIT_N"], shape["BLOCK"], shape["READ"]
+
+        def run():   # the int32 chain in and out: two small copies a run, ~0.03 us a step of 196 (a tag 0 start)
+            words.zero_()
+            words[:D] = buf[:D].to(torch.int64) & 0xFFFFFFFF
+            _persistent_tagged_kernel[grid](words, D, STAGES=stages, **shape, num_warps=4)
+            buf.view(2, D)[stages % 2] = words.view(2, D)[stages % 2].to(torch.int32)   # the low halves
+        return run
+    if form in FLAG_FORMS:
         flags = torch.zeros(grid[0], dtype=torch.int32, device=buf.device)   # one a program, kept by run
         shape = flag_shape(form, programs)
 
@@ -472,6 +546,8 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
     cases += [(form, p, D) for form in ("persistent", "persistent-flags") for p in (32, 64, 128)
               if triton.cdiv(D, slice_for(p)) <= sms]
     cases += [("persistent-flags-head", p, HEAD) for p in (8, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
+    cases += [("persistent-tagged", p, D) for p in (32, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
+    cases += [("persistent-tagged-head", p, HEAD) for p in (8, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
     # the control: each program reads 32 values (128 bytes), so the L2 reads no longer grow with the programs
     cases += [(form, p, 32) for form in forms[-1:] for p in (128, 512, 1024)]
     cases += [("persistent", p, 32) for p in (128,) if triton.cdiv(D, slice_for(p)) <= sms]
