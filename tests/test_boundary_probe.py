@@ -49,6 +49,7 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
         probe.chain("persistent-flags-head", 128, 8, buf, count)()
         probe.chain("persistent-tagged", 128, 196, buf, count)()   # (the probe's own stage count)
         probe.chain("persistent-tagged-head", 128, 196, buf, count)()
+        probe.chain("kernels+pdl-tagged-head", 128, 1, buf, count)()
     for launch in launches:
         kernel = kernel_resources.compile_sm90(launch)
         ptx = kernel.asm["ptx"]
@@ -64,6 +65,8 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
             assert "ld.volatile.global" in ptx, "the poll must read the words afresh each time"
             assert "fence." not in ptx and "atom." not in ptx, "no fence and no atomic: the tag is the only signal"
             assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, kernel.name
+            if "stage" in kernel.name:   # the kernel form: the next kernel let in, no wait for the one before
+                assert "griddepcontrol.launch_dependents" in ptx and "griddepcontrol.wait" not in ptx, kernel.name
             continue
         if launch.kwargs.get("EARLY"):   # the early form lets the next kernel in before it waits
             assert ptx.index("griddepcontrol.launch_dependents") < ptx.index("griddepcontrol.wait"), kernel.name
@@ -116,11 +119,15 @@ def check_flag_chains_match_the_host(probe):
 
 def check_tagged_chains_match_the_host(probe):
     """The tagged forms as the flag forms above: one program, and the head form with 8 (none waits for
-    another); an even chain run twice continues from its result (each run copies it in, tagged 0)."""
+    another); the kernel forms at 32 and 128 programs; an even chain run twice continues from its
+    result (each run copies it in, tagged 0)."""
     import torch
     assert probe.check("persistent-tagged", 1, 5, "cpu")
     for programs in (1, 8):
         assert probe.check("persistent-tagged-head", programs, 5, "cpu"), programs
+    for programs in (32, 128):   # one kernel a step: every program reads words the kernel before wrote
+        assert probe.check("kernels+pdl-tagged", programs, 5, "cpu"), programs
+        assert probe.check("kernels+pdl-tagged-head", programs, 5, "cpu"), programs
     start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
     buf = torch.cat([start, torch.zeros(probe.D, dtype=torch.int32)])
     run = probe.chain("persistent-tagged-head", 8, 4, buf, torch.zeros(1, dtype=torch.int32))
@@ -186,7 +193,7 @@ def check_a_missing_step_is_caught(probe):
     assert not probe.check("kernels", 128, 5, "cpu", run_stages=4)
     assert not probe.check("persistent", 1, 5, "cpu", run_stages=4)
     for form, programs in (("persistent-flags", 1), ("persistent-flags-head", 8), ("persistent-tagged", 1),
-                           ("persistent-tagged-head", 8)):
+                           ("persistent-tagged-head", 8), ("kernels+pdl-tagged", 128), ("kernels+pdl-tagged-head", 128)):
         assert not probe.check(form, programs, 5, "cpu", run_stages=4), form
 
 

@@ -216,20 +216,38 @@ def _persistent_tagged_kernel(words, D: tl.constexpr, STAGES: tl.constexpr, SLIC
     reads words tagged s from half s % 2 and writes words tagged s + 1 into the other half; the
     words it overwrites (tagged s - 1) were read by the programs whose step-s words it has just
     seen, each written after that program's reads. Every slice divides D: no masks."""
-    pid = tl.program_id(0)
     for stage in range(STAGES):
-        src, dst = words + (stage % 2) * D, words + ((stage + 1) % 2) * D
-        if BY_HEAD:   # each value's total over its own head, as _step_head
-            first = pid * SLICE // HEAD * HEAD
-            heads = first + tl.arange(0, HEADS)[:, None] * HEAD + tl.arange(0, HEAD)[None, :]
-            j = pid * SLICE + tl.arange(0, HEADS)[:, None] * WIDTH + tl.arange(0, WIDTH)[None, :]
-            x, own = _poll_tagged(src, heads, j, stage)
-            totals = tl.sum(x, axis=1)[:, None]
-        else:         # the whole vector, as _step
-            j = pid * SLICE + tl.arange(0, SLICE)
-            x, own = _poll_tagged(src, tl.arange(0, D), j, stage)
-            totals = tl.sum(x, axis=0)
-        _store_tagged(dst, j, totals * 3 + own + j + stage, stage + 1, INTERPRET)
+        _tagged_step(words, D, stage, tl.program_id(0), SLICE, HEAD, HEADS, WIDTH, BY_HEAD, INTERPRET)
+
+
+@triton.jit
+def _tagged_step(words, D: tl.constexpr, stage, pid, SLICE: tl.constexpr, HEAD: tl.constexpr, HEADS: tl.constexpr,
+                 WIDTH: tl.constexpr, BY_HEAD: tl.constexpr, INTERPRET: tl.constexpr):
+    """One step on tagged words: _step (or _step_head, BY_HEAD) reading words tagged `stage` from
+    half stage % 2 and writing words tagged stage + 1 into the other half."""
+    src, dst = words + (stage % 2) * D, words + ((stage + 1) % 2) * D
+    if BY_HEAD:   # each value's total over its own head, as _step_head
+        first = pid * SLICE // HEAD * HEAD
+        heads = first + tl.arange(0, HEADS)[:, None] * HEAD + tl.arange(0, HEAD)[None, :]
+        j = pid * SLICE + tl.arange(0, HEADS)[:, None] * WIDTH + tl.arange(0, WIDTH)[None, :]
+        x, own = _poll_tagged(src, heads, j, stage)
+        totals = tl.sum(x, axis=1)[:, None]
+    else:         # the whole vector, as _step
+        j = pid * SLICE + tl.arange(0, SLICE)
+        x, own = _poll_tagged(src, tl.arange(0, D), j, stage)
+        totals = tl.sum(x, axis=0)
+    _store_tagged(dst, j, totals * 3 + own + j + stage, stage + 1, INTERPRET)
+
+
+@triton.jit
+def _tagged_stage_kernel(words, D: tl.constexpr, stage, SLICE: tl.constexpr, HEAD: tl.constexpr,
+                         HEADS: tl.constexpr, WIDTH: tl.constexpr, BY_HEAD: tl.constexpr, INTERPRET: tl.constexpr):
+    """kernels+pdl-tagged(-head): one kernel a step, launched with PDL, that lets the next kernel in
+    first thing and never waits for this one's predecessor to finish: it polls the tagged words it
+    reads instead. Safe from deadlock: the next kernel is let in only once every program of this one
+    has started, so the programs whose words a program polls are always running."""
+    _trigger_early(not INTERPRET)
+    _tagged_step(words, D, stage, tl.program_id(0), SLICE, HEAD, HEADS, WIDTH, BY_HEAD, INTERPRET)
 
 
 @triton.jit
@@ -250,7 +268,7 @@ def slice_for(programs: int) -> int:
 
 HEAD = 128   # persistent-flags-head, -tagged-head: a head's values (Qwen3's head_dim), the unit a step reads
 FLAG_FORMS = ("persistent-flags", "persistent-flags-head")
-TAGGED_FORMS = ("persistent-tagged", "persistent-tagged-head")
+TAGGED_FORMS = ("persistent-tagged", "persistent-tagged-head", "kernels+pdl-tagged", "kernels+pdl-tagged-head")
 
 
 def expected(stages: int, start: torch.Tensor, read: int = D, runs: int = 1, by_head: bool = False) -> torch.Tensor:
@@ -300,8 +318,10 @@ def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch
     ignore it: persistent-flags reads all D, persistent-flags-head each value's head)."""
     slice_ = slice_for(programs)
     grid = (triton.cdiv(D, slice_),)
-    if not (form.endswith("-head") and slice_ >= HEAD):   # (there each program reads only its own heads:
-        _refuse_unless_resident(form, grid[0], buf.device)  # it never waits for another)
+    if form.startswith("persistent") and not (form.endswith("-head") and slice_ >= HEAD):   # (there each
+        # program reads only its own heads: it never waits for another; kernels' programs wait only on
+        # the kernel before's, all of them started by then)
+        _refuse_unless_resident(form, grid[0], buf.device)
     if form == "persistent":
         def run():
             count.zero_()
@@ -315,7 +335,12 @@ def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch
         def run():   # the int32 chain in and out: two small copies a run, ~0.03 us a step of 196 (a tag 0 start)
             words.zero_()
             words[:D] = buf[:D].to(torch.int64) & 0xFFFFFFFF
-            _persistent_tagged_kernel[grid](words, D, STAGES=stages, **shape, num_warps=4)
+            if form.startswith("persistent"):
+                _persistent_tagged_kernel[grid](words, D, STAGES=stages, **shape, num_warps=4)
+            else:
+                for stage in range(stages):
+                    _tagged_stage_kernel[grid](words, D, stage, **shape, num_warps=4,
+                                               **({} if _INTERPRET else {"launch_pdl": True}))
             buf.view(2, D)[stages % 2] = words.view(2, D)[stages % 2].to(torch.int32)   # the low halves
         return run
     if form in FLAG_FORMS:
@@ -548,6 +573,9 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
     cases += [("persistent-flags-head", p, HEAD) for p in (8, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
     cases += [("persistent-tagged", p, D) for p in (32, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
     cases += [("persistent-tagged-head", p, HEAD) for p in (8, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
+    if pdl_here:   # the same waits between kernels: each lets the next in first and polls instead of waiting
+        cases += [("kernels+pdl-tagged", p, D) for p in (32, 128, 512)]
+        cases += [("kernels+pdl-tagged-head", p, HEAD) for p in (8, 128, 512)]
     # the control: each program reads 32 values (128 bytes), so the L2 reads no longer grow with the programs
     cases += [(form, p, 32) for form in forms[-1:] for p in (128, 512, 1024)]
     cases += [("persistent", p, 32) for p in (128,) if triton.cdiv(D, slice_for(p)) <= sms]
