@@ -12,7 +12,7 @@ import re
 import pytest
 
 CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "flag_chains_match_the_host",
-          "tagged_chains_match_the_host", "tagged_words_carry_their_step",
+          "tagged_chains_match_the_host", "tagged_words_carry_their_step", "a_poll_that_never_sees_its_tag_gives_up",
           "a_head_step_at_many_programs_matches_the_host",
           "a_missing_step_is_caught",
           "a_run_again_continues_the_chain", "the_control_reads_less", "a_grid_barrier_refuses_to_spin_forever",
@@ -67,6 +67,7 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
             assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, kernel.name
             if "stage" in kernel.name:   # the kernel form: the next kernel let in, no wait for the one before
                 assert "griddepcontrol.launch_dependents" in ptx and "griddepcontrol.wait" not in ptx, kernel.name
+                assert ptx.index("ld.volatile.global") < ptx.index("griddepcontrol.launch_dependents"), "poll, then trigger"
             continue
         if launch.kwargs.get("EARLY"):   # the early form lets the next kernel in before it waits
             assert ptx.index("griddepcontrol.launch_dependents") < ptx.index("griddepcontrol.wait"), kernel.name
@@ -125,7 +126,7 @@ def check_tagged_chains_match_the_host(probe):
     assert probe.check("persistent-tagged", 1, 5, "cpu")
     for programs in (1, 8):
         assert probe.check("persistent-tagged-head", programs, 5, "cpu"), programs
-    for programs in (32, 128):   # one kernel a step: every program reads words the kernel before wrote
+    for programs in (32, 128):   # a kernel a step: every program reads words the kernel before wrote
         assert probe.check("kernels+pdl-tagged", programs, 5, "cpu"), programs
         assert probe.check("kernels+pdl-tagged-head", programs, 5, "cpu"), programs
     start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
@@ -157,6 +158,18 @@ def check_tagged_words_carry_their_step(probe):
         assert torch.equal(words[1].to(torch.int32), probe.expected(1, start, by_head=True)), programs
     words = run(8, 3)
     assert torch.equal(words[1] >> 32, torch.full((probe.D,), 3)) and torch.equal(words[0] >> 32, torch.full((probe.D,), 2))
+
+
+def check_a_poll_that_never_sees_its_tag_gives_up(probe):
+    """Input words carrying a tag no step waits for: the first step's polls give up after MAX_POLLS
+    reads and the kernel returns (a wait that never ends would hang this script; seen once, with
+    MAX_POLLS at 2**30, as a timeout)."""
+    import torch
+    words = torch.zeros(2 * probe.D, dtype=torch.int64)
+    words[:probe.D] = 7 << 32
+    shape = {k: v for k, v in probe.flag_shape("persistent-tagged", 1).items() if k not in ("WAIT_N", "BLOCK", "READ")}
+    probe._persistent_tagged_kernel[(1,)](words, probe.D, STAGES=1, **shape, MAX_POLLS=4)
+    assert torch.equal(words[probe.D:] >> 32, torch.ones(probe.D, dtype=torch.int64))   # it went on to write step 1
 
 
 def check_a_head_step_at_many_programs_matches_the_host(probe):
@@ -193,7 +206,7 @@ def check_a_missing_step_is_caught(probe):
     assert not probe.check("kernels", 128, 5, "cpu", run_stages=4)
     assert not probe.check("persistent", 1, 5, "cpu", run_stages=4)
     for form, programs in (("persistent-flags", 1), ("persistent-flags-head", 8), ("persistent-tagged", 1),
-                           ("persistent-tagged-head", 8), ("kernels+pdl-tagged", 128), ("kernels+pdl-tagged-head", 128)):
+                           ("persistent-tagged-head", 8), ("kernels+pdl-tagged", 128)):
         assert not probe.check(form, programs, 5, "cpu", run_stages=4), form
 
 
