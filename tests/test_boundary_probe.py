@@ -67,7 +67,8 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
             assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, kernel.name
             if "stage" in kernel.name:   # the kernel form: the next kernel let in, no wait for the one before
                 assert "griddepcontrol.launch_dependents" in ptx and "griddepcontrol.wait" not in ptx, kernel.name
-                assert ptx.index("ld.volatile.global") < ptx.index("griddepcontrol.launch_dependents"), "poll, then trigger"
+                assert ptx.index("ld.volatile.global") < ptx.index("griddepcontrol.launch_dependents"), \
+                    "poll, then trigger"
             continue
         if launch.kwargs.get("EARLY"):   # the early form lets the next kernel in before it waits
             assert ptx.index("griddepcontrol.launch_dependents") < ptx.index("griddepcontrol.wait"), kernel.name
@@ -154,10 +155,12 @@ def check_tagged_words_carry_their_step(probe):
         return words.view(2, probe.D)
     for programs in (8, 64, 128):
         words = run(programs, 1)
-        assert torch.equal(words[1] >> 32, torch.ones(probe.D, dtype=torch.int64)), f"{programs}: step 0 must write tag 1"
+        assert torch.equal(words[1] >> 32, torch.ones(probe.D, dtype=torch.int64)), \
+            f"{programs}: step 0 must write tag 1"
         assert torch.equal(words[1].to(torch.int32), probe.expected(1, start, by_head=True)), programs
     words = run(8, 3)
-    assert torch.equal(words[1] >> 32, torch.full((probe.D,), 3)) and torch.equal(words[0] >> 32, torch.full((probe.D,), 2))
+    assert torch.equal(words[1] >> 32, torch.full((probe.D,), 3))
+    assert torch.equal(words[0] >> 32, torch.full((probe.D,), 2))
 
 
 def check_a_poll_that_never_sees_its_tag_gives_up(probe):

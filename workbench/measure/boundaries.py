@@ -604,7 +604,8 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
         if not ok:   # a wrong chain's time means nothing (and a broken wait may poll to its limit each step)
             rows.append({"probe": "steps", "form": form, "read": read, "programs": programs, "stages": stages,
                          "checked": False, "error": "its result did not match the host's: not timed", "gpu": gpu})
-            print(f"{form:>21} {read:5d} {programs:8d}   WRONG: its result did not match the host's, not timed", flush=True)
+            print(f"{form:>21} {read:5d} {programs:8d}   WRONG: its result did not match the host's, not timed",
+                  flush=True)
             continue
         start = torch.randint(-1000, 1000, (D,), dtype=torch.int32)
         buf = torch.zeros(2 * D, dtype=torch.int32, device=device)
