@@ -13,6 +13,7 @@ import pytest
 
 CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "flag_chains_match_the_host",
           "tagged_chains_match_the_host", "tagged_words_carry_their_step", "a_poll_that_never_sees_its_tag_gives_up",
+          "the_spread_form_reads_one_value_every_eight",
           "a_head_step_at_many_programs_matches_the_host",
           "a_missing_step_is_caught",
           "a_run_again_continues_the_chain", "the_control_reads_less", "a_grid_barrier_refuses_to_spin_forever",
@@ -50,6 +51,7 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
         probe.chain("persistent-tagged", 128, 196, buf, count)()   # (the probe's own stage count)
         probe.chain("persistent-tagged-head", 128, 196, buf, count)()
         probe.chain("kernels+pdl-tagged-head", 128, 1, buf, count)()
+        probe.chain("persistent-tagged-spread", 128, 196, buf, count)()
     for launch in launches:
         kernel = kernel_resources.compile_sm90(launch)
         ptx = kernel.asm["ptx"]
@@ -161,6 +163,22 @@ def check_tagged_words_carry_their_step(probe):
     words = run(8, 3)
     assert torch.equal(words[1] >> 32, torch.full((probe.D,), 3))
     assert torch.equal(words[0] >> 32, torch.full((probe.D,), 2))
+
+
+def check_the_spread_form_reads_one_value_every_eight(probe):
+    """persistent-tagged-spread: 128 values, one every D / 128, from every writer. With one program
+    the chain; with 32 and 128 programs one step from words tagged 0 (none waits); against a host
+    chain that differs from the first 128 values' (a kernel reading those would fail here)."""
+    import torch
+    assert probe.check("persistent-tagged-spread", 1, 5, "cpu")
+    start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
+    assert not torch.equal(probe.expected_for("persistent-tagged-spread", 3, start), probe.expected(3, start, read=128))
+    for programs in (32, 128):
+        shape = {k: v for k, v in probe.flag_shape("persistent-tagged-spread", programs).items()
+                 if k not in ("WAIT_N", "BLOCK", "READ")}
+        words = torch.cat([start.to(torch.int64) & 0xFFFFFFFF, torch.zeros(probe.D, dtype=torch.int64)])
+        probe._persistent_tagged_kernel[(programs,)](words, probe.D, STAGES=1, **shape, SPREAD=True)
+        assert torch.equal(words[probe.D:].to(torch.int32), probe.expected_for("persistent-tagged-spread", 1, start))
 
 
 def check_a_poll_that_never_sees_its_tag_gives_up(probe):

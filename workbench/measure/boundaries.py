@@ -29,6 +29,8 @@ whole vector the step before wrote, reduces it, and writes its own slice of the 
                  all or nothing, so a word with the right tag holds the right value: the data is
                  its own flag (NCCL's low-latency protocol). A step is then the store reaching L2
                  and one load seeing it, against the flags' three round trips (session 22)
+  persistent-tagged-spread  a head's worth of values (HEAD), but one every D / HEAD: the head
+                 form's bytes from the all-to-all form's writers -- which of the two sets the cost
   kernels+pdl-tagged(-head)  the tagged words between kernels: each kernel polls the words it
                  reads instead of PDL's wait for the kernel before, then lets the next one in
 
@@ -217,22 +219,24 @@ def _store_tagged(words, offs, values, tag, INTERPRET: tl.constexpr):
 @triton.jit
 def _persistent_tagged_kernel(words, D: tl.constexpr, STAGES: tl.constexpr, SLICE: tl.constexpr, HEAD: tl.constexpr,
                               HEADS: tl.constexpr, WIDTH: tl.constexpr, BY_HEAD: tl.constexpr,
-                              INTERPRET: tl.constexpr, MAX_POLLS: tl.constexpr = 1 << 16):
+                              INTERPRET: tl.constexpr, MAX_POLLS: tl.constexpr = 1 << 16, SPREAD: tl.constexpr = False):
     """persistent-tagged(-head): the flag kernel's chain with each value in a tagged word. Step s
     reads words tagged s from half s % 2 and writes words tagged s + 1 into the other half; the
     words it overwrites (tagged s - 1) were read by the programs whose step-s words it has just
     seen, each written after that program's reads. Every slice divides D: no masks."""
     for stage in range(STAGES):
-        _tagged_step(words, D, stage, tl.program_id(0), SLICE, HEAD, HEADS, WIDTH, BY_HEAD, INTERPRET, MAX_POLLS, False)
+        _tagged_step(words, D, stage, tl.program_id(0), SLICE, HEAD, HEADS, WIDTH, BY_HEAD, INTERPRET, MAX_POLLS, False,
+                     SPREAD)
 
 
 @triton.jit
 def _tagged_step(words, D: tl.constexpr, stage, pid, SLICE: tl.constexpr, HEAD: tl.constexpr, HEADS: tl.constexpr,
                  WIDTH: tl.constexpr, BY_HEAD: tl.constexpr, INTERPRET: tl.constexpr, MAX_POLLS: tl.constexpr,
-                 TRIGGER: tl.constexpr):
+                 TRIGGER: tl.constexpr, SPREAD: tl.constexpr = False):
     """One step on tagged words: _step (or _step_head, BY_HEAD) reading words tagged `stage` from
     half stage % 2 and writing words tagged stage + 1 into the other half. TRIGGER: let the next
-    kernel be scheduled once the words are in (PDL's trigger, where pdl_wait would put it)."""
+    kernel be scheduled once the words are in (PDL's trigger, where pdl_wait would put it). SPREAD:
+    HEAD values, one every D / HEAD: a head's bytes, from as many writers as the whole vector's."""
     src, dst = words + (stage % 2) * D, words + ((stage + 1) % 2) * D
     if BY_HEAD:   # each value's total over its own head, as _step_head
         first = pid * SLICE // HEAD * HEAD
@@ -241,6 +245,11 @@ def _tagged_step(words, D: tl.constexpr, stage, pid, SLICE: tl.constexpr, HEAD: 
         x, own = _poll_tagged(src, heads, j, stage, MAX_POLLS)
         _trigger_early(TRIGGER)
         totals = tl.sum(x, axis=1)[:, None]
+    elif SPREAD:  # HEAD values spread over the vector: every slice holds some (programs <= HEAD)
+        j = pid * SLICE + tl.arange(0, SLICE)
+        x, own = _poll_tagged(src, tl.arange(0, HEAD) * (D // HEAD), j, stage, MAX_POLLS)
+        _trigger_early(TRIGGER)
+        totals = tl.sum(x, axis=0)
     else:         # the whole vector, as _step
         j = pid * SLICE + tl.arange(0, SLICE)
         x, own = _poll_tagged(src, tl.arange(0, D), j, stage, MAX_POLLS)
@@ -281,23 +290,34 @@ def slice_for(programs: int) -> int:
 
 HEAD = 128   # persistent-flags-head, -tagged-head: a head's values (Qwen3's head_dim), the unit a step reads
 FLAG_FORMS = ("persistent-flags", "persistent-flags-head")
-TAGGED_FORMS = ("persistent-tagged", "persistent-tagged-head", "kernels+pdl-tagged", "kernels+pdl-tagged-head")
+TAGGED_FORMS = ("persistent-tagged", "persistent-tagged-head", "persistent-tagged-spread", "kernels+pdl-tagged",
+                "kernels+pdl-tagged-head")
 
 
-def expected(stages: int, start: torch.Tensor, read: int = D, runs: int = 1, by_head: bool = False) -> torch.Tensor:
+def expected(stages: int, start: torch.Tensor, read: int = D, runs: int = 1, by_head: bool = False,
+             stride: int = 1) -> torch.Tensor:
     """The chain on the host, int32 arithmetic wrapping as the GPU's does. A chain run again (as
     the timed graph replays are) continues from its last result when `stages` is even: it lands in
     the half the next run starts from; `runs` follows that many runs. by_head: each value's total
-    is its head's (persistent-flags-head), not the first `read` values'."""
+    is its head's (persistent-flags-head), not the first `read` values'. stride: `read` values
+    every stride-th (persistent-tagged-spread: one from each of 128 places)."""
     x = start.to(torch.int64).cpu()
     j = torch.arange(D, dtype=torch.int64)
     for stage in [s for _ in range(runs) for s in range(stages)]:
         if by_head:
             total = x.view(-1, HEAD).sum(1).repeat_interleave(HEAD) % 2**32
         else:
-            total = int(x[:read].sum()) % 2**32
+            total = int(x[:read * stride:stride].sum()) % 2**32
         x = (total * 3 + x + j + stage) % 2**32
     return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
+
+
+def expected_for(form: str, stages: int, start: torch.Tensor, read: int = D, runs: int = 1) -> torch.Tensor:
+    """`expected` for a form: its head's total (the -head forms), HEAD values one every D / HEAD
+    (-spread), or the first `read` values (the others)."""
+    if form.endswith("-spread"):
+        return expected(stages, start, HEAD, runs, stride=D // HEAD)
+    return expected(stages, start, read, runs, by_head=form.endswith("-head"))
 
 
 def _refuse_unless_resident(form: str, grid: int, device: torch.device) -> None:
@@ -344,6 +364,8 @@ def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch
         words = torch.zeros(2 * D, dtype=torch.int64, device=buf.device)   # kept by run
         shape = flag_shape(form, programs)
         del shape["WAIT_N"], shape["BLOCK"], shape["READ"]
+        if form.endswith("-spread"):
+            shape["SPREAD"] = True
 
         def run():   # the int32 chain in and out: two small copies a run, ~0.03 us a step of 196 (a tag 0 start)
             words.zero_()
@@ -383,7 +405,7 @@ def check(form: str, programs: int, stages: int, device: str, run_stages: int | 
     count = torch.zeros(1, dtype=torch.int32, device=device)
     chain(form, programs, stages if run_stages is None else run_stages, buf, count, read)()
     got = buf.view(2, D)[stages % 2].cpu()
-    return torch.equal(got, expected(stages, start, read, by_head=form.endswith("-head")))
+    return torch.equal(got, expected_for(form, stages, start, read))
 
 
 # --- the same chain with weights: each step a GEMV with the norm folded in ---------------------
@@ -586,6 +608,8 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
     cases += [("persistent-flags-head", p, HEAD) for p in (8, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
     cases += [("persistent-tagged", p, D) for p in (32, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
     cases += [("persistent-tagged-head", p, HEAD) for p in (8, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
+    # a head's bytes from every writer: is it the bytes polled or the writers waited on that cost?
+    cases += [("persistent-tagged-spread", p, HEAD) for p in (32, 128) if triton.cdiv(D, slice_for(p)) <= sms]
     if pdl_here:   # the same waits between kernels: each lets the next in first and polls instead of waiting
         cases += [("kernels+pdl-tagged", p, D) for p in (32, 128)]
         cases += [("kernels+pdl-tagged-head", p, HEAD) for p in (8, 128)]
@@ -612,8 +636,7 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
         buf[:D] = start.to(device)
         count = torch.zeros(1, dtype=torch.int32, device=device)
         timing = time_graph(chain(form, programs, stages, buf, count, read), stages)
-        ok = ok and torch.equal(buf[:D].cpu(), expected(stages, start, read, runs=timing["runs"],
-                                                        by_head=form.endswith("-head")))
+        ok = ok and torch.equal(buf[:D].cpu(), expected_for(form, stages, start, read, runs=timing["runs"]))
         grid = triton.cdiv(D, slice_for(programs))
         rows.append({"probe": "steps", "form": form, "read": read, "programs": grid, "stages": stages, "checked": ok,
                      **timing, "gpu": gpu})
