@@ -12,7 +12,7 @@ import re
 import pytest
 
 CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "flag_chains_match_the_host",
-          "tagged_chains_match_the_host", "tagged_words_carry_their_step", "a_poll_that_never_sees_its_tag_gives_up",
+          "tagged_chains_match_the_host", "tagged_words_carry_their_step", "a_poll_waits_for_its_tag_and_gives_up",
           "the_spread_form_reads_one_value_every_eight",
           "a_head_step_at_many_programs_matches_the_host",
           "a_missing_step_is_caught",
@@ -51,6 +51,7 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
         probe.chain("persistent-tagged", 128, 196, buf, count)()   # (the probe's own stage count)
         probe.chain("persistent-tagged-head", 128, 196, buf, count)()
         probe.chain("kernels+pdl-tagged-head", 128, 1, buf, count)()
+        probe.chain("kernels+pdl-tagged", 128, 1, buf, count)()
         probe.chain("persistent-tagged-spread", 128, 196, buf, count)()
     for launch in launches:
         kernel = kernel_resources.compile_sm90(launch)
@@ -65,12 +66,14 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
         if "tagged" in kernel.name:   # the data is its own flag: relaxed 64-bit stores, volatile polls, no fence
             assert "st.relaxed.gpu.global.b64" in ptx, "each tagged word must be stored whole, relaxed, GPU-wide"
             assert "ld.volatile.global" in ptx, "the poll must read the words afresh each time"
+            widths = set(re.findall(r"ld\.volatile\.global(?:\.v\d)?\.(\w+)", ptx))
+            assert widths <= {"b64", "u64", "s64"}, f"a tag and its value must be read in one 64-bit access: {widths}"
             assert "fence." not in ptx and "atom." not in ptx, "no fence and no atomic: the tag is the only signal"
             assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, kernel.name
             if "stage" in kernel.name:   # the kernel form: the next kernel let in, no wait for the one before
                 assert "griddepcontrol.launch_dependents" in ptx and "griddepcontrol.wait" not in ptx, kernel.name
-                assert ptx.index("ld.volatile.global") < ptx.index("griddepcontrol.launch_dependents"), \
-                    "poll, then trigger"
+                assert ptx.rindex("ld.volatile.global") < ptx.index("griddepcontrol.launch_dependents"), \
+                    "every read of the poll, then the trigger"
             continue
         if launch.kwargs.get("EARLY"):   # the early form lets the next kernel in before it waits
             assert ptx.index("griddepcontrol.launch_dependents") < ptx.index("griddepcontrol.wait"), kernel.name
@@ -140,57 +143,70 @@ def check_tagged_chains_match_the_host(probe):
     assert torch.equal(buf[:probe.D], probe.expected(4, start, runs=2, by_head=True))
 
 
+def _tagged_shape(probe, form, programs):
+    """The tagged kernel's constants (flag_shape's, less the flag kernel's own)."""
+    return {k: v for k, v in probe.flag_shape(form, programs).items() if k not in ("WAIT_N", "BLOCK", "READ")}
+
+
+def _start_words(probe, start, tag=1):
+    """The chain's start as the tagged kernels take it: half 0 tagged (1, the first step's), half 1 zero."""
+    import torch
+    return torch.cat([(start.to(torch.int64) & 0xFFFFFFFF) | (tag << 32), torch.zeros(probe.D, dtype=torch.int64)])
+
+
 def check_tagged_words_carry_their_step(probe):
-    """One step from words tagged 0 (the start's tag: no program waits) writes words tagged 1, the tag
+    """One step from words tagged 1 (the start's tag: no program waits) writes words tagged 2, the tag
     the next step waits for, holding the host's step -- with 8 programs, and with 64 and 128 (8 and
-    16 writers a head, which the chains cannot run here). Three steps leave tags 3 and 2 (the
-    chain above checks their values). A writer with the wrong tag fails here at one step rather
-    than leaving the next step's readers polling forever."""
+    16 writers a head, which the chains cannot run here). Three steps leave tags 4 and 3 (the chain
+    above checks their values). A writer with the wrong tag fails here at one step, before any
+    reader would poll for it up to its limit."""
     import torch
     start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
 
     def run(programs, stages):
-        shape = {k: v for k, v in probe.flag_shape("persistent-tagged-head", programs).items()
-                 if k not in ("WAIT_N", "BLOCK", "READ")}
-        words = torch.cat([start.to(torch.int64) & 0xFFFFFFFF, torch.zeros(probe.D, dtype=torch.int64)])
-        probe._persistent_tagged_kernel[(programs,)](words, probe.D, STAGES=stages, **shape)
+        words = _start_words(probe, start)
+        probe._persistent_tagged_kernel[(programs,)](words, probe.D, STAGES=stages,
+                                                     **_tagged_shape(probe, "persistent-tagged-head", programs))
         return words.view(2, probe.D)
     for programs in (8, 64, 128):
         words = run(programs, 1)
-        assert torch.equal(words[1] >> 32, torch.ones(probe.D, dtype=torch.int64)), \
-            f"{programs}: step 0 must write tag 1"
+        assert torch.equal(words[1] >> 32, torch.full((probe.D,), 2)), f"{programs}: step 0 must write tag 2"
         assert torch.equal(words[1].to(torch.int32), probe.expected(1, start, by_head=True)), programs
     words = run(8, 3)
-    assert torch.equal(words[1] >> 32, torch.full((probe.D,), 3))
-    assert torch.equal(words[0] >> 32, torch.full((probe.D,), 2))
+    assert torch.equal(words[1] >> 32, torch.full((probe.D,), 4))
+    assert torch.equal(words[0] >> 32, torch.full((probe.D,), 3))
 
 
 def check_the_spread_form_reads_one_value_every_eight(probe):
     """persistent-tagged-spread: 128 values, one every D / 128, from every writer. With one program
-    the chain; with 32 and 128 programs one step from words tagged 0 (none waits); against a host
+    the chain; with 32 and 128 programs one step from the start's words (none waits); against a host
     chain that differs from the first 128 values' (a kernel reading those would fail here)."""
     import torch
     assert probe.check("persistent-tagged-spread", 1, 5, "cpu")
     start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
     assert not torch.equal(probe.expected_for("persistent-tagged-spread", 3, start), probe.expected(3, start, read=128))
     for programs in (32, 128):
-        shape = {k: v for k, v in probe.flag_shape("persistent-tagged-spread", programs).items()
-                 if k not in ("WAIT_N", "BLOCK", "READ")}
-        words = torch.cat([start.to(torch.int64) & 0xFFFFFFFF, torch.zeros(probe.D, dtype=torch.int64)])
-        probe._persistent_tagged_kernel[(programs,)](words, probe.D, STAGES=1, **shape, SPREAD=True)
+        words = _start_words(probe, start)
+        probe._persistent_tagged_kernel[(programs,)](words, probe.D, STAGES=1,
+                                                     **_tagged_shape(probe, "persistent-tagged-spread", programs),
+                                                     SPREAD=True)
         assert torch.equal(words[probe.D:].to(torch.int32), probe.expected_for("persistent-tagged-spread", 1, start))
 
 
-def check_a_poll_that_never_sees_its_tag_gives_up(probe):
-    """Input words carrying a tag no step waits for: the first step's polls give up after MAX_POLLS
-    reads and the kernel returns (a wait that never ends would hang this script; seen once, with
-    MAX_POLLS at 2**30, as a timeout)."""
+def check_a_poll_waits_for_its_tag_and_gives_up(probe):
+    """The waiting side, which the chains cannot show (the interpreter runs programs one at a time,
+    so every word is there when read): words with the wanted tag take one read; words with a tag no
+    step wants (a zeroed buffer's 0, or 7) are read again until MAX_POLLS reads, then the kernel gives
+    up and returns (a poll that never waited would read once; one with no limit would hang here --
+    seen once, with MAX_POLLS at 2**30, as a timeout)."""
     import torch
-    words = torch.zeros(2 * probe.D, dtype=torch.int64)
-    words[:probe.D] = 7 << 32
-    shape = {k: v for k, v in probe.flag_shape("persistent-tagged", 1).items() if k not in ("WAIT_N", "BLOCK", "READ")}
-    probe._persistent_tagged_kernel[(1,)](words, probe.D, STAGES=1, **shape, MAX_POLLS=4)
-    assert torch.equal(words[probe.D:] >> 32, torch.ones(probe.D, dtype=torch.int64))   # it went on to write step 1
+    shape = _tagged_shape(probe, "persistent-tagged", 1)
+    start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
+    for tag, reads in ((1, 1), (0, 4), (7, 4)):
+        polls = torch.zeros(1, dtype=torch.int32)
+        probe._persistent_tagged_kernel[(1,)](_start_words(probe, start, tag), probe.D, STAGES=1, **shape, MAX_POLLS=4,
+                                              polls_out=polls)
+        assert int(polls) == reads, f"start words tagged {tag}: {int(polls)} reads, want {reads}"
 
 
 def check_a_head_step_at_many_programs_matches_the_host(probe):
@@ -226,9 +242,12 @@ def test_each_program_waits_for_exactly_its_heads_writers():
 def check_a_missing_step_is_caught(probe):
     assert not probe.check("kernels", 128, 5, "cpu", run_stages=4)
     assert not probe.check("persistent", 1, 5, "cpu", run_stages=4)
-    for form, programs in (("persistent-flags", 1), ("persistent-flags-head", 8), ("persistent-tagged", 1),
-                           ("persistent-tagged-head", 8), ("kernels+pdl-tagged", 128)):
+    for form, programs in (("persistent-flags", 1), ("persistent-flags-head", 8)):
         assert not probe.check(form, programs, 5, "cpu", run_stages=4), form
+    # (3, not 4: a tagged run copies back the half its own steps end in, so a step short must end in
+    # the same half as the chain, or the check would compare a half no run wrote)
+    for form, programs in (("persistent-tagged", 1), ("persistent-tagged-head", 8), ("kernels+pdl-tagged", 128)):
+        assert not probe.check(form, programs, 5, "cpu", run_stages=3), form
 
 
 def check_a_run_again_continues_the_chain(probe):

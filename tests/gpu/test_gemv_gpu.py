@@ -201,9 +201,10 @@ def test_the_early_trigger_chain_equals_pdl_off():
     down_proj -- captured with PDL, replayed on fresh inputs, bit for bit the chain without PDL. A gate_up
     that read its x or residual before its wait could see the last replay's values. Seen failing on an
     H200 (session 22) with the GEMV's first x tile read before its wait. Not with the early form
-    made never to wait at all: there o_proj's programs did not start before the merge-like kernel's
-    had finished, so in 10 replays that race never showed -- this test guards the early reads, not
-    residency."""
+    made never to wait at all: in 10 replays o_proj never read x before the merge-like kernel had
+    written it -- its programs apparently start only once that kernel's are done (the A/B's spans
+    say the same of gate_up). So this test catches a kernel that reads its input before its wait;
+    it cannot show that a missing wait in the early form is harmless."""
     from workbench.kernels.fused_gemv import rms_norm_linear
     from workbench.kernels.gemv import gemv
     bf16 = dict(device="cuda", dtype=torch.bfloat16)

@@ -86,9 +86,10 @@ def _step(src, dst, D, stage, pid, READ: tl.constexpr, SLICE: tl.constexpr):
 
 @triton.jit
 def _trigger_early(EARLY: tl.constexpr):
-    """The `-early` forms: let the next kernel be scheduled first thing, before this one waits (the
-    engine's kernels trigger only after their wait: kernels/pdl.py). Still safe here: the next
-    kernel reads nothing this one writes before its own wait, which waits for this one to finish."""
+    """Let the next kernel be scheduled (if EARLY). The `-early` forms call it first thing, before
+    this kernel waits (the engine's kernels trigger only after their wait: kernels/pdl.py) -- safe,
+    the next kernel reads nothing this one writes before its own wait, which waits for this one to
+    finish; the tagged kernels call it once their words are in (_tagged_step)."""
     if EARLY:
         tl.extra.cuda.gdc_launch_dependents()
 
@@ -193,7 +194,8 @@ def _poll_tagged(words, offs, own, tag, MAX_POLLS: tl.constexpr):
     carries `tag`: both read together, again until then (volatile: from memory each time, not from
     a copy in L1), so a step waits one round trip, not two. Whole shapes only: no mask. After
     MAX_POLLS reads it gives up and returns what it has: a broken chain then fails its check
-    instead of spinning forever (a step needs a few hundred polls at most)."""
+    instead of spinning forever (a step needs a few hundred polls at most). Also returns the reads
+    it took (the tests' window on the wait: the interpreter never has to wait)."""
     w, o = tl.load(words + offs, volatile=True), tl.load(words + own, volatile=True)
     late = _late(w, tag) + _late(o, tag)
     polls = 1
@@ -201,7 +203,7 @@ def _poll_tagged(words, offs, own, tag, MAX_POLLS: tl.constexpr):
         w, o = tl.load(words + offs, volatile=True), tl.load(words + own, volatile=True)
         late = _late(w, tag) + _late(o, tag)
         polls += 1
-    return w.to(tl.int32), o.to(tl.int32)   # the low halves: the values
+    return w.to(tl.int32), o.to(tl.int32), polls   # the low halves: the values
 
 
 @triton.jit
@@ -219,22 +221,28 @@ def _store_tagged(words, offs, values, tag, INTERPRET: tl.constexpr):
 @triton.jit
 def _persistent_tagged_kernel(words, D: tl.constexpr, STAGES: tl.constexpr, SLICE: tl.constexpr, HEAD: tl.constexpr,
                               HEADS: tl.constexpr, WIDTH: tl.constexpr, BY_HEAD: tl.constexpr,
-                              INTERPRET: tl.constexpr, MAX_POLLS: tl.constexpr = 1 << 16, SPREAD: tl.constexpr = False):
-    """persistent-tagged(-head): the flag kernel's chain with each value in a tagged word. Step s
-    reads words tagged s from half s % 2 and writes words tagged s + 1 into the other half; the
-    words it overwrites (tagged s - 1) were read by the programs whose step-s words it has just
-    seen, each written after that program's reads. Every slice divides D: no masks."""
+                              INTERPRET: tl.constexpr, MAX_POLLS: tl.constexpr = 1 << 16, SPREAD: tl.constexpr = False,
+                              polls_out=None):
+    """persistent-tagged(-head, -spread): the flag kernel's chain with each value in a tagged word.
+    Step s reads words tagged s + 1 from half s % 2 and writes words tagged s + 2 into the other
+    half; the words it overwrites (tagged s) were read by the programs whose step-s words it has
+    just seen, each written after that program's reads. Every slice divides D: no masks.
+    polls_out (tests): each program's reads in its last step's poll."""
+    polls = 0
     for stage in range(STAGES):
-        _tagged_step(words, D, stage, tl.program_id(0), SLICE, HEAD, HEADS, WIDTH, BY_HEAD, INTERPRET, MAX_POLLS, False,
-                     SPREAD)
+        polls = _tagged_step(words, D, stage, tl.program_id(0), SLICE, HEAD, HEADS, WIDTH, BY_HEAD, INTERPRET,
+                             MAX_POLLS, False, SPREAD)
+    if polls_out is not None:
+        tl.store(polls_out + tl.program_id(0), polls)
 
 
 @triton.jit
 def _tagged_step(words, D: tl.constexpr, stage, pid, SLICE: tl.constexpr, HEAD: tl.constexpr, HEADS: tl.constexpr,
                  WIDTH: tl.constexpr, BY_HEAD: tl.constexpr, INTERPRET: tl.constexpr, MAX_POLLS: tl.constexpr,
                  TRIGGER: tl.constexpr, SPREAD: tl.constexpr = False):
-    """One step on tagged words: _step (or _step_head, BY_HEAD) reading words tagged `stage` from
-    half stage % 2 and writing words tagged stage + 1 into the other half. TRIGGER: let the next
+    """One step on tagged words: _step (or _step_head, BY_HEAD) reading words tagged stage + 1 from
+    half stage % 2 and writing words tagged stage + 2 into the other half (tags start at 1, so a
+    zeroed word never passes for data); returns the reads its poll took. TRIGGER: let the next
     kernel be scheduled once the words are in (PDL's trigger, where pdl_wait would put it). SPREAD:
     HEAD values, one every D / HEAD: a head's bytes, from as many writers as the whole vector's."""
     src, dst = words + (stage % 2) * D, words + ((stage + 1) % 2) * D
@@ -242,20 +250,21 @@ def _tagged_step(words, D: tl.constexpr, stage, pid, SLICE: tl.constexpr, HEAD: 
         first = pid * SLICE // HEAD * HEAD
         heads = first + tl.arange(0, HEADS)[:, None] * HEAD + tl.arange(0, HEAD)[None, :]
         j = pid * SLICE + tl.arange(0, HEADS)[:, None] * WIDTH + tl.arange(0, WIDTH)[None, :]
-        x, own = _poll_tagged(src, heads, j, stage, MAX_POLLS)
+        x, own, polls = _poll_tagged(src, heads, j, stage + 1, MAX_POLLS)
         _trigger_early(TRIGGER)
         totals = tl.sum(x, axis=1)[:, None]
     elif SPREAD:  # HEAD values spread over the vector: every slice holds some (programs <= HEAD)
         j = pid * SLICE + tl.arange(0, SLICE)
-        x, own = _poll_tagged(src, tl.arange(0, HEAD) * (D // HEAD), j, stage, MAX_POLLS)
+        x, own, polls = _poll_tagged(src, tl.arange(0, HEAD) * (D // HEAD), j, stage + 1, MAX_POLLS)
         _trigger_early(TRIGGER)
         totals = tl.sum(x, axis=0)
     else:         # the whole vector, as _step
         j = pid * SLICE + tl.arange(0, SLICE)
-        x, own = _poll_tagged(src, tl.arange(0, D), j, stage, MAX_POLLS)
+        x, own, polls = _poll_tagged(src, tl.arange(0, D), j, stage + 1, MAX_POLLS)
         _trigger_early(TRIGGER)
         totals = tl.sum(x, axis=0)
-    _store_tagged(dst, j, totals * 3 + own + j + stage, stage + 1, INTERPRET)
+    _store_tagged(dst, j, totals * 3 + own + j + stage, stage + 2, INTERPRET)
+    return polls
 
 
 @triton.jit
@@ -264,7 +273,8 @@ def _tagged_stage_kernel(words, D: tl.constexpr, stage, SLICE: tl.constexpr, HEA
                          MAX_POLLS: tl.constexpr = 1 << 16):
     """kernels+pdl-tagged(-head): one kernel a step, launched with PDL, that never waits for the one
     before to finish: it polls the tagged words it reads instead, then lets the next kernel in (as
-    our PDL kernels trigger after their wait: at most two kernels of the chain in flight). The
+    our PDL kernels trigger after their wait: a kernel still finishing, this one and the next one
+    polling are all the chain has in flight). The
     kernel before let this one in only once all its programs had their words, so the programs whose
     words a program polls are all running. (Session 22's first GPU run of a form that let the next
     kernel in first thing, with polls that had no limit yet, did not finish: see perf-notes.)"""
@@ -347,8 +357,8 @@ def flag_shape(form: str, programs: int) -> dict:
 
 def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch.Tensor, read: int = D):
     """A function that runs the whole chain once (buf's first half in, the result in the half
-    `stages % 2` points at); each step's programs read the first `read` values (the flag forms
-    ignore it: persistent-flags reads all D, persistent-flags-head each value's head)."""
+    `stages % 2` points at); each step's programs read the first `read` values (the flag and
+    tagged forms ignore it: they read all D, each value's head, or -spread's HEAD values)."""
     slice_ = slice_for(programs)
     grid = (triton.cdiv(D, slice_),)
     if form.startswith("persistent") and not (form.endswith("-head") and slice_ >= HEAD):   # (there each
@@ -367,9 +377,10 @@ def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch
         if form.endswith("-spread"):
             shape["SPREAD"] = True
 
-        def run():   # the int32 chain in and out: two small copies a run, ~0.03 us a step of 196 (a tag 0 start)
+        def run():   # the int32 chain in (tagged 1) and out: six small torch kernels a run, timed with the
+            # chain (~0.05 us a step of 196, not subtracted: against the tagged forms)
             words.zero_()
-            words[:D] = buf[:D].to(torch.int64) & 0xFFFFFFFF
+            words[:D] = (buf[:D].to(torch.int64) & 0xFFFFFFFF) | (1 << 32)
             if form.startswith("persistent"):
                 _persistent_tagged_kernel[grid](words, D, STAGES=stages, **shape, num_warps=4)
             else:
@@ -610,7 +621,7 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
     cases += [("persistent-tagged-head", p, HEAD) for p in (8, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
     # a head's bytes from every writer: is it the bytes polled or the writers waited on that cost?
     cases += [("persistent-tagged-spread", p, HEAD) for p in (32, 128) if triton.cdiv(D, slice_for(p)) <= sms]
-    if pdl_here:   # the same waits between kernels: each lets the next in first and polls instead of waiting
+    if pdl_here:   # the same waits between kernels: each polls the words it reads, then lets the next in
         cases += [("kernels+pdl-tagged", p, D) for p in (32, 128)]
         cases += [("kernels+pdl-tagged-head", p, HEAD) for p in (8, 128)]
     # the control: each program reads 32 values (128 bytes), so the L2 reads no longer grow with the programs
@@ -620,7 +631,8 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
         try:   # a form this Triton cannot compile is reported, and the other forms still run
             ok = check(form, programs, 16, "cuda", read=read) and check(form, programs, stages, "cuda", read=read)
         except (triton.CompilationError, RuntimeError) as error:
-            reason = str(error).strip().splitlines()[-1][:120]
+            torch.cuda.synchronize()   # a device fault raises again here and stops the probe: the context is gone
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[-1][:120]
             rows.append({"probe": "steps", "form": form, "read": read, "programs": programs, "stages": stages,
                          "checked": False, "error": reason, "gpu": gpu})
             print(f"{form:>21} {read:5d} {programs:8d}   not run: {reason}", flush=True)
