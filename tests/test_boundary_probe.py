@@ -13,7 +13,7 @@ import pytest
 
 CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "flag_chains_match_the_host",
           "tagged_chains_match_the_host", "tagged_words_carry_their_step", "a_poll_waits_for_its_tag_and_gives_up",
-          "the_spread_form_reads_one_value_every_eight",
+          "the_spread_form_reads_one_value_every_eight", "every_step_form_runs_on_the_host",
           "a_head_step_at_many_programs_matches_the_host",
           "a_missing_step_is_caught",
           "a_run_again_continues_the_chain", "the_control_reads_less", "a_grid_barrier_refuses_to_spin_forever",
@@ -94,6 +94,26 @@ def test_the_command_says_it_needs_a_gpu(capsys):
         pytest.skip("a GPU is here: the command would run")
     assert main(["measure", "boundaries"]) == 2
     assert "error: measure boundaries times kernels on a CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_mistyped_form_is_refused_with_the_list(capsys):
+    """--forms names are checked before anything else (here, before the missing GPU is noticed)."""
+    from workbench.__main__ import main
+    assert main(["measure", "boundaries", "--forms", "kernels+pdl,persistent-taged-head"]) == 2
+    err = capsys.readouterr().err
+    assert "no form persistent-taged-head" in err and "persistent-tagged-head" in err, err
+    assert main(["measure", "boundaries", "--part", "2", "--forms", "persistent-tagged"]) == 2   # part 1's only
+    assert "no form persistent-tagged in part 2" in capsys.readouterr().err
+
+
+def check_every_step_form_runs_on_the_host(probe):
+    """Each of part 1's forms by the name --forms takes (STEP_FORMS), one program, three steps: the
+    list and chain() agree, and each matches the host's chain. (kernels+pdl and -early wait with
+    PDL's own instruction, which the interpreter does not have: the sm_90a test compiles them.)"""
+    for form in probe.STEP_FORMS:
+        if form in ("kernels+pdl", "kernels+pdl-early"):
+            continue
+        assert probe.check(form, 1, 3, "cpu", read=probe.HEAD if form.endswith("-spread") else probe.D), form
 
 
 def _probe():

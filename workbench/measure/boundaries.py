@@ -595,25 +595,43 @@ def time_graph(run, steps: int, replays: int = 50) -> dict:
             "runs": 1 + replays}
 
 
-def measure_boundaries(stages: int = 196) -> list[dict]:
-    """Both parts on this GPU, printed as they go; the rows. `checked`: the first run of a form
+STEP_FORMS = ("kernels", "kernels+pdl", "kernels+pdl-early", "persistent", "persistent-flags", "persistent-flags-head",
+              "persistent-tagged", "persistent-tagged-head", "persistent-tagged-spread", "kernels+pdl-tagged",
+              "kernels+pdl-tagged-head")   # part 1's forms
+GEMV_FORMS = ("kernels", "kernels+pdl", "kernels+pdl-early", "persistent", "persistent-2ahead", *L2_AHEAD)   # part 2's
+
+
+def check_forms(forms, parts=(1, 2)) -> None:
+    """Refuse a form name that none of the chosen parts has, naming the ones they do."""
+    known = dict.fromkeys([*(STEP_FORMS if 1 in parts else ()), *(GEMV_FORMS if 2 in parts else ())])
+    unknown = [f for f in forms or () if f not in known]
+    if unknown:
+        raise ValueError(f"measure boundaries: no form {', '.join(unknown)} in part {' or '.join(map(str, parts))}; "
+                         f"choose from {', '.join(known)}")
+
+
+def measure_boundaries(stages: int = 196, forms=None, parts=(1, 2)) -> list[dict]:
+    """The chosen parts on this GPU (both by default), printed as they go; the rows. forms: only
+    these (names from STEP_FORMS, GEMV_FORMS; all by default). `checked`: the first run of a form
     matched the host, and so did its buffer after every timed replay (the replays continue the
     chain: `stages` must be even). 196: a decode step's layer kernels, 28 layers x 7."""
     from workbench.measure.roofline import measure_copy_bandwidth
     if stages % 2:
         raise ValueError(f"stages={stages}: an even number, so each run starts where the last one ended")
+    check_forms(forms, parts)
     device = torch.device("cuda")
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     gpu = torch.cuda.get_device_name(device)
     pdl_here = torch.cuda.get_device_capability(device)[0] >= 9   # PDL: Hopper and newer
     copy = measure_copy_bandwidth("cuda")
     print(f"{gpu} ({sms} SMs), {copy}" + ("" if pdl_here else "; no PDL before Hopper: its forms are left out"))
-    print(f"1. {stages} dependent steps, no weights, one CUDA graph: us a step, median of 50 replays "
-          f"[min-max]; each program reads the first `read` of the {D} values the step before wrote")
-    print(f"{'form':>21} {'read':>5} {'programs':>8} {'us a step':>10} {'range':>13} {'checked':>8}")
+    if 1 in parts:
+        print(f"1. {stages} dependent steps, no weights, one CUDA graph: us a step, median of 50 replays "
+              f"[min-max]; each program reads the first `read` of the {D} values the step before wrote")
+        print(f"{'form':>21} {'read':>5} {'programs':>8} {'us a step':>10} {'range':>13} {'checked':>8}")
     rows = []
-    forms = ["kernels"] + (["kernels+pdl"] if pdl_here else [])
-    cases = [(form, p, D) for form in forms + (["kernels+pdl-early"] if pdl_here else []) for p in (128, 512, 1024)]
+    plain = ["kernels"] + (["kernels+pdl"] if pdl_here else [])
+    cases = [(form, p, D) for form in plain + (["kernels+pdl-early"] if pdl_here else []) for p in (128, 512, 1024)]
     cases += [(form, p, D) for form in ("persistent", "persistent-flags") for p in (32, 64, 128)
               if triton.cdiv(D, slice_for(p)) <= sms]
     cases += [("persistent-flags-head", p, HEAD) for p in (8, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
@@ -625,8 +643,9 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
         cases += [("kernels+pdl-tagged", p, D) for p in (32, 128)]
         cases += [("kernels+pdl-tagged-head", p, HEAD) for p in (8, 128)]
     # the control: each program reads 32 values (128 bytes), so the L2 reads no longer grow with the programs
-    cases += [(form, p, 32) for form in forms[-1:] for p in (128, 512, 1024)]
+    cases += [(form, p, 32) for form in plain[-1:] for p in (128, 512, 1024)]
     cases += [("persistent", p, 32) for p in (128,) if triton.cdiv(D, slice_for(p)) <= sms]
+    cases = [c for c in cases if 1 in parts and (forms is None or c[0] in forms)]
     for form, programs, read in cases:
         try:   # a form this Triton cannot compile is reported, and the other forms still run
             ok = check(form, programs, 16, "cuda", read=read) and check(form, programs, stages, "cuda", read=read)
@@ -655,6 +674,8 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
         print(f"{form:>21} {read:5d} {grid:8d} {timing['us_a_step']:10.2f} "
               f"{timing['us_a_step_min']:6.2f}-{timing['us_a_step_max']:<6.2f} {'ok' if ok else 'WRONG':>8}",
               flush=True)
+    if 2 not in parts or (forms is not None and not set(forms) & set(GEMV_FORMS)):
+        return rows
     print(f"\n2. {stages} dependent GEMVs (bf16 H x H weights, the norm folded in), one CUDA graph; "
           f"% of the copy bandwidth measured above")
     print(f"{'form':>17} {'H':>5} {'MB a step':>9} {'programs':>8} {'us a step':>10} {'range':>13} "
@@ -667,7 +688,7 @@ def measure_boundaries(stages: int = 196) -> list[dict]:
         cases = list(dict.fromkeys([("kernels", hidden // 4), *pdl_cases, ("persistent", 128), ("persistent-2ahead", 128),
                                     *[(form, 128) for form in L2_AHEAD]]))
         for form, programs in cases:
-            if form.startswith("persistent") and programs > sms:
+            if (form.startswith("persistent") and programs > sms) or (forms is not None and form not in forms):
                 continue
             err = check_gemv(form, weights, programs)
             vec = torch.zeros(2, hidden, device=device)

@@ -336,12 +336,17 @@ def cmd_measure_gemv(args) -> int:
 def cmd_measure_boundaries(args) -> int:
     """What one dependent step costs: kernels, PDL kernels, a persistent kernel's grid barrier."""
     import torch
+
+    from workbench.measure.boundaries import check_forms
+    forms = [f.strip() for f in args.forms.split(",") if f.strip()] if args.forms else None
+    parts = (1, 2) if args.part == "both" else (int(args.part),)
+    check_forms(forms, parts)   # a mistyped name is refused here, before the GPU check and any timing
     if not torch.cuda.is_available():
         raise RuntimeError("measure boundaries times kernels on a CUDA GPU and this machine has none; its chains "
                            "run on a CPU only under Triton's interpreter, for correctness: "
                            "pytest tests/test_boundary_probe.py")
     from workbench.measure.boundaries import measure_boundaries
-    rows = measure_boundaries()
+    rows = measure_boundaries(forms=forms, parts=parts)
     _save(rows, args.json)
     return 0 if all(row["checked"] for row in rows) else 1
 
@@ -602,6 +607,10 @@ def add_measure_subcommands(sub, common) -> None:
     bounds = msub.add_parser("boundaries", help="what one dependent step of a decode costs: kernels, PDL "
                              "kernels, a persistent kernel's grid barrier; then as GEMVs (GPU only)")
     bounds.add_argument("--json", help="write the rows here")
+    bounds.add_argument("--forms", help="comma-separated forms to run (default: all; e.g. "
+                        "kernels+pdl,persistent-tagged-head); a name no chosen part has is refused with the list")
+    bounds.add_argument("--part", choices=("1", "2", "both"), default="both",
+                        help="1: dependent steps without weights; 2: dependent GEMVs; both (default)")
     bounds.set_defaults(func=cmd_measure_boundaries)
     layers = msub.add_parser("layers", help="a batch-1 decode step (all on) folded into its layers: what each "
                              "kernel of a layer adds, beside its span and its weight bytes' time (GPU, or --from-json)")
