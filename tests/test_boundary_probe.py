@@ -163,11 +163,6 @@ def check_tagged_chains_match_the_host(probe):
     assert torch.equal(buf[:probe.D], probe.expected(4, start, runs=2, by_head=True))
 
 
-def _tagged_shape(probe, form, programs):
-    """The tagged kernel's constants (flag_shape's, less the flag kernel's own)."""
-    return {k: v for k, v in probe.flag_shape(form, programs).items() if k not in ("WAIT_N", "BLOCK", "READ")}
-
-
 def _start_words(probe, start, tag=1):
     """The chain's start as the tagged kernels take it: half 0 tagged (1, the first step's), half 1 zero."""
     import torch
@@ -186,7 +181,7 @@ def check_tagged_words_carry_their_step(probe):
     def run(programs, stages):
         words = _start_words(probe, start)
         probe._persistent_tagged_kernel[(programs,)](words, probe.D, STAGES=stages,
-                                                     **_tagged_shape(probe, "persistent-tagged-head", programs))
+                                                     **probe.tagged_shape("persistent-tagged-head", programs))
         return words.view(2, probe.D)
     for programs in (8, 64, 128):
         words = run(programs, 1)
@@ -208,8 +203,7 @@ def check_the_spread_form_reads_one_value_every_eight(probe):
     for programs in (32, 128):
         words = _start_words(probe, start)
         probe._persistent_tagged_kernel[(programs,)](words, probe.D, STAGES=1,
-                                                     **_tagged_shape(probe, "persistent-tagged-spread", programs),
-                                                     SPREAD=True)
+                                                     **probe.tagged_shape("persistent-tagged-spread", programs))
         assert torch.equal(words[probe.D:].to(torch.int32), probe.expected_for("persistent-tagged-spread", 1, start))
 
 
@@ -220,7 +214,7 @@ def check_a_poll_waits_for_its_tag_and_gives_up(probe):
     up and returns (a poll that never waited would read once; one with no limit would hang here --
     seen once, with MAX_POLLS at 2**30, as a timeout)."""
     import torch
-    shape = _tagged_shape(probe, "persistent-tagged", 1)
+    shape = probe.tagged_shape("persistent-tagged", 1)
     start = torch.randint(-1000, 1000, (probe.D,), dtype=torch.int32)
     for tag, reads in ((1, 1), (0, 4), (7, 4)):
         polls = torch.zeros(1, dtype=torch.int32)

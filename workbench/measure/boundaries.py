@@ -121,14 +121,20 @@ def _wait_for(count, target):
 
 
 @triton.jit
+def _head_offsets(pid, SLICE: tl.constexpr, HEAD: tl.constexpr, HEADS: tl.constexpr, WIDTH: tl.constexpr):
+    """A program's heads ([HEADS, HEAD]: the values it reads) and its slice within them ([HEADS,
+    WIDTH]: the values it writes); a slice within one head: HEADS 1, WIDTH SLICE."""
+    first = pid * SLICE // HEAD * HEAD   # where this program's first head starts
+    heads = first + tl.arange(0, HEADS)[:, None] * HEAD + tl.arange(0, HEAD)[None, :]
+    return heads, pid * SLICE + tl.arange(0, HEADS)[:, None] * WIDTH + tl.arange(0, WIDTH)[None, :]
+
+
+@triton.jit
 def _step_head(src, dst, D, stage, pid, SLICE: tl.constexpr, HEAD: tl.constexpr, HEADS: tl.constexpr,
                WIDTH: tl.constexpr):
-    """`_step` with each value's total taken over its own head (HEAD values), not the first READ:
-    a program's slice covers HEADS heads, WIDTH values of each (a slice within one head: 1, SLICE)."""
-    first = pid * SLICE // HEAD * HEAD   # where this program's first head starts
-    offs = first + tl.arange(0, HEADS)[:, None] * HEAD + tl.arange(0, HEAD)[None, :]
+    """`_step` with each value's total taken over its own head (HEAD values), not the first READ."""
+    offs, j = _head_offsets(pid, SLICE, HEAD, HEADS, WIDTH)
     totals = tl.sum(tl.load(src + offs, mask=offs < D, other=0, cache_modifier=".cg"), axis=1)
-    j = pid * SLICE + tl.arange(0, HEADS)[:, None] * WIDTH + tl.arange(0, WIDTH)[None, :]
     own = tl.load(src + j, mask=j < D, other=0, cache_modifier=".cg")
     tl.store(dst + j, totals[:, None] * 3 + own + j + stage, mask=j < D)
 
@@ -247,21 +253,15 @@ def _tagged_step(words, D: tl.constexpr, stage, pid, SLICE: tl.constexpr, HEAD: 
     HEAD values, one every D / HEAD: a head's bytes, from as many writers as the whole vector's."""
     src, dst = words + (stage % 2) * D, words + ((stage + 1) % 2) * D
     if BY_HEAD:   # each value's total over its own head, as _step_head
-        first = pid * SLICE // HEAD * HEAD
-        heads = first + tl.arange(0, HEADS)[:, None] * HEAD + tl.arange(0, HEAD)[None, :]
-        j = pid * SLICE + tl.arange(0, HEADS)[:, None] * WIDTH + tl.arange(0, WIDTH)[None, :]
-        x, own, polls = _poll_tagged(src, heads, j, stage + 1, MAX_POLLS)
-        _trigger_early(TRIGGER)
+        offs, j = _head_offsets(pid, SLICE, HEAD, HEADS, WIDTH)
+    else:         # the whole vector, as _step; or HEAD values spread over it (every slice holds some: programs <= HEAD)
+        offs = tl.arange(0, HEAD) * (D // HEAD) if SPREAD else tl.arange(0, D)
+        j = pid * SLICE + tl.arange(0, SLICE)
+    x, own, polls = _poll_tagged(src, offs, j, stage + 1, MAX_POLLS)
+    _trigger_early(TRIGGER)
+    if BY_HEAD:
         totals = tl.sum(x, axis=1)[:, None]
-    elif SPREAD:  # HEAD values spread over the vector: every slice holds some (programs <= HEAD)
-        j = pid * SLICE + tl.arange(0, SLICE)
-        x, own, polls = _poll_tagged(src, tl.arange(0, HEAD) * (D // HEAD), j, stage + 1, MAX_POLLS)
-        _trigger_early(TRIGGER)
-        totals = tl.sum(x, axis=0)
-    else:         # the whole vector, as _step
-        j = pid * SLICE + tl.arange(0, SLICE)
-        x, own, polls = _poll_tagged(src, tl.arange(0, D), j, stage + 1, MAX_POLLS)
-        _trigger_early(TRIGGER)
+    else:
         totals = tl.sum(x, axis=0)
     _store_tagged(dst, j, totals * 3 + own + j + stage, stage + 2, INTERPRET)
     return polls
@@ -355,6 +355,12 @@ def flag_shape(form: str, programs: int) -> dict:
                 BLOCK=triton.next_power_of_2(wait_n), INTERPRET=_INTERPRET, READ=D)
 
 
+def tagged_shape(form: str, programs: int) -> dict:
+    """The tagged kernels' constants: flag_shape's slice and heads, without the flag kernel's own."""
+    shape = {k: v for k, v in flag_shape(form, programs).items() if k not in ("WAIT_N", "BLOCK", "READ")}
+    return {**shape, "SPREAD": True} if form.endswith("-spread") else shape
+
+
 def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch.Tensor, read: int = D):
     """A function that runs the whole chain once (buf's first half in, the result in the half
     `stages % 2` points at); each step's programs read the first `read` values (the flag and
@@ -372,10 +378,7 @@ def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch
         return run
     if form in TAGGED_FORMS:
         words = torch.zeros(2 * D, dtype=torch.int64, device=buf.device)   # kept by run
-        shape = flag_shape(form, programs)
-        del shape["WAIT_N"], shape["BLOCK"], shape["READ"]
-        if form.endswith("-spread"):
-            shape["SPREAD"] = True
+        shape = tagged_shape(form, programs)
 
         def run():   # the int32 chain in (tagged 1) and out: six small torch kernels a run, timed with the
             # chain (~0.05 us a step of 196, not subtracted: against the tagged forms)
@@ -383,7 +386,7 @@ def chain(form: str, programs: int, stages: int, buf: torch.Tensor, count: torch
             words[:D] = (buf[:D].to(torch.int64) & 0xFFFFFFFF) | (1 << 32)
             if form.startswith("persistent"):
                 _persistent_tagged_kernel[grid](words, D, STAGES=stages, **shape, num_warps=4)
-            else:
+            else:   # (-spread is persistent only: the kernel form takes no SPREAD)
                 for stage in range(stages):
                     _tagged_stage_kernel[grid](words, D, stage, **shape, num_warps=4,
                                                **({} if _INTERPRET else {"launch_pdl": True}))
@@ -630,37 +633,39 @@ def measure_boundaries(stages: int = 196, forms=None, parts=(1, 2)) -> list[dict
               f"[min-max]; each program reads the first `read` of the {D} values the step before wrote")
         print(f"{'form':>21} {'read':>5} {'programs':>8} {'us a step':>10} {'range':>13} {'checked':>8}")
     rows = []
+
+    def fits(p: int) -> bool:   # a persistent form's programs all resident: at most one an SM
+        return triton.cdiv(D, slice_for(p)) <= sms
     plain = ["kernels"] + (["kernels+pdl"] if pdl_here else [])
     cases = [(form, p, D) for form in plain + (["kernels+pdl-early"] if pdl_here else []) for p in (128, 512, 1024)]
     cases += [(form, p, D) for form in ("persistent", "persistent-flags") for p in (32, 64, 128)
-              if triton.cdiv(D, slice_for(p)) <= sms]
-    cases += [("persistent-flags-head", p, HEAD) for p in (8, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
-    cases += [("persistent-tagged", p, D) for p in (32, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
-    cases += [("persistent-tagged-head", p, HEAD) for p in (8, 64, 128) if triton.cdiv(D, slice_for(p)) <= sms]
+              if fits(p)]
+    cases += [("persistent-flags-head", p, HEAD) for p in (8, 64, 128) if fits(p)]
+    cases += [("persistent-tagged", p, D) for p in (32, 64, 128) if fits(p)]
+    cases += [("persistent-tagged-head", p, HEAD) for p in (8, 64, 128) if fits(p)]
     # a head's bytes from every writer: is it the bytes polled or the writers waited on that cost?
-    cases += [("persistent-tagged-spread", p, HEAD) for p in (32, 128) if triton.cdiv(D, slice_for(p)) <= sms]
+    cases += [("persistent-tagged-spread", p, HEAD) for p in (32, 128) if fits(p)]
     if pdl_here:   # the same waits between kernels: each polls the words it reads, then lets the next in
         cases += [("kernels+pdl-tagged", p, D) for p in (32, 128)]
         cases += [("kernels+pdl-tagged-head", p, HEAD) for p in (8, 128)]
     # the control: each program reads 32 values (128 bytes), so the L2 reads no longer grow with the programs
     cases += [(form, p, 32) for form in plain[-1:] for p in (128, 512, 1024)]
-    cases += [("persistent", p, 32) for p in (128,) if triton.cdiv(D, slice_for(p)) <= sms]
+    cases += [("persistent", p, 32) for p in (128,) if fits(p)]
     cases = [c for c in cases if 1 in parts and (forms is None or c[0] in forms)]
+
+    def left_out(verdict: str, reason: str) -> None:   # a row that has no time, and why
+        rows.append({"probe": "steps", "form": form, "read": read, "programs": programs, "stages": stages,
+                     "checked": False, "error": reason, "gpu": gpu})
+        print(f"{form:>21} {read:5d} {programs:8d}   {verdict}: {reason}", flush=True)
     for form, programs, read in cases:
         try:   # a form this Triton cannot compile is reported, and the other forms still run
             ok = check(form, programs, 16, "cuda", read=read) and check(form, programs, stages, "cuda", read=read)
         except (triton.CompilationError, RuntimeError) as error:
             torch.cuda.synchronize()   # a device fault raises again here and stops the probe: the context is gone
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[-1][:120]
-            rows.append({"probe": "steps", "form": form, "read": read, "programs": programs, "stages": stages,
-                         "checked": False, "error": reason, "gpu": gpu})
-            print(f"{form:>21} {read:5d} {programs:8d}   not run: {reason}", flush=True)
+            left_out("not run", (str(error).strip().splitlines() or [type(error).__name__])[-1][:120])
             continue
         if not ok:   # a wrong chain's time means nothing (and a broken wait may poll to its limit each step)
-            rows.append({"probe": "steps", "form": form, "read": read, "programs": programs, "stages": stages,
-                         "checked": False, "error": "its result did not match the host's: not timed", "gpu": gpu})
-            print(f"{form:>21} {read:5d} {programs:8d}   WRONG: its result did not match the host's, not timed",
-                  flush=True)
+            left_out("WRONG", "its result did not match the host's: not timed")
             continue
         start = torch.randint(-1000, 1000, (D,), dtype=torch.int32)
         buf = torch.zeros(2 * D, dtype=torch.int32, device=device)

@@ -337,7 +337,7 @@ def cmd_measure_boundaries(args) -> int:
     """What one dependent step costs: kernels, PDL kernels, a persistent kernel's grid barrier."""
     import torch
 
-    from workbench.measure.boundaries import check_forms
+    from workbench.measure.boundaries import check_forms, measure_boundaries
     forms = [f.strip() for f in args.forms.split(",") if f.strip()] if args.forms else None
     parts = (1, 2) if args.part == "both" else (int(args.part),)
     check_forms(forms, parts)   # a mistyped name is refused here, before the GPU check and any timing
@@ -345,7 +345,6 @@ def cmd_measure_boundaries(args) -> int:
         raise RuntimeError("measure boundaries times kernels on a CUDA GPU and this machine has none; its chains "
                            "run on a CPU only under Triton's interpreter, for correctness: "
                            "pytest tests/test_boundary_probe.py")
-    from workbench.measure.boundaries import measure_boundaries
     rows = measure_boundaries(forms=forms, parts=parts)
     _save(rows, args.json)
     return 0 if all(row["checked"] for row in rows) else 1
