@@ -62,6 +62,10 @@ matters is what it can do before its wait and whether the next one finds room to
                       temperature of 0: the argmax, no noise) instead of torch's argmax (a memset
                       and a reduction: ~12 us a step added after the LM head in session 19's fold);
                       session 20: 1,514 vs 1,507 tok/s, GPU time a step -1.6 us: not taken
+  sample-noise-early  kernels/sample.py's pair launched under PDL, its noise made before the wait
+                      (noise_early; temperature rows only: --temperature 0.6)
+  greedy-sample-early an all-greedy batch through that pair under PDL (the pair as
+                      greedy-fused-sampling launches it plainly)
   residual-epilogue   the residual add in the epilogues of o_proj's and down_proj's GEMVs (gemv's
                       `add`, read before their PDL waits: the stream is two or more kernels old
                       there), so qkv's and gate_up's folded norms read one row after their waits,
@@ -160,6 +164,7 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
     "dattn-8-splits": ("decode_attention", "paged_decode_attention", {"splits": 8}),
     "dattn-4-splits": ("decode_attention", "paged_decode_attention", {"splits": 4}),
     "dattn-16-splits": ("decode_attention", "paged_decode_attention", {"splits": 16}),
+    "sample-noise-early": ("sample", "sample", {"noise_early": True}),
 }
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_sampling": False},
           "eager-prefill": {"prefill_graphs": False}, "sync-rounds": {"async_rounds": False},
@@ -179,7 +184,8 @@ SIDE_PREFETCH = {"side-prefetch-mlp": "mlp", "side-prefetch-mlp-qkv": "mlp+qkv"}
 ATTENTION_PREFETCH = ("dattn-prefetch-gate-up",)   # l2_prefetch.install_attention
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER,
             *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH, *ATTENTION_PREFETCH,
-            "silu-in-down", "greedy-fused-sampling", "residual-epilogue", "gate-up-early"]   # (PATCHED, below)
+            "silu-in-down", "greedy-fused-sampling", "greedy-sample-early", "residual-epilogue",
+            "gate-up-early"]   # (PATCHED, below)
 
 
 def _silu_in_down() -> None:
@@ -202,8 +208,9 @@ def _silu_in_down() -> None:
     DecoderLayer.forward = forward
 
 
-def _greedy_fused_sampling() -> None:
-    """greedy-fused-sampling: an all-greedy batch sampled by the fused kernels at temperature 0."""
+def _greedy_fused_sampling(noise_early: bool = False) -> None:
+    """greedy-fused-sampling: an all-greedy batch sampled by the fused kernels at temperature 0.
+    greedy-sample-early (noise_early): the same pair launched under PDL (kernels/sample.py)."""
     import torch
 
     from workbench.engine.sampler import Sampler
@@ -217,7 +224,7 @@ def _greedy_fused_sampling() -> None:
         if n not in zeros:   # temperatures 0 (float32), seeds and counts unused (int64): made once
             zeros[n] = (torch.zeros(n, device=logits.device), torch.zeros(n, dtype=torch.int64, device=logits.device))
         temps, unused = zeros[n]
-        return sample(logits, temps, unused, unused)
+        return sample(logits, temps, unused, unused, noise_early=noise_early)
     Sampler.sample = sample_greedy_fused
 
 
@@ -270,7 +277,9 @@ def _gate_up_early() -> None:
 
 
 PATCHED = {"silu-in-down": _silu_in_down,   # variant -> what it patches in before the engine exists
-           "greedy-fused-sampling": _greedy_fused_sampling, "residual-epilogue": _residual_in_epilogues,
+           "greedy-fused-sampling": _greedy_fused_sampling,
+           "greedy-sample-early": lambda: _greedy_fused_sampling(noise_early=True),
+           "residual-epilogue": _residual_in_epilogues,
            "gate-up-early": _gate_up_early}
 
 

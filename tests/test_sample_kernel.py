@@ -15,7 +15,7 @@ import pytest
 
 CHECKS = ["greedy_rows_are_torch_argmax", "distribution_matches_softmax", "noise_reaches_the_tail", "seeded_draws_ignore_the_batch",
           "minus_inf_is_never_sampled", "nan_is_the_maximum", "mixed_batch_through_the_sampler",
-          "engine_seeded_requests_reproduce"]
+          "engine_seeded_requests_reproduce", "noise_early_reads_the_logits_after_the_wait"]
 # chi-square, 7 degrees of freedom: P(X > 35) ~ 1e-5 for a right sampler; the wrong ones the check
 # was written against land far above it (T applied twice ~200, E = U instead of -log U ~100)
 CHI2_BOUND = 35.0
@@ -255,10 +255,41 @@ def check_engine_seeded_requests_reproduce(torch):
     assert batch[0] == run([prompts[0]], others[0], fused=False)[0]
 
 
+WAIT_HOOK = []   # what the (stubbed) PDL wait does: the LM head's writes, finishing
+
+
+def check_noise_early_reads_the_logits_after_the_wait(torch):
+    """noise_early under PDL (the wait stubbed): the same tokens as the plain launches, bit for bit,
+    greedy and sampled rows; and no logit read before the wait -- the logits start negated and the
+    wait writes the real ones, as the LM head would finish them, so an early read picks another
+    token. One chunk a row, one row a launch (the interpreter runs programs one by one: a later
+    program would see an earlier one's wait)."""
+    from workbench.kernels import pdl
+    from workbench.kernels.sample import sample
+    logits = 8 * torch.randn(1, 500, generator=torch.Generator().manual_seed(4))   # above the noise: -logits wins elsewhere
+    for temperature in (0.0, 0.6, 1.3):
+        for seed, count, step in ((7, 0, 0), (2**40 + 3, 11, 5)):
+            rows = (torch.tensor([temperature]), torch.tensor([seed]), torch.tensor([count]))
+            want = sample(logits, *rows, step=step, block=512)
+            buffer = -logits   # what the LM head's output buffer holds before it finishes
+            WAIT_HOOK[:] = [lambda: buffer.copy_(logits)]
+            try:
+                with pdl.launching(True):
+                    got = sample(buffer, *rows, step=step, block=512, noise_early=True)
+            finally:
+                WAIT_HOOK.clear()
+            assert torch.equal(got, want), f"T={temperature} seed={seed}: {got} != {want} (a logit read before the wait?)"
+            early = sample(-logits, *rows, step=step, block=512)
+            assert not torch.equal(early, want), "the negated logits pick the same token: the check could not fail"
+
+
 def _main() -> None:
     import torch
-    from kernel_cases import run_checks
+    from kernel_cases import run_checks, stub_pdl_wait
+
+    from workbench.kernels import sample
     torch.manual_seed(0)
+    stub_pdl_wait(sample, WAIT_HOOK)
     run_checks(CHECKS, globals(), torch)
 
 

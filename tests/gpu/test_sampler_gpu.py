@@ -165,3 +165,30 @@ def test_engine_fused_sampling_seeded_request_reproduces():
                                use_tqdm=False)
             outs.append(got[1 if batch else 0].token_ids)
     assert outs[0] == outs[1], outs
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.6])
+def test_noise_early_under_pdl_equals_the_plain_pair(temperature):
+    """kernels/sample.py's noise_early (the pair under PDL, the noise before the wait) after the LM
+    head's GEMV launched under PDL, as in the engine's decode step: the tokens the plain pair gives
+    on the same logits, every time, eagerly and replayed from a graph. A pair that read the logits
+    before its wait would read them while the GEMV still writes them (the interpreter check,
+    tests/test_sample_kernel.py, plants that read and sees it fail)."""
+    from workbench.kernels import pdl
+    from workbench.kernels.gemv import gemv
+    from workbench.kernels.sample import sample
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    x = torch.randn(1, 1024, device="cuda", generator=gen).bfloat16()
+    head = (torch.randn(VOCAB, 1024, device="cuda", generator=gen) / 8).bfloat16()
+    rows = _fused_rows(1, temperature, [12345])
+    with pdl.launching(True):
+        logits = gemv(x, head)
+        got = [sample(gemv(x, head), *rows, step=s, noise_early=True) for s in range(8)]
+        graph, out = torch.cuda.CUDAGraph(), {}
+        with torch.cuda.graph(graph):
+            out["tokens"] = sample(gemv(x, head), *rows, step=3, noise_early=True)
+    want = [sample(logits, *rows, step=s) for s in range(8)]
+    assert torch.stack(got).tolist() == torch.stack(want).tolist()
+    for _ in range(5):
+        graph.replay()
+        assert out["tokens"].item() == want[3].item()

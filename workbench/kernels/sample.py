@@ -41,6 +41,16 @@ scratch; a second tiny kernel, one program per row, takes the best chunk. Two la
 atomics, nothing to zero, deterministic; both capture in a CUDA graph (the scratch is a fresh
 torch.empty, which capture supports). (BLOCK is a guess, not measured: a GPU sweep may move it.)
 
+Under PDL (`noise_early`, a candidate: off until an A/B on the GPU says it pays; A/B variants
+sample-noise-early and greedy-sample-early). At batch 1 the LM head is one long GEMV (~70 us on
+an H200) and the pair runs after it: two plain kernel boundaries, each a launch, a ramp-up and a
+first dependent load on the step's chain. With noise_early both kernels launch under PDL
+(kernels/pdl.py) when the pdl switch is on: `_chunk_best` reads its row's temperature, seed and
+count and makes its noise *before* its wait -- none of them is written by the LM head (the rows
+are copied in before the step's first kernel) -- and only the logits after it; `_row_best` waits
+first thing. The noise is the same numbers in the same order: the tokens are bit for bit those
+of the plain launches.
+
 Ties: the first index wins, as torch.argmax does -- tl.max(..., return_indices_tie_break_left)
 within a chunk, and the lowest chunk among equal bests in the reduce (chunks are in vocabulary
 order). Only greedy rows tie in practice (noise makes ties measure-zero). A row whose logits are
@@ -52,6 +62,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from . import pdl
+from .pdl import pdl_wait   # by name, not pdl.wait: the interpreter tests stand a plain function in for it
 
 BLOCK = 1024        # vocabulary entries a program (see 'The split')
 NUM_WARPS = 4       # 8 entries a thread at BLOCK 1,024
@@ -75,16 +88,23 @@ def _gumbel(u):
 
 @triton.jit(do_not_specialize=["step"])   # step changes every call: one compiled kernel for all
 def _chunk_best(logits_ptr, stride_row, temps_ptr, seeds_ptr, counts_ptr, step,
-                best_value_ptr, best_index_ptr, vocab, num_chunks, BLOCK: tl.constexpr):
+                best_value_ptr, best_index_ptr, vocab, num_chunks, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     row, chunk = tl.program_id(0), tl.program_id(1)
     index = chunk * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(logits_ptr + row.to(tl.int64) * stride_row + index, mask=index < vocab,
-                other=float("-inf")).to(tl.float32)
+    # The noise first: it needs only the row's parameters, which the LM head does not write (under
+    # PDL, noise_early, it is made while the LM head still runs; without PDL the order is moot).
     temperature = tl.load(temps_ptr + row)
-    if temperature > 0:   # a sampled row; greedy rows (0) keep the raw logits
+    sampled = temperature > 0   # greedy rows (0) keep the raw logits
+    noise = tl.zeros([BLOCK], tl.float32)
+    if sampled:
         n = tl.load(counts_ptr + row) + step   # tokens this row sampled before this one
         counter = (n.to(tl.int64) << 32) | index.to(tl.int64)   # Philox counter: (n, i)
-        x = x / temperature + _gumbel(tl.rand(tl.load(seeds_ptr + row), counter))
+        noise = _gumbel(tl.rand(tl.load(seeds_ptr + row), counter))
+    pdl_wait(USE_PDL)   # the logits are the LM head's output
+    x = tl.load(logits_ptr + row.to(tl.int64) * stride_row + index, mask=index < vocab,
+                other=float("-inf")).to(tl.float32)
+    if sampled:
+        x = x / temperature + noise
     # NaN compares false with everything, so it would lose even to a padding lane's -inf and the
     # token could be an index past the vocabulary. torch.argmax treats NaN as the maximum: so do we.
     x = tl.where(x == x, x, float("inf"))
@@ -95,8 +115,9 @@ def _chunk_best(logits_ptr, stride_row, temps_ptr, seeds_ptr, counts_ptr, step,
 
 
 @triton.jit
-def _row_best(best_value_ptr, best_index_ptr, tokens_ptr, num_chunks, CHUNKS: tl.constexpr):
+def _row_best(best_value_ptr, best_index_ptr, tokens_ptr, num_chunks, CHUNKS: tl.constexpr, USE_PDL: tl.constexpr):
     row = tl.program_id(0)
+    pdl_wait(USE_PDL)   # everything it reads is _chunk_best's
     chunk = tl.arange(0, CHUNKS)
     values = tl.load(best_value_ptr + row * num_chunks + chunk, mask=chunk < num_chunks, other=float("-inf"))
     _, first = tl.max(values, axis=0, return_indices=True, return_indices_tie_break_left=True)
@@ -105,12 +126,14 @@ def _row_best(best_value_ptr, best_index_ptr, tokens_ptr, num_chunks, CHUNKS: tl
 
 
 def sample(logits: torch.Tensor, temperatures: torch.Tensor, seeds: torch.Tensor, counts: torch.Tensor,
-           step: int = 0, block: int = BLOCK) -> torch.Tensor:
+           step: int = 0, block: int = BLOCK, noise_early: bool = False) -> torch.Tensor:
     """The next token of each row of `logits` [B, V] (any float dtype; rows may be strided),
     as an int64 [B] tensor on the same device; nothing waits for the GPU.
 
     temperatures: float32 [B], 0 for a greedy row. seeds: int64 [B], the Philox key of each row.
-    counts: int64 [B], tokens each row had sampled before step 0; step: added to every count."""
+    counts: int64 [B], tokens each row had sampled before step 0; step: added to every count.
+    noise_early: with the pdl switch on, both kernels under PDL and the noise made before the
+    wait (the module docstring); off, or with PDL off, plain launches."""
     assert logits.dim() == 2, "logits: [B, V]"
     if logits.stride(-1) != 1:   # the loads walk V contiguously
         logits = logits.contiguous()
@@ -125,8 +148,10 @@ def sample(logits: torch.Tensor, temperatures: torch.Tensor, seeds: torch.Tensor
     tokens = torch.empty(rows, dtype=torch.int64, device=logits.device)
     if rows == 0:
         return tokens
+    launch = pdl.launch_options() if noise_early else {"USE_PDL": False}
     _chunk_best[(rows, num_chunks)](logits, logits.stride(0), temperatures, seeds, counts, step,
-                                    best_value, best_index, vocab, num_chunks, BLOCK=block, num_warps=NUM_WARPS)
+                                    best_value, best_index, vocab, num_chunks, BLOCK=block, num_warps=NUM_WARPS,
+                                    **launch)
     _row_best[(rows,)](best_value, best_index, tokens, num_chunks,
-                       CHUNKS=max(triton.next_power_of_2(num_chunks), 2), num_warps=1)
+                       CHUNKS=max(triton.next_power_of_2(num_chunks), 2), num_warps=1, **launch)
     return tokens
