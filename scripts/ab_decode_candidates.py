@@ -24,6 +24,8 @@ matters is what it can do before its wait and whether the next one finds room to
   dattn-8-splits      8 splits: 64 programs, a merge still (at 640 keys, 10 tiles: two a program)
   dattn-4-splits      ... 4 splits: 32 programs, up to three tiles each at 640 keys
   dattn-16-splits     ... 16 splits: 128 programs, one tile each up to 1,024 keys
+  dattn-tagged-merge  decode attention's merge polls its head's tagged partials instead of waiting for
+                      the whole split kernel (kernels/decode_attention.py, Choice 7; kernels/tagged.py)
   rope-inputs-late    qk_norm_rope_store reading its position, cos/sin, slot and norm weights after
                       its PDL wait (the default until session 10, which measured the early reads
                       672 -> 653 us a step: kernels/qk_norm_rope_store.py)
@@ -164,6 +166,7 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
     "dattn-8-splits": ("decode_attention", "paged_decode_attention", {"splits": 8}),
     "dattn-4-splits": ("decode_attention", "paged_decode_attention", {"splits": 4}),
     "dattn-16-splits": ("decode_attention", "paged_decode_attention", {"splits": 16}),
+    "dattn-tagged-merge": ("decode_attention", "paged_decode_attention", {"merge": "tagged"}),
     "sample-noise-early": ("sample", "sample", {"noise_early": True}),
 }
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_sampling": False},

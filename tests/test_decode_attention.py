@@ -13,7 +13,8 @@ import importlib.util
 
 import pytest
 
-CHECKS = ["matches_naive", "wrong_table_is_caught", "last_program_merge", "prefetch_kv", "engine_greedy_parity"]
+CHECKS = ["matches_naive", "wrong_table_is_caught", "last_program_merge", "tagged_merge", "tagged_merge_gives_up",
+          "prefetch_kv", "engine_greedy_parity"]
 
 
 # --- the switch on the board (plain pytest, no kernel runs) ------------------------------------
@@ -177,6 +178,60 @@ def check_last_program_merge(torch):
             err = max(((g.double() - w).norm() / w.norm()).item() for g, w in zip(ones[-1], want))
             assert err < 1e-5, f"{case}: rel err vs fp64 reference {err}"
         assert torch.equal(ones[0], ones[1]), "the second call differs from the first"
+
+
+def check_tagged_merge(torch):
+    """merge="tagged" (Choice 7) equals the two-kernel merge bit for bit, three calls in a row on the
+    same buffers: each call's tags are one more than the last's, and every (sequence, query head)'s
+    count of merged calls has moved on by one. (The interpreter runs the split kernel whole before
+    the merge: every word is there at the first read. The waiting is the GPU test's, and the
+    giving up tagged_merge_gives_up's.)"""
+    from kernel_cases import decode_attention_inputs
+    from workbench.kernels import decode_attention as kernel
+    for lens, block_size, splits, heads in LAST_CASES:
+        q, k, v, seq_lens, table, scale, _ = decode_attention_inputs(torch, lens, *heads, block_size, torch.float32)
+        two = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits)
+        used = splits or kernel.num_splits(len(lens), heads[1], table.shape[1], block_size, 132)
+        epochs = kernel.tagged_buffers(q.device, len(lens), heads[0], used, heads[2])[2]
+        before = epochs.clone()
+        for call in range(3):
+            got = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits, merge="tagged")
+            case = f"lens={lens} bs={block_size} splits={splits} heads={heads} call {call + 1}"
+            assert torch.equal(got, two), f"{case}: differs from the two-kernel merge"
+        assert torch.equal(epochs, before + 3), f"counts {epochs.tolist()}, before {before.tolist()}"
+
+
+def check_tagged_merge_gives_up(torch):
+    """A merge program whose words never get this call's tag (the merge launched again with no split
+    before it: every word still carries the call before's) stops after MAX_POLLS reads and writes
+    NaN, where a merge that trusted its words would write the call before's output. Its count moves on
+    all the same, so a word of the failed call that lands late never passes in the next one. The
+    one-word plant: a single stale word, one head's output NaN, the others right."""
+    from kernel_cases import decode_attention_inputs
+    from workbench.kernels import decode_attention as kernel
+    lens, heads, splits = [70, 3], (4, 2, 32), 3
+    q, k, v, seq_lens, table, scale, _ = decode_attention_inputs(torch, lens, *heads, 16, torch.float32)
+    want = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits, merge="tagged")
+    words, m_l, epochs = kernel.tagged_buffers(q.device, len(lens), heads[0], splits, heads[2])
+
+    def merge_again(out):
+        kernel._attention_merge_tagged_kernel[(len(lens), heads[0])](
+            words, m_l, epochs, out, out.stride(0), out.stride(1), splits, NUM_HEADS=heads[0], HEAD_DIM=heads[2],
+            BLOCK_S=4, BLOCK_D=heads[2], USE_PDL=False, MAX_POLLS=3)
+        return out
+
+    counts = epochs.clone()
+    stale = merge_again(torch.zeros_like(want))
+    assert stale.isnan().all(), "a merge read words of the call before as this call's"
+    assert torch.equal(epochs, counts + 1), "a merge that gave up kept its count"
+    epochs -= 2   # the words' tags are this call's again: the merge finds them all ...
+    again = merge_again(torch.zeros_like(want))
+    assert torch.equal(again, want) and torch.equal(epochs, counts), "the words are all there: the same output"
+    epochs -= 1
+    words[1 * splits + 2, 5] -= 1 << 32   # ... but one word of (sequence 0, head 1), split 2, a tag behind
+    one = merge_again(torch.zeros_like(want))
+    assert one[0, 1].isnan().all() and not one[0, 0].isnan().any() and torch.equal(one[1], want[1]), \
+        "one stale word: only its head's output is NaN"
 
 
 WAIT_HOOK = []   # what the (stubbed) PDL wait does: the writes of the kernel before, finishing

@@ -133,8 +133,9 @@ def _launch_every_wrapper():
     cache = torch.zeros(2, 4, 2, 16)
     qk_norm_rope_store(q, k, v, pos, cos_sin, cache, cache.clone(), torch.zeros(1, dtype=torch.long),
                        RMSNorm(16, 1e-6), RMSNorm(16, 1e-6))
-    paged_decode_attention(q, cache, cache.clone(), torch.tensor([3]), torch.zeros(1, 2, dtype=torch.int32), 0.25,
-                           splits=2)
+    for merge in ("kernel", "tagged"):
+        paged_decode_attention(q, cache, cache.clone(), torch.tensor([3]), torch.zeros(1, 2, dtype=torch.int32), 0.25,
+                               splits=2, merge=merge)
     ops.fused_add_rms_norm(x, x, torch.ones(64), 1e-6)
     ops.silu_and_mul(torch.randn(1, 128))
     ops.apply_rope(q, k, pos, cos_sin)
@@ -146,7 +147,7 @@ def _launch_every_wrapper():
 @pytest.mark.parametrize("on", [True, False])
 def test_the_flag_reaches_every_decode_kernel(flag, monkeypatch, on):
     kernels = _decode_kernels()
-    assert len(kernels) == 10, sorted(kernels)   # a new kernel: add it to _launch_every_wrapper
+    assert len(kernels) == 11, sorted(kernels)   # a new kernel: add it to _launch_every_wrapper
     launches = {}
 
     class Recorder:   # stands in for a kernel: kernel[grid](*args, **kwargs) records kwargs
@@ -276,6 +277,9 @@ def test_torch_compile_can_copy_every_traced_kernel_with_its_helpers():
         assert "pdl." not in src, f"{name} calls a helper as module.attr: torch.compile will not copy it"
 
 
+TAGGED_KERNELS = {"_attention_merge_tagged_kernel"}   # poll tagged words instead of waiting (pdl_trigger)
+
+
 def test_every_pdl_kernel_waits_before_it_returns_and_triggers_only_after_waiting():
     """What lets a kernel read, before its wait, data written two or more kernels before it
     (decode attention's lengths and first K/V tile, qk_norm_rope_store's inputs_early): every
@@ -284,7 +288,9 @@ def test_every_pdl_kernel_waits_before_it_returns_and_triggers_only_after_waitin
     which a launch asks for by name (launch_options(early_trigger=True)) where its dependent reads
     nothing before its wait that a kernel writes (kernels/pdl.py) -- and every kernel that takes USE_PDL calls
     pdl_wait on every path, before any return (a kernel that returned first would let its
-    dependent start while the kernel before it still ran). Read from the kernels' source."""
+    dependent start while the kernel before it still ran). The one other form: a kernel that polls
+    tagged words instead of waiting (TAGGED_KERNELS, kernels/tagged.py) calls pdl_trigger, after its
+    poll_tagged. Read from the kernels' source."""
     import ast
     from pathlib import Path
 
@@ -298,6 +304,8 @@ def test_every_pdl_kernel_waits_before_it_returns_and_triggers_only_after_waitin
             names = [n.attr if isinstance(n, ast.Attribute) else getattr(n, "id", None)
                      for n in ast.walk(node) if isinstance(n, (ast.Attribute, ast.Name))]
             where = f"{path.name}:{node.name}"
+            if "gdc_launch_dependents" in names and (path.name, node.name) == ("pdl.py", "pdl_trigger"):
+                continue   # the tagged kernels' trigger: checked where they call it, below
             if "gdc_launch_dependents" in names:
                 assert (path.name, node.name) == ("pdl.py", "pdl_wait"), f"{where} triggers its dependent itself"
                 early, default = node.body[-1], node.body[-1].orelse[0]   # if USE_PDL == 2: ... elif USE_PDL: ...
@@ -308,8 +316,17 @@ def test_every_pdl_kernel_waits_before_it_returns_and_triggers_only_after_waitin
             is_kernel = any("jit" in ast.unparse(d) for d in node.decorator_list)
             if not is_kernel or "USE_PDL" not in [a.arg for a in node.args.args] or node.name == "pdl_wait":
                 continue
-            waits = [n.lineno for n in ast.walk(node) if isinstance(n, ast.Call) and ast.unparse(n.func) == "pdl_wait"]
-            returns = [n.lineno for n in ast.walk(node) if isinstance(n, ast.Return)]
+            calls = lambda name: [n.lineno for n in ast.walk(node)  # noqa: E731
+                                  if isinstance(n, ast.Call) and ast.unparse(n.func) == name]
+            waits, returns = calls("pdl_wait"), [n.lineno for n in ast.walk(node) if isinstance(n, ast.Return)]
+            if calls("pdl_trigger"):   # a tagged kernel: no wait; its trigger once its words are in
+                assert node.name in TAGGED_KERNELS, f"{where} calls pdl_trigger: list it in TAGGED_KERNELS"
+                assert not waits and not returns, where
+                polls, triggers = calls("poll_tagged"), calls("pdl_trigger")
+                assert len(triggers) == 1 and polls and max(polls) < triggers[0], f"{where} triggers before its poll"
+                assert any(ast.unparse(s).startswith("pdl_trigger(") for s in node.body), \
+                    f"{where}: pdl_trigger inside a loop or a branch (every program must trigger)"
+                continue
             assert waits, f"{where} takes USE_PDL but never calls pdl_wait"
             assert all(r > min(waits) for r in returns), f"{where} may return before it waits"
             # the wait is on every path: a top-level call, or a top-level `if USE_PDL:` (off, the

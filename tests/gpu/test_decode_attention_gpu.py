@@ -206,6 +206,84 @@ def test_prefetch_kv_waits_for_the_newest_key(inputs_early, ahead):
                 assert torch.equal(a, b), f"lens={lens}, layer {layer}: prefetch read the newest key early"
 
 
+@pytest.mark.parametrize("pdl", [False, True])
+def test_tagged_merge_in_the_layer_chain(pdl):
+    """merge="tagged" (Choice 7) where a decode step runs it: each layer's qk_norm_rope_store, then
+    attention, 4 layers back to back on the same words, captured in one graph (with PDL: the merge
+    programs start while the split kernel runs and poll). Before every replay q/k/v are fresh and
+    the newest slots NaN. 20 replays at each of three sets of lengths: no NaN (a merge program that
+    gave up writes NaN), each replay equals the eager step with the two-kernel merge (PDL off; the
+    tagged merge sums with 8 warps, so to rounding, not bit for bit), and each (sequence, head)'s
+    count of merged calls moves on by one a layer."""
+    from workbench.kernels.decode_attention import num_splits, paged_decode_attention, tagged_buffers
+    from workbench.kernels.pdl import launching
+    from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
+    if pdl and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs compute capability 9.0+ (Hopper)")
+    batch, (hq, hkv, d), bs, width, layers = 2, HEADS, 128, 40, 4
+    caches = torch.randn(2, layers, batch * width, bs, hkv, d, device="cuda", dtype=torch.bfloat16)
+    table = torch.randperm(batch * width, device="cuda").view(batch, width).int()
+    q, k, v = (torch.randn(batch, h, d, device="cuda", dtype=torch.bfloat16) for h in (hq, hkv, hkv))
+    positions, slots = (torch.zeros(batch, dtype=torch.long, device="cuda") for _ in range(2))
+    seq_lens = torch.zeros(batch, dtype=torch.int32, device="cuda")
+    cos_sin = torch.randn(8192, d, device="cuda")
+
+    def step(merge):
+        outs = []
+        for i in range(layers):
+            q_rot = qk_norm_rope_store(q, k, v, positions, cos_sin, caches[0, i], caches[1, i], slots)
+            outs.append(paged_decode_attention(q_rot, caches[0, i], caches[1, i], seq_lens, table, d ** -0.5,
+                                               merge=merge))
+        return outs
+
+    def set_lengths(lens):
+        pos = torch.tensor(lens, device="cuda") - 1
+        seq_lens.copy_(pos + 1)
+        positions.copy_(pos)
+        slots.copy_(table[torch.arange(batch, device="cuda"), pos // bs].long() * bs + pos % bs)
+
+    splits = num_splits(batch, hkv, width, bs, torch.cuda.get_device_properties(0).multi_processor_count)
+    assert splits > 1, "one split: no merge to test"
+    epochs = tagged_buffers(q.device, batch, hq, splits, d)[2]
+    set_lengths([65, 3000])
+    with launching(pdl):
+        step("tagged")                                                   # JIT and buffers outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            got = step("tagged")
+    for lens in ([65, 3000], [1, 129], [640, 4000]):
+        set_lengths(lens)
+        for _ in range(20):
+            for t in (q, k, v):
+                t.copy_(torch.randn_like(t))
+            caches.view(2, layers, -1, hkv, d)[:, :, slots] = float("nan")
+            before = epochs.clone()
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(epochs, before + layers), "a count did not move on once a layer"
+            outs = [o.clone() for o in got]
+            with launching(False):
+                want = step("kernel")
+            for layer, (a, b) in enumerate(zip(outs, want)):
+                assert not a.isnan().any(), f"lens={lens}, layer {layer}: a merge program gave up"
+                torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2, msg=lambda m: f"lens={lens}, layer {layer}: {m}")
+
+
+def test_engine_parity_with_the_tagged_merge(tmp_path_factory, monkeypatch):
+    """All on with decode attention's merge="tagged" (the A/B variant dattn-tagged-merge) against
+    all-off: the parity bar, batch 1 and 16."""
+    import functools
+
+    from kernel_cases import assert_engine_parity
+
+    from workbench import Optimizations
+    from workbench.kernels import decode_attention
+    monkeypatch.setattr(decode_attention, "paged_decode_attention",
+                        functools.partial(decode_attention.paged_decode_attention, merge="tagged"))
+    for max_num_seqs, prompts in ((1, 4), (16, 16)):
+        assert_engine_parity(tmp_path_factory.mktemp("q06b"), [Optimizations.all_on()], prompts, max_num_seqs)
+
+
 @pytest.mark.parametrize("max_num_seqs,prompts", [(1, 4), (16, 16)])
 def test_engine_parity_with_decode_attention(tmp_path_factory, max_num_seqs, prompts):
     from kernel_cases import assert_engine_parity

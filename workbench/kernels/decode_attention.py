@@ -65,6 +65,23 @@ kernel grew ~1.9 us a layer, gate_up shrank ~0.6. So it was not the fork: 12.6 M
 traffic lengthens the split's own dependent loads, and gate_up, its weights in L2, stays ~5.5 us
 -- its time is not its bytes (docs/perf-notes.md, session 20).
 
+Choice 7, a candidate (`merge="tagged"`, off until an A/B in the engine says it pays): the merge
+without the PDL wait. Under PDL the merge kernel starts while the split kernel runs, but its wait
+returns only when every split program of every head has finished and the grid has ended; a merge
+program needs only its own head's S partials. Here each split program stores its partials as
+tagged words (kernels/tagged.py: value and tag in one 64-bit store) and each merge program polls
+its head's words, then lets o_proj's kernel in. The tag: one more than the merge program's own count
+of calls (`epochs`, one int32 per (sequence, query head), on the device), which the merge program
+advances once it has merged. That count is safe to read in the split: the call before's merge
+finished long before (o_proj, the kernel after it, waits for it; every later kernel waits in turn).
+The words and counts live in buffers of their own (`tagged_buffers`, kept across calls like the
+last-program merge's counters), so nothing else ever writes a word there. The merge's math is the
+same code on the same values (`_combine`): bit for bit the two-kernel merge's under the interpreter;
+on a GPU its 8 warps may sum in another order (to rounding). A merge program
+that gives up waiting (MAX_POLLS reads) writes NaN: a broken handoff is never a quiet wrong token.
+Session 22's probe measured this wait at 0.75-0.79 us a step against 1.11 for a PDL boundary, where
+each program waits on one head's writers (measure boundaries, persistent-tagged-head).
+
 Measured and not taken either (docs/perf-notes.md, session 9; the code is in git history,
 commit 36f5ffc): this kernel doing q/k norm + RoPE + the newest key's cache write itself, in
 place of the kernel before it. 28 launches fewer a step, and +57 us: every program's work after
@@ -88,8 +105,9 @@ import triton
 import triton.language as tl
 
 from . import pdl
-from .pdl import pdl_wait   # by name, not pdl.wait: torch.compile copies a traced kernel's helpers by name
+from .pdl import pdl_trigger, pdl_wait   # by name, not pdl.wait: torch.compile copies a traced kernel's helpers by name
 from .gemv import _prefetch_l2, prefetch_args
+from .tagged import poll_tagged, store_tagged
 
 BLOCK_N = 64         # keys per loop step: 64 x 128 bf16 = 16 KB of K and 16 KB of V per head
 MIN_GROUP_ROWS = 16  # tl.dot's smallest M: a GQA group of 2 query heads is padded to 16 rows
@@ -98,7 +116,11 @@ MIN_GROUP_ROWS = 16  # tl.dot's smallest M: a GQA group of 2 query heads is padd
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-MERGES = ("kernel", "last_program")   # paged_decode_attention's `merge`: two launches, or one
+MERGES = ("kernel", "last_program", "tagged")   # paged_decode_attention's `merge`: Choices 2, 4 and 7
+MAX_POLLS = 1 << 16   # merge="tagged": reads of its words before a merge program gives up (a step needs a few)
+# merge="tagged": a merge program holds its head's S x D words as int64 (twice the plain merge's
+# fp32): with 4 warps that spilled at 33 splits (255 registers, sm_90a); 8 warps: 143, no spills
+TAGGED_MERGE_WARPS = 8
 
 # merge="last_program"'s counters, one int32 per (sequence, KV head), kept across calls: each
 # call's last program puts its counter back to 0, so a buffer is zeroed once, when first made,
@@ -118,6 +140,25 @@ def merge_counters(device: torch.device, batch: int, kv_heads: int) -> torch.Ten
     if key not in _COUNTERS:
         _COUNTERS[key] = torch.zeros(batch * kv_heads, dtype=torch.int32, device=device)
     return _COUNTERS[key]
+
+
+# merge="tagged"'s buffers, kept across calls for the same reason as the counters above (and with
+# the same caveats): the words are written by nothing else, and each (sequence, query head)'s
+# count of merged calls must survive from one call to the next. Keyed by everything that sizes them.
+_TAGGED: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def tagged_buffers(device: torch.device, batch: int, num_heads: int, splits: int,
+                   head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(partials' words [B*Hq*S, D], their m and l words [B*Hq*S, 2], counts of merged calls [B*Hq])
+    for merge="tagged": int64 words (kernels/tagged.py) and int32 counts, all 0 when made."""
+    key = (str(device), batch, num_heads, splits, head_dim)
+    if key not in _TAGGED:
+        slots = batch * num_heads * splits
+        _TAGGED[key] = (torch.zeros(slots, head_dim, dtype=torch.int64, device=device),
+                        torch.zeros(slots, 2, dtype=torch.int64, device=device),
+                        torch.zeros(batch * num_heads, dtype=torch.int32, device=device))
+    return _TAGGED[key]
 
 
 def num_splits(batch: int, kv_heads: int, table_width: int, block_size: int, num_sms: int,
@@ -204,7 +245,8 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
                   BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, LAST_MERGES: tl.constexpr, DOT_FP32: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
                   USE_PDL: tl.constexpr, PREFETCH_KV: tl.constexpr,
-                  next_ptr=None, next_bytes=0, PREFETCH_LINES: tl.constexpr = 0):   # Choice 6 only
+                  next_ptr=None, next_bytes=0, PREFETCH_LINES: tl.constexpr = 0,   # Choice 6 only
+                  epochs_ptr=None, TAGGED: tl.constexpr = False, INTERPRET: tl.constexpr = False):   # Choice 7 only
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     dims = tl.arange(0, BLOCK_D)
     if PREFETCH_KV:   # (with USE_PDL only) Choice 5: the first tile's K and V before the wait
@@ -249,6 +291,14 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
         out = acc / tl.where(l > 0, l, 1.0)[:, None]
         tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=hd_mask)
+    elif TAGGED:    # Choice 7: the partials as tagged words (part_ptr: [batch, heads, split, D]; m_ptr: m and l)
+        slot = (seq * NUM_HEADS + heads) * num_splits + split
+        tag = tl.load(epochs_ptr + seq * NUM_HEADS + heads, mask=rows < GROUP, other=0) + 1
+        store_tagged(part_ptr + slot[:, None] * HEAD_DIM + dims[None, :], acc, tag[:, None], hd_mask, INTERPRET)
+        pair = tl.arange(0, 2)
+        m_l = tl.join(m, l)   # [BLOCK_H, 2]
+        store_tagged(m_ptr + slot[:, None] * 2 + pair[None, :], m_l, tag[:, None],
+                     (rows[:, None] < GROUP) & (pair[None, :] < 2), INTERPRET)
     else:           # partials [batch, heads, split, ...], fp32, for the merge
         slot = (seq * NUM_HEADS + heads) * num_splits + split
         tl.store(part_ptr + slot[:, None] * HEAD_DIM + dims[None, :], acc, mask=hd_mask)
@@ -280,10 +330,15 @@ def _merge_head(part_ptr, m_ptr, l_ptr, out_ptr, seq, head, stride_ot, stride_oh
     l = tl.load(l_ptr + slot, mask=splits < num_splits, other=0.0)
     o = tl.load(part_ptr + slot[:, None] * HEAD_DIM + dims[None, :],
                 mask=(splits[:, None] < num_splits) & (dims[None, :] < HEAD_DIM), other=0.0)
-    weight = tl.exp(m - tl.max(m, 0))               # split 0 is never empty, so max(m) is finite
-    out = tl.sum(o * weight[:, None], 0) / tl.sum(l * weight, 0)
-    tl.store(out_ptr + seq * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + seq * stride_ot + head * stride_oh + dims, _combine(m, l, o).to(out_ptr.dtype.element_ty),
              mask=dims < HEAD_DIM)
+
+
+@triton.jit
+def _combine(m, l, o):
+    """The splits' partials of one query head ([S] maxima and sums, [S, D] outputs) as its output."""
+    weight = tl.exp(m - tl.max(m, 0))               # split 0 is never empty, so max(m) is finite
+    return tl.sum(o * weight[:, None], 0) / tl.sum(l * weight, 0)
 
 
 @triton.jit
@@ -295,6 +350,32 @@ def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_o
                 num_splits, NUM_HEADS, HEAD_DIM, BLOCK_S, BLOCK_D)
 
 
+@triton.jit
+def _attention_merge_tagged_kernel(words_ptr, m_l_ptr, epochs_ptr, out_ptr, stride_ot, stride_oh, num_splits,
+                                   NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+                                   BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr, MAX_POLLS: tl.constexpr):
+    """Choice 7: one query head's merge from its splits' tagged words, polled instead of waiting for
+    the split kernel to finish; then the next kernel may start (PDL's trigger, where pdl_wait has it)."""
+    seq, head = tl.program_id(0), tl.program_id(1)
+    tag = tl.load(epochs_ptr + seq * NUM_HEADS + head) + 1   # this call's: one more than the last merged
+    splits = tl.arange(0, BLOCK_S)
+    slot = (seq * NUM_HEADS + head) * num_splits + splits
+    dims, pair = tl.arange(0, BLOCK_D), tl.arange(0, 2)
+    used = splits < num_splits
+    o, m_l, late, _ = poll_tagged(words_ptr + slot[:, None] * HEAD_DIM + dims[None, :],
+                                  used[:, None] & (dims[None, :] < HEAD_DIM),
+                                  m_l_ptr + slot[:, None] * 2 + pair[None, :], used[:, None] & (pair[None, :] < 2),
+                                  tag, MAX_POLLS)
+    pdl_trigger(USE_PDL)   # no pdl_wait: the words are what this kernel waits for (kernels/pdl.py)
+    m, l = tl.split(m_l)
+    m = tl.where(used, m, float("-inf"))            # a padding split weighs e^-inf = 0, as _merge_head's
+    out = _combine(m, l, o)
+    out = tl.where(late == 0, out, float("nan"))    # gave up waiting: say so, never a quiet wrong value
+    tl.store(out_ptr + seq * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
+             mask=dims < HEAD_DIM)
+    tl.store(epochs_ptr + seq * NUM_HEADS + head, tag)   # merged: the next call's tag is one more
+
+
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
                            splits: int | None = None, block_n: int = BLOCK_N, merge: str = "kernel",
@@ -302,7 +383,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] >= 1 keys
     (a decoded token always sees itself; the merge relies on it) of its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
     Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it).
-    merge: "kernel" (a second launch merges the splits) or "last_program" (Choice 4, measured slower).
+    merge: "kernel" (a second launch merges the splits), "last_program" (Choice 4, measured slower) or
+    "tagged" (Choice 7, a candidate: the merge polls the splits' tagged words instead of waiting).
     prefetch_kv: under PDL, each program's first tile before the wait (Choice 5).
     prefetch: a weight whose lines the programs ask L2 for before the wait (Choice 6; with
     prefetch_kv under PDL only, where there is a before)."""
@@ -321,8 +403,11 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
         splits = num_splits(batch, kv_heads, block_tables.shape[1], block_size, sms, block_n)
     out = torch.empty_like(q)
-    part = m = l = out   # not read when splits == 1
-    if splits > 1:
+    part = m = l = epochs = out   # not read when splits == 1
+    tagged = splits > 1 and merge == "tagged"
+    if tagged:   # the partials' words, m and l side by side (l unused), and the counts that make the tags
+        part, m, epochs = tagged_buffers(q.device, batch, num_heads, splits, head_dim)
+    elif splits > 1:
         part = torch.empty((batch, num_heads, splits, head_dim), dtype=torch.float32, device=q.device)
         m, l = torch.empty((2, batch, num_heads, splits), dtype=torch.float32, device=q.device)
     last = splits > 1 and merge == "last_program"
@@ -340,8 +425,14 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         BLOCK_H=max(MIN_GROUP_ROWS, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_S=triton.next_power_of_2(splits) if last else 1,   # 1: no recompile per S when unused
         num_warps=4, num_stages=2, **launch, PREFETCH_KV=early,
-        next_ptr=ahead, next_bytes=ahead_bytes, PREFETCH_LINES=lines)
-    if splits > 1 and not last:
+        next_ptr=ahead, next_bytes=ahead_bytes, PREFETCH_LINES=lines, epochs_ptr=epochs, TAGGED=tagged,
+        INTERPRET=_INTERPRET and tagged)
+    if tagged:
+        _attention_merge_tagged_kernel[(batch, num_heads)](
+            part, m, epochs, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads, HEAD_DIM=head_dim,
+            BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=TAGGED_MERGE_WARPS, **pdl.launch_options(),
+            MAX_POLLS=MAX_POLLS)
+    elif splits > 1 and not last:
         _attention_merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads,
                                           HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits),
                                           BLOCK_D=block_d, num_warps=4, **pdl.launch_options())

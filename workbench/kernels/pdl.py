@@ -31,6 +31,12 @@ launches old, or written by no kernel of the step (gate_up's GEMV: its weights);
 kernel before it has finished, as always. (Session 11 measured the early trigger on every kernel
 at once, which let the whole chain launch ahead: slower; this asks it of one boundary.)
 
+A kernel that does not wait at all (`pdl_trigger`): decode attention's merge="tagged" candidate polls
+the tagged words it reads (kernels/tagged.py) instead of waiting for the kernel before to finish,
+then lets its dependent in. When that dependent starts, what the merge polled is written, but the
+split kernel before the merge may still be finishing: the dependent (o_proj's GEMV) reads nothing
+before its own wait but its weights, and its wait (for the merge to finish) is all it needs after.
+
 How the flag reaches the kernels: one process-wide setting, `ENABLED`, which the switch's install()
 sets (workbench/optimizations/pdl.py); each engine's runner calls it with its own switch before
 each of its steps and its graph capture, so two engines in one process each launch as they say. Every decode kernel's launch wrapper
@@ -87,4 +93,12 @@ def pdl_wait(USE_PDL: tl.constexpr):
         tl.extra.cuda.gdc_wait()
     elif USE_PDL:
         tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def pdl_trigger(USE_PDL: tl.constexpr):
+    """Let the next kernel be scheduled, in a kernel that polls tagged words instead of waiting for
+    the one before to finish (the module docstring): call it once the words are in."""
+    if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
