@@ -67,7 +67,10 @@ matters is what it can do before its wait and whether the next one finds room to
   sample-noise-early  kernels/sample.py's pair launched under PDL, its noise made before the wait
                       (noise_early; temperature rows only: --temperature 0.6)
   greedy-sample-early an all-greedy batch through that pair under PDL (the pair as
-                      greedy-fused-sampling launches it plainly)
+                      greedy-fused-sampling launches it plainly); launched after the decode graph's
+                      replay, so only _row_best can overlap (_chunk_best), not the LM head
+  greedy-in-graph     that pair under PDL recorded inside each decode graph after the LM head, the
+                      tokens copied out of the replay: no argmax launched after the graph
   residual-epilogue   the residual add in the epilogues of o_proj's and down_proj's GEMVs (gemv's
                       `add`, read before their PDL waits: the stream is two or more kernels old
                       there), so qkv's and gate_up's folded norms read one row after their waits,
@@ -187,7 +190,7 @@ SIDE_PREFETCH = {"side-prefetch-mlp": "mlp", "side-prefetch-mlp-qkv": "mlp+qkv"}
 ATTENTION_PREFETCH = ("dattn-prefetch-gate-up",)   # l2_prefetch.install_attention
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER,
             *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH, *ATTENTION_PREFETCH,
-            "silu-in-down", "greedy-fused-sampling", "greedy-sample-early", "residual-epilogue",
+            "silu-in-down", "greedy-fused-sampling", "greedy-sample-early", "greedy-in-graph", "residual-epilogue",
             "gate-up-early"]   # (PATCHED, below)
 
 
@@ -229,6 +232,45 @@ def _greedy_fused_sampling(noise_early: bool = False) -> None:
         temps, unused = zeros[n]
         return sample(logits, temps, unused, unused, noise_early=noise_early)
     Sampler.sample = sample_greedy_fused
+
+
+def _greedy_in_graph() -> None:
+    """greedy-in-graph: each decode graph also records kernels/sample.py's pair at temperature 0,
+    under PDL (noise_early), right after the LM head; an all-greedy step takes its tokens from the
+    replay (a copy out: the next replay overwrites the buffer). Today the argmax is launched after
+    the replay, where PDL cannot reach across the graph's end."""
+    import torch
+
+    from workbench.engine.sampler import Sampler
+    from workbench.kernels.sample import sample
+    from workbench.optimizations.cuda_graphs import DecodeGraphs
+    init, plain = DecodeGraphs.__init__, Sampler.sample
+    tokens_of = {}   # a decode graph's logits buffer (its address) -> the tokens that graph samples from it
+    rows_of = {}     # batch -> temperatures 0, unused seeds and counts: made at the warm-up, outside any capture
+
+    def init_then_wrap(self, forward_logits, **kwargs):
+        def forward_then_greedy(ids, positions, meta):
+            logits = forward_logits(ids, positions, meta)
+            n = logits.shape[0]
+            if n not in rows_of:   # the warm-up's eager call (a capture would record a memset)
+                rows_of[n] = (torch.zeros(n, device=logits.device), torch.zeros(n, dtype=torch.int64, device=logits.device))
+            temps, unused = rows_of[n]
+            tokens = sample(logits, temps, unused, unused, noise_early=True)
+            if torch.cuda.is_current_stream_capturing():   # only a graph's buffers keep their address
+                tokens_of[logits.data_ptr()] = tokens
+            return logits
+        init(self, forward_then_greedy, **kwargs)
+
+    served = []   # one entry a step whose tokens came out of a graph (the GPU test's window)
+
+    def sample_greedy_from_graph(self, logits, seqs, rows=None):
+        tokens = tokens_of.get(logits.data_ptr())
+        if tokens is None or not all(seq.params.greedy for seq in seqs):
+            return plain(self, logits, seqs, rows)
+        served.append(len(seqs))
+        return tokens[:logits.shape[0]].clone()
+    DecodeGraphs.__init__, Sampler.sample = init_then_wrap, sample_greedy_from_graph
+    return served
 
 
 def _residual_in_epilogues() -> None:
@@ -282,6 +324,7 @@ def _gate_up_early() -> None:
 PATCHED = {"silu-in-down": _silu_in_down,   # variant -> what it patches in before the engine exists
            "greedy-fused-sampling": _greedy_fused_sampling,
            "greedy-sample-early": lambda: _greedy_fused_sampling(noise_early=True),
+           "greedy-in-graph": _greedy_in_graph,
            "residual-epilogue": _residual_in_epilogues,
            "gate-up-early": _gate_up_early}
 

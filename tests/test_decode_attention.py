@@ -205,8 +205,9 @@ def check_tagged_merge_gives_up(torch):
     """A merge program whose words never get this call's tag (the merge launched again with no split
     before it: every word still carries the call before's) stops after MAX_POLLS reads and writes
     NaN, where a merge that trusted its words would write the call before's output. Its count moves on
-    all the same, so a word of the failed call that lands late never passes in the next one. The
-    one-word plant: a single stale word, one head's output NaN, the others right."""
+    all the same, so a word of the failed call that lands late (its split read its tag before the
+    merge could start) carries a tag the next call does not expect. The one-word plant: a single
+    stale word, one head's output NaN, the others right."""
     from kernel_cases import decode_attention_inputs
     from workbench.kernels import decode_attention as kernel
     lens, heads, splits = [70, 3], (4, 2, 32), 3

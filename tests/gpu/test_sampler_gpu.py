@@ -169,26 +169,63 @@ def test_engine_fused_sampling_seeded_request_reproduces():
 
 @pytest.mark.parametrize("temperature", [0.0, 0.6])
 def test_noise_early_under_pdl_equals_the_plain_pair(temperature):
-    """kernels/sample.py's noise_early (the pair under PDL, the noise before the wait) after the LM
-    head's GEMV launched under PDL, as in the engine's decode step: the tokens the plain pair gives
-    on the same logits, every time, eagerly and replayed from a graph. A pair that read the logits
-    before its wait would read them while the GEMV still writes them (the interpreter check,
-    tests/test_sample_kernel.py, plants that read and sees it fail)."""
+    """kernels/sample.py's noise_early (the pair under PDL, the noise before the wait) right after an
+    LM-head GEMV launched under PDL: the tokens of the plain pair on the same logits, eagerly and
+    replayed from a graph. Two inputs in turn, whose tokens differ: each GEMV's output block is the
+    one the call before freed, so a pair that read the logits before its wait would find the other
+    input's logits there and give the other token. (The interpreter check,
+    tests/test_sample_kernel.py, plants that read and sees it fail.) In the engine's default path
+    the pair is launched after the decode graph's replay, where it cannot overlap the LM head: the
+    A/B variant greedy-in-graph captures it inside the graph, as here."""
     from workbench.kernels import pdl
     from workbench.kernels.gemv import gemv
     from workbench.kernels.sample import sample
     gen = torch.Generator(device="cuda").manual_seed(5)
-    x = torch.randn(1, 1024, device="cuda", generator=gen).bfloat16()
     head = (torch.randn(VOCAB, 1024, device="cuda", generator=gen) / 8).bfloat16()
+    xs = [torch.randn(1, 1024, device="cuda", generator=gen).bfloat16() for _ in range(2)]
     rows = _fused_rows(1, temperature, [12345])
+    want = [[sample(gemv(x, head), *rows, step=s).item() for s in range(8)] for x in xs]
+    assert want[0] != want[1], "the two inputs give the same tokens: an early read could not show"
     with pdl.launching(True):
-        logits = gemv(x, head)
-        got = [sample(gemv(x, head), *rows, step=s, noise_early=True) for s in range(8)]
-        graph, out = torch.cuda.CUDAGraph(), {}
+        got = [[sample(gemv(xs[s % 2], head), *rows, step=s, noise_early=True).item() for s in range(8)]
+               for _ in range(2)]
+        x_in, out = xs[0].clone(), {}
+        graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out["tokens"] = sample(gemv(x, head), *rows, step=3, noise_early=True)
-    want = [sample(logits, *rows, step=s) for s in range(8)]
-    assert torch.stack(got).tolist() == torch.stack(want).tolist()
-    for _ in range(5):
+            out["tokens"] = sample(gemv(x_in, head), *rows, step=3, noise_early=True)
+    for run in got:
+        assert run == [want[s % 2][s] for s in range(8)]
+    for i in range(6):
+        x_in.copy_(xs[i % 2])
         graph.replay()
-        assert out["tokens"].item() == want[3].item()
+        assert out["tokens"].item() == want[i % 2][3], f"replay {i}"
+
+
+def test_greedy_in_graph_variant_gives_todays_tokens(monkeypatch):
+    """The A/B variant greedy-in-graph (scripts/ab_decode_candidates.py: the pair recorded in each
+    decode graph after the LM head, under PDL) gives the engine's greedy tokens, all on, 8 steps a
+    round, batch 1 and 3 -- and the tokens did come out of the graphs."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from workbench import LLM, Optimizations
+    from workbench.model import make_checkpoint
+    from workbench.optimizations.cuda_graphs import DecodeGraphs
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import ab_decode_candidates as ab
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("all on includes PDL: compute capability 9.0+ (Hopper)")
+    path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=3, dtype="bfloat16")
+    prompts = [[5, 17, 99, 3], [42, 7, 250, 11, 64, 9, 1], [8, 8, 30]]
+    greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+    def run():
+        with LLM(path, opts=Optimizations.all_on(), decode_steps=8, max_num_seqs=4) as llm:
+            return [o.token_ids for batch in ([prompts[0]], prompts) for o in llm.generate(batch, greedy, use_tqdm=False)]
+    today = run()
+    monkeypatch.setattr(DecodeGraphs, "__init__", DecodeGraphs.__init__)   # restored after the test
+    monkeypatch.setattr(Sampler, "sample", Sampler.sample)
+    served = ab.PATCHED["greedy-in-graph"]()
+    assert run() == today
+    assert 1 in served and 3 in served, f"steps served from a graph, by batch: {served}"

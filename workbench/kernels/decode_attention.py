@@ -72,15 +72,25 @@ program needs only its own head's S partials. Here each split program stores its
 tagged words (kernels/tagged.py: value and tag in one 64-bit store) and each merge program polls
 its head's words, then lets o_proj's kernel in. The tag: one more than the merge program's own count
 of calls (`epochs`, one int32 per (sequence, query head), on the device), which the merge program
-advances once it has merged. That count is safe to read in the split: the call before's merge
-finished long before (o_proj, the kernel after it, waits for it; every later kernel waits in turn).
-The words and counts live in buffers of their own (`tagged_buffers`, kept across calls like the
-last-program merge's counters), so nothing else ever writes a word there. The merge's math is the
-same code on the same values (`_combine`): bit for bit the two-kernel merge's under the interpreter;
-on a GPU its 8 warps may sum in another order (to rounding). A merge program
-that gives up waiting (MAX_POLLS reads) writes NaN: a broken handoff is never a quiet wrong token.
-Session 22's probe measured this wait at 0.75-0.79 us a step against 1.11 for a PDL boundary, where
-each program waits on one head's writers (measure boundaries, persistent-tagged-head).
+moves on once it has merged, or given up. Why both sides read the same count:
+  - the merge reads its own count, written by itself one call (six or more launches) before;
+  - the split reads it before its PDL wait, i.e. before it lets the merge in: the call before's
+    merge had finished by then (o_proj, the kernel after it, waits for it; every later kernel waits
+    in turn), and this call's merge has not started.
+Why it cannot hang: the merge is launched only once every split program has reached its trigger
+(after its own wait), so every program a merge program polls is already running. (Session 22's
+first kernel-to-kernel tagged probe let each kernel in first thing, with no bound on its polls,
+and never finished: see docs/perf-notes.md.) The words and counts live in buffers of their own
+(`tagged_buffers`, kept across calls like the last-program merge's counters), so nothing else
+ever writes a word there. The merge's math is the same code on the same values (`_combine`): bit
+for bit the two-kernel merge's under the interpreter; on a GPU its 8 warps may sum in another order
+(to rounding). A merge program that gives up waiting (MAX_POLLS reads) writes NaN; a split's word
+that lands after that carries a tag the next call does not expect: a broken handoff shows, it is
+never a quiet wrong token.
+What to expect: session 22's probe measured a wait on one head's writers through tagged words at
+0.75-0.79 us a step against 1.11 for a PDL boundary -- in one persistent kernel, each program polling
+~1 KB. Here the wait is between two kernels, which that probe has not yet timed, and each merge
+program polls all of its head's partials: at 33 splits, ~34 KB of words. The A/B decides.
 
 Measured and not taken either (docs/perf-notes.md, session 9; the code is in git history,
 commit 36f5ffc): this kernel doing q/k norm + RoPE + the newest key's cache write itself, in
@@ -249,6 +259,13 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
                   epochs_ptr=None, TAGGED: tl.constexpr = False, INTERPRET: tl.constexpr = False):   # Choice 7 only
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     dims = tl.arange(0, BLOCK_D)
+    if TAGGED:   # Choice 7: this call's tag, first thing -- before the wait, so before this program lets
+        # the merge in: a merge that gave up and moved its count on can never make a slow split
+        # program label this call's partials with the next call's tag. (Safe before the wait: the
+        # count is written only by merges six or more launches back.) Volatile: from memory, not L1.
+        group_rows = tl.arange(0, BLOCK_H)
+        tag = tl.load(epochs_ptr + seq * NUM_HEADS + kv_head * GROUP + group_rows, mask=group_rows < GROUP,
+                      other=0, volatile=True) + 1
     if PREFETCH_KV:   # (with USE_PDL only) Choice 5: the first tile's K and V before the wait
         # The lengths and tables are the step's inputs, written before the step's kernels run;
         # the kernel before this one writes q and the newest key's K/V (key seq_len - 1, in the
@@ -293,7 +310,6 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
                  out.to(out_ptr.dtype.element_ty), mask=hd_mask)
     elif TAGGED:    # Choice 7: the partials as tagged words (part_ptr: [batch, heads, split, D]; m_ptr: m and l)
         slot = (seq * NUM_HEADS + heads) * num_splits + split
-        tag = tl.load(epochs_ptr + seq * NUM_HEADS + heads, mask=rows < GROUP, other=0) + 1
         store_tagged(part_ptr + slot[:, None] * HEAD_DIM + dims[None, :], acc, tag[:, None], hd_mask, INTERPRET)
         pair = tl.arange(0, 2)
         m_l = tl.join(m, l)   # [BLOCK_H, 2]
@@ -357,7 +373,9 @@ def _attention_merge_tagged_kernel(words_ptr, m_l_ptr, epochs_ptr, out_ptr, stri
     """Choice 7: one query head's merge from its splits' tagged words, polled instead of waiting for
     the split kernel to finish; then the next kernel may start (PDL's trigger, where pdl_wait has it)."""
     seq, head = tl.program_id(0), tl.program_id(1)
-    tag = tl.load(epochs_ptr + seq * NUM_HEADS + head) + 1   # this call's: one more than the last merged
+    # this call's tag: one more than the calls this program merged (volatile: from memory, not a
+    # copy in L1 -- the count changes every layer, between kernels that never wait for each other)
+    tag = tl.load(epochs_ptr + seq * NUM_HEADS + head, volatile=True) + 1
     splits = tl.arange(0, BLOCK_S)
     slot = (seq * NUM_HEADS + head) * num_splits + splits
     dims, pair = tl.arange(0, BLOCK_D), tl.arange(0, 2)

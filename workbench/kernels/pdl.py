@@ -33,9 +33,11 @@ at once, which let the whole chain launch ahead: slower; this asks it of one bou
 
 A kernel that does not wait at all (`pdl_trigger`): decode attention's merge="tagged" candidate polls
 the tagged words it reads (kernels/tagged.py) instead of waiting for the kernel before to finish,
-then lets its dependent in. When that dependent starts, what the merge polled is written, but the
-split kernel before the merge may still be finishing: the dependent (o_proj's GEMV) reads nothing
-before its own wait but its weights, and its wait (for the merge to finish) is all it needs after.
+then lets its dependent in. Then the rule above is weaker for the two kernels after it: when the
+merge's dependent (o_proj's GEMV) starts, the split kernel has done every read and write the merge
+polled for, but nothing says its grid has ended. o_proj reads nothing before its own wait but its
+weights, and its wait (for the merge to finish) is all it needs after; the kernels after o_proj
+are back under the rule, since o_proj triggers after its wait.
 
 How the flag reaches the kernels: one process-wide setting, `ENABLED`, which the switch's install()
 sets (workbench/optimizations/pdl.py); each engine's runner calls it with its own switch before

@@ -41,15 +41,17 @@ scratch; a second tiny kernel, one program per row, takes the best chunk. Two la
 atomics, nothing to zero, deterministic; both capture in a CUDA graph (the scratch is a fresh
 torch.empty, which capture supports). (BLOCK is a guess, not measured: a GPU sweep may move it.)
 
-Under PDL (`noise_early`, a candidate: off until an A/B on the GPU says it pays; A/B variants
-sample-noise-early and greedy-sample-early). At batch 1 the LM head is one long GEMV (~70 us on
-an H200) and the pair runs after it: two plain kernel boundaries, each a launch, a ramp-up and a
-first dependent load on the step's chain. With noise_early both kernels launch under PDL
-(kernels/pdl.py) when the pdl switch is on: `_chunk_best` reads its row's temperature, seed and
-count and makes its noise *before* its wait -- none of them is written by the LM head (the rows
-are copied in before the step's first kernel) -- and only the logits after it; `_row_best` waits
-first thing. The noise is the same numbers in the same order: the tokens are bit for bit those
-of the plain launches.
+Under PDL (`noise_early`, a candidate: off until an A/B on the GPU says it pays). At batch 1 the LM
+head is one long GEMV (~70 us on an H200, docs/results/decode-ab-gate-up-early-h200.json's fold),
+and the pair runs after it. With noise_early both kernels launch under PDL (kernels/pdl.py) when
+the pdl switch is on: `_chunk_best` reads its row's temperature, seed and count and makes its noise
+*before* its wait -- none of them is written by the LM head (the rows are copied in before the
+step's first kernel) -- and only the logits after it; `_row_best` waits first thing. The noise is
+the same numbers in the same order: the tokens are bit for bit those of the plain launches.
+Where this can overlap anything: PDL works between kernels, not across a CUDA graph's end. The
+engine's decode graph ends with the LM head and launches the sampler after the replay, so there
+only `_row_best` can start early; the A/B variant greedy-in-graph records the pair inside the
+graph, right after the LM head (scripts/ab_decode_candidates.py).
 
 Ties: the first index wins, as torch.argmax does -- tl.max(..., return_indices_tie_break_left)
 within a chunk, and the lowest chunk among equal bests in the reduce (chunks are in vocabulary

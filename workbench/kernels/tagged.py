@@ -11,16 +11,23 @@ persistent-flags: slower than a PDL boundary on an H200, session 22).
 The trick, NCCL's low-latency protocol: each 32-bit value travels in one 64-bit word together with
 a tag that names the call that wrote it, (tag << 32) | bits. A 64-bit store is single-copy atomic, so
 a reader that sees the tag it expects sees the value stored with it: no fence, no flag, one round
-trip. The reader polls its words until every one carries its tag. (Session 22's probe: 0.75-0.79 us
-a step where each program waits on one head's writers, against 1.11 for a PDL boundary.)
+trip. The reader polls its words until every one carries its tag. (Session 22's probe, in one
+persistent kernel: 0.75-0.79 us a step where each program waits on one head's writers, against 1.11
+for a PDL boundary.)
 
 What makes it correct:
   - Tags never repeat at an address while a reader might still look at it: a call's tag is one
     more than the last call's (the caller keeps a count on the device), and words start zeroed
     with counts at 0, so tag 0 never passes for data.
   - The words are the caller's own buffer, written by nothing else.
-  - A reader gives up after `max_polls` reads and says so (`late` > 0): a broken handoff shows up
+  - Every writer a reader polls is already running when the reader starts: under PDL the reading
+    kernel is launched only once every program of the writing kernel has let it in, and the
+    writers do that after their own wait, not first thing. (A chain whose kernels each let the
+    next in first thing never finished on an H200: session 22, docs/perf-notes.md.)
+  - A reader gives up after MAX_POLLS reads and says so (`late` > 0): a broken handoff shows up
     as a wrong result (the caller writes NaN), never as a GPU that spins forever.
+Stores by several threads of one value (Triton may keep copies of a value in several threads, and
+inline asm stores each copy) are harmless: every copy is the same word.
 
 Under Triton's interpreter, programs run one after another and plain stores and loads stand in.
 """
