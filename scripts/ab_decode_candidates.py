@@ -26,6 +26,8 @@ matters is what it can do before its wait and whether the next one finds room to
   dattn-16-splits     ... 16 splits: 128 programs, one tile each up to 1,024 keys
   dattn-tagged-merge  decode attention's merge polls its head's tagged partials instead of waiting for
                       the whole split kernel (kernels/decode_attention.py, Choice 7; kernels/tagged.py)
+  dattn-tagged-m-l-first  the same, each merge program polling its splits' m and l words alone until
+                      they are in, then reading the partials' words (m_l_first)
   rope-inputs-late    qk_norm_rope_store reading its position, cos/sin, slot and norm weights after
                       its PDL wait (the default until session 10, which measured the early reads
                       672 -> 653 us a step: kernels/qk_norm_rope_store.py)
@@ -170,6 +172,7 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
     "dattn-4-splits": ("decode_attention", "paged_decode_attention", {"splits": 4}),
     "dattn-16-splits": ("decode_attention", "paged_decode_attention", {"splits": 16}),
     "dattn-tagged-merge": ("decode_attention", "paged_decode_attention", {"merge": "tagged"}),
+    "dattn-tagged-m-l-first": ("decode_attention", "paged_decode_attention", {"merge": "tagged", "m_l_first": True}),
     "sample-noise-early": ("sample", "sample", {"noise_early": True}),
 }
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_sampling": False},

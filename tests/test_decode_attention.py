@@ -194,8 +194,9 @@ def check_tagged_merge(torch):
         used = splits or kernel.num_splits(len(lens), heads[1], table.shape[1], block_size, 132)
         epochs = kernel.tagged_buffers(q.device, len(lens), heads[0], used, heads[2])[2]
         before = epochs.clone()
-        for call in range(3):
-            got = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits, merge="tagged")
+        for call, m_l_first in enumerate((False, True, False)):   # (m_l_first: the form that polls m and l first)
+            got = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits, merge="tagged",
+                                                m_l_first=m_l_first)
             case = f"lens={lens} bs={block_size} splits={splits} heads={heads} call {call + 1}"
             assert torch.equal(got, two), f"{case}: differs from the two-kernel merge"
         assert torch.equal(epochs, before + 3), f"counts {epochs.tolist()}, before {before.tolist()}"
@@ -215,24 +216,30 @@ def check_tagged_merge_gives_up(torch):
     want = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits, merge="tagged")
     words, m_l, epochs = kernel.tagged_buffers(q.device, len(lens), heads[0], splits, heads[2])
 
-    def merge_again(out):
+    def merge_again(out, m_l_first):
         kernel._attention_merge_tagged_kernel[(len(lens), heads[0])](
             words, m_l, epochs, out, out.stride(0), out.stride(1), splits, NUM_HEADS=heads[0], HEAD_DIM=heads[2],
-            BLOCK_S=4, BLOCK_D=heads[2], USE_PDL=False, MAX_POLLS=3)
+            BLOCK_S=4, BLOCK_D=heads[2], USE_PDL=False, MAX_POLLS=3, M_L_FIRST=m_l_first)
         return out
 
-    counts = epochs.clone()
-    stale = merge_again(torch.zeros_like(want))
-    assert stale.isnan().all(), "a merge read words of the call before as this call's"
-    assert torch.equal(epochs, counts + 1), "a merge that gave up kept its count"
-    epochs -= 2   # the words' tags are this call's again: the merge finds them all ...
-    again = merge_again(torch.zeros_like(want))
-    assert torch.equal(again, want) and torch.equal(epochs, counts), "the words are all there: the same output"
-    epochs -= 1
-    words[1 * splits + 2, 5] -= 1 << 32   # ... but one word of (sequence 0, head 1), split 2, a tag behind
-    one = merge_again(torch.zeros_like(want))
-    assert one[0, 1].isnan().all() and not one[0, 0].isnan().any() and torch.equal(one[1], want[1]), \
-        "one stale word: only its head's output is NaN"
+    for m_l_first in (False, True):
+        form = "m and l first" if m_l_first else "all words at once"
+        counts = epochs.clone()
+        stale = merge_again(torch.zeros_like(want), m_l_first)
+        assert stale.isnan().all(), f"{form}: a merge read words of the call before as this call's"
+        assert torch.equal(epochs, counts + 1), f"{form}: a merge that gave up kept its count"
+        epochs -= 2   # the words' tags are this call's again: the merge finds them all ...
+        again = merge_again(torch.zeros_like(want), m_l_first)
+        assert torch.equal(again, want) and torch.equal(epochs, counts), f"{form}: the words are all there"
+        epochs -= 1
+        for stale_word in (words[1 * splits + 2, 5:6], m_l[1 * splits + 2, 1:]):   # a partial's word; an l word
+            stale_word -= 1 << 32   # ... but one word of (sequence 0, head 1), split 2, a tag behind
+            one = merge_again(torch.zeros_like(want), m_l_first)
+            assert one[0, 1].isnan().all() and not one[0, 0].isnan().any() and torch.equal(one[1], want[1]), \
+                f"{form}: one stale word: only its head's output is NaN"
+            stale_word += 1 << 32
+            epochs -= 1
+        epochs += 1   # back where the next form's first merge expects a call ahead of the words
 
 
 WAIT_HOOK = []   # what the (stubbed) PDL wait does: the writes of the kernel before, finishing

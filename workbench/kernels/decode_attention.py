@@ -90,7 +90,9 @@ never a quiet wrong token.
 What to expect: session 22's probe measured a wait on one head's writers through tagged words at
 0.75-0.79 us a step against 1.11 for a PDL boundary -- in one persistent kernel, each program polling
 ~1 KB. Here the wait is between two kernels, which that probe has not yet timed, and each merge
-program polls all of its head's partials: at 33 splits, ~34 KB of words. The A/B decides.
+program polls all of its head's partials: at 33 splits, ~34 KB of words. The A/B decides; its
+other form (`m_l_first`) polls the 8 bytes of m and l a split until they are in, then reads the
+partials' words: far fewer bytes while it waits, one round trip more once they land.
 
 Measured and not taken either (docs/perf-notes.md, session 9; the code is in git history,
 commit 36f5ffc): this kernel doing q/k norm + RoPE + the newest key's cache write itself, in
@@ -369,9 +371,12 @@ def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_o
 @triton.jit
 def _attention_merge_tagged_kernel(words_ptr, m_l_ptr, epochs_ptr, out_ptr, stride_ot, stride_oh, num_splits,
                                    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
-                                   BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr, MAX_POLLS: tl.constexpr):
+                                   BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr, MAX_POLLS: tl.constexpr,
+                                   M_L_FIRST: tl.constexpr = False):
     """Choice 7: one query head's merge from its splits' tagged words, polled instead of waiting for
-    the split kernel to finish; then the next kernel may start (PDL's trigger, where pdl_wait has it)."""
+    the split kernel to finish; then the next kernel may start (PDL's trigger, where pdl_wait has it).
+    M_L_FIRST: poll the m and l words alone until they are all in, then the partials' words (a
+    round trip more once they land; far fewer bytes read while it waits)."""
     seq, head = tl.program_id(0), tl.program_id(1)
     # this call's tag: one more than the calls this program merged (volatile: from memory, not a
     # copy in L1 -- the count changes every layer, between kernels that never wait for each other)
@@ -380,10 +385,11 @@ def _attention_merge_tagged_kernel(words_ptr, m_l_ptr, epochs_ptr, out_ptr, stri
     slot = (seq * NUM_HEADS + head) * num_splits + splits
     dims, pair = tl.arange(0, BLOCK_D), tl.arange(0, 2)
     used = splits < num_splits
+    m_l_at, m_l_used = m_l_ptr + slot[:, None] * 2 + pair[None, :], used[:, None] & (pair[None, :] < 2)
+    if M_L_FIRST:   # wait on the m and l words alone (8 bytes a split), then read the partials once
+        poll_tagged(m_l_at, m_l_used, m_l_at, m_l_used & (pair[None, :] < 0), tag, MAX_POLLS)   # (b: no words)
     o, m_l, late, _ = poll_tagged(words_ptr + slot[:, None] * HEAD_DIM + dims[None, :],
-                                  used[:, None] & (dims[None, :] < HEAD_DIM),
-                                  m_l_ptr + slot[:, None] * 2 + pair[None, :], used[:, None] & (pair[None, :] < 2),
-                                  tag, MAX_POLLS)
+                                  used[:, None] & (dims[None, :] < HEAD_DIM), m_l_at, m_l_used, tag, MAX_POLLS)
     pdl_trigger(USE_PDL)   # no pdl_wait: the words are what this kernel waits for (kernels/pdl.py)
     m, l = tl.split(m_l)
     m = tl.where(used, m, float("-inf"))            # a padding split weighs e^-inf = 0, as _merge_head's
@@ -397,17 +403,21 @@ def _attention_merge_tagged_kernel(words_ptr, m_l_ptr, epochs_ptr, out_ptr, stri
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
                            splits: int | None = None, block_n: int = BLOCK_N, merge: str = "kernel",
-                           prefetch_kv: bool = True, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                           prefetch_kv: bool = True, prefetch: torch.Tensor | None = None,
+                           m_l_first: bool = False) -> torch.Tensor:
     """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] >= 1 keys
     (a decoded token always sees itself; the merge relies on it) of its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
     Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it).
     merge: "kernel" (a second launch merges the splits), "last_program" (Choice 4, measured slower) or
-    "tagged" (Choice 7, a candidate: the merge polls the splits' tagged words instead of waiting).
+    "tagged" (Choice 7, a candidate: the merge polls the splits' tagged words instead of waiting);
+    m_l_first (with "tagged"): each merge program polls its splits' m and l words alone first.
     prefetch_kv: under PDL, each program's first tile before the wait (Choice 5).
     prefetch: a weight whose lines the programs ask L2 for before the wait (Choice 6; with
     prefetch_kv under PDL only, where there is a before)."""
     if merge not in MERGES:
         raise ValueError(f"paged_decode_attention: merge={merge!r}; choose from {list(MERGES)}")
+    if m_l_first and merge != "tagged":
+        raise ValueError(f"paged_decode_attention: m_l_first=True is a form of merge='tagged', not of {merge!r}")
     batch, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     if num_heads % kv_heads or k_cache.shape[-1] != head_dim or seq_lens.shape[0] != batch:
@@ -449,7 +459,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         _attention_merge_tagged_kernel[(batch, num_heads)](
             part, m, epochs, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads, HEAD_DIM=head_dim,
             BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=TAGGED_MERGE_WARPS, **pdl.launch_options(),
-            MAX_POLLS=MAX_POLLS)
+            MAX_POLLS=MAX_POLLS, M_L_FIRST=m_l_first)
     elif splits > 1 and not last:
         _attention_merge_kernel[(batch, num_heads)](part, m, l, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads,
                                           HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits),
