@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests l2-tests peers peers-batch attention breakdown hbm hbm-batch hbm-l2(-off|-on) launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests boundary-probe fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests l2-tests peers peers-batch attention breakdown hbm hbm-batch hbm-l2(-off|-on) launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests boundary-probe candidate-kernels candidate-engine fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -148,6 +148,10 @@ do_step() {
     sampling)   run sampling-tests $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py -p no:cacheprovider
                 run sampling-greedy $W bench single $P --settings all_on --repeats 3 --decode-steps 1,8 --json "$OUT/sampling-greedy.json"
                 run sampling-t06 $W bench single $P --settings all_on --repeats 3 --decode-steps 1,8 --temperature 0.6 --json "$OUT/sampling-t06.json" ;;
+    # session 23's candidates (docs/perf-notes.md): the kernels alone (no flash-attn needed), then in the
+    # engine (all on: carry .wheels)
+    candidate-kernels) run candidate-kernels $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k "noise_early or tagged_merge_in_the_layer_chain" ;;
+    candidate-engine)  run candidate-engine $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k "in_graph or engine_parity_with_the_tagged_merge" ;;
     pdl)        do_step pdl-tests; do_step pdl-bench ;;
     pdl-tests)  run pdl-tests $PY -m pytest -q -s tests/gpu/test_pdl_gpu.py -p no:cacheprovider ;;
     pdl-bench)  run pdl-single $W bench single $P --settings all_on-pdl,all_on --repeats 3 --decode-steps 1,8 --json "$OUT/pdl-single.json" ;;

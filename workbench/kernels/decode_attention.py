@@ -84,9 +84,10 @@ and never finished: see docs/perf-notes.md.) The words and counts live in buffer
 (`tagged_buffers`, kept across calls like the last-program merge's counters), so nothing else
 ever writes a word there. The merge's math is the same code on the same values (`_combine`): bit
 for bit the two-kernel merge's under the interpreter; on a GPU its 8 warps may sum in another order
-(to rounding). A merge program that gives up waiting (MAX_POLLS reads) writes NaN; a split's word
-that lands after that carries a tag the next call does not expect: a broken handoff shows, it is
-never a quiet wrong token.
+(to rounding). A merge program that gives up waiting (MAX_POLLS reads) writes NaN, which turns
+every logit to NaN: the tokens go wrong in a way any parity check catches, never plausible tokens
+made from the call before's partials; and a split's word that lands after it carries a tag the
+next call does not expect.
 What to expect: session 22's probe measured a wait on one head's writers through tagged words at
 0.75-0.79 us a step against 1.11 for a PDL boundary -- in one persistent kernel, each program polling
 ~1 KB. Here the wait is between two kernels, which that probe has not yet timed, and each merge
@@ -394,7 +395,7 @@ def _attention_merge_tagged_kernel(words_ptr, m_l_ptr, epochs_ptr, out_ptr, stri
     m, l = tl.split(m_l)
     m = tl.where(used, m, float("-inf"))            # a padding split weighs e^-inf = 0, as _merge_head's
     out = _combine(m, l, o)
-    out = tl.where(late == 0, out, float("nan"))    # gave up waiting: say so, never a quiet wrong value
+    out = tl.where(late == 0, out, float("nan"))    # gave up waiting: say so (NaN), never a stale value
     tl.store(out_ptr + seq * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
              mask=dims < HEAD_DIM)
     tl.store(epochs_ptr + seq * NUM_HEADS + head, tag)   # merged: the next call's tag is one more

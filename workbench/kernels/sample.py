@@ -48,10 +48,11 @@ the pdl switch is on: `_chunk_best` reads its row's temperature, seed and count 
 *before* its wait -- none of them is written by the LM head (the rows are copied in before the
 step's first kernel) -- and only the logits after it; `_row_best` waits first thing. The noise is
 the same numbers in the same order: the tokens are bit for bit those of the plain launches.
-Where this can overlap anything: PDL works between kernels, not across a CUDA graph's end. The
-engine's decode graph ends with the LM head and launches the sampler after the replay, so there
-only `_row_best` can start early; the A/B variant greedy-in-graph records the pair inside the
-graph, right after the LM head (scripts/ab_decode_candidates.py).
+In the engine as it is, noise_early overlaps almost nothing: the decode graph ends with the LM head
+and the sampler is launched after the replay, and PDL does not cross a graph's end; only
+`_row_best`'s launch comes earlier. Its premise holds inside the graph: the A/B variant
+greedy-in-graph records the pair there, right after the LM head (scripts/ab_decode_candidates.py;
+greedy rows draw no noise, so what that variant tests is the pair in the graph under PDL).
 
 Ties: the first index wins, as torch.argmax does -- tl.max(..., return_indices_tie_break_left)
 within a chunk, and the lowest chunk among equal bests in the reduce (chunks are in vocabulary
