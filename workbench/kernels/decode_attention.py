@@ -80,7 +80,7 @@ moves on once it has merged, or given up. Why both sides read the same count:
 Why it cannot hang: the merge is launched only once every split program has reached its trigger
 (after its own wait), so every program a merge program polls is already running. (Session 22's
 first kernel-to-kernel tagged probe let each kernel in first thing, with no bound on its polls,
-and never finished: see docs/perf-notes.md.) The words and counts live in buffers of their own
+and never finished, for a reason not yet known: see docs/perf-notes.md.) The words and counts live in buffers of their own
 (`tagged_buffers`, kept across calls like the last-program merge's counters), so nothing else
 ever writes a word there. The merge's math is the same code on the same values (`_combine`): bit
 for bit the two-kernel merge's under the interpreter; on a GPU its 8 warps may sum in another order

@@ -22,8 +22,9 @@ What makes it correct:
   - The words are the caller's own buffer, written by nothing else.
   - Every writer a reader polls is already running when the reader starts: under PDL the reading
     kernel is launched only once every program of the writing kernel has let it in, and the
-    writers do that after their own wait, not first thing. (A chain whose kernels each let the
-    next in first thing never finished on an H200: session 22, docs/perf-notes.md.)
+    writers do that after their own wait, not first thing. (A probe chain whose kernels each let
+    the next in first thing, polling without a bound, never finished on an H200 -- why is not
+    known yet: session 22, docs/perf-notes.md.)
   - A reader gives up after MAX_POLLS reads and says so (`late` > 0): a broken handoff shows up
     as a wrong result (the caller writes NaN), never as a GPU that spins forever.
 Stores by several threads of one value (Triton may keep copies of a value in several threads, and
