@@ -28,6 +28,10 @@ matters is what it can do before its wait and whether the next one finds room to
                       the whole split kernel (kernels/decode_attention.py, Choice 7; kernels/tagged.py)
   dattn-tagged-m-l-first  the same, each merge program polling its splits' m and l words alone until
                       they are in, then reading the partials' words (m_l_first)
+  dattn-o-proj        o_proj inside the attention merge (Choice 8): each merge program multiplies its
+                      head's output by a 128-row slice of W_o (read before its wait) and adds it
+                      into an fp32 sum the split kernel zeroed; gate_up's folded norm reads that sum
+                      (rounded to bf16 first): one kernel and one boundary fewer a layer
   rope-inputs-late    qk_norm_rope_store reading its position, cos/sin, slot and norm weights after
                       its PDL wait (the default until session 10, which measured the early reads
                       672 -> 653 us a step: kernels/qk_norm_rope_store.py)
@@ -193,7 +197,8 @@ SIDE_PREFETCH = {"side-prefetch-mlp": "mlp", "side-prefetch-mlp-qkv": "mlp+qkv"}
 ATTENTION_PREFETCH = ("dattn-prefetch-gate-up",)   # l2_prefetch.install_attention
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER,
             *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH, *ATTENTION_PREFETCH,
-            "silu-in-down", "greedy-fused-sampling", "greedy-sample-early", "greedy-in-graph", "residual-epilogue",
+            "silu-in-down", "greedy-fused-sampling", "greedy-sample-early", "greedy-in-graph", "dattn-o-proj",
+            "residual-epilogue",
             "gate-up-early"]   # (PATCHED, below)
 
 
@@ -276,6 +281,37 @@ def _greedy_in_graph() -> None:
     return served
 
 
+def _o_proj_in_the_merge() -> None:
+    """dattn-o-proj: at decode, with fused_decode's folds and decode attention, o_proj runs inside the
+    attention merge (kernels/decode_attention.py, Choice 8): the merge's programs each multiply their
+    head's output by a slice of W_o and add into an fp32 sum, which gate_up's folded norm reads. One
+    kernel and one boundary fewer a layer."""
+    import torch
+
+    from workbench.kernels import decode_attention
+    from workbench.kernels.fused_gemv import MAX_M
+    from workbench.model.qwen3 import Attention
+    from workbench.optimizations.decode_attention import DecodeThenBackend
+    attention_forward = Attention.forward
+
+    @torch.compiler.disable   # as Attention.attend: the kernels and the cache stay out of the compiler
+    def attention_and_o_proj(self, positions, qkv, meta):
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = self.fold(self, positions, q.unflatten(-1, (self.num_heads, self.head_dim)),
+                      k.unflatten(-1, (self.num_kv_heads, self.head_dim)),
+                      v.unflatten(-1, (self.num_kv_heads, self.head_dim)), meta)
+        return decode_attention.paged_decode_attention(q, self.k_cache, self.v_cache, meta.seq_lens, meta.block_tables,
+                                                       self.scale, o_proj_weight=self.o_proj.weight,
+                                                       o_proj_bias=self.o_proj.bias)
+
+    def forward(self, positions, qkv, meta):
+        if (self.fold is None or not meta.is_decode or not 1 <= qkv.shape[0] <= MAX_M
+                or not isinstance(self.backend, DecodeThenBackend) or self.side_prefetch is not None):
+            return attention_forward(self, positions, qkv, meta)
+        return attention_and_o_proj(self, positions, qkv, meta)
+    Attention.forward = forward
+
+
 def _residual_in_epilogues() -> None:
     """residual-epilogue: at decode, with fused_decode's folds, each layer hands on the whole
     residual stream (hidden + residual, made by o_proj's and down_proj's epilogues) and no separate
@@ -327,7 +363,7 @@ def _gate_up_early() -> None:
 PATCHED = {"silu-in-down": _silu_in_down,   # variant -> what it patches in before the engine exists
            "greedy-fused-sampling": _greedy_fused_sampling,
            "greedy-sample-early": lambda: _greedy_fused_sampling(noise_early=True),
-           "greedy-in-graph": _greedy_in_graph,
+           "greedy-in-graph": _greedy_in_graph, "dattn-o-proj": _o_proj_in_the_merge,
            "residual-epilogue": _residual_in_epilogues,
            "gate-up-early": _gate_up_early}
 

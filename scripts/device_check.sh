@@ -150,8 +150,8 @@ do_step() {
                 run sampling-t06 $W bench single $P --settings all_on --repeats 3 --decode-steps 1,8 --temperature 0.6 --json "$OUT/sampling-t06.json" ;;
     # session 23's candidates (docs/perf-notes.md): the kernels alone (no flash-attn needed), then in the
     # engine (all on: carry .wheels)
-    candidate-kernels) run candidate-kernels $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k "noise_early or tagged_merge_in_the_layer_chain" ;;
-    candidate-engine)  run candidate-engine $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k "in_graph or engine_parity_with_the_tagged_merge" ;;
+    candidate-kernels) run candidate-kernels $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k "noise_early or tagged_merge_in_the_layer_chain or o_proj_in_the_merge_in" ;;
+    candidate-engine)  run candidate-engine $PY -m pytest -q -s tests/gpu/test_sampler_gpu.py tests/gpu/test_decode_attention_gpu.py -p no:cacheprovider -k "in_graph or engine_parity_with_the_tagged_merge or engine_parity_with_o_proj" ;;
     pdl)        do_step pdl-tests; do_step pdl-bench ;;
     pdl-tests)  run pdl-tests $PY -m pytest -q -s tests/gpu/test_pdl_gpu.py -p no:cacheprovider ;;
     pdl-bench)  run pdl-single $W bench single $P --settings all_on-pdl,all_on --repeats 3 --decode-steps 1,8 --json "$OUT/pdl-single.json" ;;

@@ -136,7 +136,8 @@ def resources(launch: Launch, hints: bool = True) -> Resources:
 # --- cases: a wrapper called at a model's shape on CPU tensors --------------------------------
 def decode_attention_launches(preset: str = "qwen3-0.6b", batch: int = 1, context: int = 640,
                               block_size: int = 128, max_model_len: int = 4096, merge: str = "kernel",
-                              pdl: bool = False, prefetch_mb: float = 0.0, m_l_first: bool = False) -> list[Launch]:
+                              pdl: bool = False, prefetch_mb: float = 0.0, m_l_first: bool = False,
+                              o_proj: bool = False) -> list[Launch]:
     """paged_decode_attention's launches as the engine's decode step makes them (bf16 cache,
     a block table as wide as max_model_len; the context only sets the lengths, read on device).
     prefetch_mb > 0: with that many MB of weight to ask L2 for (Choice 6; needs pdl)."""
@@ -153,8 +154,9 @@ def decode_attention_launches(preset: str = "qwen3-0.6b", batch: int = 1, contex
     lens = torch.full((batch,), context, dtype=torch.int32)
     ahead = torch.empty(int(prefetch_mb * 1e6) // 2, dtype=torch.bfloat16) if prefetch_mb else None
     with capture() as launches, pdl_switch.launching(pdl):
+        w_o = torch.zeros(cfg.hidden_size, cfg.num_heads * cfg.head_dim, dtype=torch.bfloat16) if o_proj else None
         paged_decode_attention(q, cache[0], cache[1], lens, table, cfg.head_dim ** -0.5, merge=merge, prefetch=ahead,
-                               m_l_first=m_l_first)
+                               m_l_first=m_l_first, o_proj_weight=w_o)
     return launches
 
 

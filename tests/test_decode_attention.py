@@ -14,7 +14,7 @@ import importlib.util
 import pytest
 
 CHECKS = ["matches_naive", "wrong_table_is_caught", "last_program_merge", "tagged_merge", "tagged_merge_gives_up",
-          "prefetch_kv", "engine_greedy_parity"]
+          "o_proj_in_the_merge", "prefetch_kv", "engine_greedy_parity", "o_proj_variant_matches_the_engine"]
 
 
 # --- the switch on the board (plain pytest, no kernel runs) ------------------------------------
@@ -242,6 +242,32 @@ def check_tagged_merge_gives_up(torch):
         epochs += 1   # back where the next form's first merge expects a call ahead of the words
 
 
+def check_o_proj_in_the_merge(torch):
+    """Choice 8 (o_proj_weight): o_proj of the attention output, fp32, against the attention kernel
+    then F.linear (fp32 inputs: to fp32 rounding), with and without a bias, an o_proj width not a
+    multiple of the merge's rows (200: two chunks, the second part masked), one split (the
+    fallback) and several. Every torch.empty starts NaN: a sum the split kernel did not zero
+    first would come out NaN (seen failing with the zeroing removed)."""
+    import torch.nn.functional as F
+    from kernel_cases import decode_attention_inputs
+    from workbench.kernels import decode_attention as kernel
+    g = torch.Generator().manual_seed(3)
+    for lens, block_size, splits, heads in LAST_CASES[:4]:
+        q, k, v, seq_lens, table, scale, _ = decode_attention_inputs(torch, lens, *heads, block_size, torch.float32)
+        attention = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=splits).flatten(1)
+        for hidden, bias in ((200, False), (48, True)):
+            w = torch.randn(hidden, heads[0] * heads[2], generator=g)
+            b = torch.randn(hidden, generator=g) if bias else None
+            for s in (splits, 1):
+                with nan_filled_empty(torch):
+                    got = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=s,
+                                                        o_proj_weight=w, o_proj_bias=b)
+                case = f"lens={lens} splits={s} heads={heads} hidden={hidden} bias={bias}"
+                assert got.dtype == torch.float32 and got.shape == (len(lens), hidden), case
+                torch.testing.assert_close(got, F.linear(attention, w, b), rtol=1e-4, atol=1e-4,
+                                           msg=lambda m: f"{case}: {m}")
+
+
 WAIT_HOOK = []   # what the (stubbed) PDL wait does: the writes of the kernel before, finishing
 
 
@@ -302,6 +328,46 @@ def check_engine_greedy_parity(torch):
     for on, off in zip(runs[True], runs[False]):
         assert on.token_ids == off.token_ids, (on.token_ids, off.token_ids)
         torch.testing.assert_close(on.logits, off.logits, rtol=1e-4, atol=1e-4)
+
+
+def check_o_proj_variant_matches_the_engine(torch):
+    """The A/B variant dattn-o-proj (scripts/ab_decode_candidates.py: o_proj inside the merge, gate_up's
+    folded norm reading the fp32 sum) gives the engine's greedy tokens and logits, a tiny fp32 model
+    with decode attention and fused_decode's hooks (installed by hand: the CPU engine refuses them),
+    and the folded form really ran at every decode step."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from workbench import LLM, Optimizations, SamplingParams
+    from workbench.kernels import decode_attention as kernel
+    from workbench.model import make_checkpoint
+    from workbench.model.qwen3 import Attention
+    from workbench.optimizations import decode_attention, fused_decode
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import ab_decode_candidates as ab
+    path = make_checkpoint(tempfile.mkdtemp(), "tiny", seed=0)
+    prompts = [[5, 9, 2], list(range(1, 40)), list(range(100, 170))]   # 70 keys, 2 tiles: split-KV
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, return_logits=True)
+
+    def run():
+        with LLM(path, opts=Optimizations.all_off(), block_size=16, max_num_seqs=3, device="cpu",
+                 enable_prefix_caching=False) as llm:
+            decode_attention.install(llm.runner.model, True)
+            fused_decode.install(llm.runner.model, True)
+            return llm.generate(prompts, params, use_tqdm=False)
+    base, forward, real = run(), Attention.forward, kernel.paged_decode_attention
+    folded = []
+    kernel.paged_decode_attention = lambda *a, **kw: folded.append(kw.get("o_proj_weight") is not None) or real(*a, **kw)
+    try:
+        ab.PATCHED["dattn-o-proj"]()
+        runs = run()
+    finally:
+        Attention.forward, kernel.paged_decode_attention = forward, real
+    assert folded and all(folded), f"decode steps with o_proj folded in: {folded}"
+    for a, b in zip(base, runs):
+        assert a.token_ids == b.token_ids, (a.token_ids, b.token_ids)
+        torch.testing.assert_close(b.logits, a.logits, rtol=1e-4, atol=1e-4)
 
 
 if __name__ == "__main__":

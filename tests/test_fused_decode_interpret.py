@@ -11,7 +11,8 @@ from itertools import product
 
 import pytest
 
-CHECKS = ["rms_norm_linear", "silu_mul_linear", "silu_out", "broken_fold_is_caught", "qk_norm_rope_store",
+CHECKS = ["rms_norm_linear", "fp32_x_is_rounded_first", "silu_mul_linear", "silu_out", "broken_fold_is_caught",
+          "qk_norm_rope_store",
           "qk_norm_rope_store_inputs_early", "engine_tokens_match_all_off", "ab_layer_forms_match_the_engine"]
 SHAPES = ((40, 72), (32, 256))   # (N, K): N not a multiple of the block, K not of split x block
 
@@ -100,6 +101,28 @@ def check_rms_norm_linear(torch):
     for dtype, m, (n, k), with_res in _cases(torch, g, extra=((False,), (True,))):
         err = norm_linear_err(torch, m, n, k, dtype, with_res, bias=m != 3)
         assert err < _tol(torch, dtype), f"{dtype} M={m} N={n} K={k} residual={with_res}: rel err {err:.3g}"
+
+
+def check_fp32_x_is_rounded_first(torch):
+    """An fp32 x with a bf16 residual (decode attention's o_proj fold hands on an fp32 sum) gives,
+    bit for bit, what x rounded to bf16 gives -- both outputs, with and without silu_out -- and
+    both outputs are bf16: the stream keeps its dtype."""
+    from workbench.kernels.fused_gemv import rms_norm_linear
+    g = torch.Generator().manual_seed(7)
+    for m, silu in ((1, False), (3, True)):
+        # fp32 x a little off bf16 values, away from zero by 0.4 of their last place: nearest
+        # rounding (the GPU's) and truncation (the interpreter's numpy casts) both give them back
+        exact = torch.randn(m, 96, generator=g).bfloat16().float()
+        x = exact + exact.sign() * 0.4 * 2.0 ** (torch.frexp(exact).exponent.float() - 8)
+        assert torch.equal(x.bfloat16().float(), exact) and not torch.equal(x, exact)
+        r = torch.randn(m, 96, generator=g).bfloat16()
+        nw, w = (torch.rand(96, generator=g) + 0.5).bfloat16(), torch.randn(40, 96, generator=g).bfloat16()
+        got = rms_norm_linear(x, r, nw, 1e-6, w, silu_out=silu)
+        want = rms_norm_linear(x.bfloat16(), r, nw, 1e-6, w, silu_out=silu)
+        assert got[0].dtype == got[1].dtype == torch.bfloat16, (got[0].dtype, got[1].dtype)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), f"m={m} silu_out={silu}"
+        unrounded = (x + r.float()).bfloat16()   # x added in fp32, not rounded first: what the check must catch
+        assert not torch.equal(unrounded, want[1]), "rounding x first changes nothing here: the check could not fail"
 
 
 def silu_linear_err(torch, m, n, k, dtype, bias, act_for_ref=None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -38,10 +39,11 @@ def _script():
     return sys.modules["kernel_resources"]
 
 
-@pytest.mark.parametrize("merge", ["kernel", "last_program", "tagged", "tagged, m and l first"])
+@pytest.mark.parametrize("merge", ["kernel", "last_program", "tagged", "tagged, m and l first", "kernel, o_proj folded"])
 def test_split_kernel_does_not_spill_at_the_engines_launch(merge):
     kr = _script()
-    launches = kr.decode_attention_launches("qwen3-0.6b", merge=merge.split(",")[0], m_l_first="first" in merge)
+    launches = kr.decode_attention_launches("qwen3-0.6b", merge=merge.split(",")[0], m_l_first="first" in merge,
+                                            o_proj="o_proj" in merge)
     split = kr.resources(launches[0])
     assert split.kernel == "_attention_split_kernel"
     # Only spills are asserted: register counts move with every Triton/ptxas release (72 a thread
@@ -53,6 +55,11 @@ def test_split_kernel_does_not_spill_at_the_engines_launch(merge):
         assert tagged.kernel == "_attention_merge_tagged_kernel"
         assert (tagged.spill_stores, tagged.spill_loads) == (0, 0), f"{tagged}"
         assert split.ptx.count("st.relaxed.gpu.global.b64") and tagged.ptx.count("ld.volatile.global")
+    if "o_proj" in merge:   # its merge holds a 128 x 128 tile of W_o and the partials: 8 warps
+        folded = kr.resources(launches[1])
+        assert folded.kernel == "_attention_merge_o_proj_kernel"
+        assert (folded.spill_stores, folded.spill_loads) == (0, 0), f"{folded}"
+        assert re.search(r"\b(red|atom)\.global\.gpu\.relaxed\.add\.f32", folded.ptx), "no relaxed fp32 atomic add"
 
 
 def test_split_kernel_does_not_spill_even_without_alignment_hints():

@@ -136,6 +136,8 @@ def _launch_every_wrapper():
     for merge in ("kernel", "tagged"):
         paged_decode_attention(q, cache, cache.clone(), torch.tensor([3]), torch.zeros(1, 2, dtype=torch.int32), 0.25,
                                splits=2, merge=merge)
+    paged_decode_attention(q, cache, cache.clone(), torch.tensor([3]), torch.zeros(1, 2, dtype=torch.int32), 0.25,
+                           splits=2, o_proj_weight=torch.randn(8, 64))   # Choice 8: o_proj in the merge
     ops.fused_add_rms_norm(x, x, torch.ones(64), 1e-6)
     ops.silu_and_mul(torch.randn(1, 128))
     ops.apply_rope(q, k, pos, cos_sin)
@@ -147,7 +149,7 @@ def _launch_every_wrapper():
 @pytest.mark.parametrize("on", [True, False])
 def test_the_flag_reaches_every_decode_kernel(flag, monkeypatch, on):
     kernels = _decode_kernels()
-    assert len(kernels) == 11, sorted(kernels)   # a new kernel: add it to _launch_every_wrapper
+    assert len(kernels) == 12, sorted(kernels)   # a new kernel: add it to _launch_every_wrapper
     launches = {}
 
     class Recorder:   # stands in for a kernel: kernel[grid](*args, **kwargs) records kwargs

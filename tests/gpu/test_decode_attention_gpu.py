@@ -206,6 +206,62 @@ def test_prefetch_kv_waits_for_the_newest_key(inputs_early, ahead):
                 assert torch.equal(a, b), f"lens={lens}, layer {layer}: prefetch read the newest key early"
 
 
+class _LayerChain:
+    """A decode step's attention inputs for `layers` layers on the GPU (Qwen3-0.6B's heads): the
+    caches, a shuffled block table, this token's q/k/v; `set_lengths` puts the newest key at
+    length - 1 of each sequence, `fresh` draws new q/k/v and writes NaN into the newest slots (a
+    kernel that read them before the token's own write would return NaN), `rope(i)` is layer i's
+    q/k norm + RoPE + cache write. The candidate tests below run their kernels after it."""
+
+    def __init__(self, batch: int, layers: int, width: int = 40, block_size: int = 128):
+        hq, hkv, d = HEADS
+        self.batch, self.layers, self.bs, self.d = batch, layers, block_size, d
+        self.caches = torch.randn(2, layers, batch * width, block_size, hkv, d, device="cuda", dtype=torch.bfloat16)
+        self.table = torch.randperm(batch * width, device="cuda").view(batch, width).int()
+        self.q, self.k, self.v = (torch.randn(batch, h, d, device="cuda", dtype=torch.bfloat16) for h in (hq, hkv, hkv))
+        self.positions, self.slots = (torch.zeros(batch, dtype=torch.long, device="cuda") for _ in range(2))
+        self.seq_lens = torch.zeros(batch, dtype=torch.int32, device="cuda")
+        self.cos_sin = torch.randn(8192, d, device="cuda")
+
+    def set_lengths(self, lens):
+        pos = torch.tensor(lens, device="cuda") - 1
+        self.seq_lens.copy_(pos + 1)
+        self.positions.copy_(pos)
+        self.slots.copy_(self.table[torch.arange(self.batch, device="cuda"), pos // self.bs].long() * self.bs
+                         + pos % self.bs)
+
+    def fresh(self):
+        for t in (self.q, self.k, self.v):
+            t.copy_(torch.randn_like(t))
+        self.caches.view(2, self.layers, -1, HEADS[1], self.d)[:, :, self.slots] = float("nan")
+
+    def rope(self, i):
+        from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
+        return qk_norm_rope_store(self.q, self.k, self.v, self.positions, self.cos_sin, self.caches[0, i],
+                                  self.caches[1, i], self.slots)
+
+    def attend(self, i, q_rot, **kwargs):
+        from workbench.kernels.decode_attention import paged_decode_attention
+        return paged_decode_attention(q_rot, self.caches[0, i], self.caches[1, i], self.seq_lens, self.table,
+                                      self.d ** -0.5, **kwargs)
+
+    def captured(self, step, pdl: bool, lens):
+        """step() run once eagerly (JIT, buffers) and captured in a graph, under PDL or not."""
+        from workbench.kernels.pdl import launching
+        self.set_lengths(lens)
+        with launching(pdl):
+            step()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = step()
+        return graph, outputs
+
+
+def _needs_hopper_for(pdl: bool):
+    if pdl and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs compute capability 9.0+ (Hopper)")
+
+
 @pytest.mark.parametrize("pdl", [False, True])
 def test_tagged_merge_in_the_layer_chain(pdl):
     """merge="tagged" (Choice 7) where a decode step runs it: each layer's qk_norm_rope_store, then
@@ -215,52 +271,23 @@ def test_tagged_merge_in_the_layer_chain(pdl):
     gave up writes NaN), each replay equals the eager step with the two-kernel merge (PDL off; the
     tagged merge sums with 8 warps, so to rounding, not bit for bit), and each (sequence, head)'s
     count of merged calls moves on by one a layer."""
-    from workbench.kernels.decode_attention import num_splits, paged_decode_attention, tagged_buffers
+    from workbench.kernels.decode_attention import num_splits, tagged_buffers
     from workbench.kernels.pdl import launching
-    from workbench.kernels.qk_norm_rope_store import qk_norm_rope_store
-    if pdl and torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("PDL needs compute capability 9.0+ (Hopper)")
-    batch, (hq, hkv, d), bs, width, layers = 2, HEADS, 128, 40, 4
-    caches = torch.randn(2, layers, batch * width, bs, hkv, d, device="cuda", dtype=torch.bfloat16)
-    table = torch.randperm(batch * width, device="cuda").view(batch, width).int()
-    q, k, v = (torch.randn(batch, h, d, device="cuda", dtype=torch.bfloat16) for h in (hq, hkv, hkv))
-    positions, slots = (torch.zeros(batch, dtype=torch.long, device="cuda") for _ in range(2))
-    seq_lens = torch.zeros(batch, dtype=torch.int32, device="cuda")
-    cos_sin = torch.randn(8192, d, device="cuda")
-
-    def step(merge):
-        outs = []
-        for i in range(layers):
-            q_rot = qk_norm_rope_store(q, k, v, positions, cos_sin, caches[0, i], caches[1, i], slots)
-            outs.append(paged_decode_attention(q_rot, caches[0, i], caches[1, i], seq_lens, table, d ** -0.5,
-                                               merge=merge))
-        return outs
-
-    def set_lengths(lens):
-        pos = torch.tensor(lens, device="cuda") - 1
-        seq_lens.copy_(pos + 1)
-        positions.copy_(pos)
-        slots.copy_(table[torch.arange(batch, device="cuda"), pos // bs].long() * bs + pos % bs)
-
-    splits = num_splits(batch, hkv, width, bs, torch.cuda.get_device_properties(0).multi_processor_count)
+    _needs_hopper_for(pdl)
+    chain = _LayerChain(batch=2, layers=4)
+    step = lambda merge: [chain.attend(i, chain.rope(i), merge=merge) for i in range(chain.layers)]  # noqa: E731
+    splits = num_splits(2, HEADS[1], 40, 128, torch.cuda.get_device_properties(0).multi_processor_count)
     assert splits > 1, "one split: no merge to test"
-    epochs = tagged_buffers(q.device, batch, hq, splits, d)[2]
-    set_lengths([65, 3000])
-    with launching(pdl):
-        step("tagged")                                                   # JIT and buffers outside the capture
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            got = step("tagged")
+    epochs = tagged_buffers(chain.q.device, 2, HEADS[0], splits, HEADS[2])[2]
+    graph, got = chain.captured(lambda: step("tagged"), pdl, [65, 3000])
     for lens in ([65, 3000], [1, 129], [640, 4000]):
-        set_lengths(lens)
+        chain.set_lengths(lens)
         for _ in range(20):
-            for t in (q, k, v):
-                t.copy_(torch.randn_like(t))
-            caches.view(2, layers, -1, hkv, d)[:, :, slots] = float("nan")
+            chain.fresh()
             before = epochs.clone()
             graph.replay()
             torch.cuda.synchronize()
-            assert torch.equal(epochs, before + layers), "a count did not move on once a layer"
+            assert torch.equal(epochs, before + chain.layers), "a count did not move on once a layer"
             outs = [o.clone() for o in got]
             with launching(False):
                 want = step("kernel")
@@ -280,6 +307,70 @@ def test_engine_parity_with_the_tagged_merge(tmp_path_factory, monkeypatch):
     from workbench.kernels import decode_attention
     monkeypatch.setattr(decode_attention, "paged_decode_attention",
                         functools.partial(decode_attention.paged_decode_attention, merge="tagged"))
+    for max_num_seqs, prompts in ((1, 4), (16, 16)):
+        assert_engine_parity(tmp_path_factory.mktemp("q06b"), [Optimizations.all_on()], prompts, max_num_seqs)
+
+
+@pytest.mark.parametrize("pdl", [False, True])
+def test_o_proj_in_the_merge_in_the_layer_chain(pdl):
+    """Choice 8 where a decode step runs it: per layer q/k norm + RoPE, attention with o_proj folded
+    into the merge (an fp32 sum the split kernel zeroes), then gate_up's folded norm reading that
+    sum -- 4 layers back to back in one graph, PDL on and off, fresh q/k/v and NaN in the newest
+    slots before each of 20 replays at three sets of lengths: each replay equals the unfolded
+    chain (attention, o_proj's GEMV, the same fold on its bf16 output) to bf16 rounding, and the
+    residual stream stays bf16."""
+    from workbench.kernels.fused_gemv import rms_norm_linear
+    from workbench.kernels.gemv import gemv
+    from workbench.kernels.pdl import launching
+    _needs_hopper_for(pdl)
+    chain, hidden = _LayerChain(batch=1, layers=4), 1024
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    w_o = (torch.randn(chain.layers, hidden, HEADS[0] * HEADS[2], device="cuda", generator=gen) / 32).bfloat16()
+    w_gu = (torch.randn(chain.layers, 6144, hidden, device="cuda", generator=gen) / 32).bfloat16()
+    norm_w = torch.ones(hidden, device="cuda", dtype=torch.bfloat16)
+    residual = torch.randn(1, hidden, device="cuda", dtype=torch.bfloat16)
+
+    def step(folded):
+        outs = []
+        for i in range(chain.layers):
+            q_rot = chain.rope(i)
+            x = (chain.attend(i, q_rot, o_proj_weight=w_o[i]) if folded else
+                 gemv(chain.attend(i, q_rot).flatten(1), w_o[i]))
+            outs.append(rms_norm_linear(x, residual, norm_w, 1e-6, w_gu[i], silu_out=True))
+        return outs
+
+    graph, got = chain.captured(lambda: step(True), pdl, [65])
+    for lens in ([65], [1], [3000]):
+        chain.set_lengths(lens)
+        for _ in range(20):
+            chain.fresh()
+            graph.replay()
+            torch.cuda.synchronize()
+            outs = [(a.clone(), b.clone()) for a, b in got]
+            with launching(False):
+                want = step(False)
+            for layer, ((gated, stream), (gated_want, stream_want)) in enumerate(zip(outs, want)):
+                assert gated.dtype == stream.dtype == torch.bfloat16
+                torch.testing.assert_close(stream, stream_want, rtol=2e-2, atol=2e-2,
+                                           msg=lambda m: f"lens={lens}, layer {layer}, the stream: {m}")
+                torch.testing.assert_close(gated, gated_want, rtol=3e-2, atol=3e-2,
+                                           msg=lambda m: f"lens={lens}, layer {layer}, gate_up: {m}")
+
+
+def test_engine_parity_with_o_proj_in_the_merge(tmp_path_factory, monkeypatch):
+    """All on with the A/B variant dattn-o-proj (o_proj inside the merge) against all-off: the
+    parity bar, batch 1 and 16."""
+    import sys
+    from pathlib import Path
+
+    from kernel_cases import assert_engine_parity
+
+    from workbench import Optimizations
+    from workbench.model.qwen3 import Attention
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import ab_decode_candidates as ab
+    monkeypatch.setattr(Attention, "forward", Attention.forward)   # restored after the test
+    ab.PATCHED["dattn-o-proj"]()
     for max_num_seqs, prompts in ((1, 4), (16, 16)):
         assert_engine_parity(tmp_path_factory.mktemp("q06b"), [Optimizations.all_on()], prompts, max_num_seqs)
 

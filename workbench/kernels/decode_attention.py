@@ -95,6 +95,22 @@ program polls all of its head's partials: at 33 splits, ~34 KB of words. The A/B
 other form (`m_l_first`) polls the 8 bytes of m and l a split until they are in, then reads the
 partials' words: far fewer bytes while it waits, one round trip more once they land.
 
+Choice 8, a candidate (`o_proj_weight=`, off until an A/B in the engine says it pays): o_proj inside
+the merge. After the merge comes o_proj's GEMV, which needs every head's output: a boundary on which
+all of the layer's attention waits, then a kernel whose weights (4 MB at Qwen3-0.6B's shape) it
+can read early only once the merge lets it in. Here the merge's programs do it themselves, split-K
+over the heads: program (sequence, head, chunk) reads its [128 rows x head_dim] slice of W_o
+before its wait (no kernel writes weights), merges its head after it, multiplies, and adds its
+128 partial outputs into an fp32 sum with relaxed atomic adds -- one kernel and one boundary fewer
+a layer, each head merged eight times over (by its eight row chunks; the partials come from L2).
+Two things make it fit: the sum starts at 0 because the split kernel zeroes it (after its wait:
+gate_up's GEMV of the layer before, the last to read the buffer, had finished by then), and it is
+handed on in fp32, since no program knows when the sum is complete -- gate_up's folded norm
+rounds it to bf16 as it loads it (kernels/gemv.py, `_residual_sum`), where o_proj's GEMV would
+have rounded its output. So the result equals the unfolded chain's up to the order of the fp32
+additions. (Session 9's last-program merge put an atomic round trip on the chain and lost; here
+the adds are fire-and-forget -- the kernel after waits for this one to end, as always.)
+
 Measured and not taken either (docs/perf-notes.md, session 9; the code is in git history,
 commit 36f5ffc): this kernel doing q/k norm + RoPE + the newest key's cache write itself, in
 place of the kernel before it. 28 launches fewer a step, and +57 us: every program's work after
@@ -134,6 +150,10 @@ MAX_POLLS = 1 << 16   # merge="tagged": reads of its words before a merge progra
 # merge="tagged": a merge program holds its head's S x D words as int64 (twice the plain merge's
 # fp32): with 4 warps that spilled at 33 splits (255 registers, sm_90a); 8 warps: 143, no spills
 TAGGED_MERGE_WARPS = 8
+# Choice 8: o_proj's output rows a merge program makes (its W_o tile: ROWS x head_dim, 32 KB in bf16
+# at 128 x 128, read before its wait), and its warps
+O_PROJ_ROWS = 128
+O_PROJ_WARPS = 8
 
 # merge="last_program"'s counters, one int32 per (sequence, KV head), kept across calls: each
 # call's last program puts its counter back to 0, so a buffer is zeroed once, when first made,
@@ -259,7 +279,8 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
                   BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
                   USE_PDL: tl.constexpr, PREFETCH_KV: tl.constexpr,
                   next_ptr=None, next_bytes=0, PREFETCH_LINES: tl.constexpr = 0,   # Choice 6 only
-                  epochs_ptr=None, TAGGED: tl.constexpr = False, INTERPRET: tl.constexpr = False):   # Choice 7 only
+                  epochs_ptr=None, TAGGED: tl.constexpr = False, INTERPRET: tl.constexpr = False,   # Choice 7 only
+                  zero_ptr=None, zero_n=0, zero_chunk=0, ZERO_BLOCK: tl.constexpr = 0):   # Choice 8 only
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     dims = tl.arange(0, BLOCK_D)
     if TAGGED:   # Choice 7: this call's tag, first thing -- before the wait, so before this program lets
@@ -307,6 +328,12 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
                         HEAD_DIM, BLOCK_SIZE, BLOCK_N, False)
         m, l, acc = _attend(q, k, v, valid, m, l, acc, scale, DOT_FP32)
 
+    if ZERO_BLOCK > 0:   # Choice 8: this layer's o_proj sum [batch, zero_n] zeroed before the merge adds to it
+        if split == 0:   # after the wait, as every store: gate_up of the layer before, which read the
+            # buffer last, finished before the kernel before this one did
+            cols = kv_head * zero_chunk + tl.arange(0, ZERO_BLOCK)
+            tl.store(zero_ptr + seq * zero_n + cols, tl.zeros([ZERO_BLOCK], tl.float32),
+                     mask=(cols < zero_n) & (tl.arange(0, ZERO_BLOCK) < zero_chunk))
     if not SPLIT:   # the whole context was ours: normalize and write the output
         out = acc / tl.where(l > 0, l, 1.0)[:, None]
         tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + dims[None, :],
@@ -342,6 +369,16 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
 def _merge_head(part_ptr, m_ptr, l_ptr, out_ptr, seq, head, stride_ot, stride_oh, num_splits,
                 NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     """One query head's output from its splits' partials (both merge paths run this code)."""
+    dims = tl.arange(0, BLOCK_D)
+    out = _merged(part_ptr, m_ptr, l_ptr, seq, head, num_splits, NUM_HEADS, HEAD_DIM, BLOCK_S, BLOCK_D)
+    tl.store(out_ptr + seq * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
+             mask=dims < HEAD_DIM)
+
+
+@triton.jit
+def _merged(part_ptr, m_ptr, l_ptr, seq, head, num_splits, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+            BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One query head's output [BLOCK_D] in fp32, from its splits' partials."""
     splits = tl.arange(0, BLOCK_S)                  # padded to a power of two: masked
     slot = (seq * NUM_HEADS + head) * num_splits + splits
     dims = tl.arange(0, BLOCK_D)
@@ -349,8 +386,7 @@ def _merge_head(part_ptr, m_ptr, l_ptr, out_ptr, seq, head, stride_ot, stride_oh
     l = tl.load(l_ptr + slot, mask=splits < num_splits, other=0.0)
     o = tl.load(part_ptr + slot[:, None] * HEAD_DIM + dims[None, :],
                 mask=(splits[:, None] < num_splits) & (dims[None, :] < HEAD_DIM), other=0.0)
-    tl.store(out_ptr + seq * stride_ot + head * stride_oh + dims, _combine(m, l, o).to(out_ptr.dtype.element_ty),
-             mask=dims < HEAD_DIM)
+    return _combine(m, l, o)
 
 
 @triton.jit
@@ -367,6 +403,28 @@ def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_o
     pdl_wait(USE_PDL)
     _merge_head(part_ptr, m_ptr, l_ptr, out_ptr, tl.program_id(0), tl.program_id(1), stride_ot, stride_oh,
                 num_splits, NUM_HEADS, HEAD_DIM, BLOCK_S, BLOCK_D)
+
+
+@triton.jit
+def _attention_merge_o_proj_kernel(part_ptr, m_ptr, l_ptr, w_ptr, b_ptr, out_ptr, num_splits, hidden,
+                                   NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+                                   BLOCK_D: tl.constexpr, ROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                   USE_PDL: tl.constexpr):
+    """Choice 8: query head `head`'s merge, then its share of o_proj for `ROWS` output rows: those
+    rows of W_o times the head's output, added into the fp32 sum out [batch, hidden] (zeroed by
+    the split kernel). The weight tile first, before the wait: no kernel writes it."""
+    seq, head, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = chunk * ROWS + tl.arange(0, ROWS)
+    dims = tl.arange(0, BLOCK_D)
+    w = tl.load(w_ptr + rows[:, None].to(tl.int64) * (NUM_HEADS * HEAD_DIM) + head * HEAD_DIM + dims[None, :],
+                mask=(rows[:, None] < hidden) & (dims[None, :] < HEAD_DIM), other=0.0)
+    pdl_wait(USE_PDL)
+    out = _merged(part_ptr, m_ptr, l_ptr, seq, head, num_splits, NUM_HEADS, HEAD_DIM, BLOCK_S, BLOCK_D)
+    out = out.to(w_ptr.dtype.element_ty).to(tl.float32)   # rounded as the attention output is
+    y = tl.sum(w.to(tl.float32) * out[None, :], axis=1)   # [ROWS]: this head's part of those outputs
+    if HAS_BIAS:
+        y += tl.where(head == 0, tl.load(b_ptr + rows, mask=rows < hidden, other=0.0).to(tl.float32), 0.0)
+    tl.atomic_add(out_ptr + seq * hidden + rows, y, mask=rows < hidden, sem="relaxed")
 
 
 @triton.jit
@@ -405,13 +463,17 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
                            splits: int | None = None, block_n: int = BLOCK_N, merge: str = "kernel",
                            prefetch_kv: bool = True, prefetch: torch.Tensor | None = None,
-                           m_l_first: bool = False) -> torch.Tensor:
+                           m_l_first: bool = False, o_proj_weight: torch.Tensor | None = None,
+                           o_proj_bias: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] >= 1 keys
     (a decoded token always sees itself; the merge relies on it) of its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
     Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it).
     merge: "kernel" (a second launch merges the splits), "last_program" (Choice 4, measured slower) or
     "tagged" (Choice 7, a candidate: the merge polls the splits' tagged words instead of waiting);
     m_l_first (with "tagged"): each merge program polls its splits' m and l words alone first.
+    o_proj_weight [hidden, Hq * D] (and o_proj_bias): Choice 8, a candidate -- returns o_proj of the
+    attention output instead, [B, hidden] in fp32 (a sum made by atomics: the folded norm after it
+    rounds it to the residual's dtype, kernels/gemv.py), the merge's programs doing o_proj too.
     prefetch_kv: under PDL, each program's first tile before the wait (Choice 5).
     prefetch: a weight whose lines the programs ask L2 for before the wait (Choice 6; with
     prefetch_kv under PDL only, where there is a before)."""
@@ -419,6 +481,10 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         raise ValueError(f"paged_decode_attention: merge={merge!r}; choose from {list(MERGES)}")
     if m_l_first and merge != "tagged":
         raise ValueError(f"paged_decode_attention: m_l_first=True is a form of merge='tagged', not of {merge!r}")
+    if o_proj_weight is not None and (merge != "kernel" or o_proj_weight.shape[1] != q.shape[1] * q.shape[2]
+                                      or not o_proj_weight.is_contiguous()):
+        raise ValueError(f"paged_decode_attention: o_proj_weight {tuple(o_proj_weight.shape)} must be contiguous "
+                         f"[hidden, {q.shape[1] * q.shape[2]}], with merge='kernel' (Choice 8), not {merge!r}")
     batch, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     if num_heads % kv_heads or k_cache.shape[-1] != head_dim or seq_lens.shape[0] != batch:
@@ -431,6 +497,10 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if splits is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
         splits = num_splits(batch, kv_heads, block_tables.shape[1], block_size, sms, block_n)
+    if o_proj_weight is not None and splits == 1:   # no merge to fold it into: the two ops, the same contract
+        out = paged_decode_attention(q, k_cache, v_cache, seq_lens, block_tables, scale, splits=1, block_n=block_n,
+                                     prefetch_kv=prefetch_kv, prefetch=prefetch).flatten(1)
+        return torch.nn.functional.linear(out, o_proj_weight, o_proj_bias).float()
     out = torch.empty_like(q)
     part = m = l = epochs = out   # not read when splits == 1
     tagged = splits > 1 and merge == "tagged"
@@ -445,6 +515,12 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     launch = pdl.launch_options()
     early = prefetch_kv and launch["USE_PDL"]
     ahead, ahead_bytes, lines = prefetch_args(prefetch if early else None, batch * kv_heads * splits, 4 * 32, q)
+    fold = {}
+    if o_proj_weight is not None:   # Choice 8: the fp32 sum the merge adds into, zeroed by the split kernel
+        hidden = o_proj_weight.shape[0]
+        summed = torch.empty((batch, hidden), dtype=torch.float32, device=q.device)
+        chunk = triton.cdiv(hidden, kv_heads)
+        fold = dict(zero_ptr=summed, zero_n=hidden, zero_chunk=chunk, ZERO_BLOCK=triton.next_power_of_2(chunk))
     _attention_split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part, m, l, counts, float(scale),
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
@@ -455,7 +531,13 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         BLOCK_S=triton.next_power_of_2(splits) if last else 1,   # 1: no recompile per S when unused
         num_warps=4, num_stages=2, **launch, PREFETCH_KV=early,
         next_ptr=ahead, next_bytes=ahead_bytes, PREFETCH_LINES=lines, epochs_ptr=epochs, TAGGED=tagged,
-        INTERPRET=_INTERPRET and tagged)
+        INTERPRET=_INTERPRET and tagged, **fold)
+    if fold:
+        _attention_merge_o_proj_kernel[(batch, num_heads, triton.cdiv(hidden, O_PROJ_ROWS))](
+            part, m, l, o_proj_weight, o_proj_bias if o_proj_bias is not None else o_proj_weight, summed, splits,
+            hidden, NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
+            ROWS=O_PROJ_ROWS, HAS_BIAS=o_proj_bias is not None, num_warps=O_PROJ_WARPS, **pdl.launch_options())
+        return summed
     if tagged:
         _attention_merge_tagged_kernel[(batch, num_heads)](
             part, m, epochs, out, out.stride(0), out.stride(1), splits, NUM_HEADS=num_heads, HEAD_DIM=head_dim,

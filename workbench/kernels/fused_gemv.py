@@ -54,9 +54,11 @@ def _config(x: torch.Tensor, weight: torch.Tensor, whole_rows: bool = False) -> 
 def rms_norm_gemv_op(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                      weight: torch.Tensor, bias: torch.Tensor | None,
                      prefetch: torch.Tensor | None = None, silu_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    out = torch.empty((x.shape[0], weight.shape[0] // (2 if silu_out else 1)), dtype=x.dtype, device=x.device)
+    # the stream's dtype: x's, or the residual's where x is an fp32 sum (decode attention's o_proj fold)
+    dtype = residual.dtype if residual is not None else x.dtype
+    out = torch.empty((x.shape[0], weight.shape[0] // (2 if silu_out else 1)), dtype=dtype, device=x.device)
     # = x + residual; without a residual none is written (rms_norm_linear hands on x itself)
-    new_residual = torch.empty_like(x) if residual is not None else x.new_empty(0)
+    new_residual = torch.empty_like(residual) if residual is not None else x.new_empty(0)
     launch(x, weight, bias, _config(x, weight, whole_rows=True), out, RMS_NORM, residual, norm_weight, new_residual,
            eps, prefetch=prefetch, silu_out=silu_out)
     return out, new_residual
@@ -64,8 +66,9 @@ def rms_norm_gemv_op(x: torch.Tensor, residual: torch.Tensor | None, norm_weight
 
 @rms_norm_gemv_op.register_fake
 def _(x, residual, norm_weight, eps, weight, bias, prefetch=None, silu_out=False):
-    return (x.new_empty((x.shape[0], weight.shape[0] // (2 if silu_out else 1))),
-            torch.empty_like(x) if residual is not None else x.new_empty(0))
+    dtype = residual.dtype if residual is not None else x.dtype
+    return (x.new_empty((x.shape[0], weight.shape[0] // (2 if silu_out else 1)), dtype=dtype),
+            torch.empty_like(residual) if residual is not None else x.new_empty(0))
 
 
 @torch.library.custom_op("workbench::silu_mul_gemv", mutates_args=())
@@ -92,6 +95,9 @@ def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight:
                     prefetch: torch.Tensor | None = None, silu_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(RMSNorm(x + residual) * norm_weight @ weight^T + bias, x + residual); x, residual [M, K]
     with M <= MAX_M; residual None: the norm of x alone, and the second output is x itself.
+    x may be fp32 where the residual is not (an fp32 sum: decode attention's o_proj fold): it is
+    rounded to the residual's dtype first, as the matmul that made it would have, and both
+    outputs take the residual's dtype.
     prefetch: the next matmul's weight, pulled into L2 meanwhile (gemv.launch).
     silu_out (fused_decode's gate_up since session 20): weight is gate_up's [gate | up], and the
     first output is silu(gate) * up [M, N / 2], made in the epilogue -- down_proj then reads half as much."""

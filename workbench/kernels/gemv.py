@@ -148,13 +148,17 @@ PLAIN, RMS_NORM, SILU_MUL = 0, 1, 2
 
 @triton.jit
 def _residual_sum(x_ptr, res_ptr, toks, kk, x_stride, M, K, HAS_RES: tl.constexpr):
-    """x + residual for tokens `toks` [BLOCK_M, 1] and columns `kk` [1, BLOCK_K], rounded to x's
-    dtype as torch's `x + residual` is, returned in fp32 (residual: contiguous [M, K])."""
+    """x + residual for tokens `toks` [BLOCK_M, 1] and columns `kk` [1, BLOCK_K], rounded to the
+    residual's dtype as torch's `x + residual` is, returned in fp32 (residual: contiguous [M, K]).
+    x is rounded to that dtype first: a no-op where x has it (every fold today); an fp32 x (a sum
+    finished by atomics: decode attention's o_proj fold, a candidate) is rounded where the
+    matmul that made it would have rounded its output."""
     mask = (toks < M) & (kk < K)
     s = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0.0)
     if HAS_RES:
+        dt = res_ptr.dtype.element_ty
         r = tl.load(res_ptr + toks * K + kk, mask=mask, other=0.0)
-        s = (s.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        s = (s.to(dt).to(tl.float32) + r.to(tl.float32)).to(dt)
     return s.to(tl.float32)
 
 
@@ -185,8 +189,11 @@ def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n
         if HAS_RES:   # (without a residual, x itself starts the stream: nothing to write -- and
             # rms_norm_gemv passes a 0-element res_out then, so this guard is what keeps the store in bounds)
             if pid_n == 0:   # the programs of the first N-tile write the new residual: each value once
-                tl.store(res_out_ptr + toks * K + kk, s.to(dt), mask=(toks < M) & (kk < K))
-        x, x_sq = (s * w).to(dt), s * s
+                tl.store(res_out_ptr + toks * K + kk, s.to(res_out_ptr.dtype.element_ty), mask=(toks < M) & (kk < K))
+            x = (s * w).to(res_ptr.dtype.element_ty)   # the stream's dtype (x's, but for an fp32 x)
+        else:
+            x = (s * w).to(dt)
+        x_sq = s * s
     elif X_FORM == 2:   # SILU_MUL: gate at columns kk, up K columns further
         gate = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0.0).to(tl.float32)
         up = tl.load(x_ptr + toks * x_stride + K + kk, mask=mask, other=0.0).to(tl.float32)
