@@ -285,31 +285,37 @@ def _o_proj_in_the_merge() -> None:
     """dattn-o-proj: at decode, with fused_decode's folds and decode attention, o_proj runs inside the
     attention merge (kernels/decode_attention.py, Choice 8): the merge's programs each multiply their
     head's output by a slice of W_o and add into an fp32 sum, which gate_up's folded norm reads. One
-    kernel and one boundary fewer a layer."""
+    kernel and one boundary fewer a layer. Patched where both the attention's fold and the norm's
+    after it are visible: the layer (an fp32 sum must reach a folded norm, which rounds it)."""
     import torch
 
     from workbench.kernels import decode_attention
     from workbench.kernels.fused_gemv import MAX_M
-    from workbench.model.qwen3 import Attention
+    from workbench.model.qwen3 import DecoderLayer
     from workbench.optimizations.decode_attention import DecodeThenBackend
-    attention_forward = Attention.forward
+    layer_forward = DecoderLayer.forward
 
     @torch.compiler.disable   # as Attention.attend: the kernels and the cache stay out of the compiler
-    def attention_and_o_proj(self, positions, qkv, meta):
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = self.fold(self, positions, q.unflatten(-1, (self.num_heads, self.head_dim)),
-                      k.unflatten(-1, (self.num_kv_heads, self.head_dim)),
-                      v.unflatten(-1, (self.num_kv_heads, self.head_dim)), meta)
-        return decode_attention.paged_decode_attention(q, self.k_cache, self.v_cache, meta.seq_lens, meta.block_tables,
-                                                       self.scale, o_proj_weight=self.o_proj.weight,
-                                                       o_proj_bias=self.o_proj.bias)
+    def attention_and_o_proj(attn, positions, qkv, meta):
+        q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
+        q = attn.fold(attn, positions, q.unflatten(-1, (attn.num_heads, attn.head_dim)),
+                      k.unflatten(-1, (attn.num_kv_heads, attn.head_dim)),
+                      v.unflatten(-1, (attn.num_kv_heads, attn.head_dim)), meta)
+        return decode_attention.paged_decode_attention(q, attn.k_cache, attn.v_cache, meta.seq_lens, meta.block_tables,
+                                                       attn.scale, o_proj_weight=attn.o_proj.weight,
+                                                       o_proj_bias=attn.o_proj.bias)
 
-    def forward(self, positions, qkv, meta):
-        if (self.fold is None or not meta.is_decode or not 1 <= qkv.shape[0] <= MAX_M
-                or not isinstance(self.backend, DecodeThenBackend) or self.side_prefetch is not None):
-            return attention_forward(self, positions, qkv, meta)
-        return attention_and_o_proj(self, positions, qkv, meta)
-    Attention.forward = forward
+    def forward(self, positions, hidden, residual, meta):
+        attn, norm, mlp = self.self_attn, self.post_attention_layernorm, self.mlp
+        if (attn.fold is None or norm.fold is None or not meta.is_decode or not 1 <= hidden.shape[0] <= MAX_M
+                or attn.o_proj.tp_size != 1 or not isinstance(attn.backend, DecodeThenBackend)
+                or attn.side_prefetch is not None):
+            return layer_forward(self, positions, hidden, residual, meta)   # what the fold would not take
+        qkv, residual = self.input_layernorm.then(attn.qkv_proj, hidden, residual)
+        summed = attention_and_o_proj(attn, positions, qkv, meta)   # fp32: the norm's fold rounds it
+        gated, residual = norm.then(mlp.gate_up_proj, summed, residual, act=mlp.act)
+        return mlp.down_proj(gated), residual
+    DecoderLayer.forward = forward
 
 
 def _residual_in_epilogues() -> None:

@@ -140,7 +140,8 @@ def decode_attention_launches(preset: str = "qwen3-0.6b", batch: int = 1, contex
                               o_proj: bool = False) -> list[Launch]:
     """paged_decode_attention's launches as the engine's decode step makes them (bf16 cache,
     a block table as wide as max_model_len; the context only sets the lengths, read on device).
-    prefetch_mb > 0: with that many MB of weight to ask L2 for (Choice 6; needs pdl)."""
+    prefetch_mb > 0: with that many MB of weight to ask L2 for (Choice 6; needs pdl). m_l_first: the
+    tagged merge's other form (Choice 7); o_proj: o_proj folded into the merge (Choice 8)."""
     import torch
 
     from workbench.kernels import pdl as pdl_switch

@@ -342,7 +342,7 @@ def check_o_proj_variant_matches_the_engine(torch):
     from workbench import LLM, Optimizations, SamplingParams
     from workbench.kernels import decode_attention as kernel
     from workbench.model import make_checkpoint
-    from workbench.model.qwen3 import Attention
+    from workbench.model.qwen3 import DecoderLayer
     from workbench.optimizations import decode_attention, fused_decode
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import ab_decode_candidates as ab
@@ -356,14 +356,14 @@ def check_o_proj_variant_matches_the_engine(torch):
             decode_attention.install(llm.runner.model, True)
             fused_decode.install(llm.runner.model, True)
             return llm.generate(prompts, params, use_tqdm=False)
-    base, forward, real = run(), Attention.forward, kernel.paged_decode_attention
+    base, forward, real = run(), DecoderLayer.forward, kernel.paged_decode_attention
     folded = []
     kernel.paged_decode_attention = lambda *a, **kw: folded.append(kw.get("o_proj_weight") is not None) or real(*a, **kw)
     try:
         ab.PATCHED["dattn-o-proj"]()
         runs = run()
     finally:
-        Attention.forward, kernel.paged_decode_attention = forward, real
+        DecoderLayer.forward, kernel.paged_decode_attention = forward, real
     assert folded and all(folded), f"decode steps with o_proj folded in: {folded}"
     for a, b in zip(base, runs):
         assert a.token_ids == b.token_ids, (a.token_ids, b.token_ids)

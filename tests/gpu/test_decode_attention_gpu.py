@@ -359,20 +359,29 @@ def test_o_proj_in_the_merge_in_the_layer_chain(pdl):
 
 def test_engine_parity_with_o_proj_in_the_merge(tmp_path_factory, monkeypatch):
     """All on with the A/B variant dattn-o-proj (o_proj inside the merge) against all-off: the
-    parity bar, batch 1 and 16."""
+    parity bar, batch 1 and 16 -- and the folded form did run (at decode steps of both)."""
     import sys
     from pathlib import Path
 
     from kernel_cases import assert_engine_parity
 
     from workbench import Optimizations
-    from workbench.model.qwen3 import Attention
+    from workbench.kernels import decode_attention
+    from workbench.model.qwen3 import DecoderLayer
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     import ab_decode_candidates as ab
-    monkeypatch.setattr(Attention, "forward", Attention.forward)   # restored after the test
+    monkeypatch.setattr(DecoderLayer, "forward", DecoderLayer.forward)   # restored after the test
+    real, folded = decode_attention.paged_decode_attention, []
+
+    def spy(*args, **kwargs):   # which batches the folded form ran at
+        if kwargs.get("o_proj_weight") is not None:
+            folded.append(args[0].shape[0])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(decode_attention, "paged_decode_attention", spy)
     ab.PATCHED["dattn-o-proj"]()
     for max_num_seqs, prompts in ((1, 4), (16, 16)):
         assert_engine_parity(tmp_path_factory.mktemp("q06b"), [Optimizations.all_on()], prompts, max_num_seqs)
+    assert 1 in folded and max(folded) > 1, f"batches the folded form ran at: {sorted(set(folded))}"
 
 
 @pytest.mark.parametrize("max_num_seqs,prompts", [(1, 4), (16, 16)])

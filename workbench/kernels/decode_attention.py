@@ -108,8 +108,14 @@ gate_up's GEMV of the layer before, the last to read the buffer, had finished by
 handed on in fp32, since no program knows when the sum is complete -- gate_up's folded norm
 rounds it to bf16 as it loads it (kernels/gemv.py, `_residual_sum`), where o_proj's GEMV would
 have rounded its output. So the result equals the unfolded chain's up to the order of the fp32
-additions. (Session 9's last-program merge put an atomic round trip on the chain and lost; here
-the adds are fire-and-forget -- the kernel after waits for this one to end, as always.)
+additions -- and that order is whichever program's add lands first: from run to run the sum can
+differ in its last bits, its bf16 rounding by one unit, and a near-tie token with it. The rest of
+the engine is deterministic (no atomics anywhere else on the decode path); this would be the
+price of adopting it (a fixed-order form: per-head partials that gate_up sums as it loads them,
+at more bytes after its wait). (Session 9's last-program merge put an atomic round trip on the
+chain and lost; here the adds are fire-and-forget -- the kernel after waits for this one to end,
+as always.) At batch > 1 every sequence's programs read their W_o tiles again: measured at batch 1
+only so far.
 
 Measured and not taken either (docs/perf-notes.md, session 9; the code is in git history,
 commit 36f5ffc): this kernel doing q/k norm + RoPE + the newest key's cache write itself, in
@@ -406,7 +412,7 @@ def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_o
 
 
 @triton.jit
-def _attention_merge_o_proj_kernel(part_ptr, m_ptr, l_ptr, w_ptr, b_ptr, out_ptr, num_splits, hidden,
+def _attention_merge_o_proj_kernel(part_ptr, m_ptr, l_ptr, w_ptr, b_ptr, out_ptr, q_ptr, num_splits, hidden,
                                    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
                                    BLOCK_D: tl.constexpr, ROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
                                    USE_PDL: tl.constexpr):
@@ -420,7 +426,7 @@ def _attention_merge_o_proj_kernel(part_ptr, m_ptr, l_ptr, w_ptr, b_ptr, out_ptr
                 mask=(rows[:, None] < hidden) & (dims[None, :] < HEAD_DIM), other=0.0)
     pdl_wait(USE_PDL)
     out = _merged(part_ptr, m_ptr, l_ptr, seq, head, num_splits, NUM_HEADS, HEAD_DIM, BLOCK_S, BLOCK_D)
-    out = out.to(w_ptr.dtype.element_ty).to(tl.float32)   # rounded as the attention output is
+    out = out.to(q_ptr.dtype.element_ty).to(tl.float32)   # rounded as the attention output is (q's dtype)
     y = tl.sum(w.to(tl.float32) * out[None, :], axis=1)   # [ROWS]: this head's part of those outputs
     if HAS_BIAS:
         y += tl.where(head == 0, tl.load(b_ptr + rows, mask=rows < hidden, other=0.0).to(tl.float32), 0.0)
@@ -534,7 +540,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         INTERPRET=_INTERPRET and tagged, **fold)
     if fold:
         _attention_merge_o_proj_kernel[(batch, num_heads, triton.cdiv(hidden, O_PROJ_ROWS))](
-            part, m, l, o_proj_weight, o_proj_bias if o_proj_bias is not None else o_proj_weight, summed, splits,
+            part, m, l, o_proj_weight, o_proj_bias if o_proj_bias is not None else o_proj_weight, summed, q, splits,
             hidden, NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
             ROWS=O_PROJ_ROWS, HAS_BIAS=o_proj_bias is not None, num_warps=O_PROJ_WARPS, **pdl.launch_options())
         return summed

@@ -172,8 +172,9 @@ def _silu_mul(gate, up, dt: tl.constexpr):
 @triton.jit
 def _load_x(x_ptr, res_ptr, nw_ptr, res_out_ptr, toks, kk, x_stride, M, K, pid_n,
             X_FORM: tl.constexpr, HAS_RES: tl.constexpr, EVEN_K: tl.constexpr):
-    """(the [BLOCK_M, BLOCK_K] tile of the matmul's input at columns kk in x's dtype, its squares
-    in fp32). RMS_NORM: the tile is (x + residual) * norm weight, NOT yet divided by the row's rms
+    """(the [BLOCK_M, BLOCK_K] tile of the matmul's input at columns kk in x's dtype -- RMS_NORM with a
+    residual: the residual's, for an fp32 x -- and its squares in fp32). RMS_NORM: the tile is
+    (x + residual) * norm weight, NOT yet divided by the row's rms
     -- that is one number per token, so the kernel applies it to the dot product at the end, and
     no program has to read the whole row before its first weight load."""
     dt = x_ptr.dtype.element_ty
@@ -433,7 +434,7 @@ def launch(x, weight, bias, cfg: GemvConfig, out, x_form: int = PLAIN, residual=
                        next_bytes, nbytes, PREFETCH_LINES=lines,
                        X_FORM=x_form, HAS_RES=residual is not None,
                        HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % (cfg.split_k * cfg.block_k) == 0,
-                       EVEN_N=outputs % per_program == 0, SILU_OUT=silu_out, DOT_FP32=_DOT_FP32 or x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
+                       EVEN_N=outputs % per_program == 0, SILU_OUT=silu_out, DOT_FP32=_DOT_FP32 or weight.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
                        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                        add_ptr=add_arg, ADD_RES=add is not None and not split,
                        **pdl.launch_options(early_trigger))
