@@ -297,10 +297,7 @@ def _o_proj_in_the_merge() -> None:
 
     @torch.compiler.disable   # as Attention.attend: the kernels and the cache stay out of the compiler
     def attention_and_o_proj(attn, positions, qkv, meta):
-        q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
-        q = attn.fold(attn, positions, q.unflatten(-1, (attn.num_heads, attn.head_dim)),
-                      k.unflatten(-1, (attn.num_kv_heads, attn.head_dim)),
-                      v.unflatten(-1, (attn.num_kv_heads, attn.head_dim)), meta)
+        q = attn.fold(attn, positions, *attn.split_heads(qkv), meta)   # normed, rotated; k and v cached
         return decode_attention.paged_decode_attention(q, attn.k_cache, attn.v_cache, meta.seq_lens, meta.block_tables,
                                                        attn.scale, o_proj_weight=attn.o_proj.weight,
                                                        o_proj_bias=attn.o_proj.bias)

@@ -455,6 +455,7 @@ def _attention_merge_tagged_kernel(words_ptr, m_l_ptr, epochs_ptr, out_ptr, stri
         poll_tagged(m_l_at, m_l_used, m_l_at, m_l_used & (pair[None, :] < 0), tag, MAX_POLLS)   # (b: no words)
     o, m_l, late, _ = poll_tagged(words_ptr + slot[:, None] * HEAD_DIM + dims[None, :],
                                   used[:, None] & (dims[None, :] < HEAD_DIM), m_l_at, m_l_used, tag, MAX_POLLS)
+    o, m_l = o.to(tl.float32, bitcast=True), m_l.to(tl.float32, bitcast=True)   # the words held float32 bits
     pdl_trigger(USE_PDL)   # no pdl_wait: the words are what this kernel waits for (kernels/pdl.py)
     m, l = tl.split(m_l)
     m = tl.where(used, m, float("-inf"))            # a padding split weighs e^-inf = 0, as _merge_head's

@@ -40,38 +40,53 @@ import triton.language as tl
 
 @triton.jit
 def store_tagged(ptrs, values, tag, mask, INTERPRET: tl.constexpr):
-    """Store float32 `values` at `ptrs` (int64 words) with `tag` (int32, broadcast to values) in
-    each word's high half: one relaxed 64-bit store a word, where `mask`."""
+    """Store 32-bit `values` (float32 or int32) at `ptrs` (int64 words) with `tag` (int32, a scalar
+    or broadcast to values) in each word's high half: one relaxed 64-bit store a word, where `mask`
+    (None: every word)."""
     bits = values.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
-    word = (tag.to(tl.int64) << 32) | bits
+    word = ((tl.zeros(values.shape, tl.int64) + tag) << 32) | bits   # (tag: an int, a scalar or a tensor)
     if INTERPRET:
         tl.store(ptrs, word, mask=mask)
-    else:   # st.relaxed.gpu: a store other programs may read while this kernel runs (a plain st is "weak")
+    elif mask is None:   # st.relaxed.gpu: a store other programs may read while this kernel runs (a plain st is "weak")
+        tl.inline_asm_elementwise("st.relaxed.gpu.global.b64 [$1], $2; mov.u32 $0, 0;", "=r,l,l",
+                                  [ptrs, word], dtype=tl.int32, is_pure=False, pack=1)
+    else:
         tl.inline_asm_elementwise(
             "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.relaxed.gpu.global.b64 [$1], $2; } mov.u32 $0, 0;",
             "=r,l,l,r", [ptrs, word, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
+def _read(ptrs, mask):
+    """The words at `ptrs` from memory, not from a copy in L1 (volatile); 0 where not `mask`."""
+    if mask is None:
+        words = tl.load(ptrs, volatile=True)
+    else:
+        words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+    return words
+
+
+@triton.jit
 def _late(words, mask, tag):
-    """How many words under `mask` do not carry `tag` yet."""
-    return tl.sum(tl.ravel((mask & ((words >> 32).to(tl.int32) != tag)).to(tl.int32)), axis=0)
+    """How many words (under `mask`, None: all) do not carry `tag` yet."""
+    late = (words >> 32).to(tl.int32) != tag
+    if mask is not None:
+        late = mask & late
+    return tl.sum(tl.ravel(late.to(tl.int32)), axis=0)
 
 
 @triton.jit
 def poll_tagged(a_ptrs, a_mask, b_ptrs, b_mask, tag, MAX_POLLS: tl.constexpr):
-    """Read two sets of words together (a and b: two shapes a kernel reads at once) until every
-    word under its mask carries `tag`, at most MAX_POLLS times (volatile: from memory each time, not
-    from a copy in L1). Returns their values (float32, 0 where masked), how many words were still
-    late when it stopped (0: all arrived), and the reads it took."""
-    a = tl.load(a_ptrs, mask=a_mask, other=0, volatile=True)
-    b = tl.load(b_ptrs, mask=b_mask, other=0, volatile=True)
+    """Read two sets of words together (a and b: two shapes a kernel reads at once; a mask of None:
+    every word) until every word under its mask carries `tag` -- one round trip a poll, not two --
+    at most MAX_POLLS times. Returns their values' bits (int32, the words' low halves; 0 where
+    masked; bitcast for floats), how many words were still late when it stopped (0: all arrived),
+    and the reads it took (the tests' window on the wait: the interpreter never has to wait)."""
+    a, b = _read(a_ptrs, a_mask), _read(b_ptrs, b_mask)
     late = _late(a, a_mask, tag) + _late(b, b_mask, tag)
     polls = 1
     while (late > 0) & (polls < MAX_POLLS):   # scalars in the condition (Triton 3.6 failed on a reduction there)
-        a = tl.load(a_ptrs, mask=a_mask, other=0, volatile=True)
-        b = tl.load(b_ptrs, mask=b_mask, other=0, volatile=True)
+        a, b = _read(a_ptrs, a_mask), _read(b_ptrs, b_mask)
         late = _late(a, a_mask, tag) + _late(b, b_mask, tag)
         polls += 1
-    return (a.to(tl.int32).to(tl.float32, bitcast=True), b.to(tl.int32).to(tl.float32, bitcast=True),
-            late, polls)
+    return a.to(tl.int32), b.to(tl.int32), late, polls

@@ -64,6 +64,7 @@ import triton.language as tl
 
 from workbench.kernels.gemv import _prefetch_l2, as_bytes
 from workbench.kernels.pdl import pdl_wait
+from workbench.kernels.tagged import poll_tagged, store_tagged   # the engine's tagged words (decode attention's merge)
 from workbench.measure.timing import cuda_event_times
 
 D = 1024   # the hidden size of Qwen3-0.6B: the vector every step reads whole
@@ -189,42 +190,6 @@ def _persistent_flags_kernel(buf, flags, D, STAGES: tl.constexpr, SLICE: tl.cons
 
 
 @triton.jit
-def _late(w, tag):
-    """How many of the words `w` do not carry `tag` yet."""
-    return tl.sum(tl.ravel(((w >> 32).to(tl.int32) != tag).to(tl.int32)), axis=0)
-
-
-@triton.jit
-def _poll_tagged(words, offs, own, tag, MAX_POLLS: tl.constexpr):
-    """The int32 values at offs and at own (this program's slice, among them) once every word there
-    carries `tag`: both read together, again until then (volatile: from memory each time, not from
-    a copy in L1), so a step waits one round trip, not two. Whole shapes only: no mask. After
-    MAX_POLLS reads it gives up and returns what it has: a broken chain then fails its check
-    instead of spinning forever (a step needs a few hundred polls at most). Also returns the reads
-    it took (the tests' window on the wait: the interpreter never has to wait)."""
-    w, o = tl.load(words + offs, volatile=True), tl.load(words + own, volatile=True)
-    late = _late(w, tag) + _late(o, tag)
-    polls = 1
-    while (late > 0) & (polls < MAX_POLLS):   # (scalars: Triton 3.6 failed on a reduction in the condition)
-        w, o = tl.load(words + offs, volatile=True), tl.load(words + own, volatile=True)
-        late = _late(w, tag) + _late(o, tag)
-        polls += 1
-    return w.to(tl.int32), o.to(tl.int32), polls   # the low halves: the values
-
-
-@triton.jit
-def _store_tagged(words, offs, values, tag, INTERPRET: tl.constexpr):
-    """values with `tag` in each word's high half, one relaxed 64-bit store a word: no fence, no
-    flag, no barrier -- a reader that sees the tag sees the value stored with it."""
-    word = (tl.full(values.shape, tag, tl.int64) << 32) | (values.to(tl.int64) & 0xFFFFFFFF)
-    if INTERPRET:
-        tl.store(words + offs, word)
-    else:
-        tl.inline_asm_elementwise("st.relaxed.gpu.global.b64 [$1], $2; mov.u32 $0, 0;", "=r,l,l",
-                                  [words + offs, word], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _persistent_tagged_kernel(words, D: tl.constexpr, STAGES: tl.constexpr, SLICE: tl.constexpr, HEAD: tl.constexpr,
                               HEADS: tl.constexpr, WIDTH: tl.constexpr, BY_HEAD: tl.constexpr,
                               INTERPRET: tl.constexpr, MAX_POLLS: tl.constexpr = 1 << 16, SPREAD: tl.constexpr = False,
@@ -257,13 +222,16 @@ def _tagged_step(words, D: tl.constexpr, stage, pid, SLICE: tl.constexpr, HEAD: 
     else:         # the whole vector, as _step; or HEAD values spread over it (every slice holds some: programs <= HEAD)
         offs = tl.arange(0, HEAD) * (D // HEAD) if SPREAD else tl.arange(0, D)
         j = pid * SLICE + tl.arange(0, SLICE)
-    x, own, polls = _poll_tagged(src, offs, j, stage + 1, MAX_POLLS)
+    # offs and j (this program's slice, among them) read together, whole shapes: no masks. After
+    # MAX_POLLS reads it gives up and returns what it has: a broken chain fails its check instead of
+    # spinning forever (a step needs a few hundred polls at most)
+    x, own, _, polls = poll_tagged(src + offs, None, src + j, None, stage + 1, MAX_POLLS)
     _trigger_early(TRIGGER)
     if BY_HEAD:
         totals = tl.sum(x, axis=1)[:, None]
     else:
         totals = tl.sum(x, axis=0)
-    _store_tagged(dst, j, totals * 3 + own + j + stage, stage + 2, INTERPRET)
+    store_tagged(dst + j, totals * 3 + own + j + stage, stage + 2, None, INTERPRET)
     return polls
 
 

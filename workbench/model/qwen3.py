@@ -47,12 +47,15 @@ class Attention(nn.Module):
         """qkv = qkv_proj(normed hidden), computed by the layer (it may fold the norm into it)."""
         return self.o_proj(self.heads_output(positions, qkv, meta))
 
+    def split_heads(self, qkv):
+        """q [T, heads, head_dim], k and v [T, kv_heads, head_dim]: views into qkv_proj's output."""
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        return (q.unflatten(-1, (self.num_heads, self.head_dim)), k.unflatten(-1, (self.num_kv_heads, self.head_dim)),
+                v.unflatten(-1, (self.num_kv_heads, self.head_dim)))
+
     def heads_output(self, positions, qkv, meta: AttentionMetadata) -> torch.Tensor:
         """Every head's attention output, side by side [T, heads x head_dim]: what o_proj reads."""
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.unflatten(-1, (self.num_heads, self.head_dim))
-        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
-        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        q, k, v = self.split_heads(qkv)
         folded_q = self.fold(self, positions, q, k, v, meta) if self.fold is not None else None
         if folded_q is not None:   # k and v are in the cache already
             out = self.attend(folded_q, None, None, meta)
