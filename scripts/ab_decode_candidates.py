@@ -222,27 +222,32 @@ def _silu_in_down() -> None:
     DecoderLayer.forward = forward
 
 
+def _greedy_rows(made: dict, logits):
+    """kernels/sample.py's rows for an all-greedy batch of logits' rows: temperatures 0 (float32), and
+    seeds and counts it does not read (int64), made once a batch size into `made`."""
+    import torch
+    n = logits.shape[0]
+    if n not in made:
+        made[n] = (torch.zeros(n, device=logits.device), torch.zeros(n, dtype=torch.int64, device=logits.device))
+    temps, unused = made[n]
+    return temps, unused, unused
+
+
 def _greedy_fused_sampling(noise_early: bool = False) -> None:
     """greedy-fused-sampling: an all-greedy batch sampled by the fused kernels at temperature 0.
     greedy-sample-early (noise_early): the same pair launched under PDL (kernels/sample.py)."""
-    import torch
-
     from workbench.engine.sampler import Sampler
     from workbench.kernels.sample import sample
-    plain, zeros = Sampler.sample, {}
+    plain, made = Sampler.sample, {}
 
     def sample_greedy_fused(self, logits, seqs, rows=None):
         if not all(seq.params.greedy for seq in seqs):
             return plain(self, logits, seqs, rows)
-        n = logits.shape[0]
-        if n not in zeros:   # temperatures 0 (float32), seeds and counts unused (int64): made once
-            zeros[n] = (torch.zeros(n, device=logits.device), torch.zeros(n, dtype=torch.int64, device=logits.device))
-        temps, unused = zeros[n]
-        return sample(logits, temps, unused, unused, noise_early=noise_early)
+        return sample(logits, *_greedy_rows(made, logits), noise_early=noise_early)
     Sampler.sample = sample_greedy_fused
 
 
-def _greedy_in_graph() -> None:
+def _greedy_in_graph() -> list:
     """greedy-in-graph: each decode graph also records kernels/sample.py's pair at temperature 0,
     under PDL (noise_early), right after the LM head; an all-greedy step takes its tokens from the
     replay (a copy out: the next replay overwrites the buffer). Today the argmax is launched after
@@ -254,16 +259,12 @@ def _greedy_in_graph() -> None:
     from workbench.optimizations.cuda_graphs import DecodeGraphs
     init, plain = DecodeGraphs.__init__, Sampler.sample
     tokens_of = {}   # a decode graph's logits buffer (its address) -> the tokens that graph samples from it
-    rows_of = {}     # batch -> temperatures 0, unused seeds and counts: made at the warm-up, outside any capture
+    made = {}        # _greedy_rows': made at each bucket's warm-up, outside any capture (which would record a memset)
 
     def init_then_wrap(self, forward_logits, **kwargs):
         def forward_then_greedy(ids, positions, meta):
             logits = forward_logits(ids, positions, meta)
-            n = logits.shape[0]
-            if n not in rows_of:   # the warm-up's eager call (a capture would record a memset)
-                rows_of[n] = (torch.zeros(n, device=logits.device), torch.zeros(n, dtype=torch.int64, device=logits.device))
-            temps, unused = rows_of[n]
-            tokens = sample(logits, temps, unused, unused, noise_early=True)
+            tokens = sample(logits, *_greedy_rows(made, logits), noise_early=True)
             if torch.cuda.is_current_stream_capturing():   # only a graph's buffers keep their address
                 tokens_of[logits.data_ptr()] = tokens
             return logits
