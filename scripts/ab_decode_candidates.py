@@ -32,6 +32,8 @@ matters is what it can do before its wait and whether the next one finds room to
                       head's output by a 128-row slice of W_o (read before its wait) and adds it
                       into an fp32 sum the split kernel zeroed; gate_up's folded norm reads that sum
                       (rounded to bf16 first): one kernel and one boundary fewer a layer
+  dattn-o-proj-fixed  the same with the sum in int64 fixed point (kernels/fixed_point.py): the same
+                      tokens in every run, where the fp32 atomics' order can move a near-tie
   rope-inputs-late    qk_norm_rope_store reading its position, cos/sin, slot and norm weights after
                       its PDL wait (the default until session 10, which measured the early reads
                       672 -> 653 us a step: kernels/qk_norm_rope_store.py)
@@ -198,7 +200,7 @@ ATTENTION_PREFETCH = ("dattn-prefetch-gate-up",)   # l2_prefetch.install_attenti
 VARIANTS = ["current", *GEMV, *KERNEL_ARGS, *ENGINE, *OWN_POOL, *IDLE, *PREFILL_ORDER,
             *[v for v in PREFILL_BUCKETS if v not in PREFILL_ORDER], *L2_AHEAD, *SIDE_PREFETCH, *ATTENTION_PREFETCH,
             "silu-in-down", "greedy-fused-sampling", "greedy-sample-early", "greedy-in-graph", "dattn-o-proj",
-            "residual-epilogue",
+            "dattn-o-proj-fixed", "residual-epilogue",
             "gate-up-early"]   # (PATCHED, below)
 
 
@@ -282,12 +284,13 @@ def _greedy_in_graph() -> list:
     return served
 
 
-def _o_proj_in_the_merge() -> None:
+def _o_proj_in_the_merge(fixed_point: bool = False) -> None:
     """dattn-o-proj: at decode, with fused_decode's folds and decode attention, o_proj runs inside the
     attention merge (kernels/decode_attention.py, Choice 8): the merge's programs each multiply their
     head's output by a slice of W_o and add into an fp32 sum, which gate_up's folded norm reads. One
     kernel and one boundary fewer a layer. Patched where both the attention's fold and the norm's
-    after it are visible: the layer (an fp32 sum must reach a folded norm, which rounds it)."""
+    after it are visible: the layer (an fp32 sum must reach a folded norm, which rounds it).
+    dattn-o-proj-fixed (fixed_point): the sum in int64 fixed point, the same in every run."""
     import torch
 
     from workbench.kernels import decode_attention
@@ -301,7 +304,7 @@ def _o_proj_in_the_merge() -> None:
         q = attn.fold(attn, positions, *attn.split_heads(qkv), meta)   # normed, rotated; k and v cached
         return decode_attention.paged_decode_attention(q, attn.k_cache, attn.v_cache, meta.seq_lens, meta.block_tables,
                                                        attn.scale, o_proj_weight=attn.o_proj.weight,
-                                                       o_proj_bias=attn.o_proj.bias)
+                                                       o_proj_bias=attn.o_proj.bias, o_proj_fixed_point=fixed_point)
 
     def forward(self, positions, hidden, residual, meta):
         attn, norm, mlp = self.self_attn, self.post_attention_layernorm, self.mlp
@@ -310,7 +313,7 @@ def _o_proj_in_the_merge() -> None:
                 or attn.side_prefetch is not None):
             return layer_forward(self, positions, hidden, residual, meta)   # what the fold would not take
         qkv, residual = self.input_layernorm.then(attn.qkv_proj, hidden, residual)
-        summed = attention_and_o_proj(attn, positions, qkv, meta)   # fp32: the norm's fold rounds it
+        summed = attention_and_o_proj(attn, positions, qkv, meta)   # fp32 or int64: the norm's fold rounds it
         gated, residual = norm.then(mlp.gate_up_proj, summed, residual, act=mlp.act)
         return mlp.down_proj(gated), residual
     DecoderLayer.forward = forward
@@ -368,6 +371,7 @@ PATCHED = {"silu-in-down": _silu_in_down,   # variant -> what it patches in befo
            "greedy-fused-sampling": _greedy_fused_sampling,
            "greedy-sample-early": lambda: _greedy_fused_sampling(noise_early=True),
            "greedy-in-graph": _greedy_in_graph, "dattn-o-proj": _o_proj_in_the_merge,
+           "dattn-o-proj-fixed": lambda: _o_proj_in_the_merge(fixed_point=True),
            "residual-epilogue": _residual_in_epilogues,
            "gate-up-early": _gate_up_early}
 

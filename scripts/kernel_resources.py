@@ -137,11 +137,12 @@ def resources(launch: Launch, hints: bool = True) -> Resources:
 def decode_attention_launches(preset: str = "qwen3-0.6b", batch: int = 1, context: int = 640,
                               block_size: int = 128, max_model_len: int = 4096, merge: str = "kernel",
                               pdl: bool = False, prefetch_mb: float = 0.0, m_l_first: bool = False,
-                              o_proj: bool = False) -> list[Launch]:
+                              o_proj: bool = False, fixed_point: bool = False) -> list[Launch]:
     """paged_decode_attention's launches as the engine's decode step makes them (bf16 cache,
     a block table as wide as max_model_len; the context only sets the lengths, read on device).
     prefetch_mb > 0: with that many MB of weight to ask L2 for (Choice 6; needs pdl). m_l_first: the
-    tagged merge's other form (Choice 7); o_proj: o_proj folded into the merge (Choice 8)."""
+    tagged merge's other form (Choice 7); o_proj: o_proj folded into the merge (Choice 8), its sum in
+    fixed point with fixed_point."""
     import torch
 
     from workbench.kernels import pdl as pdl_switch
@@ -157,7 +158,7 @@ def decode_attention_launches(preset: str = "qwen3-0.6b", batch: int = 1, contex
     with capture() as launches, pdl_switch.launching(pdl):
         w_o = torch.zeros(cfg.hidden_size, cfg.num_heads * cfg.head_dim, dtype=torch.bfloat16) if o_proj else None
         paged_decode_attention(q, cache[0], cache[1], lens, table, cfg.head_dim ** -0.5, merge=merge, prefetch=ahead,
-                               m_l_first=m_l_first, o_proj_weight=w_o)
+                               m_l_first=m_l_first, o_proj_weight=w_o, o_proj_fixed_point=fixed_point)
     return launches
 
 

@@ -14,7 +14,7 @@ import importlib.util
 import pytest
 
 CHECKS = ["matches_naive", "wrong_table_is_caught", "last_program_merge", "tagged_merge", "tagged_merge_gives_up",
-          "o_proj_in_the_merge", "prefetch_kv", "engine_greedy_parity", "o_proj_variant_matches_the_engine"]
+          "o_proj_in_the_merge", "o_proj_fixed_point_is_order_free", "o_proj_fixed_point_poisons", "prefetch_kv", "engine_greedy_parity", "o_proj_variant_matches_the_engine"]
 
 
 # --- the switch on the board (plain pytest, no kernel runs) ------------------------------------
@@ -142,11 +142,13 @@ LAST_CASES = [([1], 16, 3, (4, 2, 32)), ([70], 16, None, (4, 2, 32)), ([200, 1],
 
 @contextlib.contextmanager
 def nan_filled_empty(torch):
-    """torch.empty and empty_like hand out NaN-filled floats: a merge that reads a partial before it
-    is written, or an output left unwritten, shows as NaN. (On the CPU a freed buffer's old bytes
-    -- often the very partials of the call before -- would hide it.)"""
+    """torch.empty and empty_like hand out NaN-filled floats (and int64s of 2^40, 4,096 as a
+    fixed-point sum): a merge that reads a partial before it is written, or an output left
+    unwritten, shows as NaN (or as 4,096 too much). (On the CPU a freed buffer's old bytes --
+    often the very partials of the call before -- would hide it.)"""
     empty, empty_like = torch.empty, torch.empty_like
-    poison = lambda t: t.fill_(float("nan")) if t.is_floating_point() else t  # noqa: E731
+    poison = lambda t: (t.fill_(float("nan")) if t.is_floating_point() else  # noqa: E731
+                        t.fill_(1 << 40) if t.dtype == torch.int64 else t)
     torch.empty = lambda *a, **kw: poison(empty(*a, **kw))
     torch.empty_like = lambda *a, **kw: poison(empty_like(*a, **kw))
     try:
@@ -243,14 +245,16 @@ def check_tagged_merge_gives_up(torch):
 
 
 def check_o_proj_in_the_merge(torch):
-    """Choice 8 (o_proj_weight): o_proj of the attention output, fp32, against the attention kernel
-    then F.linear (fp32 inputs: to fp32 rounding), with and without a bias, an o_proj width not a
-    multiple of the merge's rows (200: two chunks, the second part masked), one split (the
-    fallback) and several. Every torch.empty starts NaN: a sum the split kernel did not zero
-    first would come out NaN (seen failing with the zeroing removed)."""
+    """Choice 8 (o_proj_weight): o_proj of the attention output, fp32 (or int64 fixed point,
+    o_proj_fixed_point), against the attention kernel then F.linear (fp32 inputs: to fp32
+    rounding), with and without a bias, an o_proj width not a multiple of the merge's rows (200:
+    two chunks, the second part masked), one split (the fallback) and several. Every torch.empty
+    starts NaN (int64: 2^40): a sum the split kernel did not zero first would come out NaN, or
+    4,096 off (seen failing with the zeroing removed, in both forms)."""
     import torch.nn.functional as F
     from kernel_cases import decode_attention_inputs
     from workbench.kernels import decode_attention as kernel
+    from workbench.kernels import fixed_point
     g = torch.Generator().manual_seed(3)
     for lens, block_size, splits, heads in LAST_CASES[:4]:
         q, k, v, seq_lens, table, scale, _ = decode_attention_inputs(torch, lens, *heads, block_size, torch.float32)
@@ -259,13 +263,68 @@ def check_o_proj_in_the_merge(torch):
             w = torch.randn(hidden, heads[0] * heads[2], generator=g)
             b = torch.randn(hidden, generator=g) if bias else None
             for s in (splits, 1):
-                with nan_filled_empty(torch):
-                    got = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=s,
-                                                        o_proj_weight=w, o_proj_bias=b)
-                case = f"lens={lens} splits={s} heads={heads} hidden={hidden} bias={bias}"
-                assert got.dtype == torch.float32 and got.shape == (len(lens), hidden), case
-                torch.testing.assert_close(got, F.linear(attention, w, b), rtol=1e-4, atol=1e-4,
-                                           msg=lambda m: f"{case}: {m}")
+                for fixed in (False, True):
+                    with nan_filled_empty(torch):
+                        got = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=s, o_proj_weight=w,
+                                                            o_proj_bias=b, o_proj_fixed_point=fixed)
+                    case = f"lens={lens} splits={s} heads={heads} hidden={hidden} bias={bias} fixed={fixed}"
+                    assert got.dtype == (torch.int64 if fixed else torch.float32), case
+                    assert got.shape == (len(lens), hidden), case
+                    torch.testing.assert_close(fixed_point.decode(got) if fixed else got, F.linear(attention, w, b),
+                                               rtol=1e-4, atol=1e-4, msg=lambda m: f"{case}: {m}")
+
+
+def _kv_groups_reversed(torch, q, k, v, w):
+    """The same attention and o_proj with the KV heads (and their query heads, and W_o's columns)
+    in reverse order: every head's partials are what they were, at other program ids -- so the
+    merge's programs add them into the sum in another order."""
+    batch, hq, d = q.shape
+    hkv = k.shape[2]
+    q = q.view(batch, hkv, hq // hkv, d).flip(1).reshape(batch, hq, d)
+    w = w.view(w.shape[0], hkv, hq // hkv, d).flip(1).reshape(w.shape[0], hq * d)
+    return q, k.flip(2).contiguous(), v.flip(2).contiguous(), w
+
+
+def check_o_proj_fixed_point_is_order_free(torch):
+    """o_proj_fixed_point: the sum is the same, bit for bit, whatever order the heads' adds land
+    in (here: the heads in reverse program order), where the fp32 form's sum is not -- the fp32
+    form is this check's wrong input, seen failing here on the same cases (so the check can fail)."""
+    from kernel_cases import decode_attention_inputs
+    from workbench.kernels import decode_attention as kernel
+    g = torch.Generator().manual_seed(5)
+    fp32_moved = 0
+    for lens, block_size, splits, heads in (([70, 33], 16, 3, (8, 4, 32)), ([129], 128, 5, (6, 3, 64))):
+        q, k, v, seq_lens, table, scale, _ = decode_attention_inputs(torch, lens, *heads, block_size, torch.float32)
+        w = torch.randn(300, heads[0] * heads[2], generator=g)
+        for fixed in (True, False):
+            sums = [kernel.paged_decode_attention(q_, k_, v_, seq_lens, table, scale, splits=splits, o_proj_weight=w_,
+                                                  o_proj_fixed_point=fixed)
+                    for q_, k_, v_, w_ in ((q, k, v, w), _kv_groups_reversed(torch, q, k, v, w))]
+            if fixed:
+                assert torch.equal(*sums), f"lens={lens}: the fixed-point sum depends on the order of the adds"
+            else:
+                fp32_moved += int((sums[0] != sums[1]).sum())
+    assert fp32_moved > 0, "the fp32 sums did not move with the order either: this check could not fail"
+
+
+def check_o_proj_fixed_point_poisons(torch):
+    """A term fixed point cannot hold -- beyond fixed_point.LIMIT, or NaN -- makes its output NaN,
+    as the fp32 sum's overflow or NaN would have; the other outputs are untouched (seen failing
+    with to_fixed's limit removed: the big term then came back as a number)."""
+    from kernel_cases import decode_attention_inputs
+    from workbench.kernels import decode_attention as kernel
+    from workbench.kernels import fixed_point
+    q, k, v, seq_lens, table, scale, _ = decode_attention_inputs(torch, [70], 4, 2, 32, 16, torch.float32)
+    w = torch.randn(48, 4 * 32, generator=torch.Generator().manual_seed(6))
+    w[5, :32] *= 1e8       # row 5: head 0's term far beyond LIMIT
+    w[9, 32:64] = float("nan")   # row 9: head 1's term NaN
+    plain = kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=3, o_proj_weight=w)
+    assert plain[0, 5].abs() > 2 * fixed_point.LIMIT, f"the test's premise: a term beyond LIMIT, got {plain[0, 5]}"
+    got = fixed_point.decode(kernel.paged_decode_attention(q, k, v, seq_lens, table, scale, splits=3, o_proj_weight=w,
+                                                           o_proj_fixed_point=True))
+    assert got[0, 5].isnan() and got[0, 9].isnan(), (got[0, 5], got[0, 9])
+    rest = [r for r in range(48) if r not in (5, 9)]
+    torch.testing.assert_close(got[:, rest], plain[:, rest], rtol=1e-4, atol=1e-4)
 
 
 WAIT_HOOK = []   # what the (stubbed) PDL wait does: the writes of the kernel before, finishing
@@ -331,10 +390,11 @@ def check_engine_greedy_parity(torch):
 
 
 def check_o_proj_variant_matches_the_engine(torch):
-    """The A/B variant dattn-o-proj (scripts/ab_decode_candidates.py: o_proj inside the merge, gate_up's
-    folded norm reading the fp32 sum) gives the engine's greedy tokens and logits, a tiny fp32 model
-    with decode attention and fused_decode's hooks (installed by hand: the CPU engine refuses them),
-    and the folded form really ran at every decode step."""
+    """The A/B variants dattn-o-proj and dattn-o-proj-fixed (scripts/ab_decode_candidates.py: o_proj
+    inside the merge, gate_up's folded norm reading the fp32 or fixed-point sum) give the engine's
+    greedy tokens and logits, a tiny fp32 model with decode attention and fused_decode's hooks
+    (installed by hand: the CPU engine refuses them), and the folded form really ran at every
+    decode step (seen failing with to_fixed's products scaled by 1.01)."""
     import sys
     import tempfile
     from pathlib import Path
@@ -357,17 +417,19 @@ def check_o_proj_variant_matches_the_engine(torch):
             fused_decode.install(llm.runner.model, True)
             return llm.generate(prompts, params, use_tqdm=False)
     base, forward, real = run(), DecoderLayer.forward, kernel.paged_decode_attention
-    folded = []
-    kernel.paged_decode_attention = lambda *a, **kw: folded.append(kw.get("o_proj_weight") is not None) or real(*a, **kw)
-    try:
-        ab.PATCHED["dattn-o-proj"]()
-        runs = run()
-    finally:
-        DecoderLayer.forward, kernel.paged_decode_attention = forward, real
-    assert folded and all(folded), f"decode steps with o_proj folded in: {folded}"
-    for a, b in zip(base, runs):
-        assert a.token_ids == b.token_ids, (a.token_ids, b.token_ids)
-        torch.testing.assert_close(b.logits, a.logits, rtol=1e-4, atol=1e-4)
+    for variant, fixed in (("dattn-o-proj", False), ("dattn-o-proj-fixed", True)):
+        folded = []   # per decode call: (o_proj folded in, in fixed point)
+        kernel.paged_decode_attention = lambda *a, **kw: folded.append(
+            (kw.get("o_proj_weight") is not None, kw.get("o_proj_fixed_point", False))) or real(*a, **kw)
+        try:
+            ab.PATCHED[variant]()
+            runs = run()
+        finally:
+            DecoderLayer.forward, kernel.paged_decode_attention = forward, real
+        assert folded and all(f == (True, fixed) for f in folded), f"{variant}: decode steps' forms {folded}"
+        for a, b in zip(base, runs):
+            assert a.token_ids == b.token_ids, (variant, a.token_ids, b.token_ids)
+            torch.testing.assert_close(b.logits, a.logits, rtol=1e-4, atol=1e-4, msg=lambda m: f"{variant}: {m}")
 
 
 if __name__ == "__main__":

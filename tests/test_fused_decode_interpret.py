@@ -50,6 +50,16 @@ def test_a_form_override_is_not_folded_away(tiny_ckpt, seam, left_alone):
     assert all(folded.values()), folded
 
 
+def test_a_fixed_point_x_needs_the_residual():
+    """An int64 x (a fixed-point sum, kernels/fixed_point.py) takes the residual's dtype for its
+    outputs: without a residual there is none to take, so it is refused before any launch."""
+    import torch
+
+    from workbench.kernels.fused_gemv import rms_norm_linear
+    with pytest.raises(ValueError, match="needs the residual"):
+        rms_norm_linear(torch.zeros(1, 8, dtype=torch.int64), None, torch.ones(8), 1e-6, torch.ones(4, 8))
+
+
 # --- the checks, run in the child process ----------------------------------------------------
 def _rel_err(got, want) -> float:
     return ((got.double() - want).norm() / want.norm()).item()
@@ -106,7 +116,10 @@ def check_rms_norm_linear(torch):
 def check_fp32_x_is_rounded_first(torch):
     """An fp32 x with a bf16 residual (decode attention's o_proj fold hands on an fp32 sum) gives,
     bit for bit, what x rounded to bf16 gives -- both outputs, with and without silu_out -- and
-    both outputs are bf16: the stream keeps its dtype."""
+    both outputs are bf16: the stream keeps its dtype. The same for x as an int64 fixed-point sum
+    (o_proj_fixed_point; kernels/fixed_point.py), turned into fp32 first (seen failing with
+    from_fixed's scale off by a factor of two)."""
+    from workbench.kernels import fixed_point
     from workbench.kernels.fused_gemv import rms_norm_linear
     g = torch.Generator().manual_seed(7)
     for m, silu in ((1, False), (3, True)):
@@ -117,10 +130,13 @@ def check_fp32_x_is_rounded_first(torch):
         assert torch.equal(x.bfloat16().float(), exact) and not torch.equal(x, exact)
         r = torch.randn(m, 96, generator=g).bfloat16()
         nw, w = (torch.rand(96, generator=g) + 0.5).bfloat16(), torch.randn(40, 96, generator=g).bfloat16()
-        got = rms_norm_linear(x, r, nw, 1e-6, w, silu_out=silu)
+        # (the fixed-point form is off by < 4e-9 toward zero: far inside the 0.4 of a bf16 place)
+        assert torch.equal(fixed_point.decode(fixed_point.encode(x)).bfloat16().float(), exact)
         want = rms_norm_linear(x.bfloat16(), r, nw, 1e-6, w, silu_out=silu)
-        assert got[0].dtype == got[1].dtype == torch.bfloat16, (got[0].dtype, got[1].dtype)
-        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), f"m={m} silu_out={silu}"
+        for form in (x, fixed_point.encode(x)):
+            got = rms_norm_linear(form, r, nw, 1e-6, w, silu_out=silu)
+            assert got[0].dtype == got[1].dtype == torch.bfloat16, (got[0].dtype, got[1].dtype)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), f"m={m} silu_out={silu} x {form.dtype}"
         unrounded = (x + r.float()).bfloat16()   # x added in fp32, not rounded first: what the check must catch
         assert not torch.equal(unrounded, want[1]), "rounding x first changes nothing here: the check could not fail"
 

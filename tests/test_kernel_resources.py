@@ -39,11 +39,12 @@ def _script():
     return sys.modules["kernel_resources"]
 
 
-@pytest.mark.parametrize("merge", ["kernel", "last_program", "tagged", "tagged, m and l first", "kernel, o_proj folded"])
+@pytest.mark.parametrize("merge", ["kernel", "last_program", "tagged", "tagged, m and l first", "kernel, o_proj folded",
+                                   "kernel, o_proj folded, fixed point"])
 def test_split_kernel_does_not_spill_at_the_engines_launch(merge):
     kr = _script()
     launches = kr.decode_attention_launches("qwen3-0.6b", merge=merge.split(",")[0], m_l_first="first" in merge,
-                                            o_proj="o_proj" in merge)
+                                            o_proj="o_proj" in merge, fixed_point="fixed" in merge)
     split = kr.resources(launches[0])
     assert split.kernel == "_attention_split_kernel"
     # Only spills are asserted: register counts move with every Triton/ptxas release (72 a thread
@@ -59,7 +60,8 @@ def test_split_kernel_does_not_spill_at_the_engines_launch(merge):
         folded = kr.resources(launches[1])
         assert folded.kernel == "_attention_merge_o_proj_kernel"
         assert (folded.spill_stores, folded.spill_loads) == (0, 0), f"{folded}"
-        assert re.search(r"\b(red|atom)\.global\.gpu\.relaxed\.add\.f32", folded.ptx), "no relaxed fp32 atomic add"
+        add = r"\b(red|atom)\.global\.gpu\.relaxed\.add\." + ("u64" if "fixed" in merge else "f32")
+        assert re.search(add, folded.ptx), f"no relaxed atomic add of the sum's type ({add})"
 
 
 def test_split_kernel_does_not_spill_even_without_alignment_hints():

@@ -311,14 +311,16 @@ def test_engine_parity_with_the_tagged_merge(tmp_path_factory, monkeypatch):
         assert_engine_parity(tmp_path_factory.mktemp("q06b"), [Optimizations.all_on()], prompts, max_num_seqs)
 
 
+@pytest.mark.parametrize("fixed_point", [False, True])
 @pytest.mark.parametrize("pdl", [False, True])
-def test_o_proj_in_the_merge_in_the_layer_chain(pdl):
+def test_o_proj_in_the_merge_in_the_layer_chain(pdl, fixed_point):
     """Choice 8 where a decode step runs it: per layer q/k norm + RoPE, attention with o_proj folded
-    into the merge (an fp32 sum the split kernel zeroes), then gate_up's folded norm reading that
-    sum -- 4 layers back to back in one graph, PDL on and off, fresh q/k/v and NaN in the newest
-    slots before each of 20 replays at three sets of lengths: each replay equals the unfolded
-    chain (attention, o_proj's GEMV, the same fold on its bf16 output) to bf16 rounding, and the
-    residual stream stays bf16."""
+    into the merge (a sum the split kernel zeroes: fp32, or int64 fixed point), then gate_up's
+    folded norm reading that sum -- 4 layers back to back in one graph, PDL on and off, fresh
+    q/k/v and NaN in the newest slots before each of 20 replays at three sets of lengths: each
+    replay equals the unfolded chain (attention, o_proj's GEMV, the same fold on its bf16 output)
+    to bf16 rounding, and the residual stream stays bf16. In fixed point a second replay on the
+    same inputs gives the same bits (the point of it: the adds' order does not show)."""
     from workbench.kernels.fused_gemv import rms_norm_linear
     from workbench.kernels.gemv import gemv
     from workbench.kernels.pdl import launching
@@ -334,7 +336,7 @@ def test_o_proj_in_the_merge_in_the_layer_chain(pdl):
         outs = []
         for i in range(chain.layers):
             q_rot = chain.rope(i)
-            x = (chain.attend(i, q_rot, o_proj_weight=w_o[i]) if folded else
+            x = (chain.attend(i, q_rot, o_proj_weight=w_o[i], o_proj_fixed_point=fixed_point) if folded else
                  gemv(chain.attend(i, q_rot).flatten(1), w_o[i]))
             outs.append(rms_norm_linear(x, residual, norm_w, 1e-6, w_gu[i], silu_out=True))
         return outs
@@ -347,6 +349,11 @@ def test_o_proj_in_the_merge_in_the_layer_chain(pdl):
             graph.replay()
             torch.cuda.synchronize()
             outs = [(a.clone(), b.clone()) for a, b in got]
+            if fixed_point:   # the same inputs again (rope rewrites the same newest keys): the same bits
+                graph.replay()
+                torch.cuda.synchronize()
+                assert all(torch.equal(a, a2) and torch.equal(b, b2) for (a, b), (a2, b2) in zip(outs, got)), (
+                    f"lens={lens}: the fixed-point sum changed from one replay to the next")
             with launching(False):
                 want = step(False)
             for layer, ((gated, stream), (gated_want, stream_want)) in enumerate(zip(outs, want)):
@@ -357,9 +364,11 @@ def test_o_proj_in_the_merge_in_the_layer_chain(pdl):
                                            msg=lambda m: f"lens={lens}, layer {layer}, gate_up: {m}")
 
 
-def test_engine_parity_with_o_proj_in_the_merge(tmp_path_factory, monkeypatch):
-    """All on with the A/B variant dattn-o-proj (o_proj inside the merge) against all-off: the
-    parity bar, batch 1 and 16 -- and the folded form did run (at decode steps of both)."""
+@pytest.mark.parametrize("variant", ["dattn-o-proj", "dattn-o-proj-fixed"])
+def test_engine_parity_with_o_proj_in_the_merge(tmp_path_factory, monkeypatch, variant):
+    """All on with the A/B variant dattn-o-proj (o_proj inside the merge; -fixed: its sum in fixed
+    point) against all-off: the parity bar, batch 1 and 16 -- and the folded form did run (at
+    decode steps of both), in the variant's form."""
     import sys
     from pathlib import Path
 
@@ -375,10 +384,11 @@ def test_engine_parity_with_o_proj_in_the_merge(tmp_path_factory, monkeypatch):
 
     def spy(*args, **kwargs):   # which batches the folded form ran at
         if kwargs.get("o_proj_weight") is not None:
+            assert kwargs.get("o_proj_fixed_point", False) == variant.endswith("fixed"), kwargs
             folded.append(args[0].shape[0])
         return real(*args, **kwargs)
     monkeypatch.setattr(decode_attention, "paged_decode_attention", spy)
-    ab.PATCHED["dattn-o-proj"]()
+    ab.PATCHED[variant]()
     for max_num_seqs, prompts in ((1, 4), (16, 16)):
         assert_engine_parity(tmp_path_factory.mktemp("q06b"), [Optimizations.all_on()], prompts, max_num_seqs)
     assert 1 in folded and max(folded) > 1, f"batches the folded form ran at: {sorted(set(folded))}"

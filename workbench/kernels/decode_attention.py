@@ -109,13 +109,14 @@ handed on in fp32, since no program knows when the sum is complete -- gate_up's 
 rounds it to bf16 as it loads it (kernels/gemv.py, `_residual_sum`), where o_proj's GEMV would
 have rounded its output. So the result equals the unfolded chain's up to the order of the fp32
 additions -- and that order is whichever program's add lands first: from run to run the sum can
-differ in its last bits, its bf16 rounding by one unit, and a near-tie token with it. The rest of
-the engine is deterministic (no atomics anywhere else on the decode path); this would be the
-price of adopting it (a fixed-order form: per-head partials that gate_up sums as it loads them,
-at more bytes after its wait). (Session 9's last-program merge put an atomic round trip on the
-chain and lost; here the adds are fire-and-forget -- the kernel after waits for this one to end,
-as always.) At batch > 1 every sequence's programs read their W_o tiles again: measured at batch 1
-only so far.
+differ in its last bits, its bf16 rounding by one unit, and a near-tie token with it, where the
+rest of the decode path is deterministic (no atomics anywhere else on it). `o_proj_fixed_point`
+removes that price: each program adds its partials as int64 fixed point (kernels/fixed_point.py),
+whose sum is the same in any order, and gate_up's norm turns it back to fp32 as it loads it -- 8
+bytes a value instead of 4, and a term off by < 4e-9. (Session 9's last-program merge put an
+atomic round trip on the chain and lost; here the adds are fire-and-forget -- the kernel after
+waits for this one to end, as always.) At batch > 1 every sequence's programs read their W_o tiles
+again (2,048 programs at 16), a cost no run has measured yet.
 
 Measured and not taken either (docs/perf-notes.md, session 9; the code is in git history,
 commit 36f5ffc): this kernel doing q/k norm + RoPE + the newest key's cache write itself, in
@@ -141,6 +142,8 @@ import triton.language as tl
 
 from . import pdl
 from .pdl import pdl_trigger, pdl_wait   # by name, not pdl.wait: torch.compile copies a traced kernel's helpers by name
+from . import fixed_point
+from .fixed_point import to_fixed
 from .gemv import _prefetch_l2, prefetch_args
 from .tagged import poll_tagged, store_tagged
 
@@ -338,7 +341,7 @@ def _attention_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, 
         if split == 0:   # after the wait, as every store: gate_up of the layer before, which read the
             # buffer last, finished before the kernel before this one did
             cols = kv_head * zero_chunk + tl.arange(0, ZERO_BLOCK)
-            tl.store(zero_ptr + seq * zero_n + cols, tl.zeros([ZERO_BLOCK], tl.float32),
+            tl.store(zero_ptr + seq * zero_n + cols, tl.zeros([ZERO_BLOCK], zero_ptr.dtype.element_ty),
                      mask=(cols < zero_n) & (tl.arange(0, ZERO_BLOCK) < zero_chunk))
     if not SPLIT:   # the whole context was ours: normalize and write the output
         out = acc / tl.where(l > 0, l, 1.0)[:, None]
@@ -415,10 +418,11 @@ def _attention_merge_kernel(part_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_o
 def _attention_merge_o_proj_kernel(part_ptr, m_ptr, l_ptr, w_ptr, b_ptr, out_ptr, q_ptr, num_splits, hidden,
                                    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
                                    BLOCK_D: tl.constexpr, ROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                                   USE_PDL: tl.constexpr):
+                                   FIXED: tl.constexpr, USE_PDL: tl.constexpr):
     """Choice 8: query head `head`'s merge, then its share of o_proj for `ROWS` output rows: those
-    rows of W_o times the head's output, added into the fp32 sum out [batch, hidden] (zeroed by
-    the split kernel). The weight tile first, before the wait: no kernel writes it."""
+    rows of W_o times the head's output, added into the sum out [batch, hidden] (zeroed by the
+    split kernel): fp32, or with FIXED int64 fixed point (kernels/fixed_point.py: the same sum in
+    any order). The weight tile first, before the wait: no kernel writes it."""
     seq, head, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = chunk * ROWS + tl.arange(0, ROWS)
     dims = tl.arange(0, BLOCK_D)
@@ -430,7 +434,10 @@ def _attention_merge_o_proj_kernel(part_ptr, m_ptr, l_ptr, w_ptr, b_ptr, out_ptr
     y = tl.sum(w.to(tl.float32) * out[None, :], axis=1)   # [ROWS]: this head's part of those outputs
     if HAS_BIAS:
         y += tl.where(head == 0, tl.load(b_ptr + rows, mask=rows < hidden, other=0.0).to(tl.float32), 0.0)
-    tl.atomic_add(out_ptr + seq * hidden + rows, y, mask=rows < hidden, sem="relaxed")
+    if FIXED:
+        tl.atomic_add(out_ptr + seq * hidden + rows, to_fixed(y), mask=rows < hidden, sem="relaxed")
+    else:
+        tl.atomic_add(out_ptr + seq * hidden + rows, y, mask=rows < hidden, sem="relaxed")
 
 
 @triton.jit
@@ -471,7 +478,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            splits: int | None = None, block_n: int = BLOCK_N, merge: str = "kernel",
                            prefetch_kv: bool = True, prefetch: torch.Tensor | None = None,
                            m_l_first: bool = False, o_proj_weight: torch.Tensor | None = None,
-                           o_proj_bias: torch.Tensor | None = None) -> torch.Tensor:
+                           o_proj_bias: torch.Tensor | None = None, o_proj_fixed_point: bool = False) -> torch.Tensor:
     """q [B, Hq, D] (one token per sequence, the newest) attends to the first seq_lens[b] >= 1 keys
     (a decoded token always sees itself; the merge relies on it) of its paged cache (k_cache/v_cache [blocks, block_size, Hkv, D], block_tables [B, width] int32).
     Returns [B, Hq, D] in q's dtype. splits: None = `num_splits`'s choice (a sweep may set it).
@@ -480,7 +487,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     m_l_first (with "tagged"): each merge program polls its splits' m and l words alone first.
     o_proj_weight [hidden, Hq * D] (and o_proj_bias): Choice 8, a candidate -- returns o_proj of the
     attention output instead, [B, hidden] in fp32 (a sum made by atomics: the folded norm after it
-    rounds it to the residual's dtype, kernels/gemv.py), the merge's programs doing o_proj too.
+    rounds it to the residual's dtype, kernels/gemv.py), the merge's programs doing o_proj too;
+    with o_proj_fixed_point, int64 fixed point instead (kernels/fixed_point.py), the same in every run.
     prefetch_kv: under PDL, each program's first tile before the wait (Choice 5).
     prefetch: a weight whose lines the programs ask L2 for before the wait (Choice 6; with
     prefetch_kv under PDL only, where there is a before)."""
@@ -492,6 +500,10 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                                       or not o_proj_weight.is_contiguous()):
         raise ValueError(f"paged_decode_attention: o_proj_weight {tuple(o_proj_weight.shape)} must be contiguous "
                          f"[hidden, {q.shape[1] * q.shape[2]}], with merge='kernel' (Choice 8), not {merge!r}")
+    if o_proj_fixed_point and (o_proj_weight is None or q.shape[1] + 1 > fixed_point.MAX_TERMS):
+        raise ValueError(f"paged_decode_attention: o_proj_fixed_point is a form of the o_proj fold (o_proj_weight), "
+                         f"for at most {fixed_point.MAX_TERMS - 1} query heads; got {q.shape[1]} heads, "
+                         f"o_proj_weight {'given' if o_proj_weight is not None else 'None'}")
     batch, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     if num_heads % kv_heads or k_cache.shape[-1] != head_dim or seq_lens.shape[0] != batch:
@@ -507,7 +519,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if o_proj_weight is not None and splits == 1:   # no merge to fold it into: the two ops, the same contract
         out = paged_decode_attention(q, k_cache, v_cache, seq_lens, block_tables, scale, splits=1, block_n=block_n,
                                      prefetch_kv=prefetch_kv, prefetch=prefetch).flatten(1)
-        return torch.nn.functional.linear(out, o_proj_weight, o_proj_bias).float()
+        summed = torch.nn.functional.linear(out, o_proj_weight, o_proj_bias).float()
+        return fixed_point.encode(summed) if o_proj_fixed_point else summed
     out = torch.empty_like(q)
     part = m = l = epochs = out   # not read when splits == 1
     tagged = splits > 1 and merge == "tagged"
@@ -525,7 +538,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     fold = {}
     if o_proj_weight is not None:   # Choice 8: the fp32 sum the merge adds into, zeroed by the split kernel
         hidden = o_proj_weight.shape[0]
-        summed = torch.empty((batch, hidden), dtype=torch.float32, device=q.device)
+        summed = torch.empty((batch, hidden), dtype=torch.int64 if o_proj_fixed_point else torch.float32, device=q.device)
         chunk = triton.cdiv(hidden, kv_heads)
         fold = dict(zero_ptr=summed, zero_n=hidden, zero_chunk=chunk, ZERO_BLOCK=triton.next_power_of_2(chunk))
     _attention_split_kernel[(batch, kv_heads, splits)](
@@ -543,7 +556,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         _attention_merge_o_proj_kernel[(batch, num_heads, triton.cdiv(hidden, O_PROJ_ROWS))](
             part, m, l, o_proj_weight, o_proj_bias if o_proj_bias is not None else o_proj_weight, summed, q, splits,
             hidden, NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
-            ROWS=O_PROJ_ROWS, HAS_BIAS=o_proj_bias is not None, num_warps=O_PROJ_WARPS, **pdl.launch_options())
+            ROWS=O_PROJ_ROWS, HAS_BIAS=o_proj_bias is not None, FIXED=o_proj_fixed_point, num_warps=O_PROJ_WARPS,
+            **pdl.launch_options())
         return summed
     if tagged:
         _attention_merge_tagged_kernel[(batch, num_heads)](

@@ -54,7 +54,7 @@ def _config(x: torch.Tensor, weight: torch.Tensor, whole_rows: bool = False) -> 
 def rms_norm_gemv_op(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                      weight: torch.Tensor, bias: torch.Tensor | None,
                      prefetch: torch.Tensor | None = None, silu_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    # the stream's dtype: x's, or the residual's where x is an fp32 sum (decode attention's o_proj fold)
+    # the stream's dtype: x's, or the residual's where x is a sum (decode attention's o_proj fold)
     dtype = residual.dtype if residual is not None else x.dtype
     out = torch.empty((x.shape[0], weight.shape[0] // (2 if silu_out else 1)), dtype=dtype, device=x.device)
     # = x + residual; without a residual none is written (rms_norm_linear hands on x itself)
@@ -97,11 +97,13 @@ def rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight:
     with M <= MAX_M; residual None: the norm of x alone, and the second output is x itself.
     x may be fp32 where the residual is not (an fp32 sum: decode attention's o_proj fold): it is
     rounded to the residual's dtype first, as the matmul that made it would have, and both
-    outputs take the residual's dtype.
+    outputs take the residual's dtype; or int64, the same sum in fixed point (kernels/fixed_point.py).
     prefetch: the next matmul's weight, pulled into L2 meanwhile (gemv.launch).
     silu_out (fused_decode's gate_up since session 20): weight is gate_up's [gate | up], and the
     first output is silu(gate) * up [M, N / 2], made in the epilogue -- down_proj then reads half as much."""
     _check(x, weight.shape[1], weight, "rms_norm_linear")
+    if x.dtype == torch.int64 and residual is None:   # (the sum's dtype is no stream's: the residual's is)
+        raise ValueError("rms_norm_linear: an int64 x (a fixed-point sum, kernels/fixed_point.py) needs the residual")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"rms_norm_linear: residual {tuple(residual.shape)} must have x's shape {tuple(x.shape)}")
     x = x.contiguous()

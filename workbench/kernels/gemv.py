@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 from . import pdl
+from .fixed_point import from_fixed
 from .pdl import pdl_wait   # by name, not pdl.wait: torch.compile copies a traced kernel's helpers by name
 
 MAX_M = 16   # more tokens than this: F.linear (see the docstring)
@@ -152,9 +153,12 @@ def _residual_sum(x_ptr, res_ptr, toks, kk, x_stride, M, K, HAS_RES: tl.constexp
     residual's dtype as torch's `x + residual` is, returned in fp32 (residual: contiguous [M, K]).
     x is rounded to that dtype first: a no-op where x has it (every fold today); an fp32 x (a sum
     finished by atomics: decode attention's o_proj fold, a candidate) is rounded where the
-    matmul that made it would have rounded its output."""
+    matmul that made it would have rounded its output, and an int64 x (the same sum in fixed
+    point, kernels/fixed_point.py) is turned into fp32 before that."""
     mask = (toks < M) & (kk < K)
-    s = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0.0)
+    s = tl.load(x_ptr + toks * x_stride + kk, mask=mask, other=0)
+    if s.dtype == tl.int64:
+        s = from_fixed(s)
     if HAS_RES:
         dt = res_ptr.dtype.element_ty
         r = tl.load(res_ptr + toks * K + kk, mask=mask, other=0.0)
