@@ -38,3 +38,10 @@ def test_prefill_sits_right_of_decode_and_verdicts_follow_the_numbers(tiny_ckpt)
     assert "memory-bound" in lines[1] and "compute-bound" in lines[0], lines
     ceilings.peak_flops = 1e9 * by["prefill", 4].intensity * 2   # a balance above every point: all memory-bound
     assert all("memory-bound" in line for line in verdicts(ceilings, points))
+    # a roof far above what a point achieves: the line says the ceiling is not what sets its time
+    far = Ceilings("test", bandwidth=1e3 * by["decode", 1].achieved_flops / by["decode", 1].intensity,
+                   peak_flops=1e30, dtype="float32", how="x")
+    assert "far under it" in verdicts(far, [by["decode", 1]])[0]
+    near = Ceilings("test", bandwidth=2 * by["decode", 1].achieved_flops / by["decode", 1].intensity,
+                    peak_flops=1e30, dtype="float32", how="x")   # at half its roof: no such remark
+    assert "far under it" not in verdicts(near, [by["decode", 1]])[0]

@@ -149,13 +149,21 @@ def plot_bottleneck_map(ceilings: Ceilings, points: list[Point], ax=None):
     return ax
 
 
+FAR_UNDER = 0.10   # a point below this share of its roof is set by something else than that roof
+
+
 def verdicts(ceilings: Ceilings, points: list[Point]) -> list[str]:
-    """One sentence per point: which ceiling bounds it and how close it gets, from the numbers."""
+    """One sentence per point: which side of the ridge it sits on and how close it gets to its roof,
+    from the numbers. The side names the ceiling that *would* bound it; a point far under that roof
+    (below FAR_UNDER of it) is held back by something else -- launches, the host, small kernels --
+    and the line says so."""
     lines = []
     for p in points:
         roof = min(ceilings.bandwidth * p.intensity, ceilings.peak_flops)
         bound = "memory" if p.intensity < ceilings.balance else "compute"
+        share = p.achieved_flops / roof
         lines.append(f"{p.setting:<14} {p.phase:<7} batch {p.batch:>3}: {p.intensity:8.1f} FLOP/B -> "
                      f"{bound}-bound side; achieved {p.achieved_flops / 1e9:9.2f} GFLOP/s = "
-                     f"{100 * p.achieved_flops / roof:5.1f} % of its ceiling")
+                     f"{100 * share:5.1f} % of its ceiling"
+                     + (" (far under it: overheads, not this ceiling, set the time)" if share < FAR_UNDER else ""))
     return lines
