@@ -80,6 +80,19 @@ def test_merge_must_be_named_right():
                                1.0, merge="last")
 
 
+def test_fixed_point_is_a_form_of_the_o_proj_fold_for_at_most_127_heads():
+    """o_proj_fixed_point without o_proj_weight, or with more query heads than fixed_point.MAX_TERMS
+    (one term a head: past it a poisoned sum could wrap round), is refused before any launch."""
+    import torch
+
+    from workbench.kernels.decode_attention import paged_decode_attention
+    lens, table = torch.ones(1, dtype=torch.int32), torch.zeros(1, 1, dtype=torch.int32)
+    for heads, w in ((2, None), (128, torch.zeros(4, 128 * 8))):
+        q, cache = torch.zeros(1, heads, 8), torch.zeros(1, 16, 1, 8)
+        with pytest.raises(ValueError, match="at most 127 query heads"):
+            paged_decode_attention(q, cache, cache, lens, table, 1.0, o_proj_weight=w, o_proj_fixed_point=True)
+
+
 def test_microbenchmark_without_cuda_says_why():
     from workbench.measure.decode_attention import measure_decode_attention
     from workbench.model import ModelConfig

@@ -11,7 +11,7 @@ from itertools import product
 
 import pytest
 
-CHECKS = ["rms_norm_linear", "fp32_x_is_rounded_first", "silu_mul_linear", "silu_out", "broken_fold_is_caught",
+CHECKS = ["rms_norm_linear", "fp32_x_is_rounded_first", "fixed_point_poison_reaches_the_stream", "silu_mul_linear", "silu_out", "broken_fold_is_caught",
           "qk_norm_rope_store",
           "qk_norm_rope_store_inputs_early", "engine_tokens_match_all_off", "ab_layer_forms_match_the_engine"]
 SHAPES = ((40, 72), (32, 256))   # (N, K): N not a multiple of the block, K not of split x block
@@ -139,6 +139,27 @@ def check_fp32_x_is_rounded_first(torch):
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), f"m={m} silu_out={silu} x {form.dtype}"
         unrounded = (x + r.float()).bfloat16()   # x added in fp32, not rounded first: what the check must catch
         assert not torch.equal(unrounded, want[1]), "rounding x first changes nothing here: the check could not fail"
+
+
+def check_fixed_point_poison_reaches_the_stream(torch):
+    """A poisoned fixed-point sum (a term kernels/fixed_point.py could not hold) comes out of gate_up's
+    fold as NaN -- in the residual stream at its entries and in those tokens' outputs -- and the
+    other tokens are untouched (seen failing with from_fixed's poison check removed: the stream then
+    carried 2^28 where the NaN belongs)."""
+    from workbench.kernels import fixed_point
+    from workbench.kernels.fused_gemv import rms_norm_linear
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 96, generator=g)
+    s = fixed_point.encode(x)
+    s[0, 5] = fixed_point.encode(torch.tensor(2.0 ** 21))   # beyond LIMIT: a poisoned sum
+    s[1, 9] = fixed_point.encode(torch.tensor(float("nan")))
+    r = torch.randn(3, 96, generator=g).bfloat16()
+    nw, w = (torch.rand(96, generator=g) + 0.5).bfloat16(), torch.randn(40, 96, generator=g).bfloat16()
+    for silu in (False, True):
+        y, stream = rms_norm_linear(s, r, nw, 1e-6, w, silu_out=silu)
+        assert stream[0, 5].isnan() and stream[1, 9].isnan(), (stream[0, 5], stream[1, 9])
+        assert y[:2].isnan().all() and not y[2].isnan().any(), f"silu_out={silu}: NaN where {y.isnan().any(1)}"
+        assert not stream[2].isnan().any() and stream.isnan().sum() == 2
 
 
 def silu_linear_err(torch, m, n, k, dtype, bias, act_for_ref=None):

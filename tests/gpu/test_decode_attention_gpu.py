@@ -320,7 +320,9 @@ def test_o_proj_in_the_merge_in_the_layer_chain(pdl, fixed_point):
     q/k/v and NaN in the newest slots before each of 20 replays at three sets of lengths: each
     replay equals the unfolded chain (attention, o_proj's GEMV, the same fold on its bf16 output)
     to bf16 rounding, and the residual stream stays bf16. In fixed point a second replay on the
-    same inputs gives the same bits (the point of it: the adds' order does not show)."""
+    same inputs gives the same bits (the point of it: the adds' order does not show); for the fp32
+    sum the test prints how often a second replay gave other bits, the control (not asserted: two
+    replays may well add in the same order)."""
     from workbench.kernels.fused_gemv import rms_norm_linear
     from workbench.kernels.gemv import gemv
     from workbench.kernels.pdl import launching
@@ -342,6 +344,7 @@ def test_o_proj_in_the_merge_in_the_layer_chain(pdl, fixed_point):
         return outs
 
     graph, got = chain.captured(lambda: step(True), pdl, [65])
+    replays_moved = 0
     for lens in ([65], [1], [3000]):
         chain.set_lengths(lens)
         for _ in range(20):
@@ -349,11 +352,11 @@ def test_o_proj_in_the_merge_in_the_layer_chain(pdl, fixed_point):
             graph.replay()
             torch.cuda.synchronize()
             outs = [(a.clone(), b.clone()) for a, b in got]
-            if fixed_point:   # the same inputs again (rope rewrites the same newest keys): the same bits
-                graph.replay()
-                torch.cuda.synchronize()
-                assert all(torch.equal(a, a2) and torch.equal(b, b2) for (a, b), (a2, b2) in zip(outs, got)), (
-                    f"lens={lens}: the fixed-point sum changed from one replay to the next")
+            graph.replay()   # the same inputs again (rope rewrites the same newest keys)
+            torch.cuda.synchronize()
+            same = all(torch.equal(a, a2) and torch.equal(b, b2) for (a, b), (a2, b2) in zip(outs, got))
+            assert same or not fixed_point, f"lens={lens}: the fixed-point sum changed from one replay to the next"
+            replays_moved += not same   # the fp32 form: counted, not asserted (the order may repeat)
             with launching(False):
                 want = step(False)
             for layer, ((gated, stream), (gated_want, stream_want)) in enumerate(zip(outs, want)):
@@ -362,6 +365,8 @@ def test_o_proj_in_the_merge_in_the_layer_chain(pdl, fixed_point):
                                            msg=lambda m: f"lens={lens}, layer {layer}, the stream: {m}")
                 torch.testing.assert_close(gated, gated_want, rtol=3e-2, atol=3e-2,
                                            msg=lambda m: f"lens={lens}, layer {layer}, gate_up: {m}")
+    print(f"\n{'fixed point' if fixed_point else 'fp32'} sum, PDL {'on' if pdl else 'off'}: {replays_moved} of 60 "
+          "second replays on the same inputs gave other bits")   # the fp32 form's count: how often order showed
 
 
 @pytest.mark.parametrize("variant", ["dattn-o-proj", "dattn-o-proj-fixed"])

@@ -500,9 +500,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                                       or not o_proj_weight.is_contiguous()):
         raise ValueError(f"paged_decode_attention: o_proj_weight {tuple(o_proj_weight.shape)} must be contiguous "
                          f"[hidden, {q.shape[1] * q.shape[2]}], with merge='kernel' (Choice 8), not {merge!r}")
-    if o_proj_fixed_point and (o_proj_weight is None or q.shape[1] + 1 > fixed_point.MAX_TERMS):
+    if o_proj_fixed_point and (o_proj_weight is None or q.shape[1] > fixed_point.MAX_TERMS):   # a term a head
         raise ValueError(f"paged_decode_attention: o_proj_fixed_point is a form of the o_proj fold (o_proj_weight), "
-                         f"for at most {fixed_point.MAX_TERMS - 1} query heads; got {q.shape[1]} heads, "
+                         f"for at most {fixed_point.MAX_TERMS} query heads; got {q.shape[1]} heads, "
                          f"o_proj_weight {'given' if o_proj_weight is not None else 'None'}")
     batch, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
