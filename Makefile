@@ -32,14 +32,15 @@ lab: notebooks
 	$(VENV)/bin/jupyter lab notebooks/
 
 # Course labs (otter-grader): student versions of labs/*.ipynb, solutions stripped -> build/labs/*/student/
+LABS_OUT ?= build/labs
 labs: install
 	$(PY) -m pip install -q -e ".[lab]"
-	$(PY) scripts/labs.py build
+	$(PY) scripts/labs.py build --out "$(LABS_OUT)"
 
-# Grade a folder of submitted notebooks (alice/lab03_attention.ipynb ...) -> build/labs/grades.csv
+# Grade a folder of submitted notebooks (alice/lab03_attention.ipynb ...) -> $(LABS_OUT)/grades.csv
 grade:
-	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=dir"; exit 2; }
-	$(PY) scripts/labs.py grade "$(SUBMISSIONS)"
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=dir [LABS_OUT=build/labs]"; exit 2; }
+	$(PY) scripts/labs.py grade "$(SUBMISSIONS)" --out "$(LABS_OUT)" --table "$(LABS_OUT)/grades.csv"
 
 # On the GPU device (see README, contributors): install carried wheels, run GPU tests + checks.
 device-check:

@@ -71,7 +71,8 @@ def grade(submissions: Path, out: Path, table: Path) -> list[dict]:
                 score = _total(data)
                 feedback = table.parent / "feedback" / f"{student}_{lab}.txt"
                 feedback.parent.mkdir(parents=True, exist_ok=True)
-                feedback.write_text("\n\n".join(t.get("output", "") for t in data["tests"]))
+                # one entry a question (the 'Public Tests' summary, which has no score, repeats them)
+                feedback.write_text("\n\n".join(t.get("output", "") for t in data["tests"] if _scored(t)))
         rows.setdefault(student, {"student": student})[lab] = score
     columns = ["student"] + labs + ["total"]
     for row in rows.values():
@@ -85,10 +86,14 @@ def grade(submissions: Path, out: Path, table: Path) -> list[dict]:
     return list(rows.values())
 
 
+def _scored(test: dict) -> bool:
+    """A question's entry in otter's results.json, not the 'Public Tests' summary (no score: NaN)."""
+    return isinstance(test.get("score"), (int, float)) and test["score"] == test["score"]
+
+
 def _total(results: dict) -> float:
     """Points earned in otter's results.json (Gradescope format: one entry per question)."""
-    return float(sum(t["score"] for t in results["tests"] if isinstance(t.get("score"), (int, float))
-                     and t["score"] == t["score"]))   # the 'Public Tests' summary has no score (NaN)
+    return float(sum(t["score"] for t in results["tests"] if _scored(t)))
 
 
 def main(argv=None) -> None:

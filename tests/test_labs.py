@@ -6,8 +6,6 @@ Reference solutions exist only in the master notebooks (labs/); the tests read t
 from __future__ import annotations
 
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -57,6 +55,32 @@ def _tiled_no_rescale(q, k, v, scale, tile):
     return (acc / l[..., None]).transpose(0, 1)
 
 
+def _tiled(q, k, v, scale, tile, upto=None, scores=None):
+    """A right online softmax, with a mistake switchable: keys past `upto` never seen (the causal
+    offset still counted from Lk), or `scores(q, k_tile)` -> [H, Lq, tile] computed another way."""
+    lq, lk, h = q.shape[0], k.shape[0], q.shape[1]
+    m, l, acc = torch.full((h, lq), -1e30), torch.zeros(h, lq), torch.zeros(h, lq, q.shape[2])
+    pos = torch.arange(lq)[:, None] + lk - lq
+    for s0 in range(0, lk if upto is None else upto, tile):
+        s = (scores or (lambda q_, kt: torch.einsum("qhd,khd->hqk", q_, kt)))(q, k[s0:s0 + tile]) * scale
+        s = s.masked_fill(torch.arange(s0, min(s0 + tile, lk))[None, :] > pos, float("-inf"))
+        m_new = torch.maximum(m, s.amax(-1))
+        p, fix = torch.exp(s - m_new[..., None]), torch.exp(m - m_new)
+        l, acc = l * fix + p.sum(-1), acc * fix[..., None] + torch.einsum("hqk,khd->hqd", p, v[s0:s0 + tile])
+        m = m_new
+    return (acc / l[..., None]).transpose(0, 1)
+
+
+def _tiled_drops_the_last_tile(q, k, v, scale, tile):
+    """Walks whole tiles only: the keys past the last multiple of `tile` are never seen."""
+    return _tiled(q, k, v, scale, tile, upto=k.shape[0] // tile * tile)
+
+
+def _tiled_broadcasts(q, k, v, scale, tile):
+    """Tiled and right, but its scores come from a broadcast product: an Lq x tile x H x D tensor."""
+    return _tiled(q, k, v, scale, tile, scores=lambda q_, kt: (q_[:, None] * kt[None]).sum(-1).permute(2, 0, 1))
+
+
 def _tiled_materializes(q, k, v, scale, tile):
     from workbench.lab.online_softmax import _dense
     return _dense(q, k, v, scale)
@@ -72,6 +96,31 @@ def _sample_global_rng(logits, t, k, p, g):
 
 def _sample_no_top_k(logits, t, k, p, g):
     return SOL["sample_row"](logits, t, 0, p, g)
+
+
+def _sample_kept(logits, t, k, p, top_p_first=False, keep_crossing=True):
+    """A sampler's kept probabilities, with a classic mistake switchable: top-p before top-k, or
+    the token crossing top_p dropped."""
+    def top_k(x):
+        return x if k <= 0 else x.masked_fill(x < x.topk(min(k, x.numel())).values[-1], float("-inf"))
+
+    def top_p(x):
+        probs = x.softmax(-1)
+        order = probs.argsort(descending=True)
+        before = probs[order].cumsum(0) - (probs[order] if keep_crossing else 0)
+        drop = order[before >= p] if keep_crossing else order[before > p]
+        return x.index_fill(0, drop, float("-inf")) if p < 1 else x
+    x = logits / t
+    x = top_k(top_p(x)) if top_p_first else top_p(top_k(x))
+    return x.softmax(-1)
+
+
+def _sample_top_p_first(logits, t, k, p, g):
+    return int(torch.multinomial(_sample_kept(logits, t, k, p, top_p_first=True), 1, generator=g))
+
+
+def _sample_drops_the_crossing_token(logits, t, k, p, g):
+    return int(torch.multinomial(_sample_kept(logits, t, k, p, keep_crossing=False), 1, generator=g))
 
 
 def _rms_eps_outside(x, r, w, eps):
@@ -108,17 +157,21 @@ WRONG = {
     "block_hash": ("block_hasher", [
         (lambda p, t: SOL["block_hasher"](None, t), "ignores parent_hash"),
         (lambda p, t: (hash(p) * 31 + sum(t)) % 2 ** 64, "loses their order"),
-        (lambda p, t: str(SOL["block_hasher"](p, t)), "return a Python int")]),
+        (lambda p, t: str(SOL["block_hasher"](p, t)), "return a Python int"),
+        (lambda p, t: hash((p, t)), "mask it")]),   # signed: negative for some (parent, tokens), not all
     "preemption": ("pick_victim", [
         (lambda running: running[0], "loses the least"),
         (lambda running: running.pop(), "changed the `running` list"),
         (lambda running: min(running, key=lambda s: s.num_computed_tokens), "on a tie take the newest")]),
     "naive_attention": ("attention", [
         (_wrong_attention(causal=False), "without* the causal mask"),
-        (_wrong_attention(offset=False), "ignores the cached prefix")]),
+        (_wrong_attention(offset=False), "ignores the cached prefix"),
+        (_wrong_attention(sees_itself=False), "its own position included")]),
     "online_softmax": ("tiled_attention", [
         (_tiled_no_rescale, "exp(m_old - m_new)"),
-        (_tiled_materializes, "Lq x Lk still exists")]),
+        (_tiled_materializes, "Lq x Lk tensor still exists"),
+        (_tiled_drops_the_last_tile, "the last, shorter tile"),
+        (_tiled_broadcasts, "No Lq x Lk tensor, but an intermediate as big as one")]),
     "add_rms_norm": (None, [
         (_rms_eps_outside, "eps outside the square root"),
         (_rms_by_block, "not by BLOCK"),
@@ -129,7 +182,9 @@ WRONG = {
     "sampling": ("sample_row", [
         (_sample_no_temperature, "Divide by the temperature"),
         (_sample_global_rng, "generator=generator"),
-        (_sample_no_top_k, "outside the kept set")]),
+        (_sample_no_top_k, "outside the kept set"),
+        (_sample_top_p_first, "outside the kept set"),
+        (_sample_drops_the_crossing_token, "never drawn")]),
     "compile_break_even": ("break_even_tokens", [
         (_break_even_ratio, "speed-up ratio is not a time saved"),
         (_break_even_negative, "return math.inf"),
@@ -155,6 +210,16 @@ def test_wrong_solution_fails_with_its_message(name, index):
     result = lab.check(name, wrong, **FAST)
     assert not result.passed and result.score < 1.0, str(result)
     assert words in "\n".join(result.messages), str(result)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in WRONG if n != "graph_buckets"))   # (None is an answer there)
+def test_a_function_not_written_yet_is_told_so(name):
+    """A body still `pass` returns None: the check says the function is not written yet, not an
+    error from wherever the None first lands."""
+    def unwritten(*args):
+        pass
+    result = lab.check(name, unwritten, **FAST)
+    assert not result.passed and "returned None: not written yet" in "\n".join(result.messages), str(result)
 
 
 def test_cuda_graph_capture_skips_clearly_on_cpu():
@@ -202,3 +267,13 @@ def test_engine_catches_what_the_unit_stage_cannot():
         block_hash.engine(lambda parent, tokens: SOL["block_hasher"](None, tokens))
     with pytest.raises(lab.Wrong, match="above the bar"):
         preemption.measure(lambda running: running[0])
+
+
+def test_measure_compile_counts_the_compile_at_start_up():
+    """The lab's compile_s includes what the engine compiled while it started (runner.timings), not
+    only the first generate's extra (seen failing with compile_s = that extra alone)."""
+    from workbench.lab import compile_break_even
+    numbers = compile_break_even.measure_compile(max_tokens=4)
+    assert numbers["compile_at_start_s"] > 0, numbers
+    assert abs(numbers["compile_s"] - numbers["compile_at_start_s"] - numbers["first_generate_extra_s"]) < 1e-9
+    assert numbers["compile_s"] > numbers["first_generate_extra_s"], numbers

@@ -8,7 +8,7 @@ program per row: load x and residual once, write both outputs once -- the unfuse
 round-trips every intermediate through memory. On a CPU, run it under TRITON_INTERPRET=1
 (set before triton is imported).
 
-Plugs in as `LLM(..., overrides={"add_rms_norm": fn})`. Reference: the model's unfused RMSNorm.
+Plugs in as `LLM(..., overrides={"add_rms_norm": fn})`. To compare with once yours passes: the model's unfused RMSNorm.
 """
 from __future__ import annotations
 

@@ -4,9 +4,10 @@
 
 A full KV block is reused by a later prompt when their hashes match. The hash must cover the
 block's tokens *and everything before them*: K/V at a position depend on the whole prefix, so
-hash(block) = H(parent_hash, tokens), a chain. Return a 64-bit int (xxhash or hashlib are fine).
+hash(block) = H(parent_hash, tokens), a chain. Return an unsigned 64-bit int, in [0, 2**64)
+(xxhash or hashlib are fine; Python's hash() is signed: mask it, h & (2**64 - 1)).
 
-Plugs in as `LLM(..., overrides={"block_hasher": fn})`. Reference: block_manager.block_hash.
+Plugs in as `LLM(..., overrides={"block_hasher": fn})`. To compare with once yours passes: block_manager.block_hash.
 """
 from __future__ import annotations
 
@@ -17,14 +18,29 @@ from .exercise import Exercise, Wrong, machine, once_per_check, run_engine, same
 BLOCK = 16
 
 
+def _in_range(fn):
+    """fn, with every hash it returns checked: a Python int in [0, 2**64). (Checking one is not
+    enough: Python's hash() is signed, so an unmasked answer passes or fails with the values.)"""
+    def checked(parent, tokens):
+        h = fn(parent, tokens)
+        if not isinstance(h, int) or isinstance(h, bool) or not 0 <= h < 2 ** 64:
+            raise Wrong(f"block_hasher returned {h!r}: return a Python int in [0, 2**64) (e.g. xxhash's "
+                        "intdigest(); Python's hash() can be negative: mask it, h & (2**64 - 1)).")
+        return h
+    return checked
+
+
 def alone(fn) -> None:
+    fn = _in_range(fn)
     a, b = tuple(range(16)), tuple(range(1, 17))
     h = fn(None, a)
-    if not isinstance(h, int) or isinstance(h, bool) or not 0 <= h < 2 ** 64:
-        raise Wrong(f"block_hasher returned {h!r}: return a Python int in [0, 2**64) (e.g. xxhash's intdigest()).")
+    for parent in (h, 0, 2 ** 64 - 1):   # more values through the range check: a sign shows on one of them
+        for tokens in (a, b, a[::-1]):
+            fn(parent, tokens)
     if fn(None, a) != h or fn(h, b) != fn(h, b):
         raise Wrong("the same (parent, tokens) gave two different hashes: the hash must be deterministic "
-                    "(Python's hash() of a tuple is fine within one process, a random salt is not).")
+                    "(Python's hash() of a tuple, masked to 64 bits, is fine within one process; a random "
+                    "salt is not).")
     if fn(None, a) == fn(None, b):
         raise Wrong("two different token blocks got the same hash: hash the token ids themselves.")
     if fn(None, a) == fn(None, a[::-1]):

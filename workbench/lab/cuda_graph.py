@@ -7,10 +7,11 @@ capture: warm `step` up on a side stream, record one call into torch.cuda.CUDAGr
 static inputs, and return a replay function that copies its arguments into the static inputs,
 replays the graph and returns the static output. A replay is one launch instead of one per op.
 bucket_for: graphs are captured per batch size, so a batch is padded up to the smallest
-bucket that holds it; None when it exceeds every bucket (that step runs eagerly).
+bucket that holds it; None when it exceeds every bucket (that step runs eagerly). `buckets` is
+in ascending order, as the engine makes it (decode_buckets).
 
-A GPU is needed for capture (on a CPU: a clear skip; bucket_for and the chapter's quiz run
-anywhere). Reference: workbench.optimizations.cuda_graphs (decode_buckets, DecodeGraphs).
+A GPU is needed for capture (on a CPU: a clear skip, not graded; bucket_for runs anywhere, and so
+does the buckets quiz of notebooks/05_cuda_graphs.ipynb). To compare with once yours passes: workbench.optimizations.cuda_graphs (decode_buckets, DecodeGraphs).
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def _step(x, w):   # a decode-like step: many small ops, each one kernel launch 
 
 def capture_alone(fn) -> None:
     if not torch.cuda.is_available():
-        raise Skip("CUDA graphs need a CUDA GPU; on a CPU answer chapter 05's quiz and do bucket_for")
+        raise Skip("CUDA graphs need a CUDA GPU: not graded on a CPU (do bucket_for, and the buckets quiz of "
+                   "notebooks/05_cuda_graphs.ipynb)")
     g = torch.Generator(device="cuda").manual_seed(0)
     w = torch.randn(64, 64, device="cuda", generator=g) / 8
     static = torch.zeros(4, 64, device="cuda")
@@ -99,4 +101,4 @@ def launches(fn) -> dict:
 
 EXERCISE = Exercise("cuda_graph", "05", "capture(step, static_inputs) -> replay", capture_alone, None, launches)
 BUCKETS = Exercise("graph_buckets", "05", "bucket_for(batch_size, buckets) -> int | None", bucket_alone,
-                   None, bucket_waste)
+                   None, bucket_waste, may_return_none=True)

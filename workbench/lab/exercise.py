@@ -14,6 +14,7 @@ live only in the instructors' master notebooks (labs/), never in this package.
 """
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Exercise:
     alone: Callable
     engine: Callable | None = None
     measure: Callable | None = None
+    may_return_none: bool = False   # None is an answer (graph_buckets: no bucket holds the batch)
 
     def check(self, student_fn, *, engine: bool = True, measure: bool = True, **measure_args) -> Result:
         _CHECK_RUNS.append({})   # the student's engine runs, shared by this check's stages
@@ -80,15 +82,21 @@ class Exercise:
 
     def _check(self, student_fn, engine: bool, measure: bool, measure_args: dict) -> Result:
         result = Result(self.name)
+        if not self.may_return_none:
+            student_fn = _none_is_unwritten(student_fn, self.signature)
         stages = [("alone", self.alone), ("engine", self.engine if engine else None),
                   ("measure", self.measure if measure else None)]
         for stage, run in stages:
             if run is None:
                 result.stages[stage] = "skip"
+                if stage == "engine" and engine:   # the exercise has no seam into the engine, by design
+                    result.messages.append("engine skipped: this piece has no seam into the engine (by design)")
                 continue
             if stage != "alone" and result.stages.get("alone") != "pass":
                 result.stages[stage] = "skip"
-                result.messages.append(f"{stage}: not run until the function passes on its own")
+                result.messages.append(f"{stage}: not run, as the alone stage was skipped (its reason above)"
+                                       if result.stages.get("alone") == "skip" else
+                                       f"{stage}: not run until the function passes on its own")
                 continue
             try:
                 out = run(student_fn, **measure_args) if stage == "measure" else run(student_fn)
@@ -106,6 +114,19 @@ class Exercise:
                 result.stages[stage] = "fail"
                 result.messages.append(f"{stage}: your function raised {type(err).__name__}: {err}")
         return result
+
+
+def _none_is_unwritten(fn, signature: str):
+    """fn, saying so where it returns None -- a function not written yet (its body still `...` or
+    `pass`) -- instead of letting a check trip over the None with an error about something else."""
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if out is None:
+            raise Wrong(f"your function returned None: not written yet? It must return "
+                        f"{signature.partition('->')[2].strip() or 'a value'} ({signature}).")
+        return out
+    return guarded
 
 
 # Shared helpers ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ q[cu_seqlens_q[b]:cu_seqlens_q[b+1]], its keys the first seq_lens[b] slots reach
 block_tables[b]. The new tokens are the *last* ones of the sequence, so new token i sees keys
 0 .. seq_len - new + i (causal), and query head h reads KV head h // (Hq // Hkv) (GQA).
 
-Plugs in as `LLM(..., overrides={"attention": fn})`. Reference: the engine's NaiveAttention.
+Plugs in as `LLM(..., overrides={"attention": fn})`. To compare with once yours passes: the engine's NaiveAttention.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def per_sequence_kv(k_cache, v_cache, meta, q_heads: int):
         yield keys[b, :n].repeat_interleave(group, 1), values[b, :n].repeat_interleave(group, 1)
 
 
-def _variant(q, k_cache, v_cache, meta, scale, *, causal=True, offset=True):
+def _variant(q, k_cache, v_cache, meta, scale, *, causal=True, offset=True, sees_itself=True):
     """The reference with one classic mistake switched on: used to name the student's mistake."""
     out = []
     cu = meta.cu_seqlens_q.tolist()
@@ -44,7 +44,8 @@ def _variant(q, k_cache, v_cache, meta, scale, *, causal=True, offset=True):
         if causal:
             first = n - new if offset else 0
             pos = torch.arange(new)[:, None] + first
-            s = s.masked_fill(torch.arange(n)[None, :] > pos, float("-inf"))
+            keys = torch.arange(n)[None, :]
+            s = s.masked_fill(keys > pos if sees_itself else keys >= pos, float("-inf"))
         out.append(torch.einsum("hqk,khd->qhd", s.softmax(-1), v.float()))
     return torch.cat(out).to(q.dtype)
 
@@ -54,6 +55,8 @@ MISTAKES = [
                          "see keys up to its own position (seq_len - new_tokens + i)"),
     (dict(offset=False), "your mask ignores the cached prefix: with seq_len - new_tokens keys already in the "
                          "cache, new token i sits at position seq_len - new_tokens + i, not i"),
+    (dict(sees_itself=False), "your mask hides each new token's own key: new token i sees keys 0 .. "
+                              "seq_len - new_tokens + i, its own position included (mask key > position, not >=)"),
 ]
 
 
@@ -68,7 +71,9 @@ def check_attention_alone(fn, cases=CASES, atol=1e-4) -> None:
         bad = (got.float() - want.float()).abs().amax(dim=(1, 2)) > atol
         if bad.any():
             for kwargs, why in MISTAKES:
-                if torch.allclose(got.float(), _variant(q, kc, vc, meta, scale, **kwargs).float(), atol=atol):
+                # (equal_nan: a mask that hides a row's every key makes that row NaN, in both)
+                if torch.allclose(got.float(), _variant(q, kc, vc, meta, scale, **kwargs).float(), atol=atol,
+                                  equal_nan=True):
                     raise Wrong(f"case {n}: {why}.")
             token = int(bad.nonzero()[0])
             rows = got[token].float().sum(-1) - want[token].float().sum(-1)
@@ -105,7 +110,8 @@ def measure(fn, repeats: int = 5) -> dict:
     ratio = got / ref
     effect = dict(student_ms=1e3 * got, reference_ms=1e3 * ref, ratio=ratio, bar="time <= 20x the engine's naive",
                   machine=machine(),
-                  summary=f"{1e3 * got:.2f} ms per call vs the engine's naive {1e3 * ref:.2f} ms ({ratio:.1f}x) on {machine()}")
+                  summary=f"{1e3 * got:.2f} ms per call vs the engine's naive {1e3 * ref:.2f} ms ({ratio:.1f}x the "
+                          f"engine's time) on {machine()}")
     if ratio > 20:
         raise Wrong(f"{effect['summary']}: above the bar (20x). A Python loop over tokens or heads? "
                     f"Batch the heads with one matmul per sequence.")

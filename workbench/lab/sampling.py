@@ -9,7 +9,7 @@ crosses top_p is kept); renormalize and draw one token using `generator` only, s
 request is reproducible. temperature > 0 here (greedy requests never reach this function).
 
 Plugs in as `LLM(..., overrides={"sampler": fn})` (the lab wraps it per row).
-Reference: the probabilities of workbench.engine.sampler (its top-k/top-p filter, then softmax).
+To compare with once yours passes: the probabilities of workbench.engine.sampler (its top-k/top-p filter, then softmax).
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from workbench.engine.sampler import _filter_top_k_top_p
 from .exercise import Exercise, Wrong, machine, prompts_for, run_engine, same_tokens
 
 # (temperature, top_k, top_p) on one fixed row of logits
-SETTINGS = [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.9, 6, 0.7)]
+# (1.0, 4, 0.8): top-k then top-p keeps 3 tokens, top-p then top-k 4 -- the order matters
+SETTINGS = [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.9, 6, 0.7), (1.0, 4, 0.8)]
 LOGITS = torch.tensor([2.0, 1.5, 1.4, 0.3, 0.2, -0.1, -0.5, -1.0, -2.0, 0.9])
 
 
@@ -57,6 +58,13 @@ def alone(fn, samples: int = 4000) -> None:
             raise Wrong(f"{where}: token {t} was drawn {int(counts[t])} times but is outside the kept set "
                         f"{(probs > 0).nonzero().flatten().tolist()}: set the dropped logits to -inf before "
                         f"sampling (top-k first, then the top-p nucleus, where the token crossing top_p stays).")
+        never = ((probs * samples > 25) & (counts == 0)).nonzero().flatten().tolist()
+        if never:
+            t = never[0]
+            raise Wrong(f"{where}: token {t} is in the kept set {(probs > 0).nonzero().flatten().tolist()} but was "
+                        f"never drawn in {samples} draws (expected ~{float(probs[t]) * samples:.0f}): your filter "
+                        f"drops it. Top-k keeps the top_k largest logits; then, over those, the nucleus keeps the "
+                        f"token whose probability crosses top_p (compare the sum of the tokens *before* it with top_p).")
         p = _chi2_pvalue(counts, probs)
         if p < 1e-3:
             worst = int(((counts / samples - probs).abs()).argmax())
@@ -107,7 +115,7 @@ def measure(fn, rows: int = 200, vocab: int = 32000) -> dict:
     effect = dict(student_us_per_row=1e6 * mine, batched_reference_us_per_row=1e6 * ref, vocab=vocab,
                   machine=machine(), bar="<= 200x the engine's batched sampler per row",
                   summary=f"{1e6 * mine:.0f} us per row at vocab {vocab}; the engine's batched sampler "
-                          f"{1e6 * ref:.0f} us per row ({mine / ref:.1f}x) on {machine()}")
+                          f"{1e6 * ref:.0f} us per row (your time is {mine / ref:.1f}x the engine's) on {machine()}")
     if mine > 200 * ref:
         raise Wrong(f"{effect['summary']}: above the bar; avoid Python loops over the vocabulary.")
     return effect
