@@ -138,6 +138,12 @@ def _rms_old_residual(x, r, w, eps):
     return reference(x, r, w, eps)[0], x
 
 
+def _reference_rms(x, r, w, eps):
+    """Right numbers from torch ops: the unfused form, not the one-kernel exercise."""
+    from workbench.lab.add_rms_norm import reference
+    return reference(x, r, w, eps)
+
+
 def _break_even_ratio(c, e, k):
     if c < 0 or e <= 0 or k <= 0:
         raise ValueError
@@ -175,7 +181,8 @@ WRONG = {
     "add_rms_norm": (None, [
         (_rms_eps_outside, "eps outside the square root"),
         (_rms_by_block, "not by BLOCK"),
-        (_rms_old_residual, "new_residual is x + residual")]),
+        (_rms_old_residual, "new_residual is x + residual"),
+        (lambda x, r, w, eps: _reference_rms(x, r, w, eps), "the unfused form this replaces")]),
     "graph_buckets": ("bucket_for", [
         (lambda b, bs: next((x for x in bs if x > b), None), "bucket"),
         (lambda b, bs: next((x for x in bs if x >= b), bs[-1]), "return None")]),

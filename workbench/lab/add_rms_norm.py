@@ -12,6 +12,8 @@ Plugs in as `LLM(..., overrides={"add_rms_norm": fn})`. To compare with once you
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .exercise import Exercise, Skip, Wrong, close, kernel_device, machine, prompts_for, run_engine, same_tokens
@@ -62,6 +64,37 @@ def alone(fn) -> None:
     got = fn(x, None, w, 1e-6)
     close(got[0], reference(x, None, w, 1e-6)[0], "normed with residual=None",
           hint="with no residual, normalize x itself and return x as new_residual.")
+    x, r, w = _inputs()
+    fn(x, r, w, 1e-6)   # (once first: an autotuned kernel launches many times on its first call)
+    with triton_launches() as launched:   # right numbers from torch ops are the unfused form, not the exercise
+        fn(x, r, w, 1e-6)
+    if launched[0] != 1:
+        raise Wrong(f"{launched[0]} Triton kernel launches for one call: the exercise is the add and the norm "
+                    "as ONE Triton kernel (@triton.jit, launched as kernel[grid](...)) -- "
+                    + ("torch ops give the right numbers, but they are the unfused form this replaces."
+                       if launched[0] == 0 else "fuse them into one program per row."))
+
+
+@contextlib.contextmanager
+def triton_launches():
+    """Counts the Triton kernel launches made while open, compiled or under the interpreter
+    (kernel[grid](...) calls its class's `run`)."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+    count, plain = [0], {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
+
+    def counted(run):
+        def run_and_count(self, *args, **kwargs):
+            count[0] += 1
+            return run(self, *args, **kwargs)
+        return run_and_count
+    for cls, run in plain.items():
+        cls.run = counted(run)
+    try:
+        yield count
+    finally:
+        for cls, run in plain.items():
+            cls.run = run
 
 
 def engine(fn) -> None:
