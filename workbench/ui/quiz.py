@@ -55,10 +55,12 @@ QUESTIONS = {
           "No: any fixed-shape GPU work can be captured; the problem is that prefill's shapes change with "
           "every batch of prompts."),
          ("Graphs make prefill results differ from eager ones.",
-          "No: a replay runs the same kernels on the same inputs; outputs are identical."),
+          "No: a replay runs the kernels that were recorded, on the same data. (A padded graph's matmuls "
+          "run at the padded size and may pick other tiles, so logits can differ in the last bits -- as "
+          "any change of batch size can -- but that is not why prefill goes without graphs.)"),
          ("Prefill is already as fast as it can be.",
-          "No: prefill can be sped up (flash attention, fusion) -- just not by removing launch overhead, "
-          "which is a small part of a long compute-bound step.")),
+          "No: prefill can be sped up (flash attention, fusion) -- and a long prompt's launch overhead is "
+          "a small part of its compute-bound step (a short prompt's is not: see the right answer).")),
         0),
     "05-buckets": Question(
         "Graphs are captured for batch sizes 1, 2, 4, 8, 16, 32, 48, ... A decode step has 20 sequences. "
