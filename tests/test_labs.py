@@ -172,7 +172,8 @@ WRONG = {
     "naive_attention": ("attention", [
         (_wrong_attention(causal=False), "without* the causal mask"),
         (_wrong_attention(offset=False), "ignores the cached prefix"),
-        (_wrong_attention(sees_itself=False), "its own position included")]),
+        (_wrong_attention(sees_itself=False), "its own position included"),
+        (lambda q, kc, vc, meta, scale: torch.full_like(q, float("nan")), "wrong output at")]),   # NaN is wrong
     "online_softmax": ("tiled_attention", [
         (_tiled_no_rescale, "exp(m_old - m_new)"),
         (_tiled_materializes, "Lq x Lk tensor still exists"),
@@ -195,7 +196,9 @@ WRONG = {
     "compile_break_even": ("break_even_tokens", [
         (_break_even_ratio, "speed-up ratio is not a time saved"),
         (_break_even_negative, "return math.inf"),
-        (_break_even_no_check, "ValueError")]),
+        (_break_even_no_check, "ValueError"),
+        (lambda c, e, k: None if min(c, e - 1e-300, k - 1e-300) < 0 else _break_even_no_check(c, e, k),
+         "returned None instead of raising ValueError")]),
 }
 
 
@@ -284,3 +287,27 @@ def test_measure_compile_counts_the_compile_at_start_up():
     assert numbers["compile_at_start_s"] > 0, numbers
     assert abs(numbers["compile_s"] - numbers["compile_at_start_s"] - numbers["first_generate_extra_s"]) < 1e-9
     assert numbers["compile_s"] > numbers["first_generate_extra_s"], numbers
+
+
+def test_add_rms_norm_wants_its_math_inside_one_kernel(monkeypatch):
+    """The fused exercise's check counts Triton launches and records torch's math outside them: a
+    torch add before one Triton norm kernel is refused (the half-fused form), math done inside a
+    launch (the interpreter's) is not the student's, and the whole of it inside one launch passes.
+    A stand-in `run` plays the kernel: it calls its "kernel", a Python function (no Triton here)."""
+    from triton.runtime.jit import JITFunction
+
+    from workbench.lab.add_rms_norm import reference, triton_launches
+    monkeypatch.setattr(JITFunction, "run", lambda kernel, *args, **kwargs: kernel(*args))
+
+    def half_fused(x, r, w, eps):
+        s = x + r if r is not None else x   # the add in torch, then "one kernel" for the norm
+        return JITFunction.run(lambda s_, w_, e_: reference(s_, None, w_, e_)[0], s, w, eps), s
+
+    def fused(x, r, w, eps):
+        return JITFunction.run(lambda *a: reference(*a), x, r, w, eps)
+    with triton_launches() as launched:
+        JITFunction.run(lambda: torch.ones(2) * 2)
+    assert (launched.count, launched.torch_math) == (1, []), vars(launched)
+    result = lab.check("add_rms_norm", half_fused, **FAST)
+    assert not result.passed and "torch computed add outside your kernel" in "\n".join(result.messages), str(result)
+    assert lab.check("add_rms_norm", fused, **FAST).passed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .exercise import Exercise, Skip, Wrong, close, kernel_device, machine, prompts_for, run_engine, same_tokens
 
@@ -68,30 +69,59 @@ def alone(fn) -> None:
     fn(x, r, w, 1e-6)   # (once first: an autotuned kernel launches many times on its first call)
     with triton_launches() as launched:   # right numbers from torch ops are the unfused form, not the exercise
         fn(x, r, w, 1e-6)
-    if launched[0] != 1:
-        raise Wrong(f"{launched[0]} Triton kernel launches for one call: the exercise is the add and the norm "
+    if launched.count != 1:
+        raise Wrong(f"{launched.count} Triton kernel launches for one call: the exercise is the add and the norm "
                     "as ONE Triton kernel (@triton.jit, launched as kernel[grid](...)) -- "
                     + ("torch ops give the right numbers, but they are the unfused form this replaces."
-                       if launched[0] == 0 else "fuse them into one program per row."))
+                       if launched.count == 0 else "fuse them into one program per row."))
+    if launched.torch_math:
+        raise Wrong(f"torch computed {', '.join(launched.torch_math)} outside your kernel: the add and the norm "
+                    "both belong inside the one Triton kernel (torch may only allocate the outputs).")
+
+
+# torch ops a fused answer may run outside its kernel: allocations, views and copies, no math
+_NOT_MATH = ("empty", "new_empty", "zeros", "full", "set_", "copy_", "_to_copy", "clone", "contiguous", "view",
+             "_unsafe_view", "as_strided", "reshape", "expand", "detach", "alias", "lift_fresh", "slice", "select",
+             "squeeze", "unsqueeze", "t", "transpose", "permute", "fill_", "zero_")
+
+
+class _Launches(TorchDispatchMode):
+    """What one call did: Triton kernel launches (`count`) and the torch ops that computed
+    something outside them (`torch_math`, by name; ops the interpreter runs inside a launch are
+    not the student's)."""
+    def __init__(self):
+        super().__init__()
+        self.count, self.inside, self.torch_math = 0, 0, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        if not self.inside and not name.startswith(_NOT_MATH) and name not in self.torch_math:
+            self.torch_math.append(name)
+        return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
 def triton_launches():
     """Counts the Triton kernel launches made while open, compiled or under the interpreter
-    (kernel[grid](...) calls its class's `run`)."""
+    (kernel[grid](...) calls its class's `run`), and records torch's math outside them."""
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
-    count, plain = [0], {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
+    mode, plain = _Launches(), {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
 
     def counted(run):
         def run_and_count(self, *args, **kwargs):
-            count[0] += 1
-            return run(self, *args, **kwargs)
+            mode.count += 1
+            mode.inside += 1
+            try:
+                return run(self, *args, **kwargs)
+            finally:
+                mode.inside -= 1
         return run_and_count
     for cls, run in plain.items():
         cls.run = counted(run)
     try:
-        yield count
+        with mode:
+            yield mode
     finally:
         for cls, run in plain.items():
             cls.run = run

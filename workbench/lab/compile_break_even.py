@@ -41,6 +41,8 @@ def alone(fn) -> None:
             what = "returned"
         except ValueError:
             continue
+        except Wrong:   # (the check's own: the function returned None)
+            what = "returned None"
         except Exception as err:   # e.g. ZeroDivisionError: the input was not checked first
             what = f"raised {type(err).__name__}"
         raise Wrong(f"break_even_tokens{bad} {what} instead of raising ValueError: a rate must be > 0 and a "

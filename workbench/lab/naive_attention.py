@@ -68,7 +68,8 @@ def check_attention_alone(fn, cases=CASES, atol=1e-4) -> None:
         if not isinstance(got, torch.Tensor) or got.shape != want.shape:
             raise Wrong(f"case {n}: expected a tensor of shape {tuple(want.shape)} ([T, Hq, D]), got "
                         f"{getattr(got, 'shape', type(got).__name__)}")
-        bad = (got.float() - want.float()).abs().amax(dim=(1, 2)) > atol
+        # (NaN compares False: counted as wrong, not as close)
+        bad = (got.float() - want.float()).abs().nan_to_num(nan=float("inf")).amax(dim=(1, 2)) > atol
         if bad.any():
             for kwargs, why in MISTAKES:
                 # (equal_nan: a mask that hides a row's every key makes that row NaN, in both)

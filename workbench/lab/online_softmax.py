@@ -115,8 +115,8 @@ def measure(fn, n: int = 1024, heads: int = 2, dim: int = 16, tile: int = 64) ->
                     + ("An Lq x Lk tensor still exists -- compute scores one key tile at a time "
                        "(q @ k_tile^T is Lq x tile)." if square else
                        "No Lq x Lk tensor, but an intermediate as big as one: keep each to about Lq x tile "
-                       "per head (a broadcast product such as q[:, None] * k_tile[None] is Lq x tile x D; "
-                       "a matmul over D is not)."))
+                       "per head (a broadcast product such as q[:, None] * k_tile[None], or p[..., None] * "
+                       "v_tile, is Lq x tile x D; a matmul is not)."))
     return effect
 
 

@@ -57,7 +57,8 @@ def alone(fn, samples: int = 4000) -> None:
             t = outside[0]
             raise Wrong(f"{where}: token {t} was drawn {int(counts[t])} times but is outside the kept set "
                         f"{(probs > 0).nonzero().flatten().tolist()}: set the dropped logits to -inf before "
-                        f"sampling (top-k first, then the top-p nucleus, where the token crossing top_p stays).")
+                        f"sampling (top-k first, then the top-p nucleus over the top-k's renormalized "
+                        f"probabilities, where the token crossing top_p stays).")
         never = ((probs * samples > 25) & (counts == 0)).nonzero().flatten().tolist()
         if never:
             t = never[0]
