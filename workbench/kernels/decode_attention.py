@@ -65,7 +65,8 @@ kernel grew ~1.9 us a layer, gate_up shrank ~0.6. So it was not the fork: 12.6 M
 traffic lengthens the split's own dependent loads, and gate_up, its weights in L2, stays ~5.5 us
 -- its time is not its bytes (docs/perf-notes.md, session 20).
 
-Choice 7, a candidate (`merge="tagged"`, off until an A/B in the engine says it pays): the merge
+Choice 7, measured and not taken (`merge="tagged"`; session 24 on an H200: 0.71x tok/s, and 0.95x
+polling the m and l words first -- the merge shortened, o_proj lengthened, docs/perf-notes.md): the merge
 without the PDL wait. Under PDL the merge kernel starts while the split kernel runs, but its wait
 returns only when every split program of every head has finished and the grid has ended; a merge
 program needs only its own head's S partials. Here each split program stores its partials as
@@ -95,7 +96,8 @@ program polls all of its head's partials: at 33 splits, ~34 KB of words. The A/B
 other form (`m_l_first`) polls the 8 bytes of m and l a split until they are in, then reads the
 partials' words: far fewer bytes while it waits, one round trip more once they land.
 
-Choice 8, a candidate (`o_proj_weight=`, off until an A/B in the engine says it pays): o_proj inside
+Choice 8, measured and not taken (`o_proj_weight=`; session 24 on an H200: +13 to +19 us of GPU
+time a step, 0.99x tok/s; in fixed point 0.95x -- docs/perf-notes.md): o_proj inside
 the merge. After the merge comes o_proj's GEMV, which needs every head's output: a boundary on which
 all of the layer's attention waits, then a kernel whose weights (4 MB at Qwen3-0.6B's shape) it
 can read early only once the merge lets it in. Here the merge's programs do it themselves, split-K

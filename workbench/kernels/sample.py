@@ -41,7 +41,8 @@ scratch; a second tiny kernel, one program per row, takes the best chunk. Two la
 atomics, nothing to zero, deterministic; both capture in a CUDA graph (the scratch is a fresh
 torch.empty, which capture supports). (BLOCK is a guess, not measured: a GPU sweep may move it.)
 
-Under PDL (`noise_early`, a candidate: off until an A/B on the GPU says it pays). At batch 1 the LM
+Under PDL (`noise_early`; measured in session 24 through the A/B variant greedy-in-graph: the
+tail after the LM head 10.6 us shorter, the step within its rounds' spread -- not in the engine yet). At batch 1 the LM
 head is one long GEMV (~70 us on an H200, docs/results/decode-ab-gate-up-early-h200.json's fold),
 and the pair runs after it. With noise_early both kernels launch under PDL (kernels/pdl.py) when
 the pdl switch is on: `_chunk_best` reads its row's temperature, seed and count and makes its noise
