@@ -41,23 +41,10 @@ def _wrong_attention(**kw):
     return lambda q, kc, vc, meta, scale: _variant(q, kc, vc, meta, scale, **kw)
 
 
-def _tiled_no_rescale(q, k, v, scale, tile):
-    """Forgets to rescale the earlier tiles when the running max grows."""
-    lq, lk, h = q.shape[0], k.shape[0], q.shape[1]
-    m, l, acc = torch.full((h, lq), -1e30), torch.zeros(h, lq), torch.zeros(h, lq, q.shape[2])
-    pos = torch.arange(lq)[:, None] + lk - lq
-    for s0 in range(0, lk, tile):
-        s = torch.einsum("qhd,khd->hqk", q, k[s0:s0 + tile]) * scale
-        s = s.masked_fill(torch.arange(s0, min(s0 + tile, lk))[None, :] > pos, float("-inf"))
-        m = torch.maximum(m, s.amax(-1))
-        p = torch.exp(s - m[..., None])
-        l, acc = l + p.sum(-1), acc + torch.einsum("hqk,khd->hqd", p, v[s0:s0 + tile])
-    return (acc / l[..., None]).transpose(0, 1)
-
-
-def _tiled(q, k, v, scale, tile, upto=None, scores=None):
+def _tiled(q, k, v, scale, tile, upto=None, scores=None, rescale=True):
     """A right online softmax, with a mistake switchable: keys past `upto` never seen (the causal
-    offset still counted from Lk), or `scores(q, k_tile)` -> [H, Lq, tile] computed another way."""
+    offset still counted from Lk), `scores(q, k_tile)` -> [H, Lq, tile] computed another way, or
+    the earlier tiles not rescaled when the running max grows (rescale=False)."""
     lq, lk, h = q.shape[0], k.shape[0], q.shape[1]
     m, l, acc = torch.full((h, lq), -1e30), torch.zeros(h, lq), torch.zeros(h, lq, q.shape[2])
     pos = torch.arange(lq)[:, None] + lk - lq
@@ -65,10 +52,15 @@ def _tiled(q, k, v, scale, tile, upto=None, scores=None):
         s = (scores or (lambda q_, kt: torch.einsum("qhd,khd->hqk", q_, kt)))(q, k[s0:s0 + tile]) * scale
         s = s.masked_fill(torch.arange(s0, min(s0 + tile, lk))[None, :] > pos, float("-inf"))
         m_new = torch.maximum(m, s.amax(-1))
-        p, fix = torch.exp(s - m_new[..., None]), torch.exp(m - m_new)
+        p, fix = torch.exp(s - m_new[..., None]), torch.exp(m - m_new) if rescale else torch.ones_like(m)
         l, acc = l * fix + p.sum(-1), acc * fix[..., None] + torch.einsum("hqk,khd->hqd", p, v[s0:s0 + tile])
         m = m_new
     return (acc / l[..., None]).transpose(0, 1)
+
+
+def _tiled_no_rescale(q, k, v, scale, tile):
+    """Forgets to rescale the earlier tiles when the running max grows."""
+    return _tiled(q, k, v, scale, tile, rescale=False)
 
 
 def _tiled_drops_the_last_tile(q, k, v, scale, tile):

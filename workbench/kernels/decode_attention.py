@@ -538,7 +538,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     early = prefetch_kv and launch["USE_PDL"]
     ahead, ahead_bytes, lines = prefetch_args(prefetch if early else None, batch * kv_heads * splits, 4 * 32, q)
     fold = {}
-    if o_proj_weight is not None:   # Choice 8: the fp32 sum the merge adds into, zeroed by the split kernel
+    if o_proj_weight is not None:   # Choice 8: the sum the merge adds into (fp32, or int64 fixed point), zeroed by the split kernel
         hidden = o_proj_weight.shape[0]
         summed = torch.empty((batch, hidden), dtype=torch.int64 if o_proj_fixed_point else torch.float32, device=q.device)
         chunk = triton.cdiv(hidden, kv_heads)
