@@ -79,6 +79,10 @@ matters is what it can do before its wait and whether the next one finds room to
                       replay, so only _row_best can overlap (_chunk_best), not the LM head
   greedy-in-graph     that pair under PDL recorded inside each decode graph after the LM head, the
                       tokens copied out of the replay: no argmax launched after the graph
+  graph-sampling      the engine's form of it (EngineConfig.graph_sampling, optimizations/graph_sampling.py):
+                      the pair in each decode graph for every row, greedy or temperature (run at
+                      --temperature 0 and 0.6)
+  graph-sampling-rounds  the same with graph_rounds: a round of 8 steps one replay, temperature rows too
   residual-epilogue   the residual add in the epilogues of o_proj's and down_proj's GEMVs (gemv's
                       `add`, read before their PDL waits: the stream is two or more kernels old
                       there), so qkv's and gate_up's folded norms read one row after their waits,
@@ -184,7 +188,8 @@ KERNEL_ARGS = {   # variant -> (module in workbench.kernels, its wrapper, keywor
 ENGINE = {"graph-rounds": {"graph_rounds": True}, "eager-sampling": {"fused_sampling": False},
           "eager-prefill": {"prefill_graphs": False}, "sync-rounds": {"async_rounds": False},
           "async-rounds": {"async_rounds": True},   # EngineConfig fields ("async-rounds": = current since session 13)
-          "l2-prefetch": {"l2_prefetch": True}}
+          "l2-prefetch": {"l2_prefetch": True},
+          "graph-sampling": {"graph_sampling": True}, "graph-sampling-rounds": {"graph_sampling": True, "graph_rounds": True}}
 OWN_POOL = ["prefill-own-pool"]   # the prefill graphs in their own memory pool, not the decode graphs'
 IDLE = {"idle-after-prefill": 0.035}   # seconds the GPU idles after each prefill replay
 PREFILL_ORDER = ["prefill-unused", "prefill-replayed-once", "prefill-freed", "prefill-no-pdl", "prefill-first",

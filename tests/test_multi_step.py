@@ -112,6 +112,17 @@ def test_graph_rounds_needs_steps_and_graphs(tiny_ckpt):
         LLM(tiny_ckpt, opts=Optimizations(attention="sdpa"), graph_rounds=True, decode_steps=4)
 
 
+def test_graph_sampling_needs_graphs_and_the_fused_sampler(tiny_ckpt):
+    """graph_sampling (optimizations/graph_sampling.py) is refused where it cannot run, never ignored."""
+    with pytest.raises(ValueError, match="graph_sampling=True: it records the sampler in the decode graphs, "
+                                         "and cuda_graphs is off.*or graph_sampling=False"):
+        LLM(tiny_ckpt, opts=Optimizations.all_on(), graph_sampling=True)   # (a CPU: the preset drops graphs)
+    with pytest.raises(ValueError, match="graph_sampling=.* must be True or False"):
+        LLM(tiny_ckpt, graph_sampling="yes")
+    with LLM(tiny_ckpt, opts=Optimizations.all_off()) as llm:
+        assert "graph_sampling" not in llm.describe()
+
+
 def test_a_sequence_near_its_end_does_not_cut_the_round_short(tiny_ckpt, prompts):
     """Two sequences, 2 and 17 tokens wanted, 8 steps a round: the first ends inside the first
     round (its extra tokens dropped) instead of cutting that round to 1 step for both -- a prefill

@@ -15,7 +15,8 @@ import pytest
 
 CHECKS = ["greedy_rows_are_torch_argmax", "distribution_matches_softmax", "noise_reaches_the_tail", "seeded_draws_ignore_the_batch",
           "minus_inf_is_never_sampled", "nan_is_the_maximum", "mixed_batch_through_the_sampler",
-          "engine_seeded_requests_reproduce", "noise_early_reads_the_logits_after_the_wait"]
+          "engine_seeded_requests_reproduce", "noise_early_reads_the_logits_after_the_wait",
+          "graph_sampling_stages_what_the_sampler_reads"]
 # chi-square, 7 degrees of freedom: P(X > 35) ~ 1e-5 for a right sampler; the wrong ones the check
 # was written against land far above it (T applied twice ~200, E = U instead of -log U ~100)
 CHI2_BOUND = 35.0
@@ -281,6 +282,49 @@ def check_noise_early_reads_the_logits_after_the_wait(torch):
             assert torch.equal(got, want), f"T={temperature} seed={seed}: {got} != {want} (a logit read before the wait?)"
             early = sample(-logits, *rows, step=step, block=512)
             assert not torch.equal(early, want), "the negated logits pick the same token: the check could not fail"
+
+
+def check_graph_sampling_stages_what_the_sampler_reads(torch):
+    """graph_sampling's inputs (optimizations/graph_sampling.py) as a decode graph reads them, run
+    eagerly here (no capture on a CPU): staged once a round, with the host's counts written each
+    step, the recorded pair gives each step's tokens of the sampler launched after the forward --
+    greedy, unseeded, seeded and top-k rows over three steps; then the next round's rows, fewer
+    (restaged when the rows change; the padding rows' stale values never read), and an all-greedy
+    round (the temperatures zeroed)."""
+    from workbench import SamplingParams
+    from workbench.engine.sampler import Sampler
+    from workbench.engine.sequence import Sequence
+    from workbench.optimizations.graph_sampling import GraphSampling
+
+    def seqs(params):
+        out = [Sequence(i, [1, 2], p) for i, p in enumerate(params)]
+        out[2].token_ids += [7, 7]   # two tokens sampled already
+        return out
+
+    mixed = [SamplingParams(temperature=0), SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, seed=42),
+             SamplingParams(temperature=0.9, top_k=5, seed=5)]
+    logits = [0.02 * torch.randn(4, 300, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    want_sampler, got_sampler = Sampler("cpu", seed=3, fused=True), Sampler("cpu", seed=3, fused=True)
+    want_seqs, got_seqs = seqs(mixed), seqs(mixed)
+    want_rows, got_rows = want_sampler.rows(want_seqs, 300, "cpu"), got_sampler.rows(got_seqs, 300, "cpu")
+    graph = GraphSampling(8, torch.device("cpu"))
+    counts = torch.zeros(8, dtype=torch.int64)   # the decode graphs' int64 field, written by the host
+    for step in range(3):
+        want = want_sampler.sample(logits[step], want_seqs, want_rows)
+        graph.stage(got_rows)
+        counts[:4] = torch.tensor(graph.counts(4))
+        recorded = graph.record(torch.cat([logits[step], torch.zeros(4, 300)]), counts)[:4]   # a bucket of 8
+        got = got_sampler.finish_fused(recorded.clone(), logits[step], got_seqs, got_rows)
+        assert torch.equal(got, want), (step, got, want)
+    small = [SamplingParams(temperature=1.0, seed=9)] * 3   # the next round's rows: seeded, keys need no generator
+    want = want_sampler.sample(logits[1][:3], seqs(small))
+    graph.stage(got_sampler.rows(seqs(small), 300, "cpu"))
+    counts[:3] = torch.tensor(graph.counts(3))
+    assert torch.equal(graph.record(logits[1][:3], counts), want)
+    graph.stage(None)   # an all-greedy round: the staged temperatures must not linger
+    counts[:2] = torch.tensor(graph.counts(2))
+    got = graph.record(logits[0][:2], counts)
+    assert torch.equal(got, logits[0][:2].argmax(dim=-1)), got
 
 
 def _main() -> None:

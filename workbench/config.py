@@ -67,6 +67,10 @@ class EngineConfig:
                                          # kernel pair (kernels/sample.py; its own random stream).
                                          # None: on a CUDA GPU, one rank, the built-in sampler (True:
                                          # required, or TRITON_INTERPRET=1 on a CPU; False: eager)
+    graph_sampling: bool = False         # each decode graph records the fused sampler after the LM head
+                                         # (under PDL): a decode step's tokens come out of the replay
+                                         # (optimizations/graph_sampling.py; needs cuda_graphs and
+                                         # fused_sampling), a candidate
     warmup_progress: bool = False        # a progress bar over warm-up (compile, each graph
                                          # captured): a long wait that shows it is moving
 
@@ -94,6 +98,7 @@ class EngineConfig:
             (type(self.compile_prefill) is bool,
              f"compile_prefill={self.compile_prefill!r} must be True or False"),
             (type(self.l2_prefetch) is bool, f"l2_prefetch={self.l2_prefetch!r} must be True or False"),
+            (type(self.graph_sampling) is bool, f"graph_sampling={self.graph_sampling!r} must be True or False"),
             (self.async_rounds is None or type(self.async_rounds) is bool,
              f"async_rounds={self.async_rounds!r} must be True, False or None (on wherever decode_steps > 1)"),
             (self.async_rounds is not True or self.decode_steps > 1,

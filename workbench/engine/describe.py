@@ -41,6 +41,7 @@ def describe_engine(llm) -> str:
         f"prefill    {_prefill_text(r)}",
         f"compile    {_compile_text(llm)}",
         f"rounds     {_rounds_text(llm.config)}",
+        f"sampling   {_sampling_text(llm.config)}",
         f"pdl        {'on (programmatic dependent launch of the decode kernels)' if o.pdl else 'off'}",
         f"l2         {'each decode GEMV asks L2 for the next matmul weights (l2_prefetch)' if llm.config.l2_prefetch else 'off (l2_prefetch: measured slower)'}",
         f"tensor parallel  {tp_text}",
@@ -74,7 +75,18 @@ def _compile_text(llm) -> str:
 def _rounds_text(cfg) -> str:
     if cfg.decode_steps == 1:
         return "1 decode step a schedule (multi-step off)"
-    extras = [text for on, text in ((cfg.graph_rounds, "a greedy round one graph replay"),
+    kind = "a round" if cfg.graph_sampling else "a greedy round"
+    extras = [text for on, text in ((cfg.graph_rounds, f"{kind} one graph replay"),
                                     (cfg.async_rounds, "the next round launched before this one is read"))
               if on]
     return f"{cfg.decode_steps} decode steps a round" + "".join(f"; {text}" for text in extras)
+
+
+def _sampling_text(cfg) -> str:
+    if not cfg.fused_sampling:
+        return "eager (torch ops; all-greedy batches: torch's argmax)"
+    if cfg.graph_sampling:
+        return ("fused Triton pair (Gumbel-max) recorded in each decode graph after the LM head, every row "
+                "(graph_sampling); top-k/top-p rows sampled again eagerly")
+    return ("fused Triton pair (Gumbel-max) after each step's forward; all-greedy batches: torch's argmax; "
+            "top-k/top-p rows eager")

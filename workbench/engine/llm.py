@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from workbench.config import EngineConfig
 from workbench.model import ModelConfig
-from workbench.optimizations import l2_prefetch, multi_step
+from workbench.optimizations import graph_sampling, l2_prefetch, multi_step
 from workbench.optimizations.async_rounds import LaunchedRound
 from workbench.optimizations.board import Optimizations
 from workbench.optimizations.prefill_graphs import oversized, prefill_buckets
@@ -99,6 +99,11 @@ class LLM(MeasurementMethods):
             raise ValueError(f"fused_sampling=True: {why}")
         if self.config.fused_sampling is None:   # on where it measured faster: a GPU (engine/sampler.py)
             self.config.fused_sampling = why is None and self.device.startswith("cuda") and tp == 1
+        if self.config.graph_sampling and (why := graph_sampling.why_not(self.opts.cuda_graphs,
+                                                                         self.config.fused_sampling)):
+            why += "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
+            raise ValueError(f"graph_sampling=True: {why}: turn cuda_graphs and fused_sampling on (a CUDA GPU "
+                             "with Triton, no sampler override), or graph_sampling=False")
         if self.config.async_rounds is None:   # on wherever there are rounds (measured: async_rounds.py)
             self.config.async_rounds = self.config.decode_steps > 1
         self._decode_steps = self.config.decode_steps   # (a measurement may hold it at 1: decode_steps_override)

@@ -22,6 +22,7 @@ from workbench.optimizations import compile as torch_compile
 from workbench.optimizations.async_rounds import LaunchedRound
 from workbench.optimizations.board import Optimizations
 from workbench.optimizations.cuda_graphs import DecodeGraphs
+from workbench.optimizations.graph_sampling import GraphSampling
 from workbench.optimizations.prefill_graphs import PrefillGraphs, prefill_buckets
 
 from .sampler import Sampler
@@ -77,9 +78,10 @@ class ModelRunner:
         self.forward = torch_compile.install(self.model) if opts.compile else self.model.forward
         self.graphs = None
         if opts.cuda_graphs:
+            sampling = GraphSampling(cfg.max_num_seqs, self.device) if cfg.graph_sampling else None
             self.graphs = DecodeGraphs(self.forward_logits, max_num_seqs=cfg.max_num_seqs,
                                        max_blocks_per_seq=self.max_blocks_per_seq,
-                                       max_model_len=self.max_model_len, device=self.device)
+                                       max_model_len=self.max_model_len, device=self.device, sampling=sampling)
         self.prefill_graphs = None
         if cfg.prefill_graphs:   # (LLM refuses it without cuda_graphs)
             self.prefill_graphs = PrefillGraphs(
@@ -177,7 +179,8 @@ class ModelRunner:
                 bar.set_postfix_str("capturing a decode graph per batch size")
                 self.graphs.capture(on_captured=bar.update)
                 if self.cfg.graph_rounds:
-                    bar.set_postfix_str(f"capturing a round of {self.cfg.decode_steps} greedy steps per batch size")
+                    kind = "" if self.cfg.graph_sampling else " greedy"
+                    bar.set_postfix_str(f"capturing a round of {self.cfg.decode_steps}{kind} steps per batch size")
                     self.graphs.capture_rounds(self.cfg.decode_steps, self.block_size, on_captured=bar.update)
                 self.timings["graph_capture_s"] = self.graphs.capture_seconds
             if self.prefill_graphs is not None:
@@ -207,8 +210,13 @@ class ModelRunner:
         step = self.prepare(scheduled)
         samples = [i for i, (seq, n) in enumerate(scheduled) if seq.num_computed_tokens + n == len(seq)]
         t1 = time.perf_counter()
+        tokens = None
         if self.graphs is not None and self.graphs.can_run(step):
-            logits = self.graphs.run(step)
+            seqs = [seq for seq, _ in scheduled]
+            if self.graphs.sampling is not None and len(samples) == len(scheduled):   # graph_sampling
+                logits, tokens = self._replay_sampling(step, seqs, self._rows(seqs))
+            else:
+                logits = self.graphs.run(step)
             if len(samples) < len(scheduled):   # a 1-token prompt chunk that does not sample
                 logits = logits[samples]
         elif self.prefill_graphs is not None and self.prefill_graphs.can_run(step):
@@ -227,7 +235,9 @@ class ModelRunner:
             host_seconds["launch"] += t2 - t1
         if not samples:
             return [None] * len(scheduled), {}
-        tokens = self._sample(logits, [scheduled[i][0] for i in samples]).tolist()   # waits for the GPU
+        if tokens is None:
+            tokens = self._sample(logits, [scheduled[i][0] for i in samples])
+        tokens = tokens.tolist()   # waits for the GPU
         if host_seconds is not None:
             host_seconds["sample"] += time.perf_counter() - t2
         out: list[int | None] = [None] * len(scheduled)
@@ -265,22 +275,28 @@ class ModelRunner:
         and not read yet (the fused sampler's counters start past them)."""
         self._own_launch_flags()
         t0 = time.perf_counter()
-        builtin, greedy = self.sample == self.sampler.sample, all(seq.params.greedy for seq in seqs)
-        if builtin and greedy and self._round_graph_fits(step, num_steps):   # graph_rounds: one replay
+        # the sampling parameters go to the device once a round, not once a step (None: all greedy,
+        # or a sampler override)
+        rows = self._rows(seqs, ahead)
+        if self._round_graph_fits(step, num_steps, rows):   # graph_rounds: one replay
+            if self.graphs.sampling is not None:
+                self.graphs.sampling.stage(rows)
             tokens = self.graphs.run_round(step, input_ids)
         else:
-            # the sampling parameters go to the device once a round, not once a step
-            rows = self.sampler.rows(seqs, self.model_cfg.vocab_size, self.device, ahead) if builtin and not greedy else None
             sampled, samples = input_ids, []
             for i in range(num_steps):
                 if i:
                     step = next_decode_step(step, self.block_size)
-                if self.graphs is not None and self.graphs.can_run(step):
-                    logits = self.graphs.run(step, input_ids=sampled)
+                replay = self.graphs is not None and self.graphs.can_run(step)
+                if replay and self.graphs.sampling is not None:   # graph_sampling: the replay samples too
+                    sampled = self._replay_sampling(step, seqs, rows, input_ids=sampled)[1]
                 else:
-                    ids, positions, meta = step.to_device(self.device)
-                    logits = self.forward_logits(ids if sampled is None else sampled, positions, meta)
-                sampled = self._sample(logits, seqs, rows)
+                    if replay:
+                        logits = self.graphs.run(step, input_ids=sampled)
+                    else:
+                        ids, positions, meta = step.to_device(self.device)
+                        logits = self.forward_logits(ids if sampled is None else sampled, positions, meta)
+                    sampled = self._sample(logits, seqs, rows)
                 samples.append(sampled)
             tokens = torch.stack(samples, dim=1)
         launched = LaunchedRound(seqs, num_steps, tokens)
@@ -303,10 +319,31 @@ class ModelRunner:
             return self.model.forward
         return self.forward
 
-    def _round_graph_fits(self, step: HostStep, num_steps: int) -> bool:
-        """graph_rounds (multi_step.py): a captured round fits this greedy one -- its length, a
-        batch a graph holds."""
-        return self.graphs is not None and self.graphs.round_steps == num_steps and self.graphs.can_run(step)
+    def _rows(self, seqs: list[Sequence], ahead: int = 0):
+        """The built-in sampler's rows for these sequences on the device; None for an all-greedy
+        batch or a sampler override (which takes the sequences themselves)."""
+        if self.sample != self.sampler.sample or all(seq.params.greedy for seq in seqs):
+            return None
+        return self.sampler.rows(seqs, self.model_cfg.vocab_size, self.device, ahead)
+
+    def _replay_sampling(self, step: HostStep, seqs: list[Sequence], rows, input_ids=None):
+        """graph_sampling: replay the step's decode graph, which samples too; (logits, tokens)."""
+        self.graphs.sampling.stage(rows)
+        logits = self.graphs.run(step, input_ids=input_ids)
+        return logits, self.sampler.finish_fused(self.graphs.sampled(step.num_seqs), logits, seqs, rows)
+
+    def _round_graph_fits(self, step: HostStep, num_steps: int, rows) -> bool:
+        """graph_rounds (multi_step.py): a captured round fits this one -- its length, a batch a
+        graph holds, and rows it samples whole: greedy ones (the built-in sampler), or with
+        graph_sampling temperature rows too, but no top-k/top-p row (its eager pass cannot run
+        between the graph's steps)."""
+        if self.graphs is None or self.graphs.round_steps != num_steps or not self.graphs.can_run(step):
+            return False
+        if self.sample != self.sampler.sample:
+            return False
+        if rows is None:   # all greedy
+            return True
+        return self.graphs.sampling is not None and rows.filtered is None
 
     # Hooks tensor parallelism overrides (workbench/parallel/runner.py) --------------------------
     def _guard(self, what: str):

@@ -75,6 +75,15 @@ class Sampler:
     def _sample_fused(self, logits: torch.Tensor, seqs: list[Sequence], rows: "SamplingRows") -> torch.Tensor:
         from workbench.kernels.sample import sample   # Triton: imported only when the candidate runs
         tokens = sample(logits, rows.kernel_temps, rows.seeds, rows.counts, step=rows.steps_sampled)
+        return self.finish_fused(tokens, logits, seqs, rows)
+
+    def finish_fused(self, tokens: torch.Tensor, logits: torch.Tensor, seqs: list[Sequence],
+                     rows: "SamplingRows | None") -> torch.Tensor:
+        """The fused kernels' tokens made final (here, or by a decode graph: graph_sampling):
+        the top-k/top-p rows, which the kernels sample unfiltered, sampled again by the eager path.
+        rows None: an all-greedy batch, whose argmax the kernels gave."""
+        if rows is None:
+            return tokens
         rows.steps_sampled += 1   # the next call with these rows samples each sequence's next token
         if rows.filtered is not None:   # top-k/top-p rows: the eager path, on their rows only
             subset = [seqs[row] for row in rows.filtered_list]
@@ -154,7 +163,8 @@ class SamplingRows:
         # the fused kernel's step 0 samples each sequence's output token number num_output_tokens
         # (+ ahead: tokens of a launched round the host has not read yet); a seeded row's noise is
         # a function of (seed, that number), so a wrong count would redraw an earlier token's noise
-        self.counts = _on_device([seq.num_output_tokens + ahead for seq in seqs], torch.int64, device)
+        self.host_counts = [seq.num_output_tokens + ahead for seq in seqs]   # (graph_sampling stages them)
+        self.counts = _on_device(self.host_counts, torch.int64, device)
         self.steps_sampled = 0   # sample() calls so far with these rows (the round's steps)
         self.filtered_list = [row for row, p in enumerate(params) if not p.greedy and _filters(p)]
         self.filtered = self.filtered_rows = None

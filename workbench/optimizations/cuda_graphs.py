@@ -16,8 +16,9 @@ Graphs replay fixed shapes and fixed addresses, so:
   the padding rows pointed at no cache slot (slot -1) and given a 1-token context;
 - the attention metadata uses the full block-table width and max_model_len as its bounds.
 The graph records the LM head too: a decode step samples from every row, so the whole step up to
-the logits is one replay. Prefill stays eager: its shapes change every step
-(prefill_graphs.py, on with this switch, pads one sequence's prefill to a fixed size).
+the logits is one replay (with graph_sampling, graph_sampling.py, the sampler as well). Prefill
+stays eager: its shapes change every step (prefill_graphs.py, on with this switch, pads one
+sequence's prefill to a fixed size).
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ from workbench.attention import AttentionMetadata
 
 from .availability import needs_cuda
 
-if TYPE_CHECKING:   # (a type only: the engine imports this module, not the other way round)
+if TYPE_CHECKING:   # (types only: the engine imports this module, not the other way round)
     from workbench.engine.step_inputs import HostStep
+
+    from .graph_sampling import GraphSampling
 
 
 def why_not(device: str, tp_size: int = 1) -> str | None:
@@ -50,22 +53,25 @@ def decode_buckets(max_num_seqs: int) -> list[int]:
 
 
 class DecodeGraphs:
-    """forward_logits(input_ids, positions, meta) -> logits [B, vocab]: what each graph records."""
+    """forward_logits(input_ids, positions, meta) -> logits [B, vocab]: what each graph records;
+    with `sampling` (graph_sampling.py) each graph records the sampler after it too."""
 
     def __init__(self, forward_logits, *, max_num_seqs: int, max_blocks_per_seq: int, max_model_len: int,
-                 device: torch.device):
+                 device: torch.device, sampling: GraphSampling | None = None):
         self.forward_logits = forward_logits
+        self.sampling = sampling
         self.max_model_len = max_model_len
         self.buckets = decode_buckets(max_num_seqs)
         n = self.buckets[-1]
         self.n, self.width = n, max_blocks_per_seq
         # Two flat buffers, so a step's inputs move in two copies; every field is a contiguous slice.
-        self.i64 = torch.zeros(3 * n, dtype=torch.long, device=device)
+        self.i64 = torch.zeros(4 * n, dtype=torch.long, device=device)
         self.i32 = torch.zeros(n + n * max_blocks_per_seq, dtype=torch.int32, device=device)
         self.host_i64 = torch.zeros_like(self.i64, device="cpu").pin_memory()
         self.host_i32 = torch.zeros_like(self.i32, device="cpu").pin_memory()
         self.copied = torch.cuda.Event()   # the staging buffers may be rewritten once this fires
-        self.input_ids, self.positions, self.slot_mapping = self.i64.view(3, n)
+        # counts: tokens each row sampled before this step (read only by a graph that samples)
+        self.input_ids, self.positions, self.slot_mapping, self.counts = self.i64.view(4, n)
         self.seq_lens = self.i32[:n]
         self.block_tables = self.i32[n:].view(n, max_blocks_per_seq)
         self.seq_lens.fill_(1)
@@ -73,8 +79,9 @@ class DecodeGraphs:
         self.cu_seqlens_q = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
+        self.tokens: dict[int, torch.Tensor] = {}   # graph_sampling: each graph's sampled tokens
         self.capture_seconds = 0.0
-        self.round_steps = 0   # > 0: capture_rounds recorded greedy rounds of this many steps
+        self.round_steps = 0   # > 0: capture_rounds recorded rounds of this many steps
         self.round_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.round_tokens: dict[int, torch.Tensor] = {}
         self._pool = None
@@ -92,11 +99,11 @@ class DecodeGraphs:
         pool = None
         for batch in reversed(self.buckets):
             args = (self.input_ids[:batch], self.positions[:batch], self._meta(batch))
-            self.forward_logits(*args)   # warm-up: JIT kernels (Triton, flash-attn) compile outside capture
+            self._step(*args)   # warm-up: JIT kernels (Triton, flash-attn) compile outside capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.outputs[batch] = self.forward_logits(*args)
+                self.outputs[batch], self.tokens[batch] = self._step(*args)
             pool = graph.pool()
             self.graphs[batch] = graph
             if on_captured is not None:
@@ -105,12 +112,20 @@ class DecodeGraphs:
         self._pool = pool
         self.capture_seconds = time.perf_counter() - start
 
+    def _step(self, input_ids, positions, meta, step: int = 0):
+        """What a graph records for one decode step: its logits, and its tokens if it samples."""
+        logits = self.forward_logits(input_ids, positions, meta)
+        if self.sampling is None:
+            return logits, None
+        return logits, self.sampling.record(logits, self.counts, step)
+
     @torch.inference_mode()
     def capture_rounds(self, steps: int, block_size: int, on_captured=None) -> None:
-        """After capture(): record one graph per bucket that runs `steps` greedy decode steps
-        (multi_step.py, graph_rounds): each step's argmax goes to round_tokens[bucket][:, i] and
-        becomes the next step's input, `advance` moving positions, lengths and slots on the device.
-        The buffers are restaged before every replay, so what capture leaves in them is harmless."""
+        """After capture(): record one graph per bucket that runs `steps` decode steps (multi_step.py,
+        graph_rounds): each step's token -- its argmax, or with graph_sampling the sampler's --
+        goes to round_tokens[bucket][:, i] and becomes the next step's input, `advance` moving
+        positions, lengths and slots on the device. The buffers are restaged before every replay,
+        so what capture leaves in them is harmless."""
         from .multi_step import advance
         start = time.perf_counter()
         for batch in reversed(self.buckets):
@@ -120,7 +135,8 @@ class DecodeGraphs:
 
             def round_():
                 for i in range(steps):
-                    tokens[:, i] = self.forward_logits(ids, pos, meta).argmax(dim=-1)
+                    logits, sampled = self._step(ids, pos, meta, step=i)
+                    tokens[:, i] = logits.argmax(dim=-1) if sampled is None else sampled
                     if i + 1 < steps:
                         advance(ids, pos, meta.slot_mapping, meta.seq_lens, meta.block_tables, tokens[:, i],
                                 block_size)
@@ -149,15 +165,22 @@ class DecodeGraphs:
     def run(self, step: HostStep, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Replay the graph of the smallest bucket that holds this decode step; logits [B, vocab].
         input_ids (multi-step decoding): the step's tokens as a device tensor, used instead of
-        step.input_ids -- the previous step's samples, which the host has not seen yet."""
+        step.input_ids -- the previous step's samples, which the host has not seen yet.
+        With graph_sampling, stage the batch's sampling rows first (self.sampling.stage)."""
         bucket = self._stage(step, input_ids)
         self.graphs[bucket].replay()
         return self.outputs[bucket][:step.num_seqs]
 
+    def sampled(self, batch: int) -> torch.Tensor:
+        """graph_sampling: the tokens the last replay for `batch` rows sampled, int64 [batch] -- a
+        copy, since the next replay overwrites the graph's own."""
+        bucket = next(b for b in self.buckets if b >= batch)
+        return self.tokens[bucket][:batch].clone()
+
     def run_round(self, step: HostStep, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Replay the round graph (capture_rounds) from this decode step, the round's first: the
-        greedy tokens of its round_steps steps, [B, round_steps], on the device (a buffer the next
-        replay overwrites). input_ids: as in run() (async_rounds: the previous round's samples)."""
+        tokens of its round_steps steps, [B, round_steps], on the device (a buffer the next replay
+        overwrites). input_ids: as in run() (async_rounds: the previous round's samples)."""
         bucket = self._stage(step, input_ids)
         self.round_graphs[bucket].replay()
         return self.round_tokens[bucket][:step.num_seqs]
@@ -174,6 +197,8 @@ class DecodeGraphs:
         i64[batch:bucket], i64[n + batch:n + bucket] = 0, 0
         i64[2 * n:2 * n + batch] = step.slot_mapping
         i64[2 * n + batch:2 * n + bucket] = -1   # padding rows write nowhere ...
+        if self.sampling is not None:
+            i64[3 * n:3 * n + batch] = self.sampling.counts(batch)
         i32[:batch] = step.seq_lens
         i32[batch:bucket] = 1                      # ... and attend to one (ignored) key
         tables = i32[n:].reshape(n, self.width)
