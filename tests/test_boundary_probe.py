@@ -86,6 +86,48 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
             assert ptx.count("prefetch.global.L2") >= 2, "the L2 form must ask L2 for later steps' rows"
 
 
+def _compile_streamed_chain(rows: int, slots: int):
+    """streamed_chain's kernel compiled for sm_90a, on this machine, no GPU (Gluon has no interpreter)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    import triton
+    from workbench.measure import streamed_chain
+    layout = gl.NVMMASharedLayout.get_default_for([rows, streamed_chain.BLOCK_K], gl.bfloat16)
+    signature = {"w_desc": f"tensordesc<bf16[{rows},{streamed_chain.BLOCK_K}],{layout!r}>", "vec": "*fp32",
+                 "count": "*i32", "stages": "i32", "hidden": "i32", "eps": "fp32", "NSLOTS": "constexpr"}
+    source = GluonASTSource(streamed_chain._streamed_chain_kernel, signature, constexprs={"NSLOTS": slots})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": streamed_chain.CONSUMER_WARPS, "maxnreg": 128})
+
+
+H200_SHARED_BYTES = 232448   # the most shared memory one block may ask for on an H100/H200 (227 KB)
+
+
+def test_the_streamed_chain_compiles_for_hopper_as_meant():
+    """The persistent-ws kernel (measure/streamed_chain.py): TMA copies into the ring, mbarrier waits,
+    the counter polled with acquire and added to with release, one worker warp group beside the
+    consumers' four warps, no spills, and its largest ring (48 slots at H = 2,048: 16 rows a program)
+    within a block's shared memory -- compiled only: it runs on the device (`measure boundaries`)."""
+    from test_kernel_resources import _script
+    kernel_resources = _script()   # skips where this Triton cannot compile for sm_90a
+    from workbench.measure import streamed_chain
+    if not streamed_chain.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon Hopper API")
+    for rows in (8, 16):   # H = 1,024 and 2,048 over 128 programs
+        for slots in sorted(set(streamed_chain.SLOTS.values())):
+            kernel = _compile_streamed_chain(rows, slots)
+            ptx = kernel.asm["ptx"]
+            assert "cp.async.bulk.tensor" in ptx, "the producer must copy tiles with the TMA unit"
+            assert "mbarrier.try_wait" in ptx and "expect_tx" in ptx, "slots must be handed over by mbarriers"
+            assert re.search(r"(ld|atom)\.global\.gpu\.acquire", ptx), "the poll must acquire the other programs' rows"
+            assert re.search(r"(red|atom)\.global\.gpu\.release\.add", ptx), "the arrival must release this program's"
+            assert "setmaxnreg" in ptx and kernel.metadata.num_warps == 8, "a worker warp group beside 4 consumer warps"
+            assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, (rows, slots)
+            assert kernel.metadata.shared <= H200_SHARED_BYTES, (rows, slots, kernel.metadata.shared)
+
+
 def test_the_command_says_it_needs_a_gpu(capsys):
     import torch
 

@@ -47,7 +47,9 @@ programs wait on flags per head could overlap the per-head steps of a layer.
 Part 2 puts weights back: the same chain as GEMVs with the norm folded in (bf16 H x H), as PDL
 kernels with their weight rows loaded before the wait (as the engine's) and as persistent kernels
 that ask for later steps' rows into registers (one or two steps ahead) or of L2 (prefetches, the
-rows loaded after the barrier); % of the copy bandwidth measured in the same run.
+rows loaded after the barrier), or -- the persistent-ws forms, streamed_chain.py (Gluon, Hopper)
+-- have a producer warp stream them into a ring in shared memory across the waits (session 25);
+% of the copy bandwidth measured in the same run.
 
 On a GPU: python -m workbench measure boundaries [--json OUT] (CUDA graphs, events, medians;
 chapter 09, section 15). On a CPU (Triton's interpreter, a few steps, correctness only):
@@ -65,6 +67,7 @@ import triton.language as tl
 from workbench.kernels.gemv import _prefetch_l2, as_bytes
 from workbench.kernels.pdl import pdl_wait
 from workbench.kernels.tagged import poll_tagged, store_tagged   # the engine's tagged words (decode attention's merge)
+from workbench.measure import streamed_chain
 from workbench.measure.timing import cuda_event_times
 
 D = 1024   # the hidden size of Qwen3-0.6B: the vector every step reads whole
@@ -494,6 +497,8 @@ def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch
     hidden = weights.shape[-1]
     rows = hidden // programs
     _refuse_unless_resident(form, programs, weights.device)
+    if form in streamed_chain.SLOTS:
+        return streamed_chain.streamed_chain(form, weights, vec, count, stages, programs)
     if form in L2_AHEAD:
         w_bytes = as_bytes(weights)   # _prefetch_l2's offsets count bytes
 
@@ -569,7 +574,8 @@ def time_graph(run, steps: int, replays: int = 50) -> dict:
 STEP_FORMS = ("kernels", "kernels+pdl", "kernels+pdl-early", "persistent", "persistent-flags", "persistent-flags-head",
               "persistent-tagged", "persistent-tagged-head", "persistent-tagged-spread", "kernels+pdl-tagged",
               "kernels+pdl-tagged-head")   # part 1's forms
-GEMV_FORMS = ("kernels", "kernels+pdl", "kernels+pdl-early", "persistent", "persistent-2ahead", *L2_AHEAD)   # part 2's
+GEMV_FORMS = ("kernels", "kernels+pdl", "kernels+pdl-early", "persistent", "persistent-2ahead", *L2_AHEAD,
+              *streamed_chain.SLOTS)   # part 2's
 
 
 def check_forms(forms, parts=(1, 2)) -> None:
@@ -653,13 +659,17 @@ def measure_boundaries(stages: int = 196, forms=None, parts=(1, 2)) -> list[dict
           f"% of the copy bandwidth measured above")
     print(f"{'form':>17} {'H':>5} {'MB a step':>9} {'programs':>8} {'us a step':>10} {'range':>13} "
           f"{'% copy bw':>9} {'rel err':>8}")
+    why_no_ws = streamed_chain.why_not(device)
+    if why_no_ws and (forms is None or set(forms) & set(streamed_chain.SLOTS)):
+        print(f"(the persistent-ws forms are left out: {why_no_ws})")
     for hidden in (1024, 2048):
         weights = gemv_weights(stages, hidden, "cuda")
         step_bytes = hidden * hidden * 2
         pdl_cases = [("kernels+pdl", p) for p in (hidden // 4, 128, 256, 512, 1024)] if pdl_here else []
         pdl_cases += [("kernels+pdl-early", p) for p in (hidden // 4, 128)] if pdl_here else []
         cases = list(dict.fromkeys([("kernels", hidden // 4), *pdl_cases, ("persistent", 128), ("persistent-2ahead", 128),
-                                    *[(form, 128) for form in L2_AHEAD]]))
+                                    *[(form, 128) for form in L2_AHEAD],
+                                    *[(form, 128) for form in streamed_chain.SLOTS if why_no_ws is None]]))
         for form, programs in cases:
             if (form.startswith("persistent") and programs > sms) or (forms is not None and form not in forms):
                 continue

@@ -1,0 +1,152 @@
+"""The `persistent-ws` forms of `measure boundaries` part 2: a persistent GEMV chain whose weights a
+producer warp streams into shared memory *across* the waits between steps (Gluon, Hopper).
+
+Why. Part 2's persistent forms (boundaries.py) are ordinary Triton programs: a weight load is a
+register load, so a program that waits at the grid barrier holds at most what its registers can
+take (one or two steps ahead), and its HBM stream stops while it polls. Session 18 found they
+did not keep up with the PDL kernels. The published batch-1 megakernels keep the stream going
+with warp specialization: some warps only load, into a ring of shared-memory buffers, and never
+wait on another program; the other warps wait, compute from shared memory, and hand each buffer
+back. This module is that structure, on part 2's chain, to measure whether the stream survives
+the waits:
+
+- producer (1 warp): for every step and every tile of this program's rows, waits until the ring
+  slot is free, then asks the TMA unit to copy the tile there (`expect` tells the slot's `ready`
+  barrier how many bytes to count);
+- consumer (the kernel's 4 warps): waits for every program's part of the step before (a counter,
+  read with acquire semantics), reads x, then for each tile waits for its slot, computes from
+  shared memory, and frees the slot; stores its rows, then adds 1 to the counter (release).
+
+The ring holds SLOTS tiles of ROWS x 128 bf16 values: 48 x 4 KB = 192 KB runs 3 steps ahead at
+H = 2,048 (a program's rows of a step are 16 tiles). `persistent-ws-4` (4 slots) cannot run ahead
+past a wait: the control for "it is the streaming across the waits that pays".
+
+Gluon (triton.experimental.gluon) is Triton's lower-level dialect: layouts, shared memory and
+barriers are written out. It does not run under Triton's interpreter: on a CPU the kernel is only
+compiled for sm_90a (tests/test_boundary_probe.py). Designed from a read of Triton 3.6's Gluon
+source (the device's version; 3.9 renamed the TMA load and the barrier, see `_tma_load`).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+try:   # Gluon's Hopper pieces: Triton 3.6+ (a missing one means the forms are left out)
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    HAVE_GLUON = True
+except ImportError:
+    HAVE_GLUON = False
+
+SLOTS = {"persistent-ws": 48, "persistent-ws-16": 16, "persistent-ws-4": 4}   # ring slots per form
+BLOCK_K = 128      # a tile's columns: 256 bytes of a weight row
+CONSUMER_WARPS = 4
+
+if HAVE_GLUON:
+    # Triton 3.6 (the device) calls the TMA load async_copy_global_to_shared; 3.9 calls it async_load
+    # (and keeps the old name as an error)
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _barrier = getattr(gl, "thread_barrier", None) or gl.barrier   # (3.9: barrier)
+
+    @gluon.jit
+    def _producer(w_desc, ring, ready, empty, stages, hidden):
+        """One warp: every tile this program will need, in the order the consumer uses them."""
+        ROWS: gl.constexpr = w_desc.block_type.shape[0]
+        BK: gl.constexpr = w_desc.block_type.shape[1]
+        NSLOTS: gl.constexpr = ring.type.shape[0]
+        first_row = gl.program_id(0) * ROWS
+        t = 0
+        for stage in range(stages):
+            for k in range(hidden // BK):
+                slot = t % NSLOTS
+                # a fresh barrier counts as phase 1 done: the first pass over the ring does not wait
+                mbarrier.wait(empty.index(slot), ((t // NSLOTS) & 1) ^ 1)
+                mbarrier.expect(ready.index(slot), w_desc.block_type.nbytes)
+                _tma_load(w_desc, [stage * hidden + first_row, k * BK], ready.index(slot), ring.index(slot))
+                t += 1
+
+    @gluon.jit
+    def _consumer(vec, count, ring, ready, empty, stages, hidden, eps, ROWS: gl.constexpr, BK: gl.constexpr):
+        """The kernel's warps: y[rows] = (W[rows] . x) / rms(x) each step, x the vector every
+        program wrote the step before (boundaries._gemv_step's math, from shared memory)."""
+        NSLOTS: gl.constexpr = ring.type.shape[0]
+        ROW_THREADS: gl.constexpr = ROWS // gl.num_warps()   # a warp's threads: ROW_THREADS rows x the rest along K
+        L: gl.constexpr = gl.BlockedLayout([1, 8], [ROW_THREADS, 32 // ROW_THREADS], [gl.num_warps(), 1], [1, 0])
+        programs = gl.num_programs(0)
+        rows = gl.program_id(0) * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, L))
+        cols = gl.arange(0, BK, layout=gl.SliceLayout(0, L))
+        t = 0
+        for stage in range(stages):
+            # every program's rows of the step before are stored (acquire: their stores are visible)
+            seen = gl.atomic_add(count, 0, sem="acquire", scope="gpu")
+            while seen < programs * stage:
+                seen = gl.atomic_add(count, 0, sem="acquire", scope="gpu")
+            src = vec + (stage % 2) * hidden
+            acc = gl.zeros([ROWS], gl.float32, layout=gl.SliceLayout(1, L))
+            squares = gl.zeros([BK], gl.float32, layout=gl.SliceLayout(0, L))
+            for k in range(hidden // BK):
+                x = gl.load(src + k * BK + cols, cache_modifier=".cg")   # .cg: other SMs wrote it
+                squares += x * x
+                slot = t % NSLOTS
+                mbarrier.wait(ready.index(slot), (t // NSLOTS) & 1)
+                w = ring.index(slot).load(L)
+                fence_async_shared()   # our reads of the slot are done before the TMA may write it again
+                mbarrier.arrive(empty.index(slot), count=1)
+                acc += gl.sum(w.to(gl.float32) * x[None, :], axis=1)
+                t += 1
+            inv_rms = 1.0 / gl.sqrt(gl.sum(squares, axis=0) / hidden + eps)
+            gl.store(vec + ((stage + 1) % 2) * hidden + rows, acc * inv_rms)
+            _barrier()   # all 4 warps' stores issued before the one release below
+            gl.atomic_add(count, 1, sem="release", scope="gpu")
+
+    @gluon.jit
+    def _streamed_chain_kernel(w_desc, vec, count, stages, hidden, eps, NSLOTS: gl.constexpr):
+        ROWS: gl.constexpr = w_desc.block_type.shape[0]
+        BK: gl.constexpr = w_desc.block_type.shape[1]
+        ring = gl.allocate_shared_memory(w_desc.dtype, [NSLOTS, ROWS, BK], w_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [NSLOTS, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [NSLOTS, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(NSLOTS):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=1)
+        # the default partition (the kernel's warps) consumes; one worker warp (24 registers: it
+        # holds no data) produces
+        gl.warp_specialize([(_consumer, (vec, count, ring, ready, empty, stages, hidden, eps, ROWS, BK)),
+                            (_producer, (w_desc, ring, ready, empty, stages, hidden))], [1], [24])
+
+
+def why_not(device: torch.device) -> str | None:
+    """Why the persistent-ws forms cannot run here, if they cannot."""
+    if not HAVE_GLUON:
+        return f"Triton {triton.__version__} has no Gluon Hopper API (triton.experimental.gluon)"
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+        return "TMA and warp specialization need a Hopper GPU or newer"
+    return None
+
+
+def weight_descriptor(weights: torch.Tensor, programs: int):
+    """The TMA descriptor of weights [stages, H, H] bf16 seen as [stages * H, H], in tiles of one
+    program's rows x BLOCK_K columns."""
+    stages, hidden, _ = weights.shape
+    rows = hidden // programs
+    layout = gl.NVMMASharedLayout.get_default_for([rows, BLOCK_K], gl.bfloat16)
+    return TensorDescriptor.from_tensor(weights.view(stages * hidden, hidden), [rows, BLOCK_K], layout)
+
+
+def streamed_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch.Tensor, stages: int,
+                   programs: int):
+    """boundaries.gemv_chain for the persistent-ws forms: a function that runs `stages` GEMVs once."""
+    hidden = weights.shape[-1]
+    rows = hidden // programs
+    if rows % CONSUMER_WARPS or rows > 32 * CONSUMER_WARPS or hidden % BLOCK_K:
+        raise ValueError(f"{form}: {programs} programs give {rows} rows each; the consumer's layout wants a multiple "
+                         f"of {CONSUMER_WARPS} up to {32 * CONSUMER_WARPS}, and H a multiple of {BLOCK_K}")
+    desc = weight_descriptor(weights, programs)
+
+    def run():
+        count.zero_()
+        _streamed_chain_kernel[(programs,)](desc, vec, count, stages, hidden, 1e-6, NSLOTS=SLOTS[form],
+                                            num_warps=CONSUMER_WARPS, maxnreg=128)
+    return run
