@@ -140,9 +140,9 @@ def streamed_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: t
     """boundaries.gemv_chain for the persistent-ws forms: a function that runs `stages` GEMVs once."""
     hidden = weights.shape[-1]
     rows = hidden // programs
-    if rows % CONSUMER_WARPS or rows > 32 * CONSUMER_WARPS or hidden % BLOCK_K:
-        raise ValueError(f"{form}: {programs} programs give {rows} rows each; the consumer's layout wants a multiple "
-                         f"of {CONSUMER_WARPS} up to {32 * CONSUMER_WARPS}, and H a multiple of {BLOCK_K}")
+    if rows & (rows - 1) or not CONSUMER_WARPS <= rows <= 32 * CONSUMER_WARPS or hidden % BLOCK_K:
+        raise ValueError(f"{form}: {programs} programs give {rows} rows each; the consumer's layout wants a power "
+                         f"of two from {CONSUMER_WARPS} to {32 * CONSUMER_WARPS}, and H a multiple of {BLOCK_K}")
     desc = weight_descriptor(weights, programs)
 
     def run():
