@@ -96,8 +96,9 @@ def _compile_streamed_chain(rows: int, slots: int):
     from workbench.measure import streamed_chain
     layout = gl.NVMMASharedLayout.get_default_for([rows, streamed_chain.BLOCK_K], gl.bfloat16)
     signature = {"w_desc": f"tensordesc<bf16[{rows},{streamed_chain.BLOCK_K}],{layout!r}>", "vec": "*fp32",
-                 "count": "*i32", "stages": "i32", "hidden": "i32", "eps": "fp32", "NSLOTS": "constexpr"}
-    source = GluonASTSource(streamed_chain._streamed_chain_kernel, signature, constexprs={"NSLOTS": slots})
+                 "count": "*i32", "stages": "i32", "eps": "fp32", "HIDDEN": "constexpr", "NSLOTS": "constexpr"}
+    source = GluonASTSource(streamed_chain._streamed_chain_kernel, signature,
+                            constexprs={"HIDDEN": rows * 128, "NSLOTS": slots})   # 128 programs
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": streamed_chain.CONSUMER_WARPS, "maxnreg": 128})
 
