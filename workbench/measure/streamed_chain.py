@@ -93,7 +93,8 @@ if HAVE_GLUON:
             inv_rms = 1.0 / gl.sqrt(gl.sum(x * x, axis=0) / HIDDEN + eps)
             x_tiles.store(x)
             _barrier()   # every warp's part of x stored before any warp reads a tile of it
-            acc = gl.zeros([ROWS], gl.float32, layout=gl.SliceLayout(1, L))
+            # products summed element-wise, the rows reduced across threads once a step, not once a tile
+            acc = gl.zeros([ROWS, BK], gl.float32, layout=L)
             for k in gl.static_range(TILES):   # unrolled: a slice of shared memory starts at a constant
                 x_tile = x_tiles.slice(k * BK, BK).load(gl.SliceLayout(0, L))
                 slot = t % NSLOTS
@@ -101,9 +102,9 @@ if HAVE_GLUON:
                 w = ring.index(slot).load(L)
                 fence_async_shared()   # our reads of the slot are done before the TMA may write it again
                 mbarrier.arrive(empty.index(slot), count=1)
-                acc += gl.sum(w.to(gl.float32) * x_tile[None, :], axis=1)
+                acc += w.to(gl.float32) * x_tile[None, :]
                 t += 1
-            gl.store(vec + ((stage + 1) % 2) * HIDDEN + rows, acc * inv_rms)
+            gl.store(vec + ((stage + 1) % 2) * HIDDEN + rows, gl.sum(acc, axis=1) * inv_rms)
             _barrier()   # all 4 warps' stores issued (and x_tiles read) before the one release below
             gl.atomic_add(count, 1, sem="release", scope="gpu")
 
