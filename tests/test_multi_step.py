@@ -121,6 +121,14 @@ def test_graph_sampling_needs_graphs_and_the_fused_sampler(tiny_ckpt):
         LLM(tiny_ckpt, graph_sampling="yes")
     with LLM(tiny_ckpt, opts=Optimizations.all_off()) as llm:
         assert "graph_sampling" not in llm.describe()
+    from types import SimpleNamespace
+
+    from workbench.engine.describe import _rounds_text, _sampling_text
+    on = SimpleNamespace(fused_sampling=True, graph_sampling=True, graph_rounds=True, decode_steps=8, async_rounds=True)
+    assert "recorded in each decode graph" in _sampling_text(on) and "top-k/top-p" in _sampling_text(on)
+    assert "a round without top-k/top-p rows one graph replay" in _rounds_text(on)
+    off = SimpleNamespace(**{**vars(on), "graph_sampling": False})
+    assert "after each step's forward" in _sampling_text(off) and "a greedy round" in _rounds_text(off)
 
 
 def test_a_sequence_near_its_end_does_not_cut_the_round_short(tiny_ckpt, prompts):

@@ -289,8 +289,9 @@ def check_graph_sampling_stages_what_the_sampler_reads(torch):
     eagerly here (no capture on a CPU): staged once a round, with the host's counts written each
     step, the recorded pair gives each step's tokens of the sampler launched after the forward --
     greedy, unseeded, seeded and top-k rows over three steps; then the next round's rows, fewer
-    (restaged when the rows change; the padding rows' stale values never read), and an all-greedy
-    round (the temperatures zeroed)."""
+    (restaged when the rows change; the rows past them keep stale values, which only padding rows
+    read), and an all-greedy round (the temperatures zeroed). Counts asked for another batch size
+    than the staged rows' are refused (a replay whose rows were not staged)."""
     from workbench import SamplingParams
     from workbench.engine.sampler import Sampler
     from workbench.engine.sequence import Sequence
@@ -321,6 +322,11 @@ def check_graph_sampling_stages_what_the_sampler_reads(torch):
     graph.stage(got_sampler.rows(seqs(small), 300, "cpu"))
     counts[:3] = torch.tensor(graph.counts(3))
     assert torch.equal(graph.record(logits[1][:3], counts), want)
+    try:
+        graph.counts(4)
+        raise AssertionError("counts for 4 rows from rows staged for 3 must be refused")
+    except RuntimeError as e:
+        assert "stage this batch's rows" in str(e), e
     graph.stage(None)   # an all-greedy round: the staged temperatures must not linger
     counts[:2] = torch.tensor(graph.counts(2))
     got = graph.record(logits[0][:2], counts)

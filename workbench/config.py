@@ -41,7 +41,8 @@ class EngineConfig:
     decode_steps: int = 1                # decode steps per scheduling round; > 1: multi-step
                                          # decoding (workbench/optimizations/multi_step.py)
     graph_rounds: bool = False           # a greedy round of decode_steps steps as ONE graph replay
-                                         # (needs cuda_graphs and decode_steps > 1; multi_step.py)
+                                         # (temperature rounds too with graph_sampling; needs
+                                         # cuda_graphs and decode_steps > 1; multi_step.py)
     compile_prefill: bool = True         # with compile on: steps with prompt tokens outside the graphs run
                                          # the compiled forward (True) or the plain one (False: no dynamo
                                          # guards and wrappers a layer; optimizations/compile.py), a candidate

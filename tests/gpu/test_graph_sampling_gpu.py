@@ -22,7 +22,8 @@ def _tokens(model, batches, **engine):
     """Token ids per request of each (prompts, params) batch, run one after another in one engine;
     how many decode steps took their tokens from a graph, and how many rounds replayed as one graph
     (per batch)."""
-    with LLM(model, opts=Optimizations.all_on(), max_num_seqs=8, max_model_len=512, **engine) as llm:
+    engine = {"max_num_seqs": 8, "max_model_len": 512, **engine}
+    with LLM(model, opts=Optimizations.all_on(), **engine) as llm:
         graphs, counted = llm.runner.graphs, {"steps": 0, "rounds": 0}
         sampled, run_round = graphs.sampled, graphs.run_round
 
@@ -61,3 +62,17 @@ def test_graph_sampling_gives_the_sampler_tokens(q06b, engine):
         assert counted_off["steps"] == 0 and counted_on["steps"] + counted_on["rounds"] > 0, (counted_off, counted_on)
         if engine.get("graph_rounds") and params is not mixed:   # temperature rounds replay one graph too
             assert counted_on["rounds"] > 0, (params[0], counted_on)
+
+
+def test_a_prompt_chunk_beside_sampled_rows(q06b):
+    """A decode-shaped step whose last row is a 1-token prompt chunk that does not sample: the graph
+    samples every row greedily (its tokens unused), the sampler after it takes the sampled rows --
+    the same tokens as without graph_sampling (a review found this step crashed the staging). Three
+    2-token prompts then a 40-token one, 4 tokens a step: once the three decode, the fourth's
+    prompt goes in 1 token a step beside them."""
+    prompts = [[11, 12], [13, 14], [15, 16], list(range(100, 140))]
+    params = [SamplingParams(temperature=0.6, seed=s, max_tokens=50, ignore_eos=True) for s in range(4)]
+    engine = dict(max_num_batched_tokens=4, max_num_seqs=4)
+    (want, _), = _tokens(q06b, [(prompts, params)], graph_sampling=False, **engine)
+    (got, counted), = _tokens(q06b, [(prompts, params)], graph_sampling=True, **engine)
+    assert got == want and counted["steps"] > 0, counted

@@ -75,7 +75,7 @@ def _compile_text(llm) -> str:
 def _rounds_text(cfg) -> str:
     if cfg.decode_steps == 1:
         return "1 decode step a schedule (multi-step off)"
-    kind = "a round" if cfg.graph_sampling else "a greedy round"
+    kind = "a round without top-k/top-p rows" if cfg.graph_sampling else "a greedy round"
     extras = [text for on, text in ((cfg.graph_rounds, f"{kind} one graph replay"),
                                     (cfg.async_rounds, "the next round launched before this one is read"))
               if on]

@@ -94,14 +94,16 @@ class LLM(MeasurementMethods):
             why += "".join(f" ({note})" for note in self.skipped if note.startswith(("decode_gemv", "fused_decode")))
             raise ValueError(f"l2_prefetch=True: {why}: turn decode_gemv or fused_decode on (a CUDA GPU with "
                              "Triton), or l2_prefetch=False")
-        why = _why_no_fused_sampling(self.device, self.overrides)
-        if self.config.fused_sampling and why:
-            raise ValueError(f"fused_sampling=True: {why}")
+        no_fused = _why_no_fused_sampling(self.device, self.overrides)
+        if self.config.fused_sampling and no_fused:
+            raise ValueError(f"fused_sampling=True: {no_fused}")
         if self.config.fused_sampling is None:   # on where it measured faster: a GPU (engine/sampler.py)
-            self.config.fused_sampling = why is None and self.device.startswith("cuda") and tp == 1
+            self.config.fused_sampling = no_fused is None and self.device.startswith("cuda") and tp == 1
         if self.config.graph_sampling and (why := graph_sampling.why_not(self.opts.cuda_graphs,
                                                                          self.config.fused_sampling)):
             why += "".join(f" ({note})" for note in self.skipped if note.startswith("cuda_graphs"))
+            if self.opts.cuda_graphs and no_fused:
+                why += f" ({no_fused})"
             raise ValueError(f"graph_sampling=True: {why}: turn cuda_graphs and fused_sampling on (a CUDA GPU "
                              "with Triton, no sampler override), or graph_sampling=False")
         if self.config.async_rounds is None:   # on wherever there are rounds (measured: async_rounds.py)

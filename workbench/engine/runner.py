@@ -216,6 +216,8 @@ class ModelRunner:
             if self.graphs.sampling is not None and len(samples) == len(scheduled):   # graph_sampling
                 logits, tokens = self._replay_sampling(step, seqs, self._rows(seqs))
             else:
+                if self.graphs.sampling is not None:   # a row that does not sample: the graph samples all
+                    self.graphs.sampling.stage(None)   # rows greedily (tokens unused); the sampler below decides
                 logits = self.graphs.run(step)
             if len(samples) < len(scheduled):   # a 1-token prompt chunk that does not sample
                 logits = logits[samples]
@@ -289,7 +291,7 @@ class ModelRunner:
                     step = next_decode_step(step, self.block_size)
                 replay = self.graphs is not None and self.graphs.can_run(step)
                 if replay and self.graphs.sampling is not None:   # graph_sampling: the replay samples too
-                    sampled = self._replay_sampling(step, seqs, rows, input_ids=sampled)[1]
+                    _, sampled = self._replay_sampling(step, seqs, rows, input_ids=sampled)
                 else:
                     if replay:
                         logits = self.graphs.run(step, input_ids=sampled)

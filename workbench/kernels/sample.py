@@ -41,19 +41,17 @@ scratch; a second tiny kernel, one program per row, takes the best chunk. Two la
 atomics, nothing to zero, deterministic; both capture in a CUDA graph (the scratch is a fresh
 torch.empty, which capture supports). (BLOCK is a guess, not measured: a GPU sweep may move it.)
 
-Under PDL (`noise_early`; measured in session 24 through the A/B variant greedy-in-graph: the
-tail after the LM head 10.6 us shorter, the step within its rounds' spread -- not in the engine yet). At batch 1 the LM
-head is one long GEMV (~70 us on an H200, docs/results/decode-ab-gate-up-early-h200.json's fold),
-and the pair runs after it. With noise_early both kernels launch under PDL (kernels/pdl.py) when
-the pdl switch is on: `_chunk_best` reads its row's temperature, seed and count and makes its noise
-*before* its wait -- none of them is written by the LM head (the rows are copied in before the
-step's first kernel) -- and only the logits after it; `_row_best` waits first thing. The noise is
-the same numbers in the same order: the tokens are bit for bit those of the plain launches.
-In the engine as it is, noise_early overlaps almost nothing: the decode graph ends with the LM head
-and the sampler is launched after the replay, and PDL does not cross a graph's end; only
-`_row_best`'s launch comes earlier. Its premise holds inside the graph: the A/B variant
-greedy-in-graph records the pair there, right after the LM head (scripts/ab_decode_candidates.py;
-greedy rows draw no noise, so what that variant tests is the pair in the graph under PDL).
+Under PDL (`noise_early`). At batch 1 the LM head is one long GEMV (~70 us on an H200,
+docs/results/decode-ab-gate-up-early-h200.json's fold), and the pair runs after it. With
+noise_early both kernels launch under PDL (kernels/pdl.py) when the pdl switch is on: `_chunk_best`
+reads its row's temperature, seed and count and makes its noise *before* its wait -- none of them
+is written by the LM head (they are copied in before the step's first kernel) -- and only the
+logits after it; `_row_best` waits first thing. The noise is the same numbers in the same order:
+the tokens are bit for bit those of the plain launches. PDL does not cross a CUDA graph's end, so
+this pays only inside the decode graph: EngineConfig.graph_sampling (optimizations/graph_sampling.py)
+records the pair there, right after the LM head (measured on an H200, session 25: the pair 7.8 ->
+4.4 us at temperature 0.6). Launched after the replay, as the engine does without that switch,
+only `_row_best`'s launch comes earlier.
 
 Ties: the first index wins, as torch.argmax does -- tl.max(..., return_indices_tie_break_left)
 within a chunk, and the lowest chunk among equal bests in the reduce (chunks are in vocabulary

@@ -105,7 +105,10 @@ if HAVE_GLUON:
                 slot = t % NSLOTS
                 mbarrier.wait(ready.index(slot), (t // NSLOTS) & 1)
                 w = ring.index(slot).load(L)
-                fence_async_shared()   # our reads of the slot are done before the TMA may write it again
+                # the slot goes back to the producer. The compiler puts a barrier of the 4 warps before
+                # the one thread's arrive, so every warp has read it; the fence orders those reads
+                # (generic proxy) before the TMA's next write (async proxy) into it
+                fence_async_shared()
                 mbarrier.arrive(empty.index(slot), count=1)
                 acc += w.to(gl.float32) * x_tile[None, :]
                 t += 1
@@ -153,7 +156,7 @@ def streamed_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: t
     """boundaries.gemv_chain for the persistent-ws forms: a function that runs `stages` GEMVs once."""
     hidden = weights.shape[-1]
     rows = hidden // programs
-    if rows & (rows - 1) or not CONSUMER_WARPS <= rows <= 32 * CONSUMER_WARPS or hidden % BLOCK_K:
+    if hidden % programs or rows & (rows - 1) or not CONSUMER_WARPS <= rows <= 32 * CONSUMER_WARPS or hidden % BLOCK_K:
         raise ValueError(f"{form}: {programs} programs give {rows} rows each; the consumer's layout wants a power "
                          f"of two from {CONSUMER_WARPS} to {32 * CONSUMER_WARPS}, and H a multiple of {BLOCK_K}")
     desc = weight_descriptor(weights, programs)

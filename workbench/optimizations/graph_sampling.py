@@ -11,12 +11,14 @@ made while the LM head still streams its 311 MB, and only the logits are read af
 Greedy rows take the same pair at temperature 0 (its argmax, torch's tie rule): one path for all.
 
 What the graph reads, and when it is written (all before the replay, in stream order):
-- temperatures and Philox keys (`GraphSampling.temps`, `.seeds`): copied from the round's
-  SamplingRows when the rows change -- once a round, not once a step;
+- temperatures and Philox keys (`GraphSampling.temps`, `.seeds`): copied from the SamplingRows
+  when the rows change -- once a round with decode_steps > 1 (every step of a round shares them),
+  every step with decode_steps=1 (each step builds its rows);
 - each row's count of tokens sampled before this one: a field of the decode graphs' int64 input
-  buffer, written by the host with the step's other inputs (cuda_graphs.DecodeGraphs._stage), so
-  a step costs no extra copy. A graph records step 0 and reads the count; a round graph
-  (graph_rounds) records step i of its round.
+  buffer, written by the host with the step's other inputs (cuda_graphs.DecodeGraphs._stage): no
+  copy of its own. A graph records step 0 and reads the count; a round graph (graph_rounds)
+  records step i of its round.
+The tokens come out by one copy a step (DecodeGraphs.sampled): the next replay rewrites the graph's own.
 Top-k/top-p rows: the graph samples them without the filter, and the eager sampler then samples
 them again from the graph's logits and overwrites their tokens (Sampler.finish_fused), as the
 fused sampler does outside a graph. A round graph cannot do that between its steps: a round with
@@ -24,9 +26,12 @@ such a row replays a step at a time.
 
 Correctness: the same kernels on the same logits, so the tokens are bit for bit those of the
 sampler launched after the replay (tests/gpu/test_graph_sampling_gpu.py). Twin:
-graph_sampling=False. Measured by decode-ab's variant graph-sampling (scripts/ab_decode_candidates.py):
-session 24's greedy-in-graph (the pair in the graph at temperature 0, an A/B patch) shortened the
-tail after the LM head from 92.9 to 82.3 us, the step within its rounds' spread.
+graph_sampling=False. Measured by decode-ab's variant graph-sampling (scripts/ab_decode_candidates.py)
+on an H200, all on, 128 + 512, 8 steps a round (session 25, docs/perf-notes.md): greedy 1,583-1,587
+tok/s against 1,568-1,581, 5.7 us less GPU time a step (the argmax's memset and reduction, 12.2 us,
+replaced by the pair and its copy out, 5.5); temperature 0.6 1,572-1,573 against 1,569-1,573 (the
+pair 3.4 us shorter in the graph, its copy out 2.5). Both under the project's 1 % bar: off until
+nano-vLLM's 256-sequence workload is measured with it.
 """
 from __future__ import annotations
 
@@ -79,4 +84,7 @@ class GraphSampling:
         """The host's counts for this step's rows (the staged rows' tokens sampled before it)."""
         if self.rows is None:
             return [0] * batch   # greedy rows draw no noise: the count is never read
+        if len(self.rows.host_counts) != batch:
+            raise RuntimeError(f"graph_sampling: the staged rows are for {len(self.rows.host_counts)} sequences, this "
+                               f"step has {batch}: stage this batch's rows (GraphSampling.stage) before the replay")
         return [n + self.rows.steps_sampled for n in self.rows.host_counts]

@@ -19,8 +19,10 @@ copies, the sampled ids' copy, the argmax and the graph launch -- and the next r
 kernel cannot start early under PDL. With graph_rounds, a greedy round of decode_steps steps is
 captured as ONE graph (cuda_graphs.DecodeGraphs.capture_rounds): after each step's logits the
 argmax, then `advance` below moves the graph's own inputs to the next step on the device. The
-round's inputs are copied in once; its tokens come out once. Greedy rounds only (a seeded
-request's generator cannot be captured); every other round replays a step at a time, as before.
+round's inputs are copied in once; its tokens come out once. Greedy rounds only (the eager
+sampler's generators cannot be captured) -- unless graph_sampling is on, whose fused sampler
+needs no generator: then temperature rounds too, except a round with a top-k/top-p row (its eager
+pass cannot run between the graph's steps). Every other round replays a step at a time.
 """
 from __future__ import annotations
 
