@@ -121,7 +121,7 @@ do_step() {
                 run sample-ab $PY scripts/ab_decode_candidates.py "$OUT/sample-ab.json" --rounds 2 --variants current,eager-sampling --temperature 0.6 ;;
     # session 18: what one dependent step costs as a kernel, a PDL kernel, a persistent kernel's barrier
     # (PROBE_FORMS=kernels+pdl,kernels+pdl-tagged-head PROBE_PART=1: only those forms, only part 1)
-    boundary-probe) run boundary-probe $W measure boundaries ${PROBE_FORMS:+--forms "$PROBE_FORMS"} ${PROBE_PART:+--part "$PROBE_PART"} --json "$OUT/boundary-probe.json" ;;
+    boundary-probe) run boundary-probe $W measure boundaries ${PROBE_FORMS:+--forms "$PROBE_FORMS"} ${PROBE_PART:+--part "$PROBE_PART"} ${PROBE_HIDDEN:+--hidden "$PROBE_HIDDEN"} --json "$OUT/boundary-probe.json" ;;
     gemv-bench) run gemv-bench $W bench single $P --settings all_on_cublas,all_on --repeats 1 --decode-steps 1,8 --json "$OUT/gemv-single.json" ;;
     # fused_decode (norm and SiLU folded into the GEMV), session 6: kernel + engine tests, then
     # cuBLAS / the decode GEMV unfolded / folded, one row each at 1 and 8 decode steps a round

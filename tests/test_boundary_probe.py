@@ -116,7 +116,7 @@ def test_the_streamed_chain_compiles_for_hopper_as_meant():
     from workbench.measure import streamed_chain
     if not streamed_chain.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon Hopper API")
-    for rows in (8, 16):   # H = 1,024 and 2,048 over 128 programs
+    for rows in (4, 8, 16):   # H = 512, 1,024 and 2,048 over 128 programs
         for slots in sorted(set(streamed_chain.SLOTS.values())):
             kernel = _compile_streamed_chain(rows, slots)
             ptx = kernel.asm["ptx"]

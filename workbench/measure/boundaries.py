@@ -587,7 +587,7 @@ def check_forms(forms, parts=(1, 2)) -> None:
                          f"choose from {', '.join(known)}")
 
 
-def measure_boundaries(stages: int = 196, forms=None, parts=(1, 2)) -> list[dict]:
+def measure_boundaries(stages: int = 196, forms=None, parts=(1, 2), hidden_sizes=(1024, 2048)) -> list[dict]:
     """The chosen parts on this GPU (both by default), printed as they go; the rows. forms: only
     these (names from STEP_FORMS, GEMV_FORMS; all by default). `checked`: the first run of a form
     matched the host, and so did its buffer after every timed replay (the replays continue the
@@ -662,7 +662,7 @@ def measure_boundaries(stages: int = 196, forms=None, parts=(1, 2)) -> list[dict
     why_no_ws = streamed_chain.why_not(device)
     if why_no_ws and (forms is None or set(forms) & set(streamed_chain.SLOTS)):
         print(f"(the persistent-ws forms are left out: {why_no_ws})")
-    for hidden in (1024, 2048):
+    for hidden in hidden_sizes:
         weights = gemv_weights(stages, hidden, "cuda")
         step_bytes = hidden * hidden * 2
         pdl_cases = [("kernels+pdl", p) for p in (hidden // 4, 128, 256, 512, 1024)] if pdl_here else []
@@ -672,6 +672,8 @@ def measure_boundaries(stages: int = 196, forms=None, parts=(1, 2)) -> list[dict
                                     *[(form, 128) for form in streamed_chain.SLOTS if why_no_ws is None]]))
         for form, programs in cases:
             if (form.startswith("persistent") and programs > sms) or (forms is not None and form not in forms):
+                continue
+            if hidden % programs:   # (small H: more programs than rows)
                 continue
             err = check_gemv(form, weights, programs)
             vec = torch.zeros(2, hidden, device=device)

@@ -345,7 +345,7 @@ def cmd_measure_boundaries(args) -> int:
         raise RuntimeError("measure boundaries times kernels on a CUDA GPU and this machine has none; its chains "
                            "run on a CPU only under Triton's interpreter, for correctness: "
                            "pytest tests/test_boundary_probe.py")
-    rows = measure_boundaries(forms=forms, parts=parts)
+    rows = measure_boundaries(forms=forms, parts=parts, hidden_sizes=tuple(args.hidden))
     _save(rows, args.json)
     return 0 if all(row["checked"] for row in rows) else 1
 
@@ -610,6 +610,9 @@ def add_measure_subcommands(sub, common) -> None:
                         "kernels+pdl,persistent-tagged-head); a name no chosen part has is refused with the list")
     bounds.add_argument("--part", choices=("1", "2", "both"), default="both",
                         help="1: dependent steps without weights; 2: dependent GEMVs; both (default)")
+    bounds.add_argument("--hidden", type=_positive_ints, default=[1024, 2048],
+                        help="part 2: comma-separated sizes H of the H x H weights (default 1024,2048; e.g. 512 "
+                             "for a step that is mostly its wait)")
     bounds.set_defaults(func=cmd_measure_boundaries)
     layers = msub.add_parser("layers", help="a batch-1 decode step (all on) folded into its layers: what each "
                              "kernel of a layer adds, beside its span and its weight bytes' time (GPU, or --from-json)")
