@@ -23,8 +23,9 @@ past a wait: the control for "it is the streaming across the waits that pays".
 
 Measured on an H200 (session 25, docs/results/boundary-probe-ws-h200.json, 196 steps, 128 programs):
 at H = 2,048 (8.4 MB a step) 3.93 us a step with 48 slots, 3.88 with 16, 4.63 with 4 -- the ring
-does keep the stream going across the waits -- against 3.16 us for the PDL kernels: what follows each wait (the counter's
-round trip, x's read, the tiles' hand-offs) costs more than a kernel boundary under PDL.
+does keep the stream going across the waits -- against 3.16 us for the PDL kernels: what follows
+each wait (the counter's round trip, x's read, the tiles' hand-offs) costs more than a kernel
+boundary under PDL.
 
 Gluon (triton.experimental.gluon) is Triton's lower-level dialect: layouts, shared memory and
 barriers are written out. It does not run under Triton's interpreter: on a CPU the kernel is only
