@@ -86,7 +86,7 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
             assert ptx.count("prefetch.global.L2") >= 2, "the L2 form must ask L2 for later steps' rows"
 
 
-def _compile_streamed_chain(rows: int, slots: int):
+def _compile_streamed_chain(rows: int, slots: int, per_slot: int = 1):
     """streamed_chain's kernel compiled for sm_90a, on this machine, no GPU (Gluon has no interpreter)."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl
@@ -96,9 +96,10 @@ def _compile_streamed_chain(rows: int, slots: int):
     from workbench.measure import streamed_chain
     layout = gl.NVMMASharedLayout.get_default_for([rows, streamed_chain.BLOCK_K], gl.bfloat16)
     signature = {"w_desc": f"tensordesc<bf16[{rows},{streamed_chain.BLOCK_K}],{layout!r}>", "vec": "*fp32",
-                 "count": "*i32", "stages": "i32", "eps": "fp32", "HIDDEN": "constexpr", "NSLOTS": "constexpr"}
-    source = GluonASTSource(streamed_chain._streamed_chain_kernel, signature,
-                            constexprs={"HIDDEN": rows * 128, "NSLOTS": slots})   # 128 programs
+                 "count": "*i32", "stages": "i32", "eps": "fp32", "HIDDEN": "constexpr", "NSLOTS": "constexpr",
+                 "PER_SLOT": "constexpr"}
+    source = GluonASTSource(streamed_chain._streamed_chain_kernel, signature,   # 128 programs: H = 128 x rows
+                            constexprs={"HIDDEN": rows * 128, "NSLOTS": slots, "PER_SLOT": per_slot})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": streamed_chain.CONSUMER_WARPS, "maxnreg": 128})
 
@@ -117,16 +118,19 @@ def test_the_streamed_chain_compiles_for_hopper_as_meant():
     if not streamed_chain.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon Hopper API")
     for rows in (4, 8, 16):   # H = 512, 1,024 and 2,048 over 128 programs
-        for slots in sorted(set(streamed_chain.SLOTS.values())):
-            kernel = _compile_streamed_chain(rows, slots)
+        tiles = rows * 128 // streamed_chain.BLOCK_K   # a step's tiles: the step form's slot
+        rings = [(slots, 1) for slots in sorted(set(streamed_chain.SLOTS.values()))]
+        rings += [(slots, tiles) for slots in streamed_chain.STEP_SLOTS.values()]
+        for slots, per_slot in rings:
+            kernel = _compile_streamed_chain(rows, slots, per_slot)
             ptx = kernel.asm["ptx"]
             assert "cp.async.bulk.tensor" in ptx, "the producer must copy tiles with the TMA unit"
             assert "mbarrier.try_wait" in ptx and "expect_tx" in ptx, "slots must be handed over by mbarriers"
             assert re.search(r"(ld|atom)\.global\.gpu\.acquire", ptx), "the poll must acquire the other programs' rows"
             assert re.search(r"(red|atom)\.global\.gpu\.release\.add", ptx), "the arrival must release this program's"
             assert "setmaxnreg" in ptx and kernel.metadata.num_warps == 8, "a worker warp group beside 4 consumer warps"
-            assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, (rows, slots)
-            assert kernel.metadata.shared <= H200_SHARED_BYTES, (rows, slots, kernel.metadata.shared)
+            assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, (rows, slots, per_slot)
+            assert kernel.metadata.shared <= H200_SHARED_BYTES, (rows, slots, per_slot, kernel.metadata.shared)
 
 
 def test_the_command_says_it_needs_a_gpu(capsys):

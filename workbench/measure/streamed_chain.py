@@ -19,7 +19,9 @@ the waits:
 
 The ring holds SLOTS tiles of ROWS x 128 bf16 values: 48 x 4 KB = 192 KB runs 3 steps ahead at
 H = 2,048 (a program's rows of a step are 16 tiles). `persistent-ws-4` (4 slots) cannot run ahead
-past a wait: the control for "it is the streaming across the waits that pays".
+past a wait: the control for "it is the streaming across the waits that pays". `persistent-ws-step`
+(session 25, not yet run): 3 slots of a whole step's rows each, so one `expect`, one wait and one
+hand-off a step instead of 16 -- does the consumer's per-tile hand-off cost the step its time?
 
 Measured on an H200 (session 25, docs/results/boundary-probe-ws-h200.json, 196 steps, 128 programs):
 at H = 2,048 (8.4 MB a step) 3.93 us a step with 48 slots, 3.88 with 16, 4.63 with 4 -- the ring
@@ -46,7 +48,8 @@ try:   # Gluon's Hopper pieces: Triton 3.6+ (a missing one means the forms are l
 except ImportError:
     HAVE_GLUON = False
 
-SLOTS = {"persistent-ws": 48, "persistent-ws-16": 16, "persistent-ws-4": 4}   # ring slots per form
+SLOTS = {"persistent-ws": 48, "persistent-ws-16": 16, "persistent-ws-4": 4}   # ring slots of one tile, per form
+STEP_SLOTS = {"persistent-ws-step": 3}   # ring slots of a whole step's rows (one hand-off a step), per form
 BLOCK_K = 128      # a tile's columns: 256 bytes of a weight row
 CONSUMER_WARPS = 4
 
@@ -57,31 +60,34 @@ if HAVE_GLUON:
     _barrier = getattr(gl, "thread_barrier", None) or gl.barrier   # (3.9: barrier)
 
     @gluon.jit
-    def _producer(w_desc, ring, ready, empty, stages, hidden):
-        """One warp: every tile this program will need, in the order the consumer uses them."""
+    def _producer(w_desc, ring, ready, empty, stages, HIDDEN: gl.constexpr, PER_SLOT: gl.constexpr):
+        """One warp: every tile this program will need, in the order the consumer uses them, PER_SLOT
+        tiles to a slot (the ring holds NSLOTS x PER_SLOT tiles)."""
         ROWS: gl.constexpr = w_desc.block_type.shape[0]
         BK: gl.constexpr = w_desc.block_type.shape[1]
-        NSLOTS: gl.constexpr = ring.type.shape[0]
+        NSLOTS: gl.constexpr = ring.type.shape[0] // PER_SLOT
         first_row = gl.program_id(0) * ROWS
         t = 0
         for stage in range(stages):
-            for k in range(hidden // BK):
+            for group in range(HIDDEN // BK // PER_SLOT):
                 slot = t % NSLOTS
                 # a fresh barrier counts as phase 1 done: the first pass over the ring does not wait
                 mbarrier.wait(empty.index(slot), ((t // NSLOTS) & 1) ^ 1)
-                mbarrier.expect(ready.index(slot), w_desc.block_type.nbytes)
-                _tma_load(w_desc, [stage * hidden + first_row, k * BK], ready.index(slot), ring.index(slot))
+                mbarrier.expect(ready.index(slot), PER_SLOT * w_desc.block_type.nbytes)
+                for j in gl.static_range(PER_SLOT):
+                    _tma_load(w_desc, [stage * HIDDEN + first_row, (group * PER_SLOT + j) * BK], ready.index(slot),
+                              ring.index(slot * PER_SLOT + j))
                 t += 1
 
     @gluon.jit
     def _consumer(vec, count, ring, ready, empty, x_tiles, stages, eps, HIDDEN: gl.constexpr, ROWS: gl.constexpr,
-                  BK: gl.constexpr):
+                  BK: gl.constexpr, PER_SLOT: gl.constexpr):
         """The kernel's warps: y[rows] = (W[rows] . x) / rms(x) each step, x the vector every
         program wrote the step before (boundaries._gemv_step's math, from shared memory). x is
         read whole at once, all its loads in flight together, into shared memory: read tile by
         tile inside the loop, each load would wait its own round trip to L2 (measured: 10 us a
         step at H = 2,048, whatever the ring's size)."""
-        NSLOTS: gl.constexpr = ring.type.shape[0]
+        NSLOTS: gl.constexpr = ring.type.shape[0] // PER_SLOT
         TILES: gl.constexpr = HIDDEN // BK
         ROW_THREADS: gl.constexpr = ROWS // gl.num_warps()   # a warp's threads: ROW_THREADS rows x the rest along K
         L: gl.constexpr = gl.BlockedLayout([1, 8], [ROW_THREADS, 32 // ROW_THREADS], [gl.num_warps(), 1], [1, 0])
@@ -101,27 +107,28 @@ if HAVE_GLUON:
             _barrier()   # every warp's part of x stored before any warp reads a tile of it
             # products summed element-wise, the rows reduced across threads once a step, not once a tile
             acc = gl.zeros([ROWS, BK], gl.float32, layout=L)
-            for k in gl.static_range(TILES):   # unrolled: a slice of shared memory starts at a constant
-                x_tile = x_tiles.slice(k * BK, BK).load(gl.SliceLayout(0, L))
+            for group in gl.static_range(TILES // PER_SLOT):   # unrolled: a slice of shared memory starts at a constant
                 slot = t % NSLOTS
                 mbarrier.wait(ready.index(slot), (t // NSLOTS) & 1)
-                w = ring.index(slot).load(L)
+                for j in gl.static_range(PER_SLOT):
+                    x_tile = x_tiles.slice((group * PER_SLOT + j) * BK, BK).load(gl.SliceLayout(0, L))
+                    acc += ring.index(slot * PER_SLOT + j).load(L).to(gl.float32) * x_tile[None, :]
                 # the slot goes back to the producer. The compiler puts a barrier of the 4 warps before
                 # the one thread's arrive, so every warp has read it; the fence orders those reads
                 # (generic proxy) before the TMA's next write (async proxy) into it
                 fence_async_shared()
                 mbarrier.arrive(empty.index(slot), count=1)
-                acc += w.to(gl.float32) * x_tile[None, :]
                 t += 1
             gl.store(vec + ((stage + 1) % 2) * HIDDEN + rows, gl.sum(acc, axis=1) * inv_rms)
             _barrier()   # all 4 warps' stores issued (and x_tiles read) before the one release below
             gl.atomic_add(count, 1, sem="release", scope="gpu")
 
     @gluon.jit
-    def _streamed_chain_kernel(w_desc, vec, count, stages, eps, HIDDEN: gl.constexpr, NSLOTS: gl.constexpr):
+    def _streamed_chain_kernel(w_desc, vec, count, stages, eps, HIDDEN: gl.constexpr, NSLOTS: gl.constexpr,
+                               PER_SLOT: gl.constexpr):
         ROWS: gl.constexpr = w_desc.block_type.shape[0]
         BK: gl.constexpr = w_desc.block_type.shape[1]
-        ring = gl.allocate_shared_memory(w_desc.dtype, [NSLOTS, ROWS, BK], w_desc.layout)
+        ring = gl.allocate_shared_memory(w_desc.dtype, [NSLOTS * PER_SLOT, ROWS, BK], w_desc.layout)
         x_tiles = gl.allocate_shared_memory(gl.float32, [HIDDEN], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
         ready = gl.allocate_shared_memory(gl.int64, [NSLOTS, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [NSLOTS, 1], mbarrier.MBarrierLayout())
@@ -130,8 +137,9 @@ if HAVE_GLUON:
             mbarrier.init(empty.index(i), count=1)
         # the default partition (the kernel's warps) consumes; one worker warp (24 registers: it
         # holds no data) produces
-        gl.warp_specialize([(_consumer, (vec, count, ring, ready, empty, x_tiles, stages, eps, HIDDEN, ROWS, BK)),
-                            (_producer, (w_desc, ring, ready, empty, stages, HIDDEN))], [1], [24])
+        gl.warp_specialize([(_consumer, (vec, count, ring, ready, empty, x_tiles, stages, eps, HIDDEN, ROWS, BK,
+                                         PER_SLOT)),
+                            (_producer, (w_desc, ring, ready, empty, stages, HIDDEN, PER_SLOT))], [1], [24])
 
 
 def why_not(device: torch.device) -> str | None:
@@ -161,9 +169,10 @@ def streamed_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: t
         raise ValueError(f"{form}: {programs} programs give {rows} rows each; the consumer's layout wants a power "
                          f"of two from {CONSUMER_WARPS} to {32 * CONSUMER_WARPS}, and H a multiple of {BLOCK_K}")
     desc = weight_descriptor(weights, programs)
+    slots, per_slot = (SLOTS[form], 1) if form in SLOTS else (STEP_SLOTS[form], hidden // BLOCK_K)
 
     def run():
         count.zero_()
-        _streamed_chain_kernel[(programs,)](desc, vec, count, stages, 1e-6, HIDDEN=hidden, NSLOTS=SLOTS[form],
-                                            num_warps=CONSUMER_WARPS, maxnreg=128)
+        _streamed_chain_kernel[(programs,)](desc, vec, count, stages, 1e-6, HIDDEN=hidden, NSLOTS=slots,
+                                            PER_SLOT=per_slot, num_warps=CONSUMER_WARPS, maxnreg=128)
     return run
