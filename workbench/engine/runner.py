@@ -22,7 +22,6 @@ from workbench.optimizations import compile as torch_compile
 from workbench.optimizations.async_rounds import LaunchedRound
 from workbench.optimizations.board import Optimizations
 from workbench.optimizations.cuda_graphs import DecodeGraphs
-from workbench.optimizations.graph_sampling import GraphSampling
 from workbench.optimizations.prefill_graphs import PrefillGraphs, prefill_buckets
 
 from .sampler import Sampler
@@ -78,10 +77,9 @@ class ModelRunner:
         self.forward = torch_compile.install(self.model) if opts.compile else self.model.forward
         self.graphs = None
         if opts.cuda_graphs:
-            sampling = GraphSampling(cfg.max_num_seqs, self.device) if cfg.graph_sampling else None
             self.graphs = DecodeGraphs(self.forward_logits, max_num_seqs=cfg.max_num_seqs,
-                                       max_blocks_per_seq=self.max_blocks_per_seq,
-                                       max_model_len=self.max_model_len, device=self.device, sampling=sampling)
+                                       max_blocks_per_seq=self.max_blocks_per_seq, max_model_len=self.max_model_len,
+                                       device=self.device, sample_in_graph=cfg.graph_sampling)
         self.prefill_graphs = None
         if cfg.prefill_graphs:   # (LLM refuses it without cuda_graphs)
             self.prefill_graphs = PrefillGraphs(

@@ -497,7 +497,7 @@ def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch
     hidden = weights.shape[-1]
     rows = hidden // programs
     _refuse_unless_resident(form, programs, weights.device)
-    if form in streamed_chain.SLOTS or form in streamed_chain.STEP_SLOTS:
+    if form in streamed_chain.FORMS:
         return streamed_chain.streamed_chain(form, weights, vec, count, stages, programs)
     if form in L2_AHEAD:
         w_bytes = as_bytes(weights)   # _prefetch_l2's offsets count bytes
@@ -575,7 +575,7 @@ STEP_FORMS = ("kernels", "kernels+pdl", "kernels+pdl-early", "persistent", "pers
               "persistent-tagged", "persistent-tagged-head", "persistent-tagged-spread", "kernels+pdl-tagged",
               "kernels+pdl-tagged-head")   # part 1's forms
 GEMV_FORMS = ("kernels", "kernels+pdl", "kernels+pdl-early", "persistent", "persistent-2ahead", *L2_AHEAD,
-              *streamed_chain.SLOTS, *streamed_chain.STEP_SLOTS)   # part 2's
+              *streamed_chain.FORMS)   # part 2's
 
 
 def check_forms(forms, parts=(1, 2)) -> None:
@@ -660,7 +660,7 @@ def measure_boundaries(stages: int = 196, forms=None, parts=(1, 2), hidden_sizes
     print(f"{'form':>17} {'H':>5} {'MB a step':>9} {'programs':>8} {'us a step':>10} {'range':>13} "
           f"{'% copy bw':>9} {'rel err':>8}")
     why_no_ws = streamed_chain.why_not(device)
-    if why_no_ws and (forms is None or set(forms) & {*streamed_chain.SLOTS, *streamed_chain.STEP_SLOTS}):
+    if why_no_ws and (forms is None or set(forms) & set(streamed_chain.FORMS)):
         print(f"(the persistent-ws forms are left out: {why_no_ws})")
     for hidden in hidden_sizes:
         weights = gemv_weights(stages, hidden, "cuda")
@@ -669,8 +669,7 @@ def measure_boundaries(stages: int = 196, forms=None, parts=(1, 2), hidden_sizes
         pdl_cases += [("kernels+pdl-early", p) for p in (hidden // 4, 128)] if pdl_here else []
         cases = list(dict.fromkeys([("kernels", hidden // 4), *pdl_cases, ("persistent", 128), ("persistent-2ahead", 128),
                                     *[(form, 128) for form in L2_AHEAD],
-                                    *[(form, 128) for form in (*streamed_chain.SLOTS, *streamed_chain.STEP_SLOTS)
-                                      if why_no_ws is None]]))
+                                    *[(form, 128) for form in streamed_chain.FORMS if why_no_ws is None]]))
         for form, programs in cases:
             if (form.startswith("persistent") and programs > sms) or (forms is not None and form not in forms):
                 continue

@@ -50,6 +50,7 @@ except ImportError:
 
 SLOTS = {"persistent-ws": 48, "persistent-ws-16": 16, "persistent-ws-4": 4}   # ring slots of one tile, per form
 STEP_SLOTS = {"persistent-ws-step": 3}   # ring slots of a whole step's rows (one hand-off a step), per form
+FORMS = (*SLOTS, *STEP_SLOTS)   # every form this module runs
 BLOCK_K = 128      # a tile's columns: 256 bytes of a weight row
 CONSUMER_WARPS = 4
 

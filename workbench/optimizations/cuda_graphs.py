@@ -31,10 +31,10 @@ from workbench.attention import AttentionMetadata
 
 from .availability import needs_cuda
 
-if TYPE_CHECKING:   # (types only: the engine imports this module, not the other way round)
-    from workbench.engine.step_inputs import HostStep
+from .graph_sampling import GraphSampling
 
-    from .graph_sampling import GraphSampling
+if TYPE_CHECKING:   # (a type only: the engine imports this module, not the other way round)
+    from workbench.engine.step_inputs import HostStep
 
 
 def why_not(device: str, tp_size: int = 1) -> str | None:
@@ -54,16 +54,16 @@ def decode_buckets(max_num_seqs: int) -> list[int]:
 
 class DecodeGraphs:
     """forward_logits(input_ids, positions, meta) -> logits [B, vocab]: what each graph records;
-    with `sampling` (graph_sampling.py) each graph records the sampler after it too."""
+    with sample_in_graph (graph_sampling.py) each graph records the sampler after it too."""
 
     def __init__(self, forward_logits, *, max_num_seqs: int, max_blocks_per_seq: int, max_model_len: int,
-                 device: torch.device, sampling: GraphSampling | None = None):
+                 device: torch.device, sample_in_graph: bool = False):
         self.forward_logits = forward_logits
-        self.sampling = sampling
         self.max_model_len = max_model_len
         self.buckets = decode_buckets(max_num_seqs)
         n = self.buckets[-1]
         self.n, self.width = n, max_blocks_per_seq
+        self.sampling = GraphSampling(n, device) if sample_in_graph else None
         # Two flat buffers, so a step's inputs move in two copies; every field is a contiguous slice.
         self.i64 = torch.zeros(4 * n, dtype=torch.long, device=device)
         self.i32 = torch.zeros(n + n * max_blocks_per_seq, dtype=torch.int32, device=device)
