@@ -114,6 +114,13 @@ def test_layer_gemv_bytes_match_projections_only_where_four_decode_gemvs_run():
                        5: ("gate_up_proj", 1024 * 6144 * 2), 6: ("down_proj", 3072 * 1024 * 2)}
     cublas_layer = fold_layers(made_up_step(28, [("nvjet_gemm", 5.0, 2.0), ("attn", 4.0, 3.0)]), 28)
     assert layer_gemv_bytes(cublas_layer, shape) == {}   # no name to match a weight to: nothing claimed
+    # o_proj inside the merge: three GEMVs a layer, matched only when the caller says which three
+    rows = json.loads((RESULTS / "decode-ab-dattn-o-proj-h200.json").read_text())
+    folded = fold_layers([r for r in rows if r["variant"] == "dattn-o-proj"][-1]["step_kernels"], 28)
+    assert layer_gemv_bytes(folded, shape) == {}
+    without_o_proj = layer_gemv_bytes(folded, shape, projections=("qkv_proj", "gate_up_proj", "down_proj"))
+    assert [proj for proj, _ in without_o_proj.values()] == ["qkv_proj", "gate_up_proj", "down_proj"]
+    assert "merge" in folded.names[min(i for i in without_o_proj if without_o_proj[i][0] == "gate_up_proj") - 1]
 
 
 def test_the_cli_folds_a_recorded_step_and_refuses_a_live_one_on_a_cpu(capsys, tmp_path):

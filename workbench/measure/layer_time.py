@@ -130,16 +130,19 @@ def _fold(kernels: list[list], start: int, period: int, layers: int) -> LayerFol
 LAYER_GEMVS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")   # a layer's projections, in launch order
 
 
-def layer_gemv_bytes(fold: LayerFold, shape, item_bytes: int = 2) -> dict[int, tuple[str, int]]:
-    """{position in the layer: (projection, its weight bytes)} where the layer launches exactly four
-    decode GEMVs (`_gemv_kernel`: decode_gemv or fused_decode on), one per projection in the model's
-    order; {} for any other layer (cuBLAS's kernels carry no name a weight can be matched to)."""
+def layer_gemv_bytes(fold: LayerFold, shape, item_bytes: int = 2,
+                     projections: tuple[str, ...] = LAYER_GEMVS) -> dict[int, tuple[str, int]]:
+    """{position in the layer: (projection, its weight bytes)} where the layer launches exactly one
+    decode GEMV (`_gemv_kernel`: decode_gemv or fused_decode on) per projection of `projections`, in
+    that order; {} for any other layer (cuBLAS's kernels carry no name a weight can be matched to).
+    projections: the ones with a GEMV of their own -- a candidate that runs o_proj inside the
+    attention merge (A/B variant dattn-o-proj) leaves it out."""
     from .gemv import gemv_shapes
     positions = [i for i, name in enumerate(fold.names) if name == "_gemv_kernel"]
-    if len(positions) != len(LAYER_GEMVS):
+    if len(positions) != len(projections):
         return {}
     shapes = gemv_shapes(shape)
-    return {i: (proj, shapes[proj][0] * shapes[proj][1] * item_bytes) for i, proj in zip(positions, LAYER_GEMVS)}
+    return {i: (proj, shapes[proj][0] * shapes[proj][1] * item_bytes) for i, proj in zip(positions, projections)}
 
 
 def profile_layers(llm, layers: int, prompt_len: int = 128) -> LayerFold:
