@@ -43,7 +43,7 @@ def describe_engine(llm) -> str:
         f"rounds     {_rounds_text(llm.config)}",
         f"sampling   {_sampling_text(llm.config)}",
         f"pdl        {'on (programmatic dependent launch of the decode kernels)' if o.pdl else 'off'}",
-        f"l2         {'each decode GEMV asks L2 for the next matmul weights (l2_prefetch)' if llm.config.l2_prefetch else 'off (l2_prefetch: measured slower)'}",
+        f"l2         {_l2_text(llm.config)}",
         f"tensor parallel  {tp_text}",
         f"kv cache   {r.num_kv_blocks} blocks x {llm.config.block_size} tokens "
         f"({r.num_kv_blocks * r.kv_bytes_per_block / 2**30:.2f} GiB{' per rank' if r.tp_size > 1 else ''}), "
@@ -58,12 +58,18 @@ def describe_engine(llm) -> str:
     return "\n".join(lines)
 
 
+def _l2_text(cfg) -> str:
+    if cfg.l2_prefetch:
+        return "each decode GEMV asks L2 for the next matmul's weights (l2_prefetch)"
+    return "off (l2_prefetch: slower on an H200, docs/perf-notes.md session 15)"
+
+
 def _prefill_text(runner) -> str:
     if runner.prefill_graphs is None:
         return "eager (no prefill graphs)"
     sizes = ", ".join(str(n) for n in runner.prefill_graphs.buckets)
     return (f"one sequence's prefill replayed from a graph, padded to {sizes} tokens (prefill_graph_sizes; "
-            "two graphs or more slowed decoding on an H200)")
+            "two graphs or more slowed decoding on an H200, docs/perf-notes.md session 16)")
 
 
 def _compile_text(llm) -> str:
