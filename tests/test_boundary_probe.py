@@ -10,6 +10,7 @@ import importlib.util
 import re
 
 import pytest
+import torch
 
 CHECKS = ["kernels_chain_matches_the_host", "persistent_chain_matches_the_host", "flag_chains_match_the_host",
           "tagged_chains_match_the_host", "tagged_words_carry_their_step", "a_poll_waits_for_its_tag_and_gives_up",
@@ -86,7 +87,7 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
             assert ptx.count("prefetch.global.L2") >= 2, "the L2 form must ask L2 for later steps' rows"
 
 
-def _compile_streamed_chain(rows: int, slots: int, per_slot: int = 1):
+def _compile_streamed_chain(rows: int, slots: int, per_slot: int = 1, timed: bool = False):
     """streamed_chain's kernel compiled for sm_90a, on this machine, no GPU (Gluon has no interpreter)."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl
@@ -96,10 +97,10 @@ def _compile_streamed_chain(rows: int, slots: int, per_slot: int = 1):
     from workbench.measure import streamed_chain
     layout = gl.NVMMASharedLayout.get_default_for([rows, streamed_chain.BLOCK_K], gl.bfloat16)
     signature = {"w_desc": f"tensordesc<bf16[{rows},{streamed_chain.BLOCK_K}],{layout!r}>", "vec": "*fp32",
-                 "count": "*i32", "stages": "i32", "eps": "fp32", "HIDDEN": "constexpr", "NSLOTS": "constexpr",
-                 "PER_SLOT": "constexpr"}
+                 "count": "*i32", "stages": "i32", "eps": "fp32", "stamps": "*i64" if timed else "*i32",
+                 "HIDDEN": "constexpr", "NSLOTS": "constexpr", "PER_SLOT": "constexpr", "TIMED": "constexpr"}
     source = GluonASTSource(streamed_chain._streamed_chain_kernel, signature,   # 128 programs: H = 128 x rows
-                            constexprs={"HIDDEN": rows * 128, "NSLOTS": slots, "PER_SLOT": per_slot})
+                            constexprs={"HIDDEN": rows * 128, "NSLOTS": slots, "PER_SLOT": per_slot, "TIMED": timed})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": streamed_chain.CONSUMER_WARPS, "maxnreg": 128})
 
@@ -131,6 +132,49 @@ def test_the_streamed_chain_compiles_for_hopper_as_meant():
             assert "setmaxnreg" in ptx and kernel.metadata.num_warps == 8, "a worker warp group beside 4 consumer warps"
             assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0, (rows, slots, per_slot)
             assert kernel.metadata.shared <= H200_SHARED_BYTES, (rows, slots, per_slot, kernel.metadata.shared)
+            assert "%globaltimer" not in ptx, "the timed runs must not carry the phase timer's stamps"
+    timed = _compile_streamed_chain(16, max(streamed_chain.SLOTS.values()), timed=True)   # the phase timer's build
+    ptx = timed.asm["ptx"]
+    assert "%globaltimer" in ptx and "%clock64" in ptx, "the phase timer reads both clocks"
+    assert len(re.findall(r"st\.global\.b64", ptx)) >= 2 * streamed_chain.PHASES, "both clocks at every phase"
+    assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0 and timed.metadata.shared <= H200_SHARED_BYTES
+
+
+def _stamps(programs, stages, hop_ns, x_ns, tiles_ns, arrival_ns, rates, skew_ns):
+    """Phase-timer stamps [programs, stages, 2, 5] of a made-up chain: each program's poll starts at
+    its own time, sees the step before's last arrival hop_ns later, then x, tiles and its arrival
+    take the given ns; the cycle counter runs at `rates[p]` cycles a ns from its own origin."""
+    from workbench.measure import streamed_chain
+    stamps = torch.zeros(programs, stages, 2, streamed_chain.PHASES, dtype=torch.int64)
+    last_arrival = 0
+    for stage in range(stages):
+        arrivals = []
+        for p in range(programs):
+            t0 = last_arrival - 300 + skew_ns[p]   # a program polls before the others have arrived
+            t1 = last_arrival + hop_ns + skew_ns[p]
+            ns = [t0, t1, t1 + x_ns, t1 + x_ns + tiles_ns, t1 + x_ns + tiles_ns + arrival_ns]
+            stamps[p, stage, 0] = torch.tensor([10_000 + t for t in ns])
+            stamps[p, stage, 1] = torch.tensor([int(rates[p] * t) + 777 * p for t in ns])
+            arrivals.append(ns[-1])
+        last_arrival = max(arrivals)
+    return stamps
+
+
+def test_the_phase_timer_folds_its_stamps_into_the_phases_of_a_step():
+    """phases_from on a chain whose every phase is known: hop from the global timer across programs,
+    the rest from each program's cycle counter at its own rate. Seen failing with the hop read from
+    the step's own last arrival and with the clocks swapped."""
+    from workbench.measure import streamed_chain
+    stamps = _stamps(3, 6, hop_ns=700, x_ns=400, tiles_ns=900, arrival_ns=200, rates=(1.98, 1.5, 1.755),
+                     skew_ns=(0, 40, 100))
+    phases = streamed_chain.phases_from(stamps)
+    assert phases["hop"] == pytest.approx(0.74, abs=0.01)     # the median program: 700 + its skew of 40
+    assert phases["x read"] == pytest.approx(0.4, abs=1e-3)
+    assert phases["tiles"] == pytest.approx(0.9, abs=1e-3)
+    assert phases["arrival"] == pytest.approx(0.2, abs=1e-3)
+    assert phases["waited"] == pytest.approx(1.0, abs=1e-3)   # polled 300 ns before the arrival, and the hop
+    assert phases["step"] == pytest.approx(0.1 + 0.7 + 0.4 + 0.9 + 0.2, abs=1e-3)   # the slowest program sets it
+    assert phases["timer_step_us"] is not None and phases["timer_step_us"] <= 0.04
 
 
 def test_the_command_says_it_needs_a_gpu(capsys):

@@ -683,11 +683,19 @@ def measure_boundaries(stages: int = 196, forms=None, parts=(1, 2), hidden_sizes
             timing = time_graph(gemv_chain(form, weights, vec, count, stages, programs), stages)
             err = max(err, rel_err(vec[0], reference_gemv(weights, start, runs=timing["runs"])))
             of_copy = step_bytes / (timing["us_a_step"] * 1e-6) / copy.bandwidth if copy.available else None
+            phases = None
+            if form in streamed_chain.FORMS:   # where its step goes: one more run, with the phase timer
+                run = gemv_chain(form, weights, vec, count, stages, programs)
+                phases = streamed_chain.record_phases(run, programs, stages)
             rows.append({"probe": "gemvs", "form": form, "hidden": hidden, "step_bytes": step_bytes,
                          "programs": programs, "stages": stages, "rel_err": err, "checked": err < 1e-3,
-                         "of_copy_bandwidth": of_copy, "copy_bandwidth": copy.bandwidth, **timing, "gpu": gpu})
+                         "of_copy_bandwidth": of_copy, "copy_bandwidth": copy.bandwidth, **timing, "gpu": gpu,
+                         **({"phases_us": phases} if phases else {})})
             print(f"{form:>17} {hidden:5d} {step_bytes / 1e6:9.1f} {programs:8d} {timing['us_a_step']:10.2f} "
                   f"{timing['us_a_step_min']:6.2f}-{timing['us_a_step_max']:<6.2f} "
                   f"{'n/a' if of_copy is None else f'{100 * of_copy:.0f} %':>9} {err:8.1e}", flush=True)
+            if phases:
+                print(f"{'':>17} a step's phases, us (medians, one run with the phase timer): "
+                      + ", ".join(f"{name} {us:.2f}" for name, us in phases.items() if us is not None), flush=True)
         del weights
     return rows

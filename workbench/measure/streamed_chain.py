@@ -29,6 +29,13 @@ does keep the stream going across the waits -- against 3.16 us for the PDL kerne
 each wait (the counter's round trip, x's read, the tiles' hand-offs) costs more than a kernel
 boundary under PDL.
 
+The phase timer (session 26, not yet run on a GPU): `measure boundaries` runs each form once more in
+a build of the kernel (TIMED) whose consumer warps read the GPU's global timer and their SM's cycle
+counter at five points of every step -- the poll starts, the poll has seen every arrival, x is in
+shared memory, the rows are summed and stored, the arrival is added -- and prints the median of each
+phase (phases_from): the hop (the last arrival of a step to a program's poll seeing it), x's read,
+the tiles, the arrival, and the step. Those are the costs the ring sizes could only guess at.
+
 Gluon (triton.experimental.gluon) is Triton's lower-level dialect: layouts, shared memory and
 barriers are written out. It does not run under Triton's interpreter: on a CPU the kernel is only
 compiled for sm_90a (tests/test_boundary_probe.py). Designed from a read of Triton 3.6's Gluon
@@ -53,12 +60,14 @@ STEP_SLOTS = {"persistent-ws-step": 3}   # ring slots of a whole step's rows (on
 FORMS = (*SLOTS, *STEP_SLOTS)   # every form this module runs
 BLOCK_K = 128      # a tile's columns: 256 bytes of a weight row
 CONSUMER_WARPS = 4
+PHASES = 5         # the phase timer's stamps a step: poll starts, poll done, x in, tiles done, arrival added
 
 if HAVE_GLUON:
     # Triton 3.6 (the device) calls the TMA load async_copy_global_to_shared; 3.9 calls it async_load
     # (and keeps the old name as an error)
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     _barrier = getattr(gl, "thread_barrier", None) or gl.barrier   # (3.9: barrier)
+    _PHASES = gl.constexpr(PHASES)   # (a kernel reads a module's constant only as a constexpr)
 
     @gluon.jit
     def _producer(w_desc, ring, ready, empty, stages, HIDDEN: gl.constexpr, PER_SLOT: gl.constexpr):
@@ -81,8 +90,24 @@ if HAVE_GLUON:
                 t += 1
 
     @gluon.jit
-    def _consumer(vec, count, ring, ready, empty, x_tiles, stages, eps, HIDDEN: gl.constexpr, ROWS: gl.constexpr,
-                  BK: gl.constexpr, PER_SLOT: gl.constexpr):
+    def _now():
+        """The GPU's global nanosecond timer and this SM's cycle counter (int64 each): the phase timer's
+        two clocks (record_phases says why two)."""
+        ns = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
+        cycles = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
+        return ns, cycles
+
+    @gluon.jit
+    def _stamp(stamps, stage, stages, phase: gl.constexpr):
+        """Phase `phase` of this program's step `stage`: both clocks, at stamps[program, stage, clock, phase]."""
+        ns, cycles = _now()
+        at = stamps + (gl.program_id(0) * stages + stage) * 2 * _PHASES + phase
+        gl.store(at, ns)
+        gl.store(at + _PHASES, cycles)
+
+    @gluon.jit
+    def _consumer(vec, count, ring, ready, empty, x_tiles, stages, eps, stamps, HIDDEN: gl.constexpr,
+                  ROWS: gl.constexpr, BK: gl.constexpr, PER_SLOT: gl.constexpr, TIMED: gl.constexpr):
         """The kernel's warps: y[rows] = (W[rows] . x) / rms(x) each step, x the vector every
         program wrote the step before (boundaries._gemv_step's math, from shared memory). x is
         read whole at once, all its loads in flight together, into shared memory: read tile by
@@ -98,14 +123,20 @@ if HAVE_GLUON:
         x_offsets = gl.arange(0, HIDDEN, layout=XL)
         t = 0
         for stage in range(stages):
+            if TIMED:
+                _stamp(stamps, stage, stages, 0)   # the step begins: the poll starts
             # every program's rows of the step before are stored (acquire: their stores are visible)
             seen = gl.atomic_add(count, 0, sem="acquire", scope="gpu")
             while seen < programs * stage:
                 seen = gl.atomic_add(count, 0, sem="acquire", scope="gpu")
+            if TIMED:
+                _stamp(stamps, stage, stages, 1)   # the poll saw every program's arrival
             x = gl.load(vec + (stage % 2) * HIDDEN + x_offsets, cache_modifier=".cg")   # .cg: other SMs wrote it
             inv_rms = 1.0 / gl.sqrt(gl.sum(x * x, axis=0) / HIDDEN + eps)
             x_tiles.store(x)
             _barrier()   # every warp's part of x stored before any warp reads a tile of it
+            if TIMED:
+                _stamp(stamps, stage, stages, 2)   # x read and in shared memory
             # products summed element-wise, the rows reduced across threads once a step, not once a tile
             acc = gl.zeros([ROWS, BK], gl.float32, layout=L)
             for group in gl.static_range(TILES // PER_SLOT):   # unrolled: a slice of shared memory starts at a constant
@@ -121,12 +152,16 @@ if HAVE_GLUON:
                 mbarrier.arrive(empty.index(slot), count=1)
                 t += 1
             gl.store(vec + ((stage + 1) % 2) * HIDDEN + rows, gl.sum(acc, axis=1) * inv_rms)
+            if TIMED:   # (a stamp between the last tile and the sum made the compiler spill: the sum is in this phase)
+                _stamp(stamps, stage, stages, 3)   # every tile multiplied, the rows summed and their stores issued
             _barrier()   # all 4 warps' stores issued (and x_tiles read) before the one release below
             gl.atomic_add(count, 1, sem="release", scope="gpu")
+            if TIMED:
+                _stamp(stamps, stage, stages, 4)   # rows stored, the arrival added
 
     @gluon.jit
-    def _streamed_chain_kernel(w_desc, vec, count, stages, eps, HIDDEN: gl.constexpr, NSLOTS: gl.constexpr,
-                               PER_SLOT: gl.constexpr):
+    def _streamed_chain_kernel(w_desc, vec, count, stages, eps, stamps, HIDDEN: gl.constexpr, NSLOTS: gl.constexpr,
+                               PER_SLOT: gl.constexpr, TIMED: gl.constexpr):
         ROWS: gl.constexpr = w_desc.block_type.shape[0]
         BK: gl.constexpr = w_desc.block_type.shape[1]
         ring = gl.allocate_shared_memory(w_desc.dtype, [NSLOTS * PER_SLOT, ROWS, BK], w_desc.layout)
@@ -138,8 +173,8 @@ if HAVE_GLUON:
             mbarrier.init(empty.index(i), count=1)
         # the default partition (the kernel's warps) consumes; one worker warp (24 registers: it
         # holds no data) produces
-        gl.warp_specialize([(_consumer, (vec, count, ring, ready, empty, x_tiles, stages, eps, HIDDEN, ROWS, BK,
-                                         PER_SLOT)),
+        gl.warp_specialize([(_consumer, (vec, count, ring, ready, empty, x_tiles, stages, eps, stamps, HIDDEN, ROWS,
+                                         BK, PER_SLOT, TIMED)),
                             (_producer, (w_desc, ring, ready, empty, stages, HIDDEN, PER_SLOT))], [1], [24])
 
 
@@ -172,8 +207,50 @@ def streamed_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: t
     desc = weight_descriptor(weights, programs)
     slots, per_slot = (SLOTS[form], 1) if form in SLOTS else (STEP_SLOTS[form], hidden // BLOCK_K)
 
-    def run():
+    def run(stamps: torch.Tensor | None = None):
+        """One pass of the chain; with `stamps` (int64 [programs, stages, 2, PHASES]) the phase timer's
+        build of the kernel, which writes its clocks there (record_phases)."""
         count.zero_()
-        _streamed_chain_kernel[(programs,)](desc, vec, count, stages, 1e-6, HIDDEN=hidden, NSLOTS=slots,
-                                            PER_SLOT=per_slot, num_warps=CONSUMER_WARPS, maxnreg=128)
+        _streamed_chain_kernel[(programs,)](desc, vec, count, stages, 1e-6, count if stamps is None else stamps,
+                                            HIDDEN=hidden, NSLOTS=slots, PER_SLOT=per_slot, TIMED=stamps is not None,
+                                            num_warps=CONSUMER_WARPS, maxnreg=128)
     return run
+
+
+def record_phases(run, programs: int, stages: int) -> dict:
+    """Where a step of the chain goes: run it once with the phase timer (a build of the kernel whose
+    consumer warps read two clocks at five points of each step) and fold the stamps (phases_from).
+    Not the timed run: the stamps' stores would be in it."""
+    stamps = torch.zeros(programs, stages, 2, PHASES, dtype=torch.int64, device=torch.device("cuda"))
+    run(stamps)
+    torch.cuda.synchronize()
+    return phases_from(stamps.cpu())
+
+
+def phases_from(stamps: torch.Tensor) -> dict:
+    """Median microseconds of each phase of a step, over programs and steps (the first step left out:
+    nothing came before it), from stamps int64 [programs, stages, 2, PHASES] (clock 0: the GPU's
+    global timer in ns, the same on every SM; clock 1: each SM's cycle counter).
+    - within a program (x read, tiles, arrival) the cycle counter: exact, where the global timer may
+      tick in steps too coarse for a phase (`timer_step_us` says how coarse it was);
+    - across programs (hop) the global timer: from the last program's arrival in the step before to
+      this program's poll seeing it -- the wait's own cost, once every program has arrived;
+    - `waited`: the whole poll, the hop and the time spent waiting for the slowest program;
+    - `step`: from one step's last arrival to the next's, the chain's period."""
+    ns, cycles = stamps[:, :, 0].double(), stamps[:, :, 1].double()
+    # cycles a ns, each program from its own first and last stamps (the SM's clock rate, measured)
+    rate = (cycles[:, -1, -1] - cycles[:, 0, 0]) / (ns[:, -1, -1] - ns[:, 0, 0])
+
+    def us(span: torch.Tensor) -> torch.Tensor:   # a cycle-counter span [programs, stages] in us, steps 1.. only
+        return (span / rate[:, None] / 1e3)[:, 1:]
+    last_arrival = ns[:, :, 4].max(dim=0).values   # [stages]: every program arrived
+    ticks = ns.flatten().unique().diff()
+    return {
+        "hop": float((ns[:, 1:, 1] - last_arrival[None, :-1]).median() / 1e3),
+        "waited": float(us(cycles[:, :, 1] - cycles[:, :, 0]).median()),
+        "x read": float(us(cycles[:, :, 2] - cycles[:, :, 1]).median()),
+        "tiles": float(us(cycles[:, :, 3] - cycles[:, :, 2]).median()),
+        "arrival": float(us(cycles[:, :, 4] - cycles[:, :, 3]).median()),
+        "step": float(last_arrival.diff().median() / 1e3),
+        "timer_step_us": float(ticks[ticks > 0].min() / 1e3) if (ticks > 0).any() else None,
+    }
