@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (no internet), from the repo root:
-#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests l2-tests peers peers-batch attention breakdown hbm hbm-batch hbm-l2(-off|-on) launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests gsample-tests boundary-probe candidate-kernels candidate-engine fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
+#   bash scripts/device_check.sh [tests check check-quick check-compile stack stack-single throughput multistep(-single|-throughput) nanovllm-ms nanovllm-fs nanovllm-16k nanovllm-async nanovllm-arrivals nanovllm-plain-prefill nanovllm-eager breakdown-batch breakdown-prefill breakdown-prefill-batch prefill-host rounds-tests async-tests l2-tests peers peers-batch attention breakdown hbm hbm-batch hbm-l2(-off|-on) launches gemv decode-gemv gemv-tests gemv-sweep gemv-parity decode-ab sample-tests sample-ab gemv-bench prefill-tests gsample-tests ws-tests boundary-probe candidate-kernels candidate-engine fdec-tests fused-decode decode-attn dattn-(tests|parity|micro|batch|bench|last|prefetch) pdl(-tests|-bench) sampling timeline labs dashboard-gpu tp notebooks]
 # (no argument: tests check stack throughput attention hbm launches -- more than one 10-minute call;
 #  split the steps over calls, the slow ones are check and stack)
 # Installs the carried wheels (.wheels: flash-attn-4, from ../shared/device/fetch-wheels.sh;
@@ -70,6 +70,7 @@ do_step() {
     breakdown-prefill) run breakdown-prefill $W measure breakdown $P --phase prefill --prompt-len 128 --settings naive,flash+fused,flash+fused+graphs,flash+fused+gemv+fdec+dattn+graphs+compile+pdl --json "$OUT/breakdown-prefill.json" --figure "$OUT/breakdown-prefill.png" ;;
     # session 25: graph_sampling (the sampler recorded in the decode graphs) against the sampler
     # after the replay, and the graph, round and async tests it touches
+    ws-tests) run ws-tests $PY -m pytest -q -s tests/gpu/test_measure_gpu.py -p no:cacheprovider -k phase_timer ;;
     gsample-tests) run gsample-tests $PY -m pytest -q -s tests/gpu/test_graph_sampling_gpu.py tests/gpu/test_async_rounds_gpu.py tests/gpu/test_engine_gpu.py -p no:cacheprovider -k "graph_sampling or graph_rounds or graph_replay or async" ;;
     rounds-tests) run rounds-tests $PY -m pytest -q -s tests/gpu/test_engine_gpu.py -p no:cacheprovider -k graph_rounds ;;
     # session 14: l2_prefetch's GPU tests (values bit for bit, eager and replayed, PDL off and on;

@@ -143,3 +143,31 @@ def test_a_live_decode_step_folds_into_its_layers(tmp_path):
     assert len(layer_gemv_bytes(fold, ModelConfig.from_hf(path))) == 4   # all on: four decode GEMVs a layer
     assert sum(fold.layer_us) > 0.5 * (fold.step_us - sum(us for _, us in fold.before))   # most of the GPU's step
     assert sum(fold.added_us) < sum(fold.span_us)
+
+
+def test_the_phase_timer_stamps_every_step_in_order():
+    """persistent-ws's phase timer (measure/streamed_chain.py) on a short chain: every stamp written,
+    each program's five stamps a step in order on both clocks, the chain's result still right, and
+    the folded phases positive and adding up to no more than a step (Hopper only)."""
+    from workbench.measure import boundaries, streamed_chain
+    why = streamed_chain.why_not(torch.device("cuda"))
+    if why:
+        pytest.skip(why)
+    programs, stages, hidden = 128, 16, 1024
+    weights = boundaries.gemv_weights(stages, hidden, "cuda")
+    vec = torch.zeros(2, hidden, device="cuda")
+    vec[0] = torch.randn(hidden, device="cuda")
+    start = vec[0].clone()
+    count = torch.zeros(1, dtype=torch.int32, device="cuda")
+    stamps = torch.zeros(programs, stages, 2, streamed_chain.PHASES, dtype=torch.int64, device="cuda")
+    streamed_chain.streamed_chain("persistent-ws", weights, vec, count, stages, programs)(stamps)
+    torch.cuda.synchronize()
+    assert boundaries.rel_err(vec[0], boundaries.reference_gemv(weights, start)) < 1e-3
+    stamps = stamps.cpu()
+    assert (stamps != 0).all(), "every program stamps every phase of every step"
+    assert (stamps.diff(dim=-1) >= 0).all(), "a step's stamps in order, on both clocks"
+    assert (stamps[:, 1:, :, 0] >= stamps[:, :-1, :, -1]).all(), "a step starts after the one before ends"
+    phases = streamed_chain.phases_from(stamps)
+    print(phases)
+    parts = phases["x read"] + phases["tiles"] + phases["arrival"]
+    assert all(v > 0 for k, v in phases.items() if k != "timer_step_us") and parts <= phases["step"]
