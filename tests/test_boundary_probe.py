@@ -140,12 +140,31 @@ def test_the_streamed_chain_compiles_for_hopper_as_meant():
     assert kernel_resources.ptxas_report(ptx)["spill_stores"] == 0 and timed.metadata.shared <= H200_SHARED_BYTES
 
 
+def test_the_pdl_chains_timed_build_stamps_and_the_plain_one_does_not():
+    """kernels+pdl's phase timer (boundaries._gemv_step_kernel, TIMED): both clocks at its three points,
+    after the wait for the last two; the build the probe times carries none of it. Compiled for sm_90a."""
+    from test_kernel_resources import _script
+    kernel_resources = _script()   # skips where this Triton cannot compile for sm_90a
+    from workbench.measure import phase_timer
+    probe = _probe()
+    weights, vec, count = torch.zeros(2, 2048, 2048, dtype=torch.bfloat16), torch.zeros(2, 2048), torch.zeros(1)
+    stamps = phase_timer.empty_stamps(256, 2, phase_timer.PDL_POINTS, "cpu")
+    with kernel_resources.capture() as launches:
+        probe.gemv_chain("kernels+pdl", weights, vec, count, 1, 256)()
+        probe.gemv_chain("kernels+pdl", weights, vec, count, 1, 256)(stamps)
+    plain, timed = (kernel_resources.compile_sm90(launch).asm["ptx"] for launch in launches)
+    assert "%globaltimer" not in plain and "%clock64" not in plain
+    assert timed.count("%globaltimer") == timed.count("%clock64") == len(phase_timer.PDL_POINTS)
+    assert timed.index("griddepcontrol.wait") < timed.rindex("%globaltimer"), "the last stamps after the wait"
+    assert kernel_resources.ptxas_report(timed)["spill_stores"] == 0
+
+
 def _stamps(programs, stages, hop_ns, x_ns, tiles_ns, arrival_ns, rates, skew_ns):
     """Phase-timer stamps [programs, stages, 2, 5] of a made-up chain: each program's poll starts at
     its own time, sees the step before's last arrival hop_ns later, then x, tiles and its arrival
     take the given ns; the cycle counter runs at `rates[p]` cycles a ns from its own origin."""
-    from workbench.measure import streamed_chain
-    stamps = torch.zeros(programs, stages, 2, streamed_chain.PHASES, dtype=torch.int64)
+    from workbench.measure import phase_timer
+    stamps = torch.zeros(programs, stages, 2, len(phase_timer.POLL_POINTS), dtype=torch.int64)
     last_arrival = 0
     for stage in range(stages):
         arrivals = []
@@ -161,13 +180,14 @@ def _stamps(programs, stages, hop_ns, x_ns, tiles_ns, arrival_ns, rates, skew_ns
 
 
 def test_the_phase_timer_folds_its_stamps_into_the_phases_of_a_step():
-    """phases_from on a chain whose every phase is known: hop from the global timer across programs,
+    """phase_timer.fold on a chain whose every phase is known: hop from the global timer across programs,
     the rest from each program's cycle counter at its own rate. Seen failing with the hop read from
     the step's own last arrival and with the clocks swapped."""
-    from workbench.measure import streamed_chain
+    from workbench.measure import phase_timer
     stamps = _stamps(3, 6, hop_ns=700, x_ns=400, tiles_ns=900, arrival_ns=200, rates=(1.98, 1.5, 1.755),
                      skew_ns=(0, 40, 100))
-    phases = streamed_chain.phases_from(stamps)
+    phases = phase_timer.fold(stamps, phase_timer.POLL_POINTS, seen="waited", published="arrival")
+    assert list(phases) == ["hop", *phase_timer.POLL_POINTS[1:], "step", "timer_step_us"]
     assert phases["hop"] == pytest.approx(0.74, abs=0.01)     # the median program: 700 + its skew of 40
     assert phases["x read"] == pytest.approx(0.4, abs=1e-3)
     assert phases["tiles"] == pytest.approx(0.9, abs=1e-3)

@@ -149,7 +149,7 @@ def test_the_phase_timer_stamps_every_step_in_order():
     """persistent-ws's phase timer (measure/streamed_chain.py) on a short chain: every stamp written,
     each program's five stamps a step in order on both clocks, the chain's result still right, and
     the folded phases positive and adding up to no more than a step (Hopper only)."""
-    from workbench.measure import boundaries, streamed_chain
+    from workbench.measure import boundaries, phase_timer, streamed_chain
     why = streamed_chain.why_not(torch.device("cuda"))
     if why:
         pytest.skip(why)
@@ -167,7 +167,25 @@ def test_the_phase_timer_stamps_every_step_in_order():
     assert (stamps != 0).all(), "every program stamps every phase of every step"
     assert (stamps.diff(dim=-1) >= 0).all(), "a step's stamps in order, on both clocks"
     assert (stamps[:, 1:, :, 0] >= stamps[:, :-1, :, -1]).all(), "a step starts after the one before ends"
-    phases = streamed_chain.phases_from(stamps)
+    phases = phase_timer.fold(stamps, phase_timer.POLL_POINTS, seen="waited", published="arrival")
     print(phases)
-    parts = phases["x read"] + phases["tiles"] + phases["arrival"]
+    parts = sum(phases[point] for point in phase_timer.POLL_POINTS[2:])
     assert all(v > 0 for k, v in phases.items() if k != "timer_step_us") and parts <= phases["step"]
+
+
+def test_the_phase_timer_stamps_the_pdl_chain_in_a_graph():
+    """The kernels+pdl chain's phase timer through boundaries.phases (a CUDA graph, as the probe times
+    it): the phases positive, the hop and the work after the wait within a step."""
+    from workbench.measure import boundaries
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs Hopper or newer")
+    programs, stages, hidden = 256, 16, 1024
+    weights = boundaries.gemv_weights(stages, hidden, "cuda")
+    vec = torch.zeros(2, hidden, device="cuda")
+    vec[0] = torch.randn(hidden, device="cuda")
+    count = torch.zeros(1, dtype=torch.int32, device="cuda")
+    phases = boundaries.phases("kernels+pdl", boundaries.gemv_chain("kernels+pdl", weights, vec, count, stages, programs),
+                               programs, stages)
+    print(phases)
+    assert phases["hop"] > 0 and phases["x read, multiplied, stored"] > 0
+    assert phases["hop"] + phases["x read, multiplied, stored"] <= 1.5 * phases["step"]

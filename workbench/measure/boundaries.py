@@ -67,7 +67,7 @@ import triton.language as tl
 from workbench.kernels.gemv import _prefetch_l2, as_bytes
 from workbench.kernels.pdl import pdl_wait
 from workbench.kernels.tagged import poll_tagged, store_tagged   # the engine's tagged words (decode attention's merge)
-from workbench.measure import streamed_chain
+from workbench.measure import phase_timer, streamed_chain
 from workbench.measure.timing import cuda_event_times
 
 D = 1024   # the hidden size of Qwen3-0.6B: the vector every step reads whole
@@ -412,15 +412,22 @@ def _program_rows(H, ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
-def _gemv_step_kernel(w_ptr, src, dst, H, eps, ROWS: tl.constexpr, BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr,
-                      EARLY: tl.constexpr = False):
+def _gemv_step_kernel(w_ptr, src, dst, H, eps, stamps, stage, stages, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
+                      USE_PDL: tl.constexpr, EARLY: tl.constexpr = False, TIMED: tl.constexpr = False):
     """One step as the engine's decode GEMVs run it: the weight rows first (no kernel writes them),
-    then the wait, then x. EARLY: the next kernel may start (and load its rows) before this one waits."""
+    then the wait, then x. EARLY: the next kernel may start (and load its rows) before this one waits.
+    TIMED: the phase timer's build (phase_timer.py, PDL_POINTS), step `stage` of `stages`."""
+    if TIMED:
+        phase_timer.stamp(stamps, stage, stages, 0, 3)   # the program starts
     _trigger_early(EARLY)
     rows, cols, w_tile = _program_rows(H, ROWS, BLOCK_H)
     w = tl.load(w_ptr + w_tile, mask=cols[None, :] < H)
     pdl_wait(USE_PDL)
+    if TIMED:
+        phase_timer.stamp(stamps, stage, stages, 1, 3)   # the wait returned
     _gemv_step(w, src, dst, rows, cols, H, eps)
+    if TIMED:
+        phase_timer.stamp(stamps, stage, stages, 2, 3)   # x read, multiplied, the rows' stores issued
 
 
 @triton.jit
@@ -520,12 +527,33 @@ def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch
     options = {"launch_pdl": True} if pdl else {}
     warps = 8 if rows * hidden >= 16384 else 4   # <= 64 registers of weights a thread (no spills)
 
-    def run():
+    def run(stamps: torch.Tensor | None = None):   # stamps: the phase timer's build (phases())
         for stage in range(stages):
             _gemv_step_kernel[(programs,)](weights[stage], vec[stage % 2], vec[(stage + 1) % 2], hidden, 1e-6,
-                                           ROWS=rows, BLOCK_H=hidden, USE_PDL=pdl, EARLY=early, num_warps=warps,
-                                           **options)
+                                           vec if stamps is None else stamps, 0 if stamps is None else stage, stages,
+                                           ROWS=rows, BLOCK_H=hidden, USE_PDL=pdl, EARLY=early, TIMED=stamps is not None,
+                                           num_warps=warps, **options)
     return run
+
+
+# the part-2 forms the phase timer can stamp, and where in a step (phase_timer.py)
+TIMED_FORMS = {"kernels+pdl": phase_timer.PDL_POINTS, **{form: phase_timer.POLL_POINTS for form in streamed_chain.FORMS}}
+
+
+def phases(form: str, run, programs: int, stages: int) -> dict:
+    """Where a step of the chain goes: one more run in the phase timer's build of its kernel, captured
+    in a CUDA graph as the timed runs are, folded (phase_timer.fold). Not the timed run: the stamps'
+    stores would be in it. The chain moves on by a run (its result is checked before)."""
+    points = TIMED_FORMS[form]
+    stamps = phase_timer.empty_stamps(programs, stages, points, "cuda")
+    run(stamps)   # compiles the timed build
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run(stamps)
+    stamps.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    return phase_timer.fold(stamps.cpu(), points, seen="waited", published=points[-1])
 
 
 def gemv_weights(stages: int, hidden: int, device: str) -> torch.Tensor:
@@ -683,19 +711,18 @@ def measure_boundaries(stages: int = 196, forms=None, parts=(1, 2), hidden_sizes
             timing = time_graph(gemv_chain(form, weights, vec, count, stages, programs), stages)
             err = max(err, rel_err(vec[0], reference_gemv(weights, start, runs=timing["runs"])))
             of_copy = step_bytes / (timing["us_a_step"] * 1e-6) / copy.bandwidth if copy.available else None
-            phases = None
-            if form in streamed_chain.FORMS:   # where its step goes: one more run, with the phase timer
-                run = gemv_chain(form, weights, vec, count, stages, programs)
-                phases = streamed_chain.record_phases(run, programs, stages)
+            step_phases = None
+            if form in TIMED_FORMS:   # where its step goes: one more run, with the phase timer
+                step_phases = phases(form, gemv_chain(form, weights, vec, count, stages, programs), programs, stages)
             rows.append({"probe": "gemvs", "form": form, "hidden": hidden, "step_bytes": step_bytes,
                          "programs": programs, "stages": stages, "rel_err": err, "checked": err < 1e-3,
                          "of_copy_bandwidth": of_copy, "copy_bandwidth": copy.bandwidth, **timing, "gpu": gpu,
-                         **({"phases_us": phases} if phases else {})})
+                         **({"phases_us": step_phases} if step_phases else {})})
             print(f"{form:>17} {hidden:5d} {step_bytes / 1e6:9.1f} {programs:8d} {timing['us_a_step']:10.2f} "
                   f"{timing['us_a_step_min']:6.2f}-{timing['us_a_step_max']:<6.2f} "
                   f"{'n/a' if of_copy is None else f'{100 * of_copy:.0f} %':>9} {err:8.1e}", flush=True)
-            if phases:
+            if step_phases:
                 print(f"{'':>17} a step's phases, us (medians, one run with the phase timer): "
-                      + ", ".join(f"{name} {us:.2f}" for name, us in phases.items() if us is not None), flush=True)
+                      + ", ".join(f"{name} {us:.2f}" for name, us in step_phases.items() if us is not None), flush=True)
         del weights
     return rows

@@ -29,12 +29,12 @@ does keep the stream going across the waits -- against 3.16 us for the PDL kerne
 each wait (the counter's round trip, x's read, the tiles' hand-offs) costs more than a kernel
 boundary under PDL.
 
-The phase timer (session 26, not yet run on a GPU): `measure boundaries` runs each form once more in
-a build of the kernel (TIMED) whose consumer warps read the GPU's global timer and their SM's cycle
-counter at five points of every step -- the poll starts, the poll has seen every arrival, x is in
-shared memory, the rows are summed and stored, the arrival is added -- and prints the median of each
-phase (phases_from): the hop (the last arrival of a step to a program's poll seeing it), x's read,
-the tiles, the arrival, and the step. Those are the costs the ring sizes could only guess at.
+The phase timer (phase_timer.py; session 26, not yet run on a GPU): `measure boundaries` runs each
+form once more in a build of the kernel (TIMED) whose consumer warps stamp two clocks at five points
+of each step (POLL_POINTS: the poll starts, the poll has seen every arrival, x is in shared memory,
+the rows are summed and stored, the arrival is added) and prints the median of each phase: the hop
+(a step's last arrival to a program's poll seeing it), x's read, the tiles, the arrival, the step.
+Those are the costs the ring sizes could only guess at.
 
 Gluon (triton.experimental.gluon) is Triton's lower-level dialect: layouts, shared memory and
 barriers are written out. It does not run under Triton's interpreter: on a CPU the kernel is only
@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import torch
 import triton
+
+from workbench.measure.phase_timer import POLL_POINTS
 
 try:   # Gluon's Hopper pieces: Triton 3.6+ (a missing one means the forms are left out)
     from triton.experimental import gluon
@@ -60,7 +62,7 @@ STEP_SLOTS = {"persistent-ws-step": 3}   # ring slots of a whole step's rows (on
 FORMS = (*SLOTS, *STEP_SLOTS)   # every form this module runs
 BLOCK_K = 128      # a tile's columns: 256 bytes of a weight row
 CONSUMER_WARPS = 4
-PHASES = 5         # the phase timer's stamps a step: poll starts, poll done, x in, tiles done, arrival added
+PHASES = len(POLL_POINTS)   # the phase timer's stamps a step (phase_timer.py)
 
 if HAVE_GLUON:
     # Triton 3.6 (the device) calls the TMA load async_copy_global_to_shared; 3.9 calls it async_load
@@ -90,18 +92,12 @@ if HAVE_GLUON:
                 t += 1
 
     @gluon.jit
-    def _now():
-        """The GPU's global nanosecond timer and this SM's cycle counter (int64 each): the phase timer's
-        two clocks (record_phases says why two)."""
+    def _stamp(stamps, stage, stages, point: gl.constexpr):
+        """Point `point` of this program's step `stage` (POLL_POINTS): the GPU's global timer and this SM's
+        cycle counter at stamps[program, stage, clock, point] -- phase_timer.stamp's Gluon twin."""
         ns = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
         cycles = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
-        return ns, cycles
-
-    @gluon.jit
-    def _stamp(stamps, stage, stages, phase: gl.constexpr):
-        """Phase `phase` of this program's step `stage`: both clocks, at stamps[program, stage, clock, phase]."""
-        ns, cycles = _now()
-        at = stamps + (gl.program_id(0) * stages + stage) * 2 * _PHASES + phase
+        at = stamps + (gl.program_id(0) * stages + stage) * 2 * _PHASES + point
         gl.store(at, ns)
         gl.store(at + _PHASES, cycles)
 
@@ -209,48 +205,10 @@ def streamed_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: t
 
     def run(stamps: torch.Tensor | None = None):
         """One pass of the chain; with `stamps` (int64 [programs, stages, 2, PHASES]) the phase timer's
-        build of the kernel, which writes its clocks there (record_phases)."""
+        build of the kernel, which writes its clocks there (boundaries.phases)."""
         count.zero_()
         _streamed_chain_kernel[(programs,)](desc, vec, count, stages, 1e-6, count if stamps is None else stamps,
                                             HIDDEN=hidden, NSLOTS=slots, PER_SLOT=per_slot, TIMED=stamps is not None,
                                             num_warps=CONSUMER_WARPS, maxnreg=128)
     return run
 
-
-def record_phases(run, programs: int, stages: int) -> dict:
-    """Where a step of the chain goes: run it once with the phase timer (a build of the kernel whose
-    consumer warps read two clocks at five points of each step) and fold the stamps (phases_from).
-    Not the timed run: the stamps' stores would be in it."""
-    stamps = torch.zeros(programs, stages, 2, PHASES, dtype=torch.int64, device=torch.device("cuda"))
-    run(stamps)
-    torch.cuda.synchronize()
-    return phases_from(stamps.cpu())
-
-
-def phases_from(stamps: torch.Tensor) -> dict:
-    """Median microseconds of each phase of a step, over programs and steps (the first step left out:
-    nothing came before it), from stamps int64 [programs, stages, 2, PHASES] (clock 0: the GPU's
-    global timer in ns, the same on every SM; clock 1: each SM's cycle counter).
-    - within a program (x read, tiles, arrival) the cycle counter: exact, where the global timer may
-      tick in steps too coarse for a phase (`timer_step_us` says how coarse it was);
-    - across programs (hop) the global timer: from the last program's arrival in the step before to
-      this program's poll seeing it -- the wait's own cost, once every program has arrived;
-    - `waited`: the whole poll, the hop and the time spent waiting for the slowest program;
-    - `step`: from one step's last arrival to the next's, the chain's period."""
-    ns, cycles = stamps[:, :, 0].double(), stamps[:, :, 1].double()
-    # cycles a ns, each program from its own first and last stamps (the SM's clock rate, measured)
-    rate = (cycles[:, -1, -1] - cycles[:, 0, 0]) / (ns[:, -1, -1] - ns[:, 0, 0])
-
-    def us(span: torch.Tensor) -> torch.Tensor:   # a cycle-counter span [programs, stages] in us, steps 1.. only
-        return (span / rate[:, None] / 1e3)[:, 1:]
-    last_arrival = ns[:, :, 4].max(dim=0).values   # [stages]: every program arrived
-    ticks = ns.flatten().unique().diff()
-    return {
-        "hop": float((ns[:, 1:, 1] - last_arrival[None, :-1]).median() / 1e3),
-        "waited": float(us(cycles[:, :, 1] - cycles[:, :, 0]).median()),
-        "x read": float(us(cycles[:, :, 2] - cycles[:, :, 1]).median()),
-        "tiles": float(us(cycles[:, :, 3] - cycles[:, :, 2]).median()),
-        "arrival": float(us(cycles[:, :, 4] - cycles[:, :, 3]).median()),
-        "step": float(last_arrival.diff().median() / 1e3),
-        "timer_step_us": float(ticks[ticks > 0].min() / 1e3) if (ticks > 0).any() else None,
-    }
