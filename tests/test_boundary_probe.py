@@ -159,10 +159,11 @@ def test_the_pdl_chains_timed_build_stamps_and_the_plain_one_does_not():
     assert kernel_resources.ptxas_report(timed)["spill_stores"] == 0
 
 
-def _stamps(programs, stages, hop_ns, x_ns, tiles_ns, arrival_ns, rates, skew_ns):
+def _stamps(programs, stages, hop_ns, x_ns, tiles_ns, arrival_ns, rate, skew_ns):
     """Phase-timer stamps [programs, stages, 2, 5] of a made-up chain: each program's poll starts at
     its own time, sees the step before's last arrival hop_ns later, then x, tiles and its arrival
-    take the given ns; the cycle counter runs at `rates[p]` cycles a ns from its own origin."""
+    take the given ns; the cycle counter runs at `rate` cycles a ns from an origin of its own at
+    every (program, step), as a kernel chain's program may run on another SM each step."""
     from workbench.measure import phase_timer
     stamps = torch.zeros(programs, stages, 2, len(phase_timer.POLL_POINTS), dtype=torch.int64)
     last_arrival = 0
@@ -173,7 +174,7 @@ def _stamps(programs, stages, hop_ns, x_ns, tiles_ns, arrival_ns, rates, skew_ns
             t1 = last_arrival + hop_ns + skew_ns[p]
             ns = [t0, t1, t1 + x_ns, t1 + x_ns + tiles_ns, t1 + x_ns + tiles_ns + arrival_ns]
             stamps[p, stage, 0] = torch.tensor([10_000 + t for t in ns])
-            stamps[p, stage, 1] = torch.tensor([int(rates[p] * t) + 777 * p for t in ns])
+            stamps[p, stage, 1] = torch.tensor([int(rate * t) + 777 * p + 50_000 * stage for t in ns])
             arrivals.append(ns[-1])
         last_arrival = max(arrivals)
     return stamps
@@ -181,11 +182,11 @@ def _stamps(programs, stages, hop_ns, x_ns, tiles_ns, arrival_ns, rates, skew_ns
 
 def test_the_phase_timer_folds_its_stamps_into_the_phases_of_a_step():
     """phase_timer.fold on a chain whose every phase is known: hop from the global timer across programs,
-    the rest from each program's cycle counter at its own rate. Seen failing with the hop read from
-    the step's own last arrival and with the clocks swapped."""
+    the rest from each step's cycle counter at the GPU's rate. Seen failing with the hop read from the
+    step's own last arrival, with the clocks swapped, and with a program's rate taken across steps
+    (its counter's origin moves when it runs on another SM)."""
     from workbench.measure import phase_timer
-    stamps = _stamps(3, 6, hop_ns=700, x_ns=400, tiles_ns=900, arrival_ns=200, rates=(1.98, 1.5, 1.755),
-                     skew_ns=(0, 40, 100))
+    stamps = _stamps(3, 6, hop_ns=700, x_ns=400, tiles_ns=900, arrival_ns=200, rate=1.755, skew_ns=(0, 40, 100))
     phases = phase_timer.fold(stamps, phase_timer.POLL_POINTS, seen="waited", published="arrival")
     assert list(phases) == ["hop", *phase_timer.POLL_POINTS[1:], "step", "timer_step_us"]
     assert phases["hop"] == pytest.approx(0.74, abs=0.01)     # the median program: 700 + its skew of 40

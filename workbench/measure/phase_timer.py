@@ -8,10 +8,12 @@ clocks at named points of every step and store them:
 - the GPU's global timer (`%globaltimer`, ns): the same clock on every SM, so one program's stamp
   can be set against another's -- needed for the hop, which starts in the program that published
   last and ends in the one that saw it;
-- the SM's cycle counter (`%clock64`): exact within a program, where the global timer may tick in
-  steps too coarse for a phase of a few hundred ns (`timer_step_us` reports its tick as seen).
-  A program's cycles are turned into time by its own rate, cycles over ns from its first stamp to
-  its last.
+- the SM's cycle counter (`%clock64`): exact within a step of a program, where the global timer may
+  tick in steps too coarse for a phase of a few hundred ns (`timer_step_us` reports its tick as
+  seen). Each SM's counter has its own origin, and a kernel chain's program p may run on another SM
+  at every step, so only differences within one step are read. Cycles become time at the GPU's
+  clock rate, measured from the stamps themselves: all steps' cycle spans over their global-timer
+  spans (one clock domain for every SM; the timer's coarse ticks average out over many spans).
 
 The stamps: int64 [programs, stages, 2, points], clock 0 the global timer, clock 1 the cycle
 counter. `fold` turns them into medians over programs and steps (the first step left out: nothing
@@ -55,10 +57,10 @@ def fold(stamps: torch.Tensor, points: tuple, seen: str, published: str) -> dict
     - `step`: from one step's last `published` stamp to the next's: the chain's period;
     - `timer_step_us`: the global timer's smallest tick seen (None if it never moved)."""
     ns, cycles = stamps[:, :, 0].double(), stamps[:, :, 1].double()
-    rate = (cycles[:, -1, -1] - cycles[:, 0, 0]) / (ns[:, -1, -1] - ns[:, 0, 0])   # cycles a ns, a program's own
+    rate = (cycles[:, :, -1] - cycles[:, :, 0]).sum() / (ns[:, :, -1] - ns[:, :, 0]).sum()   # cycles a ns
     phases = {}
-    for i in range(1, len(points)):
-        span = (cycles[:, :, i] - cycles[:, :, i - 1]) / rate[:, None] / 1e3
+    for i in range(1, len(points)):   # within a step: one SM's counter
+        span = (cycles[:, :, i] - cycles[:, :, i - 1]) / rate / 1e3
         phases[points[i]] = float(span[:, 1:].median())
     last = ns[:, :, points.index(published)].max(dim=0).values   # [stages]: every program has published
     hop = ns[:, 1:, points.index(seen)] - last[None, :-1]
