@@ -188,7 +188,8 @@ def test_the_phase_timer_folds_its_stamps_into_the_phases_of_a_step():
     from workbench.measure import phase_timer
     stamps = _stamps(3, 6, hop_ns=700, x_ns=400, tiles_ns=900, arrival_ns=200, rate=1.755, skew_ns=(0, 40, 100))
     phases = phase_timer.fold(stamps, phase_timer.POLL_POINTS, seen="waited", published="arrival")
-    assert list(phases) == ["hop", *phase_timer.POLL_POINTS[1:], "step", "timer_step_us"]
+    assert list(phases) == ["hop", "hop mean", *phase_timer.POLL_POINTS[1:], "step", "timer_step_us"]
+    assert phases["hop mean"] == pytest.approx(0.7 + 0.14 / 3, abs=0.01)   # skews 0, 40 and 100 ns
     assert phases["hop"] == pytest.approx(0.74, abs=0.01)     # the median program: 700 + its skew of 40
     assert phases["x read"] == pytest.approx(0.4, abs=1e-3)
     assert phases["tiles"] == pytest.approx(0.9, abs=1e-3)

@@ -54,6 +54,7 @@ def fold(stamps: torch.Tensor, points: tuple, seen: str, published: str) -> dict
     - `hop`: from the step before's last `published` stamp (over every program) to this program's
       `seen` stamp, on the global timer: what the dependency's hand-over costs once every program
       has published (for a kernel boundary: the kernel's end, the flush, the wait's return);
+    - `hop mean`: its mean (read it where the timer's tick is not far below the hop);
     - `step`: from one step's last `published` stamp to the next's: the chain's period;
     - `timer_step_us`: the global timer's smallest tick seen (None if it never moved)."""
     ns, cycles = stamps[:, :, 0].double(), stamps[:, :, 1].double()
@@ -65,5 +66,8 @@ def fold(stamps: torch.Tensor, points: tuple, seen: str, published: str) -> dict
     last = ns[:, :, points.index(published)].max(dim=0).values   # [stages]: every program has published
     hop = ns[:, 1:, points.index(seen)] - last[None, :-1]
     ticks = ns.flatten().unique().diff()
-    return {"hop": float(hop.median() / 1e3), **phases, "step": float(last.diff().median() / 1e3),
+    # the hop's mean too: where the timer ticks coarser than a hop, the median is a whole number of
+    # ticks, while the mean of many hops that start at random points of a tick is not
+    return {"hop": float(hop.median() / 1e3), "hop mean": float(hop.mean() / 1e3), **phases,
+            "step": float(last.diff().median() / 1e3),
             "timer_step_us": float(ticks[ticks > 0].min() / 1e3) if (ticks > 0).any() else None}
