@@ -73,7 +73,8 @@ QUESTIONS = {
           "No: eager is only for batches larger than every bucket.")),
         1),
     "07-multiply": Question(
-        "Why do the optimizations multiply (the source chapter's claim: about 3.8x together) rather than add up?",
+        "Why do the optimizations multiply (the source chapter's claim: together often 3–4× over a naive baseline) "
+        "rather than add up?",
         (("Because each is applied to every layer.",
           "No: that is why each one helps, not why their effects compound."),
          ("Each removes a different bottleneck from what remains: a 2x on 60 % of the step then a 1.5x on "
