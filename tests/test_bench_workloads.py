@@ -72,6 +72,20 @@ def test_every_request_gets_the_workload_temperature_and_its_own_max_tokens():
     assert all(p.temperature == 0.6 and p.ignore_eos for p in timed_params)
 
 
+def test_the_timed_generates_spread_is_reported_from_the_slowest_and_fastest(monkeypatch):
+    """tok_s_min / tok_s_max: the tokens over the slowest and the fastest generate's time, around the median's."""
+    from workbench.measure.timing import Spread
+    load = bench.make_workload("nanovllm", 512, num_seqs=3)
+    outs = RecordingLLM().generate(load.prompts, [SimpleNamespace(max_tokens=n) for n in load.output_lens])
+    spread = Spread([200.0, 100.0, 400.0], 1, None)
+    spread.last = outs
+    monkeypatch.setattr(bench, "time_runs", lambda *a, **k: spread)
+    timed = bench.time_generate(RecordingLLM(), load, repeats=3)
+    tokens = sum(load.output_lens)
+    assert timed["tok_s"] == pytest.approx(tokens / 0.2)
+    assert (timed["tok_s_min"], timed["tok_s_max"]) == (pytest.approx(tokens / 0.4), pytest.approx(tokens / 0.1))
+
+
 def test_tiny_model_runs_the_nanovllm_workload(tmp_path, tiny_ckpt):
     load = bench.make_workload("nanovllm", 512, num_seqs=2)
     load.prompts = [p[:16] for p in load.prompts]      # short, for a CPU: the path, not the speed

@@ -150,7 +150,8 @@ def _rate(tokens: int, seconds: float) -> float | None:
 def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: bool = False,
                   around_warmup=None) -> dict:
     """Warm up outside the timed region (a short generate, or the whole workload once), then
-    time `repeats` generates of the workload with the GPU synchronized; medians.
+    time `repeats` generates of the workload with the GPU synchronized; medians, and the tok/s of
+    the slowest and the fastest generate (tok_s_min, tok_s_max: the spread a verdict must clear).
     `around_warmup`: a context manager the warm-up runs inside (the dashboard's telemetry panel
     follows the warm-up live; the timed passes run unwatched)."""
     from workbench.engine import SamplingParams
@@ -175,6 +176,7 @@ def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: boo
     tpots = [o.tpot for o in outs if o.tpot]
     ttfts = sorted(o.ttft for o in outs)
     return {"output_tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds,
+            "tok_s_min": tokens / (spread.max / 1e3), "tok_s_max": tokens / (spread.min / 1e3),
             "ttft_ms": statistics.median(ttfts) * 1e3,
             "ttft_p90_ms": ttfts[min(int(0.9 * len(ttfts)), len(ttfts) - 1)] * 1e3,
             "tpot_ms": statistics.median(tpots) * 1e3 if tpots else None,

@@ -40,11 +40,12 @@ from .telemetry_plot import TelemetryPanel
 from .timeline_panel import TimelinePanel
 
 COLUMNS = ["run", "setting", "device", "torch_threads", "batch", "prompt_len", "new_tokens", "decode_steps", "output_tokens", "tok_s",
-           "tpot_ms", "ttft_ms", "load_s", "compile_s", "graph_capture_s", "launch_calls_per_step",
+           "tok_s_min", "tok_s_max", "tpot_ms", "ttft_ms", "load_s", "compile_s", "graph_capture_s", "launch_calls_per_step",
            "kernels_per_step", "hbm_bytes_per_step", "launches_note", "hbm_note"]
 # The table on screen (the two notes are in the plot panels; exports keep every column).
 SHOWN = {"run": "run", "setting": "setting", "device": "device", "torch_threads": "threads", "batch": "batch", "prompt_len": "prompt",
-         "new_tokens": "new", "decode_steps": "steps/round", "output_tokens": "out tokens", "tok_s": "tok/s", "tpot_ms": "TPOT ms",
+         "new_tokens": "new", "decode_steps": "steps/round", "output_tokens": "out tokens", "tok_s": "tok/s",
+         "tok_s_min": "tok/s min", "tok_s_max": "tok/s max", "tpot_ms": "TPOT ms",
          "ttft_ms": "TTFT ms", "load_s": "load s", "compile_s": "compile s", "graph_capture_s": "capture s",
          "launch_calls_per_step": "launches/step", "kernels_per_step": "kernels/step",
          "hbm_bytes_per_step": "HBM bytes/step"}
@@ -229,7 +230,7 @@ class Switchboard:
         watch = self.telemetry.watch(llm, f"{llm.opts.label()}: warm-up pass of the workload, live "
                                           f"(recorded by llm.telemetry, {self._device_name()})")
         timed = time_generate(llm, workload, repeats=self.repeats, full_warmup=True, around_warmup=watch)
-        return {k: timed[k] for k in ("output_tokens", "tok_s", "tpot_ms", "ttft_ms")}
+        return {k: timed[k] for k in ("output_tokens", "tok_s", "tok_s_min", "tok_s_max", "tpot_ms", "ttft_ms")}
 
     def _hbm(self, opts: Optimizations, batch: int, context: int) -> tuple[float | None, str]:
         if "hbm" in self.unavailable:
@@ -278,6 +279,9 @@ class Switchboard:
         for ax, key, title, color in panels:
             bars = ax.bar(x, [r[key] or 0 for r in runs], color=color)   # None (not measured): no bar
             ax.bar_label(bars, labels=[_fmt(r[key]) for r in runs], fontsize=7)
+            if key == "tok_s" and runs and all(r.get("tok_s_min") is not None for r in runs):   # the repeats' spread
+                ax.errorbar(x, [r["tok_s"] for r in runs], fmt="none", ecolor="black", capsize=3, linewidth=0.8,
+                            yerr=[[r["tok_s"] - r["tok_s_min"] for r in runs], [r["tok_s_max"] - r["tok_s"] for r in runs]])
             ax.set_title(f"{title} (measured, {device})", fontsize=10)
         launch_note = next((r["launches_note"] for r in reversed(runs) if r["launches_note"]), None)
         hbm_note = runs[-1]["hbm_note"] if runs else (
