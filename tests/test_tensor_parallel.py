@@ -134,7 +134,7 @@ def test_all_reduce_time_is_measured_per_decode_step(tiny_ckpt):
     with LLM(tiny_ckpt, tensor_parallel_size=2, **ENGINE) as llm:
         two = decode_comm(llm, batch=2, steps=3)
         assert not llm.scheduler.has_unfinished()   # its requests are aborted afterwards
-    assert one.all_reduces_per_step == 0 and one.all_reduce_ms_per_step == 0
+    assert one.all_reduces_per_step == 0 and one.all_reduce_ms_per_step == 0 and one.all_reduce_bytes == 0
     assert two.all_reduces_per_step == 2 * 2   # 2 layers x (o_proj + down_proj)
     assert two.backend == "gloo" and 0 < two.all_reduce_ms_per_step < two.profiled_step_ms
     assert 0 < two.all_reduce_share < 1 and two.broadcast_ms_per_step > 0

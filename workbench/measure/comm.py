@@ -38,7 +38,7 @@ class CommRecord:
     all_reduce_ms_per_step: float = 0.0   # gloo's work time (CPU) or NCCL kernel time (GPU), rank 0
     broadcast_ms_per_step: float = 0.0
     all_reduce_share: float = 0.0         # all_reduce_ms_per_step / profiled_step_ms
-    all_reduce_bytes: int = 0             # modelled: one [batch, hidden] activation
+    all_reduce_bytes: int = 0             # modelled: one [batch, hidden] activation (0 at tp=1: none runs)
     device: str = ""
 
     def to_dict(self) -> dict:
@@ -85,5 +85,6 @@ def decode_comm(llm, *, batch: int = 1, prompt_len: int = 32, steps: int = 8, se
                       profiled_step_ms=profiled_s * 1e3,
                       all_reduce_ms_per_step=reduce_ms, broadcast_ms_per_step=broadcast_ms,
                       all_reduce_share=reduce_ms / (profiled_s * 1e3),
-                      all_reduce_bytes=batch * llm.model_config.hidden_size * where["dtype"].itemsize,
+                      # one rank reduces nothing: no bytes where no all-reduce runs
+                      all_reduce_bytes=batch * llm.model_config.hidden_size * where["dtype"].itemsize if calls else 0,
                       device=where["device_name"])
