@@ -49,8 +49,8 @@ def empty_stamps(programs: int, stages: int, points: tuple, device) -> torch.Ten
 
 def fold(stamps: torch.Tensor, points: tuple, seen: str, published: str) -> dict:
     """Median microseconds of each phase of a step, from stamps [programs, stages, 2, len(points)].
-    - each point after the first names the phase that ends at it: read on the program's own cycle
-      counter;
+    - each point after the first names the phase that ends at it: read on the SM's cycle counter
+      within the step, turned into time at the GPU's clock rate (measured from the stamps);
     - `hop`: from the step before's last `published` stamp (over every program) to this program's
       `seen` stamp, on the global timer: what the dependency's hand-over costs once every program
       has published (for a kernel boundary: the kernel's end, the flush, the wait's return);
