@@ -156,7 +156,9 @@ WRONG = {
         (lambda p, t: SOL["block_hasher"](None, t), "ignores parent_hash"),
         (lambda p, t: (hash(p) * 31 + sum(t)) % 2 ** 64, "loses their order"),
         (lambda p, t: str(SOL["block_hasher"](p, t)), "return a Python int"),
-        (lambda p, t: hash((p, t)), "mask it")]),   # signed: negative for some (parent, tokens), not all
+        (lambda p, t: hash((p, t)), "mask it"),   # signed: negative for some (parent, tokens), not all
+        (lambda p, t: SOL["block_hasher"](p, tuple(x % 256 for x in t)), "keep every bit"),   # ids as bytes
+        (lambda p, t: SOL["block_hasher"](p, (int("".join(map(str, t))) % 2 ** 60,)), "no separator")]),
     "preemption": ("pick_victim", [
         (lambda running: running[0], "loses the least"),
         (lambda running: running.pop(), "changed the `running` list"),
@@ -229,6 +231,34 @@ def test_cuda_graph_capture_skips_clearly_on_cpu():
         pytest.skip("on a GPU the capture is graded (tests/gpu)")
     result = lab.check("cuda_graph", lambda step, static: step)
     assert set(result.stages.values()) == {"skip"} and "CUDA GPU" in "\n".join(result.messages)
+
+
+def test_the_engines_own_piece_handed_in_is_refused():
+    """A student who hands in the engine's implementation (a function or a module instance, as the
+    assignments name them for comparison) has written nothing: refused before any stage runs."""
+    from workbench.attention.naive import NaiveAttention
+    from workbench.engine.block_manager import block_hash
+    for name, theirs in (("block_hash", block_hash), ("naive_attention", NaiveAttention())):
+        result = lab.check(name, theirs, **FAST)
+        assert not result.passed and "the engine's own implementation" in "\n".join(result.messages), str(result)
+
+
+def test_the_hidden_grade_ignores_what_the_notebook_did_to_the_grader(monkeypatch):
+    """The hidden tests grade through lab.grade after reloading workbench.lab: a notebook that replaced
+    lab.check, filled its cache or patched the exercise cannot pass an unwritten function. (Seen
+    failing with grade() checking through the package's own, patched, exercise.)"""
+    import importlib
+
+    def unwritten(parent_hash, token_ids):
+        ...
+    passing = lab.Result("block_hash")
+    passing.stages = {"alone": "pass", "engine": "pass", "measure": "pass"}
+    monkeypatch.setattr(lab, "check", lambda *a, **k: passing)   # what a notebook cell could do
+    monkeypatch.setattr(lab.exercise("block_hash"), "check", lambda *a, **k: passing)
+    assert lab.check("block_hash", unwritten).passed   # the notebook's own check is fooled...
+    fresh = importlib.reload(importlib.import_module("workbench.lab"))   # ...the hidden cell's is not
+    result = fresh.grade("block_hash", unwritten, engine=False, measure=False)
+    assert not result.passed and "not written yet" in "\n".join(result.messages), str(result)
 
 
 def test_unknown_exercise_is_refused():

@@ -53,6 +53,15 @@ def alone(fn) -> None:
     if fn(None, a) == fn(0, a):
         raise Wrong("the first block (parent None) and a block whose parent hash is 0 collide: treat None "
                     "differently from any real parent.")
+    # ids that agree in their low 8 or 16 bits: a real vocabulary (Qwen3's: 151,936) needs more than either
+    for last, other in ((256, 0), (151_935, 151_935 - 2 ** 16)):
+        x, y = a[:-1] + (last,), a[:-1] + (other,)
+        if fn(None, x) == fn(None, y):
+            raise Wrong(f"blocks ending in token {x[-1]:,} and in token {y[-1]:,} got the same hash: keep every "
+                        "bit of each id (a vocabulary has 151,936 ids; a byte or a narrow integer type drops some).")
+    if fn(None, (1, 23) + a[2:]) == fn(None, (12, 3) + a[2:]):
+        raise Wrong("blocks starting (1, 23, ...) and (12, 3, ...) got the same hash: ids written one after "
+                    "another with no separator run together; hash the ids themselves (e.g. as int64 bytes).")
 
 
 def _workload():

@@ -82,6 +82,11 @@ class Exercise:
 
     def _check(self, student_fn, engine: bool, measure: bool, measure_args: dict) -> Result:
         result = Result(self.name)
+        if (home := _engine_home(student_fn)) is not None:   # the engine's own piece handed in: nothing written
+            result.stages = {"alone": "fail", "engine": "skip", "measure": "skip"}
+            result.messages.append(f"alone: this is the engine's own implementation ({home}), not yours: write "
+                                   "the function yourself (you may compare against it, not hand it in)")
+            return result
         if not self.may_return_none:
             student_fn = _none_is_unwritten(student_fn, self.signature)
         stages = [("alone", self.alone), ("engine", self.engine if engine else None),
@@ -114,6 +119,18 @@ class Exercise:
                 result.stages[stage] = "fail"
                 result.messages.append(f"{stage}: your function raised {type(err).__name__}: {err}")
         return result
+
+
+def _engine_home(fn) -> str | None:
+    """The workbench module `fn` comes from, if it is one of the engine's own pieces: a function, a
+    class instance (a module such as NaiveAttention()), or a functools.partial of either. A student's
+    function defined in a notebook lives in __main__; a wrapper that calls the engine is not caught."""
+    inner = getattr(fn, "func", fn)   # functools.partial
+    for candidate in (inner, type(inner)):
+        module = getattr(candidate, "__module__", None) or ""
+        if module == "workbench" or module.startswith("workbench."):
+            return f"{module}.{getattr(candidate, '__qualname__', type(candidate).__name__)}"
+    return None
 
 
 def _none_is_unwritten(fn, signature: str):
