@@ -13,6 +13,7 @@ measure_compile below; chapter 06 measures them too).
 from __future__ import annotations
 
 import math
+import statistics
 
 from .exercise import Exercise, Skip, Wrong, machine
 
@@ -50,14 +51,25 @@ def alone(fn) -> None:
 
 
 def measure(fn, compile_s: float | None = None, eager_tok_s: float | None = None,
-            compiled_tok_s: float | None = None) -> dict:
+            compiled_tok_s: float | None = None, eager_range: tuple | None = None,
+            compiled_range: tuple | None = None) -> dict:
+    """The break-even on the student's own numbers (measure_compile's: medians, and each rate's
+    (slowest, fastest) run as *_range). Where the two ranges overlap, the machine did not resolve
+    compile's gain per token: the summary says so instead of reading a break-even off the medians."""
     if None in (compile_s, eager_tok_s, compiled_tok_s):
         raise Skip("not measured: pass your measured numbers, check(fn, compile_s=..., eager_tok_s=..., "
                    "compiled_tok_s=...) (the lab's measure_compile, or chapter 06)")
     tokens = fn(compile_s, eager_tok_s, compiled_tok_s)
     if not math.isclose(tokens, _formula(compile_s, eager_tok_s, compiled_tok_s), rel_tol=1e-6):
         raise Wrong("your function disagrees with the formula on your own measured numbers.")
-    if tokens == math.inf:
+    overlap = (eager_range is not None and compiled_range is not None
+               and max(eager_range[0], compiled_range[0]) <= min(eager_range[1], compiled_range[1]))
+    if overlap:
+        summary = (f"your two rates' runs overlap (eager {eager_range[0]:.1f}-{eager_range[1]:.1f}, compiled "
+                   f"{compiled_range[0]:.1f}-{compiled_range[1]:.1f} tok/s): this machine did not resolve what "
+                   f"compiling saves a token, so no break-even can be read from them (the formula on your "
+                   f"medians: {tokens:,.0f} tokens)")
+    elif tokens == math.inf:
         summary = (f"on your numbers the compiled engine is not faster ({compiled_tok_s:.1f} vs {eager_tok_s:.1f} "
                    f"tok/s): compiling never pays off here")
     else:
@@ -72,8 +84,10 @@ EXERCISE = Exercise("compile_break_even", "06", "break_even_tokens(compile_s, ea
                     alone, None, measure)
 
 
-def measure_compile(model=None, max_tokens: int = 64, **engine_kwargs) -> dict:
-    """Measure compile_s, eager_tok_s and compiled_tok_s on this machine (decode of one request).
+def measure_compile(model=None, max_tokens: int = 64, repeats: int = 5, **engine_kwargs) -> dict:
+    """Measure compile_s, eager_tok_s and compiled_tok_s on this machine (decode of one request):
+    each rate the median of `repeats` timed generates after the first, with the slowest and fastest
+    run beside it (eager_tok_s_range, compiled_tok_s_range: a break-even needs the two apart).
 
     compile_s is what compiling cost: the engine compiles its first forward while it starts
     (runner.timings["compile_s"]), and the first generate may compile more shapes -- so it is that
@@ -93,10 +107,13 @@ def measure_compile(model=None, max_tokens: int = 64, **engine_kwargs) -> dict:
             start = time.perf_counter()
             llm.generate([[5, 6, 7, 8]], params, use_tqdm=False)   # first call: includes compiling
             first = time.perf_counter() - start
-            start = time.perf_counter()
-            llm.generate([[5, 6, 7, 8]], params, use_tqdm=False)
-            second = time.perf_counter() - start
-        numbers[f"{label}_tok_s"] = max_tokens / second
+            rates = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                llm.generate([[5, 6, 7, 8]], params, use_tqdm=False)
+                rates.append(max_tokens / (time.perf_counter() - start))
+        numbers[f"{label}_tok_s"] = statistics.median(rates)
+        numbers[f"{label}_tok_s_range"] = (min(rates), max(rates))
         numbers[f"{label}_first_s"] = first
     numbers["first_generate_extra_s"] = max(numbers.pop("compiled_first_s") - numbers.pop("eager_first_s"), 0.0)
     numbers["compile_s"] = numbers["compile_at_start_s"] + numbers["first_generate_extra_s"]
