@@ -78,6 +78,26 @@ def _tiled_materializes(q, k, v, scale, tile):
     return _dense(q, k, v, scale)
 
 
+def _dense_a_few_queries_at_a_time(q, k, v, scale, tile):
+    """Right, and never N x N when Lq = Lk: the dense softmax over all keys, `tile` queries at a time."""
+    from workbench.lab.online_softmax import _dense
+    lq, lk = q.shape[0], k.shape[0]
+    # each query chunk sees the keys up to its own last position: the dense helper's causal offset
+    return torch.cat([_dense(q[i:i + tile], k[:lk - lq + min(i + tile, lq)], v[:lk - lq + min(i + tile, lq)], scale)
+                      for i in range(0, lq, tile)])
+
+
+def _dense_in_numpy(q, k, v, scale, tile):
+    """Right, the N x N matrix built where torch cannot see it."""
+    import numpy as np
+    qn, kn, vn = (t.double().numpy() for t in (q, k, v))
+    lq, lk = qn.shape[0], kn.shape[0]
+    s = np.einsum("qhd,khd->hqk", qn, kn) * scale
+    s[:, np.arange(lk)[None, :] > np.arange(lq)[:, None] + lk - lq] = -np.inf
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return torch.from_numpy(np.einsum("hqk,khd->qhd", p / p.sum(-1, keepdims=True), vn)).to(q.dtype)
+
+
 def _sample_no_temperature(logits, t, k, p, g):
     return SOL["sample_row"](logits, 1.0, k, p, g)
 
@@ -172,7 +192,9 @@ WRONG = {
         (_tiled_no_rescale, "exp(m_old - m_new)"),
         (_tiled_materializes, "Lq x Lk tensor still exists"),
         (_tiled_drops_the_last_tile, "the last, shorter tile"),
-        (_tiled_broadcasts, "No Lq x Lk tensor, but an intermediate as big as one")]),
+        (_tiled_broadcasts, "No Lq x Lk tensor, but an intermediate as big as one"),
+        (_dense_a_few_queries_at_a_time, "Lq=4, Lk=4096"),
+        (_dense_in_numpy, "out of torch")]),
     "add_rms_norm": (None, [
         (_rms_eps_outside, "eps outside the square root"),
         (_rms_by_block, "not by BLOCK"),

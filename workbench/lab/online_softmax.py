@@ -77,7 +77,7 @@ def engine(fn) -> None:
 
 class _Largest(TorchDispatchMode):
     """Records the largest tensor any op creates (a real count of elements, CPU or GPU), its
-    shape and the op that made it."""
+    shape and the op that made it. A view (a slice, a transpose) allocates nothing: not counted."""
     def __init__(self):
         super().__init__()
         self.largest, self.shape, self.op = 0, (), ""
@@ -85,38 +85,62 @@ class _Largest(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in (out if isinstance(out, (tuple, list)) else (out,)):
-            if isinstance(t, torch.Tensor) and t.numel() > self.largest:
+            if isinstance(t, torch.Tensor) and not func.is_view and t.numel() > self.largest:
                 self.largest, self.shape, self.op = t.numel(), tuple(t.shape), func.__name__
         return out
 
 
+def _outside_torch(*args, **kwargs):
+    raise Wrong("your function moved tensors out of torch (.numpy(), np.asarray, .tolist()): the check counts "
+                "what torch creates, so work done elsewhere would go uncounted -- keep the attention in torch ops.")
+
+
 def largest_tensor(fn, *args) -> _Largest:
-    """What running fn(*args) created: .largest elements, of .shape, made by .op."""
-    with _Largest() as mode:
-        fn(*args)
+    """What running fn(*args) created: .largest elements, of .shape, made by .op. Tensors may not
+    leave torch meanwhile (numpy would hold the N x N matrix where the count cannot see it)."""
+    escapes = {name: getattr(torch.Tensor, name) for name in ("numpy", "__array__", "tolist")}
+    try:
+        for name in escapes:
+            setattr(torch.Tensor, name, _outside_torch)
+        with _Largest() as mode:
+            fn(*args)
+    finally:
+        for name, method in escapes.items():
+            setattr(torch.Tensor, name, method)
     return mode
 
 
-def measure(fn, n: int = 1024, heads: int = 2, dim: int = 16, tile: int = 64) -> dict:
+def measure(fn, n: int = 1024, heads: int = 2, dim: int = 16, tile: int = 64, few: int = 4) -> dict:
+    """The largest tensor your function creates, against naive attention's, in two shapes: N queries
+    over N keys, and `few` queries over 4N keys (a decode-like shape: a dense softmax taken a few
+    queries at a time stays Lq x Lk there). Bar: 4 * Lq * heads * max(tile, head_dim) elements."""
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(n, heads, dim, generator=g) for _ in range(3))
-    yours, dense = largest_tensor(fn, q, k, v, dim ** -0.5, tile), largest_tensor(_dense, q, k, v, dim ** -0.5)
-    mine, naive = yours.largest, dense.largest
-    bar = 4 * n * heads * max(tile, dim)
-    effect = dict(n=n, student_elements=mine, naive_elements=naive, bar_elements=bar, machine=machine(),
-                  bar=f"largest tensor <= 4 * N * heads * max(tile, head_dim) = {bar}",
-                  summary=f"N={n}: your largest tensor has {mine} elements ({list(yours.shape)}, made by "
-                          f"{yours.op}), naive attention's {naive}: "
-                          + (f"{naive / mine:.0f}x yours" if mine and naive >= 1.5 * mine else "about as many")
-                          + ", counted op by op")
-    if mine > bar:
-        square = sum(d == n for d in yours.shape) >= 2   # an Lq x Lk score matrix (Lq = Lk = N here)
-        raise Wrong(f"{effect['summary']}: above the bar ({bar}). "
-                    + ("An Lq x Lk tensor still exists -- compute scores one key tile at a time "
-                       "(q @ k_tile^T is Lq x tile)." if square else
-                       "No Lq x Lk tensor, but an intermediate as big as one: keep each to about Lq x tile "
-                       "per head (a broadcast product such as q[:, None] * k_tile[None], or p[..., None] * "
-                       "v_tile, is Lq x tile x D; a matmul is not)."))
+    effect = dict(machine=machine(), bar="largest tensor <= 4 * Lq * heads * max(tile, head_dim)")
+    for lq, lk in ((n, n), (few, 4 * n)):
+        q = torch.randn(lq, heads, dim, generator=g)
+        k, v = torch.randn(lk, heads, dim, generator=g), torch.randn(lk, heads, dim, generator=g)
+        yours, dense = largest_tensor(fn, q, k, v, dim ** -0.5, tile), largest_tensor(_dense, q, k, v, dim ** -0.5)
+        mine, naive, bar = yours.largest, dense.largest, 4 * lq * heads * max(tile, dim)
+        said = (f"Lq={lq}, Lk={lk}: your largest tensor has {mine} elements ({list(yours.shape)}, made by "
+                f"{yours.op}), naive attention's {naive}: "
+                + (f"{naive / mine:.0f}x yours" if mine and naive >= 1.5 * mine else "about as many")
+                + ", counted op by op")
+        effect.update({f"student_elements_{lq}x{lk}": mine, f"naive_elements_{lq}x{lk}": naive,
+                       f"bar_elements_{lq}x{lk}": bar})
+        effect["summary"] = said if "summary" not in effect else f"{effect['summary']}; {said}"
+        if mine > bar:
+            keys, queries = yours.shape.count(lk), yours.shape.count(lq)
+            matrix = keys >= 2 if lq == lk else keys and queries   # an Lq x Lk score matrix
+            raise Wrong(f"{said}: above the bar ({bar}). "
+                        + ("An Lq x Lk tensor still exists -- compute scores one key tile at a time "
+                           "(q @ k_tile^T is Lq x tile)." if matrix else
+                           "A tensor spans every key at once: taking a few queries at a time does not help when "
+                           "there are few queries and many keys (a decode step's shape) -- walk the keys a tile "
+                           "at a time, all the queries together." if keys and lq != lk else
+                           "No Lq x Lk tensor, but an intermediate as big as one: keep each to about Lq x "
+                           "tile per head (a broadcast product such as q[:, None] * k_tile[None], or p[..., None] "
+                           "* v_tile, is Lq x tile x D; a matmul is not)."))
+    effect["n"] = n
     return effect
 
 
