@@ -135,3 +135,14 @@ def test_profiled_says_why_when_the_profiler_cannot_start(monkeypatch):
     run = timing.profiled(lambda: ran.append(1), 2)
     assert ran == [1, 1] and run.events == [] and run.prof is None
     assert "CUPTI_ERROR_NOT_INITIALIZED" in run.unavailable and "CUPTI is installed" in run.unavailable
+
+
+def test_take_turns_swaps_the_order_every_round_and_keeps_each_spread():
+    """take_turns: warm-ups first, then each function once a round, the order swapped every round
+    (a slow moment falls on both alike); a Spread of `rounds` times each (seen failing with the
+    order kept the same every round)."""
+    from workbench.measure.timing import take_turns
+    calls = []
+    runs = take_turns({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=4, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert all(len(spread.times_ms) == 4 for spread in runs.values())

@@ -108,6 +108,28 @@ def time_runs(fn, *args, repeats: int = 5, warmup: int = 1, sync=None) -> Spread
     return Spread(times, torch.get_num_threads(), busy or busy_warning(), last)
 
 
+def take_turns(fns: dict, *args, rounds: int = 5, warmup: int = 1, sync=None) -> dict:
+    """Time each of `fns` (name -> callable) once a round, the order swapped every round, so that a
+    slow moment of a shared machine falls on all of them alike: {name: Spread}. Compare the spreads,
+    not one run of each."""
+    import torch
+    sync = sync or (lambda: None)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(*args)
+    busy = busy_warning()
+    times, last = {name: [] for name in fns}, {}
+    for i in range(rounds):
+        for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            sync()
+            start = time.perf_counter()
+            last[name] = fns[name](*args)
+            sync()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    busy = busy or busy_warning()
+    return {name: Spread(times[name], torch.get_num_threads(), busy, last[name]) for name in fns}
+
+
 def device_sync(device):
     """A function that waits for `device`'s queued work: torch.cuda.synchronize on a GPU; on a
     CPU every op has finished when it returns, so nothing."""
