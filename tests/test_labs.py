@@ -187,6 +187,8 @@ WRONG = {
         (_wrong_attention(causal=False), "without* the causal mask"),
         (_wrong_attention(offset=False), "ignores the cached prefix"),
         (_wrong_attention(sees_itself=False), "its own position included"),
+        (_wrong_attention(scaled=False), "without the scale"),
+        (_wrong_attention(interleave=False), "h % num_kv_heads"),
         (lambda q, kc, vc, meta, scale: torch.full_like(q, float("nan")), "wrong output at")]),   # NaN is wrong
     "online_softmax": ("tiled_attention", [
         (_tiled_no_rescale, "exp(m_old - m_new)"),

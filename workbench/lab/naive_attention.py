@@ -23,23 +23,28 @@ from .exercise import Exercise, Wrong, machine, prompts_for, run_engine, same_to
 REFERENCE = NaiveAttention()
 
 
-def per_sequence_kv(k_cache, v_cache, meta, q_heads: int):
+def per_sequence_kv(k_cache, v_cache, meta, q_heads: int, interleave: bool = True):
     """Each sequence's keys and values [seq_len, q_heads, D], through the engine's block-table
-    gather (workbench/attention/padded.py) and repeated per query head (GQA)."""
+    gather (workbench/attention/padded.py) and repeated per query head (GQA: query heads
+    h * group .. (h + 1) * group - 1 share KV head h; interleave=False: the classic mistake, query
+    head h reading KV head h % num_kv_heads)."""
     keys, values = gather_kv(k_cache, meta), gather_kv(v_cache, meta)
     group = q_heads // k_cache.shape[2]
     for b in range(meta.num_seqs):
         n = int(meta.seq_lens[b])
-        yield keys[b, :n].repeat_interleave(group, 1), values[b, :n].repeat_interleave(group, 1)
+        k, v = keys[b, :n], values[b, :n]
+        yield ((k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)) if interleave else
+               (k.repeat(1, group, 1), v.repeat(1, group, 1)))
 
 
-def _variant(q, k_cache, v_cache, meta, scale, *, causal=True, offset=True, sees_itself=True):
+def _variant(q, k_cache, v_cache, meta, scale, *, causal=True, offset=True, sees_itself=True, scaled=True,
+             interleave=True):
     """The reference with one classic mistake switched on: used to name the student's mistake."""
     out = []
     cu = meta.cu_seqlens_q.tolist()
-    for b, (k, v) in enumerate(per_sequence_kv(k_cache, v_cache, meta, q.shape[1])):
+    for b, (k, v) in enumerate(per_sequence_kv(k_cache, v_cache, meta, q.shape[1], interleave)):
         n, new = k.shape[0], cu[b + 1] - cu[b]
-        s = torch.einsum("qhd,khd->hqk", q[cu[b]:cu[b + 1]].float(), k.float()) * scale
+        s = torch.einsum("qhd,khd->hqk", q[cu[b]:cu[b + 1]].float(), k.float()) * (scale if scaled else 1.0)
         if causal:
             first = n - new if offset else 0
             pos = torch.arange(new)[:, None] + first
@@ -56,6 +61,11 @@ MISTAKES = [
                          "cache, new token i sits at position seq_len - new_tokens + i, not i"),
     (dict(sees_itself=False), "your mask hides each new token's own key: new token i sees keys 0 .. "
                               "seq_len - new_tokens + i, its own position included (mask key > position, not >=)"),
+    (dict(scaled=False), "your output matches attention without the scale: multiply the scores q . k by "
+                         "`scale` (1 / sqrt(head_dim)) before the softmax"),
+    (dict(interleave=False), "your output matches query head h reading KV head h % num_kv_heads: with GQA "
+                             "query heads h * group .. (h + 1) * group - 1 share KV head h (repeat_interleave "
+                             "along the head dimension, not repeat)"),
 ]
 
 
