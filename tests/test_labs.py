@@ -373,3 +373,12 @@ def test_add_rms_norm_wants_its_math_inside_one_kernel(monkeypatch):
     result = lab.check("add_rms_norm", half_fused, **FAST)
     assert not result.passed and "torch computed add outside your kernel" in "\n".join(result.messages), str(result)
     assert lab.check("add_rms_norm", fused, **FAST).passed
+
+    def in_numpy(x, r, w, eps):   # a kernel that does nothing, the math in numpy (a student's cheat)
+        import numpy as np
+        JITFunction.run(lambda: None)
+        s = x.numpy() + (r.numpy() if r is not None else 0)
+        normed = s / np.sqrt((s ** 2).mean(-1, keepdims=True) + eps) * w.numpy()
+        return torch.from_numpy(normed), torch.from_numpy(s)
+    result = lab.check("add_rms_norm", in_numpy, **FAST)
+    assert not result.passed and "out of torch outside the kernel" in "\n".join(result.messages), str(result)

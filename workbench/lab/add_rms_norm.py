@@ -77,6 +77,10 @@ def alone(fn) -> None:
     if launched.torch_math:
         raise Wrong(f"torch computed {', '.join(launched.torch_math)} outside your kernel: the add and the norm "
                     "both belong inside the one Triton kernel (torch may only allocate the outputs).")
+    if launched.left_torch:
+        raise Wrong(f"your function took tensors out of torch outside the kernel ({', '.join(launched.left_torch)}): "
+                    "math done in numpy or Python is not the exercise -- the add and the norm belong inside "
+                    "the one Triton kernel.")
 
 
 # torch ops a fused answer may run outside its kernel: allocations, views and copies, no math
@@ -86,12 +90,13 @@ _NOT_MATH = ("empty", "new_empty", "zeros", "full", "set_", "copy_", "_to_copy",
 
 
 class _Launches(TorchDispatchMode):
-    """What one call did: Triton kernel launches (`count`) and the torch ops that computed
-    something outside them (`torch_math`, by name; ops the interpreter runs inside a launch are
-    not the student's)."""
+    """What one call did: Triton kernel launches (`count`), the torch ops that computed something
+    outside them (`torch_math`, by name; ops the interpreter runs inside a launch are not the
+    student's), and tensors taken out of torch outside them (`left_torch`: .numpy() and the like,
+    where math escapes the count; the interpreter itself runs kernels in numpy, inside a launch)."""
     def __init__(self):
         super().__init__()
-        self.count, self.inside, self.torch_math = 0, 0, []
+        self.count, self.inside, self.torch_math, self.left_torch = 0, 0, [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.__name__.split(".")[0]
@@ -117,14 +122,26 @@ def triton_launches():
             finally:
                 mode.inside -= 1
         return run_and_count
+    escapes = {name: getattr(torch.Tensor, name) for name in ("numpy", "__array__", "tolist")}
+
+    def noted(name, method):   # a tensor leaving torch outside a launch: noted, and let through
+        def leave(self, *args, **kwargs):
+            if not mode.inside and name not in mode.left_torch:
+                mode.left_torch.append(name)
+            return method(self, *args, **kwargs)
+        return leave
     for cls, run in plain.items():
         cls.run = counted(run)
+    for name, method in escapes.items():
+        setattr(torch.Tensor, name, noted(name, method))
     try:
         with mode:
             yield mode
     finally:
         for cls, run in plain.items():
             cls.run = run
+        for name, method in escapes.items():
+            setattr(torch.Tensor, name, method)
 
 
 def engine(fn) -> None:
