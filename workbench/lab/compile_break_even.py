@@ -12,8 +12,11 @@ measure_compile below; chapter 06 measures them too).
 """
 from __future__ import annotations
 
+import functools
 import math
 import statistics
+
+from workbench.measure.timing import time_runs
 
 from .exercise import Exercise, Skip, Wrong, machine
 
@@ -107,11 +110,9 @@ def measure_compile(model=None, max_tokens: int = 64, repeats: int = 5, **engine
             start = time.perf_counter()
             llm.generate([[5, 6, 7, 8]], params, use_tqdm=False)   # first call: includes compiling
             first = time.perf_counter() - start
-            rates = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                llm.generate([[5, 6, 7, 8]], params, use_tqdm=False)
-                rates.append(max_tokens / (time.perf_counter() - start))
+            spread = time_runs(functools.partial(llm.generate, [[5, 6, 7, 8]], params, use_tqdm=False),
+                               repeats=repeats, warmup=0)
+        rates = [max_tokens / (ms / 1e3) for ms in spread.times_ms]
         numbers[f"{label}_tok_s"] = statistics.median(rates)
         numbers[f"{label}_tok_s_range"] = (min(rates), max(rates))
         numbers[f"{label}_first_s"] = first

@@ -14,6 +14,7 @@ live only in the instructors' master notebooks (labs/), never in this package.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import tempfile
 import time
@@ -131,6 +132,29 @@ def _engine_home(fn) -> str | None:
         if module == "workbench" or module.startswith("workbench."):
             return f"{module}.{getattr(candidate, '__qualname__', type(candidate).__name__)}"
     return None
+
+
+@contextlib.contextmanager
+def leaving_torch(allowed: Callable[[], bool] = lambda: False):
+    """While open, note every way a tensor leaves torch (.numpy(), np.asarray's __array__, .tolist())
+    unless `allowed()` says so at that moment; yields the list of those ways. A check that counts what
+    torch does cannot see math done in numpy: it refuses a function that left."""
+    left: list[str] = []
+    escapes = {name: getattr(torch.Tensor, name) for name in ("numpy", "__array__", "tolist")}
+
+    def noted(name, method):   # noted, and let through: the caller decides
+        def leave(self, *args, **kwargs):
+            if not allowed() and name not in left:
+                left.append(name)
+            return method(self, *args, **kwargs)
+        return leave
+    for name, method in escapes.items():
+        setattr(torch.Tensor, name, noted(name, method))
+    try:
+        yield left
+    finally:
+        for name, method in escapes.items():
+            setattr(torch.Tensor, name, method)
 
 
 def _none_is_unwritten(fn, signature: str):

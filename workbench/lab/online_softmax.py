@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .exercise import Exercise, Wrong, machine
+from .exercise import Exercise, Wrong, leaving_torch, machine
 from .naive_attention import check_attention_alone, check_in_engine, per_sequence_kv
 
 
@@ -90,23 +90,14 @@ class _Largest(TorchDispatchMode):
         return out
 
 
-def _outside_torch(*args, **kwargs):
-    raise Wrong("your function moved tensors out of torch (.numpy(), np.asarray, .tolist()): the check counts "
-                "what torch creates, so work done elsewhere would go uncounted -- keep the attention in torch ops.")
-
-
 def largest_tensor(fn, *args) -> _Largest:
     """What running fn(*args) created: .largest elements, of .shape, made by .op. Tensors may not
     leave torch meanwhile (numpy would hold the N x N matrix where the count cannot see it)."""
-    escapes = {name: getattr(torch.Tensor, name) for name in ("numpy", "__array__", "tolist")}
-    try:
-        for name in escapes:
-            setattr(torch.Tensor, name, _outside_torch)
-        with _Largest() as mode:
-            fn(*args)
-    finally:
-        for name, method in escapes.items():
-            setattr(torch.Tensor, name, method)
+    with leaving_torch() as left, _Largest() as mode:
+        fn(*args)
+    if left:
+        raise Wrong(f"your function moved tensors out of torch ({', '.join(left)}): the check counts what torch "
+                    "creates, so work done elsewhere would go uncounted -- keep the attention in torch ops.")
     return mode
 
 
