@@ -411,6 +411,9 @@ def _program_rows(H, ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
     return rows, cols, rows[:, None] * H + cols[None, :]
 
 
+_PDL_POINTS = tl.constexpr(len(phase_timer.PDL_POINTS))   # (a kernel reads a module's constant only as a constexpr)
+
+
 @triton.jit
 def _gemv_step_kernel(w_ptr, src, dst, H, eps, stamps, stage, stages, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
                       USE_PDL: tl.constexpr, EARLY: tl.constexpr = False, TIMED: tl.constexpr = False):
@@ -418,16 +421,16 @@ def _gemv_step_kernel(w_ptr, src, dst, H, eps, stamps, stage, stages, ROWS: tl.c
     then the wait, then x. EARLY: the next kernel may start (and load its rows) before this one waits.
     TIMED: the phase timer's build (phase_timer.py, PDL_POINTS), step `stage` of `stages`."""
     if TIMED:
-        phase_timer.stamp(stamps, stage, stages, 0, 3)   # the program starts
+        phase_timer.stamp(stamps, stage, stages, 0, _PDL_POINTS)   # the program starts
     _trigger_early(EARLY)
     rows, cols, w_tile = _program_rows(H, ROWS, BLOCK_H)
     w = tl.load(w_ptr + w_tile, mask=cols[None, :] < H)
     pdl_wait(USE_PDL)
     if TIMED:
-        phase_timer.stamp(stamps, stage, stages, 1, 3)   # the wait returned
+        phase_timer.stamp(stamps, stage, stages, 1, _PDL_POINTS)   # the wait returned
     _gemv_step(w, src, dst, rows, cols, H, eps)
     if TIMED:
-        phase_timer.stamp(stamps, stage, stages, 2, 3)   # x read, multiplied, the rows' stores issued
+        phase_timer.stamp(stamps, stage, stages, 2, _PDL_POINTS)   # x read, multiplied, the rows' stores issued
 
 
 @triton.jit
