@@ -87,7 +87,7 @@ def test_the_persistent_barrier_and_the_early_trigger_compile_as_meant():
             assert ptx.count("prefetch.global.L2") >= 2, "the L2 form must ask L2 for later steps' rows"
 
 
-def _compile_streamed_chain(rows: int, slots: int, per_slot: int = 1, timed: bool = False):
+def _compile_streamed_chain(rows: int, slots: int, per_slot: int = 1, timed: bool = False, late: bool = False):
     """streamed_chain's kernel compiled for sm_90a, on this machine, no GPU (Gluon has no interpreter)."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl
@@ -98,9 +98,11 @@ def _compile_streamed_chain(rows: int, slots: int, per_slot: int = 1, timed: boo
     layout = gl.NVMMASharedLayout.get_default_for([rows, streamed_chain.BLOCK_K], gl.bfloat16)
     signature = {"w_desc": f"tensordesc<bf16[{rows},{streamed_chain.BLOCK_K}],{layout!r}>", "vec": "*fp32",
                  "count": "*i32", "stages": "i32", "eps": "fp32", "stamps": "*i64" if timed else "*i32",
-                 "HIDDEN": "constexpr", "NSLOTS": "constexpr", "PER_SLOT": "constexpr", "TIMED": "constexpr"}
+                 "HIDDEN": "constexpr", "NSLOTS": "constexpr", "PER_SLOT": "constexpr", "TIMED": "constexpr",
+                 "LATE": "constexpr"}
     source = GluonASTSource(streamed_chain._streamed_chain_kernel, signature,   # 128 programs: H = 128 x rows
-                            constexprs={"HIDDEN": rows * 128, "NSLOTS": slots, "PER_SLOT": per_slot, "TIMED": timed})
+                            constexprs={"HIDDEN": rows * 128, "NSLOTS": slots, "PER_SLOT": per_slot, "TIMED": timed,
+                                        "LATE": late})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": streamed_chain.CONSUMER_WARPS, "maxnreg": 128})
 
@@ -120,11 +122,16 @@ def test_the_streamed_chain_compiles_for_hopper_as_meant():
         pytest.skip("this Triton has no Gluon Hopper API")
     for rows in (4, 8, 16):   # H = 512, 1,024 and 2,048 over 128 programs
         tiles = rows * 128 // streamed_chain.BLOCK_K   # a step's tiles: the step form's slot
-        rings = [(slots, 1) for slots in sorted(set(streamed_chain.SLOTS.values()))]
-        rings += [(slots, tiles) for slots in streamed_chain.STEP_SLOTS.values()]
-        for slots, per_slot in rings:
-            kernel = _compile_streamed_chain(rows, slots, per_slot)
+        rings = [(slots, 1, form in streamed_chain.LATE_FREE) for form, slots in streamed_chain.SLOTS.items()]
+        rings += [(slots, tiles, form in streamed_chain.LATE_FREE) for form, slots in streamed_chain.STEP_SLOTS.items()]
+        for slots, per_slot, late in rings:
+            kernel = _compile_streamed_chain(rows, slots, per_slot, late=late)
             ptx = kernel.asm["ptx"]
+            # the consumer's slot hand-backs (plain arrives; the producer's carry expect_tx): before the
+            # release, or -- the late forms -- all after it
+            release = re.search(r"(red|atom)\.global\.gpu\.release\.add", ptx).start()
+            hand_backs = [m.start() for m in re.finditer(r"mbarrier\.arrive\.shared::cta\.b64", ptx)]
+            assert hand_backs and all((at > release) == late for at in hand_backs), (rows, slots, per_slot, late)
             assert "cp.async.bulk.tensor" in ptx, "the producer must copy tiles with the TMA unit"
             assert "mbarrier.try_wait" in ptx and "expect_tx" in ptx, "slots must be handed over by mbarriers"
             assert re.search(r"(ld|atom)\.global\.gpu\.acquire", ptx), "the poll must acquire the other programs' rows"

@@ -57,8 +57,12 @@ try:   # Gluon's Hopper pieces: Triton 3.6+ (a missing one means the forms are l
 except ImportError:
     HAVE_GLUON = False
 
-SLOTS = {"persistent-ws": 48, "persistent-ws-16": 16, "persistent-ws-4": 4}   # ring slots of one tile, per form
-STEP_SLOTS = {"persistent-ws-step": 3}   # ring slots of a whole step's rows (one hand-off a step), per form
+SLOTS = {"persistent-ws": 48, "persistent-ws-16": 16, "persistent-ws-4": 4,
+         "persistent-ws-late": 48}   # ring slots of one tile, per form
+STEP_SLOTS = {"persistent-ws-step": 3, "persistent-ws-step-late": 3}   # ring slots of a whole step's rows (one hand-off a step)
+# the forms that hand a step's slots back only after their arrival (session 27): no weight copy is
+# asked for between a program's stores and its release, so the release cannot wait behind one
+LATE_FREE = {"persistent-ws-late", "persistent-ws-step-late"}
 FORMS = (*SLOTS, *STEP_SLOTS)   # every form this module runs
 BLOCK_K = 128      # a tile's columns: 256 bytes of a weight row
 CONSUMER_WARPS = 4
@@ -103,7 +107,8 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _consumer(vec, count, ring, ready, empty, x_tiles, stages, eps, stamps, HIDDEN: gl.constexpr,
-                  ROWS: gl.constexpr, BK: gl.constexpr, PER_SLOT: gl.constexpr, TIMED: gl.constexpr):
+                  ROWS: gl.constexpr, BK: gl.constexpr, PER_SLOT: gl.constexpr, TIMED: gl.constexpr,
+                  LATE: gl.constexpr):
         """The kernel's warps: y[rows] = (W[rows] . x) / rms(x) each step, x the vector every
         program wrote the step before (boundaries._gemv_step's math, from shared memory). x is
         read whole at once, all its loads in flight together, into shared memory: read tile by
@@ -144,8 +149,9 @@ if HAVE_GLUON:
                 # the slot goes back to the producer. The compiler puts a barrier of the 4 warps before
                 # the one thread's arrive, so every warp has read it; the fence orders those reads
                 # (generic proxy) before the TMA's next write (async proxy) into it
-                fence_async_shared()
-                mbarrier.arrive(empty.index(slot), count=1)
+                if not LATE:
+                    fence_async_shared()
+                    mbarrier.arrive(empty.index(slot), count=1)
                 t += 1
             gl.store(vec + ((stage + 1) % 2) * HIDDEN + rows, gl.sum(acc, axis=1) * inv_rms)
             if TIMED:   # (a stamp between the last tile and the sum made the compiler spill: the sum is in this phase)
@@ -154,10 +160,14 @@ if HAVE_GLUON:
             gl.atomic_add(count, 1, sem="release", scope="gpu")
             if TIMED:
                 _stamp(stamps, stage, stages, 4)   # rows stored, the arrival added
+            if LATE:   # this step's slots back to the producer only now, after the release
+                fence_async_shared()
+                for group in gl.static_range(TILES // PER_SLOT):
+                    mbarrier.arrive(empty.index((t - TILES // PER_SLOT + group) % NSLOTS), count=1)
 
     @gluon.jit
     def _streamed_chain_kernel(w_desc, vec, count, stages, eps, stamps, HIDDEN: gl.constexpr, NSLOTS: gl.constexpr,
-                               PER_SLOT: gl.constexpr, TIMED: gl.constexpr):
+                               PER_SLOT: gl.constexpr, TIMED: gl.constexpr, LATE: gl.constexpr = False):
         ROWS: gl.constexpr = w_desc.block_type.shape[0]
         BK: gl.constexpr = w_desc.block_type.shape[1]
         ring = gl.allocate_shared_memory(w_desc.dtype, [NSLOTS * PER_SLOT, ROWS, BK], w_desc.layout)
@@ -170,7 +180,7 @@ if HAVE_GLUON:
         # the default partition (the kernel's warps) consumes; one worker warp (24 registers: it
         # holds no data) produces
         gl.warp_specialize([(_consumer, (vec, count, ring, ready, empty, x_tiles, stages, eps, stamps, HIDDEN, ROWS,
-                                         BK, PER_SLOT, TIMED)),
+                                         BK, PER_SLOT, TIMED, LATE)),
                             (_producer, (w_desc, ring, ready, empty, stages, HIDDEN, PER_SLOT))], [1], [24])
 
 
@@ -202,6 +212,10 @@ def streamed_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: t
                          f"of two from {CONSUMER_WARPS} to {32 * CONSUMER_WARPS}, and H a multiple of {BLOCK_K}")
     desc = weight_descriptor(weights, programs)
     slots, per_slot = (SLOTS[form], 1) if form in SLOTS else (STEP_SLOTS[form], hidden // BLOCK_K)
+    late = form in LATE_FREE
+    if late and slots * per_slot < 2 * (hidden // BLOCK_K):   # the next step's tiles need free slots meanwhile
+        raise ValueError(f"{form}: {slots} slots of {per_slot} tiles hold less than two steps of {hidden // BLOCK_K} "
+                         "tiles; with the slots freed after the arrival the chain would wait for itself")
 
     def run(stamps: torch.Tensor | None = None):
         """One pass of the chain; with `stamps` (int64 [programs, stages, 2, PHASES]) the phase timer's
@@ -209,6 +223,7 @@ def streamed_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: t
         count.zero_()
         _streamed_chain_kernel[(programs,)](desc, vec, count, stages, 1e-6, count if stamps is None else stamps,
                                             HIDDEN=hidden, NSLOTS=slots, PER_SLOT=per_slot, TIMED=stamps is not None,
+                                            LATE=late,
                                             num_warps=CONSUMER_WARPS, maxnreg=128)
     return run
 
