@@ -146,3 +146,41 @@ def test_take_turns_swaps_the_order_every_round_and_keeps_each_spread():
     runs = take_turns({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=4, warmup=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
     assert all(len(spread.times_ms) == 4 for spread in runs.values())
+
+
+def _spread(*times_ms):
+    return timing.Spread(list(times_ms), threads=1)
+
+
+def test_faster_of_names_the_spread_whose_every_run_beat_the_others():
+    """Times: lower is faster; the spread itself comes back, whichever order it is passed in (seen
+    failing with the direction flipped, and with only the first argument able to win)."""
+    quick, slow = _spread(1.0, 1.4, 1.2), _spread(2.0, 1.5, 3.0)
+    assert timing.faster_of(quick, slow) is quick
+    assert timing.faster_of(slow, quick) is quick
+
+
+def test_faster_of_gives_no_verdict_where_the_spreads_overlap_or_touch():
+    """Medians far apart are no verdict while one run of each crosses the other's range; ranges that
+    touch (one's slowest run equals the other's fastest) are no verdict either (seen failing with
+    <= for <, and with the fastest runs compared alone)."""
+    assert timing.faster_of(_spread(1.0, 1.1, 2.5), _spread(2.0, 2.9, 3.0)) is None
+    assert timing.faster_of(_spread(1.0, 2.0), _spread(2.0, 3.0)) is None
+    assert timing.faster_of((2.0, 3.0), (1.0, 2.0)) is None
+    assert timing.faster_of((1.0, 5.0), (2.0, 3.0)) is None   # one range inside the other
+
+
+def test_faster_of_reads_rates_with_higher_is_better():
+    """Plain (min, max) ranges of tok/s: the higher range is the faster one; read as times, the
+    same ranges name the other one (seen failing with the flag ignored, and with its direction flipped)."""
+    eager, compiled = (90.0, 110.0), (150.0, 170.0)
+    assert timing.faster_of(eager, compiled, higher_is_better=True) is compiled
+    assert timing.faster_of(compiled, eager, higher_is_better=True) is compiled
+    assert timing.faster_of(eager, compiled) is eager
+    assert timing.faster_of((100.0, 150.0), (150.0, 170.0), higher_is_better=True) is None
+
+
+def test_faster_of_refuses_a_range_given_max_first():
+    """A (max, min) range would turn the verdict around silently (seen failing without the check)."""
+    with pytest.raises(ValueError, match="pass \\(min, max\\)"):
+        timing.faster_of((3.0, 1.0), (4.0, 5.0))

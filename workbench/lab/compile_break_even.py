@@ -16,7 +16,7 @@ import functools
 import math
 import statistics
 
-from workbench.measure.timing import time_runs
+from workbench.measure.timing import faster_of, time_runs
 
 from .exercise import Exercise, Skip, Wrong, machine
 
@@ -66,7 +66,7 @@ def measure(fn, compile_s: float | None = None, eager_tok_s: float | None = None
     if not math.isclose(tokens, _formula(compile_s, eager_tok_s, compiled_tok_s), rel_tol=1e-6):
         raise Wrong("your function disagrees with the formula on your own measured numbers.")
     overlap = (eager_range is not None and compiled_range is not None
-               and max(eager_range[0], compiled_range[0]) <= min(eager_range[1], compiled_range[1]))
+               and faster_of(eager_range, compiled_range, higher_is_better=True) is None)   # rates: tok/s
     if overlap:
         summary = (f"your two rates' runs overlap (eager {eager_range[0]:.1f}-{eager_range[1]:.1f}, compiled "
                    f"{compiled_range[0]:.1f}-{compiled_range[1]:.1f} tok/s): this machine did not resolve what "

@@ -11,7 +11,7 @@ Every experiment times the same way, through these helpers (warm-up first, alway
   run (CUPTI missing, another profiler or ncu attached) the result says so instead of raising.
 - `device_sync(device)`: what "wait for the device" means on a GPU and on a CPU.
 
-And three habits for a small, shared machine:
+And four habits for a small, shared machine:
 - `pin_threads()`: torch starts one intra-op thread per core. On a 2-core machine those threads
   spin-wait for each other and for the Jupyter kernel's own threads: a batch-1 decode step of the
   tiny model took 84 ms with the default threads and 2.0 ms with one, and conclusions flipped
@@ -21,6 +21,8 @@ And three habits for a small, shared machine:
   max) is shown next to the median, never a single lucky or unlucky run.
 - `busy_warning()`: the 1-minute load average against the core count; a loaded machine makes
   every figure noisy, and the student should read that next to the figure.
+- `faster_of(a, b)`: the overlap rule, the one way a timing verdict is read: a is faster than b
+  only where every run of a beat every run of b (their min..max ranges do not overlap).
 """
 from __future__ import annotations
 
@@ -87,6 +89,27 @@ class Spread:
     def __str__(self) -> str:
         return (f"{self.median:.3g} ms (min {self.min:.3g}, max {self.max:.3g}, {len(self.times_ms)} runs, "
                 f"{self.threads} torch thread{'s' if self.threads != 1 else ''})")
+
+
+def faster_of(a, b, *, higher_is_better: bool = False):
+    """The overlap rule: `a` or `b` itself, whichever is faster where even its worst run beat the
+    other's best, else None (the min..max ranges overlap, or touch: no verdict).
+
+    Why: on a shared 2-core machine one run proves nothing -- another process, a page fault or the
+    Jupyter kernel's own threads can slow any run -- so a difference counts only where the two
+    spreads lie clear of each other. a and b: Spreads, or plain (min, max) ranges. They hold
+    times (lower is faster) unless higher_is_better, for rates such as tok/s."""
+    (a_lo, a_hi), (b_lo, b_hi) = _range(a), _range(b)
+    if higher_is_better:
+        return a if a_lo > b_hi else b if b_lo > a_hi else None
+    return a if a_hi < b_lo else b if b_hi < a_lo else None
+
+
+def _range(spread) -> tuple[float, float]:
+    lo, hi = (spread.min, spread.max) if isinstance(spread, Spread) else spread
+    if lo > hi:
+        raise ValueError(f"range ({lo}, {hi}): pass (min, max), the smaller first")
+    return lo, hi
 
 
 def time_runs(fn, *args, repeats: int = 5, warmup: int = 1, sync=None) -> Spread:
