@@ -45,7 +45,8 @@ either costs much less than the grid barrier (session 19: ~1.3 us a step), a lay
 programs wait on flags per head could overlap the per-head steps of a layer.
 
 Part 2 puts weights back: the same chain as GEMVs with the norm folded in (bf16 H x H), as PDL
-kernels with their weight rows loaded before the wait (as the engine's) and as persistent kernels
+kernels with their weight rows loaded before the wait (as the engine's; or only a share of them,
+the rest after it: `kernels+pdl-half`, `-quarter`, session 27) and as persistent kernels
 that ask for later steps' rows into registers (one or two steps ahead) or of L2 (prefetches, the
 rows loaded after the barrier), or -- the persistent-ws forms, streamed_chain.py (Gluon, Hopper)
 -- have a producer warp stream them into a ring in shared memory across the waits (session 25);
@@ -404,6 +405,22 @@ def _gemv_step(w, src, dst, rows, cols, H, eps):
 
 
 @triton.jit
+def _gemv_step_rest(w_ptr, src, dst, rows, H, eps, first, PART: tl.constexpr, BLOCK_H: tl.constexpr):
+    """_gemv_step with only the rows' first PART columns loaded before the wait (`first`): the rest
+    loaded here, after it, PART columns at a time, and x with them."""
+    cols = tl.arange(0, PART)
+    x = tl.load(src + cols, cache_modifier=".cg")
+    squares = tl.sum(x * x, axis=0)
+    acc = tl.sum(first.to(tl.float32) * x[None, :], axis=1)
+    for part in tl.static_range(1, BLOCK_H // PART):
+        x = tl.load(src + part * PART + cols, cache_modifier=".cg")
+        w = tl.load(w_ptr + rows[:, None] * H + (part * PART + cols)[None, :])
+        squares += tl.sum(x * x, axis=0)
+        acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+    tl.store(dst + rows, acc / tl.sqrt(squares / H + eps))
+
+
+@triton.jit
 def _program_rows(H, ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
     """This program's output rows, the columns, and its rows' offsets in one step's H x H weight."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -416,19 +433,27 @@ _PDL_POINTS = tl.constexpr(len(phase_timer.PDL_POINTS))   # (a kernel reads a mo
 
 @triton.jit
 def _gemv_step_kernel(w_ptr, src, dst, H, eps, stamps, stage, stages, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
-                      USE_PDL: tl.constexpr, EARLY: tl.constexpr = False, TIMED: tl.constexpr = False):
+                      USE_PDL: tl.constexpr, EARLY: tl.constexpr = False, TIMED: tl.constexpr = False,
+                      BEFORE: tl.constexpr = 0):
     """One step as the engine's decode GEMVs run it: the weight rows first (no kernel writes them),
     then the wait, then x. EARLY: the next kernel may start (and load its rows) before this one waits.
-    TIMED: the phase timer's build (phase_timer.py, PDL_POINTS), step `stage` of `stages`."""
+    TIMED: the phase timer's build (phase_timer.py, PDL_POINTS), step `stage` of `stages`.
+    BEFORE: only the rows' first BEFORE columns before the wait, the rest after (0: all before)."""
     if TIMED:
         phase_timer.stamp(stamps, stage, stages, 0, _PDL_POINTS)   # the program starts
     _trigger_early(EARLY)
     rows, cols, w_tile = _program_rows(H, ROWS, BLOCK_H)
-    w = tl.load(w_ptr + w_tile, mask=cols[None, :] < H)
+    if BEFORE == 0:
+        w = tl.load(w_ptr + w_tile, mask=cols[None, :] < H)
+    else:   # (the probe's H is a power of two: BLOCK_H = H, no mask)
+        w = tl.load(w_ptr + rows[:, None] * H + tl.arange(0, BEFORE)[None, :])
     pdl_wait(USE_PDL)
     if TIMED:
         phase_timer.stamp(stamps, stage, stages, 1, _PDL_POINTS)   # the wait returned
-    _gemv_step(w, src, dst, rows, cols, H, eps)
+    if BEFORE == 0:
+        _gemv_step(w, src, dst, rows, cols, H, eps)
+    else:
+        _gemv_step_rest(w_ptr, src, dst, rows, H, eps, w, BEFORE, BLOCK_H)
     if TIMED:
         phase_timer.stamp(stamps, stage, stages, 2, _PDL_POINTS)   # x read, multiplied, the rows' stores issued
 
@@ -500,6 +525,12 @@ def _persistent_gemv_l2_kernel(w_ptr, w_bytes, vec, count, H, eps, STAGES: tl.co
 L2_AHEAD = {"persistent-l2": 1, "persistent-l2x2": 2}
 
 
+# session 27: PDL kernels that load only a share of their rows before the wait (1/2, 1/4), the rest
+# after it. Does the boundary's hop shrink with less asked for before it (the previous grid's end
+# waiting behind the next one's loads, as persistent-ws's release seemed to)?
+PART_BEFORE_THE_WAIT = {"kernels+pdl-half": 2, "kernels+pdl-quarter": 4}
+
+
 def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch.Tensor, stages: int,
                programs: int):
     """A function that runs `stages` GEMVs once (weights [stages, H, H] bf16; vec [2, H] fp32, the
@@ -526,7 +557,9 @@ def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch
             kernel[(programs,)](weights, vec, count, hidden, 1e-6, STAGES=stages, ROWS=rows, BLOCK_H=hidden,
                                 num_warps=8, num_stages=1)
         return run
-    pdl, early = form.startswith("kernels+pdl"), form.endswith("-early")
+    # (Triton's interpreter has no PDL: there the pdl forms run as plain kernels, values the same)
+    pdl, early = form.startswith("kernels+pdl") and not _INTERPRET, form.endswith("-early")
+    before = hidden // PART_BEFORE_THE_WAIT[form] if form in PART_BEFORE_THE_WAIT else 0
     options = {"launch_pdl": True} if pdl else {}
     warps = 8 if rows * hidden >= 16384 else 4   # <= 64 registers of weights a thread (no spills)
 
@@ -535,12 +568,13 @@ def gemv_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: torch
             _gemv_step_kernel[(programs,)](weights[stage], vec[stage % 2], vec[(stage + 1) % 2], hidden, 1e-6,
                                            vec if stamps is None else stamps, 0 if stamps is None else stage, stages,
                                            ROWS=rows, BLOCK_H=hidden, USE_PDL=pdl, EARLY=early, TIMED=stamps is not None,
-                                           num_warps=warps, **options)
+                                           BEFORE=before, num_warps=warps, **options)
     return run
 
 
 # the part-2 forms the phase timer can stamp, and where in a step (phase_timer.py)
-TIMED_FORMS = {"kernels+pdl": phase_timer.PDL_POINTS, **{form: phase_timer.POLL_POINTS for form in streamed_chain.FORMS}}
+TIMED_FORMS = {**{form: phase_timer.PDL_POINTS for form in ("kernels+pdl", *PART_BEFORE_THE_WAIT)},
+               **{form: phase_timer.POLL_POINTS for form in streamed_chain.FORMS}}
 
 
 def phases(form: str, run, programs: int, stages: int) -> dict:
@@ -605,8 +639,8 @@ def time_graph(run, steps: int, replays: int = 50) -> dict:
 STEP_FORMS = ("kernels", "kernels+pdl", "kernels+pdl-early", "persistent", "persistent-flags", "persistent-flags-head",
               "persistent-tagged", "persistent-tagged-head", "persistent-tagged-spread", "kernels+pdl-tagged",
               "kernels+pdl-tagged-head")   # part 1's forms
-GEMV_FORMS = ("kernels", "kernels+pdl", "kernels+pdl-early", "persistent", "persistent-2ahead", *L2_AHEAD,
-              *streamed_chain.FORMS)   # part 2's
+GEMV_FORMS = ("kernels", "kernels+pdl", "kernels+pdl-early", *PART_BEFORE_THE_WAIT, "persistent", "persistent-2ahead",
+              *L2_AHEAD, *streamed_chain.FORMS)   # part 2's
 
 
 def check_forms(forms, parts=(1, 2)) -> None:
@@ -698,6 +732,7 @@ def measure_boundaries(stages: int = 196, forms=None, parts=(1, 2), hidden_sizes
         step_bytes = hidden * hidden * 2
         pdl_cases = [("kernels+pdl", p) for p in (hidden // 4, 128, 256, 512, 1024)] if pdl_here else []
         pdl_cases += [("kernels+pdl-early", p) for p in (hidden // 4, 128)] if pdl_here else []
+        pdl_cases += [(form, p) for form in PART_BEFORE_THE_WAIT for p in (128, 256)] if pdl_here else []
         cases = list(dict.fromkeys([("kernels", hidden // 4), *pdl_cases, ("persistent", 128), ("persistent-2ahead", 128),
                                     *[(form, 128) for form in L2_AHEAD],
                                     *[(form, 128) for form in streamed_chain.FORMS if why_no_ws is None]]))

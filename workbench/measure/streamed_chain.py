@@ -22,19 +22,25 @@ H = 2,048 (a program's rows of a step are 16 tiles). `persistent-ws-4` (4 slots)
 past a wait: the control for "it is the streaming across the waits that pays". `persistent-ws-step`
 (session 25, not yet run): 3 slots of a whole step's rows each, so one `expect`, one wait and one
 hand-off a step instead of 16 -- does the consumer's per-tile hand-off cost the step its time?
+`persistent-ws-late` and `persistent-ws-step-late` (session 27): the same two rings, a step's slots
+handed back after the program's release instead of tile by tile before it.
 
-Measured on an H200 (session 25, docs/results/boundary-probe-ws-h200.json, 196 steps, 128 programs):
+Measured on an H200 (session 25, docs/results/boundary-probe-ws-run3-h200.json, 196 steps, 128 programs):
 at H = 2,048 (8.4 MB a step) 3.93 us a step with 48 slots, 3.88 with 16, 4.63 with 4 -- the ring
 does keep the stream going across the waits -- against 3.16 us for the PDL kernels: what follows
 each wait (the counter's round trip, x's read, the tiles' hand-offs) costs more than a kernel
 boundary under PDL.
 
-The phase timer (phase_timer.py; session 26, not yet run on a GPU): `measure boundaries` runs each
-form once more in a build of the kernel (TIMED) whose consumer warps stamp two clocks at five points
-of each step (POLL_POINTS: the poll starts, the poll has seen every arrival, x is in shared memory,
-the rows are summed and stored, the arrival is added) and prints the median of each phase: the hop
-(a step's last arrival to a program's poll seeing it), x's read, the tiles, the arrival, the step.
-Those are the costs the ring sizes could only guess at.
+The phase timer (phase_timer.py; session 26): `measure boundaries` runs each form once more in a
+build of the kernel (TIMED) whose consumer warps stamp two clocks at five points of each step
+(POLL_POINTS: the poll starts, the poll has seen every arrival, x is in shared memory, the rows are
+summed and stored, the arrival is added) and prints the median of each phase: the hop (a step's last
+arrival to a program's poll seeing it), x's read, the tiles, the arrival, the step. First run in
+session 27, on an H100 (docs/results/boundary-probe-ws-h100.json): the counter's hop is cheap
+(~0.35 us, under the PDL kernels' boundary); the time goes after it, and the step form's arrival --
+the warps' barrier and one release -- took 3 us at H = 2,048, as long as the 64 KB copy its hand-back
+had just asked for takes at one SM's share of the bandwidth. Hence the `-late` forms (LATE_FREE): the
+same kernels handing a step's slots back only after the release.
 
 Gluon (triton.experimental.gluon) is Triton's lower-level dialect: layouts, shared memory and
 barriers are written out. It does not run under Triton's interpreter: on a CPU the kernel is only
