@@ -6,19 +6,22 @@
     python scripts/labs.py grade SUBMISSIONS [--out build/labs] [--table grades.csv]
         every *.ipynb under SUBMISSIONS is matched to its lab by file name (alice/lab03_attention.ipynb
         or alice_lab03_attention.ipynb), run by `otter run` in this environment (no Docker), and
-        the per-student scores are written as one CSV row per student and printed.
+        the per-student scores are written as one CSV row per student and printed; each submission's
+        feedback (OUT's table folder/feedback/<student>_<lab>.txt) holds otter's output per question,
+        then what the grader measured: every hidden test's lab.grade summary, pass or fail.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from workbench.lab import master_notebooks
+from workbench.lab import REPORT_ENV, master_notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 OTTER = [sys.executable, "-m", "otter"]
@@ -60,8 +63,9 @@ def grade(submissions: Path, out: Path, table: Path) -> list[dict]:
             continue
         student, lab = match
         with tempfile.TemporaryDirectory() as tmp:
+            report = Path(tmp) / "measured.jsonl"   # lab.grade appends here, in otter's kernel (env inherited)
             run = subprocess.run(OTTER + ["run", "--no-logo", "-a", str(_autograder(out, lab)), "-o", tmp, str(path)],
-                                 cwd=REPO, capture_output=True, text=True)
+                                 cwd=REPO, capture_output=True, text=True, env={**os.environ, REPORT_ENV: str(report)})
             results = Path(tmp) / "results.json"
             if not results.exists():
                 print(f"{path}: otter could not grade it:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
@@ -71,8 +75,7 @@ def grade(submissions: Path, out: Path, table: Path) -> list[dict]:
                 score = _total(data)
                 feedback = table.parent / "feedback" / f"{student}_{lab}.txt"
                 feedback.parent.mkdir(parents=True, exist_ok=True)
-                # one entry a question (the 'Public Tests' summary, which has no score, repeats them)
-                feedback.write_text("\n\n".join(t.get("output", "") for t in data["tests"] if _scored(t)))
+                feedback.write_text(_feedback(data, report))
         rows.setdefault(student, {"student": student})[lab] = score
     columns = ["student"] + labs + ["total"]
     for row in rows.values():
@@ -84,6 +87,23 @@ def grade(submissions: Path, out: Path, table: Path) -> list[dict]:
         writer.writerows(rows.values())
     print(table.read_text())
     return list(rows.values())
+
+
+def _feedback(results: dict, report: Path) -> str:
+    """otter's output per question (not the 'Public Tests' summary, which has no score and repeats
+    them), then the grader's own summary for each exercise lab.grade reported (its last, should a
+    notebook grade one twice): what was measured, which otter's 'passed' leaves out."""
+    text = "\n\n".join(t.get("output", "") for t in results["tests"] if _scored(t))
+    measured = {}
+    for line in report.read_text(encoding="utf-8").splitlines() if report.exists() else []:
+        try:
+            entry = json.loads(line)
+            measured[entry["exercise"]] = entry["summary"]
+        except (ValueError, KeyError, TypeError):   # not lab.grade's line: the notebook wrote to the file
+            continue
+    if measured:
+        text += "\n\nWhat the grader measured\n------------------------\n" + "\n\n".join(measured.values())
+    return text
 
 
 def _scored(test: dict) -> bool:

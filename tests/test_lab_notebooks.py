@@ -1,6 +1,7 @@
 """The instructor workflow end to end (otter-grader): student versions carry no solution, every
 master notebook runs top to bottom on this machine, and `scripts/labs.py grade` gives a
-reference submission full marks and a wrong one less, with the check's message as feedback.
+reference submission full marks and a wrong one less, with the check's message and what the grader
+measured as feedback.
 
 Time (CI has 2 cores): every master runs once, here, with its hidden tests inline, so each lab's
 reference passes its own tests; the stripping check covers every lab. `otter run` executes a
@@ -93,3 +94,30 @@ def test_grading_table(built, tmp_path):
     assert float(rows["oldest"][master.stem]) == full - 3.0, rows["oldest"]   # pick_victim's 3 points lost
     feedback = (tmp_path / "feedback" / "oldest_lab02_kv_cache.txt").read_text()
     assert "loses the least" in feedback
+    # what lab.grade measured in otter's kernel (the report file reached it through the environment)
+    for student, marks in (("ref", ["block_hash: score 1.00", "preemption: score 1.00"]),
+                           ("oldest", ["block_hash: score 1.00", "preemption: score 0.00"])):
+        measured = (tmp_path / "feedback" / f"{student}_lab02_kv_cache.txt").read_text().partition(
+            "What the grader measured")[2]
+        assert all(mark in measured for mark in marks) and "- measure: " in measured, (student, measured)
+
+
+def test_feedback_adds_what_the_grader_measured(tmp_path):
+    """The feedback file: otter's output per scored question, then each exercise's lab.grade summary
+    from the report file (the last, if graded twice; a line not lab.grade's is passed over)."""
+    spec = importlib.util.spec_from_file_location("labs_script", REPO / "scripts" / "labs.py")
+    labs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(labs)
+    results = {"tests": [{"name": "Public Tests", "score": float("nan"), "output": "public summary"},
+                         {"name": "q1", "score": 3.0, "output": "q1 results: All test cases passed!"},
+                         {"name": "q2", "score": 0.0, "output": "q2 results: failed"}]}
+    report = tmp_path / "measured.jsonl"
+    assert labs._feedback(results, report) == "q1 results: All test cases passed!\n\nq2 results: failed"
+    report.write_text('{"exercise": "block_hash", "summary": "block_hash: score 0.00 (first try)"}\n'
+                      'not json: the notebook wrote here\n'
+                      '{"exercise": "preemption", "summary": "preemption: score 0.00\\n  - alone: 40 lost"}\n'
+                      '{"exercise": "block_hash", "summary": "block_hash: score 1.00\\n  - measure: 79 of 143"}\n')
+    assert labs._feedback(results, report) == (
+        "q1 results: All test cases passed!\n\nq2 results: failed\n\n"
+        "What the grader measured\n------------------------\n"
+        "block_hash: score 1.00\n  - measure: 79 of 143\n\npreemption: score 0.00\n  - alone: 40 lost")

@@ -285,6 +285,24 @@ def test_the_hidden_grade_ignores_what_the_notebook_did_to_the_grader(monkeypatc
     assert not result.passed and "not written yet" in "\n".join(result.messages), str(result)
 
 
+def test_grade_reports_its_summary_where_the_environment_asks(monkeypatch, tmp_path):
+    """Where WORKBENCH_LAB_REPORT names a file (scripts/labs.py grade sets it around `otter run`),
+    lab.grade appends one JSON line per graded exercise, pass or fail, carrying the Result's own
+    summary -- measured numbers included; unset, it writes nothing."""
+    import json
+    report = tmp_path / "measured.jsonl"
+    monkeypatch.delenv(lab.REPORT_ENV, raising=False)
+    lab.grade("graph_buckets", SOL["bucket_for"], **FAST)
+    assert not report.exists()
+    monkeypatch.setenv(lab.REPORT_ENV, str(report))
+    passing = lab.grade("graph_buckets", SOL["bucket_for"], **FAST)
+    failing = lab.grade("graph_buckets", WRONG["graph_buckets"][1][0][0], **FAST)
+    assert passing.passed and "padded rows" in str(passing) and not failing.passed, (passing, failing)
+    lines = [json.loads(line) for line in report.read_text().splitlines()]
+    assert lines == [{"exercise": "graph_buckets", "summary": str(passing)},
+                     {"exercise": "graph_buckets", "summary": str(failing)}]
+
+
 def test_unknown_exercise_is_refused():
     with pytest.raises(ValueError, match="choose one of"):
         lab.exercise("flash")

@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import itertools
+import json
+import os
 import sys
 from pathlib import Path
 
 from .exercise import Exercise, Result, Skip, Wrong
 
 LABS_DIR = Path(__file__).resolve().parents[2] / "labs"   # in a checkout of the repository
+REPORT_ENV = "WORKBENCH_LAB_REPORT"   # set to a file: grade() appends what it measured (scripts/labs.py grade)
 
 MODULES = {   # exercise name -> (module, attribute)
     "sampling": ("sampling", "EXERCISE"),
@@ -64,7 +67,11 @@ def grade(name: str, student_fn, **kwargs) -> Result:
     files under a name of its own, with no cached result -- so nothing a notebook did to workbench.lab
     (a replaced `check`, a filled cache, a patched Exercise) reaches the grade. The hidden cell reloads
     this package first, so `grade` itself is the file's: `importlib.reload(importlib.import_module(
-    "workbench.lab")).grade(...)`."""
+    "workbench.lab")).grade(...)`.
+
+    Where the environment names a file in REPORT_ENV, the result's summary is appended to it as one
+    JSON line {"exercise", "summary"}: the grader's feedback shows the student what was measured,
+    which otter's per-question output ('passed') does not."""
     fresh = f"_workbench_lab_graded_{next(_COPIES)}"
     spec = importlib.util.spec_from_file_location(fresh, Path(__file__),
                                                   submodule_search_locations=[str(Path(__file__).parent)])
@@ -72,10 +79,15 @@ def grade(name: str, student_fn, **kwargs) -> Result:
     sys.modules[fresh] = package   # its `from .exercise import ...` loads the copy's own modules
     try:
         spec.loader.exec_module(package)
-        return package.exercise(name).check(student_fn, **kwargs)   # the copy's exercise(): the copy's modules
+        result = package.exercise(name).check(student_fn, **kwargs)   # the copy's exercise(): the copy's modules
     finally:
         for loaded in [m for m in sys.modules if m == fresh or m.startswith(fresh + ".")]:
             del sys.modules[loaded]
+    if os.environ.get(REPORT_ENV):
+        with open(os.environ[REPORT_ENV], "a", encoding="utf-8") as report:
+            report.write(json.dumps({"exercise": name, "summary": str(result)}) + "\n")
+    return result
 
 
-__all__ = ["Exercise", "Result", "Skip", "Wrong", "check", "exercise", "grade", "master_notebooks", "MODULES"]
+__all__ = ["Exercise", "Result", "Skip", "Wrong", "check", "exercise", "grade", "master_notebooks", "MODULES",
+           "REPORT_ENV"]
