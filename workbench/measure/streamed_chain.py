@@ -20,10 +20,11 @@ the waits:
 The ring holds SLOTS tiles of ROWS x 128 bf16 values: 48 x 4 KB = 192 KB runs 3 steps ahead at
 H = 2,048 (a program's rows of a step are 16 tiles). `persistent-ws-4` (4 slots) cannot run ahead
 past a wait: the control for "it is the streaming across the waits that pays". `persistent-ws-step`
-(session 25, not yet run): 3 slots of a whole step's rows each, so one `expect`, one wait and one
+(session 25; first run in session 27): 3 slots of a whole step's rows each, so one `expect`, one wait and one
 hand-off a step instead of 16 -- does the consumer's per-tile hand-off cost the step its time?
 `persistent-ws-late` and `persistent-ws-step-late` (session 27): the same two rings, a step's slots
-handed back after the program's release instead of tile by tile before it.
+handed back after the program's release instead of before it (so the producer runs one step less
+far ahead: a step's slots stay held through that step).
 
 Measured on an H200 (session 25, docs/results/boundary-probe-ws-run3-h200.json, 196 steps, 128 programs):
 at H = 2,048 (8.4 MB a step) 3.93 us a step with 48 slots, 3.88 with 16, 4.63 with 4 -- the ring
@@ -38,9 +39,10 @@ summed and stored, the arrival is added) and prints the median of each phase: th
 arrival to a program's poll seeing it), x's read, the tiles, the arrival, the step. First run in
 session 27, on an H100 (docs/results/boundary-probe-ws-h100.json): the counter's hop is cheap
 (~0.35 us, under the PDL kernels' boundary); the time goes after it, and the step form's arrival --
-the warps' barrier and one release -- took 3 us at H = 2,048, as long as the 64 KB copy its hand-back
-had just asked for takes at one SM's share of the bandwidth. Hence the `-late` forms (LATE_FREE): the
-same kernels handing a step's slots back only after the release.
+the warps' barrier and one release -- took 3 us at H = 2,048, about as long as the 64 KB copy its
+hand-back had just asked for would take at one SM's share of the bandwidth. The hypothesis that the
+release waits behind that copy is what the `-late` forms (LATE_FREE) test: the same kernels handing
+a step's slots back only after the release.
 
 Gluon (triton.experimental.gluon) is Triton's lower-level dialect: layouts, shared memory and
 barriers are written out. It does not run under Triton's interpreter: on a CPU the kernel is only
@@ -219,9 +221,9 @@ def streamed_chain(form: str, weights: torch.Tensor, vec: torch.Tensor, count: t
     desc = weight_descriptor(weights, programs)
     slots, per_slot = (SLOTS[form], 1) if form in SLOTS else (STEP_SLOTS[form], hidden // BLOCK_K)
     late = form in LATE_FREE
-    if late and slots * per_slot < 2 * (hidden // BLOCK_K):   # the next step's tiles need free slots meanwhile
-        raise ValueError(f"{form}: {slots} slots of {per_slot} tiles hold less than two steps of {hidden // BLOCK_K} "
-                         "tiles; with the slots freed after the arrival the chain would wait for itself")
+    if late and slots * per_slot < hidden // BLOCK_K:   # a step's tiles wait for slots only its own end frees
+        raise ValueError(f"{form}: {slots} slots of {per_slot} tiles hold less than one step's {hidden // BLOCK_K} "
+                         "tiles; with the slots handed back after the arrival the chain would wait for itself")
 
     def run(stamps: torch.Tensor | None = None):
         """One pass of the chain; with `stamps` (int64 [programs, stages, 2, PHASES]) the phase timer's
