@@ -30,8 +30,11 @@ graph_sampling=False. Measured by decode-ab's variant graph-sampling (scripts/ab
 on an H200, all on, 128 + 512, 8 steps a round (session 25, docs/perf-notes.md): greedy 1,583-1,587
 tok/s against 1,568-1,581, 5.7 us less GPU time a step (the argmax's memset and reduction, 12.2 us,
 replaced by the pair and its copy out, 5.5); temperature 0.6 1,572-1,573 against 1,569-1,573 (the
-pair 3.4 us shorter in the graph, its copy out 2.5). Both under the project's 1 % bar: off until
-nano-vLLM's 256-sequence workload is measured with it.
+pair 3.4 us shorter in the graph, its copy out 2.5). Both under the project's 1 % bar. nano-vLLM's
+256-sequence workload at temperature 0.6 (session 27, an H100, off/on/off/on in one call,
+docs/results/graph-sampling-nanovllm-h100.json): 19,355 and 19,184 tok/s with it, 19,232 and 19,283
+without -- no difference. So it stays off: a candidate kept for its lesson (the sampler's tail
+under PDL), not a default.
 """
 from __future__ import annotations
 
