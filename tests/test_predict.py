@@ -54,3 +54,21 @@ def test_every_predict_prompt_has_an_answer_cell_and_a_how_far_line():
                 assert any(re.search(rf"how_far\(\s*{name}\b", c.source) for c in cells[i + 1:] if c.cell_type == "code"), \
                     f"{path.name}: {name} is never compared with a measurement (how_far)"
     assert prompts >= 20, prompts
+
+
+def test_a_choice_matches_the_name_before_its_parenthesis():
+    """Chapter 07's ladder prints "sdpa (CPU's fused attention)": a student who guessed "sdpa" was
+    told "not this time"."""
+    assert "right" in verdict("sdpa", "sdpa (CPU's fused attention)", what="x")
+    assert "right" in verdict(" +PDL ", "+pdl (all on)", what="x")
+    assert "right" in verdict("sdpa (CPU's fused attention)", "sdpa (CPU's fused attention)", what="x")
+    assert "not this time" in verdict("sdp", "sdpa (CPU's fused attention)", what="x")
+    assert "not this time" in verdict("CPU's fused attention", "sdpa (CPU's fused attention)", what="x")
+
+
+def test_list_elements_are_compared_as_choices_are():
+    """Chapter 07's GEMV guess is a tuple of names: "O_proj" or "lm_head " scored 0 of 2, while
+    the same names as a single choice were matched without case or spaces."""
+    assert "2 of 2 exact" in verdict(("O_proj", "lm_head "), ["o_proj", "lm_head"], what="x")
+    assert "1 of 2 exact" in verdict(("o_proj", "qkv_proj"), ["o_proj", "lm_head"], what="x")
+    assert "2 of 2 exact" in verdict([1, True], [1, True], what="x")

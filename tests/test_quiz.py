@@ -51,3 +51,13 @@ def test_a_live_question_is_displayed_once(monkeypatch):
     monkeypatch.setattr(IPython.display, "display", shown.append)
     assert ask("05-buckets") is None
     assert len(shown) == 1
+
+
+def test_07_multiply_asks_in_what_sense_not_why():
+    """Chapter 07 prints that its switches interact (each one's ratio in the ladder vs alone); the
+    question asked "Why do the optimizations multiply ... rather than add up?", taking as given the
+    independence the chapter measures."""
+    q = QUESTIONS["07-multiply"]
+    assert "in what sense" in q.prompt.lower() and not q.prompt.lower().startswith("why")
+    answer, why = q.choices[q.correct]
+    assert "alone" in answer and "interact" in why

@@ -6,8 +6,10 @@ says how far it was.
     how_far(GUESS, measured, what="naive / flash bytes at N = 4096")
 
 A number guess is compared as a ratio (a factor off, in either direction); a choice guess as
-right or wrong; a list element by element; a set (e.g. of phase names) by what it got, missed
-and added. The measured value always comes from the cell above, never from this module.
+right or wrong, without case or surrounding spaces, and matching a measured name without its
+trailing note ("sdpa" is "sdpa (CPU's fused attention)"); a list element by element, each name
+matched as a choice is; a set (e.g. of phase names) by what it got, missed and added. The
+measured value always comes from the cell above, never from this module.
 
 how_far prints its line and returns None: a notebook cell often ends with the call, and a returned
 string would be shown a second time, as the cell's value.
@@ -25,14 +27,15 @@ def verdict(guess, measured, *, what: str, why: str = "") -> str:
     if guess is None or guess is ...:
         line = f"{what}: measured {_fmt(measured)}. (No guess entered: fill the answer cell first next time.)"
     elif isinstance(measured, (str, bool)) or isinstance(guess, (str, bool)):   # a choice
-        hit = str(guess).strip().lower() == str(measured).strip().lower()
+        hit = _same_choice(guess, measured)
         line = f"{what}: you said {guess!r}, the run says {measured!r}: {'right' if hit else 'not this time'}."
     elif isinstance(guess, (set, frozenset)):
         got, want = {str(g).strip().lower() for g in guess}, {str(m).strip().lower() for m in measured}
         line = (f"{what}: you said {sorted(got)}, measured {sorted(want)}: "
                 + ("exact." if got == want else f"missed {sorted(want - got)}, extra {sorted(got - want)}."))
     elif isinstance(guess, (list, tuple)):
-        off = [g == m for g, m in zip(guess, measured)]
+        off = [_same_choice(g, m) if isinstance(g, str) or isinstance(m, str) else g == m
+               for g, m in zip(guess, measured)]
         line = f"{what}: you said {list(guess)}, measured {list(measured)}: {sum(off)} of {len(off)} exact."
     else:
         g, m = float(guess), float(measured)
@@ -47,6 +50,13 @@ def verdict(guess, measured, *, what: str, why: str = "") -> str:
     if why:
         line += f" {why}"
     return line
+
+
+def _same_choice(guess, measured) -> bool:
+    """A named choice: equal without case or surrounding spaces, or equal to the measured name
+    without its trailing note in parentheses ("+pdl" is "+pdl (all on)")."""
+    g, m = str(guess).strip().lower(), str(measured).strip().lower()
+    return g == m or (m.endswith(")") and " (" in m and g == m.split(" (")[0].strip())
 
 
 def _fmt(x) -> str:

@@ -73,19 +73,21 @@ QUESTIONS = {
           "No: eager is only for batches larger than every bucket.")),
         1),
     "07-multiply": Question(
-        "Why do the optimizations multiply (the source chapter's claim: together often 3–4× over a naive baseline) "
-        "rather than add up?",
-        (("Because each is applied to every layer.",
-          "No: that is why each one helps, not why their effects compound."),
-         ("Each removes a different bottleneck from what remains: a 2x on 60 % of the step then a 1.5x on "
-          "the new total compounds, because each acts on the time the previous ones left.",
-          "Right: speed-ups compose as ratios of time. They can also interact: a switch acts on what the "
-          "earlier ones left, so its gain in the ladder can differ from its gain alone (the chapter prints both)."),
+        "The source chapter says the optimizations compound: \"each one multiplies on top of the others ... "
+        "together often 3–4× over a naive baseline\". In what sense do they compound?",
+        (("They add up: the total is the sum of each switch's speed-up.",
+          "No: a speed-up is a ratio of times. Each switch acts on the time the ones before it left, so "
+          "the ratios chain by multiplying, not by adding."),
+         ("Each acts on the time the ones before it left, so the ladder's total is the product of its "
+          "rungs; but a rung's gain depends on what is already on, so it need not equal the switch's gain alone.",
+          "Right: the total is the product of the rungs by construction. Whether it is also the product of "
+          "each switch alone is what the chapter measures: where a switch gains more or less in the ladder "
+          "than alone, the switches interact (the chapter prints both, and the product of the alone ratios)."),
+         ("Each switch gains the same whatever else is on, so the product of the 'alone' ratios predicts the total.",
+          "No: that is independence, and the chapter tests it rather than assuming it: compare each switch's "
+          "ratio in the ladder with its ratio alone, and the ladder's total with the product of the alone ratios."),
          ("Because torch.compile fuses all the others into one kernel.",
-          "No: compile works around flash-attn (an opaque op) and graphs are a launch mechanism, not a kernel."),
-         ("They do add up; the claim is a measurement artefact.",
-          "No: the stack chapter measures each rung; compare the product of single-switch speed-ups with "
-          "the all-on one printed there.")),
+          "No: compile works around flash-attn (an opaque op) and graphs are a launch mechanism, not a kernel.")),
         1),
     "07-where-first": Question(
         "On a GPU at batch 1, decode is far below the compute roofline. Which switch would you flip first?",
