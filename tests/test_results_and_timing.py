@@ -170,6 +170,21 @@ def test_faster_of_gives_no_verdict_where_the_spreads_overlap_or_touch():
     assert timing.faster_of((1.0, 5.0), (2.0, 3.0)) is None   # one range inside the other
 
 
+def test_faster_of_sets_aside_a_tenth_of_each_long_spread():
+    """Thirty runs, one of them stalled 10x: the fastest and slowest tenth of each spread (3 runs)
+    are set aside, so the stall cannot veto a setting that won clearly (seen failing with min..max,
+    the old rule). Below ten runs every run still counts, and trimming does not hide ranges whose
+    middles overlap (seen failing with a cut of 4 runs a side)."""
+    quick = _spread(*([1.0 + i / 100 for i in range(29)] + [12.0]))
+    slow = _spread(*[2.0 + i / 100 for i in range(30)])
+    assert timing.verdict_range(quick) == (1.03, 1.26)
+    assert timing.faster_of(quick, slow) is quick
+    assert timing.faster_of(_spread(*([1.0] * 8 + [12.0])), _spread(*[2.0] * 9)) is None   # 9 runs: all count
+    mixed = _spread(*([1.0] * 26 + [2.5] * 4))   # four slow runs of thirty: more than a tenth
+    assert timing.faster_of(mixed, _spread(*[2.0] * 30)) is None
+    assert timing.verdict_range((1.0, 12.0)) == (1.0, 12.0)   # a plain range: as given
+
+
 def test_faster_of_reads_rates_with_higher_is_better():
     """Plain (min, max) ranges of tok/s: the higher range is the faster one; read as times, the
     same ranges name the other one (seen failing with the flag ignored, and with its direction flipped)."""

@@ -22,7 +22,8 @@ And four habits for a small, shared machine:
 - `busy_warning()`: the 1-minute load average against the core count; a loaded machine makes
   every figure noisy, and the student should read that next to the figure.
 - `faster_of(a, b)`: the overlap rule, the one way a timing verdict is read: a is faster than b
-  only where every run of a beat every run of b (their min..max ranges do not overlap).
+  only where every run of a beat every run of b (their min..max ranges do not overlap); with ten
+  runs or more, the fastest and slowest tenth of each are set aside first.
 """
 from __future__ import annotations
 
@@ -93,23 +94,33 @@ class Spread:
 
 def faster_of(a, b, *, higher_is_better: bool = False):
     """The overlap rule: `a` or `b` itself, whichever is faster where even its worst run beat the
-    other's best, else None (the min..max ranges overlap, or touch: no verdict).
+    other's best, else None (the ranges overlap, or touch: no verdict).
 
     Why: on a shared 2-core machine one run proves nothing -- another process, a page fault or the
     Jupyter kernel's own threads can slow any run -- so a difference counts only where the two
     spreads lie clear of each other. a and b: Spreads, or plain (min, max) ranges. They hold
-    times (lower is faster) unless higher_is_better, for rates such as tok/s."""
-    (a_lo, a_hi), (b_lo, b_hi) = _range(a), _range(b)
+    times (lower is faster) unless higher_is_better, for rates such as tok/s.
+    A Spread of ten runs or more is read without its fastest and slowest tenth (`verdict_range`):
+    one stalled run in thirty would otherwise veto every verdict, however often a setting won."""
+    (a_lo, a_hi), (b_lo, b_hi) = verdict_range(a), verdict_range(b)
     if higher_is_better:
         return a if a_lo > b_hi else b if b_lo > a_hi else None
     return a if a_hi < b_lo else b if b_hi < a_lo else None
 
 
-def _range(spread) -> tuple[float, float]:
-    lo, hi = (spread.min, spread.max) if isinstance(spread, Spread) else spread
+def verdict_range(spread) -> tuple[float, float]:
+    """The range faster_of compares: (min, max) of a Spread's runs, its fastest and slowest tenth
+    set aside where it has ten or more (a tenth rounded down: 1 of 10-19 runs each side, 3 of 30);
+    a plain (min, max) pair as given. Print it beside a verdict so the student sees what was compared."""
+    if isinstance(spread, Spread):
+        times = sorted(spread.times_ms)
+        cut = len(times) // 10
+        return times[cut], times[len(times) - 1 - cut]
+    lo, hi = spread
     if lo > hi:
         raise ValueError(f"range ({lo}, {hi}): pass (min, max), the smaller first")
     return lo, hi
+
 
 
 def time_runs(fn, *args, repeats: int = 5, warmup: int = 1, sync=None) -> Spread:
