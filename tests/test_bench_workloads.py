@@ -300,3 +300,74 @@ def test_bench_rows_with_arrivals(tmp_path, tiny_ckpt):
     assert row["output_tokens"] == 16 and row["ttft_p90_ms"] >= row["ttft_ms"] > 0
     assert "requests arrive at 50/s" in row["note"]
     assert main([*args, "--peers"]) == 2
+
+
+def test_bench_engine_keeps_the_spread_of_its_timed_generates(tiny_ckpt):
+    """time_generate computed tok_s_min / tok_s_max, and bench_engine's row dropped them: a
+    chapter reading the row had no spread to give a verdict from."""
+    load = bench.make_workload("batch", 512, num_seqs=2, prompt_len=8, new_tokens=4)
+    result = bench.bench_engine(tiny_ckpt, bench.Optimizations(attention="sdpa"), load, repeats=3, max_model_len=64)
+    assert result.tok_s_min <= result.tok_s <= result.tok_s_max
+    assert {"tok_s_min", "tok_s_max"} <= set(result.to_dict())
+
+
+class TurnTakingLLM:
+    """Stands in for the engine in bench_in_turns: each generate is logged by setting, and a
+    setting's sequences get the TPOTs it was given, one list per call."""
+
+    log = []
+
+    def __init__(self, path, opts=None, **kwargs):
+        self.name, self.kwargs, self.calls = opts.label(), kwargs, 0
+        self.tpots = {"naive": [0.004, 0.002, 0.003, 0.001], "sdpa": [0.001, 0.001, 0.002, 0.001]}[self.name]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def timings(self):
+        return {"load_s": 0.5}
+
+    def generate(self, prompts, params, use_tqdm=False):
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        self.log.append((self.name, max(p.max_tokens for p in params)))
+        tpot = 1.0   # a warm-up's: never in a result
+        if params[0].max_tokens > 8:   # a timed round (the warm-up asks for 8 tokens)
+            tpot, self.calls = self.tpots[self.calls], self.calls + 1
+        return [SimpleNamespace(token_ids=[1] * p.max_tokens, ttft=0.1, tpot=tpot) for p in params]
+
+
+def test_bench_in_turns_alternates_the_settings_and_keeps_each_rounds_tpot(monkeypatch):
+    """Chapter 06 timed eager, then compiled: on a shared CPU the ratio came out 0.89x in one run
+    and 1.19x in the next. bench_in_turns warms every engine up, then times them in rounds, the
+    order swapped every round, and keeps each round's TPOT (a round: the median over its
+    sequences), so the ranges can go to the overlap rule."""
+    monkeypatch.setattr("workbench.engine.LLM", TurnTakingLLM)
+    TurnTakingLLM.log = []
+    load = bench.make_workload("batch", 512, num_seqs=3, prompt_len=8, new_tokens=16)
+    settings = {"eager": bench.Optimizations(attention="naive"), "other": bench.Optimizations(attention="sdpa")}
+    out = bench.bench_in_turns("ckpt", settings, load, rounds=3)
+    timed = [name for name, tokens in TurnTakingLLM.log if tokens == 16]
+    assert [name for name, tokens in TurnTakingLLM.log[:2]] == ["naive", "sdpa"]   # warm-ups first
+    assert timed == ["naive", "sdpa", "sdpa", "naive", "naive", "sdpa"]
+    eager, other = out["eager"], out["other"]
+    assert (eager.tpot_ms_min, eager.tpot_ms, eager.tpot_ms_max) == pytest.approx((2.0, 3.0, 4.0))
+    assert (other.tpot_ms_min, other.tpot_ms, other.tpot_ms_max) == pytest.approx((1.0, 1.0, 2.0))
+    assert eager.output_tokens == 48 and eager.tok_s_min <= eager.tok_s <= eager.tok_s_max
+    assert eager.warmup == {"load_s": 0.5} and eager.setting == "naive" and "3 rounds" in eager.note
+
+
+def test_bench_in_turns_sizes_each_cache_for_the_workload(monkeypatch):
+    """Two engines share one machine: on a GPU each sizes its cache from the memory left, so the
+    second would find none. Each gets the blocks its workload needs, unless the caller says."""
+    monkeypatch.setattr("workbench.engine.LLM", TurnTakingLLM)
+    built = []
+    monkeypatch.setattr(TurnTakingLLM, "__enter__", lambda self: built.append(self.kwargs) or self)
+    load = bench.make_workload("batch", 512, num_seqs=3, prompt_len=8, new_tokens=16)   # 24 tokens: 1 block of 128
+    settings = {"a": bench.Optimizations(attention="naive"), "b": bench.Optimizations(attention="sdpa")}
+    bench.bench_in_turns("ckpt", settings, load, rounds=1)
+    bench.bench_in_turns("ckpt", settings, load, rounds=1, block_size=16)
+    bench.bench_in_turns("ckpt", settings, load, rounds=1, num_kv_blocks=99)
+    assert [kw["num_kv_blocks"] for kw in built] == [3, 3, 6, 6, 99, 99]

@@ -72,3 +72,14 @@ def test_list_elements_are_compared_as_choices_are():
     assert "2 of 2 exact" in verdict(("O_proj", "lm_head "), ["o_proj", "lm_head"], what="x")
     assert "1 of 2 exact" in verdict(("o_proj", "qkv_proj"), ["o_proj", "lm_head"], what="x")
     assert "2 of 2 exact" in verdict([1, True], [1, True], what="x")
+
+
+def test_a_modelled_answer_is_not_called_measured():
+    """Chapter 03 graded a guess against the bytes model's ratio and printed "measured 66.7": the
+    answer was arithmetic, not a measurement. label= names where the answer comes from."""
+    line = verdict(60, 66.7, what="naive / flash bytes", label="modelled")
+    assert "modelled 66.7" in line and "measured" not in line
+    assert "modelled 66.7" in verdict(None, 66.7, what="x", label="modelled")
+    assert "modelled [1, 2]" in verdict([1, 3], [1, 2], what="x", label="modelled")
+    assert "the model says 'above'" in verdict("below", "above", what="x", label="modelled")
+    assert "measured 2" in verdict(4, 2.0, what="x") and "the run says" in verdict("a", "b", what="x")

@@ -15,6 +15,9 @@ Workloads (Qwen3-0.6B shape, random weights: speed does not depend on weight val
 
 Every workload is greedy unless it says otherwise; `temperature` overrides that for any of them
 (e.g. single-stream rows at nano-vLLM's 0.6).
+
+Settings compared on a shared machine: `bench_in_turns` times them in alternating rounds and keeps
+each one's slowest and fastest round, for the overlap rule (timing.faster_of).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import torch
 
 from workbench.optimizations.board import Optimizations
 
-from .timing import time_runs
+from .timing import take_turns, time_runs
 
 
 @dataclass
@@ -46,6 +49,12 @@ class BenchResult:
     ttft_ms: float | None = None        # median over requests (from each one's arrival)
     ttft_p90_ms: float | None = None    # the 90th percentile (nearest rank)
     tpot_ms: float | None = None
+    # The spread a verdict must clear (timing.faster_of): tok/s of the slowest and the fastest timed
+    # generate; bench_in_turns also keeps the lowest and highest of its rounds' TPOTs
+    tok_s_min: float | None = None
+    tok_s_max: float | None = None
+    tpot_ms_min: float | None = None
+    tpot_ms_max: float | None = None
     warmup: dict = field(default_factory=dict)   # load / compile / graph-capture seconds
     host_ms_per_step: dict = field(default_factory=dict)   # engine host time by phase (LLM.stats)
     ratio: float | None = None  # tok_s / baseline tok_s (same run)
@@ -154,23 +163,13 @@ def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: boo
     the slowest and the fastest generate (tok_s_min, tok_s_max: the spread a verdict must clear).
     `around_warmup`: a context manager the warm-up runs inside (the dashboard's telemetry panel
     follows the warm-up live; the timed passes run unwatched)."""
-    from workbench.engine import SamplingParams
-    params = [SamplingParams(temperature=workload.temperature, max_tokens=n, ignore_eos=True)
-              for n in workload.output_lens]
+    params = _sampling(workload)
     with around_warmup or contextlib.nullcontext():
-        if full_warmup:   # also covers compile's re-specializations on this workload's shapes
-            llm.generate(workload.prompts, params, use_tqdm=False)
-        else:
-            llm.generate(workload.prompts[:2], SamplingParams(temperature=workload.temperature, max_tokens=8,
-                                                              ignore_eos=True),
-                         use_tqdm=False)
+        _warm_up(llm, workload, params, full_warmup)
     st = llm.stats
     host_before, steps_before = dict(st.host_seconds), st.steps
     kind_s_before, kind_tok_before = dict(st.step_kind_seconds), dict(st.step_kind_tokens)
-    run = partial(llm.generate, workload.prompts, params, use_tqdm=False)
-    if workload.arrival_s is not None:   # requests join over time: TTFT counts from each arrival
-        run = partial(llm.generate_arriving, workload.prompts, params, workload.arrival_s)
-    spread = time_runs(run, repeats=repeats, warmup=0, sync=_sync)
+    spread = time_runs(_timed_call(llm, workload, params), repeats=repeats, warmup=0, sync=_sync)
     outs = spread.last
     tokens, seconds = sum(len(o.token_ids) for o in outs), spread.median / 1e3
     tpots = [o.tpot for o in outs if o.tpot]
@@ -186,6 +185,91 @@ def time_generate(llm, workload: Workload, *, repeats: int = 3, full_warmup: boo
             "host_ms_per_step": {phase: round(1e3 * (total - host_before[phase]) /
                                               max(llm.stats.steps - steps_before, 1), 4)
                                  for phase, total in llm.stats.host_seconds.items()}}
+
+
+def _sampling(workload: Workload) -> list:
+    """Each request's sampling: the workload's temperature, its own output length, EOS ignored."""
+    from workbench.engine import SamplingParams
+    return [SamplingParams(temperature=workload.temperature, max_tokens=n, ignore_eos=True)
+            for n in workload.output_lens]
+
+
+def _warm_up(llm, workload: Workload, params: list, full_warmup: bool = False) -> None:
+    """The untimed warm-up: a short generate of two requests, or the whole workload once."""
+    from workbench.engine import SamplingParams
+    if full_warmup:   # also covers compile's re-specializations on this workload's shapes
+        llm.generate(workload.prompts, params, use_tqdm=False)
+    else:
+        llm.generate(workload.prompts[:2], SamplingParams(temperature=workload.temperature, max_tokens=8,
+                                                          ignore_eos=True),
+                     use_tqdm=False)
+
+
+def _timed_call(llm, workload: Workload, params: list):
+    """What a timed run calls: every request at once, or each joining at its arrival time (its TTFT
+    then counts from there)."""
+    if workload.arrival_s is not None:
+        return partial(llm.generate_arriving, workload.prompts, params, workload.arrival_s)
+    return partial(llm.generate, workload.prompts, params, use_tqdm=False)
+
+
+def bench_in_turns(model_dir, settings: dict[str, Optimizations], workload: Workload, *, rounds: int = 6,
+                   **engine_kwargs) -> dict[str, BenchResult]:
+    """bench_engine for several settings at once, their timed runs taking turns: every engine is
+    built (its start-up timed, as bench_engine's) and warmed up, then each round runs the workload
+    once on each engine, the order swapped every round (timing.take_turns). A slow moment of a
+    shared machine then falls on every setting alike; timed one after the other, two settings can
+    differ by more than the switch does (chapter 06 on a CPU: 0.89x in one run, 1.19x in the next).
+
+    {name: BenchResult}, names as in `settings`: tok_s and seconds from the median round, tok_s_min
+    and tok_s_max from the slowest and the fastest; tpot_ms the median of the rounds' TPOTs (a
+    round's TPOT: the median over its sequences), tpot_ms_min and tpot_ms_max the lowest and the
+    highest; ttft_ms the median of the rounds' medians. Compare two settings with timing.faster_of
+    on those ranges. No step columns (bench_engine's step_profile).
+
+    The engines are open together, so each KV cache holds just the workload's sequences at full
+    length (num_kv_blocks), unless engine_kwargs sets num_kv_blocks or kv_cache_gib: on a GPU an
+    engine sizes its cache from the memory left, and the second would find none."""
+    from workbench.config import EngineConfig
+    from workbench.engine import LLM
+    engine_kwargs = _engine_kwargs(workload, engine_kwargs)
+    if engine_kwargs.get("num_kv_blocks") is None and engine_kwargs.get("kv_cache_gib") is None:
+        size = engine_kwargs.get("block_size", EngineConfig.block_size)
+        engine_kwargs["num_kv_blocks"] = sum(-(-(len(p) + n) // size)
+                                             for p, n in zip(workload.prompts, workload.output_lens))
+    params = _sampling(workload)
+    outputs = {name: [] for name in settings}   # every round's outputs, for its TPOT
+
+    def keeping(name, call):
+        def run():
+            outs = call()
+            outputs[name].append(outs)   # (one list append: nothing against a generate)
+            return outs
+        return run
+
+    with contextlib.ExitStack() as engines:
+        llms = {name: engines.enter_context(LLM(model_dir, opts=opts, **engine_kwargs))
+                for name, opts in settings.items()}
+        for llm in llms.values():
+            _warm_up(llm, workload, params)
+        spreads = take_turns({name: keeping(name, _timed_call(llm, workload, params)) for name, llm in llms.items()},
+                             rounds=rounds, warmup=0, sync=_sync)
+        warmups = {name: {k: round(v, 2) for k, v in llm.timings().items()} for name, llm in llms.items()}
+    results = {}
+    for name, spread in spreads.items():
+        tokens = sum(len(o.token_ids) for o in outputs[name][-1])
+        tpots = [statistics.median(t) * 1e3 for t in ([o.tpot for o in outs if o.tpot] for outs in outputs[name]) if t]
+        ttfts = [statistics.median(o.ttft for o in outs) * 1e3 for outs in outputs[name]]
+        others = ", ".join(other for other in settings if other != name)
+        results[name] = BenchResult(
+            workload.name, "workbench", settings[name].label(), tokens, spread.median / 1e3,
+            tokens / (spread.median / 1e3), ttft_ms=statistics.median(ttfts),
+            tpot_ms=statistics.median(tpots) if tpots else None,
+            tok_s_min=tokens / (spread.max / 1e3), tok_s_max=tokens / (spread.min / 1e3),
+            tpot_ms_min=min(tpots, default=None), tpot_ms_max=max(tpots, default=None),
+            warmup=warmups[name], gpu=gpu_name(), temperature=workload.temperature,
+            note=f"timed in turns with {others}: {rounds} rounds")
+    return results
 
 
 @functools.cache
@@ -249,22 +333,28 @@ def _step_columns(llm, workload: Workload, tpot_ms: float | None) -> dict:
     return out
 
 
+def _engine_kwargs(workload: Workload, engine_kwargs: dict) -> dict:
+    """The engine a bench builds for `workload`: long enough for its longest sequence (nanovllm:
+    its own 4096), no prefix caching, the workload's tokens a step; engine_kwargs win."""
+    max_len = max(len(p) for p in workload.prompts) + max(workload.output_lens) + 1
+    max_len = workload.max_model_len or max(max_len, 256)
+    return {"max_model_len": max_len, "enable_prefix_caching": False,
+            "max_num_batched_tokens": workload.max_num_batched_tokens, **engine_kwargs}
+
+
 def bench_engine(model_dir, opts: Optimizations, workload: Workload, *, repeats: int = 3,
                  **engine_kwargs) -> BenchResult:
     """Build the engine (its warm-up included), time the workload (time_generate), then look
     inside one decode step (step_profile: untimed, after the timed runs)."""
     from workbench.engine import LLM
-    max_len = max(len(p) for p in workload.prompts) + max(workload.output_lens) + 1
-    max_len = workload.max_model_len or max(max_len, 256)   # nanovllm: its own 4096
-    engine_kwargs = {"max_model_len": max_len, "enable_prefix_caching": False,
-                     "max_num_batched_tokens": workload.max_num_batched_tokens, **engine_kwargs}
-    with LLM(model_dir, opts=opts, **engine_kwargs) as llm:
+    with LLM(model_dir, opts=opts, **_engine_kwargs(workload, engine_kwargs)) as llm:
         timed = time_generate(llm, workload, repeats=repeats)
         warmup = {k: round(v, 2) for k, v in llm.timings().items()}
         inside = step_profile(llm, workload, timed["tpot_ms"])
     return BenchResult(workload.name, "workbench", opts.label(), timed["output_tokens"], timed["seconds"],
                        timed["tok_s"], prefill_tok_s=timed["prefill_tok_s"], decode_tok_s=timed["decode_tok_s"],
-                       ttft_ms=timed["ttft_ms"], ttft_p90_ms=timed["ttft_p90_ms"], tpot_ms=timed["tpot_ms"], warmup=warmup,
+                       ttft_ms=timed["ttft_ms"], ttft_p90_ms=timed["ttft_p90_ms"], tpot_ms=timed["tpot_ms"],
+                       tok_s_min=timed["tok_s_min"], tok_s_max=timed["tok_s_max"], warmup=warmup,
                        host_ms_per_step=timed["host_ms_per_step"], gpu=gpu_name(),
                        temperature=workload.temperature, **inside)
 

@@ -13,40 +13,44 @@ measured value always comes from the cell above, never from this module.
 
 how_far prints its line and returns None: a notebook cell often ends with the call, and a returned
 string would be shown a second time, as the cell's value.
+
+label names where the answer comes from: "measured" (the default), or "modelled" where it is
+arithmetic from a model (chapter 03's bytes ratio), so the line never calls a model a measurement.
 """
 from __future__ import annotations
 
 
-def how_far(guess, measured, *, what: str, why: str = "") -> None:
+def how_far(guess, measured, *, what: str, why: str = "", label: str = "measured") -> None:
     """Print how far `guess` was from `measured` (the line is `verdict`'s)."""
-    print(verdict(guess, measured, what=what, why=why))
+    print(verdict(guess, measured, what=what, why=why, label=label))
 
 
-def verdict(guess, measured, *, what: str, why: str = "") -> str:
-    """The line how_far prints."""
+def verdict(guess, measured, *, what: str, why: str = "", label: str = "measured") -> str:
+    """The line how_far prints; `label` is the word before the answer ("measured", "modelled")."""
     if guess is None or guess is ...:
-        line = f"{what}: measured {_fmt(measured)}. (No guess entered: fill the answer cell first next time.)"
+        line = f"{what}: {label} {_fmt(measured)}. (No guess entered: fill the answer cell first next time.)"
     elif isinstance(measured, (str, bool)) or isinstance(guess, (str, bool)):   # a choice
         hit = _same_choice(guess, measured)
-        line = f"{what}: you said {guess!r}, the run says {measured!r}: {'right' if hit else 'not this time'}."
+        says = {"measured": "the run", "modelled": "the model"}.get(label, label)
+        line = f"{what}: you said {guess!r}, {says} says {measured!r}: {'right' if hit else 'not this time'}."
     elif isinstance(guess, (set, frozenset)):
         got, want = {str(g).strip().lower() for g in guess}, {str(m).strip().lower() for m in measured}
-        line = (f"{what}: you said {sorted(got)}, measured {sorted(want)}: "
+        line = (f"{what}: you said {sorted(got)}, {label} {sorted(want)}: "
                 + ("exact." if got == want else f"missed {sorted(want - got)}, extra {sorted(got - want)}."))
     elif isinstance(guess, (list, tuple)):
         off = [_same_choice(g, m) if isinstance(g, str) or isinstance(m, str) else g == m
                for g, m in zip(guess, measured)]
-        line = f"{what}: you said {list(guess)}, measured {list(measured)}: {sum(off)} of {len(off)} exact."
+        line = f"{what}: you said {list(guess)}, {label} {list(measured)}: {sum(off)} of {len(off)} exact."
     else:
         g, m = float(guess), float(measured)
         if g == m:
-            line = f"{what}: you said {_fmt(g)}, measured {_fmt(m)}: exact."
+            line = f"{what}: you said {_fmt(g)}, {label} {_fmt(m)}: exact."
         elif g > 0 and m > 0:
             factor = max(g, m) / min(g, m)
             off = (f"within {100 * (factor - 1):.0f} %" if factor < 1.1 else f"{factor:.2g}x")   # "1x too low" reads wrong
-            line = f"{what}: you said {_fmt(g)}, measured {_fmt(m)}: {off} too {'high' if g > m else 'low'}."
+            line = f"{what}: you said {_fmt(g)}, {label} {_fmt(m)}: {off} too {'high' if g > m else 'low'}."
         else:
-            line = f"{what}: you said {_fmt(g)}, measured {_fmt(m)} (off by {_fmt(abs(g - m))})."
+            line = f"{what}: you said {_fmt(g)}, {label} {_fmt(m)} (off by {_fmt(abs(g - m))})."
     if why:
         line += f" {why}"
     return line
