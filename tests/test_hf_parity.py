@@ -31,3 +31,24 @@ def test_engine_matches_hf(ckpt_name, attention, request):
     assert report["token_match_rate"] == 1.0, report
     worst = max(float((o.logits - lg).abs().max() / lg.abs().max()) for o, (_, lg) in zip(outs, ref))
     assert worst < 1e-4, worst
+
+
+def test_match_rate_excl_ties_when_every_token_follows_a_near_tie():
+    """Where every sequence diverges at its first token at a near-tie, every token is set aside:
+    none is left that could mismatch, so the rate outside near-ties is 1.0. It was 0.0 (0 / max(0, 1)),
+    the value of a real mismatch: chapter 01's toy printed the same 0.0 for a near-tie flip and a bug."""
+    import torch
+    reference = torch.tensor([[2.00, 1.99, -1.0]])      # the reference barely prefers token 0
+    clear = torch.tensor([[3.0, 1.0, -1.0]])            # the reference clearly prefers token 0
+    flipped = torch.tensor([[1.99, 2.00, -1.0]])        # the engine picks token 1
+    tie = compare([[1]], [flipped], [[0]], [reference])
+    assert tie["near_tie_divergences"] == 1 and tie["token_match_rate"] == 0.0
+    assert tie["match_rate_excl_ties"] == 1.0, tie
+    bug = compare([[1]], [flipped], [[0]], [clear])
+    assert bug["near_tie_divergences"] == 0 and bug["match_rate_excl_ties"] == 0.0, bug
+    both = compare([[1], [1]], [flipped, flipped], [[0], [0]], [reference, clear])   # one tie, one bug
+    assert both["near_tie_divergences"] == 1 and both["match_rate_excl_ties"] == 0.0, both
+    later = compare([[0, 1]], [torch.cat([clear, flipped])], [[0, 0]], [torch.cat([clear, reference])])
+    assert later["token_match_rate"] == 0.5 and later["match_rate_excl_ties"] == 1.0, later
+    nothing = compare([], [], [], [])                   # nothing compared: no rate can pass
+    assert nothing["token_match_rate"] == 0.0 and nothing["match_rate_excl_ties"] == 0.0, nothing

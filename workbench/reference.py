@@ -51,7 +51,9 @@ def compare(engine_tokens: list[list[int]], engine_logits: list[torch.Tensor],
                         bf16 rounding (~1e-2 relative) flips such near-ties; random-weight
                         models, whose logits are nearly flat, have many of them.
     match_rate_excl_ties  as token_match_rate, but a sequence that diverged at a near-tie is
-                        counted only up to that point.
+                        counted only up to that point. Where every sequence diverged at its
+                        first token at a near-tie, no token is left that could mismatch: 1.0
+                        (nothing compared at all: 0.0, like token_match_rate).
     first_step_logit_rel_err  max |engine - ref| / max |ref| at the first step (worst prompt).
     """
     matched = total = total_excl = ties = 0
@@ -67,5 +69,9 @@ def compare(engine_tokens: list[list[int]], engine_logits: list[torch.Tensor],
                 ties += 1
                 total_excl -= len(rt) - step
         first_step_err = max(first_step_err, float((el[0] - rl[0]).abs().max() / rl[0].abs().max()))
+    if total_excl:
+        excl_ties = matched / total_excl
+    else:   # every token lies after a near-tie divergence (1.0), or there were no tokens (0.0)
+        excl_ties = 1.0 if total else 0.0
     return {"token_match_rate": matched / max(total, 1), "near_tie_divergences": ties,
-            "match_rate_excl_ties": matched / max(total_excl, 1), "first_step_logit_rel_err": first_step_err}
+            "match_rate_excl_ties": excl_ties, "first_step_logit_rel_err": first_step_err}
