@@ -3,22 +3,29 @@
     python scripts/labs.py build [--out build/labs] [--run-tests]
         otter assign every labs/lab*.ipynb master -> OUT/<lab>/student/<lab>.ipynb (solutions and
         hidden tests stripped: hand these out) and OUT/<lab>/autograder/*.zip (keep these).
-    python scripts/labs.py grade SUBMISSIONS [--out build/labs] [--table grades.csv]
-        every *.ipynb under SUBMISSIONS is matched to its lab by file name (alice/lab03_attention.ipynb
-        or alice_lab03_attention.ipynb), run by `otter run` in this environment (no Docker), and
-        the per-student scores are written as one CSV row per student and printed; each submission's
-        feedback (OUT's table folder/feedback/<student>_<lab>.txt) holds otter's output per question,
-        then what the grader measured: every hidden test's lab.grade summary, pass or fail.
+    python scripts/labs.py grade SUBMISSIONS [--out build/labs] [--table OUT/grades.csv]
+        every *.ipynb under SUBMISSIONS named by the rule <student>/<lab>.ipynb or
+        <student>_<lab>.ipynb is run by `otter run` in this environment (no Docker); Jupyter's
+        checkpoint copies (.ipynb_checkpoints/, *-checkpoint.ipynb, any dot-folder) are passed over,
+        and any other name (lab03_attention-Copy1.ipynb, a <lab>.ipynb at the top with no student
+        folder, a second copy of one student's lab) is listed as not graded. The scores are written
+        as one CSV row per student (a column per lab, total, and max: the points of the labs graded
+        in this run) and printed; each submission's feedback (the table's folder/feedback/
+        <student>_<lab>.txt) holds each question's points and a line per test (public or hidden,
+        passed or failed), then what the grader measured: every hidden test's lab.grade summary.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 from workbench.lab import REPORT_ENV, master_notebooks
@@ -45,26 +52,52 @@ def _autograder(out: Path, lab: str) -> Path:
     return zips[-1]
 
 
-def _who_and_lab(path: Path, labs: list[str]) -> tuple[str, str] | None:
-    lab = next((name for name in labs if name in path.name), None)
-    if lab is None:
-        return None
-    prefix = path.name.replace(lab, "").replace(".ipynb", "").strip("_- ")
-    return (prefix or path.parent.name), lab
+NAMING = "<student>/<lab>.ipynb or <student>_<lab>.ipynb"
 
 
-def grade(submissions: Path, out: Path, table: Path) -> list[dict]:
-    labs = [m.stem for m in master_notebooks()]
-    rows: dict[str, dict] = {}
-    for path in sorted(submissions.rglob("*.ipynb")):
-        match = _who_and_lab(path, labs)
-        if match is None:
-            print(f"skipping {path}: its name names no lab ({', '.join(labs)})")
+def _who_and_lab(relative: Path, labs: list[str]) -> tuple[str, str] | None:
+    """(student, lab) of a submission by the naming rule, or None where its name does not follow it."""
+    for lab in labs:
+        if relative.name == f"{lab}.ipynb" and len(relative.parts) > 1:   # alice/lab03_attention.ipynb
+            return relative.parent.name, lab
+        suffix = f"_{lab}.ipynb"
+        if relative.name.endswith(suffix) and len(relative.name) > len(suffix):   # alice_lab03_attention.ipynb
+            return relative.name[:-len(suffix)], lab
+    return None
+
+
+def submissions(folder: Path, labs: list[str]) -> tuple[list[tuple[Path, str, str]], list[str]]:
+    """(path, student, lab) of every submission under `folder`, and a line for each notebook not
+    graded: a name off the rule, or a second copy of one student's lab (the first, in sorted order,
+    is graded). Jupyter's autosave copies (.ipynb_checkpoints/, *-checkpoint.ipynb) and anything in
+    a dot-folder are not submissions: passed over."""
+    found, refused, seen = [], [], {}
+    for path in sorted(folder.rglob("*.ipynb")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or path.stem.endswith("-checkpoint"):
             continue
-        student, lab = match
+        match = _who_and_lab(relative, labs)
+        if match is None:
+            refused.append(f"{relative}: not graded: name it {NAMING} (a lab: {', '.join(labs)})")
+        elif match in seen:
+            refused.append(f"{relative}: not graded: {seen[match]} is already {match[0]}'s {match[1]}")
+        else:
+            seen[match] = relative
+            found.append((path, *match))
+    return found, refused
+
+
+def grade(submitted: Path, out: Path, table: Path | None = None) -> list[dict]:
+    labs = [m.stem for m in master_notebooks()]
+    table = table or out / "grades.csv"
+    found, refused = submissions(submitted, labs)
+    rows: dict[str, dict] = {}
+    maxima: dict[str, float] = {}   # lab -> its points, from otter's results
+    for path, student, lab in found:
+        autograder = _autograder(out, lab)
         with tempfile.TemporaryDirectory() as tmp:
             report = Path(tmp) / "measured.jsonl"   # lab.grade appends here, in otter's kernel (env inherited)
-            run = subprocess.run(OTTER + ["run", "--no-logo", "-a", str(_autograder(out, lab)), "-o", tmp, str(path)],
+            run = subprocess.run(OTTER + ["run", "--no-logo", "-a", str(autograder), "-o", tmp, str(path)],
                                  cwd=REPO, capture_output=True, text=True, env={**os.environ, REPORT_ENV: str(report)})
             results = Path(tmp) / "results.json"
             if not results.exists():
@@ -73,27 +106,68 @@ def grade(submissions: Path, out: Path, table: Path) -> list[dict]:
             else:
                 data = json.loads(results.read_text())
                 score = _total(data)
+                maxima[lab] = float(sum(t.get("max_score", 0.0) for t in data["tests"] if _scored(t)))
                 feedback = table.parent / "feedback" / f"{student}_{lab}.txt"
                 feedback.parent.mkdir(parents=True, exist_ok=True)
-                feedback.write_text(_feedback(data, report))
+                feedback.write_text(_feedback(data, report, _hidden_cases(autograder), _syntax_errors(path)))
         rows.setdefault(student, {"student": student})[lab] = score
-    columns = ["student"] + labs + ["total"]
+    columns = ["student"] + labs + ["total", "max"]
     for row in rows.values():
         row["total"] = sum(row.get(lab, 0.0) for lab in labs)
+        row["max"] = sum(maxima.values())
     table.parent.mkdir(parents=True, exist_ok=True)
     with table.open("w", newline="") as f:
         writer = csv.DictWriter(f, columns, restval="")
         writer.writeheader()
         writer.writerows(rows.values())
     print(table.read_text())
+    if maxima:
+        print("points per lab: " + ", ".join(f"{lab} {points:g}" for lab, points in maxima.items())
+              + " (max: their sum)")
+    if refused:
+        print("Not graded (rename, then grade again):\n  " + "\n  ".join(refused))
     return list(rows.values())
 
 
-def _feedback(results: dict, report: Path) -> str:
-    """otter's output per question (not the 'Public Tests' summary, which has no score and repeats
-    them), then the grader's own summary for each exercise lab.grade reported (its last, should a
-    notebook grade one twice): what was measured, which otter's 'passed' leaves out."""
-    text = "\n\n".join(t.get("output", "") for t in results["tests"] if _scored(t))
+def _hidden_cases(autograder: Path) -> dict[str, list[bool]]:
+    """question -> whether each of its test cases is hidden, read from the autograder's tests/*.py
+    (otter's OK format: `test = {...}`, a literal)."""
+    cases = {}
+    with zipfile.ZipFile(autograder) as z:
+        for name in z.namelist():
+            if name.startswith("tests/") and name.endswith(".py"):
+                for node in ast.parse(z.read(name)).body:
+                    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "test":
+                        test = ast.literal_eval(node.value)
+                        cases[test["name"]] = [c.get("hidden", True) for suite in test["suites"]
+                                               for c in suite["cases"]]
+    return cases
+
+
+def _syntax_errors(notebook: Path) -> list[str]:
+    """A line for each code cell of the notebook that Python cannot parse (IPython's %magic and
+    !shell lines aside): such a cell runs none of its lines, and the tests then fail with a
+    NameError that names the function, not the syntax error."""
+    errors = []
+    cells = [c for c in json.loads(notebook.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
+    for number, cell in enumerate(cells, 1):
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+        try:
+            compile("\n".join(lines), f"cell {number}", "exec")
+        except SyntaxError as err:
+            first = next((line for line in lines if line.strip()), "")
+            errors.append(f"the code cell starting `{first.strip()[:60]}` (code cell {number}), its line "
+                          f"{err.lineno}: {err.msg}")
+    return errors
+
+
+def _feedback(results: dict, report: Path, hidden: dict[str, list[bool]] | None = None,
+              syntax_errors: list[str] = ()) -> str:
+    """What a student reads: syntax errors first; then each scored question's points and one line
+    per test case (public or hidden, passed or failed; a failure's error where the grader's summary
+    does not already hold it -- otter's doctest log is left out); then "What the grader measured":
+    the lab.grade summary of each exercise graded (its last, should a notebook grade one twice)."""
     measured = {}
     for line in report.read_text(encoding="utf-8").splitlines() if report.exists() else []:
         try:
@@ -101,9 +175,69 @@ def _feedback(results: dict, report: Path) -> str:
             measured[entry["exercise"]] = entry["summary"]
         except (ValueError, KeyError, TypeError):   # not lab.grade's line: the notebook wrote to the file
             continue
+    parts = []
+    if syntax_errors:
+        parts.append("Your notebook has a syntax error: a cell with one runs none of its lines, so what it "
+                     "defines is missing and the tests that use it fail with a NameError.\n  "
+                     + "\n  ".join(syntax_errors))
+    for test in results["tests"]:
+        if _scored(test):
+            parts.append(_question(test, (hidden or {}).get(test["name"]), measured, bool(syntax_errors)))
+    text = "\n\n".join(parts)
     if measured:
         text += "\n\nWhat the grader measured\n------------------------\n" + "\n\n".join(measured.values())
     return text
+
+
+def _question(test: dict, hidden: list[bool] | None, measured: dict, syntax_error: bool) -> str:
+    """'q: 1.5 of 3 points' and a line per test case, from otter's output for the question."""
+    output, name = test.get("output", ""), test["name"]
+    failed, listed = {}, []   # case number -> its failure, from otter's doctest log (listed only if one failed)
+    for number, block in re.findall(rf"^\s*{re.escape(name)} - (\d+) result:\n(.*?)(?=^\s*{re.escape(name)} - \d+ "
+                                    rf"result:|\Z)", output, flags=re.M | re.S):
+        listed.append(int(number))
+        if "Test case failed" in block:
+            failed[int(number)] = _error(block)
+    lines = [f"{name}: {test['score']:g} of {test.get('max_score', float('nan')):g} points"]
+    count = len(hidden) if hidden else max(listed, default=0)
+    if not count:   # otter's "All test cases passed!", with no count of them
+        lines.append("  every test passed")
+    for number in range(1, count + 1):
+        kind = "" if hidden is None else ("hidden " if hidden[number - 1] else "public ")
+        if number not in failed:
+            lines.append(f"  {kind}test {number}: passed")
+            continue
+        error = failed[number]
+        said = re.match(r"AssertionError: (\w+): score", error)
+        if said and said.group(1) in measured:
+            why = f"{error.splitlines()[0].partition(': ')[2]}; its messages are under 'What the grader measured'"
+        elif error.startswith("NameError: name"):
+            why = (f"{error} -- the grader ran your notebook top to bottom and it was not defined: "
+                   + ("see the syntax error above" if syntax_error else
+                      "did the cell that defines it raise an error, or is it renamed? Restart the kernel and "
+                      "run all cells to see"))
+        else:
+            why = error
+        lines.append(f"  {kind}test {number}: failed ({why})")
+    return "\n".join(lines)
+
+
+def _error(block: str) -> str:
+    """The first exception a failed doctest case raised (its message, continuation lines kept),
+    without the traceback; the block's last line where there is none."""
+    lines = block.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Traceback (most recent call last):"), None)
+    if start is None:
+        return next((line.strip() for line in reversed(lines) if line.strip()), "failed")
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    message = []
+    for line in lines[start + 1:]:
+        depth = len(line) - len(line.lstrip())
+        if message and (depth < indent or not line.strip() or (depth == indent and line.strip() == "Trying:")):
+            break
+        if depth == indent or message:
+            message.append(line[indent:])
+    return "\n".join(message).strip()
 
 
 def _scored(test: dict) -> bool:
@@ -125,7 +259,7 @@ def main(argv=None) -> None:
     g = sub.add_parser("grade")
     g.add_argument("submissions", type=Path)
     g.add_argument("--out", type=Path, default=REPO / "build" / "labs")
-    g.add_argument("--table", type=Path, default=REPO / "build" / "labs" / "grades.csv")
+    g.add_argument("--table", type=Path, default=None, help="default: OUT/grades.csv (feedback/ beside it)")
     args = parser.parse_args(argv)
     if args.cmd == "build":
         build(args.out, args.run_tests)

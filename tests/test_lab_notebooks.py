@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,48 +78,117 @@ def test_master_runs_top_to_bottom(master):
                             resources={"metadata": {"path": str(LABS_DIR)}}).execute()
 
 
+def test_each_lab_ends_with_how_to_hand_it_in(built):
+    """The student version's last cell states the file-name rule the grader matches (seen failing:
+    the rule was only in the instructors' docs)."""
+    for master in MASTERS:
+        last = nbformat.read(built / master.stem / "student" / master.name, 4).cells[-1]
+        assert last.cell_type == "markdown" and f"<your name>/{master.stem}.ipynb" in last.source \
+            and f"<your name>_{master.stem}.ipynb" in last.source, (master.name, last.source)
+
+
 def test_grading_table(built, tmp_path):
     master = LABS_DIR / "lab02_kv_cache.ipynb"
     student = built / master.stem / "student" / master.name
     subs = tmp_path / "subs"
-    (subs / "ref").mkdir(parents=True)
+    (subs / "ref" / ".ipynb_checkpoints").mkdir(parents=True)
     fill(student, master, subs / "ref" / master.name)
     wrong = {"def pick_victim(running):": "def pick_victim(running):\n    return running[0]"}
     fill(student, master, subs / "oldest_lab02_kv_cache.ipynb", replace=wrong)
-    table = tmp_path / "grades.csv"
-    subprocess.run([sys.executable, "scripts/labs.py", "grade", str(subs), "--out", str(built), "--table", str(table)],
-                   cwd=REPO, env=ENV, check=True, capture_output=True)
-    rows = {r["student"]: r for r in csv.DictReader(table.open())}
+    # not submissions (seen graded as students "checkpoint", "Copy1" and "subs"): Jupyter's autosave
+    # copy, a renamed copy, a file at the top with no student's name
+    for copy in (subs / "ref" / ".ipynb_checkpoints" / "lab02_kv_cache-checkpoint.ipynb",
+                 subs / "ref" / "lab02_kv_cache-Copy1.ipynb", subs / "lab02_kv_cache.ipynb"):
+        shutil.copy(subs / "ref" / master.name, copy)
+    out = tmp_path / "out"   # grades.csv and feedback/ go under --out (seen written to the repository's build/)
+    shutil.copytree(built / master.stem, out / master.stem)
+    run = subprocess.run([sys.executable, "scripts/labs.py", "grade", str(subs), "--out", str(out)],
+                         cwd=REPO, env=ENV, check=True, capture_output=True, text=True)
+    assert "lab02_kv_cache-Copy1.ipynb: not graded" in run.stdout and "lab02_kv_cache.ipynb: not graded" in run.stdout
+    rows = {r["student"]: r for r in csv.DictReader((out / "grades.csv").open())}
     full = sum(float(re.search(r"points:\s*([\d.]+)", c.source).group(1))
                for c in nbformat.read(master, 4).cells if "BEGIN QUESTION" in c.source)
-    assert full > 0 and float(rows["ref"][master.stem]) == full, rows["ref"]
+    assert set(rows) == {"ref", "oldest"}, rows
+    assert full > 0 and float(rows["ref"][master.stem]) == full == float(rows["ref"]["max"]), rows["ref"]
     assert float(rows["oldest"][master.stem]) == full - 3.0, rows["oldest"]   # pick_victim's 3 points lost
-    feedback = (tmp_path / "feedback" / "oldest_lab02_kv_cache.txt").read_text()
-    assert "loses the least" in feedback
+    feedback = (out / "feedback" / "oldest_lab02_kv_cache.txt").read_text()
+    assert "loses the least" in feedback and "pick_victim: 0 of 3 points" in feedback, feedback
+    assert "Trying:" not in feedback and "Traceback" not in feedback, feedback   # otter's doctest log left out
     # what lab.grade measured in otter's kernel (the report file reached it through the environment)
     for student, marks in (("ref", ["block_hash: score 1.00", "preemption: score 1.00"]),
                            ("oldest", ["block_hash: score 1.00", "preemption: score 0.00"])):
-        measured = (tmp_path / "feedback" / f"{student}_lab02_kv_cache.txt").read_text().partition(
+        measured = (out / "feedback" / f"{student}_lab02_kv_cache.txt").read_text().partition(
             "What the grader measured")[2]
         assert all(mark in measured for mark in marks) and "- measure: " in measured, (student, measured)
 
 
-def test_feedback_adds_what_the_grader_measured(tmp_path):
-    """The feedback file: otter's output per scored question, then each exercise's lab.grade summary
-    from the report file (the last, if graded twice; a line not lab.grade's is passed over)."""
+def _labs_script():
     spec = importlib.util.spec_from_file_location("labs_script", REPO / "scripts" / "labs.py")
     labs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(labs)
-    results = {"tests": [{"name": "Public Tests", "score": float("nan"), "output": "public summary"},
-                         {"name": "q1", "score": 3.0, "output": "q1 results: All test cases passed!"},
-                         {"name": "q2", "score": 0.0, "output": "q2 results: failed"}]}
+    return labs
+
+
+def test_submissions_follow_the_naming_rule(tmp_path):
+    """Who handed in which lab comes from the file name alone: checkpoint copies and dot-folders are
+    passed over; a copy, a file with no student, a second copy of one student's lab are listed."""
+    names = ["alice/lab03_attention.ipynb", "alice_lab03_attention.ipynb", "al_smith_lab02_kv_cache.ipynb",
+             "alice/.ipynb_checkpoints/lab03_attention-checkpoint.ipynb", ".trash/bob/lab03_attention.ipynb",
+             "bob/lab03_attention-checkpoint.ipynb", "bob/lab03_attention-Copy1.ipynb", "lab03_attention.ipynb",
+             "carol/notes.ipynb"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    found, refused = _labs_script().submissions(tmp_path, ["lab02_kv_cache", "lab03_attention"])
+    assert [(p.relative_to(tmp_path).as_posix(), who, lab) for p, who, lab in found] == [
+        ("al_smith_lab02_kv_cache.ipynb", "al_smith", "lab02_kv_cache"),
+        ("alice/lab03_attention.ipynb", "alice", "lab03_attention")]
+    assert [line.partition(":")[0] for line in refused] == [
+        "alice_lab03_attention.ipynb", "bob/lab03_attention-Copy1.ipynb", "carol/notes.ipynb",
+        "lab03_attention.ipynb"], refused
+    assert "alice/lab03_attention.ipynb is already alice's lab03_attention" in refused[0]
+
+
+def _otter_case(question: str, number: int, error: str, code: str = "assert r.passed, str(r)") -> str:
+    """One failed test case as otter's results.json prints it (a doctest log)."""
+    return (f"    {question} - {number} result:\n        \u274c Test case failed\n        Trying:\n            {code}\n"
+            f"        Expecting nothing\n        {'*' * 70}\n        Line 1, in {question} {number - 1}\n"
+            f"        Failed example:\n            {code}\n        Exception raised:\n"
+            f"            Traceback (most recent call last):\n"
+            f'              File "/usr/lib/python3.11/doctest.py", line 1353, in __run\n'
+            f'                exec(compile(example.source, filename, "single",\n'
+            f'              File "<doctest {question} {number - 1}[1]>", line 1, in <module>\n'
+            f"                {code}\n"
+            + "".join(f"            {line}\n" for line in error.splitlines()))
+
+
+def test_feedback_is_a_line_per_test_then_what_the_grader_measured(tmp_path):
+    """The feedback file: per scored question its points and one line per test case (public or
+    hidden, passed or failed, and a failure's error where the grader's summary does not hold it),
+    then each exercise's lab.grade summary from the report file (the last, if graded twice; a line
+    not lab.grade's is passed over). Seen failing with otter's doctest log (each failure three times)."""
+    labs = _labs_script()
+    summary = "preemption: score 0.00\n  alone    FAILED\n  - alone: 40 lost"
+    results = {"tests": [
+        {"name": "Public Tests", "score": float("nan"), "output": "public summary"},
+        {"name": "q1", "score": 3.0, "max_score": 3.0, "output": "q1 results: All test cases passed!"},
+        {"name": "q2", "score": 0.0, "max_score": 3.0, "output": "q2 results:\n" + _otter_case("q2", 1, (
+            "AssertionError: " + summary)) + "\n" + _otter_case("q2", 2, "AssertionError: " + summary)},
+        {"name": "q3", "score": 0.0, "max_score": 3.0, "output": "q3 results:\n" + _otter_case(
+            "q3", 1, "NameError: name 'tiled_attention' is not defined", "r = lab.check('x', tiled_attention)")}]}
+    hidden = {"q1": [False, True], "q2": [False, True], "q3": [False, True]}
     report = tmp_path / "measured.jsonl"
-    assert labs._feedback(results, report) == "q1 results: All test cases passed!\n\nq2 results: failed"
     report.write_text('{"exercise": "block_hash", "summary": "block_hash: score 0.00 (first try)"}\n'
                       'not json: the notebook wrote here\n'
-                      '{"exercise": "preemption", "summary": "preemption: score 0.00\\n  - alone: 40 lost"}\n'
+                      + json.dumps({"exercise": "preemption", "summary": summary}) + "\n"
                       '{"exercise": "block_hash", "summary": "block_hash: score 1.00\\n  - measure: 79 of 143"}\n')
-    assert labs._feedback(results, report) == (
-        "q1 results: All test cases passed!\n\nq2 results: failed\n\n"
-        "What the grader measured\n------------------------\n"
-        "block_hash: score 1.00\n  - measure: 79 of 143\n\npreemption: score 0.00\n  - alone: 40 lost")
+    text = labs._feedback(results, report, hidden, ["the code cell starting `def tiled_attention(q, k, v, scale, "
+                                                    "tile):` (code cell 4), its line 2: '(' was never closed"])
+    assert "Trying:" not in text and "Traceback" not in text and "public summary" not in text, text
+    assert text.startswith("Your notebook has a syntax error"), text
+    assert ("q1: 3 of 3 points\n  public test 1: passed\n  hidden test 2: passed\n\n"
+            "q2: 0 of 3 points\n  public test 1: failed (preemption: score 0.00; its messages are under "
+            "'What the grader measured')\n  hidden test 2: failed (preemption: score 0.00; its messages") in text, text
+    assert "NameError: name 'tiled_attention' is not defined" in text and "syntax error" in text.partition("q3:")[2]
+    assert text.endswith("What the grader measured\n------------------------\n"
+                         "block_hash: score 1.00\n  - measure: 79 of 143\n\n" + summary), text

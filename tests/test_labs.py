@@ -41,16 +41,19 @@ def _wrong_attention(**kw):
     return lambda q, kc, vc, meta, scale: _variant(q, kc, vc, meta, scale, **kw)
 
 
-def _tiled(q, k, v, scale, tile, upto=None, scores=None, rescale=True):
+def _tiled(q, k, v, scale, tile, upto=None, scores=None, rescale=True, m0=-1e30, times=None, causal=True):
     """A right online softmax, with a mistake switchable: keys past `upto` never seen (the causal
-    offset still counted from Lk), `scores(q, k_tile)` -> [H, Lq, tile] computed another way, or
-    the earlier tiles not rescaled when the running max grows (rescale=False)."""
+    offset still counted from Lk), `scores(q, k_tile)` -> [H, Lq, tile] computed another way, the
+    earlier tiles not rescaled when the running max grows (rescale=False), the running max started
+    at `m0`, the scores multiplied by `times` instead of `scale`, or no causal mask."""
     lq, lk, h = q.shape[0], k.shape[0], q.shape[1]
-    m, l, acc = torch.full((h, lq), -1e30), torch.zeros(h, lq), torch.zeros(h, lq, q.shape[2])
+    m, l, acc = torch.full((h, lq), m0), torch.zeros(h, lq), torch.zeros(h, lq, q.shape[2])
     pos = torch.arange(lq)[:, None] + lk - lq
     for s0 in range(0, lk if upto is None else upto, tile):
-        s = (scores or (lambda q_, kt: torch.einsum("qhd,khd->hqk", q_, kt)))(q, k[s0:s0 + tile]) * scale
-        s = s.masked_fill(torch.arange(s0, min(s0 + tile, lk))[None, :] > pos, float("-inf"))
+        s = (scores or (lambda q_, kt: torch.einsum("qhd,khd->hqk", q_, kt)))(q, k[s0:s0 + tile])
+        s = s * (scale if times is None else times)
+        if causal:
+            s = s.masked_fill(torch.arange(s0, min(s0 + tile, lk))[None, :] > pos, float("-inf"))
         m_new = torch.maximum(m, s.amax(-1))
         p, fix = torch.exp(s - m_new[..., None]), torch.exp(m - m_new) if rescale else torch.ones_like(m)
         l, acc = l * fix + p.sum(-1), acc * fix[..., None] + torch.einsum("hqk,khd->hqd", p, v[s0:s0 + tile])
@@ -71,6 +74,38 @@ def _tiled_drops_the_last_tile(q, k, v, scale, tile):
 def _tiled_broadcasts(q, k, v, scale, tile):
     """Tiled and right, but its scores come from a broadcast product: an Lq x tile x H x D tensor."""
     return _tiled(q, k, v, scale, tile, scores=lambda q_, kt: (q_[:, None] * kt[None]).sum(-1).permute(2, 0, 1))
+
+
+def _tiled_max_from_zero(q, k, v, scale, tile):
+    """Right wherever some score is above about -88; starts the running max at 0, not -inf."""
+    return _tiled(q, k, v, scale, tile, m0=0.0)
+
+
+def _tiled_no_scale(q, k, v, scale, tile):
+    return _tiled(q, k, v, scale, tile, times=1.0)
+
+
+def _tiled_scaled_twice(q, k, v, scale, tile):
+    """`scale` is 1/sqrt(head_dim) already; this divides by sqrt(head_dim) again."""
+    return _tiled(q, k, v, scale, tile, times=scale / math.sqrt(q.shape[-1]))
+
+
+def _tiled_not_causal(q, k, v, scale, tile):
+    return _tiled(q, k, v, scale, tile, causal=False)
+
+
+def _gather_off_by_one(q, k_cache, v_cache, meta, scale):
+    """Attention right but for the gather: position t read from block (t + 1) // block_size."""
+    from workbench.lab.naive_attention import attend
+    out, cu, block = [], meta.cu_seqlens_q.tolist(), k_cache.shape[1]
+    for b in range(meta.num_seqs):
+        n = int(meta.seq_lens[b])
+        pos = torch.arange(n)
+        blocks = meta.block_tables[b].long()[((pos + 1) // block).clamp(max=meta.block_tables.shape[1] - 1)]
+        group = q.shape[1] // k_cache.shape[2]
+        k, v = (c[blocks, pos % block].repeat_interleave(group, 1) for c in (k_cache, v_cache))
+        out.append(attend(q[cu[b]:cu[b + 1]], k, v, scale))
+    return torch.cat(out).to(q.dtype)
 
 
 def _tiled_materializes(q, k, v, scale, tile):
@@ -178,16 +213,22 @@ WRONG = {
         (lambda p, t: str(SOL["block_hasher"](p, t)), "return a Python int"),
         (lambda p, t: hash((p, t)), "mask it"),   # signed: negative for some (parent, tokens), not all
         (lambda p, t: SOL["block_hasher"](p, tuple(x % 256 for x in t)), "keep every bit"),   # ids as bytes
-        (lambda p, t: SOL["block_hasher"](p, (int("".join(map(str, t))) % 2 ** 60,)), "no separator")]),
+        (lambda p, t: SOL["block_hasher"](p, (int("".join(map(str, t))) % 2 ** 60,)), "no separator"),
+        (lambda p, t: SOL["block_hasher"](p, t[:-1]), "ignores the last token"),   # an off-by-one slice
+        (lambda p, t: SOL["block_hasher"](p, t[1:]), "ignores token 0")]),
     "preemption": ("pick_victim", [
         (lambda running: running[0], "loses the least"),
         (lambda running: running.pop(), "changed the `running` list"),
-        (lambda running: min(running, key=lambda s: s.num_computed_tokens), "on a tie take the newest")]),
+        (lambda running: min(running, key=lambda s: s.num_computed_tokens), "on a tie take the newest"),
+        (lambda running: min(reversed(running), key=len), "loses the least")]),   # tokens held, not computed
     "naive_attention": ("attention", [
         (_wrong_attention(causal=False), "without* the causal mask"),
         (_wrong_attention(offset=False), "ignores the cached prefix"),
         (_wrong_attention(sees_itself=False), "its own position included"),
-        (_wrong_attention(scaled=False), "without the scale"),
+        (_wrong_attention(scale_power=0), "without the scale"),
+        (_wrong_attention(scale_power=2), "scaled twice"),
+        (_wrong_attention(scale_power=-1), "divided by `scale`"),
+        (_gather_off_by_one, "(cached, new) tokens [(0, 5), (0, 19), (0, 1)], block_size 8"),
         (_wrong_attention(interleave=False), "h % num_kv_heads"),
         (lambda q, kc, vc, meta, scale: torch.full_like(q, float("nan")), "wrong output at")]),   # NaN is wrong
     "online_softmax": ("tiled_attention", [
@@ -196,7 +237,11 @@ WRONG = {
         (_tiled_drops_the_last_tile, "the last, shorter tile"),
         (_tiled_broadcasts, "No Lq x Lk tensor, but an intermediate as big as one"),
         (_dense_a_few_queries_at_a_time, "Lq=4, Lk=4096"),
-        (_dense_in_numpy, "out of torch")]),
+        (_dense_in_numpy, "out of torch"),
+        (_tiled_max_from_zero, "start m at -inf"),
+        (_tiled_no_scale, "without the scale"),
+        (_tiled_scaled_twice, "scaled twice"),
+        (_tiled_not_causal, "without* the causal mask")]),
     "add_rms_norm": (None, [
         (_rms_eps_outside, "eps outside the square root"),
         (_rms_by_block, "not by BLOCK"),
@@ -269,7 +314,7 @@ def test_the_engines_own_piece_handed_in_is_refused():
 
 def test_the_hidden_grade_ignores_what_the_notebook_did_to_the_grader(monkeypatch):
     """The hidden tests grade through lab.grade after reloading workbench.lab: a notebook that replaced
-    lab.check, filled its cache or patched the exercise cannot pass an unwritten function. (Seen
+    lab.check or patched the exercise cannot pass an unwritten function. (Seen
     failing with grade() checking through the package's own, patched, exercise.)"""
     import importlib
 
@@ -314,6 +359,19 @@ def test_engine_stage_and_measure(name):
     result = lab.check(name, SOL[WRONG[name][0]])
     assert result.stages == {"alone": "pass", "engine": "pass", "measure": "pass"}, str(result)
     assert result.effect["machine"]
+    assert f"bar: {result.effect['bar']}" in str(result), str(result)   # the bar is stated on a pass too
+
+
+def test_check_runs_afresh_after_a_helper_is_fixed():
+    """lab.check grades what the function does now: a helper it calls, fixed and the check re-run,
+    counts (seen failing when check memoised results by the function's identity and code)."""
+    ns = {}
+    exec("def key(seq):\n    return seq.num_computed_tokens\n"             # ties go to the oldest
+         "def pick_victim(running):\n    return min(running, key=key)\n", ns)
+    assert not lab.check("preemption", ns["pick_victim"], **FAST).passed
+    exec("def key(seq):\n    return (seq.num_computed_tokens, -seq.request_id)\n", ns)   # fixed
+    result = lab.check("preemption", ns["pick_victim"], **FAST)
+    assert result.passed, str(result)
 
 
 # engine runs with an override in one check: the student's once (+ preemption's built-in policy on
@@ -328,7 +386,7 @@ def test_engine_and_measure_share_the_students_run(name, monkeypatch):
     runs, run = [], exercise_module._run_engine
     monkeypatch.setattr(exercise_module, "_run_engine",
                         lambda prompts, overrides, *a: runs.append(overrides) or run(prompts, overrides, *a))
-    result = lab.exercise(name).check(SOL[WRONG[name][0]])   # (lab.check would reuse an earlier result)
+    result = lab.check(name, SOL[WRONG[name][0]])
     assert result.passed and result.stages["measure"] == "pass", str(result)
     assert sum(bool(o) for o in runs) == OVERRIDDEN_RUNS[name], runs
 
@@ -400,3 +458,21 @@ def test_add_rms_norm_wants_its_math_inside_one_kernel(monkeypatch):
         return torch.from_numpy(normed), torch.from_numpy(s)
     result = lab.check("add_rms_norm", in_numpy, **FAST)
     assert not result.passed and "out of torch outside the kernel" in "\n".join(result.messages), str(result)
+
+
+def test_each_assignment_cell_is_its_exercise_docstring():
+    """The masters' assignment cells and the exercise modules' docstrings are one text (a fix to one
+    reaches the other), and the tiled exercise states the shapes its measure stage counts in."""
+    import importlib
+    import inspect
+
+    from workbench.lab import online_softmax
+    cells = [c.source for m in MASTERS for c in nbformat.read(m, 4).cells if c.cell_type == "markdown"]
+    for module, _ in set(lab.MODULES.values()):
+        doc = importlib.import_module(f"workbench.lab.{module}").__doc__
+        assert doc in cells, f"{module}: its docstring is not a cell of a master notebook"
+    shapes = {k: p.default for k, p in inspect.signature(online_softmax.measure).parameters.items() if k != "fn"}
+    said = " ".join(online_softmax.__doc__.split())
+    for words in (f"tile {shapes['tile']}, {shapes['heads']} heads, head_dim {shapes['dim']}",
+                  f"Lq = Lk = {shapes['n']}", f"Lq = {shapes['few']} queries over Lk = {4 * shapes['n']}"):
+        assert words in said, words

@@ -48,26 +48,21 @@ def master_notebooks() -> list[Path]:
 
 
 _COPIES = itertools.count()   # grade()'s fresh copies of this package, each under a name of its own
-_DONE: dict = {}   # (name, function, kwargs) -> Result: a notebook's check cell and its hidden test share a run
 
 
 def check(name: str, student_fn, **kwargs) -> Result:
     """Grade `student_fn` for exercise `name`; kwargs go to Exercise.check (e.g. engine=False).
 
-    The same function object checked again with the same arguments returns the first result (a
-    redefined function is a new object, so it is checked afresh)."""
-    key = (name, id(student_fn), getattr(student_fn, "__code__", None), repr(sorted(kwargs.items())))
-    if key not in _DONE:
-        _DONE[key] = (student_fn, exercise(name).check(student_fn, **kwargs))   # keep fn alive: ids stay unique
-    return _DONE[key][1]
+    Every call checks afresh: a helper the function calls, fixed since, counts at once (nothing is
+    remembered between calls, so a re-run check and the grader see the same code)."""
+    return exercise(name).check(student_fn, **kwargs)
 
 
 def grade(name: str, student_fn, **kwargs) -> Result:
     """The hidden tests' check: the exercise graded by a copy of this package loaded afresh from its
-    files under a name of its own, with no cached result -- so nothing a notebook did to workbench.lab
-    (a replaced `check`, a filled cache, a patched Exercise) reaches the grade. The hidden cell reloads
-    this package first, so `grade` itself is the file's: `importlib.reload(importlib.import_module(
-    "workbench.lab")).grade(...)`.
+    files under a name of its own -- so nothing a notebook did to workbench.lab (a replaced `check`,
+    a patched Exercise) reaches the grade. The hidden cell reloads this package first, so `grade`
+    itself is the file's: `importlib.reload(importlib.import_module("workbench.lab")).grade(...)`.
 
     Where the environment names a file in REPORT_ENV, the result's summary is appended to it as one
     JSON line {"exercise", "summary"}: the grader's feedback shows the student what was measured,

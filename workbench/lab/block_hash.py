@@ -7,7 +7,8 @@ block's tokens *and everything before them*: K/V at a position depend on the who
 hash(block) = H(parent_hash, tokens), a chain. Return an unsigned 64-bit int, in [0, 2**64)
 (xxhash or hashlib are fine; Python's hash() is signed: mask it, h & (2**64 - 1)).
 
-Plugs in as `LLM(..., overrides={"block_hasher": fn})`. To compare with once yours passes: block_manager.block_hash.
+Plugs in as `LLM(..., overrides={"block_hasher": fn})`. To compare with once yours passes: block_hash in
+workbench/engine/block_manager.py.
 """
 from __future__ import annotations
 
@@ -53,6 +54,13 @@ def alone(fn) -> None:
     if fn(None, a) == fn(0, a):
         raise Wrong("the first block (parent None) and a block whose parent hash is 0 collide: treat None "
                     "differently from any real parent.")
+    for i in range(len(a)):   # blocks differing in one id only, small ids: an off-by-one slice shows here
+        other = a[:i] + (a[i] + 100,) + a[i + 1:]
+        if fn(None, a) == fn(None, other):
+            which = "the last token" if i == len(a) - 1 else f"token {i} of the block"
+            raise Wrong(f"blocks differing only in token {i} (of {len(a)}: {a[i]} vs {other[i]}) got the same hash: "
+                        f"your hash ignores {which}. Hash every id of token_ids (a slice such as token_ids[:-1] "
+                        f"or token_ids[1:] drops one).")
     # ids that agree in their low 8 or 16 bits: a real vocabulary (Qwen3's: 151,936) needs more than either
     for last, other in ((256, 0), (151_935, 151_935 - 2 ** 16)):
         x, y = a[:-1] + (last,), a[:-1] + (other,)

@@ -109,7 +109,8 @@ class Exercise:
                 result.stages[stage] = "pass"
                 if stage == "measure" and out:
                     result.effect = out
-                    result.messages.append(f"measure: {out.get('summary', out)}")
+                    result.messages.append(f"measure: {out.get('summary', out)}"
+                                           + (f"; bar: {out['bar']} -- met" if "bar" in out else ""))
             except Skip as why:
                 result.stages[stage] = "skip"
                 result.messages.append(f"{stage} skipped: {why}")

@@ -6,6 +6,8 @@ Tokens are packed (see workbench/attention/metadata.py): sequence b's queries ar
 q[cu_seqlens_q[b]:cu_seqlens_q[b+1]], its keys the first seq_lens[b] slots reached through
 block_tables[b]. The new tokens are the *last* ones of the sequence, so new token i sees keys
 0 .. seq_len - new + i (causal), and query head h reads KV head h // (Hq // Hkv) (GQA).
+k_cache and v_cache already hold this step's keys and values: the engine wrote the new tokens'
+K/V at meta.slot_mapping before calling you, so read every key, the new ones too, from the cache.
 
 Plugs in as `LLM(..., overrides={"attention": fn})`. To compare with once yours passes: the engine's NaiveAttention.
 """
@@ -37,36 +39,61 @@ def per_sequence_kv(k_cache, v_cache, meta, q_heads: int, interleave: bool = Tru
                (k.repeat(1, group, 1), v.repeat(1, group, 1)))
 
 
-def _variant(q, k_cache, v_cache, meta, scale, *, causal=True, offset=True, sees_itself=True, scaled=True,
-             interleave=True):
-    """The reference with one classic mistake switched on: used to name the student's mistake."""
-    out = []
+def attend(q, k, v, scale, *, causal=True, offset=True, sees_itself=True, scale_power=1):
+    """One sequence's attention, dense, in fp32: q [new, H, D] the last `new` of the n positions of
+    k, v [n, H, D] (heads already matched). A keyword argument switches one classic mistake on
+    (MISTAKES): no mask, a mask that ignores the cached prefix or hides a token's own key, the
+    scores times scale ** scale_power (0: no scale, 2: scaled twice, -1: divided by it)."""
+    new, n = q.shape[0], k.shape[0]
+    s = torch.einsum("qhd,khd->hqk", q.float(), k.float()) * scale ** scale_power
+    if causal:
+        pos = torch.arange(new, device=q.device)[:, None] + (n - new if offset else 0)
+        keys = torch.arange(n, device=q.device)[None, :]
+        s = s.masked_fill(keys > pos if sees_itself else keys >= pos, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", s.softmax(-1), v.float())
+
+
+def _variant(q, k_cache, v_cache, meta, scale, *, interleave=True, **mistake):
+    """The reference with one classic mistake switched on (attend's, or GQA's head mapping)."""
     cu = meta.cu_seqlens_q.tolist()
-    for b, (k, v) in enumerate(per_sequence_kv(k_cache, v_cache, meta, q.shape[1], interleave)):
-        n, new = k.shape[0], cu[b + 1] - cu[b]
-        s = torch.einsum("qhd,khd->hqk", q[cu[b]:cu[b + 1]].float(), k.float()) * (scale if scaled else 1.0)
-        if causal:
-            first = n - new if offset else 0
-            pos = torch.arange(new)[:, None] + first
-            keys = torch.arange(n)[None, :]
-            s = s.masked_fill(keys > pos if sees_itself else keys >= pos, float("-inf"))
-        out.append(torch.einsum("hqk,khd->qhd", s.softmax(-1), v.float()))
-    return torch.cat(out).to(q.dtype)
+    return torch.cat([attend(q[cu[b]:cu[b + 1]], k, v, scale, **mistake) for b, (k, v) in
+                      enumerate(per_sequence_kv(k_cache, v_cache, meta, q.shape[1], interleave))]).to(q.dtype)
 
 
+# (mistake, what the student reads); {last} and {cached} name new token i's position and the cached
+# keys in the exercise's own terms (PAGED here; the tiled exercise's Lk - Lq + i)
 MISTAKES = [
     (dict(causal=False), "your output matches attention *without* the causal mask: new token i may only "
-                         "see keys up to its own position (seq_len - new_tokens + i)"),
-    (dict(offset=False), "your mask ignores the cached prefix: with seq_len - new_tokens keys already in the "
-                         "cache, new token i sits at position seq_len - new_tokens + i, not i"),
+                         "see keys up to its own position ({last})"),
+    (dict(offset=False), "your mask ignores the cached prefix: with {cached} keys before the new tokens, "
+                         "new token i sits at position {last}, not i"),
     (dict(sees_itself=False), "your mask hides each new token's own key: new token i sees keys 0 .. "
-                              "seq_len - new_tokens + i, its own position included (mask key > position, not >=)"),
-    (dict(scaled=False), "your output matches attention without the scale: multiply the scores q . k by "
-                         "`scale` (1 / sqrt(head_dim)) before the softmax"),
+                              "{last}, its own position included (mask key > position, not >=)"),
+    (dict(scale_power=0), "your output matches attention without the scale: multiply the scores q . k by "
+                          "`scale` (1 / sqrt(head_dim)) before the softmax"),
+    (dict(scale_power=2), "your output matches the scores scaled twice: `scale` is 1 / sqrt(head_dim) "
+                          "already, so multiply q . k by it once (not by scale again, nor by 1 / sqrt(head_dim))"),
+    (dict(scale_power=-1), "your output matches the scores divided by `scale`: multiply q . k by `scale` "
+                           "(it is 1 / sqrt(head_dim) already)"),
     (dict(interleave=False), "your output matches query head h reading KV head h % num_kv_heads: with GQA "
                              "query heads h * group .. (h + 1) * group - 1 share KV head h (repeat_interleave "
                              "along the head dimension, not repeat)"),
 ]
+PAGED = dict(last="seq_len - new_tokens + i", cached="seq_len - new_tokens")
+
+
+def name_mistake(got, variant, atol, words=PAGED) -> str | None:
+    """The MISTAKES message whose variant `got` matches, variant(**mistake) giving that output; a
+    mistake the variant cannot take (TypeError: GQA where heads are already matched) is passed over."""
+    for mistake, why in MISTAKES:
+        try:
+            wrong = variant(**mistake)
+        except TypeError:
+            continue
+        # (equal_nan: a mask that hides a row's every key makes that row NaN, in both)
+        if torch.allclose(got.float(), wrong.float(), atol=atol, equal_nan=True):
+            return why.format(**words)
+    return None
 
 
 def check_attention_alone(fn, cases=CASES, atol=1e-4) -> None:
@@ -80,17 +107,16 @@ def check_attention_alone(fn, cases=CASES, atol=1e-4) -> None:
         # (NaN compares False: counted as wrong, not as close)
         bad = (got.float() - want.float()).abs().nan_to_num(nan=float("inf")).amax(dim=(1, 2)) > atol
         if bad.any():
-            for kwargs, why in MISTAKES:
-                # (equal_nan: a mask that hides a row's every key makes that row NaN, in both)
-                if torch.allclose(got.float(), _variant(q, kc, vc, meta, scale, **kwargs).float(), atol=atol,
-                                  equal_nan=True):
-                    raise Wrong(f"case {n}: {why}.")
+            if why := name_mistake(got, lambda **mistake: _variant(q, kc, vc, meta, scale, **mistake), atol):
+                raise Wrong(f"case {n}: {why}.")
             token = int(bad.nonzero()[0])
-            rows = got[token].float().sum(-1) - want[token].float().sum(-1)
-            raise Wrong(f"case {n} {case['seqs']}: wrong output at {locate(token, meta)}, max error "
-                        f"{float((got - want).abs().max()):.3g}; check the block-table gather (token t is in "
-                        f"block_tables[b, t // block_size] at offset t % block_size), the GQA head mapping "
-                        f"and the scale (row sums differ by {float(rows.abs().max()):.3g}).")
+            seqs = case["seqs"]
+            raise Wrong(f"case {n} ({len(seqs)} sequence{'s' * (len(seqs) > 1)} of (cached, new) tokens {seqs}, "
+                        f"block_size {kc.shape[1]}, {q.shape[1]} query and {kc.shape[2]} KV heads): wrong output "
+                        f"at {locate(token, meta)}, max error {float((got - want).abs().max()):.3g}; check the "
+                        f"block-table gather (token t is in block_tables[b, t // block_size] at offset "
+                        f"t % block_size), the GQA head mapping (query head h reads KV head h // (Hq // Hkv)) "
+                        f"and the scale (q . k times `scale`, once).")
 
 
 def check_in_engine(fn, where: str = "attention") -> None:

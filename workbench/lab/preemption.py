@@ -3,7 +3,9 @@
     pick_victim(running: list[Sequence]) -> Sequence
 
 `running` is the candidates, in admission order (oldest first): the sequence that needs room and
-those admitted after it (the ones that already ran this step are not offered). The victim's
+those admitted after it (the ones that already ran this step are not offered). Each is the engine's
+Sequence (workbench/engine/sequence.py): seq.request_id, seq.num_computed_tokens (tokens whose K/V
+are in the cache), len(seq) (its tokens, prompt and output, computed or not). The victim's
 blocks are freed and it is recomputed later from its tokens, so its output does not change --
 but its computed tokens are work thrown away. Pick the candidate with the fewest computed tokens
 (seq.num_computed_tokens); on a tie, the newest. Return one of the objects in `running`; do not
@@ -13,21 +15,31 @@ Plugs in as `LLM(..., overrides={"preemption": fn})`. Built-in: the newest, runn
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
+from workbench.engine.sampling_params import SamplingParams
+from workbench.engine.sequence import Sequence, Status
 
 from .exercise import Exercise, Wrong, machine, once_per_check, prompts_for, run_engine, same_tokens
 
 
-def _seqs(computed):
-    return [SimpleNamespace(request_id=i, num_computed_tokens=c) for i, c in enumerate(computed)]
+def _seqs(case):
+    """Running Sequences, oldest first, from (computed tokens, tokens held) pairs."""
+    seqs = []
+    for i, (computed, held) in enumerate(case):
+        seq = Sequence(i, list(range(3, 3 + held)), SamplingParams(temperature=0.0))
+        seq.status, seq.num_computed_tokens = Status.RUNNING, computed
+        seqs.append(seq)
+    return seqs
 
 
-CASES = [[40, 12, 30], [5], [20, 20, 20], [8, 30, 8, 50], [0, 64, 16]]
+# (computed, held) per candidate; most are decoding (one token not computed yet), a few are part-way
+# through a long prompt (chunked prefill): the fewest tokens held is not the least work done
+CASES = [[(40, 41), (12, 72), (30, 31)], [(5, 6)], [(20, 21), (20, 21), (20, 21)],
+         [(8, 9), (30, 31), (8, 40), (50, 51)], [(0, 16), (64, 65), (16, 17)]]
 
 
 def alone(fn) -> None:
-    for computed in CASES:
-        running = _seqs(computed)
+    for case in CASES:
+        running, computed = _seqs(case), [c for c, _ in case]
         before = list(running)
         victim = fn(running)
         if running != before:
@@ -38,13 +50,17 @@ def alone(fn) -> None:
                         f"itself, not its id or a copy.")
         least = min(computed)
         if victim.num_computed_tokens != least:
-            raise Wrong(f"running sequences with {computed} computed tokens: you preempt the one with "
-                        f"{victim.num_computed_tokens}, throwing that much work away; the one with {least} "
-                        f"loses the least.")
+            by_length = len(victim) == min(len(s) for s in running)
+            raise Wrong(f"running sequences with {computed} computed tokens (holding {[h for _, h in case]} "
+                        f"tokens): you preempt the one with {victim.num_computed_tokens} computed, throwing that "
+                        f"much work away; the one with {least} loses the least"
+                        + (" (count seq.num_computed_tokens, the work done, not len(seq), the tokens held)."
+                           if by_length else "."))
         newest = max(i for i, c in enumerate(computed) if c == least)
-        if victim.request_id != newest:
+        position = next(i for i, s in enumerate(running) if s is victim)
+        if position != newest:
             raise Wrong(f"computed tokens {computed}: on a tie take the newest (the last such in `running`), "
-                        f"you took position {victim.request_id}: it has waited longest, let it finish.")
+                        f"you took position {position}: it has waited longest, let it finish.")
 
 
 # Prompt lengths where the newest request is not always the one with the least work done, in a
