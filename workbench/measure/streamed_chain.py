@@ -37,12 +37,14 @@ build of the kernel (TIMED) whose consumer warps stamp two clocks at five points
 (POLL_POINTS: the poll starts, the poll has seen every arrival, x is in shared memory, the rows are
 summed and stored, the arrival is added) and prints the median of each phase: the hop (a step's last
 arrival to a program's poll seeing it), x's read, the tiles, the arrival, the step. First run in
-session 27, on an H100 (docs/results/boundary-probe-ws-h100.json): the counter's hop is cheap
+session 27, on an H100 (docs/results/boundary-probe-ws-run1-h100.json): the counter's hop is cheap
 (~0.35 us, under the PDL kernels' boundary); the time goes after it, and the step form's arrival --
 the warps' barrier and one release -- took 3 us at H = 2,048, about as long as the 64 KB copy its
 hand-back had just asked for would take at one SM's share of the bandwidth. The hypothesis that the
 release waits behind that copy is what the `-late` forms (LATE_FREE) test: the same kernels handing
-a step's slots back only after the release.
+a step's slots back only after the release. Session 28 (H100, docs/results/boundary-probe-ws-h100.json):
+the arrival fell as the hypothesis said (the step form's 3.04 -> 0.42 us), but the wait moved into the
+next step's hop and x read; 4.58 us a step against the PDL kernels' 3.71, so the route stopped here.
 
 Gluon (triton.experimental.gluon) is Triton's lower-level dialect: layouts, shared memory and
 barriers are written out. It does not run under Triton's interpreter: on a CPU the kernel is only
