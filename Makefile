@@ -37,10 +37,12 @@ labs: install
 	$(PY) -m pip install -q -e ".[lab]"
 	$(PY) scripts/labs.py build --out "$(LABS_OUT)"
 
-# Grade a folder of submitted notebooks (alice/lab03_attention.ipynb ...) -> $(LABS_OUT)/grades.csv
+# Grade a folder of submitted notebooks (alice/lab03_attention.ipynb ...) with the autograders under
+# $(LABS_OUT) -> $(GRADES_OUT)/grades.csv and $(GRADES_OUT)/feedback/ (a folder of its own, if you like)
+GRADES_OUT ?= $(LABS_OUT)
 grade:
-	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=dir [LABS_OUT=build/labs]"; exit 2; }
-	$(PY) scripts/labs.py grade "$(SUBMISSIONS)" --out "$(LABS_OUT)" --table "$(LABS_OUT)/grades.csv"
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=dir [LABS_OUT=build/labs] [GRADES_OUT=dir]"; exit 2; }
+	$(PY) scripts/labs.py grade "$(SUBMISSIONS)" --out "$(LABS_OUT)" --table "$(GRADES_OUT)/grades.csv"
 
 # On the GPU device (see README, contributors): install carried wheels, run GPU tests + checks.
 device-check:

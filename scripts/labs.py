@@ -9,8 +9,8 @@
         checkpoint copies (.ipynb_checkpoints/, *-checkpoint.ipynb, any dot-folder) are passed over,
         and any other name (lab03_attention-Copy1.ipynb, a <lab>.ipynb at the top with no student
         folder, a second copy of one student's lab) is listed as not graded. The scores are written
-        as one CSV row per student (a column per lab, total, and max: the points of the labs graded
-        in this run) and printed; each submission's feedback (the table's folder/feedback/
+        as one CSV row per student (a column per lab, total, and max: the points of the labs that
+        student handed in) and printed; each submission's feedback (the table's folder/feedback/
         <student>_<lab>.txt) holds each question's points and a line per test (public or hidden,
         passed or failed), then what the grader measured: every hidden test's lab.grade summary.
 """
@@ -109,12 +109,13 @@ def grade(submitted: Path, out: Path, table: Path | None = None) -> list[dict]:
                 maxima[lab] = float(sum(t.get("max_score", 0.0) for t in data["tests"] if _scored(t)))
                 feedback = table.parent / "feedback" / f"{student}_{lab}.txt"
                 feedback.parent.mkdir(parents=True, exist_ok=True)
+                data["tests"].sort(key=_notebook_order(lab))   # otter's order varies from run to run
                 feedback.write_text(_feedback(data, report, _hidden_cases(autograder), _syntax_errors(path)))
         rows.setdefault(student, {"student": student})[lab] = score
     columns = ["student"] + labs + ["total", "max"]
     for row in rows.values():
         row["total"] = sum(row.get(lab, 0.0) for lab in labs)
-        row["max"] = sum(maxima.values())
+        row["max"] = sum(points for lab, points in maxima.items() if lab in row)   # the labs handed in
     table.parent.mkdir(parents=True, exist_ok=True)
     with table.open("w", newline="") as f:
         writer = csv.DictWriter(f, columns, restval="")
@@ -123,10 +124,18 @@ def grade(submitted: Path, out: Path, table: Path | None = None) -> list[dict]:
     print(table.read_text())
     if maxima:
         print("points per lab: " + ", ".join(f"{lab} {points:g}" for lab, points in maxima.items())
-              + " (max: their sum)")
+              + " (max: the sum over the labs that student handed in)")
     if refused:
         print("Not graded (rename, then grade again):\n  " + "\n  ".join(refused))
     return list(rows.values())
+
+
+def _notebook_order(lab: str):
+    """A sort key putting otter's questions in the order of the lab's master notebook (unknown last)."""
+    master = next(m for m in master_notebooks() if m.stem == lab)
+    cells = json.loads(master.read_text(encoding="utf-8"))["cells"]
+    names = re.findall(r"BEGIN QUESTION\s+name: (\w+)", "\n".join("".join(c["source"]) for c in cells))
+    return lambda test: names.index(test["name"]) if test["name"] in names else len(names)
 
 
 def _hidden_cases(autograder: Path) -> dict[str, list[bool]]:
@@ -198,14 +207,17 @@ def _question(test: dict, hidden: list[bool] | None, measured: dict, syntax_erro
         listed.append(int(number))
         if "Test case failed" in block:
             failed[int(number)] = _error(block)
-    lines = [f"{name}: {test['score']:g} of {test.get('max_score', float('nan')):g} points"]
+    unscored = test.get("max_score") == 0   # e.g. the CUDA-graph capture: its check skips without a GPU
+    lines = [f"{name}: not scored (0 points): a test 'ran' here may have checked nothing -- on a machine "
+             f"without the hardware its check skips" if unscored else
+             f"{name}: {test['score']:g} of {test.get('max_score', float('nan')):g} points"]
     count = len(hidden) if hidden else max(listed, default=0)
     if not count:   # otter's "All test cases passed!", with no count of them
         lines.append("  every test passed")
     for number in range(1, count + 1):
         kind = "" if hidden is None else ("hidden " if hidden[number - 1] else "public ")
         if number not in failed:
-            lines.append(f"  {kind}test {number}: passed")
+            lines.append(f"  {kind}test {number}: {'ran' if unscored else 'passed'}")
             continue
         error = failed[number]
         said = re.match(r"AssertionError: (\w+): score", error)

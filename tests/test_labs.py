@@ -170,6 +170,18 @@ def _sample_drops_the_crossing_token(logits, t, k, p, g):
     return int(torch.multinomial(_sample_kept(logits, t, k, p, keep_crossing=False), 1, generator=g))
 
 
+def _sample_unsorted_top_p(logits, t, k, p, g):
+    """The nucleus summed in vocabulary order: the sort forgotten."""
+    probs = _sample_kept(logits, t, k, 1.0)
+    probs = probs.masked_fill(probs.cumsum(-1) - probs >= p, 0.0)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=g))
+
+
+def _sample_greedy_when_confident(logits, t, k, p, g):
+    probs = _sample_kept(logits, t, k, p)
+    return int(probs.argmax()) if probs.max() > 0.5 else int(torch.multinomial(probs, 1, generator=g))
+
+
 def _rms_eps_outside(x, r, w, eps):
     s = x + r if r is not None else x
     return w * s / (s.pow(2).mean(-1, keepdim=True).sqrt() + eps), s
@@ -203,6 +215,12 @@ def _break_even_negative(c, e, k):
 
 def _break_even_no_check(c, e, k):
     return math.inf if k <= e else c / (1 / e - 1 / k)
+
+
+def _break_even_sign(c, e, k):
+    if c < 0 or e <= 0 or k <= 0:
+        raise ValueError
+    return math.inf if k <= e else c / (1 / k - 1 / e)
 
 
 # exercise -> (reference, [(wrong solution, expected words in the message), ...])
@@ -249,17 +267,23 @@ WRONG = {
         (lambda x, r, w, eps: _reference_rms(x, r, w, eps), "the unfused form this replaces")]),
     "graph_buckets": ("bucket_for", [
         (lambda b, bs: next((x for x in bs if x > b), None), "bucket"),
-        (lambda b, bs: next((x for x in bs if x >= b), bs[-1]), "return None")]),
+        (lambda b, bs: next((x for x in bs if x >= b), bs[-1]), "return None"),
+        (lambda b, bs: bs[__import__("bisect").bisect_left(bs, b)], "bucket_for(2, [1]) raised IndexError")]),
     "sampling": ("sample_row", [
         (_sample_no_temperature, "Divide by the temperature"),
         (_sample_global_rng, "generator=generator"),
         (_sample_no_top_k, "outside the kept set"),
         (_sample_top_p_first, "outside the kept set"),
-        (_sample_drops_the_crossing_token, "never drawn")]),
+        (_sample_drops_the_crossing_token, "never drawn"),
+        (_sample_unsorted_top_p, "sort the probabilities in descending order before the cumulative sum"),
+        (_sample_greedy_when_confident, "never the argmax, however dominant")]),
     "compile_break_even": ("break_even_tokens", [
         (_break_even_ratio, "speed-up ratio is not a time saved"),
         (_break_even_negative, "return math.inf"),
         (_break_even_no_check, "ValueError"),
+        (_break_even_sign, "you subtracted in the wrong order"),
+        (lambda c, e, k: c / abs(1 / e - 1 / k), "(5.0, 20.0, 20.0) raised ZeroDivisionError: float division by "
+         "zero; expected inf"),
         (lambda c, e, k: None if min(c, e - 1e-300, k - 1e-300) < 0 else _break_even_no_check(c, e, k),
          "returned None instead of raising ValueError")]),
 }
@@ -300,6 +324,7 @@ def test_cuda_graph_capture_skips_clearly_on_cpu():
         pytest.skip("on a GPU the capture is graded (tests/gpu)")
     result = lab.check("cuda_graph", lambda step, static: step)
     assert set(result.stages.values()) == {"skip"} and "CUDA GPU" in "\n".join(result.messages)
+    assert "not checked" in str(result) and "score" not in str(result), str(result)   # (seen: "score 0.00")
 
 
 def test_the_engines_own_piece_handed_in_is_refused():
@@ -425,6 +450,8 @@ def test_no_break_even_is_read_from_rates_whose_runs_overlap():
                                              compiled_range=(600.0, 650.0))
     assert apart["summary"].startswith("compile pays off after"), apart["summary"]
     assert "did not resolve" in overlapping["summary"] and "pays off after" not in overlapping["summary"]
+    # whose numbers: the run that measured them (the grader re-measures; seen saying "your" runs)
+    assert "your" not in overlapping["summary"] and "measured by this run of the notebook, on " in apart["summary"]
 
 
 def test_add_rms_norm_wants_its_math_inside_one_kernel(monkeypatch):
@@ -453,9 +480,9 @@ def test_add_rms_norm_wants_its_math_inside_one_kernel(monkeypatch):
     def in_numpy(x, r, w, eps):   # a kernel that does nothing, the math in numpy (a student's cheat)
         import numpy as np
         JITFunction.run(lambda: None)
-        s = x.numpy() + (r.numpy() if r is not None else 0)
+        s = x.numpy().astype(np.float32) + (r.numpy().astype(np.float32) if r is not None else 0)
         normed = s / np.sqrt((s ** 2).mean(-1, keepdims=True) + eps) * w.numpy()
-        return torch.from_numpy(normed), torch.from_numpy(s)
+        return torch.from_numpy(normed).to(x.dtype), torch.from_numpy(s).to(x.dtype)
     result = lab.check("add_rms_norm", in_numpy, **FAST)
     assert not result.passed and "out of torch outside the kernel" in "\n".join(result.messages), str(result)
 
@@ -476,3 +503,39 @@ def test_each_assignment_cell_is_its_exercise_docstring():
     for words in (f"tile {shapes['tile']}, {shapes['heads']} heads, head_dim {shapes['dim']}",
                   f"Lq = Lk = {shapes['n']}", f"Lq = {shapes['few']} queries over Lk = {4 * shapes['n']}"):
         assert words in said, words
+
+
+# the master's Triton solution, one edit each: (old, new, words in the message); run under the interpreter
+TRITON_WRONG = [
+    ("BLOCK=triton.next_power_of_2(x.shape[-1])", "BLOCK=128", "columns 128..999 of N=1000 are wrong"),
+    ("_kernel[(x.shape[0],)]", "_kernel[(min(x.shape[0], 8),)]", "rows 8..9 of 10 are wrong"),
+    (".to(tl.float32)", "", "overflows: load with .to(tl.float32)"),
+    ("    x = x.contiguous()\n", "    if residual is None:\n        return reference(x, None, weight, eps)\n"
+     "    x = x.contiguous()\n", "launches for one call with residual=None")]
+
+
+def test_the_fused_kernel_check_fails_a_fixed_block_or_grid_float16_math_and_a_torch_half():
+    """The master's kernel passes alone; with a fixed BLOCK=128, a grid of at most 8 programs, no
+    float32 upcast, or torch when residual is None, it fails with the cause named (seen passing all
+    four, score 1.00, when the cases were float32 only, N <= 128, T <= 6, and one launch was counted
+    only with a residual)."""
+    import json
+    import os
+    import subprocess
+    src = next(s for s in solution_cells(nbformat.read(LABS_DIR_MASTER("lab04"), 4)) if "triton" in s)
+    variants = [src] + [src.replace(old, new) for old, new, _ in TRITON_WRONG]
+    assert all(v != src for v in variants[1:])
+    script = ("import json, sys, torch\nfrom workbench import lab\nfrom workbench.lab.add_rms_norm import reference\n"
+              "out = []\nfor src in json.loads(sys.stdin.read()):\n    ns = {'torch': torch, 'reference': reference}\n"
+              "    exec(src, ns)\n    r = lab.check('add_rms_norm', ns['add_rms_norm'], engine=False)\n"
+              "    out.append([r.passed, str(r)])\nprint(json.dumps(out))\n")
+    run = subprocess.run([sys.executable, "-c", script], input=json.dumps(variants), capture_output=True, text=True,
+                         cwd=REPO, env=dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO)), check=True)
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert results[0][0], results[0][1]
+    for (passed, text), (_, _, words) in zip(results[1:], TRITON_WRONG):
+        assert not passed and words in text, text
+
+
+def LABS_DIR_MASTER(prefix):
+    return next(m for m in MASTERS if m.stem.startswith(prefix))

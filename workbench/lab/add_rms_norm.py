@@ -24,35 +24,65 @@ from .exercise import (Exercise, Skip, Wrong, close, kernel_device, leaving_torc
 def reference(x, residual, weight, eps):
     new_res = x if residual is None else x + residual
     s = new_res.float()
-    normed = (s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    return weight * normed, new_res
+    normed = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    return normed.to(x.dtype), new_res   # computed in float32, stored in x's dtype (as the text says)
 
 
-def _inputs(tokens=6, n=64, seed=0):
+def _inputs(tokens=6, n=64, seed=0, dtype=torch.float32, scale=1.0):
     g = torch.Generator().manual_seed(seed)
-    x, r = torch.randn(tokens, n, generator=g), torch.randn(tokens, n, generator=g)
+    x, r = torch.randn(tokens, n, generator=g) * scale, torch.randn(tokens, n, generator=g) * scale
     if tokens > 2:
         x[2] *= 1e-3
         r[2] *= 1e-3        # row 2 is tiny: eps decides its scale
-    return tuple(t.to(kernel_device()) for t in (x, r, torch.rand(n, generator=g) + 0.5))
+    w = torch.rand(n, generator=g) + 0.5
+    return tuple(t.to(kernel_device(), dtype) for t in (x, r, w))
+
+
+# (tokens, n, dtype, scale): 48 is not a power of two (the block needs a mask); [10, 1000]: more rows
+# than a fixed grid and a row wider than a fixed block; float16 at +-300: its sum of squares overflows
+# float16 (max 65504) unless the kernel computes in float32
+CASES = [(6, 64, torch.float32, 1.0), (5, 48, torch.float32, 1.0), (1, 128, torch.float32, 1.0),
+         (10, 1000, torch.float32, 1.0), (3, 96, torch.float16, 150.0)]
+
+
+def _unwritten(got: torch.Tensor, want: torch.Tensor, tokens: int, n: int, atol: float) -> str:
+    """A hint where the wrong elements are all the rows from some row on, or all the columns from some
+    column on: parts of the output no program wrote (what is there is whatever memory held)."""
+    bad = ~torch.isclose(got.float(), want.float(), atol=atol, rtol=atol)
+    rows, cols = bad.any(-1).nonzero().flatten(), bad.any(0).nonzero().flatten()
+    if len(rows) and 0 < int(rows[0]) and len(rows) == tokens - int(rows[0]):
+        return (f"rows {int(rows[0])}..{tokens - 1} of {tokens} are wrong, the rows before them right: no "
+                f"program wrote them? Launch one program per row, grid = (T,) with T = x.shape[0]")
+    if len(cols) and 0 < int(cols[0]) and len(cols) == n - int(cols[0]):
+        return (f"columns {int(cols[0])}..{n - 1} of N={n} are wrong, the columns before them right: one "
+                f"program must cover the whole row, BLOCK = triton.next_power_of_2(N), not a fixed size")
+    return ""
 
 
 def alone(fn) -> None:
-    for tokens, n in ((6, 64), (5, 48), (1, 128)):   # 48: not a power of two, the block needs a mask
-        x, r, w = _inputs(tokens, n)
-        eps = 1e-2
+    for tokens, n, dtype, scale in CASES:
+        x, r, w = _inputs(tokens, n, dtype=dtype, scale=scale)
+        eps, atol = 1e-2, (1e-4 if dtype == torch.float32 else 2e-3)
         got = fn(x.clone(), r.clone(), w, eps)
         if not isinstance(got, tuple) or len(got) != 2:
             raise Wrong("return a pair (normed, new_residual): the next layer adds its output to new_residual.")
         want = reference(x, r, w, eps)
-        close(got[1], want[1], f"new_residual for [{tokens}, {n}]", hint="new_residual is x + residual.")
-        bad = ~torch.isclose(got[0], want[0], atol=1e-4, rtol=1e-4).all(-1)
+        where = f"[{tokens}, {n}] {str(dtype).removeprefix('torch.')}"
+        for out, expected, name in ((got[1], want[1], "new_residual"), (got[0], want[0], "normed")):
+            if isinstance(out, torch.Tensor) and out.shape == expected.shape and (
+                    hint := _unwritten(out, expected, tokens, n, atol)):
+                raise Wrong(f"{name} for {where}: {hint}.")
+        close(got[1], want[1], f"new_residual for {where}", atol=atol, rtol=atol, hint="new_residual is x + residual.")
+        bad = ~torch.isclose(got[0].float(), want[0].float(), atol=atol, rtol=atol).all(-1)
         if bad.any():
             row = int(bad.nonzero()[0])
-            rms = float(((got[0][row] / w) .pow(2).mean().sqrt()))
+            rms = float(((got[0][row].float() / w.float()).pow(2).mean().sqrt()))
             s = want[1].float()
             eps_outside = w * s / (s.pow(2).mean(-1, keepdim=True).sqrt() + eps)
-            if torch.allclose(got[0], eps_outside, atol=1e-4):
+            if dtype != torch.float32:
+                hint = (f"in {str(dtype).removeprefix('torch.')} (largest value 65504) the sum of squares "
+                        f"overflows: load with .to(tl.float32), compute in float32, store in x's dtype")
+            elif torch.allclose(got[0], eps_outside, atol=1e-4):
                 hint = "you add eps outside the square root: it belongs inside, rsqrt(mean(x**2) + eps)"
             elif n & (n - 1):
                 hint = (f"N={n} is not a power of two: mask the loads beyond N (other=0) and divide the sum "
@@ -60,23 +90,29 @@ def alone(fn) -> None:
             else:
                 hint = ("normalize x + residual (not x) by the root of the *mean* of squares over the row, "
                         "then multiply by weight")
-            raise Wrong(f"[{tokens}, {n}]: row {row} of normed / weight has RMS {rms:.3g}, expected "
-                        f"{float((want[0][row] / w).pow(2).mean().sqrt()):.3g}: {hint}.")
+            raise Wrong(f"{where}: row {row} of normed / weight has RMS {rms:.3g}, expected "
+                        f"{float((want[0][row].float() / w.float()).pow(2).mean().sqrt()):.3g}: {hint}.")
     x, _, w = _inputs()
     got = fn(x, None, w, 1e-6)
     close(got[0], reference(x, None, w, 1e-6)[0], "normed with residual=None",
           hint="with no residual, normalize x itself and return x as new_residual.")
     x, r, w = _inputs()
+    for residual in (r, None):   # with a residual and without (the first layer's call)
+        _one_launch(fn, x, residual, w)
+
+
+def _one_launch(fn, x, r, w) -> None:
     fn(x, r, w, 1e-6)   # (once first: an autotuned kernel launches many times on its first call)
     with triton_launches() as launched:   # right numbers from torch ops are the unfused form, not the exercise
         fn(x, r, w, 1e-6)
+    call = "one call" + (" with residual=None" if r is None else "")
     if launched.count != 1:
-        raise Wrong(f"{launched.count} Triton kernel launches for one call: the exercise is the add and the norm "
+        raise Wrong(f"{launched.count} Triton kernel launches for {call}: the exercise is the add and the norm "
                     "as ONE Triton kernel (@triton.jit, launched as kernel[grid](...)) -- "
                     + ("torch ops give the right numbers, but they are the unfused form this replaces."
                        if launched.count == 0 else "fuse them into one program per row."))
     if launched.torch_math:
-        raise Wrong(f"torch computed {', '.join(launched.torch_math)} outside your kernel: the add and the norm "
+        raise Wrong(f"torch computed {', '.join(launched.torch_math)} outside your kernel ({call}): the add and the norm "
                     "both belong inside the one Triton kernel (torch may only allocate the outputs).")
     if launched.left_torch:
         raise Wrong(f"your function took tensors out of torch outside the kernel ({', '.join(launched.left_torch)}): "
@@ -138,7 +174,10 @@ def engine(fn) -> None:
     prompts = prompts_for(4)
     want, _, _ = run_engine(prompts)
     got, _, _ = run_engine(prompts, overrides={"add_rms_norm": fn})
-    same_tokens(got, want, "Every decoder layer calls this twice: a small error grows layer by layer.")
+    same_tokens(got, want, "Every decoder layer calls this twice, on shapes the alone cases do not cover (as many "
+                           "rows as the step has tokens, N = the model's hidden size): a small error grows layer "
+                           "by layer, and a token that changes from run to run points at output rows or columns "
+                           "your kernel never writes (check the grid and BLOCK against x.shape).")
 
 
 def measure(fn, tokens: int = 64, n: int = 1024, repeats: int = 50) -> dict:

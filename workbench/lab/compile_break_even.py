@@ -8,7 +8,7 @@ compile_s / (1/eager_tok_s - 1/compiled_tok_s); math.inf when compiling does not
 up (compiled_tok_s <= eager_tok_s). Raise ValueError for a non-positive rate or negative time.
 
 No engine seam: pass your measured compile_s and rates to check(...) (the lab measures them with
-measure_compile below; chapter 06 measures them too).
+measure_compile above; chapter 06 measures them too).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import statistics
 
 from workbench.measure.timing import faster_of, time_runs
 
-from .exercise import Exercise, Skip, Wrong, machine
+from .exercise import Exercise, Skip, Wrong, call, machine
 
 CASES = [(30.0, 100.0, 150.0), (60.0, 1000.0, 1100.0), (5.0, 20.0, 20.0), (5.0, 20.0, 15.0), (0.0, 10.0, 20.0)]
 
@@ -29,14 +29,18 @@ def _formula(compile_s, eager, compiled):   # the stated formula, used to judge 
 
 def alone(fn) -> None:
     for args in CASES:
-        got, want = fn(*args), _formula(*args)
+        want = _formula(*args)
+        got = call(fn, "break_even_tokens", *args, expected=want)
         if want == math.inf and got != math.inf:
             raise Wrong(f"break_even_tokens{args} = {got!r}: when the compiled engine is not faster it never "
                         f"catches up; return math.inf.")
         if not math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9):
             ratio = args[2] / args[1]
             hint = ("A speed-up ratio is not a time saved per token: the saving is 1/eager - 1/compiled seconds."
-                    if ratio > 1 and math.isclose(got, args[0] * args[1] / (ratio - 1), rel_tol=1e-6) else "")
+                    if ratio > 1 and math.isclose(got, args[0] * args[1] / (ratio - 1), rel_tol=1e-6) else
+                    "A negative count: you subtracted in the wrong order -- the saving per token is 1/eager - "
+                    "1/compiled (eager's seconds per token minus compiled's)."
+                    if want > 0 and math.isclose(got, -want, rel_tol=1e-6) else "")
             raise Wrong(f"break_even_tokens{args} = {got!r}, expected {want:.6g} tokens: compile_s divided by "
                         f"the seconds saved per token. {hint}")
     for bad in ((1.0, 0.0, 10.0), (1.0, 10.0, -1.0), (-1.0, 10.0, 20.0)):
@@ -68,16 +72,18 @@ def measure(fn, compile_s: float | None = None, eager_tok_s: float | None = None
     overlap = (eager_range is not None and compiled_range is not None
                and faster_of(eager_range, compiled_range, higher_is_better=True) is None)   # rates: tok/s
     if overlap:
-        summary = (f"your two rates' runs overlap (eager {eager_range[0]:.1f}-{eager_range[1]:.1f}, compiled "
+        summary = (f"the two rates' runs overlap (eager {eager_range[0]:.1f}-{eager_range[1]:.1f}, compiled "
                    f"{compiled_range[0]:.1f}-{compiled_range[1]:.1f} tok/s): this machine did not resolve what "
-                   f"compiling saves a token, so no break-even can be read from them (the formula on your "
+                   f"compiling saves a token, so no break-even can be read from them (the formula on their "
                    f"medians: {tokens:,.0f} tokens)")
     elif tokens == math.inf:
-        summary = (f"on your numbers the compiled engine is not faster ({compiled_tok_s:.1f} vs {eager_tok_s:.1f} "
+        summary = (f"on these numbers the compiled engine is not faster ({compiled_tok_s:.1f} vs {eager_tok_s:.1f} "
                    f"tok/s): compiling never pays off here")
     else:
         summary = (f"compile pays off after {tokens:,.0f} generated tokens, "
                    f"{tokens / compiled_tok_s / 60:.1f} minutes of compiled generation")
+    summary += (f" -- numbers measured by this run of the notebook, on {machine()} (in the grader's "
+                f"feedback: its own re-run on the grading machine, not the numbers you saw)")
     return dict(break_even_tokens=tokens, compile_s=compile_s, eager_tok_s=eager_tok_s,
                 compiled_tok_s=compiled_tok_s, machine=machine(), bar="equals the formula on your numbers",
                 summary=summary)

@@ -19,7 +19,7 @@ import torch
 
 from workbench.optimizations.cuda_graphs import decode_buckets
 
-from .exercise import Exercise, Skip, Wrong, close, machine
+from .exercise import Exercise, Skip, Wrong, call, close, machine
 
 
 def bucket_alone(fn) -> None:
@@ -27,7 +27,7 @@ def bucket_alone(fn) -> None:
         buckets = decode_buckets(max_seqs)
         for batch in range(1, max_seqs + 2):
             want = next((b for b in buckets if b >= batch), None)
-            got = fn(batch, buckets)
+            got = call(fn, "bucket_for", batch, buckets, expected=want)
             if got != want:
                 why = ("a batch larger than every bucket has no graph: return None (it runs eagerly)"
                        if want is None else "the smallest bucket that holds the batch: fewer bucket "
@@ -43,8 +43,9 @@ def bucket_waste(fn, max_seqs: int = 256) -> dict:
     rows = sum(range(1, max_seqs + 1))
     return dict(padding_rows=padded, real_rows=rows, machine="any (a count, not a timing)",
                 bar="exact: the counts follow from the buckets",
-                summary=f"batch sizes 1..{max_seqs} over buckets {buckets}: {padded} padded rows for "
-                        f"{rows} real ones ({100 * padded / rows:.1f} % extra work in decode steps)")
+                summary=f"modelled, if every batch size 1..{max_seqs} is equally common, over buckets {buckets}: "
+                        f"{padded} padded rows for {rows} real ones ({100 * padded / rows:.1f} % extra rows "
+                        f"computed in decode steps)")
 
 
 def _step(x, w):   # a decode-like step: many small ops, each one kernel launch when eager

@@ -53,7 +53,9 @@ class Result:
 
     def __str__(self) -> str:
         marks = {"pass": "ok", "fail": "FAILED", "skip": "skipped"}
-        lines = [f"{self.exercise}: score {self.score:.2f}"]
+        ran = any(s != "skip" for s in self.stages.values())
+        lines = [f"{self.exercise}: score {self.score:.2f}" if ran else
+                 f"{self.exercise}: not checked (every stage skipped here, the reasons below)"]
         lines += [f"  {stage:8s} {marks[state]}" for stage, state in self.stages.items()]
         lines += [f"  - {m}" for m in self.messages]
         return "\n".join(lines)
@@ -184,6 +186,18 @@ def once_per_check(key: str, run: Callable):
     if key not in runs:
         runs[key] = run()
     return runs[key]
+
+
+def call(fn, name: str, *args, expected=None):
+    """fn(*args), where an exception it raises becomes Wrong naming the call and the answer expected
+    (an error without its inputs leaves the student guessing which case broke)."""
+    try:
+        return fn(*args)
+    except Wrong:
+        raise
+    except Exception as err:
+        raise Wrong(f"{name}({', '.join(map(repr, args))}) raised {type(err).__name__}: {err}; expected "
+                    f"{expected!r}") from err
 
 
 def close(got: torch.Tensor, want: torch.Tensor, what: str, atol=1e-4, rtol=1e-4, hint: str = "") -> None:

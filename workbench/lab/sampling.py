@@ -22,13 +22,20 @@ from .exercise import Exercise, Wrong, machine, prompts_for, run_engine, same_to
 
 # (temperature, top_k, top_p) on one fixed row of logits
 # (1.0, 4, 0.8): top-k then top-p keeps 3 tokens, top-p then top-k 4 -- the order matters
-SETTINGS = [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.9, 6, 0.7), (1.0, 4, 0.8)]
+# (0.3, 0, 1.0): one token dominates (p ~ 0.74), yet the others must still be drawn at their rates
+SETTINGS = [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8), (0.9, 6, 0.7), (1.0, 4, 0.8), (0.3, 0, 1.0)]
 LOGITS = torch.tensor([2.0, 1.5, 1.4, 0.3, 0.2, -0.1, -0.5, -1.0, -2.0, 0.9])
 
 
 def reference_probs(logits, temperature, top_k, top_p) -> torch.Tensor:
     k = torch.tensor([top_k if top_k > 0 else logits.shape[-1]])
     return _filter_top_k_top_p(logits[None] / temperature, k, torch.tensor([top_p]))[0].softmax(-1)
+
+
+def _kept_in_vocab_order(logits, temperature, top_k, top_p) -> torch.Tensor:
+    """The tokens a nucleus keeps when its cumulative sum runs in vocabulary order, unsorted (a mistake)."""
+    probs = reference_probs(logits, temperature, top_k, 1.0)
+    return (probs > 0) & (probs.cumsum(-1) - probs < top_p)
 
 
 def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
@@ -44,20 +51,31 @@ def alone(fn, samples: int = 4000) -> None:
         where = f"temperature={temperature}, top_k={top_k}, top_p={top_p}"
         draw = lambda seed: [int(fn(LOGITS.clone(), temperature, top_k, top_p,
                                     torch.Generator().manual_seed(seed))) for _ in range(1)]
-        if [draw(7) for _ in range(3)] != [draw(7)] * 3 or len({tuple(draw(s)) for s in range(40)}) == 1:
+        probs = reference_probs(LOGITS, temperature, top_k, top_p)
+        top = int(probs.argmax())
+        seeded = {tuple(draw(s)) for s in range(40)}
+        if seeded == {(top,)} and [draw(7) for _ in range(3)] == [draw(7)] * 3:
+            raise Wrong(f"{where}: 40 seeds all gave token {top}, the most likely (probability "
+                        f"{float(probs[top]):.2f}): sampling draws every kept token at its probability -- "
+                        f"torch.multinomial(probs, 1, generator=generator), never the argmax, however dominant.")
+        if [draw(7) for _ in range(3)] != [draw(7)] * 3 or len(seeded) == 1:
             raise Wrong(f"{where}: the same seed must give the same token and other seeds others: draw with "
                         f"generator=generator (torch.multinomial(..., generator=...)), not the global RNG.")
         g = torch.Generator().manual_seed(0)
         tokens = torch.tensor([int(fn(LOGITS.clone(), temperature, top_k, top_p, g)) for _ in range(samples)])
         counts = torch.bincount(tokens, minlength=LOGITS.shape[0]).float()
-        probs = reference_probs(LOGITS, temperature, top_k, top_p)
         outside = ((probs == 0) & (counts > 0)).nonzero().flatten().tolist()
         if outside:
             t = outside[0]
+            unsorted = _kept_in_vocab_order(LOGITS, temperature, top_k, top_p)
+            fix = ("sort the probabilities in descending order before the cumulative sum (torch.sort), then map "
+                   "the kept ones back to their token ids: a cumulative sum in vocabulary order keeps the first "
+                   "tokens by id, not the most likely" if bool(unsorted[counts > 0].all()) else
+                   "set the dropped logits to -inf before sampling (top-k first, then the top-p nucleus over the "
+                   "top-k's renormalized probabilities, where the token crossing top_p stays)")
             raise Wrong(f"{where}: token {t} was drawn {int(counts[t])} times but is outside the kept set "
-                        f"{(probs > 0).nonzero().flatten().tolist()}: set the dropped logits to -inf before "
-                        f"sampling (top-k first, then the top-p nucleus over the top-k's renormalized "
-                        f"probabilities, where the token crossing top_p stays).")
+                        f"{(probs > 0).nonzero().flatten().tolist()}: {fix}.")
+
         never = ((probs * samples > 25) & (counts == 0)).nonzero().flatten().tolist()
         if never:
             t = never[0]
