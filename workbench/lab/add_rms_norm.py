@@ -85,8 +85,9 @@ def alone(fn) -> None:
             elif torch.allclose(got[0], eps_outside, atol=1e-4):
                 hint = "you add eps outside the square root: it belongs inside, rsqrt(mean(x**2) + eps)"
             elif n & (n - 1):
-                hint = (f"N={n} is not a power of two: mask the loads beyond N (other=0) and divide the sum "
-                        f"of squares by N, not by BLOCK")
+                hint = (f"N={n} is not a power of two: one program covers the whole row (BLOCK = "
+                        f"triton.next_power_of_2(N), not a fixed size), masks the loads beyond N (other=0) "
+                        f"and divides the sum of squares by N, not by BLOCK")
             else:
                 hint = ("normalize x + residual (not x) by the root of the *mean* of squares over the row, "
                         "then multiply by weight")
