@@ -17,6 +17,16 @@ def _write(folder: Path, name: str, gpu: str, date: str, tok_s: float) -> None:
     (folder / name).write_text(json.dumps([{"setting": "naive", "tok_s": tok_s, "gpu": gpu, "date": date}]))
 
 
+def test_timed_runs_reads_the_files_command():
+    """--repeats N from the command a results file records, None where it names none (seen failing with
+    the count taken from the first number in the command, the 128 of --prompt-len)."""
+    def measured(command):
+        return results.Measured("x-h200.json", [], H200, "2026-12-05", command)
+    assert measured("python -m workbench bench stack --prompt-len 128 --repeats 1 --json o.json").timed_runs == 1
+    assert measured("python -m workbench bench single --repeats 3").timed_runs == 3
+    assert measured("python -m workbench measure launches --prompt-len 128").timed_runs is None
+
+
 def test_gpu_tag():
     assert results.gpu_tag(H100) == "h100"
     assert results.gpu_tag(H200) == "h200"

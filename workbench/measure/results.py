@@ -65,6 +65,13 @@ class Measured:
         where = "" if self.this_gpu else " (not this machine)"
         return f"measured on {self.gpu}{where}, {self.date}, by `{self.command}` (docs/results/{self.name})"
 
+    @property
+    def timed_runs(self) -> int | None:
+        """Timed runs per setting, as the file's command asked (--repeats N); None where it does not
+        say. One run has no spread: a chapter must not read a verdict from it."""
+        found = re.search(r"--repeats (\d+)", self.command)
+        return int(found[1]) if found else None
+
     def row(self, **match) -> dict:
         """The first record whose fields equal `match`, e.g. .row(setting='naive')."""
         for record in self.records:
